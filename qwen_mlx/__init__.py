@@ -1,0 +1,53 @@
+"""qwen-mlx: run Qwen3-4B-Instruct-2507 on Apple Silicon with MLX.
+
+    from qwen_mlx import load, generate, stream_generate, ChatSession
+    model = load("qwen3-4b-instruct")
+
+Conversion lives in `qwen_mlx.convert` (`from qwen_mlx.convert import convert`).
+Names are imported on first use, so `import qwen_mlx` (and `qwen-mlx --help`) stays
+instant and does not load MLX.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "runtime",
+    "generate": "runtime",
+    "stream_generate": "runtime",
+    "Model": "runtime",
+    "SamplingParams": "runtime",
+    "GenerationChunk": "runtime",
+    "Store": "store",
+    "ModelName": "naming",
+}
+
+__all__ = [
+    "GenerationChunk",
+    "Model",
+    "ModelName",
+    "SamplingParams",
+    "Store",
+    "__version__",
+    "generate",
+    "load",
+    "stream_generate",
+]
+
+if TYPE_CHECKING:
+    from .naming import ModelName
+    from .runtime import GenerationChunk, Model, SamplingParams, generate, load, stream_generate
+    from .store import Store
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qwen_mlx' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,133 @@
+"""What every subcommand shares: error reporting, progress bars, sampling flags."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from ..errors import QwenMLXError
+
+INTERRUPTED = 130
+
+
+def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Turn our errors into `error: ...` on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except QwenMLXError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted.", file=sys.stderr)
+            return INTERRUPTED
+
+    return wrapper
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; a line per stage (and per 25%) otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.width = width
+        self._stage = ""
+        self._last_draw = 0.0
+        self._last_quarter = -1
+
+    def update(self, stage: str, done: int = 0, total: int = 0, detail: str = "") -> None:
+        if stage != self._stage:
+            self.finish()
+            self._stage = stage
+            self._last_quarter = -1
+            if not self.tty:
+                print(f"{stage}: {detail}".rstrip(": "), file=self.stream, flush=True)
+        if not total:
+            return
+        frac = min(done / total, 1.0)
+        if self.tty:
+            now = time.monotonic()
+            if now - self._last_draw < 0.1 and done < total:
+                return
+            self._last_draw = now
+            filled = int(frac * self.width)
+            bar = "#" * filled + "-" * (self.width - filled)
+            line = f"\r{stage:<9} [{bar}] {frac:6.1%} {detail[:40]:<40}"
+            self.stream.write(line)
+            self.stream.flush()
+        else:
+            quarter = int(frac * 4)
+            if quarter > self._last_quarter:
+                self._last_quarter = quarter
+                print(f"{stage}: {frac:.0%}", file=self.stream, flush=True)
+
+    def finish(self) -> None:
+        if self.tty and self._stage:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._stage = ""
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """Flags for SamplingParams; unset ones keep the model's generation_config defaults."""
+    g = parser.add_argument_group("sampling (defaults: the model's generation_config.json)")
+    g.add_argument("--temperature", "--temp", type=float, help="0 is greedy")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass, in (0, 1]")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens (0: off)")
+    g.add_argument("--min-p", type=float, help="drop tokens below min_p x the top probability")
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--presence-penalty", type=float)
+    g.add_argument("--frequency-penalty", type=float)
+    g.add_argument("--seed", type=int, help="same seed, same text")
+    g.add_argument("--max-tokens", "-n", type=int, help="reply length limit (default 1024)")
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="end the reply at TEXT (not included); repeatable",
+    )
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "max_tokens",
+        "stop",
+    )
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def format_stats(chunk: Any) -> str:
+    """One line of generation stats for stderr."""
+    return (
+        f"prompt: {chunk.prompt_tokens} tokens, {chunk.prompt_tps:.1f} tokens/s | "
+        f"generation: {chunk.generation_tokens} tokens, {chunk.generation_tps:.1f} tokens/s | "
+        f"first token: {chunk.time_to_first_token * 1000:.0f} ms | "
+        f"peak memory: {chunk.peak_memory:.2f} GB | finish: {chunk.finish_reason}"
+    )

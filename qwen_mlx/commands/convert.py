@@ -1,0 +1,120 @@
+"""`qwen-mlx convert` / `python -m qwen_mlx.convert`: Hugging Face -> MLX, into the store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..convert import DTYPES, Q_BITS, Q_GROUP_SIZES, RECIPES
+from ._common import ProgressBar, guarded, human_bytes
+
+DESCRIPTION = """\
+Convert a Hugging Face Qwen3 checkpoint to MLX, 4-bit quantized by default.
+
+The source is a local folder or a Hub repo id (downloaded with huggingface_hub into the
+shared HF cache). The output goes into the store under $QWEN_MLX_HOME, named
+<family>-<size>-<variant>-<release>-mlx-<quant>, with a manifest.json holding the sha256
+of every file, and becomes the family's latest (unless the family is pinned). It is
+written to a temporary folder and renamed into place only when complete.
+"""
+
+EXAMPLES = """\
+examples:
+  python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507
+  qwen-mlx convert --hf-path ./Qwen3-4B-Instruct-2507 --q-bits 8
+  qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --no-quantize --dtype bfloat16
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwen-mlx convert",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--hf-path", required=True, help="local folder or Hugging Face repo id")
+    p.add_argument("--revision", help="branch, tag or commit of the Hub repo (default: main)")
+    p.add_argument("--mlx-path", help="output folder (default: the store place for the name)")
+    p.add_argument(
+        "--name", help="source name when the folder's is not one, e.g. qwen3-4b-instruct-2507"
+    )
+    p.add_argument(
+        "--q-bits", type=int, default=4, choices=Q_BITS, help="bits per weight (default 4)"
+    )
+    p.add_argument(
+        "--q-group-size",
+        type=int,
+        default=64,
+        choices=Q_GROUP_SIZES,
+        help="weights sharing one scale and bias (default 64)",
+    )
+    p.add_argument("--recipe", choices=RECIPES, help="mlx-lm mixed-precision recipe")
+    p.add_argument(
+        "--no-quantize",
+        dest="quantize",
+        action="store_false",
+        help="write an unquantized copy (see --dtype)",
+    )
+    p.add_argument(
+        "--dtype", choices=DTYPES, help="float type of unquantized tensors (default: the source's)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the calibration text through source and output and record KL divergence, "
+        "top-1 agreement and perplexity in the manifest (default: on with Metal, off on CPU)",
+    )
+    return p
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..convert import Progress, convert, default_report
+
+    bar = ProgressBar()
+
+    def progress(p: Progress) -> None:
+        bar.update(p.stage, p.done, p.total, p.detail)
+
+    try:
+        result = convert(
+            args.hf_path,
+            mlx_path=args.mlx_path,
+            revision=args.revision,
+            quantize=args.quantize,
+            q_bits=args.q_bits,
+            q_group_size=args.q_group_size,
+            recipe=args.recipe,
+            dtype=args.dtype,
+            name=args.name,
+            force=args.force,
+            report=default_report() if args.report is None else args.report,
+            progress=progress,
+        )
+    finally:
+        bar.finish()
+    m = result.manifest
+    print(
+        f"Converted {m.name}: {m.quantization.label}, "
+        f"{m.quantization.bits_per_weight} bits per weight, {human_bytes(m.size)}"
+    )
+    print(f"  folder: {result.path}")
+    if m.quality is not None:
+        q = m.quality
+        print(
+            f"  quality: KL {q.kl_divergence:.4f}, top-1 agreement {q.top1_agreement:.1%}, "
+            f"perplexity {q.perplexity_source:.2f} -> {q.perplexity_converted:.2f}"
+        )
+    if result.registered:
+        state = "now the latest" if result.became_latest else "registered (family is pinned)"
+        print(f"  store: {state} of {m.family}")
+    print(f"  took {result.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,420 @@
+"""Load a model and generate text: `load`, `generate`, `stream_generate`, `SamplingParams`.
+
+A model reference is a store name (`qwen3-4b-instruct` for the family's latest, or a full
+name), a folder, or a Hugging Face repo id of an MLX model. Sampling defaults come from the
+model's `generation_config.json`. The token loop is mlx-lm's `generate_step`; stop strings,
+stats and the chat template are ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import DamagedModelError
+from .manifest import Manifest, manifest_sha256, read_manifest, verify_files
+from .store import resolve
+
+if TYPE_CHECKING:
+    import mlx.nn as nn
+
+Message = dict[str, Any]
+Prompt = str | Sequence[Message] | Sequence[int]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. `Model.default_params` fills these from generation_config.json.
+
+    `temperature=0` is greedy. `stop` strings end the reply and are not part of it.
+    """
+
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    min_p: float = 0.0
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    max_tokens: int = 1024
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1].")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0 (0 turns it off).")
+        if self.max_tokens == 0 or self.max_tokens < -1:
+            raise ValueError("max_tokens must be positive (or -1 for no limit).")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty.")
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"Unknown sampling parameter(s): {', '.join(sorted(unknown))}.")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_generation_config(cls, config: dict[str, Any]) -> SamplingParams:
+        """Defaults from a Hugging Face generation_config.json dict."""
+        values: dict[str, Any] = {}
+        for ours, theirs in (
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("top_k", "top_k"),
+            ("min_p", "min_p"),
+            ("repetition_penalty", "repetition_penalty"),
+            ("presence_penalty", "presence_penalty"),
+            ("max_tokens", "max_new_tokens"),
+        ):
+            if config.get(theirs) is not None:
+                values[ours] = config[theirs]
+        if config.get("do_sample") is False:
+            values["temperature"] = 0.0
+        if values.get("repetition_penalty") == 1.0:
+            values.pop("repetition_penalty")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Model:
+    """A loaded model: the MLX module, its tokenizer, config and (if stored) manifest."""
+
+    model: nn.Module
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    config: dict[str, Any]
+    path: Path
+    manifest: Manifest | None = None
+    generation_config: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name if self.manifest else self.path.name
+
+    @property
+    def default_params(self) -> SamplingParams:
+        return SamplingParams.from_generation_config(self.generation_config)
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the model can attend to (after any YaRN extension)."""
+        return int(self.config.get("max_position_embeddings", 32768))
+
+    @property
+    def quantization_label(self) -> str:
+        q = self.config.get("quantization")
+        if not q:
+            return str(self.config.get("torch_dtype", "bf16"))
+        return f"{q['bits']}-bit g{q['group_size']}"
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The conversation as the chat template renders it."""
+        kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
+        if tools:
+            kwargs["tools"] = list(tools)
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, **kwargs)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt_tokens(
+        self, prompt: Prompt, tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Token ids for raw text, a list of chat messages, or ids passed through."""
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        items = list(prompt)
+        if items and all(isinstance(t, int) for t in items):
+            return items
+        return self.encode(self.render(items, tools=tools))
+
+
+def load(
+    ref: str | Path,
+    *,
+    verify: bool = False,
+    context_extension: float | None = None,
+    revision: str | None = None,
+    home: str | Path | None = None,
+    lazy: bool = False,
+) -> Model:
+    """Load a model by store name, family id (its latest), folder or Hugging Face repo id.
+
+    A stored model's files are checked against its manifest first: sizes always (cheap),
+    sha256 too with `verify=True`. `context_extension=F` applies YaRN rope scaling by F
+    to reach F x the model's native context, as Qwen's model card documents.
+    """
+    from mlx_lm.utils import load as mlx_load
+
+    folder = resolve(ref, home=home, revision=revision)
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        problems = verify_files(folder, manifest, full=verify)
+        if problems:
+            listed = "; ".join(map(str, problems[:5]))
+            raise DamagedModelError(
+                f"{manifest.name} at {folder} does not match its manifest: {listed}. "
+                f"Run `qwen-mlx models verify {manifest.name}` for details, then convert it "
+                "again or remove it."
+            )
+    overrides = _yarn_overrides(folder, context_extension) if context_extension else None
+    module, tokenizer, config = mlx_load(
+        str(folder), model_config=overrides, lazy=lazy, return_config=True
+    )
+    gen_file = folder / "generation_config.json"
+    generation_config = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+    return Model(
+        model=module,
+        tokenizer=tokenizer,
+        config=config,
+        path=folder,
+        manifest=manifest,
+        generation_config=generation_config,
+        fingerprint=manifest_sha256(folder) or _fingerprint(folder),
+    )
+
+
+def _yarn_overrides(folder: Path, factor: float) -> dict[str, Any]:
+    if factor <= 1:
+        raise ValueError("context_extension must be greater than 1.")
+    config = json.loads((folder / "config.json").read_text())
+    native = int(config.get("max_position_embeddings", 32768))
+    return {
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "type": "yarn",
+            "factor": float(factor),
+            "original_max_position_embeddings": native,
+        },
+        "max_position_embeddings": int(native * factor),
+    }
+
+
+def _fingerprint(folder: Path) -> str:
+    """Identity of a folder without a manifest: its config and its weight files' sizes."""
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.glob("*.safetensors")):
+        stat = f.stat()
+        digest.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+# -- generation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One step of `stream_generate`: new text and the running stats.
+
+    `finish_reason` is None until the last chunk, then "stop" (end of turn or a stop
+    string), "length" (max_tokens) or "cancelled".
+    """
+
+    text: str
+    token: int | None
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory: float  # GB
+    time_to_first_token: float  # seconds
+    finish_reason: str | None = None
+
+
+class _StopMatcher:
+    """Holds back text that could be the start of a stop string spanning tokens."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, whether a stop string was hit)."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out = self.pending[: min(hits)]
+            self.pending = ""
+            return out, True
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), keep, -1):
+                if self.pending.endswith(s[:n]):
+                    keep = n
+                    break
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def resolve_params(
+    model: Model, params: SamplingParams | None, overrides: dict[str, Any]
+) -> SamplingParams:
+    return (params or model.default_params).replace(**overrides)
+
+
+def make_sampling(
+    params: SamplingParams, extra_processors: Sequence[Callable] = ()
+) -> tuple[Callable, list[Callable]]:
+    """mlx-lm's sampler and logits processors for these parameters."""
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    sampler = make_sampler(
+        temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k
+    )
+    processors = make_logits_processors(
+        repetition_penalty=params.repetition_penalty,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+    )
+    return sampler, [*processors, *extra_processors]
+
+
+def stream_tokens(
+    model: Model,
+    tokens: Sequence[int],
+    params: SamplingParams,
+    *,
+    prompt_cache: list[Any] | None = None,
+    prefill_step_size: int = 2048,
+    prompt_progress: Callable[[int, int], None] | None = None,
+    logits_processors: Sequence[Callable] = (),
+    should_stop: Callable[[], bool] | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> Iterator[GenerationChunk]:
+    """Generate from token ids, optionally continuing a KV cache (which is updated in place).
+
+    `on_token` sees every token fed to the cache, including the end-of-turn token, so a
+    caller can keep track of exactly what the cache holds. `should_stop` is polled between
+    tokens; `prompt_progress` may raise GenerationCancelled to abort a long prefill.
+    """
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step, generation_stream, wired_limit
+
+    if not tokens:
+        raise ValueError("The prompt is empty.")
+    sampler, processors = make_sampling(params, logits_processors)
+    if params.seed is not None:
+        mx.random.seed(params.seed)
+    mx.reset_peak_memory()
+    detokenizer = model.tokenizer.detokenizer
+    eos = model.tokenizer.eos_token_ids
+    stops = _StopMatcher(params.stop)
+    start = time.perf_counter()
+    ttft = prompt_tps = 0.0
+    n = 0
+    finish: str | None = None
+    stop_hit = False
+
+    def chunk(text: str, token: int | None, reason: str | None = None) -> GenerationChunk:
+        elapsed = time.perf_counter() - start - ttft
+        return GenerationChunk(
+            text=text,
+            token=token,
+            prompt_tokens=len(tokens),
+            prompt_tps=prompt_tps,
+            generation_tokens=n,
+            generation_tps=n / elapsed if elapsed > 0 else 0.0,
+            peak_memory=mx.get_peak_memory() / 1e9,
+            time_to_first_token=ttft,
+            finish_reason=reason,
+        )
+
+    with wired_limit(model.model, [generation_stream]):
+        steps = generate_step(
+            mx.array(list(tokens)),
+            model.model,
+            max_tokens=params.max_tokens,
+            sampler=sampler,
+            logits_processors=processors or None,
+            prompt_cache=prompt_cache,
+            prefill_step_size=prefill_step_size,
+            prompt_progress_callback=prompt_progress,
+        )
+        try:
+            for token, _ in steps:
+                if n == 0:
+                    ttft = time.perf_counter() - start
+                    prompt_tps = len(tokens) / ttft if ttft > 0 else 0.0
+                if on_token is not None:
+                    on_token(token)
+                if token in eos:
+                    finish = "stop"
+                    break
+                n += 1
+                detokenizer.add_token(token)
+                text, stop_hit = stops.feed(detokenizer.last_segment)
+                if text:
+                    yield chunk(text, token)
+                if stop_hit:
+                    finish = "stop"
+                    break
+                if n == params.max_tokens:
+                    finish = "length"
+                    break
+                if should_stop is not None and should_stop():
+                    finish = "cancelled"
+                    break
+        finally:
+            steps.close()
+    tail = ""
+    if not stop_hit:
+        detokenizer.finalize()
+        tail, stop_hit = stops.feed(detokenizer.last_segment)
+        if not stop_hit:
+            tail += stops.flush()
+    yield chunk(tail, None, finish or "length")
+
+
+def stream_generate(
+    model: Model,
+    prompt: Prompt,
+    params: SamplingParams | None = None,
+    *,
+    tools: Sequence[dict[str, Any]] | None = None,
+    prompt_progress: Callable[[int, int], None] | None = None,
+    **overrides: Any,
+) -> Iterator[GenerationChunk]:
+    """Stream a reply: raw text, chat messages (through the chat template with the
+    generation prompt) or token ids. Keyword overrides change single sampling parameters:
+    `stream_generate(model, messages, temperature=0.2, max_tokens=64)`."""
+    params = resolve_params(model, params, overrides)
+    tokens = model.prompt_tokens(prompt, tools=tools)
+    yield from stream_tokens(model, tokens, params, prompt_progress=prompt_progress)
+
+
+def generate(
+    model: Model, prompt: Prompt, params: SamplingParams | None = None, **overrides: Any
+) -> str:
+    """The whole reply as one string (see `stream_generate`)."""
+    return "".join(c.text for c in stream_generate(model, prompt, params, **overrides))

@@ -1,0 +1,416 @@
+"""The versioned local store under `$QWEN_MLX_HOME` (default `~/.qwen_mlx`).
+
+    models/<family>/<release>/<format>/   one converted model, with manifest.json
+    models/<family>/latest                which <release>/<format> is current
+    registry.sqlite                       models, files, events, pins and policies
+
+A model reference is a store name, a family id (its latest), a folder, or a Hub repo id;
+`resolve` turns any of them into a folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import naming
+from .errors import ModelNotFoundError, StoreError
+from .fileio import atomic_write_text, fsync_dir
+from .manifest import FileProblem, Manifest, manifest_sha256, now_iso, read_manifest, verify_files
+from .registry import POLICIES, Registry
+
+LATEST_FILE = "latest"
+PARTIAL_MARK = ".partial-"
+
+
+def home() -> Path:
+    """The store root: `$QWEN_MLX_HOME`, or `~/.qwen_mlx`."""
+    return Path(os.environ.get("QWEN_MLX_HOME") or "~/.qwen_mlx").expanduser()
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A model in the store, as `models list` shows it."""
+
+    name: str
+    family: str
+    release: str
+    format: str
+    path: Path
+    size_bytes: int
+    last_verified_at: str | None
+    last_verify_ok: bool | None
+    latest: bool
+    pinned: bool
+
+
+class Store:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else home()
+        self._registry: Registry | None = None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.open(self.root / "registry.sqlite")
+        return self._registry
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    # -- layout --------------------------------------------------------------------------
+
+    def path_for(self, name: naming.ModelName) -> Path:
+        return self.models_dir / name.family_id / name.release / name.format_dir
+
+    def _name_at(self, family: str, version: str) -> naming.ModelName | None:
+        folder = self.models_dir / family / version
+        manifest = read_manifest(folder)
+        return naming.parse(manifest.name) if manifest else None
+
+    def latest(self, family: str) -> naming.ModelName | None:
+        """The family's current model, from its `latest` pointer."""
+        pointer = self.models_dir / family / LATEST_FILE
+        if not pointer.is_file():
+            return None
+        return self._name_at(family, pointer.read_text().strip())
+
+    def _write_latest(self, name: naming.ModelName | None, family: str) -> None:
+        pointer = self.models_dir / family / LATEST_FILE
+        if name is None:
+            pointer.unlink(missing_ok=True)
+        else:
+            atomic_write_text(pointer, f"{name.release}/{name.format_dir}\n")
+
+    # -- registration ----------------------------------------------------------------------
+
+    def register(self, folder: Path, manifest: Manifest, *, event: str = "converted") -> bool:
+        """Record a model that now sits in `folder`; make it latest unless the family is
+        pinned. Returns whether it became latest."""
+        name = naming.parse(manifest.name)
+        digest = manifest_sha256(folder) or ""
+        with self.registry.transaction() as conn:
+            self.registry.upsert_model(conn, manifest, folder, digest)
+            Registry.log(conn, name.family_id, event, manifest.name, str(folder))
+            policy, pinned = self.registry.family(name.family_id)
+            if pinned or policy == "frozen":
+                return False
+            self._write_latest(name, name.family_id)
+            Registry.log(conn, name.family_id, "set-latest", manifest.name, event)
+        return True
+
+    # -- reference resolution ----------------------------------------------------------------
+
+    def find(self, ref: str) -> Path | None:
+        """The folder of a store name or family id, or None if it is neither."""
+        text = ref.strip().lower()
+        if naming.is_name(text):
+            name = naming.parse(text)
+            if name.format is None:
+                return self._only_version_of_release(name)
+            folder = self.path_for(name)
+            return folder if folder.is_dir() else None
+        if naming.is_family_id(text):
+            latest = self.latest(text)
+            if latest is None:
+                if (self.models_dir / text).is_dir():
+                    raise ModelNotFoundError(
+                        f"{text} has no latest version; pick one with "
+                        f"`qwen-mlx models set-latest NAME` (see `qwen-mlx models list`)."
+                    )
+                return None
+            return self.path_for(latest)
+        return None
+
+    def _only_version_of_release(self, name: naming.ModelName) -> Path | None:
+        release_dir = self.models_dir / name.family_id / name.release
+        versions = sorted(p for p in release_dir.glob("*") if (p / "manifest.json").is_file())
+        if not versions:
+            return None
+        latest = self.latest(name.family_id)
+        if latest is not None and latest.release == name.release:
+            return self.path_for(latest)
+        if len(versions) == 1:
+            return versions[0]
+        choices = ", ".join(f"{name}-{p.name}" for p in versions)
+        raise ModelNotFoundError(f"{name} has several conversions; pick one of: {choices}.")
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def list(self) -> list[StoredModel]:
+        rows = self.registry.models()
+        latest = {f: self.latest(f) for f in {r.family for r in rows}}
+        out = []
+        for r in rows:
+            _, pinned = self.registry.family(r.family)
+            is_latest = latest.get(r.family) is not None and str(latest[r.family]) == r.name
+            out.append(
+                StoredModel(
+                    r.name,
+                    r.family,
+                    r.release,
+                    r.format,
+                    Path(r.path),
+                    r.size_bytes,
+                    r.last_verified_at,
+                    r.last_verify_ok,
+                    is_latest,
+                    pinned and is_latest,
+                )
+            )
+        return out
+
+    def manifest(self, ref: str) -> tuple[Path, Manifest]:
+        folder = self.find(ref)
+        manifest = read_manifest(folder) if folder else None
+        if folder is None or manifest is None:
+            raise ModelNotFoundError(f"{ref} is not in the store (see `qwen-mlx models list`).")
+        return folder, manifest
+
+    # -- verify ----------------------------------------------------------------------------
+
+    def verify(
+        self, ref: str, *, progress: Callable[[str, int], None] | None = None
+    ) -> tuple[Manifest, list[FileProblem]]:
+        folder, manifest = self.manifest(ref)
+        problems = verify_files(folder, manifest, full=True, progress=progress)
+        name = naming.parse(manifest.name)
+        with self.registry.transaction() as conn:
+            conn.execute(
+                "UPDATE models SET last_verified_at = ?, last_verify_ok = ? WHERE name = ?",
+                (now_iso(), int(not problems), manifest.name),
+            )
+            detail = "ok" if not problems else "; ".join(map(str, problems))
+            Registry.log(conn, name.family_id, "verified", manifest.name, detail)
+        return manifest, problems
+
+    # -- latest, rollback, pin ---------------------------------------------------------------
+
+    def _stored_name(self, ref: str) -> naming.ModelName:
+        _, manifest = self.manifest(ref)
+        return naming.parse(manifest.name)
+
+    def set_latest(self, ref: str, *, force: bool = False) -> naming.ModelName:
+        name = self._stored_name(ref)
+        _, pinned = self.registry.family(name.family_id)
+        if pinned and not force:
+            raise StoreError(
+                f"{name.family_id} is pinned; `qwen-mlx models unpin {name.family_id}` first."
+            )
+        with self.registry.transaction() as conn:
+            self._write_latest(name, name.family_id)
+            Registry.log(conn, name.family_id, "set-latest", str(name), "manual")
+        return name
+
+    def history(self, family: str) -> list[str]:
+        """The stack of latest versions, oldest first, replayed from the events."""
+        stack: list[str] = []
+        for e in self.registry.events(family):
+            if e.kind == "set-latest" and e.model:
+                if stack and stack[-1] == e.model:
+                    continue
+                if e.model in stack:
+                    stack.remove(e.model)
+                stack.append(e.model)
+            elif e.kind == "rolled-back" and stack:
+                stack.pop()
+            elif e.kind == "removed" and e.model in stack:
+                stack.remove(e.model)
+        return stack
+
+    def rollback(self, family: str) -> naming.ModelName:
+        """Go back to the version that was latest before the current one."""
+        family = family.strip().lower()
+        _, pinned = self.registry.family(family)
+        if pinned:
+            raise StoreError(f"{family} is pinned; `qwen-mlx models unpin {family}` first.")
+        stack = self.history(family)
+        current = self.latest(family)
+        if current is None or not stack or stack[-1] != str(current):
+            raise StoreError(f"{family} has no latest version to roll back from.")
+        previous = [n for n in stack[:-1] if self.path_for(naming.parse(n)).is_dir()]
+        if not previous:
+            raise StoreError(f"{family} has no earlier version to roll back to.")
+        target = naming.parse(previous[-1])
+        with self.registry.transaction() as conn:
+            self._write_latest(target, family)
+            Registry.log(conn, family, "rolled-back", str(target), f"from {current}")
+        return target
+
+    def pin(self, family: str, version: str | None = None) -> naming.ModelName:
+        """Freeze a family at `version` (a name or `<release>-<format>`), or at its latest."""
+        family = family.strip().lower()
+        if version:
+            ref = version if naming.is_name(version) else f"{family}-{version}"
+            target = self._stored_name(ref)
+            if target.family_id != family:
+                raise StoreError(f"{target} is not a version of {family}.")
+        else:
+            latest = self.latest(family)
+            if latest is None:
+                raise StoreError(f"{family} has no latest version to pin.")
+            target = latest
+        with self.registry.transaction() as conn:
+            conn.execute(
+                "INSERT INTO families (family, pinned) VALUES (?, 1) "
+                "ON CONFLICT(family) DO UPDATE SET pinned = 1",
+                (family,),
+            )
+            if self.latest(family) != target:
+                self._write_latest(target, family)
+                Registry.log(conn, family, "set-latest", str(target), "pin")
+            Registry.log(conn, family, "pinned", str(target))
+        return target
+
+    def unpin(self, family: str) -> None:
+        family = family.strip().lower()
+        with self.registry.transaction() as conn:
+            conn.execute("UPDATE families SET pinned = 0 WHERE family = ?", (family,))
+            Registry.log(conn, family, "unpinned")
+
+    def set_policy(self, family: str, policy: str) -> None:
+        if policy not in POLICIES:
+            raise StoreError(f"Unknown update policy {policy!r}; use one of {', '.join(POLICIES)}.")
+        family = family.strip().lower()
+        with self.registry.transaction() as conn:
+            conn.execute(
+                "INSERT INTO families (family, policy) VALUES (?, ?) "
+                "ON CONFLICT(family) DO UPDATE SET policy = excluded.policy",
+                (family, policy),
+            )
+            Registry.log(conn, family, "policy", None, policy)
+
+    # -- remove ----------------------------------------------------------------------------
+
+    def remove(self, ref: str, *, force: bool = False) -> int:
+        """Delete a model from disk and the registry; return the bytes freed."""
+        folder, manifest = self.manifest(ref)
+        name = naming.parse(manifest.name)
+        family = name.family_id
+        is_latest = self.latest(family) == name
+        _, pinned = self.registry.family(family)
+        if is_latest and not force:
+            what = "pinned and latest" if pinned else "the latest"
+            raise StoreError(
+                f"{name} is {what} version of {family}; pass --force to remove it anyway "
+                "(latest then moves back to the previous version)."
+            )
+        freed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        with self.registry.transaction() as conn:
+            conn.execute("DELETE FROM models WHERE name = ?", (str(name),))
+            Registry.log(conn, family, "removed", str(name), str(folder))
+            if is_latest:
+                remaining = [n for n in self.history(family) if n != str(name)]
+                remaining = [n for n in remaining if self.path_for(naming.parse(n)).is_dir()]
+                target = naming.parse(remaining[-1]) if remaining else None
+                self._write_latest(target, family)
+                if target is not None:
+                    Registry.log(conn, family, "set-latest", str(target), "removed latest")
+            _delete_tree(folder)
+        return freed
+
+    # -- partial outputs ---------------------------------------------------------------------
+
+    @contextmanager
+    def staging(self, final: Path) -> Iterator[Path]:
+        """A temporary sibling of `final` that is deleted unless the caller renames it."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_partials(final.parent)
+        tmp = final.parent / f".{final.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_partials(parent: Path) -> None:
+    """Delete leftovers of conversions whose process is gone (killed with -9, say)."""
+    for p in parent.glob(f".*{PARTIAL_MARK}*"):
+        pid = p.name.rsplit(PARTIAL_MARK, 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def install(tmp: Path, final: Path, *, replace: bool) -> None:
+    """Rename a finished `tmp` folder to `final`, replacing an old one only if asked."""
+    if final.exists():
+        if not replace:
+            raise FileExistsError(final)
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def _delete_tree(folder: Path) -> None:
+    """Rename first so a half-deleted folder never looks like a model."""
+    doomed = folder.parent / f".{folder.name}.removing-{uuid.uuid4().hex[:8]}"
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed)
+    for parent in (folder.parent, folder.parent.parent):  # drop emptied release/family dirs
+        try:
+            parent.rmdir()
+        except OSError:  # not empty
+            break
+
+
+MLX_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "LICENSE")
+
+
+def resolve(
+    ref: str | os.PathLike, *, home: str | Path | None = None, revision: str | None = None
+) -> Path:
+    """Turn a model reference into a folder: an existing path, a store name or family id
+    (its latest), or a Hugging Face repo id of an MLX model (downloaded to the HF cache)."""
+    from . import hub
+
+    text = os.fspath(ref)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return local
+    store = Store(home)
+    try:
+        if (naming.is_name(text) or naming.is_family_id(text)) and store.models_dir.is_dir():
+            found = store.find(text)
+            if found is not None:
+                return found
+    finally:
+        store.close()
+    if hub.looks_like_repo_id(text):
+        return hub.fetch(text, revision=revision, allow_patterns=MLX_PATTERNS).path
+    if naming.is_name(text) or naming.is_family_id(text):
+        raise ModelNotFoundError(
+            f"No model {text} in the store at {store.root}. Convert one with "
+            "`qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507`, see what is there with "
+            "`qwen-mlx models list`, or try `qwen-mlx demo`."
+        )
+    raise ModelNotFoundError(
+        f"No model {text!r}: it is not a folder, a store name (like qwen3-4b-instruct) "
+        "or a Hugging Face repo id (like mlx-community/Qwen3-4B-Instruct-2507-4bit)."
+    )

@@ -1,0 +1,71 @@
+"""The `qwen-mlx` dispatcher and the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from qwen_mlx.cli import COMMANDS, main
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_help_is_fast_and_does_not_import_mlx():
+    code = (
+        "import sys; from qwen_mlx.cli import main; main(['--help']);"
+        "print('MLX' if any(m == 'mlx' or m.startswith(('mlx.', 'mlx_lm')) for m in sys.modules)"
+        " else 'NOMLX')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ
+    )
+    assert proc.stdout.strip().endswith("NOMLX")
+    for name in COMMANDS:
+        sub = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; from qwen_mlx.cli import main\ntry: main(['{name}', '--help'])\n"
+                "except SystemExit: pass\n"
+                "print('MLX' if 'mlx.core' in sys.modules else 'NOMLX')",
+            ],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+        )
+        assert sub.stdout.strip().endswith("NOMLX"), name
+
+
+def test_subcommands_run_as_modules():
+    proc = subprocess.run(
+        [sys.executable, "-m", "qwen_mlx.commands.generate", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and "--prompt" in proc.stdout
+
+
+def test_demo_builds_converts_loads_and_generates(home, capsys):
+    from qwen_mlx.commands.demo import DEMO_MODEL
+
+    assert main(["demo", "--max-tokens", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "[3/3] Generating" in captured.err
+    assert "generation:" in captured.err
+    assert (home / "models/qwen3-3m-demo/latest").is_file()
+    from qwen_mlx.store import Store
+
+    assert [m.name for m in Store(home).list()] == [DEMO_MODEL]
+    assert main(["demo", "--max-tokens", "4"]) == 0  # second run reuses the stored model
+    assert "convert:" not in capsys.readouterr().err

@@ -1,0 +1,304 @@
+"""`qwen-mlx convert`: HF -> MLX into the store, atomically, with a manifest; bad input is
+rejected with a clear message before any heavy work and leaves nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwen_mlx.commands.convert import main
+from qwen_mlx.convert import Progress, convert
+from qwen_mlx.errors import InsufficientDiskError
+from qwen_mlx.fileio import sha256_file
+from qwen_mlx.manifest import read_manifest
+from qwen_mlx.store import Store
+
+STORE_DIR = "models/qwen3-1m-tiny/2507/mlx-q4-g64"
+
+
+def leftovers(root: Path) -> list[str]:
+    """Anything under root that is not a finished model folder (partials, temp files)."""
+    if not root.exists():
+        return []
+    return sorted(
+        p.name for p in root.rglob("*") if ".partial-" in p.name or p.name.endswith(".tmp")
+    )
+
+
+def test_cli_converts_into_the_store_and_makes_it_latest(tiny_hf, home, capsys):
+    assert main(["--hf-path", str(tiny_hf)]) == 0
+    out = capsys.readouterr().out
+    assert "Converted qwen3-1m-tiny-2507-mlx-q4-g64" in out
+    assert "now the latest" in out
+    folder = home / STORE_DIR
+    assert (folder / "model.safetensors").is_file()
+    assert (home / "models/qwen3-1m-tiny/latest").read_text().strip() == "2507/mlx-q4-g64"
+    assert [m.name for m in Store(home).list()] == ["qwen3-1m-tiny-2507-mlx-q4-g64"]
+
+
+def test_manifest_records_source_outputs_and_tools(tiny_hf, home):
+    result = convert(str(tiny_hf))
+    m = read_manifest(result.path)
+    assert m.name == "qwen3-1m-tiny-2507-mlx-q4-g64"
+    assert (m.family, m.variant, m.release) == ("qwen3-1m-tiny", "tiny", "2507")
+    assert m.context_length == 32768
+    assert m.parameters == result.manifest.parameters > 0
+    assert (m.quantization.bits, m.quantization.group_size, m.quantization.mode) == (
+        4,
+        64,
+        "affine",
+    )
+    assert m.source.path == str(tiny_hf) and m.source.repo is None
+    assert m.source.files["model.safetensors"] == sha256_file(tiny_hf / "model.safetensors")
+    assert m.source.files["tokenizer.json"] == sha256_file(tiny_hf / "tokenizer.json")
+    listed = {f.path: f for f in m.files}
+    assert set(listed) == {p.name for p in result.path.iterdir()} - {"manifest.json"}
+    for f in m.files:
+        assert f.size == (result.path / f.path).stat().st_size
+        assert f.sha256 == sha256_file(result.path / f.path)
+    assert {"mlx", "mlx-lm", "python"} <= set(m.tools)
+    assert m.created_at.endswith("+00:00")
+
+
+def test_bits_per_weight_counts_scales_and_biases(tiny_hf, tmp_path):
+    # Per group of 64 weights: bits x 64 plus a bf16 scale and bias (32 bits) -> +0.5 bit.
+    for bits in (4, 8):
+        result = convert(str(tiny_hf), mlx_path=tmp_path / f"q{bits}", q_bits=bits)
+        bpw = result.manifest.quantization.bits_per_weight
+        assert bits + 0.5 <= bpw < bits + 0.6  # norms stay bf16: a little over
+    plain = convert(str(tiny_hf), mlx_path=tmp_path / "bf16", quantize=False)
+    assert plain.manifest.quantization.bits_per_weight == 16.0
+    assert plain.manifest.name == "qwen3-1m-tiny-2507-mlx-bf16"
+
+
+def test_untied_sharded_checkpoint_converts_with_its_lm_head(tiny_hf_untied, tmp_path):
+    import mlx.core as mx
+
+    result = convert(str(tiny_hf_untied), mlx_path=tmp_path / "out", q_bits=8)
+    weights = mx.load(str(result.path / "model.safetensors"))
+    assert "lm_head.scales" in weights
+    assert result.manifest.source.files.keys() >= {
+        "model-00001-of-00003.safetensors",
+        "model.safetensors.index.json",
+    }
+
+
+def test_tied_checkpoint_has_no_separate_lm_head(tiny_hf, tmp_path):
+    import mlx.core as mx
+
+    result = convert(str(tiny_hf), mlx_path=tmp_path / "out")
+    weights = mx.load(str(result.path / "model.safetensors"))
+    assert not any(k.startswith("lm_head") for k in weights)
+
+
+def test_unquantized_copy_uses_the_requested_dtype(tiny_hf, tmp_path):
+    import mlx.core as mx
+
+    result = convert(str(tiny_hf), mlx_path=tmp_path / "f16", quantize=False, dtype="float16")
+    weights = mx.load(str(result.path / "model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {mx.float16}
+    assert "quantization" not in json.loads((result.path / "config.json").read_text())
+
+
+def test_existing_output_needs_force(tiny_hf, home, capsys):
+    assert main(["--hf-path", str(tiny_hf)]) == 0
+    before = sha256_file(home / STORE_DIR / "manifest.json")
+    assert main(["--hf-path", str(tiny_hf)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert sha256_file(home / STORE_DIR / "manifest.json") == before
+    assert main(["--hf-path", str(tiny_hf), "--force"]) == 0
+    assert leftovers(home) == []
+
+
+def test_mixed_recipe_writes_per_layer_settings(tiny_hf, tmp_path):
+    result = convert(str(tiny_hf), mlx_path=tmp_path / "mixed", recipe="mixed_4_6")
+    quant = json.loads((result.path / "config.json").read_text())["quantization"]
+    assert quant["bits"] == 4
+    per_layer = {k: v["bits"] for k, v in quant.items() if isinstance(v, dict)}
+    assert set(per_layer.values()) == {4, 6}
+    assert result.manifest.name.endswith("-mlx-mixed_4_6-g64")
+
+
+# -- bad input: a clear error, a non-zero exit, nothing left behind ----------------------
+
+
+def run_bad(args, capsys, home) -> str:
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    assert not (home / "models").exists() or leftovers(home) == []
+    assert not (home / STORE_DIR).exists()
+    return err
+
+
+def test_missing_config_is_named(hf_copy, capsys, home):
+    (hf_copy / "config.json").unlink()
+    assert "has no config.json" in run_bad(["--hf-path", str(hf_copy)], capsys, home)
+
+
+def test_unsupported_model_type_lists_the_supported_ones(hf_copy, capsys, home):
+    config = json.loads((hf_copy / "config.json").read_text())
+    config["model_type"] = "llama"
+    (hf_copy / "config.json").write_text(json.dumps(config))
+    err = run_bad(["--hf-path", str(hf_copy)], capsys, home)
+    assert "'llama'" in err and "supported model types: qwen3" in err
+
+
+def test_missing_shard_is_named(tiny_hf_untied, tmp_path, capsys, home):
+    src = tmp_path / tiny_hf_untied.name
+    shutil.copytree(tiny_hf_untied, src)
+    (src / "model-00002-of-00003.safetensors").unlink()
+    err = run_bad(["--hf-path", str(src)], capsys, home)
+    assert "model-00002-of-00003.safetensors" in err and "missing" in err
+
+
+def test_truncated_safetensors_is_named(hf_copy, capsys, home):
+    weights = hf_copy / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 100])
+    err = run_bad(["--hf-path", str(hf_copy)], capsys, home)
+    assert "model.safetensors is truncated or corrupt" in err
+
+
+def test_garbage_safetensors_is_named(hf_copy, capsys, home):
+    (hf_copy / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    assert "truncated or corrupt" in run_bad(["--hf-path", str(hf_copy)], capsys, home)
+
+
+def test_missing_tokenizer_is_named(hf_copy, capsys, home):
+    (hf_copy / "tokenizer.json").unlink()
+    err = run_bad(["--hf-path", str(hf_copy)], capsys, home)
+    assert "missing tokenizer files: tokenizer.json" in err
+
+
+def test_missing_tensor_is_named(hf_copy, capsys, home):
+    import mlx.core as mx
+
+    weights = mx.load(str(hf_copy / "model.safetensors"))
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    mx.save_safetensors(str(hf_copy / "model.safetensors"), weights)
+    assert "model.layers.1.mlp.up_proj.weight" in run_bad(["--hf-path", str(hf_copy)], capsys, home)
+
+
+def test_folder_that_is_not_a_model_name_needs_a_name(tiny_hf, tmp_path, capsys, home):
+    src = tmp_path / "my_model"
+    shutil.copytree(tiny_hf, src)
+    assert "Pass --name" in run_bad(["--hf-path", str(src)], capsys, home)
+    assert main(["--hf-path", str(src), "--name", "qwen3-1m-tiny-2507"]) == 0
+
+
+def test_not_enough_disk_is_refused_up_front(tiny_hf, home, monkeypatch):
+    import qwen_mlx.convert as conv
+
+    def tiny_disk(path):
+        return shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
+
+    monkeypatch.setattr(conv.shutil, "disk_usage", tiny_disk)
+    called = []
+    monkeypatch.setattr(conv, "_write_weights", lambda *a, **k: called.append(1))
+    with pytest.raises(InsufficientDiskError, match="needs about"):
+        convert(str(tiny_hf))
+    assert called == []
+    assert not (home / STORE_DIR).exists()
+
+
+def test_bad_option_values_are_rejected(tiny_hf, capsys):
+    with pytest.raises(SystemExit):
+        main(["--hf-path", str(tiny_hf), "--q-bits", "7"])
+    with pytest.raises(ValueError, match="q-group-size"):
+        convert(str(tiny_hf), q_group_size=48)
+
+
+def test_unknown_repo_offline_is_a_clear_hub_error(capsys):
+    assert main(["--hf-path", "Qwen/Qwen3-4B-Instruct-2507"]) == 3
+    err = capsys.readouterr().err
+    assert "offline mode is on" in err and "not in the local Hugging Face cache" in err
+
+
+def test_neither_folder_nor_repo(capsys):
+    assert main(["--hf-path", "./no/such/folder"]) == 1
+    assert "neither an existing folder nor" in capsys.readouterr().err
+
+
+# -- atomicity ----------------------------------------------------------------------------
+
+
+def test_ctrl_c_mid_conversion_leaves_nothing(tiny_hf, home):
+    def interrupt(p: Progress) -> None:
+        if p.stage == "convert" and p.done > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(str(tiny_hf), progress=interrupt)
+    assert not (home / STORE_DIR).exists()
+    assert leftovers(home) == []
+
+
+def test_disk_full_while_writing_leaves_nothing(tiny_hf, home, monkeypatch):
+    from qwen_mlx import tensorfile
+
+    written = []
+
+    def emit(self, data):
+        written.append(len(data))
+        if len(written) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._file.write(data)
+
+    monkeypatch.setattr(tensorfile.TensorFileWriter, "_emit", emit)
+    with pytest.raises(InsufficientDiskError, match="filled up"):
+        convert(str(tiny_hf))
+    assert not (home / STORE_DIR).exists()
+    assert leftovers(home) == []
+
+
+def test_failure_while_replacing_keeps_the_old_model(tiny_hf, home, monkeypatch):
+    first = convert(str(tiny_hf))
+    before = sha256_file(first.path / "manifest.json")
+    import qwen_mlx.convert as conv
+
+    monkeypatch.setattr(
+        conv, "_write_config", lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
+    with pytest.raises(RuntimeError):
+        convert(str(tiny_hf), force=True)
+    assert sha256_file(first.path / "manifest.json") == before
+    assert leftovers(home) == []
+
+
+def test_leftovers_of_a_killed_conversion_are_cleaned(tiny_hf, home):
+    parent = home / "models/qwen3-1m-tiny/2507"
+    parent.mkdir(parents=True)
+    dead = parent / ".mlx-q4-g64.partial-999999999-abcd1234"
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"half")
+    convert(str(tiny_hf))
+    assert not dead.exists()
+
+
+def test_python_dash_m_entry_point(tiny_hf, tmp_path, home):
+    out = tmp_path / "via-m"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qwen_mlx.convert",
+            "--hf-path",
+            str(tiny_hf),
+            "--mlx-path",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "manifest.json").is_file()
