@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "demo": "Build a tiny random Qwen3 locally and run convert + generate (no download).",
     "convert": "Convert a Hugging Face Qwen3 checkpoint to MLX (4-bit by default) into the store.",
     "generate": "Generate a reply to a prompt, streaming to stdout.",
+    "models": "Manage stored versions: list, show, verify, import, latest, pin, rollback, rm.",
 }
 
 USAGE = """usage: qwen-mlx <command> [options]

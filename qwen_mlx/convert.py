@@ -14,10 +14,11 @@ place only when complete, so Ctrl-C, an exception or a full disk leave nothing b
 from __future__ import annotations
 
 import errno
-import hashlib
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from .manifest import (
     tool_versions,
 )
 from .store import Store, install
-from .tensorfile import TensorFileWriter, TensorSpec, iter_tensors, read_header
+from .tensorfile import TensorFileWriter, TensorSpec, read_header
 
 Q_BITS = (2, 3, 4, 5, 6, 8)
 Q_GROUP_SIZES = (32, 64, 128)
@@ -222,61 +223,72 @@ def _write_weights(
 ) -> tuple[dict[str, str], dict[str, str], list[str]]:
     """Stream every tensor from source to output.
 
-    Returns the output files' sha256, the source files' sha256 (when `hash_sources`) and
-    the output file names.
+    Source tensors load lazily (`mx.load`) and are dropped as soon as they are written,
+    so memory holds about one tensor. Two helper threads overlap the I/O with the
+    quantization: one hashes the source files, one writes and hashes the output.
+    Returns the output files' sha256, the source files' sha256 (when `hash_sources`)
+    and the output file names.
     """
     import mlx.core as mx
 
     target = getattr(mx, plan.dtype)
     names = _shard_names(len(plan.shards))
-    out_hashes: dict[str, str] = {}
-    src_hashes: dict[str, str] = {}
     total = sum((ckpt.path / f).stat().st_size for f in ckpt.weight_files)
+    order: dict[str, list[str]] = {}
+    for file, tensor in plan.sources:
+        order.setdefault(file, []).append(tensor)
+    writers = [
+        TensorFileWriter(out / name, specs, metadata={"format": "mlx"})
+        for name, specs in zip(names, plan.shards, strict=True)
+    ]
+    shard_of = {spec.name: i for i, specs in enumerate(plan.shards) for spec in specs}
     done = 0
-    wanted = {t for _, t in plan.sources}
-    shard_iter = iter(zip(names, plan.shards, strict=True))
-    name, specs = next(shard_iter)
-    writer = TensorFileWriter(out / name, specs, metadata={"format": "mlx"})
-    written = 0
-    try:
-        for file in ckpt.weight_files:
-            hasher = hashlib.sha256() if hash_sources else None
-            for tensor, array in iter_tensors(ckpt.path / file, hasher):
-                done += array.nbytes
-                progress(Progress("convert", done, total, tensor))
-                if tensor not in wanted:
-                    continue
-                if mx.issubdtype(array.dtype, mx.floating):
-                    array = array.astype(target)
-                module, _, param = tensor.rpartition(".")
-                q = plan.quant.get(module) if param == "weight" else None
-                if q is not None:
-                    wq, scales, biases = mx.quantize(
-                        array, group_size=q["group_size"], bits=q["bits"], mode=q["mode"]
-                    )
-                    outputs = [
-                        (tensor, wq),
-                        (f"{module}.scales", scales),
-                        (f"{module}.biases", biases),
-                    ]
-                else:
-                    outputs = [(tensor, array)]
-                mx.eval([a for _, a in outputs])
-                for out_name, out_array in outputs:
-                    if written == len(specs):
-                        out_hashes[name] = writer.close()
-                        name, specs = next(shard_iter)
-                        writer = TensorFileWriter(out / name, specs, metadata={"format": "mlx"})
-                        written = 0
-                    writer.write(out_name, out_array)
-                    written += 1
-                del array, outputs
-            if hasher is not None:
-                src_hashes[file] = hasher.hexdigest()
-        out_hashes[name] = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    with ThreadPoolExecutor(1) as hashing, ThreadPoolExecutor(1) as writing:
+        src_futures = {
+            f: hashing.submit(sha256_file, ckpt.path / f) for f in ckpt.weight_files if hash_sources
+        }
+        pending: deque[Future] = deque()
+        try:
+            for file in ckpt.weight_files:
+                arrays = mx.load(str(ckpt.path / file))  # lazy: nothing is read yet
+                for tensor in order.get(file, []):
+                    array = arrays.pop(tensor)
+                    done += ckpt.tensors[tensor].nbytes
+                    progress(Progress("convert", done, total, tensor))
+                    if mx.issubdtype(array.dtype, mx.floating):
+                        array = array.astype(target)
+                    module, _, param = tensor.rpartition(".")
+                    q = plan.quant.get(module) if param == "weight" else None
+                    if q is not None:
+                        wq, scales, biases = mx.quantize(
+                            array, group_size=q["group_size"], bits=q["bits"], mode=q["mode"]
+                        )
+                        outputs = [
+                            (tensor, wq),
+                            (f"{module}.scales", scales),
+                            (f"{module}.biases", biases),
+                        ]
+                    else:
+                        outputs = [(tensor, array)]
+                    mx.eval([a for _, a in outputs])
+                    del array
+                    for name, result in outputs:
+                        writer = writers[shard_of[name]]
+                        pending.append(writing.submit(writer.write, name, result))
+                    del outputs
+                    while len(pending) > 3:  # bound what waits in memory for the disk
+                        pending.popleft().result()
+                del arrays
+            while pending:
+                pending.popleft().result()
+            out_hashes = {w.path.name: w.close() for w in writers}
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            for w in writers:
+                w.abort()
+            raise
+        src_hashes = {f: future.result() for f, future in src_futures.items()}
     return out_hashes, src_hashes, names
 
 

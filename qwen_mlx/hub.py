@@ -98,7 +98,8 @@ def fetch(
     if local.exists():
         if not local.is_dir():
             raise ModelNotFoundError(f"{local} is a file; expected a model folder.")
-        return FetchedSource(local.resolve(), None, _cached_revision(local))
+        local = local.resolve()
+        return FetchedSource(local, snapshot_repo(local), snapshot_revision(local))
     if not looks_like_repo_id(ref):
         raise ModelNotFoundError(
             f"{ref!r} is neither an existing folder nor a Hugging Face repo id (org/name)."
@@ -119,10 +120,18 @@ def fetch(
             raise
         raise mapped from e
     path = Path(path)
-    return FetchedSource(path, ref, _cached_revision(path) or revision)
+    return FetchedSource(path, ref, snapshot_revision(path) or revision)
 
 
-def _cached_revision(path: Path) -> str | None:
+def snapshot_repo(path: Path) -> str | None:
+    """`org/name` of an HF cache snapshot folder (`models--org--name/snapshots/<sha>`)."""
+    repo_dir = path.parent.parent.name
+    if path.parent.name == "snapshots" and repo_dir.startswith("models--"):
+        return repo_dir.removeprefix("models--").replace("--", "/", 1)
+    return None
+
+
+def snapshot_revision(path: Path) -> str | None:
     """The commit of an HF cache snapshot folder (`.../snapshots/<sha>`), else None."""
     if path.parent.name == "snapshots" and _SHA.match(path.name):
         return path.name

@@ -21,7 +21,15 @@ from pathlib import Path
 from . import naming
 from .errors import ModelNotFoundError, StoreError
 from .fileio import atomic_write_text, fsync_dir
-from .manifest import FileProblem, Manifest, manifest_sha256, now_iso, read_manifest, verify_files
+from .manifest import (
+    FileProblem,
+    Manifest,
+    QualityReport,
+    manifest_sha256,
+    now_iso,
+    read_manifest,
+    verify_files,
+)
 from .registry import POLICIES, Registry
 
 LATEST_FILE = "latest"
@@ -47,6 +55,7 @@ class StoredModel:
     last_verify_ok: bool | None
     latest: bool
     pinned: bool
+    quality: QualityReport | None = None
 
 
 class Store:
@@ -155,18 +164,20 @@ class Store:
         for r in rows:
             _, pinned = self.registry.family(r.family)
             is_latest = latest.get(r.family) is not None and str(latest[r.family]) == r.name
+            manifest = read_manifest(r.path) if Path(r.path).is_dir() else None
             out.append(
                 StoredModel(
-                    r.name,
-                    r.family,
-                    r.release,
-                    r.format,
-                    Path(r.path),
-                    r.size_bytes,
-                    r.last_verified_at,
-                    r.last_verify_ok,
-                    is_latest,
-                    pinned and is_latest,
+                    name=r.name,
+                    family=r.family,
+                    release=r.release,
+                    format=r.format,
+                    path=Path(r.path),
+                    size_bytes=r.size_bytes,
+                    last_verified_at=r.last_verified_at,
+                    last_verify_ok=r.last_verify_ok,
+                    latest=is_latest,
+                    pinned=pinned and is_latest,
+                    quality=manifest.quality if manifest else None,
                 )
             )
         return out
@@ -214,19 +225,21 @@ class Store:
         return name
 
     def history(self, family: str) -> list[str]:
-        """The stack of latest versions, oldest first, replayed from the events."""
+        """The timeline of latest versions, oldest first, replayed from the events.
+
+        Each set-latest appends; a rollback steps back to its target, so rolling back
+        twice walks two steps back in time (an undo, not a toggle).
+        """
         stack: list[str] = []
         for e in self.registry.events(family):
-            if e.kind == "set-latest" and e.model:
-                if stack and stack[-1] == e.model:
-                    continue
-                if e.model in stack:
-                    stack.remove(e.model)
+            if e.kind == "set-latest" and e.model and (not stack or stack[-1] != e.model):
                 stack.append(e.model)
-            elif e.kind == "rolled-back" and stack:
-                stack.pop()
+            elif e.kind == "rolled-back" and e.model in stack:
+                while stack[-1] != e.model:
+                    stack.pop()
             elif e.kind == "removed" and e.model in stack:
-                stack.remove(e.model)
+                stack = [m for m in stack if m != e.model]
+                stack = [m for i, m in enumerate(stack) if i == 0 or stack[i - 1] != m]
         return stack
 
     def rollback(self, family: str) -> naming.ModelName:
@@ -301,7 +314,7 @@ class Store:
         is_latest = self.latest(family) == name
         _, pinned = self.registry.family(family)
         if is_latest and not force:
-            what = "pinned and latest" if pinned else "the latest"
+            what = "the pinned latest" if pinned else "the latest"
             raise StoreError(
                 f"{name} is {what} version of {family}; pass --force to remove it anyway "
                 "(latest then moves back to the previous version)."
@@ -319,6 +332,43 @@ class Store:
                     Registry.log(conn, family, "set-latest", str(target), "removed latest")
             _delete_tree(folder)
         return freed
+
+    # -- repair ----------------------------------------------------------------------------
+
+    def repair(self) -> tuple[Path | None, int]:
+        """Rebuild registry.sqlite from the manifests on disk.
+
+        The damaged file is kept aside (returned); the models and `latest` pointers are
+        files and survive as they are. Pins, policies and older events are lost.
+        """
+        self.close()
+        db = self.root / "registry.sqlite"
+        kept = None
+        if db.exists():
+            stamp = now_iso().replace(":", "").replace("+0000", "Z")
+            kept = db.with_name(f"registry.sqlite.damaged-{stamp}")
+            os.replace(db, kept)
+            for suffix in ("-wal", "-shm"):
+                side = db.with_name(db.name + suffix)
+                if side.exists():
+                    os.replace(side, kept.with_name(kept.name + suffix))
+        count = 0
+        for file in sorted(self.models_dir.glob("*/*/*/manifest.json")):
+            folder = file.parent
+            if folder.name.startswith("."):
+                continue
+            manifest = read_manifest(folder)
+            name = naming.parse(manifest.name)
+            with self.registry.transaction() as conn:
+                self.registry.upsert_model(conn, manifest, folder, manifest_sha256(folder) or "")
+                Registry.log(conn, name.family_id, "repaired", manifest.name, str(folder))
+            count += 1
+        for family in self.registry.families():
+            latest = self.latest(family)
+            if latest is not None:
+                with self.registry.transaction() as conn:
+                    Registry.log(conn, family, "set-latest", str(latest), "repair")
+        return kept, count
 
     # -- partial outputs ---------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
-"""Streaming safetensors I/O: read tensors one at a time while hashing the file, write
-tensors one at a time while hashing the output.
+"""Streaming safetensors output: the header first, then tensors one at a time, hashed as
+they are written, so conversion never holds a whole shard in memory and never reads its
+output back to hash it.
 
-Conversion holds one tensor in memory at a time this way, and every byte is read and
-hashed exactly once. The format: 8-byte little-endian header length, a JSON header
-mapping names to dtype, shape and [start, end) data offsets, then the data.
+The format: 8-byte little-endian header length, a JSON header mapping names to dtype,
+shape and [start, end) data offsets, then the data.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,45 +60,6 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
     return header, 8 + n
-
-
-def iter_tensors(
-    path: str | os.PathLike, hasher: Any | None = None
-) -> Iterator[tuple[str, mx.array]]:
-    """Yield (name, array) in file order; `hasher.update` sees every byte of the file."""
-    import mlx.core as mx
-    import numpy as np
-
-    header, start = read_header(path)
-    header.pop("__metadata__", None)
-    entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
-    with open(path, "rb", buffering=0) as f:
-        head = f.read(start)
-        if hasher is not None:
-            hasher.update(head)
-        pos = 0
-        for name, info in entries:
-            begin, end = info["data_offsets"]
-            if begin != pos:  # padding between tensors is legal; hash it too
-                gap = f.read(begin - pos)
-                if hasher is not None:
-                    hasher.update(gap)
-            buf = bytearray(end - begin)
-            got = f.readinto(buf)
-            if got != len(buf):
-                raise OSError(f"{path} ended inside tensor {name!r}: the file is truncated.")
-            if hasher is not None:
-                hasher.update(buf)
-            pos = end
-            carrier, _, mlx_name = _DTYPES[info["dtype"]]
-            array = mx.array(np.frombuffer(buf, dtype=carrier).reshape(info["shape"]))
-            del buf
-            if carrier != mlx_name:
-                array = array.view(getattr(mx, mlx_name))
-            yield name, array
-        if hasher is not None:
-            while chunk := f.read(8 << 20):
-                hasher.update(chunk)
 
 
 class TensorFileWriter:

@@ -12,6 +12,8 @@ from typing import Any, TextIO
 from ..errors import QwenMLXError
 
 INTERRUPTED = 130
+# Without a terminal, work smaller than this shows its stage line only.
+QUIET_BELOW = 256 << 20
 
 
 def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
@@ -43,7 +45,8 @@ def human_bytes(n: float) -> str:
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal; a line per stage (and per 25%) otherwise."""
+    """A one-line progress bar on a terminal. Elsewhere (logs, pipes) a line per stage, and
+    one per quarter of the work when it is large."""
 
     def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
         self.stream = stream or sys.stderr
@@ -52,6 +55,12 @@ class ProgressBar:
         self._stage = ""
         self._last_draw = 0.0
         self._last_quarter = -1
+        self._done = 0
+
+    def advance(self, stage: str, n: int, total: int, detail: str = "") -> None:
+        """Add `n` to the running count of this stage and redraw."""
+        self._done = (self._done if stage == self._stage else 0) + n
+        self.update(stage, self._done, total, detail)
 
     def update(self, stage: str, done: int = 0, total: int = 0, detail: str = "") -> None:
         if stage != self._stage:
@@ -73,7 +82,7 @@ class ProgressBar:
             line = f"\r{stage:<9} [{bar}] {frac:6.1%} {detail[:40]:<40}"
             self.stream.write(line)
             self.stream.flush()
-        else:
+        elif total >= QUIET_BELOW:
             quarter = int(frac * 4)
             if quarter > self._last_quarter:
                 self._last_quarter = quarter
