@@ -24,14 +24,22 @@ _EXPORTS = {
     "GenerationChunk": "runtime",
     "Store": "store",
     "ModelName": "naming",
+    "ChatSession": "session",
+    "ContextPolicy": "session",
+    "TurnStats": "session",
+    "MemoryPlanner": "memory",
 }
 
 __all__ = [
+    "ChatSession",
+    "ContextPolicy",
     "GenerationChunk",
+    "MemoryPlanner",
     "Model",
     "ModelName",
     "SamplingParams",
     "Store",
+    "TurnStats",
     "__version__",
     "generate",
     "load",
@@ -39,8 +47,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .memory import MemoryPlanner
     from .naming import ModelName
     from .runtime import GenerationChunk, Model, SamplingParams, generate, load, stream_generate
+    from .session import ChatSession, ContextPolicy, TurnStats
     from .store import Store
 
 

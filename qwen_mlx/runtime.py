@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 Message = dict[str, Any]
 Prompt = str | Sequence[Message] | Sequence[int]
+_REPLY_MARK = "\x00qwen-mlx-reply-{}\x00"
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,50 @@ class Model:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def render_tokens(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """Token ids of the rendered conversation, reusing the exact ids the model produced
+        for earlier replies (`"_token_ids"` on an assistant message).
+
+        Re-encoding a reply's text does not always give back the tokens the model sampled,
+        and every difference would make the prefix cache re-read from there. The template
+        still renders everything: replies are swapped for markers, the text around them is
+        encoded, and each reply's own ids go in between. If the markers would render any
+        differently from the real text, this falls back to encoding the whole text.
+        """
+        real = self.render(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+        spliced = [
+            i
+            for i, m in enumerate(messages)
+            if m.get("role") == "assistant"
+            and m.get("_token_ids")
+            and isinstance(m.get("content"), str)
+        ]
+        if not spliced:
+            return self.encode(real)
+        marks = {i: _REPLY_MARK.format(i) for i in spliced}
+        marked = [dict(m, content=marks[i]) if i in marks else m for i, m in enumerate(messages)]
+        text = self.render(marked, tools=tools, add_generation_prompt=add_generation_prompt)
+        rebuilt = text
+        for i, mark in marks.items():
+            if text.count(mark) != 1:
+                return self.encode(real)
+            rebuilt = rebuilt.replace(mark, messages[i]["content"])
+        if rebuilt != real:
+            return self.encode(real)
+        tokens: list[int] = []
+        pos = 0
+        for i, mark in marks.items():
+            at = text.index(mark, pos)
+            tokens += self.encode(text[pos:at]) + list(messages[i]["_token_ids"])
+            pos = at + len(mark)
+        return tokens + self.encode(text[pos:])
+
     def prompt_tokens(
         self, prompt: Prompt, tools: Sequence[dict[str, Any]] | None = None
     ) -> list[int]:
@@ -149,7 +194,7 @@ class Model:
         items = list(prompt)
         if items and all(isinstance(t, int) for t in items):
             return items
-        return self.encode(self.render(items, tools=tools))
+        return self.render_tokens(items, tools=tools)
 
 
 def load(
@@ -402,15 +447,25 @@ def stream_generate(
     params: SamplingParams | None = None,
     *,
     tools: Sequence[dict[str, Any]] | None = None,
+    json_schema: dict[str, Any] | str | None = None,
     prompt_progress: Callable[[int, int], None] | None = None,
     **overrides: Any,
 ) -> Iterator[GenerationChunk]:
     """Stream a reply: raw text, chat messages (through the chat template with the
     generation prompt) or token ids. Keyword overrides change single sampling parameters:
-    `stream_generate(model, messages, temperature=0.2, max_tokens=64)`."""
+    `stream_generate(model, messages, temperature=0.2, max_tokens=64)`. `json_schema`
+    constrains the reply to JSON valid for that schema (finish_reason "length" means it
+    ran out of tokens first)."""
     params = resolve_params(model, params, overrides)
     tokens = model.prompt_tokens(prompt, tools=tools)
-    yield from stream_tokens(model, tokens, params, prompt_progress=prompt_progress)
+    processors = []
+    if json_schema is not None:
+        from .structured import JsonSchemaProcessor
+
+        processors.append(JsonSchemaProcessor(model, json_schema))
+    yield from stream_tokens(
+        model, tokens, params, prompt_progress=prompt_progress, logits_processors=processors
+    )
 
 
 def generate(
@@ -418,3 +473,69 @@ def generate(
 ) -> str:
     """The whole reply as one string (see `stream_generate`)."""
     return "".join(c.text for c in stream_generate(model, prompt, params, **overrides))
+
+
+# -- KV caches (kept here so that only this module and convert.py touch mlx-lm) ---------------
+
+
+def make_cache(model: Model, kv_bits: int | None = None) -> list[Any]:
+    """An empty KV cache for `model`: bf16, or quantized to `kv_bits` from the first token
+    (so a long prefill never holds a bf16 copy of the cache)."""
+    from mlx_lm.models.cache import QuantizedKVCache, make_prompt_cache
+
+    from .memory import kv_group_size
+
+    if kv_bits is None:
+        return make_prompt_cache(model.model)
+    group = kv_group_size(model.model.args.head_dim)
+    return [QuantizedKVCache(group_size=group, bits=kv_bits) for _ in model.model.layers]
+
+
+def cache_length(cache: list[Any]) -> int:
+    return cache[0].offset if cache else 0
+
+
+def trim_cache(cache: list[Any], n: int) -> None:
+    """Drop the last `n` tokens from the cache, in place."""
+    from mlx_lm.models.cache import trim_prompt_cache
+
+    if n > 0:
+        trim_prompt_cache(cache, n)
+
+
+def requantize_cache(model: Model, cache: list[Any], kv_bits: int) -> list[Any]:
+    """The same cache at a lower precision (bf16 -> 8/4-bit, or 8-bit -> 4-bit)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
+
+    from .memory import kv_group_size
+
+    group_size = kv_group_size(model.model.args.head_dim)
+    out = []
+    for c in cache:
+        if isinstance(c, KVCache):
+            out.append(c.to_quantized(group_size=group_size, bits=kv_bits))
+            continue
+        assert isinstance(c, QuantizedKVCache)
+        q = QuantizedKVCache(group_size=group_size, bits=kv_bits)
+        q.offset = c.offset
+        if c.keys is not None:
+            keys, values = c.keys_and_values() if c.offset else (c.keys, c.values)
+            dense = [
+                mx.dequantize(*t, group_size=c.group_size, bits=c.bits) for t in (keys, values)
+            ]
+            q.keys, q.values = (mx.quantize(d, group_size=group_size, bits=kv_bits) for d in dense)
+        out.append(q)
+    return out
+
+
+def save_cache(path: str | Path, cache: list[Any], metadata: dict[str, str]) -> None:
+    from mlx_lm.models.cache import save_prompt_cache
+
+    save_prompt_cache(str(path), cache, metadata)
+
+
+def load_cache(path: str | Path) -> tuple[list[Any], dict[str, str]]:
+    from mlx_lm.models.cache import load_prompt_cache
+
+    return load_prompt_cache(str(path), return_metadata=True)

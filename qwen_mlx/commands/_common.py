@@ -48,8 +48,9 @@ class ProgressBar:
     """A one-line progress bar on a terminal. Elsewhere (logs, pipes) a line per stage, and
     one per quarter of the work when it is large."""
 
-    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+    def __init__(self, stream: TextIO | None = None, width: int = 30, min_total: int = 0) -> None:
         self.stream = stream or sys.stderr
+        self.min_total = min_total  # smaller work shows nothing at all
         self.tty = self.stream.isatty()
         self.width = width
         self._stage = ""
@@ -63,6 +64,8 @@ class ProgressBar:
         self.update(stage, self._done, total, detail)
 
     def update(self, stage: str, done: int = 0, total: int = 0, detail: str = "") -> None:
+        if total < self.min_total:
+            return
         if stage != self._stage:
             self.finish()
             self._stage = stage

@@ -1,19 +1,34 @@
-"""`qwen-mlx generate`: one reply, streamed to stdout; stats on stderr."""
+"""`qwen-mlx generate`: one reply, streamed to stdout; stats on stderr.
+
+With `--session FILE` the reply continues the conversation saved in FILE (created when
+missing) and the conversation, KV cache included, is saved back: the next call reads only
+the new message.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from ._common import add_sampling_args, format_stats, guarded, sampling_overrides
+from ._common import (
+    INTERRUPTED,
+    ProgressBar,
+    add_sampling_args,
+    format_stats,
+    guarded,
+    sampling_overrides,
+)
 
 DEFAULT_MODEL = "qwen3-4b-instruct"
+PREFILL_BAR_FROM = 2048  # tokens: shorter prompts prefill too fast for a bar
 
 EXAMPLES = """\
 examples:
   qwen-mlx generate --prompt "Write a haiku about unified memory"
   qwen-mlx generate --model qwen3-4b-instruct-2507-mlx-q8-g64 --prompt - < question.txt
-  qwen-mlx generate --prompt "List three primes" --temperature 0 --max-tokens 32
+  qwen-mlx generate --session trip.json --prompt "Plan a day in Kyoto"
+  qwen-mlx generate --session trip.json --prompt "Make it cheaper"   # reads only this turn
 """
 
 
@@ -31,11 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"store name, family (its latest), folder or repo id (default: {DEFAULT_MODEL})",
     )
     p.add_argument("--prompt", "-p", required=True, help="the user message; '-' reads stdin")
-    p.add_argument("--system", "-s", help="system prompt")
+    p.add_argument("--system", "-s", help="system prompt (for a new conversation)")
     p.add_argument(
         "--raw", action="store_true", help="send the prompt as-is, without the chat template"
     )
     p.add_argument("--verify", action="store_true", help="check every file's sha256 before loading")
+    p.add_argument("--session", type=Path, metavar="FILE", help="continue and save a conversation")
+    p.add_argument("--kv-bits", type=int, choices=(4, 8), help="quantize the KV cache")
+    p.add_argument(
+        "--policy",
+        choices=("truncate", "kv-quantize", "error"),
+        default=None,
+        help="when the conversation does not fit: leave out the oldest turns (default), "
+        "quantize the KV cache, or refuse",
+    )
+    p.add_argument(
+        "--json-schema",
+        type=Path,
+        metavar="FILE",
+        help="constrain the reply to JSON valid for the schema in FILE",
+    )
+    p.add_argument(
+        "--context-extension",
+        type=float,
+        metavar="F",
+        help="YaRN rope scaling: F x the model's native context",
+    )
     add_sampling_args(p)
     return p
 
@@ -43,23 +79,94 @@ def build_parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.raw and (args.session or args.kv_bits or args.policy):
+        raise ValueError(
+            "--raw sends text without the chat template; it cannot be combined "
+            "with --session, --kv-bits or --policy."
+        )
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    from ..runtime import load, stream_generate
+    schema = _read_schema(args.json_schema) if args.json_schema else None
+    from ..runtime import load
 
-    model = load(args.model, verify=args.verify)
+    model = load(args.model, verify=args.verify, context_extension=args.context_extension)
+    bar = ProgressBar(min_total=PREFILL_BAR_FROM)
     if args.raw:
-        request: str | list[dict[str, str]] = prompt
-    else:
-        request = [{"role": "system", "content": args.system}] if args.system else []
-        request.append({"role": "user", "content": prompt})
+        from ..runtime import stream_generate
+
+        chunks = stream_generate(
+            model,
+            prompt,
+            json_schema=schema,
+            prompt_progress=lambda d, t: bar.update("prefill", d, t),
+            **sampling_overrides(args),
+        )
+        last = _stream(chunks, bar)
+        print(format_stats(last), file=sys.stderr)
+        return 0
+
+    session = _open_session(model, args)
+    session.prefill_progress = lambda done, total: bar.update("prefill", done, total)
+    for notice in session.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    try:
+        last = _stream(session.send(prompt, json_schema=schema, **sampling_overrides(args)), bar)
+    except KeyboardInterrupt:
+        if args.session:
+            session.save(args.session)
+            print(f"\ninterrupted; the partial reply is saved in {args.session}.", file=sys.stderr)
+        return INTERRUPTED
+    stats = session.last_stats
+    for notice in stats.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    print(format_stats(last), file=sys.stderr)
+    print(
+        f"context: {stats.prompt_tokens:,} prompt tokens, {stats.prefilled_tokens:,} read "
+        f"this turn, {stats.reused_tokens:,} from the cache",
+        file=sys.stderr,
+    )
+    if args.session:
+        session.save(args.session)
+    return 0
+
+
+def _read_schema(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise FileNotFoundError(f"Cannot read the schema file {path} ({e.strerror}).") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}).") from e
+
+
+def _open_session(model, args):
+    from ..session import ChatSession
+
+    if args.session and args.session.exists():
+        session = ChatSession.load(args.session, model, policy=args.policy)
+        if args.kv_bits and session.kv_bits != args.kv_bits:
+            session.set_kv_bits(args.kv_bits)
+        if args.system:
+            session.system = args.system
+        return session
+    return ChatSession(
+        model, system=args.system, policy=args.policy or "truncate", kv_bits=args.kv_bits
+    )
+
+
+def _stream(chunks, bar: ProgressBar):
     last = None
-    for last in stream_generate(model, request, **sampling_overrides(args)):
+    started = False
+    for last in chunks:
+        if not started:
+            bar.finish()
+            started = True
         sys.stdout.write(last.text)
         sys.stdout.flush()
+    bar.finish()
     sys.stdout.write("\n")
-    if last is not None:
-        print(format_stats(last), file=sys.stderr)
-    return 0
+    return last
 
 
 if __name__ == "__main__":

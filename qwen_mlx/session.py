@@ -1,0 +1,658 @@
+"""ChatSession: a conversation that never re-reads history its KV cache already holds.
+
+The session keeps the messages and the exact token ids its KV cache holds. Each turn it
+renders the whole conversation with the chat template, keeps the longest common prefix
+with the cache, trims the cache there and prefills only the rest: turn 20 costs what turn
+1 costs, and a template that renders history differently still gets the right tokens.
+
+Before a turn the memory planner checks that the conversation, plus room for the reply,
+fits. The context policy decides what happens when it does not: `truncate` leaves the
+oldest turns out of the prompt (never the system prompt; they stay in `messages`),
+`kv-quantize` switches the cache to 8-bit then 4-bit, `error` refuses before any work.
+No policy lets a turn start that the planner says will not fit.
+
+A session saves to disk with its cache (`save`) and resumes without re-reading its
+history (`ChatSession.load`); a cache that does not belong to the model, or is damaged,
+is discarded with a notice and the history is re-read on the next turn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import ContextOverflowError, GenerationCancelled
+from .fileio import atomic_write_json, fsync_dir, sha256_file
+from .memory import KV_BITS, MemoryPlanner, kv_label
+from .runtime import (
+    GenerationChunk,
+    Model,
+    SamplingParams,
+    cache_length,
+    load_cache,
+    make_cache,
+    requantize_cache,
+    resolve_params,
+    save_cache,
+    stream_tokens,
+    trim_cache,
+)
+from .tools import Approver, CallFilter, Tool, ToolCall, parse_tool_calls, run_tool_call, tool_table
+
+SESSION_FORMAT = 1
+CACHE_SUFFIX = ".kv.safetensors"
+# Room kept for the reply when max_tokens is unlimited (-1).
+UNLIMITED_REPLY_RESERVE = 4096
+
+Message = dict[str, Any]
+
+
+class ContextPolicy(str, Enum):
+    """What a turn does when the conversation would not fit."""
+
+    TRUNCATE = "truncate"
+    KV_QUANTIZE = "kv-quantize"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class TurnStats:
+    """The last turn, as measured."""
+
+    prompt_tokens: int  # the whole rendered conversation this turn
+    prefilled_tokens: int  # of those, computed this turn; the rest came from the cache
+    generation_tokens: int
+    time_to_first_token: float  # seconds
+    prompt_tps: float  # prefilled tokens per second
+    tokens_per_second: float  # generation
+    peak_memory: float  # GB
+    kv_bits: int | None
+    dropped_messages: int  # left out of the prompt by the truncate policy
+    finish_reason: str  # stop, length or cancelled
+    notices: tuple[str, ...] = ()
+
+    @property
+    def reused_tokens(self) -> int:
+        return self.prompt_tokens - self.prefilled_tokens
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class ChatSession:
+    """A conversation with a loaded model.
+
+    `send(text)` streams the reply as GenerationChunk values (like `stream_generate`);
+    `stop()` from another thread ends it early, keeping the partial reply marked
+    `"stopped": True`. `messages` is the whole history; `last_stats` describes the last
+    turn; `context_tokens` / `context_limit` say how full the context is.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        system: str | None = None,
+        params: SamplingParams | None = None,
+        policy: ContextPolicy | str = ContextPolicy.TRUNCATE,
+        *,
+        kv_bits: int | None = None,
+        planner: MemoryPlanner | None = None,
+        tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool] | None = None,
+        max_tool_rounds: int = 4,
+        approve: Approver | None = None,
+    ) -> None:
+        if kv_bits not in KV_BITS:
+            raise ValueError(f"kv_bits must be one of None, 8, 4, not {kv_bits!r}.")
+        self.model = model
+        self.params = params or model.default_params
+        self.policy = ContextPolicy(policy)
+        self.planner = planner or MemoryPlanner.for_model(model)
+        self.id = uuid.uuid4().hex
+        self.last_stats: TurnStats | None = None
+        self.notices: list[str] = []
+        self.prefill_progress: Callable[[int, int], None] | None = None
+        self.prefill_chunk: int | None = None  # an upper bound on the planner's chunk size
+        self.tools = tool_table(tools or ())
+        self.max_tool_rounds = max_tool_rounds
+        self.approve = approve
+        self.on_tool_call: Callable[[ToolCall, str], None] | None = None
+        self._messages: list[Message] = []
+        self._dropped = 0
+        self._kv_bits = kv_bits
+        self._cache: list[Any] | None = None
+        self._cache_tokens: list[int] = []
+        self._stop = threading.Event()
+        self._busy = threading.Lock()
+        self._version = 0
+        self._rendered: dict[tuple[int, bool], list[int]] = {}
+        if system:
+            self._messages.append({"role": "system", "content": system})
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[Message]:
+        """The whole conversation, including messages the truncate policy left out."""
+        return [{k: v for k, v in m.items() if not k.startswith("_")} for m in self._messages]
+
+    @property
+    def system(self) -> str | None:
+        has = self._messages and self._messages[0]["role"] == "system"
+        return self._messages[0]["content"] if has else None
+
+    @system.setter
+    def system(self, text: str | None) -> None:
+        has = self._messages and self._messages[0]["role"] == "system"
+        if has:
+            if text:
+                self._messages[0]["content"] = text
+            else:
+                del self._messages[0]
+        elif text:
+            self._messages.insert(0, {"role": "system", "content": text})
+        self._changed()
+
+    @property
+    def kv_bits(self) -> int | None:
+        return self._kv_bits
+
+    @property
+    def dropped_messages(self) -> int:
+        """How many of the oldest messages the truncate policy leaves out of the prompt."""
+        return self._dropped
+
+    @property
+    def cache_tokens(self) -> list[int]:
+        """The token ids the KV cache holds, in order."""
+        return list(self._cache_tokens)
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens the conversation takes in the prompt now."""
+        return len(self._tokens(add_generation_prompt=False)) if self._messages else 0
+
+    @property
+    def context_limit(self) -> int:
+        """The most tokens a conversation can take: the model's context, or memory."""
+        return min(self.model.context_length, self.planner.max_context(self._kv_bits))
+
+    @property
+    def busy(self) -> bool:
+        return self._busy.locked()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.encode(text))
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._rendered.clear()
+        self._dropped = min(self._dropped, max(len(self._turn_messages()) - 1, 0))
+
+    def _system_part(self) -> list[Message]:
+        return self._messages[:1] if self.system is not None else []
+
+    def _turn_messages(self) -> list[Message]:
+        return self._messages[len(self._system_part()) :]
+
+    def _prompt_messages(self) -> list[Message]:
+        return self._system_part() + self._turn_messages()[self._dropped :]
+
+    def _tokens(self, *, add_generation_prompt: bool = True) -> list[int]:
+        key = (self._dropped, add_generation_prompt)
+        if key not in self._rendered:
+            self._rendered[key] = self.model.render_tokens(
+                self._prompt_messages(),
+                tools=[t.spec() for t in self.tools.values()] or None,
+                add_generation_prompt=add_generation_prompt,
+            )
+        return self._rendered[key]
+
+    # -- conversation --------------------------------------------------------------------------
+
+    def send(
+        self, text: str, *, json_schema: dict[str, Any] | str | None = None, **overrides: Any
+    ) -> Iterator[GenerationChunk]:
+        """Add a user message and stream the reply. Keyword overrides change sampling
+        parameters for this turn only (`temperature=0`, `max_tokens=64`, ...);
+        `json_schema` constrains the reply to JSON valid for that schema.
+
+        With tools, calls in the reply are run and their results fed back (up to
+        `max_tool_rounds` rounds); the stream carries the prose, and `messages` the calls.
+        """
+        self._messages.append({"role": "user", "content": text})
+        self._changed()
+        return self._turn(overrides, json_schema)
+
+    def regenerate(self, **overrides: Any) -> Iterator[GenerationChunk]:
+        """Drop the last reply and generate a new one for the same user message."""
+        last_user = self._last_index("user")
+        if last_user is None:
+            raise ValueError("There is no user message to reply to.")
+        del self._messages[last_user + 1 :]
+        self._changed()
+        return self._turn(overrides)
+
+    def edit(self, index: int, text: str, **overrides: Any) -> Iterator[GenerationChunk]:
+        """Replace message `index` and drop everything after it. Editing a user message
+        streams a fresh reply; editing any other message returns an empty stream."""
+        if not -len(self._messages) <= index < len(self._messages):
+            raise IndexError(f"No message {index}; the conversation has {len(self._messages)}.")
+        index %= len(self._messages)
+        self._messages[index] = {"role": self._messages[index]["role"], "content": text}
+        del self._messages[index + 1 :]
+        self._changed()
+        if self._messages[index]["role"] == "user":
+            return self._turn(overrides)
+        return iter(())
+
+    def undo(self) -> str | None:
+        """Remove the last user message and what followed it; return its text."""
+        last_user = self._last_index("user")
+        if last_user is None:
+            return None
+        text = self._messages[last_user]["content"]
+        del self._messages[last_user:]
+        self._changed()
+        return text
+
+    def reset(self) -> None:
+        """Start over, keeping the system prompt (and the cache of it)."""
+        del self._messages[len(self._system_part()) :]
+        self._dropped = 0
+        self._changed()
+
+    def stop(self) -> None:
+        """End the reply being generated (safe from another thread)."""
+        self._stop.set()
+
+    def add_message(self, message: Message) -> None:
+        """Append a message as is (a tool result, an attached document, ...)."""
+        if message.get("role") not in ("system", "user", "assistant", "tool"):
+            raise ValueError(f"Unknown role {message.get('role')!r}.")
+        self._messages.append(dict(message))
+        self._changed()
+
+    def _last_index(self, role: str) -> int | None:
+        for i in range(len(self._messages) - 1, -1, -1):
+            if self._messages[i]["role"] == role:
+                return i
+        return None
+
+    # -- fitting the context --------------------------------------------------------------------
+
+    def fit_report(self, text: str = "", max_tokens: int | None = None) -> str | None:
+        """None if a user message `text` fits as things stand; else what the policy will do."""
+        reserve = self._reserve(max_tokens or self.params.max_tokens)
+        need = self.context_tokens + self.count_tokens(text) + 16 + reserve
+        plan = self.planner.plan(need, self._kv_bits)
+        if plan.fits:
+            return None
+        action = {
+            ContextPolicy.TRUNCATE: "the oldest turns will be left out of the prompt",
+            ContextPolicy.KV_QUANTIZE: "the KV cache will switch to a lower precision",
+            ContextPolicy.ERROR: "it will be refused",
+        }[self.policy]
+        return (
+            f"This message needs about {need:,} tokens; {self._why(plan)}: {action} "
+            f"(context policy: {self.policy.value})."
+        )
+
+    def _reserve(self, max_tokens: int) -> int:
+        return UNLIMITED_REPLY_RESERVE if max_tokens < 0 else max_tokens
+
+    def _why(self, plan) -> str:
+        if not plan.fits_context:
+            return f"the model's context is {plan.context_limit:,} tokens"
+        fit = self.planner.max_context(plan.kv_bits)
+        return (
+            f"only {fit:,} tokens fit in memory with {kv_label(plan.kv_bits)} KV "
+            f"({plan.budget / 1e9:.1f} GB budget, {plan.weights / 1e9:.1f} GB of weights)"
+        )
+
+    def _fit(self, params: SamplingParams) -> tuple[list[int], list[str]]:
+        """The prompt tokens for this turn after applying the context policy."""
+        reserve = self._reserve(params.max_tokens)
+        notices: list[str] = []
+        while True:
+            tokens = self._tokens()
+            plan = self.planner.plan(len(tokens) + reserve, self._kv_bits)
+            if plan.fits:
+                return tokens, notices
+            need = f"{len(tokens):,} prompt tokens + {reserve:,} for the reply"
+            if self.policy is ContextPolicy.ERROR:
+                raise ContextOverflowError(f"The conversation needs {need}, but {self._why(plan)}.")
+            if self.policy is ContextPolicy.KV_QUANTIZE:
+                lower = [b for b in KV_BITS if b is not None and (self._kv_bits or 16) > b]
+                if not plan.fits_context or not lower:
+                    raise ContextOverflowError(
+                        f"The conversation needs {need}, but {self._why(plan)}, even with "
+                        f"{kv_label(self._kv_bits)} KV. Start a new chat or use the truncate "
+                        "policy."
+                    )
+                self.set_kv_bits(lower[0])
+                notices.append(f"Switched the KV cache to {kv_label(lower[0])} to fit {need}.")
+                continue
+            if len(self._turn_messages()) - self._dropped <= 1:
+                raise ContextOverflowError(
+                    f"The last message alone needs {need}, but {self._why(plan)}. Shorten it "
+                    "or lower max_tokens."
+                )
+            self._drop_oldest_turn()
+            notices.append(
+                f"Left the {self._dropped} oldest messages out of the prompt to fit ({need})."
+            )
+
+    def _drop_oldest_turn(self) -> None:
+        """Leave the oldest exchange (a user message and what answered it) out."""
+        turns = self._turn_messages()
+        i = self._dropped + 1
+        while i < len(turns) - 1 and turns[i]["role"] != "user":
+            i += 1
+        self._dropped = i
+        self._rendered.clear()
+
+    def set_kv_bits(self, kv_bits: int | None) -> None:
+        """Store the KV cache at this precision from now on (requantizing what it holds)."""
+        if self._cache is not None and kv_bits is not None:
+            self._cache = requantize_cache(self.model, self._cache, kv_bits)
+        self._kv_bits = kv_bits
+
+    # -- a turn ---------------------------------------------------------------------------------
+
+    def _turn(
+        self, overrides: dict[str, Any], json_schema: dict[str, Any] | str | None = None
+    ) -> Iterator[GenerationChunk]:
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("A reply is already being generated in this session.")
+        try:
+            self._stop.clear()
+            params = resolve_params(self.model, self.params, overrides)
+            rounds = 0
+            while True:
+                reason = yield from self._round(params, json_schema)
+                if reason == "cancelled" or not self.tools or json_schema is not None:
+                    return
+                if not self._run_tool_calls(rounds):
+                    return
+                rounds += 1
+                if rounds > self.max_tool_rounds:
+                    return
+        finally:
+            self._busy.release()
+
+    def _run_tool_calls(self, rounds: int) -> bool:
+        """Run the calls in the last reply; True if there were any (and a round follows)."""
+        reply = self._messages[-1]
+        prose, calls = parse_tool_calls(reply["content"])
+        if not calls:
+            return False
+        reply.update(content=prose, tool_calls=[c.to_message() for c in calls])
+        reply.pop("_token_ids", None)
+        for call in calls:
+            if rounds < self.max_tool_rounds:
+                result = run_tool_call(call, self.tools, self.approve)
+            else:
+                result = "error: too many rounds of tool calls; answer with what you have."
+            self._messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call.id,
+                    "name": call.name or "",
+                    "content": result,
+                }
+            )
+            if self.on_tool_call is not None:
+                self.on_tool_call(call, result)
+        self._changed()
+        return True
+
+    def _round(
+        self, params: SamplingParams, json_schema: dict[str, Any] | str | None
+    ) -> Iterator[GenerationChunk]:
+        """One reply from the model: fit, reuse the cache, prefill the rest, stream.
+        Returns the finish reason."""
+        processors = []
+        if json_schema is not None:
+            from .structured import JsonSchemaProcessor
+
+            processors.append(JsonSchemaProcessor(self.model, json_schema))
+        calls_hidden = CallFilter() if self.tools and json_schema is None else None
+        tokens, notices = self._fit(params)
+        if self._cache is None:
+            self._cache = make_cache(self.model, self._kv_bits)
+            self._cache_tokens = []
+        reuse = common_prefix(tokens, self._cache_tokens)
+        reuse = min(reuse, len(tokens) - 1)  # the model must see at least one new token
+        trim_cache(self._cache, len(self._cache_tokens) - reuse)
+        self._cache_tokens = tokens[:reuse]
+        chunk_size = self.planner.chunk_for(
+            len(tokens) + self._reserve(params.max_tokens), self._kv_bits
+        )
+        if self.prefill_chunk:
+            chunk_size = min(chunk_size, self.prefill_chunk)
+        suffix = tokens[reuse:]
+        started = False
+
+        def on_prefill(done: int, total: int) -> None:
+            if done < total:
+                self._cache_tokens = tokens[: reuse + done]
+                if self._stop.is_set():
+                    raise GenerationCancelled("Stopped during the prefill.")
+            if self.prefill_progress is not None:
+                self.prefill_progress(reuse + done, len(tokens))
+
+        def on_token(token: int) -> None:
+            nonlocal started
+            if not started:
+                self._cache_tokens = list(tokens)
+                started = True
+            self._cache_tokens.append(token)
+
+        pieces: list[str] = []
+        last: GenerationChunk | None = None
+        finished = False
+        try:
+            for chunk in stream_tokens(
+                self.model,
+                suffix,
+                params,
+                prompt_cache=self._cache,
+                prefill_step_size=chunk_size,
+                prompt_progress=on_prefill,
+                should_stop=self._stop.is_set,
+                on_token=on_token,
+                logits_processors=processors,
+            ):
+                pieces.append(chunk.text)
+                last = chunk
+                if calls_hidden is not None:
+                    shown = calls_hidden.feed(chunk.text)
+                    if chunk.finish_reason is not None:
+                        shown += calls_hidden.flush()
+                    chunk = replace(chunk, text=shown)
+                yield chunk
+            finished = True
+        except GenerationCancelled:
+            finished = True
+        except BaseException as e:
+            if not isinstance(e, GeneratorExit):
+                self._cache, self._cache_tokens = None, []  # state unknown: start clean
+            raise
+        finally:
+            reason = last.finish_reason if finished and last and last.finish_reason else "cancelled"
+            self._record(tokens, reuse, pieces, last, reason, notices)
+        if last is None or last.finish_reason is None:  # cancelled before the first token
+            yield GenerationChunk("", None, len(suffix), 0.0, 0, 0.0, 0.0, 0.0, "cancelled")
+            return "cancelled"
+        return last.finish_reason
+
+    def _record(
+        self,
+        tokens: list[int],
+        reuse: int,
+        pieces: list[str],
+        last: GenerationChunk | None,
+        reason: str,
+        notices: list[str],
+    ) -> None:
+        reply: Message = {"role": "assistant", "content": "".join(pieces)}
+        if reason == "cancelled":
+            reply["stopped"] = True
+        produced = self._cache_tokens[len(tokens) :]
+        while produced and produced[-1] in self.model.tokenizer.eos_token_ids:
+            produced = produced[:-1]
+        if produced and self.model.tokenizer.decode(produced) == reply["content"]:
+            reply["_token_ids"] = produced  # reused verbatim when the history is rendered
+        self._messages.append(reply)
+        self._changed()
+        self.notices.extend(notices)
+        self.last_stats = TurnStats(
+            prompt_tokens=len(tokens),
+            prefilled_tokens=len(tokens) - reuse,
+            generation_tokens=last.generation_tokens if last else 0,
+            time_to_first_token=last.time_to_first_token if last else 0.0,
+            prompt_tps=last.prompt_tps if last else 0.0,
+            tokens_per_second=last.generation_tps if last else 0.0,
+            peak_memory=last.peak_memory if last else 0.0,
+            kv_bits=self._kv_bits,
+            dropped_messages=self._dropped,
+            finish_reason=reason,
+            notices=tuple(notices),
+        )
+
+    # -- save and resume ------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the session (JSON) and its KV cache (`<path>.kv.safetensors`) atomically.
+
+        The cache file is written first; the JSON, written last, names its sha256, so a
+        crash in between leaves the previous save usable and never a mismatched pair.
+        """
+        path = Path(path)
+        if self.busy:
+            raise RuntimeError("Cannot save while a reply is being generated.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cache_info = None
+        if self._cache is not None and self._cache_tokens:
+            cache_file = path.with_name(path.name + CACHE_SUFFIX)
+            tmp = cache_file.with_name(f".{cache_file.name}.{uuid.uuid4().hex[:8]}.safetensors")
+            try:
+                save_cache(
+                    tmp, self._cache, {"session": self.id, "tokens": str(len(self._cache_tokens))}
+                )
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                digest = sha256_file(tmp)
+                os.replace(tmp, cache_file)
+                fsync_dir(cache_file.parent)
+            finally:
+                tmp.unlink(missing_ok=True)
+            cache_info = {
+                "file": cache_file.name,
+                "sha256": digest,
+                "tokens": self._cache_tokens,
+                "kv_bits": self._kv_bits,
+            }
+        atomic_write_json(
+            path,
+            {
+                "format": SESSION_FORMAT,
+                "id": self.id,
+                "model": {"name": self.model.name, "fingerprint": self.model.fingerprint},
+                "messages": self._messages,
+                "dropped": self._dropped,
+                "params": self.params.to_dict(),
+                "policy": self.policy.value,
+                "kv_bits": self._kv_bits,
+                "cache": cache_info,
+            },
+        )
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model: Model,
+        *,
+        policy: ContextPolicy | str | None = None,
+        planner: MemoryPlanner | None = None,
+    ) -> ChatSession:
+        """Resume a saved session. Its messages always come back; its KV cache only if it
+        belongs to this exact model and is intact (otherwise `notices` says why not)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != SESSION_FORMAT:
+                raise ValueError(f"unknown format {data.get('format')!r}")
+            params = SamplingParams(**data["params"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a readable qwen-mlx session ({e}).") from e
+        session = cls(
+            model,
+            params=params,
+            policy=policy or data.get("policy", ContextPolicy.TRUNCATE),
+            kv_bits=data.get("kv_bits"),
+            planner=planner,
+        )
+        session.id = data["id"]
+        session._messages = [dict(m) for m in data["messages"]]
+        session._dropped = int(data.get("dropped", 0))
+        session._changed()
+        session._restore_cache(path, data)
+        return session
+
+    def _restore_cache(self, path: Path, data: dict[str, Any]) -> None:
+        info = data.get("cache")
+        if not info:
+            return
+        saved = data.get("model", {})
+        if saved.get("fingerprint") != self.model.fingerprint:
+            self.notices.append(
+                f"The saved cache belongs to {saved.get('name', 'another model')}, not "
+                f"{self.model.name} (or the model changed): discarded; the history will be "
+                "read again on the next turn."
+            )
+            return
+        file = path.with_name(info["file"])
+        problem = None
+        if not file.is_file():
+            problem = "is missing"
+        elif sha256_file(file) != info["sha256"]:
+            problem = "does not match its checksum"
+        else:
+            try:
+                cache, _ = load_cache(file)
+                if cache_length(cache) != len(info["tokens"]):
+                    problem = "holds a different number of tokens than the session"
+            except Exception as e:  # a damaged file can fail in many ways inside MLX
+                problem = f"cannot be read ({e})"
+        if problem is not None:
+            self.notices.append(
+                f"The cache file {file.name} {problem}: discarded; the history will be read "
+                "again on the next turn (the messages are intact)."
+            )
+            return
+        self._cache, self._cache_tokens = cache, list(info["tokens"])
+        self._kv_bits = info.get("kv_bits")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Messages and settings, without the cache (for export and display)."""
+        return {
+            "messages": self.messages,
+            "params": asdict(self.params),
+            "policy": self.policy.value,
+            "kv_bits": self._kv_bits,
+        }

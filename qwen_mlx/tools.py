@@ -1,0 +1,414 @@
+"""Tools for Qwen3's tool calls: schemas from Python functions, a forgiving parser for
+`<tool_call>{json}</tool_call>` blocks, and safe execution.
+
+Qwen3 lists tools in the system turn (the chat template does it) and answers with
+`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks, possibly several, with
+text around them. Nothing the model writes can make this module raise: malformed JSON,
+an unknown tool, arguments that fail the schema, a tool that raises or a call the user
+declines all become an error message the model reads in the tool's reply.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import re
+import types
+import typing
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool the model may call: its JSON schema and, for executable tools, a function."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    function: Callable[..., Any] | None = field(default=None, compare=False)
+
+    def spec(self) -> dict[str, Any]:
+        """The OpenAI-style tool dict the chat template renders."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call found in a reply. `error` is set when it cannot be run as written."""
+
+    name: str | None
+    arguments: dict[str, Any] | None
+    raw: str
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
+    error: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        """The OpenAI-style entry for an assistant message's `tool_calls`."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {
+                "name": self.name or "",
+                "arguments": json.dumps(self.arguments if self.arguments is not None else {}),
+            },
+        }
+
+
+# -- schemas from Python functions ---------------------------------------------------------------
+
+
+def as_tool(obj: Callable[..., Any] | dict[str, Any] | Tool) -> Tool:
+    """A Tool from a plain function, an OpenAI-style tool dict, or a Tool."""
+    if isinstance(obj, Tool):
+        return obj
+    if isinstance(obj, dict):
+        fn = obj.get("function", obj)
+        if "name" not in fn:
+            raise ValueError(f"A tool dict needs a name: {obj!r}")
+        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        return Tool(fn["name"], fn.get("description", ""), params)
+    if callable(obj):
+        return tool_from_function(obj)
+    raise TypeError(f"Cannot make a tool from {type(obj).__name__}.")
+
+
+def tool_from_function(fn: Callable[..., Any]) -> Tool:
+    """JSON schema from a function's signature and Google- or Sphinx-style docstring."""
+    summary, param_docs = _parse_docstring(inspect.getdoc(fn) or "")
+    hints = typing.get_type_hints(fn, include_extras=True)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        schema = _schema_for(hints.get(name, Any))
+        if name in param_docs:
+            schema["description"] = param_docs[name]
+        if param.default is inspect.Parameter.empty:
+            required.append(name)
+        else:
+            default = param.default.value if isinstance(param.default, enum.Enum) else param.default
+            if _json_safe(default):
+                schema["default"] = default
+        properties[name] = schema
+    parameters: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        parameters["required"] = required
+    return Tool(fn.__name__, summary, parameters, fn)
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _schema_for(tp: Any) -> dict[str, Any]:
+    """JSON schema for a type annotation."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Annotated:
+        schema = _schema_for(args[0])
+        notes = [a for a in args[1:] if isinstance(a, str)]
+        if notes:
+            schema["description"] = notes[0]
+        return schema
+    if tp in _SIMPLE:
+        return {"type": _SIMPLE[tp]}
+    if tp is Any or tp is inspect.Parameter.empty:
+        return {}
+    if inspect.isclass(tp) and issubclass(tp, enum.Enum):
+        values = [m.value for m in tp]
+        return {**_enum_type(values), "enum": values}
+    if origin is typing.Literal:
+        return {**_enum_type(list(args)), "enum": list(args)}
+    if origin in (typing.Union, types.UnionType):
+        options = [_schema_for(a) for a in args]
+        if len(options) == 2 and {"type": "null"} in options:
+            other = next(o for o in options if o != {"type": "null"})
+            if set(other) == {"type"} and isinstance(other["type"], str):
+                return {"type": [other["type"], "null"]}
+        return {"anyOf": options}
+    if origin in (list, tuple, set, frozenset) or tp in (list, tuple, set, frozenset):
+        schema: dict[str, Any] = {"type": "array"}
+        if args and not (origin is tuple and args[-1] is Ellipsis and len(args) == 2):
+            if origin is tuple:
+                schema["prefixItems"] = [_schema_for(a) for a in args]
+            else:
+                schema["items"] = _schema_for(args[0])
+        elif args:
+            schema["items"] = _schema_for(args[0])
+        return schema
+    if origin is dict or tp is dict:
+        schema = {"type": "object"}
+        if len(args) == 2:
+            schema["additionalProperties"] = _schema_for(args[1])
+        return schema
+    raise TypeError(f"No JSON schema for the annotation {tp!r}.")
+
+
+def _enum_type(values: list[Any]) -> dict[str, Any]:
+    kinds = {_SIMPLE.get(type(v)) for v in values}
+    return {"type": kinds.pop()} if len(kinds) == 1 and None not in kinds else {}
+
+
+_SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Raises|Yields|Examples?|Notes?):\s*$")
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """(summary, {parameter: description}) from Google-style `Args:` or Sphinx `:param:`."""
+    lines = doc.splitlines()
+    summary: list[str] = []
+    params: dict[str, str] = {}
+    section = None
+    current = None
+    for raw in lines:
+        line = raw.strip()
+        sphinx = re.match(r"^:param\s+(?:[\w\[\], |.]+\s+)?(\w+):\s*(.*)$", line)
+        if sphinx:
+            current, params[sphinx[1]] = sphinx[1], sphinx[2]
+            section = "sphinx"
+            continue
+        if _SECTION.match(line):
+            section = _SECTION.match(line)[1]
+            current = None
+            continue
+        if section is None:
+            if line or summary:
+                summary.append(line)
+            continue
+        if section in ("Args", "Arguments", "Parameters"):
+            entry = re.match(r"^(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$", line)
+            if entry and raw.startswith((" ", "\t")) and not raw.startswith(" " * 8):
+                current, params[entry[1]] = entry[1], entry[2]
+            elif current and line:
+                params[current] = f"{params[current]} {line}".strip()
+        elif section == "sphinx" and current and line and not line.startswith(":"):
+            params[current] = f"{params[current]} {line}".strip()
+    text = " ".join(" ".join(summary).split())
+    return text, params
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+
+
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"\s*")
+
+
+def _call_end(text: str, body: int, *, final: bool) -> tuple[int | None, bool]:
+    """Where the call whose body starts at `body` ends, and whether it ended cleanly.
+
+    A JSON value followed by `</tool_call>` ends there (cleanly), so tags quoted inside
+    its strings do not count; otherwise (malformed JSON) the first closing tag does.
+    (None, _) means the text ends inside the call: more is coming, or, when `final`, it
+    was cut off.
+    """
+    start = _WS.match(text, body).end()
+    try:
+        _, end = _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError as e:
+        if not final and (e.msg.startswith("Unterminated") or e.pos >= len(text.rstrip())):
+            return None, False
+    except RecursionError:
+        pass
+    else:
+        close = _WS.match(text, end).end()
+        if text.startswith(CALL_CLOSE, close):
+            return close, True
+        if not final and CALL_CLOSE.startswith(text[close:]):
+            return None, False
+    close = text.find(CALL_CLOSE, body)
+    return (close if close >= 0 else None), False
+
+
+def _abandoned(text: str, body: int, end: int | None) -> int:
+    """The position of an opening tag that restarts a malformed call, or -1."""
+    nested = text.find(CALL_OPEN, body)
+    return nested if nested >= 0 and (end is None or nested < end) else -1
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
+    """Split a reply into its prose and its tool calls.
+
+    Every `<tool_call>...</tool_call>` block becomes a ToolCall (with `error` set when the
+    JSON is malformed or lacks a name); an opening tag inside a malformed block restarts
+    the call; an unterminated block at the end is a call with an error. The prose is the
+    text outside the blocks, stripped. Never raises.
+    """
+    calls: list[ToolCall] = []
+    prose: list[str] = []
+    pos = 0
+    while True:
+        start = text.find(CALL_OPEN, pos)
+        if start < 0:
+            prose.append(text[pos:])
+            break
+        prose.append(text[pos:start])
+        body = start + len(CALL_OPEN)
+        end, clean = _call_end(text, body, final=True)
+        restart = -1 if clean else _abandoned(text, body, end)
+        if restart >= 0:
+            prose.append(text[start:restart])  # an abandoned opening: keep it as text
+            pos = restart
+            continue
+        if end is None:
+            calls.append(_call(text[body:], closed=False))
+            break
+        calls.append(_call(text[body:end], closed=True))
+        pos = end + len(CALL_CLOSE)
+    return "".join(prose).strip(), calls
+
+
+def _call(body: str, *, closed: bool) -> ToolCall:
+    raw = body.strip()
+    if not closed:
+        return ToolCall(None, None, raw, error="the tool call was cut off before </tool_call>")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as e:
+        return ToolCall(None, None, raw, error=f"the tool call is not valid JSON ({e})")
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        return ToolCall(None, None, raw, error='a tool call needs {"name": ..., "arguments": ...}')
+    name = data["name"]
+    arguments = data.get("arguments", data.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except (json.JSONDecodeError, RecursionError) as e:
+            return ToolCall(name, None, raw, error=f"the arguments are not valid JSON ({e})")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        return ToolCall(name, None, raw, error="the arguments must be a JSON object")
+    return ToolCall(name, arguments, raw)
+
+
+class CallFilter:
+    """Streams a reply's prose while holding back `<tool_call>` blocks (and any text that
+    might be the start of one)."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._inside = False
+
+    def feed(self, text: str) -> str:
+        self._pending += text
+        out: list[str] = []
+        while True:
+            if self._inside:
+                end, clean = _call_end(self._pending, 0, final=False)
+                restart = -1 if clean else _abandoned(self._pending, 0, end)
+                if restart >= 0:  # as parse_tool_calls: an abandoned opening is prose
+                    out.append(CALL_OPEN + self._pending[:restart])
+                    self._pending = self._pending[restart + len(CALL_OPEN) :]
+                    continue
+                if end is None:
+                    return "".join(out)
+                self._pending = self._pending[end + len(CALL_CLOSE) :]
+                self._inside = False
+            start = self._pending.find(CALL_OPEN)
+            if start >= 0:
+                out.append(self._pending[:start])
+                self._pending = self._pending[start + len(CALL_OPEN) :]
+                self._inside = True
+                continue
+            keep = next(
+                (
+                    n
+                    for n in range(min(len(CALL_OPEN) - 1, len(self._pending)), 0, -1)
+                    if self._pending.endswith(CALL_OPEN[:n])
+                ),
+                0,
+            )
+            out.append(self._pending[: len(self._pending) - keep])
+            self._pending = self._pending[len(self._pending) - keep :]
+            return "".join(out)
+
+    def flush(self) -> str:
+        out = "" if self._inside else self._pending
+        self._pending, self._inside = "", False
+        return out
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+Approver = Callable[[ToolCall], bool]
+
+
+def run_tool_call(call: ToolCall, tools: dict[str, Tool], approve: Approver | None = None) -> str:
+    """Validate and run one call; return what the model reads back. Never raises."""
+    if call.error is not None:
+        return (
+            f'error: {call.error}. Write calls as <tool_call>{{"name": "...", '
+            f'"arguments": {{...}}}}</tool_call>.'
+        )
+    tool = tools.get(call.name or "")
+    if tool is None:
+        names = ", ".join(sorted(tools)) or "none"
+        return f"error: there is no tool named {call.name!r}; available tools: {names}."
+    problem = validate_arguments(tool, call.arguments or {})
+    if problem is not None:
+        return f"error: the arguments for {tool.name} do not match its schema: {problem}"
+    if tool.function is None:
+        return f"error: {tool.name} has no implementation here."
+    if approve is not None:
+        try:
+            allowed = approve(call)
+        except Exception as e:
+            return f"error: the approval step failed ({type(e).__name__}: {e})."
+        if not allowed:
+            return f"error: the user declined the call to {tool.name}."
+    try:
+        result = tool.function(**(call.arguments or {}))
+    except Exception as e:
+        return f"error: {tool.name} raised {type(e).__name__}: {e}"
+    if isinstance(result, str):
+        return result
+    try:
+        return json.dumps(result, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(result)
+
+
+def validate_arguments(tool: Tool, arguments: dict[str, Any]) -> str | None:
+    """None if the arguments satisfy the tool's JSON schema, else the first problem."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(arguments, tool.parameters)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path)
+        return f"{where + ': ' if where else ''}{e.message}"
+    except jsonschema.SchemaError as e:
+        return f"the tool's own schema is invalid ({e.message})"
+    return None
+
+
+def tool_table(tools: Iterable[Callable[..., Any] | dict[str, Any] | Tool]) -> dict[str, Tool]:
+    table: dict[str, Tool] = {}
+    for obj in tools:
+        t = as_tool(obj)
+        if t.name in table:
+            raise ValueError(f"Two tools are named {t.name!r}.")
+        table[t.name] = t
+    return table

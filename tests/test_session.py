@@ -1,0 +1,447 @@
+"""ChatSession: prefix-reused KV cache, stop, save and resume, context policies."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from qwen_mlx import ChatSession, load
+from qwen_mlx.commands.generate import main as generate_main
+from qwen_mlx.convert import convert
+from qwen_mlx.errors import ContextOverflowError
+from qwen_mlx.memory import MIN_CHUNK, Budget, MemoryPlanner, ModelShape, attention_workspace
+from qwen_mlx.runtime import cache_length
+
+REPLY = {"max_tokens": 8, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def f32_model(tiny_hf, tmp_path_factory):
+    """An unquantized float32 copy: reused-cache logits can be compared tightly."""
+    out = tmp_path_factory.mktemp("f32") / "m"
+    return load(convert(str(tiny_hf), mlx_path=out, quantize=False, dtype="float32").path)
+
+
+def reply(stream) -> str:
+    return "".join(c.text for c in stream)
+
+
+def assert_cache_matches_conversation(session: ChatSession) -> None:
+    """The cache holds exactly the ids the session says, and those render the history."""
+    assert cache_length(session._cache) == len(session.cache_tokens)
+    rendered = session.model.encode(
+        session.model.render(session.messages, add_generation_prompt=False)
+    )
+    # The cache ends with the last reply's end-of-turn token; the template adds a newline.
+    held = session.cache_tokens
+    assert held == rendered[: len(held)] or common_len(held, rendered) >= len(held) - 12
+
+
+def common_len(a, b) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_send_streams_chunks_and_records_the_reply(tiny_model):
+    session = ChatSession(tiny_model, system="Be brief.")
+    chunks = list(session.send("Hello", **REPLY))
+    assert chunks[-1].finish_reason in ("stop", "length")
+    text = "".join(c.text for c in chunks)
+    assert session.messages[-1] == {"role": "assistant", "content": text}
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant"]
+    stats = session.last_stats
+    assert stats.prompt_tokens == stats.prefilled_tokens  # nothing to reuse on turn 1
+    assert stats.generation_tokens == chunks[-1].generation_tokens
+    assert stats.time_to_first_token > 0 and stats.tokens_per_second > 0
+
+
+def test_turn_ten_prefills_only_its_own_new_tokens(tiny_model):
+    session = ChatSession(tiny_model, system="Be brief.")
+    for i in range(10):
+        before = list(session.cache_tokens)
+        reply(session.send(f"Message number {i}", **REPLY))
+        stats = session.last_stats
+        # Everything the cache held is reused: only the new turn (its markup, the message,
+        # the generation prompt) is read.
+        assert stats.reused_tokens == len(before)
+        assert stats.prefilled_tokens == stats.prompt_tokens - len(before)
+        if i:
+            markup = len(session.model.encode(f"Message number {i}")) + 16
+            assert stats.prefilled_tokens <= markup
+    assert_cache_matches_conversation(session)
+
+
+def test_reused_cache_logits_equal_a_fresh_full_prefill(f32_model):
+    import mlx.core as mx
+
+    from qwen_mlx.runtime import make_cache, trim_cache
+
+    session = ChatSession(f32_model, system="S")
+    for text in ("first question", "second, longer question about caches", "third"):
+        reply(session.send(text, **REPLY))
+    list(session.regenerate(**REPLY))
+    next_tokens = f32_model.prompt_tokens([*session.messages, {"role": "user", "content": "next"}])
+    held = session.cache_tokens
+    reuse = common_len(next_tokens, held)
+    assert reuse > len(next_tokens) // 2
+    trim_cache(session._cache, len(held) - reuse)
+    reused = f32_model.model(mx.array(next_tokens[reuse:])[None], cache=session._cache)[0, -1]
+    fresh_cache = make_cache(f32_model)
+    fresh = f32_model.model(mx.array(next_tokens)[None], cache=fresh_cache)[0, -1]
+    np.testing.assert_allclose(np.array(reused), np.array(fresh), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        ["send", "send", "regenerate", "send"],
+        ["send", "send", "undo", "send", "edit"],
+        ["send", "edit", "regenerate", "undo", "send", "send"],
+        ["send", "reset", "send", "send"],
+    ],
+)
+def test_cache_holds_the_rendered_tokens_after_any_sequence(tiny_model, steps):
+    session = ChatSession(tiny_model, system="You are a test.")
+    for i, step in enumerate(steps):
+        if step == "send":
+            reply(session.send(f"turn {i}", **REPLY))
+        elif step == "regenerate":
+            reply(session.regenerate(**REPLY))
+        elif step == "undo":
+            assert session.undo() is not None
+        elif step == "edit":
+            last_user = max(j for j, m in enumerate(session.messages) if m["role"] == "user")
+            reply(session.edit(last_user, f"edited {i}", **REPLY))
+        elif step == "reset":
+            session.reset()
+            assert [m["role"] for m in session.messages] == ["system"]
+    # One more turn: everything the cache holds must be a prefix of what is rendered.
+    reply(session.send("final", **REPLY))
+    assert_cache_matches_conversation(session)
+    prompt = session.model.prompt_tokens(session.messages[:-1])
+    assert session.cache_tokens[: len(prompt)] == prompt
+
+
+def test_edit_of_a_user_message_replaces_the_rest(tiny_model):
+    session = ChatSession(tiny_model)
+    reply(session.send("one", **REPLY))
+    reply(session.send("two", **REPLY))
+    reply(session.edit(0, "uno", **REPLY))
+    assert [m["content"] for m in session.messages if m["role"] == "user"] == ["uno"]
+    assert len(session.messages) == 2
+
+
+def test_stop_from_another_thread_keeps_the_partial_reply(tiny_model):
+    session = ChatSession(tiny_model)
+    seen = []
+    for chunk in session.send("Tell me everything", max_tokens=400, temperature=0.8, seed=3):
+        seen.append(chunk)
+        if len(seen) == 5:
+            threading.Thread(target=session.stop).start()
+    assert seen[-1].finish_reason == "cancelled"
+    last = session.messages[-1]
+    assert last["stopped"] is True
+    assert last["content"] == "".join(c.text for c in seen)
+    assert session.last_stats.finish_reason == "cancelled"
+    assert session.last_stats.generation_tokens < 400
+    assert_cache_matches_conversation(session)
+    reply(session.send("go on", **REPLY))  # the session carries on normally
+
+
+def test_stop_during_prefill_leaves_a_consistent_cache(tiny_model):
+    session = ChatSession(tiny_model)
+    session.planner = MemoryPlanner(
+        session.planner.shape, session.planner.weights, Budget(10**12, 10**12, "test")
+    )
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            session.stop()
+
+    session.prefill_progress = progress
+    long_text = "word " * 600
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(session.planner, "chunk_for", lambda *a: 64)
+        chunks = list(session.send(long_text, **REPLY))
+    assert chunks[-1].finish_reason == "cancelled"
+    assert session.messages[-1] == {"role": "assistant", "content": "", "stopped": True}
+    held = len(session.cache_tokens)
+    assert cache_length(session._cache) == held == 2 * 64  # the two chunks read before the stop
+    session.prefill_progress = None
+    reply(session.send("short", **REPLY))
+    assert session.last_stats.reused_tokens == held  # what was read is not read again
+
+
+def test_abandoning_the_stream_counts_as_a_stop(tiny_model):
+    session = ChatSession(tiny_model)
+    stream = session.send("hi", max_tokens=50, temperature=0)
+    next(stream)
+    stream.close()
+    assert session.messages[-1]["stopped"] is True
+    assert not session.busy
+    assert_cache_matches_conversation(session)
+
+
+# -- save and resume -------------------------------------------------------------------------
+
+
+def test_resume_with_the_same_model_prefills_only_the_next_message(tiny_model, tmp_path):
+    session = ChatSession(tiny_model, system="Remember things.")
+    for text in ("My name is Ada.", "I like bicycles.", "And tea."):
+        reply(session.send(text, **REPLY))
+    path = session.save(tmp_path / "chat.json")
+    assert (tmp_path / "chat.json.kv.safetensors").is_file()
+    resumed = ChatSession.load(path, tiny_model)
+    assert resumed.notices == []
+    assert resumed.messages == session.messages
+    assert resumed.cache_tokens == session.cache_tokens
+    reply(resumed.send("What is my name?", **REPLY))
+    assert resumed.last_stats.reused_tokens == len(session.cache_tokens)
+    assert resumed.last_stats.prefilled_tokens <= len(tiny_model.encode("What is my name?")) + 16
+
+
+def test_resume_with_another_model_discards_the_cache_and_says_so(tiny_model, tmp_path, tiny_hf):
+    session = ChatSession(tiny_model)
+    reply(session.send("hello", **REPLY))
+    session.save(tmp_path / "chat.json")
+    other = load(convert(str(tiny_hf), mlx_path=tmp_path / "q8", q_bits=8).path)
+    resumed = ChatSession.load(tmp_path / "chat.json", other)
+    assert len(resumed.notices) == 1 and "discarded" in resumed.notices[0]
+    assert resumed.messages == session.messages
+    reply(resumed.send("again", **REPLY))
+    assert resumed.last_stats.reused_tokens == 0  # everything read again
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+def test_damaged_cache_file_falls_back_without_losing_messages(tiny_model, tmp_path, damage):
+    session = ChatSession(tiny_model)
+    reply(session.send("hello", **REPLY))
+    session.save(tmp_path / "chat.json")
+    cache_file = tmp_path / "chat.json.kv.safetensors"
+    if damage == "truncate":
+        cache_file.write_bytes(cache_file.read_bytes()[:-50])
+    elif damage == "garbage":
+        cache_file.write_bytes(b"\x00" * 200)
+    else:
+        cache_file.unlink()
+    resumed = ChatSession.load(tmp_path / "chat.json", tiny_model)
+    assert resumed.messages == session.messages
+    assert "discarded" in resumed.notices[0]
+    reply(resumed.send("again", **REPLY))
+    assert resumed.last_stats.reused_tokens == 0
+
+
+def test_a_cache_whose_checksum_passes_but_content_lies_is_caught(tiny_model, tmp_path):
+    session = ChatSession(tiny_model)
+    reply(session.send("hello", **REPLY))
+    session.save(tmp_path / "chat.json")
+    data = json.loads((tmp_path / "chat.json").read_text())
+    data["cache"]["tokens"] = data["cache"]["tokens"][:-3]
+    (tmp_path / "chat.json").write_text(json.dumps(data))
+    resumed = ChatSession.load(tmp_path / "chat.json", tiny_model)
+    assert "different number of tokens" in resumed.notices[0]
+
+
+def test_save_is_atomic_when_writing_fails(tiny_model, tmp_path, monkeypatch):
+    session = ChatSession(tiny_model)
+    reply(session.send("hello", **REPLY))
+    session.save(tmp_path / "chat.json")
+    before = (tmp_path / "chat.json").read_bytes()
+    reply(session.send("more", **REPLY))
+    import qwen_mlx.session as mod
+
+    monkeypatch.setattr(mod, "atomic_write_json", lambda *a: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(OSError):
+        session.save(tmp_path / "chat.json")
+    assert (tmp_path / "chat.json").read_bytes() == before
+    resumed = ChatSession.load(tmp_path / "chat.json", tiny_model)
+    # The old JSON names the old cache's checksum: the newer cache file is not trusted.
+    assert len(resumed.messages) == 2
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_sampling_params_survive_a_save(tiny_model, tmp_path):
+    session = ChatSession(
+        tiny_model, params=tiny_model.default_params.replace(temperature=0.2, stop=["END"])
+    )
+    session.save(tmp_path / "s.json")
+    resumed = ChatSession.load(tmp_path / "s.json", tiny_model)
+    assert resumed.params.temperature == 0.2 and resumed.params.stop == ("END",)
+
+
+# -- context policies ---------------------------------------------------------------------------
+
+
+def small_planner(model, tokens: int, kv_bits=None, shape=None) -> MemoryPlanner:
+    """A planner whose budget holds exactly `tokens` tokens at `kv_bits` (smallest chunk)."""
+    real = MemoryPlanner.for_model(model)
+    shape = shape or real.shape
+    planner = MemoryPlanner(shape, real.weights, Budget(1, 1, "test"))
+    budget = real.weights + planner.kv_per_token(kv_bits) * tokens
+    budget += attention_workspace(shape, MIN_CHUNK, tokens)
+    return MemoryPlanner(shape, real.weights, Budget(budget, budget, "test"))
+
+
+def test_truncate_leaves_out_the_oldest_turns_but_never_the_system_prompt(tiny_model):
+    session = ChatSession(
+        tiny_model, system="SYSTEM PROMPT", planner=small_planner(tiny_model, 140)
+    )
+    for i in range(6):
+        reply(session.send(f"message {i} " * 3, **REPLY))
+    assert session.dropped_messages > 0
+    assert len(session.messages) == 13  # all history is kept for display
+    stats = session.last_stats
+    assert stats.dropped_messages == session.dropped_messages
+    prompt = tiny_model.tokenizer.decode(session.cache_tokens)
+    assert prompt.startswith("<|im_start|>system\nSYSTEM PROMPT")
+    assert "message 0" not in prompt and "message 5" in prompt
+    assert any("Left the" in n for n in session.notices)
+
+
+def test_error_policy_refuses_before_any_work(tiny_model):
+    session = ChatSession(tiny_model, policy="error", planner=small_planner(tiny_model, 60))
+    with pytest.raises(ContextOverflowError, match="fit in memory"):
+        reply(session.send("x " * 80, **REPLY))
+    assert session._cache is None  # nothing was computed
+
+
+def test_kv_quantize_policy_switches_to_8_then_4_bit(tiny_model):
+    # In a tiny model attention scores outweigh the KV cache; plan as if it had 200
+    # layers so that the KV precision is what decides (the policy only asks the planner).
+    shape = replace(MemoryPlanner.for_model(tiny_model).shape, layers=200)
+    planner = small_planner(tiny_model, 90, kv_bits=8, shape=shape)
+    assert planner.max_context(None) < 81 <= planner.max_context(8) < planner.max_context(4)
+    session = ChatSession(tiny_model, policy="kv-quantize", planner=planner)
+    reply(session.send("hello " * 20, **REPLY))
+    assert session.kv_bits == 8
+    assert any("8-bit" in n for n in session.last_stats.notices)
+    while session.kv_bits == 8:
+        reply(session.send("more words here " * 4, **REPLY))
+    assert session.kv_bits == 4
+    assert any("4-bit" in n for n in session.last_stats.notices)
+    assert_cache_matches_conversation(session)
+    with pytest.raises(ContextOverflowError, match="even with 4-bit KV"):
+        for _ in range(10):
+            reply(session.send("and more words " * 10, **REPLY))
+
+
+def test_a_message_longer_than_the_context_is_refused_under_truncate(tiny_model):
+    session = ChatSession(tiny_model, planner=small_planner(tiny_model, 50))
+    with pytest.raises(ContextOverflowError, match="last message alone"):
+        reply(session.send("word " * 200, **REPLY))
+
+
+def test_fit_report_warns_before_a_message_that_will_not_fit(tiny_model):
+    session = ChatSession(tiny_model, planner=small_planner(tiny_model, 120))
+    assert session.fit_report("short", max_tokens=8) is None
+    warning = session.fit_report("word " * 300, max_tokens=8)
+    assert "truncate" in warning and "oldest turns" in warning
+
+
+def test_context_counts(tiny_model):
+    session = ChatSession(tiny_model, system="S")
+    assert session.context_tokens == len(tiny_model.encode("<|im_start|>system\nS<|im_end|>\n"))
+    reply(session.send("hi", **REPLY))
+    assert session.context_tokens > 10
+    assert session.context_limit == tiny_model.context_length  # memory is plentiful here
+
+
+def test_quantized_kv_session_matches_bf16_greedy_mostly(tiny_model):
+    a = ChatSession(tiny_model)
+    b = ChatSession(tiny_model, kv_bits=8)
+    ra = reply(a.send("hello there", max_tokens=12, temperature=0))
+    rb = reply(b.send("hello there", max_tokens=12, temperature=0))
+    assert common_len(ra, rb) >= 4
+    assert b._cache[0].bits == 8
+
+
+# -- long contexts -------------------------------------------------------------------------------
+
+
+def test_long_prompt_prefills_in_chunks_with_progress(tiny_model):
+    session = ChatSession(tiny_model)
+    seen = []
+    session.prefill_progress = lambda done, total: seen.append((done, total))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(session.planner, "chunk_for", lambda *a: 256)
+        reply(session.send("lorem ipsum " * 700, **REPLY))
+    total = session.last_stats.prompt_tokens
+    assert seen[-1] == (total, total)
+    steps = [d for d, _ in seen]
+    assert steps == sorted(steps) and len(steps) >= total // 256
+
+
+def test_yarn_context_extension_loads_and_runs(tiny_mlx):
+    model = load(tiny_mlx, context_extension=4.0)
+    assert model.context_length == 4 * 32768
+    assert model.config["rope_scaling"]["rope_type"] == "yarn"
+    assert type(model.model.layers[0].self_attn.rope).__name__ == "YarnRoPE"
+    session = ChatSession(model)
+    assert reply(session.send("hello", **REPLY)) is not None
+    assert session.context_limit <= 4 * 32768
+
+
+def test_qwen3_4b_shaped_long_context_plan(tiny_model):
+    shape = ModelShape(
+        layers=36, heads=32, kv_heads=8, head_dim=128, hidden=2560, context_length=262_144
+    )
+    planner = MemoryPlanner(shape, int(2.3e9), Budget(int(40e9), 64 << 30, "test"))
+    assert planner.plan(262_144, 4).fits
+    assert not planner.plan(262_144, None).fits  # 36 GiB (38.7 GB) of bf16 KV + weights
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+
+
+def test_generate_with_a_session_file_continues_the_conversation(tiny_mlx, tmp_path, capsys):
+    chat = tmp_path / "chat.json"
+    args = ["--model", str(tiny_mlx), "--session", str(chat), "-n", "6", "--temperature", "0"]
+    assert generate_main([*args, "--prompt", "first"]) == 0
+    capsys.readouterr()
+    assert generate_main([*args, "--prompt", "second"]) == 0
+    err = capsys.readouterr().err
+    data = json.loads(chat.read_text())
+    assert [m["content"] for m in data["messages"] if m["role"] == "user"] == ["first", "second"]
+    context = err.split("context: ")[1]
+    prefilled = int(context.split(" read this turn")[0].rsplit(", ", 1)[1].replace(",", ""))
+    cached = int(context.split(" from the cache")[0].rsplit(", ", 1)[1].replace(",", ""))
+    assert cached > 0
+    assert prefilled <= len("second") + 16
+
+
+def test_generate_with_kv_bits(tiny_mlx, tmp_path, capsys):
+    chat = tmp_path / "q.json"
+    assert (
+        generate_main(
+            [
+                "--model",
+                str(tiny_mlx),
+                "--session",
+                str(chat),
+                "--kv-bits",
+                "4",
+                "-n",
+                "4",
+                "--prompt",
+                "hi",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(chat.read_text())["kv_bits"] == 4
+
+
+def test_generate_prints_policy_errors_cleanly(tiny_mlx, capsys):
+    code = generate_main(
+        ["--model", str(tiny_mlx), "--policy", "error", "-n", "40000", "--prompt", "hi"]
+    )
+    assert code == 1
+    assert "error: The conversation needs" in capsys.readouterr().err

@@ -1,0 +1,390 @@
+"""Tools: schemas from functions, the tool-call parser (fuzzed), and tool rounds in a
+ChatSession that never raise for what the model writes."""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated, Literal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qwen_mlx import ChatSession
+from qwen_mlx.tools import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    CallFilter,
+    ToolCall,
+    as_tool,
+    parse_tool_calls,
+    run_tool_call,
+    tool_table,
+)
+
+
+class Unit(enum.Enum):
+    CELSIUS = "celsius"
+    FAHRENHEIT = "fahrenheit"
+
+
+def get_weather(city: str, unit: Unit = Unit.CELSIUS, days: int = 1) -> dict:
+    """Get the weather forecast for a city.
+
+    Args:
+        city: Name of the city, e.g. Paris.
+        unit: Temperature unit.
+        days: How many days ahead,
+            from 1 to 7.
+    """
+    return {"city": city, "unit": unit, "days": days, "forecast": "sunny"}
+
+
+def search(
+    query: str,
+    tags: list[str] | None = None,
+    mode: Literal["fast", "deep"] = "fast",
+    limit: float = 10.0,
+    exact: bool = False,
+    filters: dict[str, int] | None = None,
+):
+    """Search the notes.
+
+    :param query: what to look for
+    :param tags: only notes with these tags
+    """
+    return []
+
+
+def test_schema_from_a_function_signature_and_google_docstring():
+    t = as_tool(get_weather)
+    assert t.name == "get_weather"
+    assert t.description == "Get the weather forecast for a city."
+    props = t.parameters["properties"]
+    assert props["city"] == {"type": "string", "description": "Name of the city, e.g. Paris."}
+    assert props["unit"] == {
+        "type": "string",
+        "enum": ["celsius", "fahrenheit"],
+        "default": "celsius",
+        "description": "Temperature unit.",
+    }
+    assert props["days"] == {
+        "type": "integer",
+        "default": 1,
+        "description": "How many days ahead, from 1 to 7.",
+    }
+    assert t.parameters["required"] == ["city"]
+
+
+def test_schema_types_optional_literal_list_dict_and_sphinx_docstring():
+    p = as_tool(search).parameters["properties"]
+    assert p["query"] == {"type": "string", "description": "what to look for"}
+    assert p["tags"]["anyOf"] == [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]
+    assert p["tags"]["description"] == "only notes with these tags"
+    assert p["mode"] == {"type": "string", "enum": ["fast", "deep"], "default": "fast"}
+    assert p["limit"] == {"type": "number", "default": 10.0}
+    assert p["exact"] == {"type": "boolean", "default": False}
+    assert p["filters"]["anyOf"][0] == {
+        "type": "object",
+        "additionalProperties": {"type": "integer"},
+    }
+
+
+def test_optional_scalars_and_annotated_descriptions():
+    def f(a: int | None = None, b: Annotated[str, "the b value"] = "x"):
+        """F."""
+
+    p = as_tool(f).parameters["properties"]
+    assert p["a"] == {"type": ["integer", "null"], "default": None}
+    assert p["b"] == {"type": "string", "description": "the b value", "default": "x"}
+
+
+def test_openai_style_dicts_are_accepted():
+    spec = {
+        "type": "function",
+        "function": {
+            "name": "clock",
+            "description": "Now.",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+    t = as_tool(spec)
+    assert t.spec() == spec and t.function is None
+
+
+def test_duplicate_tool_names_are_refused():
+    with pytest.raises(ValueError, match="Two tools"):
+        tool_table([get_weather, get_weather])
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def test_parser_finds_several_calls_and_keeps_the_text_around_them():
+    text = (
+        'Let me check. <tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call> and '
+        '<tool_call>{"name": "b", "arguments": "{\\"y\\": 2}"}</tool_call> done.'
+    )
+    prose, calls = parse_tool_calls(text)
+    assert prose == "Let me check.  and  done."
+    assert [(c.name, c.arguments, c.error) for c in calls] == [
+        ("a", {"x": 1}, None),
+        ("b", {"y": 2}, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("<tool_call>{not json}</tool_call>", "not valid JSON"),
+        ('<tool_call>{"arguments": {}}</tool_call>', "needs"),
+        ('<tool_call>{"name": "a", "arguments": [1]}</tool_call>', "must be a JSON object"),
+        ('<tool_call>{"name": "a", "arguments": "{bad"}</tool_call>', "arguments are not valid"),
+        ('<tool_call>{"name": "a", "arguments": {', "cut off"),
+    ],
+)
+def test_malformed_calls_become_calls_with_an_error(text, error):
+    _, calls = parse_tool_calls(text)
+    assert len(calls) == 1 and error in calls[0].error
+
+
+def test_tags_quoted_inside_json_strings_do_not_end_the_call():
+    payload = '{"name": "echo", "arguments": {"text": "a </tool_call> b <tool_call>"}}'
+    prose, calls = parse_tool_calls(f"hi <tool_call>{payload}</tool_call> bye")
+    assert prose == "hi  bye"
+    assert calls[0].arguments == {"text": "a </tool_call> b <tool_call>"}
+
+
+def test_a_well_formed_call_after_a_broken_one_is_found():
+    text = '<tool_call>{"name": "a"} junk <tool_call>{"name": "b", "arguments": {}}</tool_call>'
+    _, calls = parse_tool_calls(text)
+    assert [c.name for c in calls] == ["b"]
+
+
+def test_nested_opening_restarts_the_call():
+    text = '<tool_call> oops <tool_call>{"name": "a", "arguments": {}}</tool_call>'
+    prose, calls = parse_tool_calls(text)
+    assert [c.name for c in calls] == ["a"] and calls[0].error is None
+    assert prose == "<tool_call> oops"
+
+
+junk = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40).filter(
+    lambda s: CALL_OPEN not in s and CALL_CLOSE not in s and "<tool_call" not in s
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+calls_st = st.tuples(
+    st.text(min_size=1, max_size=12), st.dictionaries(st.text(max_size=8), json_values, max_size=4)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_parser_never_raises_on_arbitrary_text(text):
+    prose, calls = parse_tool_calls(text)
+    assert isinstance(prose, str)
+    for call in calls:
+        assert (call.error is None) == (call.name is not None and call.arguments is not None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([CALL_OPEN, CALL_CLOSE, "{", "}", '"name"', ":", " ", "x"]), max_size=30
+    )
+)
+def test_parser_never_raises_on_tag_soup(parts):
+    parse_tool_calls("".join(parts))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(junk, calls_st), max_size=5), junk)
+def test_every_well_formed_call_is_found_in_order(segments, tail):
+    text = ""
+    expected = []
+    for before, (name, args) in segments:
+        payload = json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
+        text += f"{before}{CALL_OPEN}\n{payload}\n{CALL_CLOSE}"
+        expected.append((name, args))
+    text += tail
+    _, calls = parse_tool_calls(text)
+    assert [(c.name, c.arguments) for c in calls] == expected
+    assert all(c.error is None for c in calls)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(junk, calls_st), max_size=3), junk, st.integers(1, 7))
+def test_streaming_filter_shows_exactly_the_prose(segments, tail, piece):
+    text = (
+        "".join(
+            f"{b}{CALL_OPEN}{json.dumps({'name': n, 'arguments': a})}{CALL_CLOSE}"
+            for b, (n, a) in segments
+        )
+        + tail
+    )
+    f = CallFilter()
+    shown = "".join(f.feed(text[i : i + piece]) for i in range(0, len(text), piece)) + f.flush()
+    assert shown == "".join(b for b, _ in segments) + tail
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def test_run_reports_every_failure_as_text():
+    table = tool_table([get_weather, lambda_raises])
+    assert "no tool named 'nope'" in run_tool_call(ToolCall("nope", {}, ""), table)
+    assert "do not match its schema" in run_tool_call(
+        ToolCall("get_weather", {"days": 2}, ""), table
+    )
+    assert "'nowhere' is not one of" not in run_tool_call(
+        ToolCall("get_weather", {"city": "nowhere"}, ""), table
+    )
+    bad_unit = run_tool_call(ToolCall("get_weather", {"city": "X", "unit": "kelvin"}, ""), table)
+    assert "unit: 'kelvin' is not one of" in bad_unit
+    assert "raised ZeroDivisionError" in run_tool_call(ToolCall("lambda_raises", {}, ""), table)
+    assert "not valid JSON" in run_tool_call(
+        ToolCall(None, None, "x", error="the tool call is not valid JSON (x)"), table
+    )
+    declined = run_tool_call(
+        ToolCall("get_weather", {"city": "X"}, ""), table, approve=lambda c: False
+    )
+    assert "declined" in declined
+    ok = json.loads(run_tool_call(ToolCall("get_weather", {"city": "Oslo"}, ""), table))
+    assert ok["city"] == "Oslo" and ok["forecast"] == "sunny"
+
+
+def lambda_raises():
+    """Always fails."""
+    return 1 / 0
+
+
+# -- in a session ------------------------------------------------------------------------------
+
+
+class ScriptedReplies:
+    """Replace the model's sampling with scripted replies: the tool machinery around it
+    (rendering, parsing, validation, execution, the next round) runs for real."""
+
+    def __init__(self, monkeypatch, session: ChatSession, replies: list[str]) -> None:
+        import qwen_mlx.session as session_module
+        from qwen_mlx.runtime import GenerationChunk
+
+        self.prompts: list[str] = []
+        queue = list(replies)
+        model = session.model
+
+        def fake_stream_tokens(model_, tokens, params, *, prompt_cache=None, on_token=None, **kw):
+            import mlx.core as mx
+
+            self.prompts.append(model.tokenizer.decode(list(tokens)))
+            text = queue.pop(0)
+            ids = [*model.encode(text), model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+            # Feed the reply through the real cache, as generation would have.
+            model.model(mx.array(list(tokens) + ids)[None], cache=prompt_cache)
+            mx.eval([c.state for c in prompt_cache])
+            for t in ids:
+                on_token(t)
+            n = len(ids) - 1
+            yield GenerationChunk(text, ids[-2], len(tokens), 1.0, n, 1.0, 0.0, 0.01, None)
+            yield GenerationChunk("", None, len(tokens), 1.0, n, 1.0, 0.0, 0.01, "stop")
+
+        monkeypatch.setattr(session_module, "stream_tokens", fake_stream_tokens)
+
+
+def test_a_tool_round_runs_the_call_and_continues(tiny_model, monkeypatch):
+    session = ChatSession(tiny_model, tools=[get_weather])
+    seen = []
+    session.on_tool_call = lambda call, result: seen.append((call.name, result))
+    script = ScriptedReplies(
+        monkeypatch,
+        session,
+        [
+            "Checking. <tool_call>\n"
+            '{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
+            "It is sunny in Oslo.",
+        ],
+    )
+    streamed = "".join(c.text for c in session.send("Weather in Oslo?"))
+    assert streamed == "Checking. It is sunny in Oslo."  # the call itself is not shown
+    roles = [m["role"] for m in session.messages]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    call_msg = session.messages[1]
+    assert call_msg["content"] == "Checking."
+    assert call_msg["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert json.loads(session.messages[2]["content"])["city"] == "Oslo"
+    assert session.messages[2]["tool_call_id"] == call_msg["tool_calls"][0]["id"]
+    assert seen and seen[0][0] == "get_weather"
+    # The tools were in the system turn, and the second round saw the tool's answer.
+    assert "# Tools" in script.prompts[0] and '"name": "get_weather"' in script.prompts[0]
+    assert "<tool_response>" in script.prompts[1] and "sunny" in script.prompts[1]
+
+
+@pytest.mark.parametrize(
+    ("bad_reply", "error"),
+    [
+        ("<tool_call>{oops</tool_call>", "not valid JSON"),
+        ('<tool_call>{"name": "teleport", "arguments": {}}</tool_call>', "no tool named"),
+        ('<tool_call>{"name": "get_weather", "arguments": {"town": "X"}}</tool_call>', "schema"),
+        ('<tool_call>{"name": "lambda_raises", "arguments": {}}</tool_call>', "raised"),
+    ],
+)
+def test_bad_calls_become_tool_errors_and_the_model_may_retry(
+    tiny_model, monkeypatch, bad_reply, error
+):
+    session = ChatSession(tiny_model, tools=[get_weather, lambda_raises])
+    ScriptedReplies(
+        monkeypatch,
+        session,
+        [
+            bad_reply,
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>',
+            "Sunny in Rome.",
+        ],
+    )
+    "".join(c.text for c in session.send("Weather?"))
+    tool_messages = [m for m in session.messages if m["role"] == "tool"]
+    assert error in tool_messages[0]["content"]
+    assert json.loads(tool_messages[1]["content"])["city"] == "Rome"
+    assert session.messages[-1] == {"role": "assistant", "content": "Sunny in Rome."}
+
+
+def test_approval_callback_can_decline(tiny_model, monkeypatch):
+    asked = []
+    session = ChatSession(
+        tiny_model, tools=[get_weather], approve=lambda call: asked.append(call.name) or False
+    )
+    ScriptedReplies(
+        monkeypatch,
+        session,
+        [
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>',
+            "I was not allowed.",
+        ],
+    )
+    "".join(c.text for c in session.send("Weather?"))
+    assert asked == ["get_weather"]
+    assert "declined" in session.messages[2]["content"]
+
+
+def test_tool_rounds_are_bounded(tiny_model, monkeypatch):
+    session = ChatSession(tiny_model, tools=[get_weather], max_tool_rounds=2)
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+    ScriptedReplies(monkeypatch, session, [call, call, call, "never reached"])
+    "".join(c.text for c in session.send("Loop!"))
+    tools_run = [m for m in session.messages if m["role"] == "tool"]
+    assert len(tools_run) == 3
+    assert "too many rounds" in tools_run[-1]["content"]
+
+
+def test_real_model_round_with_tools_does_not_raise(tiny_model):
+    # Random weights: whatever they write, the session must not raise.
+    session = ChatSession(tiny_model, tools=[get_weather, lambda_raises])
+    for seed in range(3):
+        "".join(c.text for c in session.send("Weather in Oslo?", max_tokens=30, seed=seed))
+    assert session.messages[-1]["role"] in ("assistant", "tool")
