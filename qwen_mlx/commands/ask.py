@@ -1,0 +1,51 @@
+"""`qwen-mlx ask FILE "question"`: answer a question about a document."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._common import ProgressBar, guarded
+from .summarize import add_document_args, document_params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwen-mlx ask",
+        description=(
+            "Answer a question about a .txt, .md or .pdf document. A document that does not "
+            "fit in the context is read part by part for notes, then answered from the notes."
+        ),
+    )
+    add_document_args(p)
+    p.add_argument("question", help="the question")
+    return p
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..documents import ask, read_document
+    from ..runtime import load
+
+    text = read_document(args.file)
+    model = load(args.model)
+    bar = ProgressBar()
+    try:
+        answer = ask(
+            model,
+            text,
+            args.question,
+            params=document_params(model, args),
+            max_context=args.max_context,
+            progress=lambda stage, done, total: bar.update(stage, done, total),
+        )
+    finally:
+        bar.finish()
+    print(answer.text)
+    print(f"\n[{answer.mode}, {answer.calls} model calls]", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

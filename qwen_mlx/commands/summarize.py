@@ -1,0 +1,79 @@
+"""`qwen-mlx summarize FILE`: summarize a text, Markdown or PDF file of any length."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import ProgressBar, guarded
+
+DEFAULT_MODEL = "qwen3-4b-instruct"
+
+
+def add_document_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, help="a .txt, .md or .pdf file")
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help="store name, folder or repo id")
+    p.add_argument(
+        "--max-context",
+        type=int,
+        metavar="TOKENS",
+        help="tokens one model call may use (default: what the model and memory allow); "
+        "longer documents are split and summarized part by part",
+    )
+    p.add_argument("--temperature", "--temp", type=float, help="sampling temperature")
+    p.add_argument("--seed", type=int)
+
+
+def document_params(model, args):
+    return model.default_params.replace(temperature=args.temperature, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwen-mlx summarize",
+        description=(
+            "Summarize a document. One that fits in the context goes in one prompt; a longer "
+            "one is split on its headings, paragraphs and sentences, summarized part by part "
+            "and combined. Paragraphs marked [IMPORTANT] are kept word for word."
+        ),
+    )
+    add_document_args(p)
+    return p
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..documents import read_document, summarize
+    from ..runtime import load
+
+    text = read_document(args.file)
+    model = load(args.model)
+    bar = ProgressBar()
+    try:
+        summary = summarize(
+            model,
+            text,
+            params=document_params(model, args),
+            max_context=args.max_context,
+            progress=lambda stage, done, total: bar.update(stage, done, total),
+        )
+    finally:
+        bar.finish()
+    print(summary.text)
+    how = (
+        "one prompt"
+        if summary.chunks == 1
+        else (f"{summary.chunks} parts, {summary.levels} combining pass(es)")
+    )
+    print(
+        f"\n[{how}, {summary.calls} model calls, "
+        f"{len(summary.important)} [IMPORTANT] passages kept]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,368 @@
+"""Long documents: summarize them and answer questions about them.
+
+A document that fits in the context (as the memory planner sees it) goes into one prompt;
+`ask` keeps it at the start of a cached conversation, so further questions about the same
+document read only the question. A document that does not fit is split on its structure
+(headings, then paragraphs, then sentences, then words: never inside a word) into chunks
+that fit, summarized chunk by chunk (map) and combined (reduce), recursively until one
+summary remains. Paragraphs marked `[IMPORTANT]` travel verbatim through every reduce
+step and close the final summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from .runtime import Model, SamplingParams, generate
+
+IMPORTANT = "[IMPORTANT]"
+# Prompt wrapping and the reply's own tokens are budgeted on top of a chunk.
+PROMPT_OVERHEAD = 96
+SUMMARY_TOKENS = 384
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+
+_HEADING = re.compile(r"(?m)^(?=#{1,6}\s)")
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"(?<=\s)(?=\S)")
+
+MAP_PROMPT = (
+    "Summarize this part ({index} of {total}) of a longer document in a few sentences. "
+    "Keep names, numbers and decisions.\n\n{text}"
+)
+REDUCE_PROMPT = (
+    "Combine these summaries of consecutive parts of one document into a single summary."
+    "{important}\n\n{text}"
+)
+WHOLE_PROMPT = "Summarize this document. Keep names, numbers and decisions.\n\n{text}"
+KEEP_PROMPT = "\n\nQuote these passages word for word in the summary:\n{passages}"
+NOTES_PROMPT = (
+    "Question: {question}\n\nWrite down what this part ({index} of {total}) of a document "
+    "says that helps answer the question, or 'nothing'.\n\n{text}"
+)
+ANSWER_PROMPT = (
+    "Answer the question using these notes from a document.\n\nQuestion: {question}\n\n{text}"
+)
+ASK_SYSTEM = "Answer questions about the following document.\n\n{text}"
+
+
+def read_document(source: str | Path) -> str:
+    """Text of a plain-text, Markdown or PDF file."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No document at {path}.")
+    if path.suffix.lower() == ".pdf":
+        from pypdf import PdfReader
+        from pypdf.errors import PdfReadError
+
+        try:
+            pages = [page.extract_text() or "" for page in PdfReader(path).pages]
+        except (PdfReadError, OSError, ValueError) as e:
+            raise ValueError(f"{path} is not a readable PDF ({e}).") from e
+        text = "\n\n".join(p.strip() for p in pages if p.strip())
+        if not text:
+            raise ValueError(f"{path} has no extractable text (a scanned PDF needs OCR first).")
+        return text
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _load(document: str | Path) -> str:
+    """A Path is a file; a str is a file when it names one (one line, exists), else text."""
+    if isinstance(document, Path):
+        return read_document(document)
+    if "\n" not in document and len(document) < 4096 and Path(document).expanduser().is_file():
+        return read_document(document)
+    return document
+
+
+def important_passages(text: str) -> list[str]:
+    """The paragraphs that carry the [IMPORTANT] mark, verbatim."""
+    return [p.strip() for p in _PARAGRAPH.split(text) if IMPORTANT in p]
+
+
+# -- splitting ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    start: int  # offset in the document
+    tokens: int
+
+
+def _pieces(text: str, pattern: re.Pattern[str]) -> list[str]:
+    """Split `text` at the pattern's boundaries, keeping every character."""
+    cuts = sorted({m.end() for m in pattern.finditer(text)} - {0, len(text)})
+    bounds = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in pairwise(bounds) if b > a]
+
+
+def _units(text: str, max_tokens: int, count: Callable[[str], int]) -> list[tuple[str, int]]:
+    """(piece, tokens) small enough to pack, split as coarsely as the budget allows."""
+    out: list[tuple[str, int]] = []
+
+    def visit(piece: str, level: int) -> None:
+        n = count(piece)
+        if n <= max_tokens:
+            out.append((piece, n))
+            return
+        patterns = (_HEADING, _PARAGRAPH, _SENTENCE, _WORD)
+        for depth in range(level, len(patterns)):
+            parts = _pieces(piece, patterns[depth])
+            if len(parts) > 1:
+                for part in parts:
+                    visit(part, depth)
+                return
+        # A single "word" longer than a whole chunk (a data blob): cut it by characters.
+        half = len(piece) // 2
+        visit(piece[:half], len(patterns))
+        visit(piece[half:], len(patterns))
+
+    visit(text, 0)
+    return out
+
+
+def split_document(text: str, max_tokens: int, count: Callable[[str], int]) -> list[Chunk]:
+    """Chunks of at most `max_tokens` tokens that, joined, give back `text` exactly."""
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be positive.")
+    chunks: list[Chunk] = []
+    current: list[str] = []
+    size = 0
+    start = 0
+
+    def close() -> None:
+        nonlocal current, size, start
+        if current:
+            body = "".join(current)
+            chunks.append(Chunk(body, start, count(body)))
+            start += len(body)
+        current, size = [], 0
+
+    for piece, n in _units(text, max_tokens, count):
+        if current and (
+            size + n > max_tokens or (piece.startswith("#") and size > max_tokens // 2)
+        ):
+            close()
+        current.append(piece)
+        size += n
+    close()
+    # Token counts of pieces do not quite add up; re-split any chunk that came out too long.
+    fixed: list[Chunk] = []
+    for chunk in chunks:
+        if chunk.tokens <= max_tokens:
+            fixed.append(chunk)
+            continue
+        smaller = split_document(chunk.text, max(max_tokens - 8, max_tokens // 2), count)
+        fixed += [Chunk(c.text, chunk.start + c.start, c.tokens) for c in smaller]
+    return fixed
+
+
+# -- summarize ------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    text: str
+    important: list[str]
+    chunks: int  # 1 when the document fit in one prompt
+    calls: int  # model calls made
+    levels: int  # reduce passes
+
+
+@dataclass
+class _Part:
+    text: str
+    important: list[str] = field(default_factory=list)
+
+
+def _context_budget(model: Model, max_context: int | None) -> int:
+    from .memory import MemoryPlanner
+
+    limit = min(model.context_length, MemoryPlanner.for_model(model).max_context())
+    return min(limit, max_context) if max_context else limit
+
+
+def _complete(model: Model, prompt: str, params: SamplingParams) -> str:
+    """One model call: the prompt as a user message, the reply as text."""
+    return generate(model, [{"role": "user", "content": prompt}], params).strip()
+
+
+def summarize(
+    model: Model,
+    document: str | Path,
+    *,
+    params: SamplingParams | None = None,
+    max_context: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Summary:
+    """Summarize text or a file (.txt, .md, .pdf); map-reduce when it does not fit.
+
+    `max_context` caps the tokens one call may use (default: what the model and this
+    machine's memory allow).
+    """
+    text = _load(document)
+    params = (params or model.default_params).replace(max_tokens=SUMMARY_TOKENS)
+    progress = progress or (lambda *_: None)
+    count = _counter(model)
+    budget = _context_budget(model, max_context)
+    important = important_passages(text)
+    room = budget - PROMPT_OVERHEAD - params.max_tokens
+    if room <= 0:
+        raise ValueError(f"A context of {budget} tokens leaves no room for a document.")
+    if count(text) <= room:
+        progress("summarize", 0, 1)
+        summary = _complete(model, WHOLE_PROMPT.format(text=text), params)
+        progress("summarize", 1, 1)
+        return Summary(_with_passages(summary, important), important, 1, 1, 0)
+
+    chunks = split_document(text, room, count)
+    parts: list[_Part] = []
+    for i, chunk in enumerate(chunks, start=1):
+        progress("map", i - 1, len(chunks))
+        prompt = MAP_PROMPT.format(index=i, total=len(chunks), text=chunk.text)
+        parts.append(_Part(_complete(model, prompt, params), important_passages(chunk.text)))
+    progress("map", len(chunks), len(chunks))
+    calls = len(chunks)
+    levels = 0
+    while len(parts) > 1:
+        levels += 1
+        groups = _groups(parts, room, count)
+        merged = []
+        for i, group in enumerate(groups):
+            progress(f"reduce {levels}", i, len(groups))
+            kept = [p for part in group for p in part.important]
+            body = "\n\n".join(part.text for part in group)
+            keep = KEEP_PROMPT.format(passages="\n\n".join(kept)) if kept else ""
+            prompt = REDUCE_PROMPT.format(important=keep, text=body)
+            merged.append(_Part(_complete(model, prompt, params), kept))
+            calls += 1
+        progress(f"reduce {levels}", len(groups), len(groups))
+        if len(merged) == len(parts):  # no progress: summaries as long as their inputs
+            raise ValueError("The summaries do not get shorter; raise the context budget.")
+        parts = merged
+    return Summary(_with_passages(parts[0].text, important), important, len(chunks), calls, levels)
+
+
+def _groups(parts: list[_Part], room: int, count: Callable[[str], int]) -> list[list[_Part]]:
+    """Consecutive parts packed so that each reduce prompt fits (at least two per group)."""
+    groups: list[list[_Part]] = [[]]
+    size = 0
+    for part in parts:
+        n = count(part.text) + sum(count(p) for p in part.important) + 8
+        if groups[-1] and size + n > room and len(groups[-1]) >= 2:
+            groups.append([])
+            size = 0
+        groups[-1].append(part)
+        size += n
+    return groups
+
+
+def _with_passages(summary: str, important: list[str]) -> str:
+    if not important:
+        return summary
+    quoted = "\n\n".join(important)
+    return f"{summary}\n\nKey passages (verbatim):\n\n{quoted}"
+
+
+def _counter(model: Model) -> Callable[[str], int]:
+    return lambda text: len(model.encode(text))
+
+
+# -- ask ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    text: str
+    mode: str  # "whole" (one prompt, cached) or "map-reduce"
+    calls: int
+    prefilled_tokens: int  # tokens read for this question
+
+
+class _DocumentChats:
+    """A few recent (model, document) conversations, so questions reuse the prefill."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def get(self, model: Model, text: str) -> Any:
+        from .session import ChatSession
+
+        key = (model.fingerprint, hashlib.sha256(text.encode()).hexdigest())
+        if key in self._items:
+            self._items.move_to_end(key)
+        else:
+            self._items[key] = ChatSession(model, system=ASK_SYSTEM.format(text=text))
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return self._items[key]
+
+
+_chats = _DocumentChats()
+
+
+def ask(
+    model: Model,
+    document: str | Path,
+    question: str,
+    *,
+    params: SamplingParams | None = None,
+    max_context: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Answer:
+    """Answer a question about a document (text or a file path). A document that fits is
+    kept in a cached conversation: the next question about it reads only the question."""
+    text = _load(document)
+    params = (params or model.default_params).replace(max_tokens=SUMMARY_TOKENS)
+    progress = progress or (lambda *_: None)
+    count = _counter(model)
+    budget = _context_budget(model, max_context)
+    room = budget - PROMPT_OVERHEAD - params.max_tokens - count(question)
+    if room <= 0:
+        raise ValueError(f"A context of {budget} tokens leaves no room for a document.")
+    if count(text) <= room:
+        chat = _chats.get(model, text)
+        chat.reset()
+        chat.params = params
+        progress("answer", 0, 1)
+        reply = "".join(c.text for c in chat.send(question))
+        progress("answer", 1, 1)
+        return Answer(reply.strip(), "whole", 1, chat.last_stats.prefilled_tokens)
+    chunks = split_document(text, room, count)
+    notes = []
+    for i, chunk in enumerate(chunks, start=1):
+        progress("read", i - 1, len(chunks))
+        prompt = NOTES_PROMPT.format(question=question, index=i, total=len(chunks), text=chunk.text)
+        notes.append(_Part(_complete(model, prompt, params)))
+    progress("read", len(chunks), len(chunks))
+    calls = len(chunks)
+    while True:
+        groups = _groups(notes, room, count)
+        if len(groups) == 1:
+            break
+        notes = [
+            _Part(
+                _complete(
+                    model,
+                    REDUCE_PROMPT.format(important="", text="\n\n".join(n.text for n in g)),
+                    params,
+                )
+            )
+            for g in groups
+        ]
+        calls += len(groups)
+    progress("answer", 0, 1)
+    body = "\n\n".join(n.text for n in notes)
+    reply = _complete(model, ANSWER_PROMPT.format(question=question, text=body), params)
+    progress("answer", 1, 1)
+    return Answer(reply, "map-reduce", calls + 1, sum(c.tokens for c in chunks))

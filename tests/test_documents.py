@@ -1,0 +1,209 @@
+"""Long documents: structure-aware chunks, map-reduce with [IMPORTANT] passages kept,
+PDF input, prefix reuse for repeated questions, and the CLI."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qwen_mlx.documents as documents
+from qwen_mlx.commands.ask import main as ask_main
+from qwen_mlx.commands.summarize import main as summarize_main
+from qwen_mlx.documents import ask, important_passages, read_document, split_document, summarize
+
+REPORT = """# Quarterly report
+
+The team shipped the converter and the store. Conversions now stream one tensor at a time.
+Peak memory fell by two thirds. Users noticed.
+
+## Risks
+
+[IMPORTANT] The registry must never be edited by hand: run `qwen-mlx models repair`.
+
+Metal memory is shared with the desktop. Long contexts need planning. The planner helps.
+
+## Next
+
+We will build the terminal app, then the server. The server needs authentication.
+[IMPORTANT] Release on 14 March, not before.
+
+Everything else can wait until the spring.
+"""
+LONG = "\n\n".join([REPORT] * 6)
+PARAMS = {"temperature": 0.0}
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def test_chunks_fit_the_budget_and_lose_no_text(tiny_model):
+    count = lambda t: len(tiny_model.encode(t))  # noqa: E731
+    for budget in (40, 120, 400):
+        chunks = split_document(LONG, budget, count)
+        assert "".join(c.text for c in chunks) == LONG
+        assert all(c.tokens <= budget for c in chunks)
+        assert all(count(c.text) == c.tokens for c in chunks)
+        assert [c.start for c in chunks] == [
+            sum(len(x.text) for x in chunks[:i]) for i in range(len(chunks))
+        ]
+
+
+def test_chunks_break_at_headings_paragraphs_then_sentences(tiny_model):
+    count = lambda t: len(tiny_model.encode(t))  # noqa: E731
+    chunks = split_document(REPORT, 90, count)
+    for chunk in chunks[1:]:
+        # Each chunk starts at a heading, a paragraph, a sentence or at least a word.
+        before = REPORT[: chunk.start]
+        assert before.endswith(("\n", ". ", "\n\n", " ")) or chunk.text.startswith("#")
+        assert not before[-1:].isalnum() or not chunk.text[:1].isalnum()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab .\n#!?")), max_size=400), st.integers(3, 40))
+def test_splitting_never_loses_text_and_never_cuts_words(text, budget):
+    count = lambda t: len(t.split()) + t.count("\n")  # noqa: E731
+    chunks = split_document(text, budget, count)
+    assert "".join(c.text for c in chunks) == text
+    for c in chunks[:-1]:
+        # A word is never split between two chunks (unless one word exceeds the budget).
+        nxt = text[c.start + len(c.text) :]
+        if c.text[-1:].isalpha() and nxt[:1].isalpha():
+            word = (c.text.split()[-1] if c.text.split() else "") + nxt.split()[0]
+            assert count(word) > budget
+
+
+def test_important_passages_are_whole_paragraphs():
+    found = important_passages(REPORT)
+    assert found == [
+        "[IMPORTANT] The registry must never be edited by hand: run `qwen-mlx models repair`.",
+        "We will build the terminal app, then the server. The server needs authentication.\n"
+        "[IMPORTANT] Release on 14 March, not before.",
+    ]
+
+
+class Recorder:
+    """Counts and records the real model calls made by the document functions."""
+
+    def __init__(self, monkeypatch):
+        self.prompts: list[str] = []
+        real = documents._complete
+
+        def complete(model, prompt, params):
+            self.prompts.append(prompt)
+            return real(model, prompt, params)
+
+        monkeypatch.setattr(documents, "_complete", complete)
+
+
+def test_a_document_that_fits_is_one_call(tiny_model, monkeypatch):
+    calls = Recorder(monkeypatch)
+    summary = summarize(tiny_model, REPORT, params=tiny_model.default_params.replace(**PARAMS))
+    assert (summary.chunks, summary.calls, summary.levels) == (1, 1, 0)
+    assert len(calls.prompts) == 1 and REPORT in calls.prompts[0]
+
+
+def test_map_reduce_calls_and_important_passages(tiny_model, monkeypatch):
+    calls = Recorder(monkeypatch)
+    seen = []
+    summary = summarize(
+        tiny_model,
+        LONG,
+        params=tiny_model.default_params.replace(**PARAMS),
+        max_context=900,
+        progress=lambda *a: seen.append(a),
+    )
+    assert summary.chunks > 2
+    assert summary.levels >= 1
+    assert summary.calls == len(calls.prompts) == summary.chunks + (summary.calls - summary.chunks)
+    maps = calls.prompts[: summary.chunks]
+    reduces = calls.prompts[summary.chunks :]
+    assert len(reduces) == summary.calls - summary.chunks >= 1
+    assert all(p.startswith("Summarize this part") for p in maps)
+    # Every reduce step quotes the [IMPORTANT] passages of the parts it combines.
+    passages = important_passages(LONG)
+    last_reduce = reduces[-1]
+    for passage in set(passages):
+        assert passage in last_reduce
+    for prompt in reduces:
+        assert "word for word" in prompt
+    for passage in passages:
+        assert passage in summary.text  # and the final summary carries them verbatim
+    assert {s for s, *_ in seen} >= {"map", "reduce 1"}
+    for prompt in calls.prompts:
+        assert len(tiny_model.encode(prompt)) <= 900
+
+
+def test_pdf_markdown_and_text_inputs(tmp_path):
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    md = tmp_path / "r.md"
+    md.write_text(REPORT)
+    assert read_document(md) == REPORT
+    pdf = tmp_path / "r.pdf"
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+    )
+    stream = DecodedStreamObject()
+    stream.set_data(b"BT /F1 12 Tf 72 720 Td (Release on 14 March.) Tj ET")
+    page[NameObject("/Contents")] = writer._add_object(stream)
+    with open(pdf, "wb") as f:
+        writer.write(f)
+    assert "Release on 14 March." in read_document(pdf)
+    (tmp_path / "bad.pdf").write_bytes(b"not a pdf")
+    with pytest.raises(ValueError, match="not a readable PDF"):
+        read_document(tmp_path / "bad.pdf")
+    with pytest.raises(FileNotFoundError):
+        read_document(tmp_path / "missing.txt")
+
+
+def test_questions_about_one_document_prefill_it_once(tiny_model):
+    params = tiny_model.default_params.replace(temperature=0.0, max_tokens=6)
+    first = ask(tiny_model, REPORT, "When is the release?", params=params)
+    assert first.mode == "whole"
+    second = ask(tiny_model, REPORT, "What are the risks?", params=params)
+    document_tokens = len(tiny_model.encode(REPORT))
+    assert first.prefilled_tokens > document_tokens
+    assert second.prefilled_tokens < 40  # only the new question and its markup
+
+
+def test_ask_map_reduce_for_a_long_document(tiny_model, monkeypatch):
+    calls = Recorder(monkeypatch)
+    answer = ask(
+        tiny_model,
+        LONG,
+        "When is the release?",
+        max_context=900,
+        params=tiny_model.default_params.replace(**PARAMS),
+    )
+    assert answer.mode == "map-reduce"
+    assert answer.calls == len(calls.prompts)
+    assert calls.prompts[-1].startswith("Answer the question")
+
+
+def test_summarize_and_ask_commands(tiny_mlx, tmp_path, capsys):
+    doc = tmp_path / "report.md"
+    doc.write_text(LONG)
+    assert (
+        summarize_main(
+            [str(doc), "--model", str(tiny_mlx), "--max-context", "900", "--temperature", "0"]
+        )
+        == 0
+    )
+    out, err = capsys.readouterr()
+    assert "Release on 14 March, not before." in out
+    assert "model calls" in err and "parts" in err
+    assert ask_main([str(doc), "When?", "--model", str(tiny_mlx), "--max-context", "900"]) == 0
+    assert "map-reduce" in capsys.readouterr().err
+    assert summarize_main([str(tmp_path / "nope.md"), "--model", str(tiny_mlx)]) == 1
