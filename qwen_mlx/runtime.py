@@ -539,3 +539,32 @@ def load_cache(path: str | Path) -> tuple[list[Any], dict[str, str]]:
     from mlx_lm.models.cache import load_prompt_cache
 
     return load_prompt_cache(str(path), return_metadata=True)
+
+
+def prefill(
+    model: Model,
+    tokens: Sequence[int],
+    cache: list[Any],
+    *,
+    step: int = 2048,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run the model over `tokens` into `cache`, in chunks of `step`, without sampling.
+
+    `progress(done, total)` follows each chunk and may raise to stop between chunks; the
+    cache then holds exactly the chunks done.
+    """
+    import mlx.core as mx
+    from mlx_lm.generate import generation_stream
+
+    total = len(tokens)
+    done = 0
+    with mx.stream(generation_stream):
+        while done < total:
+            n = min(step, total - done)
+            model.model(mx.array(list(tokens[done : done + n]))[None], cache=cache)
+            mx.eval([c.state for c in cache])
+            done += n
+            if progress is not None:
+                progress(done, total)
+            mx.clear_cache()

@@ -38,6 +38,7 @@ from .runtime import (
     cache_length,
     load_cache,
     make_cache,
+    prefill,
     requantize_cache,
     resolve_params,
     save_cache,
@@ -81,6 +82,10 @@ class TurnStats:
     @property
     def reused_tokens(self) -> int:
         return self.prompt_tokens - self.prefilled_tokens
+
+
+def _same_text(a: str, b: str) -> bool:
+    return a == b or a.replace("\ufffd", "") == b.replace("\ufffd", "")
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -146,6 +151,11 @@ class ChatSession:
     def messages(self) -> list[Message]:
         """The whole conversation, including messages the truncate policy left out."""
         return [{k: v for k, v in m.items() if not k.startswith("_")} for m in self._messages]
+
+    def messages_for_storage(self) -> list[Message]:
+        """The messages with the token ids of the replies, for a front end that keeps
+        them itself and passes them back to `load(..., messages=...)` for exact reuse."""
+        return [dict(m) for m in self._messages]
 
     @property
     def system(self) -> str | None:
@@ -277,6 +287,44 @@ class ChatSession:
         """End the reply being generated (safe from another thread)."""
         self._stop.set()
 
+    def prefill(self) -> int:
+        """Read the conversation into the KV cache now, without replying (an attached
+        document, say), so the next reply starts at once. `prefill_progress` sees the
+        progress and `stop()` ends it between chunks. Returns the tokens read."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("A reply is being generated in this session.")
+        try:
+            self._stop.clear()
+            tokens, notices = self._fit(self.params, add_generation_prompt=False)
+            self.notices.extend(notices)
+            if self._cache is None:
+                self._cache = make_cache(self.model, self._kv_bits)
+                self._cache_tokens = []
+            reuse = common_prefix(tokens, self._cache_tokens)
+            trim_cache(self._cache, len(self._cache_tokens) - reuse)
+            self._cache_tokens = tokens[:reuse]
+            step = self.planner.chunk_for(len(tokens), self._kv_bits)
+            if self.prefill_chunk:
+                step = min(step, self.prefill_chunk)
+
+            def on_chunk(done: int, total: int) -> None:
+                self._cache_tokens = tokens[: reuse + done]
+                if self.prefill_progress is not None:
+                    self.prefill_progress(reuse + done, len(tokens))
+                if self._stop.is_set() and done < total:
+                    raise GenerationCancelled("Stopped while reading.")
+
+            try:
+                prefill(self.model, tokens[reuse:], self._cache, step=step, progress=on_chunk)
+            except GenerationCancelled:
+                pass
+            except BaseException:
+                self._cache, self._cache_tokens = None, []
+                raise
+            return len(self._cache_tokens) - reuse
+        finally:
+            self._busy.release()
+
     def add_message(self, message: Message) -> None:
         """Append a message as is (a tool result, an attached document, ...)."""
         if message.get("role") not in ("system", "user", "assistant", "tool"):
@@ -321,12 +369,14 @@ class ChatSession:
             f"({plan.budget / 1e9:.1f} GB budget, {plan.weights / 1e9:.1f} GB of weights)"
         )
 
-    def _fit(self, params: SamplingParams) -> tuple[list[int], list[str]]:
+    def _fit(
+        self, params: SamplingParams, *, add_generation_prompt: bool = True
+    ) -> tuple[list[int], list[str]]:
         """The prompt tokens for this turn after applying the context policy."""
         reserve = self._reserve(params.max_tokens)
         notices: list[str] = []
         while True:
-            tokens = self._tokens()
+            tokens = self._tokens(add_generation_prompt=add_generation_prompt)
             plan = self.planner.plan(len(tokens) + reserve, self._kv_bits)
             if plan.fits:
                 return tokens, notices
@@ -513,8 +563,12 @@ class ChatSession:
         produced = self._cache_tokens[len(tokens) :]
         while produced and produced[-1] in self.model.tokenizer.eos_token_ids:
             produced = produced[:-1]
-        if produced and self.model.tokenizer.decode(produced) == reply["content"]:
-            reply["_token_ids"] = produced  # reused verbatim when the history is rendered
+        # Reused verbatim when the history is rendered, unless the text is not theirs (a
+        # stop string cut it). Invalid UTF-8 from a weak model may decode to a different
+        # number of replacement characters than the streamed text has: that still counts.
+        decoded = self.model.tokenizer.decode(produced) if produced else None
+        if decoded is not None and _same_text(decoded, reply["content"]):
+            reply["_token_ids"] = produced
         self._messages.append(reply)
         self._changed()
         self.notices.extend(notices)
@@ -589,9 +643,14 @@ class ChatSession:
         *,
         policy: ContextPolicy | str | None = None,
         planner: MemoryPlanner | None = None,
+        messages: list[Message] | None = None,
     ) -> ChatSession:
         """Resume a saved session. Its messages always come back; its KV cache only if it
-        belongs to this exact model and is intact (otherwise `notices` says why not)."""
+        belongs to this exact model and is intact (otherwise `notices` says why not).
+
+        `messages` replaces the saved messages (when a front end keeps newer ones
+        elsewhere); the cache is still used for whatever prefix they share with it.
+        """
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -608,7 +667,9 @@ class ChatSession:
             planner=planner,
         )
         session.id = data["id"]
-        session._messages = [dict(m) for m in data["messages"]]
+        session._messages = [
+            dict(m) for m in (messages if messages is not None else data["messages"])
+        ]
         session._dropped = int(data.get("dropped", 0))
         session._changed()
         session._restore_cache(path, data)

@@ -1,0 +1,65 @@
+"""One long-lived thread for all model work in a process with a UI or a server.
+
+MLX keeps per-thread state. When a short-lived worker thread that used MLX exits while
+the interpreter is shutting down, the clean-up of that state can abort the whole process
+("terminate called without an active exception", seen with mlx 0.32 on Linux). A single
+daemon thread that lives as long as the process never runs that clean-up, and as a bonus
+runs model jobs one at a time, in order, which is what one model in memory needs anyway.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ModelThread:
+    """A daemon thread that runs submitted jobs one after another."""
+
+    def __init__(self, name: str = "qwen-mlx-model") -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((future, fn, args, kwargs))
+        return future
+
+    def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a job on the model thread and wait for its result (or exception)."""
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+        return self.submit(fn, *args, **kwargs).result()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def _serve(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # handed to whoever waits on the future
+                future.set_exception(e)
+
+
+_shared: ModelThread | None = None
+_lock = threading.Lock()
+
+
+def model_thread() -> ModelThread:
+    """The process-wide model thread (started on first use)."""
+    global _shared
+    with _lock:
+        if _shared is None:
+            _shared = ModelThread()
+        return _shared

@@ -1,0 +1,370 @@
+"""The chat app, driven with Textual's Pilot on the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from qwen_mlx.convert import convert
+from tui.app import ChatApp
+from tui.screens import HelpScreen, NoModelScreen
+from tui.store import ChatStore
+from tui.widgets import MessageView, PromptInput, StatusBar
+
+from .conftest import SCRIPTS
+
+SIZE = (110, 36)
+
+
+@pytest.fixture
+def stored(tiny_hf, home) -> str:
+    """The tiny model converted into this test's store; its family name."""
+    convert(str(tiny_hf))
+    return "qwen3-1m-tiny"
+
+
+async def wait_for(pilot, condition, timeout: float = 30.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("timed out waiting for the app")
+
+
+async def ready(pilot) -> ChatApp:
+    app = pilot.app
+    await wait_for(pilot, lambda: app.session is not None)
+    return app
+
+
+def replies(app: ChatApp) -> int:
+    return sum(m["role"] == "assistant" for m in app.session.messages) if app.session else 0
+
+
+async def type_and_send(pilot, text: str) -> None:
+    pilot.app._replies_before = replies(pilot.app)
+    await pilot.press(*[c if c != " " else "space" for c in text])
+    await pilot.press("enter")
+
+
+async def reply(pilot) -> None:
+    """Wait for the reply to the last message sent (or for its failure)."""
+    app = pilot.app
+    before = getattr(app, "_replies_before", 0)
+    await wait_for(
+        pilot,
+        lambda: not app.streaming and (replies(app) > before or app.query_one(PromptInput).text),
+    )
+
+
+def views(app: ChatApp) -> list[tuple[str, str]]:
+    return [(v.role, v.content) for v in app.query(MessageView)]
+
+
+def test_sending_a_message_streams_the_reply_into_the_view(stored, home):
+    batches = []
+
+    class CountingApp(ChatApp):
+        def on_chat_app_reply_text(self, message):
+            batches.append(message.text)  # Textual then runs ChatApp's own handler too
+
+    async def run():
+        app = CountingApp(home=home, flush_interval=0)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            await pilot.press("slash", "t", "e", "m", "p", "space", "0", "enter")
+            app.run_command("/max_tokens 200")
+            await type_and_send(pilot, "Hello there")
+            await reply(pilot)
+            shown = views(app)
+            assert shown[0] == ("user", "Hello there")
+            assert shown[1][0] == "assistant"
+            assert shown[1][1] == app.session.messages[-1]["content"]
+            assert len(batches) > 1 and "".join(batches) == shown[1][1]
+            status = app.query_one(StatusBar).render()
+            assert "qwen3-1m-tiny-2507-mlx-q4-g64" in status and "tok/s" in status
+            assert "context" in status and "/ 32,768" in status
+
+    asyncio.run(run())
+
+
+def test_escape_stops_the_reply_and_keeps_the_partial_text(stored, home):
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command("/temp 0")  # greedy: the tiny model never ends on its own
+            app.run_command("/max_tokens 5000")
+            await type_and_send(pilot, "Tell me everything")
+            view = None
+            await wait_for(pilot, lambda: app.streaming)
+            await wait_for(
+                pilot,
+                lambda: [v for v in app.query(MessageView) if v.role == "assistant" and v.content],
+            )
+            await pilot.press("escape")
+            await reply(pilot)
+            view = list(app.query(MessageView))[-1]
+            last = app.session.messages[-1]
+            assert last["stopped"] is True
+            assert len(last["content"]) > 0
+            assert view.content == last["content"] and view.has_class("stopped")
+            assert app.session.last_stats.generation_tokens < 5000
+            assert not app.query_one(PromptInput).read_only  # the input is unlocked again
+
+    asyncio.run(run())
+
+
+def test_a_parameter_change_reaches_the_sampler(stored, home, monkeypatch):
+    import qwen_mlx.runtime as runtime
+
+    seen = []
+    real = runtime.make_sampling
+
+    def spy(params, extra=()):
+        seen.append(params)
+        return real(params, extra)
+
+    monkeypatch.setattr(runtime, "make_sampling", spy)
+
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            for command in ("/temp 0.25", "/top_k 7", "/max_tokens 5"):
+                app.run_command(command)
+            await type_and_send(pilot, "hi")
+            await reply(pilot)
+        assert (seen[-1].temperature, seen[-1].top_k, seen[-1].max_tokens) == (0.25, 7, 5)
+        store = ChatStore(home)
+        assert store.list()[0].params == {"temperature": 0.25, "top_k": 7, "max_tokens": 5}
+
+    asyncio.run(run())
+
+
+def test_a_chat_survives_a_restart_with_its_cache(stored, home):
+    async def first():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command("/max_tokens 8")
+            # Greedy: sampled random weights may pick padding ids the tokenizer lacks,
+            # whose text cannot be matched to the reply (the cache is then re-read).
+            app.run_command("/temp 0")
+            await type_and_send(pilot, "Remember the number 42")
+            await reply(pilot)
+            return app.chat.id, app.session.cache_tokens
+
+    async def second(chat_id, held):
+        app = ChatApp(home=home, chat_id=chat_id)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None and app.chat.id == chat_id)
+            assert [r for r, _ in views(app)] == ["user", "assistant"]
+            await type_and_send(pilot, "Which number?")
+            await reply(pilot)
+            stats = app.session.last_stats
+            assert stats.reused_tokens == len(held)  # nothing already read is read again
+            assert stats.prefilled_tokens <= len(app.model.encode("Which number?")) + 16
+
+    chat_id, held = asyncio.run(first())
+    assert (home / "sessions" / f"{chat_id}.json.kv.safetensors").is_file()
+    asyncio.run(second(chat_id, held))
+
+
+def test_export_writes_the_expected_markdown(stored, home, tmp_path):
+    target = tmp_path / "chat.md"
+    question = "Explain this:\n```python\nprint('hi')\n```"
+
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command("/max_tokens 6")
+            app.run_command("/temp 0.5")
+            app.query_one(PromptInput).load_text(question)
+            app._replies_before = 0
+            await pilot.press("enter")
+            await reply(pilot)
+            app.run_command(f"/export {target}")
+            return app.session.messages[-1]["content"]
+
+    answer = asyncio.run(run())
+    text = target.read_text()
+    assert text.startswith("# Explain this:")
+    assert "- Model: `qwen3-1m-tiny-2507-mlx-q4-g64`" in text
+    assert "temperature 0.5" in text and "max_tokens 6" in text
+    assert "- Context policy: truncate" in text
+    assert f"## User\n\n{question}\n\n## Assistant\n\n{answer}" in text
+
+
+def test_attaching_a_file_adds_its_tokens(stored, home, tmp_path):
+    doc = tmp_path / "notes.md"
+    doc.write_text("# Notes\n\nThe launch is on Tuesday. Bring the slides.\n" * 5)
+
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            before = app.session.context_tokens
+            app.run_command(f"/attach {doc}")
+            await wait_for(pilot, lambda: len(app.session.messages) == 1)
+            await wait_for(pilot, lambda: app.query_one(StatusBar).context[0] > before)
+            message = app.session.messages[0]["content"]
+            assert message.startswith("Attached file `notes.md`:") and "Tuesday" in message
+            added = app.session.context_tokens - before
+            assert added >= len(app.model.encode(doc.read_text()))
+            assert len(app.session.cache_tokens) == app.session.context_tokens  # read already
+            await type_and_send(pilot, "When?")
+            await reply(pilot)
+            assert app.session.last_stats.reused_tokens >= added
+
+    asyncio.run(run())
+
+
+def test_no_model_screen_explains_convert_and_builds_the_demo(home):
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, NoModelScreen))
+            text = "".join(str(w.source) for w in app.screen.query("Markdown"))
+            assert "python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507" in text
+            await pilot.press("d")
+            await wait_for(pilot, lambda: app.session is not None, timeout=120)
+            assert app.model.name == "qwen3-3m-demo-0000-mlx-q4-g64"
+
+    asyncio.run(run())
+
+
+def test_a_model_failure_shows_an_error_and_keeps_the_text(stored, home, monkeypatch):
+    import qwen_mlx.session as session_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the GPU caught fire")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(session_module, "stream_tokens", broken)
+
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            await type_and_send(pilot, "keep me")
+            await reply(pilot)
+            assert app.query_one(PromptInput).text == "keep me"
+            assert views(app) == []
+            assert app.session.messages == []
+            notes = [n.message for n in app._notifications]
+            assert any("the GPU caught fire" in n for n in notes)
+
+    asyncio.run(run())
+
+
+def test_help_lists_keys_and_commands(stored, home):
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            await pilot.press("f1")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            text = app.screen.text
+            for key in ("escape", "ctrl+r", "ctrl+o", "f3"):
+                assert f"`{key}`" in text
+            for command in ("/system", "/temp", "/clear", "/export", "/attach", "/model"):
+                assert command in text
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+    asyncio.run(run())
+
+
+def test_sidebar_lists_renames_searches_and_deletes_chats(stored, home):
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command("/max_tokens 3")
+            await type_and_send(pilot, "First chat")
+            await reply(pilot)
+            app.run_command("/new")
+            await type_and_send(pilot, "Second chat")
+            await reply(pilot)
+            app.run_command("/rename Travel plans")
+            store = ChatStore(home)
+            assert [c.title for c in store.list()] == ["Travel plans", "First chat"]
+            await pilot.press("ctrl+f", *"trav")
+            titles = [str(i.query_one("Label").render()) for i in app.query("#chat-items ListItem")]
+            assert titles == ["Travel plans"]
+            chat_id = app.chat.id
+            await pilot.press("f8")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: app.chat is None)
+            assert store.get(chat_id) is None
+
+    asyncio.run(run())
+
+
+def test_edit_last_message_and_input_history(stored, home):
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command("/max_tokens 3")
+            await type_and_send(pilot, "one")
+            await reply(pilot)
+            await pilot.press("ctrl+t")
+            prompt = app.query_one(PromptInput)
+            assert prompt.text == "one" and app.session.messages == []
+            prompt.load_text("")
+            await pilot.press("up")
+            assert prompt.text == "one"
+
+    asyncio.run(run())
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_tui_smoke_in_a_real_terminal(stored, home):
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "tui_smoke.sh"), stored],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_chat_command_help_does_not_start_the_app(capsys):
+    from qwen_mlx.commands.chat import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--session" in capsys.readouterr().out
+
+
+def test_store_survives_a_reopen(home):
+    store = ChatStore(home)
+    chat = store.create(params={"temperature": 0.2})
+    store.save_messages(
+        chat.id,
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo", "stopped": True},
+        ],
+    )
+    store.close()
+    again = ChatStore(home)
+    assert again.get(chat.id).params == {"temperature": 0.2}
+    assert again.messages(chat.id)[1] == {"role": "assistant", "content": "yo", "stopped": True}
+    conn = sqlite3.connect(home / "chats.sqlite")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert json.loads(conn.execute("SELECT params FROM chats").fetchone()[0]) == {
+        "temperature": 0.2
+    }

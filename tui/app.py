@@ -1,0 +1,835 @@
+"""The qwen-mlx chat app: Textual on top of ChatSession, model in-process.
+
+Model work (loading, replies, reading attachments, saving caches) runs in thread workers;
+text reaches the screen in batches through messages and a MarkdownStream, so the UI never
+blocks and Esc stops a reply. Chats live in SQLite under $QWEN_MLX_HOME with their KV
+caches beside them, so reopening a long chat starts its next reply at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Footer, Header, Input, LoadingIndicator, Markdown, ProgressBar
+
+from .export import default_export_path, to_markdown
+from .screens import (
+    ConfirmScreen,
+    FilePicker,
+    HelpScreen,
+    ModelPicker,
+    NoModelScreen,
+    SettingsScreen,
+    TextPrompt,
+)
+from .store import DEFAULT_TITLE, Chat, ChatStore, title_from
+from .widgets import ChatList, MessageView, PromptInput, StatusBar
+
+
+def on_model_thread(fn, /, *args, **kwargs):
+    """Await `fn(*args)` run on the process's model thread (see qwen_mlx.model_thread)."""
+    from qwen_mlx.model_thread import model_thread
+
+    return asyncio.wrap_future(model_thread().submit(fn, *args, **kwargs))
+
+
+PARAM_COMMANDS = {
+    "/temp": ("temperature", float),
+    "/top_p": ("top_p", float),
+    "/top_k": ("top_k", int),
+    "/max_tokens": ("max_tokens", int),
+    "/repeat": ("repetition_penalty", float),
+}
+COMMAND_HELP = (
+    ("/help", "show keys and commands"),
+    ("/system TEXT", "set the system prompt (no text clears it)"),
+    ("/temp X  /top_p X  /top_k N", "sampling parameters for this chat"),
+    ("/max_tokens N  /repeat X", "reply length, repetition penalty"),
+    ("/policy truncate|kv-quantize|error", "what happens when the chat outgrows the context"),
+    ("/clear", "clear this chat's messages (keeps the system prompt)"),
+    ("/new", "start a new chat"),
+    ("/rename TITLE", "rename this chat"),
+    ("/export [PATH]", "save the conversation as Markdown"),
+    ("/attach PATH", "add a text, Markdown or PDF file to the conversation"),
+    ("/model [NAME]", "switch model (no name: pick from the store)"),
+)
+
+
+_OWN_ACTIONS = {
+    "stop",
+    "regenerate",
+    "edit_last",
+    "copy_reply",
+    "new_chat",
+    "attach",
+    "settings",
+    "search",
+    "toggle_sidebar",
+    "help",
+    "rename",
+    "export",
+    "pick_model",
+    "delete_chat",
+}
+
+
+@dataclass
+class _Reply:
+    """The reply being streamed: its view, its Markdown stream and what to restore."""
+
+    view: MessageView
+    stream: Any
+    user_view: MessageView | None
+    text: str | None
+
+
+class ChatApp(App[None]):
+    """Chat with a local Qwen3 model."""
+
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
+    TITLE = "qwen-mlx"
+    AUTO_FOCUS = "#prompt"
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", priority=True),
+        Binding("ctrl+r", "regenerate", "Regenerate", priority=True),
+        Binding("ctrl+t", "edit_last", "Edit last", priority=True),
+        Binding("ctrl+g", "copy_reply", "Copy reply", priority=True),
+        Binding("ctrl+n", "new_chat", "New chat", priority=True),
+        Binding("ctrl+o", "attach", "Attach", priority=True),
+        Binding("ctrl+s", "settings", "Settings", priority=True),
+        Binding("ctrl+f", "search", "Search", priority=True),
+        Binding("ctrl+b", "toggle_sidebar", "Sidebar", priority=True),
+        Binding("f1", "help", "Help"),
+        Binding("f2", "rename", "Rename"),
+        Binding("f3", "export", "Export"),
+        Binding("f4", "pick_model", "Model"),
+        Binding("f8", "delete_chat", "Delete chat"),
+    ]
+
+    class ReplyText(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class ReplyDone(Message):
+        def __init__(self, error: BaseException | None, context: tuple[int, int]) -> None:
+            super().__init__()
+            self.error = error
+            self.context = context
+
+    streaming: reactive[bool] = reactive(False)
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        chat_id: str | None = None,
+        home: str | Path | None = None,
+        flush_interval: float = 0.08,
+    ) -> None:
+        super().__init__()
+        from qwen_mlx.store import home as store_home
+
+        self.home = Path(home) if home is not None else store_home()
+        self.model_ref = model
+        self.initial_chat = chat_id
+        self.flush_interval = flush_interval
+        self.model: Any = None
+        self.session: Any = None
+        self.chat: Chat | None = None
+        self.store: ChatStore | None = None
+        self._reply: _Reply | None = None
+        self.overrides: dict[str, Any] = {}  # this chat's sampling parameters
+
+    # -- layout ----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="body"):
+            yield ChatList(id="sidebar")
+            with Vertical(id="main"):
+                yield VerticalScroll(id="messages")
+                yield LoadingIndicator(id="loading")
+                yield ProgressBar(id="progress", show_eta=False)
+                yield StatusBar(id="status")
+                yield PromptInput(id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.store = ChatStore(self.home)
+        self.query_one("#progress").display = False
+        self.query_one("#messages", VerticalScroll).anchor()
+        self._refresh_chats()
+        ref = self.model_ref or self._default_model()
+        if ref is None:
+            self.query_one("#loading").display = False
+            self.push_screen(NoModelScreen(), self._after_no_model)
+        else:
+            self._load_model(ref)
+
+    def on_unmount(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def _default_model(self) -> str | None:
+        """The chat's model, else qwen3-4b-instruct's latest, else any latest in the store."""
+        if self.initial_chat and self.store is not None:
+            chat = self.store.get(self.initial_chat)
+            if chat is not None and chat.model:
+                return chat.model
+        from qwen_mlx.store import Store
+
+        store = Store(self.home)
+        try:
+            if store.latest("qwen3-4b-instruct") is not None:
+                return "qwen3-4b-instruct"
+            latest = [m.name for m in store.list() if m.latest] if store.models_dir.is_dir() else []
+        except Exception:
+            latest = []
+        finally:
+            store.close()
+        return latest[0] if latest else None
+
+    def _after_no_model(self, built: bool | None) -> None:
+        if not built:
+            self.exit()
+            return
+        from qwen_mlx.commands.demo import DEMO_MODEL
+
+        self.query_one("#loading").display = True
+        self._load_model(DEMO_MODEL)
+
+    # -- model -----------------------------------------------------------------------------
+
+    @work(exclusive=True, group="model")
+    async def _load_model(self, ref: str) -> None:
+        from qwen_mlx.runtime import load
+
+        self._status_text(f"loading {ref}…")
+        try:
+            model = await on_model_thread(load, ref)
+        except Exception as e:
+            self._model_failed(ref, e)
+            return
+        self._model_ready(model)
+
+    def _model_failed(self, ref: str, error: Exception) -> None:
+        self.query_one("#loading").display = False
+        self._status_text(f"no model ({ref} failed to load)")
+        self.notify(f"Could not load {ref}: {error}", severity="error", timeout=10)
+
+    def _model_ready(self, model: Any) -> None:
+        self.model = model
+        self.query_one("#loading").display = False
+        self.query_one(StatusBar).model_label = f"{model.name} · {model.quantization_label}"
+        self.sub_title = model.name
+        if self.chat is not None:
+            self.chat.model = model.name
+            self.store.update(self.chat)
+            self._open_chat(self.chat.id)
+        elif self.initial_chat and self.store.get(self.initial_chat) is not None:
+            self._open_chat(self.initial_chat)
+        else:
+            self._start_new_chat()
+        self.query_one(PromptInput).focus()
+
+    def _can_reply(self) -> bool:
+        if self.model is None or self.session is None:
+            self.notify("The model is still loading.", severity="warning")
+            return False
+        if self.streaming:
+            self.notify("A reply is still streaming (Esc stops it).", severity="warning")
+            return False
+        return True
+
+    # -- chats -----------------------------------------------------------------------------
+
+    def _refresh_chats(self, search: str | None = None) -> None:
+        if search is None:
+            search = self.query_one("#chat-search", Input).value
+        chats = self.store.list(search)
+        self.query_one(ChatList).show(chats, self.chat.id if self.chat else None)
+
+    def _start_new_chat(self) -> None:
+        from qwen_mlx.session import ChatSession
+
+        self.chat = None
+        self.overrides = {}
+        self.session = ChatSession(self.model)
+        self.query_one("#messages").remove_children()
+        self._update_context(0, self.session.context_limit)
+        self._refresh_chats()
+
+    def _ensure_chat(self, first_text: str) -> Chat:
+        if self.chat is None:
+            s = self.session
+            self.chat = self.store.create(
+                model=self.model.name,
+                system=s.system,
+                params=dict(self.overrides),
+                policy=s.policy.value,
+            )
+            self.store.rename(self.chat.id, title_from(first_text))
+            self.chat.title = title_from(first_text)
+            self._refresh_chats()
+        return self.chat
+
+    @work(exclusive=True, group="model")
+    async def _open_chat(self, chat_id: str) -> None:
+        chat = self.store.get(chat_id)
+        if chat is None:
+            self.notify(f"No chat {chat_id}.", severity="error")
+            return
+        messages = self.store.messages(chat_id)
+
+        def job() -> tuple[Any, tuple[int, int]]:
+            session = self._session_for(chat, messages)
+            return session, (session.context_tokens, session.context_limit)
+
+        session, context = await on_model_thread(job)
+        self._show_chat(chat, session, context)
+
+    def _session_for(self, chat: Chat, messages: list[dict[str, Any]]) -> Any:
+        """A ChatSession for a stored chat, with its saved KV cache when it still fits."""
+        from qwen_mlx.session import ChatSession
+
+        params = self.model.default_params.replace(**chat.params)
+        path = self.store.session_path(chat.id)
+        if path.is_file():
+            try:
+                session = ChatSession.load(path, self.model, policy=chat.policy, messages=messages)
+                session.params = params
+                return session
+            except ValueError:
+                pass  # an unreadable session file: the messages are in SQLite anyway
+        session = ChatSession(self.model, params=params, policy=chat.policy)
+        for message in messages:
+            session.add_message(message)
+        return session
+
+    def _show_chat(self, chat: Chat, session: Any, context: tuple[int, int]) -> None:
+        self.chat, self.session = chat, session
+        self.overrides = dict(chat.params)
+        container = self.query_one("#messages")
+        container.remove_children()
+        views = [
+            MessageView(m["role"], m.get("content") or "", stopped=bool(m.get("stopped")))
+            for m in session.messages
+            if m["role"] != "system"
+        ]
+        container.mount_all(views)
+        container.scroll_end(animate=False)
+        self._update_context(*context)
+        for notice in session.notices:
+            self.notify(notice, severity="warning", timeout=8)
+        self._refresh_chats()
+
+    @on(ChatList.Selected)
+    def _chat_picked(self, event: ChatList.Selected) -> None:
+        if self.streaming or self.model is None:
+            return
+        if self.chat is None or event.chat_id != self.chat.id:
+            self._open_chat(event.chat_id)
+
+    @on(Input.Changed, "#chat-search")
+    def _search(self, event: Input.Changed) -> None:
+        self._refresh_chats(event.value)
+
+    # -- sending and streaming -------------------------------------------------------------
+
+    @on(PromptInput.Submitted)
+    def _submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.text
+        if text.startswith("/"):
+            self.query_one(PromptInput).clear()
+            self.run_command(text)
+            return
+        if not self._can_reply():
+            return
+        warning = self.session.fit_report(text)
+        if warning is None:
+            self._send(text)
+        elif self.session.policy.value == "error":
+            self.notify(warning, severity="error", timeout=10)
+        else:
+            self.push_screen(
+                ConfirmScreen(f"{warning}\nSend anyway?", "Send", "Cancel"),
+                lambda ok: self._send(text) if ok else None,
+            )
+
+    def _send(self, text: str) -> None:
+        self.query_one(PromptInput).clear()
+        self._ensure_chat(text)
+        user_view = MessageView("user", text)
+        self.query_one("#messages").mount(user_view)
+        self._start_reply("send", text, user_view)
+
+    def _start_reply(self, kind: str, text: str | None = None, user_view=None) -> None:
+        view = MessageView("assistant")
+        self.query_one("#messages").mount(view)
+        self._reply = _Reply(view, Markdown.get_stream(view), user_view, text)
+        self.streaming = True
+        self._generate(kind, text)
+
+    def watch_streaming(self, streaming: bool) -> None:
+        prompt = self.query_one(PromptInput)
+        prompt.read_only = streaming
+        prompt.set_class(streaming, "locked")
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in _OWN_ACTIONS and len(self.screen_stack) > 1:
+            return False  # a dialog is open: its own keys apply
+        if action == "stop":
+            return self.streaming
+        return True
+
+    @work(group="reply")
+    async def _generate(self, kind: str, text: str | None) -> None:
+        await on_model_thread(self._reply_job, self.session, kind, text)
+
+    def _reply_job(self, session: Any, kind: str, text: str | None) -> None:
+        """On the model thread: stream the reply to the UI in batches, then save. Every
+        message goes out from this thread, so ReplyDone arrives after the last text."""
+        error: BaseException | None = None
+        try:
+            if kind == "send":
+                stream = session.send(text)
+                self._persist(session, cache=False)  # the question survives a crash
+            else:
+                stream = session.regenerate()
+            pending: list[str] = []
+            flushed = time.monotonic()
+            for chunk in stream:
+                if chunk.text:
+                    pending.append(chunk.text)
+                now = time.monotonic()
+                if pending and now - flushed >= self.flush_interval:
+                    self.post_message(self.ReplyText("".join(pending)))
+                    pending.clear()
+                    flushed = now
+            if pending:
+                self.post_message(self.ReplyText("".join(pending)))
+        except Exception as e:
+            error = e
+            if kind == "send":
+                session.undo()
+        try:
+            self._persist(session, cache=error is None)
+        except Exception as e:  # a full disk, say: the reply is on screen, say so
+            error = error or e
+        self.post_message(self.ReplyDone(error, (session.context_tokens, session.context_limit)))
+
+    def _persist(self, session: Any, *, cache: bool) -> None:
+        if self.chat is None:
+            return
+        self.store.save_messages(self.chat.id, session.messages_for_storage())
+        if cache:
+            session.save(self.store.session_path(self.chat.id))
+
+    async def on_chat_app_reply_text(self, message: ReplyText) -> None:
+        if self._reply is not None:
+            self._reply.view.content += message.text
+            await self._reply.stream.write(message.text)
+
+    async def on_chat_app_reply_done(self, message: ReplyDone) -> None:
+        reply, self._reply = self._reply, None
+        self.streaming = False
+        if reply is not None:
+            await reply.stream.stop()
+        prompt = self.query_one(PromptInput)
+        if message.error is not None:
+            if reply is not None:
+                await reply.view.remove()
+                if reply.user_view is not None:
+                    await reply.user_view.remove()
+                if reply.text:
+                    prompt.load_text(reply.text)
+            self.notify(
+                str(message.error), title="The model could not reply", severity="error", timeout=10
+            )
+        else:
+            last = self.session.messages[-1] if self.session.messages else {}
+            if reply is not None and last.get("stopped"):
+                reply.view.mark_stopped()
+            self._show_stats()
+        self._update_context(*message.context)
+        self._refresh_chats()
+        prompt.focus()
+
+    def _show_stats(self) -> None:
+        stats = self.session.last_stats
+        if stats is None:
+            return
+        self.query_one(StatusBar).speed = (
+            f"first token {stats.time_to_first_token * 1000:.0f} ms · "
+            f"{stats.tokens_per_second:.1f} tok/s · peak {stats.peak_memory:.2f} GB · "
+            f"read {stats.prefilled_tokens:,} of {stats.prompt_tokens:,}"
+        )
+        warnings = list(stats.notices)
+        if stats.dropped_messages:
+            warnings.append(f"{stats.dropped_messages} oldest messages left out of the prompt")
+        self.query_one(StatusBar).warning = "; ".join(warnings)
+
+    def _update_context(self, used: int, limit: int) -> None:
+        self.query_one(StatusBar).context = (used, limit)
+
+    def _status_text(self, text: str) -> None:
+        self.query_one(StatusBar).model_label = text
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def action_stop(self) -> None:
+        if self.streaming and self.session is not None:
+            self.session.stop()
+        elif isinstance(self.screen, NoModelScreen):
+            self.screen.dismiss(False)
+
+    def action_regenerate(self) -> None:
+        if not self._can_reply() or not any(m["role"] == "user" for m in self.session.messages):
+            return
+        views = list(self.query(MessageView))
+        if views and views[-1].role == "assistant":
+            views[-1].remove()
+        self._start_reply("regenerate")
+
+    def action_edit_last(self) -> None:
+        """Take the last message back into the input to edit and send again."""
+        if not self._can_reply():
+            return
+        text = self.session.undo()
+        if text is None:
+            return
+        views = list(self.query(MessageView))
+        last_user = max((i for i, v in enumerate(views) if v.role == "user"), default=None)
+        if last_user is not None:
+            for view in views[last_user:]:
+                view.remove()
+        prompt = self.query_one(PromptInput)
+        prompt.load_text(text)
+        prompt.focus()
+        if self.chat is not None:
+            self.store.save_messages(self.chat.id, self.session.messages_for_storage())
+
+    def action_copy_reply(self) -> None:
+        replies = [
+            m for m in (self.session.messages if self.session else []) if m["role"] == "assistant"
+        ]
+        if not replies:
+            self.notify("No reply to copy yet.")
+            return
+        self.copy_to_clipboard(replies[-1]["content"])
+        self.notify("Copied the last reply.")
+
+    def action_new_chat(self) -> None:
+        if self._can_reply():
+            self._start_new_chat()
+            self.query_one(PromptInput).focus()
+
+    def action_search(self) -> None:
+        self.query_one("#sidebar").display = True
+        self.query_one("#chat-search", Input).focus()
+
+    def action_toggle_sidebar(self) -> None:
+        sidebar = self.query_one("#sidebar")
+        sidebar.display = not sidebar.display
+
+    def action_help(self) -> None:
+        keys = "\n".join(
+            f"| `{b.key}` | {b.description} |" for b in self.BINDINGS if isinstance(b, Binding)
+        )
+        commands = "\n".join(f"| `{c}` | {d} |" for c, d in COMMAND_HELP)
+        text = (
+            "# Keys\n\n| key | action |\n|---|---|\n"
+            "| `enter` | send |\n| `shift+enter`, `ctrl+j` | new line |\n"
+            "| `up`, `down` | previous and next messages you sent |\n"
+            f"{keys}\n| `ctrl+q` | quit |\n\n"
+            f"# Commands\n\n| command | what it does |\n|---|---|\n{commands}\n"
+        )
+        self.push_screen(HelpScreen(text))
+
+    def action_rename(self) -> None:
+        if self.chat is None:
+            self.notify("Send a message first: the chat is saved then.")
+            return
+        self.push_screen(TextPrompt("Rename chat", self.chat.title), self._rename)
+
+    def _rename(self, title: str | None) -> None:
+        if title and self.chat is not None:
+            self.store.rename(self.chat.id, title)
+            self.chat.title = title
+            self._refresh_chats()
+
+    def action_delete_chat(self) -> None:
+        if self.chat is None or self.streaming:
+            return
+        chat = self.chat
+        self.push_screen(
+            ConfirmScreen(f"Delete the chat “{chat.title}”?", "Delete", "Keep"),
+            lambda ok: self._delete(chat) if ok else None,
+        )
+
+    def _delete(self, chat: Chat) -> None:
+        self.store.delete(chat.id)
+        self._start_new_chat()
+
+    def action_export(self, path: str | None = None) -> None:
+        if self.session is None or not self.session.messages:
+            self.notify("Nothing to export yet.")
+            return
+        title = self.chat.title if self.chat else DEFAULT_TITLE
+        target = Path(path).expanduser() if path else default_export_path(title)
+        params = self.session.params
+        text = to_markdown(
+            title=title,
+            model=self.model.name,
+            params={
+                k: getattr(params, k)
+                for k in ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty")
+            },
+            policy=self.session.policy.value,
+            messages=self.session.messages,
+        )
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        except OSError as e:
+            self.notify(f"Could not write {target}: {e.strerror}", severity="error")
+            return
+        self.notify(f"Exported to {target}")
+
+    def action_settings(self) -> None:
+        if not self._can_reply():
+            return
+        p = self.session.params
+        params = {k: getattr(p, k) for k, _, _ in SettingsScreen.FIELDS}
+        self.push_screen(
+            SettingsScreen(self.session.system or "", params, self.session.policy.value),
+            self._apply_settings,
+        )
+
+    def _apply_settings(self, values: dict[str, Any] | None) -> None:
+        if not values:
+            return
+        from qwen_mlx.session import ContextPolicy
+
+        self.session.system = values["system"].strip() or None
+        self.session.policy = ContextPolicy(values["policy"])
+        self._set_params(values["params"])
+        self.notify("Settings saved for this chat.")
+
+    def _set_params(self, changes: dict[str, Any]) -> None:
+        """Change sampling parameters of this chat (None: back to the model's default)."""
+        current = dict(self.overrides)
+        for key, value in changes.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        self.session.params = self.model.default_params.replace(**current)  # validates
+        self.overrides = current
+        if self.chat is not None:
+            self.chat.params = current
+            self.chat.system = self.session.system
+            self.chat.policy = self.session.policy.value
+            self.store.update(self.chat)
+
+    def action_pick_model(self, name: str | None = None) -> None:
+        if self.streaming:
+            return
+        if name:
+            self._load_model(name)
+            return
+        from qwen_mlx.store import Store
+
+        store = Store(self.home)
+        try:
+            names = [m.name for m in store.list()] if store.models_dir.is_dir() else []
+        finally:
+            store.close()
+        if not names:
+            self.notify("The store has no models (see `qwen-mlx models list`).")
+            return
+        self.push_screen(ModelPicker(names), lambda n: self._load_model(n) if n else None)
+
+    # -- attachments -----------------------------------------------------------------------
+
+    def action_attach(self, path: str | None = None) -> None:
+        if not self._can_reply():
+            return
+        if path:
+            self._read_attachment(Path(path).expanduser())
+        else:
+            self.push_screen(
+                FilePicker(Path.cwd()), lambda p: self._read_attachment(p) if p else None
+            )
+
+    @work(group="reply")
+    async def _read_attachment(self, path: Path) -> None:
+        from qwen_mlx.documents import read_document
+
+        try:
+            text = read_document(path)
+        except (OSError, ValueError) as e:
+            self.notify(str(e), severity="error")
+            return
+        message = f"Attached file `{path.name}`:\n\n{text}"
+        fits = await on_model_thread(self.session.fit_report, message)
+        if fits is None:
+            self._attach_text(message, path.name)
+            return
+        tokens = await on_model_thread(self.session.count_tokens, message)
+        question = (
+            f"{path.name} has about {tokens:,} tokens: more than fits in this chat. "
+            "Summarize it part by part and attach the summary?"
+        )
+        if await self.push_screen_wait(ConfirmScreen(question, "Summarize", "Cancel")):
+            self._summarize_attachment(text, path.name)
+
+    def _attach_text(self, message: str, name: str) -> None:
+        self._ensure_chat(f"About {name}")
+        self.session.add_message({"role": "user", "content": message})
+        self.query_one("#messages").mount(MessageView("user", message))
+        self._prefill(name)
+
+    @work(group="reply")
+    async def _prefill(self, name: str) -> None:
+        bar = self.query_one("#progress", ProgressBar)
+        bar.display = True
+        session = self.session
+        session.prefill_progress = lambda done, total: self.call_from_thread(
+            bar.update, total=total, progress=done
+        )
+
+        def job() -> tuple[int, tuple[int, int]]:
+            read = session.prefill()
+            self._persist(session, cache=True)
+            return read, (session.context_tokens, session.context_limit)
+
+        try:
+            read, context = await on_model_thread(job)
+        except Exception as e:
+            self.notify(f"Could not read {name}: {e}", severity="error")
+            return
+        finally:
+            session.prefill_progress = None
+            bar.display = False
+        self._update_context(*context)
+        self.notify(f"Read {name}: {read:,} tokens.")
+
+    @work(group="reply")
+    async def _summarize_attachment(self, text: str, name: str) -> None:
+        from qwen_mlx.documents import summarize
+
+        bar = self.query_one("#progress", ProgressBar)
+        bar.display = True
+        limit = max(self.session.context_limit - self.session.context_tokens, 512) // 2
+
+        def progress(stage: str, done: int, total: int) -> None:
+            self.call_from_thread(bar.update, total=total, progress=done)
+
+        try:
+            summary = await on_model_thread(
+                summarize, self.model, text, max_context=limit, progress=progress
+            )
+        except Exception as e:
+            self.notify(f"Could not summarize {name}: {e}", severity="error")
+            return
+        finally:
+            bar.display = False
+        message = (
+            f"Summary of the attached file `{name}` ({summary.chunks} parts):\n\n{summary.text}"
+        )
+        self._attach_text(message, name)
+
+    # -- slash commands --------------------------------------------------------------------
+
+    def run_command(self, line: str) -> None:
+        name, _, arg = line.strip().partition(" ")
+        arg = arg.strip()
+        if name in PARAM_COMMANDS:
+            key, kind = PARAM_COMMANDS[name]
+            if self.session is None:
+                self.notify("The model is still loading.")
+                return
+            try:
+                self._set_params({key: kind(arg) if arg else None})
+            except (TypeError, ValueError) as e:
+                self.notify(f"{name}: {e}" if arg else f"{name} needs a value", severity="error")
+                return
+            self.notify(f"{key} = {getattr(self.session.params, key)}")
+        elif name == "/system":
+            if self.session is not None:
+                self.session.system = arg or None
+                if self.chat is not None:
+                    self.chat.system = arg or None
+                    self.store.update(self.chat)
+                self.notify("System prompt set." if arg else "System prompt cleared.")
+        elif name == "/policy":
+            from qwen_mlx.session import ContextPolicy
+
+            try:
+                self.session.policy = ContextPolicy(arg)
+            except ValueError:
+                self.notify("Policies: truncate, kv-quantize, error.", severity="error")
+                return
+            if self.chat is not None:
+                self.chat.policy = arg
+                self.store.update(self.chat)
+            self.notify(f"Context policy: {arg}")
+        elif name == "/clear":
+            if self._can_reply():
+                self.session.reset()
+                self.query_one("#messages").remove_children()
+                if self.chat is not None:
+                    self.store.save_messages(self.chat.id, self.session.messages_for_storage())
+        elif name == "/new":
+            self.action_new_chat()
+        elif name == "/rename":
+            self._rename(arg) if arg else self.action_rename()
+        elif name == "/export":
+            self.action_export(arg or None)
+        elif name == "/attach":
+            if arg:
+                self.action_attach(arg)
+            else:
+                self.notify("/attach needs a file path (or press ctrl+o).")
+        elif name == "/model":
+            self.action_pick_model(arg or None)
+        elif name == "/help":
+            self.action_help()
+        else:
+            self.notify(f"Unknown command {name}; /help lists them.", severity="warning")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwen-mlx chat",
+        description="Chat with a local Qwen3 model in the terminal. Chats are saved under "
+        "$QWEN_MLX_HOME and resume with their KV cache.",
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        help="store name, family, folder or repo id "
+        "(default: the chat's model, else qwen3-4b-instruct, else the store's)",
+    )
+    p.add_argument("--session", metavar="ID", help="open a saved chat by its id")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ChatApp(model=args.model, chat_id=args.session).run()
+    return 0

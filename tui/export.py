@@ -1,0 +1,69 @@
+"""A conversation as a Markdown document: a header with model and parameters, then one
+section per message with its text exactly as it was (code blocks intact)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+HEADINGS = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
+
+
+def to_markdown(
+    *,
+    title: str,
+    model: str,
+    params: dict[str, Any],
+    policy: str,
+    messages: list[dict[str, Any]],
+    exported: datetime | None = None,
+) -> str:
+    when = (exported or datetime.now()).strftime("%Y-%m-%d %H:%M")
+    shown = ", ".join(f"{k} {v}" for k, v in params.items() if v not in (None, (), []))
+    lines = [
+        f"# {title}",
+        "",
+        f"- Model: `{model}`",
+        f"- Parameters: {shown or 'model defaults'}",
+        f"- Context policy: {policy}",
+        f"- Exported: {when}",
+        "",
+    ]
+    for message in messages:
+        role = message["role"]
+        heading = HEADINGS.get(role, role.title())
+        if role == "tool" and message.get("name"):
+            heading += f" (`{message['name']}`)"
+        lines += [f"## {heading}", ""]
+        content = message.get("content") or ""
+        if role == "tool":
+            lines += ["```", content, "```"]
+        elif content:
+            lines.append(content)
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function", call)
+            args = fn.get("arguments", {})
+            if isinstance(args, str):
+                with contextlib.suppress(json.JSONDecodeError):
+                    args = json.loads(args)
+            lines += [
+                "",
+                f"Called `{fn.get('name')}` with:",
+                "",
+                "```json",
+                json.dumps(args, indent=2, ensure_ascii=False),
+                "```",
+            ]
+        if message.get("stopped"):
+            lines += ["", "_(stopped)_"]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def default_export_path(title: str, folder: Path | None = None) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40] or "chat"
+    return (folder or Path.cwd()) / f"{slug}-{datetime.now():%Y%m%d-%H%M}.md"

@@ -1,0 +1,150 @@
+"""The chat app's widgets: messages, the prompt, the status line, the chat list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import events, on
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, TextArea
+
+from .store import Chat
+
+ROLE_TITLES = {"user": "You", "assistant": "Qwen", "tool": "Tool", "system": "System"}
+
+
+class MessageView(Markdown):
+    """One message, rendered as Markdown; replies stream in through a MarkdownStream."""
+
+    def __init__(self, role: str, content: str = "", *, stopped: bool = False) -> None:
+        super().__init__(content, classes=role)
+        self.role = role
+        self.content = content
+        self.border_title = ROLE_TITLES.get(role, role)
+        if stopped:
+            self.mark_stopped()
+
+    def mark_stopped(self) -> None:
+        self.add_class("stopped")
+        self.border_subtitle = "stopped"
+
+
+class PromptInput(TextArea):
+    """Multi-line input: Enter sends, Shift+Enter or Ctrl+J adds a line, Up/Down walk the
+    history when the cursor is on the first or last line."""
+
+    @dataclass
+    class Submitted(Message):
+        text: str
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(soft_wrap=True, show_line_numbers=False, **kwargs)
+        self.sent: list[str] = []  # what was sent, for Up/Down
+        self._history_index: int | None = None
+        self._draft = ""
+
+    async def _on_key(self, event: events.Key) -> None:
+        if self.read_only:
+            return await super()._on_key(event)
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            text = self.text
+            if text.strip():
+                self.remember(text)
+                self.post_message(self.Submitted(text))
+            return
+        if event.key in ("shift+enter", "ctrl+j"):
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+            return
+        if event.key == "up" and self.cursor_location[0] == 0 and self.sent:
+            event.stop()
+            event.prevent_default()
+            self._walk(-1)
+            return
+        if (
+            event.key == "down"
+            and self._history_index is not None
+            and (self.cursor_location[0] == self.document.line_count - 1)
+        ):
+            event.stop()
+            event.prevent_default()
+            self._walk(1)
+            return
+        await super()._on_key(event)
+
+    def remember(self, text: str) -> None:
+        if not self.sent or self.sent[-1] != text:
+            self.sent.append(text)
+        self._history_index = None
+
+    def _walk(self, step: int) -> None:
+        if self._history_index is None:
+            if step > 0:
+                return
+            self._draft = self.text
+            self._history_index = len(self.sent)
+        index = self._history_index + step
+        if index >= len(self.sent):
+            self._history_index = None
+            self.load_text(self._draft)
+        else:
+            self._history_index = max(index, 0)
+            self.load_text(self.sent[self._history_index])
+        self.move_cursor(self.document.end)
+
+
+class StatusBar(Static):
+    """Model, context meter, speed and memory of the last reply, and warnings."""
+
+    model_label: reactive[str] = reactive("no model")
+    context: reactive[tuple[int, int]] = reactive((0, 0))
+    speed: reactive[str] = reactive("", layout=True)
+    warning: reactive[str] = reactive("", layout=True)
+
+    def render(self) -> str:
+        used, limit = self.context
+        parts = [self.model_label]
+        if limit:
+            width = 16
+            filled = min(width, round(width * used / limit)) if limit else 0
+            meter = "█" * filled + "░" * (width - filled)
+            parts.append(f"context {meter} {used:,} / {limit:,}")
+        lines = ["  │  ".join(parts)]
+        if self.speed:
+            lines.append(self.speed)
+        if self.warning:
+            lines.append(f"⚠ {self.warning}")
+        return "\n".join(lines)
+
+
+class ChatList(Vertical):
+    """The sidebar: a search box and the saved chats, most recent first."""
+
+    @dataclass
+    class Selected(Message):
+        chat_id: str
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="Search chats", id="chat-search")
+        yield ListView(id="chat-items")
+
+    def show(self, chats: list[Chat], current: str | None) -> None:
+        items = self.query_one("#chat-items", ListView)
+        items.clear()
+        for chat in chats:
+            item = ListItem(Label(chat.title), name=chat.id)
+            if chat.id == current:
+                item.add_class("current")
+            items.append(item)
+
+    @on(ListView.Selected, "#chat-items")
+    def _picked(self, event: ListView.Selected) -> None:
+        event.stop()
+        if event.item.name:
+            self.post_message(self.Selected(event.item.name))
