@@ -11,12 +11,15 @@ from importlib import import_module
 
 COMMANDS: dict[str, str] = {
     "demo": "Build a tiny random Qwen3 locally and run convert + generate (no download).",
+    "chat": "Chat in the terminal app: streaming markdown, saved chats that resume instantly.",
     "convert": "Convert a Hugging Face Qwen3 checkpoint to MLX (4-bit by default) into the store.",
     "generate": "Generate a reply to a prompt, streaming to stdout.",
     "summarize": "Summarize a text, Markdown or PDF file of any length.",
     "ask": "Answer a question about a text, Markdown or PDF file.",
     "plan": "Show which context fits in memory with bf16, 8-bit and 4-bit KV caches.",
     "models": "Manage stored versions: list, show, verify, import, latest, pin, rollback, rm.",
+    "serve": "Serve the model over an OpenAI-compatible HTTP API.",
+    "bench": "Measure prefill and decode speed, and decode against memory bandwidth.",
 }
 
 USAGE = """usage: qwen-mlx <command> [options]

@@ -1,0 +1,162 @@
+"""`qwen-mlx serve`: the model over an OpenAI-compatible HTTP API (FastAPI + uvicorn).
+
+Binds 127.0.0.1 unless told otherwise. On any other address without an API key it warns:
+anyone who can reach the port can use the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+from ._common import guarded
+
+DEFAULT_MODEL = "qwen3-4b-instruct"
+API_KEY_ENV = "QWEN_MLX_API_KEY"
+# The same as qwen_mlx.server's (not imported from there: --help must not load FastAPI).
+DEFAULT_MAX_TOKENS_CAP = 16384
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+
+EXAMPLES = f"""\
+examples:
+  qwen-mlx serve
+  qwen-mlx serve --model qwen3-4b-instruct-2507-mlx-q8-g64 --port 8000
+  {API_KEY_ENV}=secret qwen-mlx serve --host 0.0.0.0
+
+then point any OpenAI client at it:
+  OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwen-mlx serve",
+        description="Serve the model over an OpenAI-compatible HTTP API: /v1/chat/completions, "
+        "/v1/completions, /v1/models and /health.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        help=f"store name, family (its latest), folder or repo id (default: {DEFAULT_MODEL})",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require `Authorization: Bearer KEY` on every route but /health "
+        f"(default: ${API_KEY_ENV}, which keeps the key out of the process list)",
+    )
+    p.add_argument(
+        "--max-tokens-cap",
+        type=int,
+        default=DEFAULT_MAX_TOKENS_CAP,
+        metavar="N",
+        help=f"the most tokens one reply may have; larger max_tokens are lowered to it "
+        f"(default: {DEFAULT_MAX_TOKENS_CAP})",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="N",
+        help=f"larger request bodies get 413 (default: {DEFAULT_MAX_BODY_BYTES:,})",
+    )
+    p.add_argument(
+        "--max-context",
+        type=int,
+        metavar="N",
+        help="refuse prompts of N tokens or more (default: what the model and memory allow)",
+    )
+    p.add_argument(
+        "--cache-gb",
+        type=float,
+        metavar="GB",
+        help="memory for KV caches kept between requests, so resent conversations prefill "
+        "only what is new (default: half of what the weights leave; 0 turns it off)",
+    )
+    p.add_argument("--kv-bits", type=int, choices=(4, 8), help="quantize the KV caches")
+    p.add_argument(
+        "--context-extension",
+        type=float,
+        metavar="F",
+        help="YaRN rope scaling: F x the model's native context",
+    )
+    p.add_argument("--verify", action="store_true", help="check every file's sha256 before loading")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="server log verbosity (default: info)",
+    )
+    return p
+
+
+def bind_warning(host: str, api_key: str | None) -> str | None:
+    """What to tell the user when `host` is reachable from other machines without a key."""
+    if api_key:
+        return None
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: assume it is reachable
+    return (
+        f"serving on {host} without --api-key: anyone who can reach this port can use the "
+        f"model. Set {API_KEY_ENV} or pass --api-key, or bind 127.0.0.1."
+    )
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag, value in (("--max-tokens-cap", args.max_tokens_cap), ("--port", args.port)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} must be positive.")
+    warning = bind_warning(args.host, args.api_key)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    import uvicorn
+
+    from ..runtime import load
+    from ..server import Engine, create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    print(f"loading {args.model} ...", file=sys.stderr)
+    model = load(args.model, verify=args.verify, context_extension=args.context_extension)
+    engine = Engine(
+        model,
+        kv_bits=args.kv_bits,
+        cache_bytes=None if args.cache_gb is None else int(args.cache_gb * 1e9),
+        max_context=args.max_context,
+        max_tokens_cap=args.max_tokens_cap,
+    )
+    app = create_app(engine, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(
+        f"serving {model.name} at http://{host}:{args.port}/v1 "
+        f"(context {engine.context_limit:,} tokens)",
+        file=sys.stderr,
+    )
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
+    )
+    try:
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+        print("stopped.", file=sys.stderr)
+    finally:
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

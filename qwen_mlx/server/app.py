@@ -1,0 +1,266 @@
+"""The FastAPI app: OpenAI's routes over one engine, the API key check, and the responses.
+
+The event loop only parses requests, hands preparation to the engine's preparation
+thread, and relays the text the model thread generates, whole or as server-sent events
+(`data: {...}` chunks ending with `data: [DONE]`). An error during a stream arrives as a
+`data: {"error": ...}` chunk before `[DONE]`, since the status line has already gone out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from ..runtime import Model
+from ..tools import ToolCall
+from .engine import Engine, Finished, Job
+from .errors import APIError, BodyLimit, CatchAll, install_error_handlers
+from .prepare import Reply, prepare_chat, prepare_completion
+from .schemas import ChatRequest, CompletionRequest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+
+
+def create_app(
+    engine: Engine,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """The FastAPI app serving `engine`. With `api_key`, every route but /health needs
+    `Authorization: Bearer <api_key>`."""
+    app = FastAPI(title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(CatchAll)
+    router = APIRouter(dependencies=[Depends(_bearer(api_key))] if api_key else [])
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": engine.model.name, "queued": engine.queued}
+
+    @router.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(engine.model)]}
+
+    @router.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        if model_id != engine.model.name:
+            raise APIError(404, f"The model {model_id!r} does not exist.", param="model")
+        return _model_card(engine.model)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
+        job, reply = await engine.prepare(prepare_chat, engine, req)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        frame = _Frame(engine, "chat.completion.chunk", "chatcmpl", include_usage)
+        if req.stream:
+            return _event_stream(_chat_chunks(engine, job, reply, request, frame))
+        parts, done = await _collect(engine, job, request)
+        for part in parts:
+            reply.feed(part)
+        _, content, calls, reason = reply.finish(done.finish_reason)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = _tool_call_entries(calls)
+        return {
+            "id": frame.id,
+            "object": "chat.completion",
+            "created": frame.created,
+            "model": frame.model,
+            "system_fingerprint": frame.fingerprint,
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": reason, "logprobs": None}
+            ],
+            "usage": _usage(done),
+        }
+
+    @router.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        job = await engine.prepare(prepare_completion, engine, req)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        frame = _Frame(engine, "text_completion", "cmpl", include_usage)
+        if req.stream:
+            return _event_stream(_completion_chunks(engine, job, request, frame))
+        parts, done = await _collect(engine, job, request)
+        return {
+            "id": frame.id,
+            "object": "text_completion",
+            "created": frame.created,
+            "model": frame.model,
+            "system_fingerprint": frame.fingerprint,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "".join(parts),
+                    "finish_reason": done.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(done),
+        }
+
+    app.include_router(router)
+    return app
+
+
+def _bearer(api_key: str) -> Callable[[Request], Any]:
+    expected = api_key.encode()
+
+    async def check(request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), expected
+        ):
+            raise APIError(
+                401,
+                "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.",
+                code="invalid_api_key",
+            )
+
+    return check
+
+
+def _model_card(model: Model) -> dict[str, Any]:
+    from datetime import datetime
+
+    try:
+        stamp = int(datetime.fromisoformat(model.manifest.created_at).timestamp())
+    except (AttributeError, ValueError):  # no manifest, or no date in it
+        stamp = 0
+    return {"id": model.name, "object": "model", "created": stamp, "owned_by": "qwen-mlx"}
+
+
+async def _collect(engine: Engine, job: Job, request: Request) -> tuple[list[str], Finished]:
+    parts: list[str] = []
+    async with aclosing(engine.events(job, request)) as events:
+        async for item in events:
+            if isinstance(item, str):
+                parts.append(item)
+            else:
+                return parts, item
+    raise RuntimeError("the generation ended without a finish record")
+
+
+def _usage(done: Finished) -> dict[str, Any]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
+    }
+
+
+def _tool_call_entries(calls: list[ToolCall], *, indexed: bool = False) -> list[dict[str, Any]]:
+    return [
+        dict(c.to_message(), index=i) if indexed else c.to_message() for i, c in enumerate(calls)
+    ]
+
+
+# -- server-sent events ----------------------------------------------------------------------
+
+
+class _Frame:
+    """What every response and stream chunk of one request repeats: id, time, model."""
+
+    def __init__(self, engine: Engine, obj: str, prefix: str, include_usage: bool) -> None:
+        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.obj = obj
+        self.model = engine.model.name
+        self.fingerprint = f"fp_{engine.model.fingerprint[:10]}"
+        self.include_usage = include_usage
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+        data = {
+            "id": self.id,
+            "object": self.obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": choices,
+        }
+        if self.include_usage:
+            data["usage"] = usage
+        return _sse(data)
+
+
+def _sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def _stream_error(e: Exception) -> str:
+    if not isinstance(e, APIError):
+        logger.exception("generation failed", exc_info=e)
+        e = APIError(500, "The server had an error while generating.", type="server_error")
+    return _sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
+
+
+def _event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
+
+
+async def _chat_chunks(
+    engine: Engine, job: Job, reply: Reply, request: Request, frame: _Frame
+) -> AsyncIterator[str]:
+    def delta(d: dict[str, Any], finish: str | None = None) -> str:
+        return frame.chunk([{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}])
+
+    try:
+        yield delta({"role": "assistant", "content": ""})
+        done: Finished | None = None
+        async with aclosing(engine.events(job, request)) as events:
+            async for item in events:
+                if isinstance(item, Finished):
+                    done = item
+                elif text := reply.feed(item):
+                    yield delta({"content": text})
+        if done is None or done.finish_reason == "cancelled":
+            return
+        tail, _, calls, reason = reply.finish(done.finish_reason)
+        if tail:
+            yield delta({"content": tail})
+        if calls:
+            yield delta({"tool_calls": _tool_call_entries(calls, indexed=True)})
+        yield delta({}, reason)
+        if frame.include_usage:
+            yield frame.chunk([], _usage(done))
+    except Exception as e:
+        yield _stream_error(e)
+    yield _sse("[DONE]")
+
+
+async def _completion_chunks(
+    engine: Engine, job: Job, request: Request, frame: _Frame
+) -> AsyncIterator[str]:
+    def choice(text: str, finish: str | None = None) -> str:
+        return frame.chunk([{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}])
+
+    try:
+        done: Finished | None = None
+        async with aclosing(engine.events(job, request)) as events:
+            async for item in events:
+                if isinstance(item, Finished):
+                    done = item
+                else:
+                    yield choice(item)
+        if done is None or done.finish_reason == "cancelled":
+            return
+        yield choice("", done.finish_reason)
+        if frame.include_usage:
+            yield frame.chunk([], _usage(done))
+    except Exception as e:
+        yield _stream_error(e)
+    yield _sse("[DONE]")

@@ -1,0 +1,188 @@
+"""Errors in OpenAI's shape, and the middlewares that guard every request.
+
+Every error, including malformed JSON, bad fields, oversized bodies and unexpected
+exceptions, comes back as `{"error": {"message", "type", "param", "code"}}`, never as a
+traceback (that stays in the server log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..errors import ContextOverflowError, ModelNotFoundError, QwenMLXError
+
+logger = logging.getLogger(__name__)
+
+_DRAIN_LIMIT = 64 << 20  # an oversized body is read and dropped up to here, then cut off
+
+
+class APIError(Exception):
+    """An error response in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type,
+            param,
+            code,
+        )
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+def _from_domain_error(e: QwenMLXError) -> APIError:
+    if isinstance(e, ContextOverflowError):
+        return APIError(400, str(e), param="messages", code="context_length_exceeded")
+    if isinstance(e, ModelNotFoundError):
+        return APIError(404, str(e), code="model_not_found")
+    if isinstance(e, ValueError):
+        return APIError(400, str(e))
+    return APIError(500, str(e), type="server_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer API, domain, HTTP and validation errors in OpenAI's shape."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> JSONResponse:
+        return e.response()
+
+    @app.exception_handler(QwenMLXError)
+    async def domain_error(request: Request, e: QwenMLXError) -> JSONResponse:
+        return _from_domain_error(e).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return APIError(e.status_code, str(e.detail), type=kind, code=code).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        if first.get("type") == "json_invalid":
+            return APIError(
+                400,
+                "The request body is not valid JSON "
+                f"({first.get('ctx', {}).get('error', 'parse error')}).",
+                code="invalid_json",
+            ).response()
+        param, message = _describe_invalid(e.errors())
+        return APIError(400, message, param=param, code="invalid_value").response()
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list"}
+
+
+def _describe_invalid(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """(param, message) for pydantic's errors. For a union, pydantic names each member
+    that failed inside `loc`: those become "expected A or B" instead of a path."""
+
+    def split(loc: tuple[Any, ...]) -> tuple[str, str | None]:
+        path = [p for p in loc if p != "body"]
+        for i, p in enumerate(path):
+            if isinstance(p, str) and (not p.isidentifier() or p[0].isupper() or p in _TYPE_NAMES):
+                return ".".join(map(str, path[:i])), p
+        return ".".join(map(str, path)), None
+
+    if not errors:
+        return None, "The request is invalid."
+    param, tag = split(tuple(errors[0].get("loc", ())))
+    if tag is None:
+        message = str(errors[0].get("msg", "invalid value"))
+    else:
+        options = [t for p, t in map(split, (x.get("loc", ()) for x in errors)) if p == param]
+        message = "expected " + " or ".join(dict.fromkeys(t for t in options if t))
+    if not param:
+        return None, f"The request body must be a JSON object ({message})."
+    return param, f"{param}: {message}"
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413 before any route parses them."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        total = int(declared) if declared.isdigit() else 0
+        body: list[bytes] = []
+        if total <= _DRAIN_LIMIT:
+            total = 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client left
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total <= self.max_bytes:
+                    body.append(chunk)
+                if not message.get("more_body", False) or total > _DRAIN_LIMIT:
+                    break
+        if total > self.max_bytes:
+            await APIError(
+                413,
+                f"The request body is larger than this server accepts ({self.max_bytes:,} "
+                "bytes; see `qwen-mlx serve --max-body-bytes`).",
+                code="request_too_large",
+            ).response()(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later calls: disconnect notices
+            replayed = True
+            return {"type": "http.request", "body": b"".join(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class CatchAll:
+    """Log an unexpected exception and answer a generic 500 in OpenAI's shape, without the
+    traceback (which stays in the server log)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if scope["type"] == "http" and not started:
+                error = APIError(
+                    500, "The server had an error processing the request.", type="server_error"
+                )
+                await error.response()(scope, receive, send)

@@ -1,0 +1,779 @@
+"""The OpenAI-compatible server, through real HTTP: a uvicorn server on a free port in a
+background thread, serving the tiny model, driven by the official `openai` client (and by
+httpx where a test needs to send what that client never would)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import jsonschema
+import openai
+import pytest
+import uvicorn
+
+from qwen_mlx.runtime import GenerationChunk, stream_tokens
+from qwen_mlx.server import Engine, create_app
+
+from .conftest import SHARED_MODEL, needs_shared
+
+KEY = "test-key"
+CONTEXT = 2048
+MAX_TOKENS_CAP = 256
+MAX_BODY = 64 * 1024
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 12},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@dataclass
+class Served:
+    engine: Engine
+    url: str  # ends in /v1
+
+    def client(self, api_key: str = KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0, timeout=60)
+
+    def post(self, path: str, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {KEY}", **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", 60)
+        return httpx.post(self.url + path, headers=headers, **kwargs)
+
+
+def start_server(app) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """uvicorn on a free port in a daemon thread; returns once it accepts connections."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, port
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model) -> Iterator[Served]:
+    engine = Engine(
+        tiny_model, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP, cache_bytes=64 << 20
+    )
+    server, thread, port = start_server(create_app(engine, api_key=KEY, max_body_bytes=MAX_BODY))
+    yield Served(engine, f"http://127.0.0.1:{port}/v1")
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+@pytest.fixture
+def client(served) -> openai.OpenAI:
+    return served.client()
+
+
+@pytest.fixture
+def model_stream(served) -> Iterator[Callable[[Callable], None]]:
+    """Replace the step that runs the model for one test (the engine's test hook)."""
+    yield lambda fn: setattr(served.engine, "stream_tokens", fn)
+    served.engine.stream_tokens = stream_tokens
+
+
+@pytest.fixture
+def no_reuse(served) -> Iterator[None]:
+    """Every request prefills its whole prompt (the model then sees each one whole)."""
+    pool = served.engine.cache
+    budget, pool.max_bytes = pool.max_bytes, 0
+    pool.clear()
+    yield
+    pool.max_bytes = budget
+
+
+def scripted(text: str, seen: list | None = None) -> Callable:
+    """A stand-in for runtime.stream_tokens that replies `text`, recording what it got."""
+
+    def fake(model, tokens, params, **kwargs):
+        if seen is not None:
+            seen.append((list(tokens), params))
+        pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
+        for n, piece in enumerate(pieces, 1):
+            yield GenerationChunk(piece, None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
+        yield GenerationChunk("", None, len(tokens), 0.0, len(pieces), 0.0, 0.0, 0.0, "stop")
+
+    return fake
+
+
+def recording(seen: list) -> Callable:
+    """The real model, recording the prompt tokens each request prefills."""
+
+    def record(model, tokens, params, **kwargs):
+        seen.append(list(tokens))
+        yield from stream_tokens(model, tokens, params, **kwargs)
+
+    return record
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and "Traceback" not in error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+def test_models_lists_the_served_model(client, tiny_model):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [tiny_model.name]
+    assert client.models.retrieve(tiny_model.name).owned_by == "qwen-mlx"
+
+
+def test_health_answers_without_a_key(served):
+    response = httpx.get(served.url.removesuffix("/v1") + "/health", timeout=10)
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+def test_chat_completion_returns_a_reply_with_usage(client, tiny_model):
+    reply = client.chat.completions.create(
+        model="anything", messages=user("Hello there"), max_tokens=8, temperature=0
+    )
+    choice = reply.choices[0]
+    assert reply.object == "chat.completion" and reply.model == tiny_model.name
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    usage = reply.usage
+    assert usage.prompt_tokens == len(tiny_model.prompt_tokens(user("Hello there")))
+    assert 0 < usage.completion_tokens <= 8
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+
+
+def test_chat_stream_matches_the_whole_reply_and_ends_with_usage(client, no_reuse):
+    args = dict(
+        model="m", messages=user("Stream me a line"), max_tokens=12, temperature=1.0, seed=7
+    )
+    whole = client.chat.completions.create(**args)
+    chunks = list(
+        client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason and not any(finishes[:-1])
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_completions_take_text_or_token_ids_and_stream(client, tiny_model, no_reuse):
+    ids = tiny_model.encode("Once upon a time")
+    by_text = client.completions.create(
+        model="m", prompt="Once upon a time", max_tokens=10, temperature=1.0, seed=3
+    )
+    by_ids = client.completions.create(
+        model="m", prompt=ids, max_tokens=10, temperature=1.0, seed=3
+    )
+    assert by_text.object == "text_completion"
+    assert by_text.choices[0].text == by_ids.choices[0].text
+    assert by_text.usage.prompt_tokens == len(ids)
+    streamed = list(
+        client.completions.create(
+            model="m",
+            prompt="Once upon a time",
+            max_tokens=10,
+            temperature=1.0,
+            seed=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == by_text.choices[0].text
+    assert streamed[-1].usage.total_tokens == by_text.usage.total_tokens
+
+
+def test_stop_strings_end_the_reply_before_them(client, no_reuse):
+    args = dict(model="m", prompt="Tell me", max_tokens=16, temperature=1.0, seed=5)
+    text = client.completions.create(**args).choices[0].text
+    stop = text[len(text) // 2 :][:3]
+    reply = client.completions.create(**args, stop=[stop, "never there"])
+    assert reply.choices[0].text == text[: text.index(stop)]
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_sampling_fields_reach_the_model_and_max_tokens_is_capped(client, model_stream):
+    seen: list = []
+    model_stream(scripted("ok", seen))
+    client.chat.completions.create(
+        model="m",
+        messages=user("go"),
+        max_tokens=100_000,
+        temperature=0.3,
+        top_p=0.5,
+        seed=11,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        stop="END",
+        extra_body={"top_k": 5},
+    )
+    client.chat.completions.create(model="m", messages=user("go"), max_completion_tokens=7)
+    (_, params), (_, second) = seen
+    assert params.max_tokens == MAX_TOKENS_CAP
+    assert (params.temperature, params.top_p, params.top_k, params.seed) == (0.3, 0.5, 5, 11)
+    assert (params.presence_penalty, params.frequency_penalty) == (0.5, 0.25)
+    assert params.stop == ("END",)
+    assert second.max_tokens == 7
+
+
+# -- tools and JSON ---------------------------------------------------------------------------
+
+
+CALL_TEXT = (
+    'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": '
+    '{"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+)
+
+
+def test_a_tool_call_in_the_reply_comes_back_as_tool_calls(client, model_stream):
+    model_stream(scripted(CALL_TEXT))
+    reply = client.chat.completions.create(
+        model="m", messages=user("Weather in Paris?"), tools=[WEATHER_TOOL]
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check."
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
+
+
+def test_a_streamed_tool_call_is_held_out_of_the_content(client, model_stream):
+    model_stream(scripted(CALL_TEXT))
+    chunks = list(
+        client.chat.completions.create(
+            model="m", messages=user("Weather in Paris?"), tools=[WEATHER_TOOL], stream=True
+        )
+    )
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert content.strip() == "Let me check." and "tool_call" not in content
+    calls = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+    assert [(t.index, t.function.name) for t in calls] == [(0, "get_weather")]
+    assert json.loads(calls[0].function.arguments)["city"] == "Paris"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tools_reach_the_prompt_unless_tool_choice_is_none(
+    client, tiny_model, model_stream, no_reuse
+):
+    seen: list = []
+    model_stream(scripted("fine", seen))
+    client.chat.completions.create(model="m", messages=user("hi"), tools=[WEATHER_TOOL])
+    client.chat.completions.create(
+        model="m", messages=user("hi"), tools=[WEATHER_TOOL], tool_choice="none"
+    )
+    with_tools, without = (tiny_model.tokenizer.decode(tokens) for tokens, _ in seen)
+    assert "<tools>" in with_tools and '"name": "get_weather"' in with_tools
+    assert "get_weather" not in without
+
+
+def test_a_client_tool_round_trip_renders_through_the_template_and_answers(
+    client, tiny_model, model_stream, no_reuse
+):
+    seen: list = []
+    model_stream(recording(seen))
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": '{"city": "Paris", "unit": "celsius"}',
+                    },
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"},
+    ]
+    reply = client.chat.completions.create(
+        model="m", messages=messages, tools=[WEATHER_TOOL], max_tokens=8, temperature=0
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    prompt = tiny_model.tokenizer.decode(seen[0])
+    assert (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'
+        "\n</tool_call>"
+    ) in prompt
+    assert "<tool_response>\n18 degrees, sunny\n</tool_response>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(
+    "choice", [{"type": "function", "function": {"name": "get_weather"}}, "required"]
+)
+def test_a_named_or_required_tool_choice_forces_a_schema_valid_call(client, choice):
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+    reply = client.chat.completions.create(
+        model="m",
+        messages=user("Weather in Paris?"),
+        tools=[WEATHER_TOOL] if isinstance(choice, dict) else [WEATHER_TOOL, other],
+        tool_choice=choice,
+        max_tokens=64,
+        temperature=0,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    arguments = json.loads(call.function.arguments)
+    if call.function.name == "get_weather":
+        jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])
+    else:
+        assert (call.function.name, arguments) == ("get_time", {})
+
+
+def test_a_tool_choice_naming_no_tool_is_400(served):
+    response = served.post(
+        "/chat/completions",
+        json={
+            "messages": user("hi"),
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "function", "function": {"name": "nope"}},
+        },
+    )
+    assert assert_openai_error(response, 400)["param"] == "tool_choice"
+
+
+def test_response_format_json_schema_gives_schema_valid_json(client):
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 10},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        },
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    reply = client.chat.completions.create(
+        model="m",
+        messages=user("A person as JSON"),
+        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
+        max_tokens=64,
+        temperature=0,
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+
+
+def test_response_format_json_object_gives_a_json_object(client):
+    reply = client.chat.completions.create(
+        model="m",
+        messages=user("JSON please"),
+        response_format={"type": "json_object"},
+        max_tokens=64,
+        temperature=0,
+    )
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    else:  # a random model may open keys forever; what it wrote is still JSON so far
+        assert reply.choices[0].message.content.startswith("{")
+
+
+# -- security and limits ----------------------------------------------------------------------
+
+
+def test_a_wrong_key_or_no_key_is_401(served):
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        served.client(api_key="wrong").models.list()
+    assert wrong.value.code == "invalid_api_key"
+    response = httpx.get(served.url + "/models", timeout=10)
+    assert_openai_error(response, 401, "invalid_api_key")
+    response = served.post("/chat/completions", json={}, headers={"Authorization": "Bearer x"})
+    assert_openai_error(response, 401)
+
+
+def test_a_prompt_longer_than_the_context_is_400_context_length_exceeded(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="m", messages=user("word " * (CONTEXT + 10)))
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="m", prompt=list(range(5)) * (CONTEXT // 5 + 1))
+    assert e.value.code == "context_length_exceeded"
+
+
+def test_malformed_json_is_400_in_openai_shape(served):
+    response = served.post(
+        "/chat/completions",
+        content=b'{"messages": [{"role": "user", "content": "hi"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_openai_error(response, 400, "invalid_json")
+    response = served.post("/chat/completions", json=[1, 2])
+    assert "must be a JSON object" in assert_openai_error(response, 400)["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": user("hi"), "temperature": "hot"}, "temperature"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+        ({"messages": user("hi"), "max_tokens": 0}, "max_tokens"),
+        ({"messages": user("hi"), "n": 2}, "n"),
+        ({"messages": user("hi"), "top_p": 1.5}, "top_p"),
+        ({"messages": user("hi"), "stop": 5}, "stop"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages.0.content",
+        ),
+    ],
+)
+def test_bad_fields_are_400_in_openai_shape_naming_the_field(served, body, param):
+    error = assert_openai_error(served.post("/chat/completions", json=body), 400)
+    assert error["param"] == param
+
+
+def test_an_invalid_json_schema_or_token_id_is_400(served):
+    bad_schema = {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}
+    response = served.post(
+        "/chat/completions", json={"messages": user("hi"), "response_format": bad_schema}
+    )
+    assert_openai_error(response, 400)
+    response = served.post("/completions", json={"prompt": [1, 10**9]})
+    assert assert_openai_error(response, 400)["param"] == "prompt"
+
+
+def test_a_body_over_the_limit_is_413(served):
+    response = served.post("/chat/completions", json={"messages": user("x" * MAX_BODY)})
+    assert_openai_error(response, 413, "request_too_large")
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(MAX_BODY // 1024 + 1):
+            yield b"x" * 1024
+        yield b'"}]}'
+
+    response = served.post("/chat/completions", content=chunked())
+    assert_openai_error(response, 413, "request_too_large")
+
+
+def test_an_unknown_route_is_404_in_openai_shape(served):
+    assert_openai_error(served.post("/embeddings", json={}), 404)
+
+
+def test_an_internal_error_is_a_generic_500_without_details(served, model_stream):
+    def broken(model, tokens, params, **kwargs):
+        raise RuntimeError("secret internals")
+        yield
+
+    model_stream(broken)
+    response = served.post("/chat/completions", json={"messages": user("hi")})
+    error = assert_openai_error(response, 500)
+    assert "secret" not in response.text and error["type"] == "server_error"
+    stream = served.post("/chat/completions", json={"messages": user("hi"), "stream": True})
+    assert '"server_error"' in stream.text and "secret" not in stream.text
+
+
+# -- the queue, disconnects and the prompt cache -----------------------------------------------
+
+
+def test_concurrent_clients_get_the_answers_they_get_alone(served, no_reuse):
+    # The random tiny model answers every greedy prompt with the same newlines, so seeded
+    # sampling makes each client's answer its own: any mix-up would show.
+    def ask(i: int) -> str:
+        reply = served.client().chat.completions.create(
+            model="m", messages=user(f"Question {i}"), max_tokens=12, temperature=1.0, seed=i
+        )
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        return reply.choices[0].message.content
+
+    alone = [ask(i) for i in range(8)]
+    assert len(set(alone)) > 4
+    together: list[str | None] = [None] * 8
+    threads = [
+        threading.Thread(target=lambda i=i: together.__setitem__(i, ask(i))) for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert together == alone
+
+
+def test_greedy_answers_do_not_change_under_concurrency(served, no_reuse):
+    def ask(i: int) -> str:
+        return (
+            served.client()
+            .completions.create(model="m", prompt=f"{i} apples", max_tokens=10, temperature=0)
+            .choices[0]
+            .text
+        )
+
+    alone = [ask(i) for i in range(4)]
+    together: list[str | None] = [None] * 4
+    threads = [
+        threading.Thread(target=lambda i=i: together.__setitem__(i, ask(i))) for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert together == alone
+
+
+def endless(model, tokens, params, *, should_stop, **kwargs):
+    """A model that would write for 25 s unless stopped."""
+    n = 0
+    while not should_stop() and n < 5000:
+        n += 1
+        yield GenerationChunk("tick ", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
+        time.sleep(0.005)
+    reason = "cancelled" if should_stop() else "length"
+    yield GenerationChunk("", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0, reason)
+
+
+def wait_for_finish(engine: Engine, before: int):
+    deadline = time.monotonic() + 10
+    while len(engine.finished) == before:
+        assert time.monotonic() < deadline, "the generation did not end"
+        time.sleep(0.02)
+    return engine.finished[-1]
+
+
+def test_a_client_disconnecting_mid_stream_stops_its_generation(client, served, model_stream):
+    model_stream(endless)
+    before = len(served.engine.finished)
+    stream = client.chat.completions.create(model="m", messages=user("go on"), stream=True)
+    for i, _ in enumerate(stream):
+        if i == 5:
+            break
+    stream.close()
+    done = wait_for_finish(served.engine, before)
+    assert done.finish_reason == "cancelled"
+    assert done.completion_tokens < 5000
+    assert served.engine.queued == 0
+
+
+def test_a_client_leaving_a_plain_request_stops_its_generation(served, model_stream):
+    model_stream(endless)
+    before = len(served.engine.finished)
+    with pytest.raises(httpx.ReadTimeout):
+        served.post("/chat/completions", json={"messages": user("go on")}, timeout=0.5)
+    done = wait_for_finish(served.engine, before)
+    assert done.finish_reason == "cancelled" and done.completion_tokens < 5000
+
+
+def test_a_growing_conversation_prefills_only_what_is_new(client, tiny_model, model_stream):
+    seen: list = []
+    model_stream(recording(seen))
+    system = {"role": "system", "content": "You are a terse assistant for prefix tests."}
+    first = [system, *user("Name three rivers.")]
+    r1 = client.chat.completions.create(model="m", messages=first, max_tokens=8, temperature=0)
+    other = [system, *user("Something else entirely, please.")]  # shares only the system turn
+    client.chat.completions.create(model="m", messages=other, max_tokens=8, temperature=0)
+    second = [
+        *first,
+        {"role": "assistant", "content": r1.choices[0].message.content},
+        *user("And three mountains?"),
+    ]
+    r2 = client.chat.completions.create(model="m", messages=second, max_tokens=8, temperature=0)
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert cached >= r1.usage.prompt_tokens
+    assert len(seen[-1]) == r2.usage.prompt_tokens - cached
+    # Only the reply and the new user turn were read: less than the whole second prompt
+    # minus the first one.
+    assert r2.usage.prompt_tokens - cached <= r2.usage.prompt_tokens - r1.usage.prompt_tokens
+
+
+def test_the_cache_pool_stays_within_its_byte_budget(served, client):
+    pool = served.engine.cache
+    budget = pool.max_bytes
+    pool.max_bytes = 60 * pool.bytes_per_token
+    try:
+        for i in range(6):
+            client.completions.create(model="m", prompt=f"{i} pears " * 5, max_tokens=10)
+            assert pool.bytes <= pool.max_bytes
+        assert len(pool) >= 1
+    finally:
+        pool.max_bytes = budget
+
+
+@needs_shared
+def test_client_tool_messages_render_through_the_real_qwen_template():
+    from transformers import AutoTokenizer
+
+    from qwen_mlx.server import ChatRequest
+    from qwen_mlx.server.prepare import _template_message
+
+    request = ChatRequest.model_validate(
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees"},
+            ]
+        }
+    )
+    messages = [_template_message(m, i) for i, m in enumerate(request.messages)]
+    text = AutoTokenizer.from_pretrained(SHARED_MODEL).apply_chat_template(
+        messages, tools=[WEATHER_TOOL], tokenize=False, add_generation_prompt=True
+    )
+    assert "<|im_start|>user\nWeather in Paris?<|im_end|>" in text
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": '
+        '{"city": "Paris"}}\n</tool_call><|im_end|>'
+    ) in text
+    assert "<|im_start|>user\n<tool_response>\n18 degrees\n</tool_response><|im_end|>" in text
+
+
+# -- the prompt cache pool ---------------------------------------------------------------------
+
+
+def filled_cache(model, tokens: list[int]) -> tuple[list, list[int]]:
+    """A real KV cache after a short greedy reply to `tokens`, and the ids it holds."""
+    from qwen_mlx.runtime import SamplingParams, make_cache
+
+    cache, held = make_cache(model), list(tokens)
+    params = SamplingParams(temperature=0, max_tokens=4)
+    list(stream_tokens(model, tokens, params, prompt_cache=cache, on_token=held.append))
+    return cache, held
+
+
+def test_the_pool_moves_a_conversation_on_and_copies_for_a_branch(tiny_model):
+    from qwen_mlx.prompt_cache import PromptCachePool
+    from qwen_mlx.runtime import cache_length, make_cache
+
+    pool = PromptCachePool(lambda: make_cache(tiny_model), 1, 10_000)
+    prompt = tiny_model.prompt_tokens(user("The first conversation"))
+    cache, held = filled_cache(tiny_model, prompt)
+    pool.checkin(cache, held, len(prompt))
+
+    branch = tiny_model.prompt_tokens(user("Another one"))
+    shared = next(i for i, (a, b) in enumerate(zip(prompt, branch, strict=False)) if a != b)
+    copy = pool.checkout(branch)
+    assert copy.reused == shared and cache_length(copy.cache) == shared
+    assert len(pool) == 1 and cache_length(cache) == len(held)  # the original is untouched
+
+    follow_up = [*held, *tiny_model.encode("more")]
+    moved_on = pool.checkout(follow_up)
+    assert moved_on.reused == len(held) and moved_on.cache is cache
+    assert len(pool) == 0
+
+
+def test_the_pool_evicts_least_recently_used_and_redundant_entries():
+    from qwen_mlx.prompt_cache import PromptCachePool
+
+    pool = PromptCachePool(list, bytes_per_token=2, max_bytes=50)
+    pool.checkin(["a"], [1] * 10, 5)
+    pool.checkin(["b"], [2] * 10, 5)
+    pool.checkin(["c"], [3] * 10, 5)  # 60 bytes: the oldest goes
+    assert pool.tokens == 20 and pool.bytes == 40
+    pool.checkin(["d"], [3] * 12, 5)  # holds all that "c" held, and more
+    assert pool.tokens == 22
+    pool.checkin(["e"], [4] * 30, 5)  # larger than the whole budget: not kept
+    assert pool.tokens == 22
+    pool.shrink(24)
+    assert pool.tokens == 12
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def test_binding_beyond_localhost_without_a_key_warns():
+    from qwen_mlx.commands.serve import bind_warning
+
+    assert bind_warning("127.0.0.1", None) is None
+    assert bind_warning("::1", None) is None
+    assert bind_warning("localhost", None) is None
+    assert bind_warning("0.0.0.0", "key") is None
+    assert "--api-key" in bind_warning("0.0.0.0", None)
+
+
+def test_the_command_defaults_match_the_server():
+    from qwen_mlx import server
+    from qwen_mlx.commands import serve
+
+    assert serve.DEFAULT_MAX_TOKENS_CAP == server.DEFAULT_MAX_TOKENS_CAP
+    assert serve.DEFAULT_MAX_BODY_BYTES == server.DEFAULT_MAX_BODY_BYTES
+
+
+def test_qwen_mlx_serve_serves_until_interrupted_and_exits_cleanly(tiny_mlx, tiny_model):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "qwen_mlx.commands.serve", "--model", str(tiny_mlx)),
+            *("--port", str(port), "--log-level", "warning"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "qwen-mlx serve did not come up"
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        assert client.models.list().data[0].id == tiny_model.name
+        reply = client.chat.completions.create(model="m", messages=user("hi"), max_tokens=4)
+        assert reply.usage.completion_tokens > 0
+        proc.send_signal(signal.SIGINT)  # and it exits cleanly after generating (MLX threads)
+        assert proc.wait(timeout=30) == 0
+        assert f"serving {tiny_model.name}" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
