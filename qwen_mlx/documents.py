@@ -202,15 +202,16 @@ def summarize(
     *,
     params: SamplingParams | None = None,
     max_context: int | None = None,
+    reply_tokens: int = SUMMARY_TOKENS,
     progress: ProgressFn | None = None,
 ) -> Summary:
     """Summarize text or a file (.txt, .md, .pdf); map-reduce when it does not fit.
 
     `max_context` caps the tokens one call may use (default: what the model and this
-    machine's memory allow).
+    machine's memory allow); `reply_tokens` caps each summary (and the answer).
     """
     text = _load(document)
-    params = (params or model.default_params).replace(max_tokens=SUMMARY_TOKENS)
+    params = (params or model.default_params).replace(max_tokens=reply_tokens)
     progress = progress or (lambda *_: None)
     count = _counter(model)
     budget = _context_budget(model, max_context)
@@ -318,12 +319,13 @@ def ask(
     *,
     params: SamplingParams | None = None,
     max_context: int | None = None,
+    reply_tokens: int = SUMMARY_TOKENS,
     progress: ProgressFn | None = None,
 ) -> Answer:
     """Answer a question about a document (text or a file path). A document that fits is
     kept in a cached conversation: the next question about it reads only the question."""
     text = _load(document)
-    params = (params or model.default_params).replace(max_tokens=SUMMARY_TOKENS)
+    params = (params or model.default_params).replace(max_tokens=reply_tokens)
     progress = progress or (lambda *_: None)
     count = _counter(model)
     budget = _context_budget(model, max_context)

@@ -112,6 +112,7 @@ def test_map_reduce_calls_and_important_passages(tiny_model, monkeypatch):
         LONG,
         params=tiny_model.default_params.replace(**PARAMS),
         max_context=900,
+        reply_tokens=96,
         progress=lambda *a: seen.append(a),
     )
     assert summary.chunks > 2
@@ -185,6 +186,7 @@ def test_ask_map_reduce_for_a_long_document(tiny_model, monkeypatch):
         LONG,
         "When is the release?",
         max_context=900,
+        reply_tokens=48,
         params=tiny_model.default_params.replace(**PARAMS),
     )
     assert answer.mode == "map-reduce"
@@ -197,13 +199,37 @@ def test_summarize_and_ask_commands(tiny_mlx, tmp_path, capsys):
     doc.write_text(LONG)
     assert (
         summarize_main(
-            [str(doc), "--model", str(tiny_mlx), "--max-context", "900", "--temperature", "0"]
+            [
+                str(doc),
+                "--model",
+                str(tiny_mlx),
+                "--max-context",
+                "900",
+                "--temperature",
+                "0",
+                "--reply-tokens",
+                "48",
+            ]
         )
         == 0
     )
     out, err = capsys.readouterr()
     assert "Release on 14 March, not before." in out
     assert "model calls" in err and "parts" in err
-    assert ask_main([str(doc), "When?", "--model", str(tiny_mlx), "--max-context", "900"]) == 0
+    assert (
+        ask_main(
+            [
+                str(doc),
+                "When?",
+                "--model",
+                str(tiny_mlx),
+                "--max-context",
+                "900",
+                "--reply-tokens",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert "map-reduce" in capsys.readouterr().err
     assert summarize_main([str(tmp_path / "nope.md"), "--model", str(tiny_mlx)]) == 1

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             args.question,
             params=document_params(model, args),
             max_context=args.max_context,
+            reply_tokens=args.reply_tokens,
             progress=lambda stage, done, total: bar.update(stage, done, total),
         )
     finally:

@@ -21,6 +21,13 @@ def add_document_args(p: argparse.ArgumentParser) -> None:
         help="tokens one model call may use (default: what the model and memory allow); "
         "longer documents are split and summarized part by part",
     )
+    p.add_argument(
+        "--reply-tokens",
+        type=int,
+        default=384,
+        metavar="N",
+        help="length limit of each partial summary and of the result (default 384)",
+    )
     p.add_argument("--temperature", "--temp", type=float, help="sampling temperature")
     p.add_argument("--seed", type=int)
 
@@ -57,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             text,
             params=document_params(model, args),
             max_context=args.max_context,
+            reply_tokens=args.reply_tokens,
             progress=lambda stage, done, total: bar.update(stage, done, total),
         )
     finally:
