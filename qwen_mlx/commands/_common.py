@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from ..errors import QwenMLXError
 
 INTERRUPTED = 130
+DEFAULT_MODEL = "qwen3-4b-instruct"
 # Without a terminal, work smaller than this shows its stage line only.
 QUIET_BELOW = 256 << 20
 
@@ -96,6 +97,16 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
         self._stage = ""
+
+
+def add_model_arg(parser: argparse.ArgumentParser) -> None:
+    """`--model REF`: what every command that runs the model accepts."""
+    parser.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        help=f"store name, family (its latest), folder or repo id (default: {DEFAULT_MODEL})",
+    )
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
-from ._common import ProgressBar, guarded
-from .summarize import add_document_args, document_params
+from ._common import guarded
+from .summarize import add_document_args, run_on_document
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,24 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..documents import ask, read_document
-    from ..runtime import load
+    from ..documents import ask
 
-    text = read_document(args.file)
-    model = load(args.model)
-    bar = ProgressBar()
-    try:
-        answer = ask(
-            model,
-            text,
-            args.question,
-            params=document_params(model, args),
-            max_context=args.max_context,
-            reply_tokens=args.reply_tokens,
-            progress=lambda stage, done, total: bar.update(stage, done, total),
-        )
-    finally:
-        bar.finish()
+    answer = run_on_document(args, functools.partial(ask, question=args.question))
     print(answer.text)
     print(f"\n[{answer.mode}, {answer.calls} model calls]", file=sys.stderr)
     return 0

@@ -8,12 +8,11 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ._common import guarded, human_bytes
+from ._common import add_model_arg, guarded, human_bytes
 
 if TYPE_CHECKING:
     from ..bench import BenchResult
 
-DEFAULT_MODEL = "qwen3-4b-instruct"
 
 DESCRIPTION = """\
 Measure one model on this machine: a synthetic prompt of exactly -p tokens, then exactly
@@ -40,12 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        "-m",
-        default=DEFAULT_MODEL,
-        help=f"store name, family (its latest), folder or repo id (default: {DEFAULT_MODEL})",
-    )
+    add_model_arg(p)
     p.add_argument(
         "--prompt-tokens",
         "-p",

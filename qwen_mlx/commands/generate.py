@@ -14,13 +14,13 @@ from pathlib import Path
 from ._common import (
     INTERRUPTED,
     ProgressBar,
+    add_model_arg,
     add_sampling_args,
     format_stats,
     guarded,
     sampling_overrides,
 )
 
-DEFAULT_MODEL = "qwen3-4b-instruct"
 PREFILL_BAR_FROM = 2048  # tokens: shorter prompts prefill too fast for a bar
 
 EXAMPLES = """\
@@ -39,12 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        "-m",
-        default=DEFAULT_MODEL,
-        help=f"store name, family (its latest), folder or repo id (default: {DEFAULT_MODEL})",
-    )
+    add_model_arg(p)
     p.add_argument("--prompt", "-p", required=True, help="the user message; '-' reads stdin")
     p.add_argument("--system", "-s", help="system prompt (for a new conversation)")
     p.add_argument(

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import guarded, human_bytes
-
-DEFAULT_MODEL = "qwen3-4b-instruct"
+from ._common import add_model_arg, guarded, human_bytes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
             "this machine. The weights are not read: only their sizes."
         ),
     )
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help="store name, folder or repo id")
+    add_model_arg(p)
     p.add_argument(
         "--context", "-c", type=int, help="context length to plan for (default: the model's)"
     )

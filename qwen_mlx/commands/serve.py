@@ -12,9 +12,8 @@ import logging
 import os
 import sys
 
-from ._common import guarded
+from ._common import add_model_arg, guarded
 
-DEFAULT_MODEL = "qwen3-4b-instruct"
 API_KEY_ENV = "QWEN_MLX_API_KEY"
 # The same as qwen_mlx.server's (not imported from there: --help must not load FastAPI).
 DEFAULT_MAX_TOKENS_CAP = 16384
@@ -39,12 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        "-m",
-        default=DEFAULT_MODEL,
-        help=f"store name, family (its latest), folder or repo id (default: {DEFAULT_MODEL})",
-    )
+    add_model_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     p.add_argument(

@@ -6,14 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import ProgressBar, guarded
-
-DEFAULT_MODEL = "qwen3-4b-instruct"
+from ._common import ProgressBar, add_model_arg, guarded
 
 
 def add_document_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, help="a .txt, .md or .pdf file")
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help="store name, folder or repo id")
+    add_model_arg(p)
     p.add_argument(
         "--max-context",
         type=int,
@@ -49,17 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@guarded
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from ..documents import read_document, summarize
+def run_on_document(args: argparse.Namespace, action):
+    """Read the document, load the model, and run `action` (summarize or ask) with a
+    progress bar; return its result."""
+    from ..documents import read_document
     from ..runtime import load
 
     text = read_document(args.file)
     model = load(args.model)
     bar = ProgressBar()
     try:
-        summary = summarize(
+        return action(
             model,
             text,
             params=document_params(model, args),
@@ -69,12 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         bar.finish()
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..documents import summarize
+
+    summary = run_on_document(args, summarize)
     print(summary.text)
-    how = (
-        "one prompt"
-        if summary.chunks == 1
-        else (f"{summary.chunks} parts, {summary.levels} combining pass(es)")
-    )
+    if summary.chunks == 1:
+        how = "one prompt"
+    else:
+        how = f"{summary.chunks} parts, {summary.levels} combining pass(es)"
     print(
         f"\n[{how}, {summary.calls} model calls, "
         f"{len(summary.important)} [IMPORTANT] passages kept]",
