@@ -555,11 +555,11 @@ def prefill(
     cache then holds exactly the chunks done.
     """
     import mlx.core as mx
-    from mlx_lm.generate import generation_stream
+    from mlx_lm.generate import generation_stream, wired_limit
 
     total = len(tokens)
     done = 0
-    with mx.stream(generation_stream):
+    with wired_limit(model.model, [generation_stream]), mx.stream(generation_stream):
         while done < total:
             n = min(step, total - done)
             model.model(mx.array(list(tokens[done : done + n]))[None], cache=cache)
