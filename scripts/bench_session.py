@@ -68,16 +68,14 @@ def build_model(root: Path, name: str, shape: dict):
     return model
 
 
-def first_token_time(stream) -> float:
-    start = time.perf_counter()
-    for _ in stream:
-        return time.perf_counter() - start
-    return time.perf_counter() - start
-
-
 def drain(stream) -> None:
     for _ in stream:
         pass
+
+
+def last(stream):
+    *_, final = stream
+    return final
 
 
 def bench_turns(model, turns: int) -> list[tuple[int, int, float, float]]:
@@ -90,13 +88,13 @@ def bench_turns(model, turns: int) -> list[tuple[int, int, float, float]]:
     rows = []
     for i in range(1, turns + 1):
         text = f"Item {i}: who owns the next step for task {i}, and by when?"
-        stream = session.send(text, max_tokens=48, temperature=0)
-        ours = first_token_time(stream)
-        drain(stream)
+        drain(session.send(text, max_tokens=48, temperature=0))
+        # Time to the first sampled token, as each path measures it (the first chunk of
+        # text can come later: a token may hold half a UTF-8 character).
+        ours = session.last_stats.time_to_first_token
         history = session.messages[:-1]  # the same conversation, for the stateless client
-        stream = stream_generate(model, history, max_tokens=1, temperature=0)
-        theirs = first_token_time(stream)
-        drain(stream)
+        theirs = last(stream_generate(model, history, max_tokens=1, temperature=0))
+        theirs = theirs.time_to_first_token
         rows.append((i, session.last_stats.prompt_tokens, ours, theirs))
         print(
             f"  turn {i}: {rows[-1][1]} tokens, ours {ours * 1000:.0f} ms, "
@@ -120,12 +118,14 @@ def bench_resume(model, tokens: int, root: Path) -> dict[str, float]:
     start = time.perf_counter()
     resumed = ChatSession.load(path, model)
     loaded = time.perf_counter() - start
-    resume_ttft = first_token_time(resumed.send("Now summarize.", max_tokens=1, temperature=0))
+    drain(resumed.send("Now summarize.", max_tokens=1, temperature=0))
+    resume_ttft = resumed.last_stats.time_to_first_token
 
     fresh = ChatSession(model, system="Summarize when asked.")
     for m in session.messages[1:]:
         fresh.add_message(m)
-    reprefill = first_token_time(fresh.send("Now summarize.", max_tokens=1, temperature=0))
+    drain(fresh.send("Now summarize.", max_tokens=1, temperature=0))
+    reprefill = fresh.last_stats.time_to_first_token
     return {"tokens": size, "load": loaded, "resume_ttft": resume_ttft, "reprefill": reprefill}
 
 

@@ -69,7 +69,7 @@ class NoModelScreen(Screen[bool]):
     async def _build(self) -> None:
         from qwen_mlx.commands.demo import ensure_demo_model
 
-        from .app import on_model_thread
+        from .commands import on_model_thread
 
         bar = self.query_one("#demo-progress", ProgressBar)
 
