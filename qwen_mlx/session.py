@@ -18,37 +18,30 @@ is discarded with a notice and the history is re-read on the next turn.
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .errors import ContextOverflowError, GenerationCancelled
-from .fileio import atomic_write_json, fsync_dir, sha256_file
 from .memory import KV_BITS, MemoryPlanner, kv_label
 from .runtime import (
     GenerationChunk,
     Model,
     SamplingParams,
-    cache_length,
-    load_cache,
     make_cache,
     prefill,
     requantize_cache,
     resolve_params,
-    save_cache,
     stream_tokens,
     trim_cache,
 )
+from .session_files import read_cache, read_session, write_session
 from .tools import Approver, CallFilter, Tool, ToolCall, parse_tool_calls, run_tool_call, tool_table
 
-SESSION_FORMAT = 1
-CACHE_SUFFIX = ".kv.safetensors"
 # Room kept for the reply when max_tokens is unlimited (-1).
 UNLIMITED_REPLY_RESERVE = 4096
 
@@ -589,51 +582,26 @@ class ChatSession:
     # -- save and resume ------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the session (JSON) and its KV cache (`<path>.kv.safetensors`) atomically.
-
-        The cache file is written first; the JSON, written last, names its sha256, so a
-        crash in between leaves the previous save usable and never a mismatched pair.
-        """
-        path = Path(path)
+        """Write the session (JSON) and its KV cache (`<path>.kv.safetensors`) atomically
+        (see session_files.py for the format)."""
         if self.busy:
             raise RuntimeError("Cannot save while a reply is being generated.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cache_info = None
-        if self._cache is not None and self._cache_tokens:
-            cache_file = path.with_name(path.name + CACHE_SUFFIX)
-            tmp = cache_file.with_name(f".{cache_file.name}.{uuid.uuid4().hex[:8]}.safetensors")
-            try:
-                save_cache(
-                    tmp, self._cache, {"session": self.id, "tokens": str(len(self._cache_tokens))}
-                )
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                digest = sha256_file(tmp)
-                os.replace(tmp, cache_file)
-                fsync_dir(cache_file.parent)
-            finally:
-                tmp.unlink(missing_ok=True)
-            cache_info = {
-                "file": cache_file.name,
-                "sha256": digest,
-                "tokens": self._cache_tokens,
-                "kv_bits": self._kv_bits,
-            }
-        atomic_write_json(
-            path,
-            {
-                "format": SESSION_FORMAT,
-                "id": self.id,
-                "model": {"name": self.model.name, "fingerprint": self.model.fingerprint},
-                "messages": self._messages,
-                "dropped": self._dropped,
-                "params": self.params.to_dict(),
-                "policy": self.policy.value,
-                "kv_bits": self._kv_bits,
-                "cache": cache_info,
-            },
+        state = {
+            "id": self.id,
+            "model": {"name": self.model.name, "fingerprint": self.model.fingerprint},
+            "messages": self._messages,
+            "dropped": self._dropped,
+            "params": self.params.to_dict(),
+            "policy": self.policy.value,
+            "kv_bits": self._kv_bits,
+        }
+        return write_session(
+            Path(path),
+            state,
+            cache=self._cache,
+            cache_tokens=self._cache_tokens,
+            kv_bits=self._kv_bits,
         )
-        return path
 
     @classmethod
     def load(
@@ -652,13 +620,11 @@ class ChatSession:
         elsewhere); the cache is still used for whatever prefix they share with it.
         """
         path = Path(path)
+        data = read_session(path)
         try:
-            data = json.loads(path.read_text())
-            if data.get("format") != SESSION_FORMAT:
-                raise ValueError(f"unknown format {data.get('format')!r}")
             params = SamplingParams(**data["params"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not a readable qwen-mlx session ({e}).") from e
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} has unusable sampling parameters ({e}).") from e
         session = cls(
             model,
             params=params,
@@ -672,48 +638,11 @@ class ChatSession:
         ]
         session._dropped = int(data.get("dropped", 0))
         session._changed()
-        session._restore_cache(path, data)
+        if data.get("cache"):
+            saved = read_cache(path, data, model)
+            if isinstance(saved, str):
+                session.notices.append(saved)
+            else:
+                session._cache, session._cache_tokens = saved.cache, saved.tokens
+                session._kv_bits = saved.kv_bits
         return session
-
-    def _restore_cache(self, path: Path, data: dict[str, Any]) -> None:
-        info = data.get("cache")
-        if not info:
-            return
-        saved = data.get("model", {})
-        if saved.get("fingerprint") != self.model.fingerprint:
-            self.notices.append(
-                f"The saved cache belongs to {saved.get('name', 'another model')}, not "
-                f"{self.model.name} (or the model changed): discarded; the history will be "
-                "read again on the next turn."
-            )
-            return
-        file = path.with_name(info["file"])
-        problem = None
-        if not file.is_file():
-            problem = "is missing"
-        elif sha256_file(file) != info["sha256"]:
-            problem = "does not match its checksum"
-        else:
-            try:
-                cache, _ = load_cache(file)
-                if cache_length(cache) != len(info["tokens"]):
-                    problem = "holds a different number of tokens than the session"
-            except Exception as e:  # a damaged file can fail in many ways inside MLX
-                problem = f"cannot be read ({e})"
-        if problem is not None:
-            self.notices.append(
-                f"The cache file {file.name} {problem}: discarded; the history will be read "
-                "again on the next turn (the messages are intact)."
-            )
-            return
-        self._cache, self._cache_tokens = cache, list(info["tokens"])
-        self._kv_bits = info.get("kv_bits")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Messages and settings, without the cache (for export and display)."""
-        return {
-            "messages": self.messages,
-            "params": asdict(self.params),
-            "policy": self.policy.value,
-            "kv_bits": self._kv_bits,
-        }

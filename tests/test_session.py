@@ -256,7 +256,7 @@ def test_save_is_atomic_when_writing_fails(tiny_model, tmp_path, monkeypatch):
     session.save(tmp_path / "chat.json")
     before = (tmp_path / "chat.json").read_bytes()
     reply(session.send("more", **REPLY))
-    import qwen_mlx.session as mod
+    import qwen_mlx.session_files as mod
 
     monkeypatch.setattr(mod, "atomic_write_json", lambda *a: (_ for _ in ()).throw(OSError("disk")))
     with pytest.raises(OSError):
