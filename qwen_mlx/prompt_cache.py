@@ -22,8 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .runtime import cache_length, trim_cache
-from .session import common_prefix
+from .runtime import cache_length, common_prefix, trim_cache
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DamagedModelError
+from .errors import DamagedModelError, GenerationCancelled
 from .manifest import Manifest, manifest_sha256, read_manifest, verify_files
 from .store import resolve
 
@@ -351,17 +351,20 @@ def stream_tokens(
     params: SamplingParams,
     *,
     prompt_cache: list[Any] | None = None,
+    cache_tokens: list[int] | None = None,
     prefill_step_size: int = 2048,
     prompt_progress: Callable[[int, int], None] | None = None,
     logits_processors: Sequence[Callable] = (),
     should_stop: Callable[[], bool] | None = None,
     on_token: Callable[[int], None] | None = None,
 ) -> Iterator[GenerationChunk]:
-    """Generate from token ids, optionally continuing a KV cache (which is updated in place).
+    """Generate from token ids, optionally continuing a KV cache (updated in place).
 
-    `on_token` sees every token fed to the cache, including the end-of-turn token, so a
-    caller can keep track of exactly what the cache holds. `should_stop` is polled between
-    tokens; `prompt_progress` may raise GenerationCancelled to abort a long prefill.
+    `cache_tokens`, the ids `prompt_cache` holds, is kept in step with it, whatever
+    happens: each prefill chunk and each token fed to the model (the end-of-turn token
+    included) is appended as the cache takes it. `should_stop` is polled between prefill
+    chunks (raising GenerationCancelled) and between tokens (finish "cancelled").
+    `on_token` sees each token as the model takes it (benchmarks time them).
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step, generation_stream, wired_limit
@@ -395,6 +398,20 @@ def stream_tokens(
             finish_reason=reason,
         )
 
+    held = cache_tokens if cache_tokens is not None else []
+    base = len(held)
+
+    def on_prefill(done: int, total: int) -> None:
+        # generate_step reports each chunk once the cache holds it; the last piece of the
+        # prompt goes in with the first sampled token (see below).
+        if done < total:
+            del held[base:]
+            held.extend(tokens[:done])
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled("Stopped during the prefill.")
+        if prompt_progress is not None:
+            prompt_progress(done, total)
+
     with wired_limit(model.model, [generation_stream]):
         steps = generate_step(
             mx.array(list(tokens)),
@@ -404,13 +421,17 @@ def stream_tokens(
             logits_processors=processors or None,
             prompt_cache=prompt_cache,
             prefill_step_size=prefill_step_size,
-            prompt_progress_callback=prompt_progress,
+            prompt_progress_callback=on_prefill,
         )
         try:
             for token, _ in steps:
                 if n == 0:
                     ttft = time.perf_counter() - start
                     prompt_tps = len(tokens) / ttft if ttft > 0 else 0.0
+                    del held[base:]
+                    held.extend(tokens)
+                # generate_step feeds each token to the model before yielding it.
+                held.append(token)
                 if on_token is not None:
                     on_token(token)
                 if token in eos:
@@ -476,6 +497,27 @@ def generate(
 
 
 # -- KV caches (kept here so that only this module and convert.py touch mlx-lm) ---------------
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids `a` and `b` share."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def reuse_cache(cache: list[Any], held: list[int], tokens: Sequence[int], *, keep_one: bool) -> int:
+    """Trim `cache` (and `held`, the ids it holds, in place) to the longest prefix it
+    shares with `tokens`; return that length. With `keep_one`, at least one token is left
+    for the model to read (generation needs something new to start from)."""
+    reuse = common_prefix(tokens, held)
+    if keep_one:
+        reuse = min(reuse, len(tokens) - 1)
+    trim_cache(cache, len(held) - reuse)
+    del held[reuse:]
+    return reuse
 
 
 def make_cache(model: Model, kv_bits: int | None = None) -> list[Any]:
@@ -546,13 +588,15 @@ def prefill(
     tokens: Sequence[int],
     cache: list[Any],
     *,
+    cache_tokens: list[int] | None = None,
     step: int = 2048,
     progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run the model over `tokens` into `cache`, in chunks of `step`, without sampling.
 
-    `progress(done, total)` follows each chunk and may raise to stop between chunks; the
-    cache then holds exactly the chunks done.
+    `cache_tokens` (the ids the cache holds) grows chunk by chunk; `progress(done, total)`
+    follows each chunk; `should_stop` ends the work between chunks (GenerationCancelled).
     """
     import mlx.core as mx
     from mlx_lm.generate import generation_stream, wired_limit
@@ -564,7 +608,11 @@ def prefill(
             n = min(step, total - done)
             model.model(mx.array(list(tokens[done : done + n]))[None], cache=cache)
             mx.eval([c.state for c in cache])
+            if cache_tokens is not None:
+                cache_tokens.extend(tokens[done : done + n])
             done += n
             if progress is not None:
                 progress(done, total)
             mx.clear_cache()
+            if should_stop is not None and should_stop() and done < total:
+                raise GenerationCancelled("Stopped while reading.")

@@ -36,8 +36,8 @@ from .runtime import (
     prefill,
     requantize_cache,
     resolve_params,
+    reuse_cache,
     stream_tokens,
-    trim_cache,
 )
 from .session_files import read_cache, read_session, write_session
 from .tools import Approver, CallFilter, Tool, ToolCall, parse_tool_calls, run_tool_call, tool_table
@@ -79,14 +79,6 @@ class TurnStats:
 
 def _same_text(a: str, b: str) -> bool:
     return a == b or a.replace("\ufffd", "") == b.replace("\ufffd", "")
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class ChatSession:
@@ -293,22 +285,23 @@ class ChatSession:
             if self._cache is None:
                 self._cache = make_cache(self.model, self._kv_bits)
                 self._cache_tokens = []
-            reuse = common_prefix(tokens, self._cache_tokens)
-            trim_cache(self._cache, len(self._cache_tokens) - reuse)
-            self._cache_tokens = tokens[:reuse]
+            reuse = reuse_cache(self._cache, self._cache_tokens, tokens, keep_one=False)
             step = self.planner.chunk_for(len(tokens), self._kv_bits)
             if self.prefill_chunk:
                 step = min(step, self.prefill_chunk)
-
-            def on_chunk(done: int, total: int) -> None:
-                self._cache_tokens = tokens[: reuse + done]
-                if self.prefill_progress is not None:
-                    self.prefill_progress(reuse + done, len(tokens))
-                if self._stop.is_set() and done < total:
-                    raise GenerationCancelled("Stopped while reading.")
-
+            report = self.prefill_progress
             try:
-                prefill(self.model, tokens[reuse:], self._cache, step=step, progress=on_chunk)
+                prefill(
+                    self.model,
+                    tokens[reuse:],
+                    self._cache,
+                    cache_tokens=self._cache_tokens,
+                    step=step,
+                    progress=(lambda done, _: report(reuse + done, len(tokens)))
+                    if report
+                    else None,
+                    should_stop=self._stop.is_set,
+                )
             except GenerationCancelled:
                 pass
             except BaseException:
@@ -317,6 +310,11 @@ class ChatSession:
             return len(self._cache_tokens) - reuse
         finally:
             self._busy.release()
+
+    def _progress_from(self, reuse: int, total: int) -> Callable[[int, int], None] | None:
+        """`prefill_progress` in whole-conversation terms (the cached part counts as done)."""
+        report = self.prefill_progress
+        return None if report is None else (lambda done, _: report(reuse + done, total))
 
     def add_message(self, message: Message) -> None:
         """Append a message as is (a tool result, an attached document, ...)."""
@@ -476,33 +474,13 @@ class ChatSession:
         if self._cache is None:
             self._cache = make_cache(self.model, self._kv_bits)
             self._cache_tokens = []
-        reuse = common_prefix(tokens, self._cache_tokens)
-        reuse = min(reuse, len(tokens) - 1)  # the model must see at least one new token
-        trim_cache(self._cache, len(self._cache_tokens) - reuse)
-        self._cache_tokens = tokens[:reuse]
+        reuse = reuse_cache(self._cache, self._cache_tokens, tokens, keep_one=True)
         chunk_size = self.planner.chunk_for(
             len(tokens) + self._reserve(params.max_tokens), self._kv_bits
         )
         if self.prefill_chunk:
             chunk_size = min(chunk_size, self.prefill_chunk)
         suffix = tokens[reuse:]
-        started = False
-
-        def on_prefill(done: int, total: int) -> None:
-            if done < total:
-                self._cache_tokens = tokens[: reuse + done]
-                if self._stop.is_set():
-                    raise GenerationCancelled("Stopped during the prefill.")
-            if self.prefill_progress is not None:
-                self.prefill_progress(reuse + done, len(tokens))
-
-        def on_token(token: int) -> None:
-            nonlocal started
-            if not started:
-                self._cache_tokens = list(tokens)
-                started = True
-            self._cache_tokens.append(token)
-
         pieces: list[str] = []
         last: GenerationChunk | None = None
         finished = False
@@ -512,10 +490,10 @@ class ChatSession:
                 suffix,
                 params,
                 prompt_cache=self._cache,
+                cache_tokens=self._cache_tokens,
                 prefill_step_size=chunk_size,
-                prompt_progress=on_prefill,
+                prompt_progress=self._progress_from(reuse, len(tokens)),
                 should_stop=self._stop.is_set,
-                on_token=on_token,
                 logits_processors=processors,
             ):
                 pieces.append(chunk.text)

@@ -279,7 +279,9 @@ class ScriptedReplies:
         queue = list(replies)
         model = session.model
 
-        def fake_stream_tokens(model_, tokens, params, *, prompt_cache=None, on_token=None, **kw):
+        def fake_stream_tokens(
+            model_, tokens, params, *, prompt_cache=None, cache_tokens=None, **kw
+        ):
             import mlx.core as mx
 
             self.prompts.append(model.tokenizer.decode(list(tokens)))
@@ -288,8 +290,7 @@ class ScriptedReplies:
             # Feed the reply through the real cache, as generation would have.
             model.model(mx.array(list(tokens) + ids)[None], cache=prompt_cache)
             mx.eval([c.state for c in prompt_cache])
-            for t in ids:
-                on_token(t)
+            cache_tokens.extend(list(tokens) + ids)
             n = len(ids) - 1
             yield GenerationChunk(text, ids[-2], len(tokens), 1.0, n, 1.0, 0.0, 0.01, None)
             yield GenerationChunk("", None, len(tokens), 1.0, n, 1.0, 0.0, 0.01, "stop")

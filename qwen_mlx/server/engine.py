@@ -185,7 +185,7 @@ class Engine:
 
     def _generate(self, job: Job, emit: Callable[[Event], None]) -> Finished:
         """Check out a cache, prefill what it lacks, stream, and pool the cache again
-        holding exactly the prompt and reply tokens (as ChatSession tracks them)."""
+        holding exactly the prompt and reply tokens (stream_tokens keeps `held` in step)."""
         tokens = job.tokens
         checkout = self.cache.checkout(tokens)
         cache, reused = checkout.cache, checkout.reused
@@ -194,19 +194,6 @@ class Engine:
         plan = self.planner.plan(reserve, self.kv_bits)
         self.cache.shrink(max(plan.budget - plan.total, 0))  # this request's memory first
 
-        def on_prefill(done: int, total: int) -> None:
-            nonlocal held
-            if done < total:
-                held = tokens[: reused + done]
-                if job.stop.is_set():
-                    raise GenerationCancelled("Stopped during the prefill.")
-
-        def on_token(token: int) -> None:
-            nonlocal held
-            if len(held) < len(tokens):
-                held = list(tokens)
-            held.append(token)
-
         last = None
         try:
             for chunk in self.stream_tokens(
@@ -214,11 +201,10 @@ class Engine:
                 tokens[reused:],
                 job.params,
                 prompt_cache=cache,
+                cache_tokens=held,
                 prefill_step_size=plan.chunk,
-                prompt_progress=on_prefill,
                 logits_processors=job.processors,
                 should_stop=job.stop.is_set,
-                on_token=on_token,
             ):
                 last = chunk
                 if chunk.text:
