@@ -225,23 +225,27 @@ class ChatSession:
 
         With tools, calls in the reply are run and their results fed back (up to
         `max_tool_rounds` rounds); the stream carries the prose, and `messages` the calls.
+        A turn refused before any work (ContextOverflowError) leaves `messages` as it was.
         """
+        before = self._idle_snapshot()
         self._messages.append({"role": "user", "content": text})
         self._changed()
-        return self._turn(overrides, json_schema)
+        return self._turn(overrides, json_schema, restore=before)
 
     def regenerate(self, **overrides: Any) -> Iterator[GenerationChunk]:
         """Drop the last reply and generate a new one for the same user message."""
+        before = self._idle_snapshot()
         last_user = self._last_index("user")
         if last_user is None:
             raise ValueError("There is no user message to reply to.")
         del self._messages[last_user + 1 :]
         self._changed()
-        return self._turn(overrides)
+        return self._turn(overrides, restore=before)
 
     def edit(self, index: int, text: str, **overrides: Any) -> Iterator[GenerationChunk]:
         """Replace message `index` and drop everything after it. Editing a user message
         streams a fresh reply; editing any other message returns an empty stream."""
+        before = self._idle_snapshot()
         if not -len(self._messages) <= index < len(self._messages):
             raise IndexError(f"No message {index}; the conversation has {len(self._messages)}.")
         index %= len(self._messages)
@@ -249,11 +253,12 @@ class ChatSession:
         del self._messages[index + 1 :]
         self._changed()
         if self._messages[index]["role"] == "user":
-            return self._turn(overrides)
+            return self._turn(overrides, restore=before)
         return iter(())
 
     def undo(self) -> str | None:
         """Remove the last user message and what followed it; return its text."""
+        self._idle_snapshot()
         last_user = self._last_index("user")
         if last_user is None:
             return None
@@ -264,6 +269,7 @@ class ChatSession:
 
     def reset(self) -> None:
         """Start over, keeping the system prompt (and the cache of it)."""
+        self._idle_snapshot()
         del self._messages[len(self._system_part()) :]
         self._dropped = 0
         self._changed()
@@ -318,10 +324,18 @@ class ChatSession:
 
     def add_message(self, message: Message) -> None:
         """Append a message as is (a tool result, an attached document, ...)."""
+        self._idle_snapshot()
         if message.get("role") not in ("system", "user", "assistant", "tool"):
             raise ValueError(f"Unknown role {message.get('role')!r}.")
         self._messages.append(dict(message))
         self._changed()
+
+    def _idle_snapshot(self) -> list[Message]:
+        """The messages as they are, after checking no reply is being generated (changing
+        them under a running turn would put its reply after the wrong message)."""
+        if self.busy:
+            raise RuntimeError("A reply is being generated in this session; stop it first.")
+        return list(self._messages)
 
     def _last_index(self, role: str) -> int | None:
         for i in range(len(self._messages) - 1, -1, -1):
@@ -413,34 +427,48 @@ class ChatSession:
     # -- a turn ---------------------------------------------------------------------------------
 
     def _turn(
-        self, overrides: dict[str, Any], json_schema: dict[str, Any] | str | None = None
+        self,
+        overrides: dict[str, Any],
+        json_schema: dict[str, Any] | str | None = None,
+        *,
+        restore: list[Message],
     ) -> Iterator[GenerationChunk]:
         if not self._busy.acquire(blocking=False):
+            self._messages = restore
+            self._changed()
             raise RuntimeError("A reply is already being generated in this session.")
         try:
             self._stop.clear()
             params = resolve_params(self.model, self.params, overrides)
-            rounds = 0
-            while True:
+            try:
                 reason = yield from self._round(params, json_schema)
-                if reason == "cancelled" or not self.tools or json_schema is not None:
-                    return
-                if not self._run_tool_calls(rounds):
+            except ContextOverflowError:
+                self._messages = restore  # refused before any work: nothing happened
+                self._changed()
+                raise
+            rounds = 0
+            while reason != "cancelled" and self.tools and json_schema is None:
+                # After max_tool_rounds the calls get an error telling the model to answer;
+                # it gets one more round to do so, and calls after that are not answered.
+                if not self._answer_tool_calls(rounds):
                     return
                 rounds += 1
-                if rounds > self.max_tool_rounds:
-                    return
+                reason = yield from self._round(params, json_schema)
         finally:
             self._busy.release()
 
-    def _run_tool_calls(self, rounds: int) -> bool:
-        """Run the calls in the last reply; True if there were any (and a round follows)."""
+    def _answer_tool_calls(self, rounds: int) -> bool:
+        """Answer the calls in the last reply: run them, or past the limit reply with an
+        error, or after that leave them unanswered. True if the model should go on."""
         reply = self._messages[-1]
         prose, calls = parse_tool_calls(reply["content"])
         if not calls:
             return False
         reply.update(content=prose, tool_calls=[c.to_message() for c in calls])
         reply.pop("_token_ids", None)
+        self._changed()
+        if rounds > self.max_tool_rounds:
+            return False
         for call in calls:
             if rounds < self.max_tool_rounds:
                 result = run_tool_call(call, self.tools, self.approve)

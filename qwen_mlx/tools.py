@@ -379,7 +379,7 @@ def run_tool_call(call: ToolCall, tools: dict[str, Tool], approve: Approver | No
         if not allowed:
             return f"error: the user declined the call to {tool.name}."
     try:
-        result = tool.function(**(call.arguments or {}))
+        result = tool.function(**_typed_arguments(tool.function, call.arguments or {}))
     except Exception as e:
         return f"error: {tool.name} raised {type(e).__name__}: {e}"
     if isinstance(result, str):
@@ -388,6 +388,28 @@ def run_tool_call(call: ToolCall, tools: dict[str, Tool], approve: Approver | No
         return json.dumps(result, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return str(result)
+
+
+def _typed_arguments(fn: Callable[..., Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """JSON values turned back into the Enum members the function's annotations ask for
+    (the schema carried their values)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that cannot be resolved: pass the values as they are
+        return arguments
+    typed = dict(arguments)
+    for name, value in arguments.items():
+        hint = hints.get(name)
+        options = (
+            typing.get_args(hint)
+            if typing.get_origin(hint) in (typing.Union, types.UnionType)
+            else (hint,)
+        )
+        for option in options:
+            if inspect.isclass(option) and issubclass(option, enum.Enum) and value is not None:
+                typed[name] = option(value)
+                break
+    return typed
 
 
 def validate_arguments(tool: Tool, arguments: dict[str, Any]) -> str | None:

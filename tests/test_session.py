@@ -311,6 +311,33 @@ def test_error_policy_refuses_before_any_work(tiny_model):
     with pytest.raises(ContextOverflowError, match="fit in memory"):
         reply(session.send("x " * 80, **REPLY))
     assert session._cache is None  # nothing was computed
+    assert session.messages == []  # and nothing was added
+
+
+def test_a_refused_regenerate_keeps_the_previous_reply(tiny_model):
+    session = ChatSession(tiny_model, policy="error")
+    reply(session.send("hello", **REPLY))
+    before = session.messages
+    with pytest.raises(ContextOverflowError):
+        reply(session.regenerate(max_tokens=10**7))
+    assert session.messages == before
+
+
+def test_the_conversation_cannot_change_under_a_running_reply(tiny_model):
+    session = ChatSession(tiny_model)
+    stream = session.send("first", max_tokens=50, temperature=0)
+    next(stream)
+    for change in (
+        lambda: session.send("second"),
+        session.regenerate,
+        session.undo,
+        session.reset,
+        lambda: session.add_message({"role": "user", "content": "x"}),
+    ):
+        with pytest.raises(RuntimeError, match="being generated"):
+            change()
+    stream.close()
+    assert [m["role"] for m in session.messages] == ["user", "assistant"]
 
 
 def test_kv_quantize_policy_switches_to_8_then_4_bit(tiny_model):
@@ -445,3 +472,39 @@ def test_generate_prints_policy_errors_cleanly(tiny_mlx, capsys):
     )
     assert code == 1
     assert "error: The conversation needs" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_generate_saves_the_partial_reply(tiny_mlx, tmp_path, monkeypatch):
+    import io
+    import sys
+
+    chat = tmp_path / "c.json"
+
+    class Interrupting(io.StringIO):
+        writes = 0
+
+        def write(self, text):
+            Interrupting.writes += 1
+            if Interrupting.writes == 3:
+                raise KeyboardInterrupt
+            return super().write(text)
+
+    monkeypatch.setattr(sys, "stdout", Interrupting())
+    code = generate_main(
+        [
+            "--model",
+            str(tiny_mlx),
+            "--session",
+            str(chat),
+            "--prompt",
+            "hi",
+            "--temperature",
+            "0",
+            "-n",
+            "200",
+        ]
+    )
+    assert code == 130
+    saved = json.loads(chat.read_text())["messages"]
+    assert saved[0] == {"role": "user", "content": "hi"}
+    assert saved[1]["role"] == "assistant" and saved[1]["stopped"] is True

@@ -38,7 +38,7 @@ def get_weather(city: str, unit: Unit = Unit.CELSIUS, days: int = 1) -> dict:
         days: How many days ahead,
             from 1 to 7.
     """
-    return {"city": city, "unit": unit, "days": days, "forecast": "sunny"}
+    return {"city": city, "unit": unit.name, "days": days, "forecast": "sunny"}
 
 
 def search(
@@ -257,6 +257,8 @@ def test_run_reports_every_failure_as_text():
     assert "declined" in declined
     ok = json.loads(run_tool_call(ToolCall("get_weather", {"city": "Oslo"}, ""), table))
     assert ok["city"] == "Oslo" and ok["forecast"] == "sunny"
+    enum = run_tool_call(ToolCall("get_weather", {"city": "Oslo", "unit": "fahrenheit"}, ""), table)
+    assert json.loads(enum)["unit"] == "FAHRENHEIT"  # the function got the Enum member
 
 
 def lambda_raises():
@@ -373,14 +375,35 @@ def test_approval_callback_can_decline(tiny_model, monkeypatch):
     assert "declined" in session.messages[2]["content"]
 
 
-def test_tool_rounds_are_bounded(tiny_model, monkeypatch):
+def test_tool_rounds_are_bounded_and_the_model_answers_at_the_end(tiny_model, monkeypatch):
     session = ChatSession(tiny_model, tools=[get_weather], max_tool_rounds=2)
     call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
-    ScriptedReplies(monkeypatch, session, [call, call, call, "never reached"])
+    ScriptedReplies(monkeypatch, session, [call, call, call, "Rome: sunny, as far as I know."])
     "".join(c.text for c in session.send("Loop!"))
     tools_run = [m for m in session.messages if m["role"] == "tool"]
     assert len(tools_run) == 3
+    assert [json.loads(t["content"])["city"] for t in tools_run[:2]] == ["Rome", "Rome"]
     assert "too many rounds" in tools_run[-1]["content"]
+    assert session.messages[-1] == {
+        "role": "assistant",
+        "content": "Rome: sunny, as far as I know.",
+    }
+
+
+def test_calls_after_the_last_round_are_left_unanswered(tiny_model, monkeypatch):
+    session = ChatSession(tiny_model, tools=[get_weather], max_tool_rounds=1)
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+    ScriptedReplies(monkeypatch, session, [call, call, call, "never reached"])
+    "".join(c.text for c in session.send("Loop!"))
+    assert [m["role"] for m in session.messages] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert session.messages[-1]["tool_calls"]
 
 
 def test_real_model_round_with_tools_does_not_raise(tiny_model):
