@@ -76,6 +76,12 @@ def _hub_error(e: Exception, repo_id: str, revision: str | None) -> Exception:
         return ModelNotFoundError(
             f"{repo_id} is not a repository on the Hugging Face Hub (or it is private)."
         )
+    if isinstance(e, errors.HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", "an error")
+        return HubUnavailableError(
+            f"The Hugging Face Hub answered {status} for {repo_id}{at}. Try again later; "
+            "if it persists, check the repo id and your token (`hf auth login`)."
+        )
     if isinstance(e, errors.LocalEntryNotFoundError | errors.OfflineModeIsEnabled) or (
         _is_network_error(e)
     ):

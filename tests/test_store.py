@@ -299,3 +299,12 @@ def test_concurrent_conversions_all_land_in_the_registry(tiny_hf, home):
     assert sum(e.kind == "converted" for e in events) == len(bits)
     assert str(store.latest(FAMILY)) in names
     assert store.history(FAMILY)[-1] == str(store.latest(FAMILY))
+
+
+def test_an_unusable_store_folder_is_an_error_message(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("QWEN_MLX_HOME", str(blocker / "store"))
+    code, _, err = run(capsys, "list")
+    assert code == 1
+    assert err.startswith("error: ") and "a-file" in err and "Traceback" not in err

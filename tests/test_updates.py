@@ -144,3 +144,28 @@ def test_a_model_from_a_local_folder_has_nothing_to_check(tiny_hf, capsys):
 def test_unknown_repo_is_named(hub, capsys):
     assert convert_main(["--hf-path", "Qwen/Qwen3-9B-Nothing-2507"]) == 1
     assert "is not a repository on the Hugging Face Hub" in capsys.readouterr().err
+
+
+def test_a_hub_server_error_is_explained_not_a_traceback(published, monkeypatch, capsys):
+    import http.server
+    import threading
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        code, out, err = check(capsys)
+    finally:
+        server.shutdown()
+    assert code == 3
+    assert "answered 503" in err
+    assert "Traceback" not in out + err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,12 +28,25 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
         except QwenMLXError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
+        except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # a file we could not read or write: say which and why
+            where = f": {e.filename}" if e.filename else ""
+            print(f"error: {e.strerror or e}{where}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("\ninterrupted.", file=sys.stderr)
             return INTERRUPTED
+        except Exception as e:
+            if os.environ.get("QWEN_MLX_DEBUG"):
+                raise
+            print(
+                f"error: unexpected {type(e).__name__}: {e} "
+                "(run with QWEN_MLX_DEBUG=1 for the traceback)",
+                file=sys.stderr,
+            )
+            return 1
 
     return wrapper
 

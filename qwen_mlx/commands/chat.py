@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from ._common import guarded
 
+
+@guarded
 def main(argv: list[str] | None = None) -> int:
     from tui.app import build_parser
     from tui.app import main as run

@@ -74,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.raw and (args.session or args.kv_bits or args.policy):
+    if args.raw and (args.session or args.kv_bits or args.policy or args.system):
         raise ValueError(
             "--raw sends text without the chat template; it cannot be combined "
-            "with --session, --kv-bits or --policy."
+            "with --system, --session, --kv-bits or --policy."
         )
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     schema = _read_schema(args.json_schema) if args.json_schema else None
@@ -103,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     session.prefill_progress = lambda done, total: bar.update("prefill", done, total)
     for notice in session.notices:
         print(f"note: {notice}", file=sys.stderr)
+    stream = session.send(prompt, json_schema=schema, **sampling_overrides(args))
     try:
-        last = _stream(session.send(prompt, json_schema=schema, **sampling_overrides(args)), bar)
+        last = _stream(stream, bar)
     except KeyboardInterrupt:
+        stream.close()  # ends the turn: the partial reply is recorded, the session idle
         if args.session:
             session.save(args.session)
             print(f"\ninterrupted; the partial reply is saved in {args.session}.", file=sys.stderr)
