@@ -36,7 +36,7 @@ from .manifest import (
     now_iso,
     tool_versions,
 )
-from .store import Store, install
+from .store import Store, check_replaceable, install
 from .tensorfile import TensorFileWriter, TensorSpec, read_header
 
 Q_BITS = (2, 3, 4, 5, 6, 8)
@@ -309,6 +309,17 @@ def _write_config(ckpt: Checkpoint, plan: _Plan, out: Path) -> None:
     save_config(config, config_path=out / "config.json")
 
 
+def _check_output(final: Path, force: bool) -> None:
+    if not final.exists():
+        return
+    if not force:
+        raise OutputExistsError(
+            f"Cannot save to {final}: it already exists. Pass --force to replace it, "
+            "or choose another --mlx-path."
+        )
+    check_replaceable(final)
+
+
 def _bits_per_weight(plan: _Plan, parameters: int) -> float:
     weight_bytes = sum(s.nbytes for shard in plan.shards for s in shard)
     return round(weight_bytes * 8 / parameters, 3)
@@ -345,6 +356,23 @@ def convert(
     progress = progress or (lambda _p: None)
     _check_options(q_bits, q_group_size, dtype, recipe)
 
+    store = Store(home)
+    if not Path(hf_path).expanduser().exists() and (quantize or dtype or mlx_path):
+        # A download can be gigabytes: refuse an existing output before fetching, when its
+        # name does not depend on the checkpoint (an unquantized copy takes its dtype).
+        planned = Quantization(
+            dtype=dtype or "bfloat16",
+            bits=q_bits if quantize else None,
+            group_size=q_group_size if quantize else None,
+            recipe=recipe if quantize else None,
+        )
+        try:
+            early = output_name(hub.FetchedSource(Path(hf_path), hf_path), name, planned)
+        except InvalidNameError:
+            early = None  # reported with its fix once the source is known
+        if mlx_path or early is not None:
+            _check_output(Path(mlx_path).expanduser() if mlx_path else store.path_for(early), force)
+
     progress(Progress("download", detail=hf_path))
     source = hub.fetch(hf_path, revision=revision)
     progress(Progress("validate", detail=str(source.path)))
@@ -360,13 +388,8 @@ def convert(
         recipe=recipe if quantize else None,
     )
     out_name = output_name(source, name, quantization)
-    store = Store(home)
     final = Path(mlx_path).expanduser() if mlx_path else store.path_for(out_name)
-    if final.exists() and not force:
-        raise OutputExistsError(
-            f"Cannot save to {final}: it already exists. Pass --force to replace it, "
-            "or choose another --mlx-path."
-        )
+    _check_output(final, force)
     plan, _ = _plan(ckpt, quantization)
     small_files = [f for f in ckpt.all_files() if f not in ckpt.weight_files]
     needed = sum(s.nbytes for shard in plan.shards for s in shard)

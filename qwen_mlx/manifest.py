@@ -74,7 +74,7 @@ class QualityReport:
 @dataclass(frozen=True)
 class FileProblem:
     path: str
-    problem: str  # "missing", "size", "sha256", "unexpected"
+    problem: str  # "missing", "size", "sha256", "unexpected", "damaged"
     detail: str = ""
 
     def __str__(self) -> str:

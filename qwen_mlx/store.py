@@ -19,9 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import naming
-from .errors import ModelNotFoundError, StoreError
-from .fileio import atomic_write_text, fsync_dir
+from .errors import (
+    DamagedModelError,
+    InvalidNameError,
+    ModelNotFoundError,
+    OutputExistsError,
+    StoreError,
+)
+from .fileio import atomic_write_text, fsync_dir, tree_size
 from .manifest import (
+    MANIFEST_FILE,
     FileProblem,
     Manifest,
     QualityReport,
@@ -56,6 +63,24 @@ class StoredModel:
     latest: bool
     pinned: bool
     quality: QualityReport | None = None
+    manifest_ok: bool = True  # False when manifest.json cannot be read
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What `Store.verify` found. A damaged manifest is a problem like any other."""
+
+    name: str
+    files: int
+    size: int
+    problems: list[FileProblem]
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    kept: Path | None  # where the old registry was moved, if there was one
+    models: int
+    skipped: list[str]  # folders left out, with the reason
 
 
 class Store:
@@ -84,9 +109,17 @@ class Store:
         return self.models_dir / name.family_id / name.release / name.format_dir
 
     def _name_at(self, family: str, version: str) -> naming.ModelName | None:
+        """The name of the model at `<family>/<release>/<format dir>`, from the path alone
+        (a damaged manifest must not hide which model a folder holds)."""
         folder = self.models_dir / family / version
-        manifest = read_manifest(folder)
-        return naming.parse(manifest.name) if manifest else None
+        if not (folder / MANIFEST_FILE).is_file():
+            return None
+        release, _, format_dir = version.partition("/")
+        tag = "" if format_dir == "original" else f"-{format_dir}"
+        try:
+            return naming.parse(f"{family}-{release}{tag}")
+        except InvalidNameError:
+            return None
 
     def latest(self, family: str) -> naming.ModelName | None:
         """The family's current model, from its `latest` pointer."""
@@ -164,7 +197,11 @@ class Store:
         for r in rows:
             _, pinned = self.registry.family(r.family)
             is_latest = latest.get(r.family) is not None and str(latest[r.family]) == r.name
-            manifest = read_manifest(r.path) if Path(r.path).is_dir() else None
+            try:
+                manifest = read_manifest(r.path) if Path(r.path).is_dir() else None
+                manifest_ok = True
+            except DamagedModelError:
+                manifest, manifest_ok = None, False
             out.append(
                 StoredModel(
                     name=r.name,
@@ -178,39 +215,70 @@ class Store:
                     latest=is_latest,
                     pinned=pinned and is_latest,
                     quality=manifest.quality if manifest else None,
+                    manifest_ok=manifest_ok,
                 )
             )
         return out
 
-    def manifest(self, ref: str) -> tuple[Path, Manifest]:
+    def locate(self, ref: str) -> tuple[Path, naming.ModelName]:
+        """The folder and name of a stored model, without reading its manifest."""
         folder = self.find(ref)
-        manifest = read_manifest(folder) if folder else None
-        if folder is None or manifest is None:
+        name = None
+        if folder is not None:
+            family, release, format_dir = folder.relative_to(self.models_dir).parts
+            name = self._name_at(family, f"{release}/{format_dir}")
+        if folder is None or name is None:
             raise ModelNotFoundError(f"{ref} is not in the store (see `qwen-mlx models list`).")
+        return folder, name
+
+    def manifest(self, ref: str) -> tuple[Path, Manifest]:
+        folder, name = self.locate(ref)
+        try:
+            manifest = read_manifest(folder)
+        except DamagedModelError as e:
+            raise DamagedModelError(
+                f"{e} Check it with `qwen-mlx models verify {name}`; convert or import "
+                f"it again, or remove it with `qwen-mlx models rm {name}`."
+            ) from e
+        assert manifest is not None  # locate only finds folders with a manifest.json
         return folder, manifest
 
     # -- verify ----------------------------------------------------------------------------
 
     def verify(
-        self, ref: str, *, progress: Callable[[str, int], None] | None = None
-    ) -> tuple[Manifest, list[FileProblem]]:
-        folder, manifest = self.manifest(ref)
-        problems = verify_files(folder, manifest, full=True, progress=progress)
-        name = naming.parse(manifest.name)
+        self, ref: str, *, progress: Callable[[str, int, int], None] | None = None
+    ) -> VerifyResult:
+        """Recompute every file's sha256 against the manifest and record the outcome.
+
+        `progress(file, nbytes, total_bytes)` is called as bytes are hashed."""
+        folder, name = self.locate(ref)
+        try:
+            manifest = read_manifest(folder)
+        except DamagedModelError as e:
+            manifest = None
+            problems = [FileProblem(MANIFEST_FILE, "damaged", str(e.__cause__ or e))]
+        if manifest is not None:
+            total = manifest.size
+            tick = None if progress is None else (lambda file, n: progress(file, n, total))
+            problems = verify_files(folder, manifest, full=True, progress=tick)
         with self.registry.transaction() as conn:
             conn.execute(
                 "UPDATE models SET last_verified_at = ?, last_verify_ok = ? WHERE name = ?",
-                (now_iso(), int(not problems), manifest.name),
+                (now_iso(), int(not problems), str(name)),
             )
             detail = "ok" if not problems else "; ".join(map(str, problems))
-            Registry.log(conn, name.family_id, "verified", manifest.name, detail)
-        return manifest, problems
+            Registry.log(conn, name.family_id, "verified", str(name), detail)
+        return VerifyResult(
+            name=str(name),
+            files=len(manifest.files) if manifest else 0,
+            size=manifest.size if manifest else tree_size(folder),
+            problems=problems,
+        )
 
     # -- latest, rollback, pin ---------------------------------------------------------------
 
     def _stored_name(self, ref: str) -> naming.ModelName:
-        _, manifest = self.manifest(ref)
-        return naming.parse(manifest.name)
+        return self.locate(ref)[1]
 
     def set_latest(self, ref: str, *, force: bool = False) -> naming.ModelName:
         name = self._stored_name(ref)
@@ -308,8 +376,7 @@ class Store:
 
     def remove(self, ref: str, *, force: bool = False) -> int:
         """Delete a model from disk and the registry; return the bytes freed."""
-        folder, manifest = self.manifest(ref)
-        name = naming.parse(manifest.name)
+        folder, name = self.locate(ref)
         family = name.family_id
         is_latest = self.latest(family) == name
         _, pinned = self.registry.family(family)
@@ -319,7 +386,7 @@ class Store:
                 f"{name} is {what} version of {family}; pass --force to remove it anyway "
                 "(latest then moves back to the previous version)."
             )
-        freed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        freed = tree_size(folder)
         with self.registry.transaction() as conn:
             conn.execute("DELETE FROM models WHERE name = ?", (str(name),))
             Registry.log(conn, family, "removed", str(name), str(folder))
@@ -335,40 +402,64 @@ class Store:
 
     # -- repair ----------------------------------------------------------------------------
 
-    def repair(self) -> tuple[Path | None, int]:
+    def repair(self) -> RepairResult:
         """Rebuild registry.sqlite from the manifests on disk.
 
-        The damaged file is kept aside (returned); the models and `latest` pointers are
-        files and survive as they are. Pins, policies and older events are lost.
+        The new registry is built beside the old one and swapped in only when complete;
+        the old file is kept aside. The models and `latest` pointers are files and survive
+        as they are. Pins, policies and older events are lost. Folders whose manifest
+        cannot be read are left out and reported.
         """
         self.close()
         db = self.root / "registry.sqlite"
-        kept = None
-        if db.exists():
-            stamp = now_iso().replace(":", "").replace("+0000", "Z")
-            kept = db.with_name(f"registry.sqlite.damaged-{stamp}")
-            os.replace(db, kept)
-            for suffix in ("-wal", "-shm"):
-                side = db.with_name(db.name + suffix)
-                if side.exists():
-                    os.replace(side, kept.with_name(kept.name + suffix))
-        count = 0
-        for file in sorted(self.models_dir.glob("*/*/*/manifest.json")):
-            folder = file.parent
-            if folder.name.startswith("."):
-                continue
-            manifest = read_manifest(folder)
-            name = naming.parse(manifest.name)
-            with self.registry.transaction() as conn:
-                self.registry.upsert_model(conn, manifest, folder, manifest_sha256(folder) or "")
-                Registry.log(conn, name.family_id, "repaired", manifest.name, str(folder))
-            count += 1
-        for family in self.registry.families():
-            latest = self.latest(family)
-            if latest is not None:
-                with self.registry.transaction() as conn:
-                    Registry.log(conn, family, "set-latest", str(latest), "repair")
-        return kept, count
+        building = db.with_name(f".registry.sqlite.rebuild-{uuid.uuid4().hex[:8]}")
+        count, skipped = 0, []
+        try:
+            fresh = Registry.open(building)
+            try:
+                for file in sorted(self.models_dir.glob("*/*/*/manifest.json")):
+                    folder = file.parent
+                    if folder.name.startswith("."):
+                        continue
+                    try:
+                        manifest = read_manifest(folder)
+                        assert manifest is not None
+                        name = naming.parse(manifest.name)
+                    except (DamagedModelError, InvalidNameError) as e:
+                        skipped.append(f"{folder}: {e}")
+                        continue
+                    with fresh.transaction() as conn:
+                        fresh.upsert_model(conn, manifest, folder, manifest_sha256(folder) or "")
+                        Registry.log(conn, name.family_id, "repaired", manifest.name, str(folder))
+                    count += 1
+                for family in fresh.families():
+                    latest = self.latest(family)
+                    if latest is not None:
+                        with fresh.transaction() as conn:
+                            Registry.log(conn, family, "set-latest", str(latest), "repair")
+            finally:
+                fresh.close()  # the last connection folds the write-ahead log back in
+            kept = self._set_aside(db)
+            os.replace(building, db)
+            fsync_dir(db.parent)
+        finally:
+            for leftover in building.parent.glob(building.name + "*"):
+                leftover.unlink(missing_ok=True)
+        return RepairResult(kept=kept, models=count, skipped=skipped)
+
+    @staticmethod
+    def _set_aside(db: Path) -> Path | None:
+        """Rename a damaged registry (and its -wal/-shm files) out of the way."""
+        if not db.exists():
+            return None
+        stamp = now_iso().replace(":", "").replace("+0000", "Z")
+        kept = db.with_name(f"registry.sqlite.damaged-{stamp}")
+        os.replace(db, kept)
+        for suffix in ("-wal", "-shm"):
+            side = db.with_name(db.name + suffix)
+            if side.exists():
+                os.replace(side, kept.with_name(kept.name + suffix))
+        return kept
 
     # -- partial outputs ---------------------------------------------------------------------
 
@@ -404,14 +495,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_replaceable(final: Path) -> None:
+    """Raise unless `final` is a model folder (config.json or manifest.json) that --force
+    may replace: a mistyped `--mlx-path ~/Documents --force` must delete nothing."""
+    if not final.is_dir() or not any((final / f).is_file() for f in ("config.json", MANIFEST_FILE)):
+        raise OutputExistsError(
+            f"Will not replace {final}: it is not a model folder (no config.json or "
+            f"{MANIFEST_FILE}). Choose another output folder."
+        )
+
+
 def install(tmp: Path, final: Path, *, replace: bool) -> None:
-    """Rename a finished `tmp` folder to `final`, replacing an old one only if asked."""
+    """Rename a finished `tmp` folder to `final`, replacing an old model folder only if
+    asked; if the swap fails half-way the old one is put back."""
     if final.exists():
         if not replace:
             raise FileExistsError(final)
+        check_replaceable(final)
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)  # put the previous model back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import hub
 from .convert import ProgressFn, convert
+from .errors import DamagedModelError
 from .store import Store
 
 
@@ -22,7 +23,7 @@ class UpdateStatus:
     current: str | None  # the revision the latest model was converted from
     remote: str | None  # the revision the Hub's branch points at now
     policy: str
-    state: str  # up-to-date | available | updated | frozen | local | no-latest
+    state: str  # up-to-date | available | updated | frozen | local | no-latest | damaged
     new_model: str | None = None
 
     @property
@@ -36,6 +37,8 @@ class UpdateStatus:
             "frozen": f"frozen: {self.repo} is at {short}, not applied",
             "local": "converted from a local folder; no Hub repo to check",
             "no-latest": "no latest version",
+            "damaged": f"the manifest of {self.model} cannot be read; "
+            f"run `qwen-mlx models verify {self.model}`",
         }[self.state]
 
 
@@ -63,7 +66,10 @@ def _check(store: Store, family: str, home, apply: bool | None, progress) -> Upd
     latest = store.latest(family)
     if latest is None:
         return UpdateStatus(family, None, None, None, None, policy, "no-latest")
-    _, manifest = store.manifest(str(latest))
+    try:
+        _, manifest = store.manifest(str(latest))
+    except DamagedModelError:
+        return UpdateStatus(family, str(latest), None, None, None, policy, "damaged")
     repo, current = manifest.source.repo, manifest.source.revision
     if repo is None:
         return UpdateStatus(family, str(latest), None, current, None, policy, "local")

@@ -117,6 +117,33 @@ def test_existing_output_needs_force(tiny_hf, home, capsys):
     assert leftovers(home) == []
 
 
+
+def test_force_never_replaces_a_folder_that_is_not_a_model(tiny_hf, tmp_path, capsys):
+    documents = tmp_path / "Documents"
+    documents.mkdir()
+    (documents / "thesis.txt").write_text("years of work")
+    code = main(["--hf-path", str(tiny_hf), "--mlx-path", str(documents), "--force"])
+    assert code == 1
+    assert "not a model folder" in capsys.readouterr().err
+    assert (documents / "thesis.txt").read_text() == "years of work"
+
+
+def test_a_failed_swap_puts_the_previous_model_back(tiny_hf, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    first = convert(str(tiny_hf), mlx_path=out)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst) == out and ".partial-" in Path(src).name:
+            raise OSError(errno.EIO, "I/O error", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr("qwen_mlx.store.os.replace", failing_replace)
+    with pytest.raises(OSError, match="I/O error"):
+        convert(str(tiny_hf), mlx_path=out, q_bits=8, force=True)
+    assert read_manifest(out) == first.manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
 def test_mixed_recipe_writes_per_layer_settings(tiny_hf, tmp_path):
     result = convert(str(tiny_hf), mlx_path=tmp_path / "mixed", recipe="mixed_4_6")
     quant = json.loads((result.path / "config.json").read_text())["quantization"]

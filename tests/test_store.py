@@ -152,6 +152,48 @@ def test_load_with_verify_checks_contents_not_just_sizes(two_versions):
         load(FAMILY, verify=True)
 
 
+def _damage_manifest(home, fmt: str = "mlx-q8-g64"):
+    folder = home / "models" / FAMILY / "2507" / fmt
+    (folder / "manifest.json").write_text('{"name": "qwen3-1m-tiny-2507-mlx-q8-g64", "fi')
+    return folder
+
+
+def test_a_damaged_manifest_is_reported_by_list_verify_and_show(two_versions, capsys):
+    _damage_manifest(two_versions)
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    line = next(line for line in out.splitlines() if Q8 in line)
+    assert "MANIFEST DAMAGED" in line
+    assert line.startswith("*")  # still the latest: its path names it
+
+    code, out, _ = run(capsys, "verify", "--all")
+    assert code == 1
+    assert f"FAILED  {Q8}" in out and "manifest.json: damaged" in out
+    assert f"ok      {Q4}" in out
+
+    code, _, err = run(capsys, "show", Q8)
+    assert code == 1 and "is damaged" in err and f"qwen-mlx models rm {Q8}" in err
+
+
+def test_a_version_with_a_damaged_manifest_can_still_be_switched_and_removed(two_versions, capsys):
+    _damage_manifest(two_versions)
+    assert run(capsys, "set-latest", Q4)[0] == 0
+    assert run(capsys, "set-latest", Q8)[0] == 0
+    code, out, _ = run(capsys, "rm", Q8, "--force")
+    assert code == 0 and f"Removed {Q8}" in out and f"latest of {FAMILY}: {Q4}" in out
+    assert latest(two_versions) == Q4
+    assert {m.name for m in Store(two_versions).list()} == {Q4}
+
+
+def test_repair_leaves_out_damaged_manifests_and_says_so(two_versions, capsys):
+    folder = _damage_manifest(two_versions, "mlx-q4-g64")
+    code, out, _ = run(capsys, "repair")
+    assert code == 0 and "from 1 manifests" in out
+    assert "Left out 1 folders" in out and str(folder) in out
+    assert [m.name for m in Store(two_versions).list()] == [Q8]
+    assert not list(two_versions.glob(".registry.sqlite.rebuild-*"))
+
+
 # -- latest, rollback, pin, rm -------------------------------------------------------------
 
 

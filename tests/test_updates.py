@@ -67,6 +67,15 @@ def test_convert_of_a_pinned_revision(hub, tiny_hf, tmp_path, capsys):
     assert load(FAMILY).manifest.source.revision == first
 
 
+def test_an_existing_output_is_refused_before_downloading(published, monkeypatch, capsys):
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although the output exists")
+
+    monkeypatch.setattr("qwen_mlx.hub.fetch", no_download)
+    assert convert_main(["--hf-path", REPO]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
 def test_up_to_date_family(published, capsys):
     code, out, _ = check(capsys)
     assert code == 0
@@ -169,3 +178,12 @@ def test_a_hub_server_error_is_explained_not_a_traceback(published, monkeypatch,
     assert code == 3
     assert "answered 503" in err
     assert "Traceback" not in out + err
+
+
+def test_a_damaged_manifest_is_reported_not_fatal(published, home, capsys):
+    manifest = home / "models" / FAMILY / "2507" / "mlx-q4-g64" / "manifest.json"
+    manifest.write_text("{")
+    code, out, _ = check(capsys)
+    assert code == 0
+    assert f"{FAMILY}: the manifest of {Q4} cannot be read" in out
+    assert f"qwen-mlx models verify {Q4}" in out

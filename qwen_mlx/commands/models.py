@@ -95,7 +95,9 @@ def _list(store, args) -> int:
     for m in models:
         mark = ("*" if m.latest else " ") + ("P" if m.pinned else " ")
         verified = "never"
-        if m.last_verified_at is not None:
+        if not m.manifest_ok:
+            verified = "MANIFEST DAMAGED"
+        elif m.last_verified_at is not None:
             when = m.last_verified_at[:16].replace("T", " ")
             verified = f"{when} {'ok' if m.last_verify_ok else 'FAILED'}"
         row: tuple[str, ...] = (
@@ -177,21 +179,20 @@ def _verify(store, args) -> int:
 
 
 def _verify_one(store, name: str) -> bool:
-    _, manifest = store.manifest(name)
     bar = ProgressBar()
     try:
-        manifest, problems = store.verify(
-            name, progress=lambda file, n: bar.advance("verify", n, manifest.size, file)
+        result = store.verify(
+            name, progress=lambda file, n, total: bar.advance("verify", n, total, file)
         )
     finally:
         bar.finish()
-    if problems:
-        print(f"FAILED  {manifest.name}")
-        for p in problems:
+    if result.problems:
+        print(f"FAILED  {result.name}")
+        for p in result.problems:
             print(f"  {p}")
     else:
-        print(f"ok      {manifest.name}: {len(manifest.files)} files, {human_bytes(manifest.size)}")
-    return not problems
+        print(f"ok      {result.name}: {result.files} files, {human_bytes(result.size)}")
+    return not result.problems
 
 
 def _import(store, args) -> int:
@@ -237,12 +238,12 @@ def _policy(store, args) -> int:
 
 
 def _rm(store, args) -> int:
-    _, manifest = store.manifest(args.name)
+    _, name = store.locate(args.name)
     freed = store.remove(args.name, force=args.force)
-    print(f"Removed {manifest.name}; freed {human_bytes(freed)}")
-    latest = store.latest(manifest.family)
+    print(f"Removed {name}; freed {human_bytes(freed)}")
+    latest = store.latest(name.family_id)
     if latest is not None:
-        print(f"  latest of {manifest.family}: {latest}")
+        print(f"  latest of {name.family_id}: {latest}")
     return 0
 
 
@@ -274,10 +275,17 @@ def _log(store, args) -> int:
 
 
 def _repair(store, args) -> int:
-    kept, count = store.repair()
-    if kept:
-        print(f"Moved the old registry aside to {kept}.")
-    print(f"Rebuilt the registry from {count} manifests. Pins and update policies were reset.")
+    result = store.repair()
+    if result.kept:
+        print(f"Moved the old registry aside to {result.kept}.")
+    print(
+        f"Rebuilt the registry from {result.models} manifests. Pins and update policies were reset."
+    )
+    if result.skipped:
+        print(f"Left out {len(result.skipped)} folders whose manifest cannot be read:")
+        for line in result.skipped:
+            print(f"  {line}")
+        print("Convert or import those models again, or delete their folders.")
     return 0
 
 
