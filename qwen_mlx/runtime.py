@@ -238,7 +238,9 @@ def load(
         path=folder,
         manifest=manifest,
         generation_config=generation_config,
-        fingerprint=manifest_sha256(folder) or _fingerprint(folder),
+        fingerprint=_with_extension(
+            manifest_sha256(folder) or _fingerprint(folder), context_extension
+        ),
     )
 
 
@@ -256,6 +258,14 @@ def _yarn_overrides(folder: Path, factor: float) -> dict[str, Any]:
         },
         "max_position_embeddings": int(native * factor),
     }
+
+
+def _with_extension(fingerprint: str, factor: float | None) -> str:
+    """YaRN changes every position's rotation: a KV cache computed with one factor is
+    wrong under another, so the factor is part of the model's identity."""
+    if not factor:
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}:yarn:{float(factor)}".encode()).hexdigest()
 
 
 def _fingerprint(folder: Path) -> str:

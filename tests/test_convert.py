@@ -117,7 +117,6 @@ def test_existing_output_needs_force(tiny_hf, home, capsys):
     assert leftovers(home) == []
 
 
-
 def test_force_never_replaces_a_folder_that_is_not_a_model(tiny_hf, tmp_path, capsys):
     documents = tmp_path / "Documents"
     documents.mkdir()
@@ -143,6 +142,7 @@ def test_a_failed_swap_puts_the_previous_model_back(tiny_hf, tmp_path, monkeypat
         convert(str(tiny_hf), mlx_path=out, q_bits=8, force=True)
     assert read_manifest(out) == first.manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
 
 def test_mixed_recipe_writes_per_layer_settings(tiny_hf, tmp_path):
     result = convert(str(tiny_hf), mlx_path=tmp_path / "mixed", recipe="mixed_4_6")

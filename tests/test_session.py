@@ -416,6 +416,19 @@ def test_yarn_context_extension_loads_and_runs(tiny_mlx):
     assert session.context_limit <= 4 * 32768
 
 
+def test_a_cache_saved_under_yarn_is_not_reused_without_it(tiny_mlx, tmp_path):
+    extended = load(tiny_mlx, context_extension=4.0)
+    assert extended.fingerprint != load(tiny_mlx).fingerprint
+    assert extended.fingerprint != load(tiny_mlx, context_extension=2.0).fingerprint
+    session = ChatSession(extended)
+    reply(session.send("hello", **REPLY))
+    session.save(tmp_path / "chat.json")
+    resumed = ChatSession.load(tmp_path / "chat.json", load(tiny_mlx))
+    assert len(resumed.notices) == 1 and "discarded" in resumed.notices[0]
+    again = ChatSession.load(tmp_path / "chat.json", load(tiny_mlx, context_extension=4.0))
+    assert again.notices == [] and again.cache_tokens == session.cache_tokens
+
+
 def test_qwen3_4b_shaped_long_context_plan(tiny_model):
     shape = ModelShape(
         layers=36, heads=32, kv_heads=8, head_dim=128, hidden=2560, context_length=262_144
