@@ -5,8 +5,9 @@ leaves its cache here, holding its prompt and the reply it generated; the next r
 takes the entry sharing the longest prefix with its prompt and prefills only the rest, so
 an agent that resends a growing conversation pays for the new tokens only.
 
-The pool is bounded in bytes, counted as the memory planner counts them (KV bytes per token
-x tokens held); the least recently used entries go first. An entry whose prompt the new
+The pool is bounded in bytes, the bytes each cache's arrays really hold (MLX grows a KV
+cache in steps of 256 tokens and a trimmed cache keeps its buffers); the least recently
+used entries go first. An entry whose prompt the new
 request contains in full (it diverges at most inside the reply the entry generated) is a
 conversation moving on: it is taken out and trimmed. An entry that diverges inside its
 prompt is another conversation sharing a beginning (a system prompt, say): it stays, and
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .runtime import cache_length, common_prefix, trim_cache
+from .runtime import cache_length, cache_nbytes, common_prefix, trim_cache
 
 
 @dataclass
@@ -33,6 +34,7 @@ class CacheEntry:
     cache: list[Any]
     tokens: list[int]
     prompt_tokens: int
+    nbytes: int
 
 
 @dataclass
@@ -53,11 +55,11 @@ class PromptCachePool:
     def __init__(
         self,
         make_cache: Callable[[], list[Any]],
-        bytes_per_token: int,
         max_bytes: int,
+        measure: Callable[[list[Any]], int] = cache_nbytes,
     ) -> None:
         self._make_cache = make_cache
-        self.bytes_per_token = bytes_per_token
+        self._measure = measure
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, CacheEntry] = OrderedDict()
         self._next_key = 0
@@ -71,7 +73,9 @@ class PromptCachePool:
 
     @property
     def bytes(self) -> int:
-        return self.tokens * self.bytes_per_token
+        """Bytes held by all entries' arrays."""
+        with self._lock:
+            return sum(e.nbytes for e in self._entries.values())
 
     def __len__(self) -> int:
         with self._lock:
@@ -108,7 +112,8 @@ class PromptCachePool:
         """Keep `cache`, which holds `tokens`, as the most recent entry; evict the least
         recently used entries beyond the byte budget, and any entry it makes redundant."""
         tokens = list(tokens)
-        if not tokens or len(tokens) * self.bytes_per_token > self.max_bytes:
+        nbytes = self._measure(cache)
+        if not tokens or nbytes > self.max_bytes:
             return
         with self._lock:
             for key in [
@@ -117,7 +122,7 @@ class PromptCachePool:
                 if common_prefix(tokens, e.tokens) == len(e.tokens)
             ]:
                 del self._entries[key]  # everything it holds, the new entry holds too
-            self._entries[self._next_key] = CacheEntry(cache, tokens, prompt_tokens)
+            self._entries[self._next_key] = CacheEntry(cache, tokens, prompt_tokens, nbytes)
             self._next_key += 1
         self.shrink(self.max_bytes)
 
@@ -125,7 +130,7 @@ class PromptCachePool:
         """Evict the least recently used entries until the pool holds at most `max_bytes`
         (a request about to run needs the memory more than old conversations do)."""
         with self._lock:
-            held = sum(len(e.tokens) for e in self._entries.values()) * self.bytes_per_token
+            held = sum(e.nbytes for e in self._entries.values())
             while held > max_bytes and self._entries:
                 _, old = self._entries.popitem(last=False)
-                held -= len(old.tokens) * self.bytes_per_token
+                held -= old.nbytes

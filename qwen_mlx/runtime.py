@@ -547,6 +547,11 @@ def cache_length(cache: list[Any]) -> int:
     return cache[0].offset if cache else 0
 
 
+def cache_nbytes(cache: list[Any]) -> int:
+    """Bytes the cache's arrays hold, spare capacity included."""
+    return sum(c.nbytes for c in cache)
+
+
 def trim_cache(cache: list[Any], n: int) -> None:
     """Drop the last `n` tokens from the cache, in place."""
     from mlx_lm.models.cache import trim_prompt_cache

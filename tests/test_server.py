@@ -622,12 +622,16 @@ def test_a_growing_conversation_prefills_only_what_is_new(client, tiny_model, mo
 def test_the_cache_pool_stays_within_its_byte_budget(served, client):
     pool = served.engine.cache
     budget = pool.max_bytes
-    pool.max_bytes = 60 * pool.bytes_per_token
+    pool.clear()
+    client.completions.create(model="m", prompt="0 pears " * 5, max_tokens=10)
+    one = pool.bytes  # what one short request's cache really holds
+    assert len(pool) == 1 and one > 0
+    pool.max_bytes = one * 3 // 2
     try:
-        for i in range(6):
-            client.completions.create(model="m", prompt=f"{i} pears " * 5, max_tokens=10)
+        for i in range(1, 6):
+            client.completions.create(model="m", prompt=f"{i} apples " * 5, max_tokens=10)
             assert pool.bytes <= pool.max_bytes
-        assert len(pool) >= 1
+            assert len(pool) == 1  # room for one, never two
     finally:
         pool.max_bytes = budget
 
@@ -687,7 +691,7 @@ def test_the_pool_moves_a_conversation_on_and_copies_for_a_branch(tiny_model):
     from qwen_mlx.prompt_cache import PromptCachePool
     from qwen_mlx.runtime import cache_length, make_cache
 
-    pool = PromptCachePool(lambda: make_cache(tiny_model), 1, 10_000)
+    pool = PromptCachePool(lambda: make_cache(tiny_model), 10_000_000)
     prompt = tiny_model.prompt_tokens(user("The first conversation"))
     cache, held = filled_cache(tiny_model, prompt)
     pool.checkin(cache, held, len(prompt))
@@ -707,17 +711,31 @@ def test_the_pool_moves_a_conversation_on_and_copies_for_a_branch(tiny_model):
 def test_the_pool_evicts_least_recently_used_and_redundant_entries():
     from qwen_mlx.prompt_cache import PromptCachePool
 
-    pool = PromptCachePool(list, bytes_per_token=2, max_bytes=50)
-    pool.checkin(["a"], [1] * 10, 5)
-    pool.checkin(["b"], [2] * 10, 5)
-    pool.checkin(["c"], [3] * 10, 5)  # 60 bytes: the oldest goes
+    pool = PromptCachePool(list, max_bytes=50, measure=lambda cache: len(cache[0]))
+    pool.checkin(["a" * 20], [1] * 10, 5)
+    pool.checkin(["b" * 20], [2] * 10, 5)
+    pool.checkin(["c" * 20], [3] * 10, 5)  # 60 bytes: the oldest goes
     assert pool.tokens == 20 and pool.bytes == 40
-    pool.checkin(["d"], [3] * 12, 5)  # holds all that "c" held, and more
-    assert pool.tokens == 22
-    pool.checkin(["e"], [4] * 30, 5)  # larger than the whole budget: not kept
+    pool.checkin(["d" * 24], [3] * 12, 5)  # holds all that "c" held, and more
+    assert pool.tokens == 22 and pool.bytes == 44
+    pool.checkin(["e" * 60], [4] * 30, 5)  # larger than the whole budget: not kept
     assert pool.tokens == 22
     pool.shrink(24)
-    assert pool.tokens == 12
+    assert pool.tokens == 12 and pool.bytes == 24
+
+
+def test_the_pool_counts_the_bytes_a_cache_really_holds(tiny_model):
+    from qwen_mlx.prompt_cache import PromptCachePool
+    from qwen_mlx.runtime import make_cache
+
+    pool = PromptCachePool(lambda: make_cache(tiny_model), 10_000_000)
+    prompt = tiny_model.prompt_tokens(user("Count me"))
+    cache, held = filled_cache(tiny_model, prompt)
+    pool.checkin(cache, held, len(prompt))
+    # MLX allocates KV caches 256 tokens at a time: a short prompt holds a full step.
+    per_token = sum(c.keys.nbytes + c.values.nbytes for c in cache) // cache[0].keys.shape[2]
+    assert cache[0].keys.shape[2] == 256 > len(held)
+    assert pool.bytes == 256 * per_token
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -92,9 +92,7 @@ class Engine:
         self.max_tokens_cap = max_tokens_cap
         if cache_bytes is None:  # half of what the weights leave of the budget
             cache_bytes = max(self.planner.budget.bytes - self.planner.weights, 0) // 2
-        self.cache = PromptCachePool(
-            lambda: make_cache(model, kv_bits), self.planner.kv_per_token(kv_bits), cache_bytes
-        )
+        self.cache = PromptCachePool(lambda: make_cache(model, kv_bits), cache_bytes)
         self.stream_tokens = stream_tokens
         self.finished: deque[Finished] = deque(maxlen=256)
         self._preparer = ThreadPoolExecutor(1, thread_name_prefix="qwen-mlx-prepare")
