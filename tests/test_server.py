@@ -788,6 +788,11 @@ def test_qwen_mlx_serve_serves_until_interrupted_and_exits_cleanly(tiny_mlx, tin
         assert client.models.list().data[0].id == tiny_model.name
         reply = client.chat.completions.create(model="m", messages=user("hi"), max_tokens=4)
         assert reply.usage.completion_tokens > 0
+        # Bound to loopback: a page whose domain resolves to 127.0.0.1 is turned away.
+        rebound = httpx.get(url + "/v1/models", headers={"Host": f"evil.example:{port}"})
+        assert rebound.status_code == 400
+        by_name = httpx.get(f"http://localhost:{port}/v1/models")
+        assert by_name.status_code == 200
         proc.send_signal(signal.SIGINT)  # and it exits cleanly after generating (MLX threads)
         assert proc.wait(timeout=30) == 0
         assert f"serving {tiny_model.name}" in proc.stderr.read()

@@ -1,7 +1,8 @@
 """`qwen-mlx serve`: the model over an OpenAI-compatible HTTP API (FastAPI + uvicorn).
 
-Binds 127.0.0.1 unless told otherwise. On any other address without an API key it warns:
-anyone who can reach the port can use the model.
+Binds 127.0.0.1 unless told otherwise, and then answers only requests addressed to
+localhost, 127.0.0.1 or [::1] (a web page cannot reach it through DNS rebinding). On any
+other address without an API key it warns: anyone who can reach the port can use the model.
 """
 
 from __future__ import annotations
@@ -92,17 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable
+
+
 def bind_warning(host: str, api_key: str | None) -> str | None:
     """What to tell the user when `host` is reachable from other machines without a key."""
-    if api_key:
+    if api_key or is_loopback(host):
         return None
-    if host == "localhost":
-        return None
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:
-        pass  # a host name: assume it is reachable
     return (
         f"serving on {host} without --api-key: anyone who can reach this port can use the "
         f"model. Set {API_KEY_ENV} or pass --api-key, or bind 127.0.0.1."
@@ -133,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         max_context=args.max_context,
         max_tokens_cap=args.max_tokens_cap,
     )
-    app = create_app(engine, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
+    app = create_app(
+        engine,
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_bytes,
+        # Bound to loopback, only requests addressed to loopback names are for us.
+        allowed_hosts=LOOPBACK_HOSTS if is_loopback(args.host) else None,
+    )
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"serving {model.name} at http://{host}:{args.port}/v1 "

@@ -13,12 +13,13 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..runtime import Model
 from ..tools import ToolCall
@@ -37,12 +38,17 @@ def create_app(
     *,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine`. With `api_key`, every route but /health needs
-    `Authorization: Bearer <api_key>`."""
+    `Authorization: Bearer <api_key>`. With `allowed_hosts`, a request whose Host header
+    names another host is refused: a web page cannot reach a loopback server by pointing
+    its own domain at 127.0.0.1 (DNS rebinding)."""
     app = FastAPI(title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.add_middleware(CatchAll)
     router = APIRouter(dependencies=[Depends(_bearer(api_key))] if api_key else [])
 
