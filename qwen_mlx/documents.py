@@ -289,27 +289,20 @@ class Answer:
     prefilled_tokens: int  # tokens read for this question
 
 
-class _DocumentChats:
-    """A few recent (model, document) conversations, so questions reuse the prefill."""
+def _document_chat(model: Model, text: str, keep: int = 2) -> Any:
+    """A conversation holding `text`, one of the model's `keep` most recent, so questions
+    about the same document reuse its prefill. Kept on the model: freed with it."""
+    from .session import ChatSession
 
-    def __init__(self, size: int = 2) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
-
-    def get(self, model: Model, text: str) -> Any:
-        from .session import ChatSession
-
-        key = (model.fingerprint, hashlib.sha256(text.encode()).hexdigest())
-        if key in self._items:
-            self._items.move_to_end(key)
-        else:
-            self._items[key] = ChatSession(model, system=ASK_SYSTEM.format(text=text))
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return self._items[key]
-
-
-_chats = _DocumentChats()
+    chats: OrderedDict[str, Any] = model.memo.setdefault("document_chats", OrderedDict())
+    key = hashlib.sha256(text.encode()).hexdigest()
+    if key in chats:
+        chats.move_to_end(key)
+    else:
+        chats[key] = ChatSession(model, system=ASK_SYSTEM.format(text=text))
+        while len(chats) > keep:
+            chats.popitem(last=False)
+    return chats[key]
 
 
 def ask(
@@ -333,7 +326,7 @@ def ask(
     if room <= 0:
         raise ValueError(f"A context of {budget} tokens leaves no room for a document.")
     if count(text) <= room:
-        chat = _chats.get(model, text)
+        chat = _document_chat(model, text)
         chat.reset()
         chat.params = params
         progress("answer", 0, 1)

@@ -104,6 +104,8 @@ class Model:
     manifest: Manifest | None = None
     generation_config: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+    # State helpers keep per model (recent document conversations), freed with the model.
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:

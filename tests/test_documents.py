@@ -3,11 +3,15 @@ PDF input, prefix reuse for repeated questions, and the CLI."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qwen_mlx.documents as documents
+from qwen_mlx import load
 from qwen_mlx.commands.ask import main as ask_main
 from qwen_mlx.commands.summarize import main as summarize_main
 from qwen_mlx.documents import ask, important_passages, read_document, split_document, summarize
@@ -177,6 +181,16 @@ def test_questions_about_one_document_prefill_it_once(tiny_model):
     document_tokens = len(tiny_model.encode(REPORT))
     assert first.prefilled_tokens > document_tokens
     assert second.prefilled_tokens < 40  # only the new question and its markup
+
+
+def test_the_document_conversation_is_freed_with_its_model(tiny_mlx):
+    model = load(tiny_mlx)
+    params = model.default_params.replace(temperature=0.0, max_tokens=2)
+    ask(model, REPORT, "When is the release?", params=params)
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None  # nothing global holds the model through its cached conversation
 
 
 def test_ask_map_reduce_for_a_long_document(tiny_model, monkeypatch):
