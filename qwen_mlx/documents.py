@@ -20,7 +20,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from .runtime import Model, SamplingParams, generate
+from .errors import GenerationCancelled
+from .runtime import Model, SamplingParams, stream_generate
 
 IMPORTANT = "[IMPORTANT]"
 # Prompt wrapping and the reply's own tokens are budgeted on top of a chunk.
@@ -191,9 +192,22 @@ def _context_budget(model: Model, max_context: int | None) -> int:
     return min(limit, max_context) if max_context else limit
 
 
-def _complete(model: Model, prompt: str, params: SamplingParams) -> str:
-    """One model call: the prompt as a user message, the reply as text."""
-    return generate(model, [{"role": "user", "content": prompt}], params).strip()
+def _complete(
+    model: Model,
+    prompt: str,
+    params: SamplingParams,
+    should_stop: Callable[[], bool] | None = None,
+) -> str:
+    """One model call: the prompt as a user message, the reply as text. Raises
+    GenerationCancelled when `should_stop` ends it."""
+    chunks = list(
+        stream_generate(
+            model, [{"role": "user", "content": prompt}], params, should_stop=should_stop
+        )
+    )
+    if chunks and chunks[-1].finish_reason == "cancelled":
+        raise GenerationCancelled("Stopped.")
+    return "".join(c.text for c in chunks).strip()
 
 
 def summarize(
@@ -204,11 +218,13 @@ def summarize(
     max_context: int | None = None,
     reply_tokens: int = SUMMARY_TOKENS,
     progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Summary:
     """Summarize text or a file (.txt, .md, .pdf); map-reduce when it does not fit.
 
     `max_context` caps the tokens one call may use (default: what the model and this
     machine's memory allow); `reply_tokens` caps each summary (and the answer).
+    `should_stop` is polled while the model works: True raises GenerationCancelled.
     """
     text = _load(document)
     params = (params or model.default_params).replace(max_tokens=reply_tokens)
@@ -221,7 +237,7 @@ def summarize(
         raise ValueError(f"A context of {budget} tokens leaves no room for a document.")
     if count(text) <= room:
         progress("summarize", 0, 1)
-        summary = _complete(model, WHOLE_PROMPT.format(text=text), params)
+        summary = _complete(model, WHOLE_PROMPT.format(text=text), params, should_stop)
         progress("summarize", 1, 1)
         return Summary(_with_passages(summary, important), important, 1, 1, 0)
 
@@ -230,7 +246,8 @@ def summarize(
     for i, chunk in enumerate(chunks, start=1):
         progress("map", i - 1, len(chunks))
         prompt = MAP_PROMPT.format(index=i, total=len(chunks), text=chunk.text)
-        parts.append(_Part(_complete(model, prompt, params), important_passages(chunk.text)))
+        summary = _complete(model, prompt, params, should_stop)
+        parts.append(_Part(summary, important_passages(chunk.text)))
     progress("map", len(chunks), len(chunks))
     calls = len(chunks)
     levels = 0
@@ -244,7 +261,7 @@ def summarize(
             body = "\n\n".join(part.text for part in group)
             keep = KEEP_PROMPT.format(passages="\n\n".join(kept)) if kept else ""
             prompt = REDUCE_PROMPT.format(important=keep, text=body)
-            merged.append(_Part(_complete(model, prompt, params), kept))
+            merged.append(_Part(_complete(model, prompt, params, should_stop), kept))
             calls += 1
         progress(f"reduce {levels}", len(groups), len(groups))
         if len(merged) == len(parts):  # no progress: summaries as long as their inputs

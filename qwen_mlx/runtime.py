@@ -482,13 +482,14 @@ def stream_generate(
     tools: Sequence[dict[str, Any]] | None = None,
     json_schema: dict[str, Any] | str | None = None,
     prompt_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     **overrides: Any,
 ) -> Iterator[GenerationChunk]:
     """Stream a reply: raw text, chat messages (through the chat template with the
     generation prompt) or token ids. Keyword overrides change single sampling parameters:
     `stream_generate(model, messages, temperature=0.2, max_tokens=64)`. `json_schema`
     constrains the reply to JSON valid for that schema (finish_reason "length" means it
-    ran out of tokens first)."""
+    ran out of tokens first). `should_stop` is polled as in `stream_tokens`."""
     params = resolve_params(model, params, overrides)
     tokens = model.prompt_tokens(prompt, tools=tools)
     processors = []
@@ -497,7 +498,12 @@ def stream_generate(
 
         processors.append(JsonSchemaProcessor(model, json_schema))
     yield from stream_tokens(
-        model, tokens, params, prompt_progress=prompt_progress, logits_processors=processors
+        model,
+        tokens,
+        params,
+        prompt_progress=prompt_progress,
+        logits_processors=processors,
+        should_stop=should_stop,
     )
 
 

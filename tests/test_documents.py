@@ -15,6 +15,7 @@ from qwen_mlx import load
 from qwen_mlx.commands.ask import main as ask_main
 from qwen_mlx.commands.summarize import main as summarize_main
 from qwen_mlx.documents import ask, important_passages, read_document, split_document, summarize
+from qwen_mlx.errors import GenerationCancelled
 
 REPORT = """# Quarterly report
 
@@ -94,9 +95,9 @@ class Recorder:
         self.prompts: list[str] = []
         real = documents._complete
 
-        def complete(model, prompt, params):
+        def complete(model, prompt, params, should_stop=None):
             self.prompts.append(prompt)
-            return real(model, prompt, params)
+            return real(model, prompt, params, should_stop)
 
         monkeypatch.setattr(documents, "_complete", complete)
 
@@ -181,6 +182,26 @@ def test_questions_about_one_document_prefill_it_once(tiny_model):
     document_tokens = len(tiny_model.encode(REPORT))
     assert first.prefilled_tokens > document_tokens
     assert second.prefilled_tokens < 40  # only the new question and its markup
+
+
+def test_summarize_stops_when_asked(tiny_model, monkeypatch):
+    calls = Recorder(monkeypatch)
+    asked = []
+
+    def stop_during_the_second_part() -> bool:
+        asked.append(len(calls.prompts))
+        return len(calls.prompts) >= 2
+
+    with pytest.raises(GenerationCancelled):
+        summarize(
+            tiny_model,
+            LONG,
+            max_context=900,
+            reply_tokens=48,
+            params=tiny_model.default_params.replace(**PARAMS),
+            should_stop=stop_during_the_second_part,
+        )
+    assert len(calls.prompts) == 2 and asked  # no third call once stopped
 
 
 def test_the_document_conversation_is_freed_with_its_model(tiny_mlx):

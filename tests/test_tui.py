@@ -9,12 +9,14 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
+from textual.widgets import Input, TextArea
 
 from qwen_mlx.convert import convert
 from tui.app import ChatApp
-from tui.screens import HelpScreen, NoModelScreen
+from tui.screens import HelpScreen, NoModelScreen, SettingsScreen
 from tui.store import ChatStore
 from tui.widgets import MessageView, PromptInput, StatusBar
 
@@ -224,6 +226,145 @@ def test_attaching_a_file_adds_its_tokens(stored, home, tmp_path):
             await type_and_send(pilot, "When?")
             await reply(pilot)
             assert app.session.last_stats.reused_tokens >= added
+
+    asyncio.run(run())
+
+
+def test_reading_an_attachment_holds_the_chat_until_done_and_esc_stops_it(
+    stored, home, tmp_path, monkeypatch
+):
+    import qwen_mlx.session as session_module
+    from qwen_mlx.errors import GenerationCancelled
+
+    doc = tmp_path / "notes.md"
+    doc.write_text("The launch is on Tuesday. " * 40)
+    real_prefill = session_module.prefill
+    slow = {"on": True}
+
+    def slow_prefill(model, tokens, cache, *, should_stop, **kwargs):
+        while slow["on"]:  # a long document on a slow machine, until Esc
+            if should_stop():
+                raise GenerationCancelled("stopped")
+            time.sleep(0.02)
+        return real_prefill(model, tokens, cache, should_stop=should_stop, **kwargs)
+
+    monkeypatch.setattr(session_module, "prefill", slow_prefill)
+
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            session = app.session
+            app.run_command(f"/attach {doc}")
+            await wait_for(pilot, lambda: app.busy == "reading notes.md")
+            await wait_for(pilot, lambda: len(session.messages) == 1)
+            chat = app.chat
+            await pilot.press("ctrl+n")  # a new chat would lose where the text goes
+            app.run_command("/system Be brief.")
+            assert app.session is session and app.chat is chat and session.system is None
+            assert app.query_one(PromptInput).read_only
+            assert any(
+                "Still reading notes.md (Esc stops it)" in n.message for n in app._notifications
+            )
+
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.busy == "")
+            assert any("Stopped reading notes.md" in n.message for n in app._notifications)
+            assert session.messages[0]["content"].startswith("Attached file `notes.md`")
+            assert len(session.cache_tokens) < session.context_tokens  # not all read yet
+            assert not app.query_one(PromptInput).read_only
+
+            slow["on"] = False
+            app.run_command("/max_tokens 4")
+            await type_and_send(pilot, "When?")
+            await reply(pilot)
+            assert app.session.last_stats.prompt_tokens > len(app.model.encode(doc.read_text()))
+        stored_chat = ChatStore(home).messages(chat.id)
+        assert [m["role"] for m in stored_chat] == ["user", "user", "assistant"]
+
+    asyncio.run(run())
+
+
+def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home):
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command("/temp 0")  # greedy: the tiny model never ends on its own
+            app.run_command("/max_tokens 5000")
+            await type_and_send(pilot, "Tell me everything")
+            await wait_for(
+                pilot,
+                lambda: [v for v in app.query(MessageView) if v.role == "assistant" and v.content],
+            )
+            return app.chat.id  # leaving the block quits the app mid-reply
+
+    chat_id = asyncio.run(run())
+    saved = ChatStore(home).messages(chat_id)
+    assert [m["role"] for m in saved] == ["user", "assistant"]
+    assert saved[1]["stopped"] and saved[1]["content"]
+    assert (home / "sessions" / f"{chat_id}.json.kv.safetensors").is_file()
+
+
+def test_settings_refused_by_the_sampler_change_nothing(stored, home):
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            before = (app.session.params, app.session.system, app.session.policy)
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            app.screen.query_one("#top_p", Input).value = "5"
+            app.screen.query_one("#system", TextArea).text = "Be brief."
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert isinstance(app.screen, SettingsScreen)  # still open, saying why
+            assert "top_p must be in (0, 1]" in str(app.screen.query_one("#settings-error").content)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+            assert (app.session.params, app.session.system, app.session.policy) == before
+            app._apply_settings(
+                {"system": "Be brief.", "params": {"top_p": 5.0}, "policy": "error"}
+            )
+            assert (app.session.params, app.session.system, app.session.policy) == before
+            await wait_for(
+                pilot,
+                lambda: any("Settings not saved: top_p" in n.message for n in app._notifications),
+            )
+
+    asyncio.run(run())
+
+
+def test_commands_before_the_model_is_loaded_are_explained(stored, home):
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            assert app.session is None
+            for command in ("/policy error", "/system hi", "/temp 0"):
+                app.run_command(command)
+            await wait_for(
+                pilot,
+                lambda: (
+                    [n.message for n in app._notifications].count("The model is still loading.")
+                    == 3
+                ),
+            )
+            app = await ready(pilot)
+            assert app.session.policy.value == "truncate" and app.session.system is None
+
+    asyncio.run(run())
+
+
+def test_opening_an_unknown_chat_says_so_and_starts_a_new_one(stored, home):
+    async def run():
+        app = ChatApp(home=home, chat_id="no-such-chat")
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            await wait_for(
+                pilot,
+                lambda: any("No saved chat no-such-chat" in n.message for n in app._notifications),
+            )
+            assert app.chat is None and app.session.messages == []
 
     asyncio.run(run())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from .commands import ChatCommands, on_model_thread
 from .screens import ConfirmScreen, NoModelScreen
 from .store import Chat, ChatStore, title_from
 from .widgets import ChatList, MessageView, PromptInput, StatusBar
+
+UNMOUNT_WAIT = 3.0  # seconds to let the model thread finish saving at exit
 
 _OWN_ACTIONS = {
     "stop",
@@ -90,7 +93,8 @@ class ChatApp(ChatCommands, App[None]):
             self.error = error
             self.context = context
 
-    streaming: reactive[bool] = reactive(False)
+    streaming: reactive[bool] = reactive(False)  # a reply is being generated
+    busy: reactive[str] = reactive("")  # other model work: "loading …", "reading notes.md"
 
     def __init__(
         self,
@@ -112,6 +116,7 @@ class ChatApp(ChatCommands, App[None]):
         self.chat: Chat | None = None
         self.store: ChatStore | None = None
         self._reply: _Reply | None = None
+        self._stop_busy: Any = None  # stops the busy work, if it can be stopped
         self.overrides: dict[str, Any] = {}  # this chat's sampling parameters
 
     # -- layout ----------------------------------------------------------------------------
@@ -141,6 +146,19 @@ class ChatApp(ChatCommands, App[None]):
             self._load_model(ref)
 
     def on_unmount(self) -> None:
+        """Stop a reply or a reading, and give the model thread a moment to save them."""
+        if self.session is not None:
+            self.session.stop()
+        if self._stop_busy is not None:
+            self._stop_busy()
+        from concurrent.futures import TimeoutError as Timeout
+
+        from qwen_mlx.model_thread import model_thread
+
+        # The jobs ahead of this one save the messages, then the KV cache; a huge cache
+        # still being written after that is rewritten next time.
+        with suppress(Timeout):
+            model_thread().submit(lambda: None).result(timeout=UNMOUNT_WAIT)
         if self.store is not None:
             self.store.close()
 
@@ -174,16 +192,19 @@ class ChatApp(ChatCommands, App[None]):
 
     # -- model -----------------------------------------------------------------------------
 
-    @work(exclusive=True, group="model")
+    @work(exclusive=True, group="load")
     async def _load_model(self, ref: str) -> None:
         from qwen_mlx.runtime import load
 
         self._status_text(f"loading {ref}…")
+        self._begin_busy(f"loading {ref}")
         try:
             model = await on_model_thread(load, ref)
         except Exception as e:
             self._model_failed(ref, e)
             return
+        finally:
+            self._end_busy()
         self._model_ready(model)
 
     def _model_failed(self, ref: str, error: Exception) -> None:
@@ -196,24 +217,45 @@ class ChatApp(ChatCommands, App[None]):
         self.query_one("#loading").display = False
         self.query_one(StatusBar).model_label = f"{model.name} · {model.quantization_label}"
         self.sub_title = model.name
+        initial, self.initial_chat = self.initial_chat, None  # only for the first model
         if self.chat is not None:
             self.chat.model = model.name
             self.store.update(self.chat)
             self._open_chat(self.chat.id)
-        elif self.initial_chat and self.store.get(self.initial_chat) is not None:
-            self._open_chat(self.initial_chat)
+        elif initial:
+            self._open_chat(initial)  # says so, and starts a new chat, if there is none
         else:
             self._start_new_chat()
         self.query_one(PromptInput).focus()
 
-    def _can_reply(self) -> bool:
-        if self.model is None or self.session is None:
-            self.notify("The model is still loading.", severity="warning")
-            return False
+    def _idle(self) -> bool:
+        """True when no model work runs for this chat; else say what does."""
         if self.streaming:
             self.notify("A reply is still streaming (Esc stops it).", severity="warning")
             return False
+        if self.busy:
+            stop = " (Esc stops it)" if self._stop_busy is not None else ""
+            self.notify(f"Still {self.busy}{stop}.", severity="warning")
+            return False
         return True
+
+    def _can_change(self) -> bool:
+        """True when this chat's session exists and nothing is using it."""
+        if self.session is None:
+            self.notify("The model is still loading.", severity="warning")
+            return False
+        return self._idle()
+
+    def _can_reply(self) -> bool:
+        return self.model is not None and self._can_change()
+
+    def _begin_busy(self, what: str, stop: Any = None) -> None:
+        self._stop_busy = stop
+        self.busy = what
+
+    def _end_busy(self) -> None:
+        self._stop_busy = None
+        self.busy = ""
 
     # -- chats -----------------------------------------------------------------------------
 
@@ -247,11 +289,16 @@ class ChatApp(ChatCommands, App[None]):
             self._refresh_chats()
         return self.chat
 
-    @work(exclusive=True, group="model")
+    @work(exclusive=True, group="open")
     async def _open_chat(self, chat_id: str) -> None:
         chat = self.store.get(chat_id)
         if chat is None:
-            self.notify(f"No chat {chat_id}.", severity="error")
+            self.notify(
+                f"No saved chat {chat_id} (the sidebar lists them); starting a new one.",
+                severity="error",
+            )
+            if self.session is None:
+                self._start_new_chat()
             return
         messages = self.store.messages(chat_id)
 
@@ -259,7 +306,11 @@ class ChatApp(ChatCommands, App[None]):
             session = self._session_for(chat, messages)
             return session, (session.context_tokens, session.context_limit)
 
-        session, context = await on_model_thread(job)
+        self._begin_busy(f"opening “{chat.title}”")
+        try:
+            session, context = await on_model_thread(job)
+        finally:
+            self._end_busy()
         self._show_chat(chat, session, context)
 
     def _session_for(self, chat: Chat, messages: list[dict[str, Any]]) -> Any:
@@ -299,7 +350,7 @@ class ChatApp(ChatCommands, App[None]):
 
     @on(ChatList.Selected)
     def _chat_picked(self, event: ChatList.Selected) -> None:
-        if self.streaming or self.model is None:
+        if self.model is None or not self._idle():
             return
         if self.chat is None or event.chat_id != self.chat.id:
             self._open_chat(event.chat_id)
@@ -311,7 +362,7 @@ class ChatApp(ChatCommands, App[None]):
     # -- sending and streaming -------------------------------------------------------------
 
     @on(PromptInput.Submitted)
-    def _submitted(self, event: PromptInput.Submitted) -> None:
+    async def _submitted(self, event: PromptInput.Submitted) -> None:
         text = event.text
         if text.startswith("/"):
             self.query_one(PromptInput).clear()
@@ -319,7 +370,10 @@ class ChatApp(ChatCommands, App[None]):
             return
         if not self._can_reply():
             return
-        warning = self.session.fit_report(text)
+        session = self.session
+        warning = await on_model_thread(session.fit_report, text)  # tokenizes: not on the UI
+        if session is not self.session or not self._can_reply():
+            return  # the chat changed while the text was measured
         if warning is None:
             self._send(text)
         elif self.session.policy.value == "error":
@@ -344,31 +398,40 @@ class ChatApp(ChatCommands, App[None]):
         self.streaming = True
         self._generate(kind, text)
 
-    def watch_streaming(self, streaming: bool) -> None:
+    def watch_streaming(self) -> None:
+        self._lock_input()
+
+    def watch_busy(self) -> None:
+        self._lock_input()
+
+    def _lock_input(self) -> None:
+        locked = self.streaming or bool(self.busy)
         prompt = self.query_one(PromptInput)
-        prompt.read_only = streaming
-        prompt.set_class(streaming, "locked")
+        prompt.read_only = locked
+        prompt.set_class(locked, "locked")
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in _OWN_ACTIONS and len(self.screen_stack) > 1:
             return False  # a dialog is open: its own keys apply
         if action == "stop":
-            return self.streaming
+            return self.streaming or self._stop_busy is not None
         return True
 
     @work(group="reply")
     async def _generate(self, kind: str, text: str | None) -> None:
-        await on_model_thread(self._reply_job, self.session, kind, text)
+        await on_model_thread(self._reply_job, self.chat, self.session, kind, text)
 
-    def _reply_job(self, session: Any, kind: str, text: str | None) -> None:
-        """On the model thread: stream the reply to the UI in batches, then save. Every
-        message goes out from this thread, so ReplyDone arrives after the last text."""
+    def _reply_job(self, chat: Chat | None, session: Any, kind: str, text: str | None) -> None:
+        """On the model thread: stream the reply to the UI in batches, save the messages,
+        report done, then save the KV cache (which can take a while for a long chat; the
+        next model job waits for it). Every message goes out from this thread, so
+        ReplyDone arrives after the last text."""
         error: BaseException | None = None
         try:
             if kind == "send":
                 stream = session.send(text)
-                self._persist(session, cache=False)  # the question survives a crash
+                self._persist(chat, session, cache=False)  # the question survives a crash
             else:
                 stream = session.regenerate()
             pending: list[str] = []
@@ -388,17 +451,24 @@ class ChatApp(ChatCommands, App[None]):
             if kind == "send":
                 session.undo()
         try:
-            self._persist(session, cache=error is None)
+            self._persist(chat, session, cache=False)
         except Exception as e:  # a full disk, say: the reply is on screen, say so
             error = error or e
         self.post_message(self.ReplyDone(error, (session.context_tokens, session.context_limit)))
+        if error is None:
+            try:
+                self._persist(chat, session, cache=True)
+            except Exception as e:
+                self.notify(f"The chat's KV cache was not saved: {e}", severity="warning")
 
-    def _persist(self, session: Any, *, cache: bool) -> None:
-        if self.chat is None:
+    def _persist(self, chat: Chat | None, session: Any, *, cache: bool) -> None:
+        """Save the messages, and with `cache` the KV cache, of `chat` (on the model
+        thread: the chat the job started with, whatever the screen shows now)."""
+        if chat is None:
             return
-        self.store.save_messages(self.chat.id, session.messages_for_storage())
+        self.store.save_messages(chat.id, session.messages_for_storage())
         if cache:
-            session.save(self.store.session_path(self.chat.id))
+            session.save(self.store.session_path(chat.id))
 
     async def on_chat_app_reply_text(self, message: ReplyText) -> None:
         if self._reply is not None:
@@ -455,6 +525,8 @@ class ChatApp(ChatCommands, App[None]):
     def action_stop(self) -> None:
         if self.streaming and self.session is not None:
             self.session.stop()
+        elif self._stop_busy is not None:
+            self._stop_busy()
         elif isinstance(self.screen, NoModelScreen):
             self.screen.dismiss(False)
 

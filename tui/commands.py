@@ -5,6 +5,7 @@ holds the conversation itself."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ class ChatCommands:
             self._refresh_chats()
 
     def action_delete_chat(self) -> None:
-        if self.chat is None or self.streaming:
+        if self.chat is None or not self._idle():
             return
         chat = self.chat
         self.push_screen(
@@ -120,38 +121,62 @@ class ChatCommands:
         p = self.session.params
         params = {k: getattr(p, k) for k, _, _ in SettingsScreen.FIELDS}
         self.push_screen(
-            SettingsScreen(self.session.system or "", params, self.session.policy.value),
+            SettingsScreen(
+                self.session.system or "",
+                params,
+                self.session.policy.value,
+                check=self._params_with,
+            ),
             self._apply_settings,
         )
 
     def _apply_settings(self, values: dict[str, Any] | None) -> None:
-        if not values:
+        if not values or not self._can_change():
             return
         from qwen_mlx.session import ContextPolicy
 
+        try:  # everything is checked before anything changes
+            overrides = self._overrides_with(values["params"])
+            params = self._params_with(values["params"])
+            policy = ContextPolicy(values["policy"])
+        except ValueError as e:
+            self.notify(f"Settings not saved: {e}", severity="error")
+            return
         self.session.system = values["system"].strip() or None
-        self.session.policy = ContextPolicy(values["policy"])
-        self._set_params(values["params"])
+        self.session.policy = policy
+        self.session.params, self.overrides = params, overrides
+        self._save_chat_settings()
         self.notify("Settings saved for this chat.")
 
-    def _set_params(self, changes: dict[str, Any]) -> None:
-        """Change sampling parameters of this chat (None: back to the model's default)."""
+    def _overrides_with(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """This chat's parameter overrides after `changes` (None: back to the default)."""
         current = dict(self.overrides)
         for key, value in changes.items():
             if value is None:
                 current.pop(key, None)
             else:
                 current[key] = value
-        self.session.params = self.model.default_params.replace(**current)  # validates
-        self.overrides = current
+        return current
+
+    def _params_with(self, changes: dict[str, Any]) -> Any:
+        """The sampling parameters `changes` would give; ValueError if the sampler refuses."""
+        return self.model.default_params.replace(**self._overrides_with(changes))
+
+    def _set_params(self, changes: dict[str, Any]) -> None:
+        """Change sampling parameters of this chat (None: back to the model's default)."""
+        self.session.params = self._params_with(changes)  # validates
+        self.overrides = self._overrides_with(changes)
+        self._save_chat_settings()
+
+    def _save_chat_settings(self) -> None:
         if self.chat is not None:
-            self.chat.params = current
+            self.chat.params = dict(self.overrides)
             self.chat.system = self.session.system
             self.chat.policy = self.session.policy.value
             self.store.update(self.chat)
 
     def action_pick_model(self, name: str | None = None) -> None:
-        if self.streaming:
+        if not self._idle():
             return
         if name:
             self._load_model(name)
@@ -174,56 +199,95 @@ class ChatCommands:
         if not self._can_reply():
             return
         if path:
-            self._read_attachment(Path(path).expanduser())
+            self._attach(Path(path).expanduser())
         else:
-            self.push_screen(
-                FilePicker(Path.cwd()), lambda p: self._read_attachment(p) if p else None
-            )
+            self.push_screen(FilePicker(Path.cwd()), lambda p: self._attach(p) if p else None)
 
-    @work(group="reply")
-    async def _read_attachment(self, path: Path) -> None:
+    @work(group="attach")
+    async def _attach(self, path: Path) -> None:
+        """Read a file into the conversation: whole if it fits, else (if the user agrees)
+        as a summary. The chat is busy throughout; Esc stops the model's part."""
         from qwen_mlx.documents import read_document
 
+        if not self._can_reply():
+            return
+        session, stop = self.session, threading.Event()
+        self._begin_busy(f"reading {path.name}", stop=lambda: (stop.set(), session.stop()))
         try:
-            text = read_document(path)
-        except (OSError, ValueError) as e:
-            self.notify(str(e), severity="error")
-            return
-        message = f"Attached file `{path.name}`:\n\n{text}"
-        fits = await on_model_thread(self.session.fit_report, message)
-        if fits is None:
-            self._attach_text(message, path.name)
-            return
-        tokens = await on_model_thread(self.session.count_tokens, message)
-        question = (
-            f"{path.name} has about {tokens:,} tokens: more than fits in this chat. "
-            "Summarize it part by part and attach the summary?"
-        )
-        if await self.push_screen_wait(ConfirmScreen(question, "Summarize", "Cancel")):
-            self._summarize_attachment(text, path.name)
+            try:
+                text = await asyncio.to_thread(read_document, path)  # a PDF can take a while
+            except (OSError, ValueError) as e:
+                self.notify(str(e), severity="error")
+                return
+            message = f"Attached file `{path.name}`:\n\n{text}"
+            fits = await on_model_thread(session.fit_report, message)
+            if fits is not None:
+                tokens = await on_model_thread(session.count_tokens, message)
+                question = (
+                    f"{path.name} has about {tokens:,} tokens: more than fits in this chat. "
+                    "Summarize it part by part and attach the summary?"
+                )
+                if not await self.push_screen_wait(ConfirmScreen(question, "Summarize", "Cancel")):
+                    return
+                message = await self._summarize_attachment(session, text, path.name, stop)
+                if message is None:
+                    return
+            await self._read_into_context(session, message, path.name)
+        finally:
+            self._end_busy()
 
-    def _attach_text(self, message: str, name: str) -> None:
-        self._ensure_chat(f"About {name}")
-        self.session.add_message({"role": "user", "content": message})
-        self.query_one("#messages").mount(MessageView("user", message))
-        self._prefill(name)
+    async def _summarize_attachment(
+        self, session: Any, text: str, name: str, stop: threading.Event
+    ) -> str | None:
+        from qwen_mlx.documents import summarize
+        from qwen_mlx.errors import GenerationCancelled
 
-    @work(group="reply")
-    async def _prefill(self, name: str) -> None:
         bar = self.query_one("#progress", ProgressBar)
         bar.display = True
-        session = self.session
+        self.busy = f"summarizing {name}"
+        limit = max(session.context_limit - session.context_tokens, 512) // 2
+
+        def progress(stage: str, done: int, total: int) -> None:
+            self.call_from_thread(bar.update, total=total, progress=done)
+
+        try:
+            summary = await on_model_thread(
+                summarize,
+                self.model,
+                text,
+                max_context=limit,
+                progress=progress,
+                should_stop=stop.is_set,
+            )
+        except GenerationCancelled:
+            self.notify(f"Stopped summarizing {name}; nothing was attached.")
+            return None
+        except Exception as e:
+            self.notify(f"Could not summarize {name}: {e}", severity="error")
+            return None
+        finally:
+            bar.display = False
+        return f"Summary of the attached file `{name}` ({summary.chunks} parts):\n\n{summary.text}"
+
+    async def _read_into_context(self, session: Any, message: str, name: str) -> None:
+        """Add the message and prefill it now, so the next reply starts at once."""
+        chat = self._ensure_chat(f"About {name}")
+        session.add_message({"role": "user", "content": message})
+        self.query_one("#messages").mount(MessageView("user", message))
+        bar = self.query_one("#progress", ProgressBar)
+        bar.display = True
         session.prefill_progress = lambda done, total: self.call_from_thread(
             bar.update, total=total, progress=done
         )
 
-        def job() -> tuple[int, tuple[int, int]]:
+        def job() -> tuple[int, bool, tuple[int, int]]:
             read = session.prefill()
-            self._persist(session, cache=True)
-            return read, (session.context_tokens, session.context_limit)
+            complete = len(session.cache_tokens) == session.context_tokens
+            self._persist(chat, session, cache=True)
+            return read, complete, (session.context_tokens, session.context_limit)
 
         try:
-            read, context = await on_model_thread(job)
+            read, complete, context = await on_model_thread(job)
         except Exception as e:
             self.notify(f"Could not read {name}: {e}", severity="error")
             return
@@ -231,32 +295,10 @@ class ChatCommands:
             session.prefill_progress = None
             bar.display = False
         self._update_context(*context)
-        self.notify(f"Read {name}: {read:,} tokens.")
-
-    @work(group="reply")
-    async def _summarize_attachment(self, text: str, name: str) -> None:
-        from qwen_mlx.documents import summarize
-
-        bar = self.query_one("#progress", ProgressBar)
-        bar.display = True
-        limit = max(self.session.context_limit - self.session.context_tokens, 512) // 2
-
-        def progress(stage: str, done: int, total: int) -> None:
-            self.call_from_thread(bar.update, total=total, progress=done)
-
-        try:
-            summary = await on_model_thread(
-                summarize, self.model, text, max_context=limit, progress=progress
-            )
-        except Exception as e:
-            self.notify(f"Could not summarize {name}: {e}", severity="error")
-            return
-        finally:
-            bar.display = False
-        message = (
-            f"Summary of the attached file `{name}` ({summary.chunks} parts):\n\n{summary.text}"
-        )
-        self._attach_text(message, name)
+        if complete:
+            self.notify(f"Read {name}: {read:,} tokens.")
+        else:
+            self.notify(f"Stopped reading {name}; the rest is read with your next message.")
 
     # -- slash commands --------------------------------------------------------------------
 
@@ -265,8 +307,7 @@ class ChatCommands:
         arg = arg.strip()
         if name in PARAM_COMMANDS:
             key, kind = PARAM_COMMANDS[name]
-            if self.session is None:
-                self.notify("The model is still loading.")
+            if not self._can_change():
                 return
             try:
                 self._set_params({key: kind(arg) if arg else None})
@@ -275,23 +316,21 @@ class ChatCommands:
                 return
             self.notify(f"{key} = {getattr(self.session.params, key)}")
         elif name == "/system":
-            if self.session is not None:
+            if self._can_change():
                 self.session.system = arg or None
-                if self.chat is not None:
-                    self.chat.system = arg or None
-                    self.store.update(self.chat)
+                self._save_chat_settings()
                 self.notify("System prompt set." if arg else "System prompt cleared.")
         elif name == "/policy":
             from qwen_mlx.session import ContextPolicy
 
+            if not self._can_change():
+                return
             try:
                 self.session.policy = ContextPolicy(arg)
             except ValueError:
                 self.notify("Policies: truncate, kv-quantize, error.", severity="error")
                 return
-            if self.chat is not None:
-                self.chat.policy = arg
-                self.store.update(self.chat)
+            self._save_chat_settings()
             self.notify(f"Context policy: {arg}")
         elif name == "/clear":
             if self._can_reply():

@@ -61,7 +61,7 @@ def to_markdown(
         if message.get("stopped"):
             lines += ["", "_(stopped)_"]
         lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(lines).rstrip("\n") + "\n"  # the last message keeps its own text
 
 
 def default_export_path(title: str, folder: Path | None = None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +164,17 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
         ("repetition_penalty", "Repetition penalty", float),
     )
 
-    def __init__(self, system: str, params: dict[str, Any], policy: str) -> None:
+    def __init__(
+        self,
+        system: str,
+        params: dict[str, Any],
+        policy: str,
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """`check(params)` raises ValueError for values the sampler would refuse."""
         super().__init__()
         self.system, self.params, self.policy = system, params, policy
+        self.check = check
 
     def compose(self) -> ComposeResult:
         with Vertical(id="settings", classes="dialog"):
@@ -200,6 +209,12 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
                 values[key] = kind(text)
             except ValueError:
                 self.query_one("#settings-error", Label).update(f"{label}: not a number")
+                return
+        if self.check is not None:
+            try:
+                self.check(values)
+            except ValueError as e:
+                self.query_one("#settings-error", Label).update(str(e))
                 return
         self.dismiss(
             {
