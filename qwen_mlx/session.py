@@ -588,8 +588,8 @@ class ChatSession:
     # -- save and resume ------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the session (JSON) and its KV cache (`<path>.kv.safetensors`) atomically
-        (see session_files.py for the format)."""
+        """Write the session (JSON) and its KV cache (`<path>.<sha12>.kv.safetensors`)
+        atomically (see session_files.py for the format)."""
         if self.busy:
             raise RuntimeError("Cannot save while a reply is being generated.")
         state = {

@@ -1,17 +1,20 @@
 """The saved-session format: a JSON file and, beside it, its KV cache.
 
-    chat.json                  messages, parameters, the token ids the cache holds, the
-                               model's fingerprint and the cache file's sha256
-    chat.json.kv.safetensors   the KV cache (mlx-lm's prompt-cache format)
+    chat.json                        messages, parameters, the token ids the cache holds,
+                                     the model's fingerprint, the cache file's name and sha256
+    chat.json.<sha12>.kv.safetensors the KV cache (mlx-lm's prompt-cache format), named
+                                     after the start of its own sha256
 
-The cache file is written first and the JSON last, each atomically; the JSON names the
-cache's sha256, so a crash in between leaves the previous save usable and never a
-mismatched pair. Reading checks the fingerprint, the checksum and the token count, and
-explains why a cache cannot be used; the messages always come back.
+The new cache file is written first, under a new name, then the JSON that names it, each
+atomically; only then is the previous cache file deleted. A crash at any point leaves a
+JSON and the very cache it names: the previous save, or the new one. Reading checks the
+fingerprint, the checksum and the token count, and explains why a cache cannot be used;
+the messages always come back.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import uuid
@@ -45,13 +48,14 @@ def write_session(
     path.parent.mkdir(parents=True, exist_ok=True)
     cache_info = None
     if cache is not None and cache_tokens:
-        cache_file = path.with_name(path.name + CACHE_SUFFIX)
-        tmp = cache_file.with_name(f".{cache_file.name}.{uuid.uuid4().hex[:8]}.safetensors")
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{CACHE_SUFFIX}")
         try:
             save_cache(tmp, cache, {"session": state["id"], "tokens": str(len(cache_tokens))})
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             digest = sha256_file(tmp)
+            cache_file = path.with_name(f"{path.name}.{digest[:12]}{CACHE_SUFFIX}")
+            fresh = not cache_file.exists()  # else the same cache was saved before
             os.replace(tmp, cache_file)
             fsync_dir(cache_file.parent)
         finally:
@@ -62,8 +66,21 @@ def write_session(
             "tokens": cache_tokens,
             "kv_bits": kv_bits,
         }
-    atomic_write_json(path, {"format": SESSION_FORMAT, **state, "cache": cache_info})
+    try:
+        atomic_write_json(path, {"format": SESSION_FORMAT, **state, "cache": cache_info})
+    except BaseException:
+        if cache_info is not None and fresh:
+            cache_file.unlink(missing_ok=True)  # no JSON names it
+        raise
+    for old in cache_files(path):  # earlier saves' caches, or all of them when there is none
+        if cache_info is None or old.name != cache_info["file"]:
+            old.unlink(missing_ok=True)
     return path
+
+
+def cache_files(path: Path) -> list[Path]:
+    """The cache files beside the session file `path` (normally one)."""
+    return sorted(path.parent.glob(f"{glob.escape(path.name)}.*{CACHE_SUFFIX}"))
 
 
 def read_session(path: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from qwen_mlx.convert import convert
 from qwen_mlx.errors import ContextOverflowError
 from qwen_mlx.memory import MIN_CHUNK, Budget, MemoryPlanner, ModelShape, attention_workspace
 from qwen_mlx.runtime import cache_length
+from qwen_mlx.session_files import cache_files
 
 REPLY = {"max_tokens": 8, "temperature": 0}
 
@@ -198,7 +199,7 @@ def test_resume_with_the_same_model_prefills_only_the_next_message(tiny_model, t
     for text in ("My name is Ada.", "I like bicycles.", "And tea."):
         reply(session.send(text, **REPLY))
     path = session.save(tmp_path / "chat.json")
-    assert (tmp_path / "chat.json.kv.safetensors").is_file()
+    assert len(cache_files(path)) == 1
     resumed = ChatSession.load(path, tiny_model)
     assert resumed.notices == []
     assert resumed.messages == session.messages
@@ -225,7 +226,7 @@ def test_damaged_cache_file_falls_back_without_losing_messages(tiny_model, tmp_p
     session = ChatSession(tiny_model)
     reply(session.send("hello", **REPLY))
     session.save(tmp_path / "chat.json")
-    cache_file = tmp_path / "chat.json.kv.safetensors"
+    [cache_file] = cache_files(tmp_path / "chat.json")
     if damage == "truncate":
         cache_file.write_bytes(cache_file.read_bytes()[:-50])
     elif damage == "garbage":
@@ -263,9 +264,25 @@ def test_save_is_atomic_when_writing_fails(tiny_model, tmp_path, monkeypatch):
         session.save(tmp_path / "chat.json")
     assert (tmp_path / "chat.json").read_bytes() == before
     resumed = ChatSession.load(tmp_path / "chat.json", tiny_model)
-    # The old JSON names the old cache's checksum: the newer cache file is not trusted.
-    assert len(resumed.messages) == 2
+    # The old JSON and the very cache it names: the previous save, whole.
+    assert len(resumed.messages) == 2 and resumed.notices == []
+    assert len(resumed.cache_tokens) > 0
+    assert len(cache_files(tmp_path / "chat.json")) == 1  # the new cache went with its JSON
     assert not list(tmp_path.glob(".*"))
+
+
+def test_each_save_keeps_only_the_cache_its_json_names(tiny_model, tmp_path):
+    session = ChatSession(tiny_model)
+    path = tmp_path / "chat.json"
+    reply(session.send("hello", **REPLY))
+    session.save(path)
+    first = cache_files(path)
+    reply(session.send("more", **REPLY))
+    session.save(path)
+    [second] = cache_files(path)
+    assert first != [second] and json.loads(path.read_text())["cache"]["file"] == second.name
+    ChatSession(tiny_model).save(path)  # nothing cached: no stale file is left to mislead
+    assert cache_files(path) == [] and json.loads(path.read_text())["cache"] is None
 
 
 def test_sampling_params_survive_a_save(tiny_model, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from textual.widgets import Input, TextArea
 
 from qwen_mlx.convert import convert
+from qwen_mlx.session_files import cache_files
 from tui.app import ChatApp
 from tui.screens import HelpScreen, NoModelScreen, SettingsScreen
 from tui.store import ChatStore
@@ -176,7 +177,7 @@ def test_a_chat_survives_a_restart_with_its_cache(stored, home):
             assert stats.prefilled_tokens <= len(app.model.encode("Which number?")) + 16
 
     chat_id, held = asyncio.run(first())
-    assert (home / "sessions" / f"{chat_id}.json.kv.safetensors").is_file()
+    assert len(cache_files(home / "sessions" / f"{chat_id}.json")) == 1
     asyncio.run(second(chat_id, held))
 
 
@@ -303,7 +304,7 @@ def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home):
     saved = ChatStore(home).messages(chat_id)
     assert [m["role"] for m in saved] == ["user", "assistant"]
     assert saved[1]["stopped"] and saved[1]["content"]
-    assert (home / "sessions" / f"{chat_id}.json.kv.safetensors").is_file()
+    assert len(cache_files(home / "sessions" / f"{chat_id}.json")) == 1
 
 
 def test_settings_refused_by_the_sampler_change_nothing(stored, home):

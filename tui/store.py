@@ -1,9 +1,9 @@
 """Saved chats: SQLite under $QWEN_MLX_HOME (`chats.sqlite`), KV caches beside it.
 
 Every completed message is written at once, so a crash or a kill loses at most the reply
-in flight. Each chat's KV cache lives in `sessions/<chat id>.json` (+ `.kv.safetensors`),
-written by ChatSession.save after each reply; reopening a chat restores it, so the next
-reply reads only the new message. Schema upgrades are append-only migrations keyed on
+in flight. Each chat's KV cache lives in `sessions/<chat id>.json` and the cache file it
+names, written by ChatSession.save after each reply; reopening a chat restores it, so the
+next reply reads only the new message. Schema upgrades are append-only migrations keyed on
 `PRAGMA user_version`.
 """
 
