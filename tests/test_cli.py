@@ -54,6 +54,10 @@ def test_subcommands_run_as_modules():
         text=True,
     )
     assert proc.returncode == 0 and "--prompt" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "qwen_mlx", "models", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "usage: qwen-mlx models" in proc.stdout
 
 
 def test_demo_builds_converts_loads_and_generates(home, capsys):
