@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DamagedModelError, GenerationCancelled
+from .errors import DamagedModelError, GenerationCancelled, ModelNotFoundError
 from .manifest import Manifest, manifest_sha256, read_manifest, verify_files
 from .store import resolve
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import mlx.nn as nn
@@ -218,7 +221,15 @@ def load(
 
     folder = resolve(ref, home=home, revision=revision)
     manifest = read_manifest(folder)
-    if manifest is not None:
+    if manifest is None:
+        _check_model_folder(folder)
+        if verify:
+            logger.warning(
+                "%s has no manifest.json: there are no checksums to verify it against "
+                "(`qwen-mlx models import` adds it to the store with one).",
+                folder,
+            )
+    else:
         problems = verify_files(folder, manifest, full=verify)
         if problems:
             listed = "; ".join(map(str, problems[:5]))
@@ -244,6 +255,23 @@ def load(
             manifest_sha256(folder) or _fingerprint(folder), context_extension
         ),
     )
+
+
+def _check_model_folder(folder: Path) -> None:
+    missing = [
+        what
+        for what, present in (
+            ("config.json", (folder / "config.json").is_file()),
+            ("weights (*.safetensors)", any(folder.glob("*.safetensors"))),
+        )
+        if not present
+    ]
+    if missing:
+        raise ModelNotFoundError(
+            f"{folder} is not a model folder: it has no {' and no '.join(missing)}. Convert "
+            "a Hugging Face checkpoint with `qwen-mlx convert --hf-path PATH_OR_REPO`, or "
+            "name a stored model (see `qwen-mlx models list`)."
+        )
 
 
 def _yarn_overrides(folder: Path, factor: float) -> dict[str, Any]:

@@ -126,6 +126,26 @@ def test_unknown_model_says_how_to_get_one():
         load("qwen3-4b-instruct")
 
 
+def test_a_folder_that_is_not_a_model_is_named_as_such(tmp_path, capsys):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json and no weights"):
+        load(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3"}')
+    assert main(["--model", str(tmp_path), "--prompt", "Hi"]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is not a model folder: it has no weights (*.safetensors)" in err
+
+
+def test_verify_without_a_manifest_says_there_is_nothing_to_check(tiny_mlx, tmp_path, caplog):
+    import shutil
+
+    folder = tmp_path / "plain"
+    shutil.copytree(tiny_mlx, folder)
+    (folder / "manifest.json").unlink()
+    with caplog.at_level("WARNING", logger="qwen_mlx.runtime"):
+        load(folder, verify=True)
+    assert "no manifest.json: there are no checksums" in caplog.text
+
+
 def test_cli_streams_to_stdout_and_stats_to_stderr(tiny_mlx, capsys):
     code = main(["--model", str(tiny_mlx), "--prompt", "Hi", "--temperature", "0", "-n", "8"])
     assert code == 0

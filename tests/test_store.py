@@ -11,6 +11,7 @@ import sqlite3
 import pytest
 
 from qwen_mlx import load
+from qwen_mlx.commands.convert import main as convert_main
 from qwen_mlx.commands.models import main
 from qwen_mlx.convert import convert
 from qwen_mlx.errors import DamagedModelError, RegistryError
@@ -220,6 +221,11 @@ def test_pin_freezes_latest_against_conversions_and_set_latest(two_versions, tin
     assert latest(two_versions) == Q4
     result = convert(str(tiny_hf), q_bits=6)
     assert result.registered and not result.became_latest
+    assert latest(two_versions) == Q4
+    assert convert_main(["--hf-path", str(tiny_hf), "--q-bits", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"{FAMILY} is pinned or frozen, so its latest stays" in out
+    assert "models set-latest qwen3-1m-tiny-2507-mlx-q5-g64" in out
     assert latest(two_versions) == Q4
     code, _, err = run(capsys, "set-latest", Q8)
     assert code == 1 and "pinned" in err

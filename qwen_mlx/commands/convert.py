@@ -109,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  quality: KL {q.kl_divergence:.4f}, top-1 agreement {q.top1_agreement:.1%}, "
             f"perplexity {q.perplexity_source:.2f} -> {q.perplexity_converted:.2f}"
         )
-    if result.registered:
-        state = "now the latest" if result.became_latest else "registered (family is pinned)"
-        print(f"  store: {state} of {m.family}")
+    if result.registered and result.became_latest:
+        print(f"  store: now the latest of {m.family}")
+    elif result.registered:
+        print(
+            f"  store: registered; {m.family} is pinned or frozen, so its latest stays "
+            f"(switch with `qwen-mlx models set-latest {m.name}`)"
+        )
     print(f"  took {result.seconds:.1f} s", file=sys.stderr)
     return 0
 
