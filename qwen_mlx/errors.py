@@ -45,6 +45,14 @@ class RegistryError(QwenMLXError, RuntimeError):
     """The store's registry database cannot be read or written."""
 
 
+class SchemaTooNewError(QwenMLXError, RuntimeError):
+    """A SQLite file was written by a newer qwen-mlx."""
+
+
+class ChatStoreError(QwenMLXError, RuntimeError):
+    """The chat app's saved chats cannot be read."""
+
+
 class StoreError(QwenMLXError, ValueError):
     """A store operation is not allowed (removing the latest, pinning nothing, ...)."""
 

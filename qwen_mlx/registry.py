@@ -1,6 +1,6 @@
 """`registry.sqlite`: the store's models, their files and sha256, and an event log.
 
-Schema upgrades are append-only named migrations keyed on `PRAGMA user_version`.
+Schema upgrades are append-only named migrations (see migrations.py).
 Writers take SQLite's write lock up front (`BEGIN IMMEDIATE`) and wait for each other,
 so two conversions finishing at once both land and the file never tears.
 """
@@ -15,8 +15,9 @@ from pathlib import Path
 
 from .errors import RegistryError
 from .manifest import Manifest, now_iso
+from .migrations import Migrations, migrate
 
-MIGRATIONS: list[tuple[str, str]] = [
+MIGRATIONS: Migrations = [
     (
         "create models, files, events, families",
         """
@@ -124,22 +125,7 @@ class Registry:
         self._conn.close()
 
     def _migrate(self) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise RegistryError(
-                f"{self.path} was written by a newer qwen-mlx (schema {version}); upgrade qwen-mlx."
-            )
-        if version == len(MIGRATIONS):
-            return
-        if version == 0:
-            self._conn.execute("PRAGMA journal_mode = WAL")
-        with self.transaction() as conn:
-            # Re-read under the write lock: another process may have migrated meanwhile.
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, (_name, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, sql.split(";")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
+        migrate(self._conn, MIGRATIONS, self.path, too_new=RegistryError)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -67,6 +67,22 @@ async def reply(pilot) -> None:
     )
 
 
+async def start_a_long_reply(pilot) -> None:
+    """Send a message whose reply goes on (greedy: the tiny model never ends on its own)
+    and wait until some of it is on screen."""
+    app = await ready(pilot)
+    app.run_command("/temp 0")
+    app.run_command("/max_tokens 5000")
+    await type_and_send(pilot, "Tell me everything")
+    await wait_for(
+        pilot,
+        lambda: (
+            app.streaming
+            and [v for v in app.query(MessageView) if v.role == "assistant" and v.content]
+        ),
+    )
+
+
 def views(app: ChatApp) -> list[tuple[str, str]]:
     return [(v.role, v.content) for v in app.query(MessageView)]
 
@@ -102,16 +118,7 @@ def test_escape_stops_the_reply_and_keeps_the_partial_text(stored, home):
     async def run():
         app = ChatApp(home=home)
         async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
-            app.run_command("/temp 0")  # greedy: the tiny model never ends on its own
-            app.run_command("/max_tokens 5000")
-            await type_and_send(pilot, "Tell me everything")
-            view = None
-            await wait_for(pilot, lambda: app.streaming)
-            await wait_for(
-                pilot,
-                lambda: [v for v in app.query(MessageView) if v.role == "assistant" and v.content],
-            )
+            await start_a_long_reply(pilot)
             await pilot.press("escape")
             await reply(pilot)
             view = list(app.query(MessageView))[-1]
@@ -290,14 +297,7 @@ def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home):
     async def run():
         app = ChatApp(home=home)
         async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
-            app.run_command("/temp 0")  # greedy: the tiny model never ends on its own
-            app.run_command("/max_tokens 5000")
-            await type_and_send(pilot, "Tell me everything")
-            await wait_for(
-                pilot,
-                lambda: [v for v in app.query(MessageView) if v.role == "assistant" and v.content],
-            )
+            await start_a_long_reply(pilot)
             return app.chat.id  # leaving the block quits the app mid-reply
 
     chat_id = asyncio.run(run())
@@ -510,3 +510,22 @@ def test_store_survives_a_reopen(home):
     assert json.loads(conn.execute("SELECT params FROM chats").fetchone()[0]) == {
         "temperature": 0.2
     }
+
+
+@pytest.mark.parametrize("damage", ["newer", "garbage"])
+def test_an_unreadable_chats_file_is_one_clear_error(home, capsys, damage):
+    from qwen_mlx.commands.chat import main
+
+    ChatStore(home).close()
+    if damage == "newer":
+        conn = sqlite3.connect(home / "chats.sqlite")
+        conn.execute("PRAGMA user_version = 99")
+        conn.close()
+    else:
+        for side in home.glob("chats.sqlite-*"):
+            side.unlink()
+        (home / "chats.sqlite").write_bytes(b"not a database" * 100)
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert str(home / "chats.sqlite") in err and "Traceback" not in err
+    assert ("newer qwen-mlx" if damage == "newer" else "Move it aside") in err

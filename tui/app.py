@@ -114,7 +114,7 @@ class ChatApp(ChatCommands, App[None]):
         self.model: Any = None
         self.session: Any = None
         self.chat: Chat | None = None
-        self.store: ChatStore | None = None
+        self.store = ChatStore(self.home)  # here, so an unreadable file stops the start
         self._reply: _Reply | None = None
         self._stop_busy: Any = None  # stops the busy work, if it can be stopped
         self.overrides: dict[str, Any] = {}  # this chat's sampling parameters
@@ -134,7 +134,6 @@ class ChatApp(ChatCommands, App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.store = ChatStore(self.home)
         self.query_one("#progress").display = False
         self.query_one("#messages", VerticalScroll).anchor()
         self._refresh_chats()
@@ -159,12 +158,11 @@ class ChatApp(ChatCommands, App[None]):
         # still being written after that is rewritten next time.
         with suppress(Timeout):
             model_thread().submit(lambda: None).result(timeout=UNMOUNT_WAIT)
-        if self.store is not None:
-            self.store.close()
+        self.store.close()
 
     def _default_model(self) -> str | None:
         """The chat's model, else qwen3-4b-instruct's latest, else any latest in the store."""
-        if self.initial_chat and self.store is not None:
+        if self.initial_chat:
             chat = self.store.get(self.initial_chat)
             if chat is not None and chat.model:
                 return chat.model

@@ -3,8 +3,8 @@
 Every completed message is written at once, so a crash or a kill loses at most the reply
 in flight. Each chat's KV cache lives in `sessions/<chat id>.json` and the cache file it
 names, written by ChatSession.save after each reply; reopening a chat restores it, so the
-next reply reads only the new message. Schema upgrades are append-only migrations keyed on
-`PRAGMA user_version`.
+next reply reads only the new message. Schema upgrades are append-only migrations
+(qwen_mlx/migrations.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-MIGRATIONS: list[tuple[str, str]] = [
+from qwen_mlx.errors import ChatStoreError
+from qwen_mlx.manifest import now_iso
+from qwen_mlx.migrations import Migrations, migrate
+
+MIGRATIONS: Migrations = [
     (
         "chats and messages",
         """
@@ -60,10 +63,6 @@ def _locked(method):
     return wrapper
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 @dataclass
 class Chat:
     id: str
@@ -89,26 +88,15 @@ class ChatStore:
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise RuntimeError(f"{self.path} was written by a newer qwen-mlx; upgrade it.")
-        if version == len(MIGRATIONS):
-            return
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            for number, (_name, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, sql.split(";")):
-                    self._conn.execute(statement)
-                self._conn.execute(f"PRAGMA user_version = {number}")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            migrate(self._conn, MIGRATIONS, self.path)
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise ChatStoreError(
+                f"{self.path} cannot be read ({e}). Move it aside to start with no saved "
+                "chats; the models are not affected."
+            ) from e
 
     @_locked
     def close(self) -> None:
@@ -125,7 +113,7 @@ class ChatStore:
         params: dict[str, Any] | None = None,
         policy: str = "truncate",
     ) -> Chat:
-        now = _now()
+        now = now_iso()
         chat = Chat(
             uuid.uuid4().hex[:12], DEFAULT_TITLE, model, system, params or {}, policy, now, now
         )
@@ -153,7 +141,7 @@ class ChatStore:
 
     @_locked
     def update(self, chat: Chat) -> None:
-        chat.updated_at = _now()
+        chat.updated_at = now_iso()
         self._conn.execute(
             "UPDATE chats SET title = ?, model = ?, system = ?, params = ?, policy = ?, "
             "updated_at = ? WHERE id = ?",
@@ -197,7 +185,7 @@ class ChatStore:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._conn.execute("DELETE FROM messages WHERE chat_id = ?", (chat_id,))
-            now = _now()
+            now = now_iso()
             self._conn.executemany(
                 "INSERT INTO messages (chat_id, position, role, content, extra, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

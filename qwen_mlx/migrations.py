@@ -1,0 +1,46 @@
+"""Schema upgrades of the SQLite files (the store's registry, the chat app's chats).
+
+Each file's schema is a list of named migrations that only ever grows; `PRAGMA
+user_version` records how many a file has had. Opening a file applies the missing ones in
+one write transaction, so two processes opening an old file at once upgrade it once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from .errors import SchemaTooNewError
+
+Migrations = list[tuple[str, str]]  # (name, SQL statements separated by ";")
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    migrations: Migrations,
+    path: Path,
+    too_new: type[Exception] = SchemaTooNewError,
+) -> None:
+    """Bring the file behind `conn` (autocommit mode) to the newest schema; raise
+    `too_new` if a newer qwen-mlx wrote it."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(migrations):
+        raise too_new(
+            f"{path} was written by a newer qwen-mlx (schema {version}); upgrade qwen-mlx."
+        )
+    if version == len(migrations):
+        return
+    if version == 0:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, (_name, sql) in enumerate(migrations[version:], start=version + 1):
+            for statement in filter(str.strip, sql.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
