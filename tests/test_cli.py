@@ -73,3 +73,18 @@ def test_demo_builds_converts_loads_and_generates(home, capsys):
     assert [m.name for m in Store(home).list()] == [DEMO_MODEL]
     assert main(["demo", "--max-tokens", "4"]) == 0  # second run reuses the stored model
     assert "convert:" not in capsys.readouterr().err
+
+
+def test_every_sampling_parameter_has_a_flag():
+    import argparse
+    from dataclasses import fields
+
+    from qwen_mlx.commands._common import add_sampling_args, sampling_overrides
+    from qwen_mlx.runtime import SamplingParams
+
+    parser = argparse.ArgumentParser()
+    add_sampling_args(parser)
+    dests = {a.dest for a in parser._actions}
+    assert {f.name for f in fields(SamplingParams)} <= dests
+    args = parser.parse_args(["--top-k", "5", "--stop", "END", "--seed", "3"])
+    assert sampling_overrides(args) == {"top_k": 5, "stop": ["END"], "seed": 3}

@@ -14,7 +14,15 @@ from textual.binding import Binding
 from textual.widgets import ProgressBar
 
 from .export import default_export_path, to_markdown
-from .screens import ConfirmScreen, FilePicker, HelpScreen, ModelPicker, SettingsScreen, TextPrompt
+from .screens import (
+    SAMPLING_FIELDS,
+    ConfirmScreen,
+    FilePicker,
+    HelpScreen,
+    ModelPicker,
+    SettingsScreen,
+    TextPrompt,
+)
 from .store import DEFAULT_TITLE, Chat
 from .widgets import MessageView
 
@@ -26,13 +34,7 @@ def on_model_thread(fn, /, *args, **kwargs):
     return asyncio.wrap_future(model_thread().submit(fn, *args, **kwargs))
 
 
-PARAM_COMMANDS = {
-    "/temp": ("temperature", float),
-    "/top_p": ("top_p", float),
-    "/top_k": ("top_k", int),
-    "/max_tokens": ("max_tokens", int),
-    "/repeat": ("repetition_penalty", float),
-}
+PARAM_COMMANDS = {command: (key, kind) for key, _, kind, command in SAMPLING_FIELDS}
 COMMAND_HELP = (
     ("/help", "show keys and commands"),
     ("/system TEXT", "set the system prompt (no text clears it)"),
@@ -100,10 +102,7 @@ class ChatCommands:
         text = to_markdown(
             title=title,
             model=self.model.name,
-            params={
-                k: getattr(params, k)
-                for k in ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty")
-            },
+            params={key: getattr(params, key) for key, *_ in SAMPLING_FIELDS},
             policy=self.session.policy.value,
             messages=self.session.messages,
         )

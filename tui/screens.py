@@ -23,6 +23,15 @@ from textual.widgets import (
     TextArea,
 )
 
+# The sampling parameters a chat sets: (key, label, type, slash command).
+SAMPLING_FIELDS = (
+    ("temperature", "Temperature", float, "/temp"),
+    ("top_p", "Top p", float, "/top_p"),
+    ("top_k", "Top k", int, "/top_k"),
+    ("max_tokens", "Max tokens", int, "/max_tokens"),
+    ("repetition_penalty", "Repetition penalty", float, "/repeat"),
+)
+
 NO_MODEL_TEXT = """\
 # No model yet
 
@@ -156,13 +165,7 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
     """Per-chat settings: system prompt, sampling parameters, context policy."""
 
     BINDINGS = [("escape", "cancel", "Cancel"), ("ctrl+s", "save", "Save")]
-    FIELDS = (
-        ("temperature", "Temperature", float),
-        ("top_p", "Top p", float),
-        ("top_k", "Top k", int),
-        ("max_tokens", "Max tokens", int),
-        ("repetition_penalty", "Repetition penalty", float),
-    )
+    FIELDS = tuple((key, label, kind) for key, label, kind, _ in SAMPLING_FIELDS)
 
     def __init__(
         self,

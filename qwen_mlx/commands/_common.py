@@ -145,19 +145,13 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = (
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "seed",
-        "max_tokens",
-        "stop",
-    )
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    """The SamplingParams fields given on the command line (see add_sampling_args)."""
+    from dataclasses import fields
+
+    from ..runtime import SamplingParams
+
+    keys = [f.name for f in fields(SamplingParams)]
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def format_stats(chunk: Any) -> str:
