@@ -58,10 +58,6 @@ class Checkpoint:
             if not (self.tied_embeddings and n == "lm_head.weight")
         )
 
-    @property
-    def quantized(self) -> bool:
-        return "quantization" in self.config or any(n.endswith(".scales") for n in self.tensors)
-
     def all_files(self) -> list[str]:
         extra = [INDEX_FILE] if (self.path / INDEX_FILE).is_file() else []
         return ["config.json", *extra, *self.weight_files, *self.tokenizer_files, *self.extra_files]

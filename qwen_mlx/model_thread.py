@@ -31,16 +31,6 @@ class ModelThread:
         self._jobs.put((future, fn, args, kwargs))
         return future
 
-    def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run a job on the model thread and wait for its result (or exception)."""
-        if threading.current_thread() is self._thread:
-            return fn(*args, **kwargs)
-        return self.submit(fn, *args, **kwargs).result()
-
-    @property
-    def thread(self) -> threading.Thread:
-        return self._thread
-
     def _serve(self) -> None:
         while True:
             future, fn, args, kwargs = self._jobs.get()

@@ -203,10 +203,6 @@ class Registry:
         rows = self._query(sql + " ORDER BY family, release, format", args)
         return [_model_row(r) for r in rows]
 
-    def model(self, name: str) -> ModelRow | None:
-        rows = self._query("SELECT * FROM models WHERE name = ?", (name,))
-        return _model_row(rows[0]) if rows else None
-
     def events(self, family: str | None = None) -> list[Event]:
         sql = "SELECT * FROM events"
         args: tuple = ()

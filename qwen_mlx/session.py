@@ -125,7 +125,6 @@ class ChatSession:
         self._cache_tokens: list[int] = []
         self._stop = threading.Event()
         self._busy = threading.Lock()
-        self._version = 0
         self._rendered: dict[tuple[int, bool], list[int]] = {}
         if system:
             self._messages.append({"role": "system", "content": system})
@@ -191,7 +190,6 @@ class ChatSession:
         return len(self.model.encode(text))
 
     def _changed(self) -> None:
-        self._version += 1
         self._rendered.clear()
         self._dropped = min(self._dropped, max(len(self._turn_messages()) - 1, 0))
 

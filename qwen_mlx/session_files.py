@@ -100,10 +100,9 @@ def read_session(path: Path) -> dict[str, Any]:
 
 
 def read_cache(path: Path, data: dict[str, Any], model: Model) -> SavedCache | str:
-    """The saved KV cache if it belongs to `model` and is intact, else why it is not."""
-    info = data.get("cache")
-    if not info:
-        return "there is no saved cache"
+    """The saved KV cache (`data` has one) if it belongs to `model` and is intact, else
+    why it is not."""
+    info = data["cache"]
     saved = data.get("model", {})
     if saved.get("fingerprint") != model.fingerprint:
         return (

@@ -82,7 +82,3 @@ class JsonSchemaProcessor:
         n = min(len(bits), logits.shape[-1])
         allowed[:n] = bits[:n].astype(bool)
         return mx.where(mx.array(allowed), logits, -float("inf"))
-
-    @property
-    def done(self) -> bool:
-        return self.matcher.is_accepting()
