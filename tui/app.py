@@ -499,12 +499,14 @@ class ChatApp(ChatCommands, App[None]):
         prompt.focus()
 
     def _show_stats(self) -> None:
+        from qwen_mlx.commands._common import human_bytes
+
         stats = self.session.last_stats
         if stats is None:
             return
         self.query_one(StatusBar).speed = (
             f"first token {stats.time_to_first_token * 1000:.0f} ms · "
-            f"{stats.tokens_per_second:.1f} tok/s · peak {stats.peak_memory:.2f} GB · "
+            f"{stats.tokens_per_second:.1f} tok/s · peak {human_bytes(stats.peak_memory * 1e9)} · "
             f"read {stats.prefilled_tokens:,} of {stats.prompt_tokens:,}"
         )
         warnings = list(stats.notices)

@@ -160,5 +160,5 @@ def format_stats(chunk: Any) -> str:
         f"prompt: {chunk.prompt_tokens} tokens, {chunk.prompt_tps:.1f} tokens/s | "
         f"generation: {chunk.generation_tokens} tokens, {chunk.generation_tps:.1f} tokens/s | "
         f"first token: {chunk.time_to_first_token * 1000:.0f} ms | "
-        f"peak memory: {chunk.peak_memory:.2f} GB | finish: {chunk.finish_reason}"
+        f"peak memory: {human_bytes(chunk.peak_memory * 1e9)} | finish: {chunk.finish_reason}"
     )
