@@ -751,6 +751,19 @@ def test_binding_beyond_localhost_without_a_key_warns():
     assert "--api-key" in bind_warning("0.0.0.0", None)
 
 
+def test_a_loopback_server_answers_loopback_names_only():
+    from qwen_mlx.commands.serve import allowed_hosts
+    from qwen_mlx.server.errors import host_of
+
+    assert allowed_hosts("0.0.0.0") is None and allowed_hosts("example.org") is None
+    assert allowed_hosts("127.0.0.2") == ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"]
+    assert "[::1]" in allowed_hosts("::1") and "localhost" in allowed_hosts("localhost")
+    assert host_of("[::1]:8080") == "[::1]" and host_of("LocalHost") == "localhost"
+    assert host_of("127.0.0.1:80") == "127.0.0.1"
+    for malformed in ("[::1]evil", "[::1]:80:90", "a.b@evil.example", "", "[::1", "x:port"):
+        assert host_of(malformed) is None, malformed
+
+
 def test_the_command_defaults_match_the_server():
     from qwen_mlx import server
     from qwen_mlx.commands import serve
@@ -791,6 +804,7 @@ def test_qwen_mlx_serve_serves_until_interrupted_and_exits_cleanly(tiny_mlx, tin
         # Bound to loopback: a page whose domain resolves to 127.0.0.1 is turned away.
         rebound = httpx.get(url + "/v1/models", headers={"Host": f"evil.example:{port}"})
         assert rebound.status_code == 400
+        assert rebound.json()["error"]["code"] == "invalid_host"
         by_name = httpx.get(f"http://localhost:{port}/v1/models")
         assert by_name.status_code == 200
         proc.send_signal(signal.SIGINT)  # and it exits cleanly after generating (MLX threads)

@@ -1,8 +1,9 @@
 """`qwen-mlx serve`: the model over an OpenAI-compatible HTTP API (FastAPI + uvicorn).
 
-Binds 127.0.0.1 unless told otherwise, and then answers only requests addressed to
-localhost, 127.0.0.1 or [::1] (a web page cannot reach it through DNS rebinding). On any
-other address without an API key it warns: anyone who can reach the port can use the model.
+Binds 127.0.0.1 unless told otherwise. On a loopback address it answers only requests
+addressed to localhost, 127.0.0.1, [::1] or that address (a web page cannot reach it through
+DNS rebinding). On any other address without an API key it warns: anyone who can reach the
+port can use the model.
 """
 
 from __future__ import annotations
@@ -93,9 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -103,6 +101,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: assume it is reachable
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """The Host headers a server bound to `host` answers: on loopback, the loopback names
+    and the address it is bound to; elsewhere any (None)."""
+    if not is_loopback(host):
+        return None
+    bound = f"[{host}]" if ":" in host else host
+    return sorted({"localhost", "127.0.0.1", "[::1]", bound.lower()})
 
 
 def bind_warning(host: str, api_key: str | None) -> str | None:
@@ -143,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         engine,
         api_key=args.api_key,
         max_body_bytes=args.max_body_bytes,
-        # Bound to loopback, only requests addressed to loopback names are for us.
-        allowed_hosts=LOOPBACK_HOSTS if is_loopback(args.host) else None,
+        allowed_hosts=allowed_hosts(args.host),
     )
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(

@@ -19,12 +19,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..runtime import Model
 from ..tools import ToolCall
 from .engine import Engine, Finished, Job
-from .errors import APIError, BodyLimit, CatchAll, install_error_handlers
+from .errors import AllowedHosts, APIError, BodyLimit, CatchAll, install_error_handlers
 from .prepare import Reply, prepare_chat, prepare_completion
 from .schemas import ChatRequest, CompletionRequest
 
@@ -48,7 +47,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+        app.add_middleware(AllowedHosts, hosts=allowed_hosts)
     app.add_middleware(CatchAll)
     router = APIRouter(dependencies=[Depends(_bearer(api_key))] if api_key else [])
 
