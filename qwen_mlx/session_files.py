@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +80,12 @@ def write_session(
 
 
 def cache_files(path: Path) -> list[Path]:
-    """The cache files beside the session file `path` (normally one)."""
-    return sorted(path.parent.glob(f"{glob.escape(path.name)}.*{CACHE_SUFFIX}"))
+    """The cache files of the session file `path` (normally one): `<name>.<sha12>` and the
+    unhashed `<name>` of earlier versions, never another session's."""
+    own = re.compile(rf"^{re.escape(path.name)}(\.[0-9a-f]{{12}})?{re.escape(CACHE_SUFFIX)}$")
+    return sorted(
+        p for p in path.parent.glob(f"{glob.escape(path.name)}*{CACHE_SUFFIX}") if own.match(p.name)
+    )
 
 
 def read_session(path: Path) -> dict[str, Any]:

@@ -281,7 +281,12 @@ def test_each_save_keeps_only_the_cache_its_json_names(tiny_model, tmp_path):
     session.save(path)
     [second] = cache_files(path)
     assert first != [second] and json.loads(path.read_text())["cache"]["file"] == second.name
+    neighbour = tmp_path / f"chat.json.old.json.{'0' * 12}.kv.safetensors"  # another's
+    legacy = tmp_path / "chat.json.kv.safetensors"  # how earlier versions named it
+    neighbour.write_bytes(b"x")
+    legacy.write_bytes(b"x")
     ChatSession(tiny_model).save(path)  # nothing cached: no stale file is left to mislead
+    assert not legacy.exists() and neighbour.exists()
     assert cache_files(path) == [] and json.loads(path.read_text())["cache"] is None
 
 
