@@ -276,10 +276,11 @@ class ChatSession:
         """End the reply being generated (safe from another thread)."""
         self._stop.set()
 
-    def prefill(self) -> int:
+    def prefill(self, should_stop: Callable[[], bool] | None = None) -> int:
         """Read the conversation into the KV cache now, without replying (an attached
         document, say), so the next reply starts at once. `prefill_progress` sees the
-        progress and `stop()` ends it between chunks. Returns the tokens read."""
+        progress; `stop()`, or `should_stop` returning True, ends it between chunks.
+        Returns the tokens read."""
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("A reply is being generated in this session.")
         try:
@@ -304,7 +305,7 @@ class ChatSession:
                     progress=(lambda done, _: report(reuse + done, len(tokens)))
                     if report
                     else None,
-                    should_stop=self._stop.is_set,
+                    should_stop=lambda: self._stop.is_set() or bool(should_stop and should_stop()),
                 )
             except GenerationCancelled:
                 pass

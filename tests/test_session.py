@@ -181,6 +181,19 @@ def test_stop_during_prefill_leaves_a_consistent_cache(tiny_model):
     assert session.last_stats.reused_tokens == held  # what was read is not read again
 
 
+def test_prefill_reads_ahead_and_stops_when_asked(tiny_model):
+    session = ChatSession(tiny_model)
+    session.add_message({"role": "user", "content": "word " * 600})
+    chunks = []
+    session.prefill_progress = lambda done, total: chunks.append(done)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(session.planner, "chunk_for", lambda *a: 64)
+        read = session.prefill(should_stop=lambda: len(chunks) >= 3)
+    assert read == len(session.cache_tokens) == 3 * 64 < session.context_tokens
+    assert session.prefill() == session.context_tokens - 3 * 64  # the rest, not again
+    assert len(session.cache_tokens) == session.context_tokens
+
+
 def test_abandoning_the_stream_counts_as_a_stop(tiny_model):
     session = ChatSession(tiny_model)
     stream = session.send("hi", max_tokens=50, temperature=0)

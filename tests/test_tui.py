@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -17,7 +18,7 @@ from textual.widgets import Input, TextArea
 from qwen_mlx.convert import convert
 from qwen_mlx.session_files import cache_files
 from tui.app import ChatApp
-from tui.screens import HelpScreen, NoModelScreen, SettingsScreen
+from tui.screens import ConfirmScreen, HelpScreen, NoModelScreen, SettingsScreen
 from tui.store import ChatStore
 from tui.widgets import MessageView, PromptInput, StatusBar
 
@@ -58,12 +59,16 @@ async def type_and_send(pilot, text: str) -> None:
 
 
 async def reply(pilot) -> None:
-    """Wait for the reply to the last message sent (or for its failure)."""
+    """Wait for the reply to the last message sent (or for its failure), and its save."""
     app = pilot.app
     before = getattr(app, "_replies_before", 0)
     await wait_for(
         pilot,
-        lambda: not app.streaming and (replies(app) > before or app.query_one(PromptInput).text),
+        lambda: (
+            not app.streaming
+            and not app.busy
+            and (replies(app) > before or app.query_one(PromptInput).text)
+        ),
     )
 
 
@@ -307,6 +312,146 @@ def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home):
     assert len(cache_files(home / "sessions" / f"{chat_id}.json")) == 1
 
 
+def test_a_send_refused_for_size_keeps_the_conversation(stored, home, monkeypatch):
+    from qwen_mlx.memory import Budget, MemoryPlanner
+
+    real_for_model = MemoryPlanner.for_model.__func__
+
+    def small_memory(cls, model, budget=None):  # room for about 400 tokens of context
+        planner = real_for_model(cls, model, budget)
+        planner.budget = Budget(planner.plan(400).total, planner.budget.total, "test")
+        return planner
+
+    monkeypatch.setattr(MemoryPlanner, "for_model", classmethod(small_memory))
+
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command("/max_tokens 4")
+            await type_and_send(pilot, "hello")
+            await reply(pilot)
+            kept = list(app.session.messages)
+            huge = "lorem ipsum " * 300  # more than the whole context alone
+            app.query_one(PromptInput).load_text(huge)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.click("#yes")  # send anyway: truncating cannot make it fit
+            await wait_for(
+                pilot, lambda: any("alone needs" in n.message for n in app._notifications)
+            )
+            await wait_for(pilot, lambda: not app.streaming)
+            assert app.session.messages == kept  # the earlier exchange is untouched
+            assert app.query_one(PromptInput).text == huge
+            assert [m["content"] for m in ChatStore(home).messages(app.chat.id)] == [
+                m["content"] for m in kept
+            ]
+
+    asyncio.run(run())
+
+
+def test_the_chat_stays_put_until_its_cache_is_saved(stored, home, monkeypatch):
+    import qwen_mlx.session as session_module
+
+    saving = threading.Event()
+    real_save = session_module.ChatSession.save
+
+    def slow_save(self, path):
+        saving.wait(30)  # a long chat's cache on a slow disk
+        return real_save(self, path)
+
+    monkeypatch.setattr(session_module.ChatSession, "save", slow_save)
+
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command("/max_tokens 4")
+            await type_and_send(pilot, "hello")
+            await wait_for(pilot, lambda: app.busy == "saving the chat")
+            assert replies(app) == 1 and not app.streaming  # the reply is done and shown
+            assert not app.query_one(PromptInput).read_only  # typing goes on meanwhile
+            chat_id = app.chat.id
+            await pilot.press("f8")  # deleting now would race the save
+            await wait_for(
+                pilot,
+                lambda: any("Still saving the chat" in n.message for n in app._notifications),
+            )
+            assert ChatStore(home).get(chat_id) is not None
+            saving.set()
+            await wait_for(pilot, lambda: app.busy == "")
+            await pilot.press("f8")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: app.chat is None)
+            assert ChatStore(home).get(chat_id) is None
+            assert not list((home / "sessions").glob(f"{chat_id}*"))
+
+    asyncio.run(run())
+
+
+def test_esc_while_a_file_is_read_attaches_nothing(stored, home, tmp_path, monkeypatch):
+    import qwen_mlx.documents as documents
+
+    doc = tmp_path / "big.pdf"
+    doc.write_text("not really a pdf")
+    reading = threading.Event()
+
+    def slow_read(path):
+        reading.set()
+        time.sleep(1.0)  # a large PDF
+        return "The launch is on Tuesday."
+
+    monkeypatch.setattr(documents, "read_document", slow_read)
+
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command(f"/attach {doc}")
+            await wait_for(pilot, reading.is_set)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.busy == "")
+            assert app.session.messages == [] and app.chat is None
+            assert any("big.pdf was not attached" in n.message for n in app._notifications)
+
+    asyncio.run(run())
+
+
+def test_quitting_while_a_file_is_read_saves_it_in_the_chat(stored, home, tmp_path, monkeypatch):
+    import qwen_mlx.session as session_module
+    from qwen_mlx.errors import GenerationCancelled
+
+    doc = tmp_path / "notes.md"
+    doc.write_text("The launch is on Tuesday. " * 40)
+    real_prefill = session_module.prefill
+
+    def slow_prefill(model, tokens, cache, *, should_stop, progress=None, **kwargs):
+        for _ in range(1500):  # a long document on a slow machine, until stopped
+            if progress is not None:
+                progress(0, len(tokens))  # the progress bar moves while the app quits
+            if should_stop():
+                raise GenerationCancelled("stopped")
+            time.sleep(0.02)
+        return real_prefill(model, tokens, cache, should_stop=should_stop, **kwargs)
+
+    monkeypatch.setattr(session_module, "prefill", slow_prefill)
+
+    async def run():
+        app = ChatApp(home=home)
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot)
+            app.run_command(f"/attach {doc}")
+            await wait_for(pilot, lambda: app.busy == "reading notes.md" and app.chat)
+            await pilot.pause(0.2)
+            return app.chat.id  # leaving the block quits the app mid-read
+
+    chat_id = asyncio.run(run())
+    saved = ChatStore(home).messages(chat_id)
+    assert [m["role"] for m in saved] == ["user"]
+    assert saved[0]["content"].startswith("Attached file `notes.md`")
+    assert (home / "sessions" / f"{chat_id}.json").is_file()
+
+
 def test_settings_refused_by_the_sampler_change_nothing(stored, home):
     async def run():
         app = ChatApp(home=home)
@@ -336,13 +481,25 @@ def test_settings_refused_by_the_sampler_change_nothing(stored, home):
     asyncio.run(run())
 
 
-def test_commands_before_the_model_is_loaded_are_explained(stored, home):
+def test_commands_before_the_model_is_loaded_are_explained(stored, home, monkeypatch):
+    import qwen_mlx.runtime as runtime
+
+    loading = threading.Event()
+    real_load = runtime.load
+
+    def held_load(*args, **kwargs):  # a slow disk: the load ends when the test says
+        loading.wait(30)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "load", held_load)
+
     async def run():
         app = ChatApp(home=home)
         async with app.run_test(size=SIZE) as pilot:
             assert app.session is None
             for command in ("/policy error", "/system hi", "/temp 0"):
                 app.run_command(command)
+            loading.set()
             await wait_for(
                 pilot,
                 lambda: (

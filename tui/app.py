@@ -22,14 +22,15 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
-from textual.widgets import Footer, Header, Input, LoadingIndicator, Markdown, ProgressBar
+from textual.widgets import Footer, Header, Input, LoadingIndicator, Markdown
 
 from .commands import ChatCommands, on_model_thread
 from .screens import ConfirmScreen, NoModelScreen
 from .store import Chat, ChatStore, title_from
-from .widgets import ChatList, MessageView, PromptInput, StatusBar
+from .widgets import ChatList, MessageView, PromptInput, StatusBar, WorkProgress
 
 UNMOUNT_WAIT = 3.0  # seconds to let the model thread finish saving at exit
+SAVING = "saving the chat"
 
 _OWN_ACTIONS = {
     "stop",
@@ -88,10 +89,18 @@ class ChatApp(ChatCommands, App[None]):
             self.text = text
 
     class ReplyDone(Message):
-        def __init__(self, error: BaseException | None, context: tuple[int, int]) -> None:
+        def __init__(
+            self, error: BaseException | None, context: tuple[int, int], saving: bool
+        ) -> None:
             super().__init__()
             self.error = error
             self.context = context
+            self.saving = saving  # the KV cache is being saved next; CacheSaved follows
+
+    class CacheSaved(Message):
+        def __init__(self, error: BaseException | None) -> None:
+            super().__init__()
+            self.error = error
 
     streaming: reactive[bool] = reactive(False)  # a reply is being generated
     busy: reactive[str] = reactive("")  # other model work: "loading …", "reading notes.md"
@@ -117,6 +126,7 @@ class ChatApp(ChatCommands, App[None]):
         self.store = ChatStore(self.home)  # here, so an unreadable file stops the start
         self._reply: _Reply | None = None
         self._stop_busy: Any = None  # stops the busy work, if it can be stopped
+        self._busy_locks_input = True
         self.overrides: dict[str, Any] = {}  # this chat's sampling parameters
 
     # -- layout ----------------------------------------------------------------------------
@@ -128,7 +138,7 @@ class ChatApp(ChatCommands, App[None]):
             with Vertical(id="main"):
                 yield VerticalScroll(id="messages")
                 yield LoadingIndicator(id="loading")
-                yield ProgressBar(id="progress", show_eta=False)
+                yield WorkProgress(id="progress", show_eta=False)
                 yield StatusBar(id="status")
                 yield PromptInput(id="prompt")
         yield Footer()
@@ -247,8 +257,9 @@ class ChatApp(ChatCommands, App[None]):
     def _can_reply(self) -> bool:
         return self.model is not None and self._can_change()
 
-    def _begin_busy(self, what: str, stop: Any = None) -> None:
+    def _begin_busy(self, what: str, stop: Any = None, *, lock_input: bool = True) -> None:
         self._stop_busy = stop
+        self._busy_locks_input = lock_input
         self.busy = what
 
     def _end_busy(self) -> None:
@@ -360,14 +371,19 @@ class ChatApp(ChatCommands, App[None]):
     # -- sending and streaming -------------------------------------------------------------
 
     @on(PromptInput.Submitted)
-    async def _submitted(self, event: PromptInput.Submitted) -> None:
+    def _submitted(self, event: PromptInput.Submitted) -> None:
         text = event.text
         if text.startswith("/"):
             self.query_one(PromptInput).clear()
             self.run_command(text)
             return
-        if not self._can_reply():
-            return
+        if self._can_reply():
+            self._check_and_send(text)
+
+    @work(exclusive=True, group="submit")
+    async def _check_and_send(self, text: str) -> None:
+        """Warn before a message that will not fit, then send it. A worker: measuring
+        the text waits for the model thread, and the app's own messages (keys) must not."""
         session = self.session
         warning = await on_model_thread(session.fit_report, text)  # tokenizes: not on the UI
         if session is not self.session or not self._can_reply():
@@ -403,11 +419,12 @@ class ChatApp(ChatCommands, App[None]):
         self._lock_input()
 
     def _lock_input(self) -> None:
-        locked = self.streaming or bool(self.busy)
-        prompt = self.query_one(PromptInput)
-        prompt.read_only = locked
-        prompt.set_class(locked, "locked")
-        self.refresh_bindings()
+        locked = self.streaming or (bool(self.busy) and self._busy_locks_input)
+        for prompt in self.query(PromptInput):  # none while the app shuts down
+            prompt.read_only = locked
+            prompt.set_class(locked, "locked")
+        if self.screen_stack:  # empty while the app shuts down
+            self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in _OWN_ACTIONS and len(self.screen_stack) > 1:
@@ -426,6 +443,7 @@ class ChatApp(ChatCommands, App[None]):
         next model job waits for it). Every message goes out from this thread, so
         ReplyDone arrives after the last text."""
         error: BaseException | None = None
+        before = len(session.messages)
         try:
             if kind == "send":
                 stream = session.send(text)
@@ -446,18 +464,22 @@ class ChatApp(ChatCommands, App[None]):
                 self.post_message(self.ReplyText("".join(pending)))
         except Exception as e:
             error = e
-            if kind == "send":
-                session.undo()
+            if kind == "send" and len(session.messages) > before:
+                session.undo()  # the question goes back to the input (unless never added)
         try:
             self._persist(chat, session, cache=False)
         except Exception as e:  # a full disk, say: the reply is on screen, say so
             error = error or e
-        self.post_message(self.ReplyDone(error, (session.context_tokens, session.context_limit)))
-        if error is None:
+        saving = error is None and chat is not None
+        context = (session.context_tokens, session.context_limit)
+        self.post_message(self.ReplyDone(error, context, saving))
+        if saving:
+            problem = None
             try:
-                self._persist(chat, session, cache=True)
+                session.save(self.store.session_path(chat.id))
             except Exception as e:
-                self.notify(f"The chat's KV cache was not saved: {e}", severity="warning")
+                problem = e
+            self.post_message(self.CacheSaved(problem))
 
     def _persist(self, chat: Chat | None, session: Any, *, cache: bool) -> None:
         """Save the messages, and with `cache` the KV cache, of `chat` (on the model
@@ -475,6 +497,8 @@ class ChatApp(ChatCommands, App[None]):
 
     async def on_chat_app_reply_done(self, message: ReplyDone) -> None:
         reply, self._reply = self._reply, None
+        if message.saving:  # the chat stays put until its cache is saved; typing is fine
+            self._begin_busy(SAVING, lock_input=False)
         self.streaming = False
         if reply is not None:
             await reply.stream.stop()
@@ -497,6 +521,16 @@ class ChatApp(ChatCommands, App[None]):
         self._update_context(*message.context)
         self._refresh_chats()
         prompt.focus()
+
+    def on_chat_app_cache_saved(self, message: CacheSaved) -> None:
+        if self.busy == SAVING:
+            self._end_busy()
+        if message.error is not None:
+            self.notify(
+                f"The chat's KV cache was not saved ({message.error}); its next reply reads "
+                "the history again.",
+                severity="warning",
+            )
 
     def _show_stats(self) -> None:
         from qwen_mlx.commands._common import human_bytes

@@ -11,7 +11,6 @@ from typing import Any
 
 from textual import work
 from textual.binding import Binding
-from textual.widgets import ProgressBar
 
 from .export import default_export_path, to_markdown
 from .screens import (
@@ -24,7 +23,7 @@ from .screens import (
     TextPrompt,
 )
 from .store import DEFAULT_TITLE, Chat
-from .widgets import MessageView
+from .widgets import MessageView, WorkProgress
 
 
 def on_model_thread(fn, /, *args, **kwargs):
@@ -211,7 +210,7 @@ class ChatCommands:
         if not self._can_reply():
             return
         session, stop = self.session, threading.Event()
-        self._begin_busy(f"reading {path.name}", stop=lambda: (stop.set(), session.stop()))
+        self._begin_busy(f"reading {path.name}", stop=stop.set)
         try:
             try:
                 text = await asyncio.to_thread(read_document, path)  # a PDF can take a while
@@ -220,6 +219,9 @@ class ChatCommands:
                 return
             message = f"Attached file `{path.name}`:\n\n{text}"
             fits = await on_model_thread(session.fit_report, message)
+            if stop.is_set():
+                self.notify(f"Stopped; {path.name} was not attached.")
+                return
             if fits is not None:
                 tokens = await on_model_thread(session.count_tokens, message)
                 question = (
@@ -231,7 +233,7 @@ class ChatCommands:
                 message = await self._summarize_attachment(session, text, path.name, stop)
                 if message is None:
                     return
-            await self._read_into_context(session, message, path.name)
+            await self._read_into_context(session, message, path.name, stop)
         finally:
             self._end_busy()
 
@@ -241,13 +243,13 @@ class ChatCommands:
         from qwen_mlx.documents import summarize
         from qwen_mlx.errors import GenerationCancelled
 
-        bar = self.query_one("#progress", ProgressBar)
+        bar = self.query_one("#progress", WorkProgress)
         bar.display = True
         self.busy = f"summarizing {name}"
         limit = max(session.context_limit - session.context_tokens, 512) // 2
 
         def progress(stage: str, done: int, total: int) -> None:
-            self.call_from_thread(bar.update, total=total, progress=done)
+            bar.report(done, total)
 
         try:
             summary = await on_model_thread(
@@ -268,19 +270,19 @@ class ChatCommands:
             bar.display = False
         return f"Summary of the attached file `{name}` ({summary.chunks} parts):\n\n{summary.text}"
 
-    async def _read_into_context(self, session: Any, message: str, name: str) -> None:
+    async def _read_into_context(
+        self, session: Any, message: str, name: str, stop: threading.Event
+    ) -> None:
         """Add the message and prefill it now, so the next reply starts at once."""
         chat = self._ensure_chat(f"About {name}")
         session.add_message({"role": "user", "content": message})
         self.query_one("#messages").mount(MessageView("user", message))
-        bar = self.query_one("#progress", ProgressBar)
+        bar = self.query_one("#progress", WorkProgress)
         bar.display = True
-        session.prefill_progress = lambda done, total: self.call_from_thread(
-            bar.update, total=total, progress=done
-        )
+        session.prefill_progress = bar.report
 
         def job() -> tuple[int, bool, tuple[int, int]]:
-            read = session.prefill()
+            read = session.prefill(should_stop=stop.is_set)
             complete = len(session.cache_tokens) == session.context_tokens
             self._persist(chat, session, cache=True)
             return read, complete, (session.context_tokens, session.context_limit)

@@ -18,10 +18,11 @@ from textual.widgets import (
     Label,
     Markdown,
     OptionList,
-    ProgressBar,
     Select,
     TextArea,
 )
+
+from .widgets import WorkProgress
 
 # The sampling parameters a chat sets: (key, label, type, slash command).
 SAMPLING_FIELDS = (
@@ -61,7 +62,7 @@ class NoModelScreen(Screen[bool]):
             with Horizontal(id="no-model-buttons"):
                 yield Button("Build the demo model", id="demo", variant="primary")
                 yield Button("Quit", id="quit")
-            yield ProgressBar(id="demo-progress", show_eta=False)
+            yield WorkProgress(id="demo-progress", show_eta=False)
             yield Label("", id="demo-status")
         yield Footer()
 
@@ -81,11 +82,11 @@ class NoModelScreen(Screen[bool]):
 
         from .commands import on_model_thread
 
-        bar = self.query_one("#demo-progress", ProgressBar)
+        bar = self.query_one("#demo-progress", WorkProgress)
 
         def progress(p: Any) -> None:
             if p.total:
-                self.app.call_from_thread(bar.update, total=p.total, progress=p.done)
+                bar.report(p.done, p.total)
 
         try:
             await on_model_thread(ensure_demo_model, progress=progress)

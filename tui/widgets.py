@@ -9,7 +9,16 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.reactive import reactive
-from textual.widgets import Input, Label, ListItem, ListView, Markdown, Static, TextArea
+from textual.widgets import (
+    Input,
+    Label,
+    ListItem,
+    ListView,
+    Markdown,
+    ProgressBar,
+    Static,
+    TextArea,
+)
 
 from .store import Chat
 
@@ -97,6 +106,24 @@ class PromptInput(TextArea):
             self._history_index = max(index, 0)
             self.load_text(self.sent[self._history_index])
         self.move_cursor(self.document.end)
+
+
+class WorkProgress(ProgressBar):
+    """A progress bar the model thread can move: `report` only posts a message, so a job
+    never waits for the UI (which may be busy, or shutting down)."""
+
+    @dataclass
+    class Moved(Message):
+        done: int
+        total: int
+
+    def report(self, done: int, total: int) -> None:
+        """Safe from any thread."""
+        self.post_message(self.Moved(done, total))
+
+    def on_work_progress_moved(self, message: Moved) -> None:
+        message.stop()
+        self.update(total=message.total, progress=message.done)
 
 
 class StatusBar(Static):
