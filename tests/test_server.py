@@ -511,6 +511,19 @@ def test_an_internal_error_is_a_generic_500_without_details(served, model_stream
 # -- the queue, disconnects and the prompt cache -----------------------------------------------
 
 
+def all_at_once(ask, n: int) -> list:
+    """`ask(i)` for i < n, each on its own thread at the same time."""
+    answers: list = [None] * n
+    threads = [
+        threading.Thread(target=lambda i=i: answers.__setitem__(i, ask(i))) for i in range(n)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return answers
+
+
 def test_concurrent_clients_get_the_answers_they_get_alone(served, no_reuse):
     # The random tiny model answers every greedy prompt with the same newlines, so seeded
     # sampling makes each client's answer its own: any mix-up would show.
@@ -523,15 +536,7 @@ def test_concurrent_clients_get_the_answers_they_get_alone(served, no_reuse):
 
     alone = [ask(i) for i in range(8)]
     assert len(set(alone)) > 4
-    together: list[str | None] = [None] * 8
-    threads = [
-        threading.Thread(target=lambda i=i: together.__setitem__(i, ask(i))) for i in range(8)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert together == alone
+    assert all_at_once(ask, 8) == alone
 
 
 def test_greedy_answers_do_not_change_under_concurrency(served, no_reuse):
@@ -544,15 +549,7 @@ def test_greedy_answers_do_not_change_under_concurrency(served, no_reuse):
         )
 
     alone = [ask(i) for i in range(4)]
-    together: list[str | None] = [None] * 4
-    threads = [
-        threading.Thread(target=lambda i=i: together.__setitem__(i, ask(i))) for i in range(4)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert together == alone
+    assert all_at_once(ask, 4) == alone
 
 
 def endless(model, tokens, params, *, should_stop, **kwargs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -52,6 +53,31 @@ def replies(app: ChatApp) -> int:
     return sum(m["role"] == "assistant" for m in app.session.messages) if app.session else 0
 
 
+def slow_reading(monkeypatch, tmp_path):
+    """A document, and a prefill that crawls (reporting progress) until `slow["on"]`
+    is cleared or it is told to stop: a long read on a slow machine."""
+    import qwen_mlx.session as session_module
+    from qwen_mlx.errors import GenerationCancelled
+
+    doc = tmp_path / "notes.md"
+    doc.write_text("The launch is on Tuesday. " * 40)
+    real_prefill = session_module.prefill
+    slow = {"on": True}
+
+    def slow_prefill(model, tokens, cache, *, should_stop, progress=None, **kwargs):
+        give_up = time.monotonic() + 60  # a regression fails the test, not hangs it
+        while slow["on"] and time.monotonic() < give_up:
+            if progress is not None:
+                progress(0, len(tokens))  # the progress bar moves while we wait
+            if should_stop():
+                raise GenerationCancelled("stopped")
+            time.sleep(0.02)
+        return real_prefill(model, tokens, cache, should_stop=should_stop, **kwargs)
+
+    monkeypatch.setattr(session_module, "prefill", slow_prefill)
+    return doc, slow
+
+
 async def type_and_send(pilot, text: str) -> None:
     pilot.app._replies_before = replies(pilot.app)
     await pilot.press(*[c if c != " " else "space" for c in text])
@@ -70,6 +96,21 @@ async def reply(pilot) -> None:
             and (replies(app) > before or app.query_one(PromptInput).text)
         ),
     )
+
+
+async def exchange(pilot, text: str) -> None:
+    """Send `text` and wait for the reply to it."""
+    await type_and_send(pilot, text)
+    await reply(pilot)
+
+
+@contextlib.asynccontextmanager
+async def running(home, **kwargs):
+    """The app in a test terminal, with its model loaded."""
+    app = ChatApp(home=home, **kwargs)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        yield app, pilot
 
 
 async def start_a_long_reply(pilot) -> None:
@@ -105,8 +146,7 @@ def test_sending_a_message_streams_the_reply_into_the_view(stored, home):
             await ready(pilot)
             await pilot.press("slash", "t", "e", "m", "p", "space", "0", "enter")
             app.run_command("/max_tokens 200")
-            await type_and_send(pilot, "Hello there")
-            await reply(pilot)
+            await exchange(pilot, "Hello there")
             shown = views(app)
             assert shown[0] == ("user", "Hello there")
             assert shown[1][0] == "assistant"
@@ -150,13 +190,10 @@ def test_a_parameter_change_reaches_the_sampler(stored, home, monkeypatch):
     monkeypatch.setattr(runtime, "make_sampling", spy)
 
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             for command in ("/temp 0.25", "/top_k 7", "/max_tokens 5"):
                 app.run_command(command)
-            await type_and_send(pilot, "hi")
-            await reply(pilot)
+            await exchange(pilot, "hi")
         assert (seen[-1].temperature, seen[-1].top_k, seen[-1].max_tokens) == (0.25, 7, 5)
         store = ChatStore(home)
         assert store.list()[0].params == {"temperature": 0.25, "top_k": 7, "max_tokens": 5}
@@ -166,15 +203,12 @@ def test_a_parameter_change_reaches_the_sampler(stored, home, monkeypatch):
 
 def test_a_chat_survives_a_restart_with_its_cache(stored, home):
     async def first():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             app.run_command("/max_tokens 8")
             # Greedy: sampled random weights may pick padding ids the tokenizer lacks,
             # whose text cannot be matched to the reply (the cache is then re-read).
             app.run_command("/temp 0")
-            await type_and_send(pilot, "Remember the number 42")
-            await reply(pilot)
+            await exchange(pilot, "Remember the number 42")
             return app.chat.id, app.session.cache_tokens
 
     async def second(chat_id, held):
@@ -182,8 +216,7 @@ def test_a_chat_survives_a_restart_with_its_cache(stored, home):
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: app.chat is not None and app.chat.id == chat_id)
             assert [r for r, _ in views(app)] == ["user", "assistant"]
-            await type_and_send(pilot, "Which number?")
-            await reply(pilot)
+            await exchange(pilot, "Which number?")
             stats = app.session.last_stats
             assert stats.reused_tokens == len(held)  # nothing already read is read again
             assert stats.prefilled_tokens <= len(app.model.encode("Which number?")) + 16
@@ -198,9 +231,7 @@ def test_export_writes_the_expected_markdown(stored, home, tmp_path):
     question = "Explain this:\n```python\nprint('hi')\n```"
 
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             app.run_command("/max_tokens 6")
             app.run_command("/temp 0.5")
             app.query_one(PromptInput).load_text(question)
@@ -224,9 +255,7 @@ def test_attaching_a_file_adds_its_tokens(stored, home, tmp_path):
     doc.write_text("# Notes\n\nThe launch is on Tuesday. Bring the slides.\n" * 5)
 
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             before = app.session.context_tokens
             app.run_command(f"/attach {doc}")
             await wait_for(pilot, lambda: len(app.session.messages) == 1)
@@ -236,8 +265,7 @@ def test_attaching_a_file_adds_its_tokens(stored, home, tmp_path):
             added = app.session.context_tokens - before
             assert added >= len(app.model.encode(doc.read_text()))
             assert len(app.session.cache_tokens) == app.session.context_tokens  # read already
-            await type_and_send(pilot, "When?")
-            await reply(pilot)
+            await exchange(pilot, "When?")
             assert app.session.last_stats.reused_tokens >= added
 
     asyncio.run(run())
@@ -246,27 +274,10 @@ def test_attaching_a_file_adds_its_tokens(stored, home, tmp_path):
 def test_reading_an_attachment_holds_the_chat_until_done_and_esc_stops_it(
     stored, home, tmp_path, monkeypatch
 ):
-    import qwen_mlx.session as session_module
-    from qwen_mlx.errors import GenerationCancelled
-
-    doc = tmp_path / "notes.md"
-    doc.write_text("The launch is on Tuesday. " * 40)
-    real_prefill = session_module.prefill
-    slow = {"on": True}
-
-    def slow_prefill(model, tokens, cache, *, should_stop, **kwargs):
-        while slow["on"]:  # a long document on a slow machine, until Esc
-            if should_stop():
-                raise GenerationCancelled("stopped")
-            time.sleep(0.02)
-        return real_prefill(model, tokens, cache, should_stop=should_stop, **kwargs)
-
-    monkeypatch.setattr(session_module, "prefill", slow_prefill)
+    doc, slow = slow_reading(monkeypatch, tmp_path)
 
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             session = app.session
             app.run_command(f"/attach {doc}")
             await wait_for(pilot, lambda: app.busy == "reading notes.md")
@@ -289,8 +300,7 @@ def test_reading_an_attachment_holds_the_chat_until_done_and_esc_stops_it(
 
             slow["on"] = False
             app.run_command("/max_tokens 4")
-            await type_and_send(pilot, "When?")
-            await reply(pilot)
+            await exchange(pilot, "When?")
             assert app.session.last_stats.prompt_tokens > len(app.model.encode(doc.read_text()))
         stored_chat = ChatStore(home).messages(chat.id)
         assert [m["role"] for m in stored_chat] == ["user", "user", "assistant"]
@@ -325,12 +335,9 @@ def test_a_send_refused_for_size_keeps_the_conversation(stored, home, monkeypatc
     monkeypatch.setattr(MemoryPlanner, "for_model", classmethod(small_memory))
 
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             app.run_command("/max_tokens 4")
-            await type_and_send(pilot, "hello")
-            await reply(pilot)
+            await exchange(pilot, "hello")
             kept = list(app.session.messages)
             huge = "lorem ipsum " * 300  # more than the whole context alone
             app.query_one(PromptInput).load_text(huge)
@@ -363,9 +370,7 @@ def test_the_chat_stays_put_until_its_cache_is_saved(stored, home, monkeypatch):
     monkeypatch.setattr(session_module.ChatSession, "save", slow_save)
 
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             app.run_command("/max_tokens 4")
             await type_and_send(pilot, "hello")
             await wait_for(pilot, lambda: app.busy == "saving the chat")
@@ -404,9 +409,7 @@ def test_esc_while_a_file_is_read_attaches_nothing(stored, home, tmp_path, monke
     monkeypatch.setattr(documents, "read_document", slow_read)
 
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             app.run_command(f"/attach {doc}")
             await wait_for(pilot, reading.is_set)
             await pilot.press("escape")
@@ -418,28 +421,10 @@ def test_esc_while_a_file_is_read_attaches_nothing(stored, home, tmp_path, monke
 
 
 def test_quitting_while_a_file_is_read_saves_it_in_the_chat(stored, home, tmp_path, monkeypatch):
-    import qwen_mlx.session as session_module
-    from qwen_mlx.errors import GenerationCancelled
-
-    doc = tmp_path / "notes.md"
-    doc.write_text("The launch is on Tuesday. " * 40)
-    real_prefill = session_module.prefill
-
-    def slow_prefill(model, tokens, cache, *, should_stop, progress=None, **kwargs):
-        for _ in range(1500):  # a long document on a slow machine, until stopped
-            if progress is not None:
-                progress(0, len(tokens))  # the progress bar moves while the app quits
-            if should_stop():
-                raise GenerationCancelled("stopped")
-            time.sleep(0.02)
-        return real_prefill(model, tokens, cache, should_stop=should_stop, **kwargs)
-
-    monkeypatch.setattr(session_module, "prefill", slow_prefill)
+    doc, _ = slow_reading(monkeypatch, tmp_path)
 
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             app.run_command(f"/attach {doc}")
             await wait_for(pilot, lambda: app.busy == "reading notes.md" and app.chat)
             await pilot.pause(0.2)
@@ -454,9 +439,7 @@ def test_quitting_while_a_file_is_read_saves_it_in_the_chat(stored, home, tmp_pa
 
 def test_settings_refused_by_the_sampler_change_nothing(stored, home):
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             before = (app.session.params, app.session.system, app.session.policy)
             await pilot.press("ctrl+s")
             await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
@@ -551,11 +534,8 @@ def test_a_model_failure_shows_an_error_and_keeps_the_text(stored, home, monkeyp
     monkeypatch.setattr(session_module, "stream_tokens", broken)
 
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
-            await type_and_send(pilot, "keep me")
-            await reply(pilot)
+        async with running(home) as (app, pilot):
+            await exchange(pilot, "keep me")
             assert app.query_one(PromptInput).text == "keep me"
             assert views(app) == []
             assert app.session.messages == []
@@ -567,9 +547,7 @@ def test_a_model_failure_shows_an_error_and_keeps_the_text(stored, home, monkeyp
 
 def test_help_lists_keys_and_commands(stored, home):
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             await pilot.press("f1")
             await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
             text = app.screen.text
@@ -585,15 +563,11 @@ def test_help_lists_keys_and_commands(stored, home):
 
 def test_sidebar_lists_renames_searches_and_deletes_chats(stored, home):
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             app.run_command("/max_tokens 3")
-            await type_and_send(pilot, "First chat")
-            await reply(pilot)
+            await exchange(pilot, "First chat")
             app.run_command("/new")
-            await type_and_send(pilot, "Second chat")
-            await reply(pilot)
+            await exchange(pilot, "Second chat")
             app.run_command("/rename Travel plans")
             store = ChatStore(home)
             assert [c.title for c in store.list()] == ["Travel plans", "First chat"]
@@ -611,12 +585,9 @@ def test_sidebar_lists_renames_searches_and_deletes_chats(stored, home):
 
 def test_edit_last_message_and_input_history(stored, home):
     async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
+        async with running(home) as (app, pilot):
             app.run_command("/max_tokens 3")
-            await type_and_send(pilot, "one")
-            await reply(pilot)
+            await exchange(pilot, "one")
             await pilot.press("ctrl+t")
             prompt = app.query_one(PromptInput)
             assert prompt.text == "one" and app.session.messages == []
