@@ -8,6 +8,7 @@ one write transaction, so two processes opening an old file at once upgrade it o
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from .errors import SchemaTooNewError
@@ -31,7 +32,7 @@ def migrate(
     if version == len(migrations):
         return
     if version == 0:
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Re-read under the write lock: another process may have migrated meanwhile.
@@ -44,3 +45,20 @@ def migrate(
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _use_wal(conn: sqlite3.Connection, wait: float = 60.0) -> None:
+    """Switch a new file to write-ahead logging. SQLite answers "database is locked" at
+    once, without its busy timeout, when another connection is switching the same file at
+    that moment (several processes opening a new store together), so wait here instead."""
+    deadline = time.monotonic() + wait
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)

@@ -100,6 +100,9 @@ class Event:
     detail: str
 
 
+LOCK_WAIT = 60.0  # seconds to wait for another process's write to finish
+
+
 class Registry:
     """A connection to `registry.sqlite`; open it with `Registry.open(path)`."""
 
@@ -112,8 +115,8 @@ class Registry:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = 60000")
+            conn = sqlite3.connect(path, timeout=LOCK_WAIT, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             registry = cls(path, conn)
             registry._migrate()
@@ -231,6 +234,12 @@ def _model_row(row: sqlite3.Row) -> ModelRow:
 
 
 def _damaged(path: Path, e: Exception) -> RegistryError:
+    if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+        return RegistryError(
+            f"The registry {path} stayed locked by another process for {LOCK_WAIT:g} s "
+            f"({e}). "
+            "Wait for other qwen-mlx commands to finish, then try again."
+        )
     return RegistryError(
         f"The registry {path} is damaged or unreadable ({e}). Your models are untouched; "
         "run `qwen-mlx models repair` to rebuild the registry from their manifests."

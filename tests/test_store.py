@@ -349,6 +349,40 @@ def test_concurrent_conversions_all_land_in_the_registry(tiny_hf, home):
     assert store.history(FAMILY)[-1] == str(store.latest(FAMILY))
 
 
+def _open_registry(path: str) -> str:
+    from qwen_mlx.registry import Registry
+
+    try:
+        Registry.open(path).close()
+        return "opened"
+    except Exception as e:
+        return repr(e)
+
+
+def test_processes_opening_a_new_registry_together_all_get_it(tmp_path):
+    # SQLite refuses at once (no busy wait) a journal-mode switch racing another one.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(6) as pool:
+        for trial in range(25):
+            path = str(tmp_path / f"{trial}" / "registry.sqlite")
+            assert pool.map(_open_registry, [path] * 6) == ["opened"] * 6
+
+
+def test_a_registry_held_by_another_process_says_so(home, monkeypatch):
+    import qwen_mlx.registry as registry_module
+
+    path = home / "registry.sqlite"
+    monkeypatch.setattr(registry_module, "LOCK_WAIT", 0.2)
+    registry = Registry.open(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of a long write
+    with pytest.raises(RegistryError, match="locked by another process") as caught:
+        registry.transaction().__enter__()
+    assert "repair" not in str(caught.value)  # nothing is damaged: no rebuild advised
+    holder.execute("ROLLBACK")
+    holder.close()
+
+
 def test_an_unusable_store_folder_is_an_error_message(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
