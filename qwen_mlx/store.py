@@ -10,6 +10,7 @@ A model reference is a store name, a family id (its latest), a folder, or a Hub 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -510,7 +511,7 @@ def install(tmp: Path, final: Path, *, replace: bool) -> None:
     asked; if the swap fails half-way the old one is put back."""
     if final.exists():
         if not replace:
-            raise FileExistsError(final)
+            raise _appeared(final)
         check_replaceable(final)
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
@@ -521,8 +522,21 @@ def install(tmp: Path, final: Path, *, replace: bool) -> None:
             raise
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise _appeared(final) from e
+            raise
     fsync_dir(final.parent)
+
+
+def _appeared(final: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{final} appeared while this one was being written (another conversion or import "
+        "of the same name finished first). It is kept as it is and this copy was discarded; "
+        "pass --force to replace it."
+    )
 
 
 def _delete_tree(folder: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from qwen_mlx.commands.convert import main
 from qwen_mlx.convert import Progress, convert
-from qwen_mlx.errors import InsufficientDiskError
+from qwen_mlx.errors import InsufficientDiskError, OutputExistsError
 from qwen_mlx.fileio import sha256_file
 from qwen_mlx.manifest import read_manifest
 from qwen_mlx.store import Store
@@ -115,6 +115,36 @@ def test_existing_output_needs_force(tiny_hf, home, capsys):
     assert sha256_file(home / STORE_DIR / "manifest.json") == before
     assert main(["--hf-path", str(tiny_hf), "--force"]) == 0
     assert leftovers(home) == []
+
+
+def test_a_model_of_the_same_name_finished_first_is_kept(tiny_hf, home, capsys, monkeypatch):
+    # Two conversions of the same name at once: both pass the up-front check; the one
+    # that finishes second must say so and leave the first one's model alone.
+    assert main(["--hf-path", str(tiny_hf)]) == 0
+    before = sha256_file(home / STORE_DIR / "manifest.json")
+    monkeypatch.setattr("qwen_mlx.convert._check_output", lambda final, force: None)
+    assert main(["--hf-path", str(tiny_hf)]) == 1
+    err = capsys.readouterr().err
+    assert "appeared while this one was being written" in err and "--force" in err
+    assert sha256_file(home / STORE_DIR / "manifest.json") == before
+    assert leftovers(home) == []
+
+
+def test_a_model_appearing_at_the_last_moment_is_kept(tiny_hf, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def racing_replace(src, dst):  # another process renames its model in just before us
+        if Path(dst) == out and not out.exists():
+            out.mkdir()
+            (out / "config.json").write_text("{}")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr("qwen_mlx.store.os.replace", racing_replace)
+    with pytest.raises(OutputExistsError, match="appeared while"):
+        convert(str(tiny_hf), mlx_path=out)
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+    assert leftovers(tmp_path) == []
 
 
 def test_force_never_replaces_a_folder_that_is_not_a_model(tiny_hf, tmp_path, capsys):
