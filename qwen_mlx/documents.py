@@ -12,9 +12,11 @@ step and close the final summary.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -65,7 +67,8 @@ def read_document(source: str | Path) -> str:
         from pypdf.errors import PdfReadError
 
         try:
-            pages = [page.extract_text() or "" for page in PdfReader(path).pages]
+            with _quiet("pypdf"):  # its warnings on a damaged file repeat our error
+                pages = [page.extract_text() or "" for page in PdfReader(path).pages]
         except (PdfReadError, OSError, ValueError) as e:
             raise ValueError(f"{path} is not a readable PDF ({e}).") from e
         text = "\n\n".join(p.strip() for p in pages if p.strip())
@@ -73,6 +76,18 @@ def read_document(source: str | Path) -> str:
             raise ValueError(f"{path} has no extractable text (a scanned PDF needs OCR first).")
         return text
     return path.read_text(encoding="utf-8", errors="replace")
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Only errors from `logger_name` while the block runs."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _load(document: str | Path) -> str:

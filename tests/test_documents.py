@@ -4,6 +4,7 @@ PDF input, prefix reuse for repeated questions, and the CLI."""
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 
 import pytest
@@ -141,7 +142,7 @@ def test_map_reduce_calls_and_important_passages(tiny_model, monkeypatch):
         assert len(tiny_model.encode(prompt)) <= 900
 
 
-def test_pdf_markdown_and_text_inputs(tmp_path):
+def test_pdf_markdown_and_text_inputs(tmp_path, caplog):
     from pypdf import PdfWriter
     from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
@@ -168,8 +169,10 @@ def test_pdf_markdown_and_text_inputs(tmp_path):
         writer.write(f)
     assert "Release on 14 March." in read_document(pdf)
     (tmp_path / "bad.pdf").write_bytes(b"not a pdf")
-    with pytest.raises(ValueError, match="not a readable PDF"):
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="not a readable PDF"):
         read_document(tmp_path / "bad.pdf")
+    assert [r.name for r in caplog.records] == []  # no pypdf warnings echoing the error
+    assert logging.getLogger("pypdf").level == logging.NOTSET  # as it was
     with pytest.raises(FileNotFoundError):
         read_document(tmp_path / "missing.txt")
 

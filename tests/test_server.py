@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -777,21 +778,41 @@ def test_the_command_defaults_match_the_server():
     assert serve.DEFAULT_MAX_BODY_BYTES == server.DEFAULT_MAX_BODY_BYTES
 
 
+def test_a_port_that_cannot_be_used_is_an_error_before_the_model_loads(tiny_mlx, capsys):
+    from qwen_mlx.commands.serve import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--model", str(tiny_mlx), "--port", str(port)]) == 1
+        err = capsys.readouterr().err
+        assert f"Port {port} on 127.0.0.1 is in use" in err and "loading" not in err
+    assert main(["--model", str(tiny_mlx), "--port", "99999"]) == 1
+    assert "between 0 and 65535" in capsys.readouterr().err
+    assert main(["--model", str(tiny_mlx), "--host", "no-such-host.invalid"]) == 1
+    assert "not an address of this machine" in capsys.readouterr().err
+
+
 def test_qwen_mlx_serve_serves_until_interrupted_and_exits_cleanly(tiny_mlx, tiny_model):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "qwen_mlx.commands.serve", "--model", str(tiny_mlx)),
-            *("--port", str(port), "--log-level", "warning"),
+            *("--port", "0", "--log-level", "warning"),  # 0: any free port, and it says which
         ],
         stderr=subprocess.PIPE,
         text=True,
         env=os.environ,
     )
     try:
-        url = f"http://127.0.0.1:{port}"
+        said = ""
+        while "serving" not in said:
+            line = proc.stderr.readline()
+            assert line, f"qwen-mlx serve exited: {said}"
+            said += line
+        url = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", said).group(1)
+        port = int(url.rsplit(":", 1)[1])
+        assert port > 0
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, proc.stderr.read()
@@ -814,7 +835,7 @@ def test_qwen_mlx_serve_serves_until_interrupted_and_exits_cleanly(tiny_mlx, tin
         assert by_name.status_code == 200
         proc.send_signal(signal.SIGINT)  # and it exits cleanly after generating (MLX threads)
         assert proc.wait(timeout=30) == 0
-        assert f"serving {tiny_model.name}" in proc.stderr.read()
+        assert f"serving {tiny_model.name}" in said
     finally:
         if proc.poll() is None:
             proc.kill()

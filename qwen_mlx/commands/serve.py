@@ -9,9 +9,11 @@ port can use the model.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 
 from ._common import add_model_arg, guarded
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
     p.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
@@ -125,12 +127,12 @@ def bind_warning(host: str, api_key: str | None) -> str | None:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag, value in (("--max-tokens-cap", args.max_tokens_cap), ("--port", args.port)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{flag} must be positive.")
+    if args.max_tokens_cap is not None and args.max_tokens_cap <= 0:
+        raise ValueError("--max-tokens-cap must be positive.")
     warning = bind_warning(args.host, args.api_key)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    sockets = listen_sockets(args.host, args.port)  # a taken port fails before loading
     import uvicorn
 
     from ..runtime import load
@@ -153,21 +155,56 @@ def main(argv: list[str] | None = None) -> int:
         allowed_hosts=allowed_hosts(args.host),
     )
     host = f"[{args.host}]" if ":" in args.host else args.host
+    port = sockets[0].getsockname()[1]
     print(
-        f"serving {model.name} at http://{host}:{args.port}/v1 "
+        f"serving {model.name} at http://{host}:{port}/v1 "
         f"(context {engine.context_limit:,} tokens)",
         file=sys.stderr,
     )
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
+        app, host=args.host, port=port, log_level=args.log_level, timeout_graceful_shutdown=5
     )
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
         print("stopped.", file=sys.stderr)
     finally:
         engine.close()
+        for sock in sockets:
+            sock.close()
     return 0
+
+
+def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets bound to every address of `host` (localhost can be both ::1 and
+    127.0.0.1) on `port` (0: a free one, the same for all), or an error saying why not."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, not {port}.")
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host} is not an address of this machine ({e.strerror}).") from e
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio does: IPv4 gets its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if sockets[0] is not sock:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(
+                f"Port {port} on {host} is in use (another `qwen-mlx serve`?). Stop it, or "
+                "pick another port with --port (0 picks a free one)."
+            ) from e
+        raise ValueError(f"Cannot listen on {host} port {port}: {e.strerror}.") from e
+    return sockets
 
 
 if __name__ == "__main__":
