@@ -47,10 +47,17 @@ def migrate(
     conn.execute("COMMIT")
 
 
-def _use_wal(conn: sqlite3.Connection, wait: float = 60.0) -> None:
+def is_locked(error: BaseException) -> bool:
+    """Whether a SQLite error means another connection holds the lock (busy, not damaged)."""
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
     """Switch a new file to write-ahead logging. SQLite answers "database is locked" at
     once, without its busy timeout, when another connection is switching the same file at
-    that moment (several processes opening a new store together), so wait here instead."""
+    that moment (several processes opening a new store together), so wait here instead,
+    as long as the connection's busy timeout."""
+    wait = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
     deadline = time.monotonic() + wait
     delay = 0.005
     while True:
@@ -58,7 +65,7 @@ def _use_wal(conn: sqlite3.Connection, wait: float = 60.0) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
+            if not is_locked(e) or time.monotonic() > deadline:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.2)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import RegistryError
 from .manifest import Manifest, now_iso
-from .migrations import Migrations, migrate
+from .migrations import Migrations, is_locked, migrate
 
 MIGRATIONS: Migrations = [
     (
@@ -234,11 +234,10 @@ def _model_row(row: sqlite3.Row) -> ModelRow:
 
 
 def _damaged(path: Path, e: Exception) -> RegistryError:
-    if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+    if is_locked(e):
         return RegistryError(
             f"The registry {path} stayed locked by another process for {LOCK_WAIT:g} s "
-            f"({e}). "
-            "Wait for other qwen-mlx commands to finish, then try again."
+            f"({e}). Wait for other qwen-mlx commands to finish, then try again."
         )
     return RegistryError(
         f"The registry {path} is damaged or unreadable ({e}). Your models are untouched; "
