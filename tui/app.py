@@ -476,7 +476,7 @@ class ChatApp(ChatCommands, App[None]):
         if saving:
             problem = None
             try:
-                session.save(self.store.session_path(chat.id))
+                self._save_cache(chat, session)
             except Exception as e:
                 problem = e
             self.post_message(self.CacheSaved(problem))
@@ -488,7 +488,11 @@ class ChatApp(ChatCommands, App[None]):
             return
         self.store.save_messages(chat.id, session.messages_for_storage())
         if cache:
-            session.save(self.store.session_path(chat.id))
+            self._save_cache(chat, session)
+
+    def _save_cache(self, chat: Chat, session: Any) -> None:
+        """Save the KV cache of `chat` beside its messages (on the model thread)."""
+        session.save(self.store.session_path(chat.id))
 
     async def on_chat_app_reply_text(self, message: ReplyText) -> None:
         if self._reply is not None:
