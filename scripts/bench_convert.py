@@ -120,7 +120,9 @@ def run(which: str, source: Path, bits: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--cache", type=Path, default=Path(os.environ.get("QWEN_MLX_BENCH_CACHE", "bench-cache"))

@@ -153,7 +153,9 @@ def bench_peak(model, tokens: int, chunk: int) -> dict[int | None, tuple[float, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--turns", type=int, default=20)
     p.add_argument("--resume-tokens", type=int, default=8192)

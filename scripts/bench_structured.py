@@ -41,7 +41,9 @@ SCHEMA["properties"]["items"]["minItems"] = 6  # long enough replies to time
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tokens", type=int, default=200)
     p.add_argument("--repeat", type=int, default=3)

@@ -35,7 +35,9 @@ def word(i: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tokens", type=int, default=5000)
     p.add_argument("--rate", type=float, default=200.0, help="tokens per second")

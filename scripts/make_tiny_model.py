@@ -18,7 +18,9 @@ from qwen_mlx.tiny import TinyConfig, build_tiny_checkpoint
 def main(argv: list[str] | None = None) -> int:
     d = TinyConfig()
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("out", help="output folder (created; must be empty unless --overwrite)")
     p.add_argument("--hidden", type=int, default=d.hidden_size)

@@ -43,7 +43,9 @@ For a conversation, `ChatSession` keeps the KV cache between turns.
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "tui" / "screenshots")
     args = p.parse_args(argv)

@@ -620,6 +620,7 @@ class ChatApp(ChatCommands, App[None]):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx chat",
         description="Chat with a local Qwen3 model in the terminal. Chats are saved under "
         "$QWEN_MLX_HOME and resume with their KV cache.",

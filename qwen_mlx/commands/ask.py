@@ -12,6 +12,7 @@ from .summarize import add_document_args, run_on_document
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx ask",
         description=(
             "Answer a question about a .txt, .md or .pdf document. A document that does not "

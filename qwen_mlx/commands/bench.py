@@ -34,6 +34,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx bench",
         description=DESCRIPTION,
         epilog=EXAMPLES,

@@ -28,6 +28,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx convert",
         description=DESCRIPTION,
         epilog=EXAMPLES,

@@ -21,6 +21,7 @@ DEMO_MODEL = f"{DEMO_SOURCE}-mlx-q4-g64"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -34,6 +34,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx generate",
         description="Generate a reply with the model's chat template and sampling defaults.",
         epilog=EXAMPLES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import asdict
@@ -22,44 +23,46 @@ VERIFY_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx models",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    a = sub.add_parser("list", help="table of stored versions (latest and pinned marked)")
+    add = functools.partial(sub.add_parser, allow_abbrev=False)
+    a = add("list", help="table of stored versions (latest and pinned marked)")
     a.add_argument("--json", action="store_true", help="machine-readable output")
-    a = sub.add_parser("show", help="a version's manifest, readable")
+    a = add("show", help="a version's manifest, readable")
     a.add_argument("name", metavar="NAME|FAMILY")
     a.add_argument("--json", action="store_true", help="the raw manifest.json")
-    a = sub.add_parser("verify", help="recompute the sha256 of every file against the manifest")
+    a = add("verify", help="recompute the sha256 of every file against the manifest")
     a.add_argument("name", nargs="?", metavar="NAME|FAMILY")
     a.add_argument("--all", action="store_true", help="every stored version")
-    a = sub.add_parser("import", help="copy an existing MLX folder into the store")
+    a = add("import", help="copy an existing MLX folder into the store")
     a.add_argument("path", help="model folder (an mlx-community download, for example)")
     a.add_argument("--name", help="its name, e.g. qwen3-4b-instruct-2507-mlx-q4-g64")
     a.add_argument("--force", action="store_true", help="replace a stored version of that name")
-    a = sub.add_parser("set-latest", help="make NAME its family's latest")
+    a = add("set-latest", help="make NAME its family's latest")
     a.add_argument("name", metavar="NAME")
-    a = sub.add_parser("rollback", help="go back to the family's previous latest")
+    a = add("rollback", help="go back to the family's previous latest")
     a.add_argument("family", metavar="FAMILY")
-    a = sub.add_parser("pin", help="freeze a family (at VERSION, or at its latest)")
+    a = add("pin", help="freeze a family (at VERSION, or at its latest)")
     a.add_argument("family", metavar="FAMILY")
     a.add_argument("version", nargs="?", metavar="VERSION", help="a NAME or e.g. 2507-mlx-q8-g64")
-    a = sub.add_parser("unpin", help="let updates and conversions switch latest again")
+    a = add("unpin", help="let updates and conversions switch latest again")
     a.add_argument("family", metavar="FAMILY")
-    a = sub.add_parser("policy", help="set a family's update policy")
+    a = add("policy", help="set a family's update policy")
     a.add_argument("family", metavar="FAMILY")
     a.add_argument("policy", choices=("auto", "notify", "frozen"))
-    a = sub.add_parser("rm", help="delete a version and free its disk")
+    a = add("rm", help="delete a version and free its disk")
     a.add_argument("name", metavar="NAME")
     a.add_argument("--force", action="store_true", help="also the latest or pinned version")
-    a = sub.add_parser("check-updates", help="ask the Hub whether a source repo moved on")
+    a = add("check-updates", help="ask the Hub whether a source repo moved on")
     a.add_argument("family", nargs="?", metavar="FAMILY")
     a.add_argument("--apply", action="store_true", help="convert available updates now")
-    a = sub.add_parser("log", help="the event history (converted, set-latest, ...)")
+    a = add("log", help="the event history (converted, set-latest, ...)")
     a.add_argument("family", nargs="?", metavar="FAMILY")
-    sub.add_parser("repair", help="rebuild a damaged registry from the manifests on disk")
+    add("repair", help="rebuild a damaged registry from the manifests on disk")
     return p
 
 

@@ -10,6 +10,7 @@ from ._common import add_model_arg, guarded, human_bytes
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx plan",
         description=(
             "Show the memory a context needs (weights + KV cache + attention working space) "

@@ -36,6 +36,7 @@ then point any OpenAI client at it:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx serve",
         description="Serve the model over an OpenAI-compatible HTTP API: /v1/chat/completions, "
         "/v1/completions, /v1/models and /health.",

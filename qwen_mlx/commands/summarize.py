@@ -36,6 +36,7 @@ def document_params(model, args):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="qwen-mlx summarize",
         description=(
             "Summarize a document. One that fits in the context goes in one prompt; a longer "
