@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import inspect
 import json
+import math
 import re
 import types
 import typing
@@ -229,7 +230,7 @@ def _call_end(text: str, body: int, *, final: bool) -> tuple[int | None, bool]:
     except json.JSONDecodeError as e:
         if not final and (e.msg.startswith("Unterminated") or e.pos >= len(text.rstrip())):
             return None, False
-    except RecursionError:
+    except (RecursionError, ValueError):  # too deep, or an integer over Python's digit limit
         pass
     else:
         close = _WS.match(text, end).end()
@@ -279,13 +280,30 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
     return "".join(prose).strip(), calls
 
 
+def _strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: NaN and Infinity (which `json` accepts), and numbers too
+    large for a float, are refused, since they could not be passed on as JSON."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value; write a number or a string")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:20]}... is too large; write it as a string")
+    return value
+
+
 def _call(body: str, *, closed: bool) -> ToolCall:
     raw = body.strip()
     if not closed:
         return ToolCall(None, None, raw, error="the tool call was cut off before </tool_call>")
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as e:
+        data = _strict_json(raw)
+    except (RecursionError, ValueError) as e:  # ValueError: JSONDecodeError, NaN, huge ints
         return ToolCall(None, None, raw, error=f"the tool call is not valid JSON ({e})")
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return ToolCall(None, None, raw, error='a tool call needs {"name": ..., "arguments": ...}')
@@ -293,8 +311,8 @@ def _call(body: str, *, closed: bool) -> ToolCall:
     arguments = data.get("arguments", data.get("parameters", {}))
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except (json.JSONDecodeError, RecursionError) as e:
+            arguments = _strict_json(arguments) if arguments.strip() else {}
+        except (RecursionError, ValueError) as e:
             return ToolCall(name, None, raw, error=f"the arguments are not valid JSON ({e})")
     if arguments is None:
         arguments = {}
@@ -305,32 +323,65 @@ def _call(body: str, *, closed: bool) -> ToolCall:
 
 class CallFilter:
     """Streams a reply's prose while holding back `<tool_call>` blocks (and any text that
-    might be the start of one)."""
+    might be the start of one).
+
+    It shows what `parse_tool_calls` would keep as prose, and decides where a call ends
+    as `_call_end` does, in time linear in the reply: a call's JSON is decoded again only
+    when that can change the answer, as tracked by a light scan of each new piece
+    (a closing tag that is outside any JSON string, an opening tag, the first closing
+    tag) and otherwise each time the call has doubled; `flush` decides what is left.
+    """
 
     def __init__(self) -> None:
-        self._pending = ""
+        self._pending = ""  # outside a call: text held back (a possible start of a tag)
         self._inside = False
+        self._call = _OpenCall()
 
     def feed(self, text: str) -> str:
-        self._pending += text
+        return self._feed(text, force=False)
+
+    def flush(self) -> str:
+        out = self._feed("", force=True)
+        if not self._inside:
+            out += self._pending
+        self._pending, self._inside, self._call = "", False, _OpenCall()
+        return out
+
+    def _feed(self, text: str, *, force: bool) -> str:
         out: list[str] = []
+        if self._inside:
+            self._call.add(text)
+        else:
+            self._pending += text
         while True:
             if self._inside:
-                end, clean = _call_end(self._pending, 0, final=False)
-                restart = -1 if clean else _abandoned(self._pending, 0, end)
+                call = self._call
+                if call.close < 0:  # no closing tag yet: the call cannot have ended
+                    end, clean = None, False
+                elif force or call.worth_decoding():
+                    end, clean = _call_end(call.text(), 0, final=False)
+                    call.decoded()
+                else:  # no tag and no possible end since: only a malformed end can have
+                    # come, which is found when the call doubles, or by flush
+                    end, clean = None, False
+                opening = call.open
+                restart = (
+                    opening if not clean and opening >= 0 and (end is None or opening < end) else -1
+                )
                 if restart >= 0:  # as parse_tool_calls: an abandoned opening is prose
-                    out.append(CALL_OPEN + self._pending[:restart])
-                    self._pending = self._pending[restart + len(CALL_OPEN) :]
+                    body = call.text()
+                    out.append(CALL_OPEN + body[:restart])
+                    self._call = _OpenCall(body[restart + len(CALL_OPEN) :])
                     continue
                 if end is None:
                     return "".join(out)
-                self._pending = self._pending[end + len(CALL_CLOSE) :]
-                self._inside = False
+                self._pending = call.text()[end + len(CALL_CLOSE) :]
+                self._inside, self._call = False, _OpenCall()
             start = self._pending.find(CALL_OPEN)
             if start >= 0:
                 out.append(self._pending[:start])
-                self._pending = self._pending[start + len(CALL_OPEN) :]
-                self._inside = True
+                self._call = _OpenCall(self._pending[start + len(CALL_OPEN) :])
+                self._pending, self._inside = "", True
                 continue
             keep = next(
                 (
@@ -344,10 +395,88 @@ class CallFilter:
             self._pending = self._pending[len(self._pending) - keep :]
             return "".join(out)
 
-    def flush(self) -> str:
-        out = "" if self._inside else self._pending
-        self._pending, self._inside = "", False
-        return out
+
+_JSON_MARKS = re.compile(r'["\\{}\[\]]')
+_CLOSE_TAG = re.compile(re.escape(CALL_CLOSE))
+
+
+class _OpenCall:
+    """The body of a call being streamed, kept as pieces (joined only to decode it),
+    with the first opening and closing tags in it and a scan of its JSON strings and
+    brackets, so that CallFilter decodes it only when the answer may have changed."""
+
+    def __init__(self, text: str = "") -> None:
+        self._parts: list[str] = []
+        self._length = 0
+        self._tail = ""  # the last characters, for tags split across pieces
+        self.open = self.close = -1
+        self._in_string = self._escaped = False
+        self._depth = 0
+        self._possible_end = False  # a closing tag outside any string, at depth 0
+        self._decoded_at = -1  # the length at the last decoding
+        self.add(text)
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        base = self._length - len(self._tail)
+        window = self._tail + text
+        if self.open < 0:
+            found = window.find(CALL_OPEN)
+            self.open = base + found if found >= 0 else -1
+        pos = 0  # in `text`
+        for m in _CLOSE_TAG.finditer(window):
+            at = base + m.start()
+            if at < self._length:  # began in an earlier piece: the scan is already there
+                cut = 0
+            else:
+                cut = at - self._length
+                self._scan(text[pos:cut])
+                pos = cut
+            if self.close < 0:
+                self.close = at
+                self._possible_end = True
+            if not self._in_string and self._depth <= 0:
+                self._possible_end = True
+        self._scan(text[pos:])
+        self._parts.append(text)
+        self._length += len(text)
+        self._tail = window[-(len(CALL_CLOSE) - 1) :]
+
+    def _scan(self, text: str) -> None:
+        """Follow JSON strings (with their escapes) and bracket depth through `text`."""
+        skip = 0
+        if self._escaped and text:
+            self._escaped, skip = False, 1
+        for m in _JSON_MARKS.finditer(text, skip):
+            if m.start() < skip:
+                continue
+            mark = m.group()
+            if self._in_string:
+                if mark == "\\":
+                    skip = m.end() + 1
+                    self._escaped = skip > len(text)
+                elif mark == '"':
+                    self._in_string = False
+            elif mark == '"':
+                self._in_string = True
+            elif mark in "{[":
+                self._depth += 1
+            elif mark in "}]":
+                self._depth -= 1
+
+    def text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def worth_decoding(self) -> bool:
+        if self._decoded_at == self._length:
+            return False
+        return self._possible_end or self.open >= 0 or self._length >= 2 * self._decoded_at
+
+    def decoded(self) -> None:
+        self._decoded_at, self._possible_end = self._length, False
 
 
 # -- running ---------------------------------------------------------------------------------------

@@ -233,6 +233,191 @@ def test_streaming_filter_shows_exactly_the_prose(segments, tail, piece):
     assert shown == "".join(b for b, _ in segments) + tail
 
 
+class QuadraticFilter:
+    """The filter as it was before it was made linear (it decoded the whole call at every
+    piece): the reference the streaming filter must agree with."""
+
+    def __init__(self) -> None:
+        self._pending, self._inside = "", False
+
+    def feed(self, text: str) -> str:
+        from qwen_mlx.tools import _abandoned, _call_end
+
+        self._pending += text
+        out: list[str] = []
+        while True:
+            if self._inside:
+                end, clean = _call_end(self._pending, 0, final=False)
+                restart = -1 if clean else _abandoned(self._pending, 0, end)
+                if restart >= 0:
+                    out.append(CALL_OPEN + self._pending[:restart])
+                    self._pending = self._pending[restart + len(CALL_OPEN) :]
+                    continue
+                if end is None:
+                    return "".join(out)
+                self._pending = self._pending[end + len(CALL_CLOSE) :]
+                self._inside = False
+            start = self._pending.find(CALL_OPEN)
+            if start >= 0:
+                out.append(self._pending[:start])
+                self._pending = self._pending[start + len(CALL_OPEN) :]
+                self._inside = True
+                continue
+            keep = next(
+                (
+                    n
+                    for n in range(min(len(CALL_OPEN) - 1, len(self._pending)), 0, -1)
+                    if self._pending.endswith(CALL_OPEN[:n])
+                ),
+                0,
+            )
+            out.append(self._pending[: len(self._pending) - keep])
+            self._pending = self._pending[len(self._pending) - keep :]
+            return "".join(out)
+
+    def flush(self) -> str:
+        out = "" if self._inside else self._pending
+        self._pending, self._inside = "", False
+        return out
+
+
+SOUP = st.sampled_from(
+    [
+        *(CALL_OPEN, CALL_CLOSE, "<tool", "_call>", "</", "{", "}", "[", "]", '"', "\\", "\\u12"),
+        *('"name"', '"a"', ":", ",", " ", "\n", "x", "1", "NaN", '{"name": "a", "arguments": {}}'),
+    ]
+)
+
+
+def agree_with_the_reference(text: str, sizes: list[int], *, in_step: bool) -> None:
+    """Stream `text` in pieces of `sizes` (cycled) through both filters: the same text in
+    the end, and never more than the reference at any point (`in_step`: the same)."""
+    new, old = CallFilter(), QuadraticFilter()
+    shown_new = shown_old = ""
+    i = n = 0
+    while i < len(text):
+        piece = text[i : i + sizes[n % len(sizes)]]
+        i, n = i + len(piece), n + 1
+        shown_new += new.feed(piece)
+        shown_old += old.feed(piece)
+        if in_step:
+            assert shown_new == shown_old
+        else:  # it may decide later (see CallFilter), never differently
+            assert shown_old.startswith(shown_new)
+    assert shown_new + new.flush() == shown_old + old.flush()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(SOUP, max_size=40), st.lists(st.integers(1, 9), min_size=1, max_size=8))
+def test_streaming_filter_agrees_with_decoding_the_whole_call_at_every_piece(parts, sizes):
+    agree_with_the_reference("".join(parts), sizes, in_step=False)
+
+
+# Strings with quotes, escapes, brackets and closing tags (an opening tag quoted in a
+# string restarts the call as it streams: a malformed call, tested above).
+tricky_strings = st.lists(
+    st.sampled_from(['"', "\\", "x", " ", "\n", "{", "}", "]", "<", "/", CALL_CLOSE]),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(junk, st.dictionaries(tricky_strings, tricky_strings, max_size=3))),
+    junk,
+    st.lists(st.integers(1, 9), min_size=1, max_size=4),
+)
+def test_well_formed_calls_are_decided_as_soon_as_the_reference_decides(segments, tail, sizes):
+    text = "".join(
+        f"{b}{CALL_OPEN}{json.dumps({'name': 'f', 'arguments': a})}{CALL_CLOSE}"
+        for b, a in segments
+    )
+    agree_with_the_reference(text + tail, sizes, in_step=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A closing tag quoted in a string, then a raw newline: malformed, ends there.
+        f'A{CALL_OPEN}{{"a": "{CALL_CLOSE}\n x y and more',
+        f'A{CALL_OPEN}{{"a": "{CALL_CLOSE}\n x {CALL_OPEN}{{"name": "b"}}{CALL_CLOSE} B',
+        f'A{CALL_OPEN}{{"a": "\\""}}{CALL_CLOSE} more text',
+        f'A{CALL_OPEN}{{"a": "\\u12{CALL_CLOSE}"}} and then',
+        f"A{CALL_OPEN}{'[' * 5000}{CALL_CLOSE} deep",
+    ],
+)
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_calls_the_filter_decides_late_still_end_where_the_reference_ends_them(text, size):
+    agree_with_the_reference(text, [size], in_step=False)
+
+
+def test_streaming_a_long_call_decodes_it_a_bounded_number_of_times(monkeypatch):
+    import qwen_mlx.tools as tools
+
+    decoded: list[int] = []
+    real = tools._call_end
+
+    def counting(text, body, *, final):
+        decoded.append(len(text) - body)
+        return real(text, body, final=final)
+
+    monkeypatch.setattr(tools, "_call_end", counting)
+    long_value = "word " * 20_000
+    quoted_tags = f"{CALL_CLOSE} {CALL_OPEN[:-1]}" * 50  # tags quoted in a string
+    for payload in (long_value, quoted_tags + long_value):
+        call = json.dumps({"name": "echo", "arguments": {"text": payload}})
+        text = f"Sure. {CALL_OPEN}\n{call}\n{CALL_CLOSE} Done."
+        f = CallFilter()
+        decoded.clear()
+        shown = "".join(f.feed(text[i : i + 5]) for i in range(0, len(text), 5)) + f.flush()
+        assert shown == "Sure.  Done."
+        assert sum(decoded) <= 4 * len(text)  # linear: not once per piece
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name": "a", "arguments": {"n": ' + "9" * 5000 + "}}",
+        '{"name": "a", "arguments": "{\\"n\\": ' + "9" * 5000 + '}"}',
+        '{"name": "a", "arguments": {"x": NaN}}',
+        '{"name": "a", "arguments": {"x": -Infinity}}',
+        '{"name": "a", "arguments": "{\\"x\\": Infinity}"}',
+    ],
+)
+def test_huge_integers_and_non_json_numbers_become_call_errors(body):
+    text = f"ok {CALL_OPEN}{body}{CALL_CLOSE} end"
+    prose, calls = parse_tool_calls(text)
+    assert prose == "ok  end"
+    (call,) = calls
+    assert call.error is not None and "not valid JSON" in call.error
+    assert "error: " in run_tool_call(call, {})
+    f = CallFilter()
+    assert "".join(f.feed(text[i : i + 3]) for i in range(0, len(text), 3)) + f.flush() == (
+        "ok  end"
+    )
+
+
+# Digits as text: hypothesis itself cannot print an int over Python's 4,300-digit limit.
+big_numbers = st.builds(
+    lambda sign, head, more, tail: f"{sign}{head}{'7' * more}{tail}",
+    st.sampled_from(["", "-"]),
+    st.integers(1, 10**6),
+    st.integers(4301, 4400),
+    st.sampled_from(["", ".5", "e3"]),  # over the limit as an integer part, too
+) | st.sampled_from(["NaN", "Infinity", "-Infinity"])
+
+
+@settings(max_examples=50, deadline=None)
+@given(junk, big_numbers, st.integers(1, 40))
+def test_parser_and_filter_never_raise_on_huge_or_non_json_numbers(before, number, piece):
+    text = f'{before}{CALL_OPEN}{{"name": "a", "arguments": {{"n": {number}}}}}{CALL_CLOSE}'
+    prose, calls = parse_tool_calls(text)
+    assert prose == before.strip() and calls[0].error is not None
+    f = CallFilter()
+    shown = "".join(f.feed(text[i : i + piece]) for i in range(0, len(text), piece)) + f.flush()
+    assert shown == before
+
+
 # -- running ------------------------------------------------------------------------------------
 
 
