@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import numbers
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -31,11 +33,20 @@ Prompt = str | Sequence[Message] | Sequence[int]
 _REPLY_MARK = "\x00qwen-mlx-reply-{}\x00"
 
 
+_PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens. `Model.default_params` fills these from generation_config.json.
 
     `temperature=0` is greedy. `stop` strings end the reply and are not part of it.
+    `top_k=0` turns top-k off, and so does a `top_k` at or above the model's vocabulary
+    (it keeps every token: the same distribution); `stream_tokens` clamps it there.
     """
 
     temperature: float = 0.7
@@ -54,12 +65,28 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         elif not isinstance(self.stop, tuple):
             object.__setattr__(self, "stop", tuple(self.stop))
+        for name in ("temperature", "top_p", "min_p", *_PENALTIES):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not _finite(value)):
+                raise ValueError(f"{name} must be a finite number, not {value!r}.")
+        for name in ("top_k", "max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, not {value!r}.")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)
+        ):
+            raise ValueError(f"seed must be an integer, not {self.seed!r}.")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0.")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1].")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0 (0 turns it off).")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError("min_p must be in [0, 1].")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0 (1 turns it off).")
         if self.max_tokens == 0 or self.max_tokens < -1:
             raise ValueError("max_tokens must be positive (or -1 for no limit).")
         if any(not s for s in self.stop):
@@ -371,7 +398,8 @@ def resolve_params(
 def make_sampling(
     params: SamplingParams, extra_processors: Sequence[Callable] = ()
 ) -> tuple[Callable, list[Callable]]:
-    """mlx-lm's sampler and logits processors for these parameters."""
+    """mlx-lm's sampler and logits processors for these parameters. The sampler leaves
+    MLX's global random state usable even when it raises (see `_keeps_random_state`)."""
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
     sampler = make_sampler(
@@ -382,7 +410,38 @@ def make_sampling(
         presence_penalty=params.presence_penalty,
         frequency_penalty=params.frequency_penalty,
     )
-    return sampler, [*processors, *extra_processors]
+    return _keeps_random_state(sampler), [*processors, *extra_processors]
+
+
+def _keeps_random_state(sampler: Callable) -> Callable:
+    """`sampler`, restoring `mx.random.state` if it raises.
+
+    mlx-lm compiles its top-k and min-p filters with the random state as input and
+    output; an exception while tracing one leaves a tracer placeholder in the global
+    state, and every later sampled call in the process then fails. The key is held by
+    reference (no evaluation per token) and put back only on failure.
+    """
+    import mlx.core as mx
+
+    def sample(logprobs: Any) -> Any:
+        key = mx.random.state[0]
+        try:
+            return sampler(logprobs)
+        except BaseException:
+            high, low = key.tolist()  # seed() rebuilds exactly this key: [seed >> 32, low]
+            mx.random.seed((high << 32) | low)
+            raise
+
+    return sample
+
+
+def sampling_for(model: Model, params: SamplingParams) -> SamplingParams:
+    """`params` as they apply to `model`: a `top_k` at or above its vocabulary keeps every
+    token, so it becomes 0 (off), the same distribution (mlx-lm refuses such a top_k)."""
+    vocab = int(model.config.get("vocab_size") or 0)
+    if vocab and params.top_k >= vocab:
+        return replace(params, top_k=0)
+    return params
 
 
 def stream_tokens(
@@ -423,6 +482,7 @@ def stream_tokens(
     n = 0
     finish: str | None = None
     stop_hit = False
+    params = sampling_for(model, params)
 
     def chunk(text: str, token: int | None, reason: str | None = None) -> GenerationChunk:
         elapsed = time.perf_counter() - start - ttft

@@ -160,3 +160,45 @@ def test_cli_streams_to_stdout_and_stats_to_stderr(tiny_mlx, capsys):
 def test_cli_without_a_model_points_to_convert(capsys):
     assert main(["--prompt", "Hi"]) == 1
     assert "qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507" in capsys.readouterr().err
+
+
+def test_a_top_k_at_or_above_the_vocabulary_means_off_and_breaks_nothing(tiny_model):
+    vocab = tiny_model.config["vocab_size"]
+    huge = generate(tiny_model, MESSAGES, top_k=100_000, temperature=1.0, seed=3, max_tokens=12)
+    assert huge == generate(tiny_model, MESSAGES, top_k=0, temperature=1.0, seed=3, max_tokens=12)
+    exact = generate(tiny_model, MESSAGES, top_k=vocab, temperature=1.0, seed=3, max_tokens=12)
+    assert exact == huge
+    # Unseeded sampling afterwards still works (it used to fail for the rest of the process).
+    assert generate(tiny_model, MESSAGES, top_k=5, temperature=1.0, max_tokens=4) is not None
+
+
+def test_a_sampler_that_fails_while_compiling_leaves_sampling_usable(tiny_model, monkeypatch):
+    import mlx_lm.sample_utils as sample_utils
+
+    real = sample_utils.make_sampler
+    # mlx-lm's compiled top-k raising while it traces, as it did for any top_k >= vocab.
+    monkeypatch.setattr(
+        sample_utils, "make_sampler", lambda **_: lambda x: sample_utils.apply_top_k(x, 10**9)
+    )
+    with pytest.raises(ValueError, match="top_k"):
+        generate(tiny_model, MESSAGES, temperature=1.0, max_tokens=4)
+    monkeypatch.setattr(sample_utils, "make_sampler", real)
+    for _ in range(2):
+        chunks = list(stream_generate(tiny_model, MESSAGES, temperature=1.0, top_k=5, max_tokens=4))
+        assert chunks[-1].finish_reason in ("stop", "length")
+
+
+def test_sampling_params_refuse_non_finite_and_mistyped_values():
+    for bad in (
+        {"repetition_penalty": float("inf")},
+        {"temperature": float("nan")},
+        {"presence_penalty": float("-inf")},
+        {"max_tokens": "10"},
+        {"top_k": 2.5},
+        {"top_k": True},
+        {"seed": "1"},
+        {"min_p": 1.5},
+        {"repetition_penalty": 0},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SamplingParams(**bad)
