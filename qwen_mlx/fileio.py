@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -10,11 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import InsufficientDiskError
+
 _CHUNK = 8 << 20
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never half."""
+    """Write `data` to `path` so readers see the old file or the new one, never half.
+
+    A full disk raises InsufficientDiskError (an OSError) that says so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -24,10 +29,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path) from e
         raise
     fsync_dir(path.parent)
+
+
+def disk_full(path: str | os.PathLike) -> InsufficientDiskError:
+    """The error for a write that found the disk (or the user's quota) full."""
+    error = InsufficientDiskError(
+        f"The disk is full: could not write {path}. Nothing was changed; free some space "
+        "and try again."
+    )
+    error.errno = errno.ENOSPC  # still reads as ENOSPC to callers that check
+    return error
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie counts until its parent reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import DamagedModelError
@@ -129,14 +129,37 @@ def now_iso() -> str:
 
 
 def read_manifest(folder: str | os.PathLike) -> Manifest | None:
-    """The folder's manifest, or None if it has none. A damaged one raises."""
+    """The folder's manifest, or None if it has none. A damaged one raises.
+
+    A manifest is damaged, too, when it lists a file outside its folder (`/etc/hostname`,
+    `../x`): every reader (verify, load, repair, ...) would otherwise hash or trust it.
+    """
     file = Path(folder) / MANIFEST_FILE
-    if not file.is_file():
+    if not file.exists() and not file.is_symlink():
         return None
     try:
-        return Manifest.from_dict(json.loads(file.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        if not file.is_file():
+            raise ValueError("it is not a file")
+        data = json.loads(file.read_text())
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        manifest = Manifest.from_dict(data)
+        for entry in manifest.files:
+            _check_entry(entry)
+    except (ValueError, KeyError, TypeError) as e:  # JSON and UTF-8 errors are ValueErrors
         raise DamagedModelError(f"{file} is damaged ({e}).") from e
+    return manifest
+
+
+def _check_entry(entry: FileEntry) -> None:
+    """Raise ValueError unless `entry` names a file inside the model folder."""
+    if not isinstance(entry.path, str) or not entry.path:
+        raise ValueError(f"file entry {entry.path!r} is not a file name")
+    parts = PurePosixPath(entry.path).parts
+    if entry.path.startswith(("/", "\\")) or ".." in parts or "\\" in entry.path:
+        raise ValueError(f"file entry {entry.path!r} points outside the model folder")
+    if not isinstance(entry.size, int) or not isinstance(entry.sha256, str):
+        raise ValueError(f"file entry {entry.path!r} has no usable size and sha256")
 
 
 def manifest_sha256(folder: str | os.PathLike) -> str | None:

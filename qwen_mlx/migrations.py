@@ -41,15 +41,27 @@ def migrate(
             for statement in filter(str.strip, sql.split(";")):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def is_locked(error: BaseException) -> bool:
     """Whether a SQLite error means another connection holds the lock (busy, not damaged)."""
     return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+
+def is_full(error: BaseException) -> bool:
+    """Whether a SQLite error means the disk (or quota) is full: SQLITE_FULL, "database or
+    disk is full", not a damaged file."""
+    if not isinstance(error, sqlite3.DatabaseError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_FULL  # extended codes keep the primary below
+    return "disk is full" in str(error)
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:

@@ -7,15 +7,17 @@ so two conversions finishing at once both land and the file never tears.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RegistryError
+from .errors import InsufficientDiskError, RegistryError
+from .fileio import disk_full
 from .manifest import Manifest, now_iso
-from .migrations import Migrations, is_locked, migrate
+from .migrations import Migrations, is_full, is_locked, migrate
 
 MIGRATIONS: Migrations = [
     (
@@ -70,6 +72,7 @@ EVENT_KINDS = (
     "rolled-back",
     "removed",
     "repaired",
+    "recovered",  # an interrupted conversion or import, finished by a later command
 )
 POLICIES = ("auto", "notify", "frozen")
 
@@ -132,18 +135,29 @@ class Registry:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding SQLite's lock from the start (BEGIN IMMEDIATE)."""
+        """A write transaction holding SQLite's lock from the start (BEGIN IMMEDIATE).
+
+        SQLite errors inside it or at COMMIT (a full disk, a damaged page) become
+        RegistryError or InsufficientDiskError, like every other registry error."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as e:
             raise _damaged(self.path, e) from e
         try:
             yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        else:
             self._conn.execute("COMMIT")
+        except sqlite3.DatabaseError as e:
+            self._rollback()
+            raise _damaged(self.path, e) from e
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:  # SQLite may have rolled back already (disk full)
+            # The error that brought us here is the one to report, not a failed ROLLBACK.
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._conn.execute("ROLLBACK")
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         try:
@@ -206,6 +220,11 @@ class Registry:
         rows = self._query(sql + " ORDER BY family, release, format", args)
         return [_model_row(r) for r in rows]
 
+    def model(self, name: str) -> ModelRow | None:
+        """The row of the model called `name`, if it is registered."""
+        rows = self._query("SELECT * FROM models WHERE name = ?", (name,))
+        return _model_row(rows[0]) if rows else None
+
     def events(self, family: str | None = None) -> list[Event]:
         sql = "SELECT * FROM events"
         args: tuple = ()
@@ -233,7 +252,10 @@ def _model_row(row: sqlite3.Row) -> ModelRow:
     return ModelRow(**data)
 
 
-def _damaged(path: Path, e: Exception) -> RegistryError:
+def _damaged(path: Path, e: Exception) -> RegistryError | InsufficientDiskError:
+    """The error to raise for a SQLite error on the registry: locked, disk full, damaged."""
+    if is_full(e):
+        return disk_full(path)
     if is_locked(e):
         return RegistryError(
             f"The registry {path} stayed locked by another process for {LOCK_WAIT:g} s "

@@ -11,13 +11,18 @@ A model reference is a store name, a family id (its latest), a folder, or a Hub 
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
+import logging
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from . import naming
 from .errors import (
@@ -25,9 +30,10 @@ from .errors import (
     InvalidNameError,
     ModelNotFoundError,
     OutputExistsError,
+    QwenMLXError,
     StoreError,
 )
-from .fileio import atomic_write_text, fsync_dir, tree_size
+from .fileio import atomic_write_text, disk_full, fsync_dir, process_alive, tree_size
 from .manifest import (
     MANIFEST_FILE,
     FileProblem,
@@ -42,6 +48,9 @@ from .registry import POLICIES, Registry
 
 LATEST_FILE = "latest"
 PARTIAL_MARK = ".partial-"
+SWAP_MARK = ".swap-"  # journal of a folder swap in progress: .<name>.swap-<pid>-<hex>.json
+
+logger = logging.getLogger(__name__)
 
 
 def home() -> Path:
@@ -65,6 +74,7 @@ class StoredModel:
     pinned: bool
     quality: QualityReport | None = None
     manifest_ok: bool = True  # False when manifest.json cannot be read
+    missing: bool = False  # the folder was deleted outside qwen-mlx; `rm` drops the entry
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,15 @@ class VerifyResult:
 
 
 @dataclass(frozen=True)
+class Removed:
+    """What `Store.remove` did."""
+
+    name: naming.ModelName
+    freed: int  # bytes
+    was_missing: bool  # the folder was already gone: only the registry entry went
+
+
+@dataclass(frozen=True)
 class RepairResult:
     kept: Path | None  # where the old registry was moved, if there was one
     models: int
@@ -85,9 +104,16 @@ class RepairResult:
 
 
 class Store:
+    """The store at `root` (default `home()`).
+
+    Opening it finishes any folder swap that a killed conversion or import left half-done
+    (see `install`), so every command starts from whole, registered models."""
+
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else home()
         self._registry: Registry | None = None
+        self._swaps: list[_Swap] = []  # swaps done through `staging`, closed by `close`
+        self._recover()
 
     @property
     def models_dir(self) -> Path:
@@ -100,9 +126,46 @@ class Store:
         return self._registry
 
     def close(self) -> None:
+        """Close the registry, and the journals of the swaps done through this store (the
+        caller has registered their models by now, or did not mean to)."""
+        while self._swaps:
+            swap = self._swaps.pop()
+            try:
+                swap.complete()  # deletes an `.old-*` copy that install could not
+                swap.finish()
+            except OSError as e:  # left for the next command to finish
+                logger.warning("Could not finish the swap of %s: %s", swap.final, e)
+                swap.release()
         if self._registry is not None:
             self._registry.close()
             self._registry = None
+
+    def _recover(self) -> None:
+        """Finish the swaps of processes that died half-way (killed during `convert
+        --force`, say): put the new model (or else the old one) in place, delete the
+        `.old-*` copy and register the new model if that had not happened yet."""
+        for journal in sorted(self.models_dir.glob(f"*/*/.*{SWAP_MARK}*.json")):
+            swap = _Swap.claim(journal)
+            if swap is None:  # its process is still at it, or another one recovers it
+                continue
+            try:
+                swap.complete()
+                self._register_recovered(swap)
+                swap.finish()
+            except (OSError, QwenMLXError) as e:  # a full disk, a damaged registry, ...
+                logger.warning("Could not finish the interrupted swap of %s: %s", swap.final, e)
+                swap.release()
+
+    def _register_recovered(self, swap: _Swap) -> None:
+        """Register the swap's new model unless the registry already has it."""
+        if not swap.sha256 or manifest_sha256(swap.final) != swap.sha256:
+            return  # the new model is not there (rolled back): the registry still fits
+        manifest = read_manifest(swap.final)
+        if manifest is None:
+            return
+        row = self.registry.model(manifest.name)
+        if row is None or row.manifest_sha256 != swap.sha256:
+            self.register(swap.final, manifest, event="recovered")
 
     # -- layout --------------------------------------------------------------------------
 
@@ -113,7 +176,7 @@ class Store:
         """The name of the model at `<family>/<release>/<format dir>`, from the path alone
         (a damaged manifest must not hide which model a folder holds)."""
         folder = self.models_dir / family / version
-        if not (folder / MANIFEST_FILE).is_file():
+        if not _has_manifest(folder):
             return None
         release, _, format_dir = version.partition("/")
         tag = "" if format_dir == "original" else f"-{format_dir}"
@@ -178,7 +241,7 @@ class Store:
 
     def _only_version_of_release(self, name: naming.ModelName) -> Path | None:
         release_dir = self.models_dir / name.family_id / name.release
-        versions = sorted(p for p in release_dir.glob("*") if (p / "manifest.json").is_file())
+        versions = sorted(p for p in release_dir.glob("*") if _has_manifest(p))
         if not versions:
             return None
         latest = self.latest(name.family_id)
@@ -192,14 +255,16 @@ class Store:
     # -- listing ---------------------------------------------------------------------------
 
     def list(self) -> list[StoredModel]:
+        """Every registered model; one whose folder was deleted is marked `missing`."""
         rows = self.registry.models()
         latest = {f: self.latest(f) for f in {r.family for r in rows}}
         out = []
         for r in rows:
             _, pinned = self.registry.family(r.family)
             is_latest = latest.get(r.family) is not None and str(latest[r.family]) == r.name
+            folder = self._folder_of(r.name, r.path)
             try:
-                manifest = read_manifest(r.path) if Path(r.path).is_dir() else None
+                manifest = read_manifest(folder) if folder.is_dir() else None
                 manifest_ok = True
             except DamagedModelError:
                 manifest, manifest_ok = None, False
@@ -209,7 +274,7 @@ class Store:
                     family=r.family,
                     release=r.release,
                     format=r.format,
-                    path=Path(r.path),
+                    path=folder,
                     size_bytes=r.size_bytes,
                     last_verified_at=r.last_verified_at,
                     last_verify_ok=r.last_verify_ok,
@@ -217,9 +282,30 @@ class Store:
                     pinned=pinned and is_latest,
                     quality=manifest.quality if manifest else None,
                     manifest_ok=manifest_ok,
+                    missing=not folder.is_dir(),
                 )
             )
         return out
+
+    def _folder_of(self, name: str, recorded: str) -> Path:
+        """Where a registered model lives: its place in this store (the store may have
+        moved since it was registered), or the recorded path for an odd name."""
+        try:
+            return self.path_for(naming.parse(name))
+        except InvalidNameError:
+            return Path(recorded)
+
+    def _lost(self, ref: str) -> tuple[Path, naming.ModelName] | None:
+        """The folder and name of a registered model whose folder (or manifest.json) was
+        deleted outside qwen-mlx, so that verify can report it and rm can drop it."""
+        text = ref.strip().lower()
+        if not naming.is_name(text):
+            return None
+        name = naming.parse(text)
+        if name.format is None or self.registry.model(str(name)) is None:
+            return None
+        folder = self.path_for(name)
+        return None if _has_manifest(folder) else (folder, name)
 
     def locate(self, ref: str) -> tuple[Path, naming.ModelName]:
         """The folder and name of a stored model, without reading its manifest."""
@@ -251,13 +337,29 @@ class Store:
     ) -> VerifyResult:
         """Recompute every file's sha256 against the manifest and record the outcome.
 
-        `progress(file, nbytes, total_bytes)` is called as bytes are hashed."""
-        folder, name = self.locate(ref)
+        `progress(file, nbytes, total_bytes)` is called as bytes are hashed. A registered
+        model whose folder was deleted is reported as missing, not as an error."""
+        manifest = None
         try:
-            manifest = read_manifest(folder)
-        except DamagedModelError as e:
-            manifest = None
-            problems = [FileProblem(MANIFEST_FILE, "damaged", str(e.__cause__ or e))]
+            folder, name = self.locate(ref)
+        except ModelNotFoundError:
+            lost = self._lost(ref)
+            if lost is None:
+                raise
+            folder, name = lost
+            gone = not folder.is_dir()
+            problems = [
+                FileProblem(
+                    f"{folder}" if gone else MANIFEST_FILE,
+                    "missing",
+                    f"deleted outside qwen-mlx; `qwen-mlx models rm {name}` drops the entry",
+                )
+            ]
+        else:
+            try:
+                manifest = read_manifest(folder)
+            except DamagedModelError as e:
+                problems = [FileProblem(MANIFEST_FILE, "damaged", str(e.__cause__ or e))]
         if manifest is not None:
             total = manifest.size
             tick = None if progress is None else (lambda file, n: progress(file, n, total))
@@ -272,7 +374,7 @@ class Store:
         return VerifyResult(
             name=str(name),
             files=len(manifest.files) if manifest else 0,
-            size=manifest.size if manifest else tree_size(folder),
+            size=manifest.size if manifest else tree_size(folder) if folder.is_dir() else 0,
             problems=problems,
         )
 
@@ -289,8 +391,8 @@ class Store:
                 f"{name.family_id} is pinned; `qwen-mlx models unpin {name.family_id}` first."
             )
         with self.registry.transaction() as conn:
-            self._write_latest(name, name.family_id)
             Registry.log(conn, name.family_id, "set-latest", str(name), "manual")
+            self._write_latest(name, name.family_id)  # last: a registry error changes nothing
         return name
 
     def history(self, family: str) -> list[str]:
@@ -326,8 +428,8 @@ class Store:
             raise StoreError(f"{family} has no earlier version to roll back to.")
         target = naming.parse(previous[-1])
         with self.registry.transaction() as conn:
-            self._write_latest(target, family)
             Registry.log(conn, family, "rolled-back", str(target), f"from {current}")
+            self._write_latest(target, family)
         return target
 
     def pin(self, family: str, version: str | None = None) -> naming.ModelName:
@@ -349,10 +451,12 @@ class Store:
                 "ON CONFLICT(family) DO UPDATE SET pinned = 1",
                 (family,),
             )
-            if self.latest(family) != target:
-                self._write_latest(target, family)
+            moved = self.latest(family) != target
+            if moved:
                 Registry.log(conn, family, "set-latest", str(target), "pin")
             Registry.log(conn, family, "pinned", str(target))
+            if moved:
+                self._write_latest(target, family)
         return target
 
     def unpin(self, family: str) -> None:
@@ -375,9 +479,18 @@ class Store:
 
     # -- remove ----------------------------------------------------------------------------
 
-    def remove(self, ref: str, *, force: bool = False) -> int:
-        """Delete a model from disk and the registry; return the bytes freed."""
-        folder, name = self.locate(ref)
+    def remove(self, ref: str, *, force: bool = False) -> Removed:
+        """Delete a model from disk and the registry.
+
+        A registered model whose folder was already deleted loses its registry entry (and
+        the `latest` pointer moves back if it named it); pins and policies stay."""
+        try:
+            folder, name = self.locate(ref)
+        except ModelNotFoundError:
+            lost = self._lost(ref)
+            if lost is None:
+                raise
+            return self._forget(*lost)
         family = name.family_id
         is_latest = self.latest(family) == name
         _, pinned = self.registry.family(family)
@@ -392,14 +505,38 @@ class Store:
             conn.execute("DELETE FROM models WHERE name = ?", (str(name),))
             Registry.log(conn, family, "removed", str(name), str(folder))
             if is_latest:
-                remaining = [n for n in self.history(family) if n != str(name)]
-                remaining = [n for n in remaining if self.path_for(naming.parse(n)).is_dir()]
-                target = naming.parse(remaining[-1]) if remaining else None
-                self._write_latest(target, family)
-                if target is not None:
-                    Registry.log(conn, family, "set-latest", str(target), "removed latest")
+                self._move_latest_back(conn, name)
             _delete_tree(folder)
-        return freed
+        return Removed(name, freed, was_missing=False)
+
+    def _forget(self, folder: Path, name: naming.ModelName) -> Removed:
+        """Drop the registry entry of a model whose folder (or manifest) is gone."""
+        family = name.family_id
+        pointer = self.models_dir / family / LATEST_FILE
+        pointed = pointer.is_file() and pointer.read_text().strip() == (
+            f"{name.release}/{name.format_dir}"
+        )
+        gone = not folder.is_dir()
+        freed = 0 if gone else tree_size(folder)
+        with self.registry.transaction() as conn:
+            conn.execute("DELETE FROM models WHERE name = ?", (str(name),))
+            detail = "was already gone" if gone else f"had no {MANIFEST_FILE}"
+            Registry.log(conn, family, "removed", str(name), f"{folder} {detail}")
+            if pointed:
+                self._move_latest_back(conn, name)
+            if not gone:  # a folder without its manifest.json is not a model any more
+                _delete_tree(folder)
+        return Removed(name, freed, was_missing=gone)
+
+    def _move_latest_back(self, conn: sqlite3.Connection, name: naming.ModelName) -> None:
+        """Point `latest` at the newest earlier version still on disk (or at nothing)."""
+        family = name.family_id
+        remaining = [n for n in self.history(family) if n != str(name)]
+        remaining = [n for n in remaining if _has_manifest(self.path_for(naming.parse(n)))]
+        target = naming.parse(remaining[-1]) if remaining else None
+        if target is not None:
+            Registry.log(conn, family, "set-latest", str(target), "removed latest")
+        self._write_latest(target, family)
 
     # -- repair ----------------------------------------------------------------------------
 
@@ -424,7 +561,8 @@ class Store:
                         continue
                     try:
                         manifest = read_manifest(folder)
-                        assert manifest is not None
+                        if manifest is None:  # deleted since the glob
+                            continue
                         name = naming.parse(manifest.name)
                     except (DamagedModelError, InvalidNameError) as e:
                         skipped.append(f"{folder}: {e}")
@@ -466,34 +604,42 @@ class Store:
 
     @contextmanager
     def staging(self, final: Path) -> Iterator[Path]:
-        """A temporary sibling of `final` that is deleted unless the caller renames it."""
+        """A temporary sibling of `final` that is deleted unless the caller installs it.
+
+        The journal of an `install` into it stays open until `close()`, which the caller
+        calls after registering the model: a process killed before that leaves a journal
+        that the next command finishes (registering the model)."""
         final.parent.mkdir(parents=True, exist_ok=True)
-        clean_partials(final.parent)
+        in_store = final.parent.parent.parent == self.models_dir
+        clean_partials(final.parent, swaps=not in_store)  # the store's own: see _recover
         tmp = final.parent / f".{final.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             yield tmp
         finally:
+            swap = _OPEN_SWAPS.pop(tmp, None)
+            if swap is not None:
+                self._swaps.append(swap)
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def clean_partials(parent: Path) -> None:
-    """Delete leftovers of conversions whose process is gone (killed with -9, say)."""
+def clean_partials(parent: Path, *, swaps: bool = True) -> None:
+    """Delete leftovers of conversions whose process is gone (killed with -9, say), after
+    finishing their swaps (`swaps`; without registering: the store does that itself)."""
+    if swaps:
+        for journal in sorted(parent.glob(f".*{SWAP_MARK}*.json")):
+            swap = _Swap.claim(journal)
+            if swap is not None:
+                try:
+                    swap.complete()
+                    swap.finish()
+                except OSError:
+                    swap.release()
     for p in parent.glob(f".*{PARTIAL_MARK}*"):
         pid = p.name.rsplit(PARTIAL_MARK, 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_replaceable(final: Path) -> None:
@@ -508,27 +654,162 @@ def check_replaceable(final: Path) -> None:
 
 def install(tmp: Path, final: Path, *, replace: bool) -> None:
     """Rename a finished `tmp` folder to `final`, replacing an old model folder only if
-    asked; if the swap fails half-way the old one is put back."""
+    asked; if the swap fails half-way the old one is put back.
+
+    A journal entry written first (`.<name>.swap-<pid>-<hex>.json`, locked while this
+    process lives) lets the next command finish the swap if this process is killed
+    between the renames, or before the caller registers the model.
+    """
+    old = None
     if final.exists():
         if not replace:
             raise _appeared(final)
         check_replaceable(final)
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            os.replace(old, final)  # put the previous model back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        try:
-            os.replace(tmp, final)
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise _appeared(final) from e
-            raise
+    swap = _Swap.begin(tmp, final, old)
+    try:
+        if old is not None:
+            _rename(final, old)
+            try:
+                _rename(tmp, final)
+            except BaseException:
+                _rename(old, final)  # put the previous model back
+                raise
+        else:
+            try:
+                _rename(tmp, final)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise _appeared(final) from e
+                raise
+    except BaseException:
+        if old is None or not old.exists():
+            swap.finish()  # nothing is half-done
+        else:
+            _OPEN_SWAPS[tmp] = swap  # the old model is stranded: the next command restores it
+        raise
     fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _OPEN_SWAPS[tmp] = swap  # Store.close() ends it, once the caller has registered it
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """One step of a swap (a seam for tests that kill a process between two steps)."""
+    os.replace(src, dst)
+
+
+# Swaps installed but not yet handed to their Store (see Store.staging), by staging folder.
+_OPEN_SWAPS: dict[Path, _Swap] = {}
+
+
+@dataclass
+class _Swap:
+    """The journal of one `install`: the folder names involved (all siblings) and the
+    new model's manifest sha256. While its process lives the file is locked (flock), so
+    an unlocked journal belongs to a swap whose process is gone."""
+
+    journal: Path
+    final: Path
+    tmp: Path
+    old: Path | None
+    sha256: str | None
+    handle: IO[str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def begin(cls, tmp: Path, final: Path, old: Path | None) -> _Swap:
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        journal = final.parent / f".{final.name}{SWAP_MARK}{tag}.json"
+        swap = cls(journal, final, tmp, old, manifest_sha256(tmp))
+        entry = {
+            "final": final.name,
+            "tmp": tmp.name,
+            "old": old.name if old else None,
+            "sha256": swap.sha256,
+        }
+        try:
+            fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            swap.handle = os.fdopen(fd, "w")
+            fcntl.flock(swap.handle, fcntl.LOCK_EX)  # before there is anything to read
+            json.dump(entry, swap.handle)
+            swap.handle.flush()
+            os.fsync(swap.handle.fileno())
+            fsync_dir(final.parent)
+        except OSError as e:
+            swap.finish()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_full(journal) from e
+            raise
+        return swap
+
+    @classmethod
+    def claim(cls, journal: Path) -> _Swap | None:
+        """The swap of `journal` if its process is gone and nobody else is finishing it."""
+        try:
+            handle = open(journal)  # noqa: SIM115 - held until finish() or release()
+        except OSError:
+            return None  # finished meanwhile
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(handle.fileno()).st_ino != os.stat(journal).st_ino:
+                raise FileNotFoundError(journal)  # finished and deleted meanwhile
+            text = handle.read()
+        except OSError:
+            handle.close()
+            return None
+        parent = journal.parent
+        try:
+            entry = json.loads(text)
+            return cls(
+                journal,
+                parent / entry["final"],
+                parent / entry["tmp"],
+                parent / entry["old"] if entry["old"] else None,
+                entry["sha256"],
+                handle,
+            )
+        except (ValueError, KeyError, TypeError):
+            # Empty: its process was killed before it renamed anything, or is about to
+            # lock it. Anything else is not a journal of ours. Neither has work to finish.
+            pid = journal.name.rsplit(SWAP_MARK, 1)[1].split("-", 1)[0]
+            if text or not pid.isdigit() or not process_alive(int(pid)):
+                journal.unlink(missing_ok=True)
+            handle.close()
+            return None
+
+    def complete(self) -> None:
+        """Put a whole model at `final`: the new one if it is complete, else the old."""
+        final, tmp, old = self.final, self.tmp, self.old
+        if (tmp / MANIFEST_FILE).is_file():  # written last: the new model is complete
+            if old is not None and final.exists() and not old.exists():
+                _rename(final, old)  # killed before the first rename
+            if not final.exists():
+                _rename(tmp, final)  # killed between the two renames
+        if old is not None and old.exists():
+            if final.exists():
+                shutil.rmtree(old)  # killed before the old copy was deleted
+            else:
+                _rename(old, final)  # the new copy is gone: put the old one back
+        fsync_dir(final.parent)
+
+    def finish(self) -> None:
+        """Delete the journal (the swap is whole), then let go of its lock."""
+        self.journal.unlink(missing_ok=True)
+        fsync_dir(self.journal.parent)
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the lock, leaving the journal for a later command."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def _has_manifest(folder: Path) -> bool:
+    """Whether `folder` has a manifest.json entry at all (a damaged one counts: it is
+    reported as damaged rather than hiding the model)."""
+    file = folder / MANIFEST_FILE
+    return file.exists() or file.is_symlink()
 
 
 def _appeared(final: Path) -> OutputExistsError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -13,18 +14,27 @@ from typing import Any, TextIO
 from ..errors import QwenMLXError
 
 INTERRUPTED = 130
+# How a shell reports a command ended by SIGPIPE (`yes | head`): 128 + 13.
+BROKEN_PIPE = 128 + getattr(signal, "SIGPIPE", 13)
 DEFAULT_MODEL = "qwen3-4b-instruct"
 # Without a terminal, work smaller than this shows its stage line only.
 QUIET_BELOW = 256 << 20
 
 
 def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Turn our errors into `error: ...` on stderr and an exit code, never a traceback."""
+    """Turn our errors into `error: ...` on stderr and an exit code, never a traceback.
+
+    Output piped into a reader that stops early (`| head`) ends the command quietly with
+    the status a shell gives a command killed by SIGPIPE, as Unix tools do."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
         try:
-            return main(argv)
+            code = main(argv)
+            sys.stdout.flush()  # a reader that went away shows up here, not at exit
+            return code
+        except BrokenPipeError:
+            return _reader_gone()
         except QwenMLXError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
@@ -49,6 +59,18 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
             return 1
 
     return wrapper
+
+
+def _reader_gone() -> int:
+    """Point stdout at /dev/null, so that Python's own flush at exit has nowhere to fail
+    ("Exception ignored ... BrokenPipeError"), and return the SIGPIPE status."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (captured by a test, say)
+        pass
+    return BROKEN_PIPE
 
 
 def human_bytes(n: float) -> str:

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("name", metavar="NAME|FAMILY")
     a.add_argument("--json", action="store_true", help="the raw manifest.json")
     a = add("verify", help="recompute the sha256 of every file against the manifest")
-    a.add_argument("name", nargs="?", metavar="NAME|FAMILY")
-    a.add_argument("--all", action="store_true", help="every stored version")
+    a.add_argument("name", nargs="?", metavar="NAME|FAMILY", help="(default: every version)")
+    a.add_argument("--all", action="store_true", help="every stored version (the default)")
     a = add("import", help="copy an existing MLX folder into the store")
     a.add_argument("path", help="model folder (an mlx-community download, for example)")
     a.add_argument("--name", help="its name, e.g. qwen3-4b-instruct-2507-mlx-q4-g64")
@@ -98,7 +98,9 @@ def _list(store, args) -> int:
     for m in models:
         mark = ("*" if m.latest else " ") + ("P" if m.pinned else " ")
         verified = "never"
-        if not m.manifest_ok:
+        if m.missing:
+            verified = "FOLDER MISSING (deleted; `models rm` drops it)"
+        elif not m.manifest_ok:
             verified = "MANIFEST DAMAGED"
         elif m.last_verified_at is not None:
             when = m.last_verified_at[:16].replace("T", " ")
@@ -163,14 +165,14 @@ def _show(store, args) -> int:
 
 
 def _verify(store, args) -> int:
-    if args.all:
-        names = [m.name for m in store.list()]
-    elif args.name:
-        names = [args.name]
-    else:
-        print("error: name a version (or family), or pass --all.", file=sys.stderr)
+    if args.all and args.name:
+        print("error: name a version (or family), or pass --all, not both.", file=sys.stderr)
         return 2
-    failed = sum(not _verify_one(store, name) for name in names)
+    names = [args.name] if args.name else [m.name for m in store.list()]
+    if not names:
+        print(f"No models in {store.root} to verify.")
+        return 0
+    failed = sum(not _verify_one(store, name, several=len(names) > 1) for name in names)
     if failed:
         print(
             f"\n{failed} of {len(names)} failed verification. Convert or import them again "
@@ -181,12 +183,22 @@ def _verify(store, args) -> int:
     return 0
 
 
-def _verify_one(store, name: str) -> bool:
+def _verify_one(store, name: str, *, several: bool) -> bool:
+    """Verify one version and print its verdict. With `several`, a version with a file
+    that cannot be read (permission denied, say) is reported and the others still run."""
+    from ..errors import QwenMLXError
+
     bar = ProgressBar()
     try:
         result = store.verify(
             name, progress=lambda file, n, total: bar.advance("verify", n, total, file)
         )
+    except OSError as e:
+        if not several or isinstance(e, QwenMLXError):  # a full disk: stop right there
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"FAILED  {name}\n  cannot read a file ({e.strerror or e}{where})")
+        return False
     finally:
         bar.finish()
     if result.problems:
@@ -241,9 +253,12 @@ def _policy(store, args) -> int:
 
 
 def _rm(store, args) -> int:
-    _, name = store.locate(args.name)
-    freed = store.remove(args.name, force=args.force)
-    print(f"Removed {name}; freed {human_bytes(freed)}")
+    removed = store.remove(args.name, force=args.force)
+    name = removed.name
+    if removed.was_missing:
+        print(f"Removed {name} from the registry (its folder had already been deleted)")
+    else:
+        print(f"Removed {name}; freed {human_bytes(removed.freed)}")
     latest = store.latest(name.family_id)
     if latest is not None:
         print(f"  latest of {name.family_id}: {latest}")
