@@ -341,11 +341,21 @@ class CallFilter:
         return self._feed(text, force=False)
 
     def flush(self) -> str:
+        """The prose still held back, at the end of the reply (an unterminated call at
+        the end is dropped)."""
+        return self.finish()[0]
+
+    def finish(self) -> tuple[str, str | None]:
+        """At the end of the reply: (the prose still held back, the unterminated call it
+        ends in as written, opening tag included, or None)."""
         out = self._feed("", force=True)
+        call = None
         if not self._inside:
             out += self._pending
+        else:
+            call = CALL_OPEN + self._call.text()
         self._pending, self._inside, self._call = "", False, _OpenCall()
-        return out
+        return out, call
 
     def _feed(self, text: str, *, force: bool) -> str:
         out: list[str] = []

@@ -23,11 +23,12 @@ import pytest
 import uvicorn
 
 from qwen_mlx.runtime import GenerationChunk, stream_tokens
-from qwen_mlx.server import Engine, create_app
+from qwen_mlx.server import Engine, create_app, server_config
 
 from .conftest import SHARED_MODEL, needs_shared
 
 KEY = "test-key"
+MODEL = "qwen3-1m-tiny-2507-mlx-q4-g64"  # the tiny model's name (a request may name no other)
 CONTEXT = 2048
 MAX_TOKENS_CAP = 256
 MAX_BODY = 64 * 1024
@@ -54,6 +55,7 @@ WEATHER_TOOL = {
 class Served:
     engine: Engine
     url: str  # ends in /v1
+    thread: threading.Thread  # where the server's event loop runs
 
     def client(self, api_key: str = KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0, timeout=60)
@@ -64,9 +66,11 @@ class Served:
         return httpx.post(self.url + path, headers=headers, **kwargs)
 
 
-def start_server(app) -> tuple[uvicorn.Server, threading.Thread, int]:
-    """uvicorn on a free port in a daemon thread; returns once it accepts connections."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+def start_server(app, **limits) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """uvicorn as `qwen-mlx serve` configures it (with these limits), on a free port in a
+    daemon thread; returns once it accepts connections."""
+    config = server_config(app, host="127.0.0.1", port=0, log_level="warning", **limits)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -83,7 +87,7 @@ def served(tiny_model) -> Iterator[Served]:
         tiny_model, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP, cache_bytes=64 << 20
     )
     server, thread, port = start_server(create_app(engine, api_key=KEY, max_body_bytes=MAX_BODY))
-    yield Served(engine, f"http://127.0.0.1:{port}/v1")
+    yield Served(engine, f"http://127.0.0.1:{port}/v1", thread)
     server.should_exit = True
     thread.join(timeout=10)
     engine.close()
@@ -166,7 +170,7 @@ def test_health_answers_without_a_key(served):
 
 def test_chat_completion_returns_a_reply_with_usage(client, tiny_model):
     reply = client.chat.completions.create(
-        model="anything", messages=user("Hello there"), max_tokens=8, temperature=0
+        model=MODEL, messages=user("Hello there"), max_tokens=8, temperature=0
     )
     choice = reply.choices[0]
     assert reply.object == "chat.completion" and reply.model == tiny_model.name
@@ -181,7 +185,7 @@ def test_chat_completion_returns_a_reply_with_usage(client, tiny_model):
 
 def test_chat_stream_matches_the_whole_reply_and_ends_with_usage(client, no_reuse):
     args = dict(
-        model="m", messages=user("Stream me a line"), max_tokens=12, temperature=1.0, seed=7
+        model=MODEL, messages=user("Stream me a line"), max_tokens=12, temperature=1.0, seed=7
     )
     whole = client.chat.completions.create(**args)
     chunks = list(
@@ -200,17 +204,17 @@ def test_chat_stream_matches_the_whole_reply_and_ends_with_usage(client, no_reus
 def test_completions_take_text_or_token_ids_and_stream(client, tiny_model, no_reuse):
     ids = tiny_model.encode("Once upon a time")
     by_text = client.completions.create(
-        model="m", prompt="Once upon a time", max_tokens=10, temperature=1.0, seed=3
+        model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=1.0, seed=3
     )
     by_ids = client.completions.create(
-        model="m", prompt=ids, max_tokens=10, temperature=1.0, seed=3
+        model=MODEL, prompt=ids, max_tokens=10, temperature=1.0, seed=3
     )
     assert by_text.object == "text_completion"
     assert by_text.choices[0].text == by_ids.choices[0].text
     assert by_text.usage.prompt_tokens == len(ids)
     streamed = list(
         client.completions.create(
-            model="m",
+            model=MODEL,
             prompt="Once upon a time",
             max_tokens=10,
             temperature=1.0,
@@ -224,7 +228,7 @@ def test_completions_take_text_or_token_ids_and_stream(client, tiny_model, no_re
 
 
 def test_stop_strings_end_the_reply_before_them(client, no_reuse):
-    args = dict(model="m", prompt="Tell me", max_tokens=16, temperature=1.0, seed=5)
+    args = dict(model=MODEL, prompt="Tell me", max_tokens=16, temperature=1.0, seed=5)
     text = client.completions.create(**args).choices[0].text
     stop = text[len(text) // 2 :][:3]
     reply = client.completions.create(**args, stop=[stop, "never there"])
@@ -236,7 +240,7 @@ def test_sampling_fields_reach_the_model_and_max_tokens_is_capped(client, model_
     seen: list = []
     model_stream(scripted("ok", seen))
     client.chat.completions.create(
-        model="m",
+        model=MODEL,
         messages=user("go"),
         max_tokens=100_000,
         temperature=0.3,
@@ -247,7 +251,7 @@ def test_sampling_fields_reach_the_model_and_max_tokens_is_capped(client, model_
         stop="END",
         extra_body={"top_k": 5},
     )
-    client.chat.completions.create(model="m", messages=user("go"), max_completion_tokens=7)
+    client.chat.completions.create(model=MODEL, messages=user("go"), max_completion_tokens=7)
     (_, params), (_, second) = seen
     assert params.max_tokens == MAX_TOKENS_CAP
     assert (params.temperature, params.top_p, params.top_k, params.seed) == (0.3, 0.5, 5, 11)
@@ -268,7 +272,7 @@ CALL_TEXT = (
 def test_a_tool_call_in_the_reply_comes_back_as_tool_calls(client, model_stream):
     model_stream(scripted(CALL_TEXT))
     reply = client.chat.completions.create(
-        model="m", messages=user("Weather in Paris?"), tools=[WEATHER_TOOL]
+        model=MODEL, messages=user("Weather in Paris?"), tools=[WEATHER_TOOL]
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -283,7 +287,7 @@ def test_a_streamed_tool_call_is_held_out_of_the_content(client, model_stream):
     model_stream(scripted(CALL_TEXT))
     chunks = list(
         client.chat.completions.create(
-            model="m", messages=user("Weather in Paris?"), tools=[WEATHER_TOOL], stream=True
+            model=MODEL, messages=user("Weather in Paris?"), tools=[WEATHER_TOOL], stream=True
         )
     )
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
@@ -299,9 +303,9 @@ def test_tools_reach_the_prompt_unless_tool_choice_is_none(
 ):
     seen: list = []
     model_stream(scripted("fine", seen))
-    client.chat.completions.create(model="m", messages=user("hi"), tools=[WEATHER_TOOL])
+    client.chat.completions.create(model=MODEL, messages=user("hi"), tools=[WEATHER_TOOL])
     client.chat.completions.create(
-        model="m", messages=user("hi"), tools=[WEATHER_TOOL], tool_choice="none"
+        model=MODEL, messages=user("hi"), tools=[WEATHER_TOOL], tool_choice="none"
     )
     with_tools, without = (tiny_model.tokenizer.decode(tokens) for tokens, _ in seen)
     assert "<tools>" in with_tools and '"name": "get_weather"' in with_tools
@@ -332,7 +336,7 @@ def test_a_client_tool_round_trip_renders_through_the_template_and_answers(
         {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"},
     ]
     reply = client.chat.completions.create(
-        model="m", messages=messages, tools=[WEATHER_TOOL], max_tokens=8, temperature=0
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], max_tokens=8, temperature=0
     )
     assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
     prompt = tiny_model.tokenizer.decode(seen[0])
@@ -350,7 +354,7 @@ def test_a_client_tool_round_trip_renders_through_the_template_and_answers(
 def test_a_named_or_required_tool_choice_forces_a_schema_valid_call(client, choice):
     other = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
     reply = client.chat.completions.create(
-        model="m",
+        model=MODEL,
         messages=user("Weather in Paris?"),
         tools=[WEATHER_TOOL] if isinstance(choice, dict) else [WEATHER_TOOL, other],
         tool_choice=choice,
@@ -390,7 +394,7 @@ def test_response_format_json_schema_gives_schema_valid_json(client):
         "additionalProperties": False,
     }
     reply = client.chat.completions.create(
-        model="m",
+        model=MODEL,
         messages=user("A person as JSON"),
         response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
         max_tokens=64,
@@ -402,7 +406,7 @@ def test_response_format_json_schema_gives_schema_valid_json(client):
 
 def test_response_format_json_object_gives_a_json_object(client):
     reply = client.chat.completions.create(
-        model="m",
+        model=MODEL,
         messages=user("JSON please"),
         response_format={"type": "json_object"},
         max_tokens=64,
@@ -429,10 +433,10 @@ def test_a_wrong_key_or_no_key_is_401(served):
 
 def test_a_prompt_longer_than_the_context_is_400_context_length_exceeded(client):
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="m", messages=user("word " * (CONTEXT + 10)))
+        client.chat.completions.create(model=MODEL, messages=user("word " * (CONTEXT + 10)))
     assert e.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="m", prompt=list(range(5)) * (CONTEXT // 5 + 1))
+        client.completions.create(model=MODEL, prompt=list(range(5)) * (CONTEXT // 5 + 1))
     assert e.value.code == "context_length_exceeded"
 
 
@@ -509,6 +513,378 @@ def test_an_internal_error_is_a_generic_500_without_details(served, model_stream
     assert '"server_error"' in stream.text and "secret" not in stream.text
 
 
+# -- first contact: what a red-team run found -------------------------------------------------
+
+
+def test_a_top_k_beyond_the_vocabulary_breaks_no_later_request(client, no_reuse):
+    vocab = 100_000  # the tiny model has 576 tokens; mlx-lm refused this and broke sampling
+    for api in ("chat", "completions"):
+        if api == "chat":
+            reply = client.chat.completions.create(
+                model=MODEL,
+                messages=user("Hello"),
+                max_tokens=4,
+                temperature=1.0,
+                extra_body={"top_k": vocab},
+            )
+        else:
+            reply = client.completions.create(
+                model=MODEL,
+                prompt="Hello",
+                max_tokens=4,
+                temperature=1.0,
+                extra_body={"top_k": vocab},
+            )
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        # Sampled requests after it, unseeded, still work.
+        for _ in range(2):
+            later = client.chat.completions.create(
+                model=MODEL, messages=user("Again"), max_tokens=4, temperature=1.0
+            )
+            assert later.usage.completion_tokens > 0
+
+
+@pytest.fixture
+def encoded(served, monkeypatch) -> list[str]:
+    """Every text the model's tokenizer is asked to encode during the test."""
+    model = served.engine.model
+    texts: list[str] = []
+    real = model.encode
+
+    def spy(text: str) -> list[int]:
+        texts.append(text)
+        return real(text)
+
+    monkeypatch.setattr(model, "encode", spy)
+    return texts
+
+
+def test_a_prompt_far_over_the_context_is_refused_without_tokenizing_it_whole(
+    served, encoded, monkeypatch
+):
+    monkeypatch.setattr(served.engine, "context_limit", 256)
+    # More characters than 256 tokens can spell: refused before any tokenizing.
+    response = served.post("/chat/completions", json={"messages": user("word " * 12_000)})
+    error = assert_openai_error(response, 400, "context_length_exceeded")
+    assert "at least" in error["message"] and encoded == []
+    response = served.post("/completions", json={"prompt": "word " * 12_000})
+    assert_openai_error(response, 400, "context_length_exceeded")
+    assert encoded == []
+    # Fewer characters than that (512 tokens could spell 32k), but many per token of
+    # context: counted piece by piece, refused once the count is over, never tokenized whole.
+    monkeypatch.setattr(served.engine, "context_limit", 512)
+    long = "word " * 6_000
+    response = served.post("/chat/completions", json={"messages": user(long)})
+    assert_openai_error(response, 400, "context_length_exceeded")
+    assert encoded and max(map(len, encoded)) < len(long) // 2
+    # A prompt that fits is still tokenized and answered.
+    encoded.clear()
+    reply = served.post("/chat/completions", json={"messages": user("short"), "max_tokens": 2})
+    assert reply.status_code == 200 and encoded
+
+
+def test_the_piece_count_is_the_whole_count_for_qwen_text(tiny_model):
+    from qwen_mlx.server.prepare import _count_tokens
+
+    text = tiny_model.render(user("The river Seine, 777 km long, flows   through Paris.\n" * 900))
+    assert len(text) > 3 * 8192
+    assert _count_tokens(tiny_model, text, 10**9) == len(tiny_model.encode(text))
+
+
+def test_a_slow_preparation_does_not_hold_up_other_requests(served, client, monkeypatch):
+    model = served.engine.model
+    real = model.render
+    entered, release = threading.Event(), threading.Event()
+
+    def render(messages, **kwargs):
+        if any("SLOW" in m["content"] for m in messages):
+            entered.set()
+            assert release.wait(timeout=60), "the slow preparation was never released"
+        return real(messages, **kwargs)
+
+    monkeypatch.setattr(model, "render", render)
+    slow: list = []
+    waiting = threading.Thread(
+        target=lambda: slow.append(
+            served.post("/chat/completions", json={"messages": user("SLOW"), "max_tokens": 2})
+        )
+    )
+    waiting.start()
+    try:
+        assert entered.wait(timeout=30)
+        quick = client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=2)
+        assert quick.usage.completion_tokens > 0
+        assert not release.is_set() and not slow  # answered while the other was preparing
+    finally:
+        release.set()
+        waiting.join(timeout=60)
+    assert slow[0].status_code == 200
+
+
+HUGE_INT = "1" + "0" * 5000
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [f'{{"city": {HUGE_INT}}}', '{"city": NaN}', '{"city": "Oslo", "days": Infinity}'],
+)
+def test_a_call_with_numbers_json_cannot_carry_is_dropped_not_a_500(
+    served, model_stream, arguments
+):
+    model_stream(scripted(f'Hm. <tool_call>{{"name": "get_weather", "arguments": {arguments}}}'))
+    body = {"messages": user("Weather?"), "tools": [WEATHER_TOOL]}
+    response = served.post("/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    message = response.json()["choices"][0]["message"]
+    assert message["content"] == "Hm." and "tool_calls" not in message
+    assert "NaN" not in response.text and "Infinity" not in response.text
+    stream = served.post("/chat/completions", json={**body, "stream": True})
+    assert stream.status_code == 200 and '"error"' not in stream.text
+    assert stream.text.rstrip().endswith("data: [DONE]")
+
+
+def test_tool_calls_are_found_off_the_event_loop(served, client, model_stream, monkeypatch):
+    import qwen_mlx.server.prepare as prepare
+
+    threads: set[str] = set()
+    real_feed, real_parse = prepare.CallFilter.feed, prepare.parse_tool_calls
+
+    def feed(self, text):
+        threads.add(threading.current_thread().name)
+        return real_feed(self, text)
+
+    def parse(text):
+        threads.add(threading.current_thread().name)
+        return real_parse(text)
+
+    monkeypatch.setattr(prepare.CallFilter, "feed", feed)
+    monkeypatch.setattr(prepare, "parse_tool_calls", parse)
+    model_stream(scripted(CALL_TEXT))
+    for stream in (False, True):
+        reply = client.chat.completions.create(
+            model=MODEL, messages=user("Weather?"), tools=[WEATHER_TOOL], stream=stream
+        )
+        if stream:
+            list(reply)
+    assert threads and served.thread.name not in threads  # the server's thread runs the loop
+
+
+def test_a_forced_call_cut_off_by_max_tokens_comes_back_as_its_text(client, no_reuse):
+    args = dict(
+        model=MODEL,
+        messages=user("Weather in Paris?"),
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=3,
+        temperature=0,
+    )
+    reply = client.chat.completions.create(**args)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length" and not choice.message.tool_calls
+    assert choice.message.content and choice.message.content.startswith("{")
+    assert "tool_call>" not in choice.message.content
+    chunks = list(client.chat.completions.create(**args, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed.strip() == choice.message.content
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_call_the_model_opens_and_max_tokens_cuts_is_content(served, model_stream):
+    def cut(model, tokens, params, **kwargs):
+        for n, piece in enumerate(["Checking. ", "<tool_call>", '{"name": "get_w'], 1):
+            yield GenerationChunk(piece, None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
+        yield GenerationChunk("", None, len(tokens), 0.0, 3, 0.0, 0.0, 0.0, "length")
+
+    model_stream(cut)
+    body = {"messages": user("Weather?"), "tools": [WEATHER_TOOL]}
+    choice = served.post("/chat/completions", json=body).json()["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] == 'Checking. <tool_call>{"name": "get_w'
+    stream = served.post("/chat/completions", json={**body, "stream": True}).text
+    deltas = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
+    text = "".join(d["choices"][0]["delta"].get("content") or "" for d in deltas)
+    assert text == choice["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/chat/completions", '{"messages": [{"role": "user", "content": "a\\ud800"}]}', None),
+        ("/completions", '{"prompt": "x\\udfff y"}', "prompt"),
+        (
+            "/chat/completions",
+            '{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", '
+            '"function": {"name": "f", "parameters": {"type": "object", "properties": '
+            '{"\\udc80": {}}}}}]}',
+            "tools.0.function.parameters.properties",
+        ),
+    ],
+)
+def test_text_that_is_not_valid_unicode_is_400(served, path, body, param):
+    response = served.post(path, content=body, headers={"Content-Type": "application/json"})
+    error = assert_openai_error(response, 400, "invalid_unicode")
+    assert error["param"] == (param or "messages.0.content")
+    assert "not valid Unicode" in error["message"]
+    raw = '{"prompt": "a\xed\xa0\x80b"}'.encode("latin-1")  # a surrogate encoded in UTF-8 bytes
+    response = served.post(
+        "/completions", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", '"10"'),
+        ("max_tokens", "10.0"),
+        ("stream", '"yes"'),
+        ("stream", "1"),
+        ("repetition_penalty", "Infinity"),
+        ("temperature", "NaN"),
+        ("temperature", '"0.5"'),
+        ("top_k", '"5"'),
+        ("top_k", "true"),
+        ("seed", "1.5"),
+        ("n", '"1"'),
+        ("stream_options", '{"include_usage": "yes"}'),
+    ],
+)
+def test_loosely_typed_values_are_400_not_coerced(served, field, value):
+    body = f'{{"messages": [{{"role": "user", "content": "hi"}}], "{field}": {value}}}'
+    response = served.post(
+        "/chat/completions", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert assert_openai_error(response, 400)["param"].startswith(field)
+
+
+def test_logprobs_are_refused_until_they_are_supported(served, client):
+    for body in ({"logprobs": True}, {"logprobs": True, "top_logprobs": 2}, {"top_logprobs": 3}):
+        response = served.post("/chat/completions", json={"messages": user("hi"), **body})
+        error = assert_openai_error(response, 400, "unsupported_parameter")
+        assert "not supported" in error["message"]
+    response = served.post("/completions", json={"prompt": "hi", "logprobs": 2})
+    assert_openai_error(response, 400, "unsupported_parameter")
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=user("hi"), logprobs=True)
+    # Saying no is fine.
+    reply = client.chat.completions.create(
+        model=MODEL, messages=user("hi"), logprobs=False, max_tokens=2
+    )
+    assert reply.choices[0].logprobs is None
+
+
+def test_a_model_the_server_does_not_serve_is_404_model_not_found(served, client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=user("hi"), max_tokens=2)
+    assert e.value.code == "model_not_found" and MODEL in e.value.message
+    response = served.post("/completions", json={"model": "nope", "prompt": "hi"})
+    assert assert_openai_error(response, 404, "model_not_found")["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+    # Its name, its family (the alias people pass), or no model at all are fine.
+    for name in (MODEL, "qwen3-1m-tiny"):
+        reply = client.chat.completions.create(model=name, messages=user("hi"), max_tokens=2)
+        assert reply.model == MODEL
+        assert client.models.retrieve(name).id == MODEL
+    response = served.post("/chat/completions", json={"messages": user("hi"), "max_tokens": 2})
+    assert response.status_code == 200
+
+
+def test_the_engine_answers_to_the_reference_it_was_loaded_by(tiny_model):
+    engine = Engine(tiny_model, aliases=["my-tiny", MODEL])
+    try:
+        assert engine.names == (MODEL, "qwen3-1m-tiny", "my-tiny")
+        engine.check_model("my-tiny")
+        engine.check_model(None)
+    finally:
+        engine.close()
+
+
+# -- slow clients -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def limited(tiny_model) -> Iterator[Callable[..., int]]:
+    """Start a server with given connection limits; returns its port."""
+    started = []
+
+    def start(*, body_timeout: float = 60.0, **limits) -> int:
+        engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
+        app = create_app(engine, body_timeout=body_timeout)
+        server, thread, port = start_server(app, **limits)
+        started.append((server, thread, engine))
+        return port
+
+    yield start
+    for server, thread, engine in started:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+
+
+def closed_by_server(sock: socket.socket, within: float = 20.0) -> bytes:
+    """Everything the server sends until it closes the connection (fails if it never does)."""
+    sock.settimeout(within)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        pytest.fail(f"the server kept the connection open for {within} s")
+    return received
+
+
+def test_connections_that_never_finish_their_headers_are_closed(limited):
+    port = limited(header_timeout=0.5)
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    try:
+        for i, sock in enumerate(socks):
+            if i % 2:  # half send part of a request; the other half nothing at all
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: ")
+        for sock in socks:
+            assert closed_by_server(sock) == b""
+        # An answered connection kept alive, that starts its next request and stalls.
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            sock.settimeout(20)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 1")
+            closed_by_server(sock)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+
+
+def test_a_body_that_never_arrives_is_408(limited):
+    port = limited(body_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"prompt": '
+        )
+        answer = closed_by_server(sock)
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+
+
+def test_connections_past_the_limit_get_503(limited):
+    port = limited(max_connections=3)
+    url = f"http://127.0.0.1:{port}/health"
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 20
+        while (status := httpx.get(url, timeout=10).status_code) != 503:
+            assert time.monotonic() < deadline, f"still answered {status} past the limit"
+            time.sleep(0.05)
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 20
+    while httpx.get(url, timeout=10).status_code != 200:  # room again once they are gone
+        assert time.monotonic() < deadline, "the limit was not lifted"
+        time.sleep(0.05)
+
+
 # -- the queue, disconnects and the prompt cache -----------------------------------------------
 
 
@@ -530,7 +906,7 @@ def test_concurrent_clients_get_the_answers_they_get_alone(served, no_reuse):
     # sampling makes each client's answer its own: any mix-up would show.
     def ask(i: int) -> str:
         reply = served.client().chat.completions.create(
-            model="m", messages=user(f"Question {i}"), max_tokens=12, temperature=1.0, seed=i
+            model=MODEL, messages=user(f"Question {i}"), max_tokens=12, temperature=1.0, seed=i
         )
         assert reply.choices[0].finish_reason in ("stop", "length")
         return reply.choices[0].message.content
@@ -544,7 +920,7 @@ def test_greedy_answers_do_not_change_under_concurrency(served, no_reuse):
     def ask(i: int) -> str:
         return (
             served.client()
-            .completions.create(model="m", prompt=f"{i} apples", max_tokens=10, temperature=0)
+            .completions.create(model=MODEL, prompt=f"{i} apples", max_tokens=10, temperature=0)
             .choices[0]
             .text
         )
@@ -575,7 +951,7 @@ def wait_for_finish(engine: Engine, before: int):
 def test_a_client_disconnecting_mid_stream_stops_its_generation(client, served, model_stream):
     model_stream(endless)
     before = len(served.engine.finished)
-    stream = client.chat.completions.create(model="m", messages=user("go on"), stream=True)
+    stream = client.chat.completions.create(model=MODEL, messages=user("go on"), stream=True)
     for i, _ in enumerate(stream):
         if i == 5:
             break
@@ -600,15 +976,15 @@ def test_a_growing_conversation_prefills_only_what_is_new(client, tiny_model, mo
     model_stream(recording(seen))
     system = {"role": "system", "content": "You are a terse assistant for prefix tests."}
     first = [system, *user("Name three rivers.")]
-    r1 = client.chat.completions.create(model="m", messages=first, max_tokens=8, temperature=0)
+    r1 = client.chat.completions.create(model=MODEL, messages=first, max_tokens=8, temperature=0)
     other = [system, *user("Something else entirely, please.")]  # shares only the system turn
-    client.chat.completions.create(model="m", messages=other, max_tokens=8, temperature=0)
+    client.chat.completions.create(model=MODEL, messages=other, max_tokens=8, temperature=0)
     second = [
         *first,
         {"role": "assistant", "content": r1.choices[0].message.content},
         *user("And three mountains?"),
     ]
-    r2 = client.chat.completions.create(model="m", messages=second, max_tokens=8, temperature=0)
+    r2 = client.chat.completions.create(model=MODEL, messages=second, max_tokens=8, temperature=0)
     cached = r2.usage.prompt_tokens_details.cached_tokens
     assert cached >= r1.usage.prompt_tokens
     assert len(seen[-1]) == r2.usage.prompt_tokens - cached
@@ -621,13 +997,13 @@ def test_the_cache_pool_stays_within_its_byte_budget(served, client):
     pool = served.engine.cache
     budget = pool.max_bytes
     pool.clear()
-    client.completions.create(model="m", prompt="0 pears " * 5, max_tokens=10)
+    client.completions.create(model=MODEL, prompt="0 pears " * 5, max_tokens=10)
     one = pool.bytes  # what one short request's cache really holds
     assert len(pool) == 1 and one > 0
     pool.max_bytes = one * 3 // 2
     try:
         for i in range(1, 6):
-            client.completions.create(model="m", prompt=f"{i} apples " * 5, max_tokens=10)
+            client.completions.create(model=MODEL, prompt=f"{i} apples " * 5, max_tokens=10)
             assert pool.bytes <= pool.max_bytes
             assert len(pool) == 1  # room for one, never two
     finally:
@@ -776,6 +1152,14 @@ def test_the_command_defaults_match_the_server():
 
     assert serve.DEFAULT_MAX_TOKENS_CAP == server.DEFAULT_MAX_TOKENS_CAP
     assert serve.DEFAULT_MAX_BODY_BYTES == server.DEFAULT_MAX_BODY_BYTES
+    assert serve.DEFAULT_MAX_CONNECTIONS == server.DEFAULT_MAX_CONNECTIONS
+
+
+def test_a_connection_limit_below_one_is_an_error(capsys):
+    from qwen_mlx.commands.serve import main
+
+    assert main(["--max-connections", "0"]) == 1
+    assert "--max-connections must be positive" in capsys.readouterr().err
 
 
 def test_a_port_that_cannot_be_used_is_an_error_before_the_model_loads(tiny_mlx, capsys):
@@ -825,7 +1209,7 @@ def test_qwen_mlx_serve_serves_until_interrupted_and_exits_cleanly(tiny_mlx, tin
             time.sleep(0.1)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         assert client.models.list().data[0].id == tiny_model.name
-        reply = client.chat.completions.create(model="m", messages=user("hi"), max_tokens=4)
+        reply = client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=4)
         assert reply.usage.completion_tokens > 0
         # Bound to loopback: a page whose domain resolves to 127.0.0.1 is turned away.
         rebound = httpx.get(url + "/v1/models", headers={"Host": f"evil.example:{port}"})

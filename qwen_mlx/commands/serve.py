@@ -22,6 +22,7 @@ API_KEY_ENV = "QWEN_MLX_API_KEY"
 # The same as qwen_mlx.server's (not imported from there: --help must not load FastAPI).
 DEFAULT_MAX_TOKENS_CAP = 16384
 DEFAULT_MAX_BODY_BYTES = 16 << 20
+DEFAULT_MAX_CONNECTIONS = 64
 
 EXAMPLES = f"""\
 examples:
@@ -66,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_BODY_BYTES,
         metavar="N",
         help=f"larger request bodies get 413 (default: {DEFAULT_MAX_BODY_BYTES:,})",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"open connections at most; requests beyond get 503 (default: "
+        f"{DEFAULT_MAX_CONNECTIONS})",
     )
     p.add_argument(
         "--max-context",
@@ -130,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_tokens_cap is not None and args.max_tokens_cap <= 0:
         raise ValueError("--max-tokens-cap must be positive.")
+    if args.max_connections <= 0:
+        raise ValueError("--max-connections must be positive.")
     warning = bind_warning(args.host, args.api_key)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from ..runtime import load
-    from ..server import Engine, create_app
+    from ..server import Engine, create_app, server_config
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     print(f"loading {args.model} ...", file=sys.stderr)
@@ -148,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_bytes=None if args.cache_gb is None else int(args.cache_gb * 1e9),
         max_context=args.max_context,
         max_tokens_cap=args.max_tokens_cap,
+        aliases=[args.model],  # requests may name the model as it was asked for here
     )
     app = create_app(
         engine,
@@ -162,8 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(context {engine.context_limit:,} tokens)",
         file=sys.stderr,
     )
-    config = uvicorn.Config(
-        app, host=args.host, port=port, log_level=args.log_level, timeout_graceful_shutdown=5
+    config = server_config(
+        app,
+        host=args.host,
+        port=port,
+        log_level=args.log_level,
+        max_connections=args.max_connections,
+        timeout_graceful_shutdown=5,
     )
     try:
         uvicorn.Server(config).run(sockets=sockets)

@@ -7,17 +7,21 @@
   and the model's text into replies with tool calls.
 - `schemas.py`: the request bodies, as pydantic models.
 - `errors.py`: errors in OpenAI's shape, the body-size limit and the catch-all for the rest.
+- `connections.py`: the uvicorn configuration: header and keep-alive timeouts, and a
+  connection limit (`server_config`).
 """
 
 from __future__ import annotations
 
 from .app import DEFAULT_MAX_BODY_BYTES, create_app
+from .connections import DEFAULT_MAX_CONNECTIONS, server_config
 from .engine import DEFAULT_MAX_TOKENS_CAP, Engine, Finished, Job
 from .errors import APIError
 from .schemas import ChatRequest, CompletionRequest
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_TOKENS_CAP",
     "APIError",
     "ChatRequest",
@@ -26,4 +30,5 @@ __all__ = [
     "Finished",
     "Job",
     "create_app",
+    "server_config",
 ]

@@ -1,13 +1,18 @@
 """The FastAPI app: OpenAI's routes over one engine, the API key check, and the responses.
 
 The event loop only parses requests, hands preparation to the engine's preparation
-thread, and relays the text the model thread generates, whole or as server-sent events
-(`data: {...}` chunks ending with `data: [DONE]`). An error during a stream arrives as a
-`data: {"error": ...}` chunk before `[DONE]`, since the status line has already gone out.
+threads, and relays the text the model thread generates, whole or as server-sent events
+(`data: {...}` chunks ending with `data: [DONE]`); finding tool calls in that text runs
+on a worker thread too. An error during a stream arrives as a `data: {"error": ...}`
+chunk before `[DONE]`, since the status line has already gone out.
+
+Request bodies must be valid Unicode: JSON's `\ud800` escapes can spell lone surrogates,
+which no tokenizer or file takes, so they are refused with a 400 naming the field.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -30,6 +35,7 @@ from .schemas import ChatRequest, CompletionRequest
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 16 << 20
+DEFAULT_BODY_TIMEOUT = 60.0  # seconds: 16 MiB at 0.3 MB/s
 
 
 def create_app(
@@ -38,14 +44,16 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allowed_hosts: Sequence[str] | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> FastAPI:
     """The FastAPI app serving `engine`. With `api_key`, every route but /health needs
     `Authorization: Bearer <api_key>`. With `allowed_hosts`, a request whose Host header
     names another host is refused: a web page cannot reach a loopback server by pointing
-    its own domain at 127.0.0.1 (DNS rebinding)."""
+    its own domain at 127.0.0.1 (DNS rebinding). A body that has not arrived
+    `body_timeout` seconds after its headers gets 408."""
     app = FastAPI(title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     if allowed_hosts is not None:
         app.add_middleware(AllowedHosts, hosts=allowed_hosts)
     app.add_middleware(CatchAll)
@@ -61,21 +69,25 @@ def create_app(
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:
-        if model_id != engine.model.name:
-            raise APIError(404, f"The model {model_id!r} does not exist.", param="model")
+        engine.check_model(model_id)
         return _model_card(engine.model)
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", dependencies=[Depends(_valid_unicode)])
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
+        engine.check_model(req.model)
         job, reply = await engine.prepare(prepare_chat, engine, req)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         frame = _Frame(engine, "chat.completion.chunk", "chatcmpl", include_usage)
         if req.stream:
             return _event_stream(_chat_chunks(engine, job, reply, request, frame))
         parts, done = await _collect(engine, job, request)
-        for part in parts:
-            reply.feed(part)
-        _, content, calls, reason = reply.finish(done.finish_reason)
+
+        def shape() -> tuple[str, str | None, list[ToolCall], str]:
+            for part in parts:
+                reply.feed(part)
+            return reply.finish(done.finish_reason)
+
+        _, content, calls, reason = await _off_loop(reply, shape)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = _tool_call_entries(calls)
@@ -91,8 +103,9 @@ def create_app(
             "usage": _usage(done),
         }
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", dependencies=[Depends(_valid_unicode)])
     async def completions(req: CompletionRequest, request: Request) -> Any:
+        engine.check_model(req.model)
         job = await engine.prepare(prepare_completion, engine, req)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         frame = _Frame(engine, "text_completion", "cmpl", include_usage)
@@ -135,6 +148,46 @@ def _bearer(api_key: str) -> Callable[[Request], Any]:
             )
 
     return check
+
+
+async def _valid_unicode(request: Request) -> None:
+    """Refuse a JSON body holding a string that is not valid Unicode (a lone surrogate)."""
+    try:
+        body = await request.json()  # parsed once: FastAPI has read it already, and kept it
+    except ValueError:
+        return  # not JSON: the body's own validation says so
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, path)
+                stack.append((item, f"{path}.{key}" if path else str(key)))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}.{i}" if path else str(i)) for i, item in enumerate(value))
+
+
+def _check_text(text: str, path: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        where = f"{path}: " if path else ""
+        raise APIError(
+            400,
+            f"{where}the text is not valid Unicode (a lone surrogate, "
+            f"{text[e.start]!r}, at character {e.start:,}). Send UTF-8 text.",
+            param=path or None,
+            code="invalid_unicode",
+        ) from None
+
+
+async def _off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:
+    """`fn()`, on a worker thread when it parses tool calls (real work on long replies)."""
+    return await asyncio.to_thread(fn) if reply.parses_calls else fn()
 
 
 def _model_card(model: Model) -> dict[str, Any]:
@@ -230,11 +283,12 @@ async def _chat_chunks(
             async for item in events:
                 if isinstance(item, Finished):
                     done = item
-                elif text := reply.feed(item):
+                elif text := await _off_loop(reply, lambda item=item: reply.feed(item)):
                     yield delta({"content": text})
         if done is None or done.finish_reason == "cancelled":
             return
-        tail, _, calls, reason = reply.finish(done.finish_reason)
+        reason = done.finish_reason
+        tail, _, calls, reason = await _off_loop(reply, lambda: reply.finish(reason))
         if tail:
             yield delta({"content": tail})
         if calls:

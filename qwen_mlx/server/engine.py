@@ -2,8 +2,9 @@
 
 Generation runs on the process's model thread (`qwen_mlx.model_thread`), which lives as
 long as the process, so MLX's per-thread clean-up never runs at exit. Request preparation
-(templates, tokenizing, schema compiling; no MLX) has its own thread, so the event loop
-only parses and streams text back.
+(templates, tokenizing, schema compiling; no MLX) has a few threads of its own, so the
+event loop only parses and streams text back, and one slow preparation (a huge prompt)
+does not hold up the others.
 
 Each job starts from the KV cache of an earlier one sharing its longest token prefix (see
 `prompt_cache.py`), so a client resending a growing conversation prefills only what is
@@ -18,7 +19,7 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS_CAP = 16384  # Qwen's model card: enough output for most queries
 DISCONNECT_POLL = 0.1  # seconds between checks that a client is still there
+PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
 
 
 @dataclass(eq=False)  # each job is its own: hashed by identity
@@ -71,7 +73,9 @@ class Engine:
 
     `stream_tokens` is the single call that runs the model (`runtime.stream_tokens`); tests
     replace it with a scripted stream to get exact replies from a random model. `finished`
-    records how the last jobs ended.
+    records how the last jobs ended. `names` are what a request's `model` may say: the
+    model's name, its family id (the alias users pass, e.g. `qwen3-4b-instruct`) and any
+    `aliases` (the reference it was loaded by).
     """
 
     def __init__(
@@ -83,8 +87,12 @@ class Engine:
         max_context: int | None = None,
         max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
         planner: MemoryPlanner | None = None,
+        aliases: Sequence[str] = (),
     ) -> None:
         self.model = model
+        family = [model.manifest.family] if model.manifest and model.manifest.family else []
+        self.names = tuple(dict.fromkeys([model.name, *family, *aliases]))
+        self.max_token_chars = _longest_token(model)
         self.kv_bits = kv_bits
         self.planner = planner or MemoryPlanner.for_model(model)
         limits = [model.context_length, self.planner.max_context(kv_bits)]
@@ -95,7 +103,7 @@ class Engine:
         self.cache = PromptCachePool(lambda: make_cache(model, kv_bits), cache_bytes)
         self.stream_tokens = stream_tokens
         self.finished: deque[Finished] = deque(maxlen=256)
-        self._preparer = ThreadPoolExecutor(1, thread_name_prefix="qwen-mlx-prepare")
+        self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
         self._jobs: dict[Job, Future[None]] = {}  # waiting or running, with their futures
         self._jobs_lock = threading.Lock()
 
@@ -109,12 +117,28 @@ class Engine:
         """Run request preparation (templates, tokenizing, schema compiling) off the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._preparer, fn, *args)
 
-    def check_context(self, prompt_tokens: int, param: str) -> None:
+    def check_model(self, requested: str | None) -> None:
+        """Refuse a request for a model this server does not serve, as OpenAI does (404
+        model_not_found); no `model` at all means the served one."""
+        if requested is not None and requested not in self.names:
+            others = f" (also answers to {', '.join(self.names[1:])})" if self.names[1:] else ""
+            raise APIError(
+                404,
+                f"The model `{requested}` does not exist on this server. It serves "
+                f"`{self.model.name}`{others}.",
+                param="model",
+                code="model_not_found",
+            )
+
+    def check_context(self, prompt_tokens: int, param: str, *, at_least: bool = False) -> None:
+        """Refuse a prompt that leaves no room for a reply. With `at_least`, the count is
+        a lower bound found without tokenizing everything (see `prepare.py`)."""
         if prompt_tokens >= self.context_limit:
+            has = f"at least {prompt_tokens:,}" if at_least else f"{prompt_tokens:,}"
             raise APIError(
                 400,
                 f"This model's maximum context length is {self.context_limit:,} tokens, "
-                f"but the prompt has {prompt_tokens:,}. Shorten it, or leave out old turns.",
+                f"but the prompt has {has}. Shorten it, or leave out old turns.",
                 param=param,
                 code="context_length_exceeded",
             )
@@ -227,6 +251,17 @@ class Engine:
             last.time_to_first_token if last else 0.0,
             last.generation_tps if last else 0.0,
         )
+
+
+def _longest_token(model: Model) -> int:
+    """The most characters one token stands for (byte-level vocabularies spell each byte
+    as one character, so this bounds the decoded text too): a prompt of more characters
+    than the context times this cannot fit, whatever it says. 128 for Qwen3."""
+    try:
+        vocab = model.tokenizer.get_vocab()
+    except AttributeError:  # not a Hugging Face tokenizer: no bound from characters
+        return 1 << 20
+    return max(map(len, vocab), default=1)
 
 
 async def _watch(request: Request, job: Job) -> None:

@@ -121,13 +121,18 @@ def _describe_invalid(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
 
 
 class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413 before any route parses them."""
+    """Refuse request bodies over `max_bytes` with 413 before any route parses them, and
+    bodies that have not arrived `timeout` seconds after their headers with 408 (a slow
+    client must not hold a connection for ever)."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, timeout: float = 60.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import asyncio
+
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -136,16 +141,25 @@ class BodyLimit:
         body: list[bytes] = []
         if total <= _DRAIN_LIMIT:
             total = 0
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # the client left
-                chunk = message.get("body", b"")
-                total += len(chunk)
-                if total <= self.max_bytes:
-                    body.append(chunk)
-                if not message.get("more_body", False) or total > _DRAIN_LIMIT:
-                    break
+            try:
+                async with asyncio.timeout(self.timeout):
+                    while True:
+                        message = await receive()
+                        if message["type"] != "http.request":
+                            return  # the client left
+                        chunk = message.get("body", b"")
+                        total += len(chunk)
+                        if total <= self.max_bytes:
+                            body.append(chunk)
+                        if not message.get("more_body", False) or total > _DRAIN_LIMIT:
+                            break
+            except TimeoutError:
+                await APIError(
+                    408,
+                    f"The request body did not arrive within {self.timeout:g} seconds.",
+                    code="request_timeout",
+                ).response()(scope, receive, send)
+                return
         if total > self.max_bytes:
             await APIError(
                 413,

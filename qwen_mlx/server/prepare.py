@@ -3,8 +3,14 @@
 Preparing renders the chat template and tokenizes, applies `tool_choice` (a forced call is
 opened by the server and its JSON held to the tools' schemas) and `response_format` (a
 JSON-schema logits processor), sets sampling parameters over the model's defaults and
-checks the prompt fits. It runs on the engine's preparation thread and evaluates no MLX
+checks the prompt fits. It runs on the engine's preparation threads and evaluates no MLX
 arrays: all model work stays on the model thread.
+
+A prompt far over the context is refused without tokenizing it whole (a 10 MB body took
+18 s): first by its characters (no token covers more than the vocabulary's longest
+spelling), then, when it has many characters per token of context, by counting its
+tokens piece by piece until the count is over; only a prompt near the context is
+tokenized whole, so the work is bounded by the context, not by the body.
 """
 
 from __future__ import annotations
@@ -27,12 +33,20 @@ from .schemas import (
 
 logger = logging.getLogger(__name__)
 
+# Unicode normalization (NFC) can compose up to four code points into one character.
+_COMPOSED = 4
+# Prompts with more characters than this per token of context are counted piece by piece
+# before being tokenized whole (real text has about four).
+_COUNT_ABOVE = 8
+_PIECE = 8192  # characters per piece when counting
+
 
 def prepare_chat(engine: Engine, req: ChatRequest) -> tuple[Job, Reply]:
     """Render and tokenize a chat request, apply its tool choice and response format, and
-    check it fits; runs on the preparation thread."""
+    check it fits; runs on a preparation thread."""
     import jinja2
 
+    _refuse_logprobs(req.logprobs or bool(req.top_logprobs), "logprobs")
     model = engine.model
     messages = [_template_message(m, i) for i, m in enumerate(req.messages)]
     tools = [as_tool(t.model_dump(exclude_none=True)) for t in req.tools or []]
@@ -55,9 +69,11 @@ def prepare_chat(engine: Engine, req: ChatRequest) -> tuple[Job, Reply]:
             param="tool_choice",
         )
     try:
-        tokens = model.render_tokens(messages, tools=[t.spec() for t in tools] or None)
+        text = model.render(messages, tools=[t.spec() for t in tools] or None)
     except jinja2.TemplateError as e:
         raise APIError(400, f"The chat template cannot render these messages: {e}") from e
+    _check_length(engine, text, "messages")
+    tokens = model.encode(text)  # what render_tokens gives messages without `_token_ids`
     prefix = suffix = ""
     schema = response_schema
     if forced:  # open the call ourselves and hold the JSON to the tools' schemas
@@ -81,12 +97,14 @@ def prepare_chat(engine: Engine, req: ChatRequest) -> tuple[Job, Reply]:
 
 def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
     """Tokenize a completion request's prompt (text or token ids) and check it fits."""
+    _refuse_logprobs(req.logprobs is not None, "logprobs")
     prompt = req.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
         if len(prompt) != 1:
             raise APIError(400, "Send one prompt per request.", param="prompt")
         prompt = prompt[0]
     if isinstance(prompt, str):
+        _check_length(engine, prompt, "prompt")
         tokens = engine.model.encode(prompt)
     else:
         tokens = list(prompt)
@@ -99,20 +117,79 @@ def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
     return Job(tokens, _sampling(engine, req, len(tokens), req.max_tokens))
 
 
+def _refuse_logprobs(asked: bool, param: str) -> None:
+    if asked:
+        raise APIError(
+            400,
+            "logprobs are not supported by this server yet; leave out logprobs and top_logprobs.",
+            param=param,
+            code="unsupported_parameter",
+        )
+
+
+def _check_length(engine: Engine, text: str, param: str) -> None:
+    """Refuse `text` (a whole prompt) early when it cannot fit the context, reading as
+    little of it as that takes (see the module docstring)."""
+    limit = engine.context_limit
+    per_token = engine.max_token_chars * _COMPOSED
+    if len(text) >= limit * per_token:  # too long, whatever it says
+        engine.check_context(len(text) // per_token, param, at_least=True)
+    if len(text) > limit * _COUNT_ABOVE:
+        enough = limit + limit // 4 + 64  # well over: pieces may count a token or two apart
+        counted = _count_tokens(engine.model, text, enough)
+        if counted >= enough:
+            engine.check_context(counted, param, at_least=True)
+
+
+def _count_tokens(model: Any, text: str, enough: int) -> int:
+    """The tokens of `text`, counted piece by piece until there are `enough`. Pieces end
+    before a space that follows a non-space, where BPE pre-tokenizers split anyway, so
+    the count is that of the whole text (and one long run of letters is no slower)."""
+    total = pos = 0
+    while pos < len(text) and total < enough:
+        end = _piece_end(text, pos + _PIECE)
+        total += len(model.encode(text[pos:end]))
+        pos = end
+    return total
+
+
+def _piece_end(text: str, at: int) -> int:
+    if at >= len(text):
+        return len(text)
+    low = at - _PIECE // 2
+    cut = text.rfind(" ", low, at)
+    while cut > low and text[cut - 1].isspace():
+        cut = text.rfind(" ", low, cut)
+    return cut if cut > low else at
+
+
 class Reply:
     """Shapes the model's text into an OpenAI assistant message: `<tool_call>` blocks come
-    out of the content and become `tool_calls` (malformed ones are logged and dropped)."""
+    out of the content and become `tool_calls` (malformed ones are logged and dropped).
+
+    A reply cut off by max_tokens inside a call (a forced one, say) is not a call: its
+    text as written becomes the content, finish reason "length", never an empty message.
+    `parses_calls` says whether shaping does real work (the app then runs it off the
+    event loop).
+    """
 
     def __init__(self, *, parse_calls: bool, prefix: str = "", suffix: str = "") -> None:
         self._filter = CallFilter() if parse_calls else None
         self._parts: list[str] = []
-        self._suffix = suffix
+        self._shown: list[str] = []
+        self._prefix, self._suffix = prefix, suffix
         self.feed(prefix)
+
+    @property
+    def parses_calls(self) -> bool:
+        return self._filter is not None
 
     def feed(self, text: str) -> str:
         """Text from the model; returns the content to show now."""
         self._parts.append(text)
-        return self._filter.feed(text) if self._filter else text
+        shown = self._filter.feed(text) if self._filter else text
+        self._shown.append(shown)
+        return shown
 
     def finish(self, reason: str) -> tuple[str, str | None, list[ToolCall], str]:
         """(content still to show, whole content, tool calls, OpenAI finish reason)."""
@@ -120,11 +197,20 @@ class Reply:
         text = "".join(self._parts)
         if self._filter is None:
             return tail, text, [], reason
-        tail += self._filter.flush()
+        held, unterminated = self._filter.finish()
+        tail += held
+        cut_off = reason == "length" and unterminated is not None
+        if cut_off:
+            if self._prefix and not any(self._shown) and unterminated.startswith(self._prefix):
+                unterminated = unterminated[len(self._prefix) :]  # we opened a forced call
+            tail += unterminated
         prose, calls = parse_tool_calls(text)
         valid = [c for c in calls if c.error is None]
-        for bad in (c for c in calls if c.error is not None):
+        for bad in (c for c in calls if c.error is not None and not cut_off):
             logger.warning("dropped a malformed tool call (%s): %.200s", bad.error, bad.raw)
+        if cut_off:
+            content = ("".join(self._shown) + tail).strip()
+            return tail, content or None, valid, reason
         if not calls:
             return tail, text, [], reason
         return tail, prose or None, valid, "tool_calls" if valid and reason == "stop" else reason

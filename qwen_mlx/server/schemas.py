@@ -2,14 +2,21 @@
 
 Only the fields this server acts on are declared; the rest of what OpenAI clients send
 (user, metadata, store, ...) is ignored rather than refused. Invalid values become a 400
-in OpenAI's shape (see `errors.py`).
+in OpenAI's shape (see `errors.py`). Numbers, booleans and integers are taken as JSON
+types only, as OpenAI does: `"10"` is not a max_tokens, `"yes"` not a stream flag, and
+NaN or Infinity (which Python's JSON reader lets through) no sampling parameter.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+
+def _number(**bounds: float) -> Any:
+    """A finite JSON number (an integer is welcome; a string or a boolean is not)."""
+    return Field(default=None, strict=True, allow_inf_nan=False, **bounds)
 
 
 class _Body(BaseModel):
@@ -73,38 +80,43 @@ class ResponseFormat(_Body):
 
 
 class StreamOptions(_Body):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _Sampling(_Body):
     """Fields chat completions and completions share. top_k, min_p and
-    repetition_penalty are extensions; unset fields keep the model's defaults."""
+    repetition_penalty are extensions; unset fields keep the model's defaults. A
+    `top_k` at or above the vocabulary means no top-k (see `SamplingParams`)."""
 
     model: str | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    seed: int | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = _number(ge=0, le=2)
+    top_p: float | None = _number(gt=0, le=1)
+    top_k: StrictInt | None = Field(default=None, ge=0)
+    min_p: float | None = _number(ge=0, le=1)
+    repetition_penalty: float | None = _number(gt=0)
+    presence_penalty: float | None = _number(ge=-2, le=2)
+    frequency_penalty: float | None = _number(ge=-2, le=2)
+    seed: StrictInt | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: StrictInt = Field(default=1, ge=1, le=1)
 
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
     response_format: ResponseFormat | None = None
+    # Not supported yet: declared so that asking for them is refused, not ignored.
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[int] | list[str] | list[list[int]]
+    prompt: str | list[StrictInt] | list[str] | list[list[StrictInt]]
     echo: Literal[False] = False
     suffix: None = None
+    logprobs: StrictInt | None = None  # not supported yet: refused when set
