@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -80,13 +82,25 @@ def test_quant_tags():
     assert naming.quant_tag(bits=4, group_size=32, recipe="mixed_3_6") == "mixed_3_6-g32"
 
 
-_word = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True)
+def _not_a_size_or_format(word: str) -> bool:
+    # `4b-a3b` reads as a MoE size, and a format word ends the variant: keep both out.
+    return word not in naming.FORMATS and not re.fullmatch(r"a[0-9]+(\.[0-9]+)?[kmbt]", word)
+
+
+_word = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True).filter(_not_a_size_or_format)
+_tag = st.from_regex(r"[a-z0-9]{0,3}[0-9][a-z0-9_]{0,3}", fullmatch=True)
+_date = st.from_regex(r"[0-9]{4}([0-9]{2}){0,2}", fullmatch=True)
+releases = st.one_of(
+    _date,
+    st.builds(lambda d, tags: "-".join([d, *tags]), _date, st.lists(_tag, min_size=1, max_size=2)),
+    _tag,  # a release that is not a date: v1, ft500, 500
+)
 names = st.builds(
     naming.ModelName,
     family=st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True),
     size=st.from_regex(r"[1-9][0-9]{0,2}(\.[0-9])?[mb]", fullmatch=True),
     variant=st.lists(_word, min_size=1, max_size=3).map("-".join),
-    release=st.from_regex(r"[0-9]{4}([0-9]{2}){0,2}", fullmatch=True),
+    release=releases,
 ).flatmap(
     lambda base: st.one_of(
         st.just(base),
@@ -122,3 +136,154 @@ def test_arbitrary_text_parses_or_raises_invalid_name(text):
     except InvalidNameError:
         return
     assert str(name) == text.strip().lower()
+
+
+# -- fine-tune names, derived names, latest --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "family_id", "release", "fmt"),
+    [
+        ("qwen3-4b-myft-v1", "qwen3-4b-myft", "v1", None),
+        ("qwen3-4b-instruct-2507-ft500", "qwen3-4b-instruct", "2507-ft500", None),
+        ("qwen3-4b-instruct-2507-ft500-mlx-q4-g64", "qwen3-4b-instruct", "2507-ft500", "mlx"),
+        ("qwen3-4b-checkpoint-500", "qwen3-4b-checkpoint", "500", None),
+        ("qwen3-4b-r1-distill-v2-mlx-q8-g64@1a2b3c4", "qwen3-4b-r1-distill", "v2", "mlx"),
+        ("qwen3-4b-mlx-ft-20250715", "qwen3-4b-mlx-ft", "20250715", None),
+    ],
+)
+def test_names_people_give_finetunes_parse(text, family_id, release, fmt):
+    name = naming.parse(text)
+    assert (name.family_id, name.release, name.format) == (family_id, release, fmt)
+    assert str(name) == text
+
+
+def test_a_name_that_would_read_back_as_another_is_refused():
+    with pytest.raises(InvalidNameError, match="would read back as another name"):
+        naming.ModelName("qwen3", "4b", "instruct", "2507-mlx")  # reads as format mlx
+    with pytest.raises(InvalidNameError, match="would read back"):
+        naming.ModelName("qwen3", "30b", "a3b-instruct", "2507")  # reads as size 30b-a3b
+
+
+def test_family_ids_are_not_names_and_a_dateless_release_is_one():
+    assert naming.is_family_id("qwen3-4b-medical-ft")
+    assert naming.is_family_id("qwen3-4b-instruct-latest")
+    assert naming.is_name("qwen3-4b-medical-ft1") and not naming.is_family_id("qwen3-4b-x-v1")
+
+
+@pytest.mark.parametrize(
+    ("parameters", "tag"),
+    [
+        (596_049_920, "0.6b"),  # Qwen3-0.6B, tied embeddings counted once
+        (1_720_574_976, "1.7b"),
+        (4_022_468_096, "4b"),
+        (8_190_735_360, "8b"),
+        (14_768_307_200, "14b"),
+        (32_762_123_264, "32b"),
+        (4_200_000, "4m"),
+        (920_000, "0.9m"),
+        (2_700_000_000, "2.7b"),
+        (140_000, "140k"),
+    ],
+)
+def test_parameter_counts_round_to_the_usual_sizes(parameters, tag):
+    assert naming.size_tag(parameters) == tag
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        ("Qwen/Qwen3-4B-Instruct-2507", "qwen3-4b-instruct-2507"),
+        ("Qwen/Qwen3-4B-Thinking-2507", "qwen3-4b-thinking-2507"),
+        ("Qwen/Qwen3-4B", "qwen3-4b-hybrid-1a2b3c4"),  # no variant, no release
+        ("Qwen/Qwen3-0.6B", "qwen3-0.6b-hybrid-1a2b3c4"),  # the name's size wins
+        ("Qwen/Qwen3-4B-Base", "qwen3-4b-base-1a2b3c4"),
+        ("someone/Qwen3-4B-medical-ft", "qwen3-4b-medical-ft-1a2b3c4"),
+        ("./checkpoint-500", "qwen3-4m-checkpoint-500"),
+        ("~/runs/my-finetune/", "qwen3-4m-my-finetune-1a2b3c4"),
+        ("target", "qwen3-4m-target-1a2b3c4"),
+        ("Qwen3-4B-Instruct-2507-dpo", "qwen3-4b-instruct-dpo-2507"),  # a tag needs a digit
+        ("my-ft-bf16", "qwen3-4m-my-ft-1a2b3c4"),  # format words are not the model's
+    ],
+)
+def test_checkpoints_are_named_from_their_name_and_what_they_say(label, expected):
+    name, note = naming.name_for(
+        None,
+        label,
+        family="qwen3",
+        parameters=4_200_000,
+        release="1a2b3c4",
+        release_from="the source's commit",
+    )
+    assert str(name) == expected
+    if not naming.is_name(label.rsplit("/", 1)[-1]):
+        assert note  # how it was chosen, for the user
+
+
+def test_config_name_or_path_gives_a_variant_the_folder_does_not():
+    name, _ = naming.name_for(
+        None,
+        "Qwen3-4B",
+        family="qwen3",
+        parameters=4_022_468_096,
+        release="20261201",
+        release_from="the date its weights were written",
+        hint="Qwen/Qwen3-4B-Instruct-2507",
+    )
+    assert str(name) == "qwen3-4b-instruct-20261201"
+
+
+def test_a_requested_name_that_does_not_fit_is_made_to_fit_and_said_so():
+    name, note = naming.name_for(
+        "My Fine Tune!",
+        "out",
+        family="qwen3",
+        parameters=4_022_468_096,
+        release="20261201",
+        release_from="the date its weights were written",
+    )
+    assert str(name) == "qwen3-4b-my-fine-tune-20261201"
+    assert "--name 'My Fine Tune!' does not fit" in note and str(name) in note
+    assert naming.name_for(
+        "qwen3-4b-myft-v1", "out", family="qwen3", parameters=1, release="20261201", release_from=""
+    ) == (naming.parse("qwen3-4b-myft-v1"), "")
+
+
+@given(
+    st.one_of(st.none(), st.text(max_size=30).filter(str.strip)),
+    st.text(alphabet="Qwen3-4B.mlx_0125 /vftGGUF@-", max_size=30),
+    st.integers(1, 10**12),
+    st.one_of(st.none(), st.text(max_size=20)),
+)
+def test_any_requested_name_or_folder_gives_a_name_that_round_trips(requested, label, n, hint):
+    name, _ = naming.name_for(
+        requested,
+        label,
+        family="qwen3",
+        parameters=n,
+        release="20261201",
+        release_from="",
+        hint=hint,
+    )
+    assert naming.parse(str(name)) == name
+
+
+@pytest.mark.parametrize(
+    ("new", "current", "says"),
+    [
+        ("qwen3-4b-instruct-2507-mlx-q4-g64", None, None),  # the family's first version
+        ("qwen3-4b-instruct-2510-mlx-q4-g64", "qwen3-4b-instruct-2507-mlx-q4-g64", None),
+        ("qwen3-4b-myft-v10-mlx-q4-g64", "qwen3-4b-myft-v9-mlx-q4-g64", None),
+        ("qwen3-4b-x-2507-ft1000-mlx-q4-g64", "qwen3-4b-x-2507-ft500-mlx-q4-g64", None),
+        ("qwen3-4b-instruct-2507-mlx-q8-g64", "qwen3-4b-instruct-2507-mlx-q4-g64", "mlx-q8-g64"),
+        ("qwen3-4b-instruct-2510-mlx-q8-g64", "qwen3-4b-instruct-2507-mlx-q4-g64", "mlx-q8-g64"),
+        ("qwen3-4b-instruct-2507-ft500-mlx-q4-g64", "qwen3-4b-instruct-2507-mlx-q4-g64", "fine"),
+        ("qwen3-4b-instruct-2504-mlx-q4-g64", "qwen3-4b-instruct-2507-mlx-q4-g64", "older"),
+        ("qwen3-4b-instruct-20250801-mlx-q4-g64", "qwen3-4b-instruct-2507-mlx-q4-g64", "follow"),
+        ("qwen3-4b-hybrid-9f8e7d6-mlx-q4-g64", "qwen3-4b-hybrid-1a2b3c4-mlx-q4-g64", "follow"),
+        ("qwen3-4b-instruct-2507-mlx-q4-g64@1a2b3c4", "qwen3-4b-instruct-2507-mlx-q4-g64", "same"),
+    ],
+)
+def test_which_version_a_user_expects_to_become_latest(new, current, says):
+    why = naming.why_not_latest(naming.parse(new), current and naming.parse(current))
+    assert why is None if says is None else says in why
