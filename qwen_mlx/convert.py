@@ -5,6 +5,15 @@ source file as it goes), cast, quantized with `mx.quantize` exactly as `mlx_lm.c
 does, and appended to the output safetensors (hashing the output as it goes). Peak memory
 is about one source tensor, and every byte is read and hashed once.
 
+Float types follow `mlx_lm.convert`: `dtype`, else the config's `torch_dtype`, casts every
+float tensor; otherwise (transformers 5 writes `dtype`, which mlx-lm ignores) each tensor
+keeps its own type, and quantization scales and biases take their weight's type.
+
+A layer whose input size the group size does not divide cannot be quantized. mlx-lm leaves
+such layers unquantized and says nothing; we quantize the whole model with the largest
+group size of (requested, 64, 32) that divides every layer that can be quantized, leave
+the rest unquantized, say so in a warning, and name the output after what was written.
+
 Everything is written into a temporary sibling of the output folder, which is renamed into
 place only when complete, so Ctrl-C, an exception or a full disk leave nothing behind.
 
@@ -14,18 +23,20 @@ place only when complete, so Ctrl-C, an exception or a full disk leave nothing b
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from . import hub, naming
 from .checkpoint import Checkpoint, inspect_checkpoint
-from .errors import InsufficientDiskError, InvalidNameError, OutputExistsError
+from .errors import DamagedModelError, InsufficientDiskError, OutputExistsError
 from .fileio import sha256_file
 from .manifest import (
     Manifest,
@@ -34,6 +45,7 @@ from .manifest import (
     detect_license,
     hash_files,
     now_iso,
+    read_manifest,
     tool_versions,
 )
 from .store import Store, check_replaceable, install
@@ -45,12 +57,16 @@ DTYPES = ("bfloat16", "float16", "float32")
 RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
 MAX_SHARD_BYTES = 5 << 30  # mlx-lm's shard size
 _DTYPE_CODES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+_DTYPE_NAMES = {code: name for name, code in _DTYPE_CODES.items()}
 _FLOAT_CODES = {"BF16", "F16", "F32", "F64"}
+FALLBACK_GROUP_SIZES = (64, 32)  # tried, below the requested one, for layers it does not fit
 
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress event: `stage` is download, validate, convert, hash, quality or done."""
+    """A progress event: `stage` is download, validate, convert, hash, quality or done;
+    `name` (detail: the name chosen and how) and `warning` (detail: what to know) are
+    one-off notices."""
 
     stage: str
     done: int = 0
@@ -68,6 +84,11 @@ class ConvertResult:
     registered: bool
     became_latest: bool
     seconds: float
+    name_note: str = ""  # how the name was chosen when it was derived or made to fit
+    warnings: tuple[str, ...] = ()
+    latest: str | None = None  # the family's latest afterwards, when registered
+    kept_because: str | None = None  # why it did not become latest
+    frozen: bool = False  # its family is pinned or frozen
 
 
 @dataclass(frozen=True)
@@ -77,7 +98,7 @@ class _Plan:
     quant: dict[str, dict[str, Any]]  # module path -> {"bits", "group_size", "mode"}
     shards: list[list[TensorSpec]]
     sources: list[tuple[str, str]]  # (file, tensor name) in processing order
-    dtype: str
+    dtype: str | None  # what every float tensor is cast to; None keeps each one's own
 
 
 def default_report() -> bool:
@@ -98,19 +119,30 @@ def _check_options(q_bits: int, q_group_size: int, dtype: str | None, recipe: st
         raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}.")
 
 
-def output_name(
-    source: hub.FetchedSource, name: str | None, quantization: Quantization
-) -> naming.ModelName:
-    """The store name of the converted model: the source's name plus `-mlx-<quant>`."""
-    try:
-        base = naming.parse(name) if name else naming.name_from_source(source.label)
-    except InvalidNameError as e:
-        if name:
-            raise
-        raise InvalidNameError(
-            f"Cannot name the model after {source.label!r}: {e} "
-            "Pass --name, e.g. --name qwen3-4b-instruct-2507."
-        ) from e
+def target_dtype(dtype: str | None, config: dict[str, Any]) -> str | None:
+    """What every float tensor is cast to, decided as `mlx_lm.convert` decides: `dtype`,
+    else the config's `torch_dtype` (or its text_config's `dtype`); None keeps each
+    tensor's own type (a transformers 5 config says `dtype`, which mlx-lm ignores)."""
+    chosen = dtype or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
+    return chosen if chosen in DTYPES else None
+
+
+def fallback_release(source: hub.FetchedSource, ckpt: Checkpoint) -> tuple[str, str]:
+    """The release for a source whose name has none, and what it is: the source's commit
+    (short), or the date its weights were written, so converting the same folder again
+    finds the same name."""
+    if source.revision and re.fullmatch(r"[0-9a-f]{40}", source.revision):
+        short = next(
+            (source.revision[:n] for n in range(7, 41) if re.search("[0-9]", source.revision[:n])),
+            None,
+        )
+        if short:
+            return short, "the source's commit"
+    stamp = max((ckpt.path / f).stat().st_mtime for f in ckpt.weight_files)
+    return datetime.fromtimestamp(stamp).strftime("%Y%m%d"), "the date its weights were written"
+
+
+def _with_quant(base: naming.ModelName, quantization: Quantization) -> naming.ModelName:
     if base.format:
         return base
     tag = naming.quant_tag(
@@ -122,20 +154,99 @@ def output_name(
     return base.with_format("mlx", tag)
 
 
-def _quant_plan(config: dict[str, Any], bits: int, group_size: int, recipe: str | None):
-    """Which modules get quantized, with which settings; mirrors mlx_lm's quantize_model."""
-    import importlib
+def output_name(
+    source: hub.FetchedSource, name: str | None, quantization: Quantization, ckpt: Checkpoint
+) -> tuple[naming.ModelName, str]:
+    """The store name of the converted model (the source's name plus `-mlx-<quant>`) and a
+    sentence saying how it was chosen ("" when the name or the source's name was one)."""
+    release, release_from = fallback_release(source, ckpt)
+    base, note = naming.name_for(
+        name,
+        source.label,
+        family=ckpt.model_type,
+        parameters=ckpt.parameters,
+        release=release,
+        release_from=release_from,
+        hint=ckpt.config.get("_name_or_path"),
+    )
+    return _with_quant(base, quantization), note
 
+
+def _known_name(hf_path: str, name: str | None, quantization: Quantization):
+    """The output's name when it is known before the checkpoint is (a name or repo name
+    that follows the convention), else None."""
+    text = name or hf_path.rstrip("/").rsplit("/", 1)[-1]
+    return _with_quant(naming.parse(text), quantization) if naming.is_name(text) else None
+
+
+def _same_source(info: SourceInfo, repo: str | None, path: str | None) -> bool:
+    if info.repo or repo:
+        return info.repo == repo
+    return info.path is None or path is None or Path(info.path) == Path(path)
+
+
+def check_name_free(
+    store: Store,
+    name: naming.ModelName,
+    *,
+    repo: str | None,
+    path: str | None,
+    force: bool,
+) -> None:
+    """Refuse to put a model into the store under a name that a model from another
+    source holds, naming both and suggesting a name that is free. The same source again
+    is `_check_output`'s "already exists"."""
+    final = store.path_for(name)
+    if force or not final.is_dir():
+        return
+    try:
+        existing = read_manifest(final)
+    except DamagedModelError:
+        return  # its source is unknown; _check_output refuses it as an existing output
+    if existing is None or _same_source(existing.source, repo, path):
+        return
+    word = repo.split("/")[0] if repo else "local"
+    free = naming.distinct(
+        naming.ModelName(name.family, name.size, name.variant, name.release),
+        word,
+        lambda n: store.path_for(n.with_format(name.format, name.quant, name.revision)).exists(),
+    )
+    theirs = existing.source.repo or existing.source.path
+    raise OutputExistsError(
+        f"{name} is already in the store, from {theirs}; {repo or path} would get the same "
+        f"name. Pass --name {free} to keep both, or --force to replace it."
+    )
+
+
+def _layer_list(paths: list[str]) -> str:
+    """`model.layers.*.mlp.up_proj` for the same module in every layer."""
+    shown = list(dict.fromkeys(re.sub(r"\.\d+\.", ".*.", p) for p in paths))
+    return ", ".join(shown[:6]) + (f" and {len(shown) - 6} more" if len(shown) > 6 else "")
+
+
+def _quant_plan(
+    model: Any, bits: int, group_size: int, recipe: str | None
+) -> tuple[dict[str, dict[str, Any]], int, list[str]]:
+    """Which modules get quantized, with which settings, as mlx_lm's quantize_model
+    decides, except for layers `group_size` does not fit (see the module docstring).
+    Returns the plan, the group size used and warnings."""
     from mlx_lm.convert import mixed_quant_predicate_builder
 
-    arch = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
-    model = arch.Model(arch.ModelArgs.from_dict(config))  # parameters stay lazy: no memory
-    predicate = mixed_quant_predicate_builder(recipe, model, group_size) if recipe else None
+    sizes = {
+        path: module.weight.shape[-1]
+        for path, module in model.named_modules()
+        if hasattr(module, "to_quantized")
+    }
+    groups = [group_size, *(g for g in FALLBACK_GROUP_SIZES if g < group_size)]
+    fits = {p: n for p, n in sizes.items() if any(n % g == 0 for g in groups)}
+    # Every candidate is a multiple of the last one, so some candidate divides them all.
+    group = next(g for g in groups if all(n % g == 0 for n in fits.values()))
+    predicate = mixed_quant_predicate_builder(recipe, model, group) if recipe else None
     plan: dict[str, dict[str, Any]] = {}
     for path, module in model.named_modules():
-        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group_size:
+        if path not in fits:
             continue
-        params = {"group_size": group_size, "bits": bits, "mode": "affine"}
+        params = {"group_size": group, "bits": bits, "mode": "affine"}
         if predicate is not None:
             choice = predicate(path, module)
             if choice is False:
@@ -143,23 +254,53 @@ def _quant_plan(config: dict[str, Any], bits: int, group_size: int, recipe: str 
             if isinstance(choice, dict):
                 params = choice
         plan[path] = params
-    return model, plan
-
-
-def _plan(ckpt: Checkpoint, quantization: Quantization) -> tuple[_Plan, Any]:
-    if quantization.bits:
-        model, quant = _quant_plan(
-            ckpt.config, quantization.bits, quantization.group_size, quantization.recipe
+    warnings = []
+    unfit = [p for p in sizes if p not in fits]
+    odd = sorted({n for n in sizes.values() if n % group_size})
+    if not plan and sizes:
+        warnings.append(
+            f"No layer can be quantized: their input sizes ({', '.join(map(str, odd))}) are "
+            f"not multiples of {groups[-1]}. The model is written unquantized, and named so."
         )
-    else:
-        import importlib
+        return plan, group, warnings
+    if group != group_size:
+        warnings.append(
+            f"--q-group-size {group_size} does not divide the input size of every layer "
+            f"({', '.join(map(str, odd))}); all layers are quantized with group size {group} "
+            f"instead, and the name says g{group}."
+        )
+    if unfit:
+        unfit_sizes = ", ".join(map(str, sorted({sizes[p] for p in unfit})))
+        warnings.append(
+            f"{len(unfit)} of {len(sizes)} layers stay unquantized, as no group size "
+            f"({', '.join(map(str, groups))}) divides their input size ({unfit_sizes}): "
+            f"{_layer_list(unfit)}."
+        )
+    return plan, group, warnings
 
-        arch = importlib.import_module(f"mlx_lm.models.{ckpt.config['model_type']}")
-        model, quant = arch.Model(arch.ModelArgs.from_dict(ckpt.config)), {}
+
+def _plan(
+    ckpt: Checkpoint,
+    *,
+    bits: int | None,
+    group_size: int,
+    recipe: str | None,
+    dtype: str | None,
+) -> tuple[_Plan, Quantization, list[str]]:
+    """What to write, the quantization it amounts to, and warnings. `bits` None writes
+    an unquantized copy; `dtype` None keeps each tensor's float type."""
+    import importlib
+
+    arch = importlib.import_module(f"mlx_lm.models.{ckpt.model_type}")
+    model = arch.Model(arch.ModelArgs.from_dict(ckpt.config))  # parameters stay lazy: no memory
+    quant: dict[str, dict[str, Any]] = {}
+    group, warnings = group_size, []
+    if bits:
+        quant, group, warnings = _quant_plan(model, bits, group_size, recipe)
     keep = set(model.sanitize(dict.fromkeys(ckpt.tensors)))
-    code = _DTYPE_CODES[quantization.dtype]
     sources: list[tuple[str, str]] = []
     specs: list[TensorSpec] = []
+    floats: Counter[str] = Counter()  # parameters per float type written
     for file in ckpt.weight_files:
         header, _ = read_header(ckpt.path / file)
         header.pop("__metadata__", None)
@@ -168,6 +309,10 @@ def _plan(ckpt: Checkpoint, quantization: Quantization) -> tuple[_Plan, Any]:
                 continue
             sources.append((file, tensor))
             spec = ckpt.tensors[tensor]
+            code = spec.dtype
+            if spec.dtype in _FLOAT_CODES:
+                code = _DTYPE_CODES[dtype] if dtype else ("F32" if code == "F64" else code)
+                floats[code] += _numel(spec.shape)
             module, _, param = tensor.rpartition(".")
             q = quant.get(module) if param == "weight" else None
             if q is not None:
@@ -179,8 +324,7 @@ def _plan(ckpt: Checkpoint, quantization: Quantization) -> tuple[_Plan, Any]:
                     TensorSpec(f"{module}.biases", code, (rows, groups)),
                 ]
             else:
-                dtype = code if spec.dtype in _FLOAT_CODES else spec.dtype
-                specs.append(TensorSpec(tensor, dtype, spec.shape))
+                specs.append(TensorSpec(tensor, code, spec.shape))
     shards: list[list[TensorSpec]] = [[]]
     size = 0
     for spec in specs:
@@ -189,7 +333,22 @@ def _plan(ckpt: Checkpoint, quantization: Quantization) -> tuple[_Plan, Any]:
             size = 0
         shards[-1].append(spec)
         size += spec.nbytes
-    return _Plan(quant, shards, sources, quantization.dtype), model
+    written = dtype or (_DTYPE_NAMES[floats.most_common(1)[0][0]] if floats else "bfloat16")
+    quantization = Quantization(
+        dtype=written,
+        bits=bits if quant else None,
+        group_size=group if quant else None,
+        mode="affine" if quant else None,
+        recipe=recipe if quant else None,
+    )
+    return _Plan(quant, shards, sources, dtype), quantization, warnings
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _shard_names(count: int) -> list[str]:
@@ -231,7 +390,7 @@ def _write_weights(
     """
     import mlx.core as mx
 
-    target = getattr(mx, plan.dtype)
+    target = getattr(mx, plan.dtype) if plan.dtype else None
     names = _shard_names(len(plan.shards))
     total = sum((ckpt.path / f).stat().st_size for f in ckpt.weight_files)
     order: dict[str, list[str]] = {}
@@ -255,8 +414,10 @@ def _write_weights(
                     array = arrays.pop(tensor)
                     done += ckpt.tensors[tensor].nbytes
                     progress(Progress("convert", done, total, tensor))
-                    if mx.issubdtype(array.dtype, mx.floating):
+                    if target is not None and mx.issubdtype(array.dtype, mx.floating):
                         array = array.astype(target)
+                    elif array.dtype == mx.float64:  # safetensors output has no F64 here
+                        array = array.astype(mx.float32)
                     module, _, param = tensor.rpartition(".")
                     q = plan.quant.get(module) if param == "weight" else None
                     if q is not None:
@@ -337,6 +498,7 @@ def convert(
     dtype: str | None = None,
     name: str | None = None,
     force: bool = False,
+    set_latest: bool | None = None,
     report: bool = False,
     home: str | Path | None = None,
     progress: ProgressFn | None = None,
@@ -345,10 +507,17 @@ def convert(
 
     Args:
         mlx_path: output folder; by default the store place for the model's name.
-        quantize: False writes an unquantized copy in `dtype`.
+        quantize: False writes an unquantized copy.
         recipe: one of mlx-lm's mixed-precision recipes (`mixed_4_6`, ...).
-        name: the source's name (`qwen3-4b-instruct-2507`) when the folder name is not one.
+        dtype: the float type of every unquantized tensor and of the scales; by default
+            the config's `torch_dtype`, else each tensor's own, as mlx-lm decides.
+        name: the source's name (`qwen3-4b-instruct-2507`); by default the folder or repo
+            name, or one made from the checkpoint (its config, parameter count, folder
+            name, commit or date; see `naming.name_for`). A name that does not fit the
+            convention is made to fit; `ConvertResult.name_note` says how.
         force: replace an existing output.
+        set_latest: True makes the conversion its family's latest, False never; None
+            (the default) when that is what a user expects (`naming.why_not_latest`).
         report: run the calibration text through source and output (quality report).
         home: store root; `$QWEN_MLX_HOME` by default.
     """
@@ -357,6 +526,7 @@ def convert(
     _check_options(q_bits, q_group_size, dtype, recipe)
 
     store = Store(home)
+    out_dir = Path(mlx_path).expanduser() if mlx_path else None
     if not Path(hf_path).expanduser().exists() and (quantize or dtype or mlx_path):
         # A download can be gigabytes: refuse an existing output before fetching, when its
         # name does not depend on the checkpoint (an unquantized copy takes its dtype).
@@ -366,31 +536,32 @@ def convert(
             group_size=q_group_size if quantize else None,
             recipe=recipe if quantize else None,
         )
-        try:
-            early = output_name(hub.FetchedSource(Path(hf_path), hf_path), name, planned)
-        except InvalidNameError:
-            early = None  # reported with its fix once the source is known
-        if mlx_path or early is not None:
-            _check_output(Path(mlx_path).expanduser() if mlx_path else store.path_for(early), force)
+        early = None if out_dir else _known_name(hf_path, name, planned)
+        if early is not None:
+            check_name_free(store, early, repo=hf_path, path=None, force=force)
+        if out_dir or early is not None:
+            _check_output(out_dir or store.path_for(early), force)
 
     progress(Progress("download", detail=hf_path))
     source = hub.fetch(hf_path, revision=revision)
     progress(Progress("validate", detail=str(source.path)))
     ckpt = inspect_checkpoint(source.path)
-    dtype = dtype or ckpt.config.get("torch_dtype") or "bfloat16"
-    if dtype not in DTYPES:
-        dtype = "bfloat16"
-    quantization = Quantization(
-        dtype=dtype,
+    plan, quantization, warnings = _plan(
+        ckpt,
         bits=q_bits if quantize else None,
-        group_size=q_group_size if quantize else None,
-        mode="affine" if quantize else None,
-        recipe=recipe if quantize else None,
+        group_size=q_group_size,
+        recipe=recipe,
+        dtype=target_dtype(dtype, ckpt.config),
     )
-    out_name = output_name(source, name, quantization)
-    final = Path(mlx_path).expanduser() if mlx_path else store.path_for(out_name)
+    out_name, name_note = output_name(source, name, quantization, ckpt)
+    progress(Progress("name", detail=f"{out_name} ({name_note})" if name_note else str(out_name)))
+    for warning in warnings:
+        progress(Progress("warning", detail=warning))
+    final = out_dir or store.path_for(out_name)
+    if out_dir is None:
+        source_path = None if source.repo_id else str(source.path)
+        check_name_free(store, out_name, repo=source.repo_id, path=source_path, force=force)
     _check_output(final, force)
-    plan, _ = _plan(ckpt, quantization)
     small_files = [f for f in ckpt.all_files() if f not in ckpt.weight_files]
     needed = sum(s.nbytes for shard in plan.shards for s in shard)
     needed += sum((ckpt.path / f).stat().st_size for f in small_files)
@@ -463,13 +634,41 @@ def convert(
                 "Free some space and run the conversion again."
             ) from e
         raise
-    registered = became_latest = False
-    if mlx_path is None:
-        became_latest = store.register(final, manifest, event="converted")
+    registered = became_latest = frozen = False
+    latest = kept_because = None
+    if out_dir is None:
+        became_latest = store.register(final, manifest, event="converted", set_latest=set_latest)
         registered = True
+        latest, kept_because, frozen = _latest_after(store, out_name, became_latest)
     store.close()
     progress(Progress("done", detail=str(final)))
-    return ConvertResult(final, manifest, registered, became_latest, time.perf_counter() - started)
+    return ConvertResult(
+        final,
+        manifest,
+        registered,
+        became_latest,
+        time.perf_counter() - started,
+        name_note=name_note,
+        warnings=tuple(warnings),
+        latest=latest,
+        kept_because=kept_because,
+        frozen=frozen,
+    )
+
+
+def _latest_after(
+    store: Store, name: naming.ModelName, became_latest: bool
+) -> tuple[str | None, str | None, bool]:
+    """The family's latest after registering `name`, why `name` is not it, and whether
+    the family is pinned or frozen."""
+    current = store.latest(name.family_id)
+    latest = str(current) if current else None
+    if became_latest:
+        return latest, None, False
+    policy, pinned = store.registry.family(name.family_id)
+    if pinned or policy == "frozen":
+        return latest, f"{name.family_id} is pinned or frozen", True
+    return latest, naming.why_not_latest(name, current) or "set_latest was False", False
 
 
 def _write_index(out: Path, plan: _Plan, shard_files: list[str]) -> None:

@@ -201,16 +201,30 @@ class Store:
 
     # -- registration ----------------------------------------------------------------------
 
-    def register(self, folder: Path, manifest: Manifest, *, event: str = "converted") -> bool:
-        """Record a model that now sits in `folder`; make it latest unless the family is
-        pinned. Returns whether it became latest."""
+    def register(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        *,
+        event: str = "converted",
+        set_latest: bool | None = None,
+    ) -> bool:
+        """Record a model that now sits in `folder`. It becomes its family's latest when
+        `set_latest` is True or, when None, when that is what a user expects: the family's
+        first version, or a newer release in the same format and quantization as the
+        current latest (`naming.why_not_latest`); a fine-tune, another quantization or an
+        older release is added beside it. A pinned or frozen family keeps its latest.
+        Returns whether it became latest."""
         name = naming.parse(manifest.name)
         digest = manifest_sha256(folder) or ""
         with self.registry.transaction() as conn:
             self.registry.upsert_model(conn, manifest, folder, digest)
             Registry.log(conn, name.family_id, event, manifest.name, str(folder))
             policy, pinned = self.registry.family(name.family_id)
-            if pinned or policy == "frozen":
+            if pinned or policy == "frozen" or set_latest is False:
+                return False
+            current = self.latest(name.family_id)  # read under the registry's write lock
+            if set_latest is None and naming.why_not_latest(name, current) is not None:
                 return False
             self._write_latest(name, name.family_id)
             Registry.log(conn, name.family_id, "set-latest", manifest.name, event)

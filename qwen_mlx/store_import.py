@@ -1,5 +1,9 @@
 """`models import`: copy an existing MLX model folder (an mlx-community download, say)
-into the store, write its manifest and register it."""
+into the store, write its manifest and register it.
+
+The name is `--name`, else the one in the folder's own manifest.json (a folder that
+`qwen-mlx convert --mlx-path` wrote), else one read off the folder name or made from the
+checkpoint, as `convert` does."""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from pathlib import Path
 
 from . import naming
 from .checkpoint import Checkpoint, inspect_checkpoint
-from .errors import InvalidNameError, OutputExistsError
-from .hub import snapshot_repo, snapshot_revision
+from .convert import check_name_free, fallback_release
+from .errors import DamagedModelError, OutputExistsError
+from .hub import FetchedSource, snapshot_repo, snapshot_revision
 from .manifest import (
     Manifest,
     Quantization,
@@ -19,6 +24,7 @@ from .manifest import (
     detect_license,
     hash_files,
     now_iso,
+    read_manifest,
     tool_versions,
 )
 from .store import Store, install
@@ -29,7 +35,7 @@ _SUFFIX = re.compile(r"-(?:mlx-)?(?:\d+bit|bf16|fp16|mlx)(?:-.*)?$", re.IGNORECA
 
 def _quant(ckpt: Checkpoint) -> tuple[Quantization, dict]:
     q = ckpt.config.get("quantization") or {}
-    dtype = str(ckpt.config.get("torch_dtype") or "bfloat16")
+    dtype = str(ckpt.config.get("torch_dtype") or ckpt.config.get("dtype") or "bfloat16")
     if not q:
         return Quantization(dtype=dtype), q
     return Quantization(dtype, q.get("bits"), q.get("group_size"), q.get("mode", "affine")), q
@@ -55,25 +61,47 @@ def parameter_count(ckpt: Checkpoint) -> int:
     return total
 
 
-def import_name(folder: Path, name: str | None, quantization: Quantization) -> naming.ModelName:
-    """The store name for an imported folder: `name`, or one read off the folder name."""
-    if name:
-        parsed = naming.parse(name)
-    else:
-        stem = _SUFFIX.sub("", folder.name) if not naming.is_name(folder.name) else folder.name
-        try:
-            parsed = naming.name_from_source(stem)
-        except InvalidNameError as e:
-            raise InvalidNameError(
-                f"Cannot name {folder.name!r} after its folder: {e} "
-                "Pass --name, e.g. --name qwen3-4b-instruct-2507."
-            ) from e
-    if parsed.format:
-        return parsed
+def import_name(
+    folder: Path,
+    name: str | None,
+    quantization: Quantization,
+    ckpt: Checkpoint,
+    own: Manifest | None = None,
+) -> tuple[naming.ModelName, str]:
+    """The store name for an imported folder and how it was chosen ("" when given or
+    read whole): `name`, else the name in its own manifest `own`, else the folder name
+    (without mlx-community suffixes like `-4bit`), else one made from the checkpoint."""
+    if not name and own is not None and naming.is_name(own.name):
+        return naming.parse(own.name), ""
+    label = folder.name
+    if not (naming.is_name(label) and naming.parse(label).format):
+        label = _SUFFIX.sub("", label) or label
+    source = FetchedSource(folder, snapshot_repo(folder), snapshot_revision(folder))
+    release, release_from = fallback_release(source, ckpt)
+    base, note = naming.name_for(
+        name,
+        label,
+        family=ckpt.model_type,
+        parameters=parameter_count(ckpt),
+        release=release,
+        release_from=release_from,
+        hint=ckpt.config.get("_name_or_path"),
+    )
+    if base.format:
+        return base, note
     tag = naming.quant_tag(
         bits=quantization.bits, group_size=quantization.group_size, dtype=quantization.dtype
     )
-    return parsed.with_format("mlx", tag)
+    return base.with_format("mlx", tag), note
+
+
+def _own_manifest(folder: Path) -> Manifest | None:
+    """The folder's manifest.json, if it has a readable one (a damaged one is ignored:
+    the import writes a new one from the files)."""
+    try:
+        return read_manifest(folder)
+    except DamagedModelError:
+        return None
 
 
 def import_folder(
@@ -83,12 +111,20 @@ def import_folder(
     force: bool = False,
     home: str | Path | None = None,
 ) -> tuple[Path, Manifest, bool]:
-    """Copy `path` into the store; return (folder, manifest, became latest)."""
+    """Copy `path` into the store; return (folder, manifest, became latest).
+
+    When the folder holds our own manifest and its files still match it, the new
+    manifest keeps what that one knows: the original source, quantization and quality."""
     source = Path(path).expanduser().resolve()
     ckpt = inspect_checkpoint(source)
     quantization, _ = _quant(ckpt)
-    model_name = import_name(source, name, quantization)
+    own = _own_manifest(source)
+    model_name, _ = import_name(source, name, quantization, ckpt, own)
+    origin = SourceInfo(repo=snapshot_repo(source), path=str(source))
+    if own is not None and own.source.files:
+        origin = own.source
     store = Store(home)
+    check_name_free(store, model_name, repo=origin.repo, path=origin.path, force=force)
     final = store.path_for(model_name)
     if final.exists() and not force:
         raise OutputExistsError(
@@ -101,6 +137,9 @@ def import_folder(
         entries = hash_files(tmp, files)
         weight_bytes = sum(spec.nbytes for spec in ckpt.tensors.values())
         params = parameter_count(ckpt)
+        kept = own is not None and {(f.path, f.sha256) for f in own.files} == {
+            (e.path, e.sha256) for e in entries
+        }
         manifest = Manifest(
             name=str(model_name),
             family=model_name.family_id,
@@ -108,14 +147,20 @@ def import_folder(
             release=model_name.release,
             parameters=params,
             context_length=int(ckpt.config.get("max_position_embeddings", 0)),
-            quantization=replace(quantization, bits_per_weight=round(weight_bytes * 8 / params, 3)),
-            source=SourceInfo(
+            quantization=replace(
+                own.quantization if kept else quantization,
+                bits_per_weight=round(weight_bytes * 8 / params, 3),
+            ),
+            source=own.source
+            if kept
+            else SourceInfo(
                 repo=snapshot_repo(source),
                 path=str(source),
                 revision=snapshot_revision(source),
                 files={e.path: e.sha256 for e in entries},
             ),
             files=tuple(entries),
+            quality=own.quality if kept else None,
             tools=tool_versions(),
             license=detect_license(source),
             created_at=now_iso(),

@@ -1,9 +1,10 @@
 """Tiny random Qwen3 checkpoints in Hugging Face format, for tests and the demo.
 
 The folder looks like a real `Qwen/Qwen3-*` download: `config.json`,
-`generation_config.json`, bf16 safetensors (one file or shards with an index) and a
-tokenizer. The tokenizer is a byte-level BPE trained on the spot with Qwen's special
-tokens and a ChatML chat template in Qwen3's format, or a real tokenizer folder copied in.
+`generation_config.json`, bf16 safetensors (or float16, or float32 like a full-precision
+fine-tune; one file or shards with an index) and a tokenizer. The tokenizer is a
+byte-level BPE trained on the spot with Qwen's special tokens and a ChatML chat template in
+Qwen3's format, or a real tokenizer folder copied in.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def _random_weights(cfg: TinyConfig, vocab: int, seed: int) -> dict[str, np.ndar
     return weights
 
 
-def _write_weights(out: Path, weights: dict[str, np.ndarray], shards: int) -> None:
+def _write_weights(out: Path, weights: dict[str, np.ndarray], shards: int, dtype: str) -> None:
     import mlx.core as mx
 
     names = sorted(weights)
@@ -209,7 +210,7 @@ def _write_weights(out: Path, weights: dict[str, np.ndarray], shards: int) -> No
         file = (
             "model.safetensors" if shards == 1 else f"model-{index:05d}-of-{shards:05d}.safetensors"
         )
-        arrays = {n: mx.array(weights[n]).astype(mx.bfloat16) for n in group}
+        arrays = {n: mx.array(weights[n]).astype(getattr(mx, dtype)) for n in group}
         mx.save_safetensors(str(out / file), arrays, metadata={"format": "pt"})
         total += sum(a.nbytes for a in arrays.values())
         weight_map |= dict.fromkeys(group, file)
@@ -226,6 +227,7 @@ def build_tiny_checkpoint(
     seed: int = 0,
     tokenizer_from: str | Path | None = None,
     tokenizer_vocab_size: int = 512,
+    dtype: str = "bfloat16",
     overwrite: bool = False,
 ) -> Path:
     """Write a random Qwen3 checkpoint in Hugging Face format to `path` and return it.
@@ -235,6 +237,8 @@ def build_tiny_checkpoint(
         shards: number of safetensors files; more than one adds an index file.
         tokenizer_from: a real tokenizer folder (e.g. Qwen3-4B-Instruct-2507's) to copy
             instead of training a small BPE.
+        dtype: the weights' float type (`bfloat16`, `float16` or `float32`, a full-precision
+            fine-tune's), which config.json's `torch_dtype` records.
         overwrite: replace a non-empty `path` (otherwise FileExistsError).
     """
     cfg = config or TinyConfig()
@@ -242,6 +246,8 @@ def build_tiny_checkpoint(
         raise ValueError("num_attention_heads must be a multiple of num_key_value_heads.")
     if shards < 1:
         raise ValueError("shards must be at least 1.")
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype must be bfloat16, float16 or float32, not {dtype!r}.")
     out = Path(path)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -269,7 +275,7 @@ def build_tiny_checkpoint(
         "model_type": "qwen3",
         "rope_scaling": None,
         "sliding_window": None,
-        "torch_dtype": "bfloat16",
+        "torch_dtype": dtype,
         "use_cache": True,
         "use_sliding_window": False,
         **asdict(cfg),
@@ -286,5 +292,5 @@ def build_tiny_checkpoint(
         "top_p": 0.8,
     }
     (out / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
-    _write_weights(out, _random_weights(cfg, vocab, seed), shards)
+    _write_weights(out, _random_weights(cfg, vocab, seed), shards, dtype)
     return out

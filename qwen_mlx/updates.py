@@ -92,6 +92,7 @@ def _check(store: Store, family: str, home, apply: bool | None, progress) -> Upd
         q_group_size=q.group_size or 64,
         recipe=q.recipe,
         dtype=q.dtype,
+        set_latest=True,  # the same release at a newer revision: what `auto` promises
         home=home,
         progress=progress,
     )

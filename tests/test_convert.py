@@ -244,13 +244,6 @@ def test_missing_tensor_is_named(hf_copy, capsys, home):
     assert "model.layers.1.mlp.up_proj.weight" in run_bad(["--hf-path", str(hf_copy)], capsys, home)
 
 
-def test_folder_that_is_not_a_model_name_needs_a_name(tiny_hf, tmp_path, capsys, home):
-    src = tmp_path / "my_model"
-    shutil.copytree(tiny_hf, src)
-    assert "Pass --name" in run_bad(["--hf-path", str(src)], capsys, home)
-    assert main(["--hf-path", str(src), "--name", "qwen3-1m-tiny-2507"]) == 0
-
-
 def test_not_enough_disk_is_refused_up_front(tiny_hf, home, monkeypatch):
     import qwen_mlx.convert as conv
 
@@ -359,3 +352,177 @@ def test_python_dash_m_entry_point(tiny_hf, tmp_path, home):
     )
     assert proc.returncode == 0, proc.stderr
     assert (out / "manifest.json").is_file()
+
+
+# -- float types (as mlx-lm keeps them) ---------------------------------------------------
+
+
+def _retag_dtype(folder: Path, key: str) -> None:
+    """Write the config's float type under `key`: transformers 5 says `dtype`, older ones
+    `torch_dtype` (the only one mlx-lm reads)."""
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = config.pop("torch_dtype")
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_f32(tmp_path_factory) -> Path:
+    """A float32 checkpoint (a full-precision fine-tune) with a transformers 5 config."""
+    from qwen_mlx.tiny import build_tiny_checkpoint
+
+    folder = build_tiny_checkpoint(
+        tmp_path_factory.mktemp("f32") / "Qwen3-1M-Full-2507", seed=3, dtype="float32"
+    )
+    _retag_dtype(folder, "dtype")
+    return folder
+
+
+def _weights(folder: Path) -> dict:
+    import mlx.core as mx
+
+    return mx.load(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hf", "tiny_hf_f32"])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_weights_are_bit_identical_to_mlx_lm(request, fixture, bits, tmp_path):
+    import mlx.core as mx
+    from mlx_lm.convert import convert as mlx_lm_convert
+
+    source = request.getfixturevalue(fixture)
+    ours = _weights(convert(str(source), mlx_path=tmp_path / "ours", q_bits=bits).path)
+    mlx_lm_convert(
+        str(source), mlx_path=str(tmp_path / "theirs"), quantize=True, q_bits=bits, q_group_size=64
+    )
+    theirs = _weights(tmp_path / "theirs")
+    assert ours.keys() == theirs.keys()
+    for key, array in ours.items():
+        assert array.dtype == theirs[key].dtype, key
+        assert mx.array_equal(array, theirs[key]).item(), key
+
+
+def test_a_float32_checkpoint_keeps_float32_scales_and_norms(tiny_hf_f32, tmp_path):
+    import mlx.core as mx
+
+    result = convert(str(tiny_hf_f32), mlx_path=tmp_path / "q8", q_bits=8)
+    weights = _weights(result.path)
+    assert weights["model.norm.weight"].dtype == mx.float32
+    assert weights["model.layers.0.mlp.up_proj.scales"].dtype == mx.float32
+    assert result.manifest.quantization.dtype == "float32"
+    plain = convert(str(tiny_hf_f32), mlx_path=tmp_path / "plain", quantize=False)
+    assert plain.manifest.name.endswith("-mlx-f32")
+    assert plain.manifest.quantization.bits_per_weight == 32.0
+
+
+def test_dtype_or_an_older_configs_torch_dtype_casts_every_float(tiny_hf_f32, tmp_path):
+    import mlx.core as mx
+
+    asked = convert(str(tiny_hf_f32), mlx_path=tmp_path / "asked", q_bits=8, dtype="bfloat16")
+    assert {str(w.dtype) for w in _weights(asked.path).values()} == {
+        "mlx.core.uint32",
+        "mlx.core.bfloat16",
+    }
+    older = tmp_path / "Qwen3-1M-Full-2507"
+    shutil.copytree(tiny_hf_f32, older)
+    config = json.loads((older / "config.json").read_text())
+    config["torch_dtype"] = "float16"  # what mlx-lm casts to, whatever the tensors hold
+    (older / "config.json").write_text(json.dumps(config))
+    cast = convert(str(older), mlx_path=tmp_path / "cast", q_bits=8)
+    assert _weights(cast.path)["model.norm.weight"].dtype == mx.float16
+    assert cast.manifest.quantization.dtype == "float16"
+
+
+TRAINED = Path(__file__).resolve().parents[2] / "shared/models/qwen3-tiny-trained/target"
+
+
+@pytest.mark.skipif(not (TRAINED / "model.safetensors").is_file(), reason=f"no {TRAINED}")
+def test_a_float32_finetune_at_8_bits_agrees_with_its_source_as_often_as_mlx_lm(tmp_path):
+    # A trained model, so that agreement on the greedy token means something; cast to
+    # float32 as a full-precision fine-tune is, with a transformers 5 config.
+    import mlx.core as mx
+    from mlx_lm.convert import convert as mlx_lm_convert
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+    from mlx_lm.utils import load_model
+
+    from qwen_mlx.quality import calibration_text
+
+    source = tmp_path / "target"
+    shutil.copytree(TRAINED, source)
+    weights = mx.load(str(TRAINED / "model.safetensors"))
+    mx.save_safetensors(
+        str(source / "model.safetensors"),
+        {k: v.astype(mx.float32) for k, v in weights.items()},
+        metadata={"format": "pt"},
+    )
+    config = json.loads((source / "config.json").read_text())
+    config["dtype"] = "float32"
+    (source / "config.json").write_text(json.dumps(config))
+    convert(str(source), mlx_path=tmp_path / "ours", q_bits=8)
+    mlx_lm_convert(
+        str(source), mlx_path=str(tmp_path / "theirs"), quantize=True, q_bits=8, q_group_size=64
+    )
+    tokens = load_tokenizer(source).encode(calibration_text(), add_special_tokens=False)
+
+    def greedy(folder: Path) -> mx.array:
+        model, _ = load_model(folder)
+        return mx.argmax(model(mx.array(tokens)[None])[0], axis=-1)
+
+    expected = greedy(source)
+    ours = mx.mean(greedy(tmp_path / "ours") == expected).item()
+    theirs = mx.mean(greedy(tmp_path / "theirs") == expected).item()
+    assert len(tokens) > 300 and theirs > 0.9
+    assert abs(ours - theirs) <= 0.01
+
+
+# -- layers the group size does not fit ---------------------------------------------------
+
+
+def _odd(tmp_path: Path, name: str, **sizes) -> Path:
+    from qwen_mlx.tiny import TinyConfig, build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path / name, TinyConfig(**sizes))
+
+
+def test_a_hidden_size_64_does_not_divide_is_quantized_with_group_size_32(tmp_path, capsys):
+    from qwen_mlx import generate, load
+
+    src = _odd(tmp_path, "Qwen3-1M-Odd-2507", hidden_size=96, intermediate_size=192)
+    out = tmp_path / "out"
+    assert main(["--hf-path", str(src), "--mlx-path", str(out)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert "warning: --q-group-size 64 does not divide the input size of every layer (96)" in stderr
+    m = read_manifest(out)
+    assert m.name == "qwen3-1m-odd-2507-mlx-q4-g32"
+    assert (m.quantization.bits, m.quantization.group_size) == (4, 32)
+    assert 5.0 <= m.quantization.bits_per_weight < 5.2  # a bf16 scale and bias per 32
+    assert "4-bit g32" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["group_size"] == 32
+    assert generate(load(out), [{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0)
+
+
+def test_layers_no_group_size_fits_stay_unquantized_and_are_named(tmp_path):
+    import mlx.core as mx
+
+    src = _odd(tmp_path, "Qwen3-1M-Odd-2507", hidden_size=80, intermediate_size=128)
+    result = convert(str(src), mlx_path=tmp_path / "out")
+    [warning] = result.warnings
+    assert "11 of 15 layers stay unquantized" in warning and "(80)" in warning
+    assert "model.layers.*.self_attn.q_proj" in warning and "model.embed_tokens" in warning
+    weights = _weights(result.path)
+    assert "model.layers.0.mlp.down_proj.scales" in weights  # 128 inputs: quantized
+    assert weights["model.layers.0.mlp.up_proj.weight"].dtype == mx.bfloat16
+    q = result.manifest.quantization
+    assert result.manifest.name.endswith("-mlx-q4-g64") and q.group_size == 64
+    assert 4.5 < q.bits_per_weight < 16  # what was written, neither 4.5 nor 16
+
+
+def test_a_model_no_layer_can_be_quantized_in_is_named_unquantized(tmp_path, capsys):
+    src = _odd(tmp_path, "Qwen3-1M-Odd-2507", hidden_size=80, head_dim=20, intermediate_size=200)
+    out = tmp_path / "out"
+    assert main(["--hf-path", str(src), "--mlx-path", str(out)]) == 0
+    assert "warning: No layer can be quantized" in capsys.readouterr().err
+    m = read_manifest(out)
+    assert m.name == "qwen3-1m-odd-2507-mlx-bf16"
+    assert m.quantization.bits is None and m.quantization.bits_per_weight == 16.0
+    assert "quantization" not in json.loads((out / "config.json").read_text())

@@ -116,7 +116,7 @@ def test_invalid_params_are_rejected():
 
 def test_load_by_family_uses_the_latest_and_by_full_name(tiny_hf, home):
     convert(str(tiny_hf))
-    convert(str(tiny_hf), q_bits=8)
+    convert(str(tiny_hf), q_bits=8, set_latest=True)  # another quantization: asked for
     assert load("qwen3-1m-tiny").manifest.name == "qwen3-1m-tiny-2507-mlx-q8-g64"
     assert load("qwen3-1m-tiny-2507-mlx-q4-g64").manifest.name.endswith("q4-g64")
 

@@ -25,9 +25,10 @@ Q8 = "qwen3-1m-tiny-2507-mlx-q8-g64"
 
 @pytest.fixture
 def two_versions(tiny_hf, home):
-    """The tiny model converted twice: 4-bit, then 8-bit (which becomes latest)."""
+    """The tiny model converted twice: 4-bit, then 8-bit, made latest (another
+    quantization does not become latest by itself)."""
     convert(str(tiny_hf))
-    convert(str(tiny_hf), q_bits=8)
+    convert(str(tiny_hf), q_bits=8, set_latest=True)
     return home
 
 
@@ -287,11 +288,11 @@ def test_import_registers_an_mlx_community_style_folder(tiny_hf, tmp_path, capsy
     assert run(capsys, "verify", Q4)[0] == 0
 
 
-def test_import_of_an_unnamed_folder_needs_a_name(tiny_mlx, capsys):
-    code, _, err = run(capsys, "import", str(tiny_mlx))
-    assert code == 1 and "--name" in err
-    code, out, _ = run(capsys, "import", str(tiny_mlx), "--name", "qwen3-1m-tiny-2507")
-    assert code == 0 and Q4 in out
+def test_import_takes_the_name_in_the_folders_manifest_and_name_overrides_it(tiny_mlx, capsys):
+    code, out, _ = run(capsys, "import", str(tiny_mlx))  # a folder named tiny-q4
+    assert code == 0 and f"Imported {Q4}" in out  # what its manifest.json says
+    code, out, _ = run(capsys, "import", str(tiny_mlx), "--name", "qwen3-1m-mine-v1")
+    assert code == 0 and "Imported qwen3-1m-mine-v1-mlx-q4-g64" in out
 
 
 # -- the registry --------------------------------------------------------------------------

@@ -14,8 +14,19 @@ Convert a Hugging Face Qwen3 checkpoint to MLX, 4-bit quantized by default.
 The source is a local folder or a Hub repo id (downloaded with huggingface_hub into the
 shared HF cache). The output goes into the store under $QWEN_MLX_HOME, named
 <family>-<size>-<variant>-<release>-mlx-<quant>, with a manifest.json holding the sha256
-of every file, and becomes the family's latest (unless the family is pinned). It is
-written to a temporary folder and renamed into place only when complete.
+of every file. It is written to a temporary folder and renamed into place only when
+complete.
+
+The name is the folder's or repo's when it follows that form; otherwise it is made from
+what the checkpoint says (family from its config, size from its parameter count, variant
+from the folder or repo name, release from the name, the source's commit or the date its
+weights were written) and printed. --name chooses it. Into the store, a name another
+source's model holds is refused before any work.
+
+It becomes the family's latest when it is the family's first version, or a newer release
+in the same quantization as the latest; a fine-tune, another quantization or an older
+release is added beside it (switch with `qwen-mlx models set-latest NAME`, or pass
+--set-latest). A pinned or frozen family keeps its latest.
 """
 
 EXAMPLES = """\
@@ -23,6 +34,8 @@ examples:
   python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507
   qwen-mlx convert --hf-path ./Qwen3-4B-Instruct-2507 --q-bits 8
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --no-quantize --dtype bfloat16
+  qwen-mlx convert --hf-path ./checkpoint-500 --mlx-path ./out
+  qwen-mlx convert --hf-path ./my-finetune --name qwen3-4b-myft-v1
 """
 
 
@@ -38,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch, tag or commit of the Hub repo (default: main)")
     p.add_argument("--mlx-path", help="output folder (default: the store place for the name)")
     p.add_argument(
-        "--name", help="source name when the folder's is not one, e.g. qwen3-4b-instruct-2507"
+        "--name",
+        help="the source's name, e.g. qwen3-4b-myft-v1 (default: the folder's or repo's, "
+        "or one made from the checkpoint)",
     )
     p.add_argument(
         "--q-bits", type=int, default=4, choices=Q_BITS, help="bits per weight (default 4)"
@@ -62,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument(
+        "--set-latest",
+        action="store_true",
+        default=None,
+        help="make it the family's latest even when it is a fine-tune, another "
+        "quantization or an older release",
+    )
+    p.add_argument(
         "--report",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -79,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     bar = ProgressBar()
 
     def progress(p: Progress) -> None:
+        if p.stage in ("name", "warning"):
+            bar.finish()
+            print(f"{p.stage}: {p.detail}", file=sys.stderr, flush=True)
+            return
         bar.update(p.stage, p.done, p.total, p.detail)
 
     try:
@@ -93,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             name=args.name,
             force=args.force,
+            set_latest=args.set_latest,
             report=default_report() if args.report is None else args.report,
             progress=progress,
         )
@@ -104,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{m.quantization.bits_per_weight} bits per weight, {human_bytes(m.size)}"
     )
     print(f"  folder: {result.path}")
+    if result.name_note:
+        print(f"  name: {result.name_note}; --name chooses another")
     if m.quality is not None:
         q = m.quality
         print(
@@ -112,10 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     if result.registered and result.became_latest:
         print(f"  store: now the latest of {m.family}")
-    elif result.registered:
+    elif result.registered and result.frozen:
         print(
             f"  store: registered; {m.family} is pinned or frozen, so its latest stays "
             f"(switch with `qwen-mlx models set-latest {m.name}`)"
+        )
+    elif result.registered:
+        print(
+            f"  store: registered beside {result.latest}, which stays the latest of "
+            f"{m.family}, as {result.kept_because}"
+        )
+        print(
+            f"  make it the latest with `qwen-mlx models set-latest {m.name}` "
+            "(or convert with --set-latest)"
         )
     print(f"  took {result.seconds:.1f} s", file=sys.stderr)
     return 0

@@ -219,6 +219,11 @@ def _import(store, args) -> int:
     print(f"Imported {manifest.name} ({human_bytes(manifest.size)}) into {folder}")
     if latest:
         print(f"  now the latest of {manifest.family}")
+    else:
+        print(
+            f"  {manifest.family}'s latest stays {store.latest(manifest.family)}; switch with "
+            f"`qwen-mlx models set-latest {manifest.name}`"
+        )
     return 0
 
 
