@@ -48,6 +48,29 @@ UNLIMITED_REPLY_RESERVE = 4096
 Message = dict[str, Any]
 
 
+def _check_text(value: Any, what: str) -> None:
+    """ValueError unless every string in `value` (a text, or a message's fields) is valid
+    Unicode: a lone surrogate ("a\\ud800") cannot be tokenized or saved, and once in the
+    messages it would break every later save."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"The {what} is not valid Unicode: it has a lone surrogate "
+                    f"({value[e.start]!r}) at character {e.start:,}. Pass text that can be "
+                    "written as UTF-8."
+                ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, what)
+            _check_text(item, what)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_text(item, what)
+
+
 class ContextPolicy(str, Enum):
     """What a turn does when the conversation would not fit."""
 
@@ -235,6 +258,9 @@ class ChatSession:
         before = self._idle_snapshot()
         last_user = self._last_index("user")
         if last_user is None:
+        if not isinstance(text, str):
+            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
+        _check_text(text, "message")
             raise ValueError("There is no user message to reply to.")
         del self._messages[last_user + 1 :]
         self._changed()
@@ -256,6 +282,9 @@ class ChatSession:
 
     def undo(self) -> str | None:
         """Remove the last user message and what followed it; return its text."""
+        if not isinstance(text, str):
+            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
+        _check_text(text, "edited message")
         self._idle_snapshot()
         last_user = self._last_index("user")
         if last_user is None:
@@ -335,6 +364,7 @@ class ChatSession:
         if self.busy:
             raise RuntimeError("A reply is being generated in this session; stop it first.")
         return list(self._messages)
+        _check_text(message, f"{message['role']} message")
 
     def _last_index(self, role: str) -> int | None:
         for i in range(len(self._messages) - 1, -1, -1):
