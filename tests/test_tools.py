@@ -520,6 +520,13 @@ def test_a_tool_round_runs_the_call_and_continues(tiny_model, monkeypatch):
         ('<tool_call>{"name": "teleport", "arguments": {}}</tool_call>', "no tool named"),
         ('<tool_call>{"name": "get_weather", "arguments": {"town": "X"}}</tool_call>', "schema"),
         ('<tool_call>{"name": "lambda_raises", "arguments": {}}</tool_call>', "raised"),
+        (
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "X", "days": '
+            + "9" * 5000
+            + "}}</tool_call>",
+            "not valid JSON",
+        ),
+        ('<tool_call>{"name": "get_weather", "arguments": {"days": NaN}}</tool_call>', "NaN"),
     ],
 )
 def test_bad_calls_become_tool_errors_and_the_model_may_retry(
