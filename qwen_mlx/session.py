@@ -39,7 +39,7 @@ from .runtime import (
     reuse_cache,
     stream_tokens,
 )
-from .session_files import read_cache, read_session, write_session
+from .session_files import check_messages, read_cache, read_session, write_session
 from .tools import Approver, CallFilter, Tool, ToolCall, parse_tool_calls, run_tool_call, tool_table
 
 # Room kept for the reply when max_tokens is unlimited (-1).
@@ -617,8 +617,12 @@ class ChatSession:
     # -- save and resume ------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the session (JSON) and its KV cache (`<path>.<sha12>.kv.safetensors`)
-        atomically (see session_files.py for the format)."""
+        """Write the session (JSON) and its KV cache atomically, both readable by you only.
+
+        The cache lives beside the JSON, named after it: `save("kyoto.json")` also writes
+        `kyoto.json.<sha12>.kv.safetensors`. Copy or move a saved session with
+        `qwen_mlx.session_files.copy_session` / `move_session`, which take the cache along
+        (see session_files.py for the format)."""
         if self.busy:
             raise RuntimeError("Cannot save while a reply is being generated.")
         state = {
@@ -655,23 +659,31 @@ class ChatSession:
         elsewhere); the cache is still used for whatever prefix they share with it.
         """
         path = Path(path)
-        data = read_session(path)
+        data = read_session(path)  # ValueError for a file that is not a session
+        if policy is not None:
+            policy = ContextPolicy(policy)  # the caller's mistake, not the file's
+        if messages is not None:
+            try:
+                messages = check_messages(messages)
+            except ValueError as e:
+                raise ValueError(f"The messages given to ChatSession.load: {e}.") from e
         try:
             params = SamplingParams(**data["params"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path} has unusable sampling parameters ({e}).") from e
-        session = cls(
-            model,
-            params=params,
-            policy=policy or data.get("policy", ContextPolicy.TRUNCATE),
-            kv_bits=data.get("kv_bits"),
-            planner=planner,
-        )
-        session.id = data["id"]
-        session._messages = [
-            dict(m) for m in (messages if messages is not None else data["messages"])
-        ]
-        session._dropped = int(data.get("dropped", 0))
+        try:
+            session = cls(
+                model,
+                params=params,
+                policy=policy or data.get("policy", ContextPolicy.TRUNCATE),
+                kv_bits=data.get("kv_bits"),
+                planner=planner,
+            )
+            session._dropped = int(data.get("dropped", 0))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} has unusable settings ({e}).") from e
+        session.id = str(data["id"])
+        session._messages = messages if messages is not None else data["messages"]
         session._changed()
         if data.get("cache"):
             saved = read_cache(path, data, model)

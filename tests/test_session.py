@@ -556,3 +556,173 @@ def test_ctrl_c_during_generate_saves_the_partial_reply(tiny_mlx, tmp_path, monk
     saved = json.loads(chat.read_text())["messages"]
     assert saved[0] == {"role": "user", "content": "hi"}
     assert saved[1]["role"] == "assistant" and saved[1]["stopped"] is True
+
+
+# -- saved sessions: the cache beside the JSON, leftovers, malformed files ------------------
+
+
+def saved_chat(model, path):
+    session = ChatSession(model)
+    reply(session.send("hello", **REPLY))
+    session.save(path)
+    return session
+
+
+def test_copy_session_takes_the_cache_along_and_resumes_without_rereading(tiny_model, tmp_path):
+    from qwen_mlx.session_files import copy_session
+
+    original = saved_chat(tiny_model, tmp_path / "kyoto.json")
+    copy = copy_session(tmp_path / "kyoto.json", tmp_path / "trips" / "kyoto-copy.json")
+    assert len(cache_files(copy)) == 1
+    resumed = ChatSession.load(copy, tiny_model)
+    assert resumed.notices == [] and resumed.messages == original.messages
+    assert resumed.cache_tokens == original.cache_tokens and resumed.id != original.id
+    assert ChatSession.load(tmp_path / "kyoto.json", tiny_model).notices == []  # untouched
+    with pytest.raises(FileExistsError, match="already exists"):
+        copy_session(tmp_path / "kyoto.json", copy)
+
+
+def test_move_session_takes_the_cache_along(tiny_model, tmp_path):
+    from qwen_mlx.session_files import move_session
+
+    original = saved_chat(tiny_model, tmp_path / "kyoto.json")
+    moved = move_session(tmp_path / "kyoto.json", tmp_path / "osaka.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["osaka.json", *(p.name for p in cache_files(moved))]
+    )
+    resumed = ChatSession.load(moved, tiny_model)
+    assert resumed.notices == [] and resumed.cache_tokens == original.cache_tokens
+    assert resumed.id == original.id
+
+
+def test_a_saved_session_and_its_cache_are_private(tiny_model, tmp_path):
+    saved_chat(tiny_model, tmp_path / "chat.json")
+    [cache_file] = cache_files(tmp_path / "chat.json")
+    assert (tmp_path / "chat.json").stat().st_mode & 0o777 == 0o600
+    assert cache_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_temporary_cache_files_of_killed_saves_are_deleted_by_the_next_save_and_load(
+    tiny_model, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "chat.json"
+    session = saved_chat(tiny_model, path)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    killed = tmp_path / f".chat.json.{dead}-0123abcd.kv.safetensors"  # save killed with -9
+    legacy = tmp_path / ".chat.json.4567cdef.kv.safetensors"  # an earlier version's
+    running = tmp_path / f".chat.json.{os.getpid()}-89abcdef.kv.safetensors"  # a save under way
+    other = tmp_path / f".chat.json.old.json.{dead}-0123abcd.kv.safetensors"  # another session's
+    for leftover in (killed, legacy, running, other):
+        leftover.write_bytes(b"\0" * 1000)
+    ChatSession.load(path, tiny_model)
+    assert not killed.exists() and not legacy.exists()
+    assert running.exists() and other.exists()
+    running.unlink()
+    legacy.write_bytes(b"\0" * 1000)
+    session.save(path)
+    assert not legacy.exists() and other.exists()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "x",
+        ["x"],
+        {"tokens": [1, 2, 3]},
+        "no sha256",
+        "../x",
+        "/etc/hostname",
+        "another session's",
+        "tokens are text",
+        "kv_bits 3",
+    ],
+)
+def test_a_malformed_cache_entry_is_dropped_and_the_messages_come_back(tiny_model, tmp_path, entry):
+    path = tmp_path / "chat.json"
+    session = saved_chat(tiny_model, path)
+    data = json.loads(path.read_text())
+    good = data["cache"]
+    if entry == "no sha256":
+        entry = {k: v for k, v in good.items() if k != "sha256"}
+    elif entry in ("../x", "/etc/hostname"):
+        entry = {**good, "file": entry}
+    elif entry == "another session's":
+        entry = {**good, "file": f"other.json.{good['sha256'][:12]}.kv.safetensors"}
+    elif entry == "tokens are text":
+        entry = {**good, "tokens": "1 2 3"}
+    elif entry == "kv_bits 3":
+        entry = {**good, "kv_bits": 3}
+    data["cache"] = entry
+    path.write_text(json.dumps(data))
+    resumed = ChatSession.load(path, tiny_model)
+    assert resumed.messages == session.messages
+    assert len(resumed.notices) == 1 and "cache entry" in resumed.notices[0]
+    assert "discarded" in resumed.notices[0] and resumed.cache_tokens == []
+    reply(resumed.send("again", **REPLY))
+    assert resumed.last_stats.reused_tokens == 0
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "hello",
+        None,
+        ["user", "hi"],
+        {"content": "hi"},
+        {"role": "robot", "content": "hi"},
+        {"role": "user", "content": 5},
+    ],
+)
+def test_a_message_that_is_not_a_message_is_refused_clearly(
+    tiny_model, tiny_mlx, tmp_path, message, capsys
+):
+    path = tmp_path / "chat.json"
+    saved_chat(tiny_model, path)
+    data = json.loads(path.read_text())
+    data["messages"].insert(1, message)
+    path.write_text(json.dumps(data))
+    with pytest.raises(
+        ValueError,
+        match=r"chat\.json is not a readable qwen-mlx session \(message 1 is not a message",
+    ):
+        ChatSession.load(path, tiny_model)
+    capsys.readouterr()
+    code = generate_main(["--model", str(tiny_mlx), "--session", str(path), "--prompt", "hi"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and "message 1 is not a message" in err
+
+
+def test_a_saved_message_that_is_not_valid_unicode_is_refused(tiny_model, tmp_path):
+    path = tmp_path / "chat.json"
+    saved_chat(tiny_model, path)
+    path.write_text(path.read_text().replace('"hello"', '"hel\\ud800lo"'))
+    with pytest.raises(ValueError, match="message 0 is not valid Unicode"):
+        ChatSession.load(path, tiny_model)
+
+
+def test_malformed_settings_in_a_session_file_name_the_file(tiny_model, tmp_path):
+    path = tmp_path / "chat.json"
+    saved_chat(tiny_model, path)
+    data = json.loads(path.read_text())
+    data["dropped"] = "many"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"chat\.json has unusable settings"):
+        ChatSession.load(path, tiny_model)
+
+
+def test_token_ids_that_are_not_token_ids_are_ignored(tiny_model, tmp_path):
+    path = tmp_path / "chat.json"
+    session = saved_chat(tiny_model, path)
+    data = json.loads(path.read_text())
+    assert "_token_ids" in data["messages"][-1]
+    data["messages"][-1]["_token_ids"] = ["a", "b"]
+    path.write_text(json.dumps(data))
+    resumed = ChatSession.load(path, tiny_model)
+    assert resumed.messages == session.messages
+    reply(resumed.send("again", **REPLY))
