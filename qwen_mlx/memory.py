@@ -51,6 +51,61 @@ class ModelShape:
         )
 
 
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def estimate_weights_bytes(
+    config: dict[str, Any], *, bits: int | None = None, group_size: int | None = None
+) -> int:
+    """Bytes of a dense Qwen3's weights, from its config alone (no weight files needed).
+
+    Quantized at `bits` (default: the config's own `quantization`, if any) as mlx-lm does:
+    every linear layer and the embedding, with a scale and a bias per group; norms stay in
+    the float type.
+    """
+    quant = config.get("quantization") or {}
+    bits = bits or quant.get("bits")
+    group_size = group_size or quant.get("group_size") or 64
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    float_bytes = _DTYPE_BYTES.get(dtype, 2)
+    shape = ModelShape.from_config(config)
+    vocab, hidden = int(config["vocab_size"]), shape.hidden
+    q_out, kv_out = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    inter = int(config["intermediate_size"])
+    matrices = [(vocab, hidden)]  # the embedding
+    if not config.get("tie_word_embeddings", False):
+        matrices.append((vocab, hidden))
+    layer = [(q_out, hidden), (kv_out, hidden), (kv_out, hidden), (hidden, q_out)]
+    layer += [(inter, hidden), (inter, hidden), (hidden, inter)]
+    matrices += layer * shape.layers
+    vectors = hidden + shape.layers * (2 * hidden + 2 * shape.head_dim)  # the norms
+
+    def matrix_bytes(rows: int, cols: int) -> float:
+        if not bits or cols % group_size:
+            return rows * cols * float_bytes
+        return rows * cols * bits / 8 + rows * (cols // group_size) * 2 * float_bytes
+
+    return int(sum(matrix_bytes(r, c) for r, c in matrices) + vectors * float_bytes)
+
+
+def weights_bytes_on_disk(folder: Any) -> int | None:
+    """Bytes of the tensors in a folder's safetensors files (headers only), or None if it
+    has none."""
+    from pathlib import Path
+
+    from .tensorfile import read_header
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        header, _ = read_header(file)
+        header.pop("__metadata__", None)
+        total += sum(end - start for start, end in (t["data_offsets"] for t in header.values()))
+    return total
+
+
 def kv_group_size(head_dim: int) -> int:
     """Values sharing one scale and bias in a quantized KV cache (64, or 32 for small heads)."""
     for size in (KV_GROUP_SIZE, 32):

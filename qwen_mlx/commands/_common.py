@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 from ..errors import QwenMLXError
@@ -81,19 +81,48 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def print_table(
+    rows: Sequence[Sequence[object]], *, right_align: Iterable[int] = (), file: TextIO | None = None
+) -> None:
+    """Rows (the first is the header) in columns two spaces apart; columns in
+    `right_align` are right-aligned, the last column is never padded."""
+    cells = [[str(c) for c in row] for row in rows]
+    if not cells:
+        return
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    right = set(right_align)
+    for row in cells:
+        line = "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        print(line.rstrip(), file=file or sys.stdout)
+
+
 class ProgressBar:
     """A one-line progress bar on a terminal. Elsewhere (logs, pipes) a line per stage, and
-    one per quarter of the work when it is large."""
+    one per quarter of the work when it is large.
 
-    def __init__(self, stream: TextIO | None = None, width: int = 30, min_total: int = 0) -> None:
+    With a `unit` ("tokens", say) the bar counts them (`1,024/8,000 tokens`) and estimates
+    the time left from the rate so far in the stage."""
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        width: int = 30,
+        min_total: int = 0,
+        unit: str | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.min_total = min_total  # smaller work shows nothing at all
         self.tty = self.stream.isatty()
         self.width = width
+        self.unit = unit
         self._stage = ""
         self._last_draw = 0.0
         self._last_quarter = -1
         self._done = 0
+        self._started = (0.0, 0)  # when the stage began, and its count then
 
     def advance(self, stage: str, n: int, total: int, detail: str = "") -> None:
         """Add `n` to the running count of this stage and redraw."""
@@ -103,30 +132,43 @@ class ProgressBar:
     def update(self, stage: str, done: int = 0, total: int = 0, detail: str = "") -> None:
         if total < self.min_total:
             return
+        now = time.monotonic()
         if stage != self._stage:
             self.finish()
             self._stage = stage
             self._last_quarter = -1
+            self._started = (now, done)
             if not self.tty:
                 print(f"{stage}: {detail}".rstrip(": "), file=self.stream, flush=True)
         if not total:
             return
         frac = min(done / total, 1.0)
         if self.tty:
-            now = time.monotonic()
             if now - self._last_draw < 0.1 and done < total:
                 return
             self._last_draw = now
             filled = int(frac * self.width)
             bar = "#" * filled + "-" * (self.width - filled)
-            line = f"\r{stage:<9} [{bar}] {frac:6.1%} {detail[:40]:<40}"
+            if self.unit:
+                detail = f"{done:,}/{total:,} {self.unit}{self._eta(now, done, total)} {detail}"
+            line = f"\r{stage:<9} [{bar}] {frac:6.1%} {detail[:48]:<48}"
             self.stream.write(line)
             self.stream.flush()
-        elif total >= QUIET_BELOW:
+        elif self.unit or total >= QUIET_BELOW:
             quarter = int(frac * 4)
             if quarter > self._last_quarter:
                 self._last_quarter = quarter
-                print(f"{stage}: {frac:.0%}", file=self.stream, flush=True)
+                count = f" ({done:,}/{total:,} {self.unit})" if self.unit else ""
+                print(f"{stage}: {frac:.0%}{count}", file=self.stream, flush=True)
+
+    def _eta(self, now: float, done: int, total: int) -> str:
+        """`, 1:05 left` from the stage's rate so far; empty until there is one."""
+        began, at_start = self._started
+        rate = (done - at_start) / (now - began) if now > began else 0.0
+        if rate <= 0 or done >= total:
+            return ""
+        left = int((total - done) / rate)
+        return f", {left // 60}:{left % 60:02d} left"
 
     def finish(self) -> None:
         if self.tty and self._stage:
@@ -135,13 +177,15 @@ class ProgressBar:
         self._stage = ""
 
 
-def add_model_arg(parser: argparse.ArgumentParser) -> None:
+def add_model_arg(
+    parser: argparse.ArgumentParser, *, default: str | None = DEFAULT_MODEL, help: str = ""
+) -> None:
     """`--model REF`: what every command that runs the model accepts."""
     parser.add_argument(
         "--model",
         "-m",
-        default=DEFAULT_MODEL,
-        help=f"store name, family (its latest), folder or repo id (default: {DEFAULT_MODEL})",
+        default=default,
+        help=help or f"store name, family (its latest), folder or repo id (default: {default})",
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_model_arg, guarded, human_bytes
+from ._common import add_model_arg, guarded, human_bytes, print_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,14 +15,25 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Show the memory a context needs (weights + KV cache + attention working space) "
             "with bf16, 8-bit and 4-bit KV caches, and the longest context each allows on "
-            "this machine. The weights are not read: only their sizes."
+            "this machine. Nothing is loaded: the weights' size comes from the safetensors "
+            "headers, or from config.json alone for a folder without weights."
         ),
+        epilog="examples:\n"
+        "  qwen-mlx plan --context 131072\n"
+        "  qwen-mlx plan --model ./Qwen3-4B-Instruct-2507 --q-bits 4   # before converting\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arg(p)
     p.add_argument(
         "--context", "-c", type=int, help="context length to plan for (default: the model's)"
     )
     p.add_argument("--context-extension", type=float, help="YaRN factor, as in `generate`")
+    p.add_argument(
+        "--q-bits",
+        type=int,
+        choices=(2, 3, 4, 5, 6, 8),
+        help="plan for the model converted at this many bits (a Hugging Face source or config)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -31,17 +42,70 @@ def _kib(n: int) -> str:
     return f"{n / 1024:.1f} KiB"
 
 
+def why_not(plan) -> str:
+    """'yes', or which limit a context breaks: the model's own, memory, or both."""
+    reasons = []
+    if not plan.fits_context:
+        reasons.append(f"over the model's {plan.context_limit:,}-token limit")
+    if not plan.fits_memory:
+        reasons.append(f"needs {human_bytes(plan.total)} of {human_bytes(plan.budget)}")
+    return "yes" if not reasons else "no: " + "; ".join(reasons)
+
+
+def _planner(args: argparse.Namespace):
+    """The planner for --model, from its folder's files alone; and the model's label."""
+    import json
+
+    from ..memory import (
+        MemoryPlanner,
+        ModelShape,
+        estimate_weights_bytes,
+        machine_budget,
+        weights_bytes_on_disk,
+    )
+    from ..runtime import yarn_overrides
+    from ..store import resolve
+
+    folder = resolve(args.model)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: it is not a model folder.")
+    try:
+        config = json.loads(config_file.read_text())
+        weights = None if args.q_bits else weights_bytes_on_disk(folder)
+        source = "weights" if weights is not None else "config"
+        if weights is None:
+            weights = estimate_weights_bytes(config, bits=args.q_bits)
+        if args.context_extension:
+            config |= yarn_overrides(folder, args.context_extension)
+        shape = ModelShape.from_config(config)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{config_file} is not a usable Qwen3 config ({e}).") from e
+    return MemoryPlanner(shape, weights, machine_budget()), _label(folder), source
+
+
+def _label(folder) -> str:
+    """A stored model's name, else the folder's."""
+    from ..errors import DamagedModelError
+    from ..manifest import read_manifest
+
+    try:
+        manifest = read_manifest(folder)
+    except DamagedModelError:
+        manifest = None
+    return manifest.name if manifest else folder.resolve().name
+
+
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..memory import KV_BITS, MemoryPlanner, kv_label
-    from ..runtime import load
+    if args.context is not None and args.context <= 0:
+        raise ValueError("--context must be a positive number of tokens.")
+    from ..memory import KV_BITS, kv_label
 
-    model = load(args.model, lazy=True, context_extension=args.context_extension)
-    planner = MemoryPlanner.for_model(model)
-    context = args.context or model.context_length
-    if context <= 0:
-        raise ValueError("--context must be positive.")
+    planner, name, weights_from = _planner(args)
+    model_context = planner.shape.context_length
+    context = args.context or model_context
     rows = []
     for bits in KV_BITS:
         plan = planner.plan(context, bits)
@@ -54,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                 "prefill_chunk": plan.chunk,
                 "total_bytes": plan.total,
                 "fits": plan.fits,
+                "fits_memory": plan.fits_memory,
+                "fits_model_context": plan.fits_context,
+                "why": why_not(plan),
                 "max_context": planner.max_context(bits),
             }
         )
@@ -62,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps(
                 {
-                    "model": model.name,
+                    "model": name,
                     "weights_bytes": planner.weights,
-                    "model_context": model.context_length,
+                    "weights_from": weights_from,
+                    "model_context": model_context,
                     "context": context,
                     "budget_bytes": budget.bytes,
                     "memory_bytes": budget.total,
@@ -75,16 +143,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
+    estimated = " (estimated from config.json)" if weights_from == "config" else ""
+    if args.q_bits:
+        estimated = f" (converted at {args.q_bits} bits, estimated from config.json)"
     print(
-        f"model    {model.name}: weights {human_bytes(planner.weights)}, "
-        f"context up to {model.context_length:,} tokens"
+        f"model    {name}: weights {human_bytes(planner.weights)}{estimated}, "
+        f"context up to {model_context:,} tokens"
     )
     print(
         f"budget   {human_bytes(budget.bytes)} of {human_bytes(budget.total)} "
         f"({budget.source.replace('-', ' ')})"
     )
     print(f"plan for {context:,} tokens\n")
-    header = ("KV", "PER TOKEN", "KV CACHE", "WORKSPACE", "TOTAL", "FITS", "MAX CONTEXT")
+    header = ("KV", "PER TOKEN", "KV CACHE", "WORKSPACE", "TOTAL", "MAX CONTEXT", "FITS")
     table = [header] + [
         (
             r["kv"],
@@ -92,23 +163,21 @@ def main(argv: list[str] | None = None) -> int:
             human_bytes(r["kv_cache_bytes"]),
             human_bytes(r["workspace_bytes"]),
             human_bytes(r["total_bytes"]),
-            "yes" if r["fits"] else "no",
             f"{r['max_context']:,}",
+            r["why"],
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print(
-            "  ".join(
-                c.rjust(w) if i else c.ljust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+    print_table(table, right_align=range(1, 6))
     print(
         "\nworkspace: attention scores of one prefill chunk "
         f"({rows[0]['prefill_chunk']} tokens with bf16 KV), the planner shrinks chunks to fit."
     )
+    if context > model_context:
+        print(
+            f"{context:,} tokens is more than this model attends to ({model_context:,}); "
+            "--context-extension F applies YaRN rope scaling to reach F times that."
+        )
     return 0
 
 
