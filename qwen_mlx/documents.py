@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GenerationCancelled
-from .runtime import Model, SamplingParams, stream_generate
+from .runtime import Model, SamplingParams, stream_generate, timely_chunk
 
 IMPORTANT = "[IMPORTANT]"
 # Prompt wrapping and the reply's own tokens are budgeted on top of a chunk.
@@ -75,7 +75,16 @@ def read_document(source: str | Path) -> str:
         if not text:
             raise ValueError(f"{path} has no extractable text (a scanned PDF needs OCR first).")
         return text
-    return path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes()
+    if b"\x00" in raw[:65536]:
+        raise ValueError(
+            f"{path} looks like a binary file, not text: summarize, ask and attachments "
+            "read text, Markdown and PDF files."
+        )
+    text = raw.decode("utf-8", errors="replace")
+    if not text.strip():
+        raise ValueError(f"{path} is empty: there is no text to read.")
+    return text
 
 
 @contextmanager
@@ -91,11 +100,12 @@ def _quiet(logger_name: str) -> Iterator[None]:
 
 
 def _load(document: str | Path) -> str:
-    """A Path is a file; a str is a file when it names one (one line, exists), else text."""
+    """A Path is a file to read; a str is always the text itself (guessing would read a
+    file that happens to share a short text's name)."""
     if isinstance(document, Path):
         return read_document(document)
-    if "\n" not in document and len(document) < 4096 and Path(document).expanduser().is_file():
-        return read_document(document)
+    if not isinstance(document, str):
+        raise TypeError(f"A document is text (str) or a file (Path), not {type(document)}.")
     return document
 
 
@@ -207,22 +217,86 @@ def _context_budget(model: Model, max_context: int | None) -> int:
     return min(limit, max_context) if max_context else limit
 
 
+class _Stage:
+    """Progress of one stage of model calls, counted in tokens read and written.
+
+    The stage's total is known before its calls run (each call's prompt tokens plus its
+    reply limit); a call that ends early jumps to its share, so the count only grows and
+    ends at the total."""
+
+    def __init__(self, progress: ProgressFn, name: str, budgets: list[int]) -> None:
+        self.progress, self.name = progress, name
+        self.total = sum(budgets)
+        self.budgets = iter(budgets)
+        self.base = 0
+        progress(name, 0, self.total)
+
+    def run(self, call: Callable[[Callable[[int], None]], str]) -> str:
+        """`call(tick)` runs one model call, ticking the tokens it has read and written."""
+        budget = next(self.budgets)
+        result = call(
+            lambda done: self.progress(self.name, self.base + min(done, budget), self.total)
+        )
+        self.base += budget
+        self.progress(self.name, self.base, self.total)
+        return result
+
+
+def _budget(model: Model, prompt: str, params: SamplingParams) -> int:
+    """Tokens one call reads and may write: the prompt (with the chat template) + the reply."""
+    return len(model.encode(prompt)) + 16 + params.max_tokens
+
+
 def _complete(
     model: Model,
     prompt: str,
     params: SamplingParams,
     should_stop: Callable[[], bool] | None = None,
+    tick: Callable[[int], None] | None = None,
 ) -> str:
-    """One model call: the prompt as a user message, the reply as text. Raises
+    """One model call: the prompt as a user message, the reply as text. `tick(n)` follows
+    the tokens read, then read and written; the prompt is read in chunks sized to take
+    well under a second each on this machine, so progress moves. Raises
     GenerationCancelled when `should_stop` ends it."""
-    chunks = list(
-        stream_generate(
-            model, [{"role": "user", "content": prompt}], params, should_stop=should_stop
-        )
-    )
-    if chunks and chunks[-1].finish_reason == "cancelled":
+    pieces: list[str] = []
+    last = None
+    read = 0
+
+    def prefilled(done: int, _total: int) -> None:
+        nonlocal read
+        read = done
+        if tick is not None:
+            tick(done)
+
+    for last in stream_generate(
+        model,
+        [{"role": "user", "content": prompt}],
+        params,
+        should_stop=should_stop,
+        prompt_progress=prefilled,
+        prefill_step_size=timely_chunk(model),
+    ):
+        pieces.append(last.text)
+        if tick is not None:
+            tick(last.prompt_tokens + last.generation_tokens)
+    if last is not None and last.finish_reason == "cancelled":
         raise GenerationCancelled("Stopped.")
-    return "".join(c.text for c in chunks).strip()
+    return "".join(pieces).strip()
+
+
+def _calls(
+    model: Model,
+    params: SamplingParams,
+    progress: ProgressFn,
+    stage_name: str,
+    prompts: list[str],
+    should_stop: Callable[[], bool] | None = None,
+) -> list[str]:
+    """One model call per prompt, as one stage of progress."""
+    stage = _Stage(progress, stage_name, [_budget(model, p, params) for p in prompts])
+    return [
+        stage.run(lambda tick, p=p: _complete(model, p, params, should_stop, tick)) for p in prompts
+    ]
 
 
 def summarize(
@@ -235,11 +309,14 @@ def summarize(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Summary:
-    """Summarize text or a file (.txt, .md, .pdf); map-reduce when it does not fit.
+    """Summarize text (a str) or a file (a Path: .txt, .md, .pdf); map-reduce when it
+    does not fit.
 
     `max_context` caps the tokens one call may use (default: what the model and this
     machine's memory allow); `reply_tokens` caps each summary (and the answer).
-    `should_stop` is polled while the model works: True raises GenerationCancelled.
+    `progress(stage, done, total)` counts the tokens each stage reads and writes
+    ("summarize", or "map" then "reduce 1", "reduce 2", ...). `should_stop` is polled
+    while the model works: True raises GenerationCancelled.
     """
     text = _load(document)
     params = (params or model.default_params).replace(max_tokens=reply_tokens)
@@ -250,39 +327,51 @@ def summarize(
     room = budget - PROMPT_OVERHEAD - params.max_tokens
     if room <= 0:
         raise ValueError(f"A context of {budget} tokens leaves no room for a document.")
+
     if count(text) <= room:
-        progress("summarize", 0, 1)
-        summary = _complete(model, WHOLE_PROMPT.format(text=text), params, should_stop)
-        progress("summarize", 1, 1)
+        (summary,) = _calls(
+            model, params, progress, "summarize", [WHOLE_PROMPT.format(text=text)], should_stop
+        )
         return Summary(_with_passages(summary, important), important, 1, 1, 0)
 
     chunks = split_document(text, room, count)
-    parts: list[_Part] = []
-    for i, chunk in enumerate(chunks, start=1):
-        progress("map", i - 1, len(chunks))
-        prompt = MAP_PROMPT.format(index=i, total=len(chunks), text=chunk.text)
-        summary = _complete(model, prompt, params, should_stop)
-        parts.append(_Part(summary, important_passages(chunk.text)))
-    progress("map", len(chunks), len(chunks))
-    calls = len(chunks)
+    prompts = [
+        MAP_PROMPT.format(index=i, total=len(chunks), text=chunk.text)
+        for i, chunk in enumerate(chunks, start=1)
+    ]
+    summaries = _calls(model, params, progress, "map", prompts, should_stop)
+    parts = [
+        _Part(summary, important_passages(chunk.text))
+        for summary, chunk in zip(summaries, chunks, strict=True)
+    ]
+    calls_made = len(chunks)
     levels = 0
     while len(parts) > 1:
         levels += 1
         groups = _groups(parts, room, count)
-        merged = []
-        for i, group in enumerate(groups):
-            progress(f"reduce {levels}", i, len(groups))
-            kept = [p for part in group for p in part.important]
-            body = "\n\n".join(part.text for part in group)
-            keep = KEEP_PROMPT.format(passages="\n\n".join(kept)) if kept else ""
-            prompt = REDUCE_PROMPT.format(important=keep, text=body)
-            merged.append(_Part(_complete(model, prompt, params, should_stop), kept))
-            calls += 1
-        progress(f"reduce {levels}", len(groups), len(groups))
+        kept = [[p for part in group for p in part.important] for group in groups]
+        prompts = [
+            REDUCE_PROMPT.format(
+                important=KEEP_PROMPT.format(passages="\n\n".join(k)) if k else "",
+                text="\n\n".join(part.text for part in group),
+            )
+            for group, k in zip(groups, kept, strict=True)
+        ]
+        merged = [
+            _Part(t, k)
+            for t, k in zip(
+                _calls(model, params, progress, f"reduce {levels}", prompts, should_stop),
+                kept,
+                strict=True,
+            )
+        ]
+        calls_made += len(groups)
         if len(merged) == len(parts):  # no progress: summaries as long as their inputs
             raise ValueError("The summaries do not get shorter; raise the context budget.")
         parts = merged
-    return Summary(_with_passages(parts[0].text, important), important, len(chunks), calls, levels)
+    return Summary(
+        _with_passages(parts[0].text, important), important, len(chunks), calls_made, levels
+    )
 
 
 def _groups(parts: list[_Part], room: int, count: Callable[[str], int]) -> list[list[_Part]]:
@@ -347,7 +436,7 @@ def ask(
     reply_tokens: int = SUMMARY_TOKENS,
     progress: ProgressFn | None = None,
 ) -> Answer:
-    """Answer a question about a document (text or a file path). A document that fits is
+    """Answer a question about a document (text as a str, or a file as a Path). One that fits is
     kept in a cached conversation: the next question about it reads only the question."""
     text = _load(document)
     params = (params or model.default_params).replace(max_tokens=reply_tokens)
@@ -361,35 +450,50 @@ def ask(
         chat = _document_chat(model, text)
         chat.reset()
         chat.params = params
-        progress("answer", 0, 1)
-        reply = "".join(c.text for c in chat.send(question))
-        progress("answer", 1, 1)
+        chat.prefill_chunk = timely_chunk(model)
+        stage = _Stage(progress, "answer", [chat.context_tokens + _budget(model, question, params)])
+
+        def answer(tick: Callable[[int], None]) -> str:
+            chat.prefill_progress = lambda done, _total: tick(done)
+            pieces = []
+            for chunk in chat.send(question):
+                pieces.append(chunk.text)
+                tick(chunk.prompt_tokens + chunk.generation_tokens)
+            return "".join(pieces)
+
+        try:
+            reply = stage.run(answer)
+        finally:
+            chat.prefill_progress = None
         return Answer(reply.strip(), "whole", 1, chat.last_stats.prefilled_tokens)
     chunks = split_document(text, room, count)
-    notes = []
-    for i, chunk in enumerate(chunks, start=1):
-        progress("read", i - 1, len(chunks))
-        prompt = NOTES_PROMPT.format(question=question, index=i, total=len(chunks), text=chunk.text)
-        notes.append(_Part(_complete(model, prompt, params)))
-    progress("read", len(chunks), len(chunks))
+    notes = [
+        _Part(n)
+        for n in _calls(
+            model,
+            params,
+            progress,
+            "read",
+            [
+                NOTES_PROMPT.format(question=question, index=i, total=len(chunks), text=c.text)
+                for i, c in enumerate(chunks, start=1)
+            ],
+        )
+    ]
     calls = len(chunks)
+    level = 0
     while True:
         groups = _groups(notes, room, count)
         if len(groups) == 1:
             break
-        notes = [
-            _Part(
-                _complete(
-                    model,
-                    REDUCE_PROMPT.format(important="", text="\n\n".join(n.text for n in g)),
-                    params,
-                )
-            )
-            for g in groups
+        level += 1
+        prompts = [
+            REDUCE_PROMPT.format(important="", text="\n\n".join(n.text for n in g)) for g in groups
         ]
+        notes = [_Part(n) for n in _calls(model, params, progress, f"combine {level}", prompts)]
         calls += len(groups)
-    progress("answer", 0, 1)
     body = "\n\n".join(n.text for n in notes)
-    reply = _complete(model, ANSWER_PROMPT.format(question=question, text=body), params)
-    progress("answer", 1, 1)
+    (reply,) = _calls(
+        model, params, progress, "answer", [ANSWER_PROMPT.format(question=question, text=body)]
+    )
     return Answer(reply, "map-reduce", calls + 1, sum(c.tokens for c in chunks))

@@ -96,9 +96,9 @@ class Recorder:
         self.prompts: list[str] = []
         real = documents._complete
 
-        def complete(model, prompt, params, should_stop=None):
+        def complete(model, prompt, params, should_stop=None, tick=None):
             self.prompts.append(prompt)
-            return real(model, prompt, params, should_stop)
+            return real(model, prompt, params, should_stop, tick)
 
         monkeypatch.setattr(documents, "_complete", complete)
 
