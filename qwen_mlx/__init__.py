@@ -54,6 +54,11 @@ if TYPE_CHECKING:
     from .store import Store
 
 
+def __dir__() -> list[str]:
+    """Only the public API (the helpers this module imports are not part of it)."""
+    return sorted(__all__)
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

@@ -7,6 +7,7 @@ imported only when chosen, so `qwen-mlx --help` never loads MLX.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from importlib import import_module
 
 COMMANDS: dict[str, str] = {
@@ -40,6 +41,16 @@ def usage() -> str:
     return USAGE.format(commands=lines)
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` Did you mean 'x'?` for the closest of `choices`, or an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help", "help"}:
@@ -52,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"qwen-mlx: unknown command {command!r}.\n", file=sys.stderr)
+        hint = did_you_mean(command, COMMANDS)
+        print(f"qwen-mlx: unknown command {command!r}.{hint}\n", file=sys.stderr)
         print(usage(), end="", file=sys.stderr)
         return 2
     module = import_module(f"qwen_mlx.commands.{command}")

@@ -329,8 +329,28 @@ class Store:
             family, release, format_dir = folder.relative_to(self.models_dir).parts
             name = self._name_at(family, f"{release}/{format_dir}")
         if folder is None or name is None:
-            raise ModelNotFoundError(f"{ref} is not in the store (see `qwen-mlx models list`).")
+            raise ModelNotFoundError(
+                f"{ref} is not in the store{self.did_you_mean(ref)} "
+                "(see `qwen-mlx models list`)."
+            )
         return folder, name
+
+    def names(self) -> list[str]:
+        """Every stored version's name and every family id, from the folders alone."""
+        found: set[str] = set()
+        for folder in self.models_dir.glob("*/*/*"):
+            family, release, format_dir = folder.relative_to(self.models_dir).parts
+            name = self._name_at(family, f"{release}/{format_dir}")
+            if name is not None:
+                found.update((str(name), name.family_id))
+        return sorted(found)
+
+    def did_you_mean(self, ref: str) -> str:
+        """`; did you mean X?` naming the stored names closest to `ref`, or ""."""
+        import difflib
+
+        close = difflib.get_close_matches(ref.strip().lower(), self.names(), n=3, cutoff=0.6)
+        return f"; did you mean {' or '.join(close)}?" if close else ""
 
     def manifest(self, ref: str) -> tuple[Path, Manifest]:
         folder, name = self.locate(ref)
@@ -872,11 +892,13 @@ def resolve(
         return hub.fetch(text, revision=revision, allow_patterns=MLX_PATTERNS).path
     if naming.is_name(text) or naming.is_family_id(text):
         raise ModelNotFoundError(
-            f"No model {text} in the store at {store.root}. Convert one with "
+            f"No model {text} in the store at {store.root}{store.did_you_mean(text)}. "
+            "Convert one with "
             "`qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507`, see what is there with "
             "`qwen-mlx models list`, or try `qwen-mlx demo`."
         )
     raise ModelNotFoundError(
-        f"No model {text!r}: it is not a folder, a store name (like qwen3-4b-instruct) "
+        f"No model {text!r}{store.did_you_mean(text)}: it is not a folder, a store name "
+        "(like qwen3-4b-instruct) "
         "or a Hugging Face repo id (like mlx-community/Qwen3-4B-Instruct-2507-4bit)."
     )

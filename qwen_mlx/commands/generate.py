@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ._common import (
+    DEFAULT_MODEL,
     INTERRUPTED,
     ProgressBar,
     add_model_arg,
@@ -40,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arg(p)
+    add_model_arg(
+        p,
+        default=None,
+        help="store name, family (its latest), folder or repo id (default: the model "
+        f"saved in --session, else {DEFAULT_MODEL})",
+    )
     p.add_argument("--prompt", "-p", required=True, help="the user message; '-' reads stdin")
     p.add_argument("--system", "-s", help="system prompt (for a new conversation)")
     p.add_argument(
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     schema = _read_schema(args.json_schema) if args.json_schema else None
     from ..runtime import load
 
-    model = load(args.model, verify=args.verify, context_extension=args.context_extension)
+    model = load(_model_ref(args), verify=args.verify, context_extension=args.context_extension)
     bar = ProgressBar(min_total=PREFILL_BAR_FROM)
     if args.raw:
         from ..runtime import stream_generate
@@ -125,6 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.session:
         session.save(args.session)
     return 0
+
+
+def _model_ref(args: argparse.Namespace) -> str:
+    """--model, else the model a saved --session was made with (as `chat` does), else the
+    default family."""
+    if args.model:
+        return args.model
+    if args.session and args.session.exists():
+        from ..session_files import read_session
+
+        saved = read_session(args.session).get("model")
+        for key in ("ref", "name"):  # "ref" loads from anywhere; older files have "name"
+            if isinstance(saved, dict) and isinstance(saved.get(key), str) and saved[key]:
+                return saved[key]
+    return DEFAULT_MODEL
 
 
 def _read_schema(path: Path) -> dict:

@@ -1,0 +1,79 @@
+"""The README's Python blocks run as written, in order, like a notebook, against the demo
+model (the only change: the model name, and the port of the server they talk to)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"^```python\n(.*?)^```", README, flags=re.S | re.M)
+DOCUMENT = "# Launch plan\n\nThe release is on 14 March. Risks: the build farm is slow.\n"
+
+
+def write_pdf(path: Path, text: str) -> None:
+    """A one-page PDF whose text pypdf extracts (no PDF library writes text for us)."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+    )
+    stream = DecodedStreamObject()
+    stream.set_data(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode())
+    page[NameObject("/Contents")] = writer._add_object(stream)
+    with open(path, "wb") as f:
+        writer.write(f)
+
+
+def test_the_readme_has_python_blocks():
+    assert len(BLOCKS) >= 4
+
+
+def test_every_python_block_runs_against_the_demo_model(home, tmp_path, monkeypatch, capsys):
+    from qwen_mlx import Model, documents, load
+    from qwen_mlx.commands.demo import ensure_demo_model
+    from qwen_mlx.server import Engine, create_app
+
+    from .test_server import start_server
+
+    name = ensure_demo_model()
+    # Random weights never end a reply: keep each one short (the code runs as written).
+    defaults = Model.default_params.fget
+    monkeypatch.setattr(
+        Model, "default_params", property(lambda m: defaults(m).replace(max_tokens=16))
+    )
+    for function in (documents.summarize, documents.ask):
+        monkeypatch.setitem(function.__kwdefaults__, "reply_tokens", 16)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.md").write_text(DOCUMENT)
+    write_pdf(tmp_path / "report.pdf", "The release is on 14 March.")
+    engine = Engine(load(name))
+    server, thread, port = start_server(create_app(engine))
+    namespace: dict = {}
+    try:
+        for i, block in enumerate(BLOCKS, start=1):
+            code = block.replace('"qwen3-4b-instruct"', repr(name))
+            code = code.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+            try:
+                exec(compile(code, f"README.md python block {i}", "exec"), namespace)
+            except Exception as e:
+                pytest.fail(f"README python block {i} failed: {type(e).__name__}: {e}\n{block}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+    assert (tmp_path / "kyoto.json").is_file()  # the ChatSession block saved its session
+    assert "tokens/s" in capsys.readouterr().out
