@@ -330,8 +330,7 @@ class Store:
             name = self._name_at(family, f"{release}/{format_dir}")
         if folder is None or name is None:
             raise ModelNotFoundError(
-                f"{ref} is not in the store{self.did_you_mean(ref)} "
-                "(see `qwen-mlx models list`)."
+                f"{ref} is not in the store{self.did_you_mean(ref)} (see `qwen-mlx models list`)."
             )
         return folder, name
 

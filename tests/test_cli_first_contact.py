@@ -154,9 +154,7 @@ def test_a_token_progress_bar_shows_counts_and_time_left(monkeypatch):
     assert "0:03 left" in line  # 1,000 tokens a second, 3,000 to go
 
 
-def test_a_str_document_is_text_even_when_a_file_has_that_name(
-    tiny_model, tmp_path, monkeypatch
-):
+def test_a_str_document_is_text_even_when_a_file_has_that_name(tiny_model, tmp_path, monkeypatch):
     from pathlib import Path
 
     from qwen_mlx import documents
