@@ -100,8 +100,16 @@ class TurnStats:
         return self.prompt_tokens - self.prefilled_tokens
 
 
-def _same_text(a: str, b: str) -> bool:
-    return a == b or a.replace("\ufffd", "") == b.replace("\ufffd", "")
+def _same_text(decoded: str, streamed: str) -> bool:
+    """Whether `streamed`, a reply as the stream showed it, is the text of its tokens
+    (`decoded`). mlx-lm's streaming detokenizers drop the space the first token starts
+    with, and invalid UTF-8 from a weak model may decode to a different number of
+    replacement characters: neither makes the text another one."""
+    candidates = [decoded, decoded[1:]] if decoded.startswith(" ") else [decoded]
+    return any(
+        c == streamed or c.replace("\ufffd", "") == streamed.replace("\ufffd", "")
+        for c in candidates
+    )
 
 
 class ChatSession:
@@ -592,8 +600,7 @@ class ChatSession:
         while produced and produced[-1] in self.model.tokenizer.eos_token_ids:
             produced = produced[:-1]
         # Reused verbatim when the history is rendered, unless the text is not theirs (a
-        # stop string cut it). Invalid UTF-8 from a weak model may decode to a different
-        # number of replacement characters than the streamed text has: that still counts.
+        # stop string cut it); a reply whose ids are dropped is re-read from its start.
         decoded = self.model.tokenizer.decode(produced) if produced else None
         if decoded is not None and _same_text(decoded, reply["content"]):
             reply["_token_ids"] = produced

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from textual.widgets import Input, TextArea
@@ -26,6 +27,9 @@ from tui.widgets import MessageView, PromptInput, StatusBar
 from .conftest import SCRIPTS
 
 SIZE = (110, 36)
+TRAINED = (
+    Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-tiny-trained" / "target"
+)
 
 
 @pytest.fixture
@@ -657,3 +661,90 @@ def test_an_unreadable_chats_file_is_one_clear_error(home, capsys, damage):
     err = capsys.readouterr().err
     assert str(home / "chats.sqlite") in err and "Traceback" not in err
     assert ("newer qwen-mlx" if damage == "newer" else "Move it aside") in err
+
+
+# -- exact resume with a model trained on real text ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """The trained tiny Qwen3 (real text, real template) as bf16 MLX, outside any store."""
+    if not (TRAINED / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED}")
+    out = tmp_path_factory.mktemp("trained") / "target-bf16"
+    return convert(str(TRAINED), mlx_path=out, quantize=False).path
+
+
+def assert_read_only_the_new_message(app: ChatApp, held: list[int], text: str) -> None:
+    """The turn just taken (its user message `text`) reused the whole cache it started
+    with (`held`) and read only what came after it: a fresh render of the prompt starts
+    with exactly the cached tokens."""
+    session = app.session
+    stats = session.last_stats
+    prompt = app.model.render_tokens(session.messages_for_storage()[:-1])  # without the reply
+    assert stats.prompt_tokens == len(prompt)
+    assert prompt[: len(held)] == held, "the cache is not a prefix of the new prompt"
+    assert stats.prefilled_tokens == len(prompt) - len(held)
+    assert stats.prefilled_tokens <= len(app.model.encode(text)) + 16
+
+
+# The first question's greedy reply starts with a token that begins with a space (" not"),
+# which the streamed text leaves out.
+FIRST_QUESTION = "Continue: if size is None or"
+SECOND = {
+    "stop": ("Quote line 2 of the text above.", 600, "stop"),
+    "length": ("What does the os module do?", 24, "length"),
+    "esc": ("Repeat the text above.", 2000, "cancelled"),
+    "attach": ("Quote line 2 of the text above.", 24, None),
+}
+
+
+@pytest.mark.parametrize("ending", list(SECOND))
+def test_a_reopened_chat_reads_only_the_new_message(trained, home, tmp_path, ending):
+    question, max_tokens, finish = SECOND[ending]
+
+    async def first():
+        async with running(home, model=str(trained)) as (app, pilot):
+            app.run_command("/temp 0")
+            if ending == "attach":
+                doc = tmp_path / "os.md"
+                doc.write_text(
+                    "The os module provides a portable way of using operating system "
+                    "dependent functionality. If you just want to read or write a file see "
+                    "open(), if you want to manipulate paths, see the os.path module.\n"
+                )
+                app.run_command(f"/attach {doc}")
+                await wait_for(pilot, lambda: len(app.session.messages) == 1 and not app.busy)
+            app.run_command("/max_tokens 24")
+            held = app.session.cache_tokens
+            await exchange(pilot, FIRST_QUESTION)
+            if held:
+                assert_read_only_the_new_message(app, held, FIRST_QUESTION)
+            held = app.session.cache_tokens
+            app.run_command(f"/max_tokens {max_tokens}")
+            if ending == "esc":
+                await type_and_send(pilot, question)
+                await wait_for(
+                    pilot,
+                    lambda: app.streaming and len(list(app.query(MessageView))[-1].content) > 20,
+                )
+                await pilot.press("escape")
+                await reply(pilot)
+            else:
+                await exchange(pilot, question)
+            assert_read_only_the_new_message(app, held, question)  # within one run
+            if finish is not None:
+                assert app.session.last_stats.finish_reason == finish
+            return app.chat.id, app.session.cache_tokens
+
+    async def second(chat_id, held):
+        app = ChatApp(home=home, model=str(trained), chat_id=chat_id)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None and app.chat.id == chat_id)
+            await wait_for(pilot, lambda: not app.busy)
+            assert app.session.cache_tokens == held  # the saved cache came back whole
+            await exchange(pilot, "Tell me more")
+            assert_read_only_the_new_message(app, held, "Tell me more")  # after a restart
+
+    chat_id, held = asyncio.run(first())
+    asyncio.run(second(chat_id, held))
