@@ -15,12 +15,20 @@ import time
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, TextArea
+from textual.widgets import DirectoryTree, Input, ListView, OptionList, TextArea
 
 from qwen_mlx.convert import convert
 from qwen_mlx.session_files import cache_files
 from tui.app import ChatApp
-from tui.screens import ConfirmScreen, HelpScreen, NoModelScreen, SettingsScreen
+from tui.screens import (
+    ConfirmScreen,
+    FilePicker,
+    HelpScreen,
+    ModelPicker,
+    NoModelScreen,
+    SettingsScreen,
+    TextPrompt,
+)
 from tui.store import ChatStore
 from tui.widgets import MessageView, PromptInput, StatusBar
 
@@ -661,6 +669,155 @@ def test_an_unreadable_chats_file_is_one_clear_error(home, capsys, damage):
     err = capsys.readouterr().err
     assert str(home / "chats.sqlite") in err and "Traceback" not in err
     assert ("newer qwen-mlx" if damage == "newer" else "Move it aside") in err
+
+
+# -- focus: every dialog and the sidebar answer the keys at once (keys only) -------------------
+
+
+def key_names(text: str) -> list[str]:
+    """The keys that type `text`."""
+    names = {" ": "space", "/": "slash", ".": "full_stop"}
+    return [names.get(c, c) for c in text]
+
+
+async def type_keys(pilot, text: str) -> None:
+    await pilot.press(*key_names(text))
+
+
+def notices(app: ChatApp) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def test_help_and_settings_take_focus_so_their_keys_work_at_once(stored, home):
+    async def run():
+        async with running(home) as (app, pilot):
+            await pilot.press("f1")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            scroll = app.screen.query_one("#help")
+            await pilot.press("pagedown")
+            await wait_for(pilot, lambda: scroll.scroll_y > 0)  # the help scrolled
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
+
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            await type_keys(pilot, "Be brief.")  # into the system prompt, focused
+            await pilot.press("tab", "home", "ctrl+k", *key_names("0.3"), "enter")
+            await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+            assert app.session.system == "Be brief."
+            assert app.session.params.temperature == 0.3
+            assert app.focused is app.query_one(PromptInput)  # back where it was
+
+    asyncio.run(run())
+
+
+def test_rename_and_delete_dialogs_take_focus_and_delete_defaults_to_keep(stored, home):
+    async def run():
+        async with running(home) as (app, pilot):
+            app.run_command("/max_tokens 3")
+            await exchange(pilot, "hello")
+            chat_id = app.chat.id
+            await pilot.press("f2")
+            await wait_for(pilot, lambda: isinstance(app.screen, TextPrompt))
+            await pilot.press("ctrl+a", "ctrl+k", *key_names("Greetings"), "enter")
+            await wait_for(pilot, lambda: not isinstance(app.screen, TextPrompt))
+            assert ChatStore(home).get(chat_id).title == "Greetings"
+
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("enter")  # the focused button: Keep
+            await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            assert app.chat.id == chat_id and ChatStore(home).get(chat_id) is not None
+
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("left", "enter")  # over to Delete, and press it
+            await wait_for(pilot, lambda: app.chat is None)
+            assert ChatStore(home).get(chat_id) is None
+            await type_keys(pilot, "next")
+            assert app.query_one(PromptInput).text == "next"
+
+    asyncio.run(run())
+
+
+def test_model_picker_takes_focus_and_enter_picks_the_highlighted_model(stored, tiny_hf, home):
+    convert(str(tiny_hf), q_bits=8)  # a second model in the store
+
+    async def run():
+        async with running(home) as (app, pilot):
+            first = app.model.name
+            await pilot.press("f4")
+            await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker))
+            options = app.screen.query_one(OptionList)
+            assert options.get_option_at_index(0).prompt == first  # the current one first
+            await pilot.press("down", "enter")
+            await wait_for(pilot, lambda: app.model is not None and app.model.name != first)
+            assert app.model.name == str(options.get_option_at_index(1).prompt)
+            assert "q8" in app.model.name
+
+    asyncio.run(run())
+
+
+def test_file_picker_takes_focus_and_enter_attaches_the_file(stored, home, tmp_path, monkeypatch):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.md").write_text("The launch is on Tuesday.\n")
+    monkeypatch.chdir(folder)
+
+    async def run():
+        async with running(home) as (app, pilot):
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, FilePicker))
+            tree = app.screen.query_one(DirectoryTree)
+            await wait_for(pilot, lambda: len(tree.root.children) == 1)  # the folder is read
+            await pilot.press("down", "enter")
+            await wait_for(pilot, lambda: len(app.session.messages) == 1 and not app.busy)
+            assert app.session.messages[0]["content"].startswith("Attached file `notes.md`")
+
+    asyncio.run(run())
+
+
+def test_the_sidebar_opens_a_chat_with_enter_and_typing_goes_on_in_the_input(stored, home):
+    async def run():
+        async with running(home) as (app, pilot):
+            app.run_command("/max_tokens 3")
+            await exchange(pilot, "First chat")
+            first = app.chat.id
+            await pilot.press("ctrl+n")
+            await exchange(pilot, "Second chat")
+            second = app.chat.id
+            items = app.query_one("#chat-items", ListView)
+            assert items.highlighted_child.chat_id == second  # the open chat's row
+
+            await pilot.press("ctrl+f", "down")  # to the list
+            assert app.focused is items
+            await pilot.press("down", "enter", *key_names("and then"))  # no pause to wait
+            await wait_for(pilot, lambda: app.chat.id == first and not app.busy)
+            assert app.query_one(PromptInput).text == "and then"  # no key was lost
+            assert app.focused is app.query_one(PromptInput)
+            assert views(app)[0] == ("user", "First chat")
+            assert items.highlighted_child.chat_id == first
+
+            await pilot.press("ctrl+f", *key_names("second"), "enter")  # the first match
+            await wait_for(pilot, lambda: app.chat.id == second and not app.busy)
+            assert app.focused is app.query_one(PromptInput)
+
+    asyncio.run(run())
+
+
+def test_text_typed_while_a_reply_streams_is_kept(stored, home):
+    async def run():
+        async with running(home) as (app, pilot):
+            await start_a_long_reply(pilot)
+            await type_keys(pilot, "next one")
+            await pilot.press("enter")  # refused while streaming, and kept
+            await wait_for(pilot, lambda: any("still streaming" in n for n in notices(app)))
+            await pilot.press("escape")
+            await reply(pilot)
+            assert app.query_one(PromptInput).text == "next one"
+            assert sum(m["role"] == "user" for m in app.session.messages) == 1
+
+    asyncio.run(run())
 
 
 # -- exact resume with a model trained on real text ---------------------------------------------

@@ -205,7 +205,7 @@ class ChatApp(ChatCommands, App[None]):
         from qwen_mlx.runtime import load
 
         self._status_text(f"loading {ref}…")
-        self._begin_busy(f"loading {ref}")
+        self._begin_busy(f"loading {ref}", lock_input=False)  # typing goes on meanwhile
         try:
             model = await on_model_thread(load, ref)
         except Exception as e:
@@ -315,12 +315,13 @@ class ChatApp(ChatCommands, App[None]):
             session = self._session_for(chat, messages)
             return session, (session.context_tokens, session.context_limit)
 
-        self._begin_busy(f"opening “{chat.title}”")
+        self._begin_busy(f"opening “{chat.title}”", lock_input=False)  # keys are not lost
         try:
             session, context = await on_model_thread(job)
         finally:
             self._end_busy()
         self._show_chat(chat, session, context)
+        self.query_one(PromptInput).focus()
 
     def _session_for(self, chat: Chat, messages: list[dict[str, Any]]) -> Any:
         """A ChatSession for a stored chat, with its saved KV cache when it still fits."""
@@ -359,8 +360,9 @@ class ChatApp(ChatCommands, App[None]):
 
     @on(ChatList.Selected)
     def _chat_picked(self, event: ChatList.Selected) -> None:
-        if self.model is None or not self._idle():
+        if not self._idle() or self.model is None:
             return
+        self.query_one(PromptInput).focus()  # at once: what is typed next is not lost
         if self.chat is None or event.chat_id != self.chat.id:
             self._open_chat(event.chat_id)
 
@@ -419,7 +421,10 @@ class ChatApp(ChatCommands, App[None]):
         self._lock_input()
 
     def _lock_input(self) -> None:
-        locked = self.streaming or (bool(self.busy) and self._busy_locks_input)
+        """Lock the input while an attachment is read (the chat is held). While a reply
+        streams it stays open: the next message can be written meanwhile (Enter says
+        the reply is still streaming and keeps the text)."""
+        locked = bool(self.busy) and self._busy_locks_input
         for prompt in self.query(PromptInput):  # none while the app shuts down
             prompt.read_only = locked
             prompt.set_class(locked, "locked")
@@ -512,8 +517,9 @@ class ChatApp(ChatCommands, App[None]):
                 await reply.view.remove()
                 if reply.user_view is not None:
                     await reply.user_view.remove()
-                if reply.text:
-                    prompt.load_text(reply.text)
+                if reply.text:  # back in the input, before what was typed meanwhile
+                    typed = prompt.text
+                    prompt.load_text(f"{reply.text}\n\n{typed}" if typed.strip() else reply.text)
             self.notify(
                 str(message.error), title="The model could not reply", severity="error", timeout=10
             )
@@ -524,7 +530,8 @@ class ChatApp(ChatCommands, App[None]):
             self._show_stats()
         self._update_context(*message.context)
         self._refresh_chats()
-        prompt.focus()
+        if message.error is not None or self.focused is None:
+            prompt.focus()  # else the user went elsewhere meanwhile (the sidebar, say)
 
     def on_chat_app_cache_saved(self, message: CacheSaved) -> None:
         if self.busy == SAVING:

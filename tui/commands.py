@@ -83,7 +83,7 @@ class ChatCommands:
             return
         chat = self.chat
         self.push_screen(
-            ConfirmScreen(f"Delete the chat “{chat.title}”?", "Delete", "Keep"),
+            ConfirmScreen(f"Delete the chat “{chat.title}”?", "Delete", "Keep", default=False),
             lambda ok: self._delete(chat) if ok else None,
         )
 
@@ -189,7 +189,8 @@ class ChatCommands:
         if not names:
             self.notify("The store has no models (see `qwen-mlx models list`).")
             return
-        self.push_screen(ModelPicker(names), lambda n: self._load_model(n) if n else None)
+        current = self.model.name if self.model else None
+        self.push_screen(ModelPicker(names, current), lambda n: self._load_model(n) if n else None)
 
     # -- attachments -----------------------------------------------------------------------
 

@@ -1,4 +1,9 @@
-"""Screens of the chat app: no model yet, help, settings, pickers, confirmations."""
+"""Screens of the chat app: no model yet, help, settings, pickers, confirmations.
+
+Each screen names the widget that takes focus when it opens (AUTO_FOCUS): without it,
+Textual falls back to the app's own AUTO_FOCUS (the prompt, which a dialog does not
+have), nothing has focus, and Enter, the arrows and PageDown do nothing.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ class NoModelScreen(Screen[bool]):
     """Shown when the store has no model: explains convert and offers the demo model."""
 
     BINDINGS = [("escape", "quit", "Quit"), ("d", "demo", "Build the demo model")]
+    AUTO_FOCUS = "#demo"
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="no-model"):
@@ -104,6 +110,7 @@ class HelpScreen(ModalScreen[None]):
     """Keys and slash commands."""
 
     BINDINGS = [("escape,f1,q", "close", "Close")]
+    AUTO_FOCUS = "#help"  # the scroll: PageDown, arrows, Home and End
 
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -118,11 +125,24 @@ class HelpScreen(ModalScreen[None]):
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    BINDINGS = [("escape", "no", "No"), ("y", "yes", "Yes")]
+    """A question with two buttons; Enter answers with the focused one (`default`),
+    the arrows move between them, `y` says yes and Esc no."""
 
-    def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
+    BINDINGS = [
+        ("escape", "no", "No"),
+        ("y", "yes", "Yes"),
+        ("left", "app.focus_previous", "Previous"),
+        ("right", "app.focus_next", "Next"),
+    ]
+    AUTO_FOCUS = "#yes"
+
+    def __init__(
+        self, question: str, yes: str = "Yes", no: str = "No", *, default: bool = True
+    ) -> None:
         super().__init__()
         self.question, self.yes, self.no = question, yes, no
+        if not default:
+            self.AUTO_FOCUS = "#no"
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -144,6 +164,7 @@ class TextPrompt(ModalScreen[str | None]):
     """One line of text (a chat title, say)."""
 
     BINDINGS = [("escape", "cancel", "Cancel")]
+    AUTO_FOCUS = "#value"
 
     def __init__(self, label: str, value: str = "") -> None:
         super().__init__()
@@ -163,9 +184,11 @@ class TextPrompt(ModalScreen[str | None]):
 
 
 class SettingsScreen(ModalScreen[dict[str, Any] | None]):
-    """Per-chat settings: system prompt, sampling parameters, context policy."""
+    """Per-chat settings: system prompt, sampling parameters, context policy. Enter in
+    a parameter's field saves, as Ctrl+S does anywhere."""
 
     BINDINGS = [("escape", "cancel", "Cancel"), ("ctrl+s", "save", "Save")]
+    AUTO_FOCUS = "#system"
     FIELDS = tuple((key, label, kind) for key, label, kind, _ in SAMPLING_FIELDS)
 
     def __init__(
@@ -202,6 +225,7 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
                 yield Button("Cancel", id="cancel")
 
     @on(Button.Pressed, "#save")
+    @on(Input.Submitted)
     def action_save(self) -> None:
         values: dict[str, Any] = {}
         for key, label, kind in self.FIELDS:
@@ -237,15 +261,19 @@ class ModelPicker(ModalScreen[str | None]):
     """The models in the store; the current one first."""
 
     BINDINGS = [("escape", "cancel", "Cancel")]
+    AUTO_FOCUS = "#models"
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], current: str | None = None) -> None:
         super().__init__()
-        self.names = names
+        self.names = sorted(names, key=lambda n: n != current)  # stable: the rest keep order
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Pick a model from the store")
             yield OptionList(*self.names, id="models")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).highlighted = 0  # Enter picks it, the arrows move
 
     @on(OptionList.OptionSelected)
     def _picked(self, event: OptionList.OptionSelected) -> None:
@@ -259,6 +287,7 @@ class FilePicker(ModalScreen[Path | None]):
     """Pick a file to attach (.txt, .md, .pdf or any text)."""
 
     BINDINGS = [("escape", "cancel", "Cancel")]
+    AUTO_FOCUS = "#files"
 
     def __init__(self, root: Path) -> None:
         super().__init__()

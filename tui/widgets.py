@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from textual import events, on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.reactive import reactive
@@ -150,8 +151,20 @@ class StatusBar(Static):
         return "\n".join(lines)
 
 
+class ChatRow(ListItem):
+    """A chat in the sidebar; a row can be reused for another chat."""
+
+    def __init__(self, chat: Chat) -> None:
+        super().__init__(Label(chat.title))
+        self.chat_id = chat.id
+
+
 class ChatList(Vertical):
-    """The sidebar: a search box and the saved chats, most recent first."""
+    """The sidebar: a search box and the saved chats, most recent first. The list keeps
+    a row highlighted (the open chat's, else the first), so Enter on it opens a chat;
+    Down or Enter in the search box goes to the list."""
+
+    BINDINGS = [Binding("down", "to_list", "Chats", show=False)]
 
     @dataclass
     class Selected(Message):
@@ -162,16 +175,50 @@ class ChatList(Vertical):
         yield ListView(id="chat-items")
 
     def show(self, chats: list[Chat], current: str | None) -> None:
+        """List `chats`, highlighting `current`. Rows are updated in place: a cleared
+        ListView drops its rows only later, and a highlight set meanwhile lands on the
+        wrong row (rows on their way out no longer display)."""
         items = self.query_one("#chat-items", ListView)
-        items.clear()
-        for chat in chats:
-            item = ListItem(Label(chat.title), name=chat.id)
-            if chat.id == current:
-                item.add_class("current")
-            items.append(item)
+        rows = [row for row in items.query(ChatRow) if row.display]
+        for row, chat in zip(rows, chats, strict=False):
+            row.chat_id = chat.id
+            row.query_one(Label).update(chat.title)
+        for row in rows[len(chats) :]:
+            row.remove()
+        for chat in chats[len(rows) :]:
+            row = ChatRow(chat)
+            items.append(row)
+            rows.append(row)
+        rows = rows[: len(chats)]
+        for row in rows:
+            row.set_class(row.chat_id == current, "current")
+        if not rows:
+            items.index = None
+            return
+        ids = [c.id for c in chats]
+        highlighted = items.highlighted_child
+        if current in ids:
+            target = rows[ids.index(current)]
+        elif highlighted in rows:
+            target = highlighted
+        else:
+            target = rows[0]
+        items.index = list(items.children).index(target)
+
+    def action_to_list(self) -> None:
+        items = self.query_one("#chat-items", ListView)
+        if items.children:
+            items.focus()
+
+    @on(Input.Submitted, "#chat-search")
+    def _open_first(self, event: Input.Submitted) -> None:
+        event.stop()
+        rows = [r for r in self.query_one("#chat-items", ListView).query(ChatRow) if r.display]
+        if rows:
+            self.post_message(self.Selected(rows[0].chat_id))
 
     @on(ListView.Selected, "#chat-items")
     def _picked(self, event: ListView.Selected) -> None:
         event.stop()
-        if event.item.name:
-            self.post_message(self.Selected(event.item.name))
+        if isinstance(event.item, ChatRow):
+            self.post_message(self.Selected(event.item.chat_id))
