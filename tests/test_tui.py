@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -653,9 +654,10 @@ def test_store_survives_a_reopen(home):
 
 
 @pytest.mark.parametrize("damage", ["newer", "garbage"])
-def test_an_unreadable_chats_file_is_one_clear_error(home, capsys, damage):
+def test_an_unreadable_chats_file_is_one_clear_error(home, capsys, monkeypatch, damage):
     from qwen_mlx.commands.chat import main
 
+    monkeypatch.setattr("tui.app.not_a_terminal", lambda: None)  # as if run in a terminal
     ChatStore(home).close()
     if damage == "newer":
         conn = sqlite3.connect(home / "chats.sqlite")
@@ -818,6 +820,104 @@ def test_text_typed_while_a_reply_streams_is_kept(stored, home):
             assert sum(m["role"] == "user" for m in app.session.messages) == 1
 
     asyncio.run(run())
+
+
+# -- resume: the most recent chat, its id, the command that reopens it -------------------------
+
+
+def scripted_run(monkeypatch, script) -> list[ChatApp]:
+    """Make ChatApp.run drive the app with `script(app, pilot)` in a test terminal (the
+    rest of `main` runs as it is); return the apps it ran."""
+    ran = []
+
+    def run(self, **kwargs):
+        async def drive():
+            async with self.run_test(size=SIZE) as pilot:
+                await ready(pilot)
+                await script(self, pilot)
+
+        ran.append(self)
+        asyncio.run(drive())
+
+    monkeypatch.setattr(ChatApp, "run", run)
+    monkeypatch.setattr("tui.app.not_a_terminal", lambda: None)
+    return ran
+
+
+def test_chat_reopens_the_most_recent_chat_and_prints_how_to_resume_it(
+    stored, home, monkeypatch, capsys
+):
+    from qwen_mlx.commands.chat import main
+
+    seen = []
+
+    async def chat_once(app, pilot):
+        seen.append((app.chat.id if app.chat else None, [c for _, c in views(app)]))
+        app.run_command("/max_tokens 3")
+        await exchange(pilot, f"Message {len(seen)}")
+
+    ran = scripted_run(monkeypatch, chat_once)
+    assert main([]) == 0
+    chat_id = ran[0].chat.id
+    out = capsys.readouterr().out
+    assert f"Chat {chat_id} saved. Resume it with: qwen-mlx chat --session {chat_id}" in out
+
+    assert main([]) == 0  # no --session: the most recent chat again
+    assert seen[1][0] == chat_id and seen[1][1][0] == "Message 1"
+    assert ran[1].chat.id == chat_id
+
+    assert main(["--new"]) == 0
+    assert seen[2] == (None, [])
+    assert ran[2].chat.id != chat_id
+    assert ChatStore(home).list()[0].id == ran[2].chat.id  # now the most recent
+
+
+def test_the_chat_id_is_shown_and_info_says_how_to_resume(stored, home):
+    async def run():
+        async with running(home) as (app, pilot):
+            assert "new chat" in app.sub_title
+            app.run_command("/max_tokens 3")
+            await exchange(pilot, "hello")
+            assert app.chat.id in app.sub_title
+            await type_keys(pilot, "/info")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: any(app.chat.id in n for n in notices(app)))
+            info = next(n for n in notices(app) if app.chat.id in n)
+            assert f"qwen-mlx chat --session {app.chat.id}" in info
+            assert app.model.name in info and "max_tokens 3" in info
+
+    asyncio.run(run())
+
+
+# -- no terminal -------------------------------------------------------------------------------
+
+
+def test_chat_without_a_terminal_exits_with_a_message(monkeypatch, capsys, home):
+    from qwen_mlx.commands.chat import main
+
+    def started(self, **kwargs):
+        raise AssertionError("the app started without a terminal")
+
+    monkeypatch.setattr(ChatApp, "run", started)  # it would draw into the pipe and wait
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "qwen-mlx chat needs a terminal" in err and "stdin" in err
+    assert not (home / "chats.sqlite").exists()  # refused before touching anything
+
+
+def test_chat_in_a_pipe_exits_at_once(home):
+    proc = subprocess.run(
+        [sys.executable, "-m", "qwen_mlx", "chat"],
+        input="hello\n",
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang fails here; it used to draw into the pipe for minutes
+        env={**os.environ, "QWEN_MLX_HOME": str(home)},
+    )
+    assert proc.returncode == 2
+    assert "qwen-mlx chat needs a terminal" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # nothing drawn into the pipe
 
 
 # -- exact resume with a model trained on real text ---------------------------------------------

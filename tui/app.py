@@ -10,6 +10,7 @@ caches beside them, so reopening a long chat starts its next reply at once.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -110,20 +111,26 @@ class ChatApp(ChatCommands, App[None]):
         *,
         model: str | None = None,
         chat_id: str | None = None,
+        resume: bool = False,
         home: str | Path | None = None,
         flush_interval: float = 0.08,
     ) -> None:
+        """Open the chat `chat_id`; without one, with `resume` the most recent chat, else
+        a new one."""
         super().__init__()
         from qwen_mlx.store import home as store_home
 
         self.home = Path(home) if home is not None else store_home()
         self.model_ref = model
-        self.initial_chat = chat_id
         self.flush_interval = flush_interval
         self.model: Any = None
         self.session: Any = None
         self.chat: Chat | None = None
         self.store = ChatStore(self.home)  # here, so an unreadable file stops the start
+        if chat_id is None and resume:
+            recent = self.store.list()
+            chat_id = recent[0].id if recent else None
+        self.initial_chat = chat_id
         self._reply: _Reply | None = None
         self._stop_busy: Any = None  # stops the busy work, if it can be stopped
         self._busy_locks_input = True
@@ -171,15 +178,19 @@ class ChatApp(ChatCommands, App[None]):
         self.store.close()
 
     def _default_model(self) -> str | None:
-        """The chat's model, else qwen3-4b-instruct's latest, else any latest in the store."""
-        if self.initial_chat:
-            chat = self.store.get(self.initial_chat)
-            if chat is not None and chat.model:
-                return chat.model
+        """The chat's model if it is still here, else qwen3-4b-instruct's latest, else any
+        latest in the store."""
         from qwen_mlx.store import Store
 
+        chat = self.store.get(self.initial_chat) if self.initial_chat else None
         store = Store(self.home)
         try:
+            if chat is not None and chat.model:
+                if Path(chat.model).expanduser().is_dir():
+                    return chat.model
+                with suppress(Exception):  # removed, or a name this version does not know
+                    if store.models_dir.is_dir() and store.find(chat.model) is not None:
+                        return chat.model
             if store.latest("qwen3-4b-instruct") is not None:
                 return "qwen3-4b-instruct"
             latest = [m.name for m in store.list() if m.latest] if store.models_dir.is_dir() else []
@@ -227,7 +238,7 @@ class ChatApp(ChatCommands, App[None]):
         self.sub_title = model.name
         initial, self.initial_chat = self.initial_chat, None  # only for the first model
         if self.chat is not None:
-            self.chat.model = model.name
+            self.chat.model = model.ref
             self.store.update(self.chat)
             self._open_chat(self.chat.id)
         elif initial:
@@ -273,6 +284,9 @@ class ChatApp(ChatCommands, App[None]):
             search = self.query_one("#chat-search", Input).value
         chats = self.store.list(search)
         self.query_one(ChatList).show(chats, self.chat.id if self.chat else None)
+        if self.model is not None:
+            chat = f" · chat {self.chat.id}" if self.chat else " · new chat"
+            self.sub_title = f"{self.model.name}{chat}"
 
     def _start_new_chat(self) -> None:
         from qwen_mlx.session import ChatSession
@@ -288,7 +302,7 @@ class ChatApp(ChatCommands, App[None]):
         if self.chat is None:
             s = self.session
             self.chat = self.store.create(
-                model=self.model.name,
+                model=self.model.ref,  # loads it again, from the store or its folder
                 system=s.system,
                 params=dict(self.overrides),
                 policy=s.policy.value,
@@ -638,11 +652,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="store name, family, folder or repo id "
         "(default: the chat's model, else qwen3-4b-instruct, else the store's)",
     )
-    p.add_argument("--session", metavar="ID", help="open a saved chat by its id")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--session", metavar="ID", help="open a saved chat by its id (default: the most recent)"
+    )
+    which.add_argument("--new", action="store_true", help="start a new chat")
     return p
 
 
+def not_a_terminal() -> str | None:
+    """Why the app cannot run here (stdin or stdout is not a terminal), or None."""
+    pipes = [name for name, f in (("stdin", sys.stdin), ("stdout", sys.stdout)) if not _tty(f)]
+    if not pipes:
+        return None
+    return (
+        f"qwen-mlx chat needs a terminal, but its {' and '.join(pipes)} "
+        f"{'is' if len(pipes) == 1 else 'are'} not one (a pipe or a file). Run it in a "
+        "terminal; for a reply in a script use `qwen-mlx generate --prompt TEXT` "
+        "(`--prompt -` reads stdin)."
+    )
+
+
+def _tty(stream: Any) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a file at all
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the app; on quit, say which chat was saved and how to resume it. Exit status 2
+    when there is no terminal to draw in (the app would draw into a pipe and wait)."""
     args = build_parser().parse_args(argv)
-    ChatApp(model=args.model, chat_id=args.session).run()
-    return 0
+    problem = not_a_terminal()
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    app = ChatApp(model=args.model, chat_id=args.session, resume=not args.new)
+    app.run()
+    if app.chat is not None:
+        print(f"Chat {app.chat.id} saved. Resume it with: qwen-mlx chat --session {app.chat.id}")
+    return app.return_code or 0

@@ -40,6 +40,7 @@ COMMAND_HELP = (
     ("/temp X  /top_p X  /top_k N", "sampling parameters for this chat"),
     ("/max_tokens N  /repeat X", "reply length, repetition penalty"),
     ("/policy truncate|kv-quantize|error", "what happens when the chat outgrows the context"),
+    ("/info", "this chat's id, model, settings and how to resume it"),
     ("/clear", "clear this chat's messages (keeps the system prompt)"),
     ("/new", "start a new chat"),
     ("/rename TITLE", "rename this chat"),
@@ -65,6 +66,28 @@ class ChatCommands:
             f"# Commands\n\n| command | what it does |\n|---|---|\n{commands}\n"
         )
         self.push_screen(HelpScreen(text))
+
+    def action_info(self) -> None:
+        """Say which chat this is and how to come back to it."""
+        if self.model is None or self.session is None:
+            self.notify("The model is still loading.", severity="warning")
+            return
+        params = self.session.params
+        shown = ", ".join(f"{k} {getattr(params, k)}" for k, *_ in SAMPLING_FIELDS)
+        used, limit = self.session.context_tokens, self.session.context_limit
+        lines = [
+            f"Model: {self.model.name}",
+            f"Sampling: {shown}",
+            f"Context: {used:,} of {limit:,} tokens (policy {self.session.policy.value})",
+        ]
+        if self.chat is None:
+            lines.insert(0, "A new chat: it is saved when you send the first message.")
+        else:
+            lines[:0] = [
+                f"Chat {self.chat.id}: {self.chat.title}",
+                f"Resume it with: qwen-mlx chat --session {self.chat.id}",
+            ]
+        self.notify("\n".join(lines), title="This chat", timeout=15)
 
     def action_rename(self) -> None:
         if self.chat is None:
@@ -355,5 +378,7 @@ class ChatCommands:
             self.action_pick_model(arg or None)
         elif name == "/help":
             self.action_help()
+        elif name == "/info":
+            self.action_info()
         else:
             self.notify(f"Unknown command {name}; /help lists them.", severity="warning")
