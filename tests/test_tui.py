@@ -920,6 +920,43 @@ def test_chat_in_a_pipe_exits_at_once(home):
     assert proc.stdout == ""  # nothing drawn into the pipe
 
 
+# -- help and commands -------------------------------------------------------------------------
+
+
+def test_help_renders_every_row_and_lists_every_key(stored, home):
+    async def run():
+        async with running(home) as (app, pilot):
+            await pilot.press("f1")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            await wait_for(pilot, lambda: app.screen.query("MarkdownTableCellContents"))
+            cells = [str(c.content) for c in app.screen.query("MarkdownTableCellContents")]
+            at = cells.index("/policy truncate|kv-quantize|error")  # one cell, pipes shown
+            assert cells[at + 1] == "what happens when the chat outgrows the context"
+            listed = {k.strip() for cell in cells for k in cell.split(",")}
+            bindings = [b.key for b in app.BINDINGS]
+            for key in (*bindings, "enter", "shift+enter", "ctrl+j", "tab", "ctrl+q", "ctrl+p"):
+                assert key in listed, key
+
+    asyncio.run(run())
+
+
+def test_a_sampling_command_with_a_word_gets_a_sentence(stored, home):
+    async def run():
+        async with running(home) as (app, pilot):
+            before = app.session.params
+            for command in ("/temp abc", "/top_k 2.5"):
+                await type_keys(pilot, command)
+                await pilot.press("enter")
+            await wait_for(pilot, lambda: len([n for n in notices(app) if "is not one" in n]) == 2)
+            said = [n for n in notices(app) if "is not one" in n]
+            assert said[0].startswith("/temp takes a number, and “abc” is not one")
+            assert said[1].startswith("/top_k takes a whole number, and “2.5” is not one")
+            assert not any("could not convert" in n or "invalid literal" in n for n in notices(app))
+            assert app.session.params == before
+
+    asyncio.run(run())
+
+
 # -- exact resume with a model trained on real text ---------------------------------------------
 
 

@@ -48,21 +48,43 @@ COMMAND_HELP = (
     ("/attach PATH", "add a text, Markdown or PDF file to the conversation"),
     ("/model [NAME]", "switch model (no name: pick from the store)"),
 )
+# Keys that are not the app's own bindings: the input's, the sidebar's, the dialogs', Textual's.
+INPUT_KEYS = (
+    ("enter", "send"),
+    ("shift+enter, ctrl+j", "new line"),
+    ("up, down", "previous and next messages you sent (on the first or last line)"),
+)
+OTHER_KEYS = (
+    ("tab, shift+tab", "move between the input, the sidebar and the messages"),
+    ("down, enter", "in the search box: go to the chat list, open the first match"),
+    ("up, down, enter", "in the chat list: pick a chat, open it"),
+    ("pageup, pagedown, home, end", "scroll the messages (or this help)"),
+    ("enter, left, right", "in a dialog: press the focused button, move between buttons"),
+    ("y, escape", "in a question: yes, no"),
+    ("ctrl+p", "command palette"),
+    ("ctrl+c", "copy the selected text"),
+    ("ctrl+q", "quit (the chat is saved; its id and resume command are printed)"),
+)
+
+
+def _row(cells: tuple[str, ...]) -> str:
+    """A Markdown table row; `|` inside a cell is escaped, or it would split the cell."""
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _keys(keys: str) -> str:
+    return ", ".join(f"`{k.strip()}`" for k in keys.split(","))
 
 
 class ChatCommands:
     """Actions and slash commands of ChatApp (see app.py for the state they use)."""
 
     def action_help(self) -> None:
-        keys = "\n".join(
-            f"| `{b.key}` | {b.description} |" for b in self.BINDINGS if isinstance(b, Binding)
-        )
-        commands = "\n".join(f"| `{c}` | {d} |" for c, d in COMMAND_HELP)
+        own = [(b.key, b.description) for b in self.BINDINGS if isinstance(b, Binding)]
+        keys = "\n".join(_row((_keys(k), d)) for k, d in (*INPUT_KEYS, *own, *OTHER_KEYS))
+        commands = "\n".join(_row((f"`{c}`", d)) for c, d in COMMAND_HELP)
         text = (
-            "# Keys\n\n| key | action |\n|---|---|\n"
-            "| `enter` | send |\n| `shift+enter`, `ctrl+j` | new line |\n"
-            "| `up`, `down` | previous and next messages you sent |\n"
-            f"{keys}\n| `ctrl+q` | quit |\n\n"
+            f"# Keys\n\n| key | action |\n|---|---|\n{keys}\n\n"
             f"# Commands\n\n| command | what it does |\n|---|---|\n{commands}\n"
         )
         self.push_screen(HelpScreen(text))
@@ -335,9 +357,19 @@ class ChatCommands:
             if not self._can_change():
                 return
             try:
-                self._set_params({key: kind(arg) if arg else None})
+                value = kind(arg) if arg else None
+            except ValueError:
+                number = "a whole number" if kind is int else "a number"
+                self.notify(
+                    f"{name} takes {number}, and “{arg}” is not one ({name} alone goes back "
+                    "to the model's default).",
+                    severity="error",
+                )
+                return
+            try:
+                self._set_params({key: value})
             except (TypeError, ValueError) as e:
-                self.notify(f"{name}: {e}" if arg else f"{name} needs a value", severity="error")
+                self.notify(f"{name} {arg}: {e}", severity="error")
                 return
             self.notify(f"{key} = {getattr(self.session.params, key)}")
         elif name == "/system":
