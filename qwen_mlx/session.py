@@ -168,8 +168,9 @@ class ChatSession:
         return [{k: v for k, v in m.items() if not k.startswith("_")} for m in self._messages]
 
     def messages_for_storage(self) -> list[Message]:
-        """The messages with the token ids of the replies, for a front end that keeps
-        them itself and passes them back to `load(..., messages=...)` for exact reuse."""
+        """The messages with the token ids of the replies (and the sampling parameters
+        each was generated with), for a front end that keeps them itself and passes them
+        back to `load(..., messages=...)` for exact reuse."""
         return [dict(m) for m in self._messages]
 
     @property
@@ -578,7 +579,7 @@ class ChatSession:
             raise
         finally:
             reason = last.finish_reason if finished and last and last.finish_reason else "cancelled"
-            self._record(tokens, reuse, pieces, last, reason, notices)
+            self._record(tokens, reuse, pieces, last, reason, notices, params)
         if last is None or last.finish_reason is None:  # cancelled before the first token
             yield GenerationChunk("", None, len(suffix), 0.0, 0, 0.0, 0.0, 0.0, "cancelled")
             return "cancelled"
@@ -592,8 +593,10 @@ class ChatSession:
         last: GenerationChunk | None,
         reason: str,
         notices: list[str],
+        params: SamplingParams,
     ) -> None:
         reply: Message = {"role": "assistant", "content": "".join(pieces)}
+        reply["_sampling"] = params.to_dict()  # kept with the reply (storage, export)
         if reason == "cancelled":
             reply["stopped"] = True
         produced = self._cache_tokens[len(tokens) :]

@@ -957,6 +957,40 @@ def test_a_sampling_command_with_a_word_gets_a_sentence(stored, home):
     asyncio.run(run())
 
 
+# -- export: each reply with its own sampling ---------------------------------------------------
+
+
+def test_export_records_the_sampling_of_each_reply_across_a_restart(stored, home, tmp_path):
+    target = tmp_path / "chat.md"
+
+    async def first():
+        async with running(home) as (app, pilot):
+            app.run_command("/max_tokens 4")
+            app.run_command("/temp 0.5")
+            await exchange(pilot, "one")
+            app.run_command("/temp 0.25")
+            app.run_command("/top_k 7")
+            await exchange(pilot, "two")
+            return app.chat.id, [m["content"] for m in app.session.messages]
+
+    async def second(chat_id):
+        app = ChatApp(home=home, chat_id=chat_id)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.chat is not None and app.chat.id == chat_id)
+            app.run_command(f"/export {target}")
+
+    chat_id, contents = asyncio.run(first())
+    asyncio.run(second(chat_id))
+    text = target.read_text()
+    replies = text.split("## Assistant\n\n")[1:]
+    assert len(replies) == 2
+    assert replies[0].startswith(contents[1])
+    assert "_Sampling: temperature 0.5, top_p" in replies[0] and "top_k 7" not in replies[0]
+    assert "max_tokens 4" in replies[0]
+    assert "_Sampling: temperature 0.25, " in replies[1] and "top_k 7" in replies[1]
+    assert "- Parameters: temperature 0.25" in text  # the chat's settings now
+
+
 # -- exact resume with a model trained on real text ---------------------------------------------
 
 

@@ -148,7 +148,7 @@ class ChatCommands:
             model=self.model.name,
             params={key: getattr(params, key) for key, *_ in SAMPLING_FIELDS},
             policy=self.session.policy.value,
-            messages=self.session.messages,
+            messages=self.session.messages_for_storage(),  # with each reply's sampling
         )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """A conversation as a Markdown document: a header with model and parameters, then one
-section per message with its text exactly as it was (code blocks intact)."""
+section per message with its text exactly as it was (code blocks intact), each reply
+followed by the sampling parameters it was generated with."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ def to_markdown(
     messages: list[dict[str, Any]],
     exported: datetime | None = None,
 ) -> str:
+    """`params` are the chat's settings now; a reply's own (`_sampling`, recorded by
+    ChatSession) can differ when they were changed during the chat."""
     when = (exported or datetime.now()).strftime("%Y-%m-%d %H:%M")
-    shown = ", ".join(f"{k} {v}" for k, v in params.items() if v not in (None, (), []))
+    shown = _params_text(params)
     lines = [
         f"# {title}",
         "",
@@ -60,8 +63,21 @@ def to_markdown(
             ]
         if message.get("stopped"):
             lines += ["", "_(stopped)_"]
+        if role == "assistant" and isinstance(message.get("_sampling"), dict):
+            lines += ["", f"_Sampling: {_params_text(message['_sampling']) or 'not recorded'}_"]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"  # the last message keeps its own text
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    """`temperature 0.7, top_p 0.8, ...`, leaving out what is unset."""
+    return ", ".join(f"{k} {_value(v)}" for k, v in params.items() if v not in (None, (), []))
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list | tuple):  # stop strings
+        return ", ".join(json.dumps(v, ensure_ascii=False) for v in value)
+    return str(value)
 
 
 def default_export_path(title: str, folder: Path | None = None) -> Path:
