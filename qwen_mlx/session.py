@@ -258,6 +258,9 @@ class ChatSession:
         A turn refused before any work (ContextOverflowError) leaves `messages` as it was.
         """
         before = self._idle_snapshot()
+        if not isinstance(text, str):
+            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
+        _check_text(text, "message")
         self._messages.append({"role": "user", "content": text})
         self._changed()
         return self._turn(overrides, json_schema, restore=before)
@@ -267,9 +270,6 @@ class ChatSession:
         before = self._idle_snapshot()
         last_user = self._last_index("user")
         if last_user is None:
-        if not isinstance(text, str):
-            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
-        _check_text(text, "message")
             raise ValueError("There is no user message to reply to.")
         del self._messages[last_user + 1 :]
         self._changed()
@@ -282,6 +282,9 @@ class ChatSession:
         if not -len(self._messages) <= index < len(self._messages):
             raise IndexError(f"No message {index}; the conversation has {len(self._messages)}.")
         index %= len(self._messages)
+        if not isinstance(text, str):
+            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
+        _check_text(text, "edited message")
         self._messages[index] = {"role": self._messages[index]["role"], "content": text}
         del self._messages[index + 1 :]
         self._changed()
@@ -291,9 +294,6 @@ class ChatSession:
 
     def undo(self) -> str | None:
         """Remove the last user message and what followed it; return its text."""
-        if not isinstance(text, str):
-            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
-        _check_text(text, "edited message")
         self._idle_snapshot()
         last_user = self._last_index("user")
         if last_user is None:
@@ -364,6 +364,7 @@ class ChatSession:
         self._idle_snapshot()
         if message.get("role") not in ("system", "user", "assistant", "tool"):
             raise ValueError(f"Unknown role {message.get('role')!r}.")
+        _check_text(message, f"{message['role']} message")
         self._messages.append(dict(message))
         self._changed()
 
@@ -373,7 +374,6 @@ class ChatSession:
         if self.busy:
             raise RuntimeError("A reply is being generated in this session; stop it first.")
         return list(self._messages)
-        _check_text(message, f"{message['role']} message")
 
     def _last_index(self, role: str) -> int | None:
         for i in range(len(self._messages) - 1, -1, -1):
@@ -637,7 +637,11 @@ class ChatSession:
             raise RuntimeError("Cannot save while a reply is being generated.")
         state = {
             "id": self.id,
-            "model": {"name": self.model.name, "fingerprint": self.model.fingerprint},
+            "model": {
+                "name": self.model.name,
+                "ref": self.model.ref,  # what `generate --session` loads without --model
+                "fingerprint": self.model.fingerprint,
+            },
             "messages": self._messages,
             "dropped": self._dropped,
             "params": self.params.to_dict(),
