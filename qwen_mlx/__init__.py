@@ -23,11 +23,11 @@ _EXPORTS = {
     "SamplingParams": "runtime",
     "GenerationChunk": "runtime",
     "Store": "store",
-    "ModelName": "naming",
-    "ChatSession": "session",
-    "ContextPolicy": "session",
-    "TurnStats": "session",
-    "MemoryPlanner": "memory",
+    "ModelName": "store.naming",
+    "ChatSession": "chat.session",
+    "ContextPolicy": "chat.session",
+    "TurnStats": "chat.session",
+    "MemoryPlanner": "runtime.memory",
 }
 
 __all__ = [
@@ -47,11 +47,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .memory import MemoryPlanner
-    from .naming import ModelName
+    from .chat.session import ChatSession, ContextPolicy, TurnStats
     from .runtime import GenerationChunk, Model, SamplingParams, generate, load, stream_generate
-    from .session import ChatSession, ContextPolicy, TurnStats
+    from .runtime.memory import MemoryPlanner
     from .store import Store
+    from .store.naming import ModelName
 
 
 def __dir__() -> list[str]:

@@ -1,5 +1,5 @@
 """`python -m qwen_mlx <command>`: the `qwen-mlx` script without the script."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

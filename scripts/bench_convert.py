@@ -43,7 +43,7 @@ def build_source(cache: Path) -> Path:
     """A random checkpoint with the real config and tokenizer, written tensor by tensor."""
     import mlx.core as mx
 
-    from qwen_mlx.tensorfile import TensorFileWriter, TensorSpec
+    from qwen_mlx.convert.tensorfile import TensorFileWriter, TensorSpec
 
     folder = cache / SOURCE_NAME
     if (folder / "model.safetensors.index.json").is_file():

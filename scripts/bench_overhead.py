@@ -43,7 +43,7 @@ def build_model(root: Path, layers: int):
 
     from qwen_mlx import load
     from qwen_mlx.convert import convert
-    from qwen_mlx.tiny import TinyConfig, build_tiny_checkpoint
+    from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
     config = TinyConfig(**SHAPE, num_hidden_layers=layers)
     source = build_tiny_checkpoint(
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlx_lm.generate import stream_generate as mlx_lm_stream_generate
 
     from qwen_mlx import SamplingParams, stream_generate
-    from qwen_mlx.bench import synthetic_prompt
+    from qwen_mlx.runtime.bench import synthetic_prompt
 
     with tempfile.TemporaryDirectory() as tmp:
         model, label = build_model(Path(tmp), args.layers)

@@ -54,7 +54,7 @@ def build_model(root: Path, name: str, shape: dict):
 
     from qwen_mlx import load
     from qwen_mlx.convert import convert
-    from qwen_mlx.tiny import TinyConfig, build_tiny_checkpoint
+    from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
     config = TinyConfig(**shape, max_position_embeddings=65536)
     source = build_tiny_checkpoint(root / name, config, tokenizer_vocab_size=1024)

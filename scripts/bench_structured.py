@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from qwen_mlx import load, stream_generate
     from qwen_mlx.convert import convert
-    from qwen_mlx.structured import JsonSchemaProcessor
-    from qwen_mlx.tiny import TinyConfig, build_tiny_checkpoint
+    from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
+    from qwen_mlx.runtime.structured import JsonSchemaProcessor
 
     real = (SHARED / "tokenizer.json").is_file()
     with tempfile.TemporaryDirectory() as tmp:

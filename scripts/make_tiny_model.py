@@ -4,7 +4,7 @@
     python scripts/make_tiny_model.py OUT [--hidden 64 --layers 2 ...] [--shards 3]
     python scripts/make_tiny_model.py OUT --tokenizer-from ../shared/models/qwen3-4b-instruct-2507
 
-The tests build the same checkpoints through `qwen_mlx.tiny.build_tiny_checkpoint`.
+The tests build the same checkpoints through `qwen_mlx.convert.tiny.build_tiny_checkpoint`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qwen_mlx.tiny import TinyConfig, build_tiny_checkpoint
+from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_mlx.tiny import TinyConfig, build_tiny_checkpoint
+from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SHARED_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-4b-instruct-2507"

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from qwen_mlx import bench
-from qwen_mlx.bench import (
+from qwen_mlx.cli.bench import main
+from qwen_mlx.runtime import bench
+from qwen_mlx.runtime.bench import (
     mask_tokens,
     measure_copy_bandwidth,
     measure_run,
     published_bandwidth,
     synthetic_prompt,
 )
-from qwen_mlx.commands.bench import main
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_json_reports_exact_token_counts_and_a_consistent_ceiling(tiny_mlx, appl
 
 def test_weights_and_kv_bytes_come_from_the_memory_planner(tiny_mlx, capsys):
     from qwen_mlx import load
-    from qwen_mlx.memory import MemoryPlanner
+    from qwen_mlx.runtime.memory import MemoryPlanner
 
     planner = MemoryPlanner.for_model(load(tiny_mlx))
     main(["--model", str(tiny_mlx), "-p", "8", "-g", "2", "--repeat", "1", "--json"])

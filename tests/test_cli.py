@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from qwen_mlx.cli import COMMANDS, main
+from qwen_mlx.cli.main import COMMANDS, main
 
 
 def test_help_lists_every_command(capsys):
@@ -23,7 +23,7 @@ def test_unknown_command_exits_2(capsys):
 
 def test_help_is_fast_and_does_not_import_mlx():
     code = (
-        "import sys; from qwen_mlx.cli import main; main(['--help']);"
+        "import sys; from qwen_mlx.cli.main import main; main(['--help']);"
         "print('MLX' if any(m == 'mlx' or m.startswith(('mlx.', 'mlx_lm')) for m in sys.modules)"
         " else 'NOMLX')"
     )
@@ -36,7 +36,7 @@ def test_help_is_fast_and_does_not_import_mlx():
             [
                 sys.executable,
                 "-c",
-                f"import sys; from qwen_mlx.cli import main\ntry: main(['{name}', '--help'])\n"
+                f"import sys; from qwen_mlx.cli.main import main\ntry: main(['{name}', '--help'])\n"
                 "except SystemExit: pass\n"
                 "print('MLX' if 'mlx.core' in sys.modules else 'NOMLX')",
             ],
@@ -49,7 +49,7 @@ def test_help_is_fast_and_does_not_import_mlx():
 
 def test_subcommands_run_as_modules():
     proc = subprocess.run(
-        [sys.executable, "-m", "qwen_mlx.commands.generate", "--help"],
+        [sys.executable, "-m", "qwen_mlx.cli.generate", "--help"],
         capture_output=True,
         text=True,
     )
@@ -61,7 +61,7 @@ def test_subcommands_run_as_modules():
 
 
 def test_demo_builds_converts_loads_and_generates(home, capsys):
-    from qwen_mlx.commands.demo import DEMO_MODEL
+    from qwen_mlx.cli.demo import DEMO_MODEL
 
     assert main(["demo", "--max-tokens", "8"]) == 0
     captured = capsys.readouterr()
@@ -79,7 +79,7 @@ def test_every_sampling_parameter_has_a_flag():
     import argparse
     from dataclasses import fields
 
-    from qwen_mlx.commands._common import add_sampling_args, sampling_overrides
+    from qwen_mlx.cli.common import add_sampling_args, sampling_overrides
     from qwen_mlx.runtime import SamplingParams
 
     parser = argparse.ArgumentParser()

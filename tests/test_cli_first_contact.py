@@ -9,11 +9,11 @@ import json
 import pytest
 
 import qwen_mlx
-from qwen_mlx.cli import main as cli_main
-from qwen_mlx.commands._common import ProgressBar
-from qwen_mlx.commands.generate import main as generate_main
-from qwen_mlx.commands.plan import main as plan_main
-from qwen_mlx.commands.summarize import main as summarize_main
+from qwen_mlx.cli.common import ProgressBar
+from qwen_mlx.cli.generate import main as generate_main
+from qwen_mlx.cli.main import main as cli_main
+from qwen_mlx.cli.plan import main as plan_main
+from qwen_mlx.cli.summarize import main as summarize_main
 
 from .conftest import SHARED_MODEL, needs_shared
 
@@ -65,7 +65,7 @@ def test_plan_says_which_limit_a_context_breaks(capsys):
 
 
 def test_plan_says_memory_when_memory_is_the_limit(tiny_mlx, capsys, monkeypatch):
-    from qwen_mlx import memory
+    from qwen_mlx.runtime import memory
 
     monkeypatch.setattr(memory, "machine_budget", lambda: memory.Budget(1 << 20, 1 << 30, "test"))
     assert plan_main(["--model", str(tiny_mlx), "--context", "4096", "--json"]) == 0
@@ -115,7 +115,7 @@ def test_summarize_refuses_empty_and_binary_files_before_loading(tmp_path, capsy
 
 
 def test_document_progress_counts_tokens_in_small_prefill_chunks(tiny_model):
-    from qwen_mlx.documents import summarize
+    from qwen_mlx.chat.documents import summarize
 
     text = "The launch moves to Tuesday because the build farm is slow. " * 60
     seen: list[tuple[str, int, int]] = []
@@ -144,7 +144,7 @@ class _Terminal(io.StringIO):
 
 def test_a_token_progress_bar_shows_counts_and_time_left(monkeypatch):
     clock = iter([0.0, 1.0, 2.0, 3.0])
-    monkeypatch.setattr("qwen_mlx.commands._common.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("qwen_mlx.cli.common.time.monotonic", lambda: next(clock))
     out = _Terminal()
     bar = ProgressBar(out, unit="tokens")
     bar.update("read", 0, 4000)
@@ -157,7 +157,7 @@ def test_a_token_progress_bar_shows_counts_and_time_left(monkeypatch):
 def test_a_str_document_is_text_even_when_a_file_has_that_name(tiny_model, tmp_path, monkeypatch):
     from pathlib import Path
 
-    from qwen_mlx import documents
+    from qwen_mlx.chat import documents
 
     monkeypatch.chdir(tmp_path)
     Path("notes.md").write_text("SECRET FILE CONTENTS")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from qwen_mlx.commands.convert import main
+from qwen_mlx.cli.convert import main
 from qwen_mlx.convert import Progress, convert
 from qwen_mlx.errors import InsufficientDiskError, OutputExistsError
 from qwen_mlx.fileio import sha256_file
-from qwen_mlx.manifest import read_manifest
 from qwen_mlx.store import Store
+from qwen_mlx.store.manifest import read_manifest
 
 STORE_DIR = "models/qwen3-1m-tiny/2507/mlx-q4-g64"
 
@@ -292,7 +292,7 @@ def test_ctrl_c_mid_conversion_leaves_nothing(tiny_hf, home):
 
 
 def test_disk_full_while_writing_leaves_nothing(tiny_hf, home, monkeypatch):
-    from qwen_mlx import tensorfile
+    from qwen_mlx.convert import tensorfile
 
     written = []
 
@@ -368,7 +368,7 @@ def _retag_dtype(folder: Path, key: str) -> None:
 @pytest.fixture(scope="module")
 def tiny_hf_f32(tmp_path_factory) -> Path:
     """A float32 checkpoint (a full-precision fine-tune) with a transformers 5 config."""
-    from qwen_mlx.tiny import build_tiny_checkpoint
+    from qwen_mlx.convert.tiny import build_tiny_checkpoint
 
     folder = build_tiny_checkpoint(
         tmp_path_factory.mktemp("f32") / "Qwen3-1M-Full-2507", seed=3, dtype="float32"
@@ -444,7 +444,7 @@ def test_a_float32_finetune_at_8_bits_agrees_with_its_source_as_often_as_mlx_lm(
     from mlx_lm.tokenizer_utils import load as load_tokenizer
     from mlx_lm.utils import load_model
 
-    from qwen_mlx.quality import calibration_text
+    from qwen_mlx.convert.quality import calibration_text
 
     source = tmp_path / "target"
     shutil.copytree(TRAINED, source)
@@ -478,7 +478,7 @@ def test_a_float32_finetune_at_8_bits_agrees_with_its_source_as_often_as_mlx_lm(
 
 
 def _odd(tmp_path: Path, name: str, **sizes) -> Path:
-    from qwen_mlx.tiny import TinyConfig, build_tiny_checkpoint
+    from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path / name, TinyConfig(**sizes))
 

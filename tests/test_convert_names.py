@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 import qwen_mlx.convert as conv
-import qwen_mlx.hub as hub_module
-from qwen_mlx import load, naming
-from qwen_mlx.commands.convert import main
-from qwen_mlx.commands.models import main as models_main
+import qwen_mlx.store.hub as hub_module
+from qwen_mlx import load
+from qwen_mlx.cli.convert import main
+from qwen_mlx.cli.models import main as models_main
 from qwen_mlx.convert import convert
-from qwen_mlx.manifest import read_manifest
-from qwen_mlx.store import Store
+from qwen_mlx.store import Store, naming
+from qwen_mlx.store.manifest import read_manifest
 
 from .conftest import SHARED_MODEL
 from .fakehub import FakeHub, use_fake_hub

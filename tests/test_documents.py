@@ -11,11 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import qwen_mlx.documents as documents
+import qwen_mlx.chat.documents as documents
 from qwen_mlx import load
-from qwen_mlx.commands.ask import main as ask_main
-from qwen_mlx.commands.summarize import main as summarize_main
-from qwen_mlx.documents import ask, important_passages, read_document, split_document, summarize
+from qwen_mlx.chat.documents import (
+    ask,
+    important_passages,
+    read_document,
+    split_document,
+    summarize,
+)
+from qwen_mlx.cli.ask import main as ask_main
+from qwen_mlx.cli.summarize import main as summarize_main
 from qwen_mlx.errors import GenerationCancelled
 
 REPORT = """# Quarterly report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qwen_mlx import SamplingParams, generate, load, stream_generate
-from qwen_mlx.commands.generate import main
+from qwen_mlx.cli.generate import main
 from qwen_mlx.convert import convert
 from qwen_mlx.errors import ModelNotFoundError
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from qwen_mlx.commands.plan import main
-from qwen_mlx.memory import (
+from qwen_mlx.cli.plan import main
+from qwen_mlx.runtime.memory import (
     Budget,
     MemoryPlanner,
     ModelShape,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qwen_mlx import naming
 from qwen_mlx.errors import InvalidNameError
+from qwen_mlx.store import naming
 
 
 @pytest.mark.parametrize(

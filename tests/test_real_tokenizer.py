@@ -8,7 +8,7 @@ import pytest
 
 from qwen_mlx import load
 from qwen_mlx.convert import convert
-from qwen_mlx.tiny import TinyConfig, build_tiny_checkpoint
+from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
 from .conftest import SHARED_MODEL, needs_shared
 

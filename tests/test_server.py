@@ -1062,8 +1062,8 @@ def filled_cache(model, tokens: list[int]) -> tuple[list, list[int]]:
 
 
 def test_the_pool_moves_a_conversation_on_and_copies_for_a_branch(tiny_model):
-    from qwen_mlx.prompt_cache import PromptCachePool
     from qwen_mlx.runtime import cache_length, make_cache
+    from qwen_mlx.server.cache_pool import PromptCachePool
 
     pool = PromptCachePool(lambda: make_cache(tiny_model), 10_000_000)
     prompt = tiny_model.prompt_tokens(user("The first conversation"))
@@ -1083,7 +1083,7 @@ def test_the_pool_moves_a_conversation_on_and_copies_for_a_branch(tiny_model):
 
 
 def test_the_pool_evicts_least_recently_used_and_redundant_entries():
-    from qwen_mlx.prompt_cache import PromptCachePool
+    from qwen_mlx.server.cache_pool import PromptCachePool
 
     pool = PromptCachePool(list, max_bytes=50, measure=lambda cache: len(cache[0]))
     pool.checkin(["a" * 20], [1] * 10, 5)
@@ -1099,8 +1099,8 @@ def test_the_pool_evicts_least_recently_used_and_redundant_entries():
 
 
 def test_the_pool_counts_the_bytes_a_cache_really_holds(tiny_model):
-    from qwen_mlx.prompt_cache import PromptCachePool
     from qwen_mlx.runtime import make_cache
+    from qwen_mlx.server.cache_pool import PromptCachePool
 
     pool = PromptCachePool(lambda: make_cache(tiny_model), 10_000_000)
     prompt = tiny_model.prompt_tokens(user("Count me"))
@@ -1124,7 +1124,7 @@ def test_the_pool_counts_the_bytes_a_cache_really_holds(tiny_model):
 
 
 def test_binding_beyond_localhost_without_a_key_warns():
-    from qwen_mlx.commands.serve import bind_warning
+    from qwen_mlx.cli.serve import bind_warning
 
     assert bind_warning("127.0.0.1", None) is None
     assert bind_warning("::1", None) is None
@@ -1134,7 +1134,7 @@ def test_binding_beyond_localhost_without_a_key_warns():
 
 
 def test_a_loopback_server_answers_loopback_names_only():
-    from qwen_mlx.commands.serve import allowed_hosts
+    from qwen_mlx.cli.serve import allowed_hosts
     from qwen_mlx.server.errors import host_of
 
     assert allowed_hosts("0.0.0.0") is None and allowed_hosts("example.org") is None
@@ -1148,7 +1148,7 @@ def test_a_loopback_server_answers_loopback_names_only():
 
 def test_the_command_defaults_match_the_server():
     from qwen_mlx import server
-    from qwen_mlx.commands import serve
+    from qwen_mlx.cli import serve
 
     assert serve.DEFAULT_MAX_TOKENS_CAP == server.DEFAULT_MAX_TOKENS_CAP
     assert serve.DEFAULT_MAX_BODY_BYTES == server.DEFAULT_MAX_BODY_BYTES
@@ -1156,14 +1156,14 @@ def test_the_command_defaults_match_the_server():
 
 
 def test_a_connection_limit_below_one_is_an_error(capsys):
-    from qwen_mlx.commands.serve import main
+    from qwen_mlx.cli.serve import main
 
     assert main(["--max-connections", "0"]) == 1
     assert "--max-connections must be positive" in capsys.readouterr().err
 
 
 def test_a_port_that_cannot_be_used_is_an_error_before_the_model_loads(tiny_mlx, capsys):
-    from qwen_mlx.commands.serve import main
+    from qwen_mlx.cli.serve import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -1181,7 +1181,7 @@ def test_a_port_that_cannot_be_used_is_an_error_before_the_model_loads(tiny_mlx,
 def test_qwen_mlx_serve_serves_until_interrupted_and_exits_cleanly(tiny_mlx, tiny_model):
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "qwen_mlx.commands.serve", "--model", str(tiny_mlx)),
+            *(sys.executable, "-m", "qwen_mlx.cli.serve", "--model", str(tiny_mlx)),
             *("--port", "0", "--log-level", "warning"),  # 0: any free port, and it says which
         ],
         stderr=subprocess.PIPE,

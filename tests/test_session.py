@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 
 from qwen_mlx import ChatSession, load
-from qwen_mlx.commands.generate import main as generate_main
+from qwen_mlx.chat.saved import cache_files
+from qwen_mlx.cli.generate import main as generate_main
 from qwen_mlx.convert import convert
 from qwen_mlx.errors import ContextOverflowError
-from qwen_mlx.memory import MIN_CHUNK, Budget, MemoryPlanner, ModelShape, attention_workspace
 from qwen_mlx.runtime import cache_length
-from qwen_mlx.session_files import cache_files
+from qwen_mlx.runtime.memory import (
+    MIN_CHUNK,
+    Budget,
+    MemoryPlanner,
+    ModelShape,
+    attention_workspace,
+)
 
 REPLY = {"max_tokens": 8, "temperature": 0}
 
@@ -270,7 +276,7 @@ def test_save_is_atomic_when_writing_fails(tiny_model, tmp_path, monkeypatch):
     session.save(tmp_path / "chat.json")
     before = (tmp_path / "chat.json").read_bytes()
     reply(session.send("more", **REPLY))
-    import qwen_mlx.session_files as mod
+    import qwen_mlx.chat.saved as mod
 
     monkeypatch.setattr(mod, "atomic_write_json", lambda *a: (_ for _ in ()).throw(OSError("disk")))
     with pytest.raises(OSError):
@@ -569,7 +575,7 @@ def saved_chat(model, path):
 
 
 def test_copy_session_takes_the_cache_along_and_resumes_without_rereading(tiny_model, tmp_path):
-    from qwen_mlx.session_files import copy_session
+    from qwen_mlx.chat.saved import copy_session
 
     original = saved_chat(tiny_model, tmp_path / "kyoto.json")
     copy = copy_session(tmp_path / "kyoto.json", tmp_path / "trips" / "kyoto-copy.json")
@@ -583,7 +589,7 @@ def test_copy_session_takes_the_cache_along_and_resumes_without_rereading(tiny_m
 
 
 def test_move_session_takes_the_cache_along(tiny_model, tmp_path):
-    from qwen_mlx.session_files import move_session
+    from qwen_mlx.chat.saved import move_session
 
     original = saved_chat(tiny_model, tmp_path / "kyoto.json")
     moved = move_session(tmp_path / "kyoto.json", tmp_path / "osaka.json")

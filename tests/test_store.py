@@ -11,12 +11,12 @@ import sqlite3
 import pytest
 
 from qwen_mlx import load
-from qwen_mlx.commands.convert import main as convert_main
-from qwen_mlx.commands.models import main
+from qwen_mlx.cli.convert import main as convert_main
+from qwen_mlx.cli.models import main
 from qwen_mlx.convert import convert
 from qwen_mlx.errors import DamagedModelError, RegistryError
-from qwen_mlx.registry import MIGRATIONS, Registry
 from qwen_mlx.store import Store
+from qwen_mlx.store.registry import MIGRATIONS, Registry
 
 FAMILY = "qwen3-1m-tiny"
 Q4 = "qwen3-1m-tiny-2507-mlx-q4-g64"
@@ -351,7 +351,7 @@ def test_concurrent_conversions_all_land_in_the_registry(tiny_hf, home):
 
 
 def _open_registry(path: str) -> str:
-    from qwen_mlx.registry import Registry
+    from qwen_mlx.store.registry import Registry
 
     try:
         Registry.open(path).close()
@@ -370,7 +370,7 @@ def test_processes_opening_a_new_registry_together_all_get_it(tmp_path):
 
 
 def test_a_registry_held_by_another_process_says_so(home, monkeypatch):
-    import qwen_mlx.registry as registry_module
+    import qwen_mlx.store.registry as registry_module
 
     path = home / "registry.sqlite"
     monkeypatch.setattr(registry_module, "LOCK_WAIT", 0.2)

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from qwen_mlx import load
-from qwen_mlx.commands.models import main
+from qwen_mlx.cli.models import main
 from qwen_mlx.convert import convert
 from qwen_mlx.errors import DamagedModelError
 from qwen_mlx.fileio import sha256_file
-from qwen_mlx.registry import Registry
 from qwen_mlx.store import Store
+from qwen_mlx.store.registry import Registry
 
 FAMILY = "qwen3-1m-tiny"
 Q4 = "qwen3-1m-tiny-2507-mlx-q4-g64"
@@ -318,7 +318,7 @@ def test_registry_rows_are_read_by_name(two_versions):
 
 
 def test_verify_all_goes_on_past_a_file_it_cannot_read(two_versions, monkeypatch, capsys):
-    import qwen_mlx.manifest as manifest
+    import qwen_mlx.store.manifest as manifest
 
     hash_file = manifest.sha256_file
     locked = folder_of(two_versions, "mlx-q4-g64") / "model.safetensors"

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from qwen_mlx import load
-from qwen_mlx.commands.models import main
+from qwen_mlx.cli.models import main
 from qwen_mlx.convert import convert
 from qwen_mlx.fileio import sha256_file
-from qwen_mlx.registry import Registry
 from qwen_mlx.store import Store
+from qwen_mlx.store.registry import Registry
 
 FAMILY = "qwen3-1m-tiny"
 Q4 = "qwen3-1m-tiny-2507-mlx-q4-g64"

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 
 from qwen_mlx import ChatSession, generate, stream_generate
-from qwen_mlx.commands.generate import main as generate_main
+from qwen_mlx.cli.generate import main as generate_main
 
 PERSON = {
     "type": "object",

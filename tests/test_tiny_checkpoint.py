@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from qwen_mlx.checkpoint import inspect_checkpoint
-from qwen_mlx.tiny import MARKUP_TOKENS, SPECIAL_TOKENS, TinyConfig, build_tiny_checkpoint
+from qwen_mlx.convert.checkpoint import inspect_checkpoint
+from qwen_mlx.convert.tiny import MARKUP_TOKENS, SPECIAL_TOKENS, TinyConfig, build_tiny_checkpoint
 
 from .conftest import SCRIPTS, SHARED_MODEL, needs_shared
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwen_mlx import ChatSession
-from qwen_mlx.tools import (
+from qwen_mlx.chat.tools import (
     CALL_CLOSE,
     CALL_OPEN,
     CallFilter,
@@ -241,7 +241,7 @@ class QuadraticFilter:
         self._pending, self._inside = "", False
 
     def feed(self, text: str) -> str:
-        from qwen_mlx.tools import _abandoned, _call_end
+        from qwen_mlx.chat.tools import _abandoned, _call_end
 
         self._pending += text
         out: list[str] = []
@@ -352,7 +352,7 @@ def test_calls_the_filter_decides_late_still_end_where_the_reference_ends_them(t
 
 
 def test_streaming_a_long_call_decodes_it_a_bounded_number_of_times(monkeypatch):
-    import qwen_mlx.tools as tools
+    import qwen_mlx.chat.tools as tools
 
     decoded: list[int] = []
     real = tools._call_end
@@ -459,7 +459,7 @@ class ScriptedReplies:
     (rendering, parsing, validation, execution, the next round) runs for real."""
 
     def __init__(self, monkeypatch, session: ChatSession, replies: list[str]) -> None:
-        import qwen_mlx.session as session_module
+        import qwen_mlx.chat.session as session_module
         from qwen_mlx.runtime import GenerationChunk
 
         self.prompts: list[str] = []

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import DirectoryTree, Input, ListView, OptionList, TextArea
 
+from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.chat.saved import cache_files
 from qwen_mlx.convert import convert
-from qwen_mlx.session_files import cache_files
 from tui.app import ChatApp
 from tui.screens import (
     ConfirmScreen,
@@ -30,7 +31,6 @@ from tui.screens import (
     SettingsScreen,
     TextPrompt,
 )
-from tui.store import ChatStore
 from tui.widgets import MessageView, PromptInput, StatusBar
 
 from .conftest import SCRIPTS
@@ -69,7 +69,7 @@ def replies(app: ChatApp) -> int:
 def slow_reading(monkeypatch, tmp_path):
     """A document, and a prefill that crawls (reporting progress) until `slow["on"]`
     is cleared or it is told to stop: a long read on a slow machine."""
-    import qwen_mlx.session as session_module
+    import qwen_mlx.chat.session as session_module
     from qwen_mlx.errors import GenerationCancelled
 
     doc = tmp_path / "notes.md"
@@ -336,7 +336,7 @@ def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home):
 
 
 def test_a_send_refused_for_size_keeps_the_conversation(stored, home, monkeypatch):
-    from qwen_mlx.memory import Budget, MemoryPlanner
+    from qwen_mlx.runtime.memory import Budget, MemoryPlanner
 
     real_for_model = MemoryPlanner.for_model.__func__
 
@@ -371,7 +371,7 @@ def test_a_send_refused_for_size_keeps_the_conversation(stored, home, monkeypatc
 
 
 def test_the_chat_stays_put_until_its_cache_is_saved(stored, home, monkeypatch):
-    import qwen_mlx.session as session_module
+    import qwen_mlx.chat.session as session_module
 
     saving = threading.Event()
     real_save = session_module.ChatSession.save
@@ -408,7 +408,7 @@ def test_the_chat_stays_put_until_its_cache_is_saved(stored, home, monkeypatch):
 
 
 def test_esc_while_a_file_is_read_attaches_nothing(stored, home, tmp_path, monkeypatch):
-    import qwen_mlx.documents as documents
+    import qwen_mlx.chat.documents as documents
 
     doc = tmp_path / "big.pdf"
     doc.write_text("not really a pdf")
@@ -538,7 +538,7 @@ def test_no_model_screen_explains_convert_and_builds_the_demo(home):
 
 
 def test_a_model_failure_shows_an_error_and_keeps_the_text(stored, home, monkeypatch):
-    import qwen_mlx.session as session_module
+    import qwen_mlx.chat.session as session_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("the GPU caught fire")
@@ -625,7 +625,7 @@ def test_tui_smoke_in_a_real_terminal(stored, home):
 
 
 def test_chat_command_help_does_not_start_the_app(capsys):
-    from qwen_mlx.commands.chat import main
+    from qwen_mlx.cli.chat import main
 
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -655,7 +655,7 @@ def test_store_survives_a_reopen(home):
 
 @pytest.mark.parametrize("damage", ["newer", "garbage"])
 def test_an_unreadable_chats_file_is_one_clear_error(home, capsys, monkeypatch, damage):
-    from qwen_mlx.commands.chat import main
+    from qwen_mlx.cli.chat import main
 
     monkeypatch.setattr("tui.app.not_a_terminal", lambda: None)  # as if run in a terminal
     ChatStore(home).close()
@@ -847,7 +847,7 @@ def scripted_run(monkeypatch, script) -> list[ChatApp]:
 def test_chat_reopens_the_most_recent_chat_and_prints_how_to_resume_it(
     stored, home, monkeypatch, capsys
 ):
-    from qwen_mlx.commands.chat import main
+    from qwen_mlx.cli.chat import main
 
     seen = []
 
@@ -893,7 +893,7 @@ def test_the_chat_id_is_shown_and_info_says_how_to_resume(stored, home):
 
 
 def test_chat_without_a_terminal_exits_with_a_message(monkeypatch, capsys, home):
-    from qwen_mlx.commands.chat import main
+    from qwen_mlx.cli.chat import main
 
     def started(self, **kwargs):
         raise AssertionError("the app started without a terminal")

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 from qwen_mlx import load
-from qwen_mlx.commands.convert import main as convert_main
-from qwen_mlx.commands.models import main as models_main
+from qwen_mlx.cli.convert import main as convert_main
+from qwen_mlx.cli.models import main as models_main
+from qwen_mlx.convert.tiny import build_tiny_checkpoint
 from qwen_mlx.fileio import sha256_file
 from qwen_mlx.store import Store
-from qwen_mlx.tiny import build_tiny_checkpoint
 
 from .fakehub import FakeHub, use_fake_hub
 
@@ -71,7 +71,7 @@ def test_an_existing_output_is_refused_before_downloading(published, monkeypatch
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded although the output exists")
 
-    monkeypatch.setattr("qwen_mlx.hub.fetch", no_download)
+    monkeypatch.setattr("qwen_mlx.store.hub.fetch", no_download)
     assert convert_main(["--hf-path", REPO]) == 1
     assert "already exists" in capsys.readouterr().err
 

@@ -25,9 +25,10 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Footer, Header, Input, LoadingIndicator, Markdown
 
+from qwen_mlx.chat.chats import Chat, ChatStore, title_from
+
 from .commands import ChatCommands, on_model_thread
 from .screens import ConfirmScreen, NoModelScreen
-from .store import Chat, ChatStore, title_from
 from .widgets import ChatList, MessageView, PromptInput, StatusBar, WorkProgress
 
 UNMOUNT_WAIT = 3.0  # seconds to let the model thread finish saving at exit
@@ -169,7 +170,7 @@ class ChatApp(ChatCommands, App[None]):
             self._stop_busy()
         from concurrent.futures import TimeoutError as Timeout
 
-        from qwen_mlx.model_thread import model_thread
+        from qwen_mlx.runtime.thread import model_thread
 
         # The jobs ahead of this one save the messages, then the KV cache; a huge cache
         # still being written after that is rewritten next time.
@@ -204,7 +205,7 @@ class ChatApp(ChatCommands, App[None]):
         if not built:
             self.exit()
             return
-        from qwen_mlx.commands.demo import DEMO_MODEL
+        from qwen_mlx.cli.demo import DEMO_MODEL
 
         self.query_one("#loading").display = True
         self._load_model(DEMO_MODEL)
@@ -289,7 +290,7 @@ class ChatApp(ChatCommands, App[None]):
             self.sub_title = f"{self.model.name}{chat}"
 
     def _start_new_chat(self) -> None:
-        from qwen_mlx.session import ChatSession
+        from qwen_mlx.chat.session import ChatSession
 
         self.chat = None
         self.overrides = {}
@@ -339,7 +340,7 @@ class ChatApp(ChatCommands, App[None]):
 
     def _session_for(self, chat: Chat, messages: list[dict[str, Any]]) -> Any:
         """A ChatSession for a stored chat, with its saved KV cache when it still fits."""
-        from qwen_mlx.session import ChatSession
+        from qwen_mlx.chat.session import ChatSession
 
         params = self.model.default_params.replace(**chat.params)
         path = self.store.session_path(chat.id)
@@ -558,7 +559,7 @@ class ChatApp(ChatCommands, App[None]):
             )
 
     def _show_stats(self) -> None:
-        from qwen_mlx.commands._common import human_bytes
+        from qwen_mlx.cli.common import human_bytes
 
         stats = self.session.last_stats
         if stats is None:

@@ -12,6 +12,8 @@ from typing import Any
 from textual import work
 from textual.binding import Binding
 
+from qwen_mlx.chat.chats import DEFAULT_TITLE, Chat
+
 from .export import default_export_path, to_markdown
 from .screens import (
     SAMPLING_FIELDS,
@@ -22,13 +24,12 @@ from .screens import (
     SettingsScreen,
     TextPrompt,
 )
-from .store import DEFAULT_TITLE, Chat
 from .widgets import MessageView, WorkProgress
 
 
 def on_model_thread(fn, /, *args, **kwargs):
-    """Await `fn(*args)` run on the process's model thread (see qwen_mlx.model_thread)."""
-    from qwen_mlx.model_thread import model_thread
+    """Await `fn(*args)` run on the process's model thread (see qwen_mlx.runtime.thread)."""
+    from qwen_mlx.runtime.thread import model_thread
 
     return asyncio.wrap_future(model_thread().submit(fn, *args, **kwargs))
 
@@ -176,7 +177,7 @@ class ChatCommands:
     def _apply_settings(self, values: dict[str, Any] | None) -> None:
         if not values or not self._can_change():
             return
-        from qwen_mlx.session import ContextPolicy
+        from qwen_mlx.chat.session import ContextPolicy
 
         try:  # everything is checked before anything changes
             overrides = self._overrides_with(values["params"])
@@ -251,7 +252,7 @@ class ChatCommands:
     async def _attach(self, path: Path) -> None:
         """Read a file into the conversation: whole if it fits, else (if the user agrees)
         as a summary. The chat is busy throughout; Esc stops the model's part."""
-        from qwen_mlx.documents import read_document
+        from qwen_mlx.chat.documents import read_document
 
         if not self._can_reply():
             return
@@ -286,7 +287,7 @@ class ChatCommands:
     async def _summarize_attachment(
         self, session: Any, text: str, name: str, stop: threading.Event
     ) -> str | None:
-        from qwen_mlx.documents import summarize
+        from qwen_mlx.chat.documents import summarize
         from qwen_mlx.errors import GenerationCancelled
 
         bar = self.query_one("#progress", WorkProgress)
@@ -378,7 +379,7 @@ class ChatCommands:
                 self._save_chat_settings()
                 self.notify("System prompt set." if arg else "System prompt cleared.")
         elif name == "/policy":
-            from qwen_mlx.session import ContextPolicy
+            from qwen_mlx.chat.session import ContextPolicy
 
             if not self._can_change():
                 return

@@ -21,7 +21,7 @@ from textual.widgets import (
     TextArea,
 )
 
-from .store import Chat
+from qwen_mlx.chat.chats import Chat
 
 ROLE_TITLES = {"user": "You", "assistant": "Qwen", "tool": "Tool", "system": "System"}
 

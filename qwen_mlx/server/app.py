@@ -25,8 +25,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from ..chat.tools import ToolCall
 from ..runtime import Model
-from ..tools import ToolCall
 from .engine import Engine, Finished, Job
 from .errors import AllowedHosts, APIError, BodyLimit, CatchAll, install_error_handlers
 from .prepare import Reply, prepare_chat, prepare_completion

@@ -1,6 +1,6 @@
 """The generation queue: requests' jobs run on the model one at a time, in arrival order.
 
-Generation runs on the process's model thread (`qwen_mlx.model_thread`), which lives as
+Generation runs on the process's model thread (`qwen_mlx.runtime.thread`), which lives as
 long as the process, so MLX's per-thread clean-up never runs at exit. Request preparation
 (templates, tokenizing, schema compiling; no MLX) has a few threads of its own, so the
 event loop only parses and streams text back, and one slow preparation (a huge prompt)
@@ -27,10 +27,10 @@ from typing import Any
 from fastapi import Request
 
 from ..errors import GenerationCancelled
-from ..memory import MemoryPlanner
-from ..model_thread import model_thread
-from ..prompt_cache import PromptCachePool
 from ..runtime import Model, SamplingParams, cache_length, make_cache, stream_tokens, trim_cache
+from ..runtime.memory import MemoryPlanner
+from ..runtime.thread import model_thread
+from .cache_pool import PromptCachePool
 from .errors import APIError
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..chat.tools import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    CallFilter,
+    Tool,
+    ToolCall,
+    as_tool,
+    parse_tool_calls,
+)
 from ..runtime import SamplingParams
-from ..tools import CALL_CLOSE, CALL_OPEN, CallFilter, Tool, ToolCall, as_tool, parse_tool_calls
 from .engine import Engine, Job
 from .errors import APIError
 from .schemas import (
@@ -84,7 +92,7 @@ def prepare_chat(engine: Engine, req: ChatRequest) -> tuple[Job, Reply]:
     params = _sampling(engine, req, len(tokens), req.max_completion_tokens or req.max_tokens)
     processors = []
     if schema is not None:
-        from ..structured import JsonSchemaProcessor
+        from ..runtime.structured import JsonSchemaProcessor
 
         try:  # compiles the grammar only: the processor first touches MLX when it runs
             processors.append(JsonSchemaProcessor(model, schema))

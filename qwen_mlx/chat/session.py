@@ -1,0 +1,709 @@
+"""ChatSession: a conversation that never re-reads history its KV cache already holds.
+
+The session keeps the messages and the exact token ids its KV cache holds. Each turn it
+renders the whole conversation with the chat template, keeps the longest common prefix
+with the cache, trims the cache there and prefills only the rest: turn 20 costs what turn
+1 costs, and a template that renders history differently still gets the right tokens.
+
+Before a turn the memory planner checks that the conversation, plus room for the reply,
+fits. The context policy decides what happens when it does not: `truncate` leaves the
+oldest turns out of the prompt (never the system prompt; they stay in `messages`),
+`kv-quantize` switches the cache to 8-bit then 4-bit, `error` refuses before any work.
+No policy lets a turn start that the planner says will not fit.
+
+A session saves to disk with its cache (`save`) and resumes without re-reading its
+history (`ChatSession.load`); a cache that does not belong to the model, or is damaged,
+is discarded with a notice and the history is re-read on the next turn.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from ..errors import ContextOverflowError, GenerationCancelled
+from ..runtime import (
+    GenerationChunk,
+    Model,
+    SamplingParams,
+    make_cache,
+    prefill,
+    requantize_cache,
+    resolve_params,
+    reuse_cache,
+    stream_tokens,
+)
+from ..runtime.memory import KV_BITS, MemoryPlanner, kv_label
+from .saved import check_messages, read_cache, read_session, write_session
+from .tools import Approver, CallFilter, Tool, ToolCall, parse_tool_calls, run_tool_call, tool_table
+
+# Room kept for the reply when max_tokens is unlimited (-1).
+UNLIMITED_REPLY_RESERVE = 4096
+
+Message = dict[str, Any]
+
+
+def _check_text(value: Any, what: str) -> None:
+    """ValueError unless every string in `value` (a text, or a message's fields) is valid
+    Unicode: a lone surrogate ("a\\ud800") cannot be tokenized or saved, and once in the
+    messages it would break every later save."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"The {what} is not valid Unicode: it has a lone surrogate "
+                    f"({value[e.start]!r}) at character {e.start:,}. Pass text that can be "
+                    "written as UTF-8."
+                ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, what)
+            _check_text(item, what)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_text(item, what)
+
+
+class ContextPolicy(str, Enum):
+    """What a turn does when the conversation would not fit."""
+
+    TRUNCATE = "truncate"
+    KV_QUANTIZE = "kv-quantize"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class TurnStats:
+    """The last turn, as measured."""
+
+    prompt_tokens: int  # the whole rendered conversation this turn
+    prefilled_tokens: int  # of those, computed this turn; the rest came from the cache
+    generation_tokens: int
+    time_to_first_token: float  # seconds
+    prompt_tps: float  # prefilled tokens per second
+    tokens_per_second: float  # generation
+    peak_memory: float  # GB
+    kv_bits: int | None
+    dropped_messages: int  # left out of the prompt by the truncate policy
+    finish_reason: str  # stop, length or cancelled
+    notices: tuple[str, ...] = ()
+
+    @property
+    def reused_tokens(self) -> int:
+        return self.prompt_tokens - self.prefilled_tokens
+
+
+def _same_text(decoded: str, streamed: str) -> bool:
+    """Whether `streamed`, a reply as the stream showed it, is the text of its tokens
+    (`decoded`). mlx-lm's streaming detokenizers drop the space the first token starts
+    with, and invalid UTF-8 from a weak model may decode to a different number of
+    replacement characters: neither makes the text another one."""
+    candidates = [decoded, decoded[1:]] if decoded.startswith(" ") else [decoded]
+    return any(
+        c == streamed or c.replace("\ufffd", "") == streamed.replace("\ufffd", "")
+        for c in candidates
+    )
+
+
+class ChatSession:
+    """A conversation with a loaded model.
+
+    `send(text)` streams the reply as GenerationChunk values (like `stream_generate`);
+    `stop()` from another thread ends it early, keeping the partial reply marked
+    `"stopped": True`. `messages` is the whole history; `last_stats` describes the last
+    turn; `context_tokens` / `context_limit` say how full the context is.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        system: str | None = None,
+        params: SamplingParams | None = None,
+        policy: ContextPolicy | str = ContextPolicy.TRUNCATE,
+        *,
+        kv_bits: int | None = None,
+        planner: MemoryPlanner | None = None,
+        tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool] | None = None,
+        max_tool_rounds: int = 4,
+        approve: Approver | None = None,
+    ) -> None:
+        if kv_bits not in KV_BITS:
+            raise ValueError(f"kv_bits must be one of None, 8, 4, not {kv_bits!r}.")
+        self.model = model
+        self.params = params or model.default_params
+        self.policy = ContextPolicy(policy)
+        self.planner = planner or MemoryPlanner.for_model(model)
+        self.id = uuid.uuid4().hex
+        self.last_stats: TurnStats | None = None
+        self.notices: list[str] = []
+        self.prefill_progress: Callable[[int, int], None] | None = None
+        self.prefill_chunk: int | None = None  # an upper bound on the planner's chunk size
+        self.tools = tool_table(tools or ())
+        self.max_tool_rounds = max_tool_rounds
+        self.approve = approve
+        self.on_tool_call: Callable[[ToolCall, str], None] | None = None
+        self._messages: list[Message] = []
+        self._dropped = 0
+        self._kv_bits = kv_bits
+        self._cache: list[Any] | None = None
+        self._cache_tokens: list[int] = []
+        self._stop = threading.Event()
+        self._busy = threading.Lock()
+        self._rendered: dict[tuple[int, bool], list[int]] = {}
+        if system:
+            self._messages.append({"role": "system", "content": system})
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[Message]:
+        """The whole conversation, including messages the truncate policy left out."""
+        return [{k: v for k, v in m.items() if not k.startswith("_")} for m in self._messages]
+
+    def messages_for_storage(self) -> list[Message]:
+        """The messages with the token ids of the replies (and the sampling parameters
+        each was generated with), for a front end that keeps them itself and passes them
+        back to `load(..., messages=...)` for exact reuse."""
+        return [dict(m) for m in self._messages]
+
+    @property
+    def system(self) -> str | None:
+        has = self._messages and self._messages[0]["role"] == "system"
+        return self._messages[0]["content"] if has else None
+
+    @system.setter
+    def system(self, text: str | None) -> None:
+        has = self._messages and self._messages[0]["role"] == "system"
+        if has:
+            if text:
+                self._messages[0]["content"] = text
+            else:
+                del self._messages[0]
+        elif text:
+            self._messages.insert(0, {"role": "system", "content": text})
+        self._changed()
+
+    @property
+    def kv_bits(self) -> int | None:
+        return self._kv_bits
+
+    @property
+    def dropped_messages(self) -> int:
+        """How many of the oldest messages the truncate policy leaves out of the prompt."""
+        return self._dropped
+
+    @property
+    def cache_tokens(self) -> list[int]:
+        """The token ids the KV cache holds, in order."""
+        return list(self._cache_tokens)
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens the conversation takes in the prompt now."""
+        return len(self._tokens(add_generation_prompt=False)) if self._messages else 0
+
+    @property
+    def context_limit(self) -> int:
+        """The most tokens a conversation can take: the model's context, or memory."""
+        return min(self.model.context_length, self.planner.max_context(self._kv_bits))
+
+    @property
+    def busy(self) -> bool:
+        return self._busy.locked()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.encode(text))
+
+    def _changed(self) -> None:
+        self._rendered.clear()
+        self._dropped = min(self._dropped, max(len(self._turn_messages()) - 1, 0))
+
+    def _system_part(self) -> list[Message]:
+        return self._messages[:1] if self.system is not None else []
+
+    def _turn_messages(self) -> list[Message]:
+        return self._messages[len(self._system_part()) :]
+
+    def _prompt_messages(self) -> list[Message]:
+        return self._system_part() + self._turn_messages()[self._dropped :]
+
+    def _tokens(self, *, add_generation_prompt: bool = True) -> list[int]:
+        key = (self._dropped, add_generation_prompt)
+        if key not in self._rendered:
+            self._rendered[key] = self.model.render_tokens(
+                self._prompt_messages(),
+                tools=[t.spec() for t in self.tools.values()] or None,
+                add_generation_prompt=add_generation_prompt,
+            )
+        return self._rendered[key]
+
+    # -- conversation --------------------------------------------------------------------------
+
+    def send(
+        self, text: str, *, json_schema: dict[str, Any] | str | None = None, **overrides: Any
+    ) -> Iterator[GenerationChunk]:
+        """Add a user message and stream the reply. Keyword overrides change sampling
+        parameters for this turn only (`temperature=0`, `max_tokens=64`, ...);
+        `json_schema` constrains the reply to JSON valid for that schema.
+
+        With tools, calls in the reply are run and their results fed back (up to
+        `max_tool_rounds` rounds); the stream carries the prose, and `messages` the calls.
+        A turn refused before any work (ContextOverflowError) leaves `messages` as it was.
+        """
+        before = self._idle_snapshot()
+        if not isinstance(text, str):
+            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
+        _check_text(text, "message")
+        self._messages.append({"role": "user", "content": text})
+        self._changed()
+        return self._turn(overrides, json_schema, restore=before)
+
+    def regenerate(self, **overrides: Any) -> Iterator[GenerationChunk]:
+        """Drop the last reply and generate a new one for the same user message."""
+        before = self._idle_snapshot()
+        last_user = self._last_index("user")
+        if last_user is None:
+            raise ValueError("There is no user message to reply to.")
+        del self._messages[last_user + 1 :]
+        self._changed()
+        return self._turn(overrides, restore=before)
+
+    def edit(self, index: int, text: str, **overrides: Any) -> Iterator[GenerationChunk]:
+        """Replace message `index` and drop everything after it. Editing a user message
+        streams a fresh reply; editing any other message returns an empty stream."""
+        before = self._idle_snapshot()
+        if not -len(self._messages) <= index < len(self._messages):
+            raise IndexError(f"No message {index}; the conversation has {len(self._messages)}.")
+        index %= len(self._messages)
+        if not isinstance(text, str):
+            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
+        _check_text(text, "edited message")
+        self._messages[index] = {"role": self._messages[index]["role"], "content": text}
+        del self._messages[index + 1 :]
+        self._changed()
+        if self._messages[index]["role"] == "user":
+            return self._turn(overrides, restore=before)
+        return iter(())
+
+    def undo(self) -> str | None:
+        """Remove the last user message and what followed it; return its text."""
+        self._idle_snapshot()
+        last_user = self._last_index("user")
+        if last_user is None:
+            return None
+        text = self._messages[last_user]["content"]
+        del self._messages[last_user:]
+        self._changed()
+        return text
+
+    def reset(self) -> None:
+        """Start over, keeping the system prompt (and the cache of it)."""
+        self._idle_snapshot()
+        del self._messages[len(self._system_part()) :]
+        self._dropped = 0
+        self._changed()
+
+    def stop(self) -> None:
+        """End the reply being generated (safe from another thread)."""
+        self._stop.set()
+
+    def prefill(self, should_stop: Callable[[], bool] | None = None) -> int:
+        """Read the conversation into the KV cache now, without replying (an attached
+        document, say), so the next reply starts at once. `prefill_progress` sees the
+        progress; `stop()`, or `should_stop` returning True, ends it between chunks.
+        Returns the tokens read."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("A reply is being generated in this session.")
+        try:
+            self._stop.clear()
+            tokens, notices = self._fit(self.params, add_generation_prompt=False)
+            self.notices.extend(notices)
+            if self._cache is None:
+                self._cache = make_cache(self.model, self._kv_bits)
+                self._cache_tokens = []
+            reuse = reuse_cache(self._cache, self._cache_tokens, tokens, keep_one=False)
+            step = self.planner.chunk_for(len(tokens), self._kv_bits)
+            if self.prefill_chunk:
+                step = min(step, self.prefill_chunk)
+            report = self.prefill_progress
+            try:
+                prefill(
+                    self.model,
+                    tokens[reuse:],
+                    self._cache,
+                    cache_tokens=self._cache_tokens,
+                    step=step,
+                    progress=(lambda done, _: report(reuse + done, len(tokens)))
+                    if report
+                    else None,
+                    should_stop=lambda: self._stop.is_set() or bool(should_stop and should_stop()),
+                )
+            except GenerationCancelled:
+                pass
+            except BaseException:
+                self._cache, self._cache_tokens = None, []
+                raise
+            return len(self._cache_tokens) - reuse
+        finally:
+            self._busy.release()
+
+    def _progress_from(self, reuse: int, total: int) -> Callable[[int, int], None] | None:
+        """`prefill_progress` in whole-conversation terms (the cached part counts as done)."""
+        report = self.prefill_progress
+        return None if report is None else (lambda done, _: report(reuse + done, total))
+
+    def add_message(self, message: Message) -> None:
+        """Append a message as is (a tool result, an attached document, ...)."""
+        self._idle_snapshot()
+        if message.get("role") not in ("system", "user", "assistant", "tool"):
+            raise ValueError(f"Unknown role {message.get('role')!r}.")
+        _check_text(message, f"{message['role']} message")
+        self._messages.append(dict(message))
+        self._changed()
+
+    def _idle_snapshot(self) -> list[Message]:
+        """The messages as they are, after checking no reply is being generated (changing
+        them under a running turn would put its reply after the wrong message)."""
+        if self.busy:
+            raise RuntimeError("A reply is being generated in this session; stop it first.")
+        return list(self._messages)
+
+    def _last_index(self, role: str) -> int | None:
+        for i in range(len(self._messages) - 1, -1, -1):
+            if self._messages[i]["role"] == role:
+                return i
+        return None
+
+    # -- fitting the context --------------------------------------------------------------------
+
+    def fit_report(self, text: str = "", max_tokens: int | None = None) -> str | None:
+        """None if a user message `text` fits as things stand; else what the policy will do."""
+        reserve = self._reserve(max_tokens or self.params.max_tokens)
+        need = self.context_tokens + self.count_tokens(text) + 16 + reserve
+        plan = self.planner.plan(need, self._kv_bits)
+        if plan.fits:
+            return None
+        action = {
+            ContextPolicy.TRUNCATE: "the oldest turns will be left out of the prompt",
+            ContextPolicy.KV_QUANTIZE: "the KV cache will switch to a lower precision",
+            ContextPolicy.ERROR: "it will be refused",
+        }[self.policy]
+        return (
+            f"This message needs about {need:,} tokens; {self._why(plan)}: {action} "
+            f"(context policy: {self.policy.value})."
+        )
+
+    def _reserve(self, max_tokens: int) -> int:
+        return UNLIMITED_REPLY_RESERVE if max_tokens < 0 else max_tokens
+
+    def _why(self, plan) -> str:
+        if not plan.fits_context:
+            return f"the model's context is {plan.context_limit:,} tokens"
+        fit = self.planner.max_context(plan.kv_bits)
+        return (
+            f"only {fit:,} tokens fit in memory with {kv_label(plan.kv_bits)} KV "
+            f"({plan.budget / 1e9:.1f} GB budget, {plan.weights / 1e9:.1f} GB of weights)"
+        )
+
+    def _fit(
+        self, params: SamplingParams, *, add_generation_prompt: bool = True
+    ) -> tuple[list[int], list[str]]:
+        """The prompt tokens for this turn after applying the context policy."""
+        reserve = self._reserve(params.max_tokens)
+        notices: list[str] = []
+        while True:
+            tokens = self._tokens(add_generation_prompt=add_generation_prompt)
+            plan = self.planner.plan(len(tokens) + reserve, self._kv_bits)
+            if plan.fits:
+                return tokens, notices
+            need = f"{len(tokens):,} prompt tokens + {reserve:,} for the reply"
+            if self.policy is ContextPolicy.ERROR:
+                raise ContextOverflowError(f"The conversation needs {need}, but {self._why(plan)}.")
+            if self.policy is ContextPolicy.KV_QUANTIZE:
+                lower = [b for b in KV_BITS if b is not None and (self._kv_bits or 16) > b]
+                if not plan.fits_context or not lower:
+                    raise ContextOverflowError(
+                        f"The conversation needs {need}, but {self._why(plan)}, even with "
+                        f"{kv_label(self._kv_bits)} KV. Start a new chat or use the truncate "
+                        "policy."
+                    )
+                self.set_kv_bits(lower[0])
+                notices.append(f"Switched the KV cache to {kv_label(lower[0])} to fit {need}.")
+                continue
+            if len(self._turn_messages()) - self._dropped <= 1:
+                raise ContextOverflowError(
+                    f"The last message alone needs {need}, but {self._why(plan)}. Shorten it "
+                    "or lower max_tokens."
+                )
+            self._drop_oldest_turn()
+            notices.append(
+                f"Left the {self._dropped} oldest messages out of the prompt to fit ({need})."
+            )
+
+    def _drop_oldest_turn(self) -> None:
+        """Leave the oldest exchange (a user message and what answered it) out."""
+        turns = self._turn_messages()
+        i = self._dropped + 1
+        while i < len(turns) - 1 and turns[i]["role"] != "user":
+            i += 1
+        self._dropped = i
+        self._rendered.clear()
+
+    def set_kv_bits(self, kv_bits: int | None) -> None:
+        """Store the KV cache at this precision from now on (requantizing what it holds)."""
+        if self._cache is not None and kv_bits is not None:
+            self._cache = requantize_cache(self.model, self._cache, kv_bits)
+        self._kv_bits = kv_bits
+
+    # -- a turn ---------------------------------------------------------------------------------
+
+    def _turn(
+        self,
+        overrides: dict[str, Any],
+        json_schema: dict[str, Any] | str | None = None,
+        *,
+        restore: list[Message],
+    ) -> Iterator[GenerationChunk]:
+        if not self._busy.acquire(blocking=False):
+            self._messages = restore
+            self._changed()
+            raise RuntimeError("A reply is already being generated in this session.")
+        try:
+            self._stop.clear()
+            params = resolve_params(self.model, self.params, overrides)
+            try:
+                reason = yield from self._round(params, json_schema)
+            except ContextOverflowError:
+                self._messages = restore  # refused before any work: nothing happened
+                self._changed()
+                raise
+            rounds = 0
+            while reason != "cancelled" and self.tools and json_schema is None:
+                # After max_tool_rounds the calls get an error telling the model to answer;
+                # it gets one more round to do so, and calls after that are not answered.
+                if not self._answer_tool_calls(rounds):
+                    return
+                rounds += 1
+                reason = yield from self._round(params, json_schema)
+        finally:
+            self._busy.release()
+
+    def _answer_tool_calls(self, rounds: int) -> bool:
+        """Answer the calls in the last reply: run them, or past the limit reply with an
+        error, or after that leave them unanswered. True if the model should go on."""
+        reply = self._messages[-1]
+        prose, calls = parse_tool_calls(reply["content"])
+        if not calls:
+            return False
+        reply.update(content=prose, tool_calls=[c.to_message() for c in calls])
+        reply.pop("_token_ids", None)
+        self._changed()
+        if rounds > self.max_tool_rounds:
+            return False
+        for call in calls:
+            if rounds < self.max_tool_rounds:
+                result = run_tool_call(call, self.tools, self.approve)
+            else:
+                result = "error: too many rounds of tool calls; answer with what you have."
+            self._messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call.id,
+                    "name": call.name or "",
+                    "content": result,
+                }
+            )
+            if self.on_tool_call is not None:
+                self.on_tool_call(call, result)
+        self._changed()
+        return True
+
+    def _round(
+        self, params: SamplingParams, json_schema: dict[str, Any] | str | None
+    ) -> Iterator[GenerationChunk]:
+        """One reply from the model: fit, reuse the cache, prefill the rest, stream.
+        Returns the finish reason."""
+        processors = []
+        if json_schema is not None:
+            from ..runtime.structured import JsonSchemaProcessor
+
+            processors.append(JsonSchemaProcessor(self.model, json_schema))
+        calls_hidden = CallFilter() if self.tools and json_schema is None else None
+        tokens, notices = self._fit(params)
+        if self._cache is None:
+            self._cache = make_cache(self.model, self._kv_bits)
+            self._cache_tokens = []
+        reuse = reuse_cache(self._cache, self._cache_tokens, tokens, keep_one=True)
+        chunk_size = self.planner.chunk_for(
+            len(tokens) + self._reserve(params.max_tokens), self._kv_bits
+        )
+        if self.prefill_chunk:
+            chunk_size = min(chunk_size, self.prefill_chunk)
+        suffix = tokens[reuse:]
+        pieces: list[str] = []
+        last: GenerationChunk | None = None
+        finished = False
+        try:
+            for chunk in stream_tokens(
+                self.model,
+                suffix,
+                params,
+                prompt_cache=self._cache,
+                cache_tokens=self._cache_tokens,
+                prefill_step_size=chunk_size,
+                prompt_progress=self._progress_from(reuse, len(tokens)),
+                should_stop=self._stop.is_set,
+                logits_processors=processors,
+            ):
+                pieces.append(chunk.text)
+                last = chunk
+                if calls_hidden is not None:
+                    shown = calls_hidden.feed(chunk.text)
+                    if chunk.finish_reason is not None:
+                        shown += calls_hidden.flush()
+                    chunk = replace(chunk, text=shown)
+                yield chunk
+            finished = True
+        except GenerationCancelled:
+            finished = True
+        except BaseException as e:
+            if not isinstance(e, GeneratorExit):
+                self._cache, self._cache_tokens = None, []  # state unknown: start clean
+            raise
+        finally:
+            reason = last.finish_reason if finished and last and last.finish_reason else "cancelled"
+            self._record(tokens, reuse, pieces, last, reason, notices, params)
+        if last is None or last.finish_reason is None:  # cancelled before the first token
+            yield GenerationChunk("", None, len(suffix), 0.0, 0, 0.0, 0.0, 0.0, "cancelled")
+            return "cancelled"
+        return last.finish_reason
+
+    def _record(
+        self,
+        tokens: list[int],
+        reuse: int,
+        pieces: list[str],
+        last: GenerationChunk | None,
+        reason: str,
+        notices: list[str],
+        params: SamplingParams,
+    ) -> None:
+        reply: Message = {"role": "assistant", "content": "".join(pieces)}
+        reply["_sampling"] = params.to_dict()  # kept with the reply (storage, export)
+        if reason == "cancelled":
+            reply["stopped"] = True
+        produced = self._cache_tokens[len(tokens) :]
+        while produced and produced[-1] in self.model.tokenizer.eos_token_ids:
+            produced = produced[:-1]
+        # Reused verbatim when the history is rendered, unless the text is not theirs (a
+        # stop string cut it); a reply whose ids are dropped is re-read from its start.
+        decoded = self.model.tokenizer.decode(produced) if produced else None
+        if decoded is not None and _same_text(decoded, reply["content"]):
+            reply["_token_ids"] = produced
+        self._messages.append(reply)
+        self._changed()
+        self.notices.extend(notices)
+        self.last_stats = TurnStats(
+            prompt_tokens=len(tokens),
+            prefilled_tokens=len(tokens) - reuse,
+            generation_tokens=last.generation_tokens if last else 0,
+            time_to_first_token=last.time_to_first_token if last else 0.0,
+            prompt_tps=last.prompt_tps if last else 0.0,
+            tokens_per_second=last.generation_tps if last else 0.0,
+            peak_memory=last.peak_memory if last else 0.0,
+            kv_bits=self._kv_bits,
+            dropped_messages=self._dropped,
+            finish_reason=reason,
+            notices=tuple(notices),
+        )
+
+    # -- save and resume ------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the session (JSON) and its KV cache atomically, both readable by you only.
+
+        The cache lives beside the JSON, named after it: `save("kyoto.json")` also writes
+        `kyoto.json.<sha12>.kv.safetensors`. Copy or move a saved session with
+        `qwen_mlx.chat.saved.copy_session` / `move_session`, which take the cache along
+        (see session_files.py for the format)."""
+        if self.busy:
+            raise RuntimeError("Cannot save while a reply is being generated.")
+        state = {
+            "id": self.id,
+            "model": {
+                "name": self.model.name,
+                "ref": self.model.ref,  # what `generate --session` loads without --model
+                "fingerprint": self.model.fingerprint,
+            },
+            "messages": self._messages,
+            "dropped": self._dropped,
+            "params": self.params.to_dict(),
+            "policy": self.policy.value,
+            "kv_bits": self._kv_bits,
+        }
+        return write_session(
+            Path(path),
+            state,
+            cache=self._cache,
+            cache_tokens=self._cache_tokens,
+            kv_bits=self._kv_bits,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model: Model,
+        *,
+        policy: ContextPolicy | str | None = None,
+        planner: MemoryPlanner | None = None,
+        messages: list[Message] | None = None,
+    ) -> ChatSession:
+        """Resume a saved session. Its messages always come back; its KV cache only if it
+        belongs to this exact model and is intact (otherwise `notices` says why not).
+
+        `messages` replaces the saved messages (when a front end keeps newer ones
+        elsewhere); the cache is still used for whatever prefix they share with it.
+        """
+        path = Path(path)
+        data = read_session(path)  # ValueError for a file that is not a session
+        if policy is not None:
+            policy = ContextPolicy(policy)  # the caller's mistake, not the file's
+        if messages is not None:
+            try:
+                messages = check_messages(messages)
+            except ValueError as e:
+                raise ValueError(f"The messages given to ChatSession.load: {e}.") from e
+        try:
+            params = SamplingParams(**data["params"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} has unusable sampling parameters ({e}).") from e
+        try:
+            session = cls(
+                model,
+                params=params,
+                policy=policy or data.get("policy", ContextPolicy.TRUNCATE),
+                kv_bits=data.get("kv_bits"),
+                planner=planner,
+            )
+            session._dropped = int(data.get("dropped", 0))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} has unusable settings ({e}).") from e
+        session.id = str(data["id"])
+        session._messages = messages if messages is not None else data["messages"]
+        session._changed()
+        if data.get("cache"):
+            saved = read_cache(path, data, model)
+            if isinstance(saved, str):
+                session.notices.append(saved)
+            else:
+                session._cache, session._cache_tokens = saved.cache, saved.tokens
+                session._kv_bits = saved.kv_bits
+        return session

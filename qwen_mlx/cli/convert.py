@@ -1,0 +1,163 @@
+"""`qwen-mlx convert` / `python -m qwen_mlx.convert`: Hugging Face -> MLX, into the store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..convert import DTYPES, Q_BITS, Q_GROUP_SIZES, RECIPES
+from .common import ProgressBar, guarded, human_bytes
+
+DESCRIPTION = """\
+Convert a Hugging Face Qwen3 checkpoint to MLX, 4-bit quantized by default.
+
+The source is a local folder or a Hub repo id (downloaded with huggingface_hub into the
+shared HF cache). The output goes into the store under $QWEN_MLX_HOME, named
+<family>-<size>-<variant>-<release>-mlx-<quant>, with a manifest.json holding the sha256
+of every file. It is written to a temporary folder and renamed into place only when
+complete.
+
+The name is the folder's or repo's when it follows that form; otherwise it is made from
+what the checkpoint says (family from its config, size from its parameter count, variant
+from the folder or repo name, release from the name, the source's commit or the date its
+weights were written) and printed. --name chooses it. Into the store, a name another
+source's model holds is refused before any work.
+
+It becomes the family's latest when it is the family's first version, or a newer release
+in the same quantization as the latest; a fine-tune, another quantization or an older
+release is added beside it (switch with `qwen-mlx models set-latest NAME`, or pass
+--set-latest). A pinned or frozen family keeps its latest.
+"""
+
+EXAMPLES = """\
+examples:
+  python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507
+  qwen-mlx convert --hf-path ./Qwen3-4B-Instruct-2507 --q-bits 8
+  qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --no-quantize --dtype bfloat16
+  qwen-mlx convert --hf-path ./checkpoint-500 --mlx-path ./out
+  qwen-mlx convert --hf-path ./my-finetune --name qwen3-4b-myft-v1
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        allow_abbrev=False,
+        prog="qwen-mlx convert",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--hf-path", required=True, help="local folder or Hugging Face repo id")
+    p.add_argument("--revision", help="branch, tag or commit of the Hub repo (default: main)")
+    p.add_argument("--mlx-path", help="output folder (default: the store place for the name)")
+    p.add_argument(
+        "--name",
+        help="the source's name, e.g. qwen3-4b-myft-v1 (default: the folder's or repo's, "
+        "or one made from the checkpoint)",
+    )
+    p.add_argument(
+        "--q-bits", type=int, default=4, choices=Q_BITS, help="bits per weight (default 4)"
+    )
+    p.add_argument(
+        "--q-group-size",
+        type=int,
+        default=64,
+        choices=Q_GROUP_SIZES,
+        help="weights sharing one scale and bias (default 64)",
+    )
+    p.add_argument("--recipe", choices=RECIPES, help="mlx-lm mixed-precision recipe")
+    p.add_argument(
+        "--no-quantize",
+        dest="quantize",
+        action="store_false",
+        help="write an unquantized copy (see --dtype)",
+    )
+    p.add_argument(
+        "--dtype", choices=DTYPES, help="float type of unquantized tensors (default: the source's)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--set-latest",
+        action="store_true",
+        default=None,
+        help="make it the family's latest even when it is a fine-tune, another "
+        "quantization or an older release",
+    )
+    p.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the calibration text through source and output and record KL divergence, "
+        "top-1 agreement and perplexity in the manifest (default: on with Metal, off on CPU)",
+    )
+    return p
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..convert import Progress, convert, default_report
+
+    bar = ProgressBar()
+
+    def progress(p: Progress) -> None:
+        if p.stage in ("name", "warning"):
+            bar.finish()
+            print(f"{p.stage}: {p.detail}", file=sys.stderr, flush=True)
+            return
+        bar.update(p.stage, p.done, p.total, p.detail)
+
+    try:
+        result = convert(
+            args.hf_path,
+            mlx_path=args.mlx_path,
+            revision=args.revision,
+            quantize=args.quantize,
+            q_bits=args.q_bits,
+            q_group_size=args.q_group_size,
+            recipe=args.recipe,
+            dtype=args.dtype,
+            name=args.name,
+            force=args.force,
+            set_latest=args.set_latest,
+            report=default_report() if args.report is None else args.report,
+            progress=progress,
+        )
+    finally:
+        bar.finish()
+    m = result.manifest
+    print(
+        f"Converted {m.name}: {m.quantization.label}, "
+        f"{m.quantization.bits_per_weight} bits per weight, {human_bytes(m.size)}"
+    )
+    print(f"  folder: {result.path}")
+    if result.name_note:
+        print(f"  name: {result.name_note}; --name chooses another")
+    if m.quality is not None:
+        q = m.quality
+        print(
+            f"  quality: KL {q.kl_divergence:.4f}, top-1 agreement {q.top1_agreement:.1%}, "
+            f"perplexity {q.perplexity_source:.2f} -> {q.perplexity_converted:.2f}"
+        )
+    if result.registered and result.became_latest:
+        print(f"  store: now the latest of {m.family}")
+    elif result.registered and result.frozen:
+        print(
+            f"  store: registered; {m.family} is pinned or frozen, so its latest stays "
+            f"(switch with `qwen-mlx models set-latest {m.name}`)"
+        )
+    elif result.registered:
+        print(
+            f"  store: registered beside {result.latest}, which stays the latest of "
+            f"{m.family}, as {result.kept_because}"
+        )
+        print(
+            f"  make it the latest with `qwen-mlx models set-latest {m.name}` "
+            "(or convert with --set-latest)"
+        )
+    print(f"  took {result.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""`qwen-mlx generate`: one reply, streamed to stdout; stats on stderr.
+
+With `--session FILE` the reply continues the conversation saved in FILE (created when
+missing) and the conversation, KV cache included, is saved back: the next call reads only
+the new message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import (
+    DEFAULT_MODEL,
+    INTERRUPTED,
+    ProgressBar,
+    add_model_arg,
+    add_sampling_args,
+    format_stats,
+    guarded,
+    sampling_overrides,
+)
+
+PREFILL_BAR_FROM = 2048  # tokens: shorter prompts prefill too fast for a bar
+
+EXAMPLES = """\
+examples:
+  qwen-mlx generate --prompt "Write a haiku about unified memory"
+  qwen-mlx generate --model qwen3-4b-instruct-2507-mlx-q8-g64 --prompt - < question.txt
+  qwen-mlx generate --session trip.json --prompt "Plan a day in Kyoto"
+  qwen-mlx generate --session trip.json --prompt "Make it cheaper"   # reads only this turn
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        allow_abbrev=False,
+        prog="qwen-mlx generate",
+        description="Generate a reply with the model's chat template and sampling defaults.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_arg(
+        p,
+        default=None,
+        help="store name, family (its latest), folder or repo id (default: the model "
+        f"saved in --session, else {DEFAULT_MODEL})",
+    )
+    p.add_argument("--prompt", "-p", required=True, help="the user message; '-' reads stdin")
+    p.add_argument("--system", "-s", help="system prompt (for a new conversation)")
+    p.add_argument(
+        "--raw", action="store_true", help="send the prompt as-is, without the chat template"
+    )
+    p.add_argument("--verify", action="store_true", help="check every file's sha256 before loading")
+    p.add_argument("--session", type=Path, metavar="FILE", help="continue and save a conversation")
+    p.add_argument("--kv-bits", type=int, choices=(4, 8), help="quantize the KV cache")
+    p.add_argument(
+        "--policy",
+        choices=("truncate", "kv-quantize", "error"),
+        default=None,
+        help="when the conversation does not fit: leave out the oldest turns (default), "
+        "quantize the KV cache, or refuse",
+    )
+    p.add_argument(
+        "--json-schema",
+        type=Path,
+        metavar="FILE",
+        help="constrain the reply to JSON valid for the schema in FILE",
+    )
+    p.add_argument(
+        "--context-extension",
+        type=float,
+        metavar="F",
+        help="YaRN rope scaling: F x the model's native context",
+    )
+    add_sampling_args(p)
+    return p
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.raw and (args.session or args.kv_bits or args.policy or args.system):
+        raise ValueError(
+            "--raw sends text without the chat template; it cannot be combined "
+            "with --system, --session, --kv-bits or --policy."
+        )
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    schema = _read_schema(args.json_schema) if args.json_schema else None
+    from ..runtime import load
+
+    model = load(_model_ref(args), verify=args.verify, context_extension=args.context_extension)
+    bar = ProgressBar(min_total=PREFILL_BAR_FROM)
+    if args.raw:
+        from ..runtime import stream_generate
+
+        chunks = stream_generate(
+            model,
+            prompt,
+            json_schema=schema,
+            prompt_progress=lambda d, t: bar.update("prefill", d, t),
+            **sampling_overrides(args),
+        )
+        last = _stream(chunks, bar)
+        print(format_stats(last), file=sys.stderr)
+        return 0
+
+    session = _open_session(model, args)
+    session.prefill_progress = lambda done, total: bar.update("prefill", done, total)
+    for notice in session.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    stream = session.send(prompt, json_schema=schema, **sampling_overrides(args))
+    try:
+        last = _stream(stream, bar)
+    except KeyboardInterrupt:
+        stream.close()  # ends the turn: the partial reply is recorded, the session idle
+        if args.session:
+            session.save(args.session)
+            print(f"\ninterrupted; the partial reply is saved in {args.session}.", file=sys.stderr)
+        return INTERRUPTED
+    stats = session.last_stats
+    for notice in stats.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    print(format_stats(last), file=sys.stderr)
+    print(
+        f"context: {stats.prompt_tokens:,} prompt tokens, {stats.prefilled_tokens:,} read "
+        f"this turn, {stats.reused_tokens:,} from the cache",
+        file=sys.stderr,
+    )
+    if args.session:
+        session.save(args.session)
+    return 0
+
+
+def _model_ref(args: argparse.Namespace) -> str:
+    """--model, else the model a saved --session was made with (as `chat` does), else the
+    default family."""
+    if args.model:
+        return args.model
+    if args.session and args.session.exists():
+        from ..chat.saved import read_session
+
+        saved = read_session(args.session).get("model")
+        for key in ("ref", "name"):  # "ref" loads from anywhere; older files have "name"
+            if isinstance(saved, dict) and isinstance(saved.get(key), str) and saved[key]:
+                return saved[key]
+    return DEFAULT_MODEL
+
+
+def _read_schema(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise FileNotFoundError(f"Cannot read the schema file {path} ({e.strerror}).") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}).") from e
+
+
+def _open_session(model, args):
+    from ..chat.session import ChatSession
+
+    if args.session and args.session.exists():
+        session = ChatSession.load(args.session, model, policy=args.policy)
+        if args.kv_bits and session.kv_bits != args.kv_bits:
+            session.set_kv_bits(args.kv_bits)
+        if args.system:
+            session.system = args.system
+        return session
+    return ChatSession(
+        model, system=args.system, policy=args.policy or "truncate", kv_bits=args.kv_bits
+    )
+
+
+def _stream(chunks, bar: ProgressBar):
+    last = None
+    started = False
+    for last in chunks:
+        if not started:
+            bar.finish()
+            started = True
+        sys.stdout.write(last.text)
+        sys.stdout.flush()
+    bar.finish()
+    sys.stdout.write("\n")
+    return last
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""`qwen-mlx serve`: the model over an OpenAI-compatible HTTP API (FastAPI + uvicorn).
+
+Binds 127.0.0.1 unless told otherwise. On a loopback address it answers only requests
+addressed to localhost, 127.0.0.1, [::1] or that address (a web page cannot reach it through
+DNS rebinding). On any other address without an API key it warns: anyone who can reach the
+port can use the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import sys
+
+from .common import add_model_arg, guarded
+
+API_KEY_ENV = "QWEN_MLX_API_KEY"
+# The same as qwen_mlx.server's (not imported from there: --help must not load FastAPI).
+DEFAULT_MAX_TOKENS_CAP = 16384
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+DEFAULT_MAX_CONNECTIONS = 64
+
+EXAMPLES = f"""\
+examples:
+  qwen-mlx serve
+  qwen-mlx serve --model qwen3-4b-instruct-2507-mlx-q8-g64 --port 8000
+  {API_KEY_ENV}=secret qwen-mlx serve --host 0.0.0.0
+
+then point any OpenAI client at it:
+  OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        allow_abbrev=False,
+        prog="qwen-mlx serve",
+        description="Serve the model over an OpenAI-compatible HTTP API: /v1/chat/completions, "
+        "/v1/completions, /v1/models and /health.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require `Authorization: Bearer KEY` on every route but /health "
+        f"(default: ${API_KEY_ENV}, which keeps the key out of the process list)",
+    )
+    p.add_argument(
+        "--max-tokens-cap",
+        type=int,
+        default=DEFAULT_MAX_TOKENS_CAP,
+        metavar="N",
+        help=f"the most tokens one reply may have; larger max_tokens are lowered to it "
+        f"(default: {DEFAULT_MAX_TOKENS_CAP})",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="N",
+        help=f"larger request bodies get 413 (default: {DEFAULT_MAX_BODY_BYTES:,})",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"open connections at most; requests beyond get 503 (default: "
+        f"{DEFAULT_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--max-context",
+        type=int,
+        metavar="N",
+        help="refuse prompts of N tokens or more (default: what the model and memory allow)",
+    )
+    p.add_argument(
+        "--cache-gb",
+        type=float,
+        metavar="GB",
+        help="memory for KV caches kept between requests, so resent conversations prefill "
+        "only what is new (default: half of what the weights leave; 0 turns it off)",
+    )
+    p.add_argument("--kv-bits", type=int, choices=(4, 8), help="quantize the KV caches")
+    p.add_argument(
+        "--context-extension",
+        type=float,
+        metavar="F",
+        help="YaRN rope scaling: F x the model's native context",
+    )
+    p.add_argument("--verify", action="store_true", help="check every file's sha256 before loading")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="server log verbosity (default: info)",
+    )
+    return p
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """The Host headers a server bound to `host` answers: on loopback, the loopback names
+    and the address it is bound to; elsewhere any (None)."""
+    if not is_loopback(host):
+        return None
+    bound = f"[{host}]" if ":" in host else host
+    return sorted({"localhost", "127.0.0.1", "[::1]", bound.lower()})
+
+
+def bind_warning(host: str, api_key: str | None) -> str | None:
+    """What to tell the user when `host` is reachable from other machines without a key."""
+    if api_key or is_loopback(host):
+        return None
+    return (
+        f"serving on {host} without --api-key: anyone who can reach this port can use the "
+        f"model. Set {API_KEY_ENV} or pass --api-key, or bind 127.0.0.1."
+    )
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_tokens_cap is not None and args.max_tokens_cap <= 0:
+        raise ValueError("--max-tokens-cap must be positive.")
+    if args.max_connections <= 0:
+        raise ValueError("--max-connections must be positive.")
+    warning = bind_warning(args.host, args.api_key)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    sockets = listen_sockets(args.host, args.port)  # a taken port fails before loading
+    import uvicorn
+
+    from ..runtime import load
+    from ..server import Engine, create_app, server_config
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    print(f"loading {args.model} ...", file=sys.stderr)
+    model = load(args.model, verify=args.verify, context_extension=args.context_extension)
+    engine = Engine(
+        model,
+        kv_bits=args.kv_bits,
+        cache_bytes=None if args.cache_gb is None else int(args.cache_gb * 1e9),
+        max_context=args.max_context,
+        max_tokens_cap=args.max_tokens_cap,
+        aliases=[args.model],  # requests may name the model as it was asked for here
+    )
+    app = create_app(
+        engine,
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_bytes,
+        allowed_hosts=allowed_hosts(args.host),
+    )
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    port = sockets[0].getsockname()[1]
+    print(
+        f"serving {model.name} at http://{host}:{port}/v1 "
+        f"(context {engine.context_limit:,} tokens)",
+        file=sys.stderr,
+    )
+    config = server_config(
+        app,
+        host=args.host,
+        port=port,
+        log_level=args.log_level,
+        max_connections=args.max_connections,
+        timeout_graceful_shutdown=5,
+    )
+    try:
+        uvicorn.Server(config).run(sockets=sockets)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+        print("stopped.", file=sys.stderr)
+    finally:
+        engine.close()
+        for sock in sockets:
+            sock.close()
+    return 0
+
+
+def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets bound to every address of `host` (localhost can be both ::1 and
+    127.0.0.1) on `port` (0: a free one, the same for all), or an error saying why not."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, not {port}.")
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host} is not an address of this machine ({e.strerror}).") from e
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio does: IPv4 gets its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if sockets[0] is not sock:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(
+                f"Port {port} on {host} is in use (another `qwen-mlx serve`?). Stop it, or "
+                "pick another port with --port (0 picks a free one)."
+            ) from e
+        raise ValueError(f"Cannot listen on {host} port {port}: {e.strerror}.") from e
+    return sockets
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

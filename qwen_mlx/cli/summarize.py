@@ -1,0 +1,93 @@
+"""`qwen-mlx summarize FILE`: summarize a text, Markdown or PDF file of any length."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import ProgressBar, add_model_arg, guarded
+
+
+def add_document_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, help="a .txt, .md or .pdf file")
+    add_model_arg(p)
+    p.add_argument(
+        "--max-context",
+        type=int,
+        metavar="TOKENS",
+        help="tokens one model call may use (default: what the model and memory allow); "
+        "longer documents are split and summarized part by part",
+    )
+    p.add_argument(
+        "--reply-tokens",
+        type=int,
+        default=384,
+        metavar="N",
+        help="length limit of each partial summary and of the result (default 384)",
+    )
+    p.add_argument("--temperature", "--temp", type=float, help="sampling temperature")
+    p.add_argument("--seed", type=int)
+
+
+def document_params(model, args):
+    return model.default_params.replace(temperature=args.temperature, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        allow_abbrev=False,
+        prog="qwen-mlx summarize",
+        description=(
+            "Summarize a document. One that fits in the context goes in one prompt; a longer "
+            "one is split on its headings, paragraphs and sentences, summarized part by part "
+            "and combined. Paragraphs marked [IMPORTANT] are kept word for word."
+        ),
+    )
+    add_document_args(p)
+    return p
+
+
+def run_on_document(args: argparse.Namespace, action):
+    """Read the document, load the model, and run `action` (summarize or ask) with a
+    progress bar; return its result."""
+    from ..chat.documents import read_document
+    from ..runtime import load
+
+    text = read_document(args.file)
+    model = load(args.model)
+    bar = ProgressBar()
+    try:
+        return action(
+            model,
+            text,
+            params=document_params(model, args),
+            max_context=args.max_context,
+            reply_tokens=args.reply_tokens,
+            progress=lambda stage, done, total: bar.update(stage, done, total),
+        )
+    finally:
+        bar.finish()
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..chat.documents import summarize
+
+    summary = run_on_document(args, summarize)
+    print(summary.text)
+    if summary.chunks == 1:
+        how = "one prompt"
+    else:
+        how = f"{summary.chunks} parts, {summary.levels} combining pass(es)"
+    print(
+        f"\n[{how}, {summary.calls} model calls, "
+        f"{len(summary.important)} [IMPORTANT] passages kept]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""`models import`: copy an existing MLX model folder (an mlx-community download, say)
+into the store, write its manifest and register it.
+
+The name is `--name`, else the one in the folder's own manifest.json (a folder that
+`qwen-mlx convert --mlx-path` wrote), else one read off the folder name or made from the
+checkpoint, as `convert` does."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import DamagedModelError, OutputExistsError
+from ..store import Store, install, naming
+from ..store.hub import FetchedSource, snapshot_repo, snapshot_revision
+from ..store.manifest import (
+    Manifest,
+    Quantization,
+    SourceInfo,
+    detect_license,
+    hash_files,
+    now_iso,
+    read_manifest,
+    tool_versions,
+)
+from . import check_name_free, fallback_release
+from .checkpoint import Checkpoint, inspect_checkpoint
+
+# mlx-community style suffixes: Qwen3-4B-Instruct-2507-4bit, ...-8bit, ...-bf16, ...-MLX
+_SUFFIX = re.compile(r"-(?:mlx-)?(?:\d+bit|bf16|fp16|mlx)(?:-.*)?$", re.IGNORECASE)
+
+
+def _quant(ckpt: Checkpoint) -> tuple[Quantization, dict]:
+    q = ckpt.config.get("quantization") or {}
+    dtype = str(ckpt.config.get("torch_dtype") or ckpt.config.get("dtype") or "bfloat16")
+    if not q:
+        return Quantization(dtype=dtype), q
+    return Quantization(dtype, q.get("bits"), q.get("group_size"), q.get("mode", "affine")), q
+
+
+def parameter_count(ckpt: Checkpoint) -> int:
+    """Parameters, reading quantized weights through their scales (in = groups x group)."""
+    _, q = _quant(ckpt)
+    total = 0
+    for name, spec in ckpt.tensors.items():
+        module, _, param = name.rpartition(".")
+        if param in ("scales", "biases") or (ckpt.tied_embeddings and module == "lm_head"):
+            continue
+        scales = ckpt.tensors.get(f"{module}.scales")
+        if param == "weight" and scales is not None:
+            group = (q.get(module) or {}).get("group_size") or q.get("group_size", 64)
+            total += spec.shape[0] * scales.shape[-1] * group
+        else:
+            n = 1
+            for d in spec.shape:
+                n *= d
+            total += n
+    return total
+
+
+def import_name(
+    folder: Path,
+    name: str | None,
+    quantization: Quantization,
+    ckpt: Checkpoint,
+    own: Manifest | None = None,
+) -> tuple[naming.ModelName, str]:
+    """The store name for an imported folder and how it was chosen ("" when given or
+    read whole): `name`, else the name in its own manifest `own`, else the folder name
+    (without mlx-community suffixes like `-4bit`), else one made from the checkpoint."""
+    if not name and own is not None and naming.is_name(own.name):
+        return naming.parse(own.name), ""
+    label = folder.name
+    if not (naming.is_name(label) and naming.parse(label).format):
+        label = _SUFFIX.sub("", label) or label
+    source = FetchedSource(folder, snapshot_repo(folder), snapshot_revision(folder))
+    release, release_from = fallback_release(source, ckpt)
+    base, note = naming.name_for(
+        name,
+        label,
+        family=ckpt.model_type,
+        parameters=parameter_count(ckpt),
+        release=release,
+        release_from=release_from,
+        hint=ckpt.config.get("_name_or_path"),
+    )
+    if base.format:
+        return base, note
+    tag = naming.quant_tag(
+        bits=quantization.bits, group_size=quantization.group_size, dtype=quantization.dtype
+    )
+    return base.with_format("mlx", tag), note
+
+
+def _own_manifest(folder: Path) -> Manifest | None:
+    """The folder's manifest.json, if it has a readable one (a damaged one is ignored:
+    the import writes a new one from the files)."""
+    try:
+        return read_manifest(folder)
+    except DamagedModelError:
+        return None
+
+
+def import_folder(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    force: bool = False,
+    home: str | Path | None = None,
+) -> tuple[Path, Manifest, bool]:
+    """Copy `path` into the store; return (folder, manifest, became latest).
+
+    When the folder holds our own manifest and its files still match it, the new
+    manifest keeps what that one knows: the original source, quantization and quality."""
+    source = Path(path).expanduser().resolve()
+    ckpt = inspect_checkpoint(source)
+    quantization, _ = _quant(ckpt)
+    own = _own_manifest(source)
+    model_name, _ = import_name(source, name, quantization, ckpt, own)
+    origin = SourceInfo(repo=snapshot_repo(source), path=str(source))
+    if own is not None and own.source.files:
+        origin = own.source
+    store = Store(home)
+    check_name_free(store, model_name, repo=origin.repo, path=origin.path, force=force)
+    final = store.path_for(model_name)
+    if final.exists() and not force:
+        raise OutputExistsError(
+            f"{model_name} is already in the store at {final}; pass --force to replace it."
+        )
+    files = ckpt.all_files()
+    with store.staging(final) as tmp:
+        for f in files:
+            shutil.copyfile(source / f, tmp / f)
+        entries = hash_files(tmp, files)
+        weight_bytes = sum(spec.nbytes for spec in ckpt.tensors.values())
+        params = parameter_count(ckpt)
+        kept = own is not None and {(f.path, f.sha256) for f in own.files} == {
+            (e.path, e.sha256) for e in entries
+        }
+        manifest = Manifest(
+            name=str(model_name),
+            family=model_name.family_id,
+            variant=model_name.variant,
+            release=model_name.release,
+            parameters=params,
+            context_length=int(ckpt.config.get("max_position_embeddings", 0)),
+            quantization=replace(
+                own.quantization if kept else quantization,
+                bits_per_weight=round(weight_bytes * 8 / params, 3),
+            ),
+            source=own.source
+            if kept
+            else SourceInfo(
+                repo=snapshot_repo(source),
+                path=str(source),
+                revision=snapshot_revision(source),
+                files={e.path: e.sha256 for e in entries},
+            ),
+            files=tuple(entries),
+            quality=own.quality if kept else None,
+            tools=tool_versions(),
+            license=detect_license(source),
+            created_at=now_iso(),
+        )
+        manifest.write(tmp)
+        install(tmp, final, replace=force)
+    became_latest = store.register(final, manifest, event="imported")
+    store.close()
+    return final, manifest, became_latest

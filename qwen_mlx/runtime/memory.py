@@ -1,0 +1,269 @@
+"""The memory planner: how many tokens of context fit in this machine's memory.
+
+Three things take memory while a conversation runs: the weights, the KV cache (a fixed
+number of bytes per token that depends on its precision), and the attention working space
+of a prefill chunk (the score matrix of one layer, chunk x context per head). The budget
+is Metal's recommended working set where Metal is present, otherwise physical memory
+minus headroom for the OS and other programs.
+
+For Qwen3-4B (36 layers, 8 KV heads of 128): 2 x 36 x 8 x 128 = 73,728 values per token,
+so 144 KiB per token in bf16 and 36 GiB at 262,144 tokens; 8-bit KV needs 76.5 KiB and
+4-bit 40.5 KiB per token (a scale and a bias in bf16 per 64 values included).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+KV_BITS = (None, 8, 4)  # bf16, then the quantized precisions, most precise first
+KV_GROUP_SIZE = 64
+_GIB = 1 << 30
+# Scores of one layer: float32 scores and their softmax live at the same time.
+_SCORE_BYTES = 4 * 2
+MIN_CHUNK = 64
+MAX_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The figures of a model that decide its memory use."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    context_length: int
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelShape:
+        heads = config["num_attention_heads"]
+        return cls(
+            layers=config["num_hidden_layers"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads", heads),
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            hidden=config["hidden_size"],
+            context_length=int(config.get("max_position_embeddings", 32768)),
+        )
+
+
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def estimate_weights_bytes(
+    config: dict[str, Any], *, bits: int | None = None, group_size: int | None = None
+) -> int:
+    """Bytes of a dense Qwen3's weights, from its config alone (no weight files needed).
+
+    Quantized at `bits` (default: the config's own `quantization`, if any) as mlx-lm does:
+    every linear layer and the embedding, with a scale and a bias per group; norms stay in
+    the float type.
+    """
+    quant = config.get("quantization") or {}
+    bits = bits or quant.get("bits")
+    group_size = group_size or quant.get("group_size") or 64
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    float_bytes = _DTYPE_BYTES.get(dtype, 2)
+    shape = ModelShape.from_config(config)
+    vocab, hidden = int(config["vocab_size"]), shape.hidden
+    q_out, kv_out = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    inter = int(config["intermediate_size"])
+    matrices = [(vocab, hidden)]  # the embedding
+    if not config.get("tie_word_embeddings", False):
+        matrices.append((vocab, hidden))
+    layer = [(q_out, hidden), (kv_out, hidden), (kv_out, hidden), (hidden, q_out)]
+    layer += [(inter, hidden), (inter, hidden), (hidden, inter)]
+    matrices += layer * shape.layers
+    vectors = hidden + shape.layers * (2 * hidden + 2 * shape.head_dim)  # the norms
+
+    def matrix_bytes(rows: int, cols: int) -> float:
+        if not bits or cols % group_size:
+            return rows * cols * float_bytes
+        return rows * cols * bits / 8 + rows * (cols // group_size) * 2 * float_bytes
+
+    return int(sum(matrix_bytes(r, c) for r, c in matrices) + vectors * float_bytes)
+
+
+def weights_bytes_on_disk(folder: Any) -> int | None:
+    """Bytes of the tensors in a folder's safetensors files (headers only), or None if it
+    has none."""
+    from pathlib import Path
+
+    from ..convert.tensorfile import read_header
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        header, _ = read_header(file)
+        header.pop("__metadata__", None)
+        total += sum(end - start for start, end in (t["data_offsets"] for t in header.values()))
+    return total
+
+
+def kv_group_size(head_dim: int) -> int:
+    """Values sharing one scale and bias in a quantized KV cache (64, or 32 for small heads)."""
+    for size in (KV_GROUP_SIZE, 32):
+        if head_dim % size == 0:
+            return size
+    raise ValueError(
+        f"A quantized KV cache needs head_dim divisible by 32 (this model: {head_dim})."
+    )
+
+
+def kv_bytes_per_token(
+    shape: ModelShape, kv_bits: int | None = None, *, dtype_bytes: int = 2
+) -> int:
+    """Bytes of KV cache per token: keys and values of every layer."""
+    values = shape.layers * 2 * shape.kv_heads * shape.head_dim
+    if kv_bits is None:
+        return values * dtype_bytes
+    group = kv_group_size(shape.head_dim)
+    return values * kv_bits // 8 + (values // group) * 2 * dtype_bytes
+
+
+def attention_workspace(shape: ModelShape, chunk: int, context: int) -> int:
+    """Working space of attention for a `chunk` of new tokens against `context` tokens.
+
+    Conservative: the unfused path (CPU, and the quantized-KV path on Metal) materialises
+    the scores of one layer for every head.
+    """
+    return shape.heads * chunk * context * _SCORE_BYTES + 4 * chunk * shape.hidden * 4
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Memory the planner may use, and where that figure comes from."""
+
+    bytes: int
+    total: int
+    source: str  # "metal-recommended-working-set" or "physical-memory-minus-headroom"
+
+
+def physical_memory() -> int:
+    if sys.platform == "darwin":
+        import subprocess
+
+        out = subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip().isdigit():
+            return int(out.stdout.strip())
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def machine_budget() -> Budget:
+    """Metal's recommended working set, or physical memory minus max(20%, 2 GiB)."""
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        info = mx.device_info()
+        recommended = info.get("max_recommended_working_set_size")
+        if recommended:
+            total = int(info.get("memory_size", recommended))
+            return Budget(int(recommended), total, "metal-recommended-working-set")
+    total = physical_memory()
+    headroom = max(total // 5, 2 * _GIB)
+    return Budget(max(total - headroom, 0), total, "physical-memory-minus-headroom")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a context of `context_tokens` costs with `kv_bits` KV, and whether it fits."""
+
+    context_tokens: int
+    kv_bits: int | None
+    weights: int
+    kv_cache: int
+    workspace: int
+    chunk: int
+    budget: int
+    context_limit: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.workspace
+
+    @property
+    def fits_memory(self) -> bool:
+        return self.total <= self.budget
+
+    @property
+    def fits_context(self) -> bool:
+        return self.context_tokens <= self.context_limit
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_memory and self.fits_context
+
+
+def kv_label(kv_bits: int | None) -> str:
+    return "bf16" if kv_bits is None else f"{kv_bits}-bit"
+
+
+class MemoryPlanner:
+    """Plans contexts for one model on one machine."""
+
+    def __init__(
+        self,
+        shape: ModelShape,
+        weights_bytes: int,
+        budget: Budget,
+        *,
+        dtype_bytes: int = 2,
+    ) -> None:
+        self.shape = shape
+        self.weights = weights_bytes
+        self.budget = budget
+        self.dtype_bytes = dtype_bytes
+
+    @classmethod
+    def for_model(cls, model: Any, budget: Budget | None = None) -> MemoryPlanner:
+        """From a loaded `Model`: its config and the bytes of its arrays."""
+        from mlx.utils import tree_flatten
+
+        weights = sum(v.nbytes for _, v in tree_flatten(model.model.parameters()))
+        return cls(ModelShape.from_config(model.config), weights, budget or machine_budget())
+
+    def kv_per_token(self, kv_bits: int | None = None) -> int:
+        return kv_bytes_per_token(self.shape, kv_bits, dtype_bytes=self.dtype_bytes)
+
+    def chunk_for(self, context_tokens: int, kv_bits: int | None = None) -> int:
+        """The largest prefill chunk (<= 2048) whose working space fits what is left."""
+        free = self.budget.bytes - self.weights - self.kv_per_token(kv_bits) * context_tokens
+        per_token = max(attention_workspace(self.shape, 1, max(context_tokens, 1)), 1)
+        chunk = min(MAX_CHUNK, free // per_token) if free > 0 else 0
+        return max(int(chunk) // MIN_CHUNK * MIN_CHUNK, MIN_CHUNK)
+
+    def plan(self, context_tokens: int, kv_bits: int | None = None) -> Plan:
+        chunk = self.chunk_for(context_tokens, kv_bits)
+        return Plan(
+            context_tokens=context_tokens,
+            kv_bits=kv_bits,
+            weights=self.weights,
+            kv_cache=self.kv_per_token(kv_bits) * context_tokens,
+            workspace=attention_workspace(
+                self.shape, min(chunk, max(context_tokens, 1)), context_tokens
+            ),
+            chunk=chunk,
+            budget=self.budget.bytes,
+            context_limit=self.shape.context_length,
+        )
+
+    def max_context(self, kv_bits: int | None = None) -> int:
+        """The longest context that fits, up to the model's own context length."""
+        if not self.plan(1, kv_bits).fits_memory:
+            return 0
+        lo, hi = 1, self.shape.context_length
+        if self.plan(hi, kv_bits).fits_memory:
+            return hi
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.plan(mid, kv_bits).fits_memory:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo

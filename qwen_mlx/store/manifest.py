@@ -1,0 +1,254 @@
+"""`manifest.json`: what a model folder is, where it came from, and the sha256 of every file.
+
+The manifest is written last when a model is converted or imported; `verify` recomputes
+what it lists. Its own sha256 identifies the exact model (saved sessions are tied to it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import DamagedModelError
+from ..fileio import atomic_write_text, sha256_file
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How the weights are stored. `bits` is None for an unquantized copy."""
+
+    dtype: str
+    bits: int | None = None
+    group_size: int | None = None
+    mode: str | None = None
+    recipe: str | None = None
+    bits_per_weight: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.recipe:
+            return f"{self.recipe} (g{self.group_size})"
+        if self.bits:
+            return f"{self.bits}-bit g{self.group_size}"
+        return self.dtype
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where the weights came from: a Hub repo at a revision, or a local folder."""
+
+    repo: str | None = None
+    path: str | None = None
+    revision: str | None = None
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """Source model versus converted model on the packaged calibration text."""
+
+    tokens: int
+    kl_divergence: float
+    top1_agreement: float
+    perplexity_source: float
+    perplexity_converted: float
+    verdict: str  # "ok" or "broken"
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    path: str
+    problem: str  # "missing", "size", "sha256", "unexpected", "damaged"
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    family: str
+    variant: str
+    release: str
+    parameters: int
+    context_length: int
+    quantization: Quantization
+    source: SourceInfo
+    files: tuple[FileEntry, ...]
+    quality: QualityReport | None = None
+    tools: dict[str, str] = field(default_factory=dict)
+    license: str | None = None
+    created_at: str = ""
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["files"] = [asdict(f) for f in self.files]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["quantization"] = Quantization(**data["quantization"])
+        data["source"] = SourceInfo(**data["source"])
+        data["files"] = tuple(FileEntry(**f) for f in data["files"])
+        if data.get("quality"):
+            data["quality"] = QualityReport(**data["quality"])
+        return cls(**data)
+
+    def write(self, folder: str | os.PathLike) -> str:
+        """Write atomically into `folder`; return the manifest's own sha256."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        atomic_write_text(Path(folder) / MANIFEST_FILE, text)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest | None:
+    """The folder's manifest, or None if it has none. A damaged one raises.
+
+    A manifest is damaged, too, when it lists a file outside its folder (`/etc/hostname`,
+    `../x`): every reader (verify, load, repair, ...) would otherwise hash or trust it.
+    """
+    file = Path(folder) / MANIFEST_FILE
+    if not file.exists() and not file.is_symlink():
+        return None
+    try:
+        if not file.is_file():
+            raise ValueError("it is not a file")
+        data = json.loads(file.read_text())
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        manifest = Manifest.from_dict(data)
+        for entry in manifest.files:
+            _check_entry(entry)
+    except (ValueError, KeyError, TypeError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise DamagedModelError(f"{file} is damaged ({e}).") from e
+    return manifest
+
+
+def _check_entry(entry: FileEntry) -> None:
+    """Raise ValueError unless `entry` names a file inside the model folder."""
+    if not isinstance(entry.path, str) or not entry.path:
+        raise ValueError(f"file entry {entry.path!r} is not a file name")
+    parts = PurePosixPath(entry.path).parts
+    if entry.path.startswith(("/", "\\")) or ".." in parts or "\\" in entry.path:
+        raise ValueError(f"file entry {entry.path!r} points outside the model folder")
+    if not isinstance(entry.size, int) or not isinstance(entry.sha256, str):
+        raise ValueError(f"file entry {entry.path!r} has no usable size and sha256")
+
+
+def manifest_sha256(folder: str | os.PathLike) -> str | None:
+    file = Path(folder) / MANIFEST_FILE
+    return sha256_file(file) if file.is_file() else None
+
+
+def hash_files(
+    folder: Path,
+    names: Iterable[str],
+    progress: Callable[[int], None] | None = None,
+    known: dict[str, str] | None = None,
+) -> list[FileEntry]:
+    """FileEntry for each name; `known` supplies hashes computed while writing."""
+    known = known or {}
+    entries = []
+    for name in names:
+        file = folder / name
+        digest = known.get(name)
+        if digest is None:
+            digest = sha256_file(file, progress)
+        elif progress is not None:
+            progress(file.stat().st_size)
+        entries.append(FileEntry(name, file.stat().st_size, digest))
+    return entries
+
+
+def verify_files(
+    folder: str | os.PathLike,
+    manifest: Manifest,
+    *,
+    full: bool = True,
+    progress: Callable[[str, int], None] | None = None,
+) -> list[FileProblem]:
+    """Compare the folder with its manifest: sizes always, sha256 when `full`.
+
+    `progress(file, nbytes)` is called as bytes are hashed. Files that are not in the
+    manifest are problems too: a stray `*.safetensors` would be loaded as weights.
+    """
+    folder = Path(folder)
+    problems: list[FileProblem] = []
+    listed = {f.path for f in manifest.files}
+    for entry in manifest.files:
+        file = folder / entry.path
+        if not file.is_file():
+            problems.append(FileProblem(entry.path, "missing"))
+            continue
+        size = file.stat().st_size
+        if size != entry.size:
+            problems.append(FileProblem(entry.path, "size", f"{size} bytes, expected {entry.size}"))
+            continue
+        if full:
+            tick = None if progress is None else (lambda n, p=entry.path: progress(p, n))
+            if sha256_file(file, tick) != entry.sha256:
+                problems.append(FileProblem(entry.path, "sha256", "contents changed"))
+    for file in sorted(folder.rglob("*")):
+        rel = file.relative_to(folder).as_posix()
+        if (
+            file.is_file()
+            and rel != MANIFEST_FILE
+            and rel not in listed
+            and not rel.startswith(".")
+        ):
+            problems.append(FileProblem(rel, "unexpected", "not in the manifest"))
+    return problems
+
+
+def detect_license(folder: Path) -> str | None:
+    """A short license id from a LICENSE file, if there is one."""
+    file = folder / "LICENSE"
+    if not file.is_file():
+        return None
+    head = file.read_text(errors="replace")[:2000]
+    if "Apache License" in head and "Version 2.0" in head:
+        return "apache-2.0"
+    if "MIT License" in head:
+        return "mit"
+    first = next((line.strip() for line in head.splitlines() if line.strip()), "")
+    return first[:80] or None
+
+
+def tool_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for dist in ("qwen-mlx", "mlx", "mlx-lm", "safetensors", "huggingface_hub"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return versions
