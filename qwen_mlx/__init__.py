@@ -25,7 +25,8 @@ _EXPORTS = {
     "Store": "store",
     "ModelName": "store.naming",
     "ChatSession": "chat.session",
-    "ContextPolicy": "chat.session",
+    "ContextPolicy": "chat.policy",
+    "Message": "runtime.messages",
     "TurnStats": "chat.session",
     "MemoryPlanner": "runtime.memory",
 }
@@ -35,6 +36,7 @@ __all__ = [
     "ContextPolicy",
     "GenerationChunk",
     "MemoryPlanner",
+    "Message",
     "Model",
     "ModelName",
     "SamplingParams",
@@ -47,9 +49,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .chat.session import ChatSession, ContextPolicy, TurnStats
+    from .chat.policy import ContextPolicy
+    from .chat.session import ChatSession, TurnStats
     from .runtime import GenerationChunk, Model, SamplingParams, generate, load, stream_generate
     from .runtime.memory import MemoryPlanner
+    from .runtime.messages import Message
     from .store import Store
     from .store.naming import ModelName
 

@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,17 @@ def sha256_file(path: str | os.PathLike, progress: Callable[[int], None] | None 
 def tree_size(path: str | os.PathLike) -> int:
     """Total bytes of the regular files below `path`."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def now_iso() -> str:
+    """Now, in UTC, to the second: what the store and the chat store record."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def human_bytes(n: float) -> str:
+    """Bytes for people: `512 B`, `2.3 GB` (decimal units, as macOS shows sizes)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

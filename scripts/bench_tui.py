@@ -150,9 +150,8 @@ def measure_app(args) -> Result | None:
     home = Path(tempfile.mkdtemp(prefix="qwen-mlx-bench-tui-"))
     os.environ["QWEN_MLX_HOME"] = str(home)
 
-    from qwen_mlx.cli.demo import ensure_demo_model
-
     import qwen_mlx.chat.session as session_module
+    from qwen_mlx.convert.demo import ensure_demo_model
     from qwen_mlx.runtime import GenerationChunk
     from tui.app import ChatApp
     from tui.widgets import PromptInput

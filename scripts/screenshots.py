@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="qwen-mlx-shots-"))
     os.environ["QWEN_MLX_HOME"] = str(home)
 
-    from qwen_mlx.cli.demo import ensure_demo_model
-
     import qwen_mlx.chat.session as session_module
+    from qwen_mlx.convert.demo import ensure_demo_model
     from qwen_mlx.runtime import GenerationChunk
     from tui.app import ChatApp
     from tui.screens import NoModelScreen

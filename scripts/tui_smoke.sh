@@ -13,7 +13,7 @@ python=${PYTHON:-python}
 session="qwen-mlx-smoke-$$"
 
 if [ -z "$model" ]; then
-  "$python" -c "from qwen_mlx.cli.demo import ensure_demo_model; ensure_demo_model()"
+  "$python" -c "from qwen_mlx.convert.demo import ensure_demo_model; ensure_demo_model()"
   model=qwen3-3m-demo
 fi
 

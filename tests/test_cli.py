@@ -61,7 +61,7 @@ def test_subcommands_run_as_modules():
 
 
 def test_demo_builds_converts_loads_and_generates(home, capsys):
-    from qwen_mlx.cli.demo import DEMO_MODEL
+    from qwen_mlx.convert.demo import DEMO_MODEL
 
     assert main(["demo", "--max-tokens", "8"]) == 0
     captured = capsys.readouterr()

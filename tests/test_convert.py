@@ -122,7 +122,7 @@ def test_a_model_of_the_same_name_finished_first_is_kept(tiny_hf, home, capsys, 
     # that finishes second must say so and leave the first one's model alone.
     assert main(["--hf-path", str(tiny_hf)]) == 0
     before = sha256_file(home / STORE_DIR / "manifest.json")
-    monkeypatch.setattr("qwen_mlx.convert._check_output", lambda final, force: None)
+    monkeypatch.setattr("qwen_mlx.convert.pipeline._check_output", lambda final, force: None)
     assert main(["--hf-path", str(tiny_hf)]) == 1
     err = capsys.readouterr().err
     assert "appeared while this one was being written" in err and "--force" in err
@@ -140,7 +140,7 @@ def test_a_model_appearing_at_the_last_moment_is_kept(tiny_hf, tmp_path, monkeyp
             (out / "config.json").write_text("{}")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("qwen_mlx.store.os.replace", racing_replace)
+    monkeypatch.setattr("qwen_mlx.store.staging.os.replace", racing_replace)
     with pytest.raises(OutputExistsError, match="appeared while"):
         convert(str(tiny_hf), mlx_path=out)
     assert [p.name for p in out.iterdir()] == ["config.json"]
@@ -167,7 +167,7 @@ def test_a_failed_swap_puts_the_previous_model_back(tiny_hf, tmp_path, monkeypat
             raise OSError(errno.EIO, "I/O error", str(dst))
         return real_replace(src, dst)
 
-    monkeypatch.setattr("qwen_mlx.store.os.replace", failing_replace)
+    monkeypatch.setattr("qwen_mlx.store.staging.os.replace", failing_replace)
     with pytest.raises(OSError, match="I/O error"):
         convert(str(tiny_hf), mlx_path=out, q_bits=8, force=True)
     assert read_manifest(out) == first.manifest
@@ -245,14 +245,14 @@ def test_missing_tensor_is_named(hf_copy, capsys, home):
 
 
 def test_not_enough_disk_is_refused_up_front(tiny_hf, home, monkeypatch):
-    import qwen_mlx.convert as conv
+    import qwen_mlx.convert.pipeline as conv
 
     def tiny_disk(path):
         return shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
 
     monkeypatch.setattr(conv.shutil, "disk_usage", tiny_disk)
     called = []
-    monkeypatch.setattr(conv, "_write_weights", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(conv, "write_weights", lambda *a, **k: called.append(1))
     with pytest.raises(InsufficientDiskError, match="needs about"):
         convert(str(tiny_hf))
     assert called == []
@@ -312,10 +312,10 @@ def test_disk_full_while_writing_leaves_nothing(tiny_hf, home, monkeypatch):
 def test_failure_while_replacing_keeps_the_old_model(tiny_hf, home, monkeypatch):
     first = convert(str(tiny_hf))
     before = sha256_file(first.path / "manifest.json")
-    import qwen_mlx.convert as conv
+    import qwen_mlx.convert.pipeline as conv
 
     monkeypatch.setattr(
-        conv, "_write_config", lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+        conv, "write_config", lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
     )
     with pytest.raises(RuntimeError):
         convert(str(tiny_hf), force=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import qwen_mlx.convert as conv
+import qwen_mlx.convert.pipeline as conv
 import qwen_mlx.store.hub as hub_module
 from qwen_mlx import load
 from qwen_mlx.cli.convert import main
@@ -137,16 +137,16 @@ def test_a_name_another_folder_holds_is_refused_before_any_work(
 ):
     assert main(["--hf-path", str(tiny_hf)]) == 0
     other = copy_as(tiny_hf, tmp_path / "elsewhere" / tiny_hf.name)
-    real_write = conv._write_weights
+    real_write = conv.write_weights
     written = []
-    monkeypatch.setattr(conv, "_write_weights", lambda *a: written.append(a))
+    monkeypatch.setattr(conv, "write_weights", lambda *a: written.append(a))
     assert main(["--hf-path", str(other)]) == 1
     err = capsys.readouterr().err
     assert f"{Q4} is already in the store, from {tiny_hf}" in err
     assert f"{other} would get the same name" in err
     assert "--name qwen3-1m-tiny-local-2507" in err
     assert written == []
-    monkeypatch.setattr(conv, "_write_weights", real_write)
+    monkeypatch.setattr(conv, "write_weights", real_write)
     # The suggestion is free; once taken, the next suggestion is another free one.
     assert main(["--hf-path", str(other), "--name", "qwen3-1m-tiny-local-2507"]) == 0
     third = copy_as(tiny_hf, tmp_path / "third" / tiny_hf.name)

@@ -45,7 +45,7 @@ def test_the_readme_has_python_blocks():
 def test_every_python_block_runs_against_the_demo_model(home, tmp_path, monkeypatch, capsys):
     from qwen_mlx import Model, load
     from qwen_mlx.chat import documents
-    from qwen_mlx.cli.demo import ensure_demo_model
+    from qwen_mlx.convert.demo import ensure_demo_model
     from qwen_mlx.server import Engine, create_app
 
     from .test_server import start_server

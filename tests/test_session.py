@@ -726,9 +726,25 @@ def test_token_ids_that_are_not_token_ids_are_ignored(tiny_model, tmp_path):
     path = tmp_path / "chat.json"
     session = saved_chat(tiny_model, path)
     data = json.loads(path.read_text())
-    assert "_token_ids" in data["messages"][-1]
-    data["messages"][-1]["_token_ids"] = ["a", "b"]
+    assert "token_ids" in data["messages"][-1]
+    data["messages"][-1]["token_ids"] = ["a", "b"]
     path.write_text(json.dumps(data))
     resumed = ChatSession.load(path, tiny_model)
     assert resumed.messages == session.messages
+    assert resumed.history[-1].token_ids is None
     reply(resumed.send("again", **REPLY))
+
+
+def test_a_session_saved_by_an_earlier_version_keeps_its_reply_tokens(tiny_model, tmp_path):
+    # Earlier versions wrote a reply's token ids and sampling as `_token_ids`, `_sampling`.
+    path = tmp_path / "chat.json"
+    session = saved_chat(tiny_model, path)
+    data = json.loads(path.read_text())
+    last = data["messages"][-1]
+    last["_token_ids"], last["_sampling"] = last.pop("token_ids"), last.pop("sampling")
+    path.write_text(json.dumps(data))
+    resumed = ChatSession.load(path, tiny_model)
+    assert resumed.history[-1].token_ids == session.history[-1].token_ids is not None
+    assert resumed.history[-1].sampling == session.history[-1].sampling is not None
+    reply(resumed.send("again", **REPLY))
+    assert resumed.last_stats.prefilled_tokens < resumed.last_stats.prompt_tokens

@@ -27,7 +27,8 @@ Q4 = "qwen3-1m-tiny-2507-mlx-q4-g64"
 
 CHILD = """
 import sys, time
-import qwen_mlx.store as store
+import qwen_mlx.store.staging as staging
+from qwen_mlx.store import Store
 from qwen_mlx.convert import convert
 
 def pause():
@@ -36,17 +37,17 @@ def pause():
 
 where = sys.argv[1]
 if where == "between-renames":  # the old model moved aside, the new one not yet in place
-    rename = store._rename
+    rename = staging._rename
     def paused_rename(src, dst):
         if ".partial-" in src.name and any(p.name.startswith(f".{dst.name}.old-")
                                            for p in dst.parent.iterdir()):
             pause()
         rename(src, dst)
-    store._rename = paused_rename
+    staging._rename = paused_rename
 elif where == "before-rename":  # the journal written, nothing renamed yet
-    store._rename = lambda src, dst: pause()
+    staging._rename = lambda src, dst: pause()
 elif where == "before-register":  # installed, not yet in the registry
-    store.Store.register = lambda *a, **k: pause()
+    Store.register = lambda *a, **k: pause()
 convert(sys.argv[2], force=sys.argv[3] == "force")
 """
 

@@ -21,6 +21,7 @@ from textual.widgets import DirectoryTree, Input, ListView, OptionList, TextArea
 from qwen_mlx.chat.chats import ChatStore
 from qwen_mlx.chat.saved import cache_files
 from qwen_mlx.convert import convert
+from qwen_mlx.runtime import Message
 from tui.app import ChatApp
 from tui.screens import (
     ConfirmScreen,
@@ -191,7 +192,7 @@ def test_escape_stops_the_reply_and_keeps_the_partial_text(stored, home):
 
 
 def test_a_parameter_change_reaches_the_sampler(stored, home, monkeypatch):
-    import qwen_mlx.runtime as runtime
+    import qwen_mlx.runtime.generation as runtime
 
     seen = []
     real = runtime.make_sampling
@@ -316,7 +317,7 @@ def test_reading_an_attachment_holds_the_chat_until_done_and_esc_stops_it(
             await exchange(pilot, "When?")
             assert app.session.last_stats.prompt_tokens > len(app.model.encode(doc.read_text()))
         stored_chat = ChatStore(home).messages(chat.id)
-        assert [m["role"] for m in stored_chat] == ["user", "user", "assistant"]
+        assert [m.role for m in stored_chat] == ["user", "user", "assistant"]
 
     asyncio.run(run())
 
@@ -330,8 +331,8 @@ def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home):
 
     chat_id = asyncio.run(run())
     saved = ChatStore(home).messages(chat_id)
-    assert [m["role"] for m in saved] == ["user", "assistant"]
-    assert saved[1]["stopped"] and saved[1]["content"]
+    assert [m.role for m in saved] == ["user", "assistant"]
+    assert saved[1].stopped and saved[1].content
     assert len(cache_files(home / "sessions" / f"{chat_id}.json")) == 1
 
 
@@ -363,7 +364,7 @@ def test_a_send_refused_for_size_keeps_the_conversation(stored, home, monkeypatc
             await wait_for(pilot, lambda: not app.streaming)
             assert app.session.messages == kept  # the earlier exchange is untouched
             assert app.query_one(PromptInput).text == huge
-            assert [m["content"] for m in ChatStore(home).messages(app.chat.id)] == [
+            assert [m.content for m in ChatStore(home).messages(app.chat.id)] == [
                 m["content"] for m in kept
             ]
 
@@ -445,8 +446,8 @@ def test_quitting_while_a_file_is_read_saves_it_in_the_chat(stored, home, tmp_pa
 
     chat_id = asyncio.run(run())
     saved = ChatStore(home).messages(chat_id)
-    assert [m["role"] for m in saved] == ["user"]
-    assert saved[0]["content"].startswith("Attached file `notes.md`")
+    assert [m.role for m in saved] == ["user"]
+    assert saved[0].content.startswith("Attached file `notes.md`")
     assert (home / "sessions" / f"{chat_id}.json").is_file()
 
 
@@ -637,15 +638,18 @@ def test_store_survives_a_reopen(home):
     chat = store.create(params={"temperature": 0.2})
     store.save_messages(
         chat.id,
-        [
-            {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "yo", "stopped": True},
-        ],
+        [Message("user", "hi"), Message("assistant", "yo", stopped=True, token_ids=(1, 2))],
     )
     store.close()
     again = ChatStore(home)
     assert again.get(chat.id).params == {"temperature": 0.2}
-    assert again.messages(chat.id)[1] == {"role": "assistant", "content": "yo", "stopped": True}
+    reply = again.messages(chat.id)[1]
+    assert (reply.role, reply.content, reply.stopped, reply.token_ids) == (
+        "assistant",
+        "yo",
+        True,
+        (1, 2),
+    )
     conn = sqlite3.connect(home / "chats.sqlite")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     assert json.loads(conn.execute("SELECT params FROM chats").fetchone()[0]) == {
@@ -1009,7 +1013,7 @@ def assert_read_only_the_new_message(app: ChatApp, held: list[int], text: str) -
     with exactly the cached tokens."""
     session = app.session
     stats = session.last_stats
-    prompt = app.model.render_tokens(session.messages_for_storage()[:-1])  # without the reply
+    prompt = app.model.render_tokens(session.history[:-1])  # without the reply
     assert stats.prompt_tokens == len(prompt)
     assert prompt[: len(held)] == held, "the cache is not a prefix of the new prompt"
     assert stats.prefilled_tokens == len(prompt) - len(held)

@@ -26,6 +26,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Header, Input, LoadingIndicator, Markdown
 
 from qwen_mlx.chat.chats import Chat, ChatStore, title_from
+from qwen_mlx.runtime import Message as ChatMessage
 
 from .commands import ChatCommands, on_model_thread
 from .screens import ConfirmScreen, NoModelScreen
@@ -205,7 +206,7 @@ class ChatApp(ChatCommands, App[None]):
         if not built:
             self.exit()
             return
-        from qwen_mlx.cli.demo import DEMO_MODEL
+        from qwen_mlx.convert.demo import DEMO_MODEL
 
         self.query_one("#loading").display = True
         self._load_model(DEMO_MODEL)
@@ -338,7 +339,7 @@ class ChatApp(ChatCommands, App[None]):
         self._show_chat(chat, session, context)
         self.query_one(PromptInput).focus()
 
-    def _session_for(self, chat: Chat, messages: list[dict[str, Any]]) -> Any:
+    def _session_for(self, chat: Chat, messages: list[ChatMessage]) -> Any:
         """A ChatSession for a stored chat, with its saved KV cache when it still fits."""
         from qwen_mlx.chat.session import ChatSession
 
@@ -362,9 +363,9 @@ class ChatApp(ChatCommands, App[None]):
         container = self.query_one("#messages")
         container.remove_children()
         views = [
-            MessageView(m["role"], m.get("content") or "", stopped=bool(m.get("stopped")))
-            for m in session.messages
-            if m["role"] != "system"
+            MessageView(m.role, m.content, stopped=m.stopped)
+            for m in session.history
+            if m.role != "system"
         ]
         container.mount_all(views)
         container.scroll_end(animate=False)
@@ -506,7 +507,7 @@ class ChatApp(ChatCommands, App[None]):
         thread: the chat the job started with, whatever the screen shows now)."""
         if chat is None:
             return
-        self.store.save_messages(chat.id, session.messages_for_storage())
+        self.store.save_messages(chat.id, session.history)
         if cache:
             self._save_cache(chat, session)
 
@@ -539,8 +540,8 @@ class ChatApp(ChatCommands, App[None]):
                 str(message.error), title="The model could not reply", severity="error", timeout=10
             )
         else:
-            last = self.session.messages[-1] if self.session.messages else {}
-            if reply is not None and last.get("stopped"):
+            history = self.session.history
+            if reply is not None and history and history[-1].stopped:
                 reply.view.mark_stopped()
             self._show_stats()
         self._update_context(*message.context)
@@ -559,7 +560,7 @@ class ChatApp(ChatCommands, App[None]):
             )
 
     def _show_stats(self) -> None:
-        from qwen_mlx.cli.common import human_bytes
+        from qwen_mlx.fileio import human_bytes
 
         stats = self.session.last_stats
         if stats is None:
@@ -591,7 +592,7 @@ class ChatApp(ChatCommands, App[None]):
             self.screen.dismiss(False)
 
     def action_regenerate(self) -> None:
-        if not self._can_reply() or not any(m["role"] == "user" for m in self.session.messages):
+        if not self._can_reply() or not any(m.role == "user" for m in self.session.history):
             return
         views = list(self.query(MessageView))
         if views and views[-1].role == "assistant":
@@ -614,16 +615,16 @@ class ChatApp(ChatCommands, App[None]):
         prompt.load_text(text)
         prompt.focus()
         if self.chat is not None:
-            self.store.save_messages(self.chat.id, self.session.messages_for_storage())
+            self.store.save_messages(self.chat.id, self.session.history)
 
     def action_copy_reply(self) -> None:
         replies = [
-            m for m in (self.session.messages if self.session else []) if m["role"] == "assistant"
+            m for m in (self.session.history if self.session else []) if m.role == "assistant"
         ]
         if not replies:
             self.notify("No reply to copy yet.")
             return
-        self.copy_to_clipboard(replies[-1]["content"])
+        self.copy_to_clipboard(replies[-1].content)
         self.notify("Copied the last reply.")
 
     def action_new_chat(self) -> None:

@@ -13,8 +13,8 @@ from textual import work
 from textual.binding import Binding
 
 from qwen_mlx.chat.chats import DEFAULT_TITLE, Chat
+from qwen_mlx.chat.export import default_export_path, to_markdown
 
-from .export import default_export_path, to_markdown
 from .screens import (
     SAMPLING_FIELDS,
     ConfirmScreen,
@@ -149,7 +149,7 @@ class ChatCommands:
             model=self.model.name,
             params={key: getattr(params, key) for key, *_ in SAMPLING_FIELDS},
             policy=self.session.policy.value,
-            messages=self.session.messages_for_storage(),  # with each reply's sampling
+            messages=self.session.history,  # with each reply's sampling
         )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -395,7 +395,7 @@ class ChatCommands:
                 self.session.reset()
                 self.query_one("#messages").remove_children()
                 if self.chat is not None:
-                    self.store.save_messages(self.chat.id, self.session.messages_for_storage())
+                    self.store.save_messages(self.chat.id, self.session.history)
         elif name == "/new":
             self.action_new_chat()
         elif name == "/rename":

@@ -84,7 +84,7 @@ class NoModelScreen(Screen[bool]):
 
     @work(exclusive=True)
     async def _build(self) -> None:
-        from qwen_mlx.cli.demo import ensure_demo_model
+        from qwen_mlx.convert.demo import ensure_demo_model
 
         from .commands import on_model_thread
 

@@ -14,12 +14,14 @@ import json
 import sqlite3
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ChatStoreError
-from ..store.manifest import now_iso
+from ..fileio import now_iso
+from ..runtime.messages import Message
 from ..store.migrations import Migrations, migrate
 
 MIGRATIONS: Migrations = [
@@ -170,18 +172,22 @@ class ChatStore:
     # -- messages --------------------------------------------------------------------------
 
     @_locked
-    def messages(self, chat_id: str) -> list[dict[str, Any]]:
+    def messages(self, chat_id: str) -> list[Message]:
         rows = self._conn.execute(
             "SELECT role, content, extra FROM messages WHERE chat_id = ? ORDER BY position",
             (chat_id,),
         ).fetchall()
         return [
-            {"role": r["role"], "content": r["content"], **json.loads(r["extra"])} for r in rows
+            Message.from_dict(
+                {**json.loads(r["extra"]), "role": r["role"], "content": r["content"]}
+            )
+            for r in rows
         ]
 
     @_locked
-    def save_messages(self, chat_id: str, messages: list[dict[str, Any]]) -> None:
-        """Make the stored messages equal `messages` (one transaction)."""
+    def save_messages(self, chat_id: str, messages: Sequence[Message]) -> None:
+        """Make the stored messages equal `messages` (one transaction): each reply with
+        its token ids and sampling, so a reopened chat reads only what is new."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._conn.execute("DELETE FROM messages WHERE chat_id = ?", (chat_id,))
@@ -190,14 +196,7 @@ class ChatStore:
                 "INSERT INTO messages (chat_id, position, role, content, extra, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (
-                        chat_id,
-                        i,
-                        m["role"],
-                        m.get("content") or "",
-                        json.dumps({k: v for k, v in m.items() if k not in ("role", "content")}),
-                        now,
-                    )
+                    (chat_id, i, m.role, m.content, json.dumps(_extra(m)), now)
                     for i, m in enumerate(messages)
                 ],
             )
@@ -209,6 +208,17 @@ class ChatStore:
 
     def session_path(self, chat_id: str) -> Path:
         return self.sessions / f"{chat_id}.json"
+
+
+def _role_content(row: sqlite3.Row) -> dict[str, str]:
+    return {"role": row["role"], "content": row["content"]}
+
+
+def _extra(message: Message) -> dict[str, Any]:
+    """What the `extra` column keeps of a message: all but its role and content."""
+    data = message.to_dict()
+    del data["role"], data["content"]
+    return data
 
 
 def _chat(row: sqlite3.Row) -> Chat:

@@ -32,10 +32,10 @@ from ..errors import OutputExistsError
 from ..fileio import atomic_write_json, fsync_dir, process_alive, sha256_file
 from ..runtime import Model, cache_length, load_cache, save_cache
 from ..runtime.memory import KV_BITS
+from ..runtime.messages import ROLES, Message
 
 SESSION_FORMAT = 1
 CACHE_SUFFIX = ".kv.safetensors"
-ROLES = ("system", "user", "assistant", "tool")
 PRIVATE = 0o600  # what atomic_write_json gives the JSON; its cache gets the same
 
 
@@ -136,35 +136,28 @@ def read_session(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_messages(messages: Any) -> list[dict[str, Any]]:
-    """Copies of `messages`; ValueError naming the first one that is not a message (a
-    dict with a known role and text content)."""
+def check_messages(messages: Any) -> list[Message]:
+    """`messages` (dicts or Messages) as Messages; ValueError naming the first one that is
+    not a message (a known role and text content, in valid Unicode)."""
     if not isinstance(messages, list):
         raise ValueError(f"the messages are a JSON {type(messages).__name__}, not a list")
     checked = []
     for i, message in enumerate(messages):
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ROLES
-            or not isinstance(message.get("content"), str)
-        ):
-            shown = json.dumps(message, ensure_ascii=False)
+        try:
+            checked.append(Message.of(message))
+        except (TypeError, ValueError):
+            shown = json.dumps(message, ensure_ascii=False, default=str)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise ValueError(
                 f"message {i} is not a message: {shown} (each needs a role, one of "
                 f"{', '.join(ROLES)}, and a text content)"
-            )
+            ) from None
         try:
-            message["content"].encode("utf-8")
+            checked[-1].content.encode("utf-8")
         except UnicodeEncodeError as e:  # a lone surrogate: it can be neither read nor saved
             raise ValueError(
                 f"message {i} is not valid Unicode (a lone surrogate at character {e.start:,})"
             ) from None
-        message = dict(message)
-        ids = message.get("_token_ids")
-        if ids is not None and not _int_list(ids):
-            del message["_token_ids"]  # a shortcut for rendering only; the text is the truth
-        checked.append(message)
     return checked
 
 
@@ -267,7 +260,7 @@ def _transfer(src: Path, dst: Path, *, move: bool, overwrite: bool) -> Path:
             tmp.unlink(missing_ok=True)
         fsync_dir(target.parent)
         new_info = {**info, "file": target.name}
-    state = {**data, "cache": new_info}
+    state = {**data, "messages": [m.to_dict() for m in data["messages"]], "cache": new_info}
     if not move:
         state["id"] = uuid.uuid4().hex
     atomic_write_json(dst, state)

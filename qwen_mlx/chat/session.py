@@ -6,10 +6,7 @@ with the cache, trims the cache there and prefills only the rest: turn 20 costs 
 1 costs, and a template that renders history differently still gets the right tokens.
 
 Before a turn the memory planner checks that the conversation, plus room for the reply,
-fits. The context policy decides what happens when it does not: `truncate` leaves the
-oldest turns out of the prompt (never the system prompt; they stay in `messages`),
-`kv-quantize` switches the cache to 8-bit then 4-bit, `error` refuses before any work.
-No policy lets a turn start that the planner says will not fit.
+fits; the context policy (policy.py) decides what happens when it does not.
 
 A session saves to disk with its cache (`save`) and resumes without re-reading its
 history (`ChatSession.load`); a cache that does not belong to the model, or is damaged,
@@ -20,15 +17,15 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from ..errors import ContextOverflowError, GenerationCancelled
 from ..runtime import (
     GenerationChunk,
+    Message,
     Model,
     SamplingParams,
     make_cache,
@@ -38,14 +35,10 @@ from ..runtime import (
     reuse_cache,
     stream_tokens,
 )
-from ..runtime.memory import KV_BITS, MemoryPlanner, kv_label
+from ..runtime.memory import KV_BITS, MemoryPlanner
+from .policy import ContextPolicy, next_step, reply_reserve, why_not
 from .saved import check_messages, read_cache, read_session, write_session
 from .tools import Approver, CallFilter, Tool, ToolCall, parse_tool_calls, run_tool_call, tool_table
-
-# Room kept for the reply when max_tokens is unlimited (-1).
-UNLIMITED_REPLY_RESERVE = 4096
-
-Message = dict[str, Any]
 
 
 def _check_text(value: Any, what: str) -> None:
@@ -62,21 +55,13 @@ def _check_text(value: Any, what: str) -> None:
                     f"({value[e.start]!r}) at character {e.start:,}. Pass text that can be "
                     "written as UTF-8."
                 ) from None
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):
         for key, item in value.items():
             _check_text(key, what)
             _check_text(item, what)
     elif isinstance(value, list | tuple):
         for item in value:
             _check_text(item, what)
-
-
-class ContextPolicy(str, Enum):
-    """What a turn does when the conversation would not fit."""
-
-    TRUNCATE = "truncate"
-    KV_QUANTIZE = "kv-quantize"
-    ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -117,8 +102,10 @@ class ChatSession:
 
     `send(text)` streams the reply as GenerationChunk values (like `stream_generate`);
     `stop()` from another thread ends it early, keeping the partial reply marked
-    `"stopped": True`. `messages` is the whole history; `last_stats` describes the last
-    turn; `context_tokens` / `context_limit` say how full the context is.
+    `"stopped": True`. `messages` is the whole history as OpenAI-style dicts, `history`
+    the same as `Message` values with what front ends keep (reply token ids, sampling);
+    `last_stats` describes the last turn; `context_tokens` / `context_limit` say how full
+    the context is.
     """
 
     def __init__(
@@ -158,36 +145,35 @@ class ChatSession:
         self._busy = threading.Lock()
         self._rendered: dict[tuple[int, bool], list[int]] = {}
         if system:
-            self._messages.append({"role": "system", "content": system})
+            self._messages.append(Message("system", system))
 
     # -- state -------------------------------------------------------------------------------
 
     @property
-    def messages(self) -> list[Message]:
+    def messages(self) -> list[dict[str, Any]]:
         """The whole conversation, including messages the truncate policy left out."""
-        return [{k: v for k, v in m.items() if not k.startswith("_")} for m in self._messages]
+        return [m.to_openai() for m in self._messages]
 
-    def messages_for_storage(self) -> list[Message]:
-        """The messages with the token ids of the replies (and the sampling parameters
-        each was generated with), for a front end that keeps them itself and passes them
-        back to `load(..., messages=...)` for exact reuse."""
-        return [dict(m) for m in self._messages]
+    @property
+    def history(self) -> list[Message]:
+        """The whole conversation as Messages, with each reply's token ids and sampling:
+        what a front end keeps and passes back to `load(..., messages=...)`."""
+        return list(self._messages)
 
     @property
     def system(self) -> str | None:
-        has = self._messages and self._messages[0]["role"] == "system"
-        return self._messages[0]["content"] if has else None
+        has = self._messages and self._messages[0].role == "system"
+        return self._messages[0].content if has else None
 
     @system.setter
     def system(self, text: str | None) -> None:
-        has = self._messages and self._messages[0]["role"] == "system"
-        if has:
+        if self._messages and self._messages[0].role == "system":
             if text:
-                self._messages[0]["content"] = text
+                self._messages[0] = Message("system", text)
             else:
                 del self._messages[0]
         elif text:
-            self._messages.insert(0, {"role": "system", "content": text})
+            self._messages.insert(0, Message("system", text))
         self._changed()
 
     @property
@@ -258,10 +244,7 @@ class ChatSession:
         A turn refused before any work (ContextOverflowError) leaves `messages` as it was.
         """
         before = self._idle_snapshot()
-        if not isinstance(text, str):
-            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
-        _check_text(text, "message")
-        self._messages.append({"role": "user", "content": text})
+        self._messages.append(Message("user", _text(text, "message")))
         self._changed()
         return self._turn(overrides, json_schema, restore=before)
 
@@ -282,13 +265,11 @@ class ChatSession:
         if not -len(self._messages) <= index < len(self._messages):
             raise IndexError(f"No message {index}; the conversation has {len(self._messages)}.")
         index %= len(self._messages)
-        if not isinstance(text, str):
-            raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
-        _check_text(text, "edited message")
-        self._messages[index] = {"role": self._messages[index]["role"], "content": text}
+        role = self._messages[index].role
+        self._messages[index] = Message(role, _text(text, "edited message"))
         del self._messages[index + 1 :]
         self._changed()
-        if self._messages[index]["role"] == "user":
+        if role == "user":
             return self._turn(overrides, restore=before)
         return iter(())
 
@@ -298,7 +279,7 @@ class ChatSession:
         last_user = self._last_index("user")
         if last_user is None:
             return None
-        text = self._messages[last_user]["content"]
+        text = self._messages[last_user].content
         del self._messages[last_user:]
         self._changed()
         return text
@@ -325,14 +306,7 @@ class ChatSession:
             self._stop.clear()
             tokens, notices = self._fit(self.params, add_generation_prompt=False)
             self.notices.extend(notices)
-            if self._cache is None:
-                self._cache = make_cache(self.model, self._kv_bits)
-                self._cache_tokens = []
-            reuse = reuse_cache(self._cache, self._cache_tokens, tokens, keep_one=False)
-            step = self.planner.chunk_for(len(tokens), self._kv_bits)
-            if self.prefill_chunk:
-                step = min(step, self.prefill_chunk)
-            report = self.prefill_progress
+            reuse, step = self._ready_cache(tokens, reserve=0, keep_one=False)
             try:
                 prefill(
                     self.model,
@@ -340,9 +314,7 @@ class ChatSession:
                     self._cache,
                     cache_tokens=self._cache_tokens,
                     step=step,
-                    progress=(lambda done, _: report(reuse + done, len(tokens)))
-                    if report
-                    else None,
+                    progress=self._progress_from(reuse, len(tokens)),
                     should_stop=lambda: self._stop.is_set() or bool(should_stop and should_stop()),
                 )
             except GenerationCancelled:
@@ -354,18 +326,14 @@ class ChatSession:
         finally:
             self._busy.release()
 
-    def _progress_from(self, reuse: int, total: int) -> Callable[[int, int], None] | None:
-        """`prefill_progress` in whole-conversation terms (the cached part counts as done)."""
-        report = self.prefill_progress
-        return None if report is None else (lambda done, _: report(reuse + done, total))
-
-    def add_message(self, message: Message) -> None:
-        """Append a message as is (a tool result, an attached document, ...)."""
+    def add_message(self, message: Message | Mapping[str, Any]) -> None:
+        """Append a message as is (a tool result, an attached document, ...): a Message or
+        an OpenAI-style dict."""
         self._idle_snapshot()
-        if message.get("role") not in ("system", "user", "assistant", "tool"):
-            raise ValueError(f"Unknown role {message.get('role')!r}.")
-        _check_text(message, f"{message['role']} message")
-        self._messages.append(dict(message))
+        raw = message.to_dict() if isinstance(message, Message) else message
+        message = Message.of(message)
+        _check_text(raw, f"{message.role} message")
+        self._messages.append(message)
         self._changed()
 
     def _idle_snapshot(self) -> list[Message]:
@@ -377,46 +345,30 @@ class ChatSession:
 
     def _last_index(self, role: str) -> int | None:
         for i in range(len(self._messages) - 1, -1, -1):
-            if self._messages[i]["role"] == role:
+            if self._messages[i].role == role:
                 return i
         return None
 
-    # -- fitting the context --------------------------------------------------------------------
+    # -- fitting the context and readying the cache ---------------------------------------------
 
     def fit_report(self, text: str = "", max_tokens: int | None = None) -> str | None:
         """None if a user message `text` fits as things stand; else what the policy will do."""
-        reserve = self._reserve(max_tokens or self.params.max_tokens)
+        reserve = reply_reserve(max_tokens or self.params.max_tokens)
         need = self.context_tokens + self.count_tokens(text) + 16 + reserve
         plan = self.planner.plan(need, self._kv_bits)
         if plan.fits:
             return None
-        action = {
-            ContextPolicy.TRUNCATE: "the oldest turns will be left out of the prompt",
-            ContextPolicy.KV_QUANTIZE: "the KV cache will switch to a lower precision",
-            ContextPolicy.ERROR: "it will be refused",
-        }[self.policy]
         return (
-            f"This message needs about {need:,} tokens; {self._why(plan)}: {action} "
-            f"(context policy: {self.policy.value})."
-        )
-
-    def _reserve(self, max_tokens: int) -> int:
-        return UNLIMITED_REPLY_RESERVE if max_tokens < 0 else max_tokens
-
-    def _why(self, plan) -> str:
-        if not plan.fits_context:
-            return f"the model's context is {plan.context_limit:,} tokens"
-        fit = self.planner.max_context(plan.kv_bits)
-        return (
-            f"only {fit:,} tokens fit in memory with {kv_label(plan.kv_bits)} KV "
-            f"({plan.budget / 1e9:.1f} GB budget, {plan.weights / 1e9:.1f} GB of weights)"
+            f"This message needs about {need:,} tokens; {why_not(self.planner, plan)}: "
+            f"{self.policy.action} (context policy: {self.policy.value})."
         )
 
     def _fit(
         self, params: SamplingParams, *, add_generation_prompt: bool = True
     ) -> tuple[list[int], list[str]]:
-        """The prompt tokens for this turn after applying the context policy."""
-        reserve = self._reserve(params.max_tokens)
+        """The prompt tokens for this turn after applying the context policy, and what
+        the policy did."""
+        reserve = reply_reserve(params.max_tokens)
         notices: list[str] = []
         while True:
             tokens = self._tokens(add_generation_prompt=add_generation_prompt)
@@ -424,34 +376,28 @@ class ChatSession:
             if plan.fits:
                 return tokens, notices
             need = f"{len(tokens):,} prompt tokens + {reserve:,} for the reply"
-            if self.policy is ContextPolicy.ERROR:
-                raise ContextOverflowError(f"The conversation needs {need}, but {self._why(plan)}.")
-            if self.policy is ContextPolicy.KV_QUANTIZE:
-                lower = [b for b in KV_BITS if b is not None and (self._kv_bits or 16) > b]
-                if not plan.fits_context or not lower:
-                    raise ContextOverflowError(
-                        f"The conversation needs {need}, but {self._why(plan)}, even with "
-                        f"{kv_label(self._kv_bits)} KV. Start a new chat or use the truncate "
-                        "policy."
-                    )
-                self.set_kv_bits(lower[0])
-                notices.append(f"Switched the KV cache to {kv_label(lower[0])} to fit {need}.")
-                continue
-            if len(self._turn_messages()) - self._dropped <= 1:
-                raise ContextOverflowError(
-                    f"The last message alone needs {need}, but {self._why(plan)}. Shorten it "
-                    "or lower max_tokens."
-                )
-            self._drop_oldest_turn()
-            notices.append(
-                f"Left the {self._dropped} oldest messages out of the prompt to fit ({need})."
+            step = next_step(
+                self.policy,
+                self.planner,
+                plan,
+                need=need,
+                kv_bits=self._kv_bits,
+                can_drop=len(self._turn_messages()) - self._dropped > 1,
             )
+            if step.drop:
+                self._drop_oldest_turn()
+                notices.append(
+                    f"Left the {self._dropped} oldest messages out of the prompt to fit ({need})."
+                )
+            else:
+                self.set_kv_bits(step.kv_bits)
+                notices.append(f"Switched the KV cache to {step.kv_bits}-bit to fit {need}.")
 
     def _drop_oldest_turn(self) -> None:
         """Leave the oldest exchange (a user message and what answered it) out."""
         turns = self._turn_messages()
         i = self._dropped + 1
-        while i < len(turns) - 1 and turns[i]["role"] != "user":
+        while i < len(turns) - 1 and turns[i].role != "user":
             i += 1
         self._dropped = i
         self._rendered.clear()
@@ -461,6 +407,24 @@ class ChatSession:
         if self._cache is not None and kv_bits is not None:
             self._cache = requantize_cache(self.model, self._cache, kv_bits)
         self._kv_bits = kv_bits
+
+    def _ready_cache(self, tokens: list[int], *, reserve: int, keep_one: bool) -> tuple[int, int]:
+        """Make the cache if there is none and trim it to the longest prefix it shares with
+        `tokens` (with `keep_one`, at least one token is left to read); then choose the
+        prefill chunk for `tokens` plus `reserve` more. Returns (tokens reused, chunk)."""
+        if self._cache is None:
+            self._cache = make_cache(self.model, self._kv_bits)
+            self._cache_tokens = []
+        reuse = reuse_cache(self._cache, self._cache_tokens, tokens, keep_one=keep_one)
+        chunk = self.planner.chunk_for(len(tokens) + reserve, self._kv_bits)
+        if self.prefill_chunk:
+            chunk = min(chunk, self.prefill_chunk)
+        return reuse, chunk
+
+    def _progress_from(self, reuse: int, total: int) -> Callable[[int, int], None] | None:
+        """`prefill_progress` in whole-conversation terms (the cached part counts as done)."""
+        report = self.prefill_progress
+        return None if report is None else (lambda done, _: report(reuse + done, total))
 
     # -- a turn ---------------------------------------------------------------------------------
 
@@ -499,11 +463,12 @@ class ChatSession:
         """Answer the calls in the last reply: run them, or past the limit reply with an
         error, or after that leave them unanswered. True if the model should go on."""
         reply = self._messages[-1]
-        prose, calls = parse_tool_calls(reply["content"])
+        prose, calls = parse_tool_calls(reply.content)
         if not calls:
             return False
-        reply.update(content=prose, tool_calls=[c.to_message() for c in calls])
-        reply.pop("_token_ids", None)
+        self._messages[-1] = replace(
+            reply, content=prose, tool_calls=tuple(c.to_message() for c in calls), token_ids=None
+        )
         self._changed()
         if rounds > self.max_tool_rounds:
             return False
@@ -513,12 +478,7 @@ class ChatSession:
             else:
                 result = "error: too many rounds of tool calls; answer with what you have."
             self._messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": call.id,
-                    "name": call.name or "",
-                    "content": result,
-                }
+                Message("tool", result, tool_call_id=call.id, name=call.name or "")
             )
             if self.on_tool_call is not None:
                 self.on_tool_call(call, result)
@@ -537,15 +497,9 @@ class ChatSession:
             processors.append(JsonSchemaProcessor(self.model, json_schema))
         calls_hidden = CallFilter() if self.tools and json_schema is None else None
         tokens, notices = self._fit(params)
-        if self._cache is None:
-            self._cache = make_cache(self.model, self._kv_bits)
-            self._cache_tokens = []
-        reuse = reuse_cache(self._cache, self._cache_tokens, tokens, keep_one=True)
-        chunk_size = self.planner.chunk_for(
-            len(tokens) + self._reserve(params.max_tokens), self._kv_bits
+        reuse, chunk_size = self._ready_cache(
+            tokens, reserve=reply_reserve(params.max_tokens), keep_one=True
         )
-        if self.prefill_chunk:
-            chunk_size = min(chunk_size, self.prefill_chunk)
         suffix = tokens[reuse:]
         pieces: list[str] = []
         last: GenerationChunk | None = None
@@ -581,7 +535,17 @@ class ChatSession:
             reason = last.finish_reason if finished and last and last.finish_reason else "cancelled"
             self._record(tokens, reuse, pieces, last, reason, notices, params)
         if last is None or last.finish_reason is None:  # cancelled before the first token
-            yield GenerationChunk("", None, len(suffix), 0.0, 0, 0.0, 0.0, 0.0, "cancelled")
+            yield GenerationChunk(
+                text="",
+                token=None,
+                prompt_tokens=len(suffix),
+                prompt_tps=0.0,
+                generation_tokens=0,
+                generation_tps=0.0,
+                peak_memory=0.0,
+                time_to_first_token=0.0,
+                finish_reason="cancelled",
+            )
             return "cancelled"
         return last.finish_reason
 
@@ -595,19 +559,23 @@ class ChatSession:
         notices: list[str],
         params: SamplingParams,
     ) -> None:
-        reply: Message = {"role": "assistant", "content": "".join(pieces)}
-        reply["_sampling"] = params.to_dict()  # kept with the reply (storage, export)
-        if reason == "cancelled":
-            reply["stopped"] = True
+        content = "".join(pieces)
         produced = self._cache_tokens[len(tokens) :]
         while produced and produced[-1] in self.model.tokenizer.eos_token_ids:
             produced = produced[:-1]
         # Reused verbatim when the history is rendered, unless the text is not theirs (a
         # stop string cut it); a reply whose ids are dropped is re-read from its start.
         decoded = self.model.tokenizer.decode(produced) if produced else None
-        if decoded is not None and _same_text(decoded, reply["content"]):
-            reply["_token_ids"] = produced
-        self._messages.append(reply)
+        same = decoded is not None and _same_text(decoded, content)
+        self._messages.append(
+            Message(
+                "assistant",
+                content,
+                token_ids=tuple(produced) if same else None,
+                stopped=reason == "cancelled",
+                sampling=params.to_dict(),  # kept with the reply (storage, export)
+            )
+        )
         self._changed()
         self.notices.extend(notices)
         self.last_stats = TurnStats(
@@ -632,7 +600,7 @@ class ChatSession:
         The cache lives beside the JSON, named after it: `save("kyoto.json")` also writes
         `kyoto.json.<sha12>.kv.safetensors`. Copy or move a saved session with
         `qwen_mlx.chat.saved.copy_session` / `move_session`, which take the cache along
-        (see session_files.py for the format)."""
+        (see saved.py for the format)."""
         if self.busy:
             raise RuntimeError("Cannot save while a reply is being generated.")
         state = {
@@ -642,7 +610,7 @@ class ChatSession:
                 "ref": self.model.ref,  # what `generate --session` loads without --model
                 "fingerprint": self.model.fingerprint,
             },
-            "messages": self._messages,
+            "messages": [m.to_dict() for m in self._messages],
             "dropped": self._dropped,
             "params": self.params.to_dict(),
             "policy": self.policy.value,
@@ -664,13 +632,14 @@ class ChatSession:
         *,
         policy: ContextPolicy | str | None = None,
         planner: MemoryPlanner | None = None,
-        messages: list[Message] | None = None,
+        messages: Sequence[Message | Mapping[str, Any]] | None = None,
     ) -> ChatSession:
         """Resume a saved session. Its messages always come back; its KV cache only if it
         belongs to this exact model and is intact (otherwise `notices` says why not).
 
-        `messages` replaces the saved messages (when a front end keeps newer ones
-        elsewhere); the cache is still used for whatever prefix they share with it.
+        `messages` (Messages, as `history` gives them, or dicts) replaces the saved
+        messages, when a front end keeps newer ones elsewhere; the cache is still used for
+        whatever prefix they share with it.
         """
         path = Path(path)
         data = read_session(path)  # ValueError for a file that is not a session
@@ -678,7 +647,7 @@ class ChatSession:
             policy = ContextPolicy(policy)  # the caller's mistake, not the file's
         if messages is not None:
             try:
-                messages = check_messages(messages)
+                messages = check_messages(list(messages))
             except ValueError as e:
                 raise ValueError(f"The messages given to ChatSession.load: {e}.") from e
         try:
@@ -697,7 +666,7 @@ class ChatSession:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path} has unusable settings ({e}).") from e
         session.id = str(data["id"])
-        session._messages = messages if messages is not None else data["messages"]
+        session._messages = list(messages if messages is not None else data["messages"])
         session._changed()
         if data.get("cache"):
             saved = read_cache(path, data, model)
@@ -707,3 +676,11 @@ class ChatSession:
                 session._cache, session._cache_tokens = saved.cache, saved.tokens
                 session._kv_bits = saved.kv_bits
         return session
+
+
+def _text(text: Any, what: str) -> str:
+    """`text` if it is a str of valid Unicode; else a clear error."""
+    if not isinstance(text, str):
+        raise TypeError(f"A message is text (a str), not {type(text).__name__}.")
+    _check_text(text, what)
+    return text

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 from ..errors import QwenMLXError
+from ..fileio import human_bytes
 
 INTERRUPTED = 130
 # How a shell reports a command ended by SIGPIPE (`yes | head`): 128 + 13.
@@ -71,14 +72,6 @@ def _reader_gone() -> int:
     except (OSError, ValueError):  # stdout is not a file (captured by a test, say)
         pass
     return BROKEN_PIPE
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def print_table(

@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
 from .common import ProgressBar, format_stats, guarded
-
-DEMO_SOURCE = "qwen3-3m-demo-0000"
-DEMO_MODEL = f"{DEMO_SOURCE}-mlx-q4-g64"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,40 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def demo_config():
-    from ..convert.tiny import TinyConfig
-
-    # ~3M parameters: big enough to look like a model, small enough for any CPU.
-    return TinyConfig(
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=32,
-        intermediate_size=768,
-    )
-
-
-def ensure_demo_model(*, rebuild: bool = False, progress=None) -> str:
-    """Build and convert the demo model into the store unless it is there; return its name."""
-    from ..convert import convert
-    from ..convert.tiny import build_tiny_checkpoint
-    from ..store import Store, naming
-
-    store = Store()
-    if store.path_for(naming.parse(DEMO_MODEL)).is_dir() and not rebuild:
-        return DEMO_MODEL
-    with tempfile.TemporaryDirectory(prefix="qwen-mlx-demo-") as tmp:
-        source = build_tiny_checkpoint(
-            Path(tmp) / DEMO_SOURCE, demo_config(), tokenizer_vocab_size=1024
-        )
-        convert(str(source), force=rebuild, progress=progress)
-    return DEMO_MODEL
-
-
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..convert.demo import ensure_demo_model
     from ..runtime import load, stream_generate
 
     bar = ProgressBar()

@@ -19,14 +19,11 @@ from ..store.manifest import (
     Manifest,
     Quantization,
     SourceInfo,
-    detect_license,
     hash_files,
-    now_iso,
     read_manifest,
-    tool_versions,
 )
-from . import check_name_free, fallback_release
 from .checkpoint import Checkpoint, inspect_checkpoint
+from .names import check_name_free, output_name
 
 # mlx-community style suffixes: Qwen3-4B-Instruct-2507-4bit, ...-8bit, ...-bf16, ...-MLX
 _SUFFIX = re.compile(r"-(?:mlx-)?(?:\d+bit|bf16|fp16|mlx)(?:-.*)?$", re.IGNORECASE)
@@ -76,22 +73,9 @@ def import_name(
     if not (naming.is_name(label) and naming.parse(label).format):
         label = _SUFFIX.sub("", label) or label
     source = FetchedSource(folder, snapshot_repo(folder), snapshot_revision(folder))
-    release, release_from = fallback_release(source, ckpt)
-    base, note = naming.name_for(
-        name,
-        label,
-        family=ckpt.model_type,
-        parameters=parameter_count(ckpt),
-        release=release,
-        release_from=release_from,
-        hint=ckpt.config.get("_name_or_path"),
+    return output_name(
+        source, name, quantization, ckpt, label=label, parameters=parameter_count(ckpt)
     )
-    if base.format:
-        return base, note
-    tag = naming.quant_tag(
-        bits=quantization.bits, group_size=quantization.group_size, dtype=quantization.dtype
-    )
-    return base.with_format("mlx", tag), note
 
 
 def _own_manifest(folder: Path) -> Manifest | None:
@@ -139,13 +123,10 @@ def import_folder(
         kept = own is not None and {(f.path, f.sha256) for f in own.files} == {
             (e.path, e.sha256) for e in entries
         }
-        manifest = Manifest(
-            name=str(model_name),
-            family=model_name.family_id,
-            variant=model_name.variant,
-            release=model_name.release,
+        manifest = Manifest.new(
+            model_name,
             parameters=params,
-            context_length=int(ckpt.config.get("max_position_embeddings", 0)),
+            config=ckpt.config,
             quantization=replace(
                 own.quantization if kept else quantization,
                 bits_per_weight=round(weight_bytes * 8 / params, 3),
@@ -158,11 +139,9 @@ def import_folder(
                 revision=snapshot_revision(source),
                 files={e.path: e.sha256 for e in entries},
             ),
-            files=tuple(entries),
+            files=entries,
             quality=own.quality if kept else None,
-            tools=tool_versions(),
-            license=detect_license(source),
-            created_at=now_iso(),
+            license_from=source,
         )
         manifest.write(tmp)
         install(tmp, final, replace=force)

@@ -11,12 +11,14 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DamagedModelError
-from ..fileio import atomic_write_text, sha256_file
+from ..fileio import atomic_write_text, now_iso, sha256_file
+
+if TYPE_CHECKING:
+    from .naming import ModelName
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
@@ -98,6 +100,37 @@ class Manifest:
     created_at: str = ""
     schema: int = SCHEMA_VERSION
 
+    @classmethod
+    def new(
+        cls,
+        name: ModelName,
+        *,
+        parameters: int,
+        config: dict[str, Any],
+        quantization: Quantization,
+        source: SourceInfo,
+        files: Iterable[FileEntry],
+        quality: QualityReport | None = None,
+        license_from: Path | None = None,
+    ) -> Manifest:
+        """The manifest of a model just written (converted or imported): its name's parts,
+        its context from `config`, the license found in `license_from`, today's tools."""
+        return cls(
+            name=str(name),
+            family=name.family_id,
+            variant=name.variant,
+            release=name.release,
+            parameters=parameters,
+            context_length=int(config.get("max_position_embeddings", 0)),
+            quantization=quantization,
+            source=source,
+            files=tuple(files),
+            quality=quality,
+            tools=tool_versions(),
+            license=detect_license(license_from) if license_from else None,
+            created_at=now_iso(),
+        )
+
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
@@ -122,10 +155,6 @@ class Manifest:
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         atomic_write_text(Path(folder) / MANIFEST_FILE, text)
         return hashlib.sha256(text.encode()).hexdigest()
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 def read_manifest(folder: str | os.PathLike) -> Manifest | None:

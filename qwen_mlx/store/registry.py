@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InsufficientDiskError, RegistryError
-from ..fileio import disk_full
-from .manifest import Manifest, now_iso
+from ..fileio import disk_full, now_iso
+from .manifest import Manifest
 from .migrations import Migrations, is_full, is_locked, migrate
 
 MIGRATIONS: Migrations = [
@@ -198,6 +198,33 @@ class Registry:
             [(manifest.name, f.path, f.size, f.sha256) for f in manifest.files],
         )
         conn.execute("INSERT OR IGNORE INTO families (family) VALUES (?)", (name.family_id,))
+
+    @staticmethod
+    def delete_model(conn: sqlite3.Connection, name: str) -> None:
+        conn.execute("DELETE FROM models WHERE name = ?", (name,))
+
+    @staticmethod
+    def record_verify(conn: sqlite3.Connection, name: str, ok: bool) -> None:
+        conn.execute(
+            "UPDATE models SET last_verified_at = ?, last_verify_ok = ? WHERE name = ?",
+            (now_iso(), int(ok), name),
+        )
+
+    @staticmethod
+    def set_pinned(conn: sqlite3.Connection, family: str, pinned: bool) -> None:
+        conn.execute(
+            "INSERT INTO families (family, pinned) VALUES (?, ?) "
+            "ON CONFLICT(family) DO UPDATE SET pinned = excluded.pinned",
+            (family, int(pinned)),
+        )
+
+    @staticmethod
+    def set_policy(conn: sqlite3.Connection, family: str, policy: str) -> None:
+        conn.execute(
+            "INSERT INTO families (family, policy) VALUES (?, ?) "
+            "ON CONFLICT(family) DO UPDATE SET policy = excluded.policy",
+            (family, policy),
+        )
 
     @staticmethod
     def log(

@@ -7,9 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from ..runtime.messages import Message
 
 HEADINGS = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
 
@@ -20,11 +23,11 @@ def to_markdown(
     model: str,
     params: dict[str, Any],
     policy: str,
-    messages: list[dict[str, Any]],
+    messages: Sequence[Message | dict[str, Any]],
     exported: datetime | None = None,
 ) -> str:
-    """`params` are the chat's settings now; a reply's own (`_sampling`, recorded by
-    ChatSession) can differ when they were changed during the chat."""
+    """`params` are the chat's settings now; a reply's own (`Message.sampling`, recorded
+    by ChatSession) can differ when they were changed during the chat."""
     when = (exported or datetime.now()).strftime("%Y-%m-%d %H:%M")
     shown = _params_text(params)
     lines = [
@@ -36,18 +39,18 @@ def to_markdown(
         f"- Exported: {when}",
         "",
     ]
-    for message in messages:
-        role = message["role"]
+    for message in map(Message.of, messages):
+        role = message.role
         heading = HEADINGS.get(role, role.title())
-        if role == "tool" and message.get("name"):
-            heading += f" (`{message['name']}`)"
+        if role == "tool" and message.name:
+            heading += f" (`{message.name}`)"
         lines += [f"## {heading}", ""]
-        content = message.get("content") or ""
+        content = message.content
         if role == "tool":
             lines += ["```", content, "```"]
         elif content:
             lines.append(content)
-        for call in message.get("tool_calls") or []:
+        for call in message.tool_calls:
             fn = call.get("function", call)
             args = fn.get("arguments", {})
             if isinstance(args, str):
@@ -61,10 +64,10 @@ def to_markdown(
                 json.dumps(args, indent=2, ensure_ascii=False),
                 "```",
             ]
-        if message.get("stopped"):
+        if message.stopped:
             lines += ["", "_(stopped)_"]
-        if role == "assistant" and isinstance(message.get("_sampling"), dict):
-            lines += ["", f"_Sampling: {_params_text(message['_sampling']) or 'not recorded'}_"]
+        if role == "assistant" and message.sampling is not None:
+            lines += ["", f"_Sampling: {_params_text(message.sampling) or 'not recorded'}_"]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"  # the last message keeps its own text
 

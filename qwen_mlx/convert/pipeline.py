@@ -1,0 +1,300 @@
+"""The conversion: Hugging Face Qwen3 checkpoint -> MLX, quantized, written atomically
+into the store (download, validate, name, plan, write, report, install, register).
+
+The weights stream through one tensor at a time: each source tensor is read (hashing the
+source file as it goes), cast, quantized with `mx.quantize` exactly as `mlx_lm.convert`
+does, and appended to the output safetensors (hashing the output as it goes). Peak memory
+is about one source tensor, and every byte is read and hashed once.
+
+Float types follow `mlx_lm.convert`: `dtype`, else the config's `torch_dtype`, casts every
+float tensor; otherwise (transformers 5 writes `dtype`, which mlx-lm ignores) each tensor
+keeps its own type, and quantization scales and biases take their weight's type.
+
+A layer whose input size the group size does not divide cannot be quantized. mlx-lm leaves
+such layers unquantized and says nothing; we quantize the whole model with the largest
+group size of (requested, 64, 32) that divides every layer that can be quantized, leave
+the rest unquantized, say so in a warning, and name the output after what was written.
+
+Everything is written into a temporary sibling of the output folder, which is renamed into
+place only when complete, so Ctrl-C, an exception or a full disk leave nothing behind.
+
+`python -m qwen_mlx.convert --help` lists the flags; each maps onto a keyword of `convert`.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import InsufficientDiskError, OutputExistsError
+from ..fileio import human_bytes, sha256_file
+from ..store import Store, check_replaceable, hub, install, naming
+from ..store.manifest import (
+    Manifest,
+    Quantization,
+    SourceInfo,
+    hash_files,
+)
+from .checkpoint import inspect_checkpoint
+from .names import check_name_free, known_name, output_name
+from .progress import Progress, ProgressFn
+from .weights import (
+    bits_per_weight,
+    plan_weights,
+    write_config,
+    write_index,
+    write_weights,
+)
+
+Q_BITS = (2, 3, 4, 5, 6, 8)
+Q_GROUP_SIZES = (32, 64, 128)
+DTYPES = ("bfloat16", "float16", "float32")
+RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    path: Path
+    manifest: Manifest
+    registered: bool
+    became_latest: bool
+    seconds: float
+    name_note: str = ""  # how the name was chosen when it was derived or made to fit
+    warnings: tuple[str, ...] = ()
+    latest: str | None = None  # the family's latest afterwards, when registered
+    kept_because: str | None = None  # why it did not become latest
+    frozen: bool = False  # its family is pinned or frozen
+
+
+def default_report() -> bool:
+    """The quality report costs a fraction of a second with Metal, minutes on a CPU."""
+    import mlx.core as mx
+
+    return mx.metal.is_available()
+
+
+def _check_options(q_bits: int, q_group_size: int, dtype: str | None, recipe: str | None) -> None:
+    if q_bits not in Q_BITS:
+        raise ValueError(f"--q-bits must be one of {Q_BITS}, not {q_bits}.")
+    if q_group_size not in Q_GROUP_SIZES:
+        raise ValueError(f"--q-group-size must be one of {Q_GROUP_SIZES}, not {q_group_size}.")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}.")
+
+
+def target_dtype(dtype: str | None, config: dict[str, Any]) -> str | None:
+    """What every float tensor is cast to, decided as `mlx_lm.convert` decides: `dtype`,
+    else the config's `torch_dtype` (or its text_config's `dtype`); None keeps each
+    tensor's own type (a transformers 5 config says `dtype`, which mlx-lm ignores)."""
+    chosen = dtype or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
+    return chosen if chosen in DTYPES else None
+
+
+def _check_disk(folder: Path, needed: int) -> None:
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed * 1.02 + (16 << 20):
+        raise InsufficientDiskError(
+            f"Converting needs about {human_bytes(needed)} free in {probe}, but only "
+            f"{human_bytes(free)} is "
+            "free. Free some space or choose another --mlx-path."
+        )
+
+
+def _check_output(final: Path, force: bool) -> None:
+    if not final.exists():
+        return
+    if not force:
+        raise OutputExistsError(
+            f"Cannot save to {final}: it already exists. Pass --force to replace it, "
+            "or choose another --mlx-path."
+        )
+    check_replaceable(final)
+
+
+def convert(
+    hf_path: str,
+    *,
+    mlx_path: str | Path | None = None,
+    revision: str | None = None,
+    quantize: bool = True,
+    q_bits: int = 4,
+    q_group_size: int = 64,
+    recipe: str | None = None,
+    dtype: str | None = None,
+    name: str | None = None,
+    force: bool = False,
+    set_latest: bool | None = None,
+    report: bool = False,
+    home: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> ConvertResult:
+    """Convert a Hugging Face Qwen3 checkpoint (folder or repo id) to MLX.
+
+    Args:
+        mlx_path: output folder; by default the store place for the model's name.
+        quantize: False writes an unquantized copy.
+        recipe: one of mlx-lm's mixed-precision recipes (`mixed_4_6`, ...).
+        dtype: the float type of every unquantized tensor and of the scales; by default
+            the config's `torch_dtype`, else each tensor's own, as mlx-lm decides.
+        name: the source's name (`qwen3-4b-instruct-2507`); by default the folder or repo
+            name, or one made from the checkpoint (its config, parameter count, folder
+            name, commit or date; see `naming.name_for`). A name that does not fit the
+            convention is made to fit; `ConvertResult.name_note` says how.
+        force: replace an existing output.
+        set_latest: True makes the conversion its family's latest, False never; None
+            (the default) when that is what a user expects (`naming.why_not_latest`).
+        report: run the calibration text through source and output (quality report).
+        home: store root; `$QWEN_MLX_HOME` by default.
+    """
+    started = time.perf_counter()
+    progress = progress or (lambda _p: None)
+    _check_options(q_bits, q_group_size, dtype, recipe)
+
+    store = Store(home)
+    out_dir = Path(mlx_path).expanduser() if mlx_path else None
+    if not Path(hf_path).expanduser().exists() and (quantize or dtype or mlx_path):
+        # A download can be gigabytes: refuse an existing output before fetching, when its
+        # name does not depend on the checkpoint (an unquantized copy takes its dtype).
+        planned = Quantization(
+            dtype=dtype or "bfloat16",
+            bits=q_bits if quantize else None,
+            group_size=q_group_size if quantize else None,
+            recipe=recipe if quantize else None,
+        )
+        early = None if out_dir else known_name(hf_path, name, planned)
+        if early is not None:
+            check_name_free(store, early, repo=hf_path, path=None, force=force)
+        if out_dir or early is not None:
+            _check_output(out_dir or store.path_for(early), force)
+
+    progress(Progress("download", detail=hf_path))
+    source = hub.fetch(hf_path, revision=revision)
+    progress(Progress("validate", detail=str(source.path)))
+    ckpt = inspect_checkpoint(source.path)
+    plan, quantization, warnings = plan_weights(
+        ckpt,
+        bits=q_bits if quantize else None,
+        group_size=q_group_size,
+        recipe=recipe,
+        dtype=target_dtype(dtype, ckpt.config),
+    )
+    out_name, name_note = output_name(source, name, quantization, ckpt)
+    progress(Progress("name", detail=f"{out_name} ({name_note})" if name_note else str(out_name)))
+    for warning in warnings:
+        progress(Progress("warning", detail=warning))
+    final = out_dir or store.path_for(out_name)
+    if out_dir is None:
+        source_path = None if source.repo_id else str(source.path)
+        check_name_free(store, out_name, repo=source.repo_id, path=source_path, force=force)
+    _check_output(final, force)
+    small_files = [f for f in ckpt.all_files() if f not in ckpt.weight_files]
+    needed = sum(s.nbytes for shard in plan.shards for s in shard)
+    needed += sum((ckpt.path / f).stat().st_size for f in small_files)
+    _check_disk(final.parent, needed)
+
+    try:
+        with store.staging(final) as tmp:
+            cached = {f: hub.cached_sha256(ckpt.path / f) for f in ckpt.weight_files}
+            hash_sources = not all(cached.values())
+            out_hashes, src_hashes, shard_files = write_weights(
+                ckpt, plan, tmp, progress, hash_sources
+            )
+            if not hash_sources:
+                src_hashes = {f: h for f, h in cached.items() if h}
+            write_config(ckpt, plan, tmp)
+            copied = [
+                f for f in small_files if f not in ("config.json", "model.safetensors.index.json")
+            ]
+            for f in copied:
+                shutil.copyfile(ckpt.path / f, tmp / f)
+            if len(shard_files) > 1:
+                write_index(tmp, plan, shard_files)
+            for f in small_files:
+                src_hashes[f] = sha256_file(ckpt.path / f)
+            quantization = replace(
+                quantization, bits_per_weight=bits_per_weight(plan, ckpt.parameters)
+            )
+            quality = None
+            if report:
+                from .quality import check_quality, evaluate
+
+                progress(Progress("quality"))
+                quality = evaluate(ckpt.path, tmp)
+                check_quality(quality)
+            outputs = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            total = sum((tmp / f).stat().st_size for f in outputs)
+            done = 0
+
+            def tick(n: int) -> None:
+                nonlocal done
+                done += n
+                progress(Progress("hash", done, total))
+
+            manifest = Manifest.new(
+                out_name,
+                parameters=ckpt.parameters,
+                config=ckpt.config,
+                quantization=quantization,
+                source=SourceInfo(
+                    repo=source.repo_id,
+                    path=None if source.repo_id else str(source.path),
+                    revision=source.revision,
+                    files=dict(sorted(src_hashes.items())),
+                ),
+                files=hash_files(tmp, outputs, tick, known=out_hashes),
+                quality=quality,
+                license_from=ckpt.path,
+            )
+            manifest.write(tmp)
+            install(tmp, final, replace=force)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise InsufficientDiskError(
+                f"The disk filled up while writing {final}; nothing was left behind. "
+                "Free some space and run the conversion again."
+            ) from e
+        raise
+    registered = became_latest = frozen = False
+    latest = kept_because = None
+    if out_dir is None:
+        became_latest = store.register(final, manifest, event="converted", set_latest=set_latest)
+        registered = True
+        latest, kept_because, frozen = _latest_after(store, out_name, became_latest)
+    store.close()
+    progress(Progress("done", detail=str(final)))
+    return ConvertResult(
+        final,
+        manifest,
+        registered,
+        became_latest,
+        time.perf_counter() - started,
+        name_note=name_note,
+        warnings=tuple(warnings),
+        latest=latest,
+        kept_because=kept_because,
+        frozen=frozen,
+    )
+
+
+def _latest_after(
+    store: Store, name: naming.ModelName, became_latest: bool
+) -> tuple[str | None, str | None, bool]:
+    """The family's latest after registering `name`, why `name` is not it, and whether
+    the family is pinned or frozen."""
+    current = store.latest(name.family_id)
+    latest = str(current) if current else None
+    if became_latest:
+        return latest, None, False
+    policy, pinned = store.registry.family(name.family_id)
+    if pinned or policy == "frozen":
+        return latest, f"{name.family_id} is pinned or frozen", True
+    return latest, naming.why_not_latest(name, current) or "set_latest was False", False

@@ -1,0 +1,244 @@
+"""Generate text: `stream_tokens` (token ids in, chunks out, a KV cache continued in
+place), `stream_generate` (text, messages or ids) and `generate`.
+
+The token loop is mlx-lm's `generate_step`; stop strings, stats and the chat template are
+ours.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import GenerationCancelled
+from .model import Model, Prompt
+from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One step of `stream_generate`: new text and the running stats.
+
+    `finish_reason` is None until the last chunk, then "stop" (end of turn or a stop
+    string), "length" (max_tokens) or "cancelled".
+    """
+
+    text: str
+    token: int | None
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory: float  # GB
+    time_to_first_token: float  # seconds
+    finish_reason: str | None = None
+
+
+class _StopMatcher:
+    """Holds back text that could be the start of a stop string spanning tokens."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, whether a stop string was hit)."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out = self.pending[: min(hits)]
+            self.pending = ""
+            return out, True
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), keep, -1):
+                if self.pending.endswith(s[:n]):
+                    keep = n
+                    break
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def stream_tokens(
+    model: Model,
+    tokens: Sequence[int],
+    params: SamplingParams,
+    *,
+    prompt_cache: list[Any] | None = None,
+    cache_tokens: list[int] | None = None,
+    prefill_step_size: int = 2048,
+    prompt_progress: Callable[[int, int], None] | None = None,
+    logits_processors: Sequence[Callable] = (),
+    should_stop: Callable[[], bool] | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> Iterator[GenerationChunk]:
+    """Generate from token ids, optionally continuing a KV cache (updated in place).
+
+    `cache_tokens`, the ids `prompt_cache` holds, is kept in step with it, whatever
+    happens: each prefill chunk and each token fed to the model (the end-of-turn token
+    included) is appended as the cache takes it. `should_stop` is polled between prefill
+    chunks (raising GenerationCancelled) and between tokens (finish "cancelled").
+    `on_token` sees each token as the model takes it (benchmarks time them).
+    """
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step, generation_stream, wired_limit
+
+    if not tokens:
+        raise ValueError("The prompt is empty.")
+    params = sampling_for(model, params)
+    sampler, processors = make_sampling(params, logits_processors)
+    if params.seed is not None:
+        mx.random.seed(params.seed)
+    mx.reset_peak_memory()
+    detokenizer = model.tokenizer.detokenizer
+    eos = model.tokenizer.eos_token_ids
+    stops = _StopMatcher(params.stop)
+    start = time.perf_counter()
+    ttft = prompt_tps = 0.0
+    n = 0
+    finish: str | None = None
+    stop_hit = False
+
+    def chunk(text: str, token: int | None, reason: str | None = None) -> GenerationChunk:
+        elapsed = time.perf_counter() - start - ttft
+        return GenerationChunk(
+            text=text,
+            token=token,
+            prompt_tokens=len(tokens),
+            prompt_tps=prompt_tps,
+            generation_tokens=n,
+            generation_tps=n / elapsed if elapsed > 0 else 0.0,
+            peak_memory=mx.get_peak_memory() / 1e9,
+            time_to_first_token=ttft,
+            finish_reason=reason,
+        )
+
+    held = cache_tokens if cache_tokens is not None else []
+    base = len(held)
+
+    def on_prefill(done: int, total: int) -> None:
+        # generate_step reports each chunk once the cache holds it; the last piece of the
+        # prompt goes in with the first sampled token (see below).
+        if done < total:
+            del held[base:]
+            held.extend(tokens[:done])
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled("Stopped during the prefill.")
+        if prompt_progress is not None:
+            prompt_progress(done, total)
+
+    with wired_limit(model.model, [generation_stream]):
+        steps = generate_step(
+            mx.array(list(tokens)),
+            model.model,
+            max_tokens=params.max_tokens,
+            sampler=sampler,
+            logits_processors=processors or None,
+            prompt_cache=prompt_cache,
+            prefill_step_size=prefill_step_size,
+            prompt_progress_callback=on_prefill,
+        )
+        try:
+            for token, _ in steps:
+                if n == 0:
+                    ttft = time.perf_counter() - start
+                    prompt_tps = len(tokens) / ttft if ttft > 0 else 0.0
+                    if len(tokens) >= 64:  # long enough to measure the prefill rate
+                        model.memo["prefill_tps"] = prompt_tps
+                    del held[base:]
+                    held.extend(tokens)
+                # generate_step feeds each token to the model before yielding it.
+                held.append(token)
+                if on_token is not None:
+                    on_token(token)
+                if token in eos:
+                    finish = "stop"
+                    break
+                n += 1
+                detokenizer.add_token(token)
+                text, stop_hit = stops.feed(detokenizer.last_segment)
+                if text:
+                    yield chunk(text, token)
+                if stop_hit:
+                    finish = "stop"
+                    break
+                if n == params.max_tokens:
+                    finish = "length"
+                    break
+                if should_stop is not None and should_stop():
+                    finish = "cancelled"
+                    break
+        finally:
+            steps.close()
+    tail = ""
+    if not stop_hit:
+        detokenizer.finalize()
+        tail, stop_hit = stops.feed(detokenizer.last_segment)
+        if not stop_hit:
+            tail += stops.flush()
+    yield chunk(tail, None, finish or "length")
+
+
+def stream_generate(
+    model: Model,
+    prompt: Prompt,
+    params: SamplingParams | None = None,
+    *,
+    tools: Sequence[dict[str, Any]] | None = None,
+    json_schema: dict[str, Any] | str | None = None,
+    prompt_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    prefill_step_size: int = 2048,
+    **overrides: Any,
+) -> Iterator[GenerationChunk]:
+    """Stream a reply: raw text, chat messages (through the chat template with the
+    generation prompt) or token ids. Keyword overrides change single sampling parameters:
+    `stream_generate(model, messages, temperature=0.2, max_tokens=64)`. `json_schema`
+    constrains the reply to JSON valid for that schema (finish_reason "length" means it
+    ran out of tokens first). `should_stop` is polled as in `stream_tokens`."""
+    params = resolve_params(model, params, overrides)
+    tokens = model.prompt_tokens(prompt, tools=tools)
+    processors = []
+    if json_schema is not None:
+        from .structured import JsonSchemaProcessor
+
+        processors.append(JsonSchemaProcessor(model, json_schema))
+    yield from stream_tokens(
+        model,
+        tokens,
+        params,
+        prompt_progress=prompt_progress,
+        logits_processors=processors,
+        should_stop=should_stop,
+        prefill_step_size=prefill_step_size,
+    )
+
+
+def timely_chunk(model: Model, seconds: float = 0.5, *, largest: int = 2048) -> int:
+    """A prefill chunk that this machine reads in about `seconds`, from the model's last
+    measured prefill rate, so that progress on a long prompt moves at least that often
+    (on a CPU a 2048-token chunk of a 4B model takes half a minute). Before any
+    measurement: the largest chunk with Metal, 128 tokens without."""
+    import mlx.core as mx
+
+    rate = model.memo.get("prefill_tps")
+    if not rate:
+        return largest if mx.metal.is_available() else 128
+    return int(min(max(rate * seconds, 32), largest))
+
+
+def generate(
+    model: Model, prompt: Prompt, params: SamplingParams | None = None, **overrides: Any
+) -> str:
+    """The whole reply as one string (see `stream_generate`)."""
+    return "".join(c.text for c in stream_generate(model, prompt, params, **overrides))

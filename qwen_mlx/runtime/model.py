@@ -1,0 +1,253 @@
+"""A loaded model: `load(ref)` -> `Model` (MLX module, tokenizer, config, manifest), its
+chat template with exact token reuse for earlier replies, YaRN context extension, and the
+fingerprint a KV cache is tied to.
+
+A model reference is a store name (`qwen3-4b-instruct` for the family's latest, or a full
+name), a folder, or a Hugging Face repo id of an MLX model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DamagedModelError, ModelNotFoundError
+from ..store import resolve
+from ..store.manifest import Manifest, manifest_sha256, read_manifest, verify_files
+from .messages import Message
+from .sampling import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import mlx.nn as nn
+
+
+Prompt = str | Sequence[Message | dict[str, Any]] | Sequence[int]
+
+
+_REPLY_MARK = "\x00qwen-mlx-reply-{}\x00"
+
+
+@dataclass
+class Model:
+    """A loaded model: the MLX module, its tokenizer, config and (if stored) manifest."""
+
+    model: nn.Module
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    config: dict[str, Any]
+    path: Path
+    manifest: Manifest | None = None
+    generation_config: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    # State helpers keep per model (recent document conversations), freed with the model.
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name if self.manifest else self.path.name
+
+    @property
+    def ref(self) -> str:
+        """What loads this model again from anywhere: its store name when it sits in the
+        store, else its folder."""
+        from ..store import home
+
+        folder = self.path.resolve()
+        if self.manifest and folder.is_relative_to((home() / "models").resolve()):
+            return self.manifest.name
+        return str(folder)
+
+    @property
+    def default_params(self) -> SamplingParams:
+        return SamplingParams.from_generation_config(self.generation_config)
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the model can attend to (after any YaRN extension)."""
+        return int(self.config.get("max_position_embeddings", 32768))
+
+    @property
+    def quantization_label(self) -> str:
+        q = self.config.get("quantization")
+        if not q:
+            return str(self.config.get("torch_dtype", "bf16"))
+        return f"{q['bits']}-bit g{q['group_size']}"
+
+    def render(
+        self,
+        messages: Sequence[Message | dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The conversation as the chat template renders it."""
+        kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
+        if tools:
+            kwargs["tools"] = list(tools)
+        rendered = [m.template() if isinstance(m, Message) else m for m in messages]
+        return self.tokenizer.apply_chat_template(rendered, tokenize=False, **kwargs)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def render_tokens(
+        self,
+        messages: Sequence[Message | dict[str, Any]],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """Token ids of the rendered conversation, reusing the exact ids the model produced
+        for earlier replies (`Message.token_ids`).
+
+        Re-encoding a reply's text does not always give back the tokens the model sampled,
+        and every difference would make the prefix cache re-read from there. The template
+        still renders everything: replies are swapped for markers, the text around them is
+        encoded, and each reply's own ids go in between. If the markers would render any
+        differently from the real text, this falls back to encoding the whole text.
+        """
+        messages = [Message.of(m) for m in messages]
+        real = self.render(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+        spliced = [i for i, m in enumerate(messages) if m.role == "assistant" and m.token_ids]
+        if not spliced:
+            return self.encode(real)
+        marks = {i: _REPLY_MARK.format(i) for i in spliced}
+        marked = [replace(m, content=marks[i]) if i in marks else m for i, m in enumerate(messages)]
+        text = self.render(marked, tools=tools, add_generation_prompt=add_generation_prompt)
+        rebuilt = text
+        for i, mark in marks.items():
+            if text.count(mark) != 1:
+                return self.encode(real)
+            rebuilt = rebuilt.replace(mark, messages[i].content)
+        if rebuilt != real:
+            return self.encode(real)
+        tokens: list[int] = []
+        pos = 0
+        for i, mark in marks.items():
+            at = text.index(mark, pos)
+            tokens += self.encode(text[pos:at]) + list(messages[i].token_ids)
+            pos = at + len(mark)
+        return tokens + self.encode(text[pos:])
+
+    def prompt_tokens(
+        self, prompt: Prompt, tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Token ids for raw text, a list of chat messages, or ids passed through."""
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        items = list(prompt)
+        if items and all(isinstance(t, int) for t in items):
+            return items
+        return self.render_tokens(items, tools=tools)
+
+
+def load(
+    ref: str | Path,
+    *,
+    verify: bool = False,
+    context_extension: float | None = None,
+    revision: str | None = None,
+    home: str | Path | None = None,
+    lazy: bool = False,
+) -> Model:
+    """Load a model by store name, family id (its latest), folder or Hugging Face repo id.
+
+    A stored model's files are checked against its manifest first: sizes always (cheap),
+    sha256 too with `verify=True`. `context_extension=F` applies YaRN rope scaling by F
+    to reach F x the model's native context, as Qwen's model card documents.
+    """
+    from mlx_lm.utils import load as mlx_load
+
+    folder = resolve(ref, home=home, revision=revision)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        _check_model_folder(folder)
+        if verify:
+            logger.warning(
+                "%s has no manifest.json: there are no checksums to verify it against "
+                "(`qwen-mlx models import` adds it to the store with one).",
+                folder,
+            )
+    else:
+        problems = verify_files(folder, manifest, full=verify)
+        if problems:
+            listed = "; ".join(map(str, problems[:5]))
+            raise DamagedModelError(
+                f"{manifest.name} at {folder} does not match its manifest: {listed}. "
+                f"Run `qwen-mlx models verify {manifest.name}` for details, then convert it "
+                "again or remove it."
+            )
+    overrides = yarn_overrides(folder, context_extension) if context_extension else None
+    module, tokenizer, config = mlx_load(
+        str(folder), model_config=overrides, lazy=lazy, return_config=True
+    )
+    gen_file = folder / "generation_config.json"
+    generation_config = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+    return Model(
+        model=module,
+        tokenizer=tokenizer,
+        config=config,
+        path=folder,
+        manifest=manifest,
+        generation_config=generation_config,
+        fingerprint=_with_extension(
+            manifest_sha256(folder) or _fingerprint(folder), context_extension
+        ),
+    )
+
+
+def _check_model_folder(folder: Path) -> None:
+    missing = [
+        what
+        for what, present in (
+            ("config.json", (folder / "config.json").is_file()),
+            ("weights (*.safetensors)", any(folder.glob("*.safetensors"))),
+        )
+        if not present
+    ]
+    if missing:
+        raise ModelNotFoundError(
+            f"{folder} is not a model folder: it has no {' and no '.join(missing)}. Convert "
+            "a Hugging Face checkpoint with `qwen-mlx convert --hf-path PATH_OR_REPO`, or "
+            "name a stored model (see `qwen-mlx models list`)."
+        )
+
+
+def yarn_overrides(folder: Path, factor: float) -> dict[str, Any]:
+    """Config changes for YaRN rope scaling by `factor` (Qwen's model card recipe)."""
+    if factor <= 1:
+        raise ValueError("context_extension must be greater than 1.")
+    config = json.loads((folder / "config.json").read_text())
+    native = int(config.get("max_position_embeddings", 32768))
+    return {
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "type": "yarn",
+            "factor": float(factor),
+            "original_max_position_embeddings": native,
+        },
+        "max_position_embeddings": int(native * factor),
+    }
+
+
+def _with_extension(fingerprint: str, factor: float | None) -> str:
+    """YaRN changes every position's rotation: a KV cache computed with one factor is
+    wrong under another, so the factor is part of the model's identity."""
+    if not factor:
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}:yarn:{float(factor)}".encode()).hexdigest()
+
+
+def _fingerprint(folder: Path) -> str:
+    """Identity of a folder without a manifest: its config and its weight files' sizes."""
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.glob("*.safetensors")):
+        stat = f.stat()
+        digest.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
