@@ -10,8 +10,9 @@ instant and does not load MLX.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -58,15 +59,4 @@ if TYPE_CHECKING:
     from .store.naming import ModelName
 
 
-def __dir__() -> list[str]:
-    """Only the public API (the helpers this module imports are not part of it)."""
-    return sorted(__all__)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'qwen_mlx' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -413,11 +413,11 @@ def test_esc_while_a_file_is_read_attaches_nothing(stored, home, tmp_path, monke
 
     doc = tmp_path / "big.pdf"
     doc.write_text("not really a pdf")
-    reading = threading.Event()
+    reading, pressed = threading.Event(), threading.Event()
 
     def slow_read(path):
         reading.set()
-        time.sleep(1.0)  # a large PDF
+        pressed.wait(30)  # a large PDF, still being read when Esc comes
         return "The launch is on Tuesday."
 
     monkeypatch.setattr(documents, "read_document", slow_read)
@@ -427,6 +427,7 @@ def test_esc_while_a_file_is_read_attaches_nothing(stored, home, tmp_path, monke
             app.run_command(f"/attach {doc}")
             await wait_for(pilot, reading.is_set)
             await pilot.press("escape")
+            pressed.set()
             await wait_for(pilot, lambda: app.busy == "")
             assert app.session.messages == [] and app.chat is None
             assert any("big.pdf was not attached" in n.message for n in app._notifications)

@@ -23,6 +23,7 @@ from ..errors import ChatStoreError
 from ..fileio import now_iso
 from ..runtime.messages import Message
 from ..store.migrations import Migrations, migrate
+from .policy import ContextPolicy
 
 MIGRATIONS: Migrations = [
     (
@@ -72,7 +73,7 @@ class Chat:
     model: str | None = None
     system: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    policy: str = "truncate"
+    policy: str = ContextPolicy.TRUNCATE.value
     created_at: str = ""
     updated_at: str = ""
 
@@ -113,7 +114,7 @@ class ChatStore:
         model: str | None = None,
         system: str | None = None,
         params: dict[str, Any] | None = None,
-        policy: str = "truncate",
+        policy: str = ContextPolicy.TRUNCATE.value,
     ) -> Chat:
         now = now_iso()
         chat = Chat(

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtime.generation import held_back
+
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 
@@ -393,14 +395,7 @@ class CallFilter:
                 self._call = _OpenCall(self._pending[start + len(CALL_OPEN) :])
                 self._pending, self._inside = "", True
                 continue
-            keep = next(
-                (
-                    n
-                    for n in range(min(len(CALL_OPEN) - 1, len(self._pending)), 0, -1)
-                    if self._pending.endswith(CALL_OPEN[:n])
-                ),
-                0,
-            )
+            keep = held_back(self._pending, (CALL_OPEN,))
             out.append(self._pending[: len(self._pending) - keep])
             self._pending = self._pending[len(self._pending) - keep :]
             return "".join(out)

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..chat.policy import ContextPolicy
 from .common import (
     DEFAULT_MODEL,
     INTERRUPTED,
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-bits", type=int, choices=(4, 8), help="quantize the KV cache")
     p.add_argument(
         "--policy",
-        choices=("truncate", "kv-quantize", "error"),
+        choices=ContextPolicy.names(),
         default=None,
         help="when the conversation does not fit: leave out the oldest turns (default), "
         "quantize the KV cache, or refuse",
@@ -170,7 +171,10 @@ def _open_session(model, args):
             session.system = args.system
         return session
     return ChatSession(
-        model, system=args.system, policy=args.policy or "truncate", kv_bits=args.kv_bits
+        model,
+        system=args.system,
+        policy=args.policy or ContextPolicy.TRUNCATE,
+        kv_bits=args.kv_bits,
     )
 
 

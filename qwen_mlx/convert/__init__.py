@@ -14,17 +14,21 @@
 
 from __future__ import annotations
 
-from .pipeline import (
-    DTYPES,
-    Q_BITS,
-    Q_GROUP_SIZES,
-    RECIPES,
-    ConvertResult,
-    Progress,
-    ProgressFn,
-    convert,
-    default_report,
-)
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "DTYPES": "pipeline",
+    "Q_BITS": "pipeline",
+    "Q_GROUP_SIZES": "pipeline",
+    "RECIPES": "pipeline",
+    "ConvertResult": "pipeline",
+    "Progress": "pipeline",
+    "ProgressFn": "pipeline",
+    "convert": "pipeline",
+    "default_report": "pipeline",
+}
 
 __all__ = [
     "DTYPES",
@@ -37,3 +41,18 @@ __all__ = [
     "convert",
     "default_report",
 ]
+
+if TYPE_CHECKING:
+    from .pipeline import (
+        DTYPES,
+        Q_BITS,
+        Q_GROUP_SIZES,
+        RECIPES,
+        ConvertResult,
+        Progress,
+        ProgressFn,
+        convert,
+        default_report,
+    )
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

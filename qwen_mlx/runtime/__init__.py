@@ -13,22 +13,36 @@ Only this package and `convert/` import mlx-lm (import-linter checks it).
 
 from __future__ import annotations
 
-from .cache import (
-    cache_length,
-    cache_nbytes,
-    common_prefix,
-    load_cache,
-    make_cache,
-    prefill,
-    requantize_cache,
-    reuse_cache,
-    save_cache,
-    trim_cache,
-)
-from .generation import GenerationChunk, generate, stream_generate, stream_tokens, timely_chunk
-from .messages import Message
-from .model import Model, Prompt, load, yarn_overrides
-from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "cache_length": "cache",
+    "cache_nbytes": "cache",
+    "common_prefix": "cache",
+    "load_cache": "cache",
+    "make_cache": "cache",
+    "prefill": "cache",
+    "requantize_cache": "cache",
+    "reuse_cache": "cache",
+    "save_cache": "cache",
+    "trim_cache": "cache",
+    "GenerationChunk": "generation",
+    "generate": "generation",
+    "stream_generate": "generation",
+    "stream_tokens": "generation",
+    "timely_chunk": "generation",
+    "Message": "messages",
+    "Model": "model",
+    "Prompt": "model",
+    "load": "model",
+    "yarn_overrides": "model",
+    "SamplingParams": "sampling",
+    "make_sampling": "sampling",
+    "resolve_params": "sampling",
+    "sampling_for": "sampling",
+}
 
 __all__ = [
     "GenerationChunk",
@@ -56,3 +70,23 @@ __all__ = [
     "trim_cache",
     "yarn_overrides",
 ]
+
+if TYPE_CHECKING:
+    from .cache import (
+        cache_length,
+        cache_nbytes,
+        common_prefix,
+        load_cache,
+        make_cache,
+        prefill,
+        requantize_cache,
+        reuse_cache,
+        save_cache,
+        trim_cache,
+    )
+    from .generation import GenerationChunk, generate, stream_generate, stream_tokens, timely_chunk
+    from .messages import Message
+    from .model import Model, Prompt, load, yarn_overrides
+    from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

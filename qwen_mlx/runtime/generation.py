@@ -36,6 +36,19 @@ class GenerationChunk:
     finish_reason: str | None = None
 
 
+def held_back(text: str, markers: Sequence[str]) -> int:
+    """How many characters at the end of `text` could be the start of one of `markers`
+    (a stop string, a `<tool_call>` tag) completed by text still to come: a stream holds
+    them back until it knows."""
+    keep = 0
+    for marker in markers:
+        for n in range(min(len(marker) - 1, len(text)), keep, -1):
+            if text.endswith(marker[:n]):
+                keep = n
+                break
+    return keep
+
+
 class _StopMatcher:
     """Holds back text that could be the start of a stop string spanning tokens."""
 
@@ -54,12 +67,7 @@ class _StopMatcher:
             out = self.pending[: min(hits)]
             self.pending = ""
             return out, True
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.pending)), keep, -1):
-                if self.pending.endswith(s[:n]):
-                    keep = n
-                    break
+        keep = held_back(self.pending, self.stops)
         out = self.pending[: len(self.pending) - keep]
         self.pending = self.pending[len(self.pending) - keep :]
         return out, False

@@ -14,9 +14,23 @@
 
 from __future__ import annotations
 
-from .refs import MLX_PATTERNS, home, resolve
-from .staging import check_replaceable, clean_partials, install
-from .versions import LATEST_FILE, RepairResult, Store, StoredModel, VerifyResult
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "MLX_PATTERNS": "refs",
+    "home": "refs",
+    "resolve": "refs",
+    "check_replaceable": "staging",
+    "clean_partials": "staging",
+    "install": "staging",
+    "LATEST_FILE": "versions",
+    "RepairResult": "versions",
+    "Store": "versions",
+    "StoredModel": "versions",
+    "VerifyResult": "versions",
+}
 
 __all__ = [
     "LATEST_FILE",
@@ -31,3 +45,10 @@ __all__ = [
     "install",
     "resolve",
 ]
+
+if TYPE_CHECKING:
+    from .refs import MLX_PATTERNS, home, resolve
+    from .staging import check_replaceable, clean_partials, install
+    from .versions import LATEST_FILE, RepairResult, Store, StoredModel, VerifyResult
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
