@@ -26,6 +26,6 @@ def lazy_exports(
         return value
 
     def __dir__() -> list[str]:
-        return sorted(exports)
+        return sorted(namespace.get("__all__", exports))
 
     return __getattr__, __dir__
