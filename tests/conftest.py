@@ -8,13 +8,6 @@ import pytest
 
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-SHARED_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-4b-instruct-2507"
-needs_shared = pytest.mark.skipif(
-    not (SHARED_MODEL / "tokenizer.json").is_file(),
-    reason=f"the real Qwen3-4B-Instruct-2507 tokenizer and config are not at {SHARED_MODEL}",
-)
-
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):

@@ -15,7 +15,7 @@ from qwen_mlx.cli.main import main as cli_main
 from qwen_mlx.cli.plan import main as plan_main
 from qwen_mlx.cli.summarize import main as summarize_main
 
-from .conftest import SHARED_MODEL, needs_shared
+from .helpers import SHARED_MODEL, needs_shared
 
 
 def test_dir_of_the_package_is_its_public_api():

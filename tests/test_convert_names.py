@@ -21,8 +21,8 @@ from qwen_mlx.convert import convert
 from qwen_mlx.store import Store, naming
 from qwen_mlx.store.manifest import read_manifest
 
-from .conftest import SHARED_MODEL
 from .fakehub import FakeHub, use_fake_hub
+from .helpers import SHARED_MODEL
 
 TRAINED = SHARED_MODEL.parent / "qwen3-tiny-trained" / "target"
 # 2025-07-15 12:00 local time: the weights' date, which becomes the release of a folder

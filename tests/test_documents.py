@@ -24,6 +24,8 @@ from qwen_mlx.cli.ask import main as ask_main
 from qwen_mlx.cli.summarize import main as summarize_main
 from qwen_mlx.errors import GenerationCancelled
 
+from .helpers import write_pdf
+
 REPORT = """# Quarterly report
 
 The team shipped the converter and the store. Conversions now stream one tensor at a time.
@@ -149,30 +151,11 @@ def test_map_reduce_calls_and_important_passages(tiny_model, monkeypatch):
 
 
 def test_pdf_markdown_and_text_inputs(tmp_path, caplog):
-    from pypdf import PdfWriter
-    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
     md = tmp_path / "r.md"
     md.write_text(REPORT)
     assert read_document(md) == REPORT
     pdf = tmp_path / "r.pdf"
-    writer = PdfWriter()
-    page = writer.add_blank_page(612, 792)
-    font = DictionaryObject(
-        {
-            NameObject("/Type"): NameObject("/Font"),
-            NameObject("/Subtype"): NameObject("/Type1"),
-            NameObject("/BaseFont"): NameObject("/Helvetica"),
-        }
-    )
-    page[NameObject("/Resources")] = DictionaryObject(
-        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
-    )
-    stream = DecodedStreamObject()
-    stream.set_data(b"BT /F1 12 Tf 72 720 Td (Release on 14 March.) Tj ET")
-    page[NameObject("/Contents")] = writer._add_object(stream)
-    with open(pdf, "wb") as f:
-        writer.write(f)
+    write_pdf(pdf, "Release on 14 March.")
     assert "Release on 14 March." in read_document(pdf)
     (tmp_path / "bad.pdf").write_bytes(b"not a pdf")
     with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="not a readable PDF"):

@@ -16,7 +16,7 @@ from qwen_mlx.runtime.memory import (
     machine_budget,
 )
 
-from .conftest import SHARED_MODEL, needs_shared
+from .helpers import SHARED_MODEL, needs_shared
 
 GIB = 1 << 30
 KIB = 1 << 10

@@ -4,38 +4,14 @@ model (the only change: the model name, and the port of the server they talk to)
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT, start_server, write_pdf
+
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"^```python\n(.*?)^```", README, flags=re.S | re.M)
 DOCUMENT = "# Launch plan\n\nThe release is on 14 March. Risks: the build farm is slow.\n"
-
-
-def write_pdf(path: Path, text: str) -> None:
-    """A one-page PDF whose text pypdf extracts (no PDF library writes text for us)."""
-    from pypdf import PdfWriter
-    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
-    writer = PdfWriter()
-    page = writer.add_blank_page(612, 792)
-    font = DictionaryObject(
-        {
-            NameObject("/Type"): NameObject("/Font"),
-            NameObject("/Subtype"): NameObject("/Type1"),
-            NameObject("/BaseFont"): NameObject("/Helvetica"),
-        }
-    )
-    page[NameObject("/Resources")] = DictionaryObject(
-        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
-    )
-    stream = DecodedStreamObject()
-    stream.set_data(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode())
-    page[NameObject("/Contents")] = writer._add_object(stream)
-    with open(path, "wb") as f:
-        writer.write(f)
 
 
 def test_the_readme_has_python_blocks():
@@ -47,8 +23,6 @@ def test_every_python_block_runs_against_the_demo_model(home, tmp_path, monkeypa
     from qwen_mlx.chat import documents
     from qwen_mlx.convert.demo import ensure_demo_model
     from qwen_mlx.server import Engine, create_app
-
-    from .test_server import start_server
 
     name = ensure_demo_model()
     # Random weights never end a reply: keep each one short (the code runs as written).

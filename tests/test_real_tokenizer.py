@@ -10,7 +10,7 @@ from qwen_mlx import load
 from qwen_mlx.convert import convert
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
-from .conftest import SHARED_MODEL, needs_shared
+from .helpers import SHARED_MODEL, needs_shared
 
 pytestmark = needs_shared
 

@@ -20,12 +20,11 @@ import httpx
 import jsonschema
 import openai
 import pytest
-import uvicorn
 
 from qwen_mlx.runtime import GenerationChunk, stream_tokens
-from qwen_mlx.server import Engine, create_app, server_config
+from qwen_mlx.server import Engine, create_app
 
-from .conftest import SHARED_MODEL, needs_shared
+from .helpers import SHARED_MODEL, needs_shared, start_server
 
 KEY = "test-key"
 MODEL = "qwen3-1m-tiny-2507-mlx-q4-g64"  # the tiny model's name (a request may name no other)
@@ -64,21 +63,6 @@ class Served:
         headers = {"Authorization": f"Bearer {KEY}", **kwargs.pop("headers", {})}
         kwargs.setdefault("timeout", 60)
         return httpx.post(self.url + path, headers=headers, **kwargs)
-
-
-def start_server(app, **limits) -> tuple[uvicorn.Server, threading.Thread, int]:
-    """uvicorn as `qwen-mlx serve` configures it (with these limits), on a free port in a
-    daemon thread; returns once it accepts connections."""
-    config = server_config(app, host="127.0.0.1", port=0, log_level="warning", **limits)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return server, thread, port
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from qwen_mlx.convert.checkpoint import inspect_checkpoint
 from qwen_mlx.convert.tiny import MARKUP_TOKENS, SPECIAL_TOKENS, TinyConfig, build_tiny_checkpoint
 
-from .conftest import SCRIPTS, SHARED_MODEL, needs_shared
+from .helpers import SCRIPTS, SHARED_MODEL, needs_shared
 
 
 def test_config_describes_a_qwen3_with_the_requested_sizes(tmp_path):

@@ -34,7 +34,7 @@ from tui.screens import (
 )
 from tui.widgets import MessageView, PromptInput, StatusBar
 
-from .conftest import SCRIPTS
+from .helpers import SCRIPTS
 
 SIZE = (110, 36)
 TRAINED = (
@@ -147,51 +147,48 @@ def views(app: ChatApp) -> list[tuple[str, str]]:
     return [(v.role, v.content) for v in app.query(MessageView)]
 
 
-def test_sending_a_message_streams_the_reply_into_the_view(stored, home):
+@pytest.mark.asyncio
+async def test_sending_a_message_streams_the_reply_into_the_view(stored, home):
     batches = []
 
     class CountingApp(ChatApp):
         def on_chat_app_reply_text(self, message):
             batches.append(message.text)  # Textual then runs ChatApp's own handler too
 
-    async def run():
-        app = CountingApp(home=home, flush_interval=0)
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
-            await pilot.press("slash", "t", "e", "m", "p", "space", "0", "enter")
-            app.run_command("/max_tokens 200")
-            await exchange(pilot, "Hello there")
-            shown = views(app)
-            assert shown[0] == ("user", "Hello there")
-            assert shown[1][0] == "assistant"
-            assert shown[1][1] == app.session.messages[-1]["content"]
-            assert len(batches) > 1 and "".join(batches) == shown[1][1]
-            status = app.query_one(StatusBar).render()
-            assert "qwen3-1m-tiny-2507-mlx-q4-g64" in status and "tok/s" in status
-            assert "context" in status and "/ 32,768" in status
-
-    asyncio.run(run())
+    app = CountingApp(home=home, flush_interval=0)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("slash", "t", "e", "m", "p", "space", "0", "enter")
+        app.run_command("/max_tokens 200")
+        await exchange(pilot, "Hello there")
+        shown = views(app)
+        assert shown[0] == ("user", "Hello there")
+        assert shown[1][0] == "assistant"
+        assert shown[1][1] == app.session.messages[-1]["content"]
+        assert len(batches) > 1 and "".join(batches) == shown[1][1]
+        status = app.query_one(StatusBar).render()
+        assert "qwen3-1m-tiny-2507-mlx-q4-g64" in status and "tok/s" in status
+        assert "context" in status and "/ 32,768" in status
 
 
-def test_escape_stops_the_reply_and_keeps_the_partial_text(stored, home):
-    async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await start_a_long_reply(pilot)
-            await pilot.press("escape")
-            await reply(pilot)
-            view = list(app.query(MessageView))[-1]
-            last = app.session.messages[-1]
-            assert last["stopped"] is True
-            assert len(last["content"]) > 0
-            assert view.content == last["content"] and view.has_class("stopped")
-            assert app.session.last_stats.generation_tokens < 5000
-            assert not app.query_one(PromptInput).read_only  # the input is unlocked again
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_escape_stops_the_reply_and_keeps_the_partial_text(stored, home):
+    app = ChatApp(home=home)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_a_long_reply(pilot)
+        await pilot.press("escape")
+        await reply(pilot)
+        view = list(app.query(MessageView))[-1]
+        last = app.session.messages[-1]
+        assert last["stopped"] is True
+        assert len(last["content"]) > 0
+        assert view.content == last["content"] and view.has_class("stopped")
+        assert app.session.last_stats.generation_tokens < 5000
+        assert not app.query_one(PromptInput).read_only  # the input is unlocked again
 
 
-def test_a_parameter_change_reaches_the_sampler(stored, home, monkeypatch):
+@pytest.mark.asyncio
+async def test_a_parameter_change_reaches_the_sampler(stored, home, monkeypatch):
     import qwen_mlx.runtime.generation as runtime
 
     seen = []
@@ -203,19 +200,17 @@ def test_a_parameter_change_reaches_the_sampler(stored, home, monkeypatch):
 
     monkeypatch.setattr(runtime, "make_sampling", spy)
 
-    async def run():
-        async with running(home) as (app, pilot):
-            for command in ("/temp 0.25", "/top_k 7", "/max_tokens 5"):
-                app.run_command(command)
-            await exchange(pilot, "hi")
-        assert (seen[-1].temperature, seen[-1].top_k, seen[-1].max_tokens) == (0.25, 7, 5)
-        store = ChatStore(home)
-        assert store.list()[0].params == {"temperature": 0.25, "top_k": 7, "max_tokens": 5}
-
-    asyncio.run(run())
+    async with running(home) as (app, pilot):
+        for command in ("/temp 0.25", "/top_k 7", "/max_tokens 5"):
+            app.run_command(command)
+        await exchange(pilot, "hi")
+    assert (seen[-1].temperature, seen[-1].top_k, seen[-1].max_tokens) == (0.25, 7, 5)
+    store = ChatStore(home)
+    assert store.list()[0].params == {"temperature": 0.25, "top_k": 7, "max_tokens": 5}
 
 
-def test_a_chat_survives_a_restart_with_its_cache(stored, home):
+@pytest.mark.asyncio
+async def test_a_chat_survives_a_restart_with_its_cache(stored, home):
     async def first():
         async with running(home) as (app, pilot):
             app.run_command("/max_tokens 8")
@@ -235,12 +230,13 @@ def test_a_chat_survives_a_restart_with_its_cache(stored, home):
             assert stats.reused_tokens == len(held)  # nothing already read is read again
             assert stats.prefilled_tokens <= len(app.model.encode("Which number?")) + 16
 
-    chat_id, held = asyncio.run(first())
+    chat_id, held = await first()
     assert len(cache_files(home / "sessions" / f"{chat_id}.json")) == 1
-    asyncio.run(second(chat_id, held))
+    await second(chat_id, held)
 
 
-def test_export_writes_the_expected_markdown(stored, home, tmp_path):
+@pytest.mark.asyncio
+async def test_export_writes_the_expected_markdown(stored, home, tmp_path):
     target = tmp_path / "chat.md"
     question = "Explain this:\n```python\nprint('hi')\n```"
 
@@ -255,7 +251,7 @@ def test_export_writes_the_expected_markdown(stored, home, tmp_path):
             app.run_command(f"/export {target}")
             return app.session.messages[-1]["content"]
 
-    answer = asyncio.run(run())
+    answer = await run()
     text = target.read_text()
     assert text.startswith("# Explain this:")
     assert "- Model: `qwen3-1m-tiny-2507-mlx-q4-g64`" in text
@@ -264,79 +260,75 @@ def test_export_writes_the_expected_markdown(stored, home, tmp_path):
     assert f"## User\n\n{question}\n\n## Assistant\n\n{answer}" in text
 
 
-def test_attaching_a_file_adds_its_tokens(stored, home, tmp_path):
+@pytest.mark.asyncio
+async def test_attaching_a_file_adds_its_tokens(stored, home, tmp_path):
     doc = tmp_path / "notes.md"
     doc.write_text("# Notes\n\nThe launch is on Tuesday. Bring the slides.\n" * 5)
 
-    async def run():
-        async with running(home) as (app, pilot):
-            before = app.session.context_tokens
-            app.run_command(f"/attach {doc}")
-            await wait_for(pilot, lambda: len(app.session.messages) == 1)
-            await wait_for(pilot, lambda: app.query_one(StatusBar).context[0] > before)
-            message = app.session.messages[0]["content"]
-            assert message.startswith("Attached file `notes.md`:") and "Tuesday" in message
-            added = app.session.context_tokens - before
-            assert added >= len(app.model.encode(doc.read_text()))
-            assert len(app.session.cache_tokens) == app.session.context_tokens  # read already
-            await exchange(pilot, "When?")
-            assert app.session.last_stats.reused_tokens >= added
-
-    asyncio.run(run())
+    async with running(home) as (app, pilot):
+        before = app.session.context_tokens
+        app.run_command(f"/attach {doc}")
+        await wait_for(pilot, lambda: len(app.session.messages) == 1)
+        await wait_for(pilot, lambda: app.query_one(StatusBar).context[0] > before)
+        message = app.session.messages[0]["content"]
+        assert message.startswith("Attached file `notes.md`:") and "Tuesday" in message
+        added = app.session.context_tokens - before
+        assert added >= len(app.model.encode(doc.read_text()))
+        assert len(app.session.cache_tokens) == app.session.context_tokens  # read already
+        await exchange(pilot, "When?")
+        assert app.session.last_stats.reused_tokens >= added
 
 
-def test_reading_an_attachment_holds_the_chat_until_done_and_esc_stops_it(
+@pytest.mark.asyncio
+async def test_reading_an_attachment_holds_the_chat_until_done_and_esc_stops_it(
     stored, home, tmp_path, monkeypatch
 ):
     doc, slow = slow_reading(monkeypatch, tmp_path)
 
-    async def run():
-        async with running(home) as (app, pilot):
-            session = app.session
-            app.run_command(f"/attach {doc}")
-            await wait_for(pilot, lambda: app.busy == "reading notes.md")
-            await wait_for(pilot, lambda: len(session.messages) == 1)
-            chat = app.chat
-            await pilot.press("ctrl+n")  # a new chat would lose where the text goes
-            app.run_command("/system Be brief.")
-            assert app.session is session and app.chat is chat and session.system is None
-            assert app.query_one(PromptInput).read_only
-            assert any(
-                "Still reading notes.md (Esc stops it)" in n.message for n in app._notifications
-            )
+    async with running(home) as (app, pilot):
+        session = app.session
+        app.run_command(f"/attach {doc}")
+        await wait_for(pilot, lambda: app.busy == "reading notes.md")
+        await wait_for(pilot, lambda: len(session.messages) == 1)
+        chat = app.chat
+        await pilot.press("ctrl+n")  # a new chat would lose where the text goes
+        app.run_command("/system Be brief.")
+        assert app.session is session and app.chat is chat and session.system is None
+        assert app.query_one(PromptInput).read_only
+        assert any("Still reading notes.md (Esc stops it)" in n.message for n in app._notifications)
 
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: app.busy == "")
-            assert any("Stopped reading notes.md" in n.message for n in app._notifications)
-            assert session.messages[0]["content"].startswith("Attached file `notes.md`")
-            assert len(session.cache_tokens) < session.context_tokens  # not all read yet
-            assert not app.query_one(PromptInput).read_only
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.busy == "")
+        assert any("Stopped reading notes.md" in n.message for n in app._notifications)
+        assert session.messages[0]["content"].startswith("Attached file `notes.md`")
+        assert len(session.cache_tokens) < session.context_tokens  # not all read yet
+        assert not app.query_one(PromptInput).read_only
 
-            slow["on"] = False
-            app.run_command("/max_tokens 4")
-            await exchange(pilot, "When?")
-            assert app.session.last_stats.prompt_tokens > len(app.model.encode(doc.read_text()))
-        stored_chat = ChatStore(home).messages(chat.id)
-        assert [m.role for m in stored_chat] == ["user", "user", "assistant"]
-
-    asyncio.run(run())
+        slow["on"] = False
+        app.run_command("/max_tokens 4")
+        await exchange(pilot, "When?")
+        assert app.session.last_stats.prompt_tokens > len(app.model.encode(doc.read_text()))
+    stored_chat = ChatStore(home).messages(chat.id)
+    assert [m.role for m in stored_chat] == ["user", "user", "assistant"]
 
 
-def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home):
+@pytest.mark.asyncio
+async def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home):
     async def run():
         app = ChatApp(home=home)
         async with app.run_test(size=SIZE) as pilot:
             await start_a_long_reply(pilot)
             return app.chat.id  # leaving the block quits the app mid-reply
 
-    chat_id = asyncio.run(run())
+    chat_id = await run()
     saved = ChatStore(home).messages(chat_id)
     assert [m.role for m in saved] == ["user", "assistant"]
     assert saved[1].stopped and saved[1].content
     assert len(cache_files(home / "sessions" / f"{chat_id}.json")) == 1
 
 
-def test_a_send_refused_for_size_keeps_the_conversation(stored, home, monkeypatch):
+@pytest.mark.asyncio
+async def test_a_send_refused_for_size_keeps_the_conversation(stored, home, monkeypatch):
     from qwen_mlx.runtime.memory import Budget, MemoryPlanner
 
     real_for_model = MemoryPlanner.for_model.__func__
@@ -348,30 +340,26 @@ def test_a_send_refused_for_size_keeps_the_conversation(stored, home, monkeypatc
 
     monkeypatch.setattr(MemoryPlanner, "for_model", classmethod(small_memory))
 
-    async def run():
-        async with running(home) as (app, pilot):
-            app.run_command("/max_tokens 4")
-            await exchange(pilot, "hello")
-            kept = list(app.session.messages)
-            huge = "lorem ipsum " * 300  # more than the whole context alone
-            app.query_one(PromptInput).load_text(huge)
-            await pilot.press("enter")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-            await pilot.click("#yes")  # send anyway: truncating cannot make it fit
-            await wait_for(
-                pilot, lambda: any("alone needs" in n.message for n in app._notifications)
-            )
-            await wait_for(pilot, lambda: not app.streaming)
-            assert app.session.messages == kept  # the earlier exchange is untouched
-            assert app.query_one(PromptInput).text == huge
-            assert [m.content for m in ChatStore(home).messages(app.chat.id)] == [
-                m["content"] for m in kept
-            ]
-
-    asyncio.run(run())
+    async with running(home) as (app, pilot):
+        app.run_command("/max_tokens 4")
+        await exchange(pilot, "hello")
+        kept = list(app.session.messages)
+        huge = "lorem ipsum " * 300  # more than the whole context alone
+        app.query_one(PromptInput).load_text(huge)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.click("#yes")  # send anyway: truncating cannot make it fit
+        await wait_for(pilot, lambda: any("alone needs" in n.message for n in app._notifications))
+        await wait_for(pilot, lambda: not app.streaming)
+        assert app.session.messages == kept  # the earlier exchange is untouched
+        assert app.query_one(PromptInput).text == huge
+        assert [m.content for m in ChatStore(home).messages(app.chat.id)] == [
+            m["content"] for m in kept
+        ]
 
 
-def test_the_chat_stays_put_until_its_cache_is_saved(stored, home, monkeypatch):
+@pytest.mark.asyncio
+async def test_the_chat_stays_put_until_its_cache_is_saved(stored, home, monkeypatch):
     import qwen_mlx.chat.session as session_module
 
     saving = threading.Event()
@@ -383,32 +371,30 @@ def test_the_chat_stays_put_until_its_cache_is_saved(stored, home, monkeypatch):
 
     monkeypatch.setattr(session_module.ChatSession, "save", slow_save)
 
-    async def run():
-        async with running(home) as (app, pilot):
-            app.run_command("/max_tokens 4")
-            await type_and_send(pilot, "hello")
-            await wait_for(pilot, lambda: app.busy == "saving the chat")
-            assert replies(app) == 1 and not app.streaming  # the reply is done and shown
-            assert not app.query_one(PromptInput).read_only  # typing goes on meanwhile
-            chat_id = app.chat.id
-            await pilot.press("f8")  # deleting now would race the save
-            await wait_for(
-                pilot,
-                lambda: any("Still saving the chat" in n.message for n in app._notifications),
-            )
-            assert ChatStore(home).get(chat_id) is not None
-            saving.set()
-            await wait_for(pilot, lambda: app.busy == "")
-            await pilot.press("f8")
-            await pilot.press("y")
-            await wait_for(pilot, lambda: app.chat is None)
-            assert ChatStore(home).get(chat_id) is None
-            assert not list((home / "sessions").glob(f"{chat_id}*"))
-
-    asyncio.run(run())
+    async with running(home) as (app, pilot):
+        app.run_command("/max_tokens 4")
+        await type_and_send(pilot, "hello")
+        await wait_for(pilot, lambda: app.busy == "saving the chat")
+        assert replies(app) == 1 and not app.streaming  # the reply is done and shown
+        assert not app.query_one(PromptInput).read_only  # typing goes on meanwhile
+        chat_id = app.chat.id
+        await pilot.press("f8")  # deleting now would race the save
+        await wait_for(
+            pilot,
+            lambda: any("Still saving the chat" in n.message for n in app._notifications),
+        )
+        assert ChatStore(home).get(chat_id) is not None
+        saving.set()
+        await wait_for(pilot, lambda: app.busy == "")
+        await pilot.press("f8")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.chat is None)
+        assert ChatStore(home).get(chat_id) is None
+        assert not list((home / "sessions").glob(f"{chat_id}*"))
 
 
-def test_esc_while_a_file_is_read_attaches_nothing(stored, home, tmp_path, monkeypatch):
+@pytest.mark.asyncio
+async def test_esc_while_a_file_is_read_attaches_nothing(stored, home, tmp_path, monkeypatch):
     import qwen_mlx.chat.documents as documents
 
     doc = tmp_path / "big.pdf"
@@ -422,20 +408,20 @@ def test_esc_while_a_file_is_read_attaches_nothing(stored, home, tmp_path, monke
 
     monkeypatch.setattr(documents, "read_document", slow_read)
 
-    async def run():
-        async with running(home) as (app, pilot):
-            app.run_command(f"/attach {doc}")
-            await wait_for(pilot, reading.is_set)
-            await pilot.press("escape")
-            pressed.set()
-            await wait_for(pilot, lambda: app.busy == "")
-            assert app.session.messages == [] and app.chat is None
-            assert any("big.pdf was not attached" in n.message for n in app._notifications)
-
-    asyncio.run(run())
+    async with running(home) as (app, pilot):
+        app.run_command(f"/attach {doc}")
+        await wait_for(pilot, reading.is_set)
+        await pilot.press("escape")
+        pressed.set()
+        await wait_for(pilot, lambda: app.busy == "")
+        assert app.session.messages == [] and app.chat is None
+        assert any("big.pdf was not attached" in n.message for n in app._notifications)
 
 
-def test_quitting_while_a_file_is_read_saves_it_in_the_chat(stored, home, tmp_path, monkeypatch):
+@pytest.mark.asyncio
+async def test_quitting_while_a_file_is_read_saves_it_in_the_chat(
+    stored, home, tmp_path, monkeypatch
+):
     doc, _ = slow_reading(monkeypatch, tmp_path)
 
     async def run():
@@ -445,41 +431,38 @@ def test_quitting_while_a_file_is_read_saves_it_in_the_chat(stored, home, tmp_pa
             await pilot.pause(0.2)
             return app.chat.id  # leaving the block quits the app mid-read
 
-    chat_id = asyncio.run(run())
+    chat_id = await run()
     saved = ChatStore(home).messages(chat_id)
     assert [m.role for m in saved] == ["user"]
     assert saved[0].content.startswith("Attached file `notes.md`")
     assert (home / "sessions" / f"{chat_id}.json").is_file()
 
 
-def test_settings_refused_by_the_sampler_change_nothing(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            before = (app.session.params, app.session.system, app.session.policy)
-            await pilot.press("ctrl+s")
-            await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
-            app.screen.query_one("#top_p", Input).value = "5"
-            app.screen.query_one("#system", TextArea).text = "Be brief."
-            await pilot.press("ctrl+s")
-            await pilot.pause()
-            assert isinstance(app.screen, SettingsScreen)  # still open, saying why
-            assert "top_p must be in (0, 1]" in str(app.screen.query_one("#settings-error").content)
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen))
-            assert (app.session.params, app.session.system, app.session.policy) == before
-            app._apply_settings(
-                {"system": "Be brief.", "params": {"top_p": 5.0}, "policy": "error"}
-            )
-            assert (app.session.params, app.session.system, app.session.policy) == before
-            await wait_for(
-                pilot,
-                lambda: any("Settings not saved: top_p" in n.message for n in app._notifications),
-            )
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_settings_refused_by_the_sampler_change_nothing(stored, home):
+    async with running(home) as (app, pilot):
+        before = (app.session.params, app.session.system, app.session.policy)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        app.screen.query_one("#top_p", Input).value = "5"
+        app.screen.query_one("#system", TextArea).text = "Be brief."
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, SettingsScreen)  # still open, saying why
+        assert "top_p must be in (0, 1]" in str(app.screen.query_one("#settings-error").content)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+        assert (app.session.params, app.session.system, app.session.policy) == before
+        app._apply_settings({"system": "Be brief.", "params": {"top_p": 5.0}, "policy": "error"})
+        assert (app.session.params, app.session.system, app.session.policy) == before
+        await wait_for(
+            pilot,
+            lambda: any("Settings not saved: top_p" in n.message for n in app._notifications),
+        )
 
 
-def test_commands_before_the_model_is_loaded_are_explained(stored, home, monkeypatch):
+@pytest.mark.asyncio
+async def test_commands_before_the_model_is_loaded_are_explained(stored, home, monkeypatch):
     import qwen_mlx.runtime as runtime
 
     loading = threading.Event()
@@ -491,55 +474,48 @@ def test_commands_before_the_model_is_loaded_are_explained(stored, home, monkeyp
 
     monkeypatch.setattr(runtime, "load", held_load)
 
-    async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            assert app.session is None
-            for command in ("/policy error", "/system hi", "/temp 0"):
-                app.run_command(command)
-            loading.set()
-            await wait_for(
-                pilot,
-                lambda: (
-                    [n.message for n in app._notifications].count("The model is still loading.")
-                    == 3
-                ),
-            )
-            app = await ready(pilot)
-            assert app.session.policy.value == "truncate" and app.session.system is None
-
-    asyncio.run(run())
+    app = ChatApp(home=home)
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.session is None
+        for command in ("/policy error", "/system hi", "/temp 0"):
+            app.run_command(command)
+        loading.set()
+        await wait_for(
+            pilot,
+            lambda: (
+                [n.message for n in app._notifications].count("The model is still loading.") == 3
+            ),
+        )
+        app = await ready(pilot)
+        assert app.session.policy.value == "truncate" and app.session.system is None
 
 
-def test_opening_an_unknown_chat_says_so_and_starts_a_new_one(stored, home):
-    async def run():
-        app = ChatApp(home=home, chat_id="no-such-chat")
-        async with app.run_test(size=SIZE) as pilot:
-            await ready(pilot)
-            await wait_for(
-                pilot,
-                lambda: any("No saved chat no-such-chat" in n.message for n in app._notifications),
-            )
-            assert app.chat is None and app.session.messages == []
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_opening_an_unknown_chat_says_so_and_starts_a_new_one(stored, home):
+    app = ChatApp(home=home, chat_id="no-such-chat")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await wait_for(
+            pilot,
+            lambda: any("No saved chat no-such-chat" in n.message for n in app._notifications),
+        )
+        assert app.chat is None and app.session.messages == []
 
 
-def test_no_model_screen_explains_convert_and_builds_the_demo(home):
-    async def run():
-        app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, NoModelScreen))
-            text = "".join(str(w.source) for w in app.screen.query("Markdown"))
-            assert "python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507" in text
-            await pilot.press("d")
-            await wait_for(pilot, lambda: app.session is not None, timeout=120)
-            assert app.model.name == "qwen3-3m-demo-0000-mlx-q4-g64"
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_no_model_screen_explains_convert_and_builds_the_demo(home):
+    app = ChatApp(home=home)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, NoModelScreen))
+        text = "".join(str(w.source) for w in app.screen.query("Markdown"))
+        assert "python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507" in text
+        await pilot.press("d")
+        await wait_for(pilot, lambda: app.session is not None, timeout=120)
+        assert app.model.name == "qwen3-3m-demo-0000-mlx-q4-g64"
 
 
-def test_a_model_failure_shows_an_error_and_keeps_the_text(stored, home, monkeypatch):
+@pytest.mark.asyncio
+async def test_a_model_failure_shows_an_error_and_keeps_the_text(stored, home, monkeypatch):
     import qwen_mlx.chat.session as session_module
 
     def broken(*args, **kwargs):
@@ -548,69 +524,60 @@ def test_a_model_failure_shows_an_error_and_keeps_the_text(stored, home, monkeyp
 
     monkeypatch.setattr(session_module, "stream_tokens", broken)
 
-    async def run():
-        async with running(home) as (app, pilot):
-            await exchange(pilot, "keep me")
-            assert app.query_one(PromptInput).text == "keep me"
-            assert views(app) == []
-            assert app.session.messages == []
-            notes = [n.message for n in app._notifications]
-            assert any("the GPU caught fire" in n for n in notes)
-
-    asyncio.run(run())
+    async with running(home) as (app, pilot):
+        await exchange(pilot, "keep me")
+        assert app.query_one(PromptInput).text == "keep me"
+        assert views(app) == []
+        assert app.session.messages == []
+        notes = [n.message for n in app._notifications]
+        assert any("the GPU caught fire" in n for n in notes)
 
 
-def test_help_lists_keys_and_commands(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            await pilot.press("f1")
-            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
-            text = app.screen.text
-            for key in ("escape", "ctrl+r", "ctrl+o", "f3"):
-                assert f"`{key}`" in text
-            for command in ("/system", "/temp", "/clear", "/export", "/attach", "/model"):
-                assert command in text
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_help_lists_keys_and_commands(stored, home):
+    async with running(home) as (app, pilot):
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        text = app.screen.text
+        for key in ("escape", "ctrl+r", "ctrl+o", "f3"):
+            assert f"`{key}`" in text
+        for command in ("/system", "/temp", "/clear", "/export", "/attach", "/model"):
+            assert command in text
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
 
 
-def test_sidebar_lists_renames_searches_and_deletes_chats(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            app.run_command("/max_tokens 3")
-            await exchange(pilot, "First chat")
-            app.run_command("/new")
-            await exchange(pilot, "Second chat")
-            app.run_command("/rename Travel plans")
-            store = ChatStore(home)
-            assert [c.title for c in store.list()] == ["Travel plans", "First chat"]
-            await pilot.press("ctrl+f", *"trav")
-            titles = [str(i.query_one("Label").render()) for i in app.query("#chat-items ListItem")]
-            assert titles == ["Travel plans"]
-            chat_id = app.chat.id
-            await pilot.press("f8")
-            await pilot.press("y")
-            await wait_for(pilot, lambda: app.chat is None)
-            assert store.get(chat_id) is None
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_sidebar_lists_renames_searches_and_deletes_chats(stored, home):
+    async with running(home) as (app, pilot):
+        app.run_command("/max_tokens 3")
+        await exchange(pilot, "First chat")
+        app.run_command("/new")
+        await exchange(pilot, "Second chat")
+        app.run_command("/rename Travel plans")
+        store = ChatStore(home)
+        assert [c.title for c in store.list()] == ["Travel plans", "First chat"]
+        await pilot.press("ctrl+f", *"trav")
+        titles = [str(i.query_one("Label").render()) for i in app.query("#chat-items ListItem")]
+        assert titles == ["Travel plans"]
+        chat_id = app.chat.id
+        await pilot.press("f8")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.chat is None)
+        assert store.get(chat_id) is None
 
 
-def test_edit_last_message_and_input_history(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            app.run_command("/max_tokens 3")
-            await exchange(pilot, "one")
-            await pilot.press("ctrl+t")
-            prompt = app.query_one(PromptInput)
-            assert prompt.text == "one" and app.session.messages == []
-            prompt.load_text("")
-            await pilot.press("up")
-            assert prompt.text == "one"
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_edit_last_message_and_input_history(stored, home):
+    async with running(home) as (app, pilot):
+        app.run_command("/max_tokens 3")
+        await exchange(pilot, "one")
+        await pilot.press("ctrl+t")
+        prompt = app.query_one(PromptInput)
+        assert prompt.text == "one" and app.session.messages == []
+        prompt.load_text("")
+        await pilot.press("up")
+        assert prompt.text == "one"
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -695,136 +662,128 @@ def notices(app: ChatApp) -> list[str]:
     return [n.message for n in app._notifications]
 
 
-def test_help_and_settings_take_focus_so_their_keys_work_at_once(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            await pilot.press("f1")
-            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
-            scroll = app.screen.query_one("#help")
-            await pilot.press("pagedown")
-            await wait_for(pilot, lambda: scroll.scroll_y > 0)  # the help scrolled
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
+@pytest.mark.asyncio
+async def test_help_and_settings_take_focus_so_their_keys_work_at_once(stored, home):
+    async with running(home) as (app, pilot):
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        scroll = app.screen.query_one("#help")
+        await pilot.press("pagedown")
+        await wait_for(pilot, lambda: scroll.scroll_y > 0)  # the help scrolled
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
 
-            await pilot.press("ctrl+s")
-            await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
-            await type_keys(pilot, "Be brief.")  # into the system prompt, focused
-            await pilot.press("tab", "home", "ctrl+k", *key_names("0.3"), "enter")
-            await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen))
-            assert app.session.system == "Be brief."
-            assert app.session.params.temperature == 0.3
-            assert app.focused is app.query_one(PromptInput)  # back where it was
-
-    asyncio.run(run())
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        await type_keys(pilot, "Be brief.")  # into the system prompt, focused
+        await pilot.press("tab", "home", "ctrl+k", *key_names("0.3"), "enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+        assert app.session.system == "Be brief."
+        assert app.session.params.temperature == 0.3
+        assert app.focused is app.query_one(PromptInput)  # back where it was
 
 
-def test_rename_and_delete_dialogs_take_focus_and_delete_defaults_to_keep(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            app.run_command("/max_tokens 3")
-            await exchange(pilot, "hello")
-            chat_id = app.chat.id
-            await pilot.press("f2")
-            await wait_for(pilot, lambda: isinstance(app.screen, TextPrompt))
-            await pilot.press("ctrl+a", "ctrl+k", *key_names("Greetings"), "enter")
-            await wait_for(pilot, lambda: not isinstance(app.screen, TextPrompt))
-            assert ChatStore(home).get(chat_id).title == "Greetings"
+@pytest.mark.asyncio
+async def test_rename_and_delete_dialogs_take_focus_and_delete_defaults_to_keep(stored, home):
+    async with running(home) as (app, pilot):
+        app.run_command("/max_tokens 3")
+        await exchange(pilot, "hello")
+        chat_id = app.chat.id
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPrompt))
+        await pilot.press("ctrl+a", "ctrl+k", *key_names("Greetings"), "enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, TextPrompt))
+        assert ChatStore(home).get(chat_id).title == "Greetings"
 
-            await pilot.press("f8")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-            await pilot.press("enter")  # the focused button: Keep
-            await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
-            assert app.chat.id == chat_id and ChatStore(home).get(chat_id) is not None
+        await pilot.press("f8")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("enter")  # the focused button: Keep
+        await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert app.chat.id == chat_id and ChatStore(home).get(chat_id) is not None
 
-            await pilot.press("f8")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-            await pilot.press("left", "enter")  # over to Delete, and press it
-            await wait_for(pilot, lambda: app.chat is None)
-            assert ChatStore(home).get(chat_id) is None
-            await type_keys(pilot, "next")
-            assert app.query_one(PromptInput).text == "next"
-
-    asyncio.run(run())
+        await pilot.press("f8")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("left", "enter")  # over to Delete, and press it
+        await wait_for(pilot, lambda: app.chat is None)
+        assert ChatStore(home).get(chat_id) is None
+        await type_keys(pilot, "next")
+        assert app.query_one(PromptInput).text == "next"
 
 
-def test_model_picker_takes_focus_and_enter_picks_the_highlighted_model(stored, tiny_hf, home):
+@pytest.mark.asyncio
+async def test_model_picker_takes_focus_and_enter_picks_the_highlighted_model(
+    stored, tiny_hf, home
+):
     convert(str(tiny_hf), q_bits=8)  # a second model in the store
 
-    async def run():
-        async with running(home) as (app, pilot):
-            first = app.model.name
-            await pilot.press("f4")
-            await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker))
-            options = app.screen.query_one(OptionList)
-            assert options.get_option_at_index(0).prompt == first  # the current one first
-            await pilot.press("down", "enter")
-            await wait_for(pilot, lambda: app.model is not None and app.model.name != first)
-            assert app.model.name == str(options.get_option_at_index(1).prompt)
-            assert "q8" in app.model.name
-
-    asyncio.run(run())
+    async with running(home) as (app, pilot):
+        first = app.model.name
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker))
+        options = app.screen.query_one(OptionList)
+        assert options.get_option_at_index(0).prompt == first  # the current one first
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: app.model is not None and app.model.name != first)
+        assert app.model.name == str(options.get_option_at_index(1).prompt)
+        assert "q8" in app.model.name
 
 
-def test_file_picker_takes_focus_and_enter_attaches_the_file(stored, home, tmp_path, monkeypatch):
+@pytest.mark.asyncio
+async def test_file_picker_takes_focus_and_enter_attaches_the_file(
+    stored, home, tmp_path, monkeypatch
+):
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "notes.md").write_text("The launch is on Tuesday.\n")
     monkeypatch.chdir(folder)
 
-    async def run():
-        async with running(home) as (app, pilot):
-            await pilot.press("ctrl+o")
-            await wait_for(pilot, lambda: isinstance(app.screen, FilePicker))
-            tree = app.screen.query_one(DirectoryTree)
-            await wait_for(pilot, lambda: len(tree.root.children) == 1)  # the folder is read
-            await pilot.press("down", "enter")
-            await wait_for(pilot, lambda: len(app.session.messages) == 1 and not app.busy)
-            assert app.session.messages[0]["content"].startswith("Attached file `notes.md`")
-
-    asyncio.run(run())
+    async with running(home) as (app, pilot):
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, FilePicker))
+        tree = app.screen.query_one(DirectoryTree)
+        await wait_for(pilot, lambda: len(tree.root.children) == 1)  # the folder is read
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: len(app.session.messages) == 1 and not app.busy)
+        assert app.session.messages[0]["content"].startswith("Attached file `notes.md`")
 
 
-def test_the_sidebar_opens_a_chat_with_enter_and_typing_goes_on_in_the_input(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            app.run_command("/max_tokens 3")
-            await exchange(pilot, "First chat")
-            first = app.chat.id
-            await pilot.press("ctrl+n")
-            await exchange(pilot, "Second chat")
-            second = app.chat.id
-            items = app.query_one("#chat-items", ListView)
-            assert items.highlighted_child.chat_id == second  # the open chat's row
+@pytest.mark.asyncio
+async def test_the_sidebar_opens_a_chat_with_enter_and_typing_goes_on_in_the_input(stored, home):
+    async with running(home) as (app, pilot):
+        app.run_command("/max_tokens 3")
+        await exchange(pilot, "First chat")
+        first = app.chat.id
+        await pilot.press("ctrl+n")
+        await exchange(pilot, "Second chat")
+        second = app.chat.id
+        items = app.query_one("#chat-items", ListView)
+        assert items.highlighted_child.chat_id == second  # the open chat's row
 
-            await pilot.press("ctrl+f", "down")  # to the list
-            assert app.focused is items
-            await pilot.press("down", "enter", *key_names("and then"))  # no pause to wait
-            await wait_for(pilot, lambda: app.chat.id == first and not app.busy)
-            assert app.query_one(PromptInput).text == "and then"  # no key was lost
-            assert app.focused is app.query_one(PromptInput)
-            assert views(app)[0] == ("user", "First chat")
-            assert items.highlighted_child.chat_id == first
+        await pilot.press("ctrl+f", "down")  # to the list
+        assert app.focused is items
+        await pilot.press("down", "enter", *key_names("and then"))  # no pause to wait
+        await wait_for(pilot, lambda: app.chat.id == first and not app.busy)
+        assert app.query_one(PromptInput).text == "and then"  # no key was lost
+        assert app.focused is app.query_one(PromptInput)
+        assert views(app)[0] == ("user", "First chat")
+        assert items.highlighted_child.chat_id == first
 
-            await pilot.press("ctrl+f", *key_names("second"), "enter")  # the first match
-            await wait_for(pilot, lambda: app.chat.id == second and not app.busy)
-            assert app.focused is app.query_one(PromptInput)
-
-    asyncio.run(run())
+        await pilot.press("ctrl+f", *key_names("second"), "enter")  # the first match
+        await wait_for(pilot, lambda: app.chat.id == second and not app.busy)
+        assert app.focused is app.query_one(PromptInput)
 
 
-def test_text_typed_while_a_reply_streams_is_kept(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            await start_a_long_reply(pilot)
-            await type_keys(pilot, "next one")
-            await pilot.press("enter")  # refused while streaming, and kept
-            await wait_for(pilot, lambda: any("still streaming" in n for n in notices(app)))
-            await pilot.press("escape")
-            await reply(pilot)
-            assert app.query_one(PromptInput).text == "next one"
-            assert sum(m["role"] == "user" for m in app.session.messages) == 1
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_text_typed_while_a_reply_streams_is_kept(stored, home):
+    async with running(home) as (app, pilot):
+        await start_a_long_reply(pilot)
+        await type_keys(pilot, "next one")
+        await pilot.press("enter")  # refused while streaming, and kept
+        await wait_for(pilot, lambda: any("still streaming" in n for n in notices(app)))
+        await pilot.press("escape")
+        await reply(pilot)
+        assert app.query_one(PromptInput).text == "next one"
+        assert sum(m["role"] == "user" for m in app.session.messages) == 1
 
 
 # -- resume: the most recent chat, its id, the command that reopens it -------------------------
@@ -877,21 +836,19 @@ def test_chat_reopens_the_most_recent_chat_and_prints_how_to_resume_it(
     assert ChatStore(home).list()[0].id == ran[2].chat.id  # now the most recent
 
 
-def test_the_chat_id_is_shown_and_info_says_how_to_resume(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            assert "new chat" in app.sub_title
-            app.run_command("/max_tokens 3")
-            await exchange(pilot, "hello")
-            assert app.chat.id in app.sub_title
-            await type_keys(pilot, "/info")
-            await pilot.press("enter")
-            await wait_for(pilot, lambda: any(app.chat.id in n for n in notices(app)))
-            info = next(n for n in notices(app) if app.chat.id in n)
-            assert f"qwen-mlx chat --session {app.chat.id}" in info
-            assert app.model.name in info and "max_tokens 3" in info
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_the_chat_id_is_shown_and_info_says_how_to_resume(stored, home):
+    async with running(home) as (app, pilot):
+        assert "new chat" in app.sub_title
+        app.run_command("/max_tokens 3")
+        await exchange(pilot, "hello")
+        assert app.chat.id in app.sub_title
+        await type_keys(pilot, "/info")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any(app.chat.id in n for n in notices(app)))
+        info = next(n for n in notices(app) if app.chat.id in n)
+        assert f"qwen-mlx chat --session {app.chat.id}" in info
+        assert app.model.name in info and "max_tokens 3" in info
 
 
 # -- no terminal -------------------------------------------------------------------------------
@@ -928,44 +885,41 @@ def test_chat_in_a_pipe_exits_at_once(home):
 # -- help and commands -------------------------------------------------------------------------
 
 
-def test_help_renders_every_row_and_lists_every_key(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            await pilot.press("f1")
-            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
-            await wait_for(pilot, lambda: app.screen.query("MarkdownTableCellContents"))
-            cells = [str(c.content) for c in app.screen.query("MarkdownTableCellContents")]
-            at = cells.index("/policy truncate|kv-quantize|error")  # one cell, pipes shown
-            assert cells[at + 1] == "what happens when the chat outgrows the context"
-            listed = {k.strip() for cell in cells for k in cell.split(",")}
-            bindings = [b.key for b in app.BINDINGS]
-            for key in (*bindings, "enter", "shift+enter", "ctrl+j", "tab", "ctrl+q", "ctrl+p"):
-                assert key in listed, key
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_help_renders_every_row_and_lists_every_key(stored, home):
+    async with running(home) as (app, pilot):
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await wait_for(pilot, lambda: app.screen.query("MarkdownTableCellContents"))
+        cells = [str(c.content) for c in app.screen.query("MarkdownTableCellContents")]
+        at = cells.index("/policy truncate|kv-quantize|error")  # one cell, pipes shown
+        assert cells[at + 1] == "what happens when the chat outgrows the context"
+        listed = {k.strip() for cell in cells for k in cell.split(",")}
+        bindings = [b.key for b in app.BINDINGS]
+        for key in (*bindings, "enter", "shift+enter", "ctrl+j", "tab", "ctrl+q", "ctrl+p"):
+            assert key in listed, key
 
 
-def test_a_sampling_command_with_a_word_gets_a_sentence(stored, home):
-    async def run():
-        async with running(home) as (app, pilot):
-            before = app.session.params
-            for command in ("/temp abc", "/top_k 2.5"):
-                await type_keys(pilot, command)
-                await pilot.press("enter")
-            await wait_for(pilot, lambda: len([n for n in notices(app) if "is not one" in n]) == 2)
-            said = [n for n in notices(app) if "is not one" in n]
-            assert said[0].startswith("/temp takes a number, and “abc” is not one")
-            assert said[1].startswith("/top_k takes a whole number, and “2.5” is not one")
-            assert not any("could not convert" in n or "invalid literal" in n for n in notices(app))
-            assert app.session.params == before
-
-    asyncio.run(run())
+@pytest.mark.asyncio
+async def test_a_sampling_command_with_a_word_gets_a_sentence(stored, home):
+    async with running(home) as (app, pilot):
+        before = app.session.params
+        for command in ("/temp abc", "/top_k 2.5"):
+            await type_keys(pilot, command)
+            await pilot.press("enter")
+        await wait_for(pilot, lambda: len([n for n in notices(app) if "is not one" in n]) == 2)
+        said = [n for n in notices(app) if "is not one" in n]
+        assert said[0].startswith("/temp takes a number, and “abc” is not one")
+        assert said[1].startswith("/top_k takes a whole number, and “2.5” is not one")
+        assert not any("could not convert" in n or "invalid literal" in n for n in notices(app))
+        assert app.session.params == before
 
 
 # -- export: each reply with its own sampling ---------------------------------------------------
 
 
-def test_export_records_the_sampling_of_each_reply_across_a_restart(stored, home, tmp_path):
+@pytest.mark.asyncio
+async def test_export_records_the_sampling_of_each_reply_across_a_restart(stored, home, tmp_path):
     target = tmp_path / "chat.md"
 
     async def first():
@@ -984,8 +938,8 @@ def test_export_records_the_sampling_of_each_reply_across_a_restart(stored, home
             await wait_for(pilot, lambda: app.chat is not None and app.chat.id == chat_id)
             app.run_command(f"/export {target}")
 
-    chat_id, contents = asyncio.run(first())
-    asyncio.run(second(chat_id))
+    chat_id, contents = await first()
+    await second(chat_id)
     text = target.read_text()
     replies = text.split("## Assistant\n\n")[1:]
     assert len(replies) == 2
@@ -1033,7 +987,8 @@ SECOND = {
 
 
 @pytest.mark.parametrize("ending", list(SECOND))
-def test_a_reopened_chat_reads_only_the_new_message(trained, home, tmp_path, ending):
+@pytest.mark.asyncio
+async def test_a_reopened_chat_reads_only_the_new_message(trained, home, tmp_path, ending):
     question, max_tokens, finish = SECOND[ending]
 
     async def first():
@@ -1079,5 +1034,5 @@ def test_a_reopened_chat_reads_only_the_new_message(trained, home, tmp_path, end
             await exchange(pilot, "Tell me more")
             assert_read_only_the_new_message(app, held, "Tell me more")  # after a restart
 
-    chat_id, held = asyncio.run(first())
-    asyncio.run(second(chat_id, held))
+    chat_id, held = await first()
+    await second(chat_id, held)

@@ -1,0 +1,69 @@
+"""What several test modules share that is not a fixture: where the shared models are,
+the skips for when they are absent, a server on a free port, a PDF with text in it.
+Fixtures stay in conftest.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+SHARED_MODEL = SHARED_MODELS / "qwen3-4b-instruct-2507"  # config and tokenizer, no weights
+TRAINED = SHARED_MODELS / "qwen3-tiny-trained"  # a small trained pair: target/ and draft/
+
+needs_shared = pytest.mark.skipif(
+    not (SHARED_MODEL / "tokenizer.json").is_file(),
+    reason=f"the real Qwen3-4B-Instruct-2507 tokenizer and config are not at {SHARED_MODEL}",
+)
+needs_trained = pytest.mark.skipif(
+    not (TRAINED / "target" / "config.json").is_file(),
+    reason=f"the trained tiny Qwen3 pair is not at {TRAINED}",
+)
+
+
+def start_server(app, **limits):
+    """uvicorn as `qwen-mlx serve` configures it (with these limits), on a free port in a
+    daemon thread; returns (server, thread, port) once it accepts connections."""
+    import uvicorn
+
+    from qwen_mlx.server import server_config
+
+    config = server_config(app, host="127.0.0.1", port=0, log_level="warning", **limits)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, port
+
+
+def write_pdf(path: Path, text: str) -> None:
+    """A one-page PDF whose text pypdf extracts (no PDF library writes text for us)."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+    )
+    stream = DecodedStreamObject()
+    stream.set_data(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode())
+    page[NameObject("/Contents")] = writer._add_object(stream)
+    with open(path, "wb") as f:
+        writer.write(f)
