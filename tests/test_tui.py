@@ -152,7 +152,7 @@ async def test_sending_a_message_streams_the_reply_into_the_view(stored, home):
     batches = []
 
     class CountingApp(ChatApp):
-        def on_chat_app_reply_text(self, message):
+        def on_reply_text(self, message):
             batches.append(message.text)  # Textual then runs ChatApp's own handler too
 
     app = CountingApp(home=home, flush_interval=0)

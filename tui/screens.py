@@ -27,6 +27,8 @@ from textual.widgets import (
     TextArea,
 )
 
+from qwen_mlx.chat.policy import ContextPolicy
+
 from .widgets import WorkProgress
 
 # The sampling parameters a chat sets: (key, label, type, slash command).
@@ -86,7 +88,7 @@ class NoModelScreen(Screen[bool]):
     async def _build(self) -> None:
         from qwen_mlx.convert.demo import ensure_demo_model
 
-        from .commands import on_model_thread
+        from .state import on_model_thread
 
         bar = self.query_one("#demo-progress", WorkProgress)
 
@@ -214,7 +216,7 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
                     yield Input("" if value is None else str(value), id=key)
                 yield Label("Context policy")
                 yield Select(
-                    [(p, p) for p in ("truncate", "kv-quantize", "error")],
+                    [(p, p) for p in ContextPolicy.names()],
                     value=self.policy,
                     allow_blank=False,
                     id="policy",

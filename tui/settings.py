@@ -1,0 +1,169 @@
+"""Settings and the model: this chat's sampling parameters, system prompt and context
+policy (saved with the chat), the settings dialog, and loading or switching the model.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from textual import work
+
+from .screens import (
+    ModelPicker,
+    SettingsScreen,
+)
+from .state import AppState, on_model_thread
+from .widgets import PromptInput, StatusBar
+
+
+class Settings(AppState):
+    """The chat's settings and the model it runs on (a part of ChatApp)."""
+
+    def action_settings(self) -> None:
+        if not self._can_reply():
+            return
+        p = self.session.params
+        params = {k: getattr(p, k) for k, _, _ in SettingsScreen.FIELDS}
+        self.push_screen(
+            SettingsScreen(
+                self.session.system or "",
+                params,
+                self.session.policy.value,
+                check=self._params_with,
+            ),
+            self._apply_settings,
+        )
+
+    def _apply_settings(self, values: dict[str, Any] | None) -> None:
+        if not values or not self._can_change():
+            return
+        from qwen_mlx.chat.session import ContextPolicy
+
+        try:  # everything is checked before anything changes
+            overrides = self._overrides_with(values["params"])
+            params = self._params_with(values["params"])
+            policy = ContextPolicy(values["policy"])
+        except ValueError as e:
+            self.notify(f"Settings not saved: {e}", severity="error")
+            return
+        self.session.system = values["system"].strip() or None
+        self.session.policy = policy
+        self.session.params, self.overrides = params, overrides
+        self._save_chat_settings()
+        self.notify("Settings saved for this chat.")
+
+    def _overrides_with(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """This chat's parameter overrides after `changes` (None: back to the default)."""
+        current = dict(self.overrides)
+        for key, value in changes.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        return current
+
+    def _params_with(self, changes: dict[str, Any]) -> Any:
+        """The sampling parameters `changes` would give; ValueError if the sampler refuses."""
+        return self.model.default_params.replace(**self._overrides_with(changes))
+
+    def _set_params(self, changes: dict[str, Any]) -> None:
+        """Change sampling parameters of this chat (None: back to the model's default)."""
+        self.session.params = self._params_with(changes)  # validates
+        self.overrides = self._overrides_with(changes)
+        self._save_chat_settings()
+
+    def _save_chat_settings(self) -> None:
+        if self.chat is not None:
+            self.chat.params = dict(self.overrides)
+            self.chat.system = self.session.system
+            self.chat.policy = self.session.policy.value
+            self.store.update(self.chat)
+
+    def action_pick_model(self, name: str | None = None) -> None:
+        if not self._idle():
+            return
+        if name:
+            self._load_model(name)
+            return
+        from qwen_mlx.store import Store
+
+        store = Store(self.home)
+        try:
+            names = [m.name for m in store.list()] if store.models_dir.is_dir() else []
+        finally:
+            store.close()
+        if not names:
+            self.notify("The store has no models (see `qwen-mlx models list`).")
+            return
+        current = self.model.name if self.model else None
+        self.push_screen(ModelPicker(names, current), lambda n: self._load_model(n) if n else None)
+
+    def _default_model(self) -> str | None:
+        """The chat's model if it is still here, else qwen3-4b-instruct's latest, else any
+        latest in the store."""
+        from qwen_mlx.store import Store
+
+        chat = self.store.get(self.initial_chat) if self.initial_chat else None
+        store = Store(self.home)
+        try:
+            if chat is not None and chat.model:
+                if Path(chat.model).expanduser().is_dir():
+                    return chat.model
+                with suppress(Exception):  # removed, or a name this version does not know
+                    if store.models_dir.is_dir() and store.find(chat.model) is not None:
+                        return chat.model
+            if store.latest("qwen3-4b-instruct") is not None:
+                return "qwen3-4b-instruct"
+            latest = [m.name for m in store.list() if m.latest] if store.models_dir.is_dir() else []
+        except Exception:
+            latest = []
+        finally:
+            store.close()
+        return latest[0] if latest else None
+
+    def _after_no_model(self, built: bool | None) -> None:
+        if not built:
+            self.exit()
+            return
+        from qwen_mlx.convert.demo import DEMO_MODEL
+
+        self.query_one("#loading").display = True
+        self._load_model(DEMO_MODEL)
+
+    @work(exclusive=True, group="load")
+    async def _load_model(self, ref: str) -> None:
+        from qwen_mlx.runtime import load
+
+        self._status_text(f"loading {ref}…")
+        self._begin_busy(f"loading {ref}", lock_input=False)  # typing goes on meanwhile
+        try:
+            model = await on_model_thread(load, ref)
+        except Exception as e:
+            self._model_failed(ref, e)
+            return
+        finally:
+            self._end_busy()
+        self._model_ready(model)
+
+    def _model_failed(self, ref: str, error: Exception) -> None:
+        self.query_one("#loading").display = False
+        self._status_text(f"no model ({ref} failed to load)")
+        self.notify(f"Could not load {ref}: {error}", severity="error", timeout=10)
+
+    def _model_ready(self, model: Any) -> None:
+        self.model = model
+        self.query_one("#loading").display = False
+        self.query_one(StatusBar).model_label = f"{model.name} · {model.quantization_label}"
+        self.sub_title = model.name
+        initial, self.initial_chat = self.initial_chat, None  # only for the first model
+        if self.chat is not None:
+            self.chat.model = model.ref
+            self.store.update(self.chat)
+            self._open_chat(self.chat.id)
+        elif initial:
+            self._open_chat(initial)  # says so, and starts a new chat, if there is none
+        else:
+            self._start_new_chat()
+        self.query_one(PromptInput).focus()
