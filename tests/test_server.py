@@ -1118,8 +1118,7 @@ def test_binding_beyond_localhost_without_a_key_warns():
 
 
 def test_a_loopback_server_answers_loopback_names_only():
-    from qwen_mlx.cli.serve import allowed_hosts
-    from qwen_mlx.server.errors import host_of
+    from qwen_mlx.server.net import allowed_hosts, host_of
 
     assert allowed_hosts("0.0.0.0") is None and allowed_hosts("example.org") is None
     assert allowed_hosts("127.0.0.2") == ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"]
@@ -1130,13 +1129,27 @@ def test_a_loopback_server_answers_loopback_names_only():
         assert host_of(malformed) is None, malformed
 
 
-def test_the_command_defaults_match_the_server():
-    from qwen_mlx import server
-    from qwen_mlx.cli import serve
+def test_serve_help_shows_the_server_defaults_without_loading_fastapi():
+    """The defaults are defined once (server/defaults.py); `serve --help` shows them and
+    stays light."""
+    code = (
+        "import sys\n"
+        "from qwen_mlx.cli.main import main\n"
+        "try:\n"
+        "    main(['serve', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('LOADED', sorted(m for m in ('fastapi', 'mlx', 'uvicorn') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    from qwen_mlx.server import defaults
 
-    assert serve.DEFAULT_MAX_TOKENS_CAP == server.DEFAULT_MAX_TOKENS_CAP
-    assert serve.DEFAULT_MAX_BODY_BYTES == server.DEFAULT_MAX_BODY_BYTES
-    assert serve.DEFAULT_MAX_CONNECTIONS == server.DEFAULT_MAX_CONNECTIONS
+    assert f"default: {defaults.DEFAULT_MAX_TOKENS_CAP}" in out
+    assert f"default: {defaults.DEFAULT_MAX_BODY_BYTES:,}" in out
+    assert f"{defaults.DEFAULT_MAX_CONNECTIONS})" in out
+    assert "LOADED []" in out
 
 
 def test_a_connection_limit_below_one_is_an_error(capsys):

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .common import add_model_arg, guarded, human_bytes
+from .common import add_model_arg, format_table, guarded, human_bytes
 
 if TYPE_CHECKING:
     from ..runtime.bench import BenchResult
@@ -121,14 +121,7 @@ def format_result(r: BenchResult) -> str:
             human_bytes(r.peak_memory) + " (max)",
         )
     )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    table = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
+    table = format_table(rows, right_align=range(1, len(header)))
     bw = r.bandwidth
     source = f"{bw.source}, {bw.device}" + (f", {bw.note}" if bw.note else "")
     lines = [

@@ -74,22 +74,29 @@ def _reader_gone() -> int:
     return BROKEN_PIPE
 
 
-def print_table(
-    rows: Sequence[Sequence[object]], *, right_align: Iterable[int] = (), file: TextIO | None = None
-) -> None:
-    """Rows (the first is the header) in columns two spaces apart; columns in
+def format_table(rows: Sequence[Sequence[object]], *, right_align: Iterable[int] = ()) -> list[str]:
+    """Rows (the first is the header) as lines of columns two spaces apart; columns in
     `right_align` are right-aligned, the last column is never padded."""
     cells = [[str(c) for c in row] for row in rows]
     if not cells:
-        return
+        return []
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     right = set(right_align)
-    for row in cells:
-        line = "  ".join(
+    return [
+        "  ".join(
             c.rjust(w) if i in right else c.ljust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        print(line.rstrip(), file=file or sys.stdout)
+        ).rstrip()
+        for row in cells
+    ]
+
+
+def print_table(
+    rows: Sequence[Sequence[object]], *, right_align: Iterable[int] = (), file: TextIO | None = None
+) -> None:
+    """`format_table`, printed."""
+    for line in format_table(rows, right_align=right_align):
+        print(line, file=file or sys.stdout)
 
 
 class ProgressBar:

@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from .common import ProgressBar, guarded, human_bytes
+from .common import ProgressBar, guarded, human_bytes, print_table
 
 DESCRIPTION = """\
 Manage the model versions in the store ($QWEN_MLX_HOME, default ~/.qwen_mlx).
@@ -117,9 +117,7 @@ def _list(store, args) -> int:
             q = m.quality
             row += (f"{q.kl_divergence:.4f}", f"{q.top1_agreement:.1%}") if q else ("-", "-")
         rows.append(row)
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_table([header, *rows])
     print("\n* latest   P pinned")
     return 0
 

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import logging
 import os
 import socket
 import sys
 
+from ..server.defaults import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_TOKENS_CAP,
+)
+from ..server.net import allowed_hosts, is_loopback
 from .common import add_model_arg, guarded
 
 API_KEY_ENV = "QWEN_MLX_API_KEY"
-# The same as qwen_mlx.server's (not imported from there: --help must not load FastAPI).
-DEFAULT_MAX_TOKENS_CAP = 16384
-DEFAULT_MAX_BODY_BYTES = 16 << 20
-DEFAULT_MAX_CONNECTIONS = 64
 
 EXAMPLES = f"""\
 examples:
@@ -104,24 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="server log verbosity (default: info)",
     )
     return p
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: assume it is reachable
-
-
-def allowed_hosts(host: str) -> list[str] | None:
-    """The Host headers a server bound to `host` answers: on loopback, the loopback names
-    and the address it is bound to; elsewhere any (None)."""
-    if not is_loopback(host):
-        return None
-    bound = f"[{host}]" if ":" in host else host
-    return sorted({"localhost", "127.0.0.1", "[::1]", bound.lower()})
 
 
 def bind_warning(host: str, api_key: str | None) -> str | None:

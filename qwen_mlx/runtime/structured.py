@@ -25,7 +25,7 @@ _JSON_DEFAULTS = {"whitespace_flexible": False}
 
 def llg_tokenizer(model: Any) -> Any:
     """The llguidance view of the model's tokenizer (built once per model: ~1 s for Qwen)."""
-    cached = getattr(model, "_llg_tokenizer", None)
+    cached = model.memo.get("llg_tokenizer")
     if cached is not None:
         return cached
     import llguidance.hf
@@ -35,7 +35,7 @@ def llg_tokenizer(model: Any) -> Any:
     tokenizer = llguidance.hf.from_tokenizer(
         model.tokenizer._tokenizer, n_vocab=vocab, eos_token=eos
     )
-    model._llg_tokenizer = tokenizer
+    model.memo["llg_tokenizer"] = tokenizer
     return tokenizer
 
 

@@ -9,15 +9,29 @@
 - `errors.py`: errors in OpenAI's shape, the body-size limit and the catch-all for the rest.
 - `connections.py`: the uvicorn configuration: header and keep-alive timeouts, and a
   connection limit (`server_config`).
+- `net.py`: loopback addresses and the Host header check. `defaults.py`: the limits'
+  defaults, defined once (the CLI's flags show them).
 """
 
 from __future__ import annotations
 
-from .app import DEFAULT_MAX_BODY_BYTES, create_app
-from .connections import DEFAULT_MAX_CONNECTIONS, server_config
-from .engine import DEFAULT_MAX_TOKENS_CAP, Engine, Finished, Job
-from .errors import APIError
-from .schemas import ChatRequest, CompletionRequest
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "DEFAULT_MAX_BODY_BYTES": "defaults",
+    "DEFAULT_MAX_CONNECTIONS": "defaults",
+    "DEFAULT_MAX_TOKENS_CAP": "defaults",
+    "APIError": "errors",
+    "ChatRequest": "schemas",
+    "CompletionRequest": "schemas",
+    "Engine": "engine",
+    "Finished": "engine",
+    "Job": "engine",
+    "create_app": "app",
+    "server_config": "connections",
+}
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -32,3 +46,13 @@ __all__ = [
     "create_app",
     "server_config",
 ]
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .connections import server_config
+    from .defaults import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_TOKENS_CAP
+    from .engine import Engine, Finished, Job
+    from .errors import APIError
+    from .schemas import ChatRequest, CompletionRequest
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

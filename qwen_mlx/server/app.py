@@ -27,15 +27,14 @@ from fastapi.responses import StreamingResponse
 
 from ..chat.tools import ToolCall
 from ..runtime import Model
+from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine, Finished, Job
-from .errors import AllowedHosts, APIError, BodyLimit, CatchAll, install_error_handlers
+from .errors import APIError, BodyLimit, CatchAll, install_error_handlers
+from .net import AllowedHosts
 from .prepare import Reply, prepare_chat, prepare_completion
 from .schemas import ChatRequest, CompletionRequest
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_BODY_BYTES = 16 << 20
-DEFAULT_BODY_TIMEOUT = 60.0  # seconds: 16 MiB at 0.3 MB/s
 
 
 def create_app(

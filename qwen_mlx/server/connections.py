@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive
-DEFAULT_KEEP_ALIVE = 5  # seconds an idle connection stays open between requests
-DEFAULT_MAX_CONNECTIONS = 64
+from .defaults import DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_CONNECTIONS
 
 
 def server_config(

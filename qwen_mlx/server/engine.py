@@ -31,11 +31,11 @@ from ..runtime import Model, SamplingParams, cache_length, make_cache, stream_to
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
+from .defaults import DEFAULT_MAX_TOKENS_CAP
 from .errors import APIError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOKENS_CAP = 16384  # Qwen's model card: enough output for most queries
 DISCONNECT_POLL = 0.1  # seconds between checks that a client is still there
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
 

@@ -8,8 +8,6 @@ traceback (that stays in the server log).
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,8 +20,6 @@ from ..errors import ContextOverflowError, ModelNotFoundError, QwenMLXError
 logger = logging.getLogger(__name__)
 
 _DRAIN_LIMIT = 64 << 20  # an oversized body is read and dropped up to here, then cut off
-# A Host header: a name or IPv4 address, or a bracketed IPv6 address; then an optional port.
-_HOST_HEADER = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^\[\]:/@\s]+)(?::\d{1,5})?$")
 
 
 class APIError(Exception):
@@ -204,33 +200,3 @@ class CatchAll:
                     500, "The server had an error processing the request.", type="server_error"
                 )
                 await error.response()(scope, receive, send)
-
-
-def host_of(header: str) -> str | None:
-    """The host named by a Host header, lowercased (`[::1]` keeps its brackets); None
-    when the header is malformed."""
-    m = _HOST_HEADER.match(header.strip())
-    return m.group("host").lower() if m else None
-
-
-class AllowedHosts:
-    """Refuse requests whose Host header names another host (400). A server on a
-    loopback address uses it so that a web page cannot reach it by pointing its own
-    domain at 127.0.0.1 (DNS rebinding)."""
-
-    def __init__(self, app: Any, hosts: Iterable[str]) -> None:
-        self.app = app
-        self.hosts = {h.lower() for h in hosts}
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            if host_of(header) not in self.hosts:
-                await APIError(
-                    400,
-                    f"This server answers requests for {', '.join(sorted(self.hosts))} only "
-                    f"(the Host header says {header!r}).",
-                    code="invalid_host",
-                ).response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

@@ -1,0 +1,12 @@
+"""The server's defaults, defined once: the routes, the engine, uvicorn's configuration
+and `qwen-mlx serve`'s flags all take them from here (a light module: `serve --help`
+shows them without importing FastAPI)."""
+
+from __future__ import annotations
+
+DEFAULT_MAX_TOKENS_CAP = 16384  # Qwen's model card: enough output for most queries
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+DEFAULT_BODY_TIMEOUT = 60.0  # seconds: 16 MiB at 0.3 MB/s
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive
+DEFAULT_KEEP_ALIVE = 5  # seconds an idle connection stays open between requests
+DEFAULT_MAX_CONNECTIONS = 64
