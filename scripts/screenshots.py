@@ -5,7 +5,7 @@ The app runs headless with the demo model; the reply comes from a scripted token
 (the demo model's random weights write gibberish, and the real model needs a Mac), so the
 screenshot shows how a real Markdown answer streams in: headings, code, a table.
 
-    python scripts/screenshots.py [--out tui/screenshots]
+    python scripts/screenshots.py [--out docs/screenshots]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "tui" / "screenshots")
+    p.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "docs" / "screenshots")
     args = p.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="qwen-mlx-shots-"))
     os.environ["QWEN_MLX_HOME"] = str(home)
