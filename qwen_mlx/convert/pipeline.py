@@ -272,11 +272,11 @@ def convert(
     store.close()
     progress(Progress("done", detail=str(final)))
     return ConvertResult(
-        final,
-        manifest,
-        registered,
-        became_latest,
-        time.perf_counter() - started,
+        path=final,
+        manifest=manifest,
+        registered=registered,
+        became_latest=became_latest,
+        seconds=time.perf_counter() - started,
         name_note=name_note,
         warnings=tuple(warnings),
         latest=latest,
