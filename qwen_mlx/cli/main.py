@@ -1,6 +1,6 @@
 """`qwen-mlx`: one console script, one module per subcommand.
 
-Each subcommand lives in `qwen_mlx/commands/<name>.py` with `main(argv) -> int` and is
+Each subcommand lives in `qwen_mlx/cli/<name>.py` with `main(argv) -> int` and is
 imported only when chosen, so `qwen-mlx --help` never loads MLX.
 """
 
