@@ -6,18 +6,18 @@ import argparse
 import functools
 import sys
 
-from .common import guarded
+from .common import command_parser, guarded
 from .summarize import add_document_args, run_on_document
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="qwen-mlx ask",
-        description=(
+    p = command_parser(
+        "ask",
+        (
             "Answer a question about a .txt, .md or .pdf document. A document that does not "
             "fit in the context is read part by part for notes, then answered from the notes."
         ),
+        raw=False,
     )
     add_document_args(p)
     p.add_argument("question", help="the question")

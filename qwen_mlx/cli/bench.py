@@ -8,7 +8,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .common import add_model_arg, format_table, guarded, human_bytes
+from .common import add_model_arg, command_parser, format_table, guarded, human_bytes
 
 if TYPE_CHECKING:
     from ..runtime.bench import BenchResult
@@ -33,13 +33,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="qwen-mlx bench",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("bench", DESCRIPTION, EXAMPLES)
     add_model_arg(p)
     p.add_argument(
         "--prompt-tokens",

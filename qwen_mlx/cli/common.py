@@ -74,6 +74,20 @@ def _reader_gone() -> int:
     return BROKEN_PIPE
 
 
+def command_parser(
+    name: str, description: str, epilog: str | None = None, *, raw: bool = True
+) -> argparse.ArgumentParser:
+    """The parser of `qwen-mlx NAME`: no abbreviated flags; with `raw`, the description and
+    the examples keep their line breaks (else the description is wrapped to the terminal)."""
+    return argparse.ArgumentParser(
+        allow_abbrev=False,
+        prog=f"qwen-mlx {name}",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
+    )
+
+
 def format_table(rows: Sequence[Sequence[object]], *, right_align: Iterable[int] = ()) -> list[str]:
     """Rows (the first is the header) as lines of columns two spaces apart; columns in
     `right_align` are right-aligned, the last column is never padded."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..convert import DTYPES, Q_BITS, Q_GROUP_SIZES, RECIPES
-from .common import ProgressBar, guarded, human_bytes
+from .common import ProgressBar, command_parser, guarded, human_bytes
 
 DESCRIPTION = """\
 Convert a Hugging Face Qwen3 checkpoint to MLX, 4-bit quantized by default.
@@ -40,13 +40,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="qwen-mlx convert",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("convert", DESCRIPTION, EXAMPLES)
     p.add_argument("--hf-path", required=True, help="local folder or Hugging Face repo id")
     p.add_argument("--revision", help="branch, tag or commit of the Hub repo (default: main)")
     p.add_argument("--mlx-path", help="output folder (default: the store place for the name)")

@@ -11,16 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import ProgressBar, format_stats, guarded
+from .common import ProgressBar, command_parser, format_stats, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="qwen-mlx demo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("demo", __doc__)
     p.add_argument(
         "--prompt", "-p", default="Tell me about Apple Silicon.", help="the user message"
     )

@@ -18,6 +18,7 @@ from .common import (
     ProgressBar,
     add_model_arg,
     add_sampling_args,
+    command_parser,
     format_stats,
     guarded,
     sampling_overrides,
@@ -35,12 +36,10 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="qwen-mlx generate",
-        description="Generate a reply with the model's chat template and sampling defaults.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        "generate",
+        "Generate a reply with the model's chat template and sampling defaults.",
+        EXAMPLES,
     )
     add_model_arg(
         p,

@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from .common import ProgressBar, guarded, human_bytes, print_table
+from .common import ProgressBar, command_parser, guarded, human_bytes, print_table
 
 DESCRIPTION = """\
 Manage the model versions in the store ($QWEN_MLX_HOME, default ~/.qwen_mlx).
@@ -22,12 +22,7 @@ VERIFY_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="qwen-mlx models",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("models", DESCRIPTION)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = functools.partial(sub.add_parser, allow_abbrev=False)
     a = add("list", help="table of stored versions (latest and pinned marked)")

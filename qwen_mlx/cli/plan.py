@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_model_arg, guarded, human_bytes, print_table
+from .common import add_model_arg, command_parser, guarded, human_bytes, print_table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="qwen-mlx plan",
-        description=(
+    p = command_parser(
+        "plan",
+        (
             "Show the memory a context needs (weights + KV cache + attention working space) "
             "with bf16, 8-bit and 4-bit KV caches, and the longest context each allows on "
             "this machine. Nothing is loaded: the weights' size comes from the safetensors "
@@ -21,7 +20,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  qwen-mlx plan --context 131072\n"
         "  qwen-mlx plan --model ./Qwen3-4B-Instruct-2507 --q-bits 4   # before converting\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arg(p)
     p.add_argument(

@@ -21,7 +21,7 @@ from ..server.defaults import (
     DEFAULT_MAX_TOKENS_CAP,
 )
 from ..server.net import allowed_hosts, is_loopback
-from .common import add_model_arg, guarded
+from .common import add_model_arg, command_parser, guarded
 
 API_KEY_ENV = "QWEN_MLX_API_KEY"
 
@@ -37,13 +37,11 @@ then point any OpenAI client at it:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="qwen-mlx serve",
-        description="Serve the model over an OpenAI-compatible HTTP API: /v1/chat/completions, "
+    p = command_parser(
+        "serve",
+        "Serve the model over an OpenAI-compatible HTTP API: /v1/chat/completions, "
         "/v1/completions, /v1/models and /health.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EXAMPLES,
     )
     add_model_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")

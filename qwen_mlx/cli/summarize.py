@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import ProgressBar, add_model_arg, guarded
+from .common import ProgressBar, add_model_arg, command_parser, guarded
 
 
 def add_document_args(p: argparse.ArgumentParser) -> None:
@@ -35,14 +35,14 @@ def document_params(model, args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="qwen-mlx summarize",
-        description=(
+    p = command_parser(
+        "summarize",
+        (
             "Summarize a document. One that fits in the context goes in one prompt; a longer "
             "one is split on its headings, paragraphs and sentences, summarized part by part "
             "and combined. Paragraphs marked [IMPORTANT] are kept word for word."
         ),
+        raw=False,
     )
     add_document_args(p)
     return p

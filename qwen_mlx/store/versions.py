@@ -328,6 +328,17 @@ class Store:
         folder = self.path_for(name)
         return None if _has_manifest(folder) else (folder, name)
 
+    def _locate_or_lost(self, ref: str) -> tuple[Path, naming.ModelName, bool]:
+        """`locate(ref)`, or a registered model whose folder was deleted (lost: True);
+        ModelNotFoundError when it is neither."""
+        try:
+            return (*self.locate(ref), False)
+        except ModelNotFoundError:
+            lost = self._lost(ref)
+            if lost is None:
+                raise
+            return (*lost, True)
+
     def locate(self, ref: str) -> tuple[Path, naming.ModelName]:
         """The folder and name of a stored model, without reading its manifest."""
         folder = self.find(ref)
@@ -380,13 +391,8 @@ class Store:
         `progress(file, nbytes, total_bytes)` is called as bytes are hashed. A registered
         model whose folder was deleted is reported as missing, not as an error."""
         manifest = None
-        try:
-            folder, name = self.locate(ref)
-        except ModelNotFoundError:
-            lost = self._lost(ref)
-            if lost is None:
-                raise
-            folder, name = lost
+        folder, name, lost = self._locate_or_lost(ref)
+        if lost:
             gone = not folder.is_dir()
             problems = [
                 FileProblem(
@@ -513,13 +519,9 @@ class Store:
 
         A registered model whose folder was already deleted loses its registry entry (and
         the `latest` pointer moves back if it named it); pins and policies stay."""
-        try:
-            folder, name = self.locate(ref)
-        except ModelNotFoundError:
-            lost = self._lost(ref)
-            if lost is None:
-                raise
-            return self._forget(*lost)
+        folder, name, lost = self._locate_or_lost(ref)
+        if lost:
+            return self._forget(folder, name)
         family = name.family_id
         is_latest = self.latest(family) == name
         _, pinned = self.registry.family(family)
