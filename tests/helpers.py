@@ -14,15 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 SHARED_MODELS = ROOT.parent / "shared" / "models"
 SHARED_MODEL = SHARED_MODELS / "qwen3-4b-instruct-2507"  # config and tokenizer, no weights
-TRAINED = SHARED_MODELS / "qwen3-tiny-trained"  # a small trained pair: target/ and draft/
+# A small Qwen3 pair trained on real text (see its SOURCES.md): the target and its draft.
+TRAINED_TARGET = SHARED_MODELS / "qwen3-tiny-trained" / "target"
+TRAINED_DRAFT = SHARED_MODELS / "qwen3-tiny-trained" / "draft"
 
 needs_shared = pytest.mark.skipif(
     not (SHARED_MODEL / "tokenizer.json").is_file(),
     reason=f"the real Qwen3-4B-Instruct-2507 tokenizer and config are not at {SHARED_MODEL}",
 )
 needs_trained = pytest.mark.skipif(
-    not (TRAINED / "target" / "config.json").is_file(),
-    reason=f"the trained tiny Qwen3 pair is not at {TRAINED}",
+    not (TRAINED_TARGET / "model.safetensors").is_file(),
+    reason=f"the trained tiny Qwen3 is not at {TRAINED_TARGET}",
 )
 
 

@@ -20,6 +20,8 @@ from qwen_mlx.fileio import sha256_file
 from qwen_mlx.store import Store
 from qwen_mlx.store.manifest import read_manifest
 
+from .helpers import TRAINED_TARGET, needs_trained
+
 STORE_DIR = "models/qwen3-1m-tiny/2507/mlx-q4-g64"
 
 
@@ -432,10 +434,7 @@ def test_dtype_or_an_older_configs_torch_dtype_casts_every_float(tiny_hf_f32, tm
     assert cast.manifest.quantization.dtype == "float16"
 
 
-TRAINED = Path(__file__).resolve().parents[2] / "shared/models/qwen3-tiny-trained/target"
-
-
-@pytest.mark.skipif(not (TRAINED / "model.safetensors").is_file(), reason=f"no {TRAINED}")
+@needs_trained
 def test_a_float32_finetune_at_8_bits_agrees_with_its_source_as_often_as_mlx_lm(tmp_path):
     # A trained model, so that agreement on the greedy token means something; cast to
     # float32 as a full-precision fine-tune is, with a transformers 5 config.
@@ -447,8 +446,8 @@ def test_a_float32_finetune_at_8_bits_agrees_with_its_source_as_often_as_mlx_lm(
     from qwen_mlx.convert.quality import calibration_text
 
     source = tmp_path / "target"
-    shutil.copytree(TRAINED, source)
-    weights = mx.load(str(TRAINED / "model.safetensors"))
+    shutil.copytree(TRAINED_TARGET, source)
+    weights = mx.load(str(TRAINED_TARGET / "model.safetensors"))
     mx.save_safetensors(
         str(source / "model.safetensors"),
         {k: v.astype(mx.float32) for k, v in weights.items()},

@@ -22,9 +22,8 @@ from qwen_mlx.store import Store, naming
 from qwen_mlx.store.manifest import read_manifest
 
 from .fakehub import FakeHub, use_fake_hub
-from .helpers import SHARED_MODEL
+from .helpers import TRAINED_TARGET, needs_trained
 
-TRAINED = SHARED_MODEL.parent / "qwen3-tiny-trained" / "target"
 # 2025-07-15 12:00 local time: the weights' date, which becomes the release of a folder
 # whose name has none.
 WRITTEN = datetime(2025, 7, 15, 12).timestamp()
@@ -70,10 +69,10 @@ def test_a_finetune_folder_converts_into_the_store_dated_by_its_weights(tiny_hf,
     assert "already exists" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (TRAINED / "model.safetensors").is_file(), reason=f"no {TRAINED}")
+@needs_trained
 def test_the_trained_target_is_named_from_what_its_checkpoint_says(tmp_path):
-    result = convert(str(TRAINED), mlx_path=tmp_path / "out")
-    day = datetime.fromtimestamp((TRAINED / "model.safetensors").stat().st_mtime)
+    result = convert(str(TRAINED_TARGET), mlx_path=tmp_path / "out")
+    day = datetime.fromtimestamp((TRAINED_TARGET / "model.safetensors").stat().st_mtime)
     assert result.manifest.name == f"qwen3-4m-target-{day:%Y%m%d}-mlx-q4-g64"
     assert "4.2M parameters" in result.name_note and "'target'" in result.name_note
 

@@ -34,12 +34,9 @@ from tui.screens import (
 )
 from tui.widgets import MessageView, PromptInput, StatusBar
 
-from .helpers import SCRIPTS
+from .helpers import SCRIPTS, TRAINED_TARGET
 
 SIZE = (110, 36)
-TRAINED = (
-    Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-tiny-trained" / "target"
-)
 
 
 @pytest.fixture
@@ -956,10 +953,10 @@ async def test_export_records_the_sampling_of_each_reply_across_a_restart(stored
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
     """The trained tiny Qwen3 (real text, real template) as bf16 MLX, outside any store."""
-    if not (TRAINED / "model.safetensors").is_file():
-        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED}")
+    if not (TRAINED_TARGET / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
     out = tmp_path_factory.mktemp("trained") / "target-bf16"
-    return convert(str(TRAINED), mlx_path=out, quantize=False).path
+    return convert(str(TRAINED_TARGET), mlx_path=out, quantize=False).path
 
 
 def assert_read_only_the_new_message(app: ChatApp, held: list[int], text: str) -> None:
