@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import weakref
 
 import pytest
@@ -243,6 +244,7 @@ def test_summarize_and_ask_commands(tiny_mlx, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "Release on 14 March, not before." in out
     assert "model calls" in err and "parts" in err
+    assert re.search(r"\([\d,]+/[\d,]+ tokens\)", err)  # the progress counts tokens
     assert (
         ask_main(
             [

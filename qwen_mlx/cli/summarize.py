@@ -56,7 +56,7 @@ def run_on_document(args: argparse.Namespace, action):
 
     text = read_document(args.file)
     model = load(args.model)
-    bar = ProgressBar()
+    bar = ProgressBar(unit="tokens")  # tokens read and written, with the time left
     try:
         return action(
             model,
