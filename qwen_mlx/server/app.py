@@ -29,6 +29,7 @@ from ..chat.tools import ToolCall
 from ..runtime import Model
 from .engine import Engine, Finished, Job
 from .errors import AllowedHosts, APIError, BodyLimit, CatchAll, install_error_handlers
+from .ollama import ollama_router
 from .prepare import Reply, prepare_chat, prepare_completion
 from .schemas import ChatRequest, CompletionRequest
 
@@ -130,6 +131,9 @@ def create_app(
         }
 
     app.include_router(router)
+    app.include_router(
+        ollama_router(engine, api_key=api_key, body_checks=[Depends(_valid_unicode)])
+    )
     return app
 
 
