@@ -38,7 +38,16 @@ from ..runtime import (
 from ..runtime.memory import KV_BITS, MemoryPlanner
 from .policy import ContextPolicy, next_step, reply_reserve, why_not
 from .saved import check_messages, read_cache, read_session, write_session
-from .tools import Approver, CallFilter, Tool, ToolCall, parse_tool_calls, run_tool_call, tool_table
+from .tools import (
+    Approver,
+    CallFilter,
+    Tool,
+    ToolCall,
+    ToolSource,
+    parse_tool_calls,
+    run_tool_call,
+    tool_table,
+)
 
 
 def _check_text(value: Any, what: str) -> None:
@@ -117,7 +126,7 @@ class ChatSession:
         *,
         kv_bits: int | None = None,
         planner: MemoryPlanner | None = None,
-        tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool] | None = None,
+        tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool | ToolSource] | None = None,
         max_tool_rounds: int = 4,
         approve: Approver | None = None,
     ) -> None:

@@ -1,0 +1,182 @@
+"""Tools from MCP servers in a ChatSession: a small server written with the SDK's MCPServer
+(tests/mcp_notes.py), reached over stdio (a subprocess) and streamable HTTP (uvicorn on a
+free port), through the official `mcp` client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qwen_mlx import ChatSession, MCPServer
+from qwen_mlx.chat.mcp import (
+    parse_mcp_config,
+    read_mcp_config,
+    server_of,
+    set_server_enabled,
+    tool_schema,
+)
+from qwen_mlx.errors import ToolServerError
+
+from .test_tools import ScriptedReplies
+
+NOTES = Path(__file__).with_name("mcp_notes.py")
+
+
+def call(name: str, **arguments) -> str:
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+
+
+@pytest.fixture(scope="module")
+def stdio_server() -> Iterator[MCPServer]:
+    with MCPServer.stdio(sys.executable, [str(NOTES)], name="notes") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def notes_url() -> Iterator[str]:
+    from .mcp_notes import serve_http
+
+    url, server, thread = serve_http()
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_stdio_tools_are_listed_with_their_schemas(stdio_server):
+    tools = {t.name: t for t in stdio_server.tools()}
+    assert set(tools) == {"add", "shout", "fail"}
+    assert tools["add"].description == "Add two integers."
+    assert tools["shout"].parameters == {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string"},
+            "times": {"type": "integer", "default": 1},
+        },
+        "required": ["text"],
+    }
+    assert '"title"' not in json.dumps([t.parameters for t in tools.values()])
+    assert all(server_of(t) is stdio_server for t in tools.values())
+
+
+def test_schema_conversion_keeps_properties_named_title():
+    schema = {
+        "title": "Args",
+        "type": "object",
+        "properties": {"title": {"title": "Title", "type": "string", "default": "x"}},
+        "$defs": {"title": {"title": "T", "enum": ["title"]}},
+    }
+    assert tool_schema(schema) == {
+        "type": "object",
+        "properties": {"title": {"type": "string", "default": "x"}},
+        "$defs": {"title": {"enum": ["title"]}},
+    }
+    assert tool_schema(None) == {"type": "object", "properties": {}}
+
+
+def test_a_session_runs_stdio_tools_and_reads_their_results(tiny_model, monkeypatch, stdio_server):
+    session = ChatSession(tiny_model, tools=[stdio_server])
+    script = ScriptedReplies(monkeypatch, session, [call("add", a=2, b=40), "It is 42."])
+    assert "".join(c.text for c in session.send("2 + 40?")) == "It is 42."
+    assert [m["role"] for m in session.messages] == ["user", "assistant", "tool", "assistant"]
+    assert session.messages[2]["content"] == "42"
+    assert '"name": "shout"' in script.prompts[0]  # the server's tools in the system turn
+    assert "<tool_response>\n42" in script.prompts[1]
+
+
+def test_mcp_calls_get_the_validation_approval_and_errors_python_tools_get(
+    tiny_model, monkeypatch, stdio_server
+):
+    asked = []
+
+    def approve(c):
+        asked.append((c.name, server_of(session.tools[c.name]).name))
+        return c.name != "shout"
+
+    session = ChatSession(tiny_model, tools=[stdio_server], approve=approve)
+    replies = [
+        call("add", a="two", b=1) + call("shout", text="hi") + call("fail", reason="broken"),
+        "Sorry.",
+    ]
+    ScriptedReplies(monkeypatch, session, replies)
+    "".join(c.text for c in session.send("Go"))
+    results = [m["content"] for m in session.messages if m["role"] == "tool"]
+    assert "do not match its schema" in results[0]  # refused before reaching the server
+    assert "declined" in results[1]
+    assert results[2].startswith("error: fail raised MCPToolError") and "broken" in results[2]
+    assert asked == [("shout", "notes"), ("fail", "notes")]
+
+
+def test_a_session_runs_tools_over_streamable_http(tiny_model, monkeypatch, notes_url):
+    with MCPServer.http(notes_url, name="notes-http") as server:
+        session = ChatSession(tiny_model, tools=[server])
+        ScriptedReplies(monkeypatch, session, [call("shout", text="hey", times=2), "Done."])
+        "".join(c.text for c in session.send("Shout"))
+        assert session.messages[2]["content"] == "HEY HEY"
+    assert not server.connected
+    result = server.call  # a call after close says so, as a tool error the model reads
+    with pytest.raises(ToolServerError, match="not connected"):
+        result("add", {"a": 1, "b": 2})
+
+
+def test_unreachable_servers_raise_a_clear_error(tmp_path):
+    with pytest.raises(ToolServerError, match="Cannot connect to the MCP server 'gone'"):
+        MCPServer.stdio(str(tmp_path / "no-such-server"), name="gone").connect()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    with pytest.raises(ToolServerError, match="Cannot connect"):
+        MCPServer.http(f"http://127.0.0.1:{port}/mcp", name="down").connect()
+
+
+def test_config_files_name_servers_in_an_mcp_section(tmp_path):
+    path = tmp_path / "chat.json"
+    path.write_text(
+        json.dumps(
+            {
+                "theme": "dark",
+                "mcp": {
+                    "notes": {"command": "python", "args": ["notes.py"], "trusted": True},
+                    "docs": {"url": "http://127.0.0.1:9/mcp", "headers": {"X-Key": "k"}},
+                },
+            }
+        )
+    )
+    notes, docs = read_mcp_config(path)
+    assert (notes.name, notes.transport, notes.args, notes.trusted) == (
+        "notes",
+        "stdio",
+        ("notes.py",),
+        True,
+    )
+    assert (docs.transport, docs.headers, docs.trusted, docs.enabled) == (
+        "http",
+        {"X-Key": "k"},
+        False,
+        True,
+    )
+    set_server_enabled(path, "docs", False)
+    assert [c.enabled for c in read_mcp_config(path)] == [True, False]
+    assert json.loads(path.read_text())["theme"] == "dark"  # the rest is kept
+    claude = {"mcpServers": {"n": {"command": "uvx", "args": ["server"]}}}
+    assert parse_mcp_config(claude)[0].command == "uvx"
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({}, "either a command"),
+        ({"command": "x", "url": "http://h/mcp"}, "not both"),
+        ({"command": "x", "args": "one two"}, "list of strings"),
+        ({"url": "http://h/mcp", "type": "sse"}, "not supported"),
+        ({"command": "x", "trusted": "yes"}, "true or false"),
+        ({"command": "x", "comand": "y"}, "unknown settings: comand"),
+    ],
+)
+def test_bad_config_entries_say_what_is_wrong(entry, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_mcp_config({"mcp": {"s": entry}}, "chat.json")
