@@ -180,3 +180,68 @@ def test_config_files_name_servers_in_an_mcp_section(tmp_path):
 def test_bad_config_entries_say_what_is_wrong(entry, problem):
     with pytest.raises(ValueError, match=problem):
         parse_mcp_config({"mcp": {"s": entry}}, "chat.json")
+
+
+# -- qwen-mlx generate --mcp --------------------------------------------------------------------
+
+
+def write_config(path: Path, servers: dict) -> Path:
+    path.write_text(json.dumps({"mcp": servers}))
+    return path
+
+
+def test_generate_runs_a_trusted_servers_tools_and_shows_each_call(
+    tiny_mlx, tiny_model, monkeypatch, capsys, tmp_path
+):
+    from types import SimpleNamespace
+
+    from qwen_mlx.cli.generate import main as generate_main
+
+    config = write_config(
+        tmp_path / "tools.json",
+        {"notes": {"command": sys.executable, "args": [str(NOTES)], "trusted": True}},
+    )
+    script = ScriptedReplies(
+        monkeypatch, SimpleNamespace(model=tiny_model), [call("add", a=2, b=40), "It is 42."]
+    )
+    argv = ["--model", str(tiny_mlx), "--prompt", "2 + 40?", "--mcp", str(config)]
+    assert generate_main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "It is 42."
+    assert 'tool: notes.add {"a": 2, "b": 40} -> 42' in err
+    assert "<tool_response>\n42" in script.prompts[1]
+
+
+def test_generate_declines_an_untrusted_servers_calls_without_a_terminal(
+    tiny_mlx, tiny_model, monkeypatch, capsys, tmp_path, notes_url
+):
+    from types import SimpleNamespace
+
+    from qwen_mlx.cli.generate import main as generate_main
+
+    config = write_config(tmp_path / "tools.json", {"web": {"url": notes_url}})
+    script = ScriptedReplies(
+        monkeypatch, SimpleNamespace(model=tiny_model), [call("shout", text="hi"), "Not allowed."]
+    )
+    argv = ["--model", str(tiny_mlx), "--prompt", "Shout", "--mcp", str(config)]
+    assert generate_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "declined web.shout" in err and '"trusted": true' in err
+    assert "declined the call to shout" in script.prompts[1]
+
+
+def test_generate_refuses_a_bad_mcp_config_before_loading(tiny_mlx, capsys, tmp_path):
+    from qwen_mlx.cli.generate import main as generate_main
+
+    base = ["--model", str(tiny_mlx), "--prompt", "x", "--mcp"]
+    assert generate_main([*base, str(tmp_path / "none.json")]) == 1
+    assert "There is no MCP config file" in capsys.readouterr().err
+    bad = write_config(tmp_path / "bad.json", {"s": {"args": ["x"]}})
+    assert generate_main([*base, str(bad)]) == 1
+    assert "needs either a command" in capsys.readouterr().err
+    off = write_config(tmp_path / "off.json", {"s": {"command": "x", "enabled": False}})
+    assert generate_main([*base, str(off)]) == 1
+    assert "no enabled MCP servers" in capsys.readouterr().err
+    gone = write_config(tmp_path / "gone.json", {"gone": {"command": str(tmp_path / "nope")}})
+    assert generate_main([*base, str(gone)]) == 1
+    assert "Cannot connect to the MCP server 'gone'" in capsys.readouterr().err

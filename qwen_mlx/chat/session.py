@@ -642,13 +642,16 @@ class ChatSession:
         policy: ContextPolicy | str | None = None,
         planner: MemoryPlanner | None = None,
         messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool | ToolSource] | None = None,
+        approve: Approver | None = None,
     ) -> ChatSession:
         """Resume a saved session. Its messages always come back; its KV cache only if it
         belongs to this exact model and is intact (otherwise `notices` says why not).
 
         `messages` (Messages, as `history` gives them, or dicts) replaces the saved
         messages, when a front end keeps newer ones elsewhere; the cache is still used for
-        whatever prefix they share with it.
+        whatever prefix they share with it. `tools` and `approve` are as for a new session
+        (tools are not saved: pass them again).
         """
         path = Path(path)
         data = read_session(path)  # ValueError for a file that is not a session
@@ -659,6 +662,7 @@ class ChatSession:
                 messages = check_messages(list(messages))
             except ValueError as e:
                 raise ValueError(f"The messages given to ChatSession.load: {e}.") from e
+        table = tool_table(tools or ())  # the caller's mistake, not the file's
         try:
             params = SamplingParams(**data["params"])
         except (TypeError, ValueError) as e:
@@ -670,6 +674,8 @@ class ChatSession:
                 policy=policy or data.get("policy", ContextPolicy.TRUNCATE),
                 kv_bits=data.get("kv_bits"),
                 planner=planner,
+                tools=list(table.values()),
+                approve=approve,
             )
             session._dropped = int(data.get("dropped", 0))
         except (TypeError, ValueError) as e:
