@@ -29,6 +29,7 @@ from qwen_mlx.chat.chats import Chat, ChatStore, title_from
 from qwen_mlx.runtime import Message as ChatMessage
 
 from .commands import ChatCommands, on_model_thread
+from .mcp import MCPCommands
 from .screens import ConfirmScreen, NoModelScreen
 from .widgets import ChatList, MessageView, PromptInput, StatusBar, WorkProgress
 
@@ -63,7 +64,7 @@ class _Reply:
     text: str | None
 
 
-class ChatApp(ChatCommands, App[None]):
+class ChatApp(ChatCommands, MCPCommands, App[None]):
     """Chat with a local Qwen3 model."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
@@ -295,7 +296,7 @@ class ChatApp(ChatCommands, App[None]):
 
         self.chat = None
         self.overrides = {}
-        self.session = ChatSession(self.model)
+        self.session = self.with_mcp_tools(ChatSession(self.model))
         self.query_one("#messages").remove_children()
         self._update_context(0, self.session.context_limit)
         self._refresh_chats()
@@ -358,7 +359,7 @@ class ChatApp(ChatCommands, App[None]):
         return session
 
     def _show_chat(self, chat: Chat, session: Any, context: tuple[int, int]) -> None:
-        self.chat, self.session = chat, session
+        self.chat, self.session = chat, self.with_mcp_tools(session)
         self.overrides = dict(chat.params)
         container = self.query_one("#messages")
         container.remove_children()

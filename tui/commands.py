@@ -48,6 +48,7 @@ COMMAND_HELP = (
     ("/export [PATH]", "save the conversation as Markdown"),
     ("/attach PATH", "add a text, Markdown or PDF file to the conversation"),
     ("/model [NAME]", "switch model (no name: pick from the store)"),
+    ("/mcp [enable|disable NAME]", "list the MCP servers of chat.json, or switch one on or off"),
 )
 # Keys that are not the app's own bindings: the input's, the sidebar's, the dialogs', Textual's.
 INPUT_KEYS = (
@@ -413,5 +414,7 @@ class ChatCommands:
             self.action_help()
         elif name == "/info":
             self.action_info()
+        elif name == "/mcp":
+            self.mcp_command(arg)
         else:
             self.notify(f"Unknown command {name}; /help lists them.", severity="warning")

@@ -345,6 +345,15 @@ class ChatSession:
         self._messages.append(message)
         self._changed()
 
+    def set_tools(
+        self, tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool | ToolSource]
+    ) -> None:
+        """Replace the tools the model may call, from the next turn on (a front end
+        enabling or disabling an MCP server, say)."""
+        self._idle_snapshot()
+        self.tools = tool_table(tools)
+        self._changed()
+
     def _idle_snapshot(self) -> list[Message]:
         """The messages as they are, after checking no reply is being generated (changing
         them under a running turn would put its reply after the wrong message)."""
