@@ -245,3 +245,27 @@ def test_generate_refuses_a_bad_mcp_config_before_loading(tiny_mlx, capsys, tmp_
     gone = write_config(tmp_path / "gone.json", {"gone": {"command": str(tmp_path / "nope")}})
     assert generate_main([*base, str(gone)]) == 1
     assert "Cannot connect to the MCP server 'gone'" in capsys.readouterr().err
+
+
+def test_generate_asks_on_the_terminal_before_an_untrusted_call(
+    tiny_mlx, tiny_model, monkeypatch, capsys, tmp_path, notes_url
+):
+    import io
+    from types import SimpleNamespace
+
+    from qwen_mlx.cli.generate import main as generate_main
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
+    config = write_config(tmp_path / "tools.json", {"web": {"url": notes_url}})
+    script = ScriptedReplies(
+        monkeypatch, SimpleNamespace(model=tiny_model), [call("shout", text="hi"), "Loud."]
+    )
+    argv = ["--model", str(tiny_mlx), "--prompt", "Shout", "--mcp", str(config)]
+    assert generate_main(argv) == 0
+    err = capsys.readouterr().err
+    assert 'mcp: run web.shout {"text": "hi"}? [y/N]' in err
+    assert "<tool_response>\nHI" in script.prompts[1]

@@ -239,3 +239,17 @@ def test_the_api_key_is_required_when_set(base, monkeypatch):
     monkeypatch.setenv("OLLAMA_API_KEY", "wrong")
     with pytest.raises(ollama.ResponseError):
         ollama.Client().chat(model=MODEL, messages=[{"role": "user", "content": "x"}])
+
+
+def test_an_error_mid_stream_arrives_as_an_error_line(client, model_stream):
+    def broken(model, tokens, params, **kwargs):
+        yield from scripted("Half a repl")(model, tokens, params)
+        raise RuntimeError("the model thread fell over")
+
+    model_stream(broken)
+    parts = client.chat(model=MODEL, messages=[{"role": "user", "content": "x"}], stream=True)
+    seen = []
+    with pytest.raises(ollama.ResponseError, match="server had an error"):
+        for part in parts:
+            seen.append(part.message.content)
+    assert "".join(seen).startswith("Half")
