@@ -269,3 +269,24 @@ def test_generate_asks_on_the_terminal_before_an_untrusted_call(
     err = capsys.readouterr().err
     assert 'mcp: run web.shout {"text": "hi"}? [y/N]' in err
     assert "<tool_response>\nHI" in script.prompts[1]
+
+
+def test_a_server_that_dies_mid_call_becomes_an_error_the_model_reads(tiny_model, tmp_path):
+    from qwen_mlx.chat.tools import ToolCall, run_tool_call
+
+    script = tmp_path / "crashy.py"
+    script.write_text(
+        "import os\n"
+        "from mcp.server.mcpserver import MCPServer\n"
+        "server = MCPServer('crashy', log_level='CRITICAL')\n"
+        "@server.tool()\n"
+        "def crash() -> str:\n"
+        "    '''Ends the process.'''\n"
+        "    os._exit(3)\n"
+        "server.run()\n"
+    )
+    with MCPServer.stdio(sys.executable, [str(script)], name="crashy") as server:
+        tools = ChatSession(tiny_model, tools=[server]).tools
+        for _ in range(2):  # and again, once it is gone
+            result = run_tool_call(ToolCall("crash", {}, ""), tools)
+            assert result.startswith("error: crash raised ToolServerError: the MCP server")

@@ -386,10 +386,20 @@ class MCPServer:
         """Call tool `name`; the text it returns. MCPToolError when the tool reports an
         error, ToolServerError or TimeoutError when the server does not answer."""
         timeout = self.config.timeout
-        result = self._run(
-            lambda client: client.call_tool(name, dict(arguments), read_timeout_seconds=timeout),
-            timeout + 5,
-        )
+        try:
+            result = self._run(
+                lambda client: client.call_tool(
+                    name, dict(arguments), read_timeout_seconds=timeout
+                ),
+                timeout + 5,
+            )
+        except (ToolServerError, TimeoutError):
+            raise
+        except Exception as e:  # the SDK's: a connection that closed, a protocol error
+            raise ToolServerError(
+                f"the MCP server {self.name!r} failed the call ({_reason(e)}); if it "
+                "stopped, reconnect it"
+            ) from e
         text = result_text(result)
         if result.is_error:
             raise MCPToolError(text or "the tool failed without saying why")
