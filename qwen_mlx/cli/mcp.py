@@ -9,9 +9,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..chat.tools import ToolCall
+if TYPE_CHECKING:
+    from ..chat.tools import ToolCall
 
 SHOWN_RESULT = 200  # characters of a tool's result shown on stderr
 
