@@ -162,8 +162,14 @@ def test_config_files_name_servers_in_an_mcp_section(tmp_path):
     set_server_enabled(path, "docs", False)
     assert [c.enabled for c in read_mcp_config(path)] == [True, False]
     assert json.loads(path.read_text())["theme"] == "dark"  # the rest is kept
-    claude = {"mcpServers": {"n": {"command": "uvx", "args": ["server"]}}}
-    assert parse_mcp_config(claude)[0].command == "uvx"
+    other = {
+        "mcpServers": {
+            "n": {"command": "uvx", "args": ["server"], "autoApprove": []},
+            "off": {"url": "http://h/mcp", "disabled": True},
+        }
+    }
+    n, off = parse_mcp_config(other)
+    assert (n.command, n.enabled, off.enabled) == ("uvx", True, False)
 
 
 @pytest.mark.parametrize(

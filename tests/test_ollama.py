@@ -201,6 +201,7 @@ def test_generate_whole_streamed_and_raw(client, model_stream, tiny_model):
 def test_empty_requests_load_the_model_as_ollama_does(client):
     assert client.generate(model=MODEL).done_reason == "load"
     assert client.chat(model=MODEL, messages=[]).done_reason == "load"
+    assert client.generate(model=MODEL, keep_alive=0).done_reason == "load"  # it stays
 
 
 def test_tags_show_ps_and_version(client, base):

@@ -10,8 +10,9 @@ error, a server that died, a timeout) is an error message the model reads.
 The SDK is async; each server's client runs on its own event loop in a background
 thread, which `close()` (or leaving `with`) ends, stopping a stdio server's process.
 
-The config file's `mcp` section (also read as `mcpServers`, the key Claude Desktop and
-other apps use) names servers:
+The config file's `mcp` section names servers (a file of Claude Desktop's and other
+apps' `mcpServers` is read too, their `"disabled": true` included, their other settings
+ignored):
 
     {"mcp": {"weather": {"command": "python", "args": ["weather.py"], "trusted": true},
              "docs": {"url": "http://127.0.0.1:8000/mcp", "headers": {...}, "enabled": false}}}
@@ -84,7 +85,9 @@ def parse_mcp_config(data: Any, source: str = "the MCP config") -> list[MCPServe
     name to server. ValueError saying what is wrong, and where."""
     if not isinstance(data, dict):
         raise ValueError(f"{source} must be a JSON object with an `mcp` section.")
-    section = next((data[k] for k in CONFIG_KEYS if k in data), {})
+    key = next((k for k in CONFIG_KEYS if k in data), None)
+    section = data[key] if key else {}
+    foreign = key == "mcpServers"  # another app's file: its own settings are left alone
     if isinstance(section, dict) and isinstance(section.get("servers"), dict):
         section = section["servers"]
     if not isinstance(section, dict):
@@ -94,8 +97,8 @@ def parse_mcp_config(data: Any, source: str = "the MCP config") -> list[MCPServe
         where = f"{source}: mcp server {name!r}"
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be an object with a command or a url.")
-        unknown = set(entry) - _FIELDS - {"timeout"}
-        if unknown:
+        unknown = set(entry) - _FIELDS - {"timeout", "disabled"}
+        if unknown and not foreign:
             raise ValueError(f"{where} has unknown settings: {', '.join(sorted(unknown))}.")
         kind = entry.get("type", "stdio" if "command" in entry else "http")
         if kind not in ("stdio", "http", "streamable-http", "streamableHttp"):
@@ -107,9 +110,9 @@ def parse_mcp_config(data: Any, source: str = "the MCP config") -> list[MCPServe
             value = entry.get(key) or {}
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise ValueError(f"{where}: {key} must map names to strings.")
-        for key in ("trusted", "enabled"):
-            if not isinstance(entry.get(key, False), bool):
-                raise ValueError(f"{where}: {key} must be true or false.")
+        for flag in ("trusted", "enabled", "disabled"):
+            if not isinstance(entry.get(flag, False), bool):
+                raise ValueError(f"{where}: {flag} must be true or false.")
         try:
             servers.append(
                 MCPServerConfig(
@@ -121,7 +124,7 @@ def parse_mcp_config(data: Any, source: str = "the MCP config") -> list[MCPServe
                     url=entry.get("url"),
                     headers=entry.get("headers") or {},
                     trusted=entry.get("trusted", False),
-                    enabled=entry.get("enabled", True),
+                    enabled=entry.get("enabled", not entry.get("disabled", False)),
                     timeout=float(entry.get("timeout", CALL_TIMEOUT)),
                 )
             )
@@ -153,6 +156,7 @@ def set_server_enabled(path: str | Path, name: str, enabled: bool) -> None:
     section = data[key]
     servers = section["servers"] if isinstance(section.get("servers"), dict) else section
     servers[name]["enabled"] = enabled
+    servers[name].pop("disabled", None)  # another app's spelling of the same switch
     atomic_write_json(path, data)
 
 

@@ -170,8 +170,8 @@ def ollama_router(
     async def chat(req: OllamaChatRequest, request: Request) -> Any:
         _check_model(engine, req.model)
         started = time.perf_counter()
-        if not req.messages:  # how Ollama apps load a model ahead of use
-            return _loaded(engine, "message", {"role": "assistant", "content": ""})
+        if not req.messages:  # how Ollama apps load (or unload) a model ahead of use
+            return _loaded(engine, req, "message", {"role": "assistant", "content": ""})
         job, reply = await engine.prepare(_prepare_chat, engine, req)
         if req.stream:
             return _ndjson(_chat_lines(engine, job, reply, request, started))
@@ -185,7 +185,7 @@ def ollama_router(
         _check_model(engine, req.model)
         started = time.perf_counter()
         if not req.prompt and not req.system:
-            return _loaded(engine, "response", "")
+            return _loaded(engine, req, "response", "")
         job = await engine.prepare(_prepare_generate, engine, req)
         if req.stream:
             return _ndjson(_generate_lines(engine, job, request, started))
@@ -341,7 +341,9 @@ def _head(engine: Engine) -> dict[str, Any]:
     return {"model": _model_name(engine), "created_at": _stamp()}
 
 
-def _loaded(engine: Engine, key: str, value: Any) -> dict[str, Any]:
+def _loaded(engine: Engine, req: _Generating, key: str, value: Any) -> dict[str, Any]:
+    """The answer to an empty request: the model is loaded (even with keep_alive 0, which
+    asks Ollama to unload it: this server has the one model, loaded while it runs)."""
     return {**_head(engine), key: value, "done": True, "done_reason": "load"}
 
 
