@@ -65,7 +65,7 @@ class MCPCommands:
 
     def _mcp_configs(self) -> list[Any]:
         """The servers the config file names; none (and a notice) if it is unusable."""
-        from qwen_mlx.chat.mcp import read_mcp_config
+        from qwen_mlx.chat.mcp_config import read_mcp_config
 
         if not self.config_path.is_file():
             return []
@@ -226,7 +226,7 @@ class MCPCommands:
         self.notify("\n".join([*lines, MCP_USAGE]), title="MCP servers", timeout=15)
 
     def _switch_mcp(self, name: str, enabled: bool) -> None:
-        from qwen_mlx.chat.mcp import set_server_enabled
+        from qwen_mlx.chat.mcp_config import set_server_enabled
 
         configs = {c.name: c for c in self._mcp_configs()}
         if name not in configs:

@@ -59,7 +59,8 @@ def mcp_tools(config: Path | None, *, interactive: bool) -> Iterator[MCPTools | 
     if config is None:
         yield None
         return
-    from ..chat.mcp import connect_all, read_mcp_config
+    from ..chat.mcp import connect_all
+    from ..chat.mcp_config import read_mcp_config
 
     enabled = [c for c in read_mcp_config(config) if c.enabled]
     if not enabled:
