@@ -27,6 +27,7 @@ _EXPORTS = {
     "ModelName": "store.naming",
     "ChatSession": "chat.session",
     "ContextPolicy": "chat.policy",
+    "MCPServer": "chat.mcp",
     "Message": "runtime.messages",
     "TurnStats": "chat.session",
     "MemoryPlanner": "runtime.memory",
@@ -36,6 +37,7 @@ __all__ = [
     "ChatSession",
     "ContextPolicy",
     "GenerationChunk",
+    "MCPServer",
     "MemoryPlanner",
     "Message",
     "Model",
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .chat.mcp import MCPServer
     from .chat.policy import ContextPolicy
     from .chat.session import ChatSession, TurnStats
     from .runtime import GenerationChunk, Model, SamplingParams, generate, load, stream_generate

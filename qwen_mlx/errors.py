@@ -73,3 +73,7 @@ class ContextOverflowError(QwenMLXError, ValueError):
 
 class GenerationCancelled(QwenMLXError, RuntimeError):
     """Generation (or a long prefill) was stopped on request."""
+
+
+class ToolServerError(QwenMLXError, ConnectionError):
+    """An MCP server cannot be started or reached, or its config is unusable."""

@@ -4,6 +4,7 @@ model (the only change: the model name, and the port of the server they talk to)
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -35,6 +36,7 @@ def test_every_python_block_runs_against_the_demo_model(home, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "report.md").write_text(DOCUMENT)
     write_pdf(tmp_path / "report.pdf", "The release is on 14 March.")
+    (tmp_path / "notes_server.py").write_text((ROOT / "tests" / "mcp_notes.py").read_text())
     engine = Engine(load(name))
     server, thread, port = start_server(create_app(engine))
     namespace: dict = {}
@@ -42,6 +44,7 @@ def test_every_python_block_runs_against_the_demo_model(home, tmp_path, monkeypa
         for i, block in enumerate(BLOCKS, start=1):
             code = block.replace('"qwen3-4b-instruct"', repr(name))
             code = code.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+            code = code.replace('stdio("python"', f"stdio({sys.executable!r}")
             try:
                 exec(compile(code, f"README.md python block {i}", "exec"), namespace)
             except Exception as e:

@@ -33,6 +33,7 @@ from qwen_mlx.chat.chats import ChatStore
 from .attachments import Attachments
 from .chats import Chats
 from .commands import Commands
+from .mcp import MCPCommands
 from .replies import Replies
 from .screens import NoModelScreen
 from .settings import Settings
@@ -59,7 +60,7 @@ _OWN_ACTIONS = {
 }
 
 
-class ChatApp(Replies, Chats, Attachments, Settings, Commands, AppState, App[None]):
+class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppState, App[None]):
     """Chat with a local Qwen3 model."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere

@@ -41,7 +41,7 @@ class Chats(AppState):
 
         self.chat = None
         self.overrides = {}
-        self.session = ChatSession(self.model)
+        self.session = self.with_mcp_tools(ChatSession(self.model))
         self.query_one("#messages").remove_children()
         self._update_context(0, self.session.context_limit)
         self._refresh_chats()
@@ -104,7 +104,7 @@ class Chats(AppState):
         return session
 
     def _show_chat(self, chat: Chat, session: Any, context: tuple[int, int]) -> None:
-        self.chat, self.session = chat, session
+        self.chat, self.session = chat, self.with_mcp_tools(session)
         self.overrides = dict(chat.params)
         container = self.query_one("#messages")
         container.remove_children()

@@ -90,6 +90,11 @@ COMMANDS: dict[str, SlashCommand] = {
             "switch model (no name: pick from the store)",
             lambda app, arg: app.action_pick_model(arg or None),
         ),
+        SlashCommand(
+            "/mcp [enable|disable NAME]",
+            "list the MCP servers of chat.json, or switch one on or off",
+            lambda app, arg: app.mcp_command(arg),
+        ),
     )
 }
 COMMAND_HELP = (

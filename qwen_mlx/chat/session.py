@@ -38,7 +38,16 @@ from ..runtime import (
 from ..runtime.memory import KV_BITS, MemoryPlanner
 from .policy import ContextPolicy, next_step, reply_reserve, why_not
 from .saved import check_messages, read_cache, read_session, write_session
-from .tools import Approver, CallFilter, Tool, ToolCall, parse_tool_calls, run_tool_call, tool_table
+from .tools import (
+    Approver,
+    CallFilter,
+    Tool,
+    ToolCall,
+    ToolSource,
+    parse_tool_calls,
+    run_tool_call,
+    tool_table,
+)
 
 
 def _check_text(value: Any, what: str) -> None:
@@ -117,7 +126,7 @@ class ChatSession:
         *,
         kv_bits: int | None = None,
         planner: MemoryPlanner | None = None,
-        tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool] | None = None,
+        tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool | ToolSource] | None = None,
         max_tool_rounds: int = 4,
         approve: Approver | None = None,
     ) -> None:
@@ -334,6 +343,15 @@ class ChatSession:
         message = Message.of(message)
         _check_text(raw, f"{message.role} message")
         self._messages.append(message)
+        self._changed()
+
+    def set_tools(
+        self, tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool | ToolSource]
+    ) -> None:
+        """Replace the tools the model may call, from the next turn on (a front end
+        enabling or disabling an MCP server, say)."""
+        self._idle_snapshot()
+        self.tools = tool_table(tools)
         self._changed()
 
     def _idle_snapshot(self) -> list[Message]:
@@ -633,13 +651,16 @@ class ChatSession:
         policy: ContextPolicy | str | None = None,
         planner: MemoryPlanner | None = None,
         messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool | ToolSource] | None = None,
+        approve: Approver | None = None,
     ) -> ChatSession:
         """Resume a saved session. Its messages always come back; its KV cache only if it
         belongs to this exact model and is intact (otherwise `notices` says why not).
 
         `messages` (Messages, as `history` gives them, or dicts) replaces the saved
         messages, when a front end keeps newer ones elsewhere; the cache is still used for
-        whatever prefix they share with it.
+        whatever prefix they share with it. `tools` and `approve` are as for a new session
+        (tools are not saved: pass them again).
         """
         path = Path(path)
         data = read_session(path)  # ValueError for a file that is not a session
@@ -650,6 +671,7 @@ class ChatSession:
                 messages = check_messages(list(messages))
             except ValueError as e:
                 raise ValueError(f"The messages given to ChatSession.load: {e}.") from e
+        table = tool_table(tools or ())  # the caller's mistake, not the file's
         try:
             params = SamplingParams(**data["params"])
         except (TypeError, ValueError) as e:
@@ -661,6 +683,8 @@ class ChatSession:
                 policy=policy or data.get("policy", ContextPolicy.TRUNCATE),
                 kv_bits=data.get("kv_bits"),
                 planner=planner,
+                tools=list(table.values()),
+                approve=approve,
             )
             session._dropped = int(data.get("dropped", 0))
         except (TypeError, ValueError) as e:

@@ -560,11 +560,21 @@ def validate_arguments(tool: Tool, arguments: dict[str, Any]) -> str | None:
     return None
 
 
-def tool_table(tools: Iterable[Callable[..., Any] | dict[str, Any] | Tool]) -> dict[str, Tool]:
+@typing.runtime_checkable
+class ToolSource(typing.Protocol):
+    """Something that provides several tools at once (an MCP server: see mcp.py)."""
+
+    def tools(self) -> list[Tool]: ...
+
+
+def tool_table(
+    tools: Iterable[Callable[..., Any] | dict[str, Any] | Tool | ToolSource],
+) -> dict[str, Tool]:
+    """Tools by name; a ToolSource adds each of its tools."""
     table: dict[str, Tool] = {}
     for obj in tools:
-        t = as_tool(obj)
-        if t.name in table:
-            raise ValueError(f"Two tools are named {t.name!r}.")
-        table[t.name] = t
+        for t in obj.tools() if isinstance(obj, ToolSource) else [as_tool(obj)]:
+            if t.name in table:
+                raise ValueError(f"Two tools are named {t.name!r}.")
+            table[t.name] = t
     return table

@@ -32,6 +32,7 @@ examples:
   qwen-mlx generate --model qwen3-4b-instruct-2507-mlx-q8-g64 --prompt - < question.txt
   qwen-mlx generate --session trip.json --prompt "Plan a day in Kyoto"
   qwen-mlx generate --session trip.json --prompt "Make it cheaper"   # reads only this turn
+  qwen-mlx generate --mcp tools.json --prompt "What is in my notes about Kyoto?"
 """
 
 
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="YaRN rope scaling: F x the model's native context",
     )
+    p.add_argument(
+        "--mcp",
+        type=Path,
+        metavar="CONFIG",
+        help="give the model the tools of the MCP servers in CONFIG's `mcp` section (JSON); "
+        "calls to servers not marked trusted are asked about on the terminal",
+    )
     add_sampling_args(p)
     return p
 
@@ -81,11 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.raw and (args.session or args.kv_bits or args.policy or args.system):
+    if args.raw and (args.session or args.kv_bits or args.policy or args.system or args.mcp):
         raise ValueError(
             "--raw sends text without the chat template; it cannot be combined "
-            "with --system, --session, --kv-bits or --policy."
+            "with --system, --session, --kv-bits, --policy or --mcp."
         )
+    from .mcp import mcp_tools
+
+    interactive = args.prompt != "-" and sys.stdin.isatty()
+    with mcp_tools(args.mcp, interactive=interactive) as tools:
+        return _generate(args, tools)
+
+
+def _generate(args: argparse.Namespace, tools) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     schema = _read_schema(args.json_schema) if args.json_schema else None
     from ..runtime import load
@@ -106,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_stats(last), file=sys.stderr)
         return 0
 
-    session = _open_session(model, args)
+    session = _open_session(model, args, tools)
     session.prefill_progress = lambda done, total: bar.update("prefill", done, total)
     for notice in session.notices:
         print(f"note: {notice}", file=sys.stderr)
@@ -159,22 +175,27 @@ def _read_schema(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({e}).") from e
 
 
-def _open_session(model, args):
+def _open_session(model, args, tools=None):
     from ..chat.session import ChatSession
 
+    extra = tools.session_kwargs() if tools else {}
     if args.session and args.session.exists():
-        session = ChatSession.load(args.session, model, policy=args.policy)
+        session = ChatSession.load(args.session, model, policy=args.policy, **extra)
         if args.kv_bits and session.kv_bits != args.kv_bits:
             session.set_kv_bits(args.kv_bits)
         if args.system:
             session.system = args.system
-        return session
-    return ChatSession(
-        model,
-        system=args.system,
-        policy=args.policy or ContextPolicy.TRUNCATE,
-        kv_bits=args.kv_bits,
-    )
+    else:
+        session = ChatSession(
+            model,
+            system=args.system,
+            policy=args.policy or ContextPolicy.TRUNCATE,
+            kv_bits=args.kv_bits,
+            **extra,
+        )
+    if tools:
+        session.on_tool_call = tools.show
+    return session
 
 
 def _stream(chunks, bar: ProgressBar):

@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     port = sockets[0].getsockname()[1]
     print(
         f"serving {model.name} at http://{host}:{port}/v1 "
-        f"(context {engine.context_limit:,} tokens)",
+        f"(context {engine.context_limit:,} tokens); Ollama apps: "
+        f"OLLAMA_HOST=http://{host}:{port}",
         file=sys.stderr,
     )
     config = server_config(

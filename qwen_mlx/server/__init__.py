@@ -1,6 +1,8 @@
 """An OpenAI-compatible HTTP API for one loaded model: chat completions, completions, models.
 
 - `app.py`: the FastAPI app (`create_app`): routes, API key check, responses and streams.
+- `ollama.py`: Ollama's API (`/api/chat`, `/api/generate`, tags, show, ps, version) over
+  the same engine and preparation, for apps that speak only Ollama.
 - `engine.py`: the generation queue (`Engine`): one job at a time on the model thread,
   each reusing the pooled KV cache that shares the longest prefix with its prompt.
 - `prepare.py`: requests into jobs (template, tokens, tools, response format, sampling),

@@ -31,6 +31,7 @@ from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine, Finished, Job
 from .errors import APIError, BodyLimit, CatchAll, install_error_handlers
 from .net import AllowedHosts
+from .ollama import ollama_router
 from .prepare import Reply, prepare_chat, prepare_completion
 from .schemas import ChatRequest, CompletionRequest
 
@@ -129,6 +130,9 @@ def create_app(
         }
 
     app.include_router(router)
+    app.include_router(
+        ollama_router(engine, api_key=api_key, body_checks=[Depends(_valid_unicode)])
+    )
     return app
 
 

@@ -1,0 +1,557 @@
+"""Ollama's API over the same engine, so apps that speak only Ollama work unchanged.
+
+`/api/chat` and `/api/generate` (streamed as NDJSON, one JSON object a line, unless
+`"stream": false`), `/api/tags`, `/api/show`, `/api/ps` and `/api/version`. A request is
+turned into the OpenAI request it means and prepared by `prepare.py`, so templates, tool
+calls, JSON schemas and sampling work as they do on `/v1/chat/completions`.
+
+Ollama's `options` map onto our sampling parameters (temperature, top_p, top_k, min_p,
+num_predict, stop, seed, repeat_penalty, presence and frequency penalties); `num_ctx`
+caps the request's context (prompt plus reply); options that steer Ollama's own runner
+(num_gpu, num_thread, mirostat, ...) are accepted and have no effect. `keep_alive` is
+accepted: the model stays loaded for the life of the server. Errors come back as
+Ollama's `{"error": "..."}`, mid-stream ones as such a line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from ..chat.tools import ToolCall
+from ..errors import QwenMLXError
+from .engine import Engine, Finished, Job
+from .errors import APIError, _describe_invalid, _from_domain_error
+from .prepare import Reply, prepare_chat, prepare_completion
+from .schemas import ChatRequest, CompletionRequest, ToolSpec
+
+# The Ollama API version these routes follow; apps check it before using newer features
+# (tools need 0.3, JSON-schema formats 0.5).
+OLLAMA_API_VERSION = "0.12.0"
+_FOREVER = timedelta(days=365 * 10)  # keep_alive: the model is never unloaded
+
+
+# -- request bodies -----------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class OllamaOptions(_Body):
+    """The options we act on; Ollama's runner settings (num_gpu, ...) are ignored."""
+
+    temperature: float | None = Field(default=None, strict=True, allow_inf_nan=False, ge=0)
+    top_p: float | None = Field(default=None, strict=True, allow_inf_nan=False, gt=0, le=1)
+    top_k: StrictInt | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, strict=True, allow_inf_nan=False, ge=0, le=1)
+    num_predict: StrictInt | None = None  # -1: no limit, -2: fill the context
+    num_ctx: StrictInt | None = Field(default=None, ge=1)
+    stop: list[str] | str | None = None
+    seed: StrictInt | None = None
+    repeat_penalty: float | None = Field(default=None, strict=True, allow_inf_nan=False, gt=0)
+    presence_penalty: float | None = Field(default=None, strict=True, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(default=None, strict=True, allow_inf_nan=False)
+
+
+class _CallFunction(_Body):
+    name: str
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+
+
+class _ToolCallIn(_Body):
+    function: _CallFunction
+
+
+class OllamaMessage(_Body):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = ""
+    images: list[Any] | None = None
+    tool_calls: list[_ToolCallIn] | None = None
+    tool_name: str | None = None
+
+
+class _Generating(_Body):
+    model: str | None = None
+    format: Literal["", "json"] | dict[str, Any] | None = None
+    options: OllamaOptions | None = None
+    stream: StrictBool = True  # Ollama streams unless told not to
+    keep_alive: float | str | None = None  # accepted; the model stays loaded
+
+
+class OllamaChatRequest(_Generating):
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    tools: list[ToolSpec] | None = None
+
+
+class OllamaGenerateRequest(_Generating):
+    prompt: str = ""
+    system: str | None = None
+    suffix: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: StrictBool = False
+    images: list[Any] | None = None
+
+
+class _ModelRequest(_Body):
+    model: str | None = None
+    name: str | None = None  # what older clients send
+
+
+# -- the router ---------------------------------------------------------------------------
+
+
+class _OllamaRoute(APIRoute):
+    """Errors, including bad bodies and a missing API key, in Ollama's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Any:
+            try:
+                return await handler(request)
+            except APIError as e:
+                return _error(e)
+            except QwenMLXError as e:
+                return _error(_from_domain_error(e))
+            except RequestValidationError as e:
+                first = e.errors()[0] if e.errors() else {}
+                if first.get("type") == "json_invalid":
+                    return _error(APIError(400, "The request body is not valid JSON."))
+                return _error(APIError(400, _describe_invalid(list(e.errors()))[1]))
+
+        return route
+
+
+def ollama_router(
+    engine: Engine, *, api_key: str | None = None, body_checks: Sequence[Any] = ()
+) -> APIRouter:
+    """The /api routes over `engine`. With `api_key`, each needs it as a Bearer token;
+    `body_checks` (dependencies) run on each POST body (the app's Unicode check)."""
+    auth = [Depends(_check_api_key(api_key))] if api_key else []
+    router = APIRouter(route_class=_OllamaRoute, dependencies=auth)
+
+    @router.get("/api/version")
+    async def version() -> dict[str, Any]:
+        return {"version": OLLAMA_API_VERSION}
+
+    @router.get("/api/tags")
+    async def tags() -> dict[str, Any]:
+        return {"models": [_model_entry(engine)]}
+
+    @router.get("/api/ps")
+    async def ps() -> dict[str, Any]:
+        entry = _model_entry(engine)
+        entry.pop("modified_at")
+        entry["expires_at"] = _stamp(datetime.now(timezone.utc) + _FOREVER)
+        entry["size_vram"] = entry["size"]  # unified memory: it all is
+        entry["context_length"] = engine.context_limit
+        return {"models": [entry]}
+
+    @router.post("/api/show", dependencies=list(body_checks))
+    async def show(req: _ModelRequest) -> dict[str, Any]:
+        _check_model(engine, req.model or req.name)
+        return _show(engine)
+
+    @router.post("/api/chat", dependencies=list(body_checks))
+    async def chat(req: OllamaChatRequest, request: Request) -> Any:
+        _check_model(engine, req.model)
+        started = time.perf_counter()
+        if not req.messages:  # how Ollama apps load (or unload) a model ahead of use
+            return _loaded(engine, req, "message", {"role": "assistant", "content": ""})
+        job, reply = await engine.prepare(_prepare_chat, engine, req)
+        if req.stream:
+            return _ndjson(_chat_lines(engine, job, reply, request, started))
+        parts, done = await _collect(engine, job, request)
+        _, content, calls, _ = await _shape(reply, parts, done)
+        message = _message(content or "", calls)
+        return {**_head(engine), "message": message, **_final(done, started)}
+
+    @router.post("/api/generate", dependencies=list(body_checks))
+    async def generate(req: OllamaGenerateRequest, request: Request) -> Any:
+        _check_model(engine, req.model)
+        started = time.perf_counter()
+        if not req.prompt and not req.system:
+            return _loaded(engine, req, "response", "")
+        job = await engine.prepare(_prepare_generate, engine, req)
+        if req.stream:
+            return _ndjson(_generate_lines(engine, job, request, started))
+        parts, done = await _collect(engine, job, request)
+        return {**_head(engine), "response": "".join(parts), **_final(done, started)}
+
+    return router
+
+
+def _error(e: APIError) -> JSONResponse:
+    return JSONResponse({"error": e.message}, status_code=e.status)
+
+
+def _check_model(engine: Engine, requested: str | None) -> None:
+    """Ollama names carry a tag (`name:latest`); ours is the one tag there is."""
+    if requested is not None and requested.endswith(":latest"):
+        requested = requested.removesuffix(":latest")
+    engine.check_model(requested)
+
+
+def _check_api_key(api_key: str) -> Callable[[Request], Any]:
+    """The API key as Ollama's clients send it (`OLLAMA_API_KEY`: a Bearer token)."""
+    expected = api_key.encode()
+
+    async def check(request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), expected
+        ):
+            raise APIError(401, "Incorrect or missing API key. Set OLLAMA_API_KEY to it.")
+
+    return check
+
+
+# -- preparing ----------------------------------------------------------------------------
+
+
+def _sampling(options: OllamaOptions | None) -> dict[str, Any]:
+    """Ollama's options as the fields of an OpenAI request."""
+    o = options or OllamaOptions()
+    stop = [o.stop] if isinstance(o.stop, str) else o.stop
+    return {
+        "temperature": o.temperature,
+        "top_p": o.top_p,
+        "top_k": o.top_k,
+        "min_p": o.min_p,
+        "max_tokens": o.num_predict if o.num_predict and o.num_predict > 0 else None,
+        "stop": stop or None,
+        "seed": o.seed,
+        "repetition_penalty": o.repeat_penalty,
+        "presence_penalty": o.presence_penalty,
+        "frequency_penalty": o.frequency_penalty,
+    }
+
+
+def _response_format(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if not fmt:
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
+
+
+def _openai(cls: type[BaseModel], body: dict[str, Any]) -> Any:
+    try:
+        return cls.model_validate({k: v for k, v in body.items() if v is not None})
+    except ValidationError as e:
+        raise APIError(400, _describe_invalid(list(e.errors()))[1]) from None
+
+
+def _no_images(images: list[Any] | None, param: str) -> None:
+    if images:
+        raise APIError(
+            400, f"{param}: this model reads text only; send the request without images."
+        )
+
+
+def _template_message(m: OllamaMessage, index: int) -> dict[str, Any]:
+    _no_images(m.images, f"messages.{index}.images")
+    out: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": f"call_{i}",
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": c.function.arguments},
+            }
+            for i, c in enumerate(m.tool_calls)
+        ]
+    if m.role == "tool" and m.tool_name:
+        out["name"] = m.tool_name
+    return out
+
+
+def _cap_context(job: Job, num_ctx: int | None) -> Job:
+    """`num_ctx` as the request's context: the prompt must fit, the reply gets the rest."""
+    if num_ctx is None:
+        return job
+    room = num_ctx - len(job.tokens)
+    if room <= 0:
+        raise APIError(
+            400,
+            f"The prompt has {len(job.tokens):,} tokens, more than options.num_ctx "
+            f"({num_ctx:,}) leaves room for; raise num_ctx or shorten the prompt.",
+        )
+    job.params = job.params.replace(max_tokens=min(job.params.max_tokens, room))
+    return job
+
+
+def _prepare_chat(engine: Engine, req: OllamaChatRequest) -> tuple[Job, Reply]:
+    body = {
+        "messages": [_template_message(m, i) for i, m in enumerate(req.messages)],
+        "tools": [t.model_dump(exclude_none=True) for t in req.tools or []] or None,
+        "response_format": _response_format(req.format),
+        **_sampling(req.options),
+    }
+    job, reply = prepare_chat(engine, _openai(ChatRequest, body))
+    return _cap_context(job, req.options and req.options.num_ctx), reply
+
+
+def _prepare_generate(engine: Engine, req: OllamaGenerateRequest) -> Job:
+    _no_images(req.images, "images")
+    for field, what in (("suffix", "fill-in-the-middle"), ("template", "custom templates")):
+        if getattr(req, field):
+            raise APIError(400, f"{field}: {what} are not supported; leave it out.")
+    if req.context:
+        raise APIError(
+            400, "context (deprecated in Ollama) is not supported; send the turns to /api/chat."
+        )
+    options = req.options or OllamaOptions()
+    if req.raw:
+        if req.format:
+            raise APIError(400, "format cannot be combined with raw; leave one out.")
+        job = prepare_completion(
+            engine, _openai(CompletionRequest, {"prompt": req.prompt, **_sampling(options)})
+        )
+        return _cap_context(job, options.num_ctx)
+    messages = [{"role": "system", "content": req.system}] if req.system else []
+    messages.append({"role": "user", "content": req.prompt})
+    body = {"messages": messages, "response_format": _response_format(req.format)}
+    job, _ = prepare_chat(engine, _openai(ChatRequest, {**body, **_sampling(options)}))
+    return _cap_context(job, options.num_ctx)
+
+
+# -- replies ------------------------------------------------------------------------------
+
+
+def _stamp(when: datetime | None = None) -> str:
+    return (when or datetime.now(timezone.utc)).isoformat().replace("+00:00", "Z")
+
+
+def _head(engine: Engine) -> dict[str, Any]:
+    return {"model": _model_name(engine), "created_at": _stamp()}
+
+
+def _loaded(engine: Engine, req: _Generating, key: str, value: Any) -> dict[str, Any]:
+    """The answer to an empty request: the model is loaded (even with keep_alive 0, which
+    asks Ollama to unload it: this server has the one model, loaded while it runs)."""
+    return {**_head(engine), key: value, "done": True, "done_reason": "load"}
+
+
+def _final(done: Finished, started: float) -> dict[str, Any]:
+    """The closing fields: done, why, and Ollama's counts and durations (nanoseconds)."""
+    prompt_ns = int(done.time_to_first_token * 1e9)
+    eval_ns = int(done.completion_tokens / done.generation_tps * 1e9) if done.generation_tps else 0
+    return {
+        "done": True,
+        "done_reason": "length" if done.finish_reason == "length" else "stop",
+        "total_duration": int((time.perf_counter() - started) * 1e9),
+        "load_duration": 0,
+        "prompt_eval_count": done.prompt_tokens,
+        "prompt_eval_duration": prompt_ns,
+        "eval_count": done.completion_tokens,
+        "eval_duration": eval_ns,
+    }
+
+
+def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "function": {"index": i, "name": c.name, "arguments": c.arguments or {}}}
+        for i, c in enumerate(calls)
+    ]
+
+
+def _message(content: str, calls: list[ToolCall]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = _tool_calls(calls)
+    return message
+
+
+async def _off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:
+    return await asyncio.to_thread(fn) if reply.parses_calls else fn()
+
+
+async def _shape(
+    reply: Reply, parts: list[str], done: Finished
+) -> tuple[str, str | None, list[ToolCall], str]:
+    def shape() -> tuple[str, str | None, list[ToolCall], str]:
+        for part in parts:
+            reply.feed(part)
+        return reply.finish(done.finish_reason)
+
+    return await _off_loop(reply, shape)
+
+
+async def _collect(engine: Engine, job: Job, request: Request) -> tuple[list[str], Finished]:
+    parts: list[str] = []
+    async with aclosing(engine.events(job, request)) as events:
+        async for item in events:
+            if isinstance(item, str):
+                parts.append(item)
+            else:
+                return parts, item
+    raise RuntimeError("the generation ended without a finish record")
+
+
+def _line(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False) + "\n"
+
+
+def _ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(lines, media_type="application/x-ndjson", headers=headers)
+
+
+def _stream_error(e: Exception) -> str:
+    if not isinstance(e, APIError):
+        import logging
+
+        logging.getLogger(__name__).exception("generation failed", exc_info=e)
+        e = APIError(500, "The server had an error while generating.")
+    return _line({"error": e.message})
+
+
+async def _chat_lines(
+    engine: Engine, job: Job, reply: Reply, request: Request, started: float
+) -> AsyncIterator[str]:
+    def part(message: dict[str, Any]) -> str:
+        return _line({**_head(engine), "message": message, "done": False})
+
+    try:
+        done: Finished | None = None
+        async with aclosing(engine.events(job, request)) as events:
+            async for item in events:
+                if isinstance(item, Finished):
+                    done = item
+                elif text := await _off_loop(reply, lambda item=item: reply.feed(item)):
+                    yield part({"role": "assistant", "content": text})
+        if done is None or done.finish_reason == "cancelled":
+            return
+        reason = done.finish_reason
+        tail, _, calls, _ = await _off_loop(reply, lambda: reply.finish(reason))
+        if tail or calls:
+            yield part(_message(tail, calls))
+        final = {**_head(engine), "message": {"role": "assistant", "content": ""}}
+        yield _line({**final, **_final(done, started)})
+    except Exception as e:
+        yield _stream_error(e)
+
+
+async def _generate_lines(
+    engine: Engine, job: Job, request: Request, started: float
+) -> AsyncIterator[str]:
+    try:
+        done: Finished | None = None
+        async with aclosing(engine.events(job, request)) as events:
+            async for item in events:
+                if isinstance(item, Finished):
+                    done = item
+                else:
+                    yield _line({**_head(engine), "response": item, "done": False})
+        if done is None or done.finish_reason == "cancelled":
+            return
+        yield _line({**_head(engine), "response": "", **_final(done, started)})
+    except Exception as e:
+        yield _stream_error(e)
+
+
+# -- the model's description --------------------------------------------------------------
+
+
+def _model_name(engine: Engine) -> str:
+    return f"{engine.model.name}:latest"
+
+
+def _size(engine: Engine) -> int:
+    model = engine.model
+    if model.manifest is not None:
+        return sum(f.size for f in model.manifest.files)
+    return sum(p.stat().st_size for p in model.path.glob("*.safetensors"))
+
+
+def _details(engine: Engine) -> dict[str, Any]:
+    model = engine.model
+    family = str(model.config.get("model_type", "qwen3"))
+    q = model.config.get("quantization")
+    parameters = model.manifest.parameters if model.manifest else 0
+    if parameters >= 1e9:
+        size = f"{parameters / 1e9:.1f}B"
+    else:
+        size = f"{parameters / 1e6:.1f}M" if parameters else ""
+    return {
+        "parent_model": "",
+        "format": "mlx",
+        "family": family,
+        "families": [family],
+        "parameter_size": size,
+        "quantization_level": f"Q{q['bits']}" if q else model.quantization_label.upper(),
+    }
+
+
+def _modified(engine: Engine) -> str:
+    manifest = engine.model.manifest
+    try:
+        return _stamp(datetime.fromisoformat(manifest.created_at).astimezone(timezone.utc))
+    except (AttributeError, ValueError):  # no manifest, or no date in it
+        return _stamp(datetime.fromtimestamp(engine.model.path.stat().st_mtime, timezone.utc))
+
+
+def _model_entry(engine: Engine) -> dict[str, Any]:
+    name = _model_name(engine)
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": _modified(engine),
+        "size": _size(engine),
+        "digest": engine.model.fingerprint,
+        "details": _details(engine),
+    }
+
+
+def _show(engine: Engine) -> dict[str, Any]:
+    model = engine.model
+    config = model.config
+    family = str(config.get("model_type", "qwen3"))
+    params = model.default_params
+    parameters = "\n".join(
+        f"{key:<15}{value}"
+        for key, value in (
+            ("temperature", params.temperature),
+            ("top_p", params.top_p),
+            ("top_k", params.top_k),
+            ("num_ctx", engine.context_limit),
+            ("num_predict", params.max_tokens),
+            *(("stop", json.dumps(s)) for s in params.stop),
+        )
+    )
+    info = {
+        "general.architecture": family,
+        "general.name": model.name,
+        "general.parameter_count": model.manifest.parameters if model.manifest else None,
+        f"{family}.context_length": engine.context_limit,
+        f"{family}.embedding_length": config.get("hidden_size"),
+        f"{family}.block_count": config.get("num_hidden_layers"),
+        f"{family}.attention.head_count": config.get("num_attention_heads"),
+        f"{family}.attention.head_count_kv": config.get("num_key_value_heads"),
+        f"{family}.vocab_size": config.get("vocab_size"),
+    }
+    return {
+        "modelfile": f"# Served by qwen-mlx from {model.path.name}\nFROM {model.name}\n",
+        "parameters": parameters,
+        "template": getattr(model.tokenizer, "chat_template", None) or "",
+        "license": (model.manifest.license if model.manifest else None) or "",
+        "details": _details(engine),
+        "model_info": {k: v for k, v in info.items() if v is not None},
+        "capabilities": ["completion", "tools"],
+        "modified_at": _modified(engine),
+    }
