@@ -28,7 +28,7 @@ def serve(engine: Engine) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def served(tiny_model) -> Iterator[Served]:
-    engine = Engine(tiny_model, max_context=2048, max_batch=4, max_queue=8, prefill_step_size=32)
+    engine = Engine(tiny_model, max_context=2048, max_batch=4, max_queue=8, prefill_step_size=16)
     yield from serve(engine)
 
 

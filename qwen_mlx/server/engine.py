@@ -204,8 +204,9 @@ class Engine:
             )
 
     async def events(self, job: Job, request: Request | None = None) -> AsyncIterator[Event]:
-        """Queue `job` and yield its text as it comes, then its Finished record. Leaving
-        early, or the client going away, stops the job."""
+        """Queue `job` and yield its text as it comes (what arrived since the last piece
+        was taken, joined), then its Finished record. Leaving early, or the client going
+        away, stops the job."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -223,8 +224,18 @@ class Engine:
                 self._jobs[job] = model_thread().submit(self._run, job, emit)
         watcher = asyncio.create_task(_watch(request, job)) if request is not None else None
         try:
+            pending: Event | None = None
             while True:
-                item = await queue.get()
+                item = pending if pending is not None else await queue.get()
+                pending = None
+                # Text that piled up while the client was being served goes out as one
+                # piece: under load, fewer and larger chunks keep the event loop ahead.
+                while isinstance(item, str) and not queue.empty():
+                    more = queue.get_nowait()
+                    if not isinstance(more, str):
+                        pending = more
+                        break
+                    item += more
                 if isinstance(item, BaseException):
                     raise item
                 yield item
