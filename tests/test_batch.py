@@ -28,7 +28,8 @@ def trained(tmp_path_factory):
     from qwen_mlx.convert import convert
 
     root = tmp_path_factory.mktemp("trained")
-    out = convert(str(TRAINED), mlx_path=root / "q4", home=root / "home").path
+    # bf16: MLX's quantized matmuls are slow on a CPU
+    out = convert(str(TRAINED), mlx_path=root / "bf16", quantize=False, home=root / "home").path
     return load(out)
 
 
@@ -47,8 +48,8 @@ def test_a_trained_model_batched_writes_the_greedy_text_it_writes_alone(trained)
         user("Continue:\ndef main(argv):\n    parser = argparse.ArgumentParser()\n"),
         user("What does the with statement do?"),
     ]
-    alone = [generate(trained, c, temperature=0, max_tokens=8) for c in chats]
-    results = batch_generate(trained, chats, temperature=0, max_tokens=8, progress=False)
+    alone = [generate(trained, c, temperature=0, max_tokens=16) for c in chats]
+    results = batch_generate(trained, chats, temperature=0, max_tokens=16, progress=False)
     assert [r.text for r in results] == alone
     assert len(set(alone)) == len(alone)  # real, distinct replies: a mix-up would show
 
