@@ -207,3 +207,20 @@ def test_a_crash_in_the_generation_loop_fails_its_requests_and_the_loop_goes_on(
     reply = client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=4)
     assert reply.choices[0].finish_reason in ("stop", "length")  # generating again
     assert health(served)["restarts"] == restarts + 2 and served.engine.queued == 0
+
+
+def test_the_default_batch_is_what_memory_holds_and_the_flags_are_checked(capsys):
+    from qwen_mlx.cli.serve import main
+    from qwen_mlx.runtime.memory import ModelShape
+    from qwen_mlx.server.scheduler import default_max_batch, default_max_queue
+
+    qwen3_4b = ModelShape(36, 32, 8, 128, 2560, 262144)
+    weights = 2_262_920_192  # 4-bit
+    budgets = [Budget((gib << 30) * 2 // 3, gib << 30, "mac") for gib in (8, 16, 32)]
+    sizes = [default_max_batch(MemoryPlanner(qwen3_4b, weights, b)) for b in budgets]
+    assert sizes == [5, 15, 32]  # 4,096-token sequences beside the weights, at most 32
+    assert default_max_queue(15) == 60
+    assert main(["--max-batch", "0"]) == 1
+    assert "--max-batch must be positive" in capsys.readouterr().err
+    assert main(["--max-queue", "-1"]) == 1
+    assert "--max-queue" in capsys.readouterr().err
