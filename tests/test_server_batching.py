@@ -224,3 +224,26 @@ def test_the_default_batch_is_what_memory_holds_and_the_flags_are_checked(capsys
     assert "--max-batch must be positive" in capsys.readouterr().err
     assert main(["--max-queue", "-1"]) == 1
     assert "--max-queue" in capsys.readouterr().err
+
+
+@pytest.mark.interop
+def test_the_server_benchmark_runs_against_mlx_lm_server():
+    import subprocess
+    import sys
+
+    from .conftest import SCRIPTS
+    from .test_batch import TRAINED
+
+    if not (TRAINED / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED}")
+    args = ["--clients", "1,2", "--max-tokens", "4", "--rounds", "1", "--long-words", "60"]
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_server.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("1 |", "2 |"))]
+    assert len(rows) == 2 and all("x |" in row for row in rows)
+    assert "mlx_lm server: a short request's TTFT" in out.stdout
