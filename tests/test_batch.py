@@ -13,7 +13,7 @@ from qwen_mlx import SamplingParams, batch_generate, generate, load
 from qwen_mlx.runtime import BatchDecoder, stream_generate
 
 TRAINED = Path(__file__).resolve().parents[2] / "shared/models/qwen3-tiny-trained/target"
-PROMPTS = ["hi", "Tell me about the sea. " * 4, "1 2 3", "A much longer prompt, " * 30]
+PROMPTS = ["hi", "Tell me about the sea. " * 2, "1 2 3", "A much longer prompt, " * 12]
 
 
 def user(text: str) -> list[dict]:
