@@ -149,14 +149,19 @@ class Scheduler:
         for entry in gone:
             self._finish(entry, None)
         if self._decoder is None and (admitted or self._active):
-            self._decoder = BatchDecoder(
-                self.model, max_batch=self.max_batch, prefill_step_size=self.prefill_step_size
-            )
+            try:
+                self._decoder = BatchDecoder(
+                    self.model, max_batch=self.max_batch, prefill_step_size=self.prefill_step_size
+                )
+            except Exception as e:
+                for entry in admitted:  # not in the batch yet: _fail_batch would miss them
+                    self._fail(entry, e)
+                raise
         decoder = self._decoder
         for entry in admitted:
-            checkout = self.pool.checkout(entry.job.tokens)
-            entry.reused = checkout.reused
             try:
+                checkout = self.pool.checkout(entry.job.tokens)
+                entry.reused = checkout.reused
                 entry.uid = decoder.add(
                     entry.job.tokens,
                     entry.job.params,
@@ -214,7 +219,10 @@ class Scheduler:
             finished = Finished(job.id, "cancelled", len(job.tokens), 0, 0)
         else:
             if event.cache is not None and event.cache_tokens:
-                self.pool.checkin(event.cache, event.cache_tokens, len(job.tokens))
+                try:
+                    self.pool.checkin(event.cache, event.cache_tokens, len(job.tokens))
+                except Exception:  # the reply is complete: losing its cache costs only time
+                    logger.exception("%s: could not pool its KV cache", job.id)
             finished = Finished(
                 job.id,
                 event.finish_reason or "cancelled",
