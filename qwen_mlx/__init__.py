@@ -1,6 +1,6 @@
 """qwen-mlx: run Qwen3-4B-Instruct-2507 on Apple Silicon with MLX.
 
-    from qwen_mlx import load, generate, stream_generate, ChatSession
+    from qwen_mlx import load, generate, stream_generate, batch_generate, ChatSession
     model = load("qwen3-4b-instruct")
 
 Conversion lives in `qwen_mlx.convert` (`from qwen_mlx.convert import convert`).
@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load": "runtime",
     "generate": "runtime",
+    "batch_generate": "runtime",
+    "BatchResult": "runtime",
     "stream_generate": "runtime",
     "Model": "runtime",
     "SamplingParams": "runtime",
@@ -34,6 +36,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BatchResult",
     "ChatSession",
     "ContextPolicy",
     "GenerationChunk",
@@ -46,6 +49,7 @@ __all__ = [
     "Store",
     "TurnStats",
     "__version__",
+    "batch_generate",
     "generate",
     "load",
     "stream_generate",
@@ -55,7 +59,16 @@ if TYPE_CHECKING:
     from .chat.mcp import MCPServer
     from .chat.policy import ContextPolicy
     from .chat.session import ChatSession, TurnStats
-    from .runtime import GenerationChunk, Model, SamplingParams, generate, load, stream_generate
+    from .runtime import (
+        BatchResult,
+        GenerationChunk,
+        Model,
+        SamplingParams,
+        batch_generate,
+        generate,
+        load,
+        stream_generate,
+    )
     from .runtime.memory import MemoryPlanner
     from .runtime.messages import Message
     from .store import Store

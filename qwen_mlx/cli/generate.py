@@ -2,7 +2,8 @@
 
 With `--session FILE` the reply continues the conversation saved in FILE (created when
 missing) and the conversation, KV cache included, is saved back: the next call reads only
-the new message.
+the new message. With `--prompts-file FILE.jsonl --output OUT.jsonl` every prompt of FILE
+is answered, decoded together in one batch (see `prompts_file.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ examples:
   qwen-mlx generate --session trip.json --prompt "Plan a day in Kyoto"
   qwen-mlx generate --session trip.json --prompt "Make it cheaper"   # reads only this turn
   qwen-mlx generate --mcp tools.json --prompt "What is in my notes about Kyoto?"
+  qwen-mlx generate --prompts-file questions.jsonl --output answers.jsonl --temperature 0
 """
 
 
@@ -48,7 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="store name, family (its latest), folder or repo id (default: the model "
         f"saved in --session, else {DEFAULT_MODEL})",
     )
-    p.add_argument("--prompt", "-p", required=True, help="the user message; '-' reads stdin")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", "-p", help="the user message; '-' reads stdin")
+    source.add_argument(
+        "--prompts-file",
+        type=Path,
+        metavar="FILE",
+        help="a JSONL file of prompts, answered together in one batch (needs --output)",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="FILE",
+        help="where --prompts-file's replies go (JSONL)",
+    )
     p.add_argument("--system", "-s", help="system prompt (for a new conversation)")
     p.add_argument(
         "--raw", action="store_true", help="send the prompt as-is, without the chat template"
@@ -89,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.prompts_file is not None:
+        return _prompts_file(args)
+    if args.output is not None:
+        raise ValueError("--output goes with --prompts-file; a single reply goes to stdout.")
     if args.raw and (args.session or args.kv_bits or args.policy or args.system or args.mcp):
         raise ValueError(
             "--raw sends text without the chat template; it cannot be combined "
@@ -147,6 +167,23 @@ def _generate(args: argparse.Namespace, tools) -> int:
     if args.session:
         session.save(args.session)
     return 0
+
+
+def _prompts_file(args: argparse.Namespace) -> int:
+    if args.output is None:
+        raise ValueError("--prompts-file needs --output FILE.jsonl for the replies.")
+    if args.session or args.kv_bits or args.policy or args.json_schema or args.mcp:
+        raise ValueError(
+            "--prompts-file answers each prompt on its own; it cannot be combined with "
+            "--session, --kv-bits, --policy, --json-schema or --mcp."
+        )
+    from . import prompts_file
+
+    prompts_file.read_prompts(args.prompts_file)  # a bad file fails before the model loads
+    from ..runtime import load
+
+    model = load(_model_ref(args), verify=args.verify, context_extension=args.context_extension)
+    return prompts_file.run(model, args, sampling_overrides(args))
 
 
 def _model_ref(args: argparse.Namespace) -> str:

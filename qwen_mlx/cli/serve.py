@@ -88,7 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory for KV caches kept between requests, so resent conversations prefill "
         "only what is new (default: half of what the weights leave; 0 turns it off)",
     )
-    p.add_argument("--kv-bits", type=int, choices=(4, 8), help="quantize the KV caches")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        metavar="N",
+        help="requests decoded together at most (default: as many 4,096-token sequences "
+        "as memory holds beside the weights, up to 32)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        metavar="N",
+        help="requests waiting behind a full batch at most; more get 503 with Retry-After "
+        "(default: 4 x --max-batch)",
+    )
+    p.add_argument(
+        "--kv-bits",
+        type=int,
+        choices=(4, 8),
+        help="quantize the KV caches (requests then run one at a time: batches are bf16)",
+    )
     p.add_argument(
         "--context-extension",
         type=float,
@@ -122,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--max-tokens-cap must be positive.")
     if args.max_connections <= 0:
         raise ValueError("--max-connections must be positive.")
+    if args.max_batch is not None and args.max_batch <= 0:
+        raise ValueError("--max-batch must be positive.")
+    if args.max_queue is not None and args.max_queue < 0:
+        raise ValueError("--max-queue must be 0 or more.")
     warning = bind_warning(args.host, args.api_key)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -141,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         max_context=args.max_context,
         max_tokens_cap=args.max_tokens_cap,
         aliases=[args.model],  # requests may name the model as it was asked for here
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
     )
     app = create_app(
         engine,
@@ -152,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     port = sockets[0].getsockname()[1]
     print(
         f"serving {model.name} at http://{host}:{port}/v1 "
-        f"(context {engine.context_limit:,} tokens); Ollama apps: "
+        f"(context {engine.context_limit:,} tokens, batches of up to "
+        f"{engine.status()['max_batch']}, {engine.max_queue} more waiting); Ollama apps: "
         f"OLLAMA_HOST=http://{host}:{port}",
         file=sys.stderr,
     )

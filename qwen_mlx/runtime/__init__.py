@@ -4,6 +4,7 @@
   YaRN, the fingerprint a KV cache belongs to.
 - `sampling.py`: `SamplingParams` and the samplers built from them.
 - `generation.py`: `stream_tokens`, `stream_generate`, `generate`.
+- `batch.py`: many sequences decoded together (`BatchDecoder`, `batch_generate`).
 - `cache.py`: KV caches (make, reuse a prefix, trim, requantize, prefill, save, load).
 - `memory.py`: the memory planner. `structured.py`: JSON-schema constrained decoding.
 - `thread.py`: the one model thread of a process with a UI or a server. `bench.py`: speed.
@@ -18,6 +19,9 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 
 _EXPORTS = {
+    "BatchDecoder": "batch",
+    "BatchResult": "batch",
+    "batch_generate": "batch",
     "cache_length": "cache",
     "cache_nbytes": "cache",
     "common_prefix": "cache",
@@ -45,11 +49,14 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BatchDecoder",
+    "BatchResult",
     "GenerationChunk",
     "Message",
     "Model",
     "Prompt",
     "SamplingParams",
+    "batch_generate",
     "cache_length",
     "cache_nbytes",
     "common_prefix",
@@ -72,6 +79,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .batch import BatchDecoder, BatchResult, batch_generate
     from .cache import (
         cache_length,
         cache_nbytes,

@@ -3,8 +3,10 @@
 - `app.py`: the FastAPI app (`create_app`): routes, API key check, responses and streams.
 - `ollama.py`: Ollama's API (`/api/chat`, `/api/generate`, tags, show, ps, version) over
   the same engine and preparation, for apps that speak only Ollama.
-- `engine.py`: the generation queue (`Engine`): one job at a time on the model thread,
-  each reusing the pooled KV cache that shares the longest prefix with its prompt.
+- `engine.py`: the generation engine (`Engine`): jobs on the model thread, each reusing
+  the pooled KV cache that shares the longest prefix with its prompt.
+- `scheduler.py`: continuous batching: concurrent jobs decode together, admitted by the
+  memory planner; disconnects, the queue limit (503) and recovery from a crashed step.
 - `prepare.py`: requests into jobs (template, tokens, tools, response format, sampling),
   and the model's text into replies with tool calls.
 - `schemas.py`: the request bodies, as pydantic models.

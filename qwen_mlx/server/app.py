@@ -61,7 +61,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.model.name, "queued": engine.queued}
+        return {"status": "ok", "model": engine.model.name, **engine.status()}
 
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The generation queue: requests' jobs run on the model one at a time, in arrival order.
+"""The generation engine: requests' jobs decode together in one batch on the model thread.
 
 Generation runs on the process's model thread (`qwen_mlx.runtime.thread`), which lives as
 long as the process, so MLX's per-thread clean-up never runs at exit. Request preparation
@@ -6,10 +6,20 @@ long as the process, so MLX's per-thread clean-up never runs at exit. Request pr
 event loop only parses and streams text back, and one slow preparation (a huge prompt)
 does not hold up the others.
 
-Each job starts from the KV cache of an earlier one sharing its longest token prefix (see
-`prompt_cache.py`), so a client resending a growing conversation prefills only what is
+Jobs run in `scheduler.py`'s continuous batch (at most `max_batch` at once, up to
+`max_queue` more waiting; past that a request gets 503 with Retry-After). Each starts
+from the KV cache of an earlier one sharing its longest token prefix (see
+`cache_pool.py`), so a client resending a growing conversation prefills only what is
 new; `Finished.cached_tokens` (`usage.prompt_tokens_details.cached_tokens`) says how many
-prompt tokens that saved. A client that disconnects stops its generation at the next token.
+prompt tokens that saved. A client that disconnects leaves the batch at the next step.
+
+Two cases run one job at a time instead, through `stream_tokens`: a quantized KV cache
+(`kv_bits`: mlx-lm's batch caches are bf16 only) and a replaced `stream_tokens` (tests
+script the model's replies through it).
+
+Entry points for the routes (app.py and other protocols' modules): `prepare` (which also
+refuses a request when the queue is full), `check_model`, `check_context`, `events(job,
+request)` (text, then a `Finished`), `status()` (for /health), `close()`.
 """
 
 from __future__ import annotations
@@ -33,11 +43,13 @@ from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .defaults import DEFAULT_MAX_TOKENS_CAP
 from .errors import APIError
+from .scheduler import Scheduler, default_max_batch, default_max_queue
 
 logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL = 0.1  # seconds between checks that a client is still there
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
+RETRY_AFTER = 2  # seconds a client turned away by a full queue is asked to wait
 
 
 @dataclass(eq=False)  # each job is its own: hashed by identity
@@ -62,18 +74,20 @@ class Finished:
     completion_tokens: int
     time_to_first_token: float = 0.0
     generation_tps: float = 0.0
+    batch_size: int = 1  # the most sequences it decoded beside (1: it ran alone)
 
 
 Event = str | Finished | BaseException
 
 
 class Engine:
-    """Runs jobs on the model one at a time, on the model thread, in arrival order, each
-    starting from the pooled KV cache that shares the longest prefix with its prompt.
+    """Runs jobs on the model thread, together in one batch (see the module docstring),
+    each starting from the pooled KV cache that shares the longest prefix with its prompt.
 
-    `stream_tokens` is the single call that runs the model (`runtime.stream_tokens`); tests
-    replace it with a scripted stream to get exact replies from a random model. `finished`
-    records how the last jobs ended. `names` are what a request's `model` may say: the
+    `max_batch` and `max_queue` default from the memory planner (`scheduler.py`).
+    `stream_tokens` runs the model when jobs go one at a time (`runtime.stream_tokens`);
+    tests replace it with a scripted stream to get exact replies from a random model.
+    `finished` records how the last jobs ended. `names` are what a request's `model` may say: the
     model's name, its family id (the alias users pass, e.g. `qwen3-4b-instruct`) and any
     `aliases` (the reference it was loaded by).
     """
@@ -88,6 +102,9 @@ class Engine:
         max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
         planner: MemoryPlanner | None = None,
         aliases: Sequence[str] = (),
+        max_batch: int | None = None,
+        max_queue: int | None = None,
+        prefill_step_size: int | None = None,
     ) -> None:
         self.model = model
         family = [model.manifest.family] if model.manifest and model.manifest.family else []
@@ -102,6 +119,17 @@ class Engine:
             cache_bytes = max(self.planner.budget.bytes - self.planner.weights, 0) // 2
         self.cache = PromptCachePool(lambda: make_cache(model, kv_bits), cache_bytes)
         self.stream_tokens = stream_tokens
+        self.max_batch = max_batch or default_max_batch(self.planner)
+        self.max_queue = default_max_queue(self.max_batch) if max_queue is None else max_queue
+        if self.max_batch < 1 or self.max_queue < 0:
+            raise ValueError("max_batch must be at least 1 and max_queue at least 0.")
+        self.scheduler = Scheduler(
+            model,
+            self.cache,
+            self.planner,
+            max_batch=self.max_batch,
+            prefill_step_size=prefill_step_size or _prefill_step(),
+        )
         self.finished: deque[Finished] = deque(maxlen=256)
         self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
         self._jobs: dict[Job, Future[None]] = {}  # waiting or running, with their futures
@@ -113,8 +141,40 @@ class Engine:
         with self._jobs_lock:
             return len(self._jobs)
 
+    @property
+    def batched(self) -> bool:
+        """Whether jobs decode together (see the module docstring for when they do not)."""
+        return self.kv_bits is None and self.stream_tokens is stream_tokens
+
+    def status(self) -> dict[str, Any]:
+        """What /health reports about the work: waiting and running jobs, and the limits."""
+        running = self.scheduler.batch_size if self.batched else min(self.queued, 1)
+        return {
+            "queued": self.queued,
+            "queue_depth": max(self.queued - running, 0),
+            "batch_size": running,
+            "max_batch": self.max_batch if self.batched else 1,
+            "max_queue": self.max_queue,
+            "restarts": self.scheduler.restarts,
+        }
+
+    def check_capacity(self) -> None:
+        """Refuse a request when `max_queue` jobs already wait behind a full batch: 503
+        with Retry-After, in OpenAI's error shape."""
+        if self.queued >= self.max_batch + self.max_queue:
+            raise APIError(
+                503,
+                f"The server is busy ({self.queued} requests running or waiting). "
+                f"Retry in {RETRY_AFTER} s.",
+                type="server_error",
+                code="server_busy",
+                headers={"Retry-After": str(RETRY_AFTER)},
+            )
+
     async def prepare(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run request preparation (templates, tokenizing, schema compiling) off the loop."""
+        """Run request preparation (templates, tokenizing, schema compiling) off the loop,
+        after refusing the request if the queue is full (`check_capacity`)."""
+        self.check_capacity()
         return await asyncio.get_running_loop().run_in_executor(self._preparer, fn, *args)
 
     def check_model(self, requested: str | None) -> None:
@@ -144,8 +204,9 @@ class Engine:
             )
 
     async def events(self, job: Job, request: Request | None = None) -> AsyncIterator[Event]:
-        """Queue `job` and yield its text as it comes, then its Finished record. Leaving
-        early, or the client going away, stops the job."""
+        """Queue `job` and yield its text as it comes (what arrived since the last piece
+        was taken, joined), then its Finished record. Leaving early, or the client going
+        away, stops the job."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -156,11 +217,25 @@ class Engine:
                 job.stop.set()
 
         with self._jobs_lock:  # held until the job is listed: `_run` unlists it when done
-            self._jobs[job] = model_thread().submit(self._run, job, emit)
+            if self.batched:
+                self._jobs[job] = _Resolved()
+                self.scheduler.submit(job, emit, self._done)
+            else:
+                self._jobs[job] = model_thread().submit(self._run, job, emit)
         watcher = asyncio.create_task(_watch(request, job)) if request is not None else None
         try:
+            pending: Event | None = None
             while True:
-                item = await queue.get()
+                item = pending if pending is not None else await queue.get()
+                pending = None
+                # Text that piled up while the client was being served goes out as one
+                # piece: under load, fewer and larger chunks keep the event loop ahead.
+                while isinstance(item, str) and not queue.empty():
+                    more = queue.get_nowait()
+                    if not isinstance(more, str):
+                        pending = more
+                        break
+                    item += more
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -182,28 +257,38 @@ class Engine:
         wait(pending.values(), timeout=timeout)
 
     def _run(self, job: Job, emit: Callable[[Event], None]) -> None:
+        """One job alone, through `stream_tokens`."""
         try:
             if job.stop.is_set():
                 finished = Finished(job.id, "cancelled", len(job.tokens), 0, 0)
             else:
                 finished = self._generate(job, emit)
         except BaseException as e:
+            self._done(job, e)
             emit(e)
             return
-        finally:
-            with self._jobs_lock:
-                self._jobs.pop(job, None)
-        self.finished.append(finished)
-        logger.info(
-            "%s: %d prompt tokens (%d cached), %d generated at %.1f tokens/s, finish: %s",
-            job.id,
-            finished.prompt_tokens,
-            finished.cached_tokens,
-            finished.completion_tokens,
-            finished.generation_tps,
-            finished.finish_reason,
-        )
+        self._done(job, finished)
         emit(finished)
+
+    def _done(self, job: Job, result: Finished | BaseException) -> None:
+        """Unlist a job that has ended, and record and log how (before its client hears)."""
+        with self._jobs_lock:
+            future = self._jobs.pop(job, None)
+        if isinstance(result, Finished):
+            self.finished.append(result)
+            logger.info(
+                "%s: %d prompt tokens (%d cached), %d generated at %.1f tokens/s in a batch "
+                "of up to %d, finish: %s",
+                job.id,
+                result.prompt_tokens,
+                result.cached_tokens,
+                result.completion_tokens,
+                result.generation_tps,
+                result.batch_size,
+                result.finish_reason,
+            )
+        if isinstance(future, _Resolved):  # the model thread resolves the others itself
+            future.set_result(None)
 
     def _generate(self, job: Job, emit: Callable[[Event], None]) -> Finished:
         """Check out a cache, prefill what it lacks, stream, and pool the cache again
@@ -251,6 +336,18 @@ class Engine:
             last.time_to_first_token if last else 0.0,
             last.generation_tps if last else 0.0,
         )
+
+
+class _Resolved(Future):
+    """A batched job's future, resolved by the engine when the job ends."""
+
+
+def _prefill_step() -> int:
+    """Prompt tokens each sequence reads per step while others decode: small enough that
+    a step stays short (decoding sequences wait for it), large enough to read quickly."""
+    import mlx.core as mx
+
+    return 512 if mx.metal.is_available() else 256
 
 
 def _longest_token(model: Model) -> int:

@@ -1,0 +1,348 @@
+"""Many sequences decoded together: `BatchDecoder` (the server's scheduler drives it one
+step at a time) and `batch_generate` (a list of prompts in, a list of results out).
+
+Decoding reads every weight once per step, whatever the number of sequences, so a batch
+of eight costs little more than one. The batch itself is mlx-lm's `BatchGenerator`: its
+batch KV caches (left-padded, merged and split as sequences come and go), its prefill in
+chunks interleaved with decode steps (each call does one decode step for the running
+sequences and one prefill chunk for those still reading their prompt, so a long prompt
+never stalls the others), its per-sequence samplers, logits processors and max_tokens.
+
+What is ours:
+- Seeds per sequence. mlx-lm's server refuses to batch a seeded request, since its
+  samplers draw from MLX's one global key. Here each seeded sequence owns its key: the
+  global key is swapped for it around that sequence's draw and the advanced key kept, so
+  a seeded sequence draws the same numbers as it would alone (`mx.random.seed(seed)` and
+  `stream_tokens`), whatever else shares the batch. Its text is then the same too, up to
+  the last bits of batched arithmetic, which can differ from one request's alone.
+- Stop strings on the text (across tokens), stats per sequence, and the KV cache handed
+  back at the end holding exactly the ids it has read (for a prompt-cache pool).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .generation import _StopMatcher
+from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
+
+if TYPE_CHECKING:
+    from .model import Model, Prompt
+
+DEFAULT_MAX_BATCH = 32  # as mlx-lm's server decodes at most
+DEFAULT_PREFILL_BATCH = 8  # prompts read together (mlx-lm's default)
+NO_LIMIT = 1 << 30  # max_tokens=-1
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One prompt's reply from `batch_generate`."""
+
+    text: str
+    finish_reason: str  # "stop" (end of turn or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class SequenceEvent:
+    """What a decode step gave one sequence: new text, and on its last event the finish
+    reason, its stats and its KV cache (holding exactly `cache_tokens`)."""
+
+    uid: int
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token: float = 0.0
+    generation_tps: float = 0.0
+    cache: list[Any] | None = None
+    cache_tokens: list[int] | None = None
+
+
+@dataclass(eq=False)
+class _Sequence:
+    uid: int
+    prompt_tokens: int
+    cached: int
+    params: SamplingParams
+    detokenizer: Any
+    stops: _StopMatcher
+    added: float = field(default_factory=time.perf_counter)
+    first: float | None = None
+    generated: int = 0
+
+    def stats(self, reason: str, text: str = "", cache=None, tokens=None) -> SequenceEvent:
+        now = time.perf_counter()
+        ttft = (self.first or now) - self.added
+        elapsed = now - (self.first or now)
+        return SequenceEvent(
+            self.uid,
+            text,
+            reason,
+            self.prompt_tokens,
+            self.cached,
+            self.generated,
+            ttft,
+            self.generated / elapsed if elapsed > 0 else 0.0,
+            cache,
+            list(tokens) if tokens is not None else None,
+        )
+
+
+class BatchDecoder:
+    """Sequences decoded together on one model; `add` them at any time, call `step`.
+
+    Not thread-safe: one thread (the model thread) makes every call. `max_batch` bounds
+    the sequences decoding at once (more wait inside, in order); `prefill_step_size` the
+    tokens of each prompt read per step.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        prefill_step_size: int = 512,
+        prefill_batch: int = DEFAULT_PREFILL_BATCH,
+    ) -> None:
+        from mlx_lm.generate import BatchGenerator
+
+        self.model = model
+        self._gen = BatchGenerator(
+            model.model,
+            stop_tokens=[[t] for t in model.tokenizer.eos_token_ids],
+            completion_batch_size=max_batch,
+            prefill_batch_size=min(prefill_batch, max_batch),
+            prefill_step_size=prefill_step_size,
+        )
+        self._seqs: dict[int, _Sequence] = {}
+
+    def __len__(self) -> int:
+        """Sequences added and not finished (reading their prompt or decoding)."""
+        return len(self._seqs)
+
+    def add(
+        self,
+        tokens: Sequence[int],
+        params: SamplingParams,
+        *,
+        logits_processors: Sequence[Callable] = (),
+        cache: list[Any] | None = None,
+        cached: int = 0,
+    ) -> int:
+        """Queue a sequence: `tokens` is the whole prompt, of which `cache` (a plain KV
+        cache, as `make_cache` gives) already holds the first `cached`. Returns its uid."""
+        if len(tokens) <= cached:
+            raise ValueError("The prompt must have a token the cache does not hold.")
+        tokens = list(tokens)
+        params = sampling_for(self.model, params)
+        sampler, processors = make_sampling(params, logits_processors)
+        if params.temperature == 0:
+            sampler = None  # mlx-lm's greedy default: one argmax for all such rows
+        elif params.seed is not None:
+            sampler = _seeded(params, params.seed)
+        max_tokens = NO_LIMIT if params.max_tokens == -1 else params.max_tokens
+        (uid,) = self._gen.insert_segments(
+            segments=[[tokens[cached:]]],
+            max_tokens=[max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[tokens[:cached]],
+            samplers=[sampler],
+            logits_processors=[processors],
+        )
+        self._seqs[uid] = _Sequence(
+            uid,
+            len(tokens),
+            cached,
+            params,
+            self.model.tokenizer.detokenizer,
+            _StopMatcher(params.stop),
+        )
+        return uid
+
+    def cancel(self, uid: int) -> SequenceEvent | None:
+        """End a sequence now (finish "cancelled"); its event carries its cache."""
+        seq = self._seqs.pop(uid, None)
+        if seq is None:
+            return None
+        cache, tokens = self._remove(uid)
+        return seq.stats("cancelled", cache=cache, tokens=tokens)
+
+    def step(self) -> list[SequenceEvent]:
+        """One decode step for the decoding sequences and one prefill chunk for those
+        reading: the text each got, and an event with stats for each that finished."""
+        _, responses = self._gen.next()
+        events: list[SequenceEvent] = []
+        for r in responses:
+            seq = self._seqs.get(r.uid)
+            if seq is None:
+                continue
+            if seq.first is None:
+                seq.first = time.perf_counter()
+            detok = seq.detokenizer
+            if r.finish_reason == "stop":  # an end-of-turn token: not part of the text
+                detok.finalize()
+            else:
+                seq.generated += 1
+                detok.add_token(r.token)
+                if r.finish_reason is not None:
+                    detok.finalize()
+            text, stop_hit = seq.stops.feed(detok.last_segment)
+            if r.finish_reason is None and not stop_hit:
+                if text:
+                    events.append(SequenceEvent(r.uid, text))
+                continue
+            del self._seqs[r.uid]
+            if stop_hit:  # the end of the text, whatever else this token did
+                reason = "stop"
+                if r.finish_reason is None:  # the batch still has it
+                    cache, tokens = self._remove(r.uid)
+                else:
+                    cache, tokens = r.prompt_cache, r.all_tokens
+            else:
+                reason, cache, tokens = r.finish_reason, r.prompt_cache, r.all_tokens
+                text += seq.stops.flush()
+            events.append(seq.stats(reason, text, cache, tokens))
+        return events
+
+    def close(self) -> None:
+        self._seqs.clear()
+        self._gen.close()
+
+    def _remove(self, uid: int) -> tuple[list[Any] | None, list[int] | None]:
+        caches = self._gen.remove([uid], return_prompt_caches=True)
+        cache, tokens = caches.get(uid, (None, None))
+        return cache, list(tokens) if tokens is not None else None
+
+
+def _seeded(params: SamplingParams, seed: int) -> Callable:
+    """mlx-lm's sampler chain for `params` (as `make_sampler` builds it) drawing from its
+    own key, split per draw exactly as MLX splits its global key after `mx.random.seed`
+    (see the module docstring)."""
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+    filters: list[Callable] = []
+    if 0 < params.top_p < 1.0:
+        filters.append(lambda x: apply_top_p(x, params.top_p))
+    if params.min_p != 0.0:
+        filters.append(lambda x: apply_min_p(x, params.min_p))
+    if params.top_k > 0:
+        filters.append(lambda x: apply_top_k(x, params.top_k))
+    scale = 1.0 / params.temperature
+    key = [mx.random.key(seed)]
+
+    def sample(logprobs: Any) -> Any:
+        for f in filters:
+            logprobs = f(logprobs)
+        key[0], draw = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * scale, key=draw)
+
+    return sample
+
+
+def batch_generate(
+    model: Model,
+    prompts: Sequence[Prompt],
+    params: SamplingParams | Sequence[SamplingParams] | None = None,
+    *,
+    progress: bool | Callable[[int, int], None] = True,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    prefill_step_size: int = 512,
+    **overrides: Any,
+) -> list[BatchResult]:
+    """Replies to many prompts (raw text, chat messages or token ids), decoded together.
+
+    `params` is one SamplingParams for all, one per prompt, or None (the model's
+    defaults); keyword overrides apply to each (`temperature=0`, `max_tokens=64`).
+    `progress=True` shows a bar (a widget in notebooks); a callable gets (done, total)
+    as prompts finish. Greedy replies are the same as `generate` gives one at a time.
+    Sequences are admitted while the memory planner says their KV (prompt + max_tokens
+    each) fits beside the weights.
+    """
+    from .memory import MemoryPlanner
+
+    prompts = list(prompts)
+    if params is None or isinstance(params, SamplingParams):
+        each = [resolve_params(model, params, overrides)] * len(prompts)
+    else:
+        each = [resolve_params(model, p, overrides) for p in params]
+        if len(each) != len(prompts):
+            raise ValueError(
+                f"Got {len(prompts)} prompts but {len(each)} SamplingParams: pass one per "
+                "prompt, or a single one for all."
+            )
+    if max_batch < 1:
+        raise ValueError("max_batch must be at least 1.")
+    tokens = [model.prompt_tokens(p) for p in prompts]
+    for i, t in enumerate(tokens):
+        if not t:
+            raise ValueError(f"Prompt {i} is empty.")
+    planner = MemoryPlanner.for_model(model)
+    room = planner.budget.bytes - planner.weights
+    per_token = planner.kv_per_token()
+
+    def reserve(i: int) -> int:
+        limit = each[i].max_tokens if each[i].max_tokens > 0 else model.context_length
+        return per_token * (len(tokens[i]) + limit)
+
+    report = _progress(progress, len(prompts))
+    results: dict[int, BatchResult] = {}
+    decoder = BatchDecoder(model, max_batch=max_batch, prefill_step_size=prefill_step_size)
+    parts: dict[int, list[str]] = {}
+    index: dict[int, int] = {}
+    reserved: dict[int, int] = {}
+    pending = list(range(len(prompts)))
+    try:
+        while pending or len(decoder):
+            while pending and (
+                not reserved or sum(reserved.values()) + reserve(pending[0]) <= room
+            ):
+                i = pending.pop(0)
+                uid = decoder.add(tokens[i], each[i])
+                index[uid], parts[uid], reserved[uid] = i, [], reserve(i)
+            for event in decoder.step():
+                parts[event.uid].append(event.text)
+                if event.finish_reason is None:
+                    continue
+                del reserved[event.uid]
+                results[index[event.uid]] = BatchResult(
+                    "".join(parts.pop(event.uid)),
+                    event.finish_reason,
+                    event.prompt_tokens,
+                    event.completion_tokens,
+                )
+                report(len(results))
+    finally:
+        decoder.close()
+        report(None)
+    return [results[i] for i in range(len(prompts))]
+
+
+def _progress(progress: bool | Callable[[int, int], None], total: int) -> Callable:
+    """report(done) as prompts finish, report(None) at the end."""
+    if callable(progress):
+
+        def call(done: int | None) -> None:
+            if done is not None:
+                progress(done, total)
+
+        return call
+    if not progress:
+        return lambda done: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="prompt", desc="generating")
+
+    def update(done: int | None) -> None:
+        if done is None:
+            bar.close()
+        else:
+            bar.update(done - bar.n)
+
+    return update

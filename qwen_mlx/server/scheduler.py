@@ -1,0 +1,263 @@
+"""Continuous batching for the server: concurrent requests decode together on the model
+thread, in one `runtime.BatchDecoder`.
+
+A loop runs on the model thread while there is work. Each turn it admits waiting jobs
+(in arrival order) while the memory planner says the KV of every sequence fits: each
+sequence reserves its prompt plus its max_tokens, so a running batch never grows past
+the budget; a job that does not fit waits. An admitted job takes the longest cached
+prefix from the prompt-cache pool (the pool first shrinks to what the batch leaves).
+Then the loop ends sequences whose client has gone, runs one step (a decode step for
+the decoding sequences and a prefill chunk for those still reading, so a new request
+joins without stalling the others), sends each its text, and gives finished sequences'
+caches back to the pool.
+
+A crash inside a step fails the sequences of that batch (a 500 in OpenAI's shape) and
+the loop goes on with a fresh batch for the jobs still waiting: the server never keeps
+answering /health while generating nothing.
+
+For speculative decoding (not here): `alone` says when one sequence has the model to
+itself (nothing else running or waiting), the only time a draft could help; a batch of
+several runs without it, and `Finished.batch_size` tells each request which it got.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..runtime import Model
+from ..runtime.batch import BatchDecoder, SequenceEvent
+from ..runtime.memory import MemoryPlanner
+from ..runtime.thread import model_thread
+from .cache_pool import PromptCachePool
+from .errors import APIError
+
+if TYPE_CHECKING:
+    from .engine import Event, Finished, Job
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOKENS_PER_SEQUENCE = 4096  # what the default --max-batch plans each sequence for
+MAX_BATCH_CAP = 32  # as mlx-lm's server decodes at most
+QUEUE_PER_SLOT = 4  # default --max-queue: this many waiting requests per batch slot
+
+
+def default_max_batch(planner: MemoryPlanner) -> int:
+    """Sequences of DEFAULT_TOKENS_PER_SEQUENCE whose bf16 KV fits beside the weights
+    (1 to 32): 5 for Qwen3-4B at 4 bits on an 8 GB Mac, 15 on 16 GB, 32 from 32 GB."""
+    room = planner.budget.bytes - planner.weights
+    per_sequence = planner.kv_per_token() * DEFAULT_TOKENS_PER_SEQUENCE
+    return max(1, min(MAX_BATCH_CAP, room // max(per_sequence, 1)))
+
+
+def default_max_queue(max_batch: int) -> int:
+    return QUEUE_PER_SLOT * max_batch
+
+
+@dataclass(eq=False)
+class _Entry:
+    job: Job
+    emit: Callable[[Event], None]
+    done: Callable[[Job, Finished | BaseException], None]
+    reserve: int  # tokens of KV it may come to hold: prompt + max_tokens
+    uid: int = -1
+    reused: int = 0
+    batch_size: int = 1
+
+
+class Scheduler:
+    """Runs jobs together in one batch of at most `max_batch` (see the module docstring).
+    `submit` is safe from any thread; the loop runs on the model thread."""
+
+    def __init__(
+        self,
+        model: Model,
+        pool: PromptCachePool,
+        planner: MemoryPlanner,
+        *,
+        max_batch: int,
+        prefill_step_size: int,
+    ) -> None:
+        self.model = model
+        self.pool = pool
+        self.planner = planner
+        self.max_batch = max_batch
+        self.prefill_step_size = prefill_step_size
+        self.restarts = 0  # batches failed by a crash, each followed by a fresh one
+        self._waiting: deque[_Entry] = deque()
+        self._active: dict[int, _Entry] = {}
+        self._lock = threading.Lock()
+        self._running = False
+        self._decoder: BatchDecoder | None = None
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences in the batch now (reading their prompt or decoding)."""
+        with self._lock:
+            return len(self._active)
+
+    @property
+    def alone(self) -> bool:
+        """One sequence running and none waiting: the seam for speculative decoding."""
+        with self._lock:
+            return len(self._active) == 1 and not self._waiting
+
+    def submit(
+        self,
+        job: Job,
+        emit: Callable[[Event], None],
+        done: Callable[[Job, Finished | BaseException], None],
+    ) -> None:
+        """Queue `job`: its text goes to `emit`, and `done` gets its Finished record (or
+        the error that ended it) before `emit` does."""
+        limit = job.params.max_tokens if job.params.max_tokens > 0 else self.model.context_length
+        entry = _Entry(job, emit, done, len(job.tokens) + limit)
+        with self._lock:
+            self._waiting.append(entry)
+            start, self._running = not self._running, True
+        if start:
+            model_thread().submit(self._loop)
+
+    # -- the loop, on the model thread --------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                if not self._turn():
+                    return
+            except BaseException as e:  # the loop must outlive any step
+                self._fail_batch(e)
+
+    def _turn(self) -> bool:
+        with self._lock:
+            if not self._waiting and not self._active:
+                self._running = False
+                return False
+            gone = [e for e in self._waiting if e.job.stop.is_set()]
+            for entry in gone:
+                self._waiting.remove(entry)
+            admitted = self._admit()
+        for entry in gone:
+            self._finish(entry, None)
+        if self._decoder is None and (admitted or self._active):
+            try:
+                self._decoder = BatchDecoder(
+                    self.model, max_batch=self.max_batch, prefill_step_size=self.prefill_step_size
+                )
+            except Exception as e:
+                for entry in admitted:  # not in the batch yet: _fail_batch would miss them
+                    self._fail(entry, e)
+                raise
+        decoder = self._decoder
+        for entry in admitted:
+            try:
+                checkout = self.pool.checkout(entry.job.tokens)
+                entry.reused = checkout.reused
+                entry.uid = decoder.add(
+                    entry.job.tokens,
+                    entry.job.params,
+                    logits_processors=entry.job.processors,
+                    cache=checkout.cache,
+                    cached=checkout.reused,
+                )
+            except Exception as e:  # this job's own problem: the batch goes on
+                logger.exception("%s: could not join the batch", entry.job.id)
+                self._fail(entry, e)
+                continue
+            with self._lock:
+                self._active[entry.uid] = entry
+        for uid, entry in list(self._active.items()):
+            if entry.job.stop.is_set():
+                self._finish(entry, decoder.cancel(uid))
+        if decoder is None or not len(decoder):
+            return True
+        size = len(decoder)
+        for entry in self._active.values():
+            entry.batch_size = max(entry.batch_size, size)
+        for event in decoder.step():
+            entry = self._active.get(event.uid)
+            if entry is None:
+                continue
+            if event.text:
+                entry.emit(event.text)
+            if event.finish_reason is not None:
+                self._finish(entry, event)
+        return True
+
+    def _admit(self) -> list[_Entry]:
+        """Waiting jobs that fit beside the batch, in order (called holding the lock)."""
+        admitted: list[_Entry] = []
+        held = sum(e.reserve for e in self._active.values())
+        while self._waiting and len(self._active) + len(admitted) < self.max_batch:
+            entry = self._waiting[0]
+            plan = self.planner.plan(held + entry.reserve)
+            if (self._active or admitted) and not plan.fits_memory:
+                break  # it waits for room; the ones behind it wait their turn
+            self._waiting.popleft()
+            admitted.append(entry)
+            held += entry.reserve
+            self.pool.shrink(max(plan.budget - plan.total, 0))
+        return admitted
+
+    def _finish(self, entry: _Entry, event: SequenceEvent | None) -> None:
+        """Pool the sequence's cache, record how it ended and tell its client."""
+        from .engine import Finished
+
+        with self._lock:
+            self._active.pop(entry.uid, None)
+        job = entry.job
+        if event is None:  # it never ran
+            finished = Finished(job.id, "cancelled", len(job.tokens), 0, 0)
+        else:
+            if event.cache is not None and event.cache_tokens:
+                try:
+                    self.pool.checkin(event.cache, event.cache_tokens, len(job.tokens))
+                except Exception:  # the reply is complete: losing its cache costs only time
+                    logger.exception("%s: could not pool its KV cache", job.id)
+            finished = Finished(
+                job.id,
+                event.finish_reason or "cancelled",
+                event.prompt_tokens,
+                event.cached_tokens,
+                event.completion_tokens,
+                event.time_to_first_token,
+                event.generation_tps,
+                batch_size=entry.batch_size,
+            )
+        entry.done(job, finished)
+        entry.emit(finished)
+
+    def _fail_batch(self, error: BaseException) -> None:
+        """A step crashed: its sequences get a 500, and the next turn starts a new batch."""
+        logger.error("the generation loop failed; restarting it", exc_info=error)
+        self.restarts += 1
+        decoder, self._decoder = self._decoder, None
+        with self._lock:
+            failed = list(self._active.values())
+            self._active.clear()
+        if decoder is not None:
+            try:
+                decoder.close()
+            except Exception:  # already failing; the batch is dropped anyway
+                logger.exception("closing the failed batch")
+        for entry in failed:
+            self._fail(entry, error)
+
+    def _fail(self, entry: _Entry, error: BaseException) -> None:
+        failure = APIError(
+            500,
+            "The server had an error while generating this reply. Try again.",
+            type="server_error",
+        )
+        failure.__cause__ = error
+        entry.done(entry.job, failure)
+        entry.emit(failure)

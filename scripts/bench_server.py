@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""`qwen-mlx serve` against `mlx_lm server` under concurrent streaming clients, in one run.
+
+Both servers serve the same converted folder (the trained tiny Qwen3 from
+../shared/models/qwen3-tiny-trained/target, converted with our `convert` into a temp
+folder: bf16 on a CPU, where MLX's quantized matmuls are slow, 4-bit with Metal). Both run
+at once but are measured in turns (the CPU is shared): after a warm-up request each, for
+each concurrency C, C official `openai` clients each stream one chat completion (greedy,
+the same max_tokens) at the same moment, against one server then the other, `--rounds`
+times; the round with the best aggregate counts (load from other programs only slows a
+round down). Then a short request is sent while a long prompt is being read, to show its
+time to first token stays bounded.
+
+Printed per server and concurrency: aggregate generated tokens/s (all tokens / wall
+time), p50 and p95 time to first token, mean per-client tokens/s (after its first
+token); then ours / mlx_lm. Targets: ours >= 1.0x mlx_lm at every concurrency, ours at 8
+clients >= 3x ours at 1.
+
+    python scripts/bench_server.py [--clients 1,4,8,16] [--max-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINED = ROOT.parent / "shared" / "models" / "qwen3-tiny-trained" / "target"
+QUESTIONS = [
+    "Continue:\nimport os",
+    "What does the with statement do?",
+    "Continue:\ndef main(argv):",
+    "Explain list comprehensions.",
+    "Continue:\nclass Path:",
+    "What is a generator?",
+    "Continue:\nfor line in open(path):",
+    "How do decorators work?",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
+    """Start a server and wait until it answers /v1/models."""
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{command[2]} exited early; see {log}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"{command[2]} did not start in 300 s; see {log}")
+
+
+def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
+    """Stream one chat completion; time its first token and count its tokens."""
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+    start = time.perf_counter()
+    first = None
+    chunks = 0
+    usage = None
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if chunk.choices and chunk.choices[0].delta.content:
+            chunks += 1
+            if first is None:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    tokens = usage.completion_tokens if usage is not None else chunks
+    first = first or end
+    return {
+        "ttft": first - start,
+        "tokens": tokens,
+        "start": start,
+        "end": end,
+        "tps": (tokens - 1) / (end - first) if end > first and tokens > 1 else 0.0,
+    }
+
+
+def concurrent(url: str, model: str, clients: int, max_tokens: int) -> dict:
+    results: list[dict] = [{}] * clients
+    barrier = threading.Barrier(clients)
+
+    def client(i: int) -> None:
+        barrier.wait()
+        prompt = QUESTIONS[i % len(QUESTIONS)]
+        results[i] = one_request(url, model, prompt, max_tokens)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    ttfts = sorted(r["ttft"] for r in results)
+    return {
+        "tps": sum(r["tokens"] for r in results) / wall,
+        "p50": statistics.median(ttfts),
+        "p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+        "client_tps": statistics.mean(r["tps"] for r in results),
+    }
+
+
+def behind_long(url: str, model: str, long_words: int) -> tuple[float, float, float]:
+    """(TTFT of a short request alone, TTFT of the same request sent while a long prompt
+    of `long_words` words is being read, TTFT of the long one)."""
+    alone = one_request(url, model, "What is a generator?", 4)["ttft"]
+    long_prompt = "Continue:\n" + " ".join(["import os, sys"] * (long_words // 3))
+    long: dict = {}
+    reader = threading.Thread(target=lambda: long.update(one_request(url, model, long_prompt, 4)))
+    reader.start()
+    time.sleep(0.3)  # the long prompt is being read
+    behind = one_request(url, model, "What is a generator?", 4)["ttft"]
+    reader.join()
+    return alone, behind, long["ttft"]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def report(name: str, c: int, r: dict) -> None:
+    print(
+        f"  {name:<14} {c:>3} clients: {r['tps']:7.1f} tokens/s, TTFT p50 "
+        f"{r['p50'] * 1000:6.0f} ms p95 {r['p95'] * 1000:6.0f} ms, "
+        f"{r['client_tps']:6.1f} tokens/s per client",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", type=Path, default=TRAINED, help="HF checkpoint to convert")
+    p.add_argument(
+        "--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16]
+    )
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=2, help="runs per concurrency; the best counts")
+    p.add_argument("--long-words", type=int, default=1500, help="the long prompt's size")
+    args = p.parse_args(argv)
+    if not (args.source / "config.json").is_file():
+        print(f"no checkpoint at {args.source}", file=sys.stderr)
+        return 1
+
+    import mlx.core as mx
+
+    from qwen_mlx.convert import convert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        quantize = mx.metal.is_available()
+        print(f"converting {args.source.name} ({'4-bit' if quantize else 'bf16'}) ...")
+        folder = convert(
+            str(args.source), mlx_path=tmp / "model", quantize=quantize, home=tmp / "home"
+        ).path
+        python = sys.executable
+        ours_port, theirs_port = free_port(), free_port()
+        servers = {
+            "qwen-mlx serve": (
+                [python, "-m", "qwen_mlx", "serve", "--model", str(folder), "--port",
+                 str(ours_port), "--log-level", "warning"],
+                ours_port,
+            ),
+            "mlx_lm server": (
+                [python, "-m", "mlx_lm", "server", "--model", str(folder), "--port",
+                 str(theirs_port), "--log-level", "WARNING"],
+                theirs_port,
+            ),
+        }  # fmt: skip
+        procs = []
+        try:
+            for command, port in servers.values():
+                procs.append(start(command, port, tmp / f"{port}.log"))
+            # both answer to the --model path as the request's model name
+            urls = {name: f"http://127.0.0.1:{port}/v1" for name, (_, port) in servers.items()}
+            for url in urls.values():
+                one_request(url, str(folder), "warm up", 8)
+            results: dict[str, dict] = {name: {} for name in servers}
+            for c in args.clients:  # the servers take turns, so load drift hits both
+                for _ in range(args.rounds):
+                    for name, url in urls.items():
+                        r = concurrent(url, str(folder), c, args.max_tokens)
+                        report(name, c, r)
+                        if c not in results[name] or r["tps"] > results[name][c]["tps"]:
+                            results[name][c] = r
+            for name, url in urls.items():
+                results[name]["long"] = behind_long(url, str(folder), args.long_words)
+        finally:
+            for proc in procs:
+                stop(proc)
+
+    ours, theirs = results["qwen-mlx serve"], results["mlx_lm server"]
+    print()
+    print(
+        f"{'clients':>7} | {'ours tok/s':>10} {'mlx_lm tok/s':>12} {'ratio':>6} | "
+        f"{'ours TTFT p50/p95 ms':>20} {'mlx_lm TTFT p50/p95 ms':>22} | "
+        f"{'per-client ours/mlx_lm':>22}"
+    )
+    for c in args.clients:
+        o, t = ours[c], theirs[c]
+        print(
+            f"{c:>7} | {o['tps']:>10.1f} {t['tps']:>12.1f} {o['tps'] / t['tps']:>5.2f}x | "
+            f"{o['p50'] * 1000:>9.0f}/{o['p95'] * 1000:<10.0f} "
+            f"{t['p50'] * 1000:>11.0f}/{t['p95'] * 1000:<10.0f} | "
+            f"{o['client_tps']:>9.1f}/{t['client_tps']:<9.1f}"
+        )
+    if 1 in ours and 8 in ours:
+        print(
+            f"\nours at 8 clients / ours at 1: {ours[8]['tps'] / ours[1]['tps']:.2f}x (target 3x)"
+        )
+    for name, rows in results.items():
+        alone, behind, long = rows["long"]
+        print(
+            f"{name}: a short request's TTFT {alone * 1000:.0f} ms alone, {behind * 1000:.0f} ms "
+            f"sent 0.3 s after a {args.long_words}-word prompt (whose own TTFT: "
+            f"{long * 1000:.0f} ms)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

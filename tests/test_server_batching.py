@@ -1,0 +1,250 @@
+"""Continuous batching in the server, through real HTTP with the official `openai` client:
+requests decoding together, joining a running batch, the queue limit, memory admission,
+disconnects, /health and a crash inside the generation loop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from qwen_mlx.runtime import batch
+from qwen_mlx.runtime.memory import Budget, MemoryPlanner
+from qwen_mlx.server import Engine, create_app
+
+from .helpers import start_server
+from .test_server import KEY, MODEL, Served, all_at_once, user
+
+
+def serve(engine: Engine) -> Iterator[Served]:
+    server, thread, port = start_server(create_app(engine, api_key=KEY))
+    yield Served(engine, f"http://127.0.0.1:{port}/v1", thread)
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model) -> Iterator[Served]:
+    engine = Engine(tiny_model, max_context=2048, max_batch=4, max_queue=8, prefill_step_size=16)
+    yield from serve(engine)
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model) -> Iterator[Served]:
+    """Room for one request running and none waiting."""
+    yield from serve(Engine(tiny_model, max_context=2048, max_batch=1, max_queue=0))
+
+
+def health(served: Served) -> dict:
+    return httpx.get(served.url.removesuffix("/v1") + "/health", timeout=10).json()
+
+
+def idle(engine: Engine) -> None:
+    """Wait until no job is running or waiting (a closed stream ends at the next step)."""
+    for _ in range(400):
+        if engine.queued == 0:
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError("the engine did not go idle")
+
+
+def first_chunks(stream, n: int) -> list:
+    """The first `n` content chunks of a chat stream (leaving the stream open)."""
+    got = []
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            got.append(chunk)
+            if len(got) == n:
+                break
+    return got
+
+
+def test_concurrent_requests_decode_together_and_answer_as_alone(served):
+    def ask(i: int) -> str:
+        reply = served.client().completions.create(
+            model=MODEL, prompt=f"{i} pears and " * (i + 1), max_tokens=16, temperature=0
+        )
+        return reply.choices[0].text
+
+    alone = [ask(i) for i in range(4)]
+    assert [f.batch_size for f in list(served.engine.finished)[-4:]] == [1, 1, 1, 1]
+    assert all_at_once(ask, 4) == alone
+    assert max(f.batch_size for f in list(served.engine.finished)[-4:]) > 1
+
+
+def test_a_short_request_behind_a_long_prompt_starts_before_it_is_read(served):
+    client = served.client()
+    long = client.completions.create(
+        model=MODEL, prompt="a long prompt " * 300, max_tokens=4, temperature=0, stream=True
+    )
+    order: list[str] = []
+    reader = threading.Thread(target=lambda: (list(long), order.append("long")))
+    reader.start()
+    short = client.chat.completions.create(
+        model=MODEL, messages=user("short"), max_tokens=2, temperature=0, stream=True
+    )
+    list(short)
+    order.append("short")
+    reader.join(timeout=120)
+    assert order == ["short", "long"]  # it did not wait for the long prompt's prefill
+
+
+def test_health_reports_the_batch_and_the_queue(served):
+    idle(served.engine)
+    before = health(served)
+    assert before["batch_size"] == 0 and before["queue_depth"] == 0
+    assert before["max_batch"] == 4 and before["max_queue"] == 8
+    stream = served.client().chat.completions.create(
+        model=MODEL, messages=user("go"), max_tokens=200, temperature=1.0, stream=True
+    )
+    first_chunks(stream, 1)
+    during = health(served)
+    stream.close()
+    assert during["batch_size"] == 1 and during["queued"] == 1
+
+
+def test_a_client_leaving_mid_stream_leaves_the_batch_and_gives_its_cache_back(served):
+    pool = served.engine.cache
+    idle(served.engine)
+    pool.clear()
+    client = served.client()
+    leaving = client.chat.completions.create(
+        model=MODEL, messages=user("I will leave"), max_tokens=200, temperature=1.0, stream=True
+    )
+    first_chunks(leaving, 2)
+    staying = client.chat.completions.create(
+        model=MODEL, messages=user("I will stay"), max_tokens=12, temperature=0
+    )
+    leaving.close()
+    assert staying.choices[0].finish_reason in ("stop", "length")
+    idle(served.engine)
+    ends = {f.finish_reason for f in list(served.engine.finished)[-2:]}
+    assert "cancelled" in ends and served.engine.queued == 0
+    assert len(pool) == 2  # both sequences' caches came back
+
+
+def test_a_batched_conversation_reuses_its_cached_prefix(served):
+    client = served.client()
+    first = user("Name three rivers.")
+    r1 = client.chat.completions.create(model=MODEL, messages=first, max_tokens=8, temperature=0)
+    second = [
+        *first,
+        {"role": "assistant", "content": r1.choices[0].message.content},
+        *user("And three mountains?"),
+    ]
+    r2 = client.chat.completions.create(model=MODEL, messages=second, max_tokens=8, temperature=0)
+    assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens
+
+
+def test_a_full_queue_gets_503_with_retry_after_in_openai_shape(single):
+    client = single.client()
+    running = client.chat.completions.create(
+        model=MODEL, messages=user("busy"), max_tokens=300, temperature=1.0, stream=True
+    )
+    first_chunks(running, 1)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model=MODEL, messages=user("me too"), max_tokens=4)
+    running.close()
+    response = refused.value.response
+    assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "server_busy"
+
+
+def test_a_request_that_does_not_fit_beside_the_batch_waits_for_room(tiny_model):
+    # Memory for one sequence of this size at a time: the second waits, then runs alone.
+    planner = MemoryPlanner.for_model(tiny_model)
+    room = planner.plan(80)  # each request reserves its prompt (8+) and max_tokens (40)
+    budget = Budget(room.total, room.total, "test")
+    engine = Engine(
+        tiny_model,
+        max_context=64,
+        max_batch=4,
+        planner=MemoryPlanner(planner.shape, planner.weights, budget),
+        cache_bytes=0,
+    )
+    for served in serve(engine):
+
+        def ask(i: int, served=served):
+            return served.client().completions.create(
+                model=MODEL, prompt=f"{i} apples " * 8, max_tokens=40, temperature=0
+            )
+
+        replies = all_at_once(ask, 2)
+        assert all(r.choices[0].finish_reason in ("stop", "length") for r in replies)
+        assert [f.batch_size for f in list(engine.finished)[-2:]] == [1, 1]
+
+
+def test_a_crash_in_the_generation_loop_fails_its_requests_and_the_loop_goes_on(
+    served, monkeypatch
+):
+    real_step = batch.BatchDecoder.step
+    crashed = threading.Event()
+
+    def crash_once(self):
+        if not crashed.is_set():
+            crashed.set()
+            raise RuntimeError("secret internals: the Metal command buffer failed")
+        return real_step(self)
+
+    monkeypatch.setattr(batch.BatchDecoder, "step", crash_once)
+    restarts = served.engine.scheduler.restarts
+    client = served.client()
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=4)
+    assert failed.value.status_code == 500 and "secret" not in failed.value.response.text
+    assert failed.value.response.json()["error"]["type"] == "server_error"
+    assert served.engine.scheduler.restarts == restarts + 1
+    crashed.clear()  # the next step crashes again: this time mid-stream
+    stream = served.post(
+        "/chat/completions", json={"messages": user("hi"), "max_tokens": 4, "stream": True}
+    )
+    assert '"server_error"' in stream.text and "secret" not in stream.text
+    assert stream.text.rstrip().endswith("data: [DONE]")
+    reply = client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=4)
+    assert reply.choices[0].finish_reason in ("stop", "length")  # generating again
+    assert health(served)["restarts"] == restarts + 2 and served.engine.queued == 0
+
+
+def test_the_default_batch_is_what_memory_holds_and_the_flags_are_checked(capsys):
+    from qwen_mlx.cli.serve import main
+    from qwen_mlx.runtime.memory import ModelShape
+    from qwen_mlx.server.scheduler import default_max_batch, default_max_queue
+
+    qwen3_4b = ModelShape(36, 32, 8, 128, 2560, 262144)
+    weights = 2_262_920_192  # 4-bit
+    budgets = [Budget((gib << 30) * 2 // 3, gib << 30, "mac") for gib in (8, 16, 32)]
+    sizes = [default_max_batch(MemoryPlanner(qwen3_4b, weights, b)) for b in budgets]
+    assert sizes == [5, 15, 32]  # 4,096-token sequences beside the weights, at most 32
+    assert default_max_queue(15) == 60
+    assert main(["--max-batch", "0"]) == 1
+    assert "--max-batch must be positive" in capsys.readouterr().err
+    assert main(["--max-queue", "-1"]) == 1
+    assert "--max-queue" in capsys.readouterr().err
+
+
+@pytest.mark.interop
+def test_the_server_benchmark_runs_against_mlx_lm_server():
+    import subprocess
+    import sys
+
+    from .conftest import SCRIPTS
+    from .test_batch import TRAINED
+
+    if not (TRAINED / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED}")
+    args = ["--clients", "1,2", "--max-tokens", "4", "--rounds", "1", "--long-words", "60"]
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_server.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("1 |", "2 |"))]
+    assert len(rows) == 2 and all("x |" in row for row in rows)
+    assert "mlx_lm server: a short request's TTFT" in out.stdout
