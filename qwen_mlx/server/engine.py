@@ -27,7 +27,15 @@ from typing import Any
 from fastapi import Request
 
 from ..errors import GenerationCancelled
-from ..runtime import Model, SamplingParams, cache_length, make_cache, stream_tokens, trim_cache
+from ..runtime import (
+    Model,
+    SamplingParams,
+    TokenLogprob,
+    cache_length,
+    make_cache,
+    stream_tokens,
+    trim_cache,
+)
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
@@ -47,6 +55,7 @@ class Job:
     tokens: list[int]
     params: SamplingParams
     processors: list[Callable[..., Any]] = field(default_factory=list)
+    logprobs: int | None = None  # with each token's logprob and this many alternatives
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -62,6 +71,20 @@ class Finished:
     completion_tokens: int
     time_to_first_token: float = 0.0
     generation_tps: float = 0.0
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
+    reply_tokens: tuple[int, ...] = ()  # the ids it generated (an end-of-turn one too)
+
+
+class Text(str):
+    """Generated text with the log probabilities of the tokens it came from (jobs that
+    ask for `logprobs` get these; a plain `str` is everything else)."""
+
+    logprobs: tuple[TokenLogprob, ...]
+
+    def __new__(cls, text: str, logprobs: tuple[TokenLogprob, ...]) -> Text:
+        self = super().__new__(cls, text)
+        self.logprobs = logprobs
+        return self
 
 
 Event = str | Finished | BaseException
@@ -73,9 +96,10 @@ class Engine:
 
     `stream_tokens` is the single call that runs the model (`runtime.stream_tokens`); tests
     replace it with a scripted stream to get exact replies from a random model. `finished`
-    records how the last jobs ended. `names` are what a request's `model` may say: the
-    model's name, its family id (the alias users pass, e.g. `qwen3-4b-instruct`) and any
-    `aliases` (the reference it was loaded by).
+    records how the last jobs ended, and each of `observers` is called with every Finished
+    record, on the model thread (the metrics count them). `names` are what a request's
+    `model` may say: the model's name, its family id (the alias users pass, e.g.
+    `qwen3-4b-instruct`) and any `aliases` (the reference it was loaded by).
     """
 
     def __init__(
@@ -103,6 +127,7 @@ class Engine:
         self.cache = PromptCachePool(lambda: make_cache(model, kv_bits), cache_bytes)
         self.stream_tokens = stream_tokens
         self.finished: deque[Finished] = deque(maxlen=256)
+        self.observers: list[Callable[[Finished], None]] = []
         self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
         self._jobs: dict[Job, Future[None]] = {}  # waiting or running, with their futures
         self._jobs_lock = threading.Lock()
@@ -194,6 +219,11 @@ class Engine:
             with self._jobs_lock:
                 self._jobs.pop(job, None)
         self.finished.append(finished)
+        for observe in self.observers:
+            try:
+                observe(finished)
+            except Exception:  # a broken observer must not lose the reply
+                logger.exception("an observer of finished jobs failed")
         logger.info(
             "%s: %d prompt tokens (%d cached), %d generated at %.1f tokens/s, finish: %s",
             job.id,
@@ -227,13 +257,17 @@ class Engine:
                 prefill_step_size=plan.chunk,
                 logits_processors=job.processors,
                 should_stop=job.stop.is_set,
+                logprobs=job.logprobs,
             ):
                 last = chunk
-                if chunk.text:
+                if chunk.logprobs:
+                    emit(Text(chunk.text, chunk.logprobs))
+                elif chunk.text:
                     emit(chunk.text)
             reason = last.finish_reason if last and last.finish_reason else "cancelled"
         except GenerationCancelled:
             reason = "cancelled"
+        reply = tuple(held[len(tokens) :])
         # The cache may hold one token more or fewer than we saw (the last one sampled):
         # make the two agree before pooling it.
         length = cache_length(cache)
@@ -250,6 +284,8 @@ class Engine:
             last.generation_tokens if last else 0,
             last.time_to_first_token if last else 0.0,
             last.generation_tps if last else 0.0,
+            last.stop_string if last and reason == "stop" else None,
+            reply,
         )
 
 
