@@ -352,7 +352,8 @@ class _Turn:
         """The finished response (stored when asked to)."""
         incomplete = "max_output_tokens" if reason == "length" else None
         output = self.output(content, calls)
-        response = self.response("incomplete" if incomplete else "completed", output, done)
+        status = "incomplete" if incomplete else "completed"
+        response = self.response(status, output, done, incomplete)
         if self.req.store:
             message: dict[str, Any] = {"role": "assistant", "content": content or ""}
             reply_ids = dict(self.reply_ids)
@@ -371,11 +372,11 @@ class _Turn:
         """The Responses event stream."""
         sequence = 0
 
-        def event(name: str, **data: Any) -> str:
+        def event(kind: str, **data: Any) -> str:
             nonlocal sequence
             sequence += 1
-            body = {"type": name, "sequence_number": sequence - 1, **data}
-            return f"event: {name}\ndata: {json.dumps(body)}\n\n"
+            body = {"type": kind, "sequence_number": sequence - 1, **data}
+            return f"event: {kind}\ndata: {json.dumps(body)}\n\n"
 
         text: list[str] = []
         where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
