@@ -153,11 +153,23 @@ class RequestCounter:
             self.metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
 
     def _route(self, scope: Any) -> str:
-        for route in self.routes.router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return getattr(route, "path", "unmatched")
-        return "unmatched"
+        # FastAPI names the route it ran; a request refused before routing (the body
+        # limit, the host check) is matched here.
+        route = scope.get("route") or _find(self.routes.router.routes, scope)
+        return getattr(route, "path", None) or "unmatched"
+
+
+def _find(routes: Any, scope: Any) -> Any:
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # FastAPI's included routers
+        if inner is not None:
+            if (found := _find(inner.routes, scope)) is not None:
+                return found
+            continue
+        match, child = route.matches(dict(scope))
+        if match == Match.FULL:
+            return child.get("route", route)
+    return None
 
 
 def install(app: FastAPI, engine: Engine, router: APIRouter) -> Metrics:
