@@ -32,6 +32,8 @@ examples:
 
 then point any OpenAI client at it:
   OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
+or any Anthropic client (Claude Code too):
+  ANTHROPIC_BASE_URL=http://127.0.0.1:8080 ANTHROPIC_MODEL=qwen3-4b-instruct claude
 """
 
 
@@ -39,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         allow_abbrev=False,
         prog="qwen-mlx serve",
-        description="Serve the model over an OpenAI-compatible HTTP API: /v1/chat/completions, "
-        "/v1/completions, /v1/models and /health.",
+        description="Serve the model over HTTP: OpenAI's /v1/chat/completions, /v1/completions, "
+        "/v1/responses and /v1/models, Anthropic's /v1/messages, Prometheus' /metrics, "
+        "and /health.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -50,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
-        help=f"require `Authorization: Bearer KEY` on every route but /health "
+        help=f"require `Authorization: Bearer KEY` (or `x-api-key: KEY` on /v1/messages) on "
+        "every route but /health "
         f"(default: ${API_KEY_ENV}, which keeps the key out of the process list)",
     )
     p.add_argument(

@@ -119,10 +119,12 @@ class MessagesRequest(CountRequest):
 
 def install(app: FastAPI, engine: Engine, api_key: str | None) -> None:
     """Serve the Messages API on `app`, with its own key check and error shape."""
+    from .app import _valid_unicode
+
     app.add_middleware(AnthropicErrors)
     router = APIRouter(dependencies=[Depends(_key_check(api_key))] if api_key else [])
 
-    @router.post(PREFIX)
+    @router.post(PREFIX, dependencies=[Depends(_valid_unicode)])
     async def messages(req: MessagesRequest, request: Request) -> Any:
         engine.check_model(req.model)
         job, reply = await engine.prepare(prepare_chat, engine, to_chat_request(req))
@@ -160,7 +162,7 @@ def install(app: FastAPI, engine: Engine, api_key: str | None) -> None:
             "usage": _usage(done),
         }
 
-    @router.post(PREFIX + "/count_tokens")
+    @router.post(PREFIX + "/count_tokens", dependencies=[Depends(_valid_unicode)])
     async def count_tokens(req: CountRequest) -> dict[str, int]:
         engine.check_model(req.model)
         chat = to_chat_request(req, max_tokens=1)
