@@ -1,4 +1,6 @@
 """The FastAPI app: OpenAI's routes over one engine, the API key check, and the responses.
+The other protocols live in their own modules and are registered here: the Responses API
+(`responses.py`), Anthropic's Messages API (`anthropic.py`) and `/metrics` (`metrics.py`).
 
 The event loop only parses requests, hands preparation to the engine's preparation
 threads, and relays the text the model thread generates, whole or as server-sent events
