@@ -339,3 +339,59 @@ def test_an_error_mid_stream_is_an_error_event(client, model_stream):
         for _ in stream:
             pass
     assert "secret" not in str(e.value)
+
+
+def test_a_request_shaped_like_claude_codes_is_served(served, model_stream):
+    """What Claude Code sends: ?beta=true, beta headers, cache_control everywhere,
+    thinking and metadata, earlier thinking blocks, tool results as block lists."""
+    seen: list = []
+    model_stream(scripted("Done.", seen))
+    cache = {"type": "ephemeral"}
+    body = {
+        "model": MODEL,
+        "max_tokens": 32,
+        "stream": True,
+        "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": cache}],
+        "tools": [dict(TOOL, cache_control=cache)],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "metadata": {"user_id": "someone"},
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Weather?", "cache_control": cache}],
+            },
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "Let me look.", "signature": "x"},
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_weather",
+                        "input": {"city": "Oslo", "unit": "celsius"},
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "is_error": True,
+                        "content": [{"type": "text", "text": "service down"}],
+                    },
+                    {"type": "text", "text": "Try again later."},
+                ],
+            },
+        ],
+    }
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "anthropic-beta": "x"}
+    response = httpx.post(
+        served[1] + "/v1/messages?beta=true", json=body, headers=headers, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    assert "event: message_stop" in response.text and "Done." in response.text
+    prompt = served[0].model.tokenizer.decode(seen[0][0])
+    assert "<tool_response>\nError: service down\n</tool_response>" in prompt
+    assert "Try again later." in prompt and "Let me look." not in prompt
