@@ -316,6 +316,7 @@ def test_errors_are_in_openais_shape_and_the_key_is_needed(served, client):
     for body, param in (
         ({"input": [{"type": "input_image", "image_url": "x"}]}, "input.0"),
         ({"input": "hi", "temperature": 3}, "temperature"),
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.0"),
         ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, None),
     ):
         response = httpx.post(served.url + "/responses", json=body, headers=headers, timeout=30)
@@ -324,3 +325,52 @@ def test_errors_are_in_openais_shape_and_the_key_is_needed(served, client):
         assert set(error) == {"message", "type", "param", "code"} and error["message"]
         if param is not None:
             assert error["param"] == param
+
+
+def test_a_request_shaped_like_codexs_is_served(served, model_stream):
+    """What Codex CLI sends: long instructions, input_text parts, earlier reasoning
+    items, function tools with strict, store false, include, prompt_cache_key."""
+    seen: list = []
+    model_stream(scripted("Listing.", seen))
+    body = {
+        "model": MODEL,
+        "instructions": "You are Codex, a coding agent.",
+        "input": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "ls"}]},
+            {"type": "reasoning", "summary": [], "encrypted_content": None},
+            {
+                "type": "function_call",
+                "name": "shell",
+                "arguments": '{"command": ["ls"]}',
+                "call_id": "call_1",
+            },
+            {"type": "function_call_output", "call_id": "call_1", "output": "README.md"},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "name": "shell",
+                "description": "Runs a command.",
+                "strict": False,
+                "parameters": {
+                    "type": "object",
+                    "properties": {"command": {"type": "array", "items": {"type": "string"}}},
+                    "required": ["command"],
+                },
+            }
+        ],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": None,
+        "store": False,
+        "stream": True,
+        "include": [],
+        "prompt_cache_key": "abc",
+    }
+    headers = {"Authorization": f"Bearer {KEY}"}
+    response = httpx.post(served.url + "/responses", json=body, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    assert "event: response.completed" in response.text and "Listing." in response.text
+    prompt = served.model.tokenizer.decode(seen[0][0])
+    assert "You are Codex" in prompt and "<tool_response>\nREADME.md\n</tool_response>" in prompt
+    assert '{"name": "shell", "arguments": {"command": ["ls"]}}' in prompt

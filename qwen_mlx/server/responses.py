@@ -67,8 +67,8 @@ class Item(_Body):
 
 
 class FunctionTool(_Body):
-    type: Literal["function"]
-    name: str
+    type: str  # "function"; OpenAI's hosted tools (web search, ...) are refused
+    name: str | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: StrictBool | None = None
@@ -243,6 +243,14 @@ class _Turn:
             "top_k": req.top_k,
             "seed": req.seed,
         }
+        for i, tool in enumerate(req.tools or []):
+            if tool.type != "function" or not tool.name:
+                raise APIError(
+                    400,
+                    f"tools.{i}: only function tools with a name run here, not {tool.type!r}; "
+                    "define the tool as a function.",
+                    param=f"tools.{i}",
+                )
         if req.tools:
             body["tools"] = [
                 {
