@@ -374,3 +374,32 @@ def test_a_request_shaped_like_codexs_is_served(served, model_stream):
     prompt = served.model.tokenizer.decode(seen[0][0])
     assert "You are Codex" in prompt and "<tool_response>\nREADME.md\n</tool_response>" in prompt
     assert '{"name": "shell", "arguments": {"command": ["ls"]}}' in prompt
+
+
+def test_output_text_logprobs_come_when_included(client, served):
+    args = dict(
+        model=MODEL,
+        input="Tell me",
+        max_output_tokens=5,
+        temperature=0,
+        include=["message.output_text.logprobs"],
+        top_logprobs=2,
+    )
+    served.cache.clear()
+    response = client.responses.create(**args)
+    logprobs = response.output[0].content[0].logprobs
+    assert len(logprobs) == response.usage.output_tokens
+    for entry in logprobs:
+        assert len(entry.top_logprobs) == 2
+        assert (entry.top_logprobs[0].token, entry.top_logprobs[0].logprob) == (
+            entry.token,
+            entry.logprob,
+        )
+    joined = b"".join(bytes(e.bytes) for e in logprobs).decode("utf-8", errors="replace")
+    assert joined == response.output_text
+    served.cache.clear()
+    events = list(client.responses.create(**args, stream=True))
+    deltas = [e for ev in events if ev.type == "response.output_text.delta" for e in ev.logprobs]
+    assert [(e.token, e.logprob) for e in deltas] == [(e.token, e.logprob) for e in logprobs]
+    plain = client.responses.create(model=MODEL, input="Tell me", max_output_tokens=2)
+    assert plain.output[0].content[0].logprobs == []

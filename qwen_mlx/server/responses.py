@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from ..chat.tools import ToolCall
 from .engine import Engine, Finished, Job
 from .errors import APIError
+from .logprobs import chat_logprobs, scored
 from .prepare import Reply, prepare_chat
 from .schemas import ChatRequest
 
@@ -111,6 +112,8 @@ class ResponsesRequest(_Body):
     store: StrictBool = True
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
+    include: list[str] | None = None  # "message.output_text.logprobs" asks for logprobs
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
 
 
 @dataclass
@@ -177,6 +180,7 @@ def install(router: APIRouter, engine: Engine, store: ResponseStore | None = Non
             return reply.finish(done.finish_reason)
 
         _, content, calls, reason = await _off_loop(reply, shape)
+        turn.logprobs += turn.entries(parts)
         return turn.complete(done, content, calls, reason)
 
     @router.get("/v1/responses/{response_id}")
@@ -229,6 +233,14 @@ class _Turn:
             history = list(previous.messages)
             self.reply_ids = dict(previous.reply_ids)
         self.messages = history + _messages(req.input)
+        self.wants_logprobs = "message.output_text.logprobs" in (req.include or [])
+        self.logprobs: list[dict[str, Any]] = []  # the output text's, when asked for
+
+    def entries(self, parts: list[str]) -> list[dict[str, Any]]:
+        """The logprobs entries of these pieces of generated text."""
+        if not self.wants_logprobs:
+            return []
+        return chat_logprobs(self.engine.model, scored(parts))["content"]
 
     def prepare(self) -> tuple[Job, Reply]:
         """The job (on a preparation thread): the chat request through `prepare_chat`."""
@@ -243,6 +255,8 @@ class _Turn:
             "top_k": req.top_k,
             "seed": req.seed,
         }
+        if self.wants_logprobs:
+            body.update(logprobs=True, top_logprobs=req.top_logprobs or 0)
         for i, tool in enumerate(req.tools or []):
             if tool.type != "function" or not tool.name:
                 raise APIError(
@@ -294,7 +308,8 @@ class _Turn:
         return items
 
     def _message_item(self, text: str, status: str) -> dict[str, Any]:
-        parts = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": self.logprobs}
+        parts = [part]
         return {
             "id": self.message_id,
             "type": "message",
@@ -405,12 +420,18 @@ class _Turn:
                 async for item in stream:
                     if isinstance(item, Finished):
                         done = item
-                    elif shown := await _off_loop(reply, lambda item=item: reply.feed(item)):
+                        continue
+                    shown = await _off_loop(reply, lambda item=item: reply.feed(item))
+                    entries = self.entries([item])
+                    self.logprobs += entries
+                    if shown:
                         if not text:
                             for e in open_text():
                                 yield e
                         text.append(shown)
-                        yield event("response.output_text.delta", delta=shown, logprobs=[], **where)
+                        yield event(
+                            "response.output_text.delta", delta=shown, logprobs=entries, **where
+                        )
             if done is None or done.finish_reason == "cancelled":
                 return
             reason = done.finish_reason
@@ -424,7 +445,9 @@ class _Turn:
             index = 0
             if text:
                 whole = "".join(text)
-                yield event("response.output_text.done", text=whole, logprobs=[], **where)
+                yield event(
+                    "response.output_text.done", text=whole, logprobs=self.logprobs, **where
+                )
                 yield event("response.content_part.done", part=dict(part, text=whole), **where)
                 item = self._message_item(whole, "completed")
                 yield event("response.output_item.done", output_index=0, item=item)
