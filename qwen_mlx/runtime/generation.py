@@ -229,13 +229,15 @@ def _score(token: int, distribution: Any, top: int) -> TokenLogprob:
     `top` most likely tokens, best first."""
     import mlx.core as mx
 
-    best: tuple[tuple[int, float], ...] = ()
+    chosen = distribution[token]
+    if top <= 0:
+        return TokenLogprob(token, chosen.item())
     top = min(top, distribution.size)
-    if top > 0:
-        ids = mx.argpartition(-distribution, top - 1)[:top]
-        values = distribution[ids].tolist()
-        best = tuple(sorted(zip(ids.tolist(), values, strict=True), key=lambda p: -p[1]))
-    return TokenLogprob(token, distribution[token].item(), best)
+    ids = mx.argpartition(-distribution, top - 1)[:top]
+    values = distribution[ids]
+    mx.eval(ids, values, chosen)  # one evaluation for all three
+    best = sorted(zip(ids.tolist(), values.tolist(), strict=True), key=lambda p: -p[1])
+    return TokenLogprob(token, chosen.item(), tuple(best))
 
 
 def stream_generate(
