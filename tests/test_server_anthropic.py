@@ -395,3 +395,11 @@ def test_a_request_shaped_like_claude_codes_is_served(served, model_stream):
     prompt = served[0].model.tokenizer.decode(seen[0][0])
     assert "<tool_response>\nError: service down\n</tool_response>" in prompt
     assert "Try again later." in prompt and "Let me look." not in prompt
+
+
+def test_text_that_is_not_valid_unicode_is_400(served):
+    turn = '{"role": "user", "content": "a\\ud800"}'
+    body = f'{{"model": "{MODEL}", "max_tokens": 2, "messages": [{turn}]}}'.encode()
+    headers = {"x-api-key": KEY, "content-type": "application/json"}
+    response = httpx.post(served[1] + "/v1/messages", content=body, headers=headers, timeout=10)
+    assert "not valid Unicode" in assert_anthropic_error(response, 400, "invalid_request_error")

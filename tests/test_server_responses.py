@@ -403,3 +403,12 @@ def test_output_text_logprobs_come_when_included(client, served):
     assert [(e.token, e.logprob) for e in deltas] == [(e.token, e.logprob) for e in logprobs]
     plain = client.responses.create(model=MODEL, input="Tell me", max_output_tokens=2)
     assert plain.output[0].content[0].logprobs == []
+
+
+def test_text_that_is_not_valid_unicode_is_400(served):
+    headers = {"Authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    response = httpx.post(
+        served.url + "/responses", content=b'{"input": "a\\ud800"}', headers=headers, timeout=10
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_unicode"
