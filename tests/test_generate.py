@@ -202,3 +202,31 @@ def test_sampling_params_refuse_non_finite_and_mistyped_values():
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SamplingParams(**bad)
+
+
+def test_stream_tokens_reports_each_sampled_tokens_logprob_once(tiny_model):
+    from qwen_mlx.runtime import stream_tokens
+
+    ids = tiny_model.prompt_tokens(MESSAGES)
+    params = tiny_model.default_params.replace(temperature=0, max_tokens=12)
+    chunks = list(stream_tokens(tiny_model, ids, params, logprobs=3))
+    scored = [lp for c in chunks for lp in c.logprobs]
+    assert len(scored) == chunks[-1].generation_tokens
+    assert tiny_model.tokenizer.decode([lp.token for lp in scored]) == "".join(
+        c.text for c in chunks
+    )
+    for lp in scored:  # greedy: the chosen token is the best of the top 3
+        assert len(lp.top) == 3 and lp.top[0] == (lp.token, lp.logprob)
+        assert lp.top[0][1] >= lp.top[1][1] >= lp.top[2][1]
+    assert not any(c.logprobs for c in stream_tokens(tiny_model, ids, params))
+
+
+def test_the_stop_string_that_ended_a_reply_is_named(tiny_model):
+    full, _ = _token_texts(tiny_model)
+    stop = full[10:13]
+    last = list(
+        stream_generate(tiny_model, MESSAGES, temperature=0, max_tokens=30, stop=["zzzz", stop])
+    )[-1]
+    assert last.finish_reason == "stop" and last.stop_string == stop
+    last = list(stream_generate(tiny_model, MESSAGES, temperature=0, max_tokens=5))[-1]
+    assert last.stop_string is None

@@ -33,14 +33,17 @@ examples:
 
 then point any OpenAI client at it:
   OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
+or any Anthropic client (Claude Code too):
+  ANTHROPIC_BASE_URL=http://127.0.0.1:8080 ANTHROPIC_MODEL=qwen3-4b-instruct claude
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser(
         "serve",
-        "Serve the model over an OpenAI-compatible HTTP API: /v1/chat/completions, "
-        "/v1/completions, /v1/models and /health.",
+        "Serve the model over HTTP: OpenAI's /v1/chat/completions, /v1/completions, "
+        "/v1/responses and /v1/models, Anthropic's /v1/messages, Ollama's /api/chat and "
+        "/api/generate, Prometheus' /metrics, and /health.",
         EXAMPLES,
     )
     add_model_arg(p)
@@ -49,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
-        help=f"require `Authorization: Bearer KEY` on every route but /health "
+        help=f"require `Authorization: Bearer KEY` (or `x-api-key: KEY` on /v1/messages) on "
+        "every route but /health "
         f"(default: ${API_KEY_ENV}, which keeps the key out of the process list)",
     )
     p.add_argument(

@@ -33,6 +33,7 @@ _EXPORTS = {
     "save_cache": "cache",
     "trim_cache": "cache",
     "GenerationChunk": "generation",
+    "TokenLogprob": "generation",
     "generate": "generation",
     "stream_generate": "generation",
     "stream_tokens": "generation",
@@ -56,6 +57,7 @@ __all__ = [
     "Model",
     "Prompt",
     "SamplingParams",
+    "TokenLogprob",
     "batch_generate",
     "cache_length",
     "cache_nbytes",
@@ -92,7 +94,14 @@ if TYPE_CHECKING:
         save_cache,
         trim_cache,
     )
-    from .generation import GenerationChunk, generate, stream_generate, stream_tokens, timely_chunk
+    from .generation import (
+        GenerationChunk,
+        TokenLogprob,
+        generate,
+        stream_generate,
+        stream_tokens,
+        timely_chunk,
+    )
     from .messages import Message
     from .model import Model, Prompt, load, yarn_overrides
     from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .generation import _StopMatcher
+from .generation import TokenLogprob, _StopMatcher, score_token
 from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
 
 if TYPE_CHECKING:
@@ -62,6 +62,10 @@ class SequenceEvent:
     generation_tps: float = 0.0
     cache: list[Any] | None = None
     cache_tokens: list[int] | None = None
+    # With `add(..., logprobs=k)`: the log probabilities of the tokens behind `text`.
+    logprobs: tuple[TokenLogprob, ...] = ()
+    stop_string: str | None = None  # on the last event: the stop string that ended it
+    reply_tokens: tuple[int, ...] = ()  # on the last event: the ids generated (end of turn too)
 
 
 @dataclass(eq=False)
@@ -75,22 +79,33 @@ class _Sequence:
     added: float = field(default_factory=time.perf_counter)
     first: float | None = None
     generated: int = 0
+    logprobs: int | None = None  # score each token, with this many alternatives
+    scored: list[TokenLogprob] = field(default_factory=list)  # not yet sent with text
+    reply: list[int] = field(default_factory=list)
+
+    def taken(self) -> tuple[TokenLogprob, ...]:
+        taken = tuple(self.scored)
+        self.scored.clear()
+        return taken
 
     def stats(self, reason: str, text: str = "", cache=None, tokens=None) -> SequenceEvent:
         now = time.perf_counter()
         ttft = (self.first or now) - self.added
         elapsed = now - (self.first or now)
         return SequenceEvent(
-            self.uid,
-            text,
-            reason,
-            self.prompt_tokens,
-            self.cached,
-            self.generated,
-            ttft,
-            self.generated / elapsed if elapsed > 0 else 0.0,
-            cache,
-            list(tokens) if tokens is not None else None,
+            uid=self.uid,
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached,
+            completion_tokens=self.generated,
+            time_to_first_token=ttft,
+            generation_tps=self.generated / elapsed if elapsed > 0 else 0.0,
+            cache=cache,
+            cache_tokens=list(tokens) if tokens is not None else None,
+            logprobs=self.taken(),
+            stop_string=self.stops.hit if reason == "stop" else None,
+            reply_tokens=tuple(self.reply),
         )
 
 
@@ -134,9 +149,12 @@ class BatchDecoder:
         logits_processors: Sequence[Callable] = (),
         cache: list[Any] | None = None,
         cached: int = 0,
+        logprobs: int | None = None,
     ) -> int:
         """Queue a sequence: `tokens` is the whole prompt, of which `cache` (a plain KV
-        cache, as `make_cache` gives) already holds the first `cached`. Returns its uid."""
+        cache, as `make_cache` gives) already holds the first `cached`. With `logprobs`
+        (0 to 20), its events carry each token's log probability and that many of the
+        likeliest alternatives, as `stream_tokens` gives them. Returns its uid."""
         if len(tokens) <= cached:
             raise ValueError("The prompt must have a token the cache does not hold.")
         tokens = list(tokens)
@@ -162,6 +180,7 @@ class BatchDecoder:
             params,
             self.model.tokenizer.detokenizer,
             _StopMatcher(params.stop),
+            logprobs=logprobs,
         )
         return uid
 
@@ -185,17 +204,20 @@ class BatchDecoder:
             if seq.first is None:
                 seq.first = time.perf_counter()
             detok = seq.detokenizer
+            seq.reply.append(r.token)
             if r.finish_reason == "stop":  # an end-of-turn token: not part of the text
                 detok.finalize()
             else:
                 seq.generated += 1
+                if seq.logprobs is not None:
+                    seq.scored.append(score_token(r.token, r.logprobs, seq.logprobs))
                 detok.add_token(r.token)
                 if r.finish_reason is not None:
                     detok.finalize()
             text, stop_hit = seq.stops.feed(detok.last_segment)
             if r.finish_reason is None and not stop_hit:
                 if text:
-                    events.append(SequenceEvent(r.uid, text))
+                    events.append(SequenceEvent(r.uid, text, logprobs=seq.taken()))
                 continue
             del self._seqs[r.uid]
             if stop_hit:  # the end of the text, whatever else this token did

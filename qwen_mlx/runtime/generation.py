@@ -18,11 +18,24 @@ from .sampling import SamplingParams, make_sampling, resolve_params, sampling_fo
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log probability under the model (after logits processors, before
+    temperature), and the `top` most likely tokens at that step as (id, logprob)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationChunk:
     """One step of `stream_generate`: new text and the running stats.
 
     `finish_reason` is None until the last chunk, then "stop" (end of turn or a stop
-    string), "length" (max_tokens) or "cancelled".
+    string), "length" (max_tokens) or "cancelled"; `stop_string` names the stop string
+    that ended it, if one did. With `stream_tokens(logprobs=k)`, `logprobs` holds the
+    tokens sampled since the previous chunk (a token whose text is still incomplete, or
+    held back, comes with a later chunk).
     """
 
     text: str
@@ -34,6 +47,8 @@ class GenerationChunk:
     peak_memory: float  # GB
     time_to_first_token: float  # seconds
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    stop_string: str | None = None
 
 
 def held_back(text: str, markers: Sequence[str]) -> int:
@@ -55,6 +70,7 @@ class _StopMatcher:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(stops)
         self.pending = ""
+        self.hit: str | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Return (text safe to emit, whether a stop string was hit)."""
@@ -62,9 +78,10 @@ class _StopMatcher:
         if not self.stops:
             out, self.pending = self.pending, ""
             return out, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s, i in ((s, self.pending.find(s)) for s in self.stops) if i >= 0]
         if hits:
-            out = self.pending[: min(hits)]
+            at, self.hit = min(hits)
+            out = self.pending[:at]
             self.pending = ""
             return out, True
         keep = held_back(self.pending, self.stops)
@@ -89,6 +106,7 @@ def stream_tokens(
     logits_processors: Sequence[Callable] = (),
     should_stop: Callable[[], bool] | None = None,
     on_token: Callable[[int], None] | None = None,
+    logprobs: int | None = None,
 ) -> Iterator[GenerationChunk]:
     """Generate from token ids, optionally continuing a KV cache (updated in place).
 
@@ -96,7 +114,9 @@ def stream_tokens(
     happens: each prefill chunk and each token fed to the model (the end-of-turn token
     included) is appended as the cache takes it. `should_stop` is polled between prefill
     chunks (raising GenerationCancelled) and between tokens (finish "cancelled").
-    `on_token` sees each token as the model takes it (benchmarks time them).
+    `on_token` sees each token as the model takes it (benchmarks time them). With
+    `logprobs` (0 to 20), each chunk carries its tokens' log probabilities and that many
+    most likely alternatives (see `GenerationChunk`).
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step, generation_stream, wired_limit
@@ -116,9 +136,12 @@ def stream_tokens(
     n = 0
     finish: str | None = None
     stop_hit = False
+    scored: list[TokenLogprob] = []
 
     def chunk(text: str, token: int | None, reason: str | None = None) -> GenerationChunk:
         elapsed = time.perf_counter() - start - ttft
+        taken = tuple(scored)
+        scored.clear()
         return GenerationChunk(
             text=text,
             token=token,
@@ -129,6 +152,8 @@ def stream_tokens(
             peak_memory=mx.get_peak_memory() / 1e9,
             time_to_first_token=ttft,
             finish_reason=reason,
+            logprobs=taken,
+            stop_string=stops.hit if reason == "stop" else None,
         )
 
     held = cache_tokens if cache_tokens is not None else []
@@ -157,7 +182,7 @@ def stream_tokens(
             prompt_progress_callback=on_prefill,
         )
         try:
-            for token, _ in steps:
+            for token, distribution in steps:
                 if n == 0:
                     ttft = time.perf_counter() - start
                     prompt_tps = len(tokens) / ttft if ttft > 0 else 0.0
@@ -173,6 +198,8 @@ def stream_tokens(
                     finish = "stop"
                     break
                 n += 1
+                if logprobs is not None:
+                    scored.append(score_token(token, distribution, logprobs))
                 detokenizer.add_token(token)
                 text, stop_hit = stops.feed(detokenizer.last_segment)
                 if text:
@@ -195,6 +222,22 @@ def stream_tokens(
         if not stop_hit:
             tail += stops.flush()
     yield chunk(tail, None, finish or "length")
+
+
+def score_token(token: int, distribution: Any, top: int) -> TokenLogprob:
+    """`token`'s log probability in `distribution` (a vocabulary's log-softmax) and the
+    `top` most likely tokens, best first."""
+    import mlx.core as mx
+
+    chosen = distribution[token]
+    if top <= 0:
+        return TokenLogprob(token, chosen.item())
+    top = min(top, distribution.size)
+    ids = mx.argpartition(-distribution, top - 1)[:top]
+    values = distribution[ids]
+    mx.eval(ids, values, chosen)  # one evaluation for all three
+    best = sorted(zip(ids.tolist(), values.tolist(), strict=True), key=lambda p: -p[1])
+    return TokenLogprob(token, chosen.item(), tuple(best))
 
 
 def stream_generate(

@@ -1,4 +1,5 @@
-"""An OpenAI-compatible HTTP API for one loaded model: chat completions, completions, models.
+"""An HTTP API for one loaded model: OpenAI (chat completions, completions, responses,
+models), Anthropic Messages and Prometheus metrics.
 
 - `app.py`: the FastAPI app (`create_app`): routes, API key check, responses and streams.
 - `ollama.py`: Ollama's API (`/api/chat`, `/api/generate`, tags, show, ps, version) over
@@ -11,6 +12,10 @@
   and the model's text into replies with tool calls.
 - `schemas.py`: the request bodies, as pydantic models.
 - `errors.py`: errors in OpenAI's shape, the body-size limit and the catch-all for the rest.
+- `anthropic.py`: Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`).
+- `responses.py`: OpenAI's Responses API (`/v1/responses`), with stored responses.
+- `logprobs.py`: OpenAI's `logprobs` shapes for chat completions and completions.
+- `metrics.py`: `GET /metrics` in Prometheus' format.
 - `connections.py`: the uvicorn configuration: header and keep-alive timeouts, and a
   connection limit (`server_config`).
 - `net.py`: loopback addresses and the Host header check. `defaults.py`: the limits'

@@ -1,4 +1,6 @@
 """The FastAPI app: OpenAI's routes over one engine, the API key check, and the responses.
+The other protocols live in their own modules and are registered here: the Responses API
+(`responses.py`), Anthropic's Messages API (`anthropic.py`) and `/metrics` (`metrics.py`).
 
 The event loop only parses requests, hands preparation to the engine's preparation
 threads, and relays the text the model thread generates, whole or as server-sent events
@@ -27,9 +29,11 @@ from fastapi.responses import StreamingResponse
 
 from ..chat.tools import ToolCall
 from ..runtime import Model
+from . import anthropic, metrics, responses
 from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine, Finished, Job
 from .errors import APIError, BodyLimit, CatchAll, install_error_handlers
+from .logprobs import chat_logprobs, completion_logprobs, scored
 from .net import AllowedHosts
 from .ollama import ollama_router
 from .prepare import Reply, prepare_chat, prepare_completion
@@ -91,6 +95,7 @@ def create_app(
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = _tool_call_entries(calls)
+        logprobs = chat_logprobs(engine.model, scored(parts)) if req.logprobs else None
         return {
             "id": frame.id,
             "object": "chat.completion",
@@ -98,7 +103,7 @@ def create_app(
             "model": frame.model,
             "system_fingerprint": frame.fingerprint,
             "choices": [
-                {"index": 0, "message": message, "finish_reason": reason, "logprobs": None}
+                {"index": 0, "message": message, "finish_reason": reason, "logprobs": logprobs}
             ],
             "usage": _usage(done),
         }
@@ -112,6 +117,9 @@ def create_app(
         if req.stream:
             return _event_stream(_completion_chunks(engine, job, request, frame))
         parts, done = await _collect(engine, job, request)
+        logprobs = None
+        if req.logprobs is not None:
+            logprobs = completion_logprobs(engine.model, scored(parts))
         return {
             "id": frame.id,
             "object": "text_completion",
@@ -123,12 +131,15 @@ def create_app(
                     "index": 0,
                     "text": "".join(parts),
                     "finish_reason": done.finish_reason,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                 }
             ],
             "usage": _usage(done),
         }
 
+    metrics.install(app, engine, router)
+    responses.install(router, engine)
+    anthropic.install(app, engine, api_key)
     app.include_router(router)
     app.include_router(
         ollama_router(engine, api_key=api_key, body_checks=[Depends(_valid_unicode)])
@@ -276,8 +287,9 @@ def _event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
 async def _chat_chunks(
     engine: Engine, job: Job, reply: Reply, request: Request, frame: _Frame
 ) -> AsyncIterator[str]:
-    def delta(d: dict[str, Any], finish: str | None = None) -> str:
-        return frame.chunk([{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}])
+    def delta(d: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> str:
+        choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": logprobs}
+        return frame.chunk([choice])
 
     try:
         yield delta({"role": "assistant", "content": ""})
@@ -286,8 +298,13 @@ async def _chat_chunks(
             async for item in events:
                 if isinstance(item, Finished):
                     done = item
-                elif text := await _off_loop(reply, lambda item=item: reply.feed(item)):
-                    yield delta({"content": text})
+                else:
+                    text = await _off_loop(reply, lambda item=item: reply.feed(item))
+                    logprobs = scored([item]) if job.logprobs is not None else []
+                    if logprobs:
+                        yield delta({"content": text}, None, chat_logprobs(engine.model, logprobs))
+                    elif text:
+                        yield delta({"content": text})
         if done is None or done.finish_reason == "cancelled":
             return
         reason = done.finish_reason
@@ -307,15 +324,23 @@ async def _chat_chunks(
 async def _completion_chunks(
     engine: Engine, job: Job, request: Request, frame: _Frame
 ) -> AsyncIterator[str]:
-    def choice(text: str, finish: str | None = None) -> str:
-        return frame.chunk([{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}])
+    def choice(text: str, finish: str | None = None, logprobs: Any = None) -> str:
+        entry = {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
+        return frame.chunk([entry])
 
     try:
         done: Finished | None = None
+        offset = 0
         async with aclosing(engine.events(job, request)) as events:
             async for item in events:
                 if isinstance(item, Finished):
                     done = item
+                elif job.logprobs is not None:
+                    tokens = scored([item])
+                    yield choice(
+                        item, None, completion_logprobs(engine.model, tokens, offset=offset)
+                    )
+                    offset += len(item)
                 else:
                     yield choice(item)
         if done is None or done.finish_reason == "cancelled":

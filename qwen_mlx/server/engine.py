@@ -37,13 +37,20 @@ from typing import Any
 from fastapi import Request
 
 from ..errors import GenerationCancelled
-from ..runtime import Model, SamplingParams, cache_length, make_cache, stream_tokens, trim_cache
+from ..runtime import (
+    Model,
+    SamplingParams,
+    cache_length,
+    make_cache,
+    stream_tokens,
+    trim_cache,
+)
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .defaults import DEFAULT_MAX_TOKENS_CAP
 from .errors import APIError
-from .scheduler import Scheduler, default_max_batch, default_max_queue
+from .scheduler import Scheduler, Text, default_max_batch, default_max_queue
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ class Job:
     tokens: list[int]
     params: SamplingParams
     processors: list[Callable[..., Any]] = field(default_factory=list)
+    logprobs: int | None = None  # with each token's logprob and this many alternatives
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -75,6 +83,8 @@ class Finished:
     time_to_first_token: float = 0.0
     generation_tps: float = 0.0
     batch_size: int = 1  # the most sequences it decoded beside (1: it ran alone)
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
+    reply_tokens: tuple[int, ...] = ()  # the ids it generated (an end-of-turn one too)
 
 
 Event = str | Finished | BaseException
@@ -87,9 +97,10 @@ class Engine:
     `max_batch` and `max_queue` default from the memory planner (`scheduler.py`).
     `stream_tokens` runs the model when jobs go one at a time (`runtime.stream_tokens`);
     tests replace it with a scripted stream to get exact replies from a random model.
-    `finished` records how the last jobs ended. `names` are what a request's `model` may say: the
-    model's name, its family id (the alias users pass, e.g. `qwen3-4b-instruct`) and any
-    `aliases` (the reference it was loaded by).
+    `finished` records how the last jobs ended, and each of `observers` is called with every
+    Finished record, on the model thread (the metrics count them). `names` are what a
+    request's `model` may say: the model's name, its family id (the alias users pass, e.g.
+    `qwen3-4b-instruct`) and any `aliases` (the reference it was loaded by).
     """
 
     def __init__(
@@ -131,6 +142,7 @@ class Engine:
             prefill_step_size=prefill_step_size or _prefill_step(),
         )
         self.finished: deque[Finished] = deque(maxlen=256)
+        self.observers: list[Callable[[Finished], None]] = []
         self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
         self._jobs: dict[Job, Future[None]] = {}  # waiting or running, with their futures
         self._jobs_lock = threading.Lock()
@@ -260,7 +272,13 @@ class Engine:
         """One job alone, through `stream_tokens`."""
         try:
             if job.stop.is_set():
-                finished = Finished(job.id, "cancelled", len(job.tokens), 0, 0)
+                finished = Finished(
+                    job_id=job.id,
+                    finish_reason="cancelled",
+                    prompt_tokens=len(job.tokens),
+                    cached_tokens=0,
+                    completion_tokens=0,
+                )
             else:
                 finished = self._generate(job, emit)
         except BaseException as e:
@@ -287,6 +305,11 @@ class Engine:
                 result.batch_size,
                 result.finish_reason,
             )
+            for observe in self.observers:
+                try:
+                    observe(result)
+                except Exception:  # a broken observer must not lose the reply
+                    logger.exception("an observer of finished jobs failed")
         if isinstance(future, _Resolved):  # the model thread resolves the others itself
             future.set_result(None)
 
@@ -312,13 +335,17 @@ class Engine:
                 prefill_step_size=plan.chunk,
                 logits_processors=job.processors,
                 should_stop=job.stop.is_set,
+                logprobs=job.logprobs,
             ):
                 last = chunk
-                if chunk.text:
+                if chunk.logprobs:
+                    emit(Text(chunk.text, chunk.logprobs))
+                elif chunk.text:
                     emit(chunk.text)
             reason = last.finish_reason if last and last.finish_reason else "cancelled"
         except GenerationCancelled:
             reason = "cancelled"
+        reply = tuple(held[len(tokens) :])
         # The cache may hold one token more or fewer than we saw (the last one sampled):
         # make the two agree before pooling it.
         length = cache_length(cache)
@@ -328,13 +355,15 @@ class Engine:
             trim_cache(cache, length - len(held))
         self.cache.checkin(cache, held, len(tokens))
         return Finished(
-            job.id,
-            reason,
-            len(tokens),
-            reused,
-            last.generation_tokens if last else 0,
-            last.time_to_first_token if last else 0.0,
-            last.generation_tps if last else 0.0,
+            job_id=job.id,
+            finish_reason=reason,
+            prompt_tokens=len(tokens),
+            cached_tokens=reused,
+            completion_tokens=last.generation_tokens if last else 0,
+            time_to_first_token=last.time_to_first_token if last else 0.0,
+            generation_tps=last.generation_tps if last else 0.0,
+            stop_sequence=last.stop_string if last and reason == "stop" else None,
+            reply_tokens=reply,
         )
 
 

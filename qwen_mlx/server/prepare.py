@@ -16,6 +16,7 @@ tokenized whole, so the work is bounded by the context, not by the body.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..chat.tools import (
@@ -49,14 +50,21 @@ _COUNT_ABOVE = 8
 _PIECE = 8192  # characters per piece when counting
 
 
-def prepare_chat(engine: Engine, req: ChatRequest) -> tuple[Job, Reply]:
+def prepare_chat(
+    engine: Engine, req: ChatRequest, *, reply_ids: Mapping[int, Sequence[int]] | None = None
+) -> tuple[Job, Reply]:
     """Render and tokenize a chat request, apply its tool choice and response format, and
-    check it fits; runs on a preparation thread."""
+    check it fits; runs on a preparation thread. `reply_ids` gives the exact token ids the
+    model produced for some assistant messages (by index), which go into the prompt as
+    they are, so a conversation the server remembers meets its cache token for token."""
     import jinja2
 
-    _refuse_logprobs(req.logprobs or bool(req.top_logprobs), "logprobs")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
     model = engine.model
     messages = [_template_message(m, i) for i, m in enumerate(req.messages)]
+    for i, ids in (reply_ids or {}).items():
+        messages[i]["token_ids"] = list(ids)
     tools = [as_tool(t.model_dump(exclude_none=True)) for t in req.tools or []]
     choice = req.tool_choice
     forced: list[Tool] = []
@@ -81,7 +89,10 @@ def prepare_chat(engine: Engine, req: ChatRequest) -> tuple[Job, Reply]:
     except jinja2.TemplateError as e:
         raise APIError(400, f"The chat template cannot render these messages: {e}") from e
     _check_length(engine, text, "messages")
-    tokens = model.encode(text)  # what render_tokens gives messages without `_token_ids`
+    if reply_ids:
+        tokens = model.render_tokens(messages, tools=[t.spec() for t in tools] or None)
+    else:
+        tokens = model.encode(text)  # what render_tokens gives messages without token ids
     prefix = suffix = ""
     schema = response_schema
     if forced:  # open the call ourselves and hold the JSON to the tools' schemas
@@ -100,12 +111,12 @@ def prepare_chat(engine: Engine, req: ChatRequest) -> tuple[Job, Reply]:
             raise APIError(400, str(e), param="response_format") from e
     parse_calls = bool(tools) and response_schema is None
     reply = Reply(parse_calls=parse_calls, prefix=prefix, suffix=suffix)
-    return Job(tokens, params, processors), reply
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    return Job(tokens, params, processors, logprobs=logprobs), reply
 
 
 def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
     """Tokenize a completion request's prompt (text or token ids) and check it fits."""
-    _refuse_logprobs(req.logprobs is not None, "logprobs")
     prompt = req.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
         if len(prompt) != 1:
@@ -122,17 +133,8 @@ def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
     if not tokens:
         raise APIError(400, "The prompt is empty.", param="prompt")
     engine.check_context(len(tokens), "prompt")
-    return Job(tokens, _sampling(engine, req, len(tokens), req.max_tokens))
-
-
-def _refuse_logprobs(asked: bool, param: str) -> None:
-    if asked:
-        raise APIError(
-            400,
-            "logprobs are not supported by this server yet; leave out logprobs and top_logprobs.",
-            param=param,
-            code="unsupported_parameter",
-        )
+    params = _sampling(engine, req, len(tokens), req.max_tokens)
+    return Job(tokens, params, logprobs=req.logprobs)
 
 
 def _check_length(engine: Engine, text: str, param: str) -> None:

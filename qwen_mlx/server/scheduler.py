@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from ..runtime import Model
 from ..runtime.batch import BatchDecoder, SequenceEvent
+from ..runtime.generation import TokenLogprob
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
@@ -67,6 +68,18 @@ class _Entry:
     uid: int = -1
     reused: int = 0
     batch_size: int = 1
+
+
+class Text(str):
+    """Generated text with the log probabilities of the tokens it came from (jobs that
+    ask for `logprobs` get these; a plain `str` is everything else)."""
+
+    logprobs: tuple[TokenLogprob, ...]
+
+    def __new__(cls, text: str, logprobs: tuple[TokenLogprob, ...]) -> Text:
+        self = super().__new__(cls, text)
+        self.logprobs = logprobs
+        return self
 
 
 class Scheduler:
@@ -168,6 +181,7 @@ class Scheduler:
                     logits_processors=entry.job.processors,
                     cache=checkout.cache,
                     cached=checkout.reused,
+                    logprobs=entry.job.logprobs,
                 )
             except Exception as e:  # this job's own problem: the batch goes on
                 logger.exception("%s: could not join the batch", entry.job.id)
@@ -187,7 +201,9 @@ class Scheduler:
             entry = self._active.get(event.uid)
             if entry is None:
                 continue
-            if event.text:
+            if event.logprobs:
+                entry.emit(Text(event.text, event.logprobs))
+            elif event.text:
                 entry.emit(event.text)
             if event.finish_reason is not None:
                 self._finish(entry, event)
@@ -216,7 +232,13 @@ class Scheduler:
             self._active.pop(entry.uid, None)
         job = entry.job
         if event is None:  # it never ran
-            finished = Finished(job.id, "cancelled", len(job.tokens), 0, 0)
+            finished = Finished(
+                job_id=job.id,
+                finish_reason="cancelled",
+                prompt_tokens=len(job.tokens),
+                cached_tokens=0,
+                completion_tokens=0,
+            )
         else:
             if event.cache is not None and event.cache_tokens:
                 try:
@@ -224,14 +246,16 @@ class Scheduler:
                 except Exception:  # the reply is complete: losing its cache costs only time
                     logger.exception("%s: could not pool its KV cache", job.id)
             finished = Finished(
-                job.id,
-                event.finish_reason or "cancelled",
-                event.prompt_tokens,
-                event.cached_tokens,
-                event.completion_tokens,
-                event.time_to_first_token,
-                event.generation_tps,
+                job_id=job.id,
+                finish_reason=event.finish_reason or "cancelled",
+                prompt_tokens=event.prompt_tokens,
+                cached_tokens=event.cached_tokens,
+                completion_tokens=event.completion_tokens,
+                time_to_first_token=event.time_to_first_token,
+                generation_tps=event.generation_tps,
                 batch_size=entry.batch_size,
+                stop_sequence=event.stop_string,
+                reply_tokens=event.reply_tokens,
             )
         entry.done(job, finished)
         entry.emit(finished)

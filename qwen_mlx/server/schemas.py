@@ -110,13 +110,12 @@ class ChatRequest(_Sampling):
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
     response_format: ResponseFormat | None = None
-    # Not supported yet: declared so that asking for them is refused, not ignored.
     logprobs: StrictBool | None = None
-    top_logprobs: StrictInt | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[StrictInt] | list[str] | list[list[StrictInt]]
     echo: Literal[False] = False
     suffix: None = None
-    logprobs: StrictInt | None = None  # not supported yet: refused when set
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=5)  # OpenAI's limit

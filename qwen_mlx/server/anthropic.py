@@ -1,0 +1,469 @@
+"""Anthropic's Messages API: `POST /v1/messages` and `POST /v1/messages/count_tokens`.
+
+A request is translated into the OpenAI chat request the rest of the server speaks
+(system prompt, turns of content blocks, `tool_use` blocks as tool calls, `tool_result`
+blocks as tool messages, `tool_choice`, stop sequences, sampling, `output_config.format`
+as a JSON schema) and prepared by the
+same `prepare_chat`, so templates, tool schemas, forced calls and context checks behave
+exactly as on `/v1/chat/completions`. Replies come back as content blocks (`text`,
+`tool_use`) with Anthropic's stop reasons and usage, whole or as Anthropic's event stream
+(`message_start`, `content_block_start` / `_delta` / `_stop`, `ping`, `message_delta`,
+`message_stop`; an `error` event when generation fails mid-stream).
+
+The key is accepted as `x-api-key` (what Anthropic's SDKs and Claude Code send) or as
+`Authorization: Bearer`. Every error on these routes, including validation, auth and
+body-size refusals, is in Anthropic's shape, `{"type": "error", "error": {"type",
+"message"}}` (`AnthropicErrors` rewrites the OpenAI-shaped ones the rest of the server
+makes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from ..chat.tools import ToolCall
+from .engine import Engine, Finished, Job
+from .errors import APIError
+from .prepare import Reply, prepare_chat
+from .schemas import ChatRequest
+
+PREFIX = "/v1/messages"
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def _number(**bounds: float) -> Any:
+    return Field(default=None, strict=True, allow_inf_nan=False, **bounds)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # metadata, thinking, service_tier, ...
+
+
+class Block(_Body):
+    """A content block; which fields matter depends on `type` (checked when translating)."""
+
+    type: str
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+    tool_use_id: str | None = None
+    content: str | list[Block] | None = None
+    is_error: StrictBool | None = None
+
+
+class Turn(_Body):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class ToolDef(_Body):
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    type: str | None = None  # "custom"; Anthropic's server tools (web search...) are refused
+
+
+class ToolChoice(_Body):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: StrictBool | None = None
+
+
+class OutputFormat(_Body):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Body):
+    format: OutputFormat | None = None  # structured output; `effort` means nothing here
+
+
+class CountRequest(_Body):
+    model: str
+    messages: list[Turn] = Field(min_length=1)
+    system: str | list[Block] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+
+
+class MessagesRequest(CountRequest):
+    max_tokens: StrictInt = Field(ge=1)
+    stop_sequences: list[str] | None = None
+    temperature: float | None = _number(ge=0, le=1)
+    top_p: float | None = _number(gt=0, le=1)
+    top_k: StrictInt | None = Field(default=None, ge=0)
+    stream: StrictBool = False
+    output_config: OutputConfig | None = None
+
+
+def install(app: FastAPI, engine: Engine, api_key: str | None) -> None:
+    """Serve the Messages API on `app`, with its own key check and error shape."""
+    from .app import _valid_unicode
+
+    app.add_middleware(AnthropicErrors)
+    router = APIRouter(dependencies=[Depends(_key_check(api_key))] if api_key else [])
+
+    @router.post(PREFIX, dependencies=[Depends(_valid_unicode)])
+    async def messages(req: MessagesRequest, request: Request) -> Any:
+        engine.check_model(req.model)
+        job, reply = await engine.prepare(prepare_chat, engine, to_chat_request(req))
+        message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        if req.stream:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            events = _events(engine, job, reply, request, message_id)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        parts: list[str] = []
+        done: Finished | None = None
+        async with aclosing(engine.events(job, request)) as stream:
+            async for item in stream:
+                if isinstance(item, Finished):
+                    done = item
+                else:
+                    parts.append(item)
+        assert done is not None
+
+        def shape() -> tuple[str, str | None, list[ToolCall], str]:
+            for part in parts:
+                reply.feed(part)
+            return reply.finish(done.finish_reason)
+
+        _, content, calls, reason = await _off_loop(reply, shape)
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
+        blocks += [_tool_use(c) for c in calls]
+        return {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": engine.model.name,
+            "content": blocks,
+            "stop_reason": _stop_reason(reason, done),
+            "stop_sequence": done.stop_sequence,
+            "usage": _usage(done),
+        }
+
+    @router.post(PREFIX + "/count_tokens", dependencies=[Depends(_valid_unicode)])
+    async def count_tokens(req: CountRequest) -> dict[str, int]:
+        engine.check_model(req.model)
+        chat = to_chat_request(req, max_tokens=1)
+        job, _ = await engine.prepare(prepare_chat, engine, chat)
+        return {"input_tokens": len(job.tokens)}
+
+    app.include_router(router)
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def to_chat_request(req: CountRequest, *, max_tokens: int | None = None) -> ChatRequest:
+    """The OpenAI chat request saying what `req` says."""
+    messages: list[dict[str, Any]] = []
+    if req.system:
+        messages.append({"role": "system", "content": _text(req.system, "system")})
+    for i, turn in enumerate(req.messages):
+        messages += _turn(turn, f"messages.{i}.content")
+    if req.messages[-1].role == "assistant":
+        raise APIError(
+            400,
+            "A final assistant message (a prefill) is not supported: end with a user message.",
+            param="messages",
+        )
+    body: dict[str, Any] = {"model": req.model, "messages": messages}
+    if req.tools:
+        body["tools"] = [_tool(t, i) for i, t in enumerate(req.tools)]
+    if req.tool_choice is not None:
+        body["tool_choice"] = _tool_choice(req.tool_choice, bool(req.tools))
+    if isinstance(req, MessagesRequest):
+        body.update(
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            stop=req.stop_sequences,
+        )
+        if req.output_config and req.output_config.format:
+            schema = {"name": "output", "schema": req.output_config.format.schema_}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as e:
+        raise APIError(400, f"The request cannot be served: {e.errors()[0]['msg']}.") from e
+
+
+def _text(content: str | list[Block] | None, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    for block in content:
+        if block.type != "text" or block.text is None:
+            raise APIError(
+                400,
+                f"{param}: only text blocks are supported here, not {block.type!r}.",
+                param=param,
+            )
+    return "\n".join(b.text for b in content if b.text is not None)
+
+
+def _turn(turn: Turn, param: str) -> list[dict[str, Any]]:
+    """A turn of blocks as OpenAI messages: tool results become tool messages, tool uses
+    an assistant message's tool calls, text stays text."""
+    if isinstance(turn.content, str):
+        return [{"role": turn.role, "content": turn.content}]
+    out: list[dict[str, Any]] = []
+    text: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(turn.content):
+        where = f"{param}.{j}"
+        if block.type == "text" and block.text is not None:
+            text.append(block.text)
+        elif block.type == "tool_use" and turn.role == "assistant":
+            if not block.name:
+                raise APIError(400, f"{where}: a tool_use block needs a name.", param=where)
+            arguments = json.dumps(block.input or {}, ensure_ascii=False)
+            call_id = block.id or f"toolu_{j}"
+            calls.append({"id": call_id, "function": {"name": block.name, "arguments": arguments}})
+        elif block.type == "tool_result" and turn.role == "user":
+            if text:
+                out.append({"role": "user", "content": "\n".join(text)})
+                text = []
+            result = _text(block.content, f"{where}.content")
+            if block.is_error:
+                result = f"Error: {result}"
+            out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": result})
+        elif block.type in ("thinking", "redacted_thinking") and turn.role == "assistant":
+            continue  # this model does not think out loud: earlier thinking has no place
+        else:
+            raise APIError(
+                400,
+                f"{where}: {block.type!r} blocks are not supported in {turn.role} turns; send "
+                "text, tool_use (assistant) or tool_result (user) blocks.",
+                param=where,
+            )
+    if text or calls or not out:
+        message: dict[str, Any] = {"role": turn.role, "content": "\n".join(text)}
+        if calls:
+            message["tool_calls"] = calls
+        out.append(message)
+    return out
+
+
+def _tool(tool: ToolDef, index: int) -> dict[str, Any]:
+    if tool.type not in (None, "custom"):
+        raise APIError(
+            400,
+            f"tools.{index}: Anthropic's server tools ({tool.type}) do not run here; "
+            "define a custom tool with an input_schema.",
+            param=f"tools.{index}",
+        )
+    function: dict[str, Any] = {"name": tool.name, "description": tool.description}
+    function["parameters"] = tool.input_schema or {"type": "object", "properties": {}}
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: ToolChoice, has_tools: bool) -> Any:
+    if choice.type == "tool":
+        if not choice.name:
+            raise APIError(400, "tool_choice of type tool needs a name.", param="tool_choice")
+        return {"type": "function", "function": {"name": choice.name}}
+    if choice.type == "any":
+        return "required"
+    if choice.type == "auto" or not has_tools:
+        return "auto" if has_tools else None
+    return "none"
+
+
+# -- replies -------------------------------------------------------------------------------
+
+
+def _tool_use(call: ToolCall) -> dict[str, Any]:
+    tool_id = call.id.replace("call_", "toolu_", 1)
+    return {"type": "tool_use", "id": tool_id, "name": call.name, "input": call.arguments or {}}
+
+
+def _stop_reason(reason: str, done: Finished) -> str:
+    if reason == "tool_calls":
+        return "tool_use"
+    if reason == "length":
+        return "max_tokens"
+    return "stop_sequence" if done.stop_sequence else "end_turn"
+
+
+def _usage(done: Finished) -> dict[str, Any]:
+    # Anthropic counts cache reads apart: input_tokens are those read afresh.
+    return {
+        "input_tokens": done.prompt_tokens - done.cached_tokens,
+        "output_tokens": done.completion_tokens,
+        "cache_read_input_tokens": done.cached_tokens,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+async def _off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:
+    return await asyncio.to_thread(fn) if reply.parses_calls else fn()
+
+
+def _event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(dict(type=name, **data))}\n\n"
+
+
+async def _events(
+    engine: Engine, job: Job, reply: Reply, request: Request, message_id: str
+) -> AsyncIterator[str]:
+    """Anthropic's event stream for one reply."""
+    message = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": engine.model.name,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": len(job.tokens), "output_tokens": 0},
+    }
+    index = 0
+    text_open = False
+
+    def text_delta(text: str) -> list[str]:
+        nonlocal text_open
+        out = []
+        if not text_open:
+            text_open = True
+            block = {"type": "text", "text": ""}
+            out.append(_event("content_block_start", {"index": index, "content_block": block}))
+        out.append(
+            _event(
+                "content_block_delta",
+                {"index": index, "delta": {"type": "text_delta", "text": text}},
+            )
+        )
+        return out
+
+    try:
+        yield _event("message_start", {"message": message})
+        yield _event("ping", {})
+        done: Finished | None = None
+        async with aclosing(engine.events(job, request)) as events:
+            async for item in events:
+                if isinstance(item, Finished):
+                    done = item
+                elif text := await _off_loop(reply, lambda item=item: reply.feed(item)):
+                    for event in text_delta(text):
+                        yield event
+        if done is None or done.finish_reason == "cancelled":
+            return
+        reason = done.finish_reason
+        tail, _, calls, reason = await _off_loop(reply, lambda: reply.finish(reason))
+        if tail or (not text_open and not calls):
+            for event in text_delta(tail):
+                yield event
+        if text_open:
+            yield _event("content_block_stop", {"index": index})
+            index += 1
+        for call in calls:
+            block = dict(_tool_use(call), input={})
+            yield _event("content_block_start", {"index": index, "content_block": block})
+            partial = json.dumps(call.arguments or {}, ensure_ascii=False)
+            delta = {"type": "input_json_delta", "partial_json": partial}
+            yield _event("content_block_delta", {"index": index, "delta": delta})
+            yield _event("content_block_stop", {"index": index})
+            index += 1
+        stop = {"stop_reason": _stop_reason(reason, done), "stop_sequence": done.stop_sequence}
+        yield _event("message_delta", {"delta": stop, "usage": _usage(done)})
+        yield _event("message_stop", {})
+    except Exception as e:
+        if not isinstance(e, APIError):
+            import logging
+
+            logging.getLogger(__name__).exception("generation failed", exc_info=e)
+            e = APIError(500, "The server had an error while generating.", type="server_error")
+        error = {"type": _ERROR_TYPES.get(e.status, "api_error"), "message": e.message}
+        yield _event("error", {"error": error})
+
+
+# -- auth and errors -----------------------------------------------------------------------
+
+
+def _key_check(api_key: str) -> Callable[[Request], Any]:
+    expected = api_key.encode()
+
+    async def check(request: Request) -> None:
+        given = request.headers.get("x-api-key")
+        if given is None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else ""
+        if not secrets.compare_digest(given.encode(), expected):
+            raise APIError(
+                401,
+                "Incorrect or missing API key. Send it as `x-api-key: <key>` "
+                "(ANTHROPIC_API_KEY) or `Authorization: Bearer <key>`.",
+                code="invalid_api_key",
+            )
+
+    return check
+
+
+class AnthropicErrors:
+    """ASGI middleware: error responses on the Messages API's paths, which the rest of the
+    server writes in OpenAI's shape, rewritten into Anthropic's."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] | None = None
+        body: list[bytes] = []
+
+        async def rewrite(message: Any) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+                if message["status"] >= 400 and is_json:
+                    start = message
+                    return
+            elif message["type"] == "http.response.body" and start is not None:
+                body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                data = _anthropic_error(start["status"], b"".join(body))
+                headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+                headers.append((b"content-length", str(len(data)).encode()))
+                await send(dict(start, headers=headers))
+                await send({"type": "http.response.body", "body": data})
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+
+def _anthropic_error(status: int, body: bytes) -> bytes:
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = body.decode("utf-8", errors="replace") or "The request failed."
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()

@@ -1,0 +1,545 @@
+"""OpenAI's Responses API: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`.
+
+A request (input as text or items, `instructions`, function tools, `function_call` and
+`function_call_output` items, `text.format`, sampling) is translated into the OpenAI chat
+request the rest of the server speaks and prepared by the same `prepare_chat`. Replies
+come back as output items (`message` with `output_text`, `function_call`), whole or as
+the Responses event stream (`response.created`, `response.output_item.added`,
+`response.output_text.delta`, ..., `response.completed` or `response.incomplete`).
+
+Stateful where Ollama's is not: a stored response (`store`, true unless the request says
+false) keeps its conversation and the exact token ids the model generated, and a request
+naming it as `previous_response_id` continues that conversation with those ids spliced
+into the prompt, so it meets the engine's pooled KV cache token for token and prefills
+only what is new (`usage.input_tokens_details.cached_tokens` says how much it saved).
+As with OpenAI, `instructions` are not carried over. Stored responses live in this
+process's memory, the most recent `DEFAULT_STORED` of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from ..chat.tools import ToolCall
+from .engine import Engine, Finished, Job
+from .errors import APIError
+from .logprobs import chat_logprobs, scored
+from .prepare import Reply, prepare_chat
+from .schemas import ChatRequest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORED = 1000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # metadata, reasoning, include, truncation...
+
+
+class Part(_Body):
+    type: str
+    text: str | None = None
+
+
+class Item(_Body):
+    """An input item; which fields matter depends on `type` (checked when translating)."""
+
+    type: str | None = None  # "message" when it has a role
+    role: Literal["user", "assistant", "system", "developer"] | None = None
+    content: str | list[Part] | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | list[Part] | None = None
+
+
+class FunctionTool(_Body):
+    type: str  # "function"; OpenAI's hosted tools (web search, ...) are refused
+    name: str | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class NamedTool(_Body):
+    type: Literal["function"]
+    name: str
+
+
+class Format(_Body):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class TextOptions(_Body):
+    format: Format | None = None
+
+
+def _number(**bounds: float) -> Any:
+    return Field(default=None, strict=True, allow_inf_nan=False, **bounds)
+
+
+class ResponsesRequest(_Body):
+    model: str | None = None
+    input: str | list[Item]
+    instructions: str | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedTool | None = None
+    text: TextOptions | None = None
+    max_output_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: float | None = _number(ge=0, le=2)
+    top_p: float | None = _number(gt=0, le=1)
+    top_k: StrictInt | None = Field(default=None, ge=0)
+    seed: StrictInt | None = None
+    stream: StrictBool = False
+    store: StrictBool = True
+    previous_response_id: str | None = None
+    metadata: dict[str, str] | None = None
+    include: list[str] | None = None  # "message.output_text.logprobs" asks for logprobs
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+
+
+@dataclass
+class Stored:
+    """A response as returned, and its conversation: chat messages (without the
+    instructions) and the exact token ids of its assistant replies, by message index."""
+
+    response: dict[str, Any]
+    messages: list[dict[str, Any]]
+    reply_ids: dict[int, list[int]]
+
+
+class ResponseStore:
+    """The most recent `limit` stored responses, by id; safe from any thread."""
+
+    def __init__(self, limit: int = DEFAULT_STORED) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, Stored] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, response_id: str) -> Stored | None:
+        with self._lock:
+            return self._items.get(response_id)
+
+    def put(self, response_id: str, stored: Stored) -> None:
+        with self._lock:
+            self._items[response_id] = stored
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+    def delete(self, response_id: str) -> bool:
+        with self._lock:
+            return self._items.pop(response_id, None) is not None
+
+
+def install(router: APIRouter, engine: Engine, store: ResponseStore | None = None) -> None:
+    """Serve the Responses API on `router` (which holds the key check)."""
+    from .app import _valid_unicode
+
+    store = store if store is not None else ResponseStore()
+
+    @router.post("/v1/responses", dependencies=[Depends(_valid_unicode)])
+    async def create(req: ResponsesRequest, request: Request) -> Any:
+        engine.check_model(req.model)
+        turn = _Turn(engine, store, req)
+        job, reply = await engine.prepare(turn.prepare)
+        if req.stream:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            events = turn.events(job, reply, request)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        parts: list[str] = []
+        done: Finished | None = None
+        async with aclosing(engine.events(job, request)) as stream:
+            async for item in stream:
+                if isinstance(item, Finished):
+                    done = item
+                else:
+                    parts.append(item)
+        assert done is not None
+
+        def shape() -> tuple[str, str | None, list[ToolCall], str]:
+            for part in parts:
+                reply.feed(part)
+            return reply.finish(done.finish_reason)
+
+        _, content, calls, reason = await _off_loop(reply, shape)
+        turn.logprobs += turn.entries(parts)
+        return turn.complete(done, content, calls, reason)
+
+    @router.get("/v1/responses/{response_id}")
+    async def retrieve(response_id: str) -> dict[str, Any]:
+        stored = store.get(response_id)
+        if stored is None:
+            raise _not_found(response_id)
+        return stored.response
+
+    @router.delete("/v1/responses/{response_id}")
+    async def delete(response_id: str) -> dict[str, Any]:
+        if not store.delete(response_id):
+            raise _not_found(response_id)
+        return {"id": response_id, "object": "response", "deleted": True}
+
+
+def _not_found(response_id: str) -> APIError:
+    return APIError(
+        404,
+        f"No stored response has the id {response_id!r} (it was not stored, was deleted, "
+        "or the server restarted).",
+        code="not_found",
+    )
+
+
+async def _off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:
+    return await asyncio.to_thread(fn) if reply.parses_calls else fn()
+
+
+class _Turn:
+    """One request: its conversation, its chat request, and the response it becomes."""
+
+    def __init__(self, engine: Engine, store: ResponseStore, req: ResponsesRequest) -> None:
+        self.engine, self.store, self.req = engine, store, req
+        self.id = f"resp_{uuid.uuid4().hex}"
+        self.message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        history: list[dict[str, Any]] = []
+        self.reply_ids: dict[int, list[int]] = {}
+        if req.previous_response_id is not None:
+            previous = store.get(req.previous_response_id)
+            if previous is None:
+                raise APIError(
+                    400,
+                    f"Previous response with id {req.previous_response_id!r} not found "
+                    "(send `store: true` on the request that made it).",
+                    param="previous_response_id",
+                    code="previous_response_not_found",
+                )
+            history = list(previous.messages)
+            self.reply_ids = dict(previous.reply_ids)
+        self.messages = history + _messages(req.input)
+        self.wants_logprobs = "message.output_text.logprobs" in (req.include or [])
+        self.logprobs: list[dict[str, Any]] = []  # the output text's, when asked for
+
+    def entries(self, parts: list[str]) -> list[dict[str, Any]]:
+        """The logprobs entries of these pieces of generated text."""
+        if not self.wants_logprobs:
+            return []
+        return chat_logprobs(self.engine.model, scored(parts))["content"]
+
+    def prepare(self) -> tuple[Job, Reply]:
+        """The job (on a preparation thread): the chat request through `prepare_chat`."""
+        req = self.req
+        system = [{"role": "system", "content": req.instructions}] if req.instructions else []
+        body: dict[str, Any] = {
+            "model": req.model,
+            "messages": system + self.messages,
+            "max_tokens": req.max_output_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "top_k": req.top_k,
+            "seed": req.seed,
+        }
+        if self.wants_logprobs:
+            body.update(logprobs=True, top_logprobs=req.top_logprobs or 0)
+        for i, tool in enumerate(req.tools or []):
+            if tool.type != "function" or not tool.name:
+                raise APIError(
+                    400,
+                    f"tools.{i}: only function tools with a name run here, not {tool.type!r}; "
+                    "define the tool as a function.",
+                    param=f"tools.{i}",
+                )
+        if req.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in req.tools
+            ]
+        if isinstance(req.tool_choice, NamedTool):
+            body["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.name}}
+        elif req.tool_choice is not None:
+            body["tool_choice"] = req.tool_choice
+        fmt = req.text.format if req.text else None
+        if fmt is not None and fmt.type != "text":
+            body["response_format"] = {"type": fmt.type}
+            if fmt.type == "json_schema":
+                if fmt.schema_ is None:
+                    raise APIError(
+                        400, "text.format json_schema needs a schema.", param="text.format.schema"
+                    )
+                body["response_format"]["json_schema"] = {"name": fmt.name, "schema": fmt.schema_}
+        try:
+            chat = ChatRequest.model_validate(body)
+        except ValidationError as e:
+            raise APIError(400, f"The request cannot be served: {e.errors()[0]['msg']}.") from e
+        shift = len(system)
+        ids = {i + shift: v for i, v in self.reply_ids.items()}
+        return prepare_chat(self.engine, chat, reply_ids=ids)
+
+    # -- the response ----------------------------------------------------------------------
+
+    def output(self, content: str | None, calls: list[ToolCall]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        if content or not calls:
+            items.append(self._message_item(content or "", "completed"))
+        items += [self._call_item(c, "completed") for c in calls]
+        return items
+
+    def _message_item(self, text: str, status: str) -> dict[str, Any]:
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": self.logprobs}
+        parts = [part]
+        return {
+            "id": self.message_id,
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": parts if status == "completed" else [],
+        }
+
+    @staticmethod
+    def _call_item(call: ToolCall, status: str) -> dict[str, Any]:
+        arguments = json.dumps(call.arguments or {}, ensure_ascii=False)
+        return {
+            "id": call.id.replace("call_", "fc_", 1),
+            "type": "function_call",
+            "status": status,
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": arguments if status == "completed" else "",
+        }
+
+    def response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        done: Finished | None = None,
+        incomplete: str | None = None,
+    ) -> dict[str, Any]:
+        req = self.req
+        fmt = req.text.format if req.text and req.text.format else None
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "model": self.engine.model.name,
+            "output": output,
+            "instructions": req.instructions,
+            "previous_response_id": req.previous_response_id,
+            "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
+            "tool_choice": (
+                req.tool_choice.model_dump()
+                if isinstance(req.tool_choice, NamedTool)
+                else req.tool_choice or "auto"
+            ),
+            "parallel_tool_calls": True,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "max_output_tokens": req.max_output_tokens,
+            "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True)}
+            if fmt
+            else {"format": {"type": "text"}},
+            "store": req.store,
+            "metadata": req.metadata or {},
+            "truncation": "disabled",
+            "error": None,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "usage": _usage(done) if done else None,
+        }
+
+    def complete(
+        self, done: Finished, content: str | None, calls: list[ToolCall], reason: str
+    ) -> dict[str, Any]:
+        """The finished response (stored when asked to)."""
+        incomplete = "max_output_tokens" if reason == "length" else None
+        output = self.output(content, calls)
+        status = "incomplete" if incomplete else "completed"
+        response = self.response(status, output, done, incomplete)
+        if self.req.store:
+            message: dict[str, Any] = {"role": "assistant", "content": content or ""}
+            reply_ids = dict(self.reply_ids)
+            if calls:
+                message["tool_calls"] = [c.to_message() for c in calls]
+            elif done.reply_tokens and not done.stop_sequence:
+                eos = set(self.engine.model.tokenizer.eos_token_ids)
+                ids = list(done.reply_tokens)
+                while ids and ids[-1] in eos:
+                    ids.pop()
+                reply_ids[len(self.messages)] = ids
+            self.store.put(self.id, Stored(response, [*self.messages, message], reply_ids))
+        return response
+
+    async def events(self, job: Job, reply: Reply, request: Request) -> AsyncIterator[str]:
+        """The Responses event stream."""
+        sequence = 0
+
+        def event(kind: str, **data: Any) -> str:
+            nonlocal sequence
+            sequence += 1
+            body = {"type": kind, "sequence_number": sequence - 1, **data}
+            return f"event: {kind}\ndata: {json.dumps(body)}\n\n"
+
+        text: list[str] = []
+        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+
+        def open_text() -> list[str]:
+            item = self._message_item("", "in_progress")
+            return [
+                event("response.output_item.added", output_index=0, item=item),
+                event("response.content_part.added", part=part, **where),
+            ]
+
+        try:
+            yield event("response.created", response=self.response("in_progress", []))
+            yield event("response.in_progress", response=self.response("in_progress", []))
+            done: Finished | None = None
+            async with aclosing(self.engine.events(job, request)) as stream:
+                async for item in stream:
+                    if isinstance(item, Finished):
+                        done = item
+                        continue
+                    shown = await _off_loop(reply, lambda item=item: reply.feed(item))
+                    entries = self.entries([item])
+                    self.logprobs += entries
+                    if shown:
+                        if not text:
+                            for e in open_text():
+                                yield e
+                        text.append(shown)
+                        yield event(
+                            "response.output_text.delta", delta=shown, logprobs=entries, **where
+                        )
+            if done is None or done.finish_reason == "cancelled":
+                return
+            reason = done.finish_reason
+            tail, content, calls, reason = await _off_loop(reply, lambda: reply.finish(reason))
+            if tail or (not text and not calls):
+                if not text:
+                    for e in open_text():
+                        yield e
+                text.append(tail)
+                yield event("response.output_text.delta", delta=tail, logprobs=[], **where)
+            index = 0
+            if text:
+                whole = "".join(text)
+                yield event(
+                    "response.output_text.done", text=whole, logprobs=self.logprobs, **where
+                )
+                yield event("response.content_part.done", part=dict(part, text=whole), **where)
+                item = self._message_item(whole, "completed")
+                yield event("response.output_item.done", output_index=0, item=item)
+                index = 1
+            for call in calls:
+                opened = self._call_item(call, "in_progress")
+                yield event("response.output_item.added", output_index=index, item=opened)
+                finished = self._call_item(call, "completed")
+                ids = {"item_id": finished["id"], "output_index": index}
+                yield event(
+                    "response.function_call_arguments.delta", delta=finished["arguments"], **ids
+                )
+                yield event(
+                    "response.function_call_arguments.done",
+                    arguments=finished["arguments"],
+                    name=call.name,
+                    **ids,
+                )
+                yield event("response.output_item.done", output_index=index, item=finished)
+                index += 1
+            response = self.complete(done, content, calls, reason)
+            incomplete = response["status"] == "incomplete"
+            yield event(
+                f"response.{'incomplete' if incomplete else 'completed'}", response=response
+            )
+        except Exception as e:
+            if not isinstance(e, APIError):
+                logger.exception("generation failed", exc_info=e)
+                e = APIError(500, "The server had an error while generating.", type="server_error")
+            yield event("error", code=e.code, message=e.message, param=e.param)
+
+
+def _usage(done: Finished) -> dict[str, Any]:
+    return {
+        "input_tokens": done.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": done.cached_tokens},
+        "output_tokens": done.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+def _text(content: str | list[Part] | None, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    for part in content:
+        if part.type not in ("input_text", "output_text", "text") or part.text is None:
+            raise APIError(
+                400, f"{param}: only text parts are supported, not {part.type!r}.", param=param
+            )
+    return "".join(p.text for p in content if p.text is not None)
+
+
+def _messages(given: str | list[Item]) -> list[dict[str, Any]]:
+    """Input items as chat messages: function calls join the assistant message before
+    them, their outputs become tool messages."""
+    if isinstance(given, str):
+        return [{"role": "user", "content": given}]
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(given):
+        param = f"input.{i}"
+        kind = item.type or ("message" if item.role else None)
+        if kind == "message" and item.role is not None:
+            out.append({"role": item.role, "content": _text(item.content, f"{param}.content")})
+        elif kind == "function_call":
+            if not item.name or not item.call_id:
+                raise APIError(
+                    400, f"{param}: a function_call needs name and call_id.", param=param
+                )
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.arguments or "{}"},
+            }
+            if out and out[-1]["role"] == "assistant":
+                out[-1].setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        elif kind == "function_call_output":
+            if not item.call_id:
+                raise APIError(400, f"{param}: a function_call_output needs call_id.", param=param)
+            output = _text(item.output, f"{param}.output")
+            out.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+        elif kind == "reasoning":
+            continue  # this model does not reason out loud
+        else:
+            raise APIError(
+                400,
+                f"{param}: {kind!r} items are not supported; send messages, function_call "
+                "and function_call_output items.",
+                param=param,
+            )
+    if not out:
+        raise APIError(400, "input has no messages.", param="input")
+    return out
