@@ -23,12 +23,14 @@ import qwen_mlx.chat.session as session_module
 import qwen_mlx.runtime.generation as generation
 from qwen_mlx.chat.chats import ChatStore
 from qwen_mlx.cli import main as cli_main
+from qwen_mlx.server.web_chats import KEEP_SESSIONS
 
 from .webchat import (
     MARKDOWN_REPLY,
     SCRIPT_REPLY,
     endless,
     events,
+    in_terminal,
     new_chat,
     page_client,
     scripted,
@@ -224,6 +226,22 @@ def test_attach_a_file_then_export_the_chat_as_markdown(web, client, tmp_path):
     assert "The meeting is on Tuesday at 10." in text
 
 
+def test_every_tab_and_chat_runs_on_the_one_served_model(web, model_says, monkeypatch):
+    def no_second_copy(*args, **kwargs):
+        raise AssertionError("the web chat loaded a model")
+
+    monkeypatch.setattr("qwen_mlx.runtime.load", no_second_copy)
+    model_says(scripted("ok"))
+    with page_client(web) as one, page_client(web) as two:
+        for client in (one, two, one, two):
+            chat_id = new_chat(client)
+            got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "hi"}))
+            assert got[-1][0] == "done"
+    sessions = list(web.chats._sessions.values())
+    assert sessions and all(s.model is web.engine.model for s in sessions)
+    assert len(sessions) <= KEEP_SESSIONS  # KV caches of other chats wait on disk
+
+
 # -- safety -----------------------------------------------------------------------------------
 
 
@@ -281,9 +299,6 @@ def test_a_key_protected_server_asks_for_the_key_once_and_keeps_a_session(tiny_m
 def test_a_terminal_chat_continues_in_the_browser_and_back_without_rereading(
     web, client, tiny_mlx, monkeypatch
 ):
-    from tui.app import ChatApp
-    from tui.widgets import PromptInput
-
     prefilled: list[int] = []
     real = session_module.stream_tokens
 
@@ -293,35 +308,9 @@ def test_a_terminal_chat_continues_in_the_browser_and_back_without_rereading(
 
     monkeypatch.setattr(session_module, "stream_tokens", counting)
 
-    async def terminal(chat_id: str | None, text: str, *commands: str) -> tuple[str, object]:
-        app = ChatApp(model=str(tiny_mlx), chat_id=chat_id, home=web.home)
-        async with app.run_test(size=(100, 30)) as pilot:
-            for _ in range(600):
-                if (
-                    app.session is not None
-                    and not app.busy
-                    and (chat_id is None or app.chat is not None)
-                ):
-                    break
-                await pilot.pause(0.05)
-            notices = list(app.session.notices)
-            for command in commands:
-                app.query_one(PromptInput).load_text(command)
-                await pilot.press("enter")
-            before = len(app.session.messages)
-            app.query_one(PromptInput).load_text(text)
-            await pilot.press("enter")
-            for _ in range(600):
-                if len(app.session.messages) > before + 1 and not app.streaming and not app.busy:
-                    break
-                await pilot.pause(0.05)
-            stats = app.session.last_stats
-            assert not notices, notices
-            return app.chat.id, stats
-
     # A long first message, short replies: re-reading the history would show.
     long = "Here is what happened at the meeting today. " * 20
-    chat_id, _ = asyncio.run(terminal(None, long, "/max_tokens 8"))
+    chat_id, _ = asyncio.run(in_terminal(tiny_mlx, web.home, None, long, "/max_tokens 8"))
     view = client.get(f"/web/api/chats/{chat_id}").json()
     assert [m["role"] for m in view["messages"]] == ["user", "assistant"]
     assert view["notices"] == []  # the terminal app's KV cache was usable
@@ -329,7 +318,7 @@ def test_a_terminal_chat_continues_in_the_browser_and_back_without_rereading(
     stats = got[-1][1]["stats"]
     assert stats["prefilled_tokens"] < stats["prompt_tokens"] // 2  # only the new message
     assert prefilled[-1] == stats["prefilled_tokens"]
-    _, back = asyncio.run(terminal(chat_id, "Back in the terminal"))
+    _, back = asyncio.run(in_terminal(tiny_mlx, web.home, chat_id, "Back in the terminal"))
     assert back.prefilled_tokens < back.prompt_tokens // 2  # it read only its new message
     roles = [m.role for m in ChatStore(web.home).messages(chat_id)]
     assert roles == ["user", "assistant"] * 3
@@ -352,6 +341,7 @@ def test_chat_port_without_web_is_an_error(capsys):
     assert "--port only applies with --web" in capsys.readouterr().err
 
 
+@pytest.mark.interop  # a second process loading the model: slower than the default tier's
 def test_chat_web_starts_the_server_and_opens_the_browser_once_it_answers(tiny_mlx, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

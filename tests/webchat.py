@@ -120,3 +120,31 @@ def endless(model, tokens, params, *, should_stop, **kwargs):
         time.sleep(0.01)
     reason = "cancelled" if should_stop() else "length"
     yield GenerationChunk("", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0, reason)
+
+
+async def in_terminal(model_path: Path, home: Path, chat_id: str | None, text: str, *commands: str):
+    """Run the terminal app (Textual's Pilot) on chat `chat_id` (None: a new one): type
+    each of `commands`, then send `text` and wait for the reply. Returns (chat id, the
+    turn's stats)."""
+    from tui.app import ChatApp
+    from tui.widgets import PromptInput
+
+    app = ChatApp(model=str(model_path), chat_id=chat_id, home=home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(600):
+            if app.session is not None and not app.busy and (chat_id is None or app.chat):
+                break
+            await pilot.pause(0.05)
+        assert not app.session.notices, app.session.notices  # its saved cache was usable
+        for command in commands:
+            app.query_one(PromptInput).load_text(command)
+            await pilot.press("enter")
+        before = len(app.session.messages)
+        app.query_one(PromptInput).load_text(text)
+        await pilot.press("enter")
+        for _ in range(600):
+            if len(app.session.messages) > before + 1 and not app.streaming and not app.busy:
+                break
+            await pilot.pause(0.05)
+        assert len(app.session.messages) == before + 2, "the terminal app did not reply"
+        return app.chat.id, app.session.last_stats

@@ -62,7 +62,7 @@ SECURITY_HEADERS = {
         "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make forms send `Origin: null`
     "Cache-Control": "no-store",
 }
 
@@ -406,8 +406,8 @@ async def _reply(
         try:
             _run_turn(chats, chat, turn, _Ask(kind, text, index), emit, release)
         except BaseException as e:  # anything the turn did not report itself
-            emit(e)
             release()
+            emit(e)
 
     model_thread().submit(job)  # followed through the queue
     first = await queue.get()
@@ -471,8 +471,8 @@ def _run_turn(
         if kind == "send" and len(session.history) > before and not session.busy:
             session.undo()  # the question goes back to the page's input
         chats.save(chat, session, cache=False)
+        release()  # first: a tab that sees the end may start the next turn at once
         emit(e)
-        release()
         return
     chats.save(chat, session, cache=False)
     s = session.last_stats
@@ -490,8 +490,8 @@ def _run_turn(
     if s is not None and s.dropped_messages:
         notices.append(f"{s.dropped_messages} oldest messages left out of the prompt")
     context = {"used": session.context_tokens, "limit": session.context_limit}
+    release()  # before the end is seen; the next turn queues behind the cache save
     emit(_Done(session.history, context, stats, notices))
-    release()  # the next turn queues behind this cache save on the model thread
     try:
         chats.save(chat, session, cache=True)
     except Exception as e:  # a full disk, say: the next reply reads the history again
