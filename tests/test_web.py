@@ -23,6 +23,7 @@ import qwen_mlx.chat.session as session_module
 import qwen_mlx.runtime.generation as generation
 from qwen_mlx.chat.chats import ChatStore
 from qwen_mlx.cli import main as cli_main
+from qwen_mlx.runtime.thread import model_thread
 from qwen_mlx.server.web_chats import KEEP_SESSIONS
 
 from .webchat import (
@@ -171,6 +172,20 @@ def test_regenerate_and_edit_and_resend(web, client, model_says):
     shown = [(m["role"], m["html"]) for m in got[-1][1]["messages"]]
     assert shown == [("user", "uno"), ("assistant", "<p>edited answer</p>\n")]
     assert [m.content for m in ChatStore(web.home).messages(chat_id)] == ["uno", "edited answer"]
+    missing = client.post(f"/web/api/chats/{chat_id}/edit", json={"index": 9, "text": "x"})
+    assert missing.status_code == 400 and "No message 9" in missing.json()["error"]["message"]
+
+
+def test_deleting_a_chat_removes_it_and_its_saved_cache(web, client):
+    chat_id = new_chat(client)
+    events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "hi"}))
+    model_thread().submit(lambda: None).result()  # the cache is saved after the reply ends
+    store = ChatStore(web.home)
+    assert store.session_path(chat_id).is_file()
+    assert client.post(f"/web/api/chats/{chat_id}/delete").json() == {"deleted": chat_id}
+    assert store.get(chat_id) is None and not list(store.sessions.glob(f"{chat_id}.json*"))
+    gone = client.get(f"/web/api/chats/{chat_id}")
+    assert gone.status_code == 404 and "no chat" in gone.json()["error"]["message"]
 
 
 def test_a_second_tab_is_told_the_chat_is_busy_and_stop_ends_the_reply(web, model_says):

@@ -199,6 +199,10 @@ def test_a_terminal_chat_opens_continues_and_exports(page, web, tiny_mlx):
     assert download.value.suggested_filename.endswith(".md")
     assert "## User" in exported and "Continue in the browser" in exported
     assert "river trip" in exported
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete")
+    expect(page.locator(f"#chats .chat[data-id='{chat_id}']")).to_have_count(0)
+    assert ChatStore(web.home).get(chat_id) is None
 
 
 def test_a_second_tab_on_a_replying_chat_is_told_it_is_busy(page, browser, web, model_says):

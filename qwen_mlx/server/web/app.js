@@ -373,6 +373,17 @@ async function exportChat() {
   }
 }
 
+async function deleteChat() {
+  if (!state.chat || state.streaming) return;
+  if (!confirm(`Delete “${state.chat.title}” and its saved KV cache?`)) return;
+  try {
+    await api("/chats/" + encodeURIComponent(state.chat.id) + "/delete", { method: "POST" });
+    newChat();
+  } catch (e) {
+    notice(e.message, "error");
+  }
+}
+
 // -- start ------------------------------------------------------------------------------------
 
 async function start() {
@@ -384,6 +395,7 @@ async function start() {
   $("regenerate").addEventListener("click", regenerate);
   $("new-chat").addEventListener("click", newChat);
   $("export").addEventListener("click", exportChat);
+  $("delete").addEventListener("click", deleteChat);
   $("attach").addEventListener("change", attach);
   $("settings-form").addEventListener("submit", saveSettings);
   $("settings-toggle").addEventListener("click", () => {
