@@ -7,6 +7,10 @@
   and the model's text into replies with tool calls.
 - `schemas.py`: the request bodies, as pydantic models.
 - `errors.py`: errors in OpenAI's shape, the body-size limit and the catch-all for the rest.
+- `web.py`: the web chat at `/` (its page and JSON API); `web_chats.py` its chats (the
+  terminal app's store, ChatSession on the model thread), `web_replies.py` its streamed
+  replies, `web_auth.py` its API-key session and CSRF checks, `web_markdown.py` its
+  server-side Markdown; the page's files are in `web/`.
 - `connections.py`: the uvicorn configuration: header and keep-alive timeouts, and a
   connection limit (`server_config`).
 """

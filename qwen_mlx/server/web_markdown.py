@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import functools
 import html
+from typing import Any
 
 from markdown_it import MarkdownIt
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
+
+from ..runtime import Message
 
 CODE_STYLE = "default"  # Pygments' style for code blocks (its CSS is served with the page)
 
@@ -54,3 +57,20 @@ def render_plain(text: str) -> str:
 def code_css() -> str:
     """The CSS for highlighted code, scoped to the reply bodies."""
     return HtmlFormatter(style=CODE_STYLE).get_style_defs(".md pre code")
+
+
+def message_view(index: int, message: Message) -> dict[str, Any]:
+    """A message as the page shows it: replies as Markdown, the rest as typed."""
+    shown = render_markdown if message.role == "assistant" else render_plain
+    return {
+        "index": index,
+        "role": message.role,
+        "html": shown(message.content),
+        "stopped": message.stopped,
+    }
+
+
+def message_views(messages: list[Message]) -> list[dict[str, Any]]:
+    """What the page shows of a conversation: every message but the system prompt, each
+    with its index in the conversation (what edit-and-resend names)."""
+    return [message_view(i, m) for i, m in enumerate(messages) if m.role != "system"]
