@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,10 +22,12 @@ import pytest
 
 import qwen_mlx.chat.session as session_module
 import qwen_mlx.runtime.generation as generation
+import qwen_mlx.server
 from qwen_mlx.chat.chats import ChatStore
 from qwen_mlx.cli import main as cli_main
 from qwen_mlx.runtime.thread import model_thread
 from qwen_mlx.server.web_chats import KEEP_SESSIONS
+from qwen_mlx.server.web_markdown import MarkdownStream, render_markdown
 
 from .webchat import (
     MARKDOWN_REPLY,
@@ -36,6 +39,7 @@ from .webchat import (
     page_client,
     scripted,
     serve_web,
+    streamed_html,
 )
 
 KEY = "web-test-key"
@@ -79,7 +83,7 @@ def test_the_page_and_every_asset_come_from_the_server_itself(web):
 
 
 def test_a_reply_streams_as_rendered_markdown_and_is_saved(web, client, model_says):
-    model_says(scripted(MARKDOWN_REPLY))
+    model_says(scripted(MARKDOWN_REPLY, delay=0.02))  # 0.9 s: more than one 50 ms batch
     chat_id = new_chat(client)
     reply = client.post(f"/web/api/chats/{chat_id}/send", json={"text": "Rivers?"})
     assert reply.status_code == 200 and reply.headers["content-type"].startswith(
@@ -88,9 +92,11 @@ def test_a_reply_streams_as_rendered_markdown_and_is_saved(web, client, model_sa
     got = events(reply)
     names = [name for name, _ in got]
     assert names[-1] == "done" and names.count("reply") >= 2  # it came in pieces
-    partial = [data["html"] for name, data in got if name == "reply"]
+    partial = streamed_html(got)
     assert len(partial[0]) < len(partial[-1])
     final = got[-1][1]["messages"][-1]
+    assert partial[-1] == final["html"]  # streamed in parts, the same as rendered whole
+    assert sum(len(data["append"]) for _, data in got[:-1]) < len(final["html"])  # each once
     assert final["role"] == "assistant"
     assert "<table>" in final["html"] and "<td>Nile</td>" in final["html"]
     assert '<code class="language-python"><span class="k">def</span>' in final["html"]
@@ -105,9 +111,8 @@ def test_model_text_is_never_markup(web, client, model_says):
     model_says(scripted(SCRIPT_REPLY))
     chat_id = new_chat(client)
     got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "<b>hi</b>"}))
-    for html in [d["html"] for n, d in got if n == "reply"] + [
-        m["html"] for m in client.get(f"/web/api/chats/{chat_id}").json()["messages"]
-    ]:
+    stored = client.get(f"/web/api/chats/{chat_id}").json()["messages"]
+    for html in [*streamed_html(got), *(m["html"] for m in stored)]:
         assert "<script" not in html and "<img" not in html and "<b>" not in html
     reply = client.get(f"/web/api/chats/{chat_id}").json()["messages"]
     assert reply[0]["html"] == "&lt;b&gt;hi&lt;/b&gt;"
@@ -391,3 +396,27 @@ def test_chat_web_starts_the_server_and_opens_the_browser_once_it_answers(tiny_m
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "opening http://127.0.0.1" in err
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", [1, 5, 23])
+def test_a_reply_rendered_as_it_streams_equals_the_reply_rendered_whole(step):
+    text = (
+        MARKDOWN_REPLY
+        + "\n\n```\nunclosed until here\n\nstill code\n```\n\n    indented\n\n    code\n\n"
+        + "> a quote\n\nthe end"
+    ) * 3
+    stream, stable, tail = MarkdownStream(), "", ""
+    for i in range(0, len(text), step):
+        done, tail = stream.feed(text[i : i + step])
+        stable += done
+    assert stable + tail == render_markdown(text)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (to parse app.js)")
+def test_the_page_script_parses():
+    script = Path(qwen_mlx.server.__file__).with_name("web") / "app.js"
+    check = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

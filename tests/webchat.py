@@ -85,6 +85,17 @@ def events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def streamed_html(got: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The reply as the page shows it after each `reply` event: the completed blocks sent
+    so far, then the open one."""
+    shown, stable = [], ""
+    for name, data in got:
+        if name == "reply":
+            stable += data["append"]
+            shown.append(stable + data["tail"])
+    return shown
+
+
 def new_chat(client: httpx.Client, **settings: Any) -> str:
     response = client.post("/web/api/chats", json={"settings": settings})
     assert response.status_code == 200, response.text

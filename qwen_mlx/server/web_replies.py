@@ -3,8 +3,11 @@
 The model thread runs the chat's `ChatSession` turn and hands its text, in batches of
 `FLUSH_INTERVAL`, to the event loop, which sends the page the reply so far rendered as
 HTML (`reply` events), then the whole conversation with the turn's figures (`done`), or
-what went wrong (`error`). The response starts once the first text (or a failure) is in,
-so a refused turn is an HTTP error, not a stream. A tab that goes away stops its reply.
+what went wrong (`error`). A `reply` event carries the HTML of the blocks completed
+since the last one (`append`) and of the block still open (`tail`, replaced each time),
+so a long reply costs time linear in its length (web_markdown.MarkdownStream). The
+response starts once the first text (or a failure) is in, so a refused turn is an HTTP
+error, not a stream. A tab that goes away stops its reply.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..runtime import Message
 from ..runtime.thread import model_thread
 from .errors import APIError
 from .web_chats import ChatBusy, Turn, WebChats
-from .web_markdown import message_views, render_markdown
+from .web_markdown import MarkdownStream, message_views
 
 logger = logging.getLogger(__name__)
 
@@ -179,12 +182,12 @@ def _run_turn(
 async def _reply_events(
     first: str | _Done, queue: asyncio.Queue[_Item], turn: Turn
 ) -> AsyncIterator[str]:
-    text, item, finished = "", first, False
+    markdown, item, finished = MarkdownStream(), first, False
     try:
         while True:
             if isinstance(item, str):
-                text += item
-                yield _sse("reply", {"html": render_markdown(text)})
+                done, tail = markdown.feed(item)
+                yield _sse("reply", {"append": done, "tail": tail})
             elif isinstance(item, _Done):
                 finished = True
                 yield _sse(

@@ -208,15 +208,17 @@ function setStreaming(on) {
   document.body.classList.toggle("streaming", on);
 }
 
-// POST `path` and read its server-sent events: `reply` (the reply so far, as HTML),
-// then `done` or `error`. True if the reply came.
+// POST `path` and read its server-sent events: `reply` (HTML of the blocks completed
+// since the last one, and of the open block), then `done` or `error`. True if it came.
 async function stream(path, body, chat = state.chat) {
   setStreaming(true);
   notice("");
   const reply = bubble({ index: -1, role: "assistant", html: "", stopped: false });
   reply.classList.add("live");
   $("messages").append(reply);
-  const target = reply.querySelector(".body");
+  const stable = document.createElement("div"); // finished blocks: appended to, never redone
+  const tail = document.createElement("div"); // the block still being written: replaced
+  reply.querySelector(".body").append(stable, tail);
   let ok = false;
   try {
     const response = await api("/chats/" + encodeURIComponent(chat.id) + path, { method: "POST", json: body });
@@ -233,7 +235,9 @@ async function stream(path, body, chat = state.chat) {
         buffer = buffer.slice(cut + 2);
         const event = parseEvent(raw);
         if (event.name === "reply") {
-          target.innerHTML = event.data.html; // server-made HTML, see bubble()
+          // server-made HTML, see bubble()
+          if (event.data.append) stable.insertAdjacentHTML("beforeend", event.data.append);
+          tail.innerHTML = event.data.tail;
           const box = $("messages");
           box.scrollTop = box.scrollHeight;
         } else if (event.name === "done") {
