@@ -135,7 +135,7 @@ def _run_turn(
         else:
             stream = session.edit(index, text)
         pending: list[str] = []
-        flushed = time.monotonic()
+        flushed = 0.0  # the first text goes out at once: it is the time to first token
         for chunk in stream:
             if turn.stop.is_set():
                 session.stop()
