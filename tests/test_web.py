@@ -225,7 +225,9 @@ def test_a_second_tab_is_told_the_chat_is_busy_and_stop_ends_the_reply(web, mode
 
 def test_attach_a_file_then_export_the_chat_as_markdown(web, client, tmp_path):
     chat_id = new_chat(client)
-    before = client.get(f"/web/api/chats/{chat_id}").json()["context"]["used"]
+    context = client.get(f"/web/api/chats/{chat_id}").json()["context"]
+    assert context["limit"] == 2048  # the server's --max-context (see webchat.serve_web)
+    before = context["used"]
     notes = "# Notes\n\nThe meeting is on Tuesday at 10.\n"
     view = client.post(
         f"/web/api/chats/{chat_id}/attach", params={"name": "notes.md"}, content=notes.encode()

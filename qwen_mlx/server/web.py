@@ -18,6 +18,7 @@ escaping could not run injected code. Replies stream from web_replies.py.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import html
 import json
@@ -34,6 +35,7 @@ from ..chat.chats import Chat, title_from
 from ..chat.export import default_export_path
 from ..chat.policy import ContextPolicy
 from ..runtime import Message
+from ..runtime.memory import MemoryPlanner
 from .engine import Engine
 from .errors import APIError
 from .web_auth import SESSION_COOKIE, WebGuard
@@ -64,9 +66,20 @@ def mount_web(
         from ..store import home as store_home
 
         home = store_home()
-    chats = WebChats(engine.model, home, planner=engine.planner, kv_bits=engine.kv_bits)
+    chats = WebChats(engine.model, home, planner=_capped(engine), kv_bits=engine.kv_bits)
     app.include_router(_router(chats, WebGuard(api_key)))
     return chats
+
+
+def _capped(engine: Engine) -> MemoryPlanner:
+    """The engine's planner, its context capped at the server's `--max-context` if one
+    was given (chats then apply their context policy there)."""
+    planner = engine.planner
+    memory = min(engine.model.context_length, planner.max_context(engine.kv_bits))
+    if engine.context_limit >= memory:
+        return planner
+    shape = dataclasses.replace(planner.shape, context_length=engine.context_limit)
+    return MemoryPlanner(shape, planner.weights, planner.budget, dtype_bytes=planner.dtype_bytes)
 
 
 def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
