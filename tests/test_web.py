@@ -29,6 +29,7 @@ from qwen_mlx.runtime.thread import model_thread
 from qwen_mlx.server.web_chats import KEEP_SESSIONS
 from qwen_mlx.server.web_markdown import MarkdownStream, render_markdown
 
+from .test_readme import write_pdf
 from .webchat import (
     MARKDOWN_REPLY,
     SCRIPT_REPLY,
@@ -234,6 +235,16 @@ def test_attach_a_file_then_export_the_chat_as_markdown(web, client, tmp_path):
     ).json()
     assert view["read_tokens"] > 0 and view["context"]["used"] > before
     assert "Attached file `notes.md`" in view["messages"][-1]["html"]
+    pdf = tmp_path / "minutes.pdf"
+    write_pdf(pdf, "Release on 14 March.")
+    view = client.post(
+        f"/web/api/chats/{chat_id}/attach", params={"name": pdf.name}, content=pdf.read_bytes()
+    ).json()
+    assert "Release on 14 March." in view["messages"][-1]["html"]
+    broken = client.post(
+        f"/web/api/chats/{chat_id}/attach", params={"name": "x.pdf"}, content=b"not a pdf"
+    )
+    assert broken.status_code == 400 and "x.pdf is not a readable PDF" in broken.text
     binary = client.post(
         f"/web/api/chats/{chat_id}/attach", params={"name": "x.md"}, content=b"\x00\x01" * 10
     )

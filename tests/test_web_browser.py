@@ -87,7 +87,7 @@ def chat_id_of(page) -> str:
 
 
 def test_a_reply_streams_in_as_markdown_with_a_table_and_highlighted_code(page, model_says):
-    model_says(scripted(MARKDOWN_REPLY, delay=0.04))
+    model_says(scripted(MARKDOWN_REPLY, delay=0.06))  # 2.6 s: time to look while it streams
     send(page, "Which rivers are longest?")
     live = page.locator(".message.assistant.live .body")
     expect(live).to_contain_text("table", timeout=30_000)
