@@ -1,16 +1,51 @@
-"""`qwen-mlx chat`: the terminal chat app (tui/)."""
+"""`qwen-mlx chat`: the terminal chat app (tui/), or with `--web` the web chat in a browser."""
 
 from __future__ import annotations
 
+import argparse
+
 from .common import guarded
+
+WEB_FLAGS = ("--host", "--port")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The terminal app's flags, and `--web` with where to serve the page."""
+    from tui.app import build_parser as app_parser
+
+    p = app_parser()
+    p.description = (
+        f"{p.description} With --web, open the same chats in the browser instead (the web "
+        "chat of `qwen-mlx serve`, started here unless one is running already)."
+    )
+    web = p.add_argument_group("web chat")
+    web.add_argument(
+        "--web",
+        action="store_true",
+        help="open the web chat in the browser; starts `qwen-mlx serve` on --host/--port "
+        "unless it is running there already (Ctrl-C stops it)",
+    )
+    web.add_argument("--host", default="127.0.0.1", help="with --web: address (default: 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8080, help="with --web: port (default: 8080)")
+    return p
 
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
-    from tui.app import build_parser
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)  # --help and bad flags before the app starts
+    if args.web:
+        from .web import open_web_chat
+
+        return open_web_chat(host=args.host, port=args.port, model=args.model, chat_id=args.session)
+    given = [f for f in WEB_FLAGS if any(a == f or a.startswith(f + "=") for a in argv)]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ValueError(f"{' and '.join(given)} only {verb} with --web.")
     from tui.app import main as run
 
-    build_parser().parse_args(argv)  # --help and bad flags before the app starts
     return run(argv)
 
 

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -38,6 +39,7 @@ from .net import AllowedHosts
 from .ollama import ollama_router
 from .prepare import Reply, prepare_chat, prepare_completion
 from .schemas import ChatRequest, CompletionRequest
+from .web import mount_web
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +51,14 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allowed_hosts: Sequence[str] | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    web_home: str | Path | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine`. With `api_key`, every route but /health needs
     `Authorization: Bearer <api_key>`. With `allowed_hosts`, a request whose Host header
     names another host is refused: a web page cannot reach a loopback server by pointing
     its own domain at 127.0.0.1 (DNS rebinding). A body that has not arrived
-    `body_timeout` seconds after its headers gets 408."""
+    `body_timeout` seconds after its headers gets 408. The web chat (web.py) answers `/`,
+    with the chats under `web_home` (default: the store's)."""
     app = FastAPI(title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
@@ -144,6 +148,7 @@ def create_app(
     app.include_router(
         ollama_router(engine, api_key=api_key, body_checks=[Depends(_valid_unicode)])
     )
+    app.state.web = mount_web(app, engine, api_key=api_key, home=web_home)
     return app
 
 

@@ -143,12 +143,15 @@ class Scheduler:
     # -- the loop, on the model thread --------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
-            try:
-                if not self._turn():
-                    return
-            except BaseException as e:  # the loop must outlive any step
-                self._fail_batch(e)
+        """One step, then the next one queued behind whatever else waits for the model
+        thread (a web chat's turn, a model load), so the batch never starves other work."""
+        try:
+            more = self._turn()
+        except BaseException as e:  # the loop must outlive any step
+            self._fail_batch(e)
+            more = True
+        if more:
+            model_thread().submit(self._loop)
 
     def _turn(self) -> bool:
         with self._lock:

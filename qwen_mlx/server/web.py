@@ -1,0 +1,283 @@
+"""The web chat at `/`: a page served by us, its JSON API under `/web/api`, replies as SSE.
+
+Why this shape: the page is one HTML file, one hand-written script and one stylesheet,
+shipped as package data (no CDN, no JavaScript build step, nothing to install but this
+package). Markdown is rendered on the server (web_markdown.py: markdown-it-py and
+Pygments, which Textual already brings), so the browser never parses model text: each
+reply streams as server-sent events carrying the HTML of the reply so far, which the
+script puts in place. The model runs through `ChatSession` on the model thread
+(web_chats.py), not through the OpenAI route's engine jobs, because that is what keeps a
+chat's KV cache on disk beside the terminal app's: the same chats continue in either
+without re-reading their history.
+
+Safety, on top of the app's loopback binding and Host check: the API key asked once and
+kept as a session cookie, a CSRF token and an Origin check (web_auth.py), and a
+Content-Security-Policy allowing only our own script and styles, so even a mistake in
+escaping could not run injected code. Replies stream from web_replies.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import html
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from ..chat.chats import Chat, title_from
+from ..chat.export import default_export_path
+from ..chat.policy import ContextPolicy
+from ..runtime import Message
+from ..runtime.memory import MemoryPlanner
+from .engine import Engine
+from .errors import APIError
+from .web_auth import SESSION_COOKIE, WebGuard
+from .web_chats import SAMPLING_KEYS, ChatBusy, WebChats, on_model_thread
+from .web_markdown import code_css, message_views
+from .web_replies import stream_reply
+
+logger = logging.getLogger(__name__)
+
+STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # no-referrer would make forms send `Origin: null`
+    "Cache-Control": "no-store",
+}
+
+
+def mount_web(
+    app: FastAPI, engine: Engine, *, api_key: str | None, home: str | Path | None = None
+) -> WebChats:
+    """Serve the web chat from `app` on `engine`'s model, with the chats under `home`
+    (default: the store's, `$QWEN_MLX_HOME`)."""
+    if home is None:
+        from ..store import home as store_home
+
+        home = store_home()
+    chats = WebChats(engine.model, home, planner=_capped(engine), kv_bits=engine.kv_bits)
+    app.include_router(_router(chats, WebGuard(api_key)))
+    return chats
+
+
+def _capped(engine: Engine) -> MemoryPlanner:
+    """The engine's planner, its context capped at the server's `--max-context` if one
+    was given (chats then apply their context policy there)."""
+    planner = engine.planner
+    memory = min(engine.model.context_length, planner.max_context(engine.kv_bits))
+    if engine.context_limit >= memory:
+        return planner
+    shape = dataclasses.replace(planner.shape, context_length=engine.context_limit)
+    return MemoryPlanner(shape, planner.weights, planner.budget, dtype_bytes=planner.dtype_bytes)
+
+
+def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
+    router = APIRouter()
+    api = APIRouter(prefix="/web/api", dependencies=[Depends(guard.api)])
+    model = chats.model
+
+    @router.get("/", include_in_schema=False)
+    async def page(request: Request) -> Response:
+        if not guard.signed_in(request):
+            return _page("login.html", error="")
+        return _page("index.html", csrf=guard.csrf_token(request), model=model.name)
+
+    @router.post("/web/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        guard.check_origin(request)  # no signing in from another site (login CSRF)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        key = (form.get("key") or [""])[0]
+        if not guard.api_key or not hmac.compare_digest(key.encode(), guard.api_key.encode()):
+            return _page("login.html", error="That is not the API key of this server.", status=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE, guard.cookie, httponly=True, samesite="strict", path="/"
+        )
+        return response
+
+    @router.get("/web/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name == "code.css":
+            body = code_css()
+            kind = "text/css"
+        elif name in STATIC:
+            body = _asset(name)
+            kind = STATIC[name]
+        else:
+            raise APIError(404, f"No web asset {name}.", code="not_found")
+        return Response(body, media_type=kind, headers=SECURITY_HEADERS)
+
+    @api.get("/info")
+    async def info() -> dict[str, Any]:
+        defaults = model.default_params
+        return {
+            "model": model.name,
+            "defaults": {key: getattr(defaults, key) for key in SAMPLING_KEYS},
+            "policies": list(ContextPolicy.names()),
+        }
+
+    @api.get("/chats")
+    async def list_chats() -> dict[str, Any]:
+        return {
+            "chats": [
+                {"id": c.id, "title": c.title, "updated_at": c.updated_at, "busy": chats.busy(c.id)}
+                for c in chats.store.list()
+            ]
+        }
+
+    @api.post("/chats")
+    async def create_chat(request: Request) -> dict[str, Any]:
+        body = await _json(request)
+        chat = chats.create(body.get("settings") or {})
+        title = body.get("title")
+        if isinstance(title, str) and title.strip():
+            chats.store.rename(chat.id, title_from(title))
+        return await _chat_view(chats, chats.chat(chat.id))
+
+    @api.get("/chats/{chat_id}")
+    async def get_chat(chat_id: str) -> dict[str, Any]:
+        return await _chat_view(chats, chats.chat(chat_id))
+
+    @api.post("/chats/{chat_id}/settings")
+    async def settings(chat_id: str, request: Request) -> dict[str, Any]:
+        chat = chats.chat(chat_id)
+        body = await _json(request)
+        if chats.busy(chat_id):
+            raise ChatBusy()
+        chats.check_settings(body)  # a 400 before queuing behind other model work
+        await on_model_thread(chats.apply_settings, chat, body)
+        return await _chat_view(chats, chats.chat(chat_id))
+
+    @api.post("/chats/{chat_id}/send")
+    async def send(chat_id: str, request: Request) -> Response:
+        body = await _json(request)
+        text = body.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise APIError(400, "text: write a message to send.", param="text")
+        return await stream_reply(chats, chats.chat(chat_id), "send", text=text)
+
+    @api.post("/chats/{chat_id}/regenerate")
+    async def regenerate(chat_id: str) -> Response:
+        return await stream_reply(chats, chats.chat(chat_id), "regenerate")
+
+    @api.post("/chats/{chat_id}/edit")
+    async def edit(chat_id: str, request: Request) -> Response:
+        body = await _json(request)
+        text, index = body.get("text"), body.get("index")
+        if not isinstance(text, str) or not text.strip():
+            raise APIError(400, "text: write the message to send.", param="text")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise APIError(400, "index: expected the message's number.", param="index")
+        return await stream_reply(chats, chats.chat(chat_id), "edit", text=text, index=index)
+
+    @api.post("/chats/{chat_id}/stop")
+    async def stop(chat_id: str) -> dict[str, Any]:
+        chats.chat(chat_id)
+        return {"stopped": chats.stop(chat_id)}
+
+    @api.post("/chats/{chat_id}/attach")
+    async def attach(chat_id: str, request: Request, name: str) -> dict[str, Any]:
+        chat = chats.chat(chat_id)
+        data = await request.body()
+        turn = chats.begin(chat_id)
+        try:
+            read = await on_model_thread(
+                chats.attach, chat, Path(name).name, data, turn.stop.is_set
+            )
+        except (OSError, ValueError) as e:
+            raise APIError(400, str(e)) from e
+        finally:
+            chats.end(turn)
+        view = await _chat_view(chats, chats.chat(chat_id))
+        return {**view, "read_tokens": read}
+
+    @api.get("/chats/{chat_id}/export")
+    async def export(chat_id: str) -> Response:
+        chat = chats.chat(chat_id)
+        filename = default_export_path(chat.title, Path(".")).name
+        return Response(
+            chats.export(chat),
+            media_type="text/markdown; charset=utf-8",
+            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"},
+        )
+
+    @api.post("/chats/{chat_id}/delete")
+    async def delete(chat_id: str) -> dict[str, Any]:
+        chats.chat(chat_id)
+        if chats.busy(chat_id):
+            raise ChatBusy()
+        await on_model_thread(chats.forget, chat_id)
+        chats.store.delete(chat_id)
+        return {"deleted": chat_id}
+
+    router.include_router(api)
+    return router
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath("web", name).read_text(encoding="utf-8")
+
+
+def _page(name: str, *, status: int = 200, **values: str) -> HTMLResponse:
+    """A page from web/, its `{{name}}` slots filled with escaped values."""
+    text = _asset(name)
+    for slot, value in values.items():
+        text = text.replace("{{" + slot + "}}", html.escape(value))
+    headers = dict(SECURITY_HEADERS, **{"X-Frame-Options": "DENY"})
+    return HTMLResponse(text, status_code=status, headers=headers)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.")
+    return body
+
+
+async def _chat_view(chats: WebChats, chat: Chat) -> dict[str, Any]:
+    """What the page shows of a chat. A busy chat's session is streaming on the model
+    thread: its messages come from the store, and its context figures later."""
+    params = chats.model.default_params.replace(**chat.params)
+    view: dict[str, Any] = {
+        "id": chat.id,
+        "title": chat.title,
+        "model": chat.model,
+        "settings": {
+            "params": {key: getattr(params, key) for key in SAMPLING_KEYS},
+            "system": chat.system or "",
+            "policy": chat.policy,
+        },
+        "busy": chats.busy(chat.id),
+        "context": None,
+        "notices": [],
+    }
+    if view["busy"]:
+        messages = chats.store.messages(chat.id)
+    else:
+
+        def job() -> tuple[list[Message], dict[str, int], list[str]]:
+            session = chats.session(chat)
+            notices, session.notices[:] = list(session.notices), []
+            context = {"used": session.context_tokens, "limit": session.context_limit}
+            return session.history, context, notices
+
+        messages, view["context"], view["notices"] = await on_model_thread(job)
+    view["messages"] = message_views(messages)
+    return view

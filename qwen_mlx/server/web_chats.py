@@ -1,0 +1,298 @@
+"""The web chat's conversations: the terminal app's saved chats, on the served model.
+
+Each chat is a `ChatSession` over the engine's one model, run on the process's model
+thread (where the API's jobs run too, one after another), so any number of tabs share one
+copy of the weights. Chats live in the same `ChatStore` as `qwen-mlx chat`'s, with their KV
+caches beside them: a chat opened here resumes from the terminal app's saved cache, and
+the terminal app resumes from ours, neither re-reading the history. A chat whose messages
+changed on disk since we last used it (the terminal app went on with it) is reloaded.
+
+One turn at a time per chat: a second tab asking for a reply while one streams is told
+the chat is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..chat.chats import DEFAULT_TITLE, Chat, ChatStore, title_from
+from ..chat.documents import read_document
+from ..chat.export import to_markdown
+from ..chat.policy import ContextPolicy
+from ..chat.session import ChatSession
+from ..runtime import Message, Model, SamplingParams
+from ..runtime.memory import MemoryPlanner
+from ..runtime.thread import model_thread
+from .errors import APIError
+
+T = TypeVar("T")
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty")
+KEEP_SESSIONS = 2  # chats kept in memory with their KV caches; the others are on disk
+ATTACHABLE = (".txt", ".md", ".markdown", ".pdf")
+
+
+class ChatBusy(APIError):
+    """A reply is being generated in this chat (in another tab)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "This chat is replying in another tab or window. Wait for that reply, or stop "
+            "it there, then try again.",
+            code="chat_busy",
+        )
+
+
+@dataclass
+class Turn:
+    """A reply in progress: the session once the model thread has it, and a stop flag
+    for a stop that comes before it does."""
+
+    chat_id: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    session: ChatSession | None = None
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        if self.session is not None:
+            self.session.stop()
+
+
+async def on_model_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on the model thread, awaited from the event loop."""
+    return await asyncio.wrap_future(model_thread().submit(fn, *args))
+
+
+class WebChats:
+    """The chats the page shows and the sessions that answer them."""
+
+    def __init__(
+        self,
+        model: Model,
+        home: str | Path,
+        *,
+        planner: MemoryPlanner | None = None,
+        kv_bits: int | None = None,
+    ) -> None:
+        self.model = model
+        self.planner = planner
+        self.kv_bits = kv_bits
+        self.home = Path(home)
+        self._store: ChatStore | None = None
+        self._store_lock = threading.Lock()
+        self._sessions: OrderedDict[str, ChatSession] = OrderedDict()  # model thread only
+        self._turns: dict[str, Turn] = {}  # event loop only
+
+    @property
+    def store(self) -> ChatStore:
+        """The chat store, opened on first use (an unreadable one then fails the page,
+        not the whole server)."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = ChatStore(self.home)
+            return self._store
+
+    # -- chats ------------------------------------------------------------------------------
+
+    def chat(self, chat_id: str) -> Chat:
+        chat = self.store.get(chat_id)
+        if chat is None:
+            raise APIError(
+                404, f"There is no chat {chat_id}; the list on the left shows them.", code="no_chat"
+            )
+        return chat
+
+    def create(self, settings: dict[str, Any]) -> Chat:
+        params, system, policy = self.check_settings(settings)
+        chat = self.store.create(
+            model=self.model.ref, system=system, params=params, policy=policy.value
+        )
+        if system:
+            self.store.save_messages(chat.id, [Message("system", system)])
+        return chat
+
+    def check_settings(
+        self, settings: dict[str, Any]
+    ) -> tuple[dict[str, Any], str | None, ContextPolicy]:
+        """(sampling overrides, system prompt, policy) from the page's settings form, or a
+        400 naming what is wrong. Overrides keep what differs from the model's defaults,
+        as the terminal app's do."""
+        defaults = self.model.default_params
+        raw = settings.get("params") or {}
+        if not isinstance(raw, dict):
+            raise APIError(400, "params: expected an object of sampling parameters.")
+        overrides: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in SAMPLING_KEYS:
+                raise APIError(400, f"params: unknown sampling parameter {key!r}.", param=key)
+            if value is None or value == "":
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise APIError(400, f"{key}: expected a number, not {value!r}.", param=key)
+            if key in ("top_k", "max_tokens"):
+                if value != int(value):
+                    raise APIError(400, f"{key}: expected a whole number.", param=key)
+                value = int(value)
+            if value != getattr(defaults, key):
+                overrides[key] = value
+        try:
+            defaults.replace(**overrides)
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+        system = settings.get("system")
+        if system is not None and not isinstance(system, str):
+            raise APIError(400, "system: expected text.", param="system")
+        try:
+            policy = ContextPolicy(settings.get("policy") or ContextPolicy.TRUNCATE.value)
+        except ValueError:
+            names = ", ".join(ContextPolicy.names())
+            raise APIError(400, f"policy: expected one of {names}.", param="policy") from None
+        return overrides, (system or "").strip() or None, policy
+
+    # -- sessions (model thread) --------------------------------------------------------------
+
+    def session(self, chat: Chat) -> ChatSession:
+        """The chat's session: the one in memory if its messages are still those on disk,
+        else loaded with its saved KV cache (as the terminal app does)."""
+        stored = self.store.messages(chat.id)
+        params = self.model.default_params.replace(**chat.params)
+        session = self._sessions.get(chat.id)
+        if session is None or _texts(session.history) != _texts(stored):
+            session = self._load(chat, stored, params)
+        session.params = params
+        session.policy = ContextPolicy(chat.policy)
+        self._sessions[chat.id] = session
+        self._sessions.move_to_end(chat.id)
+        while len(self._sessions) > KEEP_SESSIONS:
+            self._sessions.popitem(last=False)  # saved after each turn: nothing is lost
+        return session
+
+    def _load(self, chat: Chat, stored: list[Message], params: SamplingParams) -> ChatSession:
+        path = self.store.session_path(chat.id)
+        if path.is_file():
+            with suppress(ValueError):  # unreadable: the messages are in SQLite anyway
+                return ChatSession.load(
+                    path, self.model, policy=chat.policy, planner=self.planner, messages=stored
+                )
+        session = ChatSession(
+            self.model,
+            params=params,
+            policy=chat.policy,
+            planner=self.planner,
+            kv_bits=self.kv_bits,
+        )
+        for message in stored:
+            session.add_message(message)
+        return session
+
+    def forget(self, chat_id: str) -> None:
+        self._sessions.pop(chat_id, None)
+
+    def save(self, chat: Chat, session: ChatSession, *, cache: bool) -> None:
+        """Save the messages (with `cache`, the KV cache too) as the terminal app does."""
+        self.store.save_messages(chat.id, session.history)
+        if cache:
+            session.save(self.store.session_path(chat.id))
+
+    def apply_settings(self, chat: Chat, settings: dict[str, Any]) -> ChatSession:
+        """Change a chat's sampling, system prompt and policy (on the model thread)."""
+        params, system, policy = self.check_settings(settings)
+        session = self.session(chat)
+        chat.params, chat.system, chat.policy = params, system, policy.value
+        self.store.update(chat)
+        session.params = self.model.default_params.replace(**params)
+        session.policy = policy
+        if session.system != system:
+            session.system = system
+            self.store.save_messages(chat.id, session.history)
+        return session
+
+    def attach(self, chat: Chat, name: str, data: bytes, should_stop: Callable[[], bool]) -> int:
+        """Read a file into the chat and prefill it, so the next reply starts at once (on
+        the model thread). Returns the tokens read."""
+        suffix = Path(name).suffix.lower()
+        if suffix not in ATTACHABLE:
+            raise APIError(
+                400,
+                f"{name} is not a text, Markdown or PDF file ({', '.join(ATTACHABLE)}).",
+                code="unsupported_file",
+            )
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"attachment{suffix}"
+            path.write_bytes(data)
+            try:
+                text = read_document(path)
+            except (OSError, ValueError) as e:
+                raise APIError(400, str(e).replace(str(path), name), code="unreadable_file") from e
+        message = f"Attached file `{name}`:\n\n{text}"
+        session = self.session(chat)
+        if session.fit_report(message) is not None:
+            tokens = session.count_tokens(message)
+            raise APIError(
+                400,
+                f"{name} has about {tokens:,} tokens: more than fits in this chat "
+                f"({session.context_tokens:,} of {session.context_limit:,} used). Start a new "
+                f"chat, or summarize it first (`qwen-mlx summarize {name}`).",
+                code="context_length_exceeded",
+            )
+        session.add_message({"role": "user", "content": message})
+        if chat.title == DEFAULT_TITLE:
+            chat.title = title_from(f"About {name}")
+            self.store.rename(chat.id, chat.title)
+        self.save(chat, session, cache=False)
+        read = session.prefill(should_stop=should_stop)
+        self.save(chat, session, cache=True)
+        return read
+
+    def export(self, chat: Chat) -> str:
+        params = self.model.default_params.replace(**chat.params)
+        return to_markdown(
+            title=chat.title,
+            model=self.model.name,
+            params={key: getattr(params, key) for key in SAMPLING_KEYS},
+            policy=chat.policy,
+            messages=self.store.messages(chat.id),
+        )
+
+    # -- turns (event loop) ---------------------------------------------------------------------
+
+    def busy(self, chat_id: str) -> bool:
+        return chat_id in self._turns
+
+    def begin(self, chat_id: str) -> Turn:
+        if chat_id in self._turns:
+            raise ChatBusy()
+        turn = self._turns[chat_id] = Turn(chat_id)
+        return turn
+
+    def end(self, turn: Turn) -> None:
+        if self._turns.get(turn.chat_id) is turn:
+            del self._turns[turn.chat_id]
+
+    def stop(self, chat_id: str) -> bool:
+        turn = self._turns.get(chat_id)
+        if turn is None:
+            return False
+        turn.request_stop()
+        return True
+
+    def close(self) -> None:
+        for turn in list(self._turns.values()):
+            turn.request_stop()
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+def _texts(messages: list[Message]) -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in messages]

@@ -1,0 +1,435 @@
+"""The web chat of `qwen-mlx serve`, through real HTTP (httpx against uvicorn on a free
+port): the page and its assets, streamed replies, the chat store shared with the terminal
+app, the API key, CSRF and Host checks, busy chats, attachments, export, `chat --web`.
+The same page in a real browser: test_web_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import qwen_mlx.chat.session as session_module
+import qwen_mlx.runtime.generation as generation
+import qwen_mlx.server
+from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.cli import main as cli_main
+from qwen_mlx.runtime.thread import model_thread
+from qwen_mlx.server.web_chats import KEEP_SESSIONS
+from qwen_mlx.server.web_markdown import MarkdownStream, render_markdown
+
+from .helpers import write_pdf
+from .webchat import (
+    MARKDOWN_REPLY,
+    SCRIPT_REPLY,
+    endless,
+    events,
+    in_terminal,
+    new_chat,
+    page_client,
+    scripted,
+    serve_web,
+    streamed_html,
+)
+
+KEY = "web-test-key"
+
+
+@pytest.fixture(scope="module")
+def web(tiny_model, tmp_path_factory):
+    with serve_web(tiny_model, tmp_path_factory.mktemp("web_home")) as served:
+        yield served
+
+
+@pytest.fixture
+def client(web):
+    with page_client(web) as c:
+        yield c
+
+
+@pytest.fixture
+def model_says(monkeypatch):
+    """Script ChatSession's model step for one test."""
+    return lambda fn: monkeypatch.setattr(session_module, "stream_tokens", fn)
+
+
+# -- the page --------------------------------------------------------------------------------
+
+
+def test_the_page_and_every_asset_come_from_the_server_itself(web):
+    page = httpx.get(web.url)
+    assert page.status_code == 200
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    assert page.headers["x-frame-options"] == "DENY"
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert refs and all(r.startswith("/web/static/") for r in refs), refs
+    for ref in refs:
+        asset = httpx.get(web.url.rstrip("/") + ref)
+        assert asset.status_code == 200, ref
+        assert asset.headers["content-type"].split(";")[0] in ("text/css", "text/javascript")
+        assert not re.search(r"https?://", asset.text), f"{ref} reaches outside the server"
+    assert httpx.get(web.url + "web/static/../app.py").status_code == 404
+
+
+def test_a_reply_streams_as_rendered_markdown_and_is_saved(web, client, model_says):
+    model_says(scripted(MARKDOWN_REPLY, delay=0.02))  # 0.9 s: more than one 50 ms batch
+    chat_id = new_chat(client)
+    reply = client.post(f"/web/api/chats/{chat_id}/send", json={"text": "Rivers?"})
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith(
+        "text/event-stream"
+    )
+    got = events(reply)
+    names = [name for name, _ in got]
+    assert names[-1] == "done" and names.count("reply") >= 2  # it came in pieces
+    partial = streamed_html(got)
+    assert len(partial[0]) < len(partial[-1])
+    final = got[-1][1]["messages"][-1]
+    assert partial[-1] == final["html"]  # streamed in parts, the same as rendered whole
+    assert sum(len(data["append"]) for _, data in got[:-1]) < len(final["html"])  # each once
+    assert final["role"] == "assistant"
+    assert "<table>" in final["html"] and "<td>Nile</td>" in final["html"]
+    assert '<code class="language-python"><span class="k">def</span>' in final["html"]
+    stored = ChatStore(web.home).messages(chat_id)
+    assert [m.role for m in stored] == ["user", "assistant"]
+    assert stored[1].content == MARKDOWN_REPLY
+    chats = client.get("/web/api/chats").json()["chats"]
+    assert any(c["id"] == chat_id and c["title"] == "Rivers?" for c in chats)
+
+
+def test_model_text_is_never_markup(web, client, model_says):
+    model_says(scripted(SCRIPT_REPLY))
+    chat_id = new_chat(client)
+    got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "<b>hi</b>"}))
+    stored = client.get(f"/web/api/chats/{chat_id}").json()["messages"]
+    for html in [*streamed_html(got), *(m["html"] for m in stored)]:
+        assert "<script" not in html and "<img" not in html and "<b>" not in html
+    reply = client.get(f"/web/api/chats/{chat_id}").json()["messages"]
+    assert reply[0]["html"] == "&lt;b&gt;hi&lt;/b&gt;"
+    assert "&lt;script&gt;window.pwned = 1&lt;/script&gt;" in reply[1]["html"]
+
+
+def test_sampling_settings_reach_the_sampler_and_the_store(web, client, monkeypatch):
+    seen = []
+    real = generation.make_sampling
+
+    def spy(params, *args, **kwargs):
+        seen.append(params)
+        return real(params, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "make_sampling", spy)
+    chat_id = new_chat(client)
+    settings = {
+        "params": {"temperature": 0.35, "top_p": 0.9, "top_k": 7, "max_tokens": 6},
+        "system": "Answer briefly.",
+        "policy": "kv-quantize",
+    }
+    view = client.post(f"/web/api/chats/{chat_id}/settings", json=settings).json()
+    assert view["settings"]["params"]["temperature"] == 0.35
+    assert view["settings"]["system"] == "Answer briefly."
+    got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "hi"}))
+    assert got[-1][0] == "done"
+    params = seen[-1]
+    assert (params.temperature, params.top_p, params.top_k, params.max_tokens) == (0.35, 0.9, 7, 6)
+    assert got[-1][1]["stats"]["generated"] <= 6
+    chat = ChatStore(web.home).get(chat_id)  # what the terminal app reads
+    assert chat.params == {"temperature": 0.35, "top_p": 0.9, "top_k": 7, "max_tokens": 6}
+    assert chat.policy == "kv-quantize" and chat.system == "Answer briefly."
+    assert ChatStore(web.home).messages(chat_id)[0].content == "Answer briefly."
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"params": {"temperature": -1}}, "temperature"),
+        ({"params": {"top_k": "many"}}, "top_k"),
+        ({"params": {"seed": 1}}, "seed"),
+        ({"policy": "forget"}, "policy"),
+    ],
+)
+def test_bad_settings_are_400_naming_the_field(client, settings, named):
+    chat_id = new_chat(client)
+    response = client.post(f"/web/api/chats/{chat_id}/settings", json=settings)
+    assert response.status_code == 400
+    assert named in response.json()["error"]["message"]
+
+
+def test_regenerate_and_edit_and_resend(web, client, model_says):
+    chat_id = new_chat(client)
+    model_says(scripted("first answer"))
+    events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "one"}))
+    model_says(scripted("second answer"))
+    got = events(client.post(f"/web/api/chats/{chat_id}/regenerate"))
+    assert [m["html"] for m in got[-1][1]["messages"]] == ["one", "<p>second answer</p>\n"]
+    events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "two"}))
+    model_says(scripted("edited answer"))
+    got = events(client.post(f"/web/api/chats/{chat_id}/edit", json={"index": 0, "text": "uno"}))
+    shown = [(m["role"], m["html"]) for m in got[-1][1]["messages"]]
+    assert shown == [("user", "uno"), ("assistant", "<p>edited answer</p>\n")]
+    assert [m.content for m in ChatStore(web.home).messages(chat_id)] == ["uno", "edited answer"]
+    missing = client.post(f"/web/api/chats/{chat_id}/edit", json={"index": 9, "text": "x"})
+    assert missing.status_code == 400 and "No message 9" in missing.json()["error"]["message"]
+
+
+def test_deleting_a_chat_removes_it_and_its_saved_cache(web, client):
+    chat_id = new_chat(client)
+    events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "hi"}))
+    model_thread().submit(lambda: None).result()  # the cache is saved after the reply ends
+    store = ChatStore(web.home)
+    assert store.session_path(chat_id).is_file()
+    assert client.post(f"/web/api/chats/{chat_id}/delete").json() == {"deleted": chat_id}
+    assert store.get(chat_id) is None and not list(store.sessions.glob(f"{chat_id}.json*"))
+    gone = client.get(f"/web/api/chats/{chat_id}")
+    assert gone.status_code == 404 and "no chat" in gone.json()["error"]["message"]
+
+
+def test_a_second_tab_is_told_the_chat_is_busy_and_stop_ends_the_reply(web, model_says):
+    model_says(endless)
+    with page_client(web) as first, page_client(web) as second:
+        chat_id = new_chat(first)
+        got: list = []
+
+        def stream() -> None:
+            with first.stream("POST", f"/web/api/chats/{chat_id}/send", json={"text": "go"}) as r:
+                got.extend(events(httpx.Response(200, content=r.read())))
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        deadline = time.monotonic() + 30
+        while not web.chats.busy(chat_id):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        busy = second.post(f"/web/api/chats/{chat_id}/send", json={"text": "me too"})
+        assert busy.status_code == 409
+        assert "another tab" in busy.json()["error"]["message"]
+        assert second.get(f"/web/api/chats/{chat_id}").json()["busy"] is True
+        assert second.post(f"/web/api/chats/{chat_id}/stop").json() == {"stopped": True}
+        reader.join(timeout=30)
+    assert got[-1][0] == "done"
+    last = got[-1][1]["messages"][-1]
+    assert last["stopped"] and last["html"].count("tick") < 5000
+    stored = ChatStore(web.home).messages(chat_id)
+    assert [m.content for m in stored if m.role == "user"] == ["go"]  # the second never got in
+    assert stored[-1].stopped
+
+
+def test_attach_a_file_then_export_the_chat_as_markdown(web, client, tmp_path):
+    chat_id = new_chat(client)
+    context = client.get(f"/web/api/chats/{chat_id}").json()["context"]
+    assert context["limit"] == 2048  # the server's --max-context (see webchat.serve_web)
+    before = context["used"]
+    notes = "# Notes\n\nThe meeting is on Tuesday at 10.\n"
+    view = client.post(
+        f"/web/api/chats/{chat_id}/attach", params={"name": "notes.md"}, content=notes.encode()
+    ).json()
+    assert view["read_tokens"] > 0 and view["context"]["used"] > before
+    assert "Attached file `notes.md`" in view["messages"][-1]["html"]
+    pdf = tmp_path / "minutes.pdf"
+    write_pdf(pdf, "Release on 14 March.")
+    view = client.post(
+        f"/web/api/chats/{chat_id}/attach", params={"name": pdf.name}, content=pdf.read_bytes()
+    ).json()
+    assert "Release on 14 March." in view["messages"][-1]["html"]
+    broken = client.post(
+        f"/web/api/chats/{chat_id}/attach", params={"name": "x.pdf"}, content=b"not a pdf"
+    )
+    assert broken.status_code == 400 and "x.pdf is not a readable PDF" in broken.text
+    binary = client.post(
+        f"/web/api/chats/{chat_id}/attach", params={"name": "x.md"}, content=b"\x00\x01" * 10
+    )
+    assert binary.status_code == 400 and "binary" in binary.json()["error"]["message"]
+    image = client.post(f"/web/api/chats/{chat_id}/attach", params={"name": "a.png"}, content=b"x")
+    assert image.status_code == 400 and "PDF" in image.json()["error"]["message"]
+    exported = client.get(f"/web/api/chats/{chat_id}/export")
+    assert exported.headers["content-type"].startswith("text/markdown")
+    assert "attachment; filename*=UTF-8''about-notes-md-" in exported.headers["content-disposition"]
+    text = exported.text
+    assert text.startswith("# About notes.md\n") and "## User" in text
+    assert "The meeting is on Tuesday at 10." in text
+
+
+def test_every_tab_and_chat_runs_on_the_one_served_model(web, model_says, monkeypatch):
+    def no_second_copy(*args, **kwargs):
+        raise AssertionError("the web chat loaded a model")
+
+    monkeypatch.setattr("qwen_mlx.runtime.load", no_second_copy)
+    model_says(scripted("ok"))
+    with page_client(web) as one, page_client(web) as two:
+        for client in (one, two, one, two):
+            chat_id = new_chat(client)
+            got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "hi"}))
+            assert got[-1][0] == "done"
+    sessions = list(web.chats._sessions.values())
+    assert sessions and all(s.model is web.engine.model for s in sessions)
+    assert len(sessions) <= KEEP_SESSIONS  # KV caches of other chats wait on disk
+
+
+# -- safety -----------------------------------------------------------------------------------
+
+
+def test_the_api_needs_the_pages_csrf_token_and_its_own_origin(web, client):
+    chat_id = new_chat(client)
+    token = client.headers["X-CSRF-Token"]
+    bare = httpx.get(web.url + "web/api/chats")
+    assert bare.status_code == 403 and bare.json()["error"]["code"] == "csrf"
+    forged = httpx.post(
+        web.url + f"web/api/chats/{chat_id}/send",
+        json={"text": "hi"},
+        headers={"X-CSRF-Token": token, "Origin": "http://evil.example"},
+    )
+    assert forged.status_code == 403 and forged.json()["error"]["code"] == "cross_site"
+    no_origin = httpx.post(
+        web.url + f"web/api/chats/{chat_id}/stop", headers={"X-CSRF-Token": token}
+    )
+    assert no_origin.status_code == 403
+    assert ChatStore(web.home).messages(chat_id) == []
+
+
+def test_a_page_addressed_to_another_host_is_refused(web):
+    response = httpx.get(web.url, headers={"Host": "evil.example"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_host"
+
+
+def test_a_key_protected_server_asks_for_the_key_once_and_keeps_a_session(tiny_model, tmp_path):
+    with serve_web(tiny_model, tmp_path, api_key=KEY) as web:
+        origin = {"Origin": web.url.rstrip("/")}
+        page = httpx.get(web.url)
+        assert 'name="key"' in page.text and "csrf-token" not in page.text
+        assert httpx.get(web.url + "web/api/info").status_code == 401
+        wrong = httpx.post(web.url + "web/login", data={"key": "nope"}, headers=origin)
+        assert wrong.status_code == 401 and "not the API key of this server" in wrong.text
+        elsewhere = httpx.post(
+            web.url + "web/login", data={"key": KEY}, headers={"Origin": "http://evil.example"}
+        )
+        assert elsewhere.status_code == 403
+        signed = httpx.post(web.url + "web/login", data={"key": KEY}, headers=origin)
+        assert signed.status_code == 303
+        cookie = signed.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and KEY not in cookie
+        with page_client(web, cookies=signed.cookies) as client:  # the page, signed in
+            assert client.get("/web/api/info").json()["model"] == tiny_model.name
+            new_chat(client)
+            # The cookie is the page's session, not an API key.
+            assert client.get("/v1/models").status_code == 401
+        bearer = httpx.get(web.url + "v1/models", headers={"Authorization": f"Bearer {KEY}"})
+        assert bearer.status_code == 200
+
+
+# -- the same chats as the terminal app ---------------------------------------------------------
+
+
+def test_a_terminal_chat_continues_in_the_browser_and_back_without_rereading(
+    web, client, tiny_mlx, monkeypatch
+):
+    prefilled: list[int] = []
+    real = session_module.stream_tokens
+
+    def counting(model, tokens, params, **kwargs):
+        prefilled.append(len(tokens))
+        yield from real(model, tokens, params, **kwargs)
+
+    monkeypatch.setattr(session_module, "stream_tokens", counting)
+
+    # A long first message, short replies: re-reading the history would show.
+    long = "Here is what happened at the meeting today. " * 20
+    chat_id, _ = asyncio.run(in_terminal(tiny_mlx, web.home, None, long, "/max_tokens 8"))
+    view = client.get(f"/web/api/chats/{chat_id}").json()
+    assert [m["role"] for m in view["messages"]] == ["user", "assistant"]
+    assert view["notices"] == []  # the terminal app's KV cache was usable
+    got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "And the web?"}))
+    stats = got[-1][1]["stats"]
+    assert stats["prefilled_tokens"] < stats["prompt_tokens"] // 2  # only the new message
+    assert prefilled[-1] == stats["prefilled_tokens"]
+    _, back = asyncio.run(in_terminal(tiny_mlx, web.home, chat_id, "Back in the terminal"))
+    assert back.prefilled_tokens < back.prompt_tokens // 2  # it read only its new message
+    roles = [m.role for m in ChatStore(web.home).messages(chat_id)]
+    assert roles == ["user", "assistant"] * 3
+
+
+# -- qwen-mlx chat --web ----------------------------------------------------------------------
+
+
+def test_chat_web_opens_the_page_of_a_running_server(web, monkeypatch, capsys):
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
+    assert cli_main(["chat", "--web", "--port", str(web.port)]) == 0
+    assert cli_main(["chat", "--web", "--port", str(web.port), "--session", "abc123"]) == 0
+    assert opened == [web.url, web.url + "?chat=abc123"]
+    assert "running there already" in capsys.readouterr().err
+
+
+def test_chat_port_without_web_is_an_error(capsys):
+    assert cli_main(["chat", "--port", "9000"]) == 1
+    assert "--port only applies with --web" in capsys.readouterr().err
+
+
+@pytest.mark.interop  # a second process loading the model: slower than the default tier's
+def test_chat_web_starts_the_server_and_opens_the_browser_once_it_answers(tiny_mlx, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.py"  # what $BROWSER names: webbrowser runs it with the URL
+    browser.write_text(f"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])\n")
+    env = {
+        **os.environ,
+        "BROWSER": f"{sys.executable} {browser} %s",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    command = ["chat", "--web", "--model", str(tiny_mlx), "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwen_mlx", *command],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not opened.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the browser was never opened"
+            time.sleep(0.1)
+        time.sleep(0.2)
+        url = opened.read_text()
+        assert url == f"http://127.0.0.1:{port}/"
+        assert 'name="csrf-token"' in httpx.get(url).text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "opening http://127.0.0.1" in err
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", [1, 5, 23])
+def test_a_reply_rendered_as_it_streams_equals_the_reply_rendered_whole(step):
+    text = (
+        MARKDOWN_REPLY
+        + "\n\n```\nunclosed until here\n\nstill code\n```\n\n    indented\n\n    code\n\n"
+        + "> a quote\n\nthe end"
+    ) * 3
+    stream, stable, tail = MarkdownStream(), "", ""
+    for i in range(0, len(text), step):
+        done, tail = stream.feed(text[i : i + step])
+        stable += done
+    assert stable + tail == render_markdown(text)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (to parse app.js)")
+def test_the_page_script_parses():
+    script = Path(qwen_mlx.server.__file__).with_name("web") / "app.js"
+    check = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

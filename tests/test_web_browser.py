@@ -1,0 +1,240 @@
+"""The web chat in a real browser: headless Chromium (Debian's `chromium`) driven by
+Playwright against `qwen-mlx serve`'s app on a free port. Saves the README's
+screenshots into docs/. Interop tier: `pytest -m interop`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import qwen_mlx.chat.session as session_module
+import qwen_mlx.runtime.generation as generation
+from qwen_mlx.chat.chats import ChatStore
+
+from .webchat import MARKDOWN_REPLY, SCRIPT_REPLY, endless, in_terminal, scripted, serve_web
+
+CHROMIUM = os.environ.get("QWEN_MLX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+KEY = "browser-test-key"
+SIZE = {"width": 1280, "height": 800}
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(
+        sync_playwright is None, reason="playwright is not installed (pip install playwright)"
+    ),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(),
+        reason=f"no Chromium at {CHROMIUM} (apt-get install chromium, or set QWEN_MLX_CHROMIUM)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def web(tiny_model, tmp_path_factory):
+    with serve_web(tiny_model, tmp_path_factory.mktemp("browser_home")) as served:
+        yield served
+
+
+@pytest.fixture
+def page(browser, web):
+    context = browser.new_context(viewport=SIZE, accept_downloads=True)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.goto(web.url)
+    tab.wait_for_selector("body[data-ready='1']")
+    yield tab
+    context.close()
+    assert errors == [], errors
+
+
+@pytest.fixture
+def model_says(monkeypatch):
+    return lambda fn: monkeypatch.setattr(session_module, "stream_tokens", fn)
+
+
+def send(page, text: str) -> None:
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+
+
+def wait_for_reply(page, timeout: float = 60_000) -> None:
+    page.wait_for_selector(".message.assistant:not(.live)", state="attached", timeout=timeout)
+    expect(page.locator("#stop")).to_be_hidden(timeout=timeout)
+
+
+def chat_id_of(page) -> str:
+    return page.evaluate("new URLSearchParams(location.search).get('chat')")
+
+
+def test_a_reply_streams_in_as_markdown_with_a_table_and_highlighted_code(page, model_says):
+    model_says(scripted(MARKDOWN_REPLY, delay=0.06))  # 2.6 s: time to look while it streams
+    send(page, "Which rivers are longest?")
+    live = page.locator(".message.assistant.live .body")
+    expect(live).to_contain_text("table", timeout=30_000)
+    partial = live.inner_text()
+    assert "Amazon" not in partial  # seen while it was still streaming
+    expect(page.locator("#stop")).to_be_visible()
+    wait_for_reply(page)
+    reply = page.locator(".message.assistant .body").last
+    expect(reply.locator("table td").first).to_have_text("Nile")
+    expect(reply.locator("pre code span.k").first).to_have_text("def")
+    expect(page.locator("#chats .chat.current")).to_have_text("Which rivers are longest?")
+    expect(page.locator("#stats")).to_contain_text("tok/s")
+    expect(page.locator("#context-text")).to_contain_text("tokens")
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "web-chat.png"))
+
+
+def test_a_reply_containing_a_script_is_shown_as_text(page, model_says):
+    model_says(scripted(SCRIPT_REPLY))
+    send(page, "Say something dangerous")
+    wait_for_reply(page)
+    reply = page.locator(".message.assistant .body").last
+    expect(reply).to_contain_text("<script>window.pwned = 1</script>")
+    assert page.locator("#messages script, #messages img").count() == 0
+    assert page.evaluate("window.pwned") is None
+
+
+def test_stop_ends_a_reply_and_keeps_it_marked(page, web, model_says):
+    model_says(endless)
+    send(page, "Count for ever")
+    expect(page.locator(".message.assistant.live .body")).to_contain_text("tick", timeout=30_000)
+    page.click("#stop")
+    wait_for_reply(page)
+    expect(page.locator(".message.assistant.stopped .mark")).to_have_text("(stopped)")
+    last = ChatStore(web.home).messages(chat_id_of(page))[-1]
+    assert last.stopped and 0 < last.content.count("tick") < 5000
+
+
+def test_a_temperature_set_in_the_page_reaches_the_sampler_and_the_chat_survives_a_reload(
+    page, web, monkeypatch
+):
+    seen = []
+    real = generation.make_sampling
+
+    def spy(params, *args, **kwargs):
+        seen.append(params)
+        return real(params, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "make_sampling", spy)
+    page.click("#settings-toggle")
+    page.fill("#settings-form [name=temperature]", "0.35")
+    page.fill("#settings-form [name=max_tokens]", "12")
+    page.click("#settings-save")
+    send(page, "Tell me about temperature")
+    wait_for_reply(page)
+    assert (seen[-1].temperature, seen[-1].max_tokens) == (0.35, 12)
+    page.click("#settings-save")  # saved on the chat now: the next reply keeps them
+    send(page, "Again")
+    wait_for_reply(page)
+    assert seen[-1].temperature == 0.35
+    page.screenshot(path=str(DOCS / "web-chat-settings.png"))
+    chat_id = chat_id_of(page)
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']")
+    expect(page.locator(".message.user .body").first).to_have_text("Tell me about temperature")
+    expect(page.locator("#settings-form [name=temperature]")).to_have_value("0.35")
+    page.goto(web.url)  # a fresh page: the chat is in the list
+    page.wait_for_selector("body[data-ready='1']")
+    page.click(f"#chats .chat[data-id='{chat_id}']")
+    expect(page.locator(".message.user")).to_have_count(2)
+
+
+def test_edit_and_resend_and_regenerate(page, web, model_says):
+    model_says(scripted("first"))
+    send(page, "Question one")
+    wait_for_reply(page)
+    model_says(scripted("regenerated"))
+    page.click("#regenerate")
+    wait_for_reply(page)
+    expect(page.locator(".message.assistant .body")).to_have_text(["regenerated"])
+    model_says(scripted("answer to the edit"))
+    page.click(".message.user .edit")
+    page.fill(".message.user .edit-area", "Question one, edited")
+    page.click(".message.user .edit-send")
+    wait_for_reply(page)
+    expect(page.locator(".message.user .body")).to_have_text(["Question one, edited"])
+    expect(page.locator(".message.assistant .body")).to_have_text(["answer to the edit"])
+    stored = ChatStore(web.home).messages(chat_id_of(page))
+    assert [m.content for m in stored] == ["Question one, edited", "answer to the edit"]
+
+
+def test_a_terminal_chat_opens_continues_and_exports(page, web, tiny_mlx):
+    long = "Notes from the terminal app about the river trip. " * 12
+    # Playwright's sync API runs an event loop on this thread: the terminal app gets its own.
+    with ThreadPoolExecutor(1) as pool:
+        terminal = in_terminal(tiny_mlx, web.home, None, long, "/max_tokens 8")
+        chat_id, _ = pool.submit(asyncio.run, terminal).result()
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']")
+    page.click(f"#chats .chat[data-id='{chat_id}']")
+    expect(page.locator(".message.user .body").first).to_contain_text("river trip")
+    send(page, "Continue in the browser")
+    wait_for_reply(page)
+    read, _, total = page.locator("#stats").inner_text().rpartition("read ")[2].partition(" of ")
+    assert int(read.replace(",", "")) < int(total.replace(",", "")) // 2  # not re-read
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = Path(download.value.path()).read_text()
+    assert download.value.suggested_filename.endswith(".md")
+    assert "## User" in exported and "Continue in the browser" in exported
+    assert "river trip" in exported
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete")
+    expect(page.locator(f"#chats .chat[data-id='{chat_id}']")).to_have_count(0)
+    assert ChatStore(web.home).get(chat_id) is None
+
+
+def test_a_second_tab_on_a_replying_chat_is_told_it_is_busy(page, browser, web, model_says):
+    model_says(endless)
+    send(page, "Keep going")
+    expect(page.locator(".message.assistant.live .body")).to_contain_text("tick", timeout=30_000)
+    other = page.context.new_page()
+    other.goto(page.url)
+    other.wait_for_selector("body[data-ready='1']")
+    expect(other.locator("#notice")).to_contain_text("replying in another tab")
+    expect(other.locator("#send")).to_be_disabled()
+    page.click("#stop")
+    wait_for_reply(page)
+    expect(other.locator("#send")).to_be_enabled(timeout=15_000)  # it opens once done
+    expect(other.locator(".message.assistant.stopped")).to_have_count(1)
+
+
+def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_path):
+    with serve_web(tiny_model, tmp_path, api_key=KEY) as web:
+        context = browser.new_context(viewport=SIZE)
+        tab = context.new_page()
+        tab.goto(web.url)
+        tab.fill("#key", "wrong")
+        tab.click("#login button")
+        expect(tab.locator("#login .error")).to_contain_text("not the API key")
+        tab.fill("#key", KEY)
+        tab.click("#login button")
+        tab.wait_for_selector("body[data-ready='1']")
+        tab.reload()  # kept in the session: not asked again
+        tab.wait_for_selector("body[data-ready='1']")
+        expect(tab.locator("#model")).to_have_text(tiny_model.name)
+        cookies = context.cookies()
+        assert [c["httpOnly"] for c in cookies] == [True]
+        assert cookies[0]["sameSite"] == "Strict" and cookies[0]["value"] != KEY
+        context.close()

@@ -1,0 +1,161 @@
+"""Helpers for the web chat's tests: a real server on a free port, a client that behaves
+like the page (CSRF token, same Origin), scripted model streams and an SSE reader."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from qwen_mlx.runtime import GenerationChunk
+from qwen_mlx.server import Engine, create_app, server_config
+from qwen_mlx.server.web_chats import WebChats
+
+HOSTS = ["127.0.0.1", "localhost"]
+MARKDOWN_REPLY = (
+    "Here is a **table** and some code:\n\n"
+    "| river | length (km) |\n|---|---|\n| Nile | 6650 |\n| Amazon | 6400 |\n\n"
+    "```python\ndef longest(rivers):\n    return max(rivers, key=rivers.get)\n```\n"
+)
+SCRIPT_REPLY = '<script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2"> done'
+
+
+@dataclass
+class Web:
+    url: str  # ends in /
+    engine: Engine
+    chats: WebChats
+    home: Path
+    port: int
+
+
+@contextmanager
+def serve_web(model: Any, home: Path, *, api_key: str | None = None) -> Iterator[Web]:
+    """`qwen-mlx serve`'s app (loopback Host check, optional key) on a free port."""
+    engine = Engine(model, max_context=2048, max_tokens_cap=256, cache_bytes=16 << 20)
+    app = create_app(engine, api_key=api_key, allowed_hosts=HOSTS, web_home=home)
+    config = server_config(app, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Web(f"http://127.0.0.1:{port}/", engine, app.state.web, home, port)
+    finally:
+        app.state.web.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+
+
+@contextmanager
+def page_client(web: Web, **kwargs: Any) -> Iterator[httpx.Client]:
+    """An httpx client that does what the page does: load `/`, then send its CSRF token
+    and its own Origin with every API call."""
+    with httpx.Client(base_url=web.url, timeout=60, **kwargs) as client:
+        page = client.get("/")
+        token = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page.text)
+        assert token, page.text[:400]
+        client.headers.update({"X-CSRF-Token": token[1], "Origin": web.url.rstrip("/")})
+        yield client
+
+
+def events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    """The server-sent events of a whole reply."""
+    out = []
+    for block in response.text.split("\n\n"):
+        if not block.strip():
+            continue
+        name = re.search(r"^event: (.*)$", block, re.M)[1]
+        data = re.search(r"^data: (.*)$", block, re.M)[1]
+        out.append((name, json.loads(data)))
+    return out
+
+
+def streamed_html(got: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The reply as the page shows it after each `reply` event: the completed blocks sent
+    so far, then the open one."""
+    shown, stable = [], ""
+    for name, data in got:
+        if name == "reply":
+            stable += data["append"]
+            shown.append(stable + data["tail"])
+    return shown
+
+
+def new_chat(client: httpx.Client, **settings: Any) -> str:
+    response = client.post("/web/api/chats", json={"settings": settings})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def scripted(text: str, delay: float = 0.0, seen: list | None = None) -> Callable:
+    """A stand-in for runtime.stream_tokens (ChatSession's model step) replying `text`
+    in pieces of 4 characters, `delay` seconds apart."""
+
+    def fake(model, tokens, params, *, should_stop=lambda: False, **kwargs):
+        if seen is not None:
+            seen.append(params)
+        pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
+        n = 0
+        for n, piece in enumerate(pieces, 1):
+            if should_stop():
+                yield GenerationChunk("", None, len(tokens), 0.0, n, 0.0, 0.0, 0.01, "cancelled")
+                return
+            yield GenerationChunk(piece, None, len(tokens), 0.0, n, 50.0, 0.0, 0.01)
+            time.sleep(delay)
+        yield GenerationChunk("", None, len(tokens), 0.0, n, 50.0, 0.0, 0.01, "stop")
+
+    return fake
+
+
+def endless(model, tokens, params, *, should_stop, **kwargs):
+    """A model that would write for 50 s unless stopped."""
+    n = 0
+    while not should_stop() and n < 5000:
+        n += 1
+        yield GenerationChunk("tick ", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
+        time.sleep(0.01)
+    reason = "cancelled" if should_stop() else "length"
+    yield GenerationChunk("", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0, reason)
+
+
+async def in_terminal(model_path: Path, home: Path, chat_id: str | None, text: str, *commands: str):
+    """Run the terminal app (Textual's Pilot) on chat `chat_id` (None: a new one): type
+    each of `commands`, then send `text` and wait for the reply. Returns (chat id, the
+    turn's stats)."""
+    from tui.app import ChatApp
+    from tui.widgets import PromptInput
+
+    app = ChatApp(model=str(model_path), chat_id=chat_id, home=home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(600):
+            if app.session is not None and not app.busy and (chat_id is None or app.chat):
+                break
+            await pilot.pause(0.05)
+        assert not app.session.notices, app.session.notices  # its saved cache was usable
+        for command in commands:
+            app.query_one(PromptInput).load_text(command)
+            await pilot.press("enter")
+        before = len(app.session.messages)
+        app.query_one(PromptInput).load_text(text)
+        await pilot.press("enter")
+        for _ in range(600):
+            if len(app.session.messages) > before + 1 and not app.streaming and not app.busy:
+                break
+            await pilot.pause(0.05)
+        assert len(app.session.messages) == before + 2, "the terminal app did not reply"
+        return app.chat.id, app.session.last_stats
