@@ -39,6 +39,8 @@ GROUP = 32
 _REQUANT_BITS = {"Q2_K": 4, "Q3_K": 4, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6, "Q4_1": 4}
 _REQUANT_BITS |= {"Q5_0": 5, "Q5_1": 5, "IQ4_NL": 4, "IQ4_XS": 4}
 _FLOATS = ("F32", "F16", "BF16")
+# The quantization at the end of GGUF file names: -Q4_K_M, -IQ4_XS, -UD-Q4_K_XL, -BF16, .f16
+_QUANT_SUFFIX = re.compile(r"[-.](?:ud-)?(?:i?q\d+(?:_[a-z0-9]+)*|bf16|fp16|f16|f32)$", re.I)
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -430,7 +432,7 @@ def import_name(
     release = next(sha[:n] for n in range(7, 41) if re.search("[0-9]", sha[:n]))
     base, note = naming.name_for(
         requested,
-        file.path.stem,
+        _QUANT_SUFFIX.sub("", file.path.stem) or file.path.stem,
         family=ARCH,
         parameters=parameters,
         release=release,
