@@ -40,7 +40,8 @@ def write_llama_style_gguf(
     w.add_feed_forward_length(config["intermediate_size"])
     w.add_head_count(config["num_attention_heads"])
     w.add_head_count_kv(config["num_key_value_heads"])
-    w.add_rope_freq_base(config["rope_theta"])
+    rope = config.get("rope_parameters") or {}
+    w.add_rope_freq_base(config.get("rope_theta") or rope["rope_theta"])
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     w.add_key_length(config["head_dim"])
     w.add_value_length(config["head_dim"])

@@ -305,12 +305,14 @@ def _add_metadata(
     writer.add_feed_forward_length(int(config["intermediate_size"]))
     writer.add_head_count(int(config["num_attention_heads"]))
     writer.add_head_count_kv(int(config.get("num_key_value_heads", config["num_attention_heads"])))
-    writer.add_rope_freq_base(float(config.get("rope_theta", 1_000_000.0)))
+    # transformers 5 writes rope_parameters, earlier versions rope_theta / rope_scaling
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    theta = config.get("rope_theta") or rope.get("rope_theta") or 1_000_000.0
+    writer.add_rope_freq_base(float(theta))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     head_dim = int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    rope = config.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type")) == "yarn":
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(float(rope["factor"]))

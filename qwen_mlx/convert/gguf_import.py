@@ -152,7 +152,6 @@ def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
     """tokenizer.json and tokenizer_config.json from the GGUF's vocabulary; returns notes."""
     import gguf
     from tokenizers import (
-        AddedToken,
         Regex,
         Tokenizer,
         decoders,
@@ -176,24 +175,43 @@ def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
     normal = {tok: i for i, (tok, ty) in entries if ty == t.NORMAL}
     kept = (t.CONTROL, t.USER_DEFINED)
     added = [(i, tok, ty == t.CONTROL) for i, (tok, ty) in entries if ty in kept]
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tok = Tokenizer(models.BPE(vocab=normal, merges=pairs, ignore_merges=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
+    # Written as JSON with explicit ids: added tokens may sit anywhere in the vocabulary
+    # (at the end in Qwen's own, at the start in a tokenizer trained with them).
+    shell = Tokenizer(models.BPE())
+    shell.normalizer = normalizers.NFC()
+    shell.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    for i, text, special in sorted(added):
-        new = AddedToken(text, special=special, normalized=False)
-        (tok.add_special_tokens if special else tok.add_tokens)([new])
+    shell.decoder = decoders.ByteLevel()
+    shell.post_processor = processors.ByteLevel(trim_offsets=False)
+    data = json.loads(shell.to_str())
+    data["model"]["vocab"] = {**normal, **{text: i for i, text, _ in added}}
+    data["model"]["merges"] = [m.split(" ", 1) for m in merges]
+    data["added_tokens"] = [
+        {
+            "id": i,
+            "content": text,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": special,
+        }
+        for i, text, special in sorted(added)
+    ]
+    try:
+        tok = Tokenizer.from_str(json.dumps(data))
+    except Exception as e:  # the tokenizers library's own error type is not exported
+        raise InvalidCheckpointError(
+            f"{file.path}: its vocabulary and merges do not make a tokenizer ({e})."
+        ) from e
+    for i, text, _ in added:
         if tok.token_to_id(text) != i:
             raise InvalidCheckpointError(
-                f"{file.path}: added token {text!r} has id {i}, which a tokenizer built from "
-                "the file cannot reproduce (its vocabulary has gaps)."
+                f"{file.path}: token {text!r} appears twice in its vocabulary."
             )
     tok.save(str(out / "tokenizer.json"))
 
