@@ -90,6 +90,13 @@ def test_export_writes_a_gguf_version_that_list_verify_and_rm_handle(store, caps
     assert files == {"qwen3-1m-tiny-2507-gguf-q4_0.gguf", "Modelfile"}
     assert manifest["quantization"]["mode"] == "gguf-q4_0"
     assert run("models", "verify", "qwen3-1m-tiny-2507-gguf-q4_0") == 0
+    assert run("models", "show", "qwen3-1m-tiny-2507-gguf-q4_0") == 0
+    assert "quantization  q4_0" in capsys.readouterr().out
+    from qwen_mlx import load
+    from qwen_mlx.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="GGUF copy"):
+        load("qwen3-1m-tiny-2507-gguf-q4_0")
     with open(gguf_file(store, "q4_0"), "r+b") as f:  # damage one byte of the weights
         f.seek(-10, 2)
         byte = f.read(1)
