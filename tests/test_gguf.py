@@ -157,32 +157,43 @@ def test_export_tensor_types_follow_llama_cpp_convert(store):
         assert len(types) == 2 * 11 + 2
 
 
-def test_export_reads_the_original_files_and_else_the_mlx_weights(
-    store, exported, tmp_path, capsys, monkeypatch
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    from .fakehub import FakeHub, use_fake_hub
+
+    with FakeHub() as fake:
+        use_fake_hub(monkeypatch, fake, tmp_path / "hf_home")
+        yield fake
+
+
+def test_export_reads_the_hf_cache_when_the_source_is_there_else_the_mlx_weights(
+    hub, tiny_hf, tmp_path, capsys
 ):
     import gguf
+    import mlx.core as mx
 
+    repo = "Qwen/Qwen3-1M-Tiny-2507"
+    hub.add_commit(repo, tiny_hf)
+    assert run("convert", "--hf-path", repo) == 0
     out = tmp_path / "out"
     assert run("models", "export", NAME, "--quant", "f16", "--output", str(out)) == 0
-    assert "the original Hugging Face files" in capsys.readouterr().out
-    moved = tmp_path / "moved"
-    shutil.copytree(exported["hf"], moved)  # the source folder goes away: the MLX weights
-    monkeypatch.setattr(
-        "qwen_mlx.convert.gguf_export._original_candidates", lambda _source: iter(())
-    )
+    assert f"the original Hugging Face files ({repo})" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "hf_home" / "hub")  # the HF cache was cleaned up
     assert run("models", "export", NAME, "--quant", "f16", "--output", str(out), "--force") == 0
     assert "the MLX weights, dequantized" in capsys.readouterr().out
     r, _ = reader(out / "qwen3-1m-tiny-2507-gguf-f16.gguf")
     got = next(t for t in r.tensors if t.name == "blk.0.ffn_up.weight")
-    import mlx.core as mx
+    from qwen_mlx.store import Store
 
-    mlx_dir = store / "models/qwen3-1m-tiny/2507/mlx-q4-g64"
-    w = mx.load(str(mlx_dir / "model.safetensors"))
+    w = mx.load(str(Store().find(NAME) / "model.safetensors"))
     p = "model.layers.0.mlp.up_proj"
     want = mx.dequantize(w[f"{p}.weight"], w[f"{p}.scales"], w[f"{p}.biases"], 64, 4)
     data = gguf.quants.dequantize(got.data, got.tensor_type)
     np.testing.assert_allclose(data, np.array(want.astype(mx.float32)), rtol=1e-3, atol=1e-4)
-    assert not any((store / "models/qwen3-1m-tiny/2507").glob("*partial*"))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Modelfile",
+        "qwen3-1m-tiny-2507-gguf-f16.gguf",
+    ]
 
 
 def test_export_refuses_an_existing_version_and_leaves_nothing_when_it_fails(
