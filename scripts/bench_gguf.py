@@ -186,9 +186,12 @@ def _measure(model: Path, work: Path) -> Figures:
 
     # Imports: MLX on the imported model against llama.cpp on the same file.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from qwen_mlx.convert.gguf_export import pre_tokenizer
     from tests.gguf_builder import write_llama_style_gguf
 
-    built = write_llama_style_gguf(model, work / "Qwen3-4M-Built-2507-F16.gguf")
+    built = write_llama_style_gguf(
+        model, work / "Qwen3-4M-Built-2507-F16.gguf", pre=pre_tokenizer(model)
+    )
     llama_k = work / "Qwen3-4M-Llama-2507-Q4_K_M.gguf"
     llama_quantize(built, llama_k, "q4_k_m")
     imports = {

@@ -21,6 +21,7 @@ def write_llama_style_gguf(
     hf: Path,
     out: Path,
     *,
+    pre: str = "qwen2",
     types: Callable[[str, tuple[int, ...]], str] | None = None,
     arch: str = "qwen3",
     seed: int = 0,
@@ -67,7 +68,7 @@ def write_llama_style_gguf(
             toktypes.append(gguf.TokenType.NORMAL)
         tokens.append(token)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(toktypes)
     gguf.SpecialVocab(hf, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w)

@@ -14,6 +14,7 @@ import pytest
 from qwen_mlx.cli import main
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
+from .conftest import SHARED_MODEL, needs_shared
 from .gguf_builder import write_llama_style_gguf
 
 NAME = "qwen3-1m-tiny-2507-mlx-q4-g64"
@@ -388,3 +389,40 @@ def test_import_refuses_a_damaged_gguf_and_a_broken_template(tiny_hf, tmp_path, 
     file = write_llama_style_gguf(hf, tmp_path / "Qwen3-1M-Tiny-2507-F16.gguf")
     assert run("models", "import", str(file)) == 1
     assert "chat template does not parse" in capsys.readouterr().err
+
+
+@needs_shared
+@pytest.mark.interop  # about a minute of CPU: 151,669 tokens and 151,387 merges each way
+def test_the_real_qwen3_tokenizer_survives_export_and_import(tmp_path, capsys, monkeypatch):
+    """Qwen3-4B-Instruct-2507's own tokenizer (151,669 tokens, its template) on a tiny model:
+    the GGUF says `qwen2`, and the imported tokenizer encodes as the original does."""
+    from tokenizers import Tokenizer
+
+    from qwen_mlx.convert import convert
+
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "home"))
+    hf = build_tiny_checkpoint(
+        tmp_path / "Qwen3-10M-Realtok-2507", TinyConfig(), tokenizer_from=SHARED_MODEL
+    )
+    convert(str(hf))
+    name = "qwen3-10m-realtok-2507-mlx-q4-g64"
+    assert run("models", "export", name, "--quant", "q8_0") == 0
+    file = tmp_path / "home/models/qwen3-10m-realtok/2507/gguf-q8_0/"
+    file = file / "qwen3-10m-realtok-2507-gguf-q8_0.gguf"
+    _, meta = reader(file)
+    assert meta["tokenizer.ggml.pre"] == "qwen2"
+    assert len(meta["tokenizer.ggml.merges"]) == 151387
+    assert run("models", "import", str(file)) == 0
+    assert "Imported qwen3-10m-realtok-2507-mlx-q8-g32" in capsys.readouterr().out
+    folder = tmp_path / "home/models/qwen3-10m-realtok/2507/mlx-q8-g32"
+    ours = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    theirs = Tokenizer.from_file(str(SHARED_MODEL / "tokenizer.json"))
+    text = (
+        "<|im_start|>user\nWie spät ist es in Zürich? 東京は今何時ですか 🙂\n"
+        '<tool_call>{"name": "time", "arguments": {"tz": "Europe/Zurich"}}</tool_call>'
+        "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n   x = 12345\t\n"
+    )
+    assert ours.encode(text).ids == theirs.encode(text).ids
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    original = json.loads((SHARED_MODEL / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == original["chat_template"]

@@ -39,7 +39,12 @@ if TYPE_CHECKING:
 
 GGUF_QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_k_m")
 ARCH = "qwen3"
-PRE_TOKENIZER = "qwen2"  # llama.cpp's name for the Qwen2/Qwen3 pre-tokenizer regex
+# Qwen2/Qwen3's pre-tokenizer split, which llama.cpp calls "qwen2"; a plain GPT-2 byte-level
+# split is "gpt-2" (the one that a tokenizer trained with `ByteLevel(use_regex=True)` has).
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 # What each export writes, and whether gguf-py can quantize it.
 _FILE_TYPES = {"f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 _FILE_TYPES |= {"q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M"}
@@ -283,6 +288,28 @@ def vocab(folder: Path, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, [int(t) for t in types]
 
 
+def pre_tokenizer(folder: Path) -> str:
+    """llama.cpp's name for the pre-tokenizer in `folder`'s tokenizer.json: what
+    convert_hf_to_gguf.py finds by hashing a test text, found here from the JSON itself."""
+    pre = _read_json(folder / "tokenizer.json").get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    split = (steps[0].get("pattern") or {}).get("Regex")
+    if (
+        kinds == ["Split", "ByteLevel"]
+        and not steps[1].get("use_regex", True)
+        and (split == QWEN2_SPLIT)
+    ):
+        return "qwen2"
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    raise UnsupportedModelError(
+        f"{folder / 'tokenizer.json'} has a pre-tokenizer ({', '.join(map(str, kinds))}) that "
+        "is neither Qwen's nor GPT-2's, so llama.cpp would split text differently; it cannot "
+        "be exported to GGUF."
+    )
+
+
 def _add_metadata(
     writer: Any,
     source: Path,
@@ -322,7 +349,7 @@ def _add_metadata(
 
     tokens, types = vocab(tokenizer_dir, int(config["vocab_size"]))
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(PRE_TOKENIZER)
+    writer.add_tokenizer_pre(pre_tokenizer(tokenizer_dir))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=len(tokens))

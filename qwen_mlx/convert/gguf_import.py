@@ -27,6 +27,7 @@ from ..errors import InvalidCheckpointError, OutputExistsError, UnsupportedModel
 from ..fileio import sha256_file
 from ..store import Store, install, naming
 from ..store.manifest import Manifest, Quantization, SourceInfo, hash_files
+from .gguf_export import QWEN2_SPLIT
 from .progress import Progress, ProgressFn
 from .tensorfile import TensorFileWriter, TensorSpec
 
@@ -41,10 +42,6 @@ _REQUANT_BITS |= {"Q5_0": 5, "Q5_1": 5, "IQ4_NL": 4, "IQ4_XS": 4}
 _FLOATS = ("F32", "F16", "BF16")
 # The quantization at the end of GGUF file names: -Q4_K_M, -IQ4_XS, -UD-Q4_K_XL, -BF16, .f16
 _QUANT_SUFFIX = re.compile(r"[-.](?:ud-)?(?:i?q\d+(?:_[a-z0-9]+)*|bf16|fp16|f16|f32)$", re.I)
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 
 @dataclass(frozen=True)
@@ -162,10 +159,10 @@ def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
     )
 
     model, pre = file.get("tokenizer.ggml.model"), file.get("tokenizer.ggml.pre")
-    if model != "gpt2" or pre != "qwen2":
+    if model != "gpt2" or pre not in ("qwen2", "gpt-2"):
         raise UnsupportedModelError(
             f"{file.path} has a {model!r} tokenizer with the {pre!r} pre-tokenizer; a Qwen3 "
-            "GGUF has 'gpt2' (byte-level BPE) with 'qwen2'."
+            "GGUF has 'gpt2' (byte-level BPE) with 'qwen2' (or 'gpt-2')."
         )
     tokens: list[str] = file.require("tokenizer.ggml.tokens")
     types: list[int] = list(file.require("tokenizer.ggml.token_type"))
@@ -178,13 +175,16 @@ def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
     # Written as JSON with explicit ids: added tokens may sit anywhere in the vocabulary
     # (at the end in Qwen's own, at the start in a tokenizer trained with them).
     shell = Tokenizer(models.BPE())
-    shell.normalizer = normalizers.NFC()
-    shell.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    if pre == "qwen2":  # Qwen's own: NFC, then its split
+        shell.normalizer = normalizers.NFC()
+        shell.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        shell.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     shell.decoder = decoders.ByteLevel()
     shell.post_processor = processors.ByteLevel(trim_offsets=False)
     data = json.loads(shell.to_str())
