@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # llama.cpp interop: installs the `interop` extra (llama-cpp-python, which builds llama.cpp
-# from source: about 25 minutes on 2 shared CPU cores) when it is missing, then runs the
-# llama.cpp tests (`pytest -m interop tests/test_gguf_interop.py`) and prints the
+# from source: 41 minutes measured on 2 busy shared CPU cores) when it is missing, then
+# runs the llama.cpp tests (`pytest -m interop tests/test_gguf_interop.py`) and prints the
 # agreement table (scripts/bench_gguf.py).
 #
 #   scripts/check_interop.sh            # with .venv/bin/python

@@ -12,6 +12,7 @@ tiny Qwen3 (figures from scripts/bench_gguf.py, which prints them as a table):
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -37,6 +38,7 @@ pytestmark = [
 def figures(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("bench_gguf", SCRIPTS / "bench_gguf.py")
     bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gguf"] = bench  # dataclasses look their module up while it loads
     spec.loader.exec_module(bench)
     figures = bench.measure(TRAINED, tmp_path_factory.mktemp("bench_gguf"))
     bench.print_table(figures)
