@@ -233,7 +233,9 @@ def test_export_q4_k_m_without_llama_cpp_says_what_to_install(store, capsys, mon
 # -- Ollama and LM Studio ---------------------------------------------------------------------
 
 
-def test_export_ollama_writes_a_modelfile_and_prints_the_create_command(store, exported, capsys):
+def test_export_ollama_writes_a_modelfile_and_prints_the_create_command(
+    store, exported, tmp_path, capsys
+):
     from qwen_mlx.convert.tiny import chat_template
 
     assert run("models", "export", NAME, "--format", "ollama") == 0
@@ -263,6 +265,13 @@ def test_export_ollama_writes_a_modelfile_and_prints_the_create_command(store, e
     assert preamble in template and after in template
     for marker in ("<tool_call>", "<tool_response>", ".ToolCalls", "<|im_start|>assistant"):
         assert marker in template
+    elsewhere = tmp_path / "ollama"
+    assert run("models", "export", NAME, "--format", "ollama", "--output", str(elsewhere)) == 0
+    assert f"-f {elsewhere / 'Modelfile'}" in capsys.readouterr().out
+    assert sorted(p.name for p in elsewhere.iterdir()) == [
+        "Modelfile",
+        "qwen3-1m-tiny-2507-gguf-q4_0.gguf",
+    ]
 
 
 def test_export_lmstudio_lays_out_publisher_model_folders(store, tmp_path, capsys):
@@ -315,8 +324,11 @@ def test_import_q8_0_and_q4_0_carry_codes_and_scales_over_bit_for_bit(store, cap
         assert run("models", "verify", name) == 0
 
 
-def test_import_of_an_f16_export_gives_back_the_model(store, exported, capsys):
-    assert run("models", "import", str(gguf_file(store, "f16"))) == 0
+def test_import_of_an_f16_export_gives_back_the_model(store, exported, tmp_path, capsys):
+    blob = tmp_path / "sha256-4f1a9c"  # as Ollama keeps it: no .gguf suffix
+    shutil.copyfile(gguf_file(store, "f16"), blob)
+    assert run("models", "import", str(blob)) == 0
+    assert "Imported qwen3-1m-tiny-2507-mlx-f16" in capsys.readouterr().out
     folder = store / "models/qwen3-1m-tiny/2507/mlx-f16"
     ref, got = logits(exported["hf"]), logits(folder)
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2
