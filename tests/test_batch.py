@@ -4,7 +4,6 @@ generation on real MLX, and `qwen-mlx generate --prompts-file` through main(argv
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -12,7 +11,9 @@ import pytest
 from qwen_mlx import SamplingParams, batch_generate, generate, load
 from qwen_mlx.runtime import BatchDecoder, stream_generate
 
-TRAINED = Path(__file__).resolve().parents[2] / "shared/models/qwen3-tiny-trained/target"
+from .helpers import TRAINED_TARGET
+
+TRAINED = TRAINED_TARGET
 PROMPTS = ["hi", "Tell me about the sea. " * 2, "1 2 3", "A much longer prompt, " * 12]
 
 

@@ -8,6 +8,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from . import models_engines
 from .common import ProgressBar, command_parser, guarded, human_bytes, print_table
 
 DESCRIPTION = """\
@@ -33,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = add("verify", help="recompute the sha256 of every file against the manifest")
     a.add_argument("name", nargs="?", metavar="NAME|FAMILY", help="(default: every version)")
     a.add_argument("--all", action="store_true", help="every stored version (the default)")
-    a = add("import", help="copy an existing MLX folder into the store")
-    a.add_argument("path", help="model folder (an mlx-community download, for example)")
+    a = add("import", help="copy an MLX folder, or convert a Qwen3 .gguf, into the store")
+    a.add_argument("path", help="model folder (an mlx-community download, say) or FILE.gguf")
     a.add_argument("--name", help="its name, e.g. qwen3-4b-instruct-2507-mlx-q4-g64")
     a.add_argument("--force", action="store_true", help="replace a stored version of that name")
     a = add("set-latest", help="make NAME its family's latest")
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = add("log", help="the event history (converted, set-latest, ...)")
     a.add_argument("family", nargs="?", metavar="FAMILY")
     add("repair", help="rebuild a damaged registry from the manifests on disk")
+    models_engines.add_parsers(add)
     return p
 
 
@@ -204,6 +206,8 @@ def _verify_one(store, name: str, *, several: bool) -> bool:
 
 
 def _import(store, args) -> int:
+    if models_engines.is_gguf(args.path):
+        return models_engines.import_gguf(store, args)
     from ..convert.importer import import_folder
 
     folder, manifest, latest = import_folder(
@@ -319,6 +323,7 @@ ACTIONS = {
     "check-updates": _check_updates,
     "log": _log,
     "repair": _repair,
+    "export": models_engines.export,
 }
 
 

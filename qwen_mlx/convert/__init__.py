@@ -7,6 +7,8 @@
 - `tensorfile.py`: streaming safetensors output. `quality.py`: the quality report.
 - `progress.py`: the progress events all of it reports.
 - `importer.py`: `models import` of an MLX folder. `updates.py`: `models check-updates`.
+- `gguf_export.py` / `gguf_import.py`: GGUF out of and into the store (`models export`,
+  `models import FILE.gguf`); `engines.py`: Ollama's Modelfile and LM Studio's layout.
 - `tiny.py` and `demo.py`: tiny random Qwen3 checkpoints and the demo model.
 
 `python -m qwen_mlx.convert` is `qwen-mlx convert` (`__main__.py`).

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DamagedModelError, ModelNotFoundError
+from ..errors import DamagedModelError, ModelNotFoundError, UnsupportedModelError
 from ..store import resolve
 from ..store.manifest import Manifest, manifest_sha256, read_manifest, verify_files
 from .messages import Message
@@ -166,6 +166,11 @@ def load(
 
     folder = resolve(ref, home=home, revision=revision)
     manifest = read_manifest(folder)
+    if manifest is not None and (manifest.quantization.mode or "").startswith("gguf-"):
+        raise UnsupportedModelError(
+            f"{manifest.name} is a GGUF copy for llama.cpp, Ollama and LM Studio; load an MLX "
+            "version (`qwen-mlx models list`), or import the file with `qwen-mlx models import`."
+        )
     if manifest is None:
         _check_model_folder(folder)
         if verify:

@@ -44,6 +44,8 @@ class Quantization:
 
     @property
     def label(self) -> str:
+        if self.mode and self.mode.startswith("gguf-"):  # a GGUF export: its llama.cpp type
+            return self.mode.removeprefix("gguf-")
         if self.recipe:
             return f"{self.recipe} (g{self.group_size})"
         if self.bits:

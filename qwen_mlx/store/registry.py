@@ -73,6 +73,7 @@ EVENT_KINDS = (
     "removed",
     "repaired",
     "recovered",  # an interrupted conversion or import, finished by a later command
+    "exported",  # a GGUF copy of a stored model (`models export`)
 )
 POLICIES = ("auto", "notify", "frozen")
 

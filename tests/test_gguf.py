@@ -1,0 +1,440 @@
+"""GGUF export and import through `qwen-mlx models ...` (main(argv)) on tiny models: the
+store versions, their manifests, the file's metadata and tensors, the Ollama and LM Studio
+layouts, and what an import keeps. llama.cpp's own checks are in test_gguf_interop.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen_mlx.cli import main
+from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
+
+from .gguf_builder import write_llama_style_gguf
+from .helpers import SHARED_MODEL, needs_shared
+
+NAME = "qwen3-1m-tiny-2507-mlx-q4-g64"
+IDS = [[3, 17, 42, 99, 250, 301, 7, 512, 11]]
+
+
+def run(*argv: str) -> int:
+    return main(list(argv))
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_hf, tmp_path_factory):
+    """A store holding the tiny model (4-bit MLX, converted from a copy of its HF files)
+    and its f16, q8_0 and q4_0 GGUF versions, exported through the CLI."""
+    import os
+
+    from qwen_mlx.convert import convert
+
+    root = tmp_path_factory.mktemp("gguf")
+    hf = shutil.copytree(tiny_hf, root / tiny_hf.name)
+    home = root / "home"
+    old = os.environ.get("QWEN_MLX_HOME")
+    os.environ["QWEN_MLX_HOME"] = str(home)
+    try:
+        convert(str(hf))
+        for quant in ("f16", "q8_0", "q4_0"):
+            assert run("models", "export", NAME, "--format", "gguf", "--quant", quant) == 0
+    finally:
+        if old is None:
+            os.environ.pop("QWEN_MLX_HOME", None)
+        else:
+            os.environ["QWEN_MLX_HOME"] = old
+    return {"home": home, "hf": hf}
+
+
+@pytest.fixture
+def store(exported, tmp_path, monkeypatch) -> Path:
+    """A private copy of the exported store, as this test's QWEN_MLX_HOME."""
+    home = shutil.copytree(exported["home"], tmp_path / "home")
+    monkeypatch.setenv("QWEN_MLX_HOME", str(home))
+    return home
+
+
+def gguf_file(home: Path, quant: str) -> Path:
+    return home / f"models/qwen3-1m-tiny/2507/gguf-{quant}/qwen3-1m-tiny-2507-gguf-{quant}.gguf"
+
+
+def reader(path: Path):
+    import gguf
+
+    r = gguf.GGUFReader(path)
+    return r, {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+
+
+def logits(folder) -> np.ndarray:
+    import mlx.core as mx
+
+    from qwen_mlx import load
+
+    return np.array(load(folder).model(mx.array(IDS)).astype(mx.float32))
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+def test_export_writes_a_gguf_version_that_list_verify_and_rm_handle(store, capsys):
+    assert run("models", "list", "--json") == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    for quant in ("f16", "q8_0", "q4_0"):
+        row = rows[f"qwen3-1m-tiny-2507-gguf-{quant}"]
+        assert row["format"] == f"gguf-{quant}" and not row["latest"]
+    manifest = json.loads((gguf_file(store, "q4_0").parent / "manifest.json").read_text())
+    files = {f["path"] for f in manifest["files"]}
+    assert files == {"qwen3-1m-tiny-2507-gguf-q4_0.gguf", "Modelfile"}
+    assert manifest["quantization"]["mode"] == "gguf-q4_0"
+    assert run("models", "verify", "qwen3-1m-tiny-2507-gguf-q4_0") == 0
+    assert run("models", "show", "qwen3-1m-tiny-2507-gguf-q4_0") == 0
+    assert "quantization  q4_0" in capsys.readouterr().out
+    from qwen_mlx import load
+    from qwen_mlx.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="GGUF copy"):
+        load("qwen3-1m-tiny-2507-gguf-q4_0")
+    with open(gguf_file(store, "q4_0"), "r+b") as f:  # damage one byte of the weights
+        f.seek(-10, 2)
+        byte = f.read(1)
+        f.seek(-10, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert run("models", "verify", "qwen3-1m-tiny-2507-gguf-q4_0") == 1
+    assert "sha256" in capsys.readouterr().out
+    assert run("models", "rm", "qwen3-1m-tiny-2507-gguf-q4_0") == 0
+    assert not gguf_file(store, "q4_0").parent.exists()
+    assert run("models", "show", NAME) == 0  # the MLX version is untouched
+
+
+def test_export_metadata_holds_hyperparameters_tokenizer_template_and_sampling(store, exported):
+    from tokenizers import Tokenizer
+
+    hf = exported["hf"]
+    config = json.loads((hf / "config.json").read_text())
+    tok_config = json.loads((hf / "tokenizer_config.json").read_text())
+    gen = json.loads((hf / "generation_config.json").read_text())
+    _, meta = reader(gguf_file(store, "f16"))
+    assert meta["general.architecture"] == "qwen3"
+    assert meta["general.name"] == "qwen3-1m-tiny-2507-gguf-f16"
+    assert meta["qwen3.block_count"] == config["num_hidden_layers"]
+    assert meta["qwen3.context_length"] == config["max_position_embeddings"]
+    assert meta["qwen3.attention.head_count_kv"] == config["num_key_value_heads"]
+    assert meta["qwen3.attention.key_length"] == config["head_dim"]
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "qwen2"
+    tok = Tokenizer.from_file(str(hf / "tokenizer.json"))
+    tokens = meta["tokenizer.ggml.tokens"]
+    assert len(tokens) == config["vocab_size"]
+    assert all(tokens[i] == t for t, i in tok.get_vocab(with_added_tokens=True).items())
+    types = meta["tokenizer.ggml.token_type"]
+    assert types[tok.token_to_id("<|im_end|>")] == 3  # CONTROL
+    assert types[tok.token_to_id("<tool_call>")] == 4  # USER_DEFINED: not special
+    assert types[-1] == 5  # UNUSED: a padding row of the embedding
+    assert meta["tokenizer.ggml.merges"][0] == " ".join(
+        json.loads((hf / "tokenizer.json").read_text())["model"]["merges"][0]
+    )
+    assert meta["tokenizer.ggml.eos_token_id"] == tok.token_to_id("<|im_end|>")
+    assert meta["tokenizer.ggml.add_bos_token"] is False
+    assert meta["tokenizer.chat_template"] == tok_config["chat_template"]
+    assert meta["general.sampling.temp"] == pytest.approx(gen["temperature"])
+    assert meta["general.sampling.top_p"] == pytest.approx(gen["top_p"])
+    assert meta["general.sampling.top_k"] == gen["top_k"]
+
+
+def test_export_tensor_types_follow_llama_cpp_convert(store):
+    expected = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+    for quant, kind in expected.items():
+        r, _ = reader(gguf_file(store, quant))
+        types = {t.name: t.tensor_type.name for t in r.tensors}
+        assert types["blk.0.attn_norm.weight"] == "F32"
+        assert types["blk.1.attn_q_norm.weight"] == "F32"
+        assert types["blk.0.ffn_down.weight"] == kind
+        assert "output.weight" not in types  # tied: llama.cpp reuses token_embd
+        # q4_0 keeps the (tied) output projection in Q8_0, as llama.cpp keeps it in Q6_K
+        assert types["token_embd.weight"] == ("Q8_0" if quant == "q4_0" else kind)
+        assert len(types) == 2 * 11 + 2
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    from .fakehub import FakeHub, use_fake_hub
+
+    with FakeHub() as fake:
+        use_fake_hub(monkeypatch, fake, tmp_path / "hf_home")
+        yield fake
+
+
+def test_export_reads_the_hf_cache_when_the_source_is_there_else_the_mlx_weights(
+    hub, tiny_hf, tmp_path, capsys
+):
+    import gguf
+    import mlx.core as mx
+
+    repo = "Qwen/Qwen3-1M-Tiny-2507"
+    hub.add_commit(repo, tiny_hf)
+    assert run("convert", "--hf-path", repo) == 0
+    out = tmp_path / "out"
+    assert run("models", "export", NAME, "--quant", "f16", "--output", str(out)) == 0
+    assert f"the original Hugging Face files ({repo})" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "hf_home" / "hub")  # the HF cache was cleaned up
+    assert run("models", "export", NAME, "--quant", "f16", "--output", str(out), "--force") == 0
+    assert "the MLX weights, dequantized" in capsys.readouterr().out
+    r, _ = reader(out / "qwen3-1m-tiny-2507-gguf-f16.gguf")
+    got = next(t for t in r.tensors if t.name == "blk.0.ffn_up.weight")
+    from qwen_mlx.store import Store
+
+    w = mx.load(str(Store().find(NAME) / "model.safetensors"))
+    p = "model.layers.0.mlp.up_proj"
+    want = mx.dequantize(w[f"{p}.weight"], w[f"{p}.scales"], w[f"{p}.biases"], 64, 4)
+    data = gguf.quants.dequantize(got.data, got.tensor_type)
+    np.testing.assert_allclose(data, np.array(want.astype(mx.float32)), rtol=1e-3, atol=1e-4)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Modelfile",
+        "qwen3-1m-tiny-2507-gguf-f16.gguf",
+    ]
+
+
+def test_export_refuses_an_existing_version_and_leaves_nothing_when_it_fails(
+    store, capsys, monkeypatch
+):
+    assert run("models", "export", NAME, "--quant", "q8_0") == 1
+    assert "--force" in capsys.readouterr().err
+
+    def broken(array, qtype):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("qwen_mlx.convert.gguf_export._encode", broken)
+    assert run("models", "export", NAME, "--quant", "bf16") == 1
+    assert "No space left" in capsys.readouterr().err
+    release = store / "models/qwen3-1m-tiny/2507"
+    assert sorted(p.name for p in release.iterdir()) == [
+        "gguf-f16",
+        "gguf-q4_0",
+        "gguf-q8_0",
+        "mlx-q4-g64",
+    ]
+
+
+def test_export_q4_k_m_without_llama_cpp_says_what_to_install(store, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a)
+    )
+    assert run("models", "export", NAME, "--quant", "q4_k_m") == 1
+    assert "qwen-mlx[interop]" in capsys.readouterr().err
+    assert not (store / "models/qwen3-1m-tiny/2507/gguf-q4_k_m").exists()
+
+
+# -- Ollama and LM Studio ---------------------------------------------------------------------
+
+
+def test_export_ollama_writes_a_modelfile_and_prints_the_create_command(
+    store, exported, tmp_path, capsys
+):
+    from qwen_mlx.convert.tiny import chat_template
+
+    assert run("models", "export", NAME, "--format", "ollama") == 0
+    out = capsys.readouterr().out
+    folder = gguf_file(store, "q4_0").parent
+    assert f"ollama create qwen3-1m-tiny-2507:q4_0 -f {folder / 'Modelfile'}" in out
+    text = (folder / "Modelfile").read_text()
+    assert text.startswith("FROM ./qwen3-1m-tiny-2507-gguf-q4_0.gguf\n")
+    assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|endoftext|>"' in text
+    gen = json.loads((exported["hf"] / "generation_config.json").read_text())
+    for key in ("temperature", "top_p", "top_k"):
+        assert f"PARAMETER {key} {gen[key]}\n" in text
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    # The tools preamble is the jinja template's, word for word.
+    import jinja2
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    rendered = (
+        jinja2.Environment()
+        .from_string(chat_template())
+        .render(
+            messages=[{"role": "user", "content": "hi"}], tools=tools, add_generation_prompt=True
+        )
+    )
+    preamble = rendered.split("\n<tools>")[0].removeprefix("<|im_start|>system\n")
+    after = rendered.split("\n</tools>")[1].split("<|im_start|>user")[0]
+    assert preamble in template and after in template
+    for marker in ("<tool_call>", "<tool_response>", ".ToolCalls", "<|im_start|>assistant"):
+        assert marker in template
+    elsewhere = tmp_path / "ollama"
+    assert run("models", "export", NAME, "--format", "ollama", "--output", str(elsewhere)) == 0
+    assert f"-f {elsewhere / 'Modelfile'}" in capsys.readouterr().out
+    assert sorted(p.name for p in elsewhere.iterdir()) == [
+        "Modelfile",
+        "qwen3-1m-tiny-2507-gguf-q4_0.gguf",
+    ]
+
+
+def test_export_lmstudio_lays_out_publisher_model_folders(store, tmp_path, capsys):
+    models = tmp_path / "lmstudio"
+    assert run("models", "export", NAME, "--format", "lmstudio", "--output", str(models)) == 0
+    mlx = models / "qwen-mlx" / NAME
+    assert (mlx / "config.json").is_file() and (mlx / "model.safetensors").is_file()
+    assert (mlx / "tokenizer.json").is_file()
+    argv = ["--format", "lmstudio", "--quant", "q8_0", "--output", str(models)]
+    assert run("models", "export", NAME, *argv) == 0
+    gguf_dir = models / "qwen-mlx" / "qwen3-1m-tiny-2507-GGUF"
+    assert [p.name for p in gguf_dir.iterdir()] == ["qwen3-1m-tiny-2507-gguf-q8_0.gguf"]
+    assert "LM Studio:" in capsys.readouterr().out
+    assert run("models", "export", NAME, "--format", "lmstudio", "--output", str(models)) == 1
+
+
+# -- import ---------------------------------------------------------------------------------
+
+
+def test_import_q8_0_and_q4_0_carry_codes_and_scales_over_bit_for_bit(store, capsys):
+    import gguf
+    import mlx.core as mx
+
+    for quant, bits in (("q8_0", 8), ("q4_0", 4)):
+        assert run("models", "import", str(gguf_file(store, quant))) == 0
+        out = capsys.readouterr().out
+        name = f"qwen3-1m-tiny-2507-mlx-q{bits}-g32"
+        assert f"Imported {name}" in out
+        folder = store / f"models/qwen3-1m-tiny/2507/mlx-q{bits}-g32"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        from qwen_mlx.fileio import sha256_file
+
+        digest = sha256_file(gguf_file(store, quant))
+        assert manifest["source"]["files"] == {gguf_file(store, quant).name: digest}
+        assert digest in out
+        r, _ = reader(gguf_file(store, quant))
+        t = next(t for t in r.tensors if t.name == "blk.1.ffn_gate.weight")
+        w = mx.load(str(folder / "model.safetensors"))
+        p = "model.layers.1.mlp.gate_proj"
+        rows = w[f"{p}.weight"].shape[0]
+        blocks = np.asarray(t.data).reshape(rows, -1, gguf.GGML_QUANT_SIZES[t.tensor_type][1])
+        d = blocks[..., :2].copy().view(np.float16)[..., 0]
+        np.testing.assert_array_equal(np.array(w[f"{p}.scales"]), d)  # the file's scales
+        ours = mx.dequantize(
+            w[f"{p}.weight"], w[f"{p}.scales"].astype(mx.float32),
+            w[f"{p}.biases"].astype(mx.float32), 32, bits,
+        )  # fmt: skip
+        theirs = gguf.quants.dequantize(t.data, t.tensor_type)
+        np.testing.assert_array_equal(np.array(ours), theirs)  # and the file's codes
+        assert run("models", "verify", name) == 0
+
+
+def test_import_of_an_f16_export_gives_back_the_model(store, exported, tmp_path, capsys):
+    blob = tmp_path / "sha256-4f1a9c"  # as Ollama keeps it: no .gguf suffix
+    shutil.copyfile(gguf_file(store, "f16"), blob)
+    assert run("models", "import", str(blob)) == 0
+    assert "Imported qwen3-1m-tiny-2507-mlx-f16" in capsys.readouterr().out
+    folder = store / "models/qwen3-1m-tiny/2507/mlx-f16"
+    ref, got = logits(exported["hf"]), logits(folder)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() == 1.0
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    original = json.loads((exported["hf"] / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == original["chat_template"]
+    assert config["eos_token"] == "<|im_end|>"
+    from tokenizers import Tokenizer
+
+    text = 'Hello <tool_call>{"a": 1}</tool_call> wörld 1234\n<|im_end|>'
+    ours = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    theirs = Tokenizer.from_file(str(exported["hf"] / "tokenizer.json"))
+    assert ours.encode(text).ids == theirs.encode(text).ids
+    gen = json.loads((folder / "generation_config.json").read_text())
+    assert gen["temperature"] == pytest.approx(0.7) and gen["top_k"] == 20
+
+
+def test_import_requantizes_k_quants_and_says_so(tmp_path, capsys, monkeypatch):
+    import gguf
+    import mlx.core as mx
+
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "home"))
+    hf = build_tiny_checkpoint(
+        tmp_path / "Qwen3-4M-Wide-2507", TinyConfig(hidden_size=256, intermediate_size=256)
+    )
+
+    def types(name, shape):
+        return {"token_embd.weight": "Q6_K", "blk.0.ffn_up.weight": "Q4_K"}.get(name, "Q8_0")
+
+    file = write_llama_style_gguf(hf, tmp_path / "Qwen3-4M-Wide-2507-Q8_0.gguf", types=types)
+    assert run("models", "import", str(file)) == 0
+    out = capsys.readouterr().out
+    assert "2 tensors (Q4_K, Q6_K) were dequantized and re-quantized" in out
+    name = "qwen3-4m-wide-2507-mlx-q8-g32"
+    assert f"Imported {name}" in out
+    folder = tmp_path / "home/models/qwen3-4m-wide/2507/mlx-q8-g32"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["quantization"]["bits"] == 8
+    assert config["quantization"]["model.embed_tokens"]["bits"] == 6
+    assert config["quantization"]["model.layers.0.mlp.up_proj"]["bits"] == 4
+    r, _ = reader(file)
+    t = next(t for t in r.tensors if t.name == "token_embd.weight")
+    w = mx.load(str(folder / "model.safetensors"))
+    p = "model.embed_tokens"
+    got = mx.dequantize(w[f"{p}.weight"], w[f"{p}.scales"], w[f"{p}.biases"], 32, 6)
+    want = gguf.quants.dequantize(t.data, t.tensor_type)
+    err = np.abs(np.array(got.astype(mx.float32)) - want).max()
+    assert err <= np.abs(want).max() / 2**5  # within 6-bit rounding of each group's range
+    assert logits(folder).shape[-1] == config["vocab_size"]  # and it loads and runs
+
+
+def test_import_refuses_a_gguf_that_is_not_qwen3_with_the_reason(tiny_hf, tmp_path, capsys):
+    file = write_llama_style_gguf(tiny_hf, tmp_path / "llama.gguf", arch="llama")
+    assert run("models", "import", str(file)) == 1
+    err = capsys.readouterr().err
+    assert "holds a 'llama' model" in err and "only Qwen3" in err
+    assert not (Path(tmp_path) / "home").exists()
+
+
+def test_import_refuses_a_damaged_gguf_and_a_broken_template(tiny_hf, tmp_path, capsys):
+    bad = tmp_path / "truncated.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 8)
+    assert run("models", "import", str(bad)) == 1
+    assert "is not a readable GGUF file" in capsys.readouterr().err
+    hf = shutil.copytree(tiny_hf, tmp_path / "hf")
+    config = json.loads((hf / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% if messages %}unclosed"
+    (hf / "tokenizer_config.json").write_text(json.dumps(config))
+    file = write_llama_style_gguf(hf, tmp_path / "Qwen3-1M-Tiny-2507-F16.gguf")
+    assert run("models", "import", str(file)) == 1
+    assert "chat template does not parse" in capsys.readouterr().err
+
+
+@needs_shared
+@pytest.mark.interop  # about a minute of CPU: 151,669 tokens and 151,387 merges each way
+def test_the_real_qwen3_tokenizer_survives_export_and_import(tmp_path, capsys, monkeypatch):
+    """Qwen3-4B-Instruct-2507's own tokenizer (151,669 tokens, its template) on a tiny model:
+    the GGUF says `qwen2`, and the imported tokenizer encodes as the original does."""
+    from tokenizers import Tokenizer
+
+    from qwen_mlx.convert import convert
+
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "home"))
+    hf = build_tiny_checkpoint(
+        tmp_path / "Qwen3-10M-Realtok-2507", TinyConfig(), tokenizer_from=SHARED_MODEL
+    )
+    convert(str(hf))
+    name = "qwen3-10m-realtok-2507-mlx-q4-g64"
+    assert run("models", "export", name, "--quant", "q8_0") == 0
+    file = tmp_path / "home/models/qwen3-10m-realtok/2507/gguf-q8_0/"
+    file = file / "qwen3-10m-realtok-2507-gguf-q8_0.gguf"
+    _, meta = reader(file)
+    assert meta["tokenizer.ggml.pre"] == "qwen2"
+    assert len(meta["tokenizer.ggml.merges"]) == 151387
+    assert run("models", "import", str(file)) == 0
+    assert "Imported qwen3-10m-realtok-2507-mlx-q8-g32" in capsys.readouterr().out
+    folder = tmp_path / "home/models/qwen3-10m-realtok/2507/mlx-q8-g32"
+    ours = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    theirs = Tokenizer.from_file(str(SHARED_MODEL / "tokenizer.json"))
+    text = (
+        "<|im_start|>user\nWie spät ist es in Zürich? 東京は今何時ですか 🙂\n"
+        '<tool_call>{"name": "time", "arguments": {"tz": "Europe/Zurich"}}</tool_call>'
+        "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n   x = 12345\t\n"
+    )
+    assert ours.encode(text).ids == theirs.encode(text).ids
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    original = json.loads((SHARED_MODEL / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == original["chat_template"]
