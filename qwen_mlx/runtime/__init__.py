@@ -6,6 +6,7 @@
 - `generation.py`: `stream_tokens`, `stream_generate`, `generate`.
 - `cache.py`: KV caches (make, reuse a prefix, trim, requantize, prefill, save, load).
 - `memory.py`: the memory planner. `structured.py`: JSON-schema constrained decoding.
+- `speculative.py`: speculative decoding (prompt lookup, a draft model).
 - `thread.py`: the one model thread of a process with a UI or a server. `bench.py`: speed.
 
 Only this package and `convert/` import mlx-lm (import-linter checks it).
@@ -42,14 +43,21 @@ _EXPORTS = {
     "make_sampling": "sampling",
     "resolve_params": "sampling",
     "sampling_for": "sampling",
+    "LookupDrafter": "speculative",
+    "ModelDrafter": "speculative",
+    "SpeculativeStats": "speculative",
+    "make_drafter": "speculative",
 }
 
 __all__ = [
     "GenerationChunk",
+    "LookupDrafter",
     "Message",
     "Model",
+    "ModelDrafter",
     "Prompt",
     "SamplingParams",
+    "SpeculativeStats",
     "cache_length",
     "cache_nbytes",
     "common_prefix",
@@ -57,6 +65,7 @@ __all__ = [
     "load",
     "load_cache",
     "make_cache",
+    "make_drafter",
     "make_sampling",
     "prefill",
     "requantize_cache",
@@ -88,5 +97,6 @@ if TYPE_CHECKING:
     from .messages import Message
     from .model import Model, Prompt, load, yarn_overrides
     from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
+    from .speculative import LookupDrafter, ModelDrafter, SpeculativeStats, make_drafter
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
