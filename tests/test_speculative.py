@@ -1,0 +1,314 @@
+"""Speculative decoding: prompt lookup and a draft model give plain decoding's output
+(greedy: the same tokens; sampled: the same distribution), with every other guarantee."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from qwen_mlx import generate, load, stream_generate
+from qwen_mlx.convert.tiny import build_tiny_checkpoint
+from qwen_mlx.errors import TokenizerMismatchError
+from qwen_mlx.runtime import cache_length, make_cache, stream_tokens
+from qwen_mlx.runtime.memory import MemoryPlanner
+from qwen_mlx.runtime.sampling import SamplingParams
+
+TRAINED = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-tiny-trained"
+needs_trained = pytest.mark.skipif(
+    not (TRAINED / "target" / "config.json").is_file(),
+    reason=f"the trained Qwen3 pair is not at {TRAINED}",
+)
+
+PROMPTS = [
+    "def parse(self, text):\n    return",
+    "import os\nimport sys\n\ndef main():\n    print(os.getcwd())\n\ndef main():\n",
+    [{"role": "user", "content": "Repeat the text above.\nThe with statement is used to"}],
+    "class Queue:\n    def put(self, item):\n        self.items.append(item)\n    def get(self):",
+    [{"role": "user", "content": "Continue: for i in range(10):\n    print(i)\nfor j in"}],
+    "a b c d a b c d a b",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tiny_hf):
+    """The tiny checkpoint unquantized (the session's `tiny_model` is its 4-bit copy)."""
+    return load(tiny_hf)
+
+
+@pytest.fixture(scope="module")
+def tiny_other(tmp_path_factory):
+    """Different random weights, the same tokenizer: a draft that disagrees."""
+    return load(build_tiny_checkpoint(tmp_path_factory.mktemp("hf") / "Qwen3-Other", seed=3))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The trained pair in ../shared, converted by our convert (bf16)."""
+    from qwen_mlx.convert import convert
+
+    root = tmp_path_factory.mktemp("trained")
+    target = convert(str(TRAINED / "target"), mlx_path=root / "target", quantize=False)
+    draft = convert(str(TRAINED / "draft"), mlx_path=root / "draft", quantize=False)
+    return load(target.path), load(draft.path)
+
+
+def _reply(model, prompt, **kw):
+    chunks = list(stream_generate(model, prompt, **kw))
+    return [c.token for c in chunks if c.token is not None], "".join(c.text for c in chunks), chunks
+
+
+def _greedy_identical(model, draft, prompts, max_tokens):
+    accepted = 0
+    for prompt in prompts:
+        plain = _reply(model, prompt, temperature=0, max_tokens=max_tokens)
+        spec = _reply(model, prompt, temperature=0, max_tokens=max_tokens, draft=draft)
+        assert spec[1] == plain[1], prompt
+        assert spec[2][-1].finish_reason == plain[2][-1].finish_reason
+        assert spec[2][-1].generation_tokens == plain[2][-1].generation_tokens
+        accepted += spec[2][-1].accepted
+    return accepted
+
+
+@pytest.mark.parametrize("mode", ["lookup", "self", "other"])
+def test_greedy_replies_are_token_for_token_those_of_plain_decoding(tiny_model, tiny_other, mode):
+    draft = {"lookup": "lookup", "self": tiny_model, "other": tiny_other}[mode]
+    accepted = _greedy_identical(tiny_model, draft, PROMPTS, 24)
+    if mode != "other":
+        assert accepted > 0  # speculation really ran
+
+
+@needs_trained
+def test_the_trained_pair_is_greedy_exact_with_lookup_and_with_its_draft(trained):
+    target, draft = trained
+    for mode in ("lookup", draft):
+        assert _greedy_identical(target, mode, PROMPTS[:3], 32) > 0
+
+
+def test_the_last_chunk_reports_drafted_and_accepted_tokens(tiny_model):
+    last = _reply(tiny_model, PROMPTS[0], temperature=0, max_tokens=16, draft=tiny_model)[2][-1]
+    assert last.drafted >= last.accepted > 0
+    assert last.acceptance_rate == last.accepted / last.drafted
+    plain = _reply(tiny_model, PROMPTS[0], temperature=0, max_tokens=4)[2][-1]
+    assert (plain.drafted, plain.accepted, plain.acceptance_rate) == (0, 0, 0.0)
+
+
+def test_a_draft_with_another_tokenizer_is_refused_before_any_work(tiny_model, tmp_path):
+    foreign = load(build_tiny_checkpoint(tmp_path / "Qwen3-Foreign", tokenizer_vocab_size=400))
+    with pytest.raises(TokenizerMismatchError, match="tokenizer"):
+        generate(tiny_model, "hello", draft=foreign, max_tokens=4)
+
+
+def test_a_draft_can_be_named_by_its_store_reference(tiny_model, tiny_mlx):
+    plain = generate(tiny_model, PROMPTS[1], temperature=0, max_tokens=12)
+    assert generate(tiny_model, PROMPTS[1], temperature=0, max_tokens=12, draft=str(tiny_mlx)) == (
+        plain
+    )
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 3, 5, 8, 13])
+def test_max_tokens_is_exact_inside_an_accepted_run(tiny_model, max_tokens):
+    spec = _reply(tiny_model, PROMPTS[3], temperature=0, max_tokens=max_tokens, draft=tiny_model)
+    plain = _reply(tiny_model, PROMPTS[3], temperature=0, max_tokens=max_tokens)
+    assert spec[2][-1].generation_tokens == plain[2][-1].generation_tokens == max_tokens
+    assert spec[1] == plain[1] and spec[2][-1].finish_reason == "length"
+
+
+def test_a_stop_string_inside_an_accepted_run_ends_the_reply_there(tiny_model):
+    full = generate(tiny_model, PROMPTS[0], temperature=0, max_tokens=40)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip(), full
+    plain = _reply(tiny_model, PROMPTS[0], temperature=0, max_tokens=40, stop=[stop])
+    spec = _reply(
+        tiny_model, PROMPTS[0], temperature=0, max_tokens=40, stop=[stop], draft=tiny_model
+    )
+    assert spec[1] == plain[1] == full[: full.index(stop)]
+    assert spec[2][-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("kv_bits", [None, 8, 4])
+def test_the_cache_holds_exactly_the_prompt_and_the_reply_after_speculation(tiny_model, kv_bits):
+    params = SamplingParams(temperature=0, max_tokens=19)
+    prompt = tiny_model.encode(PROMPTS[1])
+    held_plain: list[int] = []
+    cache_plain = make_cache(tiny_model, kv_bits)
+    list(
+        stream_tokens(tiny_model, prompt, params, prompt_cache=cache_plain, cache_tokens=held_plain)
+    )
+    for draft in ("lookup", tiny_model):
+        held: list[int] = []
+        cache = make_cache(tiny_model, kv_bits)
+        list(
+            stream_tokens(
+                tiny_model, prompt, params, prompt_cache=cache, cache_tokens=held, draft=draft
+            )
+        )
+        assert held == held_plain and cache_length(cache) == len(held)
+        # The next turn continues the cache: the same reply as plain decoding's next turn.
+        more = tiny_model.encode(" and then")
+        out = [
+            c.token
+            for c in stream_tokens(
+                tiny_model, more, params, prompt_cache=cache, cache_tokens=held, draft=draft
+            )
+        ]
+        ref = [
+            c.token
+            for c in stream_tokens(
+                tiny_model, more, params, prompt_cache=cache_plain, cache_tokens=list(held_plain)
+            )
+        ]
+        assert out == ref and cache_length(cache) == len(held)
+        trim = len(held) - len(held_plain)
+        from qwen_mlx.runtime import trim_cache
+
+        trim_cache(cache_plain, trim)  # back to after the first turn for the next draft
+
+
+def test_stop_from_another_thread_ends_a_speculative_reply(tiny_model):
+    stop = threading.Event()
+    first = threading.Event()
+    held: list[int] = []
+    cache = make_cache(tiny_model)
+    result: list = []
+
+    def work():
+        for chunk in stream_tokens(
+            tiny_model,
+            tiny_model.encode(PROMPTS[0]),
+            SamplingParams(temperature=0, max_tokens=-1),
+            prompt_cache=cache,
+            cache_tokens=held,
+            should_stop=stop.is_set,
+            draft=tiny_model,
+            on_token=lambda _: first.set(),
+        ):
+            result.append(chunk)
+            first.wait()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert first.wait(30)
+    stop.set()
+    worker.join(30)
+    assert result[-1].finish_reason == "cancelled"
+    assert cache_length(cache) == len(held)
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 10},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+    },
+    "required": ["name", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("draft", ["lookup", "self"])
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_the_schema_constraint_masks_the_verify_step(tiny_model, tiny_other, draft, temperature):
+    drafter = tiny_other if draft == "self" else draft
+    for seed in range(3):
+        text = generate(
+            tiny_model,
+            [{"role": "user", "content": "A person as JSON"}],
+            json_schema=SCHEMA,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=120,
+            draft=drafter,
+        )
+        jsonschema.validate(json.loads(text), SCHEMA)
+        if temperature == 0:
+            plain = generate(
+                tiny_model,
+                [{"role": "user", "content": "A person as JSON"}],
+                json_schema=SCHEMA,
+                temperature=0,
+                max_tokens=120,
+            )
+            assert text == plain
+            break
+
+
+# -- the sampled distribution -----------------------------------------------------------
+
+
+def _chi2_critical(df: int, z: float = 3.09) -> float:
+    """The 0.999 quantile of chi-square with `df` degrees of freedom (Wilson-Hilferty)."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def _topk_probs(model, tokens, k):
+    import mlx.core as mx
+
+    logits = np.array(model.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
+    top = np.argsort(-logits)[:k]
+    p = np.exp(logits[top] - logits[top].max())
+    return dict(zip(top.tolist(), (p / p.sum()).tolist(), strict=True))
+
+
+def _pair_distribution(model, prompt, k):
+    """The exact distribution of the first two sampled tokens (top-k, temperature 1); an
+    end-of-turn token ends the reply ("end")."""
+    eos = model.tokenizer.eos_token_ids
+    out: dict = {}
+    for a, pa in _topk_probs(model, prompt, k).items():
+        if a in eos:
+            out[("end",)] = out.get(("end",), 0) + pa
+            continue
+        for b, pb in _topk_probs(model, [*prompt, a], k).items():
+            key = (a, "end") if b in eos else (a, b)
+            out[key] = out.get(key, 0) + pa * pb
+    return out
+
+
+def _assert_follows(model, prompt, draft, k=3, n=240):
+    exact = _pair_distribution(model, prompt, k)
+    counts: dict = {}
+    drafted = accepted = 0
+    eos = model.tokenizer.eos_token_ids
+    for seed in range(n):
+        taken: list = []
+        params = SamplingParams(temperature=1.0, top_k=k, top_p=1.0, max_tokens=2, seed=seed)
+        chunks = list(stream_tokens(model, prompt, params, draft=draft, on_token=taken.append))
+        pair = tuple("end" if t in eos else t for t in taken)
+        counts[pair] = counts.get(pair, 0) + 1
+        drafted += chunks[-1].drafted
+        accepted += chunks[-1].accepted
+    chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in exact.items())
+    assert chi2 < _chi2_critical(len(exact) - 1), (chi2, counts)
+    return drafted, accepted
+
+
+def test_sampled_lookup_follows_the_models_distribution(tiny_bf16):
+    # A prompt x b x whose lookup draft (b) the model samples about one time in three:
+    # both the accept and the reject paths run.
+    x = 40
+    b = next(b for b in range(41, 576) if b in _topk_probs(tiny_bf16, [x, b, x], 3))
+    drafted, accepted = _assert_follows(tiny_bf16, [x, b, x], "lookup")
+    assert 0 < accepted < drafted
+
+
+def test_sampled_draft_model_follows_the_models_distribution(tiny_bf16, tiny_model):
+    # The 4-bit copy as the draft: its top 3 overlap the target's in part.
+    drafted, accepted = _assert_follows(tiny_bf16, [40, 41, 42], tiny_model)
+    assert 0 < accepted < drafted
+
+
+def test_the_memory_planner_counts_the_drafts_weights_and_kv(tiny_model, tiny_other):
+    alone = MemoryPlanner.for_model(tiny_model)
+    both = MemoryPlanner.for_model(tiny_model, draft=tiny_other)
+    assert both.weights > alone.weights
+    assert (
+        both.kv_per_token()
+        == alone.kv_per_token() + MemoryPlanner.for_model(tiny_other).kv_per_token()
+    )
+    assert both.max_context() <= alone.max_context()
