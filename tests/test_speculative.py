@@ -312,3 +312,52 @@ def test_the_memory_planner_counts_the_drafts_weights_and_kv(tiny_model, tiny_ot
         == alone.kv_per_token() + MemoryPlanner.for_model(tiny_other).kv_per_token()
     )
     assert both.max_context() <= alone.max_context()
+
+
+# -- ChatSession ------------------------------------------------------------------------
+
+
+def _assert_cache_is_the_conversation(session):
+    from .test_session import assert_cache_matches_conversation
+
+    assert_cache_matches_conversation(session)
+
+
+@pytest.mark.parametrize("mode", ["lookup", "model"])
+def test_a_speculative_session_keeps_exact_caches_across_turns_and_resumes(
+    tiny_model, tiny_other, tmp_path, mode
+):
+    from qwen_mlx import ChatSession
+
+    draft = "lookup" if mode == "lookup" else tiny_other
+    plain = ChatSession(tiny_model, system="Be brief.")
+    spec = ChatSession(tiny_model, system="Be brief.", draft=draft, num_draft_tokens=3)
+    for text in ("Hello there", "Tell me more about it", "And again"):
+        a = "".join(c.text for c in plain.send(text, temperature=0, max_tokens=20))
+        b = "".join(c.text for c in spec.send(text, temperature=0, max_tokens=20))
+        assert a == b
+        assert spec.cache_tokens == plain.cache_tokens
+        _assert_cache_is_the_conversation(spec)
+    assert spec.last_stats.drafted >= spec.last_stats.accepted
+    if mode == "model":
+        # The draft's cache was reused: it holds the conversation up to the last reply.
+        held = spec.drafter.held
+        assert held == spec.cache_tokens[: len(held)] and len(held) > len(spec.cache_tokens) // 2
+    path = spec.save(tmp_path / "chat.json")
+    resumed = ChatSession.load(path, tiny_model, draft=draft)
+    assert resumed.cache_tokens == spec.cache_tokens
+    c = "".join(x.text for x in resumed.send("One more", temperature=0, max_tokens=20))
+    d = "".join(x.text for x in plain.send("One more", temperature=0, max_tokens=20))
+    assert c == d and resumed.last_stats.reused_tokens == len(spec.cache_tokens)
+
+
+def test_a_session_can_turn_its_draft_on_and_off(tiny_model):
+    from qwen_mlx import ChatSession
+
+    session = ChatSession(tiny_model)
+    session.set_draft(tiny_model)
+    "".join(c.text for c in session.send("Hi", temperature=0, max_tokens=12))
+    assert session.last_stats.accepted > 0
+    session.set_draft(None)
+    "".join(c.text for c in session.send("Hi again", temperature=0, max_tokens=12))
+    assert session.last_stats.drafted == 0
