@@ -361,3 +361,42 @@ def test_a_session_can_turn_its_draft_on_and_off(tiny_model):
     session.set_draft(None)
     "".join(c.text for c in session.send("Hi again", temperature=0, max_tokens=12))
     assert session.last_stats.drafted == 0
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+def test_generate_draft_lookup_prints_the_same_reply_and_the_acceptance(tiny_mlx, capsys):
+    from qwen_mlx.cli.main import main
+
+    base = ["generate", "--model", str(tiny_mlx), "--prompt", "a b c a b", "--temp", "0"]
+    assert main([*base, "--max-tokens", "24"]) == 0
+    plain = capsys.readouterr()
+    assert main([*base, "--max-tokens", "24", "--draft", "lookup", "--num-draft-tokens", "4"]) == 0
+    spec = capsys.readouterr()
+    assert spec.out == plain.out
+    assert "draft: " in spec.err and "accepted (" in spec.err
+    assert "draft: " not in plain.err
+
+
+def test_generate_draft_by_reference_and_bad_draft_flags(tiny_mlx, tmp_path, capsys):
+    from qwen_mlx.cli.main import main
+
+    base = ["generate", "--model", str(tiny_mlx), "--prompt", "hello", "--temp", "0", "-n", "8"]
+    assert main([*base, "--draft", str(tiny_mlx), "--session", str(tmp_path / "s.json")]) == 0
+    assert "accepted" in capsys.readouterr().err
+    assert main([*base, "--num-draft-tokens", "3"]) != 0
+    assert "--draft" in capsys.readouterr().err
+    foreign = build_tiny_checkpoint(tmp_path / "Qwen3-Foreign", tokenizer_vocab_size=400)
+    assert main([*base, "--draft", str(foreign)]) != 0
+    err = capsys.readouterr().err
+    assert "tokenizer" in err and "Traceback" not in err
+
+
+def test_bench_draft_reports_the_acceptance(tiny_mlx, capsys):
+    from qwen_mlx.cli.main import main
+
+    args = ["bench", "--model", str(tiny_mlx), "-p", "16", "-g", "12", "--repeat", "1"]
+    assert main([*args, "--draft", "lookup", "--bandwidth", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "draft      lookup:" in out and "accepted" in out

@@ -16,8 +16,10 @@ from .common import (
     DEFAULT_MODEL,
     INTERRUPTED,
     ProgressBar,
+    add_draft_args,
     add_model_arg,
     add_sampling_args,
+    draft_from_args,
     format_stats,
     guarded,
     sampling_overrides,
@@ -31,6 +33,7 @@ examples:
   qwen-mlx generate --model qwen3-4b-instruct-2507-mlx-q8-g64 --prompt - < question.txt
   qwen-mlx generate --session trip.json --prompt "Plan a day in Kyoto"
   qwen-mlx generate --session trip.json --prompt "Make it cheaper"   # reads only this turn
+  qwen-mlx generate --draft lookup --prompt - < fix-this-function.py
 """
 
 
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="YaRN rope scaling: F x the model's native context",
     )
     add_sampling_args(p)
+    add_draft_args(p)
     return p
 
 
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..runtime import load
 
     model = load(_model_ref(args), verify=args.verify, context_extension=args.context_extension)
+    args.drafter = draft_from_args(model, args)
     bar = ProgressBar(min_total=PREFILL_BAR_FROM)
     if args.raw:
         from ..runtime import stream_generate
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             prompt,
             json_schema=schema,
             prompt_progress=lambda d, t: bar.update("prefill", d, t),
+            draft=args.drafter,
+            num_draft_tokens=args.num_draft_tokens,
             **sampling_overrides(args),
         )
         last = _stream(chunks, bar)
@@ -164,7 +171,13 @@ def _open_session(model, args):
     from ..chat.session import ChatSession
 
     if args.session and args.session.exists():
-        session = ChatSession.load(args.session, model, policy=args.policy)
+        session = ChatSession.load(
+            args.session,
+            model,
+            policy=args.policy,
+            draft=args.drafter,
+            num_draft_tokens=args.num_draft_tokens,
+        )
         if args.kv_bits and session.kv_bits != args.kv_bits:
             session.set_kv_bits(args.kv_bits)
         if args.system:
@@ -175,6 +188,8 @@ def _open_session(model, args):
         system=args.system,
         policy=args.policy or ContextPolicy.TRUNCATE,
         kv_bits=args.kv_bits,
+        draft=args.drafter,
+        num_draft_tokens=args.num_draft_tokens,
     )
 
 
