@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 
-from .common import add_model_arg, guarded
+from .common import add_draft_args, add_model_arg, guarded
 
 API_KEY_ENV = "QWEN_MLX_API_KEY"
 # The same as qwen_mlx.server's (not imported from there: --help must not load FastAPI).
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("critical", "error", "warning", "info", "debug"),
         help="server log verbosity (default: info)",
     )
+    add_draft_args(p)
     return p
 
 
@@ -153,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model, verify=args.verify, context_extension=args.context_extension)
+    from .common import draft_from_args
+
     engine = Engine(
         model,
+        draft=draft_from_args(model, args),
+        num_draft_tokens=args.num_draft_tokens,
         kv_bits=args.kv_bits,
         cache_bytes=None if args.cache_gb is None else int(args.cache_gb * 1e9),
         max_context=args.max_context,

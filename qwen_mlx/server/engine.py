@@ -27,7 +27,15 @@ from typing import Any
 from fastapi import Request
 
 from ..errors import GenerationCancelled
-from ..runtime import Model, SamplingParams, cache_length, make_cache, stream_tokens, trim_cache
+from ..runtime import (
+    Model,
+    SamplingParams,
+    cache_length,
+    make_cache,
+    make_drafter,
+    stream_tokens,
+    trim_cache,
+)
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
@@ -49,6 +57,7 @@ class Job:
     processors: list[Callable[..., Any]] = field(default_factory=list)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     stop: threading.Event = field(default_factory=threading.Event)
+    speculative: bool = True  # with the engine's draft, if it has one
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,8 @@ class Finished:
     completion_tokens: int
     time_to_first_token: float = 0.0
     generation_tps: float = 0.0
+    drafted: int = 0  # speculative decoding: draft tokens proposed and kept
+    accepted: int = 0
 
 
 Event = str | Finished | BaseException
@@ -88,13 +99,21 @@ class Engine:
         max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
         planner: MemoryPlanner | None = None,
         aliases: Sequence[str] = (),
+        draft: Any = None,
+        num_draft_tokens: int | None = None,
     ) -> None:
         self.model = model
+        # Speculative decoding for every request that does not turn it off (a lone
+        # request's generation path; see `_generate`).
+        self.drafter = make_drafter(model, draft, kv_bits=kv_bits)
+        self.num_draft_tokens = num_draft_tokens
         family = [model.manifest.family] if model.manifest and model.manifest.family else []
         self.names = tuple(dict.fromkeys([model.name, *family, *aliases]))
         self.max_token_chars = _longest_token(model)
         self.kv_bits = kv_bits
-        self.planner = planner or MemoryPlanner.for_model(model)
+        self.planner = planner or MemoryPlanner.for_model(
+            model, draft=getattr(self.drafter, "draft", None)
+        )
         limits = [model.context_length, self.planner.max_context(kv_bits)]
         self.context_limit = min([*limits, max_context] if max_context else limits)
         self.max_tokens_cap = max_tokens_cap
@@ -227,6 +246,8 @@ class Engine:
                 prefill_step_size=plan.chunk,
                 logits_processors=job.processors,
                 should_stop=job.stop.is_set,
+                draft=self.drafter if job.speculative else None,
+                num_draft_tokens=self.num_draft_tokens,
             ):
                 last = chunk
                 if chunk.text:
@@ -250,6 +271,8 @@ class Engine:
             last.generation_tokens if last else 0,
             last.time_to_first_token if last else 0.0,
             last.generation_tps if last else 0.0,
+            last.drafted if last else 0,
+            last.accepted if last else 0,
         )
 
 

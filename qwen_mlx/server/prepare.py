@@ -100,7 +100,7 @@ def prepare_chat(engine: Engine, req: ChatRequest) -> tuple[Job, Reply]:
             raise APIError(400, str(e), param="response_format") from e
     parse_calls = bool(tools) and response_schema is None
     reply = Reply(parse_calls=parse_calls, prefix=prefix, suffix=suffix)
-    return Job(tokens, params, processors), reply
+    return Job(tokens, params, processors, speculative=req.speculative is not False), reply
 
 
 def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
@@ -122,7 +122,8 @@ def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
     if not tokens:
         raise APIError(400, "The prompt is empty.", param="prompt")
     engine.check_context(len(tokens), "prompt")
-    return Job(tokens, _sampling(engine, req, len(tokens), req.max_tokens))
+    params = _sampling(engine, req, len(tokens), req.max_tokens)
+    return Job(tokens, params, speculative=req.speculative is not False)
 
 
 def _refuse_logprobs(asked: bool, param: str) -> None:
