@@ -434,3 +434,45 @@ def test_the_server_speculates_server_wide_unless_a_request_turns_it_off(tiny_mo
         server.should_exit = True
         thread.join(timeout=10)
         engine.close()
+
+
+# -- the terminal app -------------------------------------------------------------------
+
+
+def test_the_chat_app_speculates_shows_the_acceptance_and_turns_it_off(tiny_hf, home):
+    import asyncio
+
+    from qwen_mlx.convert import convert
+
+    from .test_tui import reply as wait_reply
+    from .test_tui import running, type_and_send
+
+    convert(str(tiny_hf))
+    family = "qwen3-1m-tiny"
+    from tui.widgets import StatusBar
+
+    async def run():
+        async with running(home, model=family, draft=family) as (app, pilot):
+            app.run_command("/temp 0")
+            app.run_command("/max_tokens 12")
+            await type_and_send(pilot, "Hello")
+            await wait_reply(pilot)
+            assert app.session.last_stats.accepted > 0
+            assert "accepted" in app.query_one(StatusBar).speed
+            app.run_command("/draft off")
+            await pilot.pause(0.2)
+            await type_and_send(pilot, "Again")
+            await wait_reply(pilot)
+            assert app.session.last_stats.drafted == 0
+            app.run_command("/draft lookup")
+            await pilot.pause(0.2)
+            assert app.draft_ref == "lookup" and app.session.drafter is not None
+
+    asyncio.run(run())
+
+
+def test_chat_takes_draft_flags(tiny_mlx, capsys):
+    from tui.app import build_parser
+
+    args = build_parser().parse_args(["--draft", "lookup", "--num-draft-tokens", "5"])
+    assert (args.draft, args.num_draft_tokens) == ("lookup", 5)

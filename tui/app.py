@@ -116,6 +116,8 @@ class ChatApp(ChatCommands, App[None]):
         resume: bool = False,
         home: str | Path | None = None,
         flush_interval: float = 0.08,
+        draft: str | None = None,
+        num_draft_tokens: int | None = None,
     ) -> None:
         """Open the chat `chat_id`; without one, with `resume` the most recent chat, else
         a new one."""
@@ -137,6 +139,11 @@ class ChatApp(ChatCommands, App[None]):
         self._stop_busy: Any = None  # stops the busy work, if it can be stopped
         self._busy_locks_input = True
         self.overrides: dict[str, Any] = {}  # this chat's sampling parameters
+        # Speculative decoding for every chat: "lookup", a draft model's reference, or None;
+        # `draft` is what sessions get ("lookup" or the loaded draft Model).
+        self.draft_ref = draft
+        self.draft: Any = None
+        self.num_draft_tokens = num_draft_tokens
 
     # -- layout ----------------------------------------------------------------------------
 
@@ -226,7 +233,35 @@ class ChatApp(ChatCommands, App[None]):
             return
         finally:
             self._end_busy()
+        if self.draft_ref:
+            self.draft = await self._load_draft(model, self.draft_ref)
         self._model_ready(model)
+
+    async def _load_draft(self, model: Any, ref: str) -> Any:
+        """ "lookup", or the draft model for `ref` (None, with a notice, if it is unusable)."""
+        if ref == "lookup":
+            return "lookup"
+        from qwen_mlx.runtime import check_tokenizers, load
+
+        def job() -> Any:
+            draft = load(ref)
+            check_tokenizers(model, draft)
+            return draft
+
+        self._begin_busy(f"loading the draft {ref}", lock_input=False)
+        try:
+            return await on_model_thread(job)
+        except Exception as e:
+            self.notify(f"No speculative decoding: {e}", severity="error", timeout=10)
+            self.draft_ref = None
+            return None
+        finally:
+            self._end_busy()
+
+    def _with_draft(self, session: Any) -> Any:
+        if self.draft is not None:
+            session.set_draft(self.draft, self.num_draft_tokens)
+        return session
 
     def _model_failed(self, ref: str, error: Exception) -> None:
         self.query_one("#loading").display = False
@@ -295,7 +330,7 @@ class ChatApp(ChatCommands, App[None]):
 
         self.chat = None
         self.overrides = {}
-        self.session = ChatSession(self.model)
+        self.session = self._with_draft(ChatSession(self.model))
         self.query_one("#messages").remove_children()
         self._update_context(0, self.session.context_limit)
         self._refresh_chats()
@@ -349,13 +384,13 @@ class ChatApp(ChatCommands, App[None]):
             try:
                 session = ChatSession.load(path, self.model, policy=chat.policy, messages=messages)
                 session.params = params
-                return session
+                return self._with_draft(session)
             except ValueError:
                 pass  # an unreadable session file: the messages are in SQLite anyway
         session = ChatSession(self.model, params=params, policy=chat.policy)
         for message in messages:
             session.add_message(message)
-        return session
+        return self._with_draft(session)
 
     def _show_chat(self, chat: Chat, session: Any, context: tuple[int, int]) -> None:
         self.chat, self.session = chat, session
@@ -570,6 +605,9 @@ class ChatApp(ChatCommands, App[None]):
             f"{stats.tokens_per_second:.1f} tok/s · peak {human_bytes(stats.peak_memory * 1e9)} · "
             f"read {stats.prefilled_tokens:,} of {stats.prompt_tokens:,}"
         )
+        if stats.drafted:
+            self.query_one(StatusBar).speed += f" · draft {stats.acceptance_rate:.0%} accepted"
+
         warnings = list(stats.notices)
         if stats.dropped_messages:
             warnings.append(f"{stats.dropped_messages} oldest messages left out of the prompt")
@@ -659,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--session", metavar="ID", help="open a saved chat by its id (default: the most recent)"
     )
     which.add_argument("--new", action="store_true", help="start a new chat")
+    p.add_argument(
+        "--draft",
+        metavar="lookup|REF",
+        help="speculative decoding (same replies, faster): 'lookup' drafts from the chat "
+        "itself, a model reference drafts with that small model (same tokenizer)",
+    )
+    p.add_argument("--num-draft-tokens", type=int, metavar="K", help="most tokens drafted per step")
     return p
 
 
@@ -690,7 +735,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
-    app = ChatApp(model=args.model, chat_id=args.session, resume=not args.new)
+    app = ChatApp(
+        model=args.model,
+        chat_id=args.session,
+        resume=not args.new,
+        draft=args.draft,
+        num_draft_tokens=args.num_draft_tokens,
+    )
     app.run()
     if app.chat is not None:
         print(f"Chat {app.chat.id} saved. Resume it with: qwen-mlx chat --session {app.chat.id}")

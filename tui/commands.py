@@ -48,6 +48,7 @@ COMMAND_HELP = (
     ("/export [PATH]", "save the conversation as Markdown"),
     ("/attach PATH", "add a text, Markdown or PDF file to the conversation"),
     ("/model [NAME]", "switch model (no name: pick from the store)"),
+    ("/draft lookup|NAME|off", "speculative decoding: same replies, several tokens per step"),
 )
 # Keys that are not the app's own bindings: the input's, the sidebar's, the dialogs', Textual's.
 INPUT_KEYS = (
@@ -350,6 +351,20 @@ class ChatCommands:
 
     # -- slash commands --------------------------------------------------------------------
 
+    @work(exclusive=True, group="draft")
+    async def _set_draft(self, arg: str) -> None:
+        """/draft lookup|REF|off: speculative decoding for this chat and the next ones."""
+        if not arg:
+            self.notify(f"Draft: {self.draft_ref or 'off'} (/draft lookup, a model, or off).")
+            return
+        ref = None if arg == "off" else arg
+        draft = await self._load_draft(self.model, ref) if ref else None
+        if ref and draft is None:
+            return
+        self.draft_ref, self.draft = ref, draft
+        self.session.set_draft(draft, self.num_draft_tokens)
+        self.notify(f"Draft: {ref}." if ref else "Speculative decoding off.")
+
     def run_command(self, line: str) -> None:
         name, _, arg = line.strip().partition(" ")
         arg = arg.strip()
@@ -413,5 +428,8 @@ class ChatCommands:
             self.action_help()
         elif name == "/info":
             self.action_info()
+        elif name == "/draft":
+            if self._can_change():
+                self._set_draft(arg)
         else:
             self.notify(f"Unknown command {name}; /help lists them.", severity="warning")

@@ -46,6 +46,7 @@ _EXPORTS = {
     "LookupDrafter": "speculative",
     "ModelDrafter": "speculative",
     "SpeculativeStats": "speculative",
+    "check_tokenizers": "speculative",
     "make_drafter": "speculative",
 }
 
@@ -60,6 +61,7 @@ __all__ = [
     "SpeculativeStats",
     "cache_length",
     "cache_nbytes",
+    "check_tokenizers",
     "common_prefix",
     "generate",
     "load",
@@ -97,6 +99,12 @@ if TYPE_CHECKING:
     from .messages import Message
     from .model import Model, Prompt, load, yarn_overrides
     from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
-    from .speculative import LookupDrafter, ModelDrafter, SpeculativeStats, make_drafter
+    from .speculative import (
+        LookupDrafter,
+        ModelDrafter,
+        SpeculativeStats,
+        check_tokenizers,
+        make_drafter,
+    )
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -28,9 +28,11 @@ maximum, and to 0 (plain steps, with an occasional probe) when drafting does not
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,7 +64,7 @@ class LookupDrafter:
 
     kind = "lookup"
 
-    def __init__(self, *, max_ngram: int = 3, min_ngram: int = 1) -> None:
+    def __init__(self, *, max_ngram: int = 3, min_ngram: int = 2) -> None:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
         self._index: dict[tuple[int, ...], int] = {}
@@ -223,55 +225,59 @@ def make_dist(params: SamplingParams) -> Callable[[Any], Any] | None:
     return dist
 
 
-@dataclass
 class _Controller:
-    """Picks k each round from measured round times and the acceptance rate."""
+    """Picks k each round from measured round times and the acceptance rate.
 
-    k_max: int
-    adaptive: bool = True
-    k: int = 0
-    alpha: float = 0.7  # acceptance per drafted position (EMA)
-    t_plain: float | None = None  # seconds of a plain step (EMA)
-    t_extra: float | None = None  # added seconds per drafted token (EMA)
-    plain_rounds: int = 0
-    _decay: float = field(default=0.3, repr=False)
+    Acceptance: decayed counts of kept and examined draft positions (a prior of one in
+    two). Cost: the median of recent plain rounds, and the median added time per drafted
+    token of recent drafting rounds (a draft model's steps and the longer verify pass).
+    Speed of k relative to plain: E[tokens per round] / (1 + k * added / plain), with
+    E = (1 - a^(k+1)) / (1 - a). Medians, because a shared machine's timings are noisy.
+    """
 
-    def __post_init__(self) -> None:
-        self.k = self.k_max
+    def __init__(self, k_max: int, *, adaptive: bool = True) -> None:
+        self.k_max = k_max
+        self.adaptive = adaptive
+        # Start short: the first rounds measure, and a long draft that fails costs most.
+        self.k = min(k_max, 2) if adaptive else k_max
+        self.kept = 1.0
+        self.examined = 2.0
+        self.plain: deque[float] = deque(maxlen=9)
+        self.extra: deque[float] = deque(maxlen=9)
+        self.idle = 0  # plain rounds since the last drafting one
 
-    def _ema(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self._decay * (new - old)
+    @property
+    def alpha(self) -> float:
+        return self.kept / self.examined
 
     def update(self, k: int, proposed: int, accepted: int, seconds: float) -> None:
         if not self.adaptive:
             return
         if proposed == 0:
-            self.t_plain = self._ema(self.t_plain, seconds)
-            self.plain_rounds += 1
+            self.plain.append(seconds)
+            self.idle += 1
         else:
-            examined = accepted + (1 if accepted < proposed else 0)
-            self.alpha = self._ema(self.alpha, accepted / max(examined, 1))
-            if self.t_plain is not None:
-                extra = max(seconds - self.t_plain, 0.0) / proposed
-                self.t_extra = self._ema(self.t_extra, extra)
+            self.idle = 0
+            self.kept = 0.9 * self.kept + accepted
+            self.examined = 0.9 * self.examined + accepted + (accepted < proposed)
+            if self.plain:
+                self.extra.append(max(seconds - statistics.median(self.plain), 0.0) / proposed)
         self.k = self._choose()
 
     def _choose(self) -> int:
-        if self.t_plain is None:
+        if not self.plain:
             return 0  # measure a plain step first
-        if self.t_extra is None:
-            return self.k_max
-        a = min(self.alpha, 0.999)
-        ratio = self.t_extra / max(self.t_plain, 1e-9)
+        if not self.extra:
+            return min(self.k_max, 2)
+        a = min(self.alpha, 0.99)
+        ratio = statistics.median(self.extra) / max(statistics.median(self.plain), 1e-9)
         best_k, best = 0, 1.0
         for k in range(1, self.k_max + 1):
             speed = (1 - a ** (k + 1)) / (1 - a) / (1 + k * ratio)
             if speed > best * 1.02:
                 best_k, best = k, speed
-        if best_k == 0 and self.plain_rounds % 16 == 0:
+        if best_k == 0 and self.idle >= 24:
             return 1  # probe now and then: the text may start to repeat
-        if best_k == 0:
-            return 0
         return best_k
 
 
@@ -313,8 +319,6 @@ def speculative_step(
     dist = make_dist(params)
     k_max = num_draft_tokens if num_draft_tokens is not None else DEFAULT_DRAFT_TOKENS[drafter.kind]
     control = _Controller(k_max=max(int(k_max), 0), adaptive=adaptive)
-    if not adaptive:
-        control.k = control.k_max
     context = list(history) + list(prompt)  # every token the model has seen or will
     ptoks = list(prompt)  # what mlx-lm's processors see: this call's prompt and reply
     total = len(prompt)
