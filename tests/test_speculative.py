@@ -270,7 +270,7 @@ def _pair_distribution(model, prompt, k):
     return out
 
 
-def _assert_follows(model, prompt, draft, k=3, n=240):
+def _assert_follows(model, prompt, draft, k=3, n=200):
     exact = _pair_distribution(model, prompt, k)
     counts: dict = {}
     drafted = accepted = 0
@@ -289,11 +289,11 @@ def _assert_follows(model, prompt, draft, k=3, n=240):
 
 
 def test_sampled_lookup_follows_the_models_distribution(tiny_bf16):
-    # A prompt x b x whose lookup draft (b) the model samples about one time in three:
-    # both the accept and the reject paths run.
-    x = 40
-    b = next(b for b in range(41, 576) if b in _topk_probs(tiny_bf16, [x, b, x], 3))
-    drafted, accepted = _assert_follows(tiny_bf16, [x, b, x], "lookup")
+    # A prompt x y b x y whose lookup draft (b, after the 2-gram x y) the model samples
+    # about one time in three: both the accept and the reject paths run.
+    x, y = 40, 41
+    b = next(b for b in range(42, 576) if b in _topk_probs(tiny_bf16, [x, y, b, x, y], 3))
+    drafted, accepted = _assert_follows(tiny_bf16, [x, y, b, x, y], "lookup")
     assert 0 < accepted < drafted
 
 
