@@ -235,9 +235,14 @@ class _Controller:
     E = (1 - a^(k+1)) / (1 - a). Medians, because a shared machine's timings are noisy.
     """
 
-    def __init__(self, k_max: int, *, adaptive: bool = True) -> None:
+    # Noisy timings can make the added cost look like nothing, and drafting then never
+    # stops: each drafted token is taken to cost at least this share of a plain step.
+    MIN_RATIO = 0.1
+
+    def __init__(self, k_max: int, *, adaptive: bool = True, probe_every: int = 16) -> None:
         self.k_max = k_max
         self.adaptive = adaptive
+        self.probe_every = probe_every
         # Start short: the first rounds measure, and a long draft that fails costs most.
         self.k = min(k_max, 2) if adaptive else k_max
         self.kept = 1.0
@@ -271,12 +276,13 @@ class _Controller:
             return min(self.k_max, 2)
         a = min(self.alpha, 0.99)
         ratio = statistics.median(self.extra) / max(statistics.median(self.plain), 1e-9)
+        ratio = max(ratio, self.MIN_RATIO)
         best_k, best = 0, 1.0
         for k in range(1, self.k_max + 1):
             speed = (1 - a ** (k + 1)) / (1 - a) / (1 + k * ratio)
-            if speed > best * 1.02:
+            if speed > best * 1.05:
                 best_k, best = k, speed
-        if best_k == 0 and self.idle >= 24:
+        if best_k == 0 and self.idle >= self.probe_every:
             return 1  # probe now and then: the text may start to repeat
         return best_k
 
@@ -318,7 +324,9 @@ def speculative_step(
     stats = stats if stats is not None else SpeculativeStats()
     dist = make_dist(params)
     k_max = num_draft_tokens if num_draft_tokens is not None else DEFAULT_DRAFT_TOKENS[drafter.kind]
-    control = _Controller(k_max=max(int(k_max), 0), adaptive=adaptive)
+    # A draft model's probe also reads what it missed meanwhile: probe it less often.
+    probe = 16 if drafter.kind == "lookup" else 48
+    control = _Controller(max(int(k_max), 0), adaptive=adaptive, probe_every=probe)
     context = list(history) + list(prompt)  # every token the model has seen or will
     ptoks = list(prompt)  # what mlx-lm's processors see: this call's prompt and reply
     total = len(prompt)
