@@ -396,6 +396,10 @@ def speculative_step(
                         break
                 else:
                     qn = np.array(q) if q is not None else None
+                    if qn is not None and qn.shape[1] != logits.shape[-1]:
+                        # A draft whose embedding is padded differently: same tokens.
+                        width = logits.shape[-1]
+                        qn = np.pad(qn[:, :width], ((0, 0), (0, max(width - qn.shape[1], 0))))
                     us = np.array(mx.random.uniform(shape=(2 * (m + 1),)))
                     if not processors:
                         pall = np.array(dist(logits))
