@@ -239,12 +239,15 @@ class _Controller:
     # stops: each drafted token is taken to cost at least this share of a plain step.
     MIN_RATIO = 0.1
 
-    def __init__(self, k_max: int, *, adaptive: bool = True, probe_every: int = 16) -> None:
+    def __init__(
+        self, k_max: int, *, adaptive: bool = True, probe_every: int = 16, start: int = 2
+    ) -> None:
         self.k_max = k_max
         self.adaptive = adaptive
         self.probe_every = probe_every
         # Start short: the first rounds measure, and a long draft that fails costs most.
-        self.k = min(k_max, 2) if adaptive else k_max
+        self.start = min(k_max, start)
+        self.k = self.start if adaptive else k_max
         self.kept = 1.0
         self.examined = 2.0
         self.plain: deque[float] = deque(maxlen=9)
@@ -273,7 +276,7 @@ class _Controller:
         if not self.plain:
             return 0  # measure a plain step first
         if not self.extra:
-            return min(self.k_max, 2)
+            return self.start
         a = min(self.alpha, 0.99)
         ratio = statistics.median(self.extra) / max(statistics.median(self.plain), 1e-9)
         ratio = max(ratio, self.MIN_RATIO)
@@ -325,8 +328,13 @@ def speculative_step(
     dist = make_dist(params)
     k_max = num_draft_tokens if num_draft_tokens is not None else DEFAULT_DRAFT_TOKENS[drafter.kind]
     # A draft model's probe also reads what it missed meanwhile: probe it less often.
-    probe = 16 if drafter.kind == "lookup" else 48
-    control = _Controller(max(int(k_max), 0), adaptive=adaptive, probe_every=probe)
+    lookup = drafter.kind == "lookup"
+    control = _Controller(
+        max(int(k_max), 0),
+        adaptive=adaptive,
+        probe_every=16 if lookup else 48,
+        start=2 if lookup else 1,
+    )
     context = list(history) + list(prompt)  # every token the model has seen or will
     ptoks = list(prompt)  # what mlx-lm's processors see: this call's prompt and reply
     total = len(prompt)
@@ -345,6 +353,7 @@ def speculative_step(
     y = prompt[-1]  # the last token, not yet in the cache
     emitted = 0
     unfed = False  # whether the last yielded token is still outside the cache
+    ahead = None  # logits of a plain step started before the last tokens were yielded
     in_cache = len(context) - 1
     first = True
 
@@ -367,12 +376,20 @@ def speculative_step(
                     d_arr = mx.array(drafts, dtype=mx.uint32) if drafts else None
                 else:
                     d_arr = drafts
-                inp = mx.array([y], dtype=mx.uint32)
-                if d_arr is not None:
-                    inp = mx.concatenate([inp, d_arr])
-                logits = net(inp[None], cache=prompt_cache)[0].astype(mx.float32)
+                if ahead is None:
+                    inp = mx.array([y], dtype=mx.uint32)
+                    if d_arr is not None:
+                        inp = mx.concatenate([inp, d_arr])
+                    logits = net(inp[None], cache=prompt_cache)[0].astype(mx.float32)
+                    in_cache += inp.size
+                elif d_arr is None:
+                    logits = ahead  # y went in while the last round's tokens were yielded
+                else:
+                    rest = net(d_arr[None], cache=prompt_cache)[0].astype(mx.float32)
+                    logits = mx.concatenate([ahead, rest])
+                    in_cache += d_arr.size
+                ahead = None
                 unfed = False
-                in_cache += inp.size
                 draft_list = d_arr.tolist() if d_arr is not None else []
                 m = len(draft_list)
                 if isinstance(drafter, ModelDrafter) and m:
@@ -437,8 +454,16 @@ def speculative_step(
             # The cache now holds y and all m drafts; keep y and the n kept ones.
             trim_cache(prompt_cache, m - n)
             in_cache -= m - n
+            if control.k == 0 and (max_tokens < 0 or emitted + len(out) < max_tokens):
+                # A plain step next: start it now, as mlx-lm's generate_step does, so the
+                # model works while the consumer handles these tokens.
+                with mx.stream(generation_stream):
+                    ahead = net(mx.array([[out[-1]]], dtype=mx.uint32), cache=prompt_cache)
+                    ahead = ahead[0].astype(mx.float32)
+                mx.async_eval(ahead)
+                in_cache += 1
             for j, t in enumerate(out):
-                if j == len(out) - 1:
+                if j == len(out) - 1 and ahead is None:
                     unfed = True
                 context.append(t)
                 ptoks.append(t)
