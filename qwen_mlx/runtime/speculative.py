@@ -366,8 +366,14 @@ def speculative_step(
         return row
 
     try:
+        last_round: tuple[int, int, int, float] | None = None
         while max_tokens < 0 or emitted < max_tokens:
             start = time.perf_counter()
+            if last_round is not None:
+                # A round costs from its start to the next one's: the consumer's handling
+                # of its tokens included, with or without a step started ahead.
+                k, m, n, began = last_round
+                control.update(k, m, n, start - began)
             left = max_tokens - emitted if max_tokens >= 0 else 1 << 30
             k = min(control.k, left - 1)
             with mx.stream(generation_stream):
@@ -445,9 +451,9 @@ def speculative_step(
             stats.drafted += m
             stats.accepted += n
             stats.rounds += 1
-            if not first:  # the first round also reads the prompt into the draft
-                control.update(k, m, n, time.perf_counter() - start)
-            elif prompt_progress is not None:
+            # The first round also reads the prompt into the draft: not a measure.
+            last_round = None if first else (k, m, n, start)
+            if first and prompt_progress is not None:
                 prompt_progress(total, total)
             stats.k = control.k
             first = False
