@@ -181,7 +181,6 @@ def stream_tokens(
                 model,
                 drafter,
                 params=params,
-                sampler=sampler,
                 processors=processors,
                 prompt_cache=prompt_cache,
                 history=held[:base],

@@ -301,7 +301,6 @@ def speculative_step(
     drafter: Any,
     *,
     params: SamplingParams,
-    sampler: Callable,
     processors: Sequence[Callable] = (),
     prompt_cache: list[Any],
     history: Sequence[int] = (),
@@ -315,8 +314,10 @@ def speculative_step(
     """Yield (token id, None) pairs as mlx-lm's `generate_step` would, several tokens
     per forward pass of the model.
 
-    `history` is what `prompt_cache` held before `prompt` (the drafters see it too);
-    `stats` is updated as rounds go. See the module docstring for the method.
+    Tokens are picked from `params`' distribution (mlx-lm's sampler, made explicit for
+    the rejection test) after `processors`. `history` is what `prompt_cache` held before
+    `prompt` (the drafters see it too); `stats` is updated as rounds go. See the module
+    docstring for the method.
     """
     import mlx.core as mx
     from mlx_lm.generate import generation_stream
