@@ -112,10 +112,22 @@ class ModelDrafter:
         self.kv_bits = kv_bits
         self.cache: list[Any] | None = None
         self.held: list[int] = []
+        self._share: float | None = None
 
     def reset(self) -> None:
         self.cache = None
         self.held = []
+
+    def weight_share(self, model: Model) -> float:
+        """The draft's weight bytes over the model's."""
+        from mlx.utils import tree_flatten
+
+        def nbytes(m: Model) -> int:
+            return sum(v.nbytes for _, v in tree_flatten(m.model.parameters()))
+
+        if self._share is None:
+            self._share = nbytes(self.draft) / max(nbytes(model), 1)
+        return self._share
 
     def _catch_up(self, history: Sequence[int], step: int = 2048) -> Any:
         """Feed the draft what it has not seen of `history`; return its last logits."""
@@ -229,19 +241,24 @@ class _Controller:
     """Picks k each round from measured round times and the acceptance rate.
 
     Acceptance: decayed counts of kept and examined draft positions (a prior of one in
-    two). Cost: the median of recent plain rounds, and the median added time per drafted
-    token of recent drafting rounds (a draft model's steps and the longer verify pass).
+    two). Cost: the medians of recent plain and drafting rounds, the difference spread
+    over the tokens drafted per round (a draft model's steps and the longer verify pass).
     Speed of k relative to plain: E[tokens per round] / (1 + k * added / plain), with
     E = (1 - a^(k+1)) / (1 - a). Medians, because a shared machine's timings are noisy.
     """
 
-    # Noisy timings can make the added cost look like nothing, and drafting then never
-    # stops: each drafted token is taken to cost at least this share of a plain step.
-    MIN_RATIO = 0.1
-
     def __init__(
-        self, k_max: int, *, adaptive: bool = True, probe_every: int = 16, start: int = 2
+        self,
+        k_max: int,
+        *,
+        adaptive: bool = True,
+        probe_every: int = 16,
+        start: int = 2,
+        min_ratio: float = 0.1,
     ) -> None:
+        # Noisy timings can make the added cost look like nothing, and drafting then never
+        # stops: each drafted token is taken to cost at least `min_ratio` of a plain step.
+        self.min_ratio = min_ratio
         self.k_max = k_max
         self.adaptive = adaptive
         self.probe_every = probe_every
@@ -251,7 +268,7 @@ class _Controller:
         self.kept = 1.0
         self.examined = 2.0
         self.plain: deque[float] = deque(maxlen=9)
-        self.extra: deque[float] = deque(maxlen=9)
+        self.extra: deque[tuple[float, int]] = deque(maxlen=9)  # (seconds, drafted)
         self.idle = 0  # plain rounds since the last drafting one
 
     @property
@@ -268,8 +285,7 @@ class _Controller:
             self.idle = 0
             self.kept = 0.9 * self.kept + accepted
             self.examined = 0.9 * self.examined + accepted + (accepted < proposed)
-            if self.plain:
-                self.extra.append(max(seconds - statistics.median(self.plain), 0.0) / proposed)
+            self.extra.append((seconds, proposed))
         self.k = self._choose()
 
     def _choose(self) -> int:
@@ -278,8 +294,11 @@ class _Controller:
         if not self.extra:
             return self.start
         a = min(self.alpha, 0.99)
-        ratio = statistics.median(self.extra) / max(statistics.median(self.plain), 1e-9)
-        ratio = max(ratio, self.MIN_RATIO)
+        # Medians of whole rounds of each kind: one slow round moves neither.
+        plain = statistics.median(self.plain)
+        drafting = statistics.median(s for s, _ in self.extra)
+        per_round = statistics.mean(p for _, p in self.extra)
+        ratio = max((drafting - plain) / per_round / max(plain, 1e-9), self.min_ratio)
         best_k, best = 0, 1.0
         for k in range(1, self.k_max + 1):
             speed = (1 - a ** (k + 1)) / (1 - a) / (1 + k * ratio)
@@ -335,6 +354,9 @@ def speculative_step(
         adaptive=adaptive,
         probe_every=16 if lookup else 48,
         start=2 if lookup else 1,
+        # A draft model's step reads its weights at least: their share of the model's,
+        # plus the longer verify pass.
+        min_ratio=0.1 if lookup else 0.05 + drafter.weight_share(model),
     )
     context = list(history) + list(prompt)  # every token the model has seen or will
     ptoks = list(prompt)  # what mlx-lm's processors see: this call's prompt and reply
