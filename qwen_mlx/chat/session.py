@@ -141,7 +141,8 @@ class ChatSession:
         self.drafter = make_drafter(model, draft, kv_bits=kv_bits)
         self.num_draft_tokens = num_draft_tokens
         draft_model = getattr(self.drafter, "draft", None)
-        self.planner = planner or MemoryPlanner.for_model(model, draft=draft_model)
+        extra = {"draft": draft_model} if draft_model is not None else {}
+        self.planner = planner or MemoryPlanner.for_model(model, **extra)
         self.id = uuid.uuid4().hex
         self.last_stats: TurnStats | None = None
         self.notices: list[str] = []
@@ -434,7 +435,8 @@ class ChatSession:
         self.drafter = make_drafter(self.model, draft, kv_bits=self._kv_bits)
         self.num_draft_tokens = num_draft_tokens
         draft_model = getattr(self.drafter, "draft", None)
-        self.planner = MemoryPlanner.for_model(self.model, self.planner.budget, draft=draft_model)
+        extra = {"draft": draft_model} if draft_model is not None else {}
+        self.planner = MemoryPlanner.for_model(self.model, self.planner.budget, **extra)
 
     def _ready_cache(self, tokens: list[int], *, reserve: int, keep_one: bool) -> tuple[int, int]:
         """Make the cache if there is none and trim it to the longest prefix it shares with

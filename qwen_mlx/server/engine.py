@@ -111,9 +111,9 @@ class Engine:
         self.names = tuple(dict.fromkeys([model.name, *family, *aliases]))
         self.max_token_chars = _longest_token(model)
         self.kv_bits = kv_bits
-        self.planner = planner or MemoryPlanner.for_model(
-            model, draft=getattr(self.drafter, "draft", None)
-        )
+        draft_model = getattr(self.drafter, "draft", None)
+        extra = {"draft": draft_model} if draft_model is not None else {}
+        self.planner = planner or MemoryPlanner.for_model(model, **extra)
         limits = [model.context_length, self.planner.max_context(kv_bits)]
         self.context_limit = min([*limits, max_context] if max_context else limits)
         self.max_tokens_cap = max_tokens_cap
