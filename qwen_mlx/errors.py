@@ -41,6 +41,10 @@ class DamagedModelError(QwenMLXError, ValueError):
     """A stored model's files do not match its manifest."""
 
 
+class TokenizerMismatchError(QwenMLXError, ValueError):
+    """A draft model for speculative decoding does not share the model's tokenizer."""
+
+
 class RegistryError(QwenMLXError, RuntimeError):
     """The store's registry database cannot be read or written."""
 

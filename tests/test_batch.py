@@ -170,6 +170,11 @@ def test_a_prompts_file_refuses_flags_it_cannot_honour(tmp_path, capsys):
     tools = tmp_path / "tools.json"
     tools.write_text('{"mcp": {}}')
     base = ["--model", "nowhere", "--prompts-file", str(prompts), "--output", str(out)]
-    for extra in (["--mcp", str(tools)], ["--kv-bits", "8"], ["--policy", "error"]):
+    for extra in (
+        ["--mcp", str(tools)],
+        ["--kv-bits", "8"],
+        ["--policy", "error"],
+        ["--draft", "lookup"],
+    ):
         assert main(base + extra) == 1
         assert "cannot be combined" in capsys.readouterr().err and not out.exists()

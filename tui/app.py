@@ -94,6 +94,8 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
         resume: bool = False,
         home: str | Path | None = None,
         flush_interval: float = 0.08,
+        draft: str | None = None,
+        num_draft_tokens: int | None = None,
     ) -> None:
         """Open the chat `chat_id`; without one, with `resume` the most recent chat, else
         a new one."""
@@ -115,6 +117,11 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
         self._stop_busy = None
         self._busy_locks_input = True
         self.overrides = {}
+        # Speculative decoding for every chat: "lookup", a draft model's reference, or None;
+        # `draft` is what sessions get ("lookup" or the loaded draft Model).
+        self.draft_ref = draft
+        self.draft = None
+        self.num_draft_tokens = num_draft_tokens
 
     # -- layout ----------------------------------------------------------------------------
 
@@ -157,9 +164,7 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
             model_thread().submit(lambda: None).result(timeout=UNMOUNT_WAIT)
         self.store.close()
 
-    # -- model -----------------------------------------------------------------------------
-
-    # -- chats -----------------------------------------------------------------------------
+    # -- the sidebar and the input (Textual's @on handlers must live on the App class) -------
 
     @on(ChatList.Selected)
     def _chat_picked(self, event: ChatList.Selected) -> None:
@@ -230,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--session", metavar="ID", help="open a saved chat by its id (default: the most recent)"
     )
     which.add_argument("--new", action="store_true", help="start a new chat")
+    p.add_argument(
+        "--draft",
+        metavar="lookup|REF",
+        help="speculative decoding (same replies, faster): 'lookup' drafts from the chat "
+        "itself, a model reference drafts with that small model (same tokenizer)",
+    )
+    p.add_argument("--num-draft-tokens", type=int, metavar="K", help="most tokens drafted per step")
     return p
 
 
@@ -261,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
-    app = ChatApp(model=args.model, chat_id=args.session, resume=not args.new)
+    app = ChatApp(
+        model=args.model,
+        chat_id=args.session,
+        resume=not args.new,
+        draft=args.draft,
+        num_draft_tokens=args.num_draft_tokens,
+    )
     app.run()
     if app.chat is not None:
         print(f"Chat {app.chat.id} saved. Resume it with: qwen-mlx chat --session {app.chat.id}")

@@ -41,7 +41,7 @@ class Chats(AppState):
 
         self.chat = None
         self.overrides = {}
-        self.session = self.with_mcp_tools(ChatSession(self.model))
+        self.session = self._with_draft(self.with_mcp_tools(ChatSession(self.model)))
         self.query_one("#messages").remove_children()
         self._update_context(0, self.session.context_limit)
         self._refresh_chats()
@@ -95,13 +95,13 @@ class Chats(AppState):
             try:
                 session = ChatSession.load(path, self.model, policy=chat.policy, messages=messages)
                 session.params = params
-                return session
+                return self._with_draft(session)
             except ValueError:
                 pass  # an unreadable session file: the messages are in SQLite anyway
         session = ChatSession(self.model, params=params, policy=chat.policy)
         for message in messages:
             session.add_message(message)
-        return session
+        return self._with_draft(session)
 
     def _show_chat(self, chat: Chat, session: Any, context: tuple[int, int]) -> None:
         self.chat, self.session = chat, self.with_mcp_tools(session)

@@ -91,6 +91,11 @@ COMMANDS: dict[str, SlashCommand] = {
             lambda app, arg: app.action_pick_model(arg or None),
         ),
         SlashCommand(
+            "/draft lookup|NAME|off",
+            "speculative decoding: same replies, several tokens per step",
+            lambda app, arg: app._set_draft(arg) if app._can_change() else None,
+        ),
+        SlashCommand(
             "/mcp [enable|disable NAME]",
             "list the MCP servers of chat.json, or switch one on or off",
             lambda app, arg: app.mcp_command(arg),
@@ -165,10 +170,6 @@ class Commands(AppState):
                 f"Resume it with: qwen-mlx chat --session {self.chat.id}",
             ]
         self.notify("\n".join(lines), title="This chat", timeout=15)
-
-    # -- attachments -----------------------------------------------------------------------
-
-    # -- slash commands --------------------------------------------------------------------
 
     def run_command(self, line: str) -> None:
         """Run a slash command line, as typed in the input."""

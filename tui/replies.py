@@ -203,6 +203,8 @@ class Replies(AppState):
             f"{stats.tokens_per_second:.1f} tok/s · peak {human_bytes(stats.peak_memory * 1e9)} · "
             f"read {stats.prefilled_tokens:,} of {stats.prompt_tokens:,}"
         )
+        if stats.drafted:
+            self.query_one(StatusBar).speed += f" · draft {stats.acceptance_rate:.0%} accepted"
         warnings = list(stats.notices)
         if stats.dropped_messages:
             warnings.append(f"{stats.dropped_messages} oldest messages left out of the prompt")

@@ -145,7 +145,49 @@ class Settings(AppState):
             return
         finally:
             self._end_busy()
+        if self.draft_ref:
+            self.draft = await self._load_draft(model, self.draft_ref)
         self._model_ready(model)
+
+    async def _load_draft(self, model: Any, ref: str) -> Any:
+        """ "lookup", or the draft model for `ref` (None, with a notice, if it is unusable)."""
+        if ref == "lookup":
+            return "lookup"
+        from qwen_mlx.runtime import check_tokenizers, load
+
+        def job() -> Any:
+            draft = load(ref)
+            check_tokenizers(model, draft)
+            return draft
+
+        self._begin_busy(f"loading the draft {ref}", lock_input=False)
+        try:
+            return await on_model_thread(job)
+        except Exception as e:
+            self.notify(f"No speculative decoding: {e}", severity="error", timeout=10)
+            self.draft_ref = None
+            return None
+        finally:
+            self._end_busy()
+
+    def _with_draft(self, session: Any) -> Any:
+        if self.draft is not None:
+            session.set_draft(self.draft, self.num_draft_tokens)
+        return session
+
+    @work(exclusive=True, group="draft")
+    async def _set_draft(self, arg: str) -> None:
+        """/draft lookup|REF|off: speculative decoding for this chat and the next ones."""
+        if not arg:
+            self.notify(f"Draft: {self.draft_ref or 'off'} (/draft lookup, a model, or off).")
+            return
+        ref = None if arg == "off" else arg
+        draft = await self._load_draft(self.model, ref) if ref else None
+        if ref and draft is None:
+            return
+        self.draft_ref, self.draft = ref, draft
+        self.session.set_draft(draft, self.num_draft_tokens)
+        self.notify(f"Draft: {ref}." if ref else "Speculative decoding off.")
 
     def _model_failed(self, ref: str, error: Exception) -> None:
         self.query_one("#loading").display = False

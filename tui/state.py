@@ -49,6 +49,11 @@ class AppState:
     overrides: dict[str, Any]  # this chat's sampling parameters that differ from the model's
     initial_chat: str | None  # the chat to open once the model is loaded
     flush_interval: float  # seconds between batches of reply text sent to the screen
+    # Speculative decoding for every chat: the user's choice ("lookup", a draft model's
+    # reference, or None), what sessions get ("lookup" or the loaded draft Model), and k.
+    draft_ref: str | None
+    draft: Any
+    num_draft_tokens: int | None
     _reply: Reply | None  # the reply being streamed
     _stop_busy: Callable[[], None] | None  # stops the busy work, if it can be stopped
     _busy_locks_input: bool  # the busy work holds the chat: the input is read-only

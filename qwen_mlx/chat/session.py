@@ -27,8 +27,10 @@ from ..runtime import (
     GenerationChunk,
     Message,
     Model,
+    ModelDrafter,
     SamplingParams,
     make_cache,
+    make_drafter,
     prefill,
     requantize_cache,
     resolve_params,
@@ -88,6 +90,12 @@ class TurnStats:
     dropped_messages: int  # left out of the prompt by the truncate policy
     finish_reason: str  # stop, length or cancelled
     notices: tuple[str, ...] = ()
+    drafted: int = 0  # speculative decoding: draft tokens proposed and kept
+    accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
 
     @property
     def reused_tokens(self) -> int:
@@ -129,13 +137,21 @@ class ChatSession:
         tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool | ToolSource] | None = None,
         max_tool_rounds: int = 4,
         approve: Approver | None = None,
+        draft: Any = None,
+        num_draft_tokens: int | None = None,
     ) -> None:
         if kv_bits not in KV_BITS:
             raise ValueError(f"kv_bits must be one of None, 8, 4, not {kv_bits!r}.")
         self.model = model
         self.params = params or model.default_params
         self.policy = ContextPolicy(policy)
-        self.planner = planner or MemoryPlanner.for_model(model)
+        # Speculative decoding ("lookup", a draft Model or store reference): one drafter
+        # for the session, so a draft model's own cache is reused turn after turn.
+        self.drafter = make_drafter(model, draft, kv_bits=kv_bits)
+        self.num_draft_tokens = num_draft_tokens
+        draft_model = getattr(self.drafter, "draft", None)
+        extra = {"draft": draft_model} if draft_model is not None else {}
+        self.planner = planner or MemoryPlanner.for_model(model, **extra)
         self.id = uuid.uuid4().hex
         self.last_stats: TurnStats | None = None
         self.notices: list[str] = []
@@ -425,6 +441,20 @@ class ChatSession:
         if self._cache is not None and kv_bits is not None:
             self._cache = requantize_cache(self.model, self._cache, kv_bits)
         self._kv_bits = kv_bits
+        if isinstance(self.drafter, ModelDrafter):  # the draft's cache follows (re-read)
+            self.drafter.kv_bits = kv_bits
+            self.drafter.reset()
+
+    def set_draft(self, draft: Any, num_draft_tokens: int | None = None) -> None:
+        """Turn speculative decoding on ("lookup", a draft Model or reference) or off
+        (None) from the next reply on; the planner counts a draft model's memory."""
+        if self.busy:
+            raise RuntimeError("Cannot change the draft while a reply is being generated.")
+        self.drafter = make_drafter(self.model, draft, kv_bits=self._kv_bits)
+        self.num_draft_tokens = num_draft_tokens
+        draft_model = getattr(self.drafter, "draft", None)
+        extra = {"draft": draft_model} if draft_model is not None else {}
+        self.planner = MemoryPlanner.for_model(self.model, self.planner.budget, **extra)
 
     def _ready_cache(self, tokens: list[int], *, reserve: int, keep_one: bool) -> tuple[int, int]:
         """Make the cache if there is none and trim it to the longest prefix it shares with
@@ -533,6 +563,8 @@ class ChatSession:
                 prompt_progress=self._progress_from(reuse, len(tokens)),
                 should_stop=self._stop.is_set,
                 logits_processors=processors,
+                draft=self.drafter,
+                num_draft_tokens=self.num_draft_tokens,
             ):
                 pieces.append(chunk.text)
                 last = chunk
@@ -608,6 +640,8 @@ class ChatSession:
             dropped_messages=self._dropped,
             finish_reason=reason,
             notices=tuple(notices),
+            drafted=last.drafted if last else 0,
+            accepted=last.accepted if last else 0,
         )
 
     # -- save and resume ------------------------------------------------------------------------
@@ -653,6 +687,8 @@ class ChatSession:
         messages: Sequence[Message | Mapping[str, Any]] | None = None,
         tools: Sequence[Callable[..., Any] | dict[str, Any] | Tool | ToolSource] | None = None,
         approve: Approver | None = None,
+        draft: Any = None,
+        num_draft_tokens: int | None = None,
     ) -> ChatSession:
         """Resume a saved session. Its messages always come back; its KV cache only if it
         belongs to this exact model and is intact (otherwise `notices` says why not).
@@ -685,6 +721,8 @@ class ChatSession:
                 planner=planner,
                 tools=list(table.values()),
                 approve=approve,
+                draft=draft,
+                num_draft_tokens=num_draft_tokens,
             )
             session._dropped = int(data.get("dropped", 0))
         except (TypeError, ValueError) as e:
@@ -699,6 +737,8 @@ class ChatSession:
             else:
                 session._cache, session._cache_tokens = saved.cache, saved.tokens
                 session._kv_bits = saved.kv_bits
+                if isinstance(session.drafter, ModelDrafter):
+                    session.drafter.kv_bits = saved.kv_bits
         return session
 
 

@@ -8,7 +8,14 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .common import add_model_arg, command_parser, format_table, guarded, human_bytes
+from .common import (
+    add_draft_args,
+    add_model_arg,
+    command_parser,
+    format_table,
+    guarded,
+    human_bytes,
+)
 
 if TYPE_CHECKING:
     from ..runtime.bench import BenchResult
@@ -29,6 +36,7 @@ examples:
   qwen-mlx bench
   qwen-mlx bench --model qwen3-4b-instruct-2507-mlx-q8-g64 -p 2048 -g 256
   qwen-mlx bench --json > bench.json
+  qwen-mlx bench --draft lookup
 """
 
 
@@ -59,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory bandwidth to use instead of the published or measured one",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_draft_args(p)
     return p
 
 
@@ -75,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..runtime.bench import Bandwidth, run_bench
 
     model = load(args.model)
+    from .common import draft_from_args
+
+    drafter = draft_from_args(model, args)
     bandwidth = None
     if args.bandwidth is not None:
         bandwidth = Bandwidth(args.bandwidth * 1e9, "given", "--bandwidth")
@@ -85,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         repeat=args.repeat,
         bandwidth=bandwidth,
         progress=lambda i, n: print(f"run {i + 1}/{n}", file=sys.stderr, flush=True),
+        draft=drafter,
+        num_draft_tokens=args.num_draft_tokens,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -132,6 +146,13 @@ def format_result(r: BenchResult) -> str:
         f"ceiling    {r.ceiling_tps:.1f} tokens/s",
         f"decode     {r.decode_tps:.1f} tokens/s = {r.bandwidth_share:.1%} of the ceiling",
     ]
+    if r.draft is not None:
+        drafted = sum(run.drafted for run in r.runs)
+        accepted = sum(run.accepted for run in r.runs)
+        lines.append(
+            f"draft      {r.draft}: {accepted}/{drafted} drafted tokens accepted "
+            f"({r.acceptance_rate:.0%}); the ceiling is for one token per weight read"
+        )
     return "\n".join(lines)
 
 

@@ -236,9 +236,50 @@ def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_stats(chunk: Any) -> str:
     """One line of generation stats for stderr."""
-    return (
+    line = (
         f"prompt: {chunk.prompt_tokens} tokens, {chunk.prompt_tps:.1f} tokens/s | "
         f"generation: {chunk.generation_tokens} tokens, {chunk.generation_tps:.1f} tokens/s | "
         f"first token: {chunk.time_to_first_token * 1000:.0f} ms | "
         f"peak memory: {human_bytes(chunk.peak_memory * 1e9)} | finish: {chunk.finish_reason}"
     )
+    if getattr(chunk, "drafted", 0):
+        line += f" | {format_acceptance(chunk)}"
+    return line
+
+
+def format_acceptance(stats: Any) -> str:
+    """Speculative decoding's figures: `draft: 42/60 accepted (70%)`."""
+    return f"draft: {stats.accepted}/{stats.drafted} accepted ({stats.acceptance_rate:.0%})"
+
+
+def add_draft_args(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """--draft and --num-draft-tokens (speculative decoding); `note` ends --draft's help."""
+    g = parser.add_argument_group("speculative decoding (same output, faster)")
+    g.add_argument(
+        "--draft",
+        metavar="lookup|REF",
+        help="'lookup' drafts from the prompt and the reply so far; a model reference "
+        "(store name, folder) drafts with that small model, which must share the tokenizer" + note,
+    )
+    g.add_argument(
+        "--num-draft-tokens",
+        type=int,
+        metavar="K",
+        help="most tokens drafted per step (default: 8 for lookup, 4 for a model; "
+        "fewer when acceptance does not pay)",
+    )
+
+
+def draft_from_args(model: Any, args: argparse.Namespace) -> Any:
+    """A drafter for --draft (None without it); the draft model loads here, and a
+    tokenizer mismatch is an error before any generation."""
+    k = getattr(args, "num_draft_tokens", None)
+    if k is not None and k < 0:
+        raise ValueError("--num-draft-tokens must be 0 or more.")
+    if not getattr(args, "draft", None):
+        if k is not None:
+            raise ValueError("--num-draft-tokens needs --draft lookup or --draft REF.")
+        return None
+    from ..runtime import make_drafter
+
+    return make_drafter(model, args.draft)

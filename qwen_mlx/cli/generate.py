@@ -17,9 +17,11 @@ from .common import (
     DEFAULT_MODEL,
     INTERRUPTED,
     ProgressBar,
+    add_draft_args,
     add_model_arg,
     add_sampling_args,
     command_parser,
+    draft_from_args,
     format_stats,
     guarded,
     sampling_overrides,
@@ -35,6 +37,7 @@ examples:
   qwen-mlx generate --session trip.json --prompt "Make it cheaper"   # reads only this turn
   qwen-mlx generate --mcp tools.json --prompt "What is in my notes about Kyoto?"
   qwen-mlx generate --prompts-file questions.jsonl --output answers.jsonl --temperature 0
+  qwen-mlx generate --draft lookup --prompt - < fix-this-function.py
 """
 
 
@@ -99,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "calls to servers not marked trusted are asked about on the terminal",
     )
     add_sampling_args(p)
+    add_draft_args(p)
     return p
 
 
@@ -127,6 +131,7 @@ def _generate(args: argparse.Namespace, tools) -> int:
     from ..runtime import load
 
     model = load(_model_ref(args), verify=args.verify, context_extension=args.context_extension)
+    args.drafter = draft_from_args(model, args)
     bar = ProgressBar(min_total=PREFILL_BAR_FROM)
     if args.raw:
         from ..runtime import stream_generate
@@ -136,6 +141,8 @@ def _generate(args: argparse.Namespace, tools) -> int:
             prompt,
             json_schema=schema,
             prompt_progress=lambda d, t: bar.update("prefill", d, t),
+            draft=args.drafter,
+            num_draft_tokens=args.num_draft_tokens,
             **sampling_overrides(args),
         )
         last = _stream(chunks, bar)
@@ -172,10 +179,11 @@ def _generate(args: argparse.Namespace, tools) -> int:
 def _prompts_file(args: argparse.Namespace) -> int:
     if args.output is None:
         raise ValueError("--prompts-file needs --output FILE.jsonl for the replies.")
-    if args.session or args.kv_bits or args.policy or args.json_schema or args.mcp:
+    if args.session or args.kv_bits or args.policy or args.json_schema or args.mcp or args.draft:
         raise ValueError(
-            "--prompts-file answers each prompt on its own; it cannot be combined with "
-            "--session, --kv-bits, --policy, --json-schema or --mcp."
+            "--prompts-file answers each prompt on its own, in one batch (without speculative "
+            "decoding); it cannot be combined with --session, --kv-bits, --policy, "
+            "--json-schema, --mcp or --draft."
         )
     from . import prompts_file
 
@@ -217,7 +225,14 @@ def _open_session(model, args, tools=None):
 
     extra = tools.session_kwargs() if tools else {}
     if args.session and args.session.exists():
-        session = ChatSession.load(args.session, model, policy=args.policy, **extra)
+        session = ChatSession.load(
+            args.session,
+            model,
+            policy=args.policy,
+            draft=args.drafter,
+            num_draft_tokens=args.num_draft_tokens,
+            **extra,
+        )
         if args.kv_bits and session.kv_bits != args.kv_bits:
             session.set_kv_bits(args.kv_bits)
         if args.system:
@@ -228,6 +243,8 @@ def _open_session(model, args, tools=None):
             system=args.system,
             policy=args.policy or ContextPolicy.TRUNCATE,
             kv_bits=args.kv_bits,
+            draft=args.drafter,
+            num_draft_tokens=args.num_draft_tokens,
             **extra,
         )
     if tools:

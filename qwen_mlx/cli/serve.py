@@ -21,7 +21,7 @@ from ..server.defaults import (
     DEFAULT_MAX_TOKENS_CAP,
 )
 from ..server.net import allowed_hosts, is_loopback
-from .common import add_model_arg, command_parser, guarded
+from .common import add_draft_args, add_model_arg, command_parser, guarded
 
 API_KEY_ENV = "QWEN_MLX_API_KEY"
 
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("critical", "error", "warning", "info", "debug"),
         help="server log verbosity (default: info)",
     )
+    add_draft_args(p, note="; requests then decode one at a time, not in batches")
     return p
 
 
@@ -161,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model, verify=args.verify, context_extension=args.context_extension)
+    from .common import draft_from_args
+
     engine = Engine(
         model,
+        draft=draft_from_args(model, args),
+        num_draft_tokens=args.num_draft_tokens,
         kv_bits=args.kv_bits,
         cache_bytes=None if args.cache_gb is None else int(args.cache_gb * 1e9),
         max_context=args.max_context,
@@ -181,9 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     port = sockets[0].getsockname()[1]
     print(
         f"serving {model.name} at http://{host}:{port}/v1 "
-        f"(context {engine.context_limit:,} tokens, batches of up to "
-        f"{engine.status()['max_batch']}, {engine.max_queue} more waiting); Ollama apps: "
-        f"OLLAMA_HOST=http://{host}:{port}",
+        f"(context {engine.context_limit:,} tokens, {_concurrency(engine)}, "
+        f"{engine.max_queue} more waiting); Ollama apps: OLLAMA_HOST=http://{host}:{port}",
         file=sys.stderr,
     )
     config = server_config(
@@ -235,6 +239,15 @@ def listen_sockets(host: str, port: int) -> list[socket.socket]:
             ) from e
         raise ValueError(f"Cannot listen on {host} port {port}: {e.strerror}.") from e
     return sockets
+
+
+def _concurrency(engine) -> str:
+    """How requests share the model, for the start line."""
+    if engine.batched:
+        return f"batches of up to {engine.max_batch}"
+    if engine.drafter is not None:
+        return "one request at a time with speculative decoding (--draft; no batching)"
+    return "one request at a time (a quantized KV cache does not batch)"
 
 
 if __name__ == "__main__":

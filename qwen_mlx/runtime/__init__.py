@@ -7,6 +7,7 @@
 - `batch.py`: many sequences decoded together (`BatchDecoder`, `batch_generate`).
 - `cache.py`: KV caches (make, reuse a prefix, trim, requantize, prefill, save, load).
 - `memory.py`: the memory planner. `structured.py`: JSON-schema constrained decoding.
+- `speculative.py`: speculative decoding (prompt lookup, a draft model).
 - `thread.py`: the one model thread of a process with a UI or a server. `bench.py`: speed.
 
 Only this package and `convert/` import mlx-lm (import-linter checks it).
@@ -47,25 +48,35 @@ _EXPORTS = {
     "make_sampling": "sampling",
     "resolve_params": "sampling",
     "sampling_for": "sampling",
+    "LookupDrafter": "speculative",
+    "ModelDrafter": "speculative",
+    "SpeculativeStats": "speculative",
+    "check_tokenizers": "speculative",
+    "make_drafter": "speculative",
 }
 
 __all__ = [
     "BatchDecoder",
     "BatchResult",
     "GenerationChunk",
+    "LookupDrafter",
     "Message",
     "Model",
+    "ModelDrafter",
     "Prompt",
     "SamplingParams",
+    "SpeculativeStats",
     "TokenLogprob",
     "batch_generate",
     "cache_length",
     "cache_nbytes",
+    "check_tokenizers",
     "common_prefix",
     "generate",
     "load",
     "load_cache",
     "make_cache",
+    "make_drafter",
     "make_sampling",
     "prefill",
     "requantize_cache",
@@ -105,5 +116,12 @@ if TYPE_CHECKING:
     from .messages import Message
     from .model import Model, Prompt, load, yarn_overrides
     from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
+    from .speculative import (
+        LookupDrafter,
+        ModelDrafter,
+        SpeculativeStats,
+        check_tokenizers,
+        make_drafter,
+    )
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -79,6 +79,8 @@ class RunStats:
     decode_tps: float
     time_to_first_token: float  # seconds
     peak_memory: int  # bytes
+    drafted: int = 0  # speculative decoding: draft tokens proposed and kept
+    accepted: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,12 @@ class BenchResult:
     kv_bytes_per_token: int
     bandwidth: Bandwidth
     runs: tuple[RunStats, ...] = field(default_factory=tuple)
+    draft: str | None = None  # "lookup", a draft model's name, or None
+
+    @property
+    def acceptance_rate(self) -> float:
+        drafted = sum(r.drafted for r in self.runs)
+        return sum(r.accepted for r in self.runs) / drafted if drafted else 0.0
 
     @property
     def prefill_tps(self) -> float:
@@ -139,6 +147,7 @@ class BenchResult:
             "bytes_per_token",
             "ceiling_tps",
             "bandwidth_share",
+            "acceptance_rate",
         ):
             out[name] = getattr(self, name)
         return out
@@ -246,9 +255,16 @@ def synthetic_prompt(model: Model, n: int) -> list[int]:
     return (text * (n // len(text) + 1))[:n]
 
 
-def measure_run(model: Model, prompt: Sequence[int], generation_tokens: int) -> RunStats:
+def measure_run(
+    model: Model,
+    prompt: Sequence[int],
+    generation_tokens: int,
+    *,
+    draft: Any = None,
+    num_draft_tokens: int | None = None,
+) -> RunStats:
     """One greedy generation of exactly `generation_tokens` after `prompt`, end of turn
-    masked, through the runtime's token loop."""
+    masked, through the runtime's token loop (speculative with `draft`)."""
     import mlx.core as mx
 
     from . import SamplingParams, stream_tokens
@@ -256,6 +272,8 @@ def measure_run(model: Model, prompt: Sequence[int], generation_tokens: int) -> 
     params = SamplingParams(temperature=0.0, max_tokens=generation_tokens)
     arrivals: list[float] = []
     mx.clear_cache()
+    if hasattr(draft, "reset"):
+        draft.reset()  # a draft model starts each run with an empty cache, as the model does
     start = time.perf_counter()
     chunks = stream_tokens(
         model,
@@ -263,6 +281,8 @@ def measure_run(model: Model, prompt: Sequence[int], generation_tokens: int) -> 
         params,
         logits_processors=[mask_tokens(model.tokenizer.eos_token_ids)],
         on_token=lambda _: arrivals.append(time.perf_counter()),
+        draft=draft,
+        num_draft_tokens=num_draft_tokens,
     )
     last = deque(chunks, maxlen=1).pop()  # the final chunk holds the stats
     peak = mx.get_peak_memory()
@@ -280,6 +300,8 @@ def measure_run(model: Model, prompt: Sequence[int], generation_tokens: int) -> 
         decode_tps=(generation_tokens - 1) / decode if decode > 0 else 0.0,
         time_to_first_token=ttft,
         peak_memory=int(peak),
+        drafted=last.drafted,
+        accepted=last.accepted,
     )
 
 
@@ -307,8 +329,11 @@ def run_bench(
     repeat: int = 3,
     bandwidth: Bandwidth | None = None,
     progress: Callable[[int, int], None] | None = None,
+    draft: Any = None,
+    num_draft_tokens: int | None = None,
 ) -> BenchResult:
-    """Warm up once, then measure `repeat` runs; figures are their medians."""
+    """Warm up once, then measure `repeat` runs; figures are their medians. With
+    `draft` ("lookup", a draft Model or a drafter) decoding is speculative."""
     from .memory import MemoryPlanner
 
     check_lengths(prompt_tokens, generation_tokens, repeat)
@@ -318,13 +343,18 @@ def run_bench(
             f"{model.context_length}."
         )
     planner = MemoryPlanner.for_model(model)
+    if draft is not None:
+        from .speculative import make_drafter
+
+        draft = make_drafter(model, draft)
     prompt = synthetic_prompt(model, prompt_tokens)
-    measure_run(model, prompt[: min(prompt_tokens, 32)], 2)  # compile and allocate once
+    spec = {"draft": draft, "num_draft_tokens": num_draft_tokens}
+    measure_run(model, prompt[: min(prompt_tokens, 32)], 2, **spec)  # compile, allocate once
     runs = []
     for i in range(repeat):
         if progress is not None:
             progress(i, repeat)
-        runs.append(measure_run(model, prompt, generation_tokens))
+        runs.append(measure_run(model, prompt, generation_tokens, **spec))
     return BenchResult(
         model=model.name,
         quantization=model.quantization_label,
@@ -334,6 +364,7 @@ def run_bench(
         kv_bytes_per_token=planner.kv_per_token(),
         bandwidth=bandwidth or machine_bandwidth(),
         runs=tuple(runs),
+        draft=None if draft is None else getattr(getattr(draft, "draft", None), "name", "lookup"),
     )
 
 

@@ -49,6 +49,13 @@ class GenerationChunk:
     finish_reason: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     stop_string: str | None = None
+    # Speculative decoding (0 without it): draft tokens proposed and kept so far.
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
 
 
 def held_back(text: str, markers: Sequence[str]) -> int:
@@ -107,8 +114,14 @@ def stream_tokens(
     should_stop: Callable[[], bool] | None = None,
     on_token: Callable[[int], None] | None = None,
     logprobs: int | None = None,
+    draft: Any = None,
+    num_draft_tokens: int | None = None,
 ) -> Iterator[GenerationChunk]:
     """Generate from token ids, optionally continuing a KV cache (updated in place).
+
+    `draft` turns on speculative decoding ("lookup", a draft `Model`, a store reference,
+    or a drafter from `speculative.make_drafter`); `num_draft_tokens` caps how many it
+    proposes per round (adaptive below that). The output is the same either way.
 
     `cache_tokens`, the ids `prompt_cache` holds, is kept in step with it, whatever
     happens: each prefill chunk and each token fed to the model (the end-of-turn token
@@ -116,13 +129,22 @@ def stream_tokens(
     chunks (raising GenerationCancelled) and between tokens (finish "cancelled").
     `on_token` sees each token as the model takes it (benchmarks time them). With
     `logprobs` (0 to 20), each chunk carries its tokens' log probabilities and that many
-    most likely alternatives (see `GenerationChunk`).
+    most likely alternatives (see `GenerationChunk`); such a call decodes without `draft`
+    (speculative rounds do not keep each step's distribution).
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step, generation_stream, wired_limit
 
     if not tokens:
         raise ValueError("The prompt is empty.")
+    drafter = stats = None
+    if draft is not None and logprobs is None:  # scoring needs each step's distribution
+        from .speculative import SpeculativeStats, make_drafter, uses_cache_bits
+
+        drafter = make_drafter(
+            model, draft, kv_bits=uses_cache_bits(prompt_cache) if prompt_cache else None
+        )
+        stats = SpeculativeStats()
     params = sampling_for(model, params)
     sampler, processors = make_sampling(params, logits_processors)
     if params.seed is not None:
@@ -154,6 +176,8 @@ def stream_tokens(
             finish_reason=reason,
             logprobs=taken,
             stop_string=stops.hit if reason == "stop" else None,
+            drafted=stats.drafted if stats else 0,
+            accepted=stats.accepted if stats else 0,
         )
 
     held = cache_tokens if cache_tokens is not None else []
@@ -171,16 +195,38 @@ def stream_tokens(
             prompt_progress(done, total)
 
     with wired_limit(model.model, [generation_stream]):
-        steps = generate_step(
-            mx.array(list(tokens)),
-            model.model,
-            max_tokens=params.max_tokens,
-            sampler=sampler,
-            logits_processors=processors or None,
-            prompt_cache=prompt_cache,
-            prefill_step_size=prefill_step_size,
-            prompt_progress_callback=on_prefill,
-        )
+        if drafter is not None:
+            from mlx_lm.models.cache import make_prompt_cache
+
+            from .speculative import speculative_step
+
+            if prompt_cache is None:
+                prompt_cache = make_prompt_cache(model.model)
+            steps = speculative_step(
+                tokens,
+                model,
+                drafter,
+                params=params,
+                processors=processors,
+                prompt_cache=prompt_cache,
+                history=held[:base],
+                max_tokens=params.max_tokens,
+                num_draft_tokens=num_draft_tokens,
+                prefill_step_size=prefill_step_size,
+                prompt_progress=on_prefill,
+                stats=stats,
+            )
+        else:
+            steps = generate_step(
+                mx.array(list(tokens)),
+                model.model,
+                max_tokens=params.max_tokens,
+                sampler=sampler,
+                logits_processors=processors or None,
+                prompt_cache=prompt_cache,
+                prefill_step_size=prefill_step_size,
+                prompt_progress_callback=on_prefill,
+            )
         try:
             for token, distribution in steps:
                 if n == 0:
@@ -250,14 +296,25 @@ def stream_generate(
     prompt_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     prefill_step_size: int = 2048,
+    draft: Any = None,
+    num_draft_tokens: int | None = None,
     **overrides: Any,
 ) -> Iterator[GenerationChunk]:
     """Stream a reply: raw text, chat messages (through the chat template with the
     generation prompt) or token ids. Keyword overrides change single sampling parameters:
     `stream_generate(model, messages, temperature=0.2, max_tokens=64)`. `json_schema`
     constrains the reply to JSON valid for that schema (finish_reason "length" means it
-    ran out of tokens first). `should_stop` is polled as in `stream_tokens`."""
+    ran out of tokens first). `should_stop` is polled as in `stream_tokens`.
+
+    `draft="lookup"` (prompt lookup), a draft `Model` or a store reference turns on
+    speculative decoding: same output, several tokens per forward pass; the last chunk
+    has `drafted`, `accepted` and `acceptance_rate`. A draft whose tokenizer differs
+    is refused (TokenizerMismatchError) before any work."""
     params = resolve_params(model, params, overrides)
+    if draft is not None:
+        from .speculative import make_drafter
+
+        draft = make_drafter(model, draft)
     tokens = model.prompt_tokens(prompt, tools=tools)
     processors = []
     if json_schema is not None:
@@ -272,6 +329,8 @@ def stream_generate(
         logits_processors=processors,
         should_stop=should_stop,
         prefill_step_size=prefill_step_size,
+        draft=draft,
+        num_draft_tokens=num_draft_tokens,
     )
 
 

@@ -214,22 +214,39 @@ class MemoryPlanner:
         budget: Budget,
         *,
         dtype_bytes: int = 2,
+        draft_shape: ModelShape | None = None,
     ) -> None:
         self.shape = shape
         self.weights = weights_bytes
         self.budget = budget
         self.dtype_bytes = dtype_bytes
+        # A speculative draft model: its weights are in `weights_bytes`, its KV cache
+        # (one entry per context token too) in `kv_per_token`.
+        self.draft_shape = draft_shape
 
     @classmethod
-    def for_model(cls, model: Any, budget: Budget | None = None) -> MemoryPlanner:
-        """From a loaded `Model`: its config and the bytes of its arrays."""
+    def for_model(
+        cls, model: Any, budget: Budget | None = None, *, draft: Any = None
+    ) -> MemoryPlanner:
+        """From a loaded `Model` (and a draft `Model`, if any): configs and array bytes."""
         from mlx.utils import tree_flatten
 
-        weights = sum(v.nbytes for _, v in tree_flatten(model.model.parameters()))
-        return cls(ModelShape.from_config(model.config), weights, budget or machine_budget())
+        def nbytes(m: Any) -> int:
+            return sum(v.nbytes for _, v in tree_flatten(m.model.parameters()))
+
+        weights = nbytes(model) + (nbytes(draft) if draft is not None else 0)
+        return cls(
+            ModelShape.from_config(model.config),
+            weights,
+            budget or machine_budget(),
+            draft_shape=ModelShape.from_config(draft.config) if draft is not None else None,
+        )
 
     def kv_per_token(self, kv_bits: int | None = None) -> int:
-        return kv_bytes_per_token(self.shape, kv_bits, dtype_bytes=self.dtype_bytes)
+        own = kv_bytes_per_token(self.shape, kv_bits, dtype_bytes=self.dtype_bytes)
+        if self.draft_shape is None:
+            return own
+        return own + kv_bytes_per_token(self.draft_shape, kv_bits, dtype_bytes=self.dtype_bytes)
 
     def chunk_for(self, context_tokens: int, kv_bits: int | None = None) -> int:
         """The largest prefill chunk (<= 2048) whose working space fits what is left."""

@@ -42,6 +42,7 @@ from ..runtime import (
     SamplingParams,
     cache_length,
     make_cache,
+    make_drafter,
     stream_tokens,
     trim_cache,
 )
@@ -69,6 +70,7 @@ class Job:
     logprobs: int | None = None  # with each token's logprob and this many alternatives
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     stop: threading.Event = field(default_factory=threading.Event)
+    speculative: bool = True  # with the engine's draft, if it has one
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class Finished:
     batch_size: int = 1  # the most sequences it decoded beside (1: it ran alone)
     stop_sequence: str | None = None  # the stop string that ended it, if one did
     reply_tokens: tuple[int, ...] = ()  # the ids it generated (an end-of-turn one too)
+    drafted: int = 0  # speculative decoding: draft tokens proposed and kept
+    accepted: int = 0
 
 
 Event = str | Finished | BaseException
@@ -116,13 +120,21 @@ class Engine:
         max_batch: int | None = None,
         max_queue: int | None = None,
         prefill_step_size: int | None = None,
+        draft: Any = None,
+        num_draft_tokens: int | None = None,
     ) -> None:
         self.model = model
+        # Speculative decoding for every request that does not turn it off (a lone
+        # request's generation path; see `_generate`).
+        self.drafter = make_drafter(model, draft, kv_bits=kv_bits)
+        self.num_draft_tokens = num_draft_tokens
         family = [model.manifest.family] if model.manifest and model.manifest.family else []
         self.names = tuple(dict.fromkeys([model.name, *family, *aliases]))
         self.max_token_chars = _longest_token(model)
         self.kv_bits = kv_bits
-        self.planner = planner or MemoryPlanner.for_model(model)
+        draft_model = getattr(self.drafter, "draft", None)
+        extra = {"draft": draft_model} if draft_model is not None else {}
+        self.planner = planner or MemoryPlanner.for_model(model, **extra)
         limits = [model.context_length, self.planner.max_context(kv_bits)]
         self.context_limit = min([*limits, max_context] if max_context else limits)
         self.max_tokens_cap = max_tokens_cap
@@ -155,8 +167,11 @@ class Engine:
 
     @property
     def batched(self) -> bool:
-        """Whether jobs decode together (see the module docstring for when they do not)."""
-        return self.kv_bits is None and self.stream_tokens is stream_tokens
+        """Whether jobs decode together. Not with a quantized KV cache (mlx-lm's batch
+        cache cannot merge those), not with a draft (speculative decoding verifies one
+        sequence's drafts per forward pass: `serve --draft` trades batching for the speed
+        of each reply), and not while a test scripts `stream_tokens`."""
+        return self.kv_bits is None and self.drafter is None and self.stream_tokens is stream_tokens
 
     def status(self) -> dict[str, Any]:
         """What /health reports about the work: waiting and running jobs, and the limits."""
@@ -168,6 +183,7 @@ class Engine:
             "max_batch": self.max_batch if self.batched else 1,
             "max_queue": self.max_queue,
             "restarts": self.scheduler.restarts,
+            "speculative": self.drafter is not None,  # then one job at a time, no batch
         }
 
     def check_capacity(self) -> None:
@@ -336,6 +352,8 @@ class Engine:
                 logits_processors=job.processors,
                 should_stop=job.stop.is_set,
                 logprobs=job.logprobs,
+                draft=self.drafter if job.speculative else None,
+                num_draft_tokens=self.num_draft_tokens,
             ):
                 last = chunk
                 if chunk.logprobs:
@@ -364,6 +382,8 @@ class Engine:
             generation_tps=last.generation_tps if last else 0.0,
             stop_sequence=last.stop_string if last and reason == "stop" else None,
             reply_tokens=reply,
+            drafted=last.drafted if last else 0,
+            accepted=last.accepted if last else 0,
         )
 
 

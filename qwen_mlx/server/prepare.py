@@ -112,7 +112,9 @@ def prepare_chat(
     parse_calls = bool(tools) and response_schema is None
     reply = Reply(parse_calls=parse_calls, prefix=prefix, suffix=suffix)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return Job(tokens, params, processors, logprobs=logprobs), reply
+    return Job(
+        tokens, params, processors, logprobs=logprobs, speculative=req.speculative is not False
+    ), reply
 
 
 def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
@@ -134,7 +136,7 @@ def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
         raise APIError(400, "The prompt is empty.", param="prompt")
     engine.check_context(len(tokens), "prompt")
     params = _sampling(engine, req, len(tokens), req.max_tokens)
-    return Job(tokens, params, logprobs=req.logprobs)
+    return Job(tokens, params, logprobs=req.logprobs, speculative=req.speculative is not False)
 
 
 def _check_length(engine: Engine, text: str, param: str) -> None:

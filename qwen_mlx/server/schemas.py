@@ -97,6 +97,8 @@ class _Sampling(_Body):
     presence_penalty: float | None = _number(ge=-2, le=2)
     frequency_penalty: float | None = _number(ge=-2, le=2)
     seed: StrictInt | None = None
+    # Extension: false turns off the server's speculative decoding (--draft) for this one.
+    speculative: StrictBool | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     stream: StrictBool = False
