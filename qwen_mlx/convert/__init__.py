@@ -7,6 +7,7 @@
 - `tensorfile.py`: streaming safetensors output. `quality.py`: the quality report.
 - `progress.py`: the progress events all of it reports.
 - `importer.py`: `models import` of an MLX folder. `updates.py`: `models check-updates`.
+- `quant.py`: quantization modes and mlx-lm's learned methods (AWQ, GPTQ, DWQ, dynamic).
 - `tiny.py` and `demo.py`: tiny random Qwen3 checkpoints and the demo model.
 
 `python -m qwen_mlx.convert` is `qwen-mlx convert` (`__main__.py`).
@@ -20,6 +21,8 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "DTYPES": "pipeline",
+    "METHODS": "quant",
+    "Q_MODES": "quant",
     "Q_BITS": "pipeline",
     "Q_GROUP_SIZES": "pipeline",
     "RECIPES": "pipeline",
@@ -32,6 +35,8 @@ _EXPORTS = {
 
 __all__ = [
     "DTYPES",
+    "METHODS",
+    "Q_MODES",
     "Q_BITS",
     "Q_GROUP_SIZES",
     "RECIPES",
@@ -54,5 +59,6 @@ if TYPE_CHECKING:
         convert,
         default_report,
     )
+    from .quant import METHODS, Q_MODES
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
