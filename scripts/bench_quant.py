@@ -41,7 +41,6 @@ RECIPES: dict[str, dict] = {
     "dwq q4 g64": {"method": "dwq"},
     "dynamic 4.6 bpw (4/5-bit)": {"method": "dynamic", "target_bpw": 4.6},
     "affine q3 g64 (RTN)": {"q_bits": 3},
-    "gptq q2 g64": {"method": "gptq", "q_bits": 2},
     "affine q8 g64 (RTN)": {"q_bits": 8},
     "mxfp8": {"q_mode": "mxfp8"},
 }
@@ -54,7 +53,7 @@ def heldout_text() -> str:
     from qwen_mlx.convert.quality import read_heldout
 
     code = (Path(mlx_lm.__file__).parent / "sample_utils.py").read_text()
-    return read_heldout().text + "\n\n" + code[:8000]
+    return read_heldout().text + "\n\n" + code[:4000]
 
 
 def decode_tps(folder: Path, tokens: int = 32) -> float:
@@ -67,12 +66,24 @@ def decode_tps(folder: Path, tokens: int = 32) -> float:
     return measure_run(model, prompt, tokens).decode_tps
 
 
-def measure(source: Path, folder: Path, text: str, seconds: float) -> dict:
+class Reference:
+    """The bf16 source's logits on the held-out tokens, computed once."""
+
+    def __init__(self, source: Path, text: str) -> None:
+        from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+        from qwen_mlx.convert.quality import logits
+
+        self.tokens = list(load_tokenizer(source).encode(text, add_special_tokens=False))
+        self.logits = logits(source, self.tokens)
+
+
+def measure(ref: Reference, folder: Path, seconds: float) -> dict:
     from mlx_lm.utils import compute_bits_per_weight, load_model
 
-    from qwen_mlx.convert.quality import evaluate
+    from qwen_mlx.convert.quality import logits, report_from_logits
 
-    report = evaluate(source, folder, text)
+    report = report_from_logits(ref.logits, logits(folder, ref.tokens), ref.tokens)
     model, _ = load_model(folder)
     return {
         "bpw": round(compute_bits_per_weight(model), 3),
@@ -99,13 +110,13 @@ def main() -> int:
 
     from qwen_mlx.convert import convert
 
-    text = heldout_text()
+    ref = Reference(args.source, heldout_text())
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "peer"
         start = time.perf_counter()
         mlx_lm_convert(str(args.source), mlx_path=str(out), quantize=True)
-        rows[PEER] = measure(args.source, out, text, time.perf_counter() - start)
+        rows[PEER] = measure(ref, out, time.perf_counter() - start)
         print(f"{PEER}: {rows[PEER]}", file=sys.stderr, flush=True)
         wanted = [w.strip() for w in args.only.split(",")] if args.only else None
         for name, kwargs in RECIPES.items():
@@ -119,10 +130,19 @@ def main() -> int:
                 rows[name] = {"error": f"{type(e).__name__}: {e}"}
                 print(f"{name}: FAILED {e}", file=sys.stderr, flush=True)
                 continue
-            rows[name] = measure(args.source, out, text, time.perf_counter() - start)
+            rows[name] = measure(ref, out, time.perf_counter() - start)
             print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
     peer_kl = rows[PEER]["kl"]
-    header = ("recipe", "bpw", "KL vs bf16", "top-1", "ppl", "convert s", "decode tok/s", "KL / mlx-lm q4")
+    header = (
+        "recipe",
+        "bpw",
+        "KL vs bf16",
+        "top-1",
+        "ppl",
+        "convert s",
+        "decode tok/s",
+        "KL / mlx-lm q4",
+    )
     table = [header]
     for name, r in rows.items():
         if "error" in r:
@@ -142,10 +162,12 @@ def main() -> int:
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    print(f"source: {args.source.name}, held-out: {rows[PEER]['tokens']} tokens, "
-          f"bf16 perplexity {rows[PEER]['ppl_source']:.2f}")
+    print(
+        f"source: {args.source.name}, held-out: {rows[PEER]['tokens']} tokens, "
+        f"bf16 perplexity {rows[PEER]['ppl_source']:.2f}"
+    )
     for row in table:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     best = min(
         ((n, r) for n, r in rows.items() if n != PEER and "error" not in r and r["bpw"] <= 4.6),
         key=lambda item: item[1]["kl"],
@@ -154,8 +176,10 @@ def main() -> int:
     if best is not None:
         ratio = best[1]["kl"] / peer_kl
         verdict = "met" if ratio <= 0.7 else "NOT met"
-        print(f"\nbest at <= 4.6 bpw: {best[0]}, {best[1]['bpw']:.2f} bpw, KL {ratio:.2f}x "
-              f"mlx-lm's 4-bit (target <= 0.70x: {verdict})")
+        print(
+            f"\nbest at <= 4.6 bpw: {best[0]}, {best[1]['bpw']:.2f} bpw, KL {ratio:.2f}x "
+            f"mlx-lm's 4-bit (target <= 0.70x: {verdict})"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -19,7 +19,9 @@ PACKAGED = resources.files("qwen_mlx.data")
 def leftovers(root: Path) -> list[str]:
     if not root.exists():
         return []
-    return sorted(p.name for p in root.rglob("*") if ".partial-" in p.name or p.name.endswith(".tmp"))
+    return sorted(
+        p.name for p in root.rglob("*") if ".partial-" in p.name or p.name.endswith(".tmp")
+    )
 
 
 def _weights(folder: Path) -> dict:
@@ -37,7 +39,9 @@ def test_q_mode_writes_that_format_and_the_model_loads(tiny_hf, tmp_path, mode, 
     from qwen_mlx import load
 
     out = tmp_path / mode
-    assert main(["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--q-mode", mode]) == 0
+    assert (
+        main(["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--q-mode", mode]) == 0
+    )
     q = read_manifest(out).quantization
     assert (q.mode, q.bits, q.group_size, q.method) == (mode, bits, group, None)
     config = json.loads((out / "config.json").read_text())["quantization"]
@@ -78,17 +82,20 @@ def test_flags_that_cannot_work_are_refused_before_any_work(
 
 @pytest.fixture(scope="module")
 def learned(tiny_hf, tmp_path_factory):
-    """The tiny model converted by each method through the CLI, into one store."""
+    """The tiny model converted by each method through the CLI, into one store: GPTQ on
+    the packaged calibration text, the slower methods on a short file of it (fast)."""
     import os
 
     home = tmp_path_factory.mktemp("quant_home")
+    short = home.parent / "short.txt"
+    short.write_text(PACKAGED.joinpath("quant_calibration.txt").read_text()[:2000])
     saved = os.environ.get("QWEN_MLX_HOME")
     os.environ["QWEN_MLX_HOME"] = str(home)
     runs = {
         "gptq": ["--method", "gptq"],
-        "awq": ["--method", "awq"],
-        "dwq": ["--method", "dwq"],
-        "dynamic": ["--method", "dynamic", "--target-bpw", "5.0"],
+        "awq": ["--method", "awq", "--calibration", str(short)],
+        "dwq": ["--method", "dwq", "--calibration", str(short)],
+        "dynamic": ["--method", "dynamic", "--target-bpw", "5.0", "--calibration", str(short)],
         "rtn": ["--report"],
     }
     codes = {}
@@ -100,19 +107,22 @@ def learned(tiny_hf, tmp_path_factory):
             os.environ.pop("QWEN_MLX_HOME", None)
         else:
             os.environ["QWEN_MLX_HOME"] = saved
-    return home, codes
+    return home, codes, sha256_file(short)
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq", "dwq", "dynamic"])
 def test_method_records_itself_its_calibration_and_a_held_out_report(learned, method):
-    home, codes = learned
+    home, codes, short_sha = learned
     assert codes[method] == 0
     tag = "q4-g64-dynamic5" if method == "dynamic" else f"q4-g64-{method}"
     m = read_manifest(home / "models/qwen3-1m-tiny/2507" / f"mlx-{tag}")
     q = m.quantization
     assert (q.method, q.mode, q.bits, q.group_size) == (method, "affine", 4, 64)
-    packaged = sha256_file(Path(str(PACKAGED.joinpath("quant_calibration.txt"))))
-    assert q.calibration.source == "packaged" and q.calibration.sha256 == packaged
+    if method == "gptq":
+        packaged = sha256_file(Path(str(PACKAGED.joinpath("quant_calibration.txt"))))
+        assert (q.calibration.source, q.calibration.sha256) == ("packaged", packaged)
+    else:
+        assert (q.calibration.source, q.calibration.sha256) == ("short.txt", short_sha)
     assert q.calibration.samples >= 4 and q.calibration.tokens > 0
     r = m.quality
     assert r is not None and r.verdict == "ok" and r.text == "packaged"
@@ -122,7 +132,7 @@ def test_method_records_itself_its_calibration_and_a_held_out_report(learned, me
 
 
 def test_dynamic_gives_sensitive_layers_more_bits_within_the_target(learned):
-    home, _ = learned
+    home, _, _ = learned
     folder = home / "models/qwen3-1m-tiny/2507/mlx-q4-g64-dynamic5"
     q = read_manifest(folder).quantization
     assert q.target_bpw == 5.0
@@ -138,7 +148,12 @@ def test_calibration_jsonl_is_read_and_its_digest_recorded(tiny_hf, tmp_path, ca
     file = tmp_path / "calib.jsonl"
     records = [
         {"text": text[:half]},
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": text[half:]}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": text[half:]},
+            ]
+        },
         {"prompt": "Q: two plus two?", "completion": " A: four."},
     ]
     file.write_text("\n".join(json.dumps(r) for r in records) + "\n")
@@ -175,7 +190,9 @@ def test_a_method_that_would_not_fit_in_memory_is_refused_first(
     from qwen_mlx.runtime import memory
 
     monkeypatch.setattr(
-        memory, "machine_budget", lambda: memory.Budget(1 << 20, 1 << 30, "physical-memory-minus-headroom")
+        memory,
+        "machine_budget",
+        lambda: memory.Budget(1 << 20, 1 << 30, "physical-memory-minus-headroom"),
     )
     out = tmp_path / "out"
     args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--method", "dwq"]
@@ -202,10 +219,11 @@ def test_models_compare_reads_manifests_and_computes_what_they_lack(
 ):
     from mlx_lm.convert import convert as mlx_lm_convert
 
-    home, _ = learned
+    home, _, _ = learned
     monkeypatch.setenv("QWEN_MLX_HOME", str(home))
     elsewhere = tmp_path / "mlx-lm-q4"
     mlx_lm_convert(str(tiny_hf), mlx_path=str(elsewhere), quantize=True)
+    capsys.readouterr()  # what mlx-lm printed
     names = ["qwen3-1m-tiny-2507-mlx-q4-g64", "qwen3-1m-tiny-2507-mlx-q4-g64-gptq"]
     args = ["models", "compare", *names, str(elsewhere), "--source", str(tiny_hf)]
     assert main([*args, "--json"]) == 0

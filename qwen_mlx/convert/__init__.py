@@ -36,9 +36,9 @@ _EXPORTS = {
 __all__ = [
     "DTYPES",
     "METHODS",
-    "Q_MODES",
     "Q_BITS",
     "Q_GROUP_SIZES",
+    "Q_MODES",
     "RECIPES",
     "ConvertResult",
     "Progress",

@@ -49,8 +49,6 @@ from .checkpoint import inspect_checkpoint
 from .names import check_name_free, known_name, output_name
 from .progress import Progress, ProgressFn
 from .quant import (
-    METHODS,
-    Q_MODES,
     method_memory,
     read_calibration,
     resolve_options,

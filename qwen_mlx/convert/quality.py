@@ -58,7 +58,8 @@ def read_heldout(path: str | Path | None = None) -> HeldOut:
     return HeldOut(text, file.name, hashlib.sha256(data).hexdigest())
 
 
-def _logits(folder: Path, tokens: list[int]):
+def logits(folder: Path, tokens: list[int]):
+    """The model's float32 logits at every position of `tokens`."""
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
@@ -67,10 +68,10 @@ def _logits(folder: Path, tokens: list[int]):
         # mlx's CPU backend has no fast bfloat16 kernels (a quantized matmul in bf16 is
         # ~5x slower than in float32); float32 activations measure the same weights.
         model.set_dtype(mx.float32)
-    logits = model(mx.array(tokens)[None])[0].astype(mx.float32)
-    mx.eval(logits)
+    out = model(mx.array(tokens)[None])[0].astype(mx.float32)
+    mx.eval(out)
     del model
-    return logits
+    return out
 
 
 def evaluate(
@@ -87,13 +88,18 @@ def evaluate(
 
 
 def _evaluate(source: Path, converted: Path, text: str) -> QualityReport:
-    import mlx.core as mx
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
     tokenizer = load_tokenizer(Path(converted))
     tokens = list(tokenizer.encode(text, add_special_tokens=False))
-    ref = _logits(Path(source), tokens)
-    out = _logits(Path(converted), tokens)
+    return report_from_logits(logits(source, tokens), logits(converted, tokens), tokens)
+
+
+def report_from_logits(ref, out, tokens: list[int]) -> QualityReport:
+    """The report from both models' logits on `tokens` (a benchmark computes the
+    source's once and compares many conversions with them)."""
+    import mlx.core as mx
+
     ref_lp = ref - mx.logsumexp(ref, axis=-1, keepdims=True)
     out_lp = out - mx.logsumexp(out, axis=-1, keepdims=True)
     kl = mx.mean(mx.sum(mx.exp(ref_lp) * (ref_lp - out_lp), axis=-1)).item()

@@ -79,7 +79,11 @@ def supported_modes() -> tuple[str, ...]:
     for mode, rule in MODES.items():
         try:
             w = mx.zeros((8, 2 * rule.default_group_size))
-            mx.eval(mx.quantize(w, group_size=rule.default_group_size, bits=rule.default_bits, mode=mode))
+            mx.eval(
+                mx.quantize(
+                    w, group_size=rule.default_group_size, bits=rule.default_bits, mode=mode
+                )
+            )
         except (ValueError, RuntimeError, TypeError):
             continue
         found.append(mode)
@@ -256,11 +260,13 @@ def _document(record: Any, file: Path, n: int) -> str | tuple[dict[str, str], ..
         if isinstance(messages, list) and all(
             isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
         ):
-            return tuple({"role": str(m.get("role", "user")), "content": m["content"]} for m in messages)
+            return tuple(
+                {"role": str(m.get("role", "user")), "content": m["content"]} for m in messages
+            )
         if isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
             return record["prompt"] + record["completion"]
     raise ValueError(
-        f"{file} line {n} has no \"text\", \"messages\" or \"prompt\"/\"completion\"; "
+        f'{file} line {n} has no "text", "messages" or "prompt"/"completion"; '
         "each line must be one of those objects."
     )
 
@@ -306,11 +312,14 @@ def method_memory(method: str, float_weight_bytes: int) -> int:
 @contextlib.contextmanager
 def _bars_as_progress(module: Any, stage: str, progress: ProgressFn) -> Iterator[list[str]]:
     """Swap the method module's tqdm for a bar that reports Progress events (and whose
-    iteration is where a Ctrl-C lands between steps); collect what it writes. mlx-lm's methods take no progress callback, so this is the seam."""
+    iteration is where a Ctrl-C lands between steps); collect what it writes.
+    mlx-lm's methods take no progress callback, so this is the seam."""
     notes: list[str] = []
 
     class Bar:
-        def __init__(self, iterable: Any = None, total: int | None = None, desc: str = "", **_: Any):
+        def __init__(
+            self, iterable: Any = None, total: int | None = None, desc: str = "", **_: Any
+        ):
             self.iterable = iterable
             if total is None and hasattr(iterable, "__len__"):
                 total = len(iterable)
@@ -478,7 +487,6 @@ def _dynamic(
 def _dwq(model, config, data, options: QuantOptions, progress: ProgressFn, seed: int):
     import copy
 
-    import mlx.core as mx
     import mlx.optimizers as optimizers
     from mlx_lm.quant import dwq
     from mlx_lm.utils import quantize_model

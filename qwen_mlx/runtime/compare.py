@@ -96,8 +96,10 @@ def _compare_one(
         bpw = round(compute_bits_per_weight(model.model), 3)
     quality, quality_from, note = None, "", ""
     recorded = manifest.quality if manifest else None
-    if recorded is not None and recorded.text_sha256 in (None, held.sha256) and (
-        source is None or _same_folder(source, manifest.source.path)
+    if (
+        recorded is not None
+        and recorded.text_sha256 in (None, held.sha256)
+        and (source is None or _same_folder(source, manifest.source.path))
     ):
         quality, quality_from = recorded, "manifest"
     else:

@@ -78,7 +78,11 @@ class Model:
         if not q:
             return str(self.config.get("torch_dtype", "bf16"))
         mode = q.get("mode", "affine")
-        return f"{q['bits']}-bit g{q['group_size']}" if mode == "affine" else f"{mode} g{q['group_size']}"
+        return (
+            f"{q['bits']}-bit g{q['group_size']}"
+            if mode == "affine"
+            else f"{mode} g{q['group_size']}"
+        )
 
     def render(
         self,
