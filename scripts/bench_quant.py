@@ -40,6 +40,7 @@ RECIPES: dict[str, dict] = {
     "awq q4 g64": {"method": "awq"},
     "dwq q4 g64": {"method": "dwq"},
     "dynamic 4.6 bpw (4/5-bit)": {"method": "dynamic", "target_bpw": 4.6},
+    "dynamic-gptq 4.6 bpw (4/5-bit)": {"method": "dynamic-gptq", "target_bpw": 4.6},
     "affine q3 g64 (RTN)": {"q_bits": 3},
     "affine q8 g64 (RTN)": {"q_bits": 8},
     "mxfp8": {"q_mode": "mxfp8"},

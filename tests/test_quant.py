@@ -96,6 +96,14 @@ def learned(tiny_hf, tmp_path_factory):
         "awq": ["--method", "awq", "--calibration", str(short)],
         "dwq": ["--method", "dwq", "--calibration", str(short)],
         "dynamic": ["--method", "dynamic", "--target-bpw", "5.0", "--calibration", str(short)],
+        "dynamic-gptq": [
+            "--method",
+            "dynamic-gptq",
+            "--target-bpw",
+            "5.0",
+            "--calibration",
+            str(short),
+        ],
         "rtn": ["--report"],
     }
     codes = {}
@@ -110,11 +118,11 @@ def learned(tiny_hf, tmp_path_factory):
     return home, codes, sha256_file(short)
 
 
-@pytest.mark.parametrize("method", ["gptq", "awq", "dwq", "dynamic"])
+@pytest.mark.parametrize("method", ["gptq", "awq", "dwq", "dynamic", "dynamic-gptq"])
 def test_method_records_itself_its_calibration_and_a_held_out_report(learned, method):
     home, codes, short_sha = learned
     assert codes[method] == 0
-    tag = "q4-g64-dynamic5" if method == "dynamic" else f"q4-g64-{method}"
+    tag = f"q4-g64-{method}5" if method.startswith("dynamic") else f"q4-g64-{method}"
     m = read_manifest(home / "models/qwen3-1m-tiny/2507" / f"mlx-{tag}")
     q = m.quantization
     assert (q.method, q.mode, q.bits, q.group_size) == (method, "affine", 4, 64)
@@ -131,9 +139,10 @@ def test_method_records_itself_its_calibration_and_a_held_out_report(learned, me
     assert 0 <= r.kl_divergence < 1 and 0 < r.top1_agreement <= 1
 
 
-def test_dynamic_gives_sensitive_layers_more_bits_within_the_target(learned):
+@pytest.mark.parametrize("method", ["dynamic", "dynamic-gptq"])
+def test_dynamic_gives_sensitive_layers_more_bits_within_the_target(learned, method):
     home, _, _ = learned
-    folder = home / "models/qwen3-1m-tiny/2507/mlx-q4-g64-dynamic5"
+    folder = home / f"models/qwen3-1m-tiny/2507/mlx-q4-g64-{method}5"
     q = read_manifest(folder).quantization
     assert q.target_bpw == 5.0
     assert q.layers and {v["bits"] for v in q.layers.values()} == {5}

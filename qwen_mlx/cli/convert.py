@@ -33,7 +33,10 @@ group 32; nvfp4: 4 bits, group 16; mxfp8: 8 bits, group 32). --method runs one o
 learned methods on a calibration text (the packaged one, or --calibration FILE) instead of
 rounding to nearest: awq (activation-aware scales and clipping), gptq (error-correcting,
 2/4/8 bits), dwq (scales and biases distilled from the source), dynamic (more bits for the
-layers the output is most sensitive to, up to --target-bpw). A method holds the whole model
+layers the output is most sensitive to, up to --target-bpw), dynamic-gptq (dynamic's choice
+of layers, GPTQ for the rest: the least error at 4.6 bits per weight in
+scripts/bench_quant.py). A
+method holds the whole model
 in memory and is refused when that would not fit. Its quality report (KL divergence and
 top-1 agreement against the source, perplexity of both, on a held-out text) goes into the
 manifest; compare conversions with `qwen-mlx models compare NAME NAME...`.
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-bpw",
         type=float,
-        help="bits per weight --method dynamic aims at (default: halfway between "
+        help="bits per weight --method dynamic or dynamic-gptq aims at (default: halfway between "
         "--q-bits and the next bits up)",
     )
     p.add_argument(

@@ -68,8 +68,8 @@ class Quantization:
         if self.bits:
             fmt = self.mode if self.mode not in (None, "affine") else f"{self.bits}-bit"
             label = f"{fmt} g{self.group_size}"
-            if self.method == "dynamic" and self.target_bpw:
-                return f"{label} dynamic ({self.target_bpw} bpw target)"
+            if self.method and self.method.startswith("dynamic") and self.target_bpw:
+                return f"{label} {self.method} ({self.target_bpw} bpw target)"
             return f"{label} {self.method}" if self.method else label
         return self.dtype
 

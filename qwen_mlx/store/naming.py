@@ -255,7 +255,8 @@ def quant_tag(
         fmt = mode if mode not in (None, "affine") else f"q{bits}"
         tag = f"{fmt}-g{group_size}"
         if method:
-            tag += f"-{method}" + (f"{target_bpw:g}" if method == "dynamic" and target_bpw else "")
+            dynamic = method.startswith("dynamic") and target_bpw
+            tag += f"-{method}" + (f"{target_bpw:g}" if dynamic else "")
         return tag
     return {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}[dtype or "bfloat16"]
 
