@@ -21,6 +21,10 @@ class UnsupportedModelError(QwenMLXError, ValueError):
     """The checkpoint's architecture is not one we convert or run."""
 
 
+class InsufficientMemoryError(QwenMLXError, MemoryError):
+    """The work would not fit in the memory budget."""
+
+
 class OutputExistsError(QwenMLXError, FileExistsError):
     """The conversion output already exists and --force was not given."""
 

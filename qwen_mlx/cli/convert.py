@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..convert import DTYPES, Q_BITS, Q_GROUP_SIZES, RECIPES
+from ..convert import DTYPES, METHODS, Q_BITS, Q_GROUP_SIZES, Q_MODES, RECIPES
 from .common import ProgressBar, command_parser, guarded, human_bytes
 
 DESCRIPTION = """\
@@ -27,6 +27,19 @@ It becomes the family's latest when it is the family's first version, or a newer
 in the same quantization as the latest; a fine-tune, another quantization or an older
 release is added beside it (switch with `qwen-mlx models set-latest NAME`, or pass
 --set-latest). A pinned or frozen family keeps its latest.
+
+Quantization: --q-mode picks mlx's format (affine: 2-8 bits, group 32/64/128; mxfp4: 4 bits,
+group 32; nvfp4: 4 bits, group 16; mxfp8: 8 bits, group 32). --method runs one of mlx-lm's
+learned methods on a calibration text (the packaged one, or --calibration FILE) instead of
+rounding to nearest: awq (activation-aware scales and clipping), gptq (error-correcting,
+2/4/8 bits), dwq (scales and biases distilled from the source), dynamic (more bits for the
+layers the output is most sensitive to, up to --target-bpw), dynamic-gptq (dynamic's choice
+of layers, GPTQ for the rest: the least error at 4.6 bits per weight in
+scripts/bench_quant.py). A
+method holds the whole model
+in memory and is refused when that would not fit. Its quality report (KL divergence and
+top-1 agreement against the source, perplexity of both, on a held-out text) goes into the
+manifest; compare conversions with `qwen-mlx models compare NAME NAME...`.
 """
 
 EXAMPLES = """\
@@ -36,6 +49,10 @@ examples:
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --no-quantize --dtype bfloat16
   qwen-mlx convert --hf-path ./checkpoint-500 --mlx-path ./out
   qwen-mlx convert --hf-path ./my-finetune --name qwen3-4b-myft-v1
+  qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --method gptq
+  qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --method dynamic --target-bpw 4.6
+  qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --q-mode mxfp4
+  qwen-mlx convert --hf-path ./checkpoint-500 --method awq --calibration my-data.jsonl
 """
 
 
@@ -50,14 +67,44 @@ def build_parser() -> argparse.ArgumentParser:
         "or one made from the checkpoint)",
     )
     p.add_argument(
-        "--q-bits", type=int, default=4, choices=Q_BITS, help="bits per weight (default 4)"
+        "--q-mode",
+        default="affine",
+        choices=Q_MODES,
+        help="quantization format (default affine)",
+    )
+    p.add_argument(
+        "--q-bits",
+        type=int,
+        choices=Q_BITS,
+        help="bits per weight (default: the mode's, 4; 8 for mxfp8)",
     )
     p.add_argument(
         "--q-group-size",
         type=int,
-        default=64,
         choices=Q_GROUP_SIZES,
-        help="weights sharing one scale and bias (default 64)",
+        help="weights sharing one scale (default: the mode's, 64 for affine)",
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        help="a learned quantization method from mlx-lm (default: round to nearest)",
+    )
+    p.add_argument(
+        "--target-bpw",
+        type=float,
+        help="bits per weight --method dynamic or dynamic-gptq aims at (default: halfway between "
+        "--q-bits and the next bits up)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="text (or .jsonl with text/messages/prompt+completion) the method calibrates "
+        "on (default: the packaged calibration text)",
+    )
+    p.add_argument(
+        "--heldout",
+        metavar="FILE",
+        help="text of the quality report (default: the packaged held-out text)",
     )
     p.add_argument("--recipe", choices=RECIPES, help="mlx-lm mixed-precision recipe")
     p.add_argument(
@@ -81,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--report",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="run the calibration text through source and output and record KL divergence, "
-        "top-1 agreement and perplexity in the manifest (default: on with Metal, off on CPU)",
+        help="run a held-out text through source and output and record KL divergence, "
+        "top-1 agreement and perplexity in the manifest (default: on with Metal or "
+        "--method, off otherwise on CPU)",
     )
     return p
 
@@ -92,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..convert import Progress, convert, default_report
 
+    report = args.report
+    if report is None:
+        report = args.method is not None or default_report()
+    memory_budget = None
+    if args.method is not None:
+        from ..runtime.memory import machine_budget
+
+        memory_budget = machine_budget().bytes
     bar = ProgressBar()
 
     def progress(p: Progress) -> None:
@@ -109,12 +165,18 @@ def main(argv: list[str] | None = None) -> int:
             quantize=args.quantize,
             q_bits=args.q_bits,
             q_group_size=args.q_group_size,
+            q_mode=args.q_mode,
+            method=args.method,
+            target_bpw=args.target_bpw,
+            calibration=args.calibration,
+            heldout=args.heldout,
+            memory_budget=memory_budget,
             recipe=args.recipe,
             dtype=args.dtype,
             name=args.name,
             force=args.force,
             set_latest=args.set_latest,
-            report=default_report() if args.report is None else args.report,
+            report=report,
             progress=progress,
         )
     finally:
@@ -131,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         q = m.quality
         print(
             f"  quality: KL {q.kl_divergence:.4f}, top-1 agreement {q.top1_agreement:.1%}, "
-            f"perplexity {q.perplexity_source:.2f} -> {q.perplexity_converted:.2f}"
+            f"perplexity {q.perplexity_source:.2f} -> {q.perplexity_converted:.2f} "
+            f"({q.tokens} held-out tokens)"
         )
+    if m.quantization.layers:
+        print(f"  layers: {_layer_summary(m.quantization.layers)}")
     if result.registered and result.became_latest:
         print(f"  store: now the latest of {m.family}")
     elif result.registered and result.frozen:
@@ -151,6 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"  took {result.seconds:.1f} s", file=sys.stderr)
     return 0
+
+
+def _layer_summary(layers: dict) -> str:
+    """`12 layers at 5 bits g64, 1 layer unquantized`: the layers that differ from the rest."""
+    from collections import Counter
+
+    counts = Counter(
+        "unquantized" if q is False else f"at {q['bits']} bits g{q['group_size']}"
+        for q in layers.values()
+    )
+    return ", ".join(f"{n} {'layer' if n == 1 else 'layers'} {what}" for what, n in counts.items())
 
 
 if __name__ == "__main__":

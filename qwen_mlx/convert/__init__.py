@@ -9,6 +9,7 @@
 - `importer.py`: `models import` of an MLX folder. `updates.py`: `models check-updates`.
 - `gguf_export.py` / `gguf_import.py`: GGUF out of and into the store (`models export`,
   `models import FILE.gguf`); `engines.py`: Ollama's Modelfile and LM Studio's layout.
+- `quant.py`: quantization modes and mlx-lm's learned methods (AWQ, GPTQ, DWQ, dynamic).
 - `tiny.py` and `demo.py`: tiny random Qwen3 checkpoints and the demo model.
 
 `python -m qwen_mlx.convert` is `qwen-mlx convert` (`__main__.py`).
@@ -22,6 +23,8 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "DTYPES": "pipeline",
+    "METHODS": "quant",
+    "Q_MODES": "quant",
     "Q_BITS": "pipeline",
     "Q_GROUP_SIZES": "pipeline",
     "RECIPES": "pipeline",
@@ -34,8 +37,10 @@ _EXPORTS = {
 
 __all__ = [
     "DTYPES",
+    "METHODS",
     "Q_BITS",
     "Q_GROUP_SIZES",
+    "Q_MODES",
     "RECIPES",
     "ConvertResult",
     "Progress",
@@ -56,5 +61,6 @@ if TYPE_CHECKING:
         convert,
         default_report,
     )
+    from .quant import METHODS, Q_MODES
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

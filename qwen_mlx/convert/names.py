@@ -37,6 +37,9 @@ def with_quant(base: naming.ModelName, quantization: Quantization) -> naming.Mod
         group_size=quantization.group_size,
         recipe=quantization.recipe,
         dtype=quantization.dtype,
+        mode=quantization.mode,
+        method=quantization.method,
+        target_bpw=quantization.target_bpw,
     )
     return base.with_format("mlx", tag)
 

@@ -15,6 +15,12 @@ such layers unquantized and says nothing; we quantize the whole model with the l
 group size of (requested, 64, 32) that divides every layer that can be quantized, leave
 the rest unquantized, say so in a warning, and name the output after what was written.
 
+Other formats than affine (`q_mode`: mxfp4, nvfp4, mxfp8) stream the same way. A learned
+method (`method`: awq, gptq, dwq, dynamic; see `quant.py`) needs the whole model in memory
+and a calibration text; it runs mlx-lm's implementation inside the same staging folder,
+after a check that it fits the memory budget the caller passes (the CLI passes the memory
+planner's).
+
 Everything is written into a temporary sibling of the output folder, which is renamed into
 place only when complete, so Ctrl-C, an exception or a full disk leave nothing behind.
 
@@ -30,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import InsufficientDiskError, OutputExistsError
+from ..errors import InsufficientDiskError, InsufficientMemoryError, OutputExistsError
 from ..fileio import human_bytes, sha256_file
 from ..store import Store, check_replaceable, hub, install, naming
 from ..store.manifest import (
@@ -42,8 +48,15 @@ from ..store.manifest import (
 from .checkpoint import inspect_checkpoint
 from .names import check_name_free, known_name, output_name
 from .progress import Progress, ProgressFn
+from .quant import (
+    method_memory,
+    read_calibration,
+    resolve_options,
+    write_learned,
+)
 from .weights import (
     bits_per_weight,
+    differing_layers,
     plan_weights,
     write_config,
     write_index,
@@ -51,7 +64,7 @@ from .weights import (
 )
 
 Q_BITS = (2, 3, 4, 5, 6, 8)
-Q_GROUP_SIZES = (32, 64, 128)
+Q_GROUP_SIZES = (16, 32, 64, 128)  # which ones a mode takes: quant.MODES
 DTYPES = ("bfloat16", "float16", "float32")
 RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
 
@@ -77,10 +90,12 @@ def default_report() -> bool:
     return mx.metal.is_available()
 
 
-def _check_options(q_bits: int, q_group_size: int, dtype: str | None, recipe: str | None) -> None:
-    if q_bits not in Q_BITS:
+def _check_options(
+    q_bits: int | None, q_group_size: int | None, dtype: str | None, recipe: str | None
+) -> None:
+    if q_bits is not None and q_bits not in Q_BITS:
         raise ValueError(f"--q-bits must be one of {Q_BITS}, not {q_bits}.")
-    if q_group_size not in Q_GROUP_SIZES:
+    if q_group_size is not None and q_group_size not in Q_GROUP_SIZES:
         raise ValueError(f"--q-group-size must be one of {Q_GROUP_SIZES}, not {q_group_size}.")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
@@ -126,8 +141,14 @@ def convert(
     mlx_path: str | Path | None = None,
     revision: str | None = None,
     quantize: bool = True,
-    q_bits: int = 4,
-    q_group_size: int = 64,
+    q_bits: int | None = None,
+    q_group_size: int | None = None,
+    q_mode: str = "affine",
+    method: str | None = None,
+    target_bpw: float | None = None,
+    calibration: str | Path | None = None,
+    heldout: str | Path | None = None,
+    memory_budget: int | None = None,
     recipe: str | None = None,
     dtype: str | None = None,
     name: str | None = None,
@@ -142,6 +163,18 @@ def convert(
     Args:
         mlx_path: output folder; by default the store place for the model's name.
         quantize: False writes an unquantized copy.
+        q_bits, q_group_size: by default the mode's (4 and 64 for affine, 4 and 32 for
+            mxfp4, 4 and 16 for nvfp4, 8 and 32 for mxfp8).
+        q_mode: mlx's quantization mode, one of `quant.Q_MODES`.
+        method: a learned method, one of `quant.METHODS` (affine only); None rounds to
+            nearest, streaming.
+        target_bpw: bits per weight `method="dynamic"` aims at.
+        calibration: a text or JSONL file the method calibrates on (default: the
+            packaged calibration text).
+        heldout: the text of the quality report (default: the packaged held-out text);
+            it must not be the calibration text.
+        memory_budget: bytes a method may take (refused before loading when it would
+            not fit); None does not check.
         recipe: one of mlx-lm's mixed-precision recipes (`mixed_4_6`, ...).
         dtype: the float type of every unquantized tensor and of the scales; by default
             the config's `torch_dtype`, else each tensor's own, as mlx-lm decides.
@@ -158,6 +191,26 @@ def convert(
     started = time.perf_counter()
     progress = progress or (lambda _p: None)
     _check_options(q_bits, q_group_size, dtype, recipe)
+    opts = resolve_options(
+        mode=q_mode,
+        bits=q_bits,
+        group_size=q_group_size,
+        method=method,
+        target_bpw=target_bpw,
+        recipe=recipe,
+        calibration=calibration,
+    )
+    calibration_text = read_calibration(calibration) if method else None
+    heldout_text = None
+    if report or heldout is not None:
+        from .quality import read_heldout
+
+        heldout_text = read_heldout(heldout)
+        if calibration_text is not None and heldout_text.sha256 == calibration_text.sha256:
+            raise ValueError(
+                "The held-out text of the quality report is the calibration text; pass "
+                "another --heldout file, so the report measures what calibration did not see."
+            )
 
     store = Store(home)
     out_dir = Path(mlx_path).expanduser() if mlx_path else None
@@ -166,9 +219,12 @@ def convert(
         # name does not depend on the checkpoint (an unquantized copy takes its dtype).
         planned = Quantization(
             dtype=dtype or "bfloat16",
-            bits=q_bits if quantize else None,
-            group_size=q_group_size if quantize else None,
+            bits=opts.bits if quantize else None,
+            group_size=opts.group_size if quantize else None,
+            mode=opts.mode if quantize else None,
             recipe=recipe if quantize else None,
+            method=method if quantize else None,
+            target_bpw=opts.target_bpw if quantize else None,
         )
         early = None if out_dir else known_name(hf_path, name, planned)
         if early is not None:
@@ -182,11 +238,29 @@ def convert(
     ckpt = inspect_checkpoint(source.path)
     plan, quantization, warnings = plan_weights(
         ckpt,
-        bits=q_bits if quantize else None,
-        group_size=q_group_size,
+        bits=opts.bits if quantize else None,
+        group_size=opts.group_size,
         recipe=recipe,
         dtype=target_dtype(dtype, ckpt.config),
+        mode=opts.mode,
     )
+    if method and not quantize:
+        raise ValueError(f"--method {method} quantizes; drop --no-quantize or --method.")
+    if method and not plan.quant:
+        raise ValueError(
+            f"No layer of this model can be quantized, so --method {method} has nothing to do."
+        )
+    if method:
+        quantization = replace(quantization, method=method, target_bpw=opts.target_bpw)
+        float_bytes = 2 * ckpt.parameters
+        needed_memory = method_memory(method, float_bytes)
+        if memory_budget is not None and needed_memory > memory_budget:
+            raise InsufficientMemoryError(
+                f"--method {method} holds the whole model while it calibrates, about "
+                f"{human_bytes(needed_memory)}, but the memory budget is "
+                f"{human_bytes(memory_budget)}. Use round-to-nearest (no --method) or a "
+                "machine with more memory."
+            )
     out_name, name_note = output_name(source, name, quantization, ckpt)
     progress(Progress("name", detail=f"{out_name} ({name_note})" if name_note else str(out_name)))
     for warning in warnings:
@@ -205,12 +279,31 @@ def convert(
         with store.staging(final) as tmp:
             cached = {f: hub.cached_sha256(ckpt.path / f) for f in ckpt.weight_files}
             hash_sources = not all(cached.values())
-            out_hashes, src_hashes, shard_files = write_weights(
-                ckpt, plan, tmp, progress, hash_sources
-            )
+            if method:
+                assert calibration_text is not None
+                learned = write_learned(
+                    ckpt, opts, calibration_text, plan.dtype, tmp, progress, hash_sources
+                )
+                out_hashes, src_hashes, shard_files = learned.hashes, learned.sources, []
+                warnings += learned.warnings
+                quantization = replace(
+                    quantization,
+                    bits_per_weight=learned.bits_per_weight,
+                    layers=learned.layers or None,
+                    calibration=learned.calibration,
+                )
+            else:
+                out_hashes, src_hashes, shard_files = write_weights(
+                    ckpt, plan, tmp, progress, hash_sources
+                )
+                write_config(ckpt, plan, tmp)
+                quantization = replace(
+                    quantization,
+                    bits_per_weight=bits_per_weight(plan, ckpt.parameters),
+                    layers=differing_layers(plan) or None,
+                )
             if not hash_sources:
                 src_hashes = {f: h for f, h in cached.items() if h}
-            write_config(ckpt, plan, tmp)
             copied = [
                 f for f in small_files if f not in ("config.json", "model.safetensors.index.json")
             ]
@@ -220,15 +313,12 @@ def convert(
                 write_index(tmp, plan, shard_files)
             for f in small_files:
                 src_hashes[f] = sha256_file(ckpt.path / f)
-            quantization = replace(
-                quantization, bits_per_weight=bits_per_weight(plan, ckpt.parameters)
-            )
             quality = None
             if report:
                 from .quality import check_quality, evaluate
 
                 progress(Progress("quality"))
-                quality = evaluate(ckpt.path, tmp)
+                quality = evaluate(ckpt.path, tmp, heldout_text)
                 check_quality(quality)
             outputs = sorted(p.name for p in tmp.iterdir() if p.is_file())
             total = sum((tmp / f).stat().st_size for f in outputs)

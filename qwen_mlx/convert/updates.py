@@ -89,6 +89,10 @@ def _check(store: Store, family: str, home, apply: bool | None, progress) -> Upd
         quantize=q.bits is not None,
         q_bits=q.bits or 4,
         q_group_size=q.group_size or 64,
+        q_mode=q.mode or "affine",
+        # A method runs again on the packaged calibration text (a user's file may be gone).
+        method=q.method,
+        target_bpw=q.target_bpw,
         recipe=q.recipe,
         dtype=q.dtype,
         set_latest=True,  # the same release at a newer revision: what `auto` promises

@@ -51,10 +51,11 @@ def _layer_list(paths: list[str]) -> str:
 
 
 def _quant_plan(
-    model: Any, bits: int, group_size: int, recipe: str | None
+    model: Any, bits: int, group_size: int, recipe: str | None, mode: str = "affine"
 ) -> tuple[dict[str, dict[str, Any]], int, list[str]]:
     """Which modules get quantized, with which settings, as mlx_lm's quantize_model
     decides, except for layers `group_size` does not fit (see the module docstring).
+    The MX and NV formats have one group size each, so they fall back to none.
     Returns the plan, the group size used and warnings."""
     from mlx_lm.convert import mixed_quant_predicate_builder
 
@@ -63,7 +64,8 @@ def _quant_plan(
         for path, module in model.named_modules()
         if hasattr(module, "to_quantized")
     }
-    groups = [group_size, *(g for g in FALLBACK_GROUP_SIZES if g < group_size)]
+    fallbacks = FALLBACK_GROUP_SIZES if mode == "affine" else ()
+    groups = [group_size, *(g for g in fallbacks if g < group_size)]
     fits = {p: n for p, n in sizes.items() if any(n % g == 0 for g in groups)}
     # Every candidate is a multiple of the last one, so some candidate divides them all.
     group = next(g for g in groups if all(n % g == 0 for n in fits.values()))
@@ -72,7 +74,7 @@ def _quant_plan(
     for path, module in model.named_modules():
         if path not in fits:
             continue
-        params = {"group_size": group, "bits": bits, "mode": "affine"}
+        params = {"group_size": group, "bits": bits, "mode": mode}
         if predicate is not None:
             choice = predicate(path, module)
             if choice is False:
@@ -112,6 +114,7 @@ def plan_weights(
     group_size: int,
     recipe: str | None,
     dtype: str | None,
+    mode: str = "affine",
 ) -> tuple[WeightPlan, Quantization, list[str]]:
     """What to write, the quantization it amounts to, and warnings. `bits` None writes
     an unquantized copy; `dtype` None keeps each tensor's float type."""
@@ -122,7 +125,7 @@ def plan_weights(
     quant: dict[str, dict[str, Any]] = {}
     group, warnings = group_size, []
     if bits:
-        quant, group, warnings = _quant_plan(model, bits, group_size, recipe)
+        quant, group, warnings = _quant_plan(model, bits, group_size, recipe, mode)
     keep = set(model.sanitize(dict.fromkeys(ckpt.tensors)))
     sources: list[tuple[str, str]] = []
     specs: list[TensorSpec] = []
@@ -144,11 +147,14 @@ def plan_weights(
             if q is not None:
                 rows, cols = spec.shape
                 groups = cols // q["group_size"]
-                specs += [
-                    TensorSpec(tensor, "U32", (rows, cols * q["bits"] // 32)),
-                    TensorSpec(f"{module}.scales", code, (rows, groups)),
-                    TensorSpec(f"{module}.biases", code, (rows, groups)),
-                ]
+                specs.append(TensorSpec(tensor, "U32", (rows, cols * q["bits"] // 32)))
+                if q["mode"] == "affine":
+                    specs += [
+                        TensorSpec(f"{module}.scales", code, (rows, groups)),
+                        TensorSpec(f"{module}.biases", code, (rows, groups)),
+                    ]
+                else:  # one 8-bit floating-point scale per group, no bias
+                    specs.append(TensorSpec(f"{module}.scales", "U8", (rows, groups)))
             else:
                 specs.append(TensorSpec(tensor, code, spec.shape))
     shards: list[list[TensorSpec]] = [[]]
@@ -164,7 +170,7 @@ def plan_weights(
         dtype=written,
         bits=bits if quant else None,
         group_size=group if quant else None,
-        mode="affine" if quant else None,
+        mode=mode if quant else None,
         recipe=recipe if quant else None,
     )
     return WeightPlan(quant, shards, sources, dtype), quantization, warnings
@@ -231,14 +237,11 @@ def write_weights(
                     module, _, param = tensor.rpartition(".")
                     q = plan.quant.get(module) if param == "weight" else None
                     if q is not None:
-                        wq, scales, biases = mx.quantize(
+                        wq, scales, *biases = mx.quantize(
                             array, group_size=q["group_size"], bits=q["bits"], mode=q["mode"]
                         )
-                        outputs = [
-                            (tensor, wq),
-                            (f"{module}.scales", scales),
-                            (f"{module}.biases", biases),
-                        ]
+                        outputs = [(tensor, wq), (f"{module}.scales", scales)]
+                        outputs += [(f"{module}.biases", b) for b in biases]
                     else:
                         outputs = [(tensor, array)]
                     mx.eval([a for _, a in outputs])
@@ -278,6 +281,14 @@ def write_config(ckpt: Checkpoint, plan: WeightPlan, out: Path) -> None:
             quant |= plan.quant  # per-layer settings, as mlx-lm writes them for recipes
         config["quantization"] = quant
     save_config(config, config_path=out / "config.json")
+
+
+def differing_layers(plan: WeightPlan) -> dict[str, Any]:
+    """The layers whose settings differ from config.json's top-level ones (a recipe's)."""
+    if not plan.quant:
+        return {}
+    first = next(iter(plan.quant.values()))
+    return {path: q for path, q in plan.quant.items() if q != first}
 
 
 def bits_per_weight(plan: WeightPlan, parameters: int) -> float:

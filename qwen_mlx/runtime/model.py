@@ -77,7 +77,12 @@ class Model:
         q = self.config.get("quantization")
         if not q:
             return str(self.config.get("torch_dtype", "bf16"))
-        return f"{q['bits']}-bit g{q['group_size']}"
+        mode = q.get("mode", "affine")
+        return (
+            f"{q['bits']}-bit g{q['group_size']}"
+            if mode == "affine"
+            else f"{mode} g{q['group_size']}"
+        )
 
     def render(
         self,

@@ -32,8 +32,23 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class CalibrationInfo:
+    """The text a learned method (AWQ, GPTQ, DWQ, dynamic) was calibrated on."""
+
+    source: str  # "packaged" or the file's name
+    sha256: str  # of the file's bytes
+    tokens: int  # used, in `samples` windows of `sequence_length`
+    samples: int
+    sequence_length: int
+
+
+@dataclass(frozen=True)
 class Quantization:
-    """How the weights are stored. `bits` is None for an unquantized copy."""
+    """How the weights are stored. `bits` is None for an unquantized copy; `mode` is
+    mlx's quantization mode (affine, mxfp4, nvfp4, mxfp8); `method` the learned method
+    (awq, gptq, dwq, dynamic) or None for round-to-nearest; `layers` the layers whose
+    settings differ from `bits`/`group_size`/`mode` (path -> {"bits", "group_size",
+    "mode"}, or False for a layer left unquantized)."""
 
     dtype: str
     bits: int | None = None
@@ -41,6 +56,10 @@ class Quantization:
     mode: str | None = None
     recipe: str | None = None
     bits_per_weight: float | None = None
+    method: str | None = None
+    target_bpw: float | None = None
+    layers: dict[str, Any] | None = None
+    calibration: CalibrationInfo | None = None
 
     @property
     def label(self) -> str:
@@ -49,7 +68,11 @@ class Quantization:
         if self.recipe:
             return f"{self.recipe} (g{self.group_size})"
         if self.bits:
-            return f"{self.bits}-bit g{self.group_size}"
+            fmt = self.mode if self.mode not in (None, "affine") else f"{self.bits}-bit"
+            label = f"{fmt} g{self.group_size}"
+            if self.method and self.method.startswith("dynamic") and self.target_bpw:
+                return f"{label} {self.method} ({self.target_bpw} bpw target)"
+            return f"{label} {self.method}" if self.method else label
         return self.dtype
 
 
@@ -65,7 +88,8 @@ class SourceInfo:
 
 @dataclass(frozen=True)
 class QualityReport:
-    """Source model versus converted model on the packaged calibration text."""
+    """Source model versus converted model on a held-out text (the packaged one unless
+    `text` names another), never the text a method was calibrated on."""
 
     tokens: int
     kl_divergence: float
@@ -73,6 +97,8 @@ class QualityReport:
     perplexity_source: float
     perplexity_converted: float
     verdict: str  # "ok" or "broken"
+    text: str | None = None  # "packaged" or the file's name; None in older manifests
+    text_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +171,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)
-        data["quantization"] = Quantization(**data["quantization"])
+        quant = dict(data["quantization"])
+        if quant.get("calibration"):
+            quant["calibration"] = CalibrationInfo(**quant["calibration"])
+        data["quantization"] = Quantization(**quant)
         data["source"] = SourceInfo(**data["source"])
         data["files"] = tuple(FileEntry(**f) for f in data["files"])
         if data.get("quality"):

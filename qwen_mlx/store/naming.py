@@ -243,12 +243,21 @@ def quant_tag(
     group_size: int | None = None,
     recipe: str | None = None,
     dtype: str | None = None,
+    mode: str | None = None,
+    method: str | None = None,
+    target_bpw: float | None = None,
 ) -> str:
-    """The `<quant>` part for an MLX conversion: `q4-g64`, `mixed_4_6-g64`, `bf16`."""
+    """The `<quant>` part for an MLX conversion: `q4-g64`, `mixed_4_6-g64`, `bf16`,
+    `mxfp4-g32`, `q4-g64-gptq`, `q4-g64-dynamic4.6`."""
     if recipe:
         return f"{recipe}-g{group_size}"
     if bits:
-        return f"q{bits}-g{group_size}"
+        fmt = mode if mode not in (None, "affine") else f"q{bits}"
+        tag = f"{fmt}-g{group_size}"
+        if method:
+            dynamic = method.startswith("dynamic") and target_bpw
+            tag += f"-{method}" + (f"{target_bpw:g}" if dynamic else "")
+        return tag
     return {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}[dtype or "bfloat16"]
 
 

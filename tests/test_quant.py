@@ -1,0 +1,252 @@
+"""Quantization modes, learned methods and `models compare`, through the CLI on a tiny
+model: what each writes, what the manifest records, and the errors for what cannot work."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from qwen_mlx.cli import main
+from qwen_mlx.fileio import sha256_file
+from qwen_mlx.store.manifest import read_manifest
+
+PACKAGED = resources.files("qwen_mlx.data")
+
+
+def leftovers(root: Path) -> list[str]:
+    if not root.exists():
+        return []
+    return sorted(
+        p.name for p in root.rglob("*") if ".partial-" in p.name or p.name.endswith(".tmp")
+    )
+
+
+def _weights(folder: Path) -> dict:
+    import mlx.core as mx
+
+    return mx.load(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "bits", "group"), [("mxfp4", 4, 32), ("nvfp4", 4, 16), ("mxfp8", 8, 32)]
+)
+def test_q_mode_writes_that_format_and_the_model_loads(tiny_hf, tmp_path, mode, bits, group):
+    import mlx.core as mx
+
+    from qwen_mlx import load
+
+    out = tmp_path / mode
+    assert (
+        main(["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--q-mode", mode]) == 0
+    )
+    q = read_manifest(out).quantization
+    assert (q.mode, q.bits, q.group_size, q.method) == (mode, bits, group, None)
+    config = json.loads((out / "config.json").read_text())["quantization"]
+    assert (config["mode"], config["bits"], config["group_size"]) == (mode, bits, group)
+    weights = _weights(out)
+    name = "model.layers.0.mlp.down_proj"
+    assert str(weights[f"{name}.scales"].dtype) == "mlx.core.uint8"
+    assert f"{name}.biases" not in weights  # the MX and NV formats have none
+    model = load(out)
+    logits = model.model(mx.array([[1, 2, 3]]))
+    assert logits.shape[-1] == model.config["vocab_size"]
+    assert bool(mx.all(mx.isfinite(logits)))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--q-mode", "mxfp4", "--q-bits", "3"], "--q-mode mxfp4 stores 4 bits per weight, not 3."),
+        (["--q-mode", "nvfp4", "--q-group-size", "32"], "--q-mode nvfp4 uses a group size of 16"),
+        (["--q-group-size", "16"], "--q-mode affine uses a group size of 32 or 64 or 128"),
+        (["--method", "awq", "--q-mode", "mxfp4"], "--method awq works with --q-mode affine only"),
+        (["--method", "gptq", "--q-bits", "3"], "--method gptq quantizes to 2, 4, 8 bits"),
+        (["--target-bpw", "4.6"], "add --method dynamic"),
+        (["--calibration", "x.txt"], "--calibration is the text a learned method calibrates on"),
+        (["--method", "dynamic", "--target-bpw", "9"], "outside what 6- and 8-bit layers"),
+        (["--method", "dwq", "--recipe", "mixed_4_6"], "--recipe is a mix of affine"),
+    ],
+)
+def test_flags_that_cannot_work_are_refused_before_any_work(
+    tiny_hf, home, tmp_path, capsys, flags, message
+):
+    out = tmp_path / "out"
+    assert main(["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), *flags]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ")
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def learned(tiny_hf, tmp_path_factory):
+    """The tiny model converted by each method through the CLI, into one store: GPTQ on
+    the packaged calibration text, the slower methods on a short file of it (fast)."""
+    import os
+
+    home = tmp_path_factory.mktemp("quant_home")
+    short = home.parent / "short.txt"
+    short.write_text(PACKAGED.joinpath("quant_calibration.txt").read_text()[:2000])
+    saved = os.environ.get("QWEN_MLX_HOME")
+    os.environ["QWEN_MLX_HOME"] = str(home)
+    runs = {
+        "gptq": ["--method", "gptq"],
+        "awq": ["--method", "awq", "--calibration", str(short)],
+        "dwq": ["--method", "dwq", "--calibration", str(short)],
+        "dynamic": ["--method", "dynamic", "--target-bpw", "5.0", "--calibration", str(short)],
+        "dynamic-gptq": [
+            "--method",
+            "dynamic-gptq",
+            "--target-bpw",
+            "5.0",
+            "--calibration",
+            str(short),
+        ],
+        "rtn": ["--report"],
+    }
+    codes = {}
+    try:
+        for method, flags in runs.items():
+            codes[method] = main(["convert", "--hf-path", str(tiny_hf), *flags])
+    finally:
+        if saved is None:
+            os.environ.pop("QWEN_MLX_HOME", None)
+        else:
+            os.environ["QWEN_MLX_HOME"] = saved
+    return home, codes, sha256_file(short)
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq", "dwq", "dynamic", "dynamic-gptq"])
+def test_method_records_itself_its_calibration_and_a_held_out_report(learned, method):
+    home, codes, short_sha = learned
+    assert codes[method] == 0
+    tag = f"q4-g64-{method}5" if method.startswith("dynamic") else f"q4-g64-{method}"
+    m = read_manifest(home / "models/qwen3-1m-tiny/2507" / f"mlx-{tag}")
+    q = m.quantization
+    assert (q.method, q.mode, q.bits, q.group_size) == (method, "affine", 4, 64)
+    if method == "gptq":
+        packaged = sha256_file(Path(str(PACKAGED.joinpath("quant_calibration.txt"))))
+        assert (q.calibration.source, q.calibration.sha256) == ("packaged", packaged)
+    else:
+        assert (q.calibration.source, q.calibration.sha256) == ("short.txt", short_sha)
+    assert q.calibration.samples >= 4 and q.calibration.tokens > 0
+    r = m.quality
+    assert r is not None and r.verdict == "ok" and r.text == "packaged"
+    assert r.text_sha256 == sha256_file(Path(str(PACKAGED.joinpath("calibration.txt"))))
+    assert r.text_sha256 != q.calibration.sha256  # held out: not what it calibrated on
+    assert 0 <= r.kl_divergence < 1 and 0 < r.top1_agreement <= 1
+
+
+@pytest.mark.parametrize("method", ["dynamic", "dynamic-gptq"])
+def test_dynamic_gives_sensitive_layers_more_bits_within_the_target(learned, method):
+    home, _, _ = learned
+    folder = home / f"models/qwen3-1m-tiny/2507/mlx-q4-g64-{method}5"
+    q = read_manifest(folder).quantization
+    assert q.target_bpw == 5.0
+    assert q.layers and {v["bits"] for v in q.layers.values()} == {5}
+    assert 4.5 < q.bits_per_weight <= 5.05
+    config = json.loads((folder / "config.json").read_text())["quantization"]
+    assert all(config[path]["bits"] == 5 for path in q.layers)
+
+
+def test_calibration_jsonl_is_read_and_its_digest_recorded(tiny_hf, tmp_path, capsys):
+    text = PACKAGED.joinpath("quant_calibration.txt").read_text()
+    half = len(text) // 2
+    file = tmp_path / "calib.jsonl"
+    records = [
+        {"text": text[:half]},
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": text[half:]},
+            ]
+        },
+        {"prompt": "Q: two plus two?", "completion": " A: four."},
+    ]
+    file.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    out = tmp_path / "out"
+    args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--method", "gptq"]
+    assert main([*args, "--calibration", str(file)]) == 0
+    assert "held-out tokens" in capsys.readouterr().out
+    cal = read_manifest(out).quantization.calibration
+    assert (cal.source, cal.sha256) == ("calib.jsonl", sha256_file(file))
+
+
+def test_a_broken_calibration_file_is_named_with_its_line(tiny_hf, tmp_path, capsys):
+    file = tmp_path / "bad.jsonl"
+    file.write_text('{"text": "fine"}\n{"nope": 1}\n')
+    out = tmp_path / "out"
+    args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--method", "gptq"]
+    assert main([*args, "--calibration", str(file)]) == 1
+    assert 'bad.jsonl line 2 has no "text"' in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_held_out_text_may_not_be_the_calibration_text(tiny_hf, tmp_path, capsys):
+    file = tmp_path / "same.txt"
+    file.write_text(PACKAGED.joinpath("quant_calibration.txt").read_text())
+    out = tmp_path / "out"
+    args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--method", "awq"]
+    assert main([*args, "--calibration", str(file), "--heldout", str(file)]) == 1
+    assert "is the calibration text" in capsys.readouterr().err
+
+
+def test_a_method_that_would_not_fit_in_memory_is_refused_first(
+    tiny_hf, tmp_path, monkeypatch, capsys
+):
+    from qwen_mlx.runtime import memory
+
+    monkeypatch.setattr(
+        memory,
+        "machine_budget",
+        lambda: memory.Budget(1 << 20, 1 << 30, "physical-memory-minus-headroom"),
+    )
+    out = tmp_path / "out"
+    args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--method", "dwq"]
+    assert main(args) == 1
+    assert "but the memory budget is 1.0 MB" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_ctrl_c_during_a_method_leaves_nothing_behind(tiny_hf, home):
+    from qwen_mlx.convert import convert
+
+    def interrupt(p):
+        if p.stage == "gptq" and p.done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(str(tiny_hf), method="gptq", progress=interrupt)
+    assert not (home / "models/qwen3-1m-tiny/2507/mlx-q4-g64-gptq").exists()
+    assert not leftovers(home)
+
+
+def test_models_compare_reads_manifests_and_computes_what_they_lack(
+    learned, tiny_hf, tmp_path, monkeypatch, capsys
+):
+    from mlx_lm.convert import convert as mlx_lm_convert
+
+    home, _, _ = learned
+    monkeypatch.setenv("QWEN_MLX_HOME", str(home))
+    elsewhere = tmp_path / "mlx-lm-q4"
+    mlx_lm_convert(str(tiny_hf), mlx_path=str(elsewhere), quantize=True)
+    capsys.readouterr()  # what mlx-lm printed
+    names = ["qwen3-1m-tiny-2507-mlx-q4-g64", "qwen3-1m-tiny-2507-mlx-q4-g64-gptq"]
+    args = ["models", "compare", *names, str(elsewhere), "--source", str(tiny_hf)]
+    assert main([*args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["quality_from"] for r in rows] == ["manifest", "manifest", "computed"]
+    ours, gptq, theirs = rows
+    # Ours is bit-identical to mlx-lm's default 4-bit, so the computed figures match.
+    assert theirs["kl_divergence"] == pytest.approx(ours["kl_divergence"], rel=1e-3)
+    assert theirs["bits_per_weight"] == pytest.approx(ours["bits_per_weight"], abs=0.01)
+    assert all(r["size_bytes"] > 0 and r["decode_tps"] > 0 for r in rows)
+    assert gptq["quantization"] == "4-bit g64 gptq"
+
+    assert main(["models", "compare", names[1], str(elsewhere), "--no-bench"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header[:6] == ["NAME", "QUANTIZATION", "SIZE", "BPW", "KL", "TOP-1"]
+    assert "pass --source" in out  # the mlx-lm folder has no manifest to find its source by
