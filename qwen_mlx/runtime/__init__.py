@@ -8,6 +8,7 @@
 - `cache.py`: KV caches (make, reuse a prefix, trim, requantize, prefill, save, load).
 - `memory.py`: the memory planner. `structured.py`: JSON-schema constrained decoding.
 - `speculative.py`: speculative decoding (prompt lookup, a draft model).
+- `compare.py`: KL, top-1 and perplexity of conversions against their source (`models compare`).
 - `thread.py`: the one model thread of a process with a UI or a server. `bench.py`: speed.
 
 Only this package and `convert/` import mlx-lm (import-linter checks it).

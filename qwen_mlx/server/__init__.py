@@ -1,5 +1,5 @@
-"""An HTTP API for one loaded model: OpenAI (chat completions, completions, responses,
-models), Anthropic Messages and Prometheus metrics.
+"""HTTP APIs for one loaded model: OpenAI (chat completions, completions, responses,
+models), Anthropic Messages, Ollama, Prometheus metrics and the web chat.
 
 - `app.py`: the FastAPI app (`create_app`): routes, API key check, responses and streams.
 - `ollama.py`: Ollama's API (`/api/chat`, `/api/generate`, tags, show, ps, version) over
