@@ -8,7 +8,7 @@
     Target: the web chat within 10% of the OpenAI route's tokens/s.
 (b) Server-side Markdown for a streamed reply of 1k-16k tokens' worth of text (a table,
     code and prose, repeated), updated every 40 characters as the server does: ours
-    (web_markdown.MarkdownStream: finished blocks rendered once) against re-rendering the
+    (web.markdown.MarkdownStream: finished blocks rendered once) against re-rendering the
     whole reply on every update. Target: linear, so ours per update stays flat.
 
     python scripts/bench_web.py [--tokens 256] [--repeat 3]
@@ -147,7 +147,7 @@ def streaming(model, tokens: int, repeat: int) -> list[tuple[str, float, float]]
 
 
 def rendering(sizes: list[int]) -> list[tuple[int, float, float]]:
-    from qwen_mlx.server.web_markdown import MarkdownStream, render_markdown
+    from qwen_mlx.server.web.markdown import MarkdownStream, render_markdown
 
     rows = []
     for tokens in sizes:

@@ -26,8 +26,8 @@ import qwen_mlx.server
 from qwen_mlx.chat.chats import ChatStore
 from qwen_mlx.cli import main as cli_main
 from qwen_mlx.runtime.thread import model_thread
-from qwen_mlx.server.web_chats import KEEP_SESSIONS
-from qwen_mlx.server.web_markdown import MarkdownStream, render_markdown
+from qwen_mlx.server.web.chats import KEEP_SESSIONS
+from qwen_mlx.server.web.markdown import MarkdownStream, render_markdown
 
 from .helpers import write_pdf
 from .webchat import (
@@ -430,6 +430,6 @@ def test_a_reply_rendered_as_it_streams_equals_the_reply_rendered_whole(step):
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (to parse app.js)")
 def test_the_page_script_parses():
-    script = Path(qwen_mlx.server.__file__).with_name("web") / "app.js"
+    script = Path(qwen_mlx.server.__file__).with_name("web") / "static" / "app.js"
     check = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr

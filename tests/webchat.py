@@ -18,7 +18,7 @@ import uvicorn
 
 from qwen_mlx.runtime import GenerationChunk
 from qwen_mlx.server import Engine, create_app, server_config
-from qwen_mlx.server.web_chats import WebChats
+from qwen_mlx.server.web.chats import WebChats
 
 HOSTS = ["127.0.0.1", "localhost"]
 MARKDOWN_REPLY = (

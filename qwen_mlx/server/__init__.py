@@ -16,10 +16,8 @@ models), Anthropic Messages, Ollama, Prometheus metrics and the web chat.
 - `responses.py`: OpenAI's Responses API (`/v1/responses`), with stored responses.
 - `logprobs.py`: OpenAI's `logprobs` shapes for chat completions and completions.
 - `metrics.py`: `GET /metrics` in Prometheus' format.
-- `web.py`: the web chat at `/` (its page and JSON API); `web_chats.py` its chats (the
-  terminal app's store, ChatSession on the model thread), `web_replies.py` its streamed
-  replies, `web_auth.py` its API-key session and CSRF checks, `web_markdown.py` its
-  server-side Markdown; the page's files are in `web/`.
+- `web/`: the web chat at `/` (its routes, chats, streamed replies, Markdown, auth and
+  static page).
 - `connections.py`: the uvicorn configuration: header and keep-alive timeouts, and a
   connection limit (`server_config`).
 - `net.py`: loopback addresses and the Host header check. `defaults.py`: the limits'

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..chat.chats import DEFAULT_TITLE, Chat, ChatStore, title_from
-from ..chat.documents import read_document
-from ..chat.export import to_markdown
-from ..chat.policy import ContextPolicy
-from ..chat.session import ChatSession
-from ..runtime import Message, Model, SamplingParams
-from ..runtime.memory import MemoryPlanner
-from ..runtime.thread import model_thread
-from .errors import APIError
+from ...chat.chats import DEFAULT_TITLE, Chat, ChatStore, title_from
+from ...chat.documents import read_document
+from ...chat.export import to_markdown
+from ...chat.policy import ContextPolicy
+from ...chat.session import ChatSession
+from ...runtime import Message, Model, SamplingParams
+from ...runtime.memory import MemoryPlanner
+from ...runtime.thread import model_thread
+from ..errors import APIError
 
 T = TypeVar("T")
 

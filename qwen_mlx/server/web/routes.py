@@ -2,18 +2,18 @@
 
 Why this shape: the page is one HTML file, one hand-written script and one stylesheet,
 shipped as package data (no CDN, no JavaScript build step, nothing to install but this
-package). Markdown is rendered on the server (web_markdown.py: markdown-it-py and
+package). Markdown is rendered on the server (markdown.py: markdown-it-py and
 Pygments, which Textual already brings), so the browser never parses model text: each
 reply streams as server-sent events carrying the HTML of the reply so far, which the
 script puts in place. The model runs through `ChatSession` on the model thread
-(web_chats.py), not through the OpenAI route's engine jobs, because that is what keeps a
+(chats.py), not through the OpenAI route's engine jobs, because that is what keeps a
 chat's KV cache on disk beside the terminal app's: the same chats continue in either
 without re-reading their history.
 
 Safety, on top of the app's loopback binding and Host check: the API key asked once and
-kept as a session cookie, a CSRF token and an Origin check (web_auth.py), and a
+kept as a session cookie, a CSRF token and an Origin check (auth.py), and a
 Content-Security-Policy allowing only our own script and styles, so even a mistake in
-escaping could not run injected code. Replies stream from web_replies.py.
+escaping could not run injected code. Replies stream from replies.py.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from ..chat.chats import Chat, title_from
-from ..chat.export import default_export_path
-from ..chat.policy import ContextPolicy
-from ..runtime import Message
-from ..runtime.memory import MemoryPlanner
-from .engine import Engine
-from .errors import APIError
-from .web_auth import SESSION_COOKIE, WebGuard
-from .web_chats import SAMPLING_KEYS, ChatBusy, WebChats, on_model_thread
-from .web_markdown import code_css, message_views
-from .web_replies import stream_reply
+from ...chat.chats import Chat, title_from
+from ...chat.export import default_export_path
+from ...chat.policy import ContextPolicy
+from ...runtime import Message
+from ...runtime.memory import MemoryPlanner
+from ..engine import Engine
+from ..errors import APIError
+from .auth import SESSION_COOKIE, WebGuard
+from .chats import SAMPLING_KEYS, ChatBusy, WebChats, on_model_thread
+from .markdown import code_css, message_views
+from .replies import stream_reply
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def mount_web(
     """Serve the web chat from `app` on `engine`'s model, with the chats under `home`
     (default: the store's, `$QWEN_MLX_HOME`)."""
     if home is None:
-        from ..store import home as store_home
+        from ...store import home as store_home
 
         home = store_home()
     chats = WebChats(engine.model, home, planner=_capped(engine), kv_bits=engine.kv_bits)
@@ -229,7 +229,7 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
 
 
 def _asset(name: str) -> str:
-    return resources.files(__package__).joinpath("web", name).read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
 
 def _page(name: str, *, status: int = 200, **values: str) -> HTMLResponse:

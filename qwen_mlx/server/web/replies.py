@@ -5,7 +5,7 @@ The model thread runs the chat's `ChatSession` turn and hands its text, in batch
 HTML (`reply` events), then the whole conversation with the turn's figures (`done`), or
 what went wrong (`error`). A `reply` event carries the HTML of the blocks completed
 since the last one (`append`) and of the block still open (`tail`, replaced each time),
-so a long reply costs time linear in its length (web_markdown.MarkdownStream). The
+so a long reply costs time linear in its length (markdown.MarkdownStream). The
 response starts once the first text (or a failure) is in, so a refused turn is an HTTP
 error, not a stream. A tab that goes away stops its reply.
 """
@@ -23,13 +23,13 @@ from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
 
-from ..chat.chats import DEFAULT_TITLE, Chat, title_from
-from ..errors import ContextOverflowError
-from ..runtime import Message
-from ..runtime.thread import model_thread
-from .errors import APIError
-from .web_chats import ChatBusy, Turn, WebChats
-from .web_markdown import MarkdownStream, message_views
+from ...chat.chats import DEFAULT_TITLE, Chat, title_from
+from ...errors import ContextOverflowError
+from ...runtime import Message
+from ...runtime.thread import model_thread
+from ..errors import APIError
+from .chats import ChatBusy, Turn, WebChats
+from .markdown import MarkdownStream, message_views
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import secrets
 
 from fastapi import Request
 
-from .errors import APIError
+from ..errors import APIError
 
 SESSION_COOKIE = "qwen_mlx_session"
 

@@ -20,7 +20,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
 
-from ..runtime import Message
+from ...runtime import Message
 
 CODE_STYLE = "default"  # Pygments' style for code blocks (its CSS is served with the page)
 
