@@ -232,7 +232,7 @@ def test_the_server_benchmark_runs_against_mlx_lm_server():
     import subprocess
     import sys
 
-    from .conftest import SCRIPTS
+    from .helpers import SCRIPTS
     from .test_batch import TRAINED
 
     if not (TRAINED / "model.safetensors").is_file():

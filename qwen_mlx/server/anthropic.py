@@ -19,7 +19,6 @@ makes).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import uuid
@@ -32,6 +31,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from ..chat.tools import ToolCall
+from .collect import collect as _collect
+from .collect import off_loop as _off_loop
+from .collect import whole_reply as _whole
 from .engine import Engine, Finished, Job
 from .errors import APIError
 from .prepare import Reply, prepare_chat
@@ -133,22 +135,9 @@ def install(app: FastAPI, engine: Engine, api_key: str | None) -> None:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             events = _events(engine, job, reply, request, message_id)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        parts: list[str] = []
-        done: Finished | None = None
-        async with aclosing(engine.events(job, request)) as stream:
-            async for item in stream:
-                if isinstance(item, Finished):
-                    done = item
-                else:
-                    parts.append(item)
-        assert done is not None
+        parts, done = await _collect(engine, job, request)
 
-        def shape() -> tuple[str, str | None, list[ToolCall], str]:
-            for part in parts:
-                reply.feed(part)
-            return reply.finish(done.finish_reason)
-
-        _, content, calls, reason = await _off_loop(reply, shape)
+        _, content, calls, reason = await _whole(reply, parts, done)
         blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
         blocks += [_tool_use(c) for c in calls]
         return {
@@ -317,10 +306,6 @@ def _usage(done: Finished) -> dict[str, Any]:
         "cache_read_input_tokens": done.cached_tokens,
         "cache_creation_input_tokens": 0,
     }
-
-
-async def _off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:
-    return await asyncio.to_thread(fn) if reply.parses_calls else fn()
 
 
 def _event(name: str, data: dict[str, Any]) -> str:

@@ -14,7 +14,6 @@ which no tokenizer or file takes, so they are refused with a 400 naming the fiel
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -31,6 +30,9 @@ from fastapi.responses import StreamingResponse
 from ..chat.tools import ToolCall
 from ..runtime import Model
 from . import anthropic, metrics, responses
+from .collect import collect as _collect
+from .collect import off_loop as _off_loop
+from .collect import whole_reply as _whole
 from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine, Finished, Job
 from .errors import APIError, BodyLimit, CatchAll, install_error_handlers
@@ -90,12 +92,7 @@ def create_app(
             return _event_stream(_chat_chunks(engine, job, reply, request, frame))
         parts, done = await _collect(engine, job, request)
 
-        def shape() -> tuple[str, str | None, list[ToolCall], str]:
-            for part in parts:
-                reply.feed(part)
-            return reply.finish(done.finish_reason)
-
-        _, content, calls, reason = await _off_loop(reply, shape)
+        _, content, calls, reason = await _whole(reply, parts, done)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = _tool_call_entries(calls)
@@ -204,11 +201,6 @@ def _check_text(text: str, path: str) -> None:
         ) from None
 
 
-async def _off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:
-    """`fn()`, on a worker thread when it parses tool calls (real work on long replies)."""
-    return await asyncio.to_thread(fn) if reply.parses_calls else fn()
-
-
 def _model_card(model: Model) -> dict[str, Any]:
     from datetime import datetime
 
@@ -217,17 +209,6 @@ def _model_card(model: Model) -> dict[str, Any]:
     except (AttributeError, ValueError):  # no manifest, or no date in it
         stamp = 0
     return {"id": model.name, "object": "model", "created": stamp, "owned_by": "qwen-mlx"}
-
-
-async def _collect(engine: Engine, job: Job, request: Request) -> tuple[list[str], Finished]:
-    parts: list[str] = []
-    async with aclosing(engine.events(job, request)) as events:
-        async for item in events:
-            if isinstance(item, str):
-                parts.append(item)
-            else:
-                return parts, item
-    raise RuntimeError("the generation ended without a finish record")
 
 
 def _usage(done: Finished) -> dict[str, Any]:

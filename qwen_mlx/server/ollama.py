@@ -15,7 +15,6 @@ Ollama's `{"error": "..."}`, mid-stream ones as such a line.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
@@ -32,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from ..chat.tools import ToolCall
 from ..errors import QwenMLXError
+from .collect import collect as _collect
+from .collect import off_loop as _off_loop
+from .collect import whole_reply as _whole
 from .engine import Engine, Finished, Job
 from .errors import APIError, _describe_invalid, _from_domain_error
 from .prepare import Reply, prepare_chat, prepare_completion
@@ -176,7 +178,7 @@ def ollama_router(
         if req.stream:
             return _ndjson(_chat_lines(engine, job, reply, request, started))
         parts, done = await _collect(engine, job, request)
-        _, content, calls, _ = await _shape(reply, parts, done)
+        _, content, calls, _ = await _whole(reply, parts, done)
         message = _message(content or "", calls)
         return {**_head(engine), "message": message, **_final(done, started)}
 
@@ -375,32 +377,6 @@ def _message(content: str, calls: list[ToolCall]) -> dict[str, Any]:
     if calls:
         message["tool_calls"] = _tool_calls(calls)
     return message
-
-
-async def _off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:
-    return await asyncio.to_thread(fn) if reply.parses_calls else fn()
-
-
-async def _shape(
-    reply: Reply, parts: list[str], done: Finished
-) -> tuple[str, str | None, list[ToolCall], str]:
-    def shape() -> tuple[str, str | None, list[ToolCall], str]:
-        for part in parts:
-            reply.feed(part)
-        return reply.finish(done.finish_reason)
-
-    return await _off_loop(reply, shape)
-
-
-async def _collect(engine: Engine, job: Job, request: Request) -> tuple[list[str], Finished]:
-    parts: list[str] = []
-    async with aclosing(engine.events(job, request)) as events:
-        async for item in events:
-            if isinstance(item, str):
-                parts.append(item)
-            else:
-                return parts, item
-    raise RuntimeError("the generation ended without a finish record")
 
 
 def _line(data: dict[str, Any]) -> str:

@@ -18,14 +18,13 @@ process's memory, the most recent `DEFAULT_STORED` of them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,6 +34,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from ..chat.tools import ToolCall
+from .collect import collect as _collect
+from .collect import off_loop as _off_loop
+from .collect import whole_reply as _whole
 from .engine import Engine, Finished, Job
 from .errors import APIError
 from .logprobs import chat_logprobs, scored
@@ -164,22 +166,9 @@ def install(router: APIRouter, engine: Engine, store: ResponseStore | None = Non
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             events = turn.events(job, reply, request)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        parts: list[str] = []
-        done: Finished | None = None
-        async with aclosing(engine.events(job, request)) as stream:
-            async for item in stream:
-                if isinstance(item, Finished):
-                    done = item
-                else:
-                    parts.append(item)
-        assert done is not None
+        parts, done = await _collect(engine, job, request)
 
-        def shape() -> tuple[str, str | None, list[ToolCall], str]:
-            for part in parts:
-                reply.feed(part)
-            return reply.finish(done.finish_reason)
-
-        _, content, calls, reason = await _off_loop(reply, shape)
+        _, content, calls, reason = await _whole(reply, parts, done)
         turn.logprobs += turn.entries(parts)
         return turn.complete(done, content, calls, reason)
 
@@ -204,10 +193,6 @@ def _not_found(response_id: str) -> APIError:
         "or the server restarted).",
         code="not_found",
     )
-
-
-async def _off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:
-    return await asyncio.to_thread(fn) if reply.parses_calls else fn()
 
 
 class _Turn:
