@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from qwen_mlx.runtime import GenerationChunk
-from qwen_mlx.server import Engine, create_app, server_config
+from qwen_mlx.server import Engine, create_app
 from qwen_mlx.server.web.chats import WebChats
+
+from .helpers import start_server
 
 HOSTS = ["127.0.0.1", "localhost"]
 MARKDOWN_REPLY = (
@@ -43,15 +43,7 @@ def serve_web(model: Any, home: Path, *, api_key: str | None = None) -> Iterator
     """`qwen-mlx serve`'s app (loopback Host check, optional key) on a free port."""
     engine = Engine(model, max_context=2048, max_tokens_cap=256, cache_bytes=16 << 20)
     app = create_app(engine, api_key=api_key, allowed_hosts=HOSTS, web_home=home)
-    config = server_config(app, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, thread, port = start_server(app)
     try:
         yield Web(f"http://127.0.0.1:{port}/", engine, app.state.web, home, port)
     finally:

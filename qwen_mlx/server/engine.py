@@ -90,6 +90,17 @@ class Finished:
     drafted: int = 0  # speculative decoding: draft tokens proposed and kept
     accepted: int = 0
 
+    @classmethod
+    def cancelled(cls, job: Job) -> Finished:
+        """The record of a job that ended before it ran (its client left while it waited)."""
+        return cls(
+            job_id=job.id,
+            finish_reason="cancelled",
+            prompt_tokens=len(job.tokens),
+            cached_tokens=0,
+            completion_tokens=0,
+        )
+
 
 Event = str | Finished | BaseException
 
@@ -287,16 +298,7 @@ class Engine:
     def _run(self, job: Job, emit: Callable[[Event], None]) -> None:
         """One job alone, through `stream_tokens`."""
         try:
-            if job.stop.is_set():
-                finished = Finished(
-                    job_id=job.id,
-                    finish_reason="cancelled",
-                    prompt_tokens=len(job.tokens),
-                    cached_tokens=0,
-                    completion_tokens=0,
-                )
-            else:
-                finished = self._generate(job, emit)
+            finished = Finished.cancelled(job) if job.stop.is_set() else self._generate(job, emit)
         except BaseException as e:
             self._done(job, e)
             emit(e)

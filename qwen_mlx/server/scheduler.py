@@ -235,13 +235,7 @@ class Scheduler:
             self._active.pop(entry.uid, None)
         job = entry.job
         if event is None:  # it never ran
-            finished = Finished(
-                job_id=job.id,
-                finish_reason="cancelled",
-                prompt_tokens=len(job.tokens),
-                cached_tokens=0,
-                completion_tokens=0,
-            )
+            finished = Finished.cancelled(job)
         else:
             if event.cache is not None and event.cache_tokens:
                 try:
