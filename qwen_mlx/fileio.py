@@ -92,6 +92,20 @@ def sha256_file(path: str | os.PathLike, progress: Callable[[int], None] | None 
     return digest.hexdigest()
 
 
+def read_utf8(path: str | os.PathLike, missing: str, hint: str) -> tuple[Path, bytes, str]:
+    """A user's text file: (path, bytes, text). FileNotFoundError "No {missing} at ...;
+    {hint}." when it is not a file, ValueError when it is not UTF-8."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"No {missing} at {file}; {hint}.")
+    data = file.read_bytes()
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file} is not UTF-8 text; {hint}.") from e
+    return file, data, text
+
+
 def tree_size(path: str | os.PathLike) -> int:
     """Total bytes of the regular files below `path`."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

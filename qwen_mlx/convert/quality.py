@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import QualityGateError
+from ..fileio import read_utf8
 from ..store.manifest import QualityReport
 
 # Healthy 4-bit conversions of real models agree with the source on 85-95% of top-1
@@ -45,14 +46,7 @@ def read_heldout(path: str | Path | None = None) -> HeldOut:
     if path is None:
         data = resources.files("qwen_mlx.data").joinpath("calibration.txt").read_bytes()
         return HeldOut(data.decode(), "packaged", hashlib.sha256(data).hexdigest())
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"No held-out text at {file}; pass a text file.")
-    data = file.read_bytes()
-    try:
-        text = data.decode()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{file} is not UTF-8 text; pass a text file.") from e
+    file, data, text = read_utf8(path, "held-out text", "pass a text file")
     if len(text.strip()) < 200:
         raise ValueError(f"{file} is too short for a quality report; pass a few KB of text.")
     return HeldOut(text, file.name, hashlib.sha256(data).hexdigest())

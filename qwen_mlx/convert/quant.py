@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..fileio import read_utf8
 from ..store.manifest import CalibrationInfo
 from .progress import Progress, ProgressFn
 
@@ -227,14 +228,7 @@ def read_calibration(path: str | Path | None) -> CalibrationText:
     object per line holding "text", or "messages" (a chat), or "prompt" and "completion"."""
     if path is None:
         return packaged_calibration()
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"No calibration file at {file}; pass a text or JSONL file.")
-    data = file.read_bytes()
-    try:
-        text = data.decode()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{file} is not UTF-8 text; pass a text or JSONL file.") from e
+    file, data, text = read_utf8(path, "calibration file", "pass a text or JSONL file")
     digest = hashlib.sha256(data).hexdigest()
     if file.suffix.lower() != ".jsonl":
         if not text.strip():
