@@ -403,6 +403,57 @@ def test_import_refuses_a_damaged_gguf_and_a_broken_template(tiny_hf, tmp_path, 
     assert "chat template does not parse" in capsys.readouterr().err
 
 
+def gguf_with_template(tiny_hf, tmp_path, template: str) -> Path:
+    """A llama.cpp-style GGUF of the tiny model whose chat template is `template`."""
+    hf = shutil.copytree(tiny_hf, tmp_path / "hf")
+    config = json.loads((hf / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (hf / "tokenizer_config.json").write_text(json.dumps(config))
+    return write_llama_style_gguf(hf, tmp_path / "Qwen3-1M-Tiny-2507-F16.gguf")
+
+
+RUNAWAY = {
+    "nested loops": "{% for i in range(100000) %}{% for j in range(100000) %}"
+    "{% endfor %}{% endfor %}",
+    "string multiplication": "{{ 'x' * 10**10 }}",
+}
+
+
+@pytest.mark.parametrize("template", RUNAWAY.values(), ids=RUNAWAY.keys())
+def test_import_replaces_a_runaway_chat_template_with_qwens_and_says_so(
+    tiny_hf, tmp_path, home, capsys, template
+):
+    from qwen_mlx.convert.template import family_template
+
+    file = gguf_with_template(tiny_hf, tmp_path, template)
+    assert run("models", "import", str(file)) == 0
+    out = capsys.readouterr().out
+    assert "note: the file's chat template was refused (" in out
+    assert "the model uses Qwen's ChatML template (with tools) instead" in out
+    folder = home / "models/qwen3-1m-tiny/2507/mlx-f16"
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == family_template("qwen3")
+    assert run("models", "verify", "qwen3-1m-tiny-2507-mlx-f16") == 0
+    argv = ["generate", "--model", "qwen3-1m-tiny-2507-mlx-f16", "--prompt", "hi", "-n", "4"]
+    assert run(*argv) == 0
+
+
+def test_an_imported_template_that_runs_away_later_falls_back_at_run_time(
+    tiny_hf, tmp_path, capsys, caplog
+):
+    import logging
+
+    from .test_chat_template import BOOM
+
+    file = gguf_with_template(tiny_hf, tmp_path, BOOM)  # fine until a message says "boom"
+    assert run("models", "import", str(file)) == 0
+    assert "chat template was refused" not in capsys.readouterr().out
+    argv = ["generate", "--model", "qwen3-1m-tiny-2507-mlx-f16", "-n", "4", "--prompt"]
+    with caplog.at_level(logging.WARNING, logger="qwen_mlx.convert.template"):
+        assert run(*argv, "boom") == 0
+    assert "The chat template of qwen3-1m-tiny-2507-mlx-f16 was stopped" in caplog.text
+
+
 @needs_shared
 @pytest.mark.interop  # about a minute of CPU: 151,669 tokens and 151,387 merges each way
 def test_the_real_qwen3_tokenizer_survives_export_and_import(tmp_path, capsys, monkeypatch):

@@ -4,6 +4,8 @@ download) -> an MLX version in the store, whose manifest's source is the GGUF's 
 The file's own metadata is checked first (architecture `qwen3`, hyperparameters that
 agree with the tensors, a context length, a byte-level BPE tokenizer with the Qwen2
 pre-tokenizer, a chat template that parses), and anything else is refused with the reason.
+A chat template that runs past the bounds of a render (convert.template) on a test
+conversation is replaced by Qwen's known one, and the result says so.
 
 Tensors: F32, F16 and BF16 are kept as floats. Q8_0 and Q4_0 are carried over directly:
 their blocks of 32 (a scale `d` and codes `q`, weight = d * q) are MLX's affine
@@ -23,7 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidCheckpointError, OutputExistsError, UnsupportedModelError
+from ..errors import (
+    ChatTemplateError,
+    InvalidCheckpointError,
+    OutputExistsError,
+    UnsupportedModelError,
+)
 from ..fileio import sha256_file
 from ..store import Store, install, naming
 from ..store.manifest import Manifest, Quantization, SourceInfo, hash_files
@@ -224,7 +231,9 @@ def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
     if template is None:
         notes.append("the file has no chat template: chat will not work, plain prompts will")
     else:
-        _check_template(file.path, template)
+        special = {"eos_token": text_of("tokenizer.ggml.eos_token_id")}
+        template, note = _usable_template(file.path, template, special)
+        notes += [note] if note else []
     config = {
         "add_bos_token": bool(file.get("tokenizer.ggml.add_bos_token", False)),
         "add_prefix_space": False,
@@ -255,16 +264,31 @@ def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
     return notes
 
 
-def _check_template(path: Path, template: str) -> None:
+def _usable_template(path: Path, template: Any, special: dict[str, Any]) -> tuple[str, str]:
+    """The file's chat template if it renders test conversations within the bounds every
+    render has (convert.template), else Qwen's known one, with a note saying why. A
+    template that does not parse means a damaged file: refused."""
     import jinja2
 
+    from .template import FAMILY_TEMPLATE_NAME, check, family_template
+
     try:
-        jinja2.Environment().parse(template)
+        if not isinstance(template, str):
+            raise ChatTemplateError(f"it is a {type(template).__name__}, not text")
+        check(template, variables=special)
     except jinja2.TemplateSyntaxError as e:
         raise InvalidCheckpointError(
             f"{path}: its chat template does not parse ({e}); fix the file's "
             "tokenizer.chat_template or import another copy."
         ) from e
+    except ChatTemplateError as e:
+        known = family_template(ARCH)
+        assert known is not None
+        return known, (
+            f"the file's chat template was refused ({e}): the model uses "
+            f"{FAMILY_TEMPLATE_NAME} instead"
+        )
+    return template, ""
 
 
 def generation_config(file: _File) -> dict[str, Any]:
