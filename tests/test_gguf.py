@@ -288,6 +288,99 @@ def test_export_lmstudio_lays_out_publisher_model_folders(store, tmp_path, capsy
     assert run("models", "export", NAME, "--format", "lmstudio", "--output", str(models)) == 1
 
 
+def test_export_lmstudio_links_weights_read_only_and_copies_the_rest(store, tmp_path, capsys):
+    import os
+    import stat
+
+    models = tmp_path / "lmstudio"
+    assert run("models", "export", NAME, "--format", "lmstudio", "--output", str(models)) == 0
+    out = capsys.readouterr().out
+    assert "model.safetensors: hard-linked to the store's copy" in out
+    assert "the other 4 files copied, so editing them leaves the store's as it is" in out
+    ours, theirs = store / "models/qwen3-1m-tiny/2507/mlx-q4-g64", models / "qwen-mlx" / NAME
+    weights = (ours / "model.safetensors").stat(), (theirs / "model.safetensors").stat()
+    assert weights[0].st_ino == weights[1].st_ino  # no extra disk
+    assert stat.S_IMODE(weights[1].st_mode) & 0o222 == 0  # and neither side writable in place
+    config = theirs / "config.json"
+    assert config.stat().st_ino != (ours / "config.json").stat().st_ino
+    config.write_text(config.read_text().replace('"hidden_size"', '"hidden_size" '))
+    assert run("models", "verify", NAME) == 0  # the store's copy is as it was
+    argv = ["--format", "lmstudio", "--quant", "q8_0", "--output", str(models)]
+    assert run("models", "export", NAME, *argv) == 0
+    assert "LM Studio: 1 file into" in capsys.readouterr().out
+    assert os.access(ours / "config.json", os.W_OK)
+
+
+def test_export_output_refuses_to_replace_a_modelfile_without_force(store, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "Modelfile").write_text("FROM ./mine.gguf\n")
+    argv = ["models", "export", NAME, "--quant", "f16", "--output", str(out)]
+    assert run(*argv) == 1
+    assert f"{out / 'Modelfile'} already exists; pass --force" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile"]
+    assert (out / "Modelfile").read_text() == "FROM ./mine.gguf\n"
+    assert run(*argv, "--force") == 0
+    assert (out / "Modelfile").read_text().startswith("FROM ./qwen3-1m-tiny-2507-gguf-f16.gguf")
+
+
+# Runs an export in a child process that pauses half-way (a patched seam prints "paused"
+# and sleeps) so the test can kill it with SIGKILL.
+KILLED_EXPORT = """
+import sys, time
+import qwen_mlx.convert.engines as engines
+import qwen_mlx.convert.gguf_export as gguf_export
+from qwen_mlx.cli import main
+
+def pause():
+    print("paused", flush=True)
+    time.sleep(600)
+
+encode, place = gguf_export._encode, engines._link_or_copy
+if sys.argv[1] == "gguf":  # the first tensor written, the file not complete
+    def paused_encode(array, qtype, seen=[]):
+        if seen:
+            pause()
+        seen.append(1)
+        return encode(array, qtype)
+    gguf_export._encode = paused_encode
+else:  # the file is in LM Studio's folder under its temporary name
+    def paused_place(src, dst):
+        place(src, dst)
+        pause()
+    engines._link_or_copy = paused_place
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("where", ["gguf", "lmstudio"])
+def test_an_export_killed_half_way_is_cleaned_up_by_the_next(store, tmp_path, where):
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "out"
+    if where == "gguf":
+        argv = ["models", "export", NAME, "--quant", "f16", "--output", str(out)]
+        folder = out
+    else:
+        argv = ["models", "export", NAME, "--format", "lmstudio", "--quant", "q8_0"]
+        argv += ["--output", str(out)]
+        folder = out / "qwen-mlx" / "qwen3-1m-tiny-2507-GGUF"
+    code = [sys.executable, "-c", textwrap.dedent(KILLED_EXPORT), where, *argv]
+    child = subprocess.Popen(code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = iter(child.stdout.readline, "")  # what it prints before the pause, then "paused"
+    if "paused\n" not in lines:
+        child.kill()
+        raise AssertionError(f"the child did not pause: {child.communicate()[1]}")
+    child.kill()  # SIGKILL: no finally, no atexit
+    child.communicate()
+    hidden = [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert len(hidden) == 1 and ".partial-" in hidden[0].name  # what the kill left
+    assert run(*argv) == 0
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
 # -- import ---------------------------------------------------------------------------------
 
 
@@ -387,6 +480,15 @@ def test_import_refuses_a_gguf_that_is_not_qwen3_with_the_reason(tiny_hf, tmp_pa
     err = capsys.readouterr().err
     assert "holds a 'llama' model" in err and "only Qwen3" in err
     assert not (Path(tmp_path) / "home").exists()
+
+
+def test_a_refused_import_leaves_no_empty_folders_in_the_store(tiny_hf, tmp_path, home, capsys):
+    file = write_llama_style_gguf(
+        tiny_hf, tmp_path / "Qwen3-1M-Tiny-2507-F16.gguf", pre="llama-bpe"
+    )
+    assert run("models", "import", str(file)) == 1
+    assert "pre-tokenizer" in capsys.readouterr().err  # refused while writing the tokenizer
+    assert list((home / "models").iterdir()) == []
 
 
 def test_import_refuses_a_damaged_gguf_and_a_broken_template(tiny_hf, tmp_path, capsys):
