@@ -482,20 +482,110 @@ def test_import_refuses_a_gguf_that_is_not_qwen3_with_the_reason(tiny_hf, tmp_pa
     assert not (Path(tmp_path) / "home").exists()
 
 
-def test_a_refused_import_leaves_no_empty_folders_in_the_store(tiny_hf, tmp_path, home, capsys):
-    file = write_llama_style_gguf(
-        tiny_hf, tmp_path / "Qwen3-1M-Tiny-2507-F16.gguf", pre="llama-bpe"
-    )
+def hf_with_nan(tiny_hf, tmp_path) -> Path:
+    """A copy of the tiny checkpoint with three NaN weights in layer 0's up projection."""
+    import mlx.core as mx
+
+    hf = shutil.copytree(tiny_hf, tmp_path / "hf")
+    weights = mx.load(str(hf / "model.safetensors"))
+    name = "model.layers.0.mlp.up_proj.weight"
+    poisoned = np.array(weights[name].astype(mx.float32))
+    poisoned[0, :3] = np.nan
+    weights[name] = mx.array(poisoned).astype(weights[name].dtype)
+    mx.save_safetensors(str(hf / "model.safetensors"), weights, metadata={"format": "pt"})
+    return hf
+
+
+def test_import_refuses_nan_weights_unless_forced_and_leaves_no_folders(
+    tiny_hf, tmp_path, home, capsys
+):
+    file = write_llama_style_gguf(hf_with_nan(tiny_hf, tmp_path), tmp_path / "x-F16.gguf")
+    argv = ["models", "import", str(file), "--name", "qwen3-1m-tiny-2507-mlx-f16"]
+    assert run(*argv) == 1
+    err = capsys.readouterr().err
+    assert "tensor blk.0.ffn_up.weight holds 3 NaN or infinite values" in err
+    assert "Import it anyway with --force" in err
+    assert not any((home / "models").glob("*"))  # refused half-way: no empty folders
+    assert run(*argv, "--force") == 0
+    out = capsys.readouterr().out
+    assert "note: 1 tensor holds NaN or infinite values (blk.0.ffn_up.weight); imported" in out
+
+
+def test_import_refuses_a_feed_forward_length_the_tensors_do_not_have(
+    tiny_hf, tmp_path, home, capsys
+):
+    hf = shutil.copytree(tiny_hf, tmp_path / "hf")
+    config = json.loads((hf / "config.json").read_text())
+    config["intermediate_size"] = 100  # the tensors stay 128 wide
+    (hf / "config.json").write_text(json.dumps(config))
+    file = write_llama_style_gguf(hf, tmp_path / "Qwen3-1M-Tiny-2507-F16.gguf")
     assert run("models", "import", str(file)) == 1
-    assert "pre-tokenizer" in capsys.readouterr().err  # refused while writing the tokenizer
-    assert list((home / "models").iterdir()) == []
+    err = capsys.readouterr().err
+    assert "tensor blk.0.ffn_gate.weight is 128 x 64, but the metadata" in err
+    assert "qwen3.feed_forward_length 100" in err and "could not load" in err
+    assert not any((home / "models").glob("*"))
+
+
+DAMAGED_METADATA = {
+    "a count that is text": (
+        {"qwen3.block_count": "two"},
+        "its qwen3.block_count is 'two', not a whole number above 0",
+    ),
+    "no attention heads": (
+        {"qwen3.attention.head_count": 0},
+        "its qwen3.attention.head_count is 0, not a whole number above 0",
+    ),
+    "heads that do not share": (
+        {"qwen3.attention.head_count_kv": 3},
+        "its 4 attention heads do not share 3 key/value heads evenly",
+    ),
+    "an end token past the vocabulary": (
+        {"tokenizer.ggml.eos_token_id": 1_000_000},
+        "its tokenizer.ggml.eos_token_id is 1000000, but the vocabulary has",
+    ),
+    "token types missing": (
+        {"tokenizer.ggml.token_type": "SHORT"},
+        "entries for 576 tokens; the file's metadata is damaged",
+    ),
+    "a broken merge": (
+        {"tokenizer.ggml.merges": ["x"]},
+        "its merge 'x' is not two tokens separated by a space",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_METADATA.values(), ids=DAMAGED_METADATA.keys())
+def test_import_says_clearly_what_is_wrong_with_damaged_metadata(tiny_hf, tmp_path, capsys, case):
+    changes, message = case
+    if changes.get("tokenizer.ggml.token_type") == "SHORT":
+        _, meta = reader(write_llama_style_gguf(tiny_hf, tmp_path / "base.gguf"))
+        changes = {"tokenizer.ggml.token_type": meta["tokenizer.ggml.token_type"][:-5]}
+    file = write_llama_style_gguf(tiny_hf, tmp_path / "damaged.gguf", metadata=changes)
+    assert run("models", "import", str(file)) == 1
+    err = capsys.readouterr().err
+    assert message in err and "unexpected" not in err
+
+
+def test_import_says_a_truncated_gguf_is_truncated(tiny_hf, tmp_path, capsys):
+    whole = write_llama_style_gguf(tiny_hf, tmp_path / "whole.gguf").read_bytes()
+    for cut in (8, 24, 1000, 20_000, len(whole) // 2, len(whole) - 1):  # header to tensors
+        part = tmp_path / f"cut-{cut}.gguf"
+        part.write_bytes(whole[:cut])
+        assert run("models", "import", str(part)) == 1
+        err = capsys.readouterr().err
+        assert f"{part} is a truncated or damaged GGUF file ({cut:,} bytes)" in err
+        assert "out of bounds" not in err and "reshape" not in err
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model\n")
+    assert run("models", "import", str(text)) == 1
+    assert "is not a GGUF file (it does not start with the bytes 'GGUF')" in capsys.readouterr().err
 
 
 def test_import_refuses_a_damaged_gguf_and_a_broken_template(tiny_hf, tmp_path, capsys):
     bad = tmp_path / "truncated.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 8)
     assert run("models", "import", str(bad)) == 1
-    assert "is not a readable GGUF file" in capsys.readouterr().err
+    assert "is a truncated or damaged GGUF file" in capsys.readouterr().err
     hf = shutil.copytree(tiny_hf, tmp_path / "hf")
     config = json.loads((hf / "tokenizer_config.json").read_text())
     config["chat_template"] = "{% if messages %}unclosed"
