@@ -167,3 +167,29 @@ def test_a_model_that_fell_back_renders_with_the_family_template(boom_model):
     assert model.render([{"role": "user", "content": "hi"}]) == render(
         family_template("qwen3"), [{"role": "user", "content": "hi"}]
     )
+
+
+def test_the_server_answers_a_prompt_that_sets_off_the_template(boom_model, caplog):
+    """What jammed serve's preparation threads: the request is answered (with the family's
+    template), and so is the next one."""
+    import openai
+
+    from qwen_mlx import load
+    from qwen_mlx.server import Engine, create_app
+
+    from .helpers import start_server
+
+    engine = Engine(load(boom_model), cache_bytes=0)
+    server, thread, port = start_server(create_app(engine))
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+        for text in ("boom", "hello"):
+            reply = client.chat.completions.create(
+                model="boom", messages=[{"role": "user", "content": text}], max_tokens=4
+            )
+            assert reply.choices[0].finish_reason in ("stop", "length")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+    assert "The chat template of boom was stopped" in caplog.text
