@@ -85,3 +85,8 @@ class GenerationCancelled(QwenMLXError, RuntimeError):
 
 class ToolServerError(QwenMLXError, ConnectionError):
     """An MCP server cannot be started or reached, or its config is unusable."""
+
+
+class ChatTemplateError(QwenMLXError, RuntimeError):
+    """A model's chat template cannot be used: it does not compile, fails on a plain
+    conversation, or a render ran past its bounds (steps, characters or time)."""

@@ -6,13 +6,15 @@ import test does not only read back what our own exporter wrote.
 `types` picks a tensor type per GGUF tensor name (default F16; norms always F32). Q4_K and
 Q6_K, which gguf-py cannot quantize, are filled with random blocks (a valid tensor whose
 values are whatever its blocks say), enough to exercise the re-quantizing import path.
+`metadata` replaces metadata values (None deletes the key), for damaged-file tests.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +27,7 @@ def write_llama_style_gguf(
     types: Callable[[str, tuple[int, ...]], str] | None = None,
     arch: str = "qwen3",
     seed: int = 0,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     import gguf
     import mlx.core as mx
@@ -97,6 +100,18 @@ def write_llama_style_gguf(
             w.add_tensor(name, raw.reshape(data.shape[0], -1), raw_dtype=kind)
         else:
             raise ValueError(f"no way to write {kind.name} here")
+    for key, value in (metadata or {}).items():
+        if value is None:
+            w.kv_data[0].pop(key, None)
+        else:
+            kind = gguf.GGUFValueType.get_type(value)
+            old = w.kv_data[0].get(key)
+            if old is not None and type(value) is type(old.value):
+                kind = old.type  # the same type as llama.cpp writes it
+            sub = gguf.GGUFValueType.get_type(value[0]) if isinstance(value, list) else None
+            if old is not None and isinstance(value, list):
+                sub = old.sub_type
+            w.kv_data[0][key] = gguf.GGUFValue(value, kind, sub)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -288,6 +288,98 @@ def test_export_lmstudio_lays_out_publisher_model_folders(store, tmp_path, capsy
     assert run("models", "export", NAME, "--format", "lmstudio", "--output", str(models)) == 1
 
 
+def test_export_lmstudio_links_weights_read_only_and_copies_the_rest(store, tmp_path, capsys):
+    import stat
+
+    models = tmp_path / "lmstudio"
+    assert run("models", "export", NAME, "--format", "lmstudio", "--output", str(models)) == 0
+    out = capsys.readouterr().out
+    assert "model.safetensors: hard-linked to the store's copy" in out
+    assert "the other 4 files copied, so editing them leaves the store's as it is" in out
+    ours, theirs = store / "models/qwen3-1m-tiny/2507/mlx-q4-g64", models / "qwen-mlx" / NAME
+    weights = (ours / "model.safetensors").stat(), (theirs / "model.safetensors").stat()
+    assert weights[0].st_ino == weights[1].st_ino  # no extra disk
+    assert stat.S_IMODE(weights[1].st_mode) & 0o222 == 0  # and neither side writable in place
+    config = theirs / "config.json"
+    assert config.stat().st_ino != (ours / "config.json").stat().st_ino
+    config.write_text(config.read_text().replace('"hidden_size"', '"hidden_size" '))
+    assert run("models", "verify", NAME) == 0  # the store's copy is as it was
+    argv = ["--format", "lmstudio", "--quant", "q8_0", "--output", str(models)]
+    assert run("models", "export", NAME, *argv) == 0
+    assert "LM Studio: 1 file into" in capsys.readouterr().out
+    assert stat.S_IMODE((ours / "config.json").stat().st_mode) & 0o200  # the store's own copy
+
+
+def test_export_output_refuses_to_replace_a_modelfile_without_force(store, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "Modelfile").write_text("FROM ./mine.gguf\n")
+    argv = ["models", "export", NAME, "--quant", "f16", "--output", str(out)]
+    assert run(*argv) == 1
+    assert f"{out / 'Modelfile'} already exists; pass --force" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile"]
+    assert (out / "Modelfile").read_text() == "FROM ./mine.gguf\n"
+    assert run(*argv, "--force") == 0
+    assert (out / "Modelfile").read_text().startswith("FROM ./qwen3-1m-tiny-2507-gguf-f16.gguf")
+
+
+# Runs an export in a child process that pauses half-way (a patched seam prints "paused"
+# and sleeps) so the test can kill it with SIGKILL.
+KILLED_EXPORT = """
+import sys, time
+import qwen_mlx.convert.engines as engines
+import qwen_mlx.convert.gguf_export as gguf_export
+from qwen_mlx.cli import main
+
+def pause():
+    print("paused", flush=True)
+    time.sleep(600)
+
+encode, place = gguf_export._encode, engines._link_or_copy
+if sys.argv[1] == "gguf":  # the first tensor written, the file not complete
+    def paused_encode(array, qtype, seen=[]):
+        if seen:
+            pause()
+        seen.append(1)
+        return encode(array, qtype)
+    gguf_export._encode = paused_encode
+else:  # the file is in LM Studio's folder under its temporary name
+    def paused_place(src, dst):
+        place(src, dst)
+        pause()
+    engines._link_or_copy = paused_place
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("where", ["gguf", "lmstudio"])
+def test_an_export_killed_half_way_is_cleaned_up_by_the_next(store, tmp_path, where):
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "out"
+    if where == "gguf":
+        argv = ["models", "export", NAME, "--quant", "f16", "--output", str(out)]
+        folder = out
+    else:
+        argv = ["models", "export", NAME, "--format", "lmstudio", "--quant", "q8_0"]
+        argv += ["--output", str(out)]
+        folder = out / "qwen-mlx" / "qwen3-1m-tiny-2507-GGUF"
+    code = [sys.executable, "-c", textwrap.dedent(KILLED_EXPORT), where, *argv]
+    child = subprocess.Popen(code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = iter(child.stdout.readline, "")  # what it prints before the pause, then "paused"
+    if "paused\n" not in lines:
+        child.kill()
+        raise AssertionError(f"the child did not pause: {child.communicate()[1]}")
+    child.kill()  # SIGKILL: no finally, no atexit
+    child.communicate()
+    hidden = [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert len(hidden) == 1 and ".partial-" in hidden[0].name  # what the kill left
+    assert run(*argv) == 0
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
 # -- import ---------------------------------------------------------------------------------
 
 
@@ -389,11 +481,110 @@ def test_import_refuses_a_gguf_that_is_not_qwen3_with_the_reason(tiny_hf, tmp_pa
     assert not (Path(tmp_path) / "home").exists()
 
 
+def hf_with_nan(tiny_hf, tmp_path) -> Path:
+    """A copy of the tiny checkpoint with three NaN weights in layer 0's up projection."""
+    import mlx.core as mx
+
+    hf = shutil.copytree(tiny_hf, tmp_path / "hf")
+    weights = mx.load(str(hf / "model.safetensors"))
+    name = "model.layers.0.mlp.up_proj.weight"
+    poisoned = np.array(weights[name].astype(mx.float32))
+    poisoned[0, :3] = np.nan
+    weights[name] = mx.array(poisoned).astype(weights[name].dtype)
+    mx.save_safetensors(str(hf / "model.safetensors"), weights, metadata={"format": "pt"})
+    return hf
+
+
+def test_import_refuses_nan_weights_unless_forced_and_leaves_no_folders(
+    tiny_hf, tmp_path, home, capsys
+):
+    file = write_llama_style_gguf(hf_with_nan(tiny_hf, tmp_path), tmp_path / "x-F16.gguf")
+    argv = ["models", "import", str(file), "--name", "qwen3-1m-tiny-2507-mlx-f16"]
+    assert run(*argv) == 1
+    err = capsys.readouterr().err
+    assert "tensor blk.0.ffn_up.weight holds 3 NaN or infinite values" in err
+    assert "Import it anyway with --force" in err
+    assert not any((home / "models").glob("*"))  # refused half-way: no empty folders
+    assert run(*argv, "--force") == 0
+    out = capsys.readouterr().out
+    assert "note: 1 tensor holds NaN or infinite values (blk.0.ffn_up.weight); imported" in out
+
+
+def test_import_refuses_a_feed_forward_length_the_tensors_do_not_have(
+    tiny_hf, tmp_path, home, capsys
+):
+    hf = shutil.copytree(tiny_hf, tmp_path / "hf")
+    config = json.loads((hf / "config.json").read_text())
+    config["intermediate_size"] = 100  # the tensors stay 128 wide
+    (hf / "config.json").write_text(json.dumps(config))
+    file = write_llama_style_gguf(hf, tmp_path / "Qwen3-1M-Tiny-2507-F16.gguf")
+    assert run("models", "import", str(file)) == 1
+    err = capsys.readouterr().err
+    assert "tensor blk.0.ffn_gate.weight is 128 x 64, but the metadata" in err
+    assert "qwen3.feed_forward_length 100" in err and "could not load" in err
+    assert not any((home / "models").glob("*"))
+
+
+DAMAGED_METADATA = {
+    "a count that is text": (
+        {"qwen3.block_count": "two"},
+        "its qwen3.block_count is 'two', not a whole number above 0",
+    ),
+    "no attention heads": (
+        {"qwen3.attention.head_count": 0},
+        "its qwen3.attention.head_count is 0, not a whole number above 0",
+    ),
+    "heads that do not share": (
+        {"qwen3.attention.head_count_kv": 3},
+        "its 4 attention heads do not share 3 key/value heads evenly",
+    ),
+    "an end token past the vocabulary": (
+        {"tokenizer.ggml.eos_token_id": 1_000_000},
+        "its tokenizer.ggml.eos_token_id is 1000000, but the vocabulary has",
+    ),
+    "token types missing": (
+        {"tokenizer.ggml.token_type": "SHORT"},
+        "entries for 576 tokens; the file's metadata is damaged",
+    ),
+    "a broken merge": (
+        {"tokenizer.ggml.merges": ["x"]},
+        "its merge 'x' is not two tokens separated by a space",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_METADATA.values(), ids=DAMAGED_METADATA.keys())
+def test_import_says_clearly_what_is_wrong_with_damaged_metadata(tiny_hf, tmp_path, capsys, case):
+    changes, message = case
+    if changes.get("tokenizer.ggml.token_type") == "SHORT":
+        _, meta = reader(write_llama_style_gguf(tiny_hf, tmp_path / "base.gguf"))
+        changes = {"tokenizer.ggml.token_type": meta["tokenizer.ggml.token_type"][:-5]}
+    file = write_llama_style_gguf(tiny_hf, tmp_path / "damaged.gguf", metadata=changes)
+    assert run("models", "import", str(file)) == 1
+    err = capsys.readouterr().err
+    assert message in err and "unexpected" not in err
+
+
+def test_import_says_a_truncated_gguf_is_truncated(tiny_hf, tmp_path, capsys):
+    whole = write_llama_style_gguf(tiny_hf, tmp_path / "whole.gguf").read_bytes()
+    for cut in (8, 24, 1000, 20_000, len(whole) // 2, len(whole) - 1):  # header to tensors
+        part = tmp_path / f"cut-{cut}.gguf"
+        part.write_bytes(whole[:cut])
+        assert run("models", "import", str(part)) == 1
+        err = capsys.readouterr().err
+        assert f"{part} is a truncated or damaged GGUF file ({cut:,} bytes)" in err
+        assert "out of bounds" not in err and "reshape" not in err
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model\n")
+    assert run("models", "import", str(text)) == 1
+    assert "is not a GGUF file (it does not start with the bytes 'GGUF')" in capsys.readouterr().err
+
+
 def test_import_refuses_a_damaged_gguf_and_a_broken_template(tiny_hf, tmp_path, capsys):
     bad = tmp_path / "truncated.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 8)
     assert run("models", "import", str(bad)) == 1
-    assert "is not a readable GGUF file" in capsys.readouterr().err
+    assert "is a truncated or damaged GGUF file" in capsys.readouterr().err
     hf = shutil.copytree(tiny_hf, tmp_path / "hf")
     config = json.loads((hf / "tokenizer_config.json").read_text())
     config["chat_template"] = "{% if messages %}unclosed"
@@ -401,6 +592,57 @@ def test_import_refuses_a_damaged_gguf_and_a_broken_template(tiny_hf, tmp_path, 
     file = write_llama_style_gguf(hf, tmp_path / "Qwen3-1M-Tiny-2507-F16.gguf")
     assert run("models", "import", str(file)) == 1
     assert "chat template does not parse" in capsys.readouterr().err
+
+
+def gguf_with_template(tiny_hf, tmp_path, template: str) -> Path:
+    """A llama.cpp-style GGUF of the tiny model whose chat template is `template`."""
+    hf = shutil.copytree(tiny_hf, tmp_path / "hf")
+    config = json.loads((hf / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (hf / "tokenizer_config.json").write_text(json.dumps(config))
+    return write_llama_style_gguf(hf, tmp_path / "Qwen3-1M-Tiny-2507-F16.gguf")
+
+
+RUNAWAY = {
+    "nested loops": "{% for i in range(100000) %}{% for j in range(100000) %}"
+    "{% endfor %}{% endfor %}",
+    "string multiplication": "{{ 'x' * 10**10 }}",
+}
+
+
+@pytest.mark.parametrize("template", RUNAWAY.values(), ids=RUNAWAY.keys())
+def test_import_replaces_a_runaway_chat_template_with_qwens_and_says_so(
+    tiny_hf, tmp_path, home, capsys, template
+):
+    from qwen_mlx.convert.template import family_template
+
+    file = gguf_with_template(tiny_hf, tmp_path, template)
+    assert run("models", "import", str(file)) == 0
+    out = capsys.readouterr().out
+    assert "note: the file's chat template was refused (" in out
+    assert "the model uses Qwen's ChatML template (with tools) instead" in out
+    folder = home / "models/qwen3-1m-tiny/2507/mlx-f16"
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == family_template("qwen3")
+    assert run("models", "verify", "qwen3-1m-tiny-2507-mlx-f16") == 0
+    argv = ["generate", "--model", "qwen3-1m-tiny-2507-mlx-f16", "--prompt", "hi", "-n", "4"]
+    assert run(*argv) == 0
+
+
+def test_an_imported_template_that_runs_away_later_falls_back_at_run_time(
+    tiny_hf, tmp_path, capsys, caplog
+):
+    import logging
+
+    from .test_chat_template import BOOM
+
+    file = gguf_with_template(tiny_hf, tmp_path, BOOM)  # fine until a message says "boom"
+    assert run("models", "import", str(file)) == 0
+    assert "chat template was refused" not in capsys.readouterr().out
+    argv = ["generate", "--model", "qwen3-1m-tiny-2507-mlx-f16", "-n", "4", "--prompt"]
+    with caplog.at_level(logging.WARNING, logger="qwen_mlx.convert.template"):
+        assert run(*argv, "boom") == 0
+    assert "The chat template of qwen3-1m-tiny-2507-mlx-f16 was stopped" in caplog.text
 
 
 @needs_shared

@@ -176,6 +176,8 @@ def test_config_files_name_servers_in_an_mcp_section(tmp_path):
         ({"url": "http://h/mcp", "type": "sse"}, "not supported"),
         ({"command": "x", "trusted": "yes"}, "true or false"),
         ({"command": "x", "comand": "y"}, "unknown settings: comand"),
+        ({"command": "x", "connect_timeout": 0}, "connect_timeout must be a number of seconds"),
+        ({"command": "x", "timeout": "soon"}, "timeout must be a number of seconds"),
     ],
 )
 def test_bad_config_entries_say_what_is_wrong(entry, problem):
@@ -291,3 +293,113 @@ def test_a_server_that_dies_mid_call_becomes_an_error_the_model_reads(tiny_model
         for _ in range(2):  # and again, once it is gone
             result = run_tool_call(ToolCall("crash", {}, ""), tools)
             assert result.startswith("error: crash raised ToolServerError: the MCP server")
+
+
+# -- hostile servers ------------------------------------------------------------------------
+
+# Answers nothing: reads its stdin without end, ignores SIGTERM, and starts a child of its
+# own; writes both pids to the file named by its argument.
+HANGS_IN_HANDSHAKE = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.getpid()} {child.pid}")
+for line in sys.stdin:
+    pass
+time.sleep(600)
+"""
+
+# A server whose tool list is served by `list_tools` (pages and cursors); writes its pid.
+SERVER_WITH_TOOL_LIST = """
+import os, sys
+import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp_types import ListToolsResult, Tool
+
+with open(sys.argv[1], "w") as f:
+    f.write(str(os.getpid()))
+
+def tool(name):
+    return Tool(name=name, input_schema={"type": "object", "properties": {}})
+
+class Hostile(MCPServer):
+    async def _handle_list_tools(self, ctx, params):
+        cursor = int(params.cursor) if params is not None and params.cursor else 0
+        return await list_tools(cursor)
+
+HOW
+Hostile("hostile", log_level="CRITICAL").run()
+"""
+LIST_TOOLS = {
+    "endless pages": "async def list_tools(cursor):\n"
+    "    return ListToolsResult(tools=[tool(f't{cursor}')], next_cursor=str(cursor + 1))",
+    "too many tools": "async def list_tools(cursor):\n"
+    "    return ListToolsResult(tools=[tool(f't{i}') for i in range(300)])",
+    "no answer": "async def list_tools(cursor):\n    await anyio.sleep_forever()",
+}
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped, does not)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def wait_until_gone(pids: list[int]) -> list[int]:
+    """The pids still running after a grace period (the kill is sent, death is async)."""
+    import time
+
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def test_generate_gives_up_on_a_server_that_hangs_in_its_handshake_and_stops_it(
+    tiny_mlx, capsys, tmp_path
+):
+    from qwen_mlx.cli.generate import main as generate_main
+
+    script, pids = tmp_path / "hang.py", tmp_path / "pids"
+    script.write_text(HANGS_IN_HANDSHAKE)
+    server = {"command": sys.executable, "args": [str(script), str(pids)], "connect_timeout": 2}
+    config = write_config(tmp_path / "tools.json", {"hang": server})
+    argv = ["--model", str(tiny_mlx), "--prompt", "x", "--mcp", str(config)]
+    assert generate_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Cannot connect to the MCP server 'hang'" in err
+    assert "no answer in 2 s, so it was stopped" in err
+    started = [int(p) for p in pids.read_text().split()]
+    assert wait_until_gone(started) == []  # the server and its child: the whole group
+
+
+@pytest.mark.parametrize("how", LIST_TOOLS.values(), ids=LIST_TOOLS.keys())
+def test_generate_gives_up_on_a_tool_list_without_end_and_stops_the_server(
+    tiny_mlx, capsys, tmp_path, how
+):
+    from qwen_mlx.cli.generate import main as generate_main
+
+    script, pid = tmp_path / "hostile.py", tmp_path / "pid"
+    script.write_text(SERVER_WITH_TOOL_LIST.replace("HOW", how))
+    server = {"command": sys.executable, "args": [str(script), str(pid)], "connect_timeout": 10}
+    config = write_config(tmp_path / "tools.json", {"hostile": server})
+    argv = ["--model", str(tiny_mlx), "--prompt", "x", "--mcp", str(config)]
+    assert generate_main(argv) == 1
+    err = capsys.readouterr().err
+    expected = {
+        LIST_TOOLS["endless pages"]: "kept paging its tool list past 64 pages",
+        LIST_TOOLS["too many tools"]: "offers more than 256 tools",
+        LIST_TOOLS["no answer"]: "its tools were not listed in time (connect_timeout 10 s)",
+    }[how]
+    assert expected in err
+    assert wait_until_gone([int(pid.read_text())]) == []

@@ -152,6 +152,28 @@ def test_import_ignores_a_hostile_manifest_in_the_folder_it_copies(tiny_mlx, tmp
     assert run(capsys, "verify", Q4)[0] == 0
 
 
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "manifest.json"])
+def test_a_link_to_a_file_outside_the_folder_fails_verify_and_load(
+    two_versions, tmp_path, capsys, name
+):
+    """The file is swapped for a link to a copy elsewhere, bytes and sha256 unchanged:
+    only where it lives gives it away, as with a `../` entry."""
+    folder = folder_of(two_versions, "mlx-q4-g64")
+    outside = tmp_path / "elsewhere" / name
+    outside.parent.mkdir()
+    shutil.move(folder / name, outside)
+    (folder / name).symlink_to(outside)
+    code, out, _ = run(capsys, "verify", Q4)
+    assert code == 1 and f"FAILED  {Q4}" in out
+    if name == "manifest.json":
+        assert f"manifest.json: damaged (it links to {outside}, outside the model folder)" in out
+    else:
+        assert f"{name}: outside (a link to {outside}, outside the model folder)" in out
+    with pytest.raises(DamagedModelError, match="outside the model folder"):
+        load(Q4)
+    assert run(capsys, "verify", Q8)[0] == 0  # the other version is fine
+
+
 # -- manifest.json that is not a file ----------------------------------------------------------
 
 

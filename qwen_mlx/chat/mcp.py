@@ -10,6 +10,12 @@ error, a server that died, a timeout) is an error message the model reads.
 The SDK is async; each server's client runs on its own event loop in a background
 thread, which `close()` (or leaving `with`) ends, stopping a stdio server's process.
 
+Connecting has one deadline (`connect_timeout`) for starting the server, the handshake
+and every page of its tool list, and caps on pages and tools: a server that hangs in its
+handshake or pages without end is given up on, and what we started is stopped. The SDK
+starts a stdio server in a process group of its own and, when its client is closed or
+cancelled, ends it: stdin closed, then SIGTERM and SIGKILL to the whole group.
+
 Which servers to connect to comes from a config file's `mcp` section (mcp_config.py).
 """
 
@@ -20,6 +26,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import suppress
@@ -27,10 +34,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ToolServerError
-from .mcp_config import CALL_TIMEOUT, MCPServerConfig
+from .mcp_config import CALL_TIMEOUT, CONNECT_TIMEOUT, MCPServerConfig
 from .tools import Tool
 
-CONNECT_TIMEOUT = 30.0  # seconds to start a server and list its tools
+MAX_TOOL_PAGES = 64  # pages of a server's tool list (its `nextCursor`s)
+MAX_TOOLS = 256  # tools one server may offer: more would not fit a model's prompt
+STOP_WAIT = 15.0  # seconds to wait for a server's shutdown (the SDK's is bounded by ~7 s)
 
 
 class MCPToolError(RuntimeError):
@@ -51,6 +60,7 @@ class MCPServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
+        self._scope: Any = None  # anyio CancelScope around the client: cancelling it stops all
         self._client: Any = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -67,6 +77,7 @@ class MCPServer:
         cwd: str | Path | None = None,
         trusted: bool = False,
         timeout: float = CALL_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
         errlog: IO[str] | None = None,
     ) -> MCPServer:
         """A server started as `command args...`, spoken to over its stdin and stdout;
@@ -79,6 +90,7 @@ class MCPServer:
             cwd=None if cwd is None else str(cwd),
             trusted=trusted,
             timeout=timeout,
+            connect_timeout=connect_timeout,
         )
         return cls(config, errlog=errlog)
 
@@ -91,10 +103,16 @@ class MCPServer:
         headers: Mapping[str, str] | None = None,
         trusted: bool = False,
         timeout: float = CALL_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> MCPServer:
         """A server at a streamable HTTP endpoint (`http://host:port/mcp`)."""
         config = MCPServerConfig(
-            name=name or url, url=url, headers=dict(headers or {}), trusted=trusted, timeout=timeout
+            name=name or url,
+            url=url,
+            headers=dict(headers or {}),
+            trusted=trusted,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
         )
         return cls(config)
 
@@ -123,8 +141,10 @@ class MCPServer:
     # -- connecting -------------------------------------------------------------------------
 
     def connect(self) -> MCPServer:
-        """Start (or reach) the server and list its tools; ToolServerError if it cannot."""
+        """Start (or reach) the server and list its tools, all within `connect_timeout`;
+        ToolServerError if it cannot (and a server we started is stopped)."""
         _require_sdk()
+        deadline = time.monotonic() + self.config.connect_timeout
         with self._lock:
             if self.connected:
                 return self
@@ -137,25 +157,32 @@ class MCPServer:
                 daemon=True,
             )
             self._thread.start()
-            started = self._ready.wait(CONNECT_TIMEOUT)
+            started = self._ready.wait(self.config.connect_timeout)
             if not started or self._client is None:
-                self._stop_thread()
-                why = _reason(self._failure) if started else f"no answer in {CONNECT_TIMEOUT:g} s"
+                self._stop_thread(cancel=True)
+                why = (
+                    _reason(self._failure)
+                    if started
+                    else f"no answer in {self.config.connect_timeout:g} s, so it was stopped"
+                )
                 raise ToolServerError(
                     f"Cannot connect to the MCP server {self.name!r} "
                     f"({self.config.transport}: {self.config.target}): {why}. Check that it "
-                    "runs on its own, and its command or url in the config."
+                    "runs on its own, and its command or url in the config (a slow start "
+                    'may need a longer "connect_timeout").'
                 )
         try:
-            self._tools = self._list_tools()
+            self._tools = self._list_tools(deadline)
         except BaseException:
-            self.close()
+            self.close(cancel=True)
             raise
         return self
 
     async def _hold(self) -> None:
         """The background loop's one long task: open the client, wait until told to
-        close, close it (in this task, as the SDK's cancel scopes require)."""
+        close, close it (in this task, as the SDK's cancel scopes require). Cancelling
+        `_scope` stops it wherever it is, the handshake included."""
+        import anyio
         from mcp import Client
         from mcp.types import Implementation
 
@@ -164,16 +191,17 @@ class MCPServer:
         self._loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
         try:
-            async with self._transport() as transport:
-                client = Client(
-                    transport,
-                    read_timeout_seconds=self.config.timeout,
-                    client_info=Implementation(name="qwen-mlx", version=__version__),
-                )
-                async with client:
-                    self._client = client
-                    self._ready.set()
-                    await self._closing.wait()
+            with anyio.CancelScope() as self._scope:
+                async with self._transport() as transport:
+                    client = Client(
+                        transport,
+                        read_timeout_seconds=self.config.timeout,
+                        client_info=Implementation(name="qwen-mlx", version=__version__),
+                    )
+                    async with client:
+                        self._client = client
+                        self._ready.set()
+                        await self._closing.wait()
         except BaseException as e:  # a start that failed, or a connection that broke
             self._failure = e
         finally:
@@ -207,20 +235,34 @@ class MCPServer:
 
         return opened()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Disconnect (a stdio server's process ends with it). Safe to call twice."""
+    def close(self, timeout: float = STOP_WAIT, *, cancel: bool = False) -> None:
+        """Disconnect (a stdio server's process ends with it). Safe to call twice.
+        `cancel` stops the client at once instead of letting it finish what it does;
+        `timeout` is how long each of the two ways may take."""
         with self._lock:
-            self._stop_thread(timeout)
+            self._stop_thread(timeout, cancel=cancel)
             self._tools = None
 
-    def _stop_thread(self, timeout: float = 10.0) -> None:
-        loop, closing, thread = self._loop, self._closing, self._thread
-        if loop is not None and closing is not None and not loop.is_closed():
+    def _stop_thread(self, timeout: float = STOP_WAIT, *, cancel: bool = False) -> None:
+        """End the client's loop, and with it the server we started: politely first
+        (unless `cancel`), then by cancelling the client wherever it is."""
+        loop, thread = self._loop, self._thread
+        for how in ("close", "cancel") if not cancel else ("cancel",):
+            if loop is None or loop.is_closed() or thread is None or not thread.is_alive():
+                break
             with suppress(RuntimeError):  # the loop ended meanwhile
-                loop.call_soon_threadsafe(closing.set)
-        if thread is not None and thread is not threading.current_thread():
+                loop.call_soon_threadsafe(self._wind_down, how)
+            if thread is threading.current_thread():
+                break
             thread.join(timeout)
-        self._thread = self._loop = self._closing = None
+        self._thread = self._loop = self._closing = self._scope = None
+
+    def _wind_down(self, how: str) -> None:
+        """On the client's loop: let `_hold` leave its wait, or cancel all it does."""
+        if how == "close" and self._closing is not None:
+            self._closing.set()
+        elif how == "cancel" and self._scope is not None:
+            self._scope.cancel()
 
     def _run(self, make: Callable[[Any], Any], timeout: float) -> Any:
         """Run the coroutine `make(client)` on the server's loop; its result."""
@@ -243,17 +285,39 @@ class MCPServer:
             self.connect()
         return list(self._tools or [])
 
-    def _list_tools(self) -> list[Tool]:
+    def _list_tools(self, deadline: float) -> list[Tool]:
+        """Every page of the server's tool list, by `deadline`, within the caps."""
         found: list[Any] = []
         cursor = None
-        while True:
-            page = self._run(
-                lambda client, cursor=cursor: client.list_tools(cursor=cursor), CONNECT_TIMEOUT
-            )
+        for _ in range(MAX_TOOL_PAGES):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ToolServerError(self._gave_up("its tools were not listed in time"))
+            try:
+                page = self._run(lambda client, c=cursor: client.list_tools(cursor=c), left)
+            except TimeoutError:
+                raise ToolServerError(self._gave_up("its tools were not listed in time")) from None
             found.extend(page.tools)
+            if len(found) > MAX_TOOLS:
+                raise ToolServerError(
+                    f"The MCP server {self.name!r} offers more than {MAX_TOOLS} tools, more "
+                    "than a model can choose among in its prompt; use a server with fewer "
+                    "(or one of its options that narrows them)."
+                )
             cursor = page.next_cursor
             if not cursor:
                 return [self._tool(t) for t in found]
+        raise ToolServerError(
+            f"The MCP server {self.name!r} kept paging its tool list past {MAX_TOOL_PAGES} "
+            "pages (a `nextCursor` without end); it was stopped."
+        )
+
+    def _gave_up(self, why: str) -> str:
+        return (
+            f"Cannot connect to the MCP server {self.name!r} ({self.config.transport}: "
+            f"{self.config.target}): {why} (connect_timeout {self.config.connect_timeout:g} "
+            "s), so it was stopped."
+        )
 
     def _tool(self, spec: Any) -> Tool:
         def call(**arguments: Any) -> str:

@@ -3,7 +3,8 @@ the file `generate --mcp` reads), parsed into `MCPServerConfig`s, and the one ch
 ends write back (a server switched on or off).
 
     {"mcp": {"weather": {"command": "python", "args": ["weather.py"], "trusted": true},
-             "docs": {"url": "http://127.0.0.1:8000/mcp", "headers": {...}, "enabled": false}}}
+             "docs": {"url": "http://127.0.0.1:8000/mcp", "headers": {...}, "enabled": false,
+                      "timeout": 60, "connect_timeout": 30}}}
 
 A file of Claude Desktop's and other apps' `mcpServers` is read too, their
 `"disabled": true` included and their other settings ignored; our own section is strict,
@@ -21,15 +22,18 @@ from typing import Any
 from ..fileio import atomic_write_json
 
 CALL_TIMEOUT = 60.0  # seconds a tool call may take, unless its config says otherwise
+CONNECT_TIMEOUT = 30.0  # seconds to start a server, shake hands and list its tools
 CONFIG_KEYS = ("mcp", "mcpServers")
 _FIELDS = {"command", "args", "env", "cwd", "url", "headers", "type", "trusted", "enabled"}
+_SECONDS = ("timeout", "connect_timeout")
 
 
 @dataclass(frozen=True)
 class MCPServerConfig:
     """How to reach one MCP server: a `command` (stdio) or a `url` (streamable HTTP).
     Calls to a `trusted` server's tools need no approval; `enabled` says whether a front
-    end connects to it at all."""
+    end connects to it at all. `timeout` bounds each tool call, `connect_timeout` the
+    whole connection (starting it, the handshake, every page of its tool list)."""
 
     name: str
     command: str | None = None
@@ -41,6 +45,7 @@ class MCPServerConfig:
     trusted: bool = False
     enabled: bool = True
     timeout: float = CALL_TIMEOUT
+    connect_timeout: float = CONNECT_TIMEOUT
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.url is None):
@@ -48,6 +53,10 @@ class MCPServerConfig:
                 f"The MCP server {self.name!r} needs either a command (stdio) or a url "
                 "(streamable HTTP), not both or neither."
             )
+        for key in _SECONDS:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{key} must be a number of seconds above 0, not {value!r}.")
 
     @property
     def transport(self) -> str:
@@ -76,7 +85,7 @@ def parse_mcp_config(data: Any, source: str = "the MCP config") -> list[MCPServe
         where = f"{source}: mcp server {name!r}"
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be an object with a command or a url.")
-        unknown = set(entry) - _FIELDS - {"timeout", "disabled"}
+        unknown = set(entry) - _FIELDS - {*_SECONDS, "disabled"}
         if unknown and not foreign:
             raise ValueError(f"{where} has unknown settings: {', '.join(sorted(unknown))}.")
         kind = entry.get("type", "stdio" if "command" in entry else "http")
@@ -104,7 +113,8 @@ def parse_mcp_config(data: Any, source: str = "the MCP config") -> list[MCPServe
                     headers=entry.get("headers") or {},
                     trusted=entry.get("trusted", False),
                     enabled=entry.get("enabled", not entry.get("disabled", False)),
-                    timeout=float(entry.get("timeout", CALL_TIMEOUT)),
+                    timeout=entry.get("timeout", CALL_TIMEOUT),
+                    connect_timeout=entry.get("connect_timeout", CONNECT_TIMEOUT),
                 )
             )
         except (TypeError, ValueError) as e:

@@ -37,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = add("import", help="copy an MLX folder, or convert a Qwen3 .gguf, into the store")
     a.add_argument("path", help="model folder (an mlx-community download, say) or FILE.gguf")
     a.add_argument("--name", help="its name, e.g. qwen3-4b-instruct-2507-mlx-q4-g64")
-    a.add_argument("--force", action="store_true", help="replace a stored version of that name")
+    a.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a stored version of that name (and import a GGUF whose weights hold NaN)",
+    )
     a = add("set-latest", help="make NAME its family's latest")
     a.add_argument("name", metavar="NAME")
     a = add("rollback", help="go back to the family's previous latest")

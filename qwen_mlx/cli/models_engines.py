@@ -126,8 +126,19 @@ def _models_dir(args) -> Path | None:
 
 
 def _print_lmstudio(copy) -> None:
-    how = "linked (no extra disk)" if copy.linked else "copied"
-    print(f"LM Studio: {len(copy.files)} files {how} into {copy.folder}")
+    count = len(copy.files)
+    print(f"LM Studio: {count} {'file' if count == 1 else 'files'} into {copy.folder}")
+    if copy.linked:
+        print(
+            f"  {', '.join(copy.linked)}: hard-linked to the store's copy (no extra disk; "
+            "read-only, as the store's is)"
+        )
+    copied = count - len(copy.linked)
+    if copied and copy.linked:
+        noun = "file" if copied == 1 else "files"
+        print(f"  the other {copied} {noun} copied, so editing them leaves the store's as it is")
+    elif copied:
+        print("  copied, so editing them leaves the store's as it is")
     print("  it appears in LM Studio's model list (My Models) on its next scan")
 
 

@@ -9,6 +9,8 @@
 - `importer.py`: `models import` of an MLX folder. `updates.py`: `models check-updates`.
 - `gguf_export.py` / `gguf_import.py`: GGUF out of and into the store (`models export`,
   `models import FILE.gguf`); `engines.py`: Ollama's Modelfile and LM Studio's layout.
+- `template.py`: chat templates rendered with bounds (steps, characters, time), and the
+  family's known template to fall back on; used at import and by every prompt.
 - `quant.py`: quantization modes and mlx-lm's learned methods (AWQ, GPTQ, DWQ, dynamic).
 - `tiny.py` and `demo.py`: tiny random Qwen3 checkpoints and the demo model.
 

@@ -1,13 +1,18 @@
 """Copies of a stored model laid out for other engines: an Ollama `Modelfile` beside a GGUF
 (Qwen3's chat template with tools in Ollama's Go template language, stop tokens and the
 sampling defaults of generation_config.json), and LM Studio's models folder
-(`<models dir>/<publisher>/<model>/<files>`) for MLX and GGUF copies."""
+(`<models dir>/<publisher>/<model>/<files>`) for MLX and GGUF copies.
+
+In LM Studio's folder the weights are hard links to the store's files, read-only (no
+extra disk, and neither side can be written in place); every other file is a copy, so
+editing the exported config.json leaves the store's as it was (and `verify` passing)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +20,11 @@ from pathlib import Path
 from ..errors import OutputExistsError
 from ..fileio import atomic_write_text
 from ..store import naming
+from ..store.staging import PARTIAL_MARK, clean_partials
 
 MODELFILE = "Modelfile"
 LMSTUDIO_PUBLISHER = "qwen-mlx"
+LINKED_SUFFIXES = (".safetensors", ".gguf")  # the weights: big, and never edited
 
 # Qwen3-Instruct-2507's chat template (tokenizer_config.json) in Ollama's template language:
 # the same system and tools block, turns, tool calls and tool responses. Ollama passes the
@@ -139,7 +146,7 @@ def lmstudio_models_dir() -> Path:
 class LMStudioCopy:
     folder: Path  # <models dir>/<publisher>/<model>
     files: tuple[str, ...]
-    linked: bool  # hard links to the store's files (no extra disk), else copies
+    linked: tuple[str, ...]  # the files hard-linked to the store's (read-only); the rest copied
 
 
 def lmstudio_folder(name: naming.ModelName, models_dir: Path) -> Path:
@@ -160,48 +167,62 @@ def export_lmstudio(
     models_dir: Path | None = None,
     force: bool = False,
 ) -> LMStudioCopy:
-    """Put `files` of the stored model in `folder` where LM Studio finds them. Files are
-    hard-linked when the store is on the same disk (they are never written in place), else
-    copied; either way into a temporary name first, renamed when complete."""
+    """Put `files` of the stored model in `folder` where LM Studio finds them: weights
+    hard-linked read-only when the store is on the same disk, else copied, every other
+    file copied; either way under a temporary name first (with our pid, so the next
+    export deletes what a killed one left), renamed when complete."""
     target = lmstudio_folder(name, models_dir or lmstudio_models_dir())
+    tag = f"{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    linked: list[str] = []
     if name.format == "gguf":
         target.mkdir(parents=True, exist_ok=True)
+        clean_partials(target, swaps=False)
         existing = [f for f in files if (target / f).exists()]
         if existing and not force:
             raise OutputExistsError(
                 f"{target / existing[0]} already exists; pass --force to replace it."
             )
-        linked = True
         for f in files:
-            tmp = target / f".{f}.partial-{uuid.uuid4().hex[:8]}"
-            linked &= _link_or_copy(folder / f, tmp)
-            os.replace(tmp, target / f)
-        return LMStudioCopy(target, tuple(files), linked)
+            tmp = target / f".{f}{tag}"
+            try:
+                if _link_or_copy(folder / f, tmp):
+                    linked.append(f)
+                os.replace(tmp, target / f)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return LMStudioCopy(target, tuple(files), tuple(linked))
     if target.exists() and not force:
         raise OutputExistsError(f"{target} already exists; pass --force to replace it.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    clean_partials(target.parent, swaps=False)
+    tmp = target.parent / f".{target.name}{tag}"
     tmp.mkdir()
     try:
-        linked = True
         for f in files:
             (tmp / f).parent.mkdir(parents=True, exist_ok=True)
-            linked &= _link_or_copy(folder / f, tmp / f)
+            if _link_or_copy(folder / f, tmp / f):
+                linked.append(f)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return LMStudioCopy(target, tuple(files), linked)
+    return LMStudioCopy(target, tuple(files), tuple(linked))
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:
-    try:
-        os.link(src, dst)
-        return True
-    except OSError:
-        shutil.copyfile(src, dst)
-        return False
+    """Link weights (read-only: the link is the store's file), copy the rest and weights
+    that cannot be linked (another disk). True if linked."""
+    if src.suffix in LINKED_SUFFIXES:
+        try:
+            os.link(src, dst)
+        except OSError:
+            pass
+        else:
+            os.chmod(dst, stat.S_IMODE(os.stat(dst).st_mode) & ~0o222)
+            return True
+    shutil.copyfile(src, dst)
+    return False
 
 
 def _read_json(file: Path) -> dict:

@@ -507,7 +507,7 @@ def export_gguf(
     version of the same release in the store (manifest, sha256, registered, never made
     latest), or a file in the `output` folder. The version folder also holds an Ollama
     `Modelfile` next to the GGUF. `reuse` keeps a stored version of that name as it is."""
-    from .engines import write_modelfile
+    from .engines import MODELFILE, write_modelfile
 
     check_quant(quant)
     if quant == "q4_k_m":
@@ -532,10 +532,12 @@ def export_gguf(
                     f"{out_name} is already in the store at {final}; pass --force to "
                     "export it again."
                 )
-        if output is not None and (final / file_name).exists() and not force:
-            raise OutputExistsError(
-                f"{final / file_name} already exists; pass --force to replace it."
-            )
+        if output is not None and not force:
+            for existing in (final / file_name, final / MODELFILE):
+                if existing.exists() or existing.is_symlink():
+                    raise OutputExistsError(
+                        f"{existing} already exists; pass --force to replace it."
+                    )
         source = best_source(folder, manifest)
         progress(Progress("validate", detail=f"reading {source.description}"))
         with store.staging(final) if output is None else _plain_staging(final) as tmp:
@@ -616,7 +618,8 @@ def _now() -> str:
 
 class _plain_staging:
     """A temporary folder inside `final` (created if needed) for an --output export; its
-    files are renamed into `final` when complete, and it is deleted either way."""
+    files are renamed into `final` when complete, and it is deleted either way. Its name
+    carries our pid, so the next export into `final` deletes one a killed export left."""
 
     def __init__(self, final: Path) -> None:
         self.final = final
@@ -624,8 +627,11 @@ class _plain_staging:
     def __enter__(self) -> Path:
         import uuid
 
+        from ..store.staging import PARTIAL_MARK, clean_partials
+
         self.final.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final / f".export.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        clean_partials(self.final, swaps=False)
+        self.tmp = self.final / f".export{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
         return self.tmp
 

@@ -4,6 +4,8 @@ download) -> an MLX version in the store, whose manifest's source is the GGUF's 
 The file's own metadata is checked first (architecture `qwen3`, hyperparameters that
 agree with the tensors, a context length, a byte-level BPE tokenizer with the Qwen2
 pre-tokenizer, a chat template that parses), and anything else is refused with the reason.
+A chat template that runs past the bounds of a render (convert.template) on a test
+conversation is replaced by Qwen's known one, and the result says so.
 
 Tensors: F32, F16 and BF16 are kept as floats. Q8_0 and Q4_0 are carried over directly:
 their blocks of 32 (a scale `d` and codes `q`, weight = d * q) are MLX's affine
@@ -23,7 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidCheckpointError, OutputExistsError, UnsupportedModelError
+from ..errors import (
+    ChatTemplateError,
+    InvalidCheckpointError,
+    OutputExistsError,
+    UnsupportedModelError,
+)
 from ..fileio import sha256_file
 from ..store import Store, install, naming
 from ..store.manifest import Manifest, Quantization, SourceInfo, hash_files
@@ -64,22 +71,68 @@ class _File:
     def __init__(self, path: Path) -> None:
         import gguf
 
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head[:4] != b"GGUF":
+            raise InvalidCheckpointError(
+                f"{path} is not a GGUF file (it does not start with the bytes 'GGUF')."
+            )
+        version = int.from_bytes(head[4:8], "little") if len(head) == 8 else 0
+        # A version whose low half is 0 is the other byte order, which the reader handles.
+        if version & 0xFFFF and version not in getattr(gguf, "READER_SUPPORTED_VERSIONS", (2, 3)):
+            raise UnsupportedModelError(
+                f"{path} is a GGUF of version {version}; the gguf package here reads versions 2 "
+                "and 3. Upgrade it (`pip install -U gguf`) or export the file again with a "
+                "current llama.cpp."
+            )
         try:
             self.reader = gguf.GGUFReader(path)
-        except (ValueError, OSError, IndexError) as e:
-            raise InvalidCheckpointError(f"{path} is not a readable GGUF file ({e}).") from e
+        except OSError:
+            raise
+        except Exception as e:  # numpy's errors about the bytes it was given, which say little
+            size = path.stat().st_size
+            raise InvalidCheckpointError(
+                f"{path} is a truncated or damaged GGUF file ({size:,} bytes): its header, "
+                "metadata or tensor data end early or do not add up. Download or export it "
+                "again."
+            ) from e
         self.path = path
         self.tensors = {t.name: t for t in self.reader.tensors}
 
     def get(self, key: str, default: Any = None) -> Any:
         f = self.reader.fields.get(key)
-        return default if f is None else f.contents()
+        if f is None:
+            return default
+        try:
+            return f.contents()
+        except Exception as e:  # a field whose bytes do not decode
+            raise InvalidCheckpointError(f"{self.path}: its {key} cannot be read ({e}).") from e
 
     def require(self, key: str) -> Any:
         value = self.get(key)
         if value is None:
             raise InvalidCheckpointError(f"{self.path} has no {key} in its metadata.")
         return value
+
+    def count(self, key: str, default: int | None = None) -> int:
+        """A whole number above 0 from the metadata (`default` when absent)."""
+        value = self.get(key, default) if default is not None else self.require(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidCheckpointError(
+                f"{self.path}: its {key} is {value!r}, not a whole number above 0; the file's "
+                "metadata is damaged."
+            )
+        return value
+
+    def real(self, key: str, default: float | None = None) -> float:
+        """A number from the metadata (`default` when absent)."""
+        value = self.get(key, default) if default is not None else self.require(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise InvalidCheckpointError(
+                f"{self.path}: its {key} is {value!r}, not a number; the file's metadata is "
+                "damaged."
+            )
+        return float(value)
 
 
 def read_config(file: _File) -> dict[str, Any]:
@@ -91,22 +144,31 @@ def read_config(file: _File) -> dict[str, Any]:
             "files ('qwen3') can be imported."
         )
     p = f"{ARCH}."
-    hidden = int(file.require(p + "embedding_length"))
-    heads = int(file.require(p + "attention.head_count"))
-    kv_heads = int(file.get(p + "attention.head_count_kv", heads))
-    head_dim = int(file.get(p + "attention.key_length", hidden // heads))
-    layers = int(file.require(p + "block_count"))
-    context = int(file.get(p + "context_length", 0) or 0)
-    if context <= 0:
+    hidden = file.count(p + "embedding_length")
+    heads = file.count(p + "attention.head_count")
+    kv_heads = file.count(p + "attention.head_count_kv", heads)
+    head_dim = file.count(p + "attention.key_length", max(hidden // heads, 1))
+    layers = file.count(p + "block_count")
+    if file.get(p + "context_length") is None:
         raise InvalidCheckpointError(
             f"{file.path} has no {p}context_length: it is not a complete Qwen3 GGUF."
         )
-    if int(file.get(p + "attention.value_length", head_dim)) != head_dim:
+    context = file.count(p + "context_length")
+    if heads % kv_heads:
+        raise InvalidCheckpointError(
+            f"{file.path}: its {heads} attention heads do not share {kv_heads} key/value heads "
+            "evenly (attention.head_count_kv); the file's metadata is damaged."
+        )
+    if file.count(p + "attention.value_length", head_dim) != head_dim:
         raise UnsupportedModelError(f"{file.path}: key and value head sizes differ; not Qwen3.")
     embd = file.tensors.get("token_embd.weight")
     q = file.tensors.get("blk.0.attn_q.weight")
     if embd is None or q is None:
         raise InvalidCheckpointError(f"{file.path} lacks token_embd or blk.0.attn_q tensors.")
+    if len(embd.shape) != 2 or len(q.shape) != 2:
+        raise InvalidCheckpointError(
+            f"{file.path}: token_embd and blk.0.attn_q are not matrices; the file is damaged."
+        )
     vocab = int(embd.shape[1])
     if int(q.shape[1]) != heads * head_dim or int(embd.shape[0]) != hidden:
         raise InvalidCheckpointError(
@@ -117,14 +179,14 @@ def read_config(file: _File) -> dict[str, Any]:
         "architectures": ["Qwen3ForCausalLM"],
         "model_type": ARCH,
         "hidden_size": hidden,
-        "intermediate_size": int(file.require(p + "feed_forward_length")),
+        "intermediate_size": file.count(p + "feed_forward_length"),
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
         "max_position_embeddings": context,
-        "rms_norm_eps": float(file.get(p + "attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(file.get(p + "rope.freq_base", 1_000_000.0)),
+        "rms_norm_eps": file.real(p + "attention.layer_norm_rms_epsilon", 1e-6),
+        "rope_theta": file.real(p + "rope.freq_base", 1_000_000.0),
         "vocab_size": vocab,
         "tie_word_embeddings": "output.weight" not in file.tensors,
         "hidden_act": "silu",
@@ -134,15 +196,62 @@ def read_config(file: _File) -> dict[str, Any]:
     if str(file.get(p + "rope.scaling.type", "")) == "yarn":
         config["rope_scaling"] = {
             "rope_type": "yarn",
-            "factor": float(file.require(p + "rope.scaling.factor")),
-            "original_max_position_embeddings": int(
-                file.require(p + "rope.scaling.original_context_length")
+            "factor": file.real(p + "rope.scaling.factor"),
+            "original_max_position_embeddings": file.count(
+                p + "rope.scaling.original_context_length"
             ),
         }
     return config
 
 
 # -- the tokenizer --------------------------------------------------------------------------
+
+
+_SPECIAL_IDS = ("bos", "eos", "eot", "padding")
+
+
+def check_tokenizer(file: _File, vocab: int) -> None:
+    """Refuse a vocabulary the model cannot use, before anything is written: not Qwen's
+    kind of tokenizer, token types or merges that do not add up, more tokens than the
+    embedding has rows, special token ids outside the vocabulary."""
+    model, pre = file.get("tokenizer.ggml.model"), file.get("tokenizer.ggml.pre")
+    if model != "gpt2" or pre not in ("qwen2", "gpt-2"):
+        raise UnsupportedModelError(
+            f"{file.path} has a {model!r} tokenizer with the {pre!r} pre-tokenizer; a Qwen3 "
+            "GGUF has 'gpt2' (byte-level BPE) with 'qwen2' (or 'gpt-2')."
+        )
+    damaged = "the file's metadata is damaged"
+    tokens = file.require("tokenizer.ggml.tokens")
+    types = file.require("tokenizer.ggml.token_type")
+    merges = file.require("tokenizer.ggml.merges")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise InvalidCheckpointError(f"{file.path}: tokenizer.ggml.tokens is not a list of texts.")
+    if not isinstance(types, list) or len(types) != len(tokens):
+        n = len(types) if isinstance(types, list) else 0
+        raise InvalidCheckpointError(
+            f"{file.path}: tokenizer.ggml.token_type has {n:,} entries for {len(tokens):,} "
+            f"tokens; {damaged}."
+        )
+    if len(tokens) > vocab:
+        raise InvalidCheckpointError(
+            f"{file.path}: its vocabulary has {len(tokens):,} tokens but token_embd has rows "
+            f"for {vocab:,}; {damaged}."
+        )
+    for m in merges if isinstance(merges, list) else [merges]:
+        if not isinstance(m, str) or not all(m.partition(" ")[::2]):
+            raise InvalidCheckpointError(
+                f"{file.path}: its merge {m!r} is not two tokens separated by a space; {damaged}."
+            )
+    for kind in _SPECIAL_IDS:
+        key = f"tokenizer.ggml.{kind}_token_id"
+        i = file.get(key)
+        if i is not None and (
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(tokens)
+        ):
+            raise InvalidCheckpointError(
+                f"{file.path}: its {key} is {i!r}, but the vocabulary has {len(tokens):,} "
+                f"tokens; {damaged}."
+            )
 
 
 def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
@@ -158,12 +267,7 @@ def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
         processors,
     )
 
-    model, pre = file.get("tokenizer.ggml.model"), file.get("tokenizer.ggml.pre")
-    if model != "gpt2" or pre not in ("qwen2", "gpt-2"):
-        raise UnsupportedModelError(
-            f"{file.path} has a {model!r} tokenizer with the {pre!r} pre-tokenizer; a Qwen3 "
-            "GGUF has 'gpt2' (byte-level BPE) with 'qwen2' (or 'gpt-2')."
-        )
+    pre = file.get("tokenizer.ggml.pre")  # checked, with the rest, by check_tokenizer
     tokens: list[str] = file.require("tokenizer.ggml.tokens")
     types: list[int] = list(file.require("tokenizer.ggml.token_type"))
     merges: list[str] = file.require("tokenizer.ggml.merges")
@@ -224,7 +328,9 @@ def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
     if template is None:
         notes.append("the file has no chat template: chat will not work, plain prompts will")
     else:
-        _check_template(file.path, template)
+        special = {"eos_token": text_of("tokenizer.ggml.eos_token_id")}
+        template, note = _usable_template(file.path, template, special)
+        notes += [note] if note else []
     config = {
         "add_bos_token": bool(file.get("tokenizer.ggml.add_bos_token", False)),
         "add_prefix_space": False,
@@ -255,16 +361,31 @@ def write_tokenizer(file: _File, out: Path, context: int) -> list[str]:
     return notes
 
 
-def _check_template(path: Path, template: str) -> None:
+def _usable_template(path: Path, template: Any, special: dict[str, Any]) -> tuple[str, str]:
+    """The file's chat template if it renders test conversations within the bounds every
+    render has (convert.template), else Qwen's known one, with a note saying why. A
+    template that does not parse means a damaged file: refused."""
     import jinja2
 
+    from .template import FAMILY_TEMPLATE_NAME, check, family_template
+
     try:
-        jinja2.Environment().parse(template)
+        if not isinstance(template, str):
+            raise ChatTemplateError(f"it is a {type(template).__name__}, not text")
+        check(template, variables=special)
     except jinja2.TemplateSyntaxError as e:
         raise InvalidCheckpointError(
             f"{path}: its chat template does not parse ({e}); fix the file's "
             "tokenizer.chat_template or import another copy."
         ) from e
+    except ChatTemplateError as e:
+        known = family_template(ARCH)
+        assert known is not None
+        return known, (
+            f"the file's chat template was refused ({e}): the model uses "
+            f"{FAMILY_TEMPLATE_NAME} instead"
+        )
+    return template, ""
 
 
 def generation_config(file: _File) -> dict[str, Any]:
@@ -306,6 +427,45 @@ def _hf_names(layers: int, tied: bool) -> dict[str, str]:
     return {names.get_name(n, try_suffixes=(".weight",)): n for n in hf}
 
 
+def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each Hugging Face tensor's shape as the config says it must be, and which of the
+    GGUF's metadata says so."""
+    p = f"{ARCH}."
+    h, ff, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    d = config["head_dim"]
+    q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
+    width = f"{p}embedding_length {h}"
+    ffn = f"{p}feed_forward_length {ff}, {width}"
+    heads = f"{p}attention.head_count x key_length {q}, {width}"
+    kv_heads = f"{p}attention.head_count_kv x key_length {kv}, {width}"
+    rows = f"{vocab} tokens, {width}"
+    shapes = {
+        "model.embed_tokens.weight": ((vocab, h), rows),
+        "lm_head.weight": ((vocab, h), rows),
+        "model.norm.weight": ((h,), width),
+    }
+    for i in range(config["num_hidden_layers"]):
+        m = f"model.layers.{i}"
+        shapes |= {
+            f"{m}.input_layernorm.weight": ((h,), width),
+            f"{m}.post_attention_layernorm.weight": ((h,), width),
+            f"{m}.self_attn.q_proj.weight": ((q, h), heads),
+            f"{m}.self_attn.k_proj.weight": ((kv, h), kv_heads),
+            f"{m}.self_attn.v_proj.weight": ((kv, h), kv_heads),
+            f"{m}.self_attn.o_proj.weight": ((h, q), heads),
+            f"{m}.self_attn.q_norm.weight": ((d,), f"{p}attention.key_length {d}"),
+            f"{m}.self_attn.k_norm.weight": ((d,), f"{p}attention.key_length {d}"),
+            f"{m}.mlp.gate_proj.weight": ((ff, h), ffn),
+            f"{m}.mlp.up_proj.weight": ((ff, h), ffn),
+            f"{m}.mlp.down_proj.weight": ((h, ff), ffn),
+        }
+    return shapes
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return " x ".join(map(str, shape))
+
+
 @dataclass(frozen=True)
 class _Planned:
     gguf_name: str
@@ -329,11 +489,19 @@ def _plan(file: _File, config: dict[str, Any], dtype: str) -> list[_Planned]:
             f"{file.path} has tensors a plain Qwen3 does not ({', '.join(extra[:5])})."
         )
     code = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[dtype]
+    expected = _expected_shapes(config)
     plan = []
     for gname, hname in names.items():
         t = file.tensors[gname]
         ttype = t.tensor_type.name
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists ne, innermost first
+        want, why = expected[hname]
+        if shape != want:
+            raise InvalidCheckpointError(
+                f"{file.path}: tensor {gname} is {_dims(shape)}, but the metadata ({why}) makes "
+                f"it {_dims(want)}; the file's metadata and tensors disagree, so the model "
+                "could not load."
+            )
         module = hname.rpartition(".")[0]
         if ttype in _FLOATS or len(shape) == 1:
             spec = TensorSpec(hname, code, shape)
@@ -414,6 +582,41 @@ def _repack(raw: np.ndarray, qtype: Any, shape: tuple[int, int], bits: int) -> I
     yield mx.array((-offset * d.astype(np.float32)).astype(np.float16))
 
 
+def _converted(file: _File, p: _Planned, dtype: str) -> list[Any]:
+    """The MLX arrays of one planned tensor, evaluated; a tensor whose data does not
+    decode as its type and shape is a damaged file, said so."""
+    import mlx.core as mx
+
+    try:
+        arrays = list(_convert(file, p, dtype))
+        mx.eval(arrays)
+    except (ValueError, TypeError, IndexError) as e:
+        raise InvalidCheckpointError(
+            f"{file.path}: tensor {p.gguf_name} ({p.source_type}) cannot be read: its data "
+            "does not match its type and shape; the file is damaged."
+        ) from e
+    return arrays
+
+
+def _count_nonfinite(arrays: list[Any]) -> int:
+    """NaN and infinite values in the floating-point arrays (weights, scales, biases)."""
+    import mlx.core as mx
+
+    floats = [a for a in arrays if mx.issubdtype(a.dtype, mx.floating)]
+    return sum(int(mx.sum(mx.logical_not(mx.isfinite(a))).item()) for a in floats)
+
+
+def _refuse_nonfinite(file: _File, tensor: str, count: int, force: bool) -> None:
+    """NaN or infinite weights make every reply NaN (or the tokens they touch nonsense):
+    refused, as llama.cpp's tensor check refuses them, unless --force (to look into it)."""
+    if not force:
+        raise InvalidCheckpointError(
+            f"{file.path}: tensor {tensor} holds {count:,} NaN or infinite values; a model "
+            "with them answers with NaN, not text, so it was not imported. Import it anyway "
+            "with --force (to look into it), or get another copy of the file."
+        )
+
+
 # -- naming ---------------------------------------------------------------------------------
 
 
@@ -480,6 +683,7 @@ def import_gguf(
         raise InvalidCheckpointError(f"{source} is not a file.")
     file = _File(source)
     config = read_config(file)
+    check_tokenizer(file, config["vocab_size"])
     types = Counter(t.tensor_type.name for t in file.tensors.values())
     dtype = "bfloat16" if types.get("BF16") else "float16"
     config["torch_dtype"] = dtype
@@ -522,13 +726,16 @@ def import_gguf(
             specs = [s for p in plan for s in p.specs]
             weights = tmp / "model.safetensors"
             writer = TensorFileWriter(weights, specs, metadata={"format": "mlx"})
-            import mlx.core as mx
 
             total, done = sum(s.nbytes for s in specs), 0
+            nonfinite: dict[str, int] = {}
             try:
                 for p in plan:
-                    arrays = list(_convert(file, p, dtype))
-                    mx.eval(arrays)
+                    arrays = _converted(file, p, dtype)
+                    bad = _count_nonfinite(arrays)
+                    if bad:
+                        _refuse_nonfinite(file, p.gguf_name, bad, force)
+                        nonfinite[p.gguf_name] = bad
                     for spec, array in zip(p.specs, arrays, strict=True):
                         writer.write(spec.name, array)
                         done += spec.nbytes
@@ -537,6 +744,13 @@ def import_gguf(
             except BaseException:
                 writer.abort()
                 raise
+            if nonfinite:
+                named = ", ".join(list(nonfinite)[:3]) + (", ..." if len(nonfinite) > 3 else "")
+                some = f"{len(nonfinite)} tensors hold" if len(nonfinite) > 1 else "1 tensor holds"
+                notes.append(
+                    f"{some} NaN or infinite values ({named}); imported because of --force, "
+                    "but its replies will be NaN or nonsense"
+                )
             files = sorted(f.name for f in tmp.iterdir() if f.is_file())
             manifest = Manifest.new(
                 model_name,

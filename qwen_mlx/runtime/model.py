@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..convert.template import ChatTemplate
 from ..errors import DamagedModelError, ModelNotFoundError, UnsupportedModelError
 from ..store import resolve
 from ..store.manifest import Manifest, manifest_sha256, read_manifest, verify_files
@@ -91,12 +92,24 @@ class Model:
         tools: Sequence[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> str:
-        """The conversation as the chat template renders it."""
-        kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
-        if tools:
-            kwargs["tools"] = list(tools)
+        """The conversation as the chat template renders it: with bounds on steps, size
+        and time, and the family's known template if the model's own runs past them
+        (see `convert.template`)."""
         rendered = [m.template() if isinstance(m, Message) else m for m in messages]
-        return self.tokenizer.apply_chat_template(rendered, tokenize=False, **kwargs)
+        if getattr(self.tokenizer, "_chat_template", None) is not None:  # mlx-lm's own code
+            kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
+            if tools:
+                kwargs["tools"] = list(tools)
+            return self.tokenizer.apply_chat_template(rendered, tokenize=False, **kwargs)
+        template = self.memo.get("chat_template")
+        if template is None:
+            template = ChatTemplate.of(self.tokenizer, self.config, self.name)
+            self.memo["chat_template"] = template
+        return template.render(
+            rendered,
+            tools=list(tools) if tools else None,
+            add_generation_prompt=add_generation_prompt,
+        )
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))

@@ -104,7 +104,7 @@ class QualityReport:
 @dataclass(frozen=True)
 class FileProblem:
     path: str
-    problem: str  # "missing", "size", "sha256", "unexpected", "damaged"
+    problem: str  # "missing", "size", "sha256", "unexpected", "damaged", "outside"
     detail: str = ""
 
     def __str__(self) -> str:
@@ -192,12 +192,15 @@ def read_manifest(folder: str | os.PathLike) -> Manifest | None:
     """The folder's manifest, or None if it has none. A damaged one raises.
 
     A manifest is damaged, too, when it lists a file outside its folder (`/etc/hostname`,
-    `../x`): every reader (verify, load, repair, ...) would otherwise hash or trust it.
+    `../x`), or is itself a link to a file outside it: every reader (verify, load,
+    repair, ...) would otherwise hash or trust it.
     """
     file = Path(folder) / MANIFEST_FILE
     if not file.exists() and not file.is_symlink():
         return None
     try:
+        if not file.resolve().is_relative_to(Path(folder).resolve()):
+            raise ValueError(f"it links to {file.resolve()}, outside the model folder")
         if not file.is_file():
             raise ValueError("it is not a file")
         data = json.loads(file.read_text())
@@ -257,13 +260,21 @@ def verify_files(
     """Compare the folder with its manifest: sizes always, sha256 when `full`.
 
     `progress(file, nbytes)` is called as bytes are hashed. Files that are not in the
-    manifest are problems too: a stray `*.safetensors` would be loaded as weights.
+    manifest are problems too: a stray `*.safetensors` would be loaded as weights. So is
+    a listed file that is a link (or lies under one) to somewhere outside the folder: as
+    with a `../` entry, its bytes are not the model's, whatever their hash.
     """
     folder = Path(folder)
+    root = folder.resolve()
     problems: list[FileProblem] = []
     listed = {f.path for f in manifest.files}
     for entry in manifest.files:
         file = folder / entry.path
+        real = file.resolve()
+        if not real.is_relative_to(root):
+            detail = f"a link to {real}, outside the model folder"
+            problems.append(FileProblem(entry.path, "outside", detail))
+            continue
         if not file.is_file():
             problems.append(FileProblem(entry.path, "missing"))
             continue

@@ -29,8 +29,9 @@ SWAP_MARK = ".swap-"  # journal of a folder swap in progress: .<name>.swap-<pid>
 
 
 def clean_partials(parent: Path, *, swaps: bool = True) -> None:
-    """Delete leftovers of conversions whose process is gone (killed with -9, say), after
-    finishing their swaps (`swaps`; without registering: the store does that itself)."""
+    """Delete leftovers (`.<name>.partial-<pid>-...`, folders or files) of conversions
+    and exports whose process is gone (killed with -9, say), after finishing their swaps
+    (`swaps`; without registering: the store does that itself)."""
     if swaps:
         for journal in sorted(parent.glob(f".*{SWAP_MARK}*.json")):
             swap = _Swap.claim(journal)
@@ -43,7 +44,10 @@ def clean_partials(parent: Path, *, swaps: bool = True) -> None:
     for p in parent.glob(f".*{PARTIAL_MARK}*"):
         pid = p.name.rsplit(PARTIAL_MARK, 1)[1].split("-", 1)[0]
         if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:  # a file being copied into place (an export's)
+                p.unlink(missing_ok=True)
 
 
 def check_replaceable(final: Path) -> None:

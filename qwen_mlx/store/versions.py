@@ -639,12 +639,13 @@ class Store:
 
         The journal of an `install` into it stays open until `close()`, which the caller
         calls after registering the model: a process killed before that leaves a journal
-        that the next command finishes (registering the model)."""
+        that the next command finishes (registering the model). A refused write leaves no
+        emptied `<family>/<release>/` folders in the store."""
         final.parent.mkdir(parents=True, exist_ok=True)
         in_store = final.parent.parent.parent == self.models_dir
         clean_partials(final.parent, swaps=not in_store)  # the store's own: see _recover
         tmp = final.parent / f".{final.name}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tmp.mkdir(parents=True)  # parents: another refused write may have just removed them
         try:
             yield tmp
         finally:
@@ -653,6 +654,12 @@ class Store:
                 self._swaps.append(swap)
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            if in_store and not final.exists():
+                for parent in (final.parent, final.parent.parent):  # release, then family
+                    try:
+                        parent.rmdir()
+                    except OSError:  # not empty: other versions live there
+                        break
 
 
 # Swaps installed but not yet handed to their Store (see Store.staging), by staging folder.
