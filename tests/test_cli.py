@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 from qwen_mlx.cli.main import COMMANDS, main
+
+from .helpers import child_env
 
 
 def test_help_lists_every_command(capsys):
@@ -28,7 +29,7 @@ def test_help_is_fast_and_does_not_import_mlx():
         " else 'NOMLX')"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env()
     )
     assert proc.stdout.strip().endswith("NOMLX")
     for name in COMMANDS:
@@ -42,7 +43,7 @@ def test_help_is_fast_and_does_not_import_mlx():
             ],
             capture_output=True,
             text=True,
-            env=os.environ,
+            env=child_env(),
         )
         assert sub.stdout.strip().endswith("NOMLX"), name
 
@@ -52,10 +53,14 @@ def test_subcommands_run_as_modules():
         [sys.executable, "-m", "qwen_mlx.cli.generate", "--help"],
         capture_output=True,
         text=True,
+        env=child_env(),
     )
     assert proc.returncode == 0 and "--prompt" in proc.stdout
     proc = subprocess.run(
-        [sys.executable, "-m", "qwen_mlx", "models", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "qwen_mlx", "models", "--help"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
     )
     assert proc.returncode == 0 and "usage: qwen-mlx models" in proc.stdout
 

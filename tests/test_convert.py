@@ -20,7 +20,7 @@ from qwen_mlx.fileio import sha256_file
 from qwen_mlx.store import Store
 from qwen_mlx.store.manifest import read_manifest
 
-from .helpers import TRAINED_TARGET, needs_trained
+from .helpers import TRAINED_TARGET, child_env, needs_trained
 
 STORE_DIR = "models/qwen3-1m-tiny/2507/mlx-q4-g64"
 
@@ -349,7 +349,7 @@ def test_python_dash_m_entry_point(tiny_hf, tmp_path, home):
         ],
         capture_output=True,
         text=True,
-        env={**os.environ},
+        env=child_env(),
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
