@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "Summarize a document. One that fits in the context goes in one prompt; a longer "
             "one is split on its headings, paragraphs and sentences, summarized part by part "
-            "and combined. Paragraphs marked [IMPORTANT] are kept word for word."
+            "and combined. Paragraphs marked [IMPORTANT] are kept word for word. Exit status 1 "
+            "when the model gives no summary (the parts' summaries are printed, if any)."
         ),
         raw=False,
     )
@@ -86,6 +87,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(summary.important)} [IMPORTANT] passages kept]",
         file=sys.stderr,
     )
+    if summary.empty_calls and summary.complete:
+        print(
+            f"warning: {summary.empty_calls} of {summary.calls} model calls gave an empty "
+            "summary; what they read is missing from this one.",
+            file=sys.stderr,
+        )
+    if not summary.complete:
+        print(
+            "error: the model's final summary came out empty, so what was printed is the "
+            "summaries it was to combine, not one summary "
+            f"({summary.empty_calls} of {summary.calls} model calls gave no text). "
+            "Try another --temperature or --seed, or a larger --max-context.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
