@@ -77,7 +77,24 @@ def test_demo_builds_converts_loads_and_generates(home, capsys):
 
     assert [m.name for m in Store(home).list()] == [DEMO_MODEL]
     assert main(["demo", "--max-tokens", "4"]) == 0  # second run reuses the stored model
-    assert "convert:" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "convert:" not in err
+    from qwen_mlx.convert import quantized_prefill_is_slow
+
+    if quantized_prefill_is_slow():  # Linux: the next step it suggests is a bf16 model
+        assert "--no-quantize`" in err and "30x slower" in err
+    else:
+        assert "--no-quantize" not in err
+
+
+def test_the_demo_suggests_no_quantize_without_metal_only(home, capsys, monkeypatch):
+    slow = "qwen_mlx.convert.quantized_prefill_is_slow"
+    for linux in (True, False):
+        monkeypatch.setattr(slow, lambda linux=linux: linux)
+        assert main(["demo", "--max-tokens", "2"]) == 0
+        err = capsys.readouterr().err
+        assert ("Qwen3-4B-Instruct-2507 --no-quantize`" in err) is linux
+        assert ("30x slower" in err) is linux
 
 
 def test_every_sampling_parameter_has_a_flag():

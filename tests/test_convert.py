@@ -525,3 +525,19 @@ def test_a_model_no_layer_can_be_quantized_in_is_named_unquantized(tmp_path, cap
     assert m.name == "qwen3-1m-odd-2507-mlx-bf16"
     assert m.quantization.bits is None and m.quantization.bits_per_weight == 16.0
     assert "quantization" not in json.loads((out / "config.json").read_text())
+
+
+def test_quantizing_without_metal_says_4bit_prefill_is_slow_and_suggests_no_quantize(
+    tiny_hf, tmp_path, capsys, monkeypatch
+):
+    slow = "qwen_mlx.convert.quantized_prefill_is_slow"
+    monkeypatch.setattr(slow, lambda: True)  # Linux
+    assert main(["--hf-path", str(tiny_hf), "--mlx-path", str(tmp_path / "q4")]) == 0
+    err = capsys.readouterr().err
+    assert "30x slower" in err and "--no-quantize" in err
+    out = ["--mlx-path", str(tmp_path / "bf16"), "--no-quantize"]
+    assert main(["--hf-path", str(tiny_hf), *out]) == 0
+    assert "30x slower" not in capsys.readouterr().err
+    monkeypatch.setattr(slow, lambda: False)  # Metal
+    assert main(["--hf-path", str(tiny_hf), "--mlx-path", str(tmp_path / "mac")]) == 0
+    assert "30x slower" not in capsys.readouterr().err
