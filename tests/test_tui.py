@@ -727,9 +727,10 @@ async def test_rename_and_delete_dialogs_take_focus_and_delete_defaults_to_keep(
 async def test_model_picker_takes_focus_and_enter_picks_the_highlighted_model(
     stored, tiny_hf, home
 ):
-    convert(str(tiny_hf), q_bits=8)  # a second model in the store
+    convert(str(tiny_hf), q_bits=8)  # a second model in the store, not the family's latest
 
-    async with running(home) as (app, pilot):
+    # Named: without --model the app would open the most recently converted, the 8-bit one.
+    async with running(home, model=stored) as (app, pilot):
         first = app.model.name
         await pilot.press("f4")
         await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker))

@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         "-m",
         help="store name, family, folder or repo id "
-        "(default: the chat's model, else qwen3-4b-instruct, else the store's)",
+        "(default: the chat's model, else the last chat's, else the most recently converted "
+        "one that never served as a --draft)",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument(

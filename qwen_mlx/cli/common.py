@@ -197,16 +197,43 @@ class ProgressBar:
         self._stage = ""
 
 
-def add_model_arg(
-    parser: argparse.ArgumentParser, *, default: str | None = DEFAULT_MODEL, help: str = ""
-) -> None:
-    """`--model REF`: what every command that runs the model accepts."""
+def add_model_arg(parser: argparse.ArgumentParser, *, help: str = "") -> None:
+    """`--model REF`: what every command that runs the model accepts; without it,
+    `model_ref(args)` picks one."""
     parser.add_argument(
         "--model",
         "-m",
-        default=default,
-        help=help or f"store name, family (its latest), folder or repo id (default: {default})",
+        help=help
+        or f"store name, family (its latest), folder or repo id (default: {DEFAULT_MODEL}, "
+        "else the most recently converted model that is not a draft)",
     )
+
+
+def model_ref(args: argparse.Namespace) -> str:
+    """--model, else `default_model` (leaving out this run's --draft)."""
+    return args.model or default_model(draft=getattr(args, "draft", None))
+
+
+def default_model(*, draft: str | None = None) -> str:
+    """The model a command runs when none is named: qwen3-4b-instruct's latest when the
+    store has one; else the most recently converted or imported model that was never
+    used as a draft (nor is `draft`), said on stderr; else qwen3-4b-instruct, whose
+    absence loading explains."""
+    from ..store import Store
+
+    store = Store()
+    try:
+        if store.latest(DEFAULT_MODEL) is not None:
+            return DEFAULT_MODEL
+        recent = store.recent_model(exclude=(draft,) if draft and draft != "lookup" else ())
+    except (QwenMLXError, OSError):  # an unreadable store: loading will say what is wrong
+        recent = None
+    finally:
+        store.close()
+    if recent is None:
+        return DEFAULT_MODEL
+    print(f"model: {recent} (the most recently converted; --model picks another)", file=sys.stderr)
+    return recent
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -288,4 +315,22 @@ def draft_from_args(model: Any, args: argparse.Namespace) -> Any:
         return None
     from ..runtime import make_drafter
 
-    return make_drafter(model, args.draft)
+    drafter = make_drafter(model, args.draft)
+    if args.draft != "lookup":
+        note_draft(args.draft)
+    return drafter
+
+
+def note_draft(ref: str) -> None:
+    """Remember in the store that `ref` served as a draft, so that no command picks it as
+    the model when none is named; a store that cannot record it changes nothing else."""
+    from ..store import Store
+
+    try:
+        store = Store()
+        try:
+            store.note_draft(ref)
+        finally:
+            store.close()
+    except (QwenMLXError, OSError):
+        pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_model_arg, command_parser, guarded, human_bytes, print_table
+from .common import add_model_arg, command_parser, guarded, human_bytes, model_ref, print_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def _planner(args: argparse.Namespace):
     )
     from ..store import resolve
 
-    folder = resolve(args.model)
+    folder = resolve(model_ref(args))
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: it is not a model folder.")

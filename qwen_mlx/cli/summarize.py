@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import ProgressBar, add_model_arg, command_parser, guarded
+from .common import ProgressBar, add_model_arg, command_parser, guarded, model_ref
 
 
 def add_document_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def run_on_document(args: argparse.Namespace, action):
     from ..runtime import load
 
     text = read_document(args.file)
-    model = load(args.model)
+    model = load(model_ref(args))
     bar = ProgressBar(unit="tokens")  # tokens read and written, with the time left
     try:
         return action(

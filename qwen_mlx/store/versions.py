@@ -381,6 +381,48 @@ class Store:
         assert manifest is not None  # locate only finds folders with a manifest.json
         return folder, manifest
 
+    def stored_name(self, ref: str | Path) -> naming.ModelName | None:
+        """The store name `ref` stands for: a name, a family (its latest) or a folder inside
+        the store; None for anything else (a Hub repo id, a folder elsewhere)."""
+        try:
+            folder = Path(ref).expanduser().resolve()
+            if folder.is_dir() and folder.parent.parent.parent == self.models_dir.resolve():
+                family, release, format_dir = folder.parts[-3:]
+                return self._name_at(family, f"{release}/{format_dir}")
+            return self.locate(str(ref))[1]
+        except (QwenMLXError, OSError, ValueError):
+            return None
+
+    # -- drafts, and the model to use when none is named -------------------------------------
+
+    def note_draft(self, ref: str | Path) -> None:
+        """Remember that the stored model `ref` was used as a speculative-decoding draft
+        (nothing for a model outside the store), so `recent_model` never picks it."""
+        name = self.stored_name(ref)
+        if name is not None:
+            with self.registry.transaction() as conn:
+                Registry.record_draft(conn, str(name))
+
+    def recent_model(self, *, exclude: tuple[str | Path, ...] = ()) -> str | None:
+        """The most recently converted or imported model that can be chatted with: an MLX
+        version whose folder is here, never one used as a draft (`note_draft`) nor one of
+        `exclude` (the draft of this very run, say). None when there is none."""
+        if not self.models_dir.is_dir():
+            return None
+        left_out = self.registry.drafts()
+        left_out |= {str(n) for n in map(self.stored_name, exclude) if n is not None}
+        rows = [
+            r
+            for r in self.registry.models()
+            if r.name not in left_out
+            and not r.format.startswith("gguf")
+            and _has_manifest(self._folder_of(r.name, r.path))
+        ]
+        if not rows:
+            return None
+        order = self.registry.registrations()
+        return max(rows, key=lambda r: (order.get(r.name, 0), r.created_at, r.name)).name
+
     # -- verify ----------------------------------------------------------------------------
 
     def verify(
