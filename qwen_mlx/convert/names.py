@@ -56,16 +56,23 @@ def output_name(
     """The store name of a converted or imported model (the source's name plus
     `-mlx-<quant>`) and a sentence saying how it was chosen ("" when the name or the
     source's name was one). `label` replaces the source's own name (the folder's, the
-    repo's); `parameters` the checkpoint's count (a quantized one counts differently)."""
+    repo's); `parameters` the checkpoint's count (a quantized one counts differently).
+    A local trainer's checkpoint folder (`runs/exp7/checkpoint-1200`) is named after its
+    run folder, with the step as the release."""
     release, release_from = fallback_release(source, ckpt)
+    label = label or source.label
+    checkpoint = None
+    if source.repo_id is None and naming.checkpoint_release(label) is not None:
+        checkpoint, label = label, source.path.resolve().parent.name
     base, note = naming.name_for(
         name,
-        label or source.label,
+        label,
         family=ckpt.model_type,
         parameters=parameters or ckpt.parameters,
         release=release,
         release_from=release_from,
         hint=ckpt.config.get("_name_or_path"),
+        checkpoint=checkpoint,
     )
     return with_quant(base, quantization), note
 

@@ -217,6 +217,15 @@ class Registry:
         conn.execute("DELETE FROM models WHERE name = ?", (name,))
 
     @staticmethod
+    def delete_family_if_empty(conn: sqlite3.Connection, family: str) -> bool:
+        """Forget a family's pin and update policy once it has no model left; whether it
+        had none."""
+        if conn.execute("SELECT 1 FROM models WHERE family = ?", (family,)).fetchone():
+            return False
+        conn.execute("DELETE FROM families WHERE family = ?", (family,))
+        return True
+
+    @staticmethod
     def record_verify(conn: sqlite3.Connection, name: str, ok: bool) -> None:
         conn.execute(
             "UPDATE models SET last_verified_at = ?, last_verify_ok = ? WHERE name = ?",

@@ -10,6 +10,7 @@ A model reference is a store name, a family id (its latest), a folder, or a Hub 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -580,6 +581,9 @@ class Store:
             if is_latest:
                 self._move_latest_back(conn, name)
             _delete_tree(folder)
+            with contextlib.suppress(OSError):  # the release's last format: its folder too
+                folder.parent.rmdir()
+            self._drop_family_if_empty(conn, family)
         return Removed(name, freed, was_missing=False)
 
     def _forget(self, folder: Path, name: naming.ModelName) -> Removed:
@@ -599,7 +603,24 @@ class Store:
                 self._move_latest_back(conn, name)
             if not gone:  # a folder without its manifest.json is not a model any more
                 _delete_tree(folder)
+            self._drop_family_if_empty(conn, family)
         return Removed(name, freed, was_missing=gone)
+
+    def _drop_family_if_empty(self, conn: sqlite3.Connection, family: str) -> None:
+        """A family whose last version went goes too: its pin and update policy, its
+        `latest` pointer and its empty folders. Anything else in its folder (a conversion
+        under way into it, a file of the user's) keeps the folder."""
+        folder = self.models_dir / family
+        if any(_has_manifest(p) for p in folder.glob("*/*")):
+            return  # a version on disk the registry lacks: `repair` brings it back
+        if not Registry.delete_family_if_empty(conn, family):
+            return
+        (folder / LATEST_FILE).unlink(missing_ok=True)
+        for release in folder.glob("*"):
+            with contextlib.suppress(OSError):  # not empty: left as it is
+                release.rmdir()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
     def _move_latest_back(self, conn: sqlite3.Connection, name: naming.ModelName) -> None:
         """Point `latest` at the newest earlier version still on disk (or at nothing)."""
