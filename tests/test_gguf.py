@@ -680,3 +680,20 @@ def test_the_real_qwen3_tokenizer_survives_export_and_import(tmp_path, capsys, m
     config = json.loads((folder / "tokenizer_config.json").read_text())
     original = json.loads((SHARED_MODEL / "tokenizer_config.json").read_text())
     assert config["chat_template"] == original["chat_template"]
+
+
+def test_an_output_ending_in_gguf_is_the_file(store, tmp_path, capsys):
+    target = tmp_path / "exports" / "m.gguf"
+    assert run("models", "export", NAME, "--quant", "q8_0", "--output", str(target)) == 0
+    assert target.is_file()  # the file itself, not a folder named m.gguf
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf"]  # nothing beside it
+    assert f"to {target}" in capsys.readouterr().out
+    r, _ = reader(target)
+    assert r.fields["general.architecture"].contents() == "qwen3"
+    assert run("models", "export", NAME, "--quant", "q8_0", "--output", str(target)) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    argv = ["--quant", "q4_0", "--output", str(target), "--force"]
+    assert run("models", "export", NAME, *argv) == 0
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf"]
+    assert run("models", "export", NAME, "--format", "ollama", "--output", str(target)) == 1
+    assert "give --output a folder, not a .gguf file" in capsys.readouterr().err

@@ -29,6 +29,7 @@ llama.cpp's own quantizer (needs `pip install 'qwen-mlx[interop]'`).
 
 examples:
   qwen-mlx models export qwen3-4b-instruct --format gguf --quant q8_0
+  qwen-mlx models export qwen3-4b-instruct --format gguf --output ~/models/qwen3-4b.gguf
   qwen-mlx models export qwen3-4b-instruct --format ollama
   qwen-mlx models export qwen3-4b-instruct --format lmstudio
 """
@@ -46,13 +47,25 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     a.add_argument("name", metavar="NAME|FAMILY")
     a.add_argument("--format", choices=FORMATS, default="gguf", help="(default: gguf)")
     a.add_argument("--quant", choices=QUANTS, help="(default: q4_0; mlx for lmstudio)")
-    a.add_argument("--output", metavar="DIR", help="a folder instead of the store")
+    a.add_argument(
+        "--output",
+        metavar="DIR|FILE.gguf",
+        help="a folder instead of the store; for --format gguf, a path ending in .gguf is "
+        "the file to write",
+    )
     a.add_argument("--force", action="store_true", help="export again, replacing a copy")
 
 
 def export(store, args) -> int:
+    from ..convert.gguf_export import is_gguf_file_path
     from ..store import naming
 
+    if args.format != "gguf" and args.output and is_gguf_file_path(Path(args.output).expanduser()):
+        what = "the GGUF and its Modelfile" if args.format == "ollama" else "LM Studio's models"
+        raise ValueError(
+            f"--format {args.format} writes a folder ({what}): give --output a folder, "
+            "not a .gguf file (--format gguf --output FILE.gguf writes the file alone)."
+        )
     folder, manifest = store.manifest(args.name)
     name = naming.parse(manifest.name)
     quant = args.quant or ("mlx" if args.format == "lmstudio" else DEFAULT_GGUF_QUANT)
