@@ -541,3 +541,17 @@ def test_quantizing_without_metal_says_4bit_prefill_is_slow_and_suggests_no_quan
     monkeypatch.setattr(slow, lambda: False)  # Metal
     assert main(["--hf-path", str(tiny_hf), "--mlx-path", str(tmp_path / "mac")]) == 0
     assert "30x slower" not in capsys.readouterr().err
+
+
+def test_a_conversion_to_mlx_path_says_it_is_not_in_the_store_and_how_to_add_it(
+    tiny_hf, tmp_path, home, capsys
+):
+    from qwen_mlx.cli.models import main as models_main
+
+    out = tmp_path / "my out"
+    assert main(["--hf-path", str(tiny_hf), "--mlx-path", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "not in the store" in said
+    assert f"`qwen-mlx models import '{out}'`" in said
+    assert models_main(["import", str(out)]) == 0  # what it says works
+    assert "Imported qwen3-1m-tiny-2507-mlx-q4-g64" in capsys.readouterr().out

@@ -220,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  make it the latest with `qwen-mlx models set-latest {m.name}` "
             "(or convert with --set-latest)"
         )
+    else:
+        import shlex
+
+        print(
+            "  store: not in the store (written to --mlx-path); load it by its folder, or "
+            f"add it with `qwen-mlx models import {shlex.quote(str(result.path))}`"
+        )
     print(f"  took {result.seconds:.1f} s", file=sys.stderr)
     return 0
 
