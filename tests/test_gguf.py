@@ -5,6 +5,7 @@ layouts, and what an import keeps. llama.cpp's own checks are in test_gguf_inter
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -697,3 +698,42 @@ def test_an_output_ending_in_gguf_is_the_file(store, tmp_path, capsys):
     assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf"]
     assert run("models", "export", NAME, "--format", "ollama", "--output", str(target)) == 1
     assert "give --output a folder, not a .gguf file" in capsys.readouterr().err
+
+
+def test_a_name_read_from_a_file_never_takes_over_a_family(tiny_hf, home, tmp_path, capsys):
+    from qwen_mlx.store import Store
+
+    def latest(family: str) -> str:
+        return str(Store().latest(family))
+
+    # A file whose metadata calls it the official qwen3-4b-instruct-2507: 140K parameters.
+    assert run("convert", "--hf-path", str(tiny_hf), "--name", "qwen3-4b-instruct-2507") == 0
+    official = latest("qwen3-4b-instruct")
+    claims = tmp_path / "claims.gguf"
+    argv = ["--quant", "f16", "--output", str(claims)]
+    assert run("models", "export", "qwen3-4b-instruct", *argv) == 0
+    capsys.readouterr()
+    assert run("models", "import", str(claims)) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"Imported qwen3-140k-instruct-2507-mlx-f16 \(1[34]\dK parameters", out)
+    assert re.search(r"calls itself qwen3-4b-instruct-2507-mlx-f16, but it has 1[34]\dK", out)
+    assert latest("qwen3-4b-instruct") == official
+
+    # Its size fits, and it is a newer release in the latest's format: still not the latest.
+    assert run("convert", "--hf-path", str(tiny_hf), "--name", "qwen3-140k-tiny-2510") == 0
+    newer = tmp_path / "newer.gguf"
+    assert run("models", "export", "qwen3-140k-tiny", "--quant", "f16", "--output", str(newer)) == 0
+    assert run("models", "rm", "qwen3-140k-tiny", "--force") == 0
+    argv = ["--name", "qwen3-140k-tiny-2507", "--no-quantize", "--dtype", "float16"]
+    assert run("convert", "--hf-path", str(tiny_hf), *argv) == 0
+    capsys.readouterr()
+    assert run("models", "import", str(newer)) == 0
+    out = capsys.readouterr().out
+    assert "Imported qwen3-140k-tiny-2510-mlx-f16" in out
+    assert "qwen3-140k-tiny already has a latest (qwen3-140k-tiny-2507-mlx-f16)" in out
+    assert "`qwen-mlx models set-latest qwen3-140k-tiny-2510-mlx-f16` switches" in out
+    assert latest("qwen3-140k-tiny") == "qwen3-140k-tiny-2507-mlx-f16"
+    # --name is the user's word: it follows the usual rule (a newer release becomes latest).
+    argv = ["--name", "qwen3-140k-tiny-2511", "--force"]
+    assert run("models", "import", str(newer), *argv) == 0
+    assert latest("qwen3-140k-tiny") == "qwen3-140k-tiny-2511-mlx-f16"

@@ -227,12 +227,17 @@ def _import(store, args) -> int:
     if models_engines.is_gguf(args.path):
         return models_engines.import_gguf(store, args)
     from ..convert.importer import import_folder
+    from ..store.naming import parameters_text
 
-    folder, manifest, latest = import_folder(
-        args.path, name=args.name, force=args.force, home=store.root
+    result = import_folder(args.path, name=args.name, force=args.force, home=store.root)
+    manifest = result.manifest
+    print(
+        f"Imported {manifest.name} ({parameters_text(manifest.parameters)} parameters, "
+        f"{human_bytes(manifest.size)}) into {result.path}"
     )
-    print(f"Imported {manifest.name} ({human_bytes(manifest.size)}) into {folder}")
-    if latest:
+    for note in result.notes:
+        print(f"  note: {note}")
+    if result.became_latest:
         print(f"  now the latest of {manifest.family}")
     else:
         print(

@@ -163,8 +163,13 @@ def import_gguf(store, args) -> int:
             args.path, name=args.name, force=args.force, home=store.root, progress=progress
         )
     )
+    from ..store.naming import parameters_text
+
     m = result.manifest
-    print(f"Imported {m.name} ({human_bytes(m.size)}) into {result.path}")
+    print(
+        f"Imported {m.name} ({parameters_text(m.parameters)} parameters, "
+        f"{human_bytes(m.size)}) into {result.path}"
+    )
     print(f"  source {Path(args.path).name}, sha256 {next(iter(m.source.files.values()))}")
     for note in result.notes:
         print(f"  note: {note}")

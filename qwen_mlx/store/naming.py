@@ -392,6 +392,20 @@ def _checkpoint_name(
     return name, "derived: " + "; ".join(parts)
 
 
+def size_fits(size: str, parameters: int) -> bool:
+    """Whether a name's size (`4b`, `0.6b`, `30b-a3b`) is within a factor of 10 of the
+    parameter count: loose, as sizes round and count differently (Qwen3-1.7B holds 2.0B
+    parameters with its embeddings), but a 4M-parameter model is no `4b`."""
+    total = size.split("-")[0]
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[total[-1]]
+    return 0.1 <= parameters / (float(total[:-1]) * scale) <= 10
+
+
+def parameters_text(parameters: int) -> str:
+    """4.2M, 4.02B: a parameter count as a sentence says it."""
+    return _count(parameters)
+
+
 def _count(parameters: int) -> str:
     """4.2M, 4.02B: a parameter count as a sentence says it."""
     if parameters >= 1e9:
