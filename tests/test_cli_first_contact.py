@@ -98,7 +98,14 @@ def test_a_mistyped_store_name_suggests_the_stored_one(tiny_hf, home, capsys):
     family = name.rsplit("-", 4)[0]
     typo = family.replace("tiny", "tyni")
     assert generate_main(["--model", typo, "--prompt", "x"]) == 1
-    assert f"did you mean {family}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"Did you mean {family}?" in err
+    assert "?." not in err and "?:" not in err  # one mark ends the question
+    from qwen_mlx.cli.models import main as models_main
+
+    assert models_main(["show", f"{family}-2507-mlx-q4-g65"]) == 1
+    err = capsys.readouterr().err
+    assert f"Did you mean {family}-2507-mlx-q4-g64" in err and "?." not in err
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,10 @@ rejected with a clear message before any heavy work and leaves nothing behind.""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -555,3 +557,39 @@ def test_a_conversion_to_mlx_path_says_it_is_not_in_the_store_and_how_to_add_it(
     assert f"`qwen-mlx models import '{out}'`" in said
     assert models_main(["import", str(out)]) == 0  # what it says works
     assert "Imported qwen3-1m-tiny-2507-mlx-q4-g64" in capsys.readouterr().out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_without_a_terminal_is_a_few_lines_that_say_something(
+    tiny_hf, home, capsys, monkeypatch
+):
+    from qwen_mlx.cli.models import main as models_main
+
+    monkeypatch.chdir(tiny_hf.parent)
+    assert main(["--hf-path", f"./{tiny_hf.name}", "--report"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "download: ./" + tiny_hf.name not in err  # a local folder downloads nothing
+    assert f"validate: {tiny_hf}" in err
+    assert not [line for line in err if "model.layers" in line or ".partial" in line]
+    converts = [line for line in err if line.startswith("convert")]
+    assert len(converts) == 1 and re.fullmatch(r"convert: [\d.]+ KB", converts[0])  # its size
+    assert "quality: the held-out text, through both models" in err
+    assert len(err) <= 8, err
+    assert main(["--hf-path", f"./{tiny_hf.name}", "--q-bits", "8"]) == 0
+    capsys.readouterr()
+    assert models_main(["verify"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in err] == ["verify", "verify"]  # one per version
+    assert not [line for line in err if ".json" in line or ".jinja" in line]
+
+
+def test_the_convert_bar_on_a_terminal_ends_at_100_percent(tiny_hf, home, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["--hf-path", str(tiny_hf)]) == 0
+    drawn = [line for line in terminal.getvalue().split("\r") if line.startswith("convert ")]
+    assert drawn and "100.0%" in drawn[-1]  # a quick conversion is throttled, not cut short

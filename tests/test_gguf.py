@@ -285,7 +285,7 @@ def test_export_lmstudio_lays_out_publisher_model_folders(store, tmp_path, capsy
     assert run("models", "export", NAME, *argv) == 0
     gguf_dir = models / "qwen-mlx" / "qwen3-1m-tiny-2507-GGUF"
     assert [p.name for p in gguf_dir.iterdir()] == ["qwen3-1m-tiny-2507-gguf-q8_0.gguf"]
-    assert "LM Studio:" in capsys.readouterr().out
+    assert "LM Studio: 1 file into" in capsys.readouterr().out
     assert run("models", "export", NAME, "--format", "lmstudio", "--output", str(models)) == 1
 
 

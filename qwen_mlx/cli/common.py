@@ -120,11 +120,14 @@ def print_table(
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal. Elsewhere (logs, pipes) a line per stage, and
-    one per quarter of the work when it is large.
+    """Progress on a terminal: a one-line bar per stage that has a total, a line per stage
+    that has none (`validate: ./my-finetune`). Elsewhere (logs, pipes) only those stage
+    lines, and for large work (or with a `unit`) one line per quarter: never one line per
+    tensor or file.
 
     With a `unit` ("tokens", say) the bar counts them (`1,024/8,000 tokens`) and estimates
-    the time left from the rate so far in the stage."""
+    the time left from the rate so far in the stage; "bytes" counts sizes (`1.2 GB/8.0
+    GB`), and names a stage's size on its line elsewhere (`convert: 8.0 GB`)."""
 
     def __init__(
         self,
@@ -143,6 +146,8 @@ class ProgressBar:
         self._last_quarter = -1
         self._done = 0
         self._started = (0.0, 0)  # when the stage began, and its count then
+        self._on_line = False  # a bar is drawn and its line not ended yet
+        self._pending: tuple[int, int, str] | None = None  # the latest state not drawn
 
     def advance(self, stage: str, n: int, total: int, detail: str = "") -> None:
         """Add `n` to the running count of this stage and redraw."""
@@ -150,6 +155,8 @@ class ProgressBar:
         self.update(stage, self._done, total, detail)
 
     def update(self, stage: str, done: int = 0, total: int = 0, detail: str = "") -> None:
+        """A stage's progress. `detail` says what the stage works on when it has no total
+        (a folder, a repo); with a total it is the current item, shown in the bar only."""
         if total < self.min_total:
             return
         now = time.monotonic()
@@ -158,28 +165,43 @@ class ProgressBar:
             self._stage = stage
             self._last_quarter = -1
             self._started = (now, done)
-            if not self.tty:
-                print(f"{stage}: {detail}".rstrip(": "), file=self.stream, flush=True)
+            if not total or not self.tty:
+                said = f"{stage}: {detail}" if detail and not total else stage
+                if total and self.unit == "bytes":
+                    said += f": {human_bytes(total)}"
+                print(said, file=self.stream, flush=True)
         if not total:
             return
         frac = min(done / total, 1.0)
         if self.tty:
             if now - self._last_draw < 0.1 and done < total:
+                self._pending = (done, total, detail)  # drawn later, or by finish()
                 return
-            self._last_draw = now
-            filled = int(frac * self.width)
-            bar = "#" * filled + "-" * (self.width - filled)
-            if self.unit:
-                detail = f"{done:,}/{total:,} {self.unit}{self._eta(now, done, total)} {detail}"
-            line = f"\r{stage:<9} [{bar}] {frac:6.1%} {detail[:48]:<48}"
-            self.stream.write(line)
-            self.stream.flush()
-        elif self.unit or total >= QUIET_BELOW:
+            self._draw(now, done, total, detail)
+        elif (self.unit and self.unit != "bytes") or total >= QUIET_BELOW:
             quarter = int(frac * 4)
             if quarter > self._last_quarter:
                 self._last_quarter = quarter
-                count = f" ({done:,}/{total:,} {self.unit})" if self.unit else ""
+                count = f" ({self._count(done, total)})" if self.unit else ""
                 print(f"{stage}: {frac:.0%}{count}", file=self.stream, flush=True)
+
+    def _draw(self, now: float, done: int, total: int, detail: str) -> None:
+        self._last_draw = now
+        self._pending = None
+        frac = min(done / total, 1.0)
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        if self.unit:
+            detail = f"{self._count(done, total)}{self._eta(now, done, total)} {detail}"
+        line = f"\r{self._stage:<9} [{bar}] {frac:6.1%} {detail[:48]:<48}"
+        self.stream.write(line)
+        self.stream.flush()
+        self._on_line = True
+
+    def _count(self, done: int, total: int) -> str:
+        if self.unit == "bytes":
+            return f"{human_bytes(done)}/{human_bytes(total)}"
+        return f"{done:,}/{total:,} {self.unit}"
 
     def _eta(self, now: float, done: int, total: int) -> str:
         """`, 1:05 left` from the stage's rate so far; empty until there is one."""
@@ -191,9 +213,14 @@ class ProgressBar:
         return f", {left // 60}:{left % 60:02d} left"
 
     def finish(self) -> None:
-        if self.tty and self._stage:
+        """End the stage: its last state drawn (a throttled update is not lost), and the
+        bar's line ended."""
+        if self._pending is not None:
+            self._draw(time.monotonic(), *self._pending)
+        if self._on_line:
             self.stream.write("\n")
             self.stream.flush()
+            self._on_line = False
         self._stage = ""
 
 

@@ -143,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..convert import Progress, convert, default_report, quantized_prefill_is_slow
 
-    if args.quantize and quantized_prefill_is_slow():
-        print(CPU_QUANT_NOTE, file=sys.stderr, flush=True)
+    # Said once the checkpoint is read and named, before the long work (not before a
+    # refusal of bad flags).
+    slow_note = args.quantize and quantized_prefill_is_slow()
 
     report = args.report
     if report is None:
@@ -154,12 +155,19 @@ def main(argv: list[str] | None = None) -> int:
         from ..runtime.memory import machine_budget
 
         memory_budget = machine_budget().bytes
-    bar = ProgressBar()
+    bar = ProgressBar(unit="bytes")
 
     def progress(p: Progress) -> None:
+        nonlocal slow_note
+        if p.stage == "done":  # the summary below says where it went
+            bar.finish()
+            return
         if p.stage in ("name", "warning"):
             bar.finish()
             print(f"{p.stage}: {p.detail}", file=sys.stderr, flush=True)
+            if slow_note:
+                print(CPU_QUANT_NOTE, file=sys.stderr, flush=True)
+                slow_note = False
             return
         bar.update(p.stage, p.done, p.total, p.detail)
 

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..convert.demo import ensure_demo_model
     from ..runtime import load, stream_generate
 
-    bar = ProgressBar()
+    bar = ProgressBar(unit="bytes")
     print(
         "[1/3] Building a tiny random Qwen3 and converting it to 4-bit MLX "
         "(skipped when already in the store)...",

@@ -166,7 +166,7 @@ def _show(store, args) -> int:
             f"  quality       {r.verdict}: KL divergence {r.kl_divergence:.5f}, "
             f"top-1 agreement {r.top1_agreement:.1%}",
             f"                perplexity {r.perplexity_source:.3f} (source) -> "
-            f"{r.perplexity_converted:.3f} (converted), {r.tokens} calibration tokens",
+            f"{r.perplexity_converted:.3f} (converted), {r.tokens} held-out tokens",
         ]
     else:
         lines.append("  quality       no report (convert with --report to record one)")
@@ -201,7 +201,7 @@ def _verify_one(store, name: str, *, several: bool) -> bool:
     that cannot be read (permission denied, say) is reported and the others still run."""
     from ..errors import QwenMLXError
 
-    bar = ProgressBar()
+    bar = ProgressBar(unit="bytes")
     try:
         result = store.verify(
             name, progress=lambda file, n, total: bar.advance("verify", n, total, file)
@@ -293,7 +293,7 @@ def _rm(store, args) -> int:
 def _check_updates(store, args) -> int:
     from ..convert.updates import check_updates
 
-    bar = ProgressBar()
+    bar = ProgressBar(unit="bytes")
     try:
         results = check_updates(
             args.family,

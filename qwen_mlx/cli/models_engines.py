@@ -194,7 +194,7 @@ def is_gguf(path: str) -> bool:
 
 
 def _with_bar(work):
-    bar = ProgressBar()
+    bar = ProgressBar(unit="bytes")
     try:
         return work(lambda p: bar.update(p.stage, p.done, p.total, p.detail))
     finally:

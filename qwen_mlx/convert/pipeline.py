@@ -240,7 +240,8 @@ def convert(
         if out_dir or early is not None:
             _check_output(out_dir or store.path_for(early), force)
 
-    progress(Progress("download", detail=hf_path))
+    if not Path(hf_path).expanduser().exists():  # a local folder has nothing to download
+        progress(Progress("download", detail=hf_path + (f" at {revision}" if revision else "")))
     source = hub.fetch(hf_path, revision=revision)
     progress(Progress("validate", detail=str(source.path)))
     ckpt = inspect_checkpoint(source.path)
@@ -325,7 +326,7 @@ def convert(
             if report:
                 from .quality import check_quality, evaluate
 
-                progress(Progress("quality"))
+                progress(Progress("quality", detail="the held-out text, through both models"))
                 quality = evaluate(ckpt.path, tmp, heldout_text)
                 check_quality(quality)
             outputs = sorted(p.name for p in tmp.iterdir() if p.is_file())

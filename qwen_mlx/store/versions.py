@@ -349,7 +349,7 @@ class Store:
             name = self._name_at(family, f"{release}/{format_dir}")
         if folder is None or name is None:
             raise ModelNotFoundError(
-                f"{ref} is not in the store{self.did_you_mean(ref)} (see `qwen-mlx models list`)."
+                f"{ref} is not in the store (see `qwen-mlx models list`).{self.did_you_mean(ref)}"
             )
         return folder, name
 
@@ -364,11 +364,12 @@ class Store:
         return sorted(found)
 
     def did_you_mean(self, ref: str) -> str:
-        """`; did you mean X?` naming the stored names closest to `ref`, or ""."""
+        """` Did you mean X?` naming the stored names closest to `ref`, or "": a sentence
+        to follow a message's last one."""
         import difflib
 
         close = difflib.get_close_matches(ref.strip().lower(), self.names(), n=3, cutoff=0.6)
-        return f"; did you mean {' or '.join(close)}?" if close else ""
+        return f" Did you mean {' or '.join(close)}?" if close else ""
 
     def manifest(self, ref: str) -> tuple[Path, Manifest]:
         folder, name = self.locate(ref)
