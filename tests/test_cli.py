@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
+
+import pytest
 
 from qwen_mlx.cli.main import COMMANDS, main
 
@@ -110,3 +113,55 @@ def test_every_sampling_parameter_has_a_flag():
     assert {f.name for f in fields(SamplingParams)} <= dests
     args = parser.parse_args(["--top-k", "5", "--stop", "END", "--seed", "3"])
     assert sampling_overrides(args) == {"top_k": 5, "stop": ["END"], "seed": 3}
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["generate", "--promt", "hi"], "--promt: did you mean --prompt?"),
+        (
+            ["generate", "--prompt", "hi", "--temprature=0"],
+            "--temprature: did you mean --temperature?",
+        ),
+        (["models", "list", "--jsn"], "--jsn: did you mean --json?"),
+        (["models", "export", "x", "--fromat", "gguf"], "--fromat: did you mean --format?"),
+        (["chat", "--modle", "x"], "--modle: did you mean --model?"),
+        (["serve", "--prot", "8080"], "--prot: did you mean --port?"),
+        (["convert", "--hf-pth", "x"], "--hf-pth: did you mean --hf-path?"),
+        (
+            ["summarize", "doc.txt", "--max-contxt", "9"],
+            "--max-contxt: did you mean --max-context?",
+        ),
+    ],
+)
+def test_a_mistyped_flag_gets_a_suggestion_in_every_command(argv, said, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("columns", [72, 100, 140])
+@pytest.mark.parametrize("command", ["convert", "models", "bench", "demo", "generate"])
+def test_help_fills_paragraphs_to_the_terminal(command, columns, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    description = out.split("\n\n", 1)[1].split("\noptions:")[0].split("\npositional")[0]
+    width = columns - 2  # what argparse fills to
+    for paragraph in description.split("\n\n"):
+        lines = paragraph.splitlines()
+        assert all(len(line) <= width for line in lines if not line.startswith(" ")), paragraph
+        for line, following in itertools.pairwise(lines):
+            if not line.startswith(" ") and not following.startswith(" "):
+                room = width - len(line)  # the next line's first word did not fit here
+                assert len(following.split()[0]) >= room, (line, following)
+
+
+def test_the_command_list_names_models_set_latest(capsys):
+    assert main(["--help"]) == 0
+    line = next(
+        ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("models")
+    )
+    assert "set-latest" in line and ", latest," not in line

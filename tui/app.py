@@ -217,8 +217,12 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
     # -- actions ---------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser(
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """`qwen-mlx chat`'s flags; `qwen-mlx chat` passes its parser class (which suggests
+    the flag a mistyped one meant)."""
+    p = parser_class(
         allow_abbrev=False,
         prog="qwen-mlx chat",
         description="Chat with a local Qwen3 model in the terminal. Chats are saved under "

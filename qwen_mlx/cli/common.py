@@ -80,17 +80,89 @@ def _reader_gone() -> int:
     return BROKEN_PIPE
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors suggest the flag a mistyped one was meant to be
+    (`--promt`: did you mean --prompt?), as an unknown command gets the command."""
+
+    _given: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(message + self._suggestions())
+
+    def _options(self) -> set[str]:
+        """Every flag of this parser and of its subcommands."""
+        found = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found |= sub._options() if isinstance(sub, ArgumentParser) else set()
+        return found
+
+    def _suggestions(self) -> str:
+        import difflib
+
+        known = self._options()
+        said = []
+        for arg in self._given:
+            if arg == "--":
+                break
+            flag = arg.split("=", 1)[0]
+            if not flag.startswith("-") or flag in known or flag.lstrip("-").isdigit():
+                continue
+            close = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.6)
+            if close:
+                said.append(f"{flag}: did you mean {' or '.join(close)}?")
+        return "".join(f"\n  {line}" for line in said)
+
+
+class ParagraphFormatter(argparse.HelpFormatter):
+    """Help whose description and epilog are paragraphs (separated by blank lines), each
+    filled to the terminal's width, so a sentence never breaks where the source text did;
+    indented lines (examples, tables) keep their own line breaks."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import re
+        import textwrap
+
+        out: list[str] = []
+        for block in re.split(r"\n[ \t]*\n", text.strip("\n")):
+            prose: list[str] = []
+            for line in [*block.splitlines(), ""]:
+                if line and not line[0].isspace():
+                    prose.append(line.strip())
+                    continue
+                if prose:
+                    out += textwrap.wrap(
+                        " ".join(prose),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                        break_on_hyphens=False,
+                        break_long_words=False,
+                    )
+                    prose = []
+                if line:
+                    out.append(indent + line)
+            out.append("")
+        return "\n".join(out).rstrip("\n")
+
+
 def command_parser(
     name: str, description: str, epilog: str | None = None, *, raw: bool = True
 ) -> argparse.ArgumentParser:
-    """The parser of `qwen-mlx NAME`: no abbreviated flags; with `raw`, the description and
-    the examples keep their line breaks (else the description is wrapped to the terminal)."""
-    return argparse.ArgumentParser(
+    """The parser of `qwen-mlx NAME`: no abbreviated flags; the description and epilog are
+    paragraphs filled to the terminal (ParagraphFormatter), with `raw` their indented lines
+    as written (else argparse wraps everything)."""
+    return ArgumentParser(
         allow_abbrev=False,
         prog=f"qwen-mlx {name}",
         description=description,
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
+        formatter_class=ParagraphFormatter if raw else argparse.HelpFormatter,
     )
 
 

@@ -35,9 +35,8 @@ rounding to nearest: awq (activation-aware scales and clipping), gptq (error-cor
 2/4/8 bits), dwq (scales and biases distilled from the source), dynamic (more bits for the
 layers the output is most sensitive to, up to --target-bpw), dynamic-gptq (dynamic's choice
 of layers, GPTQ for the rest: the least error at 4.6 bits per weight in
-scripts/bench_quant.py). A
-method holds the whole model
-in memory and is refused when that would not fit. Its quality report (KL divergence and
+scripts/bench_quant.py). A method holds the whole model in memory and is refused when that
+would not fit. Its quality report (KL divergence and
 top-1 agreement against the source, perplexity of both, on a held-out text) goes into the
 manifest; compare conversions with `qwen-mlx models compare NAME NAME...`.
 
@@ -50,7 +49,8 @@ examples:
   python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507
   qwen-mlx convert --hf-path ./Qwen3-4B-Instruct-2507 --q-bits 8
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --no-quantize   # on Linux
-  qwen-mlx convert --hf-path ./checkpoint-500 --mlx-path ./out
+  qwen-mlx convert --hf-path ./runs/exp7/checkpoint-500   # qwen3-4b-exp7-step500
+  qwen-mlx convert --hf-path ./my-finetune --mlx-path ./out
   qwen-mlx convert --hf-path ./my-finetune --name qwen3-4b-myft-v1
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --method gptq
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --method dynamic --target-bpw 4.6

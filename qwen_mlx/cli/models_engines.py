@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import ProgressBar, human_bytes
+from .common import ParagraphFormatter, ProgressBar, human_bytes
 
 FORMATS = ("gguf", "ollama", "lmstudio")
 QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_k_m", "mlx")
@@ -42,7 +42,7 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
         help="a copy for llama.cpp, Ollama or LM Studio (GGUF or MLX)",
         description="Export a stored model for another engine.",
         epilog=EXPORT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ParagraphFormatter,
     )
     a.add_argument("name", metavar="NAME|FAMILY")
     a.add_argument("--format", choices=FORMATS, default="gguf", help="(default: gguf)")
