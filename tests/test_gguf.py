@@ -16,7 +16,7 @@ from qwen_mlx.cli import main
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
 from .gguf_builder import write_llama_style_gguf
-from .helpers import SHARED_MODEL, needs_shared
+from .helpers import SHARED_MODEL, child_env, needs_shared
 
 NAME = "qwen3-1m-tiny-2507-mlx-q4-g64"
 IDS = [[3, 17, 42, 99, 250, 301, 7, 512, 11]]
@@ -368,7 +368,9 @@ def test_an_export_killed_half_way_is_cleaned_up_by_the_next(store, tmp_path, wh
         argv += ["--output", str(out)]
         folder = out / "qwen-mlx" / "qwen3-1m-tiny-2507-GGUF"
     code = [sys.executable, "-c", textwrap.dedent(KILLED_EXPORT), where, *argv]
-    child = subprocess.Popen(code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
+    )
     lines = iter(child.stdout.readline, "")  # what it prints before the pause, then "paused"
     if "paused\n" not in lines:
         child.kill()
