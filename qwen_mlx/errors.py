@@ -90,3 +90,7 @@ class ToolServerError(QwenMLXError, ConnectionError):
 class ChatTemplateError(QwenMLXError, RuntimeError):
     """A model's chat template cannot be used: it does not compile, fails on a plain
     conversation, or a render ran past its bounds (steps, characters or time)."""
+
+
+class EmptyReplyError(QwenMLXError, ValueError):
+    """The model gave no text where a result was needed (a summary, an answer)."""

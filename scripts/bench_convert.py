@@ -20,7 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-4b-instruct-2507"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "models" / "qwen3-4b-instruct-2507"
 SOURCE_NAME = "Qwen3-4B-Instruct-2507"
 
 RUNNER = r"""
@@ -105,11 +106,14 @@ def build_source(cache: Path) -> Path:
 def run(which: str, source: Path, bits: int) -> dict:
     with tempfile.TemporaryDirectory(dir=source.parent) as tmp:
         out = Path(tmp) / "out"
+        # A store of its own: the run must not touch the user's (the output is --mlx-path).
+        env = {**os.environ, "QWEN_MLX_HOME": str(Path(tmp) / "home"), "PYTHONPATH": str(ROOT)}
         proc = subprocess.run(
             [sys.executable, "-c", RUNNER, which, str(source), str(out), str(bits)],
             capture_output=True,
             text=True,
             check=False,
+            env=env,
         )
         if proc.returncode != 0:
             sys.exit(f"{which} failed:\n{proc.stderr}")

@@ -1,19 +1,84 @@
-"""Shared fixtures: a private store per test, offline Hub, tiny random Qwen3 checkpoints."""
+"""Shared fixtures: a private store per test, offline Hub, tiny random Qwen3 checkpoints;
+and a guard that fails any test that writes into the user's own store."""
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 import pytest
 
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
+pytest_plugins = ["pytester"]  # test_home_guard runs a small session of its own
+
+
+def _user_stores() -> list[Path]:
+    """The stores a test must never touch, as they were when the session started: the home
+    folder's `.qwen_mlx` (HOME's, and the account's should HOME point elsewhere) and the
+    QWEN_MLX_HOME the tests were started with."""
+    homes = {os.path.expanduser("~"), pwd.getpwuid(os.getuid()).pw_dir}
+    stores = {Path(home) / ".qwen_mlx" for home in homes}
+    if os.environ.get("QWEN_MLX_HOME"):
+        stores.add(Path(os.environ["QWEN_MLX_HOME"]).expanduser())
+    return sorted(stores)
+
+
+def _state(store: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under `store` with its size and modification time (the folder
+    itself as ""); empty when it does not exist. Only stats: weights are never read."""
+    found: dict[str, tuple[int, int]] = {}
+    for folder, dirs, files in os.walk(store):
+        for name in ["", *dirs, *files]:
+            path = os.path.join(folder, name) if name else folder
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            found[os.path.relpath(path, store) if name else ""] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+def _changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    """What differs, files first (the store folder's own time changes with any of them)."""
+    said = {
+        "added": [n for n in after if n not in before],
+        "removed": [n for n in before if n not in after],
+    }
+    said["changed"] = [n for n in after if n in before and after[n] != before[n]]
+    changes = [(name, how) for how, names in said.items() for name in names]
+    return [f"{name or '.'} ({how})" for name, how in sorted(changes, key=lambda c: (not c[0], c))]
+
+
+@pytest.fixture(scope="session")
+def _user_store_state() -> dict[Path, dict[str, tuple[int, int]]]:
+    return {store: _state(store) for store in _user_stores()}
+
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    """Every test gets its own empty store and an offline, empty Hugging Face cache."""
+def _user_store_untouched(_user_store_state):
+    """Fails the test (at its teardown) that changed anything in the user's own store."""
+    yield
+    for store, before in _user_store_state.items():
+        after = _state(store)
+        if after != before:
+            _user_store_state[store] = after  # blame this test only, not every later one
+            changes = ", ".join(_changes(before, after)[:10])
+            pytest.fail(
+                f"this test wrote into the user's store {store}: {changes}. Tests must use "
+                "their own QWEN_MLX_HOME (the `home` fixture) and pass it to any process they "
+                "start (tests/helpers.child_env)."
+            )
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch, _user_store_untouched):
+    """Every test gets its own empty store, its own HOME (so nothing that defaults to a
+    file under `~` reaches the user's), and an offline, empty Hugging Face cache."""
     home = tmp_path_factory.mktemp("qwen_mlx_home")
     monkeypatch.setenv("QWEN_MLX_HOME", str(home))
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("user_home")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
     monkeypatch.delenv("HF_ENDPOINT", raising=False)

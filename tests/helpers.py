@@ -4,6 +4,7 @@ Fixtures stay in conftest.py."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,14 @@ needs_trained = pytest.mark.skipif(
     not (TRAINED_TARGET / "model.safetensors").is_file(),
     reason=f"the trained tiny Qwen3 is not at {TRAINED_TARGET}",
 )
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a process a test starts, given explicitly: this test's (its own
+    QWEN_MLX_HOME, HOME and offline Hugging Face cache, set by conftest), with this checkout
+    first on the import path so the child runs the code under test."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def start_server(app, **limits):

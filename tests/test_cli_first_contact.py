@@ -98,7 +98,14 @@ def test_a_mistyped_store_name_suggests_the_stored_one(tiny_hf, home, capsys):
     family = name.rsplit("-", 4)[0]
     typo = family.replace("tiny", "tyni")
     assert generate_main(["--model", typo, "--prompt", "x"]) == 1
-    assert f"did you mean {family}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"Did you mean {family}?" in err
+    assert "?." not in err and "?:" not in err  # one mark ends the question
+    from qwen_mlx.cli.models import main as models_main
+
+    assert models_main(["show", f"{family}-2507-mlx-q4-g65"]) == 1
+    err = capsys.readouterr().err
+    assert f"Did you mean {family}-2507-mlx-q4-g64" in err and "?." not in err
 
 
 @pytest.mark.parametrize(
@@ -123,7 +130,8 @@ def test_document_progress_counts_tokens_in_small_prefill_chunks(tiny_model):
     summarize(
         tiny_model,
         text,
-        params=tiny_model.default_params.replace(temperature=0.0),
+        # Sampled: the random tiny model's greedy reply is only newlines, an empty summary.
+        params=tiny_model.default_params.replace(temperature=0.7, seed=0),
         reply_tokens=8,
         progress=lambda *event: seen.append(event),
     )
@@ -162,7 +170,9 @@ def test_a_str_document_is_text_even_when_a_file_has_that_name(tiny_model, tmp_p
     monkeypatch.chdir(tmp_path)
     Path("notes.md").write_text("SECRET FILE CONTENTS")
     prompts = []
-    monkeypatch.setattr(documents, "_complete", lambda m, prompt, *a, **k: prompts.append(prompt))
+    monkeypatch.setattr(
+        documents, "_complete", lambda m, prompt, *a, **k: prompts.append(prompt) or "Notes."
+    )
     documents.summarize(tiny_model, "notes.md", reply_tokens=4)
     documents.summarize(tiny_model, Path("notes.md"), reply_tokens=4)
     assert "notes.md" in prompts[0] and "SECRET" not in prompts[0]

@@ -4,8 +4,10 @@ rejected with a clear message before any heavy work and leaves nothing behind.""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from qwen_mlx.fileio import sha256_file
 from qwen_mlx.store import Store
 from qwen_mlx.store.manifest import read_manifest
 
-from .helpers import TRAINED_TARGET, needs_trained
+from .helpers import TRAINED_TARGET, child_env, needs_trained
 
 STORE_DIR = "models/qwen3-1m-tiny/2507/mlx-q4-g64"
 
@@ -349,7 +351,7 @@ def test_python_dash_m_entry_point(tiny_hf, tmp_path, home):
         ],
         capture_output=True,
         text=True,
-        env={**os.environ},
+        env=child_env(),
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -525,3 +527,69 @@ def test_a_model_no_layer_can_be_quantized_in_is_named_unquantized(tmp_path, cap
     assert m.name == "qwen3-1m-odd-2507-mlx-bf16"
     assert m.quantization.bits is None and m.quantization.bits_per_weight == 16.0
     assert "quantization" not in json.loads((out / "config.json").read_text())
+
+
+def test_quantizing_without_metal_says_4bit_prefill_is_slow_and_suggests_no_quantize(
+    tiny_hf, tmp_path, capsys, monkeypatch
+):
+    slow = "qwen_mlx.convert.quantized_prefill_is_slow"
+    monkeypatch.setattr(slow, lambda: True)  # Linux
+    assert main(["--hf-path", str(tiny_hf), "--mlx-path", str(tmp_path / "q4")]) == 0
+    err = capsys.readouterr().err
+    assert "30x slower" in err and "--no-quantize" in err
+    out = ["--mlx-path", str(tmp_path / "bf16"), "--no-quantize"]
+    assert main(["--hf-path", str(tiny_hf), *out]) == 0
+    assert "30x slower" not in capsys.readouterr().err
+    monkeypatch.setattr(slow, lambda: False)  # Metal
+    assert main(["--hf-path", str(tiny_hf), "--mlx-path", str(tmp_path / "mac")]) == 0
+    assert "30x slower" not in capsys.readouterr().err
+
+
+def test_a_conversion_to_mlx_path_says_it_is_not_in_the_store_and_how_to_add_it(
+    tiny_hf, tmp_path, home, capsys
+):
+    from qwen_mlx.cli.models import main as models_main
+
+    out = tmp_path / "my out"
+    assert main(["--hf-path", str(tiny_hf), "--mlx-path", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "not in the store" in said
+    assert f"`qwen-mlx models import '{out}'`" in said
+    assert models_main(["import", str(out)]) == 0  # what it says works
+    assert "Imported qwen3-1m-tiny-2507-mlx-q4-g64" in capsys.readouterr().out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_without_a_terminal_is_a_few_lines_that_say_something(
+    tiny_hf, home, capsys, monkeypatch
+):
+    from qwen_mlx.cli.models import main as models_main
+
+    monkeypatch.chdir(tiny_hf.parent)
+    assert main(["--hf-path", f"./{tiny_hf.name}", "--report"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "download: ./" + tiny_hf.name not in err  # a local folder downloads nothing
+    assert f"validate: {tiny_hf}" in err
+    assert not [line for line in err if "model.layers" in line or ".partial" in line]
+    converts = [line for line in err if line.startswith("convert")]
+    assert len(converts) == 1 and re.fullmatch(r"convert: [\d.]+ KB", converts[0])  # its size
+    assert "quality: the held-out text, through both models" in err
+    assert len(err) <= 8, err
+    assert main(["--hf-path", f"./{tiny_hf.name}", "--q-bits", "8"]) == 0
+    capsys.readouterr()
+    assert models_main(["verify"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in err] == ["verify", "verify"]  # one per version
+    assert not [line for line in err if ".json" in line or ".jinja" in line]
+
+
+def test_the_convert_bar_on_a_terminal_ends_at_100_percent(tiny_hf, home, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["--hf-path", str(tiny_hf)]) == 0
+    drawn = [line for line in terminal.getvalue().split("\r") if line.startswith("convert ")]
+    assert drawn and "100.0%" in drawn[-1]  # a quick conversion is throttled, not cut short

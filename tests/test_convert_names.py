@@ -45,14 +45,17 @@ def latest(family: str) -> str:
 
 
 def test_a_checkpoint_folder_converts_to_mlx_path_without_a_name(tiny_hf, tmp_path, capsys):
-    src = copy_as(tiny_hf, tmp_path / "checkpoint-500")
+    src = copy_as(tiny_hf, tmp_path / "runs" / "exp7" / "checkpoint-500")
     out = tmp_path / "out"
     assert main(["--hf-path", str(src), "--mlx-path", str(out)]) == 0
     stdout, stderr = capsys.readouterr()
-    # qwen3 from the config, 140k from the tensor headers, checkpoint-500 from the folder
-    assert read_manifest(out).name == "qwen3-140k-checkpoint-500-mlx-q4-g64"
-    assert "name: qwen3-140k-checkpoint-500-mlx-q4-g64 (derived" in stderr
-    assert "Converted qwen3-140k-checkpoint-500-mlx-q4-g64" in stdout
+    # qwen3 from the config, 140k from the tensor headers, exp7 from the run folder,
+    # step 500 from the checkpoint folder
+    assert read_manifest(out).name == "qwen3-140k-exp7-step500-mlx-q4-g64"
+    assert "name: qwen3-140k-exp7-step500-mlx-q4-g64 (derived" in stderr
+    assert "variant 'exp7' from the run folder 'exp7'" in stderr
+    assert "release step500 from 'checkpoint-500'" in stderr
+    assert "Converted qwen3-140k-exp7-step500-mlx-q4-g64" in stdout
     assert "--name chooses another" in stdout
 
 
@@ -143,16 +146,17 @@ def test_a_name_another_folder_holds_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert f"{Q4} is already in the store, from {tiny_hf}" in err
     assert f"{other} would get the same name" in err
-    assert "--name qwen3-1m-tiny-local-2507" in err
+    assert "--name qwen3-1m-tiny-2507_local " in err  # in the same family
     assert written == []
     monkeypatch.setattr(conv, "write_weights", real_write)
     # The suggestion is free; once taken, the next suggestion is another free one.
-    assert main(["--hf-path", str(other), "--name", "qwen3-1m-tiny-local-2507"]) == 0
+    assert main(["--hf-path", str(other), "--name", "qwen3-1m-tiny-2507_local"]) == 0
     third = copy_as(tiny_hf, tmp_path / "third" / tiny_hf.name)
     assert main(["--hf-path", str(third)]) == 1
-    assert "--name qwen3-1m-tiny-local2-2507" in capsys.readouterr().err
+    assert "--name qwen3-1m-tiny-2507_local2 " in capsys.readouterr().err
     names = {m.name for m in Store().list()}
-    assert names == {Q4, "qwen3-1m-tiny-local-2507-mlx-q4-g64"}
+    assert names == {Q4, "qwen3-1m-tiny-2507_local-mlx-q4-g64"}
+    assert Store().latest("qwen3-1m-tiny") == naming.parse(Q4)  # the other copy is beside it
     assert read_manifest(home / "models/qwen3-1m-tiny/2507/mlx-q4-g64").source.path == str(tiny_hf)
 
 
@@ -170,7 +174,7 @@ def test_a_repo_whose_name_another_model_holds_is_refused_before_downloading(
     assert main(["--hf-path", "someone/Qwen3-1M-Tiny-2507"]) == 1
     err = capsys.readouterr().err
     assert f"{Q4} is already in the store, from {tiny_hf}" in err
-    assert "--name qwen3-1m-tiny-someone-2507" in err
+    assert "--name qwen3-1m-tiny-2507_someone " in err
     monkeypatch.setattr(hub_module, "fetch", real_fetch)
     assert main(["--hf-path", "someone/Qwen3-1M-Tiny-2507", "--force"]) == 0
     assert load(Q4).manifest.source.repo == "someone/Qwen3-1M-Tiny-2507"
@@ -264,3 +268,34 @@ def test_an_import_in_another_quantization_is_added_and_says_how_to_switch(
     assert f"qwen3-1m-tiny's latest stays {Q4}" in out
     assert f"`qwen-mlx models set-latest {q8}`" in out
     assert latest("qwen3-1m-tiny") == Q4
+
+
+def test_each_runs_checkpoints_are_a_family_of_their_own(tiny_hf, tmp_path, home, capsys):
+    runs = tmp_path / "runs"
+    for run, step in (("exp7", 1200), ("exp7", 1400), ("exp8", 1600), ("exp7", 800)):
+        src = copy_as(tiny_hf, runs / run / f"checkpoint-{step}")
+        assert main(["--hf-path", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "Converted qwen3-140k-exp7-step1200-mlx-q4-g64" in out
+    assert latest("qwen3-140k-exp7") == "qwen3-140k-exp7-step1400-mlx-q4-g64"  # not exp8's
+    assert latest("qwen3-140k-exp8") == "qwen3-140k-exp8-step1600-mlx-q4-g64"
+    assert {m.family for m in Store().list()} == {"qwen3-140k-exp7", "qwen3-140k-exp8"}
+
+
+def test_removing_a_familys_last_version_removes_the_family(tiny_hf, tmp_path, home, capsys):
+    src = copy_as(tiny_hf, tmp_path / "runs" / "exp7" / "checkpoint-5")
+    assert main(["--hf-path", str(src)]) == 0
+    assert main(["--hf-path", str(src), "--q-bits", "8"]) == 0
+    assert models_main(["policy", "qwen3-140k-exp7", "auto"]) == 0
+    assert models_main(["rm", "qwen3-140k-exp7-step5-mlx-q8-g64"]) == 0
+    assert (home / "models" / "qwen3-140k-exp7" / "latest").is_file()  # one version left
+    assert Store().registry.family("qwen3-140k-exp7") == ("auto", False)
+    assert models_main(["rm", "qwen3-140k-exp7-step5-mlx-q4-g64", "--force"]) == 0
+    assert not (home / "models" / "qwen3-140k-exp7").exists()
+    store = Store()
+    assert "qwen3-140k-exp7" not in store.registry.families()
+    assert store.registry.family("qwen3-140k-exp7") == ("notify", False)  # forgotten
+    assert "qwen3-140k-exp7" not in store.names()
+    capsys.readouterr()
+    assert models_main(["list"]) == 0
+    assert "exp7" not in capsys.readouterr().out

@@ -46,7 +46,8 @@ We will build the terminal app, then the server. The server needs authentication
 Everything else can wait until the spring.
 """
 LONG = "\n\n".join([REPORT] * 6)
-PARAMS = {"temperature": 0.0}
+# Sampled, seeded: the random tiny model's greedy reply is only newlines, an empty summary.
+PARAMS = {"temperature": 0.7, "seed": 0}
 
 
 def word_count(text: str) -> int:
@@ -234,6 +235,8 @@ def test_summarize_and_ask_commands(tiny_mlx, tmp_path, capsys):
                 "--max-context",
                 "900",
                 "--temperature",
+                "0.7",
+                "--seed",
                 "0",
                 "--reply-tokens",
                 "48",
@@ -262,3 +265,79 @@ def test_summarize_and_ask_commands(tiny_mlx, tmp_path, capsys):
     )
     assert "map-reduce" in capsys.readouterr().err
     assert summarize_main([str(tmp_path / "nope.md"), "--model", str(tiny_mlx)]) == 1
+
+
+class ScriptedModel:
+    """Stands in for the model's replies: `reply(prompt)` answers each model call."""
+
+    def __init__(self, monkeypatch, reply):
+        self.prompts: list[str] = []
+
+        def complete(model, prompt, params, should_stop=None, tick=None):
+            self.prompts.append(prompt)
+            return reply(prompt)
+
+        monkeypatch.setattr(documents, "_complete", complete)
+
+
+def summarize_args(doc, model) -> list[str]:
+    return [str(doc), "--model", str(model), "--max-context", "900", "--reply-tokens", "48"]
+
+
+def test_an_empty_final_summary_is_said_and_the_part_summaries_are_given(
+    tiny_mlx, tmp_path, capsys, monkeypatch
+):
+    doc = tmp_path / "report.md"
+    doc.write_text(LONG)
+    parts = iter(range(1, 1000))
+    model = ScriptedModel(
+        monkeypatch,
+        lambda prompt: (
+            f"Part {next(parts)} says a thing." if prompt.startswith("Summarize") else ""
+        ),
+    )
+    assert summarize_main(summarize_args(doc, tiny_mlx)) == 1
+    out, err = capsys.readouterr()
+    maps = [p for p in model.prompts if p.startswith("Summarize this part")]
+    assert len(maps) > 2 and len(model.prompts) > len(maps)  # it did try to combine them
+    for i in range(1, len(maps) + 1):
+        assert f"Part {i} says a thing." in out
+    assert "Release on 14 March, not before." in out  # the [IMPORTANT] passages still close it
+    assert "final summary came out empty" in err and "not one summary" in err
+
+
+def test_a_summary_with_no_text_at_all_is_an_error(tiny_mlx, tmp_path, capsys, monkeypatch):
+    doc = tmp_path / "report.md"
+    doc.write_text(REPORT)
+    ScriptedModel(monkeypatch, lambda prompt: "")
+    assert summarize_main(summarize_args(doc, tiny_mlx)) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "error: The model gave an empty summary (its call returned no text)" in err
+    doc.write_text(LONG)  # map-reduce, every part empty
+    assert summarize_main(summarize_args(doc, tiny_mlx)) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "empty summary" in err and "calls returned no text" in err
+
+
+def test_parts_the_model_said_nothing_about_are_reported_missing(
+    tiny_mlx, tmp_path, capsys, monkeypatch
+):
+    doc = tmp_path / "report.md"
+    doc.write_text(LONG)
+    calls = iter(range(1000))
+    # The second part's summary is empty; everything else answers.
+    ScriptedModel(monkeypatch, lambda prompt: "" if next(calls) == 1 else "A summary.")
+    assert summarize_main(summarize_args(doc, tiny_mlx)) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("A summary.")
+    assert re.search(r"warning: 1 of \d+ model calls gave an empty summary", err)
+
+
+def test_an_empty_answer_is_said(tiny_mlx, tmp_path, capsys, monkeypatch):
+    doc = tmp_path / "report.md"
+    doc.write_text(LONG)
+    ScriptedModel(monkeypatch, lambda prompt: "")
+    args = [str(doc), "When?", "--model", str(tiny_mlx), "--max-context", "900"]
+    assert ask_main([*args, "--reply-tokens", "32"]) == 1
+    assert "the model's answer was empty" in capsys.readouterr().err

@@ -230,3 +230,21 @@ def test_the_stop_string_that_ended_a_reply_is_named(tiny_model):
     assert last.finish_reason == "stop" and last.stop_string == stop
     last = list(stream_generate(tiny_model, MESSAGES, temperature=0, max_tokens=5))[-1]
     assert last.stop_string is None
+
+
+def test_a_model_prints_as_one_line(tiny_model, tiny_mlx, tmp_path):
+    import shutil
+
+    from qwen_mlx import load
+
+    text = repr(tiny_model)
+    assert "\n" not in text and len(text) < 160
+    assert text.startswith("Model('qwen3-1m-tiny-2507-mlx-q4-g64', ")
+    assert "4-bit g64" in text and f"context {tiny_model.context_length:,}" in text
+    assert f"{tiny_model.manifest.parameters / 1e3:.0f}K parameters" in text
+    assert str(tiny_model) == text  # print(model) too
+    bare = tmp_path / "no-manifest"  # a folder without a manifest counts its weights
+    shutil.copytree(tiny_mlx, bare, ignore=shutil.ignore_patterns("manifest.json"))
+    counted = load(bare)
+    assert counted.manifest is None
+    assert counted.parameters == tiny_model.manifest.parameters

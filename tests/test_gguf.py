@@ -5,6 +5,7 @@ layouts, and what an import keeps. llama.cpp's own checks are in test_gguf_inter
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from qwen_mlx.cli import main
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 
 from .gguf_builder import write_llama_style_gguf
-from .helpers import SHARED_MODEL, needs_shared
+from .helpers import SHARED_MODEL, child_env, needs_shared
 
 NAME = "qwen3-1m-tiny-2507-mlx-q4-g64"
 IDS = [[3, 17, 42, 99, 250, 301, 7, 512, 11]]
@@ -284,7 +285,7 @@ def test_export_lmstudio_lays_out_publisher_model_folders(store, tmp_path, capsy
     assert run("models", "export", NAME, *argv) == 0
     gguf_dir = models / "qwen-mlx" / "qwen3-1m-tiny-2507-GGUF"
     assert [p.name for p in gguf_dir.iterdir()] == ["qwen3-1m-tiny-2507-gguf-q8_0.gguf"]
-    assert "LM Studio:" in capsys.readouterr().out
+    assert "LM Studio: 1 file into" in capsys.readouterr().out
     assert run("models", "export", NAME, "--format", "lmstudio", "--output", str(models)) == 1
 
 
@@ -367,7 +368,9 @@ def test_an_export_killed_half_way_is_cleaned_up_by_the_next(store, tmp_path, wh
         argv += ["--output", str(out)]
         folder = out / "qwen-mlx" / "qwen3-1m-tiny-2507-GGUF"
     code = [sys.executable, "-c", textwrap.dedent(KILLED_EXPORT), where, *argv]
-    child = subprocess.Popen(code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
+    )
     lines = iter(child.stdout.readline, "")  # what it prints before the pause, then "paused"
     if "paused\n" not in lines:
         child.kill()
@@ -680,3 +683,59 @@ def test_the_real_qwen3_tokenizer_survives_export_and_import(tmp_path, capsys, m
     config = json.loads((folder / "tokenizer_config.json").read_text())
     original = json.loads((SHARED_MODEL / "tokenizer_config.json").read_text())
     assert config["chat_template"] == original["chat_template"]
+
+
+def test_an_output_ending_in_gguf_is_the_file(store, tmp_path, capsys):
+    target = tmp_path / "exports" / "m.gguf"
+    assert run("models", "export", NAME, "--quant", "q8_0", "--output", str(target)) == 0
+    assert target.is_file()  # the file itself, not a folder named m.gguf
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf"]  # nothing beside it
+    assert f"to {target}" in capsys.readouterr().out
+    r, _ = reader(target)
+    assert r.fields["general.architecture"].contents() == "qwen3"
+    assert run("models", "export", NAME, "--quant", "q8_0", "--output", str(target)) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    argv = ["--quant", "q4_0", "--output", str(target), "--force"]
+    assert run("models", "export", NAME, *argv) == 0
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf"]
+    assert run("models", "export", NAME, "--format", "ollama", "--output", str(target)) == 1
+    assert "give --output a folder, not a .gguf file" in capsys.readouterr().err
+
+
+def test_a_name_read_from_a_file_never_takes_over_a_family(tiny_hf, home, tmp_path, capsys):
+    from qwen_mlx.store import Store
+
+    def latest(family: str) -> str:
+        return str(Store().latest(family))
+
+    # A file whose metadata calls it the official qwen3-4b-instruct-2507: 140K parameters.
+    assert run("convert", "--hf-path", str(tiny_hf), "--name", "qwen3-4b-instruct-2507") == 0
+    official = latest("qwen3-4b-instruct")
+    claims = tmp_path / "claims.gguf"
+    argv = ["--quant", "f16", "--output", str(claims)]
+    assert run("models", "export", "qwen3-4b-instruct", *argv) == 0
+    capsys.readouterr()
+    assert run("models", "import", str(claims)) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"Imported qwen3-140k-instruct-2507-mlx-f16 \(1[34]\dK parameters", out)
+    assert re.search(r"calls itself qwen3-4b-instruct-2507-mlx-f16, but it has 1[34]\dK", out)
+    assert latest("qwen3-4b-instruct") == official
+
+    # Its size fits, and it is a newer release in the latest's format: still not the latest.
+    assert run("convert", "--hf-path", str(tiny_hf), "--name", "qwen3-140k-tiny-2510") == 0
+    newer = tmp_path / "newer.gguf"
+    assert run("models", "export", "qwen3-140k-tiny", "--quant", "f16", "--output", str(newer)) == 0
+    assert run("models", "rm", "qwen3-140k-tiny", "--force") == 0
+    argv = ["--name", "qwen3-140k-tiny-2507", "--no-quantize", "--dtype", "float16"]
+    assert run("convert", "--hf-path", str(tiny_hf), *argv) == 0
+    capsys.readouterr()
+    assert run("models", "import", str(newer)) == 0
+    out = capsys.readouterr().out
+    assert "Imported qwen3-140k-tiny-2510-mlx-f16" in out
+    assert "qwen3-140k-tiny already has a latest (qwen3-140k-tiny-2507-mlx-f16)" in out
+    assert "`qwen-mlx models set-latest qwen3-140k-tiny-2510-mlx-f16` switches" in out
+    assert latest("qwen3-140k-tiny") == "qwen3-140k-tiny-2507-mlx-f16"
+    # --name is the user's word: it follows the usual rule (a newer release becomes latest).
+    argv = ["--name", "qwen3-140k-tiny-2511", "--force"]
+    assert run("models", "import", str(newer), *argv) == 0
+    assert latest("qwen3-140k-tiny") == "qwen3-140k-tiny-2511-mlx-f16"

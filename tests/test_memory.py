@@ -103,3 +103,18 @@ def test_plan_command_json(tiny_mlx, capsys):
     per_token = [r["kv_bytes_per_token"] for r in data["rows"]]
     assert per_token[0] > per_token[1] > per_token[2]
     assert data["context"] == 32768
+
+
+@needs_shared
+def test_plan_uses_one_unit_and_says_why_a_smaller_cache_gets_more_workspace(capsys):
+    assert main(["--model", str(SHARED_MODEL), "--context", "32768", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    bf16, _, four = rows
+    assert four["prefill_chunk"] >= bf16["prefill_chunk"]  # room the smaller cache left
+    assert main(["--model", str(SHARED_MODEL), "--context", "32768"]) == 0
+    out = capsys.readouterr().out
+    assert "KiB" not in out and "GiB" not in out
+    assert "147.5 KB" in out  # bf16 KV per token of Qwen3-4B, as the README says
+    table = {row[0]: row for row in map(str.split, out.splitlines()) if row[:1] == ["4-bit"]}
+    assert table["4-bit"][5] == f"{four['prefill_chunk']:,}"  # CHUNK, after two sizes
+    assert "a smaller KV cache leaves room for a larger chunk" in " ".join(out.split())

@@ -287,3 +287,64 @@ def test_any_requested_name_or_folder_gives_a_name_that_round_trips(requested, l
 def test_which_version_a_user_expects_to_become_latest(new, current, says):
     why = naming.why_not_latest(naming.parse(new), current and naming.parse(current))
     assert why is None if says is None else says in why
+
+
+@pytest.mark.parametrize(
+    ("folder", "release"),
+    [
+        ("checkpoint-1200", "step1200"),
+        ("checkpoint-000500", "step500"),
+        ("step-1200", "step1200"),
+        ("global_step1200", "step1200"),
+        ("epoch-3", "epoch3"),
+        ("checkpoints", None),
+        ("my-checkpoint-3", None),
+        ("Qwen3-4B-Instruct-2507", None),
+    ],
+)
+def test_trainer_checkpoint_folders_are_recognized(folder, release):
+    assert naming.checkpoint_release(folder) == release
+
+
+@pytest.mark.parametrize(
+    ("run", "checkpoint", "expected"),
+    [
+        ("exp7", "checkpoint-1200", "qwen3-4m-exp7-step1200"),
+        ("exp8", "checkpoint-1200", "qwen3-4m-exp8-step1200"),  # another run, another family
+        ("my-run-3", "global_step500", "qwen3-4m-my-run_3-step500"),  # the 3 is the run's
+        ("qwen3-4b-medical", "epoch-3", "qwen3-4b-medical-epoch3"),
+        ("qwen3-4b-medical-2507", "checkpoint-800", "qwen3-4b-medical-2507-step800"),
+        ("qwen3-4b-myft-v1", "step-10", "qwen3-4b-myft-v1_step10"),
+        ("", "checkpoint-1", "qwen3-4m-checkpoint-step1"),
+    ],
+)
+def test_a_checkpoint_takes_its_family_from_the_run_and_its_release_from_the_step(
+    run, checkpoint, expected
+):
+    name, note = naming.name_for(
+        None,
+        run,
+        family="qwen3",
+        parameters=4_200_000,
+        release="20250101",
+        release_from="the date its weights were written",
+        checkpoint=checkpoint,
+    )
+    assert str(name) == expected
+    assert f"from {checkpoint!r}" in note or f"and {checkpoint!r}" in note
+
+
+def test_later_steps_of_a_run_follow_earlier_ones():
+    step = [naming.parse(f"qwen3-4m-exp7-step{n}-mlx-q4-g64") for n in (800, 1200, 10000)]
+    assert naming.why_not_latest(step[1], step[0]) is None
+    assert naming.why_not_latest(step[2], step[1]) is None  # more digits, still later
+    assert "older" in naming.why_not_latest(step[0], step[1])
+
+
+def test_a_suggested_name_stays_in_the_family():
+    name = naming.parse("qwen3-4b-instruct-2507")
+    taken = {"qwen3-4b-instruct-2507_local"}
+    free = naming.distinct(name, "local", lambda n: str(n) in taken)
+    assert str(free) == "qwen3-4b-instruct-2507_local2"
+    assert free.family_id == name.family_id
+    assert naming.why_not_latest(free, name) is not None  # another source: never latest

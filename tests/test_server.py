@@ -5,7 +5,6 @@ httpx where a test needs to send what that client never would)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -24,7 +23,7 @@ import pytest
 from qwen_mlx.runtime import GenerationChunk, stream_tokens
 from qwen_mlx.server import Engine, create_app
 
-from .helpers import SHARED_MODEL, needs_shared, start_server
+from .helpers import SHARED_MODEL, child_env, needs_shared, start_server
 
 KEY = "test-key"
 MODEL = "qwen3-1m-tiny-2507-mlx-q4-g64"  # the tiny model's name (a request may name no other)
@@ -1137,7 +1136,7 @@ def test_serve_help_shows_the_server_defaults_without_loading_fastapi():
         "print('LOADED', sorted(m for m in ('fastapi', 'mlx', 'uvicorn') if m in sys.modules))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=child_env()
     ).stdout
     from qwen_mlx.server import defaults
 
@@ -1178,7 +1177,7 @@ def test_qwen_mlx_serve_serves_until_interrupted_and_exits_cleanly(tiny_mlx, tin
         ],
         stderr=subprocess.PIPE,
         text=True,
-        env=os.environ,
+        env=child_env(),
     )
     try:
         said = ""

@@ -15,7 +15,7 @@ from qwen_mlx.runtime import batch
 from qwen_mlx.runtime.memory import Budget, MemoryPlanner
 from qwen_mlx.server import Engine, create_app
 
-from .helpers import start_server
+from .helpers import child_env, start_server
 from .test_server import KEY, MODEL, Served, all_at_once, user
 
 
@@ -243,6 +243,7 @@ def test_the_server_benchmark_runs_against_mlx_lm_server():
         capture_output=True,
         text=True,
         timeout=900,
+        env=child_env(),
     )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("1 |", "2 |"))]

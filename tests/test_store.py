@@ -391,3 +391,19 @@ def test_an_unusable_store_folder_is_an_error_message(tmp_path, monkeypatch, cap
     code, _, err = run(capsys, "list")
     assert code == 1
     assert err.startswith("error: ") and "a-file" in err and "Traceback" not in err
+
+
+def test_an_imported_folder_named_as_an_official_family_does_not_take_it_over(
+    tiny_hf, home, tmp_path, capsys
+):
+    assert convert_main(["--hf-path", str(tiny_hf), "--name", "qwen3-4b-instruct-2507"]) == 0
+    official = str(Store(home).latest("qwen3-4b-instruct"))
+    out = tmp_path / "out"
+    argv = ["--hf-path", str(tiny_hf), "--name", "qwen3-4b-instruct-2510", "--mlx-path", str(out)]
+    assert convert_main(argv) == 0
+    capsys.readouterr()
+    code, said, _ = run(capsys, "import", str(out))  # its manifest calls it qwen3-4b-...
+    assert code == 0
+    assert "Imported qwen3-140k-instruct-2510-mlx-q4-g64 (" in said and "K parameters" in said
+    assert "calls itself qwen3-4b-instruct-2510-mlx-q4-g64" in said
+    assert str(Store(home).latest("qwen3-4b-instruct")) == official

@@ -23,6 +23,8 @@ from qwen_mlx.fileio import sha256_file
 from qwen_mlx.store import Store
 from qwen_mlx.store.registry import Registry
 
+from .helpers import child_env
+
 FAMILY = "qwen3-1m-tiny"
 Q4 = "qwen3-1m-tiny-2507-mlx-q4-g64"
 Q8 = "qwen3-1m-tiny-2507-mlx-q8-g64"
@@ -64,6 +66,7 @@ def test_list_json_into_head_exits_quietly(tiny_hf, home):
         [sys.executable, "-m", "qwen_mlx", "models", "list", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=child_env(),
     )
     head = subprocess.Popen(["head", "-1"], stdin=lister.stdout, stdout=subprocess.PIPE)
     lister.stdout.close()  # head alone holds the reading end now

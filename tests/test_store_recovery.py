@@ -22,6 +22,8 @@ from qwen_mlx.fileio import sha256_file
 from qwen_mlx.store import Store
 from qwen_mlx.store.registry import Registry
 
+from .helpers import child_env
+
 FAMILY = "qwen3-1m-tiny"
 Q4 = "qwen3-1m-tiny-2507-mlx-q4-g64"
 
@@ -58,6 +60,7 @@ def kill_convert_at(where: str, source: Path, *, force: bool) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     line = child.stdout.readline()
     if line != "paused\n":
@@ -140,6 +143,7 @@ def test_a_swap_whose_process_still_runs_is_left_alone(tiny_hf, home, capsys):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     try:
         assert child.stdout.readline() == "paused\n"
@@ -182,6 +186,7 @@ def test_an_interrupted_swap_outside_the_store_is_finished_by_the_next_conversio
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     assert child.stdout.readline() == "paused\n"
     child.kill()

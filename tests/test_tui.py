@@ -34,7 +34,7 @@ from tui.screens import (
 )
 from tui.widgets import MessageView, PromptInput, StatusBar
 
-from .helpers import SCRIPTS, TRAINED_TARGET
+from .helpers import SCRIPTS, TRAINED_TARGET, child_env
 
 SIZE = (110, 36)
 
@@ -578,16 +578,32 @@ async def test_edit_last_message_and_input_history(stored, home):
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_tui_smoke_in_a_real_terminal(stored, home):
-    env = {**os.environ, "PYTHON": sys.executable}
-    proc = subprocess.run(
-        ["bash", str(SCRIPTS / "tui_smoke.sh"), stored],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
+def test_tui_smoke_in_a_real_terminal(stored, home, tmp_path):
+    """The script passes with a tmux server already running (as on many developers'
+    machines), whose panes would get that server's environment: its own HOME, no
+    QWEN_MLX_HOME. The app must still open this test's store and nothing else."""
+    other_home = tmp_path / "developer-home"
+    other_home.mkdir()
+    sockets = tmp_path / "tmux"  # the "default" tmux server of this test, not the user's
+    sockets.mkdir()
+    server_env = child_env(TMUX_TMPDIR=str(sockets), HOME=str(other_home))
+    del server_env["QWEN_MLX_HOME"]
+    subprocess.run(
+        ["tmux", "-f", os.devnull, "new-session", "-d", "-s", "dev"], env=server_env, check=True
     )
+    try:
+        proc = subprocess.run(
+            ["bash", str(SCRIPTS / "tui_smoke.sh"), stored],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=child_env(PYTHON=sys.executable, TMUX_TMPDIR=str(sockets)),
+        )
+    finally:
+        subprocess.run(["tmux", "kill-server"], env=server_env, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (home / "chats.sqlite").is_file()  # the app opened this test's store
+    assert list(other_home.iterdir()) == []  # and not the running server's home's
 
 
 def test_chat_command_help_does_not_start_the_app(capsys):
@@ -711,9 +727,10 @@ async def test_rename_and_delete_dialogs_take_focus_and_delete_defaults_to_keep(
 async def test_model_picker_takes_focus_and_enter_picks_the_highlighted_model(
     stored, tiny_hf, home
 ):
-    convert(str(tiny_hf), q_bits=8)  # a second model in the store
+    convert(str(tiny_hf), q_bits=8)  # a second model in the store, not the family's latest
 
-    async with running(home) as (app, pilot):
+    # Named: without --model the app would open the most recently converted, the 8-bit one.
+    async with running(home, model=stored) as (app, pilot):
         first = app.model.name
         await pilot.press("f4")
         await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker))
@@ -872,7 +889,7 @@ def test_chat_in_a_pipe_exits_at_once(home):
         capture_output=True,
         text=True,
         timeout=120,  # a hang fails here; it used to draw into the pipe for minutes
-        env={**os.environ, "QWEN_MLX_HOME": str(home)},
+        env=child_env(QWEN_MLX_HOME=str(home)),
     )
     assert proc.returncode == 2
     assert "qwen-mlx chat needs a terminal" in proc.stderr and "Traceback" not in proc.stderr

@@ -6,7 +6,6 @@ The same page in a real browser: test_web_browser.py."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import signal
@@ -29,7 +28,7 @@ from qwen_mlx.runtime.thread import model_thread
 from qwen_mlx.server.web.chats import KEEP_SESSIONS
 from qwen_mlx.server.web.markdown import MarkdownStream, render_markdown
 
-from .helpers import write_pdf
+from .helpers import child_env, write_pdf
 from .webchat import (
     MARKDOWN_REPLY,
     SCRIPT_REPLY,
@@ -382,11 +381,7 @@ def test_chat_web_starts_the_server_and_opens_the_browser_once_it_answers(tiny_m
     opened = tmp_path / "opened.txt"
     browser = tmp_path / "browser.py"  # what $BROWSER names: webbrowser runs it with the URL
     browser.write_text(f"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])\n")
-    env = {
-        **os.environ,
-        "BROWSER": f"{sys.executable} {browser} %s",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-    }
+    env = child_env(BROWSER=f"{sys.executable} {browser} %s")
     command = ["chat", "--web", "--model", str(tiny_mlx), "--port", str(port)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "qwen_mlx", *command],

@@ -217,8 +217,12 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
     # -- actions ---------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser(
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """`qwen-mlx chat`'s flags; `qwen-mlx chat` passes its parser class (which suggests
+    the flag a mistyped one meant)."""
+    p = parser_class(
         allow_abbrev=False,
         prog="qwen-mlx chat",
         description="Chat with a local Qwen3 model in the terminal. Chats are saved under "
@@ -228,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         "-m",
         help="store name, family, folder or repo id "
-        "(default: the chat's model, else qwen3-4b-instruct, else the store's)",
+        "(default: the chat's model, else the last chat's, else the most recently converted "
+        "one that never served as a --draft)",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument(

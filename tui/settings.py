@@ -17,6 +17,8 @@ from .screens import (
 from .state import AppState, on_model_thread
 from .widgets import PromptInput, StatusBar
 
+MODEL_LOOKBACK = 20  # recent chats searched for a model that is still stored
+
 
 class Settings(AppState):
     """The chat's settings and the model it runs on (a part of ChatApp)."""
@@ -101,27 +103,31 @@ class Settings(AppState):
         self.push_screen(ModelPicker(names, current), lambda n: self._load_model(n) if n else None)
 
     def _default_model(self) -> str | None:
-        """The chat's model if it is still here, else qwen3-4b-instruct's latest, else any
-        latest in the store."""
+        """The model the user used last: the opened chat's if it is still here, else the
+        most recent chat's, else the most recently converted one, never a model used only
+        as a draft (nor this run's --draft)."""
         from qwen_mlx.store import Store
 
-        chat = self.store.get(self.initial_chat) if self.initial_chat else None
+        opened = self.store.get(self.initial_chat) if self.initial_chat else None
+        recent = self.store.list()[:MODEL_LOOKBACK]
+        seen = set()
         store = Store(self.home)
         try:
-            if chat is not None and chat.model:
+            for chat in [opened, *recent]:
+                if chat is None or not chat.model or chat.model in seen:
+                    continue
+                seen.add(chat.model)
                 if Path(chat.model).expanduser().is_dir():
                     return chat.model
                 with suppress(Exception):  # removed, or a name this version does not know
                     if store.models_dir.is_dir() and store.find(chat.model) is not None:
                         return chat.model
-            if store.latest("qwen3-4b-instruct") is not None:
-                return "qwen3-4b-instruct"
-            latest = [m.name for m in store.list() if m.latest] if store.models_dir.is_dir() else []
+            draft = self.draft_ref if self.draft_ref not in (None, "lookup") else None
+            return store.recent_model(exclude=(draft,) if draft else ())
         except Exception:
-            latest = []
+            return None
         finally:
             store.close()
-        return latest[0] if latest else None
 
     def _after_no_model(self, built: bool | None) -> None:
         if not built:
@@ -156,8 +162,18 @@ class Settings(AppState):
         from qwen_mlx.runtime import check_tokenizers, load
 
         def job() -> Any:
+            from qwen_mlx.store import Store
+
             draft = load(ref)
             check_tokenizers(model, draft)
+            # Remembered, so it is never the model a chat opens with when none is named; a
+            # read-only or busy store does not stop speculative decoding.
+            with suppress(Exception):
+                store = Store(self.home)
+                try:
+                    store.note_draft(ref)
+                finally:
+                    store.close()
             return draft
 
         self._begin_busy(f"loading the draft {ref}", lock_input=False)

@@ -22,7 +22,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from ..errors import GenerationCancelled
+from ..errors import EmptyReplyError, GenerationCancelled
 from ..runtime import Model, SamplingParams, stream_generate, timely_chunk
 
 IMPORTANT = "[IMPORTANT]"
@@ -197,11 +197,16 @@ def split_document(text: str, max_tokens: int, count: Callable[[str], int]) -> l
 
 @dataclass
 class Summary:
+    """The summary of a document. When the model's last combining step gave nothing,
+    `complete` is False and `text` holds the summaries that step had to combine."""
+
     text: str
     important: list[str]
     chunks: int  # 1 when the document fit in one prompt
     calls: int  # model calls made
     levels: int  # reduce passes
+    complete: bool = True
+    empty_calls: int = 0  # model calls that gave no text (their parts are missing)
 
 
 @dataclass
@@ -332,6 +337,8 @@ def summarize(
         (summary,) = _calls(
             model, params, progress, "summarize", [WHOLE_PROMPT.format(text=text)], should_stop
         )
+        if not summary:
+            raise EmptyReplyError(_nothing_said(1))
         return Summary(_with_passages(summary, important), important, 1, 1, 0)
 
     chunks = split_document(text, room, count)
@@ -340,16 +347,24 @@ def summarize(
         for i, chunk in enumerate(chunks, start=1)
     ]
     summaries = _calls(model, params, progress, "map", prompts, should_stop)
+    empty = summaries.count("")
+    if empty == len(summaries):
+        raise EmptyReplyError(_nothing_said(len(summaries)))
+    # A part the model said nothing about brings only its [IMPORTANT] passages, if any.
     parts = [
         _Part(summary, important_passages(chunk.text))
         for summary, chunk in zip(summaries, chunks, strict=True)
+        if summary or IMPORTANT in chunk.text
     ]
     calls_made = len(chunks)
     levels = 0
     while len(parts) > 1:
         levels += 1
         groups = _groups(parts, room, count)
-        kept = [[p for part in group for p in part.important] for group in groups]
+        # A passage repeated in the document (or carried up by several parts) is quoted once.
+        kept = [
+            list(dict.fromkeys(p for part in group for p in part.important)) for group in groups
+        ]
         prompts = [
             REDUCE_PROMPT.format(
                 important=KEEP_PROMPT.format(passages="\n\n".join(k)) if k else "",
@@ -357,20 +372,40 @@ def summarize(
             )
             for group, k in zip(groups, kept, strict=True)
         ]
-        merged = [
-            _Part(t, k)
-            for t, k in zip(
-                _calls(model, params, progress, f"reduce {levels}", prompts, should_stop),
-                kept,
-                strict=True,
-            )
-        ]
+        combined = _calls(model, params, progress, f"reduce {levels}", prompts, should_stop)
         calls_made += len(groups)
+        empty += combined.count("")
+        if not any(combined):
+            # Nothing came back from this step: what it was given is the best there is.
+            given = "\n\n".join(part.text for part in parts if part.text)
+            return Summary(
+                _with_passages(given, important),
+                important,
+                len(chunks),
+                calls_made,
+                levels,
+                complete=False,
+                empty_calls=empty,
+            )
+        merged = [_Part(t, k) for t, k in zip(combined, kept, strict=True) if t or k]
         if len(merged) == len(parts):  # no progress: summaries as long as their inputs
             raise ValueError("The summaries do not get shorter; raise the context budget.")
         parts = merged
     return Summary(
-        _with_passages(parts[0].text, important), important, len(chunks), calls_made, levels
+        _with_passages(parts[0].text, important),
+        important,
+        len(chunks),
+        calls_made,
+        levels,
+        empty_calls=empty,
+    )
+
+
+def _nothing_said(calls: int) -> str:
+    which = "call" if calls == 1 else f"{calls} calls"
+    return (
+        f"The model gave an empty summary (its {which} returned no text): nothing to show. "
+        "Try another temperature or seed, or another model."
     )
 
 
@@ -391,7 +426,7 @@ def _groups(parts: list[_Part], room: int, count: Callable[[str], int]) -> list[
 def _with_passages(summary: str, important: list[str]) -> str:
     if not important:
         return summary
-    quoted = "\n\n".join(important)
+    quoted = "\n\n".join(dict.fromkeys(important))
     return f"{summary}\n\nKey passages (verbatim):\n\n{quoted}"
 
 

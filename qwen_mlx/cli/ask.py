@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     answer = run_on_document(args, functools.partial(ask, question=args.question))
     print(answer.text)
     print(f"\n[{answer.mode}, {answer.calls} model calls]", file=sys.stderr)
+    if not answer.text:
+        print(
+            "error: the model's answer was empty. Try another --temperature or --seed, "
+            "or rephrase the question.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

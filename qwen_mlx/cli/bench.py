@@ -15,6 +15,7 @@ from .common import (
     format_table,
     guarded,
     human_bytes,
+    model_ref,
 )
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..runtime import load
     from ..runtime.bench import Bandwidth, run_bench
 
-    model = load(args.model)
+    model = load(model_ref(args))
     from .common import draft_from_args
 
     drafter = draft_from_args(model, args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import guarded
+from .common import ArgumentParser, guarded
 
 WEB_FLAGS = ("--host", "--port")
 
@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The terminal app's flags, and `--web` with where to serve the page."""
     from tui.app import build_parser as app_parser
 
-    p = app_parser()
+    p = app_parser(ArgumentParser)
     p.description = (
         f"{p.description} With --web, open the same chats in the browser instead (the web "
         "chat of `qwen-mlx serve`, started here unless one is running already)."

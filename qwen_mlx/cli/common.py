@@ -20,6 +20,12 @@ BROKEN_PIPE = 128 + getattr(signal, "SIGPIPE", 13)
 DEFAULT_MODEL = "qwen3-4b-instruct"
 # Without a terminal, work smaller than this shows its stage line only.
 QUIET_BELOW = 256 << 20
+# Said where a quantized model would be made or suggested on a machine without Metal.
+CPU_QUANT_NOTE = (
+    "note: without Metal (MLX's CPU backend, as on Linux) a 4-bit model reads prompts about "
+    "30x slower than a bf16 one (Qwen3-4B: 15 vs 432 tokens/s), so a long prompt or an "
+    "attachment takes minutes. To use the model on this machine, convert with --no-quantize."
+)
 
 
 def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
@@ -74,17 +80,89 @@ def _reader_gone() -> int:
     return BROKEN_PIPE
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors suggest the flag a mistyped one was meant to be
+    (`--promt`: did you mean --prompt?), as an unknown command gets the command."""
+
+    _given: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(message + self._suggestions())
+
+    def _options(self) -> set[str]:
+        """Every flag of this parser and of its subcommands."""
+        found = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found |= sub._options() if isinstance(sub, ArgumentParser) else set()
+        return found
+
+    def _suggestions(self) -> str:
+        import difflib
+
+        known = self._options()
+        said = []
+        for arg in self._given:
+            if arg == "--":
+                break
+            flag = arg.split("=", 1)[0]
+            if not flag.startswith("-") or flag in known or flag.lstrip("-").isdigit():
+                continue
+            close = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.6)
+            if close:
+                said.append(f"{flag}: did you mean {' or '.join(close)}?")
+        return "".join(f"\n  {line}" for line in said)
+
+
+class ParagraphFormatter(argparse.HelpFormatter):
+    """Help whose description and epilog are paragraphs (separated by blank lines), each
+    filled to the terminal's width, so a sentence never breaks where the source text did;
+    indented lines (examples, tables) keep their own line breaks."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import re
+        import textwrap
+
+        out: list[str] = []
+        for block in re.split(r"\n[ \t]*\n", text.strip("\n")):
+            prose: list[str] = []
+            for line in [*block.splitlines(), ""]:
+                if line and not line[0].isspace():
+                    prose.append(line.strip())
+                    continue
+                if prose:
+                    out += textwrap.wrap(
+                        " ".join(prose),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                        break_on_hyphens=False,
+                        break_long_words=False,
+                    )
+                    prose = []
+                if line:
+                    out.append(indent + line)
+            out.append("")
+        return "\n".join(out).rstrip("\n")
+
+
 def command_parser(
     name: str, description: str, epilog: str | None = None, *, raw: bool = True
 ) -> argparse.ArgumentParser:
-    """The parser of `qwen-mlx NAME`: no abbreviated flags; with `raw`, the description and
-    the examples keep their line breaks (else the description is wrapped to the terminal)."""
-    return argparse.ArgumentParser(
+    """The parser of `qwen-mlx NAME`: no abbreviated flags; the description and epilog are
+    paragraphs filled to the terminal (ParagraphFormatter), with `raw` their indented lines
+    as written (else argparse wraps everything)."""
+    return ArgumentParser(
         allow_abbrev=False,
         prog=f"qwen-mlx {name}",
         description=description,
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
+        formatter_class=ParagraphFormatter if raw else argparse.HelpFormatter,
     )
 
 
@@ -114,11 +192,14 @@ def print_table(
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal. Elsewhere (logs, pipes) a line per stage, and
-    one per quarter of the work when it is large.
+    """Progress on a terminal: a one-line bar per stage that has a total, a line per stage
+    that has none (`validate: ./my-finetune`). Elsewhere (logs, pipes) only those stage
+    lines, and for large work (or with a `unit`) one line per quarter: never one line per
+    tensor or file.
 
     With a `unit` ("tokens", say) the bar counts them (`1,024/8,000 tokens`) and estimates
-    the time left from the rate so far in the stage."""
+    the time left from the rate so far in the stage; "bytes" counts sizes (`1.2 GB/8.0
+    GB`), and names a stage's size on its line elsewhere (`convert: 8.0 GB`)."""
 
     def __init__(
         self,
@@ -137,6 +218,8 @@ class ProgressBar:
         self._last_quarter = -1
         self._done = 0
         self._started = (0.0, 0)  # when the stage began, and its count then
+        self._on_line = False  # a bar is drawn and its line not ended yet
+        self._pending: tuple[int, int, str] | None = None  # the latest state not drawn
 
     def advance(self, stage: str, n: int, total: int, detail: str = "") -> None:
         """Add `n` to the running count of this stage and redraw."""
@@ -144,6 +227,8 @@ class ProgressBar:
         self.update(stage, self._done, total, detail)
 
     def update(self, stage: str, done: int = 0, total: int = 0, detail: str = "") -> None:
+        """A stage's progress. `detail` says what the stage works on when it has no total
+        (a folder, a repo); with a total it is the current item, shown in the bar only."""
         if total < self.min_total:
             return
         now = time.monotonic()
@@ -152,28 +237,43 @@ class ProgressBar:
             self._stage = stage
             self._last_quarter = -1
             self._started = (now, done)
-            if not self.tty:
-                print(f"{stage}: {detail}".rstrip(": "), file=self.stream, flush=True)
+            if not total or not self.tty:
+                said = f"{stage}: {detail}" if detail and not total else stage
+                if total and self.unit == "bytes":
+                    said += f": {human_bytes(total)}"
+                print(said, file=self.stream, flush=True)
         if not total:
             return
         frac = min(done / total, 1.0)
         if self.tty:
             if now - self._last_draw < 0.1 and done < total:
+                self._pending = (done, total, detail)  # drawn later, or by finish()
                 return
-            self._last_draw = now
-            filled = int(frac * self.width)
-            bar = "#" * filled + "-" * (self.width - filled)
-            if self.unit:
-                detail = f"{done:,}/{total:,} {self.unit}{self._eta(now, done, total)} {detail}"
-            line = f"\r{stage:<9} [{bar}] {frac:6.1%} {detail[:48]:<48}"
-            self.stream.write(line)
-            self.stream.flush()
-        elif self.unit or total >= QUIET_BELOW:
+            self._draw(now, done, total, detail)
+        elif (self.unit and self.unit != "bytes") or total >= QUIET_BELOW:
             quarter = int(frac * 4)
             if quarter > self._last_quarter:
                 self._last_quarter = quarter
-                count = f" ({done:,}/{total:,} {self.unit})" if self.unit else ""
+                count = f" ({self._count(done, total)})" if self.unit else ""
                 print(f"{stage}: {frac:.0%}{count}", file=self.stream, flush=True)
+
+    def _draw(self, now: float, done: int, total: int, detail: str) -> None:
+        self._last_draw = now
+        self._pending = None
+        frac = min(done / total, 1.0)
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        if self.unit:
+            detail = f"{self._count(done, total)}{self._eta(now, done, total)} {detail}"
+        line = f"\r{self._stage:<9} [{bar}] {frac:6.1%} {detail[:48]:<48}"
+        self.stream.write(line)
+        self.stream.flush()
+        self._on_line = True
+
+    def _count(self, done: int, total: int) -> str:
+        if self.unit == "bytes":
+            return f"{human_bytes(done)}/{human_bytes(total)}"
+        return f"{done:,}/{total:,} {self.unit}"
 
     def _eta(self, now: float, done: int, total: int) -> str:
         """`, 1:05 left` from the stage's rate so far; empty until there is one."""
@@ -185,22 +285,54 @@ class ProgressBar:
         return f", {left // 60}:{left % 60:02d} left"
 
     def finish(self) -> None:
-        if self.tty and self._stage:
+        """End the stage: its last state drawn (a throttled update is not lost), and the
+        bar's line ended."""
+        if self._pending is not None:
+            self._draw(time.monotonic(), *self._pending)
+        if self._on_line:
             self.stream.write("\n")
             self.stream.flush()
+            self._on_line = False
         self._stage = ""
 
 
-def add_model_arg(
-    parser: argparse.ArgumentParser, *, default: str | None = DEFAULT_MODEL, help: str = ""
-) -> None:
-    """`--model REF`: what every command that runs the model accepts."""
+def add_model_arg(parser: argparse.ArgumentParser, *, help: str = "") -> None:
+    """`--model REF`: what every command that runs the model accepts; without it,
+    `model_ref(args)` picks one."""
     parser.add_argument(
         "--model",
         "-m",
-        default=default,
-        help=help or f"store name, family (its latest), folder or repo id (default: {default})",
+        help=help
+        or f"store name, family (its latest), folder or repo id (default: {DEFAULT_MODEL}, "
+        "else the most recently converted model that is not a draft)",
     )
+
+
+def model_ref(args: argparse.Namespace) -> str:
+    """--model, else `default_model` (leaving out this run's --draft)."""
+    return args.model or default_model(draft=getattr(args, "draft", None))
+
+
+def default_model(*, draft: str | None = None) -> str:
+    """The model a command runs when none is named: qwen3-4b-instruct's latest when the
+    store has one; else the most recently converted or imported model that was never
+    used as a draft (nor is `draft`), said on stderr; else qwen3-4b-instruct, whose
+    absence loading explains."""
+    from ..store import Store
+
+    store = Store()
+    try:
+        if store.latest(DEFAULT_MODEL) is not None:
+            return DEFAULT_MODEL
+        recent = store.recent_model(exclude=(draft,) if draft and draft != "lookup" else ())
+    except (QwenMLXError, OSError):  # an unreadable store: loading will say what is wrong
+        recent = None
+    finally:
+        store.close()
+    if recent is None:
+        return DEFAULT_MODEL
+    print(f"model: {recent} (the most recently converted; --model picks another)", file=sys.stderr)
+    return recent
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -282,4 +414,22 @@ def draft_from_args(model: Any, args: argparse.Namespace) -> Any:
         return None
     from ..runtime import make_drafter
 
-    return make_drafter(model, args.draft)
+    drafter = make_drafter(model, args.draft)
+    if args.draft != "lookup":
+        note_draft(args.draft)
+    return drafter
+
+
+def note_draft(ref: str) -> None:
+    """Remember in the store that `ref` served as a draft, so that no command picks it as
+    the model when none is named; a store that cannot record it changes nothing else."""
+    from ..store import Store
+
+    try:
+        store = Store()
+        try:
+            store.note_draft(ref)
+        finally:
+            store.close()
+    except (QwenMLXError, OSError):
+        pass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import ProgressBar, command_parser, format_stats, guarded
+from .common import CPU_QUANT_NOTE, ProgressBar, command_parser, format_stats, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..convert.demo import ensure_demo_model
     from ..runtime import load, stream_generate
 
-    bar = ProgressBar()
+    bar = ProgressBar(unit="bytes")
     print(
         "[1/3] Building a tiny random Qwen3 and converting it to 4-bit MLX "
         "(skipped when already in the store)...",
@@ -56,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write("\n\n")
     if last is not None:
         print(format_stats(last), file=sys.stderr)
-    print(
-        "\nNext: `qwen-mlx models list`, or on a Mac "
-        "`python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507`.",
-        file=sys.stderr,
-    )
+    from ..convert import quantized_prefill_is_slow
+
+    convert = "python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507"
+    if quantized_prefill_is_slow():
+        print(f"\nNext: `qwen-mlx models list`, or `{convert} --no-quantize`.", file=sys.stderr)
+        print(CPU_QUANT_NOTE, file=sys.stderr)
+    else:
+        print(f"\nNext: `qwen-mlx models list`, or `{convert}`.", file=sys.stderr)
     return 0
 
 

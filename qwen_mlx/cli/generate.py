@@ -24,6 +24,7 @@ from .common import (
     draft_from_args,
     format_stats,
     guarded,
+    model_ref,
     sampling_overrides,
 )
 
@@ -49,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arg(
         p,
-        default=None,
         help="store name, family (its latest), folder or repo id (default: the model "
-        f"saved in --session, else {DEFAULT_MODEL})",
+        f"saved in --session, else {DEFAULT_MODEL}, else the most recently converted model "
+        "that is not a draft)",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", "-p", help="the user message; '-' reads stdin")
@@ -196,7 +197,7 @@ def _prompts_file(args: argparse.Namespace) -> int:
 
 def _model_ref(args: argparse.Namespace) -> str:
     """--model, else the model a saved --session was made with (as `chat` does), else the
-    default family."""
+    default (see common.default_model)."""
     if args.model:
         return args.model
     if args.session and args.session.exists():
@@ -206,7 +207,7 @@ def _model_ref(args: argparse.Namespace) -> str:
         for key in ("ref", "name"):  # "ref" loads from anywhere; older files have "name"
             if isinstance(saved, dict) and isinstance(saved.get(key), str) and saved[key]:
                 return saved[key]
-    return DEFAULT_MODEL
+    return model_ref(args)
 
 
 def _read_schema(path: Path) -> dict:

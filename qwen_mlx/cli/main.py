@@ -18,7 +18,7 @@ COMMANDS: dict[str, str] = {
     "summarize": "Summarize a text, Markdown or PDF file of any length.",
     "ask": "Answer a question about a text, Markdown or PDF file.",
     "plan": "Show which context fits in memory with bf16, 8-bit and 4-bit KV caches.",
-    "models": "Manage stored versions: list, show, verify, import, latest, pin, rollback, rm.",
+    "models": "Manage stored versions: list, show, verify, import, export, set-latest, rm, ...",
     "serve": "Serve the model over an OpenAI-compatible HTTP API.",
     "bench": "Measure prefill and decode speed, and decode against memory bandwidth.",
 }

@@ -166,7 +166,7 @@ def _show(store, args) -> int:
             f"  quality       {r.verdict}: KL divergence {r.kl_divergence:.5f}, "
             f"top-1 agreement {r.top1_agreement:.1%}",
             f"                perplexity {r.perplexity_source:.3f} (source) -> "
-            f"{r.perplexity_converted:.3f} (converted), {r.tokens} calibration tokens",
+            f"{r.perplexity_converted:.3f} (converted), {r.tokens} held-out tokens",
         ]
     else:
         lines.append("  quality       no report (convert with --report to record one)")
@@ -201,7 +201,7 @@ def _verify_one(store, name: str, *, several: bool) -> bool:
     that cannot be read (permission denied, say) is reported and the others still run."""
     from ..errors import QwenMLXError
 
-    bar = ProgressBar()
+    bar = ProgressBar(unit="bytes")
     try:
         result = store.verify(
             name, progress=lambda file, n, total: bar.advance("verify", n, total, file)
@@ -227,12 +227,17 @@ def _import(store, args) -> int:
     if models_engines.is_gguf(args.path):
         return models_engines.import_gguf(store, args)
     from ..convert.importer import import_folder
+    from ..store.naming import parameters_text
 
-    folder, manifest, latest = import_folder(
-        args.path, name=args.name, force=args.force, home=store.root
+    result = import_folder(args.path, name=args.name, force=args.force, home=store.root)
+    manifest = result.manifest
+    print(
+        f"Imported {manifest.name} ({parameters_text(manifest.parameters)} parameters, "
+        f"{human_bytes(manifest.size)}) into {result.path}"
     )
-    print(f"Imported {manifest.name} ({human_bytes(manifest.size)}) into {folder}")
-    if latest:
+    for note in result.notes:
+        print(f"  note: {note}")
+    if result.became_latest:
         print(f"  now the latest of {manifest.family}")
     else:
         print(
@@ -288,7 +293,7 @@ def _rm(store, args) -> int:
 def _check_updates(store, args) -> int:
     from ..convert.updates import check_updates
 
-    bar = ProgressBar()
+    bar = ProgressBar(unit="bytes")
     try:
         results = check_updates(
             args.family,

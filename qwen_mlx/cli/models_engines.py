@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import ProgressBar, human_bytes
+from .common import ParagraphFormatter, ProgressBar, human_bytes
 
 FORMATS = ("gguf", "ollama", "lmstudio")
 QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_k_m", "mlx")
@@ -29,6 +29,7 @@ llama.cpp's own quantizer (needs `pip install 'qwen-mlx[interop]'`).
 
 examples:
   qwen-mlx models export qwen3-4b-instruct --format gguf --quant q8_0
+  qwen-mlx models export qwen3-4b-instruct --format gguf --output ~/models/qwen3-4b.gguf
   qwen-mlx models export qwen3-4b-instruct --format ollama
   qwen-mlx models export qwen3-4b-instruct --format lmstudio
 """
@@ -41,18 +42,30 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
         help="a copy for llama.cpp, Ollama or LM Studio (GGUF or MLX)",
         description="Export a stored model for another engine.",
         epilog=EXPORT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=ParagraphFormatter,
     )
     a.add_argument("name", metavar="NAME|FAMILY")
     a.add_argument("--format", choices=FORMATS, default="gguf", help="(default: gguf)")
     a.add_argument("--quant", choices=QUANTS, help="(default: q4_0; mlx for lmstudio)")
-    a.add_argument("--output", metavar="DIR", help="a folder instead of the store")
+    a.add_argument(
+        "--output",
+        metavar="DIR|FILE.gguf",
+        help="a folder instead of the store; for --format gguf, a path ending in .gguf is "
+        "the file to write",
+    )
     a.add_argument("--force", action="store_true", help="export again, replacing a copy")
 
 
 def export(store, args) -> int:
+    from ..convert.gguf_export import is_gguf_file_path
     from ..store import naming
 
+    if args.format != "gguf" and args.output and is_gguf_file_path(Path(args.output).expanduser()):
+        what = "the GGUF and its Modelfile" if args.format == "ollama" else "LM Studio's models"
+        raise ValueError(
+            f"--format {args.format} writes a folder ({what}): give --output a folder, "
+            "not a .gguf file (--format gguf --output FILE.gguf writes the file alone)."
+        )
     folder, manifest = store.manifest(args.name)
     name = naming.parse(manifest.name)
     quant = args.quant or ("mlx" if args.format == "lmstudio" else DEFAULT_GGUF_QUANT)
@@ -150,8 +163,13 @@ def import_gguf(store, args) -> int:
             args.path, name=args.name, force=args.force, home=store.root, progress=progress
         )
     )
+    from ..store.naming import parameters_text
+
     m = result.manifest
-    print(f"Imported {m.name} ({human_bytes(m.size)}) into {result.path}")
+    print(
+        f"Imported {m.name} ({parameters_text(m.parameters)} parameters, "
+        f"{human_bytes(m.size)}) into {result.path}"
+    )
     print(f"  source {Path(args.path).name}, sha256 {next(iter(m.source.files.values()))}")
     for note in result.notes:
         print(f"  note: {note}")
@@ -176,7 +194,7 @@ def is_gguf(path: str) -> bool:
 
 
 def _with_bar(work):
-    bar = ProgressBar()
+    bar = ProgressBar(unit="bytes")
     try:
         return work(lambda p: bar.update(p.stage, p.done, p.total, p.detail))
     finally:

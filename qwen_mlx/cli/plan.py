@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 
-from .common import add_model_arg, command_parser, guarded, human_bytes, print_table
+from .common import add_model_arg, command_parser, guarded, human_bytes, model_ref, print_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,10 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _kib(n: int) -> str:
-    return f"{n / 1024:.1f} KiB"
-
-
 def why_not(plan) -> str:
     """'yes', or which limit a context breaks: the model's own, memory, or both."""
     reasons = []
@@ -64,7 +61,7 @@ def _planner(args: argparse.Namespace):
     )
     from ..store import resolve
 
-    folder = resolve(args.model)
+    folder = resolve(model_ref(args))
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: it is not a model folder.")
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.context is not None and args.context <= 0:
         raise ValueError("--context must be a positive number of tokens.")
-    from ..runtime.memory import KV_BITS, kv_label
+    from ..runtime.memory import KV_BITS, MAX_CHUNK, kv_label
 
     planner, name, weights_from = _planner(args)
     model_context = planner.shape.context_length
@@ -153,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         f"({budget.source.replace('-', ' ')})"
     )
     print(f"plan for {context:,} tokens\n")
-    header = ("KV", "PER TOKEN", "KV CACHE", "WORKSPACE", "TOTAL", "MAX CONTEXT", "FITS")
+    header = ("KV", "PER TOKEN", "KV CACHE", "CHUNK", "WORKSPACE", "TOTAL", "MAX CONTEXT", "FITS")
     table = [header] + [
         (
             r["kv"],
-            _kib(r["kv_bytes_per_token"]),
+            human_bytes(r["kv_bytes_per_token"]),
             human_bytes(r["kv_cache_bytes"]),
+            f"{r['prefill_chunk']:,}",
             human_bytes(r["workspace_bytes"]),
             human_bytes(r["total_bytes"]),
             f"{r['max_context']:,}",
@@ -166,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         for r in rows
     ]
-    print_table(table, right_align=range(1, 6))
-    print(
-        "\nworkspace: attention scores of one prefill chunk "
-        f"({rows[0]['prefill_chunk']} tokens with bf16 KV), the planner shrinks chunks to fit."
+    print_table(table, right_align=range(1, 7))
+    note = (
+        "WORKSPACE is the attention scores of one prefill CHUNK (tokens read per step): the "
+        f"planner takes the largest chunk, up to {MAX_CHUNK:,}, that fits beside the weights "
+        "and the KV cache, so a smaller KV cache leaves room for a larger chunk (faster "
+        "prefill, more workspace). Sizes in decimal units (1 GB = 10^9 bytes)."
     )
+    print("\n" + textwrap.fill(note, width=88))
     if context > model_context:
         print(
             f"{context:,} tokens is more than this model attends to ({model_context:,}); "

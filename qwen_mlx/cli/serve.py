@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..server import Engine, create_app, server_config
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    from .common import model_ref
+
+    args.model = model_ref(args)
     print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model, verify=args.verify, context_extension=args.context_extension)
     from .common import draft_from_args

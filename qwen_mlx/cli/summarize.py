@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import ProgressBar, add_model_arg, command_parser, guarded
+from .common import ProgressBar, add_model_arg, command_parser, guarded, model_ref
 
 
 def add_document_args(p: argparse.ArgumentParser) -> None:
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "Summarize a document. One that fits in the context goes in one prompt; a longer "
             "one is split on its headings, paragraphs and sentences, summarized part by part "
-            "and combined. Paragraphs marked [IMPORTANT] are kept word for word."
+            "and combined. Paragraphs marked [IMPORTANT] are kept word for word. Exit status 1 "
+            "when the model gives no summary (the parts' summaries are printed, if any)."
         ),
         raw=False,
     )
@@ -55,7 +56,7 @@ def run_on_document(args: argparse.Namespace, action):
     from ..runtime import load
 
     text = read_document(args.file)
-    model = load(args.model)
+    model = load(model_ref(args))
     bar = ProgressBar(unit="tokens")  # tokens read and written, with the time left
     try:
         return action(
@@ -86,6 +87,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(summary.important)} [IMPORTANT] passages kept]",
         file=sys.stderr,
     )
+    if summary.empty_calls and summary.complete:
+        print(
+            f"warning: {summary.empty_calls} of {summary.calls} model calls gave an empty "
+            "summary; what they read is missing from this one.",
+            file=sys.stderr,
+        )
+    if not summary.complete:
+        print(
+            "error: the model's final summary came out empty, so what was printed is the "
+            "summaries it was to combine, not one summary "
+            f"({summary.empty_calls} of {summary.calls} model calls gave no text). "
+            "Try another --temperature or --seed, or a larger --max-context.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -35,6 +35,7 @@ _EXPORTS = {
     "ProgressFn": "pipeline",
     "convert": "pipeline",
     "default_report": "pipeline",
+    "quantized_prefill_is_slow": "pipeline",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "ProgressFn",
     "convert",
     "default_report",
+    "quantized_prefill_is_slow",
 ]
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
         ProgressFn,
         convert,
         default_report,
+        quantized_prefill_is_slow,
     )
     from .quant import METHODS, Q_MODES
 

@@ -81,6 +81,12 @@ def gguf_file_name(name: naming.ModelName) -> str:
     return f"{str(name).split('@')[0]}.gguf"
 
 
+def is_gguf_file_path(path: Path) -> bool:
+    """Whether an --output path names the .gguf file itself rather than a folder: it ends
+    in `.gguf` and is not a folder already."""
+    return path.suffix.lower() == ".gguf" and not path.is_dir()
+
+
 def check_quant(quant: str) -> None:
     if quant not in GGUF_QUANTS:
         raise ValueError(f"--quant must be one of {', '.join(GGUF_QUANTS)}, not {quant!r}.")
@@ -505,8 +511,9 @@ def export_gguf(
 ) -> GGUFExport:
     """Export the stored model `ref` (a name or family id) to GGUF: a `gguf-<quant>`
     version of the same release in the store (manifest, sha256, registered, never made
-    latest), or a file in the `output` folder. The version folder also holds an Ollama
-    `Modelfile` next to the GGUF. `reuse` keeps a stored version of that name as it is."""
+    latest), or a file in the `output` folder; an `output` ending in `.gguf` (and not an
+    existing folder) is the file itself. A folder also gets an Ollama `Modelfile` next to
+    the GGUF. `reuse` keeps a stored version of that name as it is."""
     from .engines import MODELFILE, write_modelfile
 
     check_quant(quant)
@@ -522,6 +529,9 @@ def export_gguf(
         out_name = gguf_name(name, quant)
         final = Path(output).expanduser() if output else store.path_for(out_name)
         file_name = gguf_file_name(out_name)
+        alone = is_gguf_file_path(final) if output is not None else False
+        if alone:  # --output m.gguf: that file, and nothing beside it
+            final, file_name = final.parent, final.name
         if output is None and final.exists():
             if reuse:
                 _, kept = store.manifest(str(out_name))
@@ -533,7 +543,7 @@ def export_gguf(
                     "export it again."
                 )
         if output is not None and not force:
-            for existing in (final / file_name, final / MODELFILE):
+            for existing in [final / file_name] + ([] if alone else [final / MODELFILE]):
                 if existing.exists() or existing.is_symlink():
                     raise OutputExistsError(
                         f"{existing} already exists; pass --force to replace it."
@@ -550,7 +560,8 @@ def export_gguf(
                 license=manifest.license,
                 progress=progress,
             )
-            write_modelfile(tmp, file_name, folder)
+            if not alone:
+                write_modelfile(tmp, file_name, folder)
             if output is not None:
                 for f in sorted(tmp.iterdir()):
                     os.replace(f, final / f.name)

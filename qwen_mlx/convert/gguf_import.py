@@ -675,7 +675,7 @@ def import_gguf(
     progress: ProgressFn | None = None,
 ) -> GGUFImport:
     """Import a Qwen3 GGUF file into the store as an MLX model (see the module docstring)."""
-    from .names import check_name_free
+    from .names import check_name_free, claimed_name
 
     progress = progress or (lambda _p: None)
     source = Path(path).expanduser().resolve()
@@ -711,6 +711,8 @@ def import_gguf(
         )
     store = Store(home)
     try:
+        model_name, claims, set_latest = claimed_name(store, model_name, parameters, requested=name)
+        notes += claims
         check_name_free(store, model_name, repo=None, path=str(source), force=force)
         final = store.path_for(model_name)
         if final.exists() and not force:
@@ -768,7 +770,7 @@ def import_gguf(
             )
             manifest.write(tmp)
             install(tmp, final, replace=force)
-        became_latest = store.register(final, manifest, event="imported")
+        became_latest = store.register(final, manifest, event="imported", set_latest=set_latest)
     finally:
         store.close()
     return GGUFImport(final, manifest, became_latest, requantized, tuple(notes))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import DamagedModelError, OutputExistsError
@@ -23,10 +23,20 @@ from ..store.manifest import (
     read_manifest,
 )
 from .checkpoint import Checkpoint, inspect_checkpoint
-from .names import check_name_free, output_name
+from .names import check_name_free, claimed_name, output_name
 
 # mlx-community style suffixes: Qwen3-4B-Instruct-2507-4bit, ...-8bit, ...-bf16, ...-MLX
 _SUFFIX = re.compile(r"-(?:mlx-)?(?:\d+bit|bf16|fp16|mlx)(?:-.*)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FolderImport:
+    """What `import_folder` did."""
+
+    path: Path
+    manifest: Manifest
+    became_latest: bool
+    notes: tuple[str, ...] = ()  # what was decided about its name, for the user
 
 
 def _quant(ckpt: Checkpoint) -> tuple[Quantization, dict]:
@@ -93,8 +103,8 @@ def import_folder(
     name: str | None = None,
     force: bool = False,
     home: str | Path | None = None,
-) -> tuple[Path, Manifest, bool]:
-    """Copy `path` into the store; return (folder, manifest, became latest).
+) -> FolderImport:
+    """Copy `path` into the store.
 
     When the folder holds our own manifest and its files still match it, the new
     manifest keeps what that one knows: the original source, quantization and quality."""
@@ -107,6 +117,9 @@ def import_folder(
     if own is not None and own.source.files:
         origin = own.source
     store = Store(home)
+    model_name, notes, set_latest = claimed_name(
+        store, model_name, parameter_count(ckpt), requested=name
+    )
     check_name_free(store, model_name, repo=origin.repo, path=origin.path, force=force)
     final = store.path_for(model_name)
     if final.exists() and not force:
@@ -145,6 +158,6 @@ def import_folder(
         )
         manifest.write(tmp)
         install(tmp, final, replace=force)
-    became_latest = store.register(final, manifest, event="imported")
+    became_latest = store.register(final, manifest, event="imported", set_latest=set_latest)
     store.close()
-    return final, manifest, became_latest
+    return FolderImport(final, manifest, became_latest, tuple(notes))

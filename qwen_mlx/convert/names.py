@@ -5,6 +5,7 @@ source already holds it."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -56,18 +57,55 @@ def output_name(
     """The store name of a converted or imported model (the source's name plus
     `-mlx-<quant>`) and a sentence saying how it was chosen ("" when the name or the
     source's name was one). `label` replaces the source's own name (the folder's, the
-    repo's); `parameters` the checkpoint's count (a quantized one counts differently)."""
+    repo's); `parameters` the checkpoint's count (a quantized one counts differently).
+    A local trainer's checkpoint folder (`runs/exp7/checkpoint-1200`) is named after its
+    run folder, with the step as the release."""
     release, release_from = fallback_release(source, ckpt)
+    label = label or source.label
+    checkpoint = None
+    if source.repo_id is None and naming.checkpoint_release(label) is not None:
+        checkpoint, label = label, source.path.resolve().parent.name
     base, note = naming.name_for(
         name,
-        label or source.label,
+        label,
         family=ckpt.model_type,
         parameters=parameters or ckpt.parameters,
         release=release,
         release_from=release_from,
         hint=ckpt.config.get("_name_or_path"),
+        checkpoint=checkpoint,
     )
     return with_quant(base, quantization), note
+
+
+def claimed_name(
+    store: Store, name: naming.ModelName, parameters: int, *, requested: str | None
+) -> tuple[naming.ModelName, list[str], bool | None]:
+    """Check a name an import read off the source itself (a GGUF's metadata, a folder's
+    own manifest or name): a file may call itself anything, `qwen3-4b-instruct-2507` say.
+    Its size must fit its parameter count, else the size is made from the count; and it
+    never takes over a family that already has a latest: it is added beside it. Returns
+    the name, notes saying what was done, and `set_latest` for `Store.register` (False,
+    or None for the usual rule). A `requested` name (--name) is the user's: kept as is."""
+    if requested:
+        return name, [], None
+    notes = []
+    if not naming.size_fits(name.size, parameters):
+        fitted = replace(name, size=naming.size_tag(parameters))
+        notes.append(
+            f"the source calls itself {name}, but it has {naming.parameters_text(parameters)} "
+            f"parameters, not {name.size}: imported as {fitted} (--name chooses another)"
+        )
+        name = fitted
+    latest = store.latest(name.family_id)
+    if latest is None or latest == name:
+        return name, notes, None
+    notes.append(
+        f"{name.family_id} already has a latest ({latest}); a name read from the source "
+        f"does not replace it, so {name} is added beside it "
+        f"(`qwen-mlx models set-latest {name}` switches)"
+    )
+    return name, notes, False
 
 
 def known_name(hf_path: str, name: str | None, quantization: Quantization):

@@ -632,7 +632,7 @@ def write_learned(
 
     result = run_method(ckpt.path, options, text, dtype=dtype, progress=progress)
     weight_bytes = sum(v.nbytes for _, v in tree_flatten(result.model.parameters()))
-    progress(Progress("write", 0, 0, str(out)))
+    progress(Progress("write", 0, 0, "the quantized weights"))
     save_model(out, result.model)
     if (out / "model.safetensors").is_file():  # one shard needs no index
         (out / "model.safetensors.index.json").unlink(missing_ok=True)

@@ -256,6 +256,7 @@ def write_weights(
             while pending:
                 pending.popleft().result()
             out_hashes = {w.path.name: w.close() for w in writers}
+            progress(Progress("convert", total, total))  # all written
         except BaseException:
             for future in pending:
                 future.cancel()

@@ -49,6 +49,32 @@ class Model:
     # State helpers keep per model (recent document conversations), freed with the model.
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's would print every layer of the module)."""
+        from ..store.naming import parameters_text
+
+        return (
+            f"Model({self.name!r}, {parameters_text(self.parameters)} parameters, "
+            f"{self.quantization_label}, context {self.context_length:,})"
+        )
+
+    @property
+    def parameters(self) -> int:
+        """The parameter count: the manifest's, else counted from the weights (a quantized
+        weight's packed words hold 32 / bits values each)."""
+        if self.manifest is not None and self.manifest.parameters:
+            return self.manifest.parameters
+        from mlx.utils import tree_flatten
+
+        bits = (self.config.get("quantization") or {}).get("bits")
+        total = 0
+        for name, array in tree_flatten(self.model.parameters()):
+            if name.endswith((".scales", ".biases")):
+                continue
+            packed = bits and str(array.dtype) == "mlx.core.uint32"
+            total += array.size * 32 // bits if packed else array.size
+        return total
+
     @property
     def name(self) -> str:
         return self.manifest.name if self.manifest else self.path.name

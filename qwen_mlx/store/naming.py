@@ -52,6 +52,10 @@ _FAMILY_ID_RE = re.compile(
 _FORMAT_WORD = re.compile(
     r"[0-9]+bits?|bf16|fp16|f16|fp32|f32|q[0-9]+(?:_[a-z0-9]+)?|int[0-9]+|g[0-9]+"
 )
+# A trainer's checkpoint folder: checkpoint-1200 (transformers' Trainer), step-1200,
+# global_step1200 (DeepSpeed), epoch-3. Its name says when, not what: the run folder
+# above it says what.
+_CHECKPOINT_DIR = re.compile(r"(checkpoint|global_step|step|epoch)[-_]?([0-9]+)")
 
 
 @dataclass(frozen=True, order=True)
@@ -287,6 +291,15 @@ def _words(text: str) -> list[str]:
     return [w.strip("._") for w in words if w.strip("._")]
 
 
+def checkpoint_release(folder: str) -> str | None:
+    """The release of a trainer's checkpoint folder: `step1200` for checkpoint-1200,
+    step-1200 or global_step1200, `epoch3` for epoch-3; None for any other name."""
+    match = _CHECKPOINT_DIR.fullmatch(folder.strip().lower())
+    if match is None:
+        return None
+    return f"{'epoch' if match[1] == 'epoch' else 'step'}{int(match[2])}"
+
+
 def name_for(
     requested: str | None,
     label: str,
@@ -296,6 +309,7 @@ def name_for(
     release: str,
     release_from: str,
     hint: str | None = None,
+    checkpoint: str | None = None,
 ) -> tuple[ModelName, str]:
     """The name of a checkpoint, and a sentence saying how it was chosen.
 
@@ -307,7 +321,14 @@ def name_for(
     by `release_from`, like "the source's commit"). A `requested` name that does not fit
     is made to fit the same way, and the sentence says so. The sentence is empty when
     nothing was derived.
+
+    `checkpoint` is a trainer's checkpoint folder (`checkpoint-1200`, see
+    `checkpoint_release`) and `label` then the run folder above it: the run gives the
+    family (variant and all), the checkpoint the release, so each run is its own family
+    and its checkpoints are its versions.
     """
+    if checkpoint is not None and not requested:
+        return _checkpoint_name(label, checkpoint, family, parameters, hint)
     cleaned = requested.strip().lower() if requested else "-".join(_words(label))
     if is_name(cleaned):
         return parse(cleaned), ""
@@ -319,13 +340,7 @@ def name_for(
     if requested:
         base = f"{name.family_id}-{name.release}"
         return name, f"--name {requested!r} does not fit {EXPECTED_FORM}, so it became {base}"
-    size = (
-        f"{parameters / 1e9:,.2f}B"
-        if parameters >= 1e9
-        else f"{parameters / 1e6:.1f}M"
-        if parameters >= 1e6
-        else f"{parameters / 1e3:.0f}K"
-    )
+    size = _count(parameters)
     parts = [
         f"family {family} from its config",
         f"size {name.size} from {label!r}"
@@ -341,18 +356,86 @@ def name_for(
     return name, "derived: " + "; ".join(parts)
 
 
+def _checkpoint_name(
+    run: str, checkpoint: str, family: str, parameters: int, hint: str | None
+) -> tuple[ModelName, str]:
+    """The name of a trainer's checkpoint folder (see `name_for`)."""
+    step = checkpoint_release(checkpoint)
+    assert step is not None, checkpoint
+    cleaned = "-".join(_words(run))
+    if is_family_id(cleaned):
+        name = parse(f"{cleaned}-{step}")
+        said = f"release {step} from {checkpoint!r}"
+        return name, f"derived: {name.family_id} from the run folder {run!r}; {said}"
+    if is_name(cleaned):  # a run named like a release: its checkpoints are tags of it
+        run_name = parse(cleaned)
+        for release in (f"{run_name.release}-{step}", f"{run_name.release}_{step}"):
+            try:
+                name = ModelName(run_name.family, run_name.size, run_name.variant, release)
+            except InvalidNameError:
+                continue
+            said = f"release {release}, the run's {run_name.release} and {checkpoint!r}"
+            return name, f"derived: {name.family_id} from the run folder {run!r}; {said}"
+    name, size_in_text, _ = _derive(
+        _words(run) or ["checkpoint"], family, parameters, step, hint, release_in_words=False
+    )
+    parts = [
+        f"family {family} from its config",
+        f"size {name.size} from {run!r}"
+        if size_in_text
+        else f"size {name.size} from its {_count(parameters)} parameters",
+        f"variant {name.variant!r} from the run folder {run!r}"
+        if _words(run)
+        else f"variant {name.variant!r} as no run folder names it",
+        f"release {step} from {checkpoint!r}",
+    ]
+    return name, "derived: " + "; ".join(parts)
+
+
+def size_fits(size: str, parameters: int) -> bool:
+    """Whether a name's size (`4b`, `0.6b`, `30b-a3b`) is within a factor of 10 of the
+    parameter count: loose, as sizes round and count differently (Qwen3-1.7B holds 2.0B
+    parameters with its embeddings), but a 4M-parameter model is no `4b`."""
+    total = size.split("-")[0]
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[total[-1]]
+    return 0.1 <= parameters / (float(total[:-1]) * scale) <= 10
+
+
+def parameters_text(parameters: int) -> str:
+    """4.2M, 4.02B: a parameter count as a sentence says it."""
+    return _count(parameters)
+
+
+def _count(parameters: int) -> str:
+    """4.2M, 4.02B: a parameter count as a sentence says it."""
+    if parameters >= 1e9:
+        return f"{parameters / 1e9:,.2f}B"
+    if parameters >= 1e6:
+        return f"{parameters / 1e6:.1f}M"
+    return f"{parameters / 1e3:.0f}K"
+
+
 def _derive(
-    words: list[str], family: str, parameters: int, release: str, hint: str | None
+    words: list[str],
+    family: str,
+    parameters: int,
+    release: str,
+    hint: str | None,
+    *,
+    release_in_words: bool = True,
 ) -> tuple[ModelName, bool, bool]:
     """A name from the words of a folder or repo name and the checkpoint's own figures,
-    and whether its size and its release came from those words."""
+    and whether its size and its release came from those words (never, without
+    `release_in_words`: `release` is the release and the words are all variant)."""
     words = [w for w in words if not (w == family or (len(w) >= 4 and family.startswith(w)))]
     words = [w for w in words if w not in FORMATS and not _FORMAT_WORD.fullmatch(w)]
     sizes = [w for w in words if _SIZE_RE.fullmatch(w) or _ACTIVE_RE.fullmatch(w)]
     size = sizes[0] if sizes and _SIZE_RE.fullmatch(sizes[0]) else size_tag(parameters)
     words = [w for w in words if w not in sizes]
     date = next((i for i, w in enumerate(words) if _DATE.fullmatch(w)), None)
-    if date is not None:  # a date and the tags after it; other words after it are variant
+    if not release_in_words:
+        rel = release
+    elif date is not None:  # a date and the tags after it; other words after it are variant
         tags = [w for w in words[date + 1 :] if _is_tag(w)]
         rel = "-".join([words[date], *tags])
         words = words[:date] + [w for w in words[date + 1 :] if w not in tags]
@@ -421,14 +504,14 @@ def why_not_latest(new: ModelName, current: ModelName | None) -> str | None:
 
 
 def distinct(name: ModelName, word: str, taken: Callable[[ModelName], bool]) -> ModelName:
-    """`name` with `word` added to its variant (`word2`, `word3`, ... while `taken(name)`
-    says that one is taken too): a name to suggest beside one another model holds."""
+    """`name` with `word` added to its release (`2507_local`, then `2507_local2`, ...
+    while `taken(name)` says that one is taken too): a name to suggest beside one another
+    model holds. It stays in the same family, and never becomes its latest by release
+    order (`2507_local` does not follow `2507`)."""
     word = "_".join(_words(word)) or "copy"
-    if not _WORD.fullmatch(word):
-        word = f"v{word}"
     n = 1
     while True:
-        candidate = replace(name, variant=f"{name.variant}-{word}{n if n > 1 else ''}")
+        candidate = replace(name, release=f"{name.release}_{word}{n if n > 1 else ''}")
         if not taken(candidate):
             return candidate
         n += 1

@@ -42,13 +42,13 @@ def resolve(
         return hub.fetch(text, revision=revision, allow_patterns=MLX_PATTERNS).path
     if naming.is_name(text) or naming.is_family_id(text):
         raise ModelNotFoundError(
-            f"No model {text} in the store at {store.root}{store.did_you_mean(text)}. "
+            f"No model {text} in the store at {store.root}.{store.did_you_mean(text)} "
             "Convert one with "
             "`qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507`, see what is there with "
             "`qwen-mlx models list`, or try `qwen-mlx demo`."
         )
     raise ModelNotFoundError(
-        f"No model {text!r}{store.did_you_mean(text)}: it is not a folder, a store name "
-        "(like qwen3-4b-instruct) "
+        f"No model {text!r}: it is not a folder, a store name (like qwen3-4b-instruct) "
         "or a Hugging Face repo id (like mlx-community/Qwen3-4B-Instruct-2507-4bit)."
+        f"{store.did_you_mean(text)}"
     )

@@ -60,6 +60,18 @@ MIGRATIONS: Migrations = [
         );
         """,
     ),
+    (
+        # The models used as a speculative-decoding draft (`--draft NAME`), so that no
+        # command picks a draft as the model to chat with when none is named. Kept apart
+        # from `models`, whose row a conversion with --force replaces.
+        "create drafts",
+        """
+        CREATE TABLE drafts (
+            model TEXT PRIMARY KEY,
+            last_used_at TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 EVENT_KINDS = (
     "converted",
@@ -205,6 +217,15 @@ class Registry:
         conn.execute("DELETE FROM models WHERE name = ?", (name,))
 
     @staticmethod
+    def delete_family_if_empty(conn: sqlite3.Connection, family: str) -> bool:
+        """Forget a family's pin and update policy once it has no model left; whether it
+        had none."""
+        if conn.execute("SELECT 1 FROM models WHERE family = ?", (family,)).fetchone():
+            return False
+        conn.execute("DELETE FROM families WHERE family = ?", (family,))
+        return True
+
+    @staticmethod
     def record_verify(conn: sqlite3.Connection, name: str, ok: bool) -> None:
         conn.execute(
             "UPDATE models SET last_verified_at = ?, last_verify_ok = ? WHERE name = ?",
@@ -225,6 +246,14 @@ class Registry:
             "INSERT INTO families (family, policy) VALUES (?, ?) "
             "ON CONFLICT(family) DO UPDATE SET policy = excluded.policy",
             (family, policy),
+        )
+
+    @staticmethod
+    def record_draft(conn: sqlite3.Connection, name: str) -> None:
+        conn.execute(
+            "INSERT INTO drafts (model, last_used_at) VALUES (?, ?) "
+            "ON CONFLICT(model) DO UPDATE SET last_used_at = excluded.last_used_at",
+            (name, now_iso()),
         )
 
     @staticmethod
@@ -265,6 +294,19 @@ class Registry:
         """(policy, pinned) of a family; the defaults if it has no row yet."""
         rows = self._query("SELECT policy, pinned FROM families WHERE family = ?", (family,))
         return (rows[0]["policy"], bool(rows[0]["pinned"])) if rows else ("notify", False)
+
+    def registrations(self) -> dict[str, int]:
+        """Each model's last registration (converted, imported, recovered, repaired) as an
+        event id: a larger id is a later one, to the event, not to the second."""
+        rows = self._query(
+            "SELECT model, MAX(id) AS last FROM events WHERE model IS NOT NULL AND kind IN "
+            "('converted', 'imported', 'recovered', 'repaired') GROUP BY model"
+        )
+        return {r["model"]: r["last"] for r in rows}
+
+    def drafts(self) -> set[str]:
+        """The names of the models that were used as a draft."""
+        return {r["model"] for r in self._query("SELECT model FROM drafts")}
 
     def families(self) -> list[str]:
         return [r["family"] for r in self._query("SELECT family FROM families ORDER BY family")]

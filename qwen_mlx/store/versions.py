@@ -10,6 +10,7 @@ A model reference is a store name, a family id (its latest), a folder, or a Hub 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -348,7 +349,7 @@ class Store:
             name = self._name_at(family, f"{release}/{format_dir}")
         if folder is None or name is None:
             raise ModelNotFoundError(
-                f"{ref} is not in the store{self.did_you_mean(ref)} (see `qwen-mlx models list`)."
+                f"{ref} is not in the store (see `qwen-mlx models list`).{self.did_you_mean(ref)}"
             )
         return folder, name
 
@@ -363,11 +364,12 @@ class Store:
         return sorted(found)
 
     def did_you_mean(self, ref: str) -> str:
-        """`; did you mean X?` naming the stored names closest to `ref`, or ""."""
+        """` Did you mean X?` naming the stored names closest to `ref`, or "": a sentence
+        to follow a message's last one."""
         import difflib
 
         close = difflib.get_close_matches(ref.strip().lower(), self.names(), n=3, cutoff=0.6)
-        return f"; did you mean {' or '.join(close)}?" if close else ""
+        return f" Did you mean {' or '.join(close)}?" if close else ""
 
     def manifest(self, ref: str) -> tuple[Path, Manifest]:
         folder, name = self.locate(ref)
@@ -380,6 +382,48 @@ class Store:
             ) from e
         assert manifest is not None  # locate only finds folders with a manifest.json
         return folder, manifest
+
+    def stored_name(self, ref: str | Path) -> naming.ModelName | None:
+        """The store name `ref` stands for: a name, a family (its latest) or a folder inside
+        the store; None for anything else (a Hub repo id, a folder elsewhere)."""
+        try:
+            folder = Path(ref).expanduser().resolve()
+            if folder.is_dir() and folder.parent.parent.parent == self.models_dir.resolve():
+                family, release, format_dir = folder.parts[-3:]
+                return self._name_at(family, f"{release}/{format_dir}")
+            return self.locate(str(ref))[1]
+        except (QwenMLXError, OSError, ValueError):
+            return None
+
+    # -- drafts, and the model to use when none is named -------------------------------------
+
+    def note_draft(self, ref: str | Path) -> None:
+        """Remember that the stored model `ref` was used as a speculative-decoding draft
+        (nothing for a model outside the store), so `recent_model` never picks it."""
+        name = self.stored_name(ref)
+        if name is not None:
+            with self.registry.transaction() as conn:
+                Registry.record_draft(conn, str(name))
+
+    def recent_model(self, *, exclude: tuple[str | Path, ...] = ()) -> str | None:
+        """The most recently converted or imported model that can be chatted with: an MLX
+        version whose folder is here, never one used as a draft (`note_draft`) nor one of
+        `exclude` (the draft of this very run, say). None when there is none."""
+        if not self.models_dir.is_dir():
+            return None
+        left_out = self.registry.drafts()
+        left_out |= {str(n) for n in map(self.stored_name, exclude) if n is not None}
+        rows = [
+            r
+            for r in self.registry.models()
+            if r.name not in left_out
+            and not r.format.startswith("gguf")
+            and _has_manifest(self._folder_of(r.name, r.path))
+        ]
+        if not rows:
+            return None
+        order = self.registry.registrations()
+        return max(rows, key=lambda r: (order.get(r.name, 0), r.created_at, r.name)).name
 
     # -- verify ----------------------------------------------------------------------------
 
@@ -538,6 +582,9 @@ class Store:
             if is_latest:
                 self._move_latest_back(conn, name)
             _delete_tree(folder)
+            with contextlib.suppress(OSError):  # the release's last format: its folder too
+                folder.parent.rmdir()
+            self._drop_family_if_empty(conn, family)
         return Removed(name, freed, was_missing=False)
 
     def _forget(self, folder: Path, name: naming.ModelName) -> Removed:
@@ -557,7 +604,24 @@ class Store:
                 self._move_latest_back(conn, name)
             if not gone:  # a folder without its manifest.json is not a model any more
                 _delete_tree(folder)
+            self._drop_family_if_empty(conn, family)
         return Removed(name, freed, was_missing=gone)
+
+    def _drop_family_if_empty(self, conn: sqlite3.Connection, family: str) -> None:
+        """A family whose last version went goes too: its pin and update policy, its
+        `latest` pointer and its empty folders. Anything else in its folder (a conversion
+        under way into it, a file of the user's) keeps the folder."""
+        folder = self.models_dir / family
+        if any(_has_manifest(p) for p in folder.glob("*/*")):
+            return  # a version on disk the registry lacks: `repair` brings it back
+        if not Registry.delete_family_if_empty(conn, family):
+            return
+        (folder / LATEST_FILE).unlink(missing_ok=True)
+        for release in folder.glob("*"):
+            with contextlib.suppress(OSError):  # not empty: left as it is
+                release.rmdir()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
     def _move_latest_back(self, conn: sqlite3.Connection, name: naming.ModelName) -> None:
         """Point `latest` at the newest earlier version still on disk (or at nothing)."""
