@@ -90,3 +90,7 @@ class ToolServerError(QwenMLXError, ConnectionError):
 class ChatTemplateError(QwenMLXError, RuntimeError):
     """A model's chat template cannot be used: it does not compile, fails on a plain
     conversation, or a render ran past its bounds (steps, characters or time)."""
+
+
+class RankFailedError(QwenMLXError, ConnectionError):
+    """A rank of a model split across processes or Macs stopped, or could not start."""
