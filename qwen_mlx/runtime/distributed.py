@@ -169,3 +169,29 @@ def lost_peer(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and (
         "[ring]" in text or "[jaccl]" in text or "peer" in text
     )
+
+
+def group_failure(model: Any) -> RankFailedError | None:
+    """Why the model's group cannot run any more (a rank stopped), or None."""
+    leader = leader_of(model)
+    if leader is None:
+        return None
+    return leader.failure or leader.ranks.failure
+
+
+def group_status(model: Any) -> dict[str, Any]:
+    """What /health says about the ranks: how many, how the model is split, each one's
+    state, and (status "degraded") the failure that stopped the group."""
+    shard = getattr(model, "shard", None)
+    if shard is None:
+        return {"ranks": 1}
+    out: dict[str, Any] = {"ranks": shard.size, "split": shard.mode}
+    leader = shard.leader
+    if leader is not None:
+        out["rank_states"] = leader.ranks.report()
+        out["group_restarts"] = leader.ranks.restarts
+        failure = group_failure(model)
+        if failure is not None:
+            out["status"] = "degraded"
+            out["error"] = str(failure)
+    return out

@@ -239,6 +239,8 @@ class Ranks:
         self._files: list[Path] = []
         self.group: Any = None  # this process's mx.distributed group, once started
         self.leader: Any = None  # the mirror.Leader of the model loaded on the group
+        self.restarts = 0  # times the group was started again after a failure (serve)
+        self.environ_keys: set[str] = set()  # what start() set in this process's environment
 
     @property
     def size(self) -> int:
@@ -343,7 +345,9 @@ class Ranks:
 
         from .distributed import join_group
 
-        os.environ.update(self._with_files(env) | {"MLX_RANK": "0"})
+        mine = self._with_files(env) | {"MLX_RANK": "0"}
+        self.environ_keys = set(mine)
+        os.environ.update(mine)
         print(
             f"connecting {self.size} ranks over {self.hosts.backend} "
             f"({', '.join(h.ssh for h in self.hosts.hosts)}) ...",
@@ -457,6 +461,20 @@ class Ranks:
                 with contextlib.suppress(Exception):
                     callback(error)
 
+    def loaded(self, infos: Sequence[Any]) -> None:
+        """Every rank has its share (`distributed.RankInfo` each): ready, with its figures."""
+        with self._lock:
+            for info in infos:
+                state = self.states[info.rank]
+                if state.state not in ("failed", "stopped"):
+                    state.state = "ready"
+                state.info |= {
+                    "machine": info.host,
+                    "layers": info.layers,
+                    "weights_bytes": info.weights_bytes,
+                    "peak_load_bytes": info.peak_bytes,
+                }
+
     def report(self) -> list[dict[str, Any]]:
         """Each rank's state, for /health."""
         with self._lock:
@@ -475,6 +493,8 @@ class Ranks:
     def close(self, timeout: float = STOP_TIMEOUT) -> None:
         """End the followers: close their stdin (they exit when they read its end), then
         terminate and at last kill any still running, each by its own process id."""
+        if self.leader is not None and not self._closing:
+            self.leader.stop()  # a clean exit where the group is whole and idle
         with self._lock:
             self._closing = True
         for follower in self._followers.values():

@@ -411,9 +411,11 @@ def load_driven(ranks: Any, ref: Any, *, home: Any = None, **options: Any) -> An
         sent = manifest.name
     else:
         sent = str(ref)
-    leader = Leader(ranks)
-    ranks.leader = leader
-    return leader.load(sent, options, home=home)
+    if ranks.leader is None:
+        ranks.leader = Leader(ranks)
+    model = ranks.leader.load(sent, options, home=home)
+    ranks.loaded(model.shard.ranks)
+    return model
 
 
 class MirroredDecoder:
@@ -593,9 +595,10 @@ class Follower:
         from .model import load
 
         self.report(state="loading")
+        self.store.clear()
+        self.decoders.clear()
         self.model = load(meta["ref"], group=self.group, **meta["options"])
-        info = self.model.shard.ranks[self.group.rank()]
-        self.report(state="ready", weights_bytes=info.weights_bytes, peak_bytes=info.peak_bytes)
+        self.report(state="ready")
 
     def _open(self, meta: dict[str, Any]) -> None:
         from .batch import BatchDecoder
