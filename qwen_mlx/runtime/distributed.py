@@ -41,6 +41,7 @@ class RankInfo:
     weights_bytes: int  # of its share
     peak_bytes: int  # the most it held while loading
     budget_bytes: int  # what the memory planner may use on its machine
+    memory_bytes: int  # its machine's memory
     kv_per_token: int  # bytes of KV cache per token on this rank (bf16)
     fingerprint: str
     layers: int  # transformer layers it runs

@@ -285,13 +285,15 @@ def join_ranks(model: Any, group: Any, mode: str, peak: int) -> Any:
     from .memory import ModelShape, kv_bytes_per_token, machine_budget
 
     weights, _ = share_bytes(model.model)
+    budget = machine_budget()
     layers = [layer for layer in model.model.model.layers if layer is not None]
     shape = rank_shape(ModelShape.from_config(model.config), group.size(), mode, len(layers))
     mine = {
         "host": socket.gethostname(),
         "weights_bytes": weights,
         "peak_bytes": int(peak),
-        "budget_bytes": machine_budget().bytes,
+        "budget_bytes": budget.bytes,
+        "memory_bytes": budget.total,
         "kv_per_token": kv_bytes_per_token(shape),
         "fingerprint": _identity(model),
         "layers": len(layers),
