@@ -279,7 +279,7 @@ def _restart_on_failure(
                 time.sleep(0.2)
             print(f"restarting the group ({count + 1} of {MAX_RESTARTS}) ...", file=sys.stderr)
             ranks.close(timeout=2.0)
-            _reexec(sockets, argv, count + 1, ranks.environ_keys)
+            _reexec(sockets, argv, count + 1)
 
         threading.Thread(target=later, name="qwen-mlx-restart", daemon=True).start()
 
@@ -295,11 +295,11 @@ def _restarts() -> tuple[int, float]:
         return 0, 0.0
 
 
-def _reexec(sockets: list[socket.socket], argv: list[str], count: int, drop: set[str]) -> None:
+def _reexec(sockets: list[socket.socket], argv: list[str], count: int) -> None:
     """Run `qwen-mlx serve ARGV` again in this process, keeping the listening sockets."""
     for sock in sockets:
         os.set_inheritable(sock.fileno(), True)
-    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env = dict(os.environ)
     env[LISTEN_FDS_ENV] = ",".join(str(s.fileno()) for s in sockets)
     env[RESTARTS_ENV] = f"{count}:{time.time()}"
     sys.stdout.flush()

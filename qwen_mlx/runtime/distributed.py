@@ -73,16 +73,32 @@ def leader_of(model: Any) -> Any:
     return shard.leader if shard is not None else None
 
 
+_JOINED: list[Any] = []
+
+
 def join_group(backend: str = "ring") -> Any:
     """This process's `mx.distributed` group, from the launcher's environment variables
-    (MLX_RANK and MLX_HOSTFILE for the ring). MLX connects a process once: a second call
-    returns the same group, so a group that lost a rank cannot be joined again."""
+    (MLX_RANK and MLX_HOSTFILE for the ring). MLX connects a process to one group, once
+    (a second init returns the first group, even one that lost a rank), so a second call
+    is refused: a new group needs a new process."""
     import mlx.core as mx
 
+    check_not_joined()
     try:
-        return mx.distributed.init(strict=True, backend=backend)
+        group = mx.distributed.init(strict=True, backend=backend)
     except RuntimeError as e:
         raise RankFailedError(f"Could not connect the group over {backend}: {e}") from e
+    _JOINED.append(group)
+    return group
+
+
+def check_not_joined() -> None:
+    """Refuse to start a second group in a process that has joined one."""
+    if _JOINED:
+        raise RankFailedError(
+            "This process has joined a group of ranks already, and MLX connects a process "
+            "to one group only: start the new group from a new process."
+        )
 
 
 def control_stream() -> Any:

@@ -240,7 +240,6 @@ class Ranks:
         self.group: Any = None  # this process's mx.distributed group, once started
         self.leader: Any = None  # the mirror.Leader of the model loaded on the group
         self.restarts = 0  # times the group was started again after a failure (serve)
-        self.environ_keys: set[str] = set()  # what start() set in this process's environment
 
     @property
     def size(self) -> int:
@@ -251,6 +250,9 @@ class Ranks:
     def start(self, timeout: float = JOIN_TIMEOUT) -> Any:
         """Start the followers and connect the group; returns the `mx.distributed` group.
         Raises RankFailedError naming a rank that failed to start or to connect."""
+        from .distributed import check_not_joined
+
+        check_not_joined()
         env = self._rank_env()
         try:
             for rank in range(1, self.size):
@@ -298,6 +300,7 @@ class Ranks:
             start_new_session=True,  # Ctrl-C in a terminal reaches rank 0, which ends them
         )
         follower = _Follower(self.states[rank], process)
+        follower.state.info["pid"] = process.pid  # ssh's, for a remote rank
         self._followers[rank] = follower
         for target in (self._read_control, self._read_errors):
             thread = threading.Thread(
@@ -346,7 +349,7 @@ class Ranks:
         from .distributed import join_group
 
         mine = self._with_files(env) | {"MLX_RANK": "0"}
-        self.environ_keys = set(mine)
+        saved = {key: os.environ.get(key) for key in mine}
         os.environ.update(mine)
         print(
             f"connecting {self.size} ranks over {self.hosts.backend} "
@@ -358,6 +361,11 @@ class Ranks:
             return join_group(env["QWEN_MLX_BACKEND"])
         finally:
             faulthandler.cancel_dump_traceback_later()
+            for key, value in saved.items():  # read once, at connecting: no child inherits them
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     # -- watching ----------------------------------------------------------------------------
 

@@ -127,12 +127,15 @@ def load_share(
     model_config: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any], int]:
-    """This rank's share of the model in `folder`: (module, config, peak bytes while
-    loading). The module is split for `group` and its weights are read a layer at a time."""
+    """This rank's share of the model in `folder`: (module, config, the most memory the
+    load added at any moment). The module is split for `group` and its weights are read
+    one tensor at a time, a layer after another."""
     import mlx.core as mx
+    from mlx.utils import tree_flatten
     from mlx_lm.utils import load_model
 
     mx.reset_peak_memory()
+    before = mx.get_active_memory()  # what this process held already (another model, say)
     classes = _pipeline_classes if mode == PIPELINE else None
     kwargs = {"get_model_classes": classes} if classes else {}
     model, config = load_model(folder, lazy=True, model_config=model_config, **kwargs)
@@ -144,13 +147,16 @@ def load_share(
     layers = [layer for layer in model.model.layers if layer is not None]
     outside = {k: v for k, v in model.parameters().items() if k != "model"}
     outside["model"] = {k: v for k, v in model.model.parameters().items() if k != "layers"}
-    mx.eval(outside)
+    # One tensor at a time: evaluated together, the tensors of one file are read as one.
+    for _, array in tree_flatten(outside):
+        mx.eval(array)
     for i, layer in enumerate(layers):
-        mx.eval(layer.parameters())
-        mx.clear_cache()  # the full tensors this layer was cut from
+        for _, array in tree_flatten(layer.parameters()):
+            mx.eval(array)
+        mx.clear_cache()  # the whole tensors this layer's share was cut from
         if progress is not None:
             progress(i + 1, len(layers))
-    return model, config, mx.get_peak_memory()
+    return model, config, mx.get_peak_memory() - before
 
 
 def share_bytes(module: nn.Module) -> tuple[int, int]:
