@@ -369,3 +369,21 @@ def _wait_for_url(lines: list[str], server: subprocess.Popen) -> str:
         assert server.poll() is None, "".join(lines)
         time.sleep(0.1)
     raise AssertionError("the server did not start: " + "".join(lines))
+
+
+@pytest.mark.interop
+def test_the_distributed_benchmark_runs_in_smoke_mode():
+    from .helpers import SCRIPTS
+
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_distributed.py"), "--smoke", "--ranks", "1,2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(Path(os.environ["QWEN_MLX_HOME"])),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"^\s+1\s+[\d.]+\s+1\.00x", out.stdout, re.M)
+    assert re.search(r"^\s+2\s+[\d.]+\s+[\d.]+x\s.*\d+ us\s+[\d.]+$", out.stdout, re.M)
+    assert "planned for Qwen3-4B-Instruct-2507" in out.stdout
+    assert re.search(r"^\s+2\s+16 GB\s+1\.24 GB\s+124,630\s", out.stdout, re.M)
