@@ -416,13 +416,11 @@ class Ranks:
                 self._changed.notify_all()
                 return
             state.state = "failed"
-            state.error = state.error or _last_error(follower.tail) or _describe_exit(code)
+            how = _describe_exit(code)
+            state.error = state.error or _last_error(follower.tail) or how
+            said = f": {state.error}" if state.error != how else "."
             error = RankFailedError(
-                f"Rank {state.rank} of {self.size} ({state.host}) stopped ({_describe_exit(code)})"
-                f": {state.error}"
-                if state.error != _describe_exit(code)
-                else f"Rank {state.rank} of {self.size} ({state.host}) stopped "
-                f"({_describe_exit(code)})."
+                f"Rank {state.rank} of {self.size} ({state.host}) stopped ({how}){said}"
             )
             first = self.failure is None
             if first:

@@ -97,7 +97,7 @@ def files_for_rank(folder: Path, layers: range) -> set[str]:
 
 
 def check_rank_files(
-    folder: Path, manifest: Manifest | None, needed: set[str], *, verify: bool, rank: int
+    folder: Path, manifest: Manifest | None, needed: set[str], *, verify: bool
 ) -> None:
     """This rank's files against the manifest: every file's size, and with `verify` the
     sha256 of the files it reads (a pipeline rank hashes only its own layers' files)."""
@@ -113,7 +113,7 @@ def check_rank_files(
                 problems.append(f"{entry.path}: sha256 differs (contents changed)")
     if problems:
         raise DamagedModelError(
-            f"Rank {rank}: {manifest.name} at {folder} does not match its manifest: "
+            f"{manifest.name} at {folder} does not match its manifest: "
             f"{'; '.join(problems[:5])}. Run `qwen-mlx models verify {manifest.name}` on "
             "that machine, then copy or convert it again."
         )
@@ -276,7 +276,7 @@ def load_rank(
     check_split(config, group.size(), mode)
     layers = rank_layers(int(config["num_hidden_layers"]), group.rank(), group.size(), mode)
     needed = files_for_rank(folder, layers)
-    check_rank_files(folder, manifest, needed, verify=verify, rank=group.rank())
+    check_rank_files(folder, manifest, needed, verify=verify)
     module, config, peak = load_share(folder, group, mode=mode, model_config=model_config)
     tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
     return module, tokenizer, config, peak
