@@ -219,3 +219,36 @@ def test_plan_refuses_a_split_the_model_cannot_take(tiny_mlx, capsys):
 def test_group_flags_that_do_not_fit_are_refused_before_anything_starts(argv, says, capsys):
     assert main(argv) != 0
     assert says in capsys.readouterr().err
+
+
+def test_each_rank_checks_the_files_it_reads_against_the_manifest(tiny_mlx, tmp_path):
+    import dataclasses
+
+    import mlx.core as mx
+
+    from qwen_mlx.errors import DamagedModelError
+    from qwen_mlx.runtime.sharding import check_rank_files, files_for_rank
+    from qwen_mlx.store.manifest import hash_files, read_manifest
+
+    folder = tmp_path / "split"
+    folder.mkdir()
+    w = mx.ones((4, 4))
+    mx.save_safetensors(str(folder / "a.safetensors"), {"model.embed_tokens.weight": w})
+    mx.save_safetensors(str(folder / "b.safetensors"), {"model.layers.0.mlp.up_proj.weight": w})
+    mx.save_safetensors(str(folder / "c.safetensors"), {"model.layers.1.mlp.up_proj.weight": w})
+    (folder / "config.json").write_text("{}")
+    names = ["a.safetensors", "b.safetensors", "c.safetensors", "config.json"]
+    manifest = dataclasses.replace(read_manifest(tiny_mlx), files=tuple(hash_files(folder, names)))
+    first, last = files_for_rank(folder, range(0, 1)), files_for_rank(folder, range(1, 2))
+    assert first == {"a.safetensors", "b.safetensors"}  # its layer, and the embedding
+    assert last == {"a.safetensors", "c.safetensors"}
+
+    data = bytearray((folder / "c.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # same size, other contents
+    (folder / "c.safetensors").write_bytes(bytes(data))
+    check_rank_files(folder, manifest, first, verify=True)  # hashes only what it reads
+    with pytest.raises(DamagedModelError, match=r"c\.safetensors: sha256"):
+        check_rank_files(folder, manifest, last, verify=True)
+    (folder / "c.safetensors").write_bytes(bytes(data[:-1]))
+    with pytest.raises(DamagedModelError, match=r"c\.safetensors: size"):
+        check_rank_files(folder, manifest, first, verify=False)  # sizes: every file, always
