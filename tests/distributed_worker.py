@@ -15,7 +15,8 @@ from pathlib import Path
 def main(out: Path, f32: str, scaled: str) -> None:
     import mlx.core as mx
 
-    from qwen_mlx.runtime import SamplingParams, generate, load
+    from qwen_mlx.runtime import SamplingParams, generate, load, make_cache, prefill, stream_tokens
+    from qwen_mlx.runtime.cachesplit import _arrays, describe, gather, scatter
     from qwen_mlx.runtime.distributed import broadcast, exchange, join_group, shared_flag
     from qwen_mlx.runtime.memory import weights_bytes_on_disk
     from qwen_mlx.runtime.sharding import checkpoint_layer_bytes, share_bytes
@@ -45,6 +46,21 @@ def main(out: Path, f32: str, scaled: str) -> None:
     greedy = SamplingParams(temperature=0, max_tokens=24)
     sampled = SamplingParams(temperature=0.9, top_k=40, seed=5, max_tokens=24)
     expected = [generate(whole, "Tell me a story", p) for p in (greedy, sampled)]
+    ids = whole.encode("Once upon a time")
+
+    def quantized_reply(model) -> str:  # through an 8-bit KV cache
+        chunks = stream_tokens(model, ids, greedy, prompt_cache=make_cache(model, 8))
+        return "".join(c.text for c in chunks)
+
+    def largest_difference(a: list, b: list) -> float:
+        return max(
+            mx.abs(x.astype(mx.float32) - y.astype(mx.float32)).max().item()
+            for la, lb in zip(a, b, strict=True)
+            for x, y in zip(_arrays(la), _arrays(lb), strict=True)
+        )
+
+    whole_cache = make_cache(whole)
+    prefill(whole, ids, whole_cache)
     for name, pipeline in (("tensor", False), ("pipeline", True)):
         split = load(f32, group=group, pipeline=pipeline)
         logits = split.model(tokens)
@@ -53,7 +69,16 @@ def main(out: Path, f32: str, scaled: str) -> None:
             "bit_exact": bool(mx.array_equal(logits, reference).item()),
             "same_greedy": generate(split, "Tell me a story", greedy) == expected[0],
             "same_sampled": generate(split, "Tell me a story", sampled) == expected[1],
+            "same_quantized_kv": quantized_reply(split) == quantized_reply(whole),
         }
+        # A split cache put together on rank 0, then split again.
+        share = make_cache(split)
+        prefill(split, ids, share)
+        gathered = gather(split, share)
+        if rank == 0:
+            seen[name]["gathered_diff"] = largest_difference(gathered, whole_cache)
+        again = scatter(split, gathered, layout=describe(whole_cache))
+        seen[name]["scattered_diff"] = largest_difference(again, share)
         del split
 
     # Loading: never more than this rank's share plus one layer of the checkpoint.

@@ -113,6 +113,7 @@ def test_float32_tensor_parallel_gives_one_process_greedy_tokens_and_logits(spmd
         assert seen["tensor"]["max_logit_diff"] <= 1e-4
         assert seen["tensor"]["same_greedy"]
         assert seen["tensor"]["same_sampled"]  # every rank takes rank 0's token
+        assert seen["tensor"]["same_quantized_kv"]
 
 
 def test_pipeline_parallel_is_bit_exact(spmd):
@@ -120,6 +121,15 @@ def test_pipeline_parallel_is_bit_exact(spmd):
         assert seen["pipeline"]["bit_exact"]
         assert seen["pipeline"]["max_logit_diff"] == 0.0
         assert seen["pipeline"]["same_greedy"] and seen["pipeline"]["same_sampled"]
+        assert seen["pipeline"]["same_quantized_kv"]
+
+
+def test_a_split_kv_cache_is_put_together_whole_and_split_again(spmd):
+    assert spmd[0]["pipeline"]["gathered_diff"] == 0.0  # each rank's layers, as they are
+    assert spmd[0]["tensor"]["gathered_diff"] <= 1e-4  # each rank's heads
+    for seen in spmd.values():
+        assert seen["pipeline"]["scattered_diff"] == 0.0
+        assert seen["tensor"]["scattered_diff"] == 0.0
 
 
 @pytest.mark.parametrize("split", ["tensor", "pipeline"])

@@ -20,7 +20,7 @@ def _arrays(layer: Any) -> list[Any]:
     """A layer cache's arrays, cut to the tokens it holds: keys and values (bf16) or
     their packed values, scales and biases (quantized)."""
     keys, values = layer.keys_and_values()
-    if isinstance(keys, tuple):
+    if isinstance(keys, tuple | list):  # a loaded cache holds lists
         return [*keys, *values]
     return [keys, values]
 

@@ -279,7 +279,7 @@ class Leader:
         if self.model.shard.mode == PIPELINE:
             return len(cache) == int(config["num_hidden_layers"])
         keys = cache[0].keys
-        keys = keys[0] if isinstance(keys, tuple) else keys
+        keys = keys[0] if isinstance(keys, tuple | list) else keys
         heads = int(config.get("num_key_value_heads", config["num_attention_heads"]))
         return len(cache) == int(config["num_hidden_layers"]) and keys.shape[1] == heads
 

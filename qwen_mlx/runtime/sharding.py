@@ -234,10 +234,13 @@ def _build_pipeline_qwen3() -> type:
                 h = layer(h, mask, c)
             if rank != 0:
                 h = mx.distributed.send(h, rank - 1, group=group)
+                # A prefill evaluates only the caches: they must wait for the send too.
                 last = cache[-1]
-                if last is not None and isinstance(getattr(last, "keys", None), mx.array):
-                    # a prefill evaluates only the cache: it must wait for the send too
-                    last.keys = mx.depends(last.keys, h)
+                keys = getattr(last, "keys", None)
+                if isinstance(keys, mx.array):
+                    last.keys = mx.depends(keys, h)
+                elif isinstance(keys, tuple | list) and keys:  # quantized: packed, scales, biases
+                    last.keys = type(keys)([mx.depends(keys[0], h), *keys[1:]])
             if size > 1:  # rank 0's final hidden state, on every rank
                 h = mx.distributed.all_gather(h, group=group)[: h.shape[0]]
             return self.norm(h)
