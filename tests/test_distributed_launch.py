@@ -252,3 +252,28 @@ def test_each_rank_checks_the_files_it_reads_against_the_manifest(tiny_mlx, tmp_
     (folder / "c.safetensors").write_bytes(bytes(data[:-1]))
     with pytest.raises(DamagedModelError, match=r"c\.safetensors: size"):
         check_rank_files(folder, manifest, first, verify=False)  # sizes: every file, always
+
+
+def test_chat_starts_the_group_and_hands_the_app_what_load_needs(monkeypatch):
+    import contextlib
+
+    from qwen_mlx.cli import chat
+
+    group = object()
+    seen = {}
+
+    @contextlib.contextmanager
+    def fake_ranks(args, *, echo=True):
+        seen["ranks"], seen["echo"] = args.ranks, echo
+        yield group
+
+    def fake_app(argv, load_options=None):
+        seen["argv"], seen["load_options"] = argv, load_options
+        return 0
+
+    monkeypatch.setattr(chat, "ranks_from_args", fake_ranks)
+    monkeypatch.setattr("tui.app.main", fake_app)
+    assert main(["chat", "--new", "--ranks", "2", "--pipeline", "--model", "m"]) == 0
+    assert seen["argv"] == ["--new", "--model", "m"]  # the app's own flags only
+    assert seen["load_options"] == {"group": group, "pipeline": True}
+    assert (seen["ranks"], seen["echo"]) == (2, False)  # the app has the terminal
