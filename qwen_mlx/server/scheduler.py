@@ -11,6 +11,9 @@ the decoding sequences and a prefill chunk for those still reading, so a new req
 joins without stalling the others), sends each its text, and gives finished sequences'
 caches back to the pool.
 
+The decoder comes from `decoder_factory`: `runtime.batch.open_decoder` gives a model split
+across ranks one whose every call the other ranks make too, so the loop is the same.
+
 A crash inside a step fails the sequences of that batch (a 500 in OpenAI's shape) and
 the loop goes on with a fresh batch for the jobs still waiting: the server never keeps
 answering /health while generating nothing.
