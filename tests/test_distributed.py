@@ -173,6 +173,8 @@ def test_two_ranks_reply_as_one_process_does(group_model, tiny_model):
         assert generate(group_model, user("Hello"), params) == generate(
             tiny_model, user("Hello"), params
         )
+    long = user("many words " * 300)  # its ids take more than one message to send
+    assert generate(group_model, long, GREEDY) == generate(tiny_model, long, GREEDY)
 
 
 def test_a_batch_on_two_ranks_matches_one_process(group_model, tiny_model):

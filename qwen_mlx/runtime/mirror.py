@@ -2,8 +2,9 @@
 first sent to the followers as an operation, in order, and they make the same call on
 their share of the model (`Leader` on rank 0, `Follower` on the others).
 
-The operations, each a small header (op, payload length, check, sequence) and a JSON
-payload summed from rank 0 over `mx.distributed` (`distributed.broadcast`):
+The operations, each a message of 1 KiB summed from rank 0 over `mx.distributed`
+(`distributed.broadcast`): a header (op, payload length, check, sequence) and a JSON
+payload, of which what does not fit follows in a second message (a long prompt's ids):
 
     LOAD     ref and options         every rank loads its share (`sharding.load_rank`)
     OPEN     decoder id, sizes       a BatchDecoder (the server's batch)
@@ -42,6 +43,7 @@ import contextlib
 import copy
 import itertools
 import json
+import struct
 import threading
 import weakref
 from collections import deque
@@ -67,6 +69,9 @@ NAMES = {
     SCATTER: "scatter",
     STOP: "stop",
 }
+MESSAGE_BYTES = 1024  # one collective carries an operation, unless its payload is long
+_HEADER = "<4i"  # op, payload bytes, check, sequence
+_INLINE = MESSAGE_BYTES - struct.calcsize(_HEADER)
 # Operations whose calls run collectives: a failure in one leaves the ranks out of step.
 COLLECTIVE = {LOAD, STEP, STREAM, PREFILL, GATHER, SCATTER}
 
@@ -185,13 +190,16 @@ class Leader:
         meta = dict(meta)
         meta["pending"] = [self.pending.popleft() for _ in range(len(self.pending))]
         payload = json.dumps(meta, separators=(",", ":")).encode()
-        header = mx.array([op, len(payload), self._check, self._seq & 0x7FFFFFFF], mx.int32)
+        header = struct.pack(_HEADER, op, len(payload), self._check, self._seq & 0x7FFFFFFF)
+        first = (header + payload[:_INLINE]).ljust(MESSAGE_BYTES, b"\0")
         if self.parked:
             self.ranks.ring()
             self.parked = False
         try:
-            broadcast(self.group, header)
-            broadcast(self.group, mx.array(np.frombuffer(payload, dtype=np.uint8)))
+            broadcast(self.group, mx.array(np.frombuffer(first, dtype=np.uint8)))
+            if len(payload) > _INLINE:
+                rest = np.frombuffer(payload[_INLINE:], dtype=np.uint8)
+                broadcast(self.group, mx.array(rest))
         except RuntimeError as e:
             raise self._lost(e) from e
         self._seq += 1
@@ -551,9 +559,12 @@ class Follower:
         import mlx.core as mx
         import numpy as np
 
-        header = broadcast(self.group, mx.zeros((4,), mx.int32)).tolist()
-        op, size, check, seq = header
-        payload = broadcast(self.group, mx.zeros((size,), mx.uint8))
+        first = np.array(broadcast(self.group, mx.zeros((MESSAGE_BYTES,), mx.uint8))).tobytes()
+        op, size, check, seq = struct.unpack_from(_HEADER, first)
+        payload = first[struct.calcsize(_HEADER) :][: min(size, _INLINE)]
+        if size > _INLINE:
+            rest = broadcast(self.group, mx.zeros((size - _INLINE,), mx.uint8))
+            payload += np.array(rest).tobytes()
         if op not in NAMES or seq != self.seq & 0x7FFFFFFF:
             raise DesyncError(f"Got operation {op} number {seq}, expected number {self.seq}.")
         if check != self.check:
@@ -562,7 +573,7 @@ class Follower:
                 f"{NAMES[op]} (operation {seq}): the previous step gave them different results."
             )
         self.seq += 1
-        meta = json.loads(np.array(payload).tobytes())
+        meta = json.loads(payload)
         for entry in meta.pop("pending"):
             if entry[0] == "drop":
                 self.store.pop(entry[1], None)
