@@ -277,3 +277,23 @@ def test_chat_starts_the_group_and_hands_the_app_what_load_needs(monkeypatch):
     assert seen["argv"] == ["--new", "--model", "m"]  # the app's own flags only
     assert seen["load_options"] == {"group": group, "pipeline": True}
     assert (seen["ranks"], seen["echo"]) == (2, False)  # the app has the terminal
+
+
+def test_each_rank_gets_the_backends_variables_as_mlx_launch_sets_them():
+    ring = Ranks(
+        HostFile(
+            (Host("localhost", ("127.0.0.1",)), Host("127.0.0.1", ("127.0.0.1",))),
+            envs=("MLX_METAL_FAST_SYNCH=1",),
+        )
+    )._rank_env()
+    addresses = json.loads(ring["MLX_HOSTFILE"])
+    assert [len(a) for a in addresses] == [1, 1] and addresses[0] != addresses[1]
+    assert all(a[0].startswith("127.0.0.1:") for a in addresses)
+    assert ring["QWEN_MLX_BACKEND"] == "ring" and ring["MLX_METAL_FAST_SYNCH"] == "1"
+
+    rdma = (None, "rdma_en2"), ("rdma_en2", None)
+    hosts = (Host("localhost", ("127.0.0.1",), rdma[0]), Host("127.0.0.1", ("127.0.0.1",), rdma[1]))
+    jaccl = Ranks(HostFile(hosts, backend="jaccl-ring"))._rank_env()
+    assert jaccl["QWEN_MLX_BACKEND"] == "jaccl" and jaccl["MLX_JACCL_RING"] == "1"
+    assert jaccl["MLX_JACCL_COORDINATOR"].startswith("127.0.0.1:")
+    assert json.loads(jaccl["MLX_IBV_DEVICES"]) == [[None, "rdma_en2"], ["rdma_en2", None]]

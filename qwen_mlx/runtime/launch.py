@@ -270,14 +270,20 @@ class Ranks:
         list is written to a file per machine) and the host file's `envs`."""
         env = dict(e.split("=", 1) for e in self.hosts.envs)
         env["QWEN_MLX_BACKEND"] = "jaccl" if self.hosts.backend.startswith("jaccl") else "ring"
-        local = all(is_this_machine(h) for h in self.hosts.hosts)
-        ports = free_ports(self.size) if local else [free_ports(1)[0] + i for i in range(self.size)]
-        if self.hosts.backend == "ring":
-            ring = [[f"{h.ips[0]}:{port}"] for h, port in zip(self.hosts.hosts, ports, strict=True)]
+        hosts = self.hosts.hosts
+        count = sum(len(h.ips) for h in hosts)
+        if all(is_this_machine(h) for h in hosts):
+            ports = free_ports(count)
+        else:  # free here; the other Macs' are most likely free too
+            base = free_ports(1)[0]
+            ports = list(range(base, base + count))
+        if self.hosts.backend == "ring":  # as mlx.launch: a port per host and address
+            at = iter(ports)
+            ring = [[f"{ip}:{next(at)}" for ip in h.ips] for h in hosts]
             env["MLX_HOSTFILE"] = json.dumps(ring)  # content; a file on each machine
         else:
-            env["MLX_JACCL_COORDINATOR"] = f"{self.hosts.hosts[0].ips[0]}:{ports[0]}"
-            env["MLX_IBV_DEVICES"] = json.dumps([list(h.rdma) for h in self.hosts.hosts])
+            env["MLX_JACCL_COORDINATOR"] = f"{hosts[0].ips[0]}:{ports[0]}"
+            env["MLX_IBV_DEVICES"] = json.dumps([list(h.rdma) for h in hosts])
             if self.hosts.backend == "jaccl-ring":
                 env["MLX_JACCL_RING"] = "1"
         return env
