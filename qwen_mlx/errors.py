@@ -94,3 +94,7 @@ class ChatTemplateError(QwenMLXError, RuntimeError):
 
 class EmptyReplyError(QwenMLXError, ValueError):
     """The model gave no text where a result was needed (a summary, an answer)."""
+
+
+class RankFailedError(QwenMLXError, ConnectionError):
+    """A rank of a model split across processes or Macs stopped, or could not start."""

@@ -96,10 +96,12 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
         flush_interval: float = 0.08,
         draft: str | None = None,
         num_draft_tokens: int | None = None,
+        load_options: dict[str, Any] | None = None,
     ) -> None:
         """Open the chat `chat_id`; without one, with `resume` the most recent chat, else
-        a new one."""
+        a new one. `load_options` go to every `load` (a group of ranks to split across)."""
         super().__init__()
+        self.load_options = dict(load_options or {})
         from qwen_mlx.store import home as store_home
 
         self.home = Path(home) if home is not None else store_home()
@@ -270,7 +272,7 @@ def _tty(stream: Any) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, load_options: dict[str, Any] | None = None) -> int:
     """Run the app; on quit, say which chat was saved and how to resume it. Exit status 2
     when there is no terminal to draw in (the app would draw into a pipe and wait)."""
     args = build_parser().parse_args(argv)
@@ -284,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=not args.new,
         draft=args.draft,
         num_draft_tokens=args.num_draft_tokens,
+        load_options=load_options,
     )
     app.run()
     if app.chat is not None:

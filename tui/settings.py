@@ -145,7 +145,7 @@ class Settings(AppState):
         self._status_text(f"loading {ref}…")
         self._begin_busy(f"loading {ref}", lock_input=False)  # typing goes on meanwhile
         try:
-            model = await on_model_thread(load, ref)
+            model = await on_model_thread(lambda: load(ref, **self.load_options))
         except Exception as e:
             self._model_failed(ref, e)
             return

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING
 
 from .common import (
     add_draft_args,
+    add_group_args,
     add_model_arg,
     command_parser,
     format_table,
+    group_load_args,
     guarded,
     human_bytes,
     model_ref,
+    ranks_from_args,
 )
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ examples:
   qwen-mlx bench --model qwen3-4b-instruct-2507-mlx-q8-g64 -p 2048 -g 256
   qwen-mlx bench --json > bench.json
   qwen-mlx bench --draft lookup
+  qwen-mlx bench --ranks 2      # the cost of splitting the model (on one Mac: no speedup)
 """
 
 
@@ -69,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_draft_args(p)
+    add_group_args(p)
     return p
 
 
@@ -81,10 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.bandwidth is not None and args.bandwidth <= 0:
         raise ValueError("--bandwidth must be positive (GB/s).")
 
+    with ranks_from_args(args) as ranks:
+        return _bench(args, ranks)
+
+
+def _bench(args: argparse.Namespace, ranks) -> int:
     from ..runtime import load
     from ..runtime.bench import Bandwidth, run_bench
 
-    model = load(model_ref(args))
+    model = load(model_ref(args), **group_load_args(args, ranks))
     from .common import draft_from_args
 
     drafter = draft_from_args(model, args)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import ArgumentParser, guarded
+from .common import (
+    GROUP_FLAGS,
+    ArgumentParser,
+    add_group_args,
+    group_load_args,
+    guarded,
+    ranks_from_args,
+)
 
 WEB_FLAGS = ("--host", "--port")
 
@@ -27,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     web.add_argument("--host", default="127.0.0.1", help="with --web: address (default: 127.0.0.1)")
     web.add_argument("--port", type=int, default=8080, help="with --web: port (default: 8080)")
+    add_group_args(p)
     return p
 
 
@@ -36,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)  # --help and bad flags before the app starts
+    if args.web and (args.ranks or args.hosts):
+        raise ValueError(
+            "--web opens the web chat of `qwen-mlx serve`: start that with --ranks or --hosts "
+            "(`qwen-mlx serve --ranks 2`), then open its page."
+        )
     if args.web:
         from .web import open_web_chat
 
@@ -46,7 +59,24 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{' and '.join(given)} only {verb} with --web.")
     from tui.app import main as run
 
-    return run(argv)
+    with ranks_from_args(args, echo=False) as ranks:  # the app has the terminal
+        return run(_without(argv, GROUP_FLAGS), load_options=group_load_args(args, ranks))
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`argv` less `flags` and their values (the app's own parser does not know them)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in arg and name != "--pipeline"
+            continue
+        out.append(arg)
+    return out
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 from ..errors import QwenMLXError
@@ -433,3 +434,67 @@ def note_draft(ref: str) -> None:
             store.close()
     except (QwenMLXError, OSError):
         pass
+
+
+GROUP_FLAGS = ("--ranks", "--hosts", "--pipeline")
+
+
+def add_group_args(parser: argparse.ArgumentParser) -> None:
+    """--ranks, --hosts and --pipeline: one model split across processes or Macs."""
+    g = parser.add_argument_group(
+        "one model across several processes or Macs (mx.distributed; see the README)"
+    )
+    g.add_argument(
+        "--ranks",
+        type=int,
+        metavar="N",
+        help="split the model across N processes on this machine (to try a group out: on "
+        "one Mac it is slower, not faster)",
+    )
+    g.add_argument(
+        "--hosts",
+        metavar="FILE",
+        help="split the model across the Macs in FILE, a host file as `mlx.distributed_config` "
+        "writes it (ring or JACCL); this Mac must be its first host",
+    )
+    g.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="split by layers (pipeline parallel) instead of by attention heads (tensor "
+        "parallel, the default)",
+    )
+
+
+@contextlib.contextmanager
+def ranks_from_args(args: argparse.Namespace, *, echo: bool = True) -> Iterator[Any]:
+    """The group --ranks or --hosts asks for, started (None without either, or for one
+    rank), and ended on the way out. `echo` passes the other ranks' output to stderr."""
+    ranks_n, hosts_file = getattr(args, "ranks", None), getattr(args, "hosts", None)
+    if ranks_n is not None and hosts_file is not None:
+        raise ValueError("--ranks and --hosts do not combine: --hosts lists every rank.")
+    if ranks_n is not None and ranks_n < 1:
+        raise ValueError("--ranks must be at least 1.")
+    if getattr(args, "pipeline", False) and ranks_n is None and hosts_file is None:
+        raise ValueError("--pipeline splits the model across ranks: add --ranks N or --hosts.")
+    if getattr(args, "draft", None) and (ranks_n or hosts_file):
+        raise ValueError("--draft does not run on a model split across ranks (yet).")
+    from ..runtime.launch import HostFile, Ranks
+
+    hosts = HostFile.read(hosts_file) if hosts_file else HostFile.local(ranks_n or 1)
+    if len(hosts) < 2:
+        yield None
+        return
+    sink = (lambda rank, line: print(f"[rank {rank}] {line}", file=sys.stderr)) if echo else None
+    ranks = Ranks(hosts, sink=sink)
+    ranks.start()
+    try:
+        yield ranks
+    finally:
+        ranks.close()
+
+
+def group_load_args(args: argparse.Namespace, ranks: Any) -> dict[str, Any]:
+    """What `load` gets for the group (nothing without one)."""
+    if ranks is None:
+        return {}
+    return {"group": ranks, "pipeline": bool(getattr(args, "pipeline", False))}

@@ -18,13 +18,16 @@ from .common import (
     INTERRUPTED,
     ProgressBar,
     add_draft_args,
+    add_group_args,
     add_model_arg,
     add_sampling_args,
     command_parser,
     draft_from_args,
     format_stats,
+    group_load_args,
     guarded,
     model_ref,
+    ranks_from_args,
     sampling_overrides,
 )
 
@@ -39,6 +42,7 @@ examples:
   qwen-mlx generate --mcp tools.json --prompt "What is in my notes about Kyoto?"
   qwen-mlx generate --prompts-file questions.jsonl --output answers.jsonl --temperature 0
   qwen-mlx generate --draft lookup --prompt - < fix-this-function.py
+  qwen-mlx generate --hosts hosts.json --prompt - < long-report.txt   # across two Macs
 """
 
 
@@ -104,12 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_sampling_args(p)
     add_draft_args(p)
+    add_group_args(p)
     return p
 
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with ranks_from_args(args) as ranks:
+        args.load_group = group_load_args(args, ranks)
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.prompts_file is not None:
         return _prompts_file(args)
     if args.output is not None:
@@ -131,7 +142,12 @@ def _generate(args: argparse.Namespace, tools) -> int:
     schema = _read_schema(args.json_schema) if args.json_schema else None
     from ..runtime import load
 
-    model = load(_model_ref(args), verify=args.verify, context_extension=args.context_extension)
+    model = load(
+        _model_ref(args),
+        verify=args.verify,
+        context_extension=args.context_extension,
+        **args.load_group,
+    )
     args.drafter = draft_from_args(model, args)
     bar = ProgressBar(min_total=PREFILL_BAR_FROM)
     if args.raw:
@@ -191,7 +207,12 @@ def _prompts_file(args: argparse.Namespace) -> int:
     prompts_file.read_prompts(args.prompts_file)  # a bad file fails before the model loads
     from ..runtime import load
 
-    model = load(_model_ref(args), verify=args.verify, context_extension=args.context_extension)
+    model = load(
+        _model_ref(args),
+        verify=args.verify,
+        context_extension=args.context_extension,
+        **args.load_group,
+    )
     return prompts_file.run(model, args, sampling_overrides(args))
 
 

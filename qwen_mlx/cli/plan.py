@@ -14,13 +14,16 @@ def build_parser() -> argparse.ArgumentParser:
         "plan",
         (
             "Show the memory a context needs (weights + KV cache + attention working space) "
-            "with bf16, 8-bit and 4-bit KV caches, and the longest context each allows on "
-            "this machine. Nothing is loaded: the weights' size comes from the safetensors "
-            "headers, or from config.json alone for a folder without weights."
+            "with bf16, 8-bit and 4-bit KV caches, the longest context each allows and how "
+            "many sequences of that context fit at once, on this machine or (--memory) on a "
+            "Mac of that size; with --ranks, per rank of a model split across several. "
+            "Nothing is loaded: the weights' size comes from the safetensors headers, or "
+            "from config.json alone for a folder without weights."
         ),
         epilog="examples:\n"
         "  qwen-mlx plan --context 131072\n"
-        "  qwen-mlx plan --model ./Qwen3-4B-Instruct-2507 --q-bits 4   # before converting\n",
+        "  qwen-mlx plan --model ./Qwen3-4B-Instruct-2507 --q-bits 4   # before converting\n"
+        "  qwen-mlx plan --ranks 2 --memory 16 --context 262144   # two 16 GB Macs\n",
     )
     add_model_arg(p)
     p.add_argument(
@@ -33,8 +36,47 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(2, 3, 4, 5, 6, 8),
         help="plan for the model converted at this many bits (a Hugging Face source or config)",
     )
+    p.add_argument(
+        "--memory",
+        type=float,
+        metavar="GB",
+        help="plan for a Mac with this much memory (its Metal working set, estimated) "
+        "instead of this machine",
+    )
+    split = p.add_argument_group("a model split across several Macs (see `serve --hosts`)")
+    split.add_argument("--ranks", type=int, metavar="N", help="plan each of N ranks (Macs)")
+    split.add_argument(
+        "--hosts",
+        metavar="N|FILE",
+        help="the same, N or the number of hosts in a host file",
+    )
+    split.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="split by layers instead of by attention heads (tensor parallel, the default)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _rank_count(args: argparse.Namespace) -> int:
+    """--ranks, or --hosts as a number or a host file's length; 1 without either."""
+    if args.ranks is not None and args.hosts is not None:
+        raise ValueError("--ranks and --hosts say the same thing: give one.")
+    if args.hosts is not None:
+        if args.hosts.isdigit():
+            count = int(args.hosts)
+        else:
+            from ..runtime.launch import HostFile
+
+            count = len(HostFile.read(args.hosts))
+    else:
+        count = args.ranks if args.ranks is not None else 1
+    if count < 1:
+        raise ValueError("--ranks must be at least 1.")
+    if args.pipeline and count < 2:
+        raise ValueError("--pipeline plans a model split across ranks: add --ranks N.")
+    return count
 
 
 def why_not(plan) -> str:
@@ -55,28 +97,41 @@ def _planner(args: argparse.Namespace):
     from ..runtime.memory import (
         MemoryPlanner,
         ModelShape,
-        estimate_weights_bytes,
+        estimate_weights_parts,
+        mac_budget,
         machine_budget,
-        weights_bytes_on_disk,
+        rank_weights_bytes,
+        weights_parts_on_disk,
     )
+    from ..runtime.sharding import check_split, rank_shape
     from ..store import resolve
 
+    ranks = _rank_count(args)
+    mode = "pipeline" if args.pipeline else "tensor"
+    if args.memory is not None and args.memory <= 0:
+        raise ValueError("--memory must be a positive number of GB.")
     folder = resolve(model_ref(args))
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: it is not a model folder.")
     try:
         config = json.loads(config_file.read_text())
-        weights = None if args.q_bits else weights_bytes_on_disk(folder)
-        source = "weights" if weights is not None else "config"
-        if weights is None:
-            weights = estimate_weights_bytes(config, bits=args.q_bits)
+        if ranks > 1:
+            check_split(config, ranks, mode)
+        parts = None if args.q_bits else weights_parts_on_disk(folder)
+        source = "weights" if parts is not None else "config"
+        if parts is None:
+            outside, layer = estimate_weights_parts(config, bits=args.q_bits)
+            parts = (outside, [layer] * int(config["num_hidden_layers"]))
+        weights = rank_weights_bytes(*parts, ranks, mode)
         if args.context_extension:
             config |= yarn_overrides(folder, args.context_extension)
-        shape = ModelShape.from_config(config)
+        shape = rank_shape(ModelShape.from_config(config), ranks, mode)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{config_file} is not a usable Qwen3 config ({e}).") from e
-    return MemoryPlanner(shape, weights, machine_budget()), _label(folder), source
+    budget = mac_budget(args.memory) if args.memory is not None else machine_budget()
+    args.rank_count, args.split = ranks, mode
+    return MemoryPlanner(shape, weights, budget), _label(folder), source
 
 
 def _label(folder) -> str:
@@ -117,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fits_model_context": plan.fits_context,
                 "why": why_not(plan),
                 "max_context": planner.max_context(bits),
+                "sequences": planner.sequences(context, bits),
             }
         )
     budget = planner.budget
@@ -132,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                     "budget_bytes": budget.bytes,
                     "memory_bytes": budget.total,
                     "budget_source": budget.source,
+                    "ranks": args.rank_count,
+                    "split": args.split if args.rank_count > 1 else None,
                     "rows": rows,
                 },
                 indent=2,
@@ -141,16 +199,34 @@ def main(argv: list[str] | None = None) -> int:
     estimated = " (estimated from config.json)" if weights_from == "config" else ""
     if args.q_bits:
         estimated = f" (converted at {args.q_bits} bits, estimated from config.json)"
+    each = " per rank" if args.rank_count > 1 else ""
     print(
-        f"model    {name}: weights {human_bytes(planner.weights)}{estimated}, "
+        f"model    {name}: weights {human_bytes(planner.weights)}{each}{estimated}, "
         f"context up to {model_context:,} tokens"
     )
+    if args.rank_count > 1:
+        how = "by layers (pipeline)" if args.split == "pipeline" else "by attention heads"
+        print(
+            f"split    {args.rank_count} ranks, {how}: each holds the embedding and the head, "
+            "its share of the layers and of every sequence's KV cache; every figure below "
+            "is one rank's"
+        )
     print(
         f"budget   {human_bytes(budget.bytes)} of {human_bytes(budget.total)} "
         f"({budget.source.replace('-', ' ')})"
     )
     print(f"plan for {context:,} tokens\n")
-    header = ("KV", "PER TOKEN", "KV CACHE", "CHUNK", "WORKSPACE", "TOTAL", "MAX CONTEXT", "FITS")
+    header = (
+        "KV",
+        "PER TOKEN",
+        "KV CACHE",
+        "CHUNK",
+        "WORKSPACE",
+        "TOTAL",
+        "MAX CONTEXT",
+        "SEQUENCES",
+        "FITS",
+    )
     table = [header] + [
         (
             r["kv"],
@@ -160,16 +236,18 @@ def main(argv: list[str] | None = None) -> int:
             human_bytes(r["workspace_bytes"]),
             human_bytes(r["total_bytes"]),
             f"{r['max_context']:,}",
+            f"{r['sequences']:,}",
             r["why"],
         )
         for r in rows
     ]
-    print_table(table, right_align=range(1, 7))
+    print_table(table, right_align=range(1, 8))
     note = (
         "WORKSPACE is the attention scores of one prefill CHUNK (tokens read per step): the "
         f"planner takes the largest chunk, up to {MAX_CHUNK:,}, that fits beside the weights "
         "and the KV cache, so a smaller KV cache leaves room for a larger chunk (faster "
-        "prefill, more workspace). Sizes in decimal units (1 GB = 10^9 bytes)."
+        "prefill, more workspace). SEQUENCES is how many sequences of this context fit at "
+        "once (a server's batch). Sizes in decimal units (1 GB = 10^9 bytes)."
     )
     print("\n" + textwrap.fill(note, width=88))
     if context > model_context:

@@ -14,6 +14,9 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 from ..server.defaults import (
     DEFAULT_MAX_BODY_BYTES,
@@ -21,15 +24,35 @@ from ..server.defaults import (
     DEFAULT_MAX_TOKENS_CAP,
 )
 from ..server.net import allowed_hosts, is_loopback
-from .common import add_draft_args, add_model_arg, command_parser, guarded
+from .common import (
+    add_draft_args,
+    add_group_args,
+    add_model_arg,
+    command_parser,
+    group_load_args,
+    guarded,
+    ranks_from_args,
+)
 
 API_KEY_ENV = "QWEN_MLX_API_KEY"
+# A group of ranks that loses one restarts by running this command again in this process,
+# which keeps its listening sockets (their numbers in LISTEN_FDS_ENV): the port never
+# closes, and requests that arrive meanwhile wait in its queue.
+LISTEN_FDS_ENV = "QWEN_MLX_LISTEN_FDS"
+RESTARTS_ENV = "QWEN_MLX_GROUP_RESTARTS"  # "count:time of the last restart"
+MAX_RESTARTS = 3  # in a row; a group that then runs RESTART_RESET seconds starts over
+RESTART_RESET = 600.0
+# Seconds from a failure to the restart: requests in flight get their error, and /health
+# says what happened (tests wait longer, through QWEN_MLX_RESTART_DELAY, to look).
+RESTART_DELAY = 3.0
+DRAIN_TIMEOUT = 30.0  # at most this long for the requests in flight to hear the error
 
 EXAMPLES = f"""\
 examples:
   qwen-mlx serve
   qwen-mlx serve --model qwen3-4b-instruct-2507-mlx-q8-g64 --port 8000
   {API_KEY_ENV}=secret qwen-mlx serve --host 0.0.0.0
+  qwen-mlx serve --hosts hosts.json        # one model across the Macs in hosts.json
 
 then point any OpenAI client at it:
   OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
@@ -126,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="server log verbosity (default: info)",
     )
     add_draft_args(p, note="; requests then decode one at a time, not in batches")
+    add_group_args(p)
     return p
 
 
@@ -154,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     sockets = listen_sockets(args.host, args.port)  # a taken port fails before loading
+    try:
+        with ranks_from_args(args) as ranks:
+            return _serve(args, sockets, ranks, list(sys.argv[1:] if argv is None else argv))
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _serve(args: argparse.Namespace, sockets: list[socket.socket], ranks, argv: list[str]) -> int:
     import uvicorn
 
     from ..runtime import load
@@ -164,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args.model = model_ref(args)
     print(f"loading {args.model} ...", file=sys.stderr)
-    model = load(args.model, verify=args.verify, context_extension=args.context_extension)
+    model = load(
+        args.model,
+        verify=args.verify,
+        context_extension=args.context_extension,
+        **group_load_args(args, ranks),
+    )
     from .common import draft_from_args
 
     engine = Engine(
@@ -179,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
     )
+    if ranks is not None:
+        _restart_on_failure(ranks, sockets, argv, idle=lambda: engine.queued == 0)
     app = create_app(
         engine,
         api_key=args.api_key,
@@ -187,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sockets[0].getsockname()[1]
+    split = f", split across {ranks.size} ranks" if ranks is not None else ""
     print(
         f"serving {model.name} at http://{host}:{port}/v1 "
         f"(context {engine.context_limit:,} tokens, {_concurrency(engine)}, "
-        f"{engine.max_queue} more waiting); Ollama apps: OLLAMA_HOST=http://{host}:{port}",
+        f"{engine.max_queue} more waiting{split}); Ollama apps: OLLAMA_HOST=http://{host}:{port}",
         file=sys.stderr,
     )
     config = server_config(
@@ -207,14 +248,78 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped.", file=sys.stderr)
     finally:
         engine.close()
-        for sock in sockets:
-            sock.close()
     return 0
+
+
+def _restart_on_failure(
+    ranks, sockets: list[socket.socket], argv: list[str], idle: Callable[[], bool]
+) -> None:
+    """When a rank fails: requests in flight end with an error naming it, /health says
+    so (status "degraded"), and once they have ended (`idle`), a few seconds later, the
+    whole group starts again in this process, on the same sockets (MLX connects a process
+    to a group once, so rank 0 cannot rejoin a new one otherwise). Clients see a short
+    wait, never a closed port; saved chats and their KV caches stay valid (the model is
+    the same)."""
+    count, last = _restarts()
+    if last and time.time() - last > RESTART_RESET:
+        count = 0
+    ranks.restarts = count
+
+    def restart(error: BaseException) -> None:
+        if count >= MAX_RESTARTS:
+            print(
+                f"error: {error} The group has restarted {count} times in a row; it stays "
+                "down (/health says why). Restart `qwen-mlx serve` once the ranks can run.",
+                file=sys.stderr,
+            )
+            return
+        print(f"error: {error}", file=sys.stderr)
+
+        def later() -> None:
+            time.sleep(float(os.environ.get("QWEN_MLX_RESTART_DELAY", RESTART_DELAY)))
+            deadline = time.monotonic() + DRAIN_TIMEOUT
+            while not idle() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            print(f"restarting the group ({count + 1} of {MAX_RESTARTS}) ...", file=sys.stderr)
+            ranks.close(timeout=2.0)
+            _reexec(sockets, argv, count + 1)
+
+        threading.Thread(target=later, name="qwen-mlx-restart", daemon=True).start()
+
+    ranks.on_failure(restart)
+
+
+def _restarts() -> tuple[int, float]:
+    raw = os.environ.pop(RESTARTS_ENV, "")
+    count, _, when = raw.partition(":")
+    try:
+        return int(count), float(when)
+    except ValueError:
+        return 0, 0.0
+
+
+def _reexec(sockets: list[socket.socket], argv: list[str], count: int) -> None:
+    """Run `qwen-mlx serve ARGV` again in this process, keeping the listening sockets."""
+    for sock in sockets:
+        os.set_inheritable(sock.fileno(), True)
+    env = dict(os.environ)
+    env[LISTEN_FDS_ENV] = ",".join(str(s.fileno()) for s in sockets)
+    env[RESTARTS_ENV] = f"{count}:{time.time()}"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "qwen_mlx", "serve", *argv], env)
 
 
 def listen_sockets(host: str, port: int) -> list[socket.socket]:
     """TCP sockets bound to every address of `host` (localhost can be both ::1 and
-    127.0.0.1) on `port` (0: a free one, the same for all), or an error saying why not."""
+    127.0.0.1) on `port` (0: a free one, the same for all), or an error saying why not.
+    A restarted server (see `_restart_on_failure`) takes back the sockets it had."""
+    inherited = os.environ.pop(LISTEN_FDS_ENV, "")
+    if inherited:
+        kept = [socket.socket(fileno=int(fd)) for fd in inherited.split(",")]
+        for sock in kept:
+            os.set_inheritable(sock.fileno(), False)
+        return kept
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, not {port}.")
     try:

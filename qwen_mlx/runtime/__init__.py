@@ -10,6 +10,10 @@
 - `speculative.py`: speculative decoding (prompt lookup, a draft model).
 - `compare.py`: KL, top-1 and perplexity of conversions against their source (`models compare`).
 - `thread.py`: the one model thread of a process with a UI or a server. `bench.py`: speed.
+- One model across several processes or Macs (mx.distributed): `launch.py` starts the
+  ranks (`Ranks`, `HostFile`), `sharding.py` loads a rank's share, `mirror.py` replays
+  rank 0's calls on the others, `cachesplit.py` gathers and scatters split KV caches,
+  `distributed.py` holds what they share, `follower.py` is a follower rank's process.
 
 Only this package and `convert/` import mlx-lm (import-linter checks it).
 """
@@ -40,6 +44,8 @@ _EXPORTS = {
     "stream_generate": "generation",
     "stream_tokens": "generation",
     "timely_chunk": "generation",
+    "HostFile": "launch",
+    "Ranks": "launch",
     "Message": "messages",
     "Model": "model",
     "Prompt": "model",
@@ -60,11 +66,13 @@ __all__ = [
     "BatchDecoder",
     "BatchResult",
     "GenerationChunk",
+    "HostFile",
     "LookupDrafter",
     "Message",
     "Model",
     "ModelDrafter",
     "Prompt",
+    "Ranks",
     "SamplingParams",
     "SpeculativeStats",
     "TokenLogprob",
@@ -114,6 +122,7 @@ if TYPE_CHECKING:
         stream_tokens,
         timely_chunk,
     )
+    from .launch import HostFile, Ranks
     from .messages import Message
     from .model import Model, Prompt, load, yarn_overrides
     from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .distributed import leader_of, shared_sampler
 from .generation import TokenLogprob, _StopMatcher, score_token
 from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
 
@@ -131,6 +132,7 @@ class BatchDecoder:
         self._gen = BatchGenerator(
             model.model,
             stop_tokens=[[t] for t in model.tokenizer.eos_token_ids],
+            sampler=shared_sampler(model, None),  # a split model's ranks take rank 0's tokens
             completion_batch_size=max_batch,
             prefill_batch_size=min(prefill_batch, max_batch),
             prefill_step_size=prefill_step_size,
@@ -164,6 +166,8 @@ class BatchDecoder:
             sampler = None  # mlx-lm's greedy default: one argmax for all such rows
         elif params.seed is not None:
             sampler = _seeded(params, params.seed)
+        if sampler is not None:
+            sampler = shared_sampler(self.model, sampler)
         max_tokens = NO_LIMIT if params.max_tokens == -1 else params.max_tokens
         (uid,) = self._gen.insert_segments(
             segments=[[tokens[cached:]]],
@@ -242,6 +246,16 @@ class BatchDecoder:
         return cache, list(tokens) if tokens is not None else None
 
 
+def open_decoder(model: Model, **options: Any) -> BatchDecoder:
+    """A BatchDecoder on `model`; for a model split across ranks that this process
+    drives, one whose every call the other ranks make too (`mirror.MirroredDecoder`,
+    with the same methods)."""
+    leader = leader_of(model)
+    if leader is not None:
+        return leader.decoder(**options)
+    return BatchDecoder(model, **options)
+
+
 def _seeded(params: SamplingParams, seed: int) -> Callable:
     """mlx-lm's sampler chain for `params` (as `make_sampler` builds it) drawing from its
     own key, split per draw exactly as MLX splits its global key after `mx.random.seed`
@@ -315,7 +329,7 @@ def batch_generate(
 
     report = _progress(progress, len(prompts))
     results: dict[int, BatchResult] = {}
-    decoder = BatchDecoder(model, max_batch=max_batch, prefill_step_size=prefill_step_size)
+    decoder = open_decoder(model, max_batch=max_batch, prefill_step_size=prefill_step_size)
     parts: dict[int, list[str]] = {}
     index: dict[int, int] = {}
     reserved: dict[int, int] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GenerationCancelled
+from .distributed import leader_of
 from .memory import kv_group_size
 from .model import Model
 
@@ -39,9 +40,12 @@ def make_cache(model: Model, kv_bits: int | None = None) -> list[Any]:
     from mlx_lm.models.cache import QuantizedKVCache, make_prompt_cache
 
     if kv_bits is None:
-        return make_prompt_cache(model.model)
-    group = kv_group_size(model.model.args.head_dim)
-    return [QuantizedKVCache(group_size=group, bits=kv_bits) for _ in model.model.layers]
+        cache = make_prompt_cache(model.model)
+    else:
+        group = kv_group_size(model.model.args.head_dim)
+        cache = [QuantizedKVCache(group_size=group, bits=kv_bits) for _ in model.model.layers]
+    leader = leader_of(model)
+    return cache if leader is None else leader.wrap(cache)  # split like the model
 
 
 def cache_length(cache: list[Any]) -> int:
@@ -64,6 +68,10 @@ def trim_cache(cache: list[Any], n: int) -> None:
 def requantize_cache(model: Model, cache: list[Any], kv_bits: int) -> list[Any]:
     """The same cache at a lower precision (bf16 -> 8/4-bit, or 8-bit -> 4-bit)."""
     import mlx.core as mx
+
+    leader = leader_of(model)
+    if leader is not None:  # every rank requantizes its share
+        return leader.requantize(cache, kv_bits)
     from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
     group_size = kv_group_size(model.model.args.head_dim)
@@ -86,8 +94,15 @@ def requantize_cache(model: Model, cache: list[Any], kv_bits: int) -> list[Any]:
 
 
 def save_cache(path: str | Path, cache: list[Any], metadata: dict[str, str]) -> None:
+    """Write `cache` to `path`. A cache split across ranks is put together first: the
+    file is a whole cache, valid on one Mac or on any split (see `cachesplit.py`)."""
     from mlx_lm.models.cache import save_prompt_cache
 
+    from .mirror import owner
+
+    leader = owner(cache)
+    if leader is not None:
+        cache = leader.gather(cache)
     save_prompt_cache(str(path), cache, metadata)
 
 
@@ -115,6 +130,11 @@ def prefill(
     import mlx.core as mx
     from mlx_lm.generate import generation_stream, wired_limit
 
+    leader = leader_of(model)
+    if leader is not None:  # every rank reads the tokens into its share
+        kw = {"cache_tokens": cache_tokens, "step": step, "progress": progress}
+        leader.prefill(tokens, cache, should_stop=should_stop, **kw)
+        return
     total = len(tokens)
     done = 0
     with wired_limit(model.model, [generation_stream]), mx.stream(generation_stream):

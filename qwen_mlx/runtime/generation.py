@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GenerationCancelled
+from .distributed import leader_of, shared_sampler
 from .model import Model, Prompt
 from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
 
@@ -137,6 +138,23 @@ def stream_tokens(
 
     if not tokens:
         raise ValueError("The prompt is empty.")
+    leader = leader_of(model)
+    if leader is not None:  # split across ranks that this process drives: all of them run it
+        yield from leader.stream(
+            tokens,
+            params,
+            prompt_cache=prompt_cache,
+            cache_tokens=cache_tokens,
+            prefill_step_size=prefill_step_size,
+            prompt_progress=prompt_progress,
+            logits_processors=logits_processors,
+            should_stop=should_stop,
+            on_token=on_token,
+            logprobs=logprobs,
+            draft=draft,
+            num_draft_tokens=num_draft_tokens,
+        )
+        return
     drafter = stats = None
     if draft is not None and logprobs is None:  # scoring needs each step's distribution
         from .speculative import SpeculativeStats, make_drafter, uses_cache_bits
@@ -147,6 +165,7 @@ def stream_tokens(
         stats = SpeculativeStats()
     params = sampling_for(model, params)
     sampler, processors = make_sampling(params, logits_processors)
+    sampler = shared_sampler(model, sampler)
     if params.seed is not None:
         mx.random.seed(params.seed)
     mx.reset_peak_memory()

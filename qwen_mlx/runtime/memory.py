@@ -63,6 +63,15 @@ def estimate_weights_bytes(
     every linear layer and the embedding, with a scale and a bias per group; norms stay in
     the float type.
     """
+    outside, layer = estimate_weights_parts(config, bits=bits, group_size=group_size)
+    return outside + layer * int(config["num_hidden_layers"])
+
+
+def estimate_weights_parts(
+    config: dict[str, Any], *, bits: int | None = None, group_size: int | None = None
+) -> tuple[int, int]:
+    """(bytes outside the layers: embedding, head, final norm; bytes of one layer), as
+    `estimate_weights_bytes` counts them."""
     quant = config.get("quantization") or {}
     bits = bits or quant.get("bits")
     group_size = group_size or quant.get("group_size") or 64
@@ -77,15 +86,68 @@ def estimate_weights_bytes(
         matrices.append((vocab, hidden))
     layer = [(q_out, hidden), (kv_out, hidden), (kv_out, hidden), (hidden, q_out)]
     layer += [(inter, hidden), (inter, hidden), (hidden, inter)]
-    matrices += layer * shape.layers
-    vectors = hidden + shape.layers * (2 * hidden + 2 * shape.head_dim)  # the norms
 
     def matrix_bytes(rows: int, cols: int) -> float:
         if not bits or cols % group_size:
             return rows * cols * float_bytes
         return rows * cols * bits / 8 + rows * (cols // group_size) * 2 * float_bytes
 
-    return int(sum(matrix_bytes(r, c) for r, c in matrices) + vectors * float_bytes)
+    outside = sum(matrix_bytes(r, c) for r, c in matrices) + hidden * float_bytes
+    one_layer = sum(matrix_bytes(r, c) for r, c in layer)
+    one_layer += (2 * hidden + 2 * shape.head_dim) * float_bytes  # its norms
+    return int(outside), int(one_layer)
+
+
+def weights_parts_on_disk(folder: Any) -> tuple[int, list[int]] | None:
+    """(bytes of the tensors outside the layers, bytes of each layer) in a folder's
+    safetensors files (headers only), or None if it has none."""
+    import re
+    from pathlib import Path
+
+    from ..convert.tensorfile import read_header
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    outside, layers = 0, {}
+    for file in files:
+        header, _ = read_header(file)
+        header.pop("__metadata__", None)
+        for name, meta in header.items():
+            start, end = meta["data_offsets"]
+            m = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+            if m is None:
+                outside += end - start
+            else:
+                layers[int(m.group(1))] = layers.get(int(m.group(1)), 0) + end - start
+    return outside, [layers[i] for i in sorted(layers)]
+
+
+def rank_weights_bytes(outside: int, layers: list[int], ranks: int, mode: str) -> int:
+    """Bytes of weights the busiest rank holds: everything outside the layers (each rank
+    keeps the embedding and the head) plus 1/N of every layer (tensor parallel; the small
+    norms, which every rank keeps whole, are counted split) or its block of layers
+    (pipeline: the largest block)."""
+    if ranks <= 1:
+        return outside + sum(layers)
+    if mode == "tensor":
+        return outside + -(-sum(layers) // ranks)
+    from .sharding import pipeline_split
+
+    split, at, largest = pipeline_split(len(layers), ranks), 0, 0
+    for count in reversed(split):  # rank N-1 runs the first layers
+        largest = max(largest, sum(layers[at : at + count]))
+        at += count
+    return outside + largest
+
+
+def mac_budget(memory_gb: float) -> Budget:
+    """What the planner may use on a Mac with `memory_gb` of memory: Metal's recommended
+    working set, about two thirds of memory below 64 GB and three quarters from 64 GB
+    (an estimate, for planning machines other than this one)."""
+    total = int(memory_gb * _GIB)
+    share = 3 / 4 if memory_gb >= 64 else 2 / 3
+    return Budget(int(total * share), total, "estimated-metal-working-set")
 
 
 def weights_bytes_on_disk(folder: Any) -> int | None:
@@ -228,12 +290,18 @@ class MemoryPlanner:
     def for_model(
         cls, model: Any, budget: Budget | None = None, *, draft: Any = None
     ) -> MemoryPlanner:
-        """From a loaded `Model` (and a draft `Model`, if any): configs and array bytes."""
+        """From a loaded `Model` (and a draft `Model`, if any): configs and array bytes.
+
+        A model split across ranks is planned for its tightest rank: that rank's share of
+        the weights and of the KV cache, against that rank's machine (see `for_shard`)."""
         from mlx.utils import tree_flatten
 
         def nbytes(m: Any) -> int:
             return sum(v.nbytes for _, v in tree_flatten(m.model.parameters()))
 
+        shard = getattr(model, "shard", None)
+        if shard is not None and shard.ranks:
+            return cls.for_shard(model.config, shard, budget)
         weights = nbytes(model) + (nbytes(draft) if draft is not None else 0)
         return cls(
             ModelShape.from_config(model.config),
@@ -241,6 +309,24 @@ class MemoryPlanner:
             budget or machine_budget(),
             draft_shape=ModelShape.from_config(draft.config) if draft is not None else None,
         )
+
+    @classmethod
+    def for_shard(cls, config: dict[str, Any], shard: Any, budget: Budget | None = None) -> Any:
+        """The planner of a split model's tightest rank (the least room beside its share
+        of the weights): each sequence's KV cache is split across all ranks, so the one
+        with least room decides what fits."""
+        from .sharding import rank_shape
+
+        def room(info: Any) -> int:
+            own = budget.bytes if budget is not None else info.budget_bytes
+            return own - info.weights_bytes
+
+        tight = min(shard.ranks, key=room)
+        shape = rank_shape(ModelShape.from_config(config), shard.size, shard.mode, tight.layers)
+        own = budget or Budget(
+            tight.budget_bytes, tight.memory_bytes, f"rank {tight.rank} ({tight.host})"
+        )
+        return cls(shape, tight.weights_bytes, own)
 
     def kv_per_token(self, kv_bits: int | None = None) -> int:
         own = kv_bytes_per_token(self.shape, kv_bits, dtype_bytes=self.dtype_bytes)
@@ -269,6 +355,14 @@ class MemoryPlanner:
             budget=self.budget.bytes,
             context_limit=self.shape.context_length,
         )
+
+    def sequences(self, context_tokens: int, kv_bits: int | None = None) -> int:
+        """How many sequences of `context_tokens` fit at once: their KV caches beside the
+        weights and the working space of one prefill chunk."""
+        plan = self.plan(context_tokens, kv_bits)
+        free = self.budget.bytes - self.weights - plan.workspace
+        each = self.kv_per_token(kv_bits) * max(context_tokens, 1)
+        return max(free // each, 0)
 
     def max_context(self, kv_bits: int | None = None) -> int:
         """The longest context that fits, up to the model's own context length."""

@@ -48,6 +48,8 @@ class Model:
     fingerprint: str = ""
     # State helpers keep per model (recent document conversations), freed with the model.
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Split across the ranks of a group (`runtime.distributed.Shard`); None on one process.
+    shard: Any = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         """One line (the dataclass's would print every layer of the module)."""
@@ -199,15 +201,32 @@ def load(
     revision: str | None = None,
     home: str | Path | None = None,
     lazy: bool = False,
+    group: Any = None,
+    pipeline: bool = False,
 ) -> Model:
     """Load a model by store name, family id (its latest), folder or Hugging Face repo id.
 
     A stored model's files are checked against its manifest first: sizes always (cheap),
     sha256 too with `verify=True`. `context_extension=F` applies YaRN rope scaling by F
     to reach F x the model's native context, as Qwen's model card documents.
+
+    `group` splits the model across processes or Macs (see `runtime/distributed.py`):
+    `launch.Ranks` that this process started (it drives them: every call is mirrored
+    on the others), or an `mx.distributed` group when every rank runs this same program.
+    The split is by attention heads (tensor parallel), or by layers with `pipeline=True`.
     """
     from mlx_lm.utils import load as mlx_load
 
+    from .launch import Ranks
+
+    if isinstance(group, Ranks):
+        from .mirror import load_driven
+
+        options = {"verify": verify, "context_extension": context_extension}
+        options |= {"revision": revision, "pipeline": pipeline}
+        return load_driven(group, ref, home=home, **options)
+    if group is not None and group.size() == 1:
+        group = None
     folder = resolve(ref, home=home, revision=revision)
     manifest = read_manifest(folder)
     if manifest is not None and (manifest.quantization.mode or "").startswith("gguf-"):
@@ -223,7 +242,7 @@ def load(
                 "(`qwen-mlx models import` adds it to the store with one).",
                 folder,
             )
-    else:
+    elif group is None:  # a rank checks the files it reads (in `load_rank`)
         problems = verify_files(folder, manifest, full=verify)
         if problems:
             listed = "; ".join(map(str, problems[:5]))
@@ -233,12 +252,20 @@ def load(
                 "again or remove it."
             )
     overrides = yarn_overrides(folder, context_extension) if context_extension else None
-    module, tokenizer, config = mlx_load(
-        str(folder), model_config=overrides, lazy=lazy, return_config=True
-    )
+    mode = "pipeline" if pipeline else "tensor"
+    if group is None:
+        module, tokenizer, config = mlx_load(
+            str(folder), model_config=overrides, lazy=lazy, return_config=True
+        )
+    else:
+        from .sharding import load_rank
+
+        module, tokenizer, config, peak = load_rank(
+            folder, manifest, group, mode=mode, verify=verify, model_config=overrides
+        )
     gen_file = folder / "generation_config.json"
     generation_config = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
-    return Model(
+    model = Model(
         model=module,
         tokenizer=tokenizer,
         config=config,
@@ -249,6 +276,11 @@ def load(
             manifest_sha256(folder) or _fingerprint(folder), context_extension
         ),
     )
+    if group is not None:
+        from .sharding import join_ranks
+
+        model.shard = join_ranks(model, group, mode, peak)
+    return model
 
 
 def _check_model_folder(folder: Path) -> None:

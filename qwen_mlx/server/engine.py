@@ -46,12 +46,13 @@ from ..runtime import (
     stream_tokens,
     trim_cache,
 )
+from ..runtime.distributed import group_failure, group_status
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .defaults import DEFAULT_MAX_TOKENS_CAP
 from .errors import APIError
-from .scheduler import Scheduler, Text, default_max_batch, default_max_queue
+from .scheduler import Scheduler, Text, as_api_error, default_max_batch, default_max_queue
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +196,16 @@ class Engine:
             "max_queue": self.max_queue,
             "restarts": self.scheduler.restarts,
             "speculative": self.drafter is not None,  # then one job at a time, no batch
+            **group_status(self.model),  # ranks: 1, or a split model's ranks and their states
         }
 
     def check_capacity(self) -> None:
         """Refuse a request when `max_queue` jobs already wait behind a full batch: 503
-        with Retry-After, in OpenAI's error shape."""
+        with Retry-After, in OpenAI's error shape. A model split across ranks that lost one
+        refuses everything (503 naming the rank) until the group restarts."""
+        failure = group_failure(self.model)
+        if failure is not None:
+            raise as_api_error(failure)
         if self.queued >= self.max_batch + self.max_queue:
             raise APIError(
                 503,
@@ -300,6 +306,7 @@ class Engine:
         try:
             finished = Finished.cancelled(job) if job.stop.is_set() else self._generate(job, emit)
         except BaseException as e:
+            e = as_api_error(e) or e
             self._done(job, e)
             emit(e)
             return

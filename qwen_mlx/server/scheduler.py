@@ -11,6 +11,9 @@ the decoding sequences and a prefill chunk for those still reading, so a new req
 joins without stalling the others), sends each its text, and gives finished sequences'
 caches back to the pool.
 
+The decoder comes from `decoder_factory`: `runtime.batch.open_decoder` gives a model split
+across ranks one whose every call the other ranks make too, so the loop is the same.
+
 A crash inside a step fails the sequences of that batch (a 500 in OpenAI's shape) and
 the loop goes on with a fresh batch for the jobs still waiting: the server never keeps
 answering /health while generating nothing.
@@ -29,8 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import RankFailedError
 from ..runtime import Model
-from ..runtime.batch import BatchDecoder, SequenceEvent
+from ..runtime.batch import BatchDecoder, SequenceEvent, open_decoder
 from ..runtime.generation import TokenLogprob
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
@@ -57,6 +61,20 @@ def default_max_batch(planner: MemoryPlanner) -> int:
 
 def default_max_queue(max_batch: int) -> int:
     return QUEUE_PER_SLOT * max_batch
+
+
+def as_api_error(error: BaseException) -> APIError | None:
+    """The answer to a request that a rank's failure ended (a model split across Macs):
+    503, naming the rank and what happened to it. None for any other error."""
+    if not isinstance(error, RankFailedError):
+        return None
+    return APIError(
+        503,
+        f"{error} Generation is unavailable until the group of ranks restarts.",
+        type="server_error",
+        code="rank_failed",
+        headers={"Retry-After": "10"},
+    )
 
 
 @dataclass(eq=False)
@@ -94,8 +112,11 @@ class Scheduler:
         *,
         max_batch: int,
         prefill_step_size: int,
+        decoder_factory: Callable[..., BatchDecoder] = open_decoder,
     ) -> None:
         self.model = model
+        # `open_decoder`: a model split across ranks gets a decoder whose calls they all make
+        self.decoder_factory = decoder_factory
         self.pool = pool
         self.planner = planner
         self.max_batch = max_batch
@@ -166,7 +187,7 @@ class Scheduler:
             self._finish(entry, None)
         if self._decoder is None and (admitted or self._active):
             try:
-                self._decoder = BatchDecoder(
+                self._decoder = self.decoder_factory(
                     self.model, max_batch=self.max_batch, prefill_step_size=self.prefill_step_size
                 )
             except Exception as e:
@@ -274,7 +295,7 @@ class Scheduler:
             self._fail(entry, error)
 
     def _fail(self, entry: _Entry, error: BaseException) -> None:
-        failure = APIError(
+        failure = as_api_error(error) or APIError(
             500,
             "The server had an error while generating this reply. Try again.",
             type="server_error",

@@ -1,0 +1,401 @@
+"""One model across two processes over mx.distributed's ring backend (two local ranks).
+
+Every rank running the same program (`distributed_worker.py`): collectives, tensor
+parallel against one process (float32: same greedy tokens, logits within 1e-4),
+pipeline parallel (bit-exact) and the memory a rank holds while loading.
+
+Rank 0 driving a follower (this test process is rank 0): generation, batches and chat
+sessions give what one process gives; the server answers the OpenAI, Anthropic and Ollama
+clients, streams and batches; a killed follower ends a command or a request with its name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx
+import ollama
+import openai
+import pytest
+
+from qwen_mlx import ChatSession
+from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
+from qwen_mlx.runtime import SamplingParams, batch_generate, generate, load
+from qwen_mlx.runtime.launch import HostFile, Ranks, free_ports
+from qwen_mlx.server import Engine, create_app
+
+from .helpers import ROOT, start_server
+from .test_server import MODEL, all_at_once, user
+
+KEY = "group-key"
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def _env(home: Path) -> dict[str, str]:
+    """A child's environment: this checkout first on the path, a private store."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return os.environ | {"PYTHONPATH": path, "QWEN_MLX_HOME": str(home)}
+
+
+# -- every rank runs the same program ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def f32(tmp_path_factory) -> Path:
+    """A float32 tiny Qwen3: split, it gives one process's tokens (bf16 differs at ties)."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("f32") / "Qwen3-1M-F32", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def spmd(tmp_path_factory, f32) -> dict[int, dict]:
+    """What each rank of `distributed_worker.py` saw, run once over a ring of two."""
+    root = tmp_path_factory.mktemp("spmd")
+    scaled = build_tiny_checkpoint(
+        root / "scaled",
+        TinyConfig(
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=64,
+            intermediate_size=1024,
+        ),
+        dtype="float32",
+        shards=2,
+    )
+    ring = root / "ring.json"
+    ring.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in free_ports(2)]))
+    env = _env(root / "home")
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(root), str(f32), str(scaled)],
+            env=env | {"MLX_RANK": str(rank), "MLX_HOSTFILE": str(ring)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240) for p in ranks]
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(ranks, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return {r: json.loads((root / f"rank{r}.json").read_text()) for r in range(2)}
+
+
+def test_collectives_round_trip_between_two_ranks(spmd):
+    for rank, seen in spmd.items():
+        assert seen["size"] == 2
+        assert seen["all_sum"] == [3.0]
+        assert seen["all_gather"] == [0, 10]
+        assert seen["received"] == [100 * (1 - rank) + i for i in range(4)]
+        assert seen["broadcast"] == [7, 8, 9]  # rank 0's, on every rank
+        assert seen["exchange"] == [{"rank": 0, "word": "r0"}, {"rank": 1, "word": "r1"}]
+        assert seen["flag"] == [True, False]  # rank 0 decides
+
+
+def test_float32_tensor_parallel_gives_one_process_greedy_tokens_and_logits(spmd):
+    for seen in spmd.values():
+        assert seen["tensor"]["max_logit_diff"] <= 1e-4
+        assert seen["tensor"]["same_greedy"]
+        assert seen["tensor"]["same_sampled"]  # every rank takes rank 0's token
+        assert seen["tensor"]["same_quantized_kv"]
+
+
+def test_pipeline_parallel_is_bit_exact(spmd):
+    for seen in spmd.values():
+        assert seen["pipeline"]["bit_exact"]
+        assert seen["pipeline"]["max_logit_diff"] == 0.0
+        assert seen["pipeline"]["same_greedy"] and seen["pipeline"]["same_sampled"]
+        assert seen["pipeline"]["same_quantized_kv"]
+
+
+def test_a_split_kv_cache_is_put_together_whole_and_split_again(spmd):
+    assert spmd[0]["pipeline"]["gathered_diff"] == 0.0  # each rank's layers, as they are
+    assert spmd[0]["tensor"]["gathered_diff"] <= 1e-4  # each rank's heads
+    for seen in spmd.values():
+        assert seen["pipeline"]["scattered_diff"] == 0.0
+        assert seen["tensor"]["scattered_diff"] == 0.0
+
+
+@pytest.mark.parametrize("split", ["tensor", "pipeline"])
+def test_no_rank_holds_more_than_its_share_and_one_layer_while_loading(spmd, split):
+    for seen in spmd.values():
+        load_ = seen[f"load_{split}"]
+        assert load_["share"] < load_["whole"]  # a share, not the whole model
+        assert 0 < load_["peak"] <= load_["share"] + load_["layer"]
+
+
+# -- rank 0 drives (this process), a follower replays ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(f32):
+    return load(f32)
+
+
+@pytest.fixture(scope="module")
+def group_model(f32, tmp_path_factory) -> Iterator:
+    """The float32 tiny model split across this process and one follower."""
+    home = tmp_path_factory.mktemp("group_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QWEN_MLX_HOME", str(home))
+        mp.setenv("PYTHONPATH", _env(home)["PYTHONPATH"])
+        ranks = Ranks(HostFile.local(2))
+        ranks.start()
+        try:
+            yield load(f32, group=ranks)
+        finally:
+            ranks.close()
+
+
+GREEDY = SamplingParams(temperature=0, max_tokens=16)
+SEEDED = SamplingParams(temperature=0.8, top_k=30, seed=11, max_tokens=16)
+
+
+def test_two_ranks_reply_as_one_process_does(group_model, tiny_model):
+    assert group_model.shard.size == 2 and group_model.shard.mode == "tensor"
+    for params in (GREEDY, SEEDED, GREEDY.replace(stop=("a",))):
+        assert generate(group_model, user("Hello"), params) == generate(
+            tiny_model, user("Hello"), params
+        )
+    long = user("many words " * 300)  # its ids take more than one message to send
+    assert generate(group_model, long, GREEDY) == generate(tiny_model, long, GREEDY)
+
+
+def test_a_batch_on_two_ranks_matches_one_process(group_model, tiny_model):
+    prompts = [user(f"question {i}") for i in range(4)]
+    params = [GREEDY, SEEDED, GREEDY.replace(max_tokens=5), SEEDED.replace(seed=3)]
+    split = batch_generate(group_model, prompts, params, progress=False)
+    alone = batch_generate(tiny_model, prompts, params, progress=False)
+    assert [r.text for r in split] == [r.text for r in alone]
+    assert [r.finish_reason for r in split] == [r.finish_reason for r in alone]
+
+
+def test_a_chat_saved_on_two_ranks_resumes_on_one_without_rereading(
+    group_model, tiny_model, tmp_path
+):
+    def say(session: ChatSession, text: str) -> str:
+        return "".join(c.text for c in session.send(text))
+
+    on_group = ChatSession(group_model, params=GREEDY)
+    alone = ChatSession(tiny_model, params=GREEDY)
+    for text in ("hi", "tell me more"):
+        assert say(on_group, text) == say(alone, text)
+    on_group.save(tmp_path / "chat.json")
+    alone.save(tmp_path / "alone.json")
+
+    resumed = ChatSession.load(tmp_path / "chat.json", tiny_model)  # the file is a whole cache
+    assert say(resumed, "again") == say(alone, "again")
+    assert resumed.last_stats.reused_tokens > 0
+    assert resumed.last_stats.reused_tokens == alone.last_stats.reused_tokens
+
+    back = ChatSession.load(tmp_path / "alone.json", group_model)  # and split again
+    reference = ChatSession.load(tmp_path / "alone.json", tiny_model)
+    assert say(back, "once more") == say(reference, "once more")
+    assert back.last_stats.reused_tokens == reference.last_stats.reused_tokens > 0
+
+
+@pytest.fixture(scope="module")
+def served(group_model) -> Iterator[tuple[str, Engine]]:
+    engine = Engine(group_model, max_context=2048, max_batch=4, max_queue=8, prefill_step_size=16)
+    server, thread, port = start_server(create_app(engine, api_key=KEY))
+    yield f"http://127.0.0.1:{port}", engine
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+def test_health_reports_the_ranks_and_each_ones_state(served):
+    health = httpx.get(served[0] + "/health", timeout=10).json()
+    assert health["status"] == "ok"
+    assert health["ranks"] == 2 and health["split"] == "tensor"
+    states = health["rank_states"]
+    assert [s["rank"] for s in states] == [0, 1]
+    assert all(s["state"] == "ready" and s["weights_bytes"] > 0 for s in states)
+
+
+def test_the_server_on_two_ranks_answers_openai_anthropic_and_ollama(served, tiny_model):
+    base, engine = served
+    expected = generate(tiny_model, user("Hi there"), GREEDY)
+    client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    reply = client.chat.completions.create(
+        model=engine.model.name, messages=user("Hi there"), max_tokens=16, temperature=0
+    )
+    assert reply.choices[0].message.content == expected
+    stream = client.chat.completions.create(
+        model=engine.model.name,
+        messages=user("Hi there"),
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len([p for p in pieces if p]) > 1 and "".join(pieces) == expected
+
+    claude = anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0, timeout=60)
+    greedy = {"extra_body": {"temperature": 0}}
+    message = claude.messages.create(
+        model=engine.model.name, max_tokens=16, messages=user("Hi there"), **greedy
+    )
+    assert message.content[0].text == expected
+    with claude.messages.stream(
+        model=engine.model.name, max_tokens=16, messages=user("Hi there"), **greedy
+    ) as events:
+        assert "".join(events.text_stream) == expected
+
+    llama = ollama.Client(host=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    answer = llama.chat(
+        model=engine.model.name,
+        messages=user("Hi there"),
+        options={"temperature": 0, "num_predict": 16},
+    )
+    assert answer.message.content == expected
+
+
+def test_four_clients_decode_together_on_two_ranks(served, tiny_model):
+    base, engine = served
+    client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+    def ask(i: int) -> str:
+        reply = client.chat.completions.create(
+            model=engine.model.name, messages=user(f"client {i}"), max_tokens=24, temperature=0
+        )
+        return reply.choices[0].message.content
+
+    before = len(engine.finished)
+    replies = all_at_once(ask, 4)
+    assert replies == [
+        generate(tiny_model, user(f"client {i}"), GREEDY.replace(max_tokens=24)) for i in range(4)
+    ]
+    assert max(f.batch_size for f in list(engine.finished)[before:]) > 1
+
+
+# -- failures: a follower killed under a command or a server -----------------------------------
+
+
+def _child_pids(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_a_killed_follower_fails_the_command_naming_it(tiny_mlx, tmp_path):
+    argv = ["generate", "--model", str(tiny_mlx), "--ranks", "2", "--prompt", "Hello"]
+    command = subprocess.Popen(
+        [sys.executable, "-m", "qwen_mlx", *argv, "--temperature", "0", "--max-tokens", "-1"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert command.stdout.read(8), "no text came before the follower was killed"
+        (follower,) = _child_pids(command.pid)
+        os.kill(follower, signal.SIGKILL)
+        _, err = command.communicate(timeout=60)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode != 0
+    assert "error: Rank 1 of 2 (127.0.0.1) stopped (killed by SIGKILL)" in err.decode()
+
+
+def test_a_killed_follower_ends_requests_with_its_name_and_the_group_restarts(tiny_mlx, tmp_path):
+    argv = ["serve", "--model", str(tiny_mlx), "--ranks", "2", "--port", "0"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "qwen_mlx", *argv, "--log-level", "warning"],
+        env=_env(tmp_path) | {"QWEN_MLX_RESTART_DELAY": "3", "QWEN_MLX_API_KEY": KEY},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stderr), daemon=True)
+    reader.start()
+    try:
+        base = _wait_for_url(lines, server)
+        health = httpx.get(base + "/health", timeout=10).json()
+        follower = health["rank_states"][1]["pid"]
+        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        stream = client.chat.completions.create(
+            model=MODEL, messages=user("go on"), max_tokens=100_000, temperature=0, stream=True
+        )
+        next(iter(stream))  # decoding on both ranks
+        os.kill(follower, signal.SIGKILL)
+        with pytest.raises(openai.APIError, match=r"Rank 1 of 2 \(127\.0\.0\.1\) stopped"):
+            for _ in stream:
+                pass
+
+        with pytest.raises(openai.APIStatusError, match="Rank 1 of 2") as refused:
+            client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=2)
+        assert refused.value.status_code == 503
+        claude = anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0, timeout=60)
+        with pytest.raises(anthropic.APIStatusError, match="Rank 1 of 2"):
+            claude.messages.create(model=MODEL, max_tokens=2, messages=user("hi"))
+        llama = ollama.Client(host=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        with pytest.raises(ollama.ResponseError, match="Rank 1 of 2"):
+            llama.chat(model=MODEL, messages=user("hi"))
+        health = httpx.get(base + "/health", timeout=10).json()
+        assert health["status"] == "degraded" and "Rank 1 of 2" in health["error"]
+        assert health["rank_states"][1]["state"] == "failed"
+
+        deadline = time.monotonic() + 90  # the group starts again, on the same port
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(base + "/health", timeout=5).json()
+                if health.get("group_restarts") == 1 and health["status"] == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert health["status"] == "ok" and health["group_restarts"] == 1
+        reply = client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=3)
+        assert reply.choices[0].finish_reason == "length"
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _wait_for_url(lines: list[str], server: subprocess.Popen) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in lines:
+            found = re.search(r"serving .* at (http://127\.0\.0\.1:\d+)/v1", line)
+            if found:
+                return found.group(1)
+        assert server.poll() is None, "".join(lines)
+        time.sleep(0.1)
+    raise AssertionError("the server did not start: " + "".join(lines))
+
+
+@pytest.mark.interop
+def test_the_distributed_benchmark_runs_in_smoke_mode():
+    from .helpers import SCRIPTS
+
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_distributed.py"), "--smoke", "--ranks", "1,2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(Path(os.environ["QWEN_MLX_HOME"])),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"^\s+1\s+[\d.]+\s+1\.00x", out.stdout, re.M)
+    assert re.search(r"^\s+2\s+[\d.]+\s+[\d.]+x\s.*\d+ us\s+[\d.]+$", out.stdout, re.M)
+    assert "planned for Qwen3-4B-Instruct-2507" in out.stdout
+    assert re.search(r"^\s+2\s+16 GB\s+1\.24 GB\s+124,630\s", out.stdout, re.M)
