@@ -40,6 +40,7 @@ from .webchat import (
     scripted,
     serve_web,
     streamed_html,
+    write_pdf_over_limit,
 )
 
 KEY = "web-test-key"
@@ -155,13 +156,49 @@ def test_sampling_settings_reach_the_sampler_and_the_store(web, client, monkeypa
         ({"params": {"top_k": "many"}}, "top_k"),
         ({"params": {"seed": 1}}, "seed"),
         ({"policy": "forget"}, "policy"),
+        ({"policy": ["truncate"]}, "policy"),
+        # The API's own bounds (ChatRequest's fields) and the server's max_tokens cap.
+        ({"params": {"temperature": 1e308}}, "temperature"),
+        ({"params": {"top_p": 0}}, "top_p"),
+        ({"params": {"max_tokens": 10**12}}, "max_tokens"),
+        ({"params": {"max_tokens": 1e12}}, "max_tokens"),
+        ({"params": {"max_tokens": 257}}, "max_tokens"),  # the test server's cap is 256
+        ({"params": {"top_k": 2.5}}, "top_k"),
+        ({"params": [1]}, "params"),
+        ({"system": 7}, "system"),
     ],
 )
-def test_bad_settings_are_400_naming_the_field(client, settings, named):
+def test_bad_settings_are_400_naming_the_field(web, client, settings, named):
     chat_id = new_chat(client)
     response = client.post(f"/web/api/chats/{chat_id}/settings", json=settings)
     assert response.status_code == 400
     assert named in response.json()["error"]["message"]
+    assert ChatStore(web.home).get(chat_id).params == {}  # nothing was saved
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"settings": {"params": {"temperature": 1e400}}}',  # infinity, as Python reads it
+        b'{"settings": {"params": {"max_tokens": 1e400}}}',
+        b'{"settings": {"params": {"temperature": NaN}}}',
+        b'{"settings": [1]}',
+        b'{"settings": "hot"}',
+        b'{"title": ["a"]}',
+    ],
+)
+def test_a_new_chat_with_bad_settings_is_a_400_not_a_500(web, client, body):
+    before = len(ChatStore(web.home).list())
+    response = client.post("/web/api/chats", content=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"]
+    assert len(ChatStore(web.home).list()) == before
+
+
+def test_settings_at_the_bounds_are_kept(web, client):
+    chat_id = new_chat(client, params={"temperature": 2, "top_p": 1, "max_tokens": 256})
+    params = client.get(f"/web/api/chats/{chat_id}").json()["settings"]["params"]
+    assert (params["temperature"], params["top_p"], params["max_tokens"]) == (2, 1, 256)
 
 
 def test_regenerate_and_edit_and_resend(web, client, model_says):
@@ -179,6 +216,17 @@ def test_regenerate_and_edit_and_resend(web, client, model_says):
     assert [m.content for m in ChatStore(web.home).messages(chat_id)] == ["uno", "edited answer"]
     missing = client.post(f"/web/api/chats/{chat_id}/edit", json={"index": 9, "text": "x"})
     assert missing.status_code == 400 and "No message 9" in missing.json()["error"]["message"]
+
+
+def test_edit_changes_only_the_users_own_messages(web, client, model_says):
+    chat_id = new_chat(client)
+    model_says(scripted("the answer"))
+    events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "question"}))
+    for index, says in ((-1, "0 or more"), (1, "assistant's")):
+        edit = client.post(f"/web/api/chats/{chat_id}/edit", json={"index": index, "text": "x"})
+        assert edit.status_code == 400 and says in edit.json()["error"]["message"]
+    assert [m.content for m in ChatStore(web.home).messages(chat_id)] == ["question", "the answer"]
+    assert not web.chats.busy(chat_id)
 
 
 def test_deleting_a_chat_removes_it_and_its_saved_cache(web, client):
@@ -248,6 +296,14 @@ def test_attach_a_file_then_export_the_chat_as_markdown(web, client, tmp_path):
         f"/web/api/chats/{chat_id}/attach", params={"name": "x.md"}, content=b"\x00\x01" * 10
     )
     assert binary.status_code == 400 and "binary" in binary.json()["error"]["message"]
+    limited = tmp_path / "huge.pdf"
+    write_pdf_over_limit(limited)  # pypdf's LimitReachedError
+    refused = client.post(
+        f"/web/api/chats/{chat_id}/attach",
+        params={"name": "huge.pdf"},
+        content=limited.read_bytes(),
+    )
+    assert refused.status_code == 400 and "huge.pdf is not a readable PDF" in refused.text
     image = client.post(f"/web/api/chats/{chat_id}/attach", params={"name": "a.png"}, content=b"x")
     assert image.status_code == 400 and "PDF" in image.json()["error"]["message"]
     exported = client.get(f"/web/api/chats/{chat_id}/export")

@@ -151,3 +151,22 @@ async def in_terminal(model_path: Path, home: Path, chat_id: str | None, text: s
             await pilot.pause(0.05)
         assert len(app.session.messages) == before + 2, "the terminal app did not reply"
         return app.chat.id, app.session.last_stats
+
+
+def write_pdf_pages(path: Path, pages: int) -> None:
+    """A PDF of `pages` blank pages."""
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(612, 792)
+    with open(path, "wb") as f:
+        writer.write(f)
+
+
+def write_pdf_over_limit(path: Path) -> None:
+    """A PDF whose cross-reference table declares a billion entries: pypdf refuses it
+    with its LimitReachedError (not a PdfReadError)."""
+    write_pdf_pages(path, 1)
+    data = re.sub(rb"xref\n0 \d+", b"xref\n0 999999999", path.read_bytes())
+    path.write_bytes(data)

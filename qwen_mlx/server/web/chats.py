@@ -14,6 +14,7 @@ the chat is busy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import tempfile
 import threading
 from collections import OrderedDict
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
 from ...chat.chats import DEFAULT_TITLE, Chat, ChatStore, title_from
 from ...chat.documents import read_document
 from ...chat.export import to_markdown
@@ -31,6 +34,7 @@ from ...chat.session import ChatSession
 from ...runtime import Message, Model, SamplingParams
 from ...runtime.memory import MemoryPlanner
 from ...runtime.thread import model_thread
+from ..defaults import DEFAULT_MAX_TOKENS_CAP
 from ..errors import APIError
 
 T = TypeVar("T")
@@ -38,6 +42,23 @@ T = TypeVar("T")
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty")
 KEEP_SESSIONS = 2  # chats kept in memory with their KV caches; the others are on disk
 ATTACHABLE = (".txt", ".md", ".markdown", ".pdf")
+
+
+@functools.cache
+def web_sampling() -> type[BaseModel]:
+    """The page's sampling parameters as a pydantic model made of the API's own fields
+    (ChatRequest's): the same types and bounds, so `1e308`, NaN, infinity or a string
+    are refused here as they are on /v1/chat/completions."""
+    from pydantic import ConfigDict, create_model
+
+    from ..schemas import ChatRequest
+
+    fields = ChatRequest.model_fields
+    return create_model(
+        "WebSampling",
+        __config__=ConfigDict(extra="forbid"),
+        **{key: (fields[key].annotation, fields[key]) for key in SAMPLING_KEYS},
+    )
 
 
 class ChatBusy(APIError):
@@ -82,10 +103,13 @@ class WebChats:
         *,
         planner: MemoryPlanner | None = None,
         kv_bits: int | None = None,
+        max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
     ) -> None:
         self.model = model
-        self.planner = planner
+        self.planner = planner or MemoryPlanner.for_model(model)
         self.kv_bits = kv_bits
+        self.max_tokens_cap = max_tokens_cap
+        self.context_limit = min(model.context_length, self.planner.max_context(kv_bits))
         self.home = Path(home)
         self._store: ChatStore | None = None
         self._store_lock = threading.Lock()
@@ -120,30 +144,38 @@ class WebChats:
             self.store.save_messages(chat.id, [Message("system", system)])
         return chat
 
-    def check_settings(
-        self, settings: dict[str, Any]
-    ) -> tuple[dict[str, Any], str | None, ContextPolicy]:
+    def check_settings(self, settings: Any) -> tuple[dict[str, Any], str | None, ContextPolicy]:
         """(sampling overrides, system prompt, policy) from the page's settings form, or a
-        400 naming what is wrong. Overrides keep what differs from the model's defaults,
-        as the terminal app's do."""
+        400 naming what is wrong. The sampling parameters are held to the API's own bounds
+        (`web_sampling`), and max_tokens to the server's cap. Overrides keep what differs
+        from the model's defaults, as the terminal app's do."""
+        if not isinstance(settings, dict):
+            raise APIError(400, "settings: expected an object.", param="settings")
         defaults = self.model.default_params
         raw = settings.get("params") or {}
         if not isinstance(raw, dict):
             raise APIError(400, "params: expected an object of sampling parameters.")
-        overrides: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in SAMPLING_KEYS:
-                raise APIError(400, f"params: unknown sampling parameter {key!r}.", param=key)
-            if value is None or value == "":
-                continue
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise APIError(400, f"{key}: expected a number, not {value!r}.", param=key)
-            if key in ("top_k", "max_tokens"):
-                if value != int(value):
-                    raise APIError(400, f"{key}: expected a whole number.", param=key)
-                value = int(value)
-            if value != getattr(defaults, key):
-                overrides[key] = value
+        unknown = [key for key in raw if key not in SAMPLING_KEYS]
+        if unknown:
+            key = unknown[0]
+            raise APIError(400, f"params: unknown sampling parameter {key!r}.", param=key)
+        given = {key: value for key, value in raw.items() if value is not None and value != ""}
+        try:
+            checked = web_sampling().model_validate(given).model_dump(exclude_none=True)
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = ".".join(map(str, first["loc"])) or "params"
+            message = f"{key}: {first['msg']}, not {first['input']!r}."
+            raise APIError(400, message, param=key) from None
+        most = min(self.max_tokens_cap, max(self.context_limit - 1, 1))
+        if checked.get("max_tokens", 0) > most:
+            raise APIError(
+                400,
+                f"max_tokens: at most {most:,} on this server (its --max-tokens-cap and "
+                f"context), not {checked['max_tokens']:,}.",
+                param="max_tokens",
+            )
+        overrides = {k: v for k, v in checked.items() if v != getattr(defaults, k)}
         try:
             defaults.replace(**overrides)
         except ValueError as e:
@@ -151,12 +183,11 @@ class WebChats:
         system = settings.get("system")
         if system is not None and not isinstance(system, str):
             raise APIError(400, "system: expected text.", param="system")
-        try:
-            policy = ContextPolicy(settings.get("policy") or ContextPolicy.TRUNCATE.value)
-        except ValueError:
+        policy = settings.get("policy") or ContextPolicy.TRUNCATE.value
+        if not isinstance(policy, str) or policy not in ContextPolicy.names():
             names = ", ".join(ContextPolicy.names())
-            raise APIError(400, f"policy: expected one of {names}.", param="policy") from None
-        return overrides, (system or "").strip() or None, policy
+            raise APIError(400, f"policy: expected one of {names}.", param="policy")
+        return overrides, (system or "").strip() or None, ContextPolicy(policy)
 
     # -- sessions (model thread) --------------------------------------------------------------
 

@@ -133,6 +133,12 @@ def _run_turn(
         elif kind == "regenerate":
             stream = session.regenerate()
         else:
+            history = session.history
+            if index < len(history) and history[index].role != "user":
+                raise ValueError(
+                    f"index: message {index} is the {history[index].role}'s; only your own "
+                    "messages can be edited and sent again."
+                )
             stream = session.edit(index, text)
         pending: list[str] = []
         flushed = 0.0  # the first text goes out at once: it is the time to first token

@@ -66,7 +66,13 @@ def mount_web(
         from ...store import home as store_home
 
         home = store_home()
-    chats = WebChats(engine.model, home, planner=_capped(engine), kv_bits=engine.kv_bits)
+    chats = WebChats(
+        engine.model,
+        home,
+        planner=_capped(engine),
+        kv_bits=engine.kv_bits,
+        max_tokens_cap=engine.max_tokens_cap,
+    )
     app.include_router(_router(chats, WebGuard(api_key)))
     return chats
 
@@ -139,9 +145,11 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
     @api.post("/chats")
     async def create_chat(request: Request) -> dict[str, Any]:
         body = await _json(request)
-        chat = chats.create(body.get("settings") or {})
         title = body.get("title")
-        if isinstance(title, str) and title.strip():
+        if title is not None and not isinstance(title, str):
+            raise APIError(400, "title: expected text.", param="title")
+        chat = chats.create(body.get("settings") or {})
+        if title and title.strip():
             chats.store.rename(chat.id, title_from(title))
         return await _chat_view(chats, chats.chat(chat.id))
 
@@ -177,8 +185,8 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
         text, index = body.get("text"), body.get("index")
         if not isinstance(text, str) or not text.strip():
             raise APIError(400, "text: write the message to send.", param="text")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise APIError(400, "index: expected the message's number.", param="index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise APIError(400, "index: expected the message's number (0 or more).", param="index")
         return await stream_reply(chats, chats.chat(chat_id), "edit", text=text, index=index)
 
     @api.post("/chats/{chat_id}/stop")
