@@ -25,6 +25,7 @@ import qwen_mlx.server
 from qwen_mlx.chat.chats import ChatStore
 from qwen_mlx.cli import main as cli_main
 from qwen_mlx.runtime.thread import model_thread
+from qwen_mlx.server.web import auth
 from qwen_mlx.server.web.chats import KEEP_SESSIONS
 from qwen_mlx.server.web.markdown import MarkdownStream, render_markdown
 
@@ -356,7 +357,17 @@ def test_a_page_addressed_to_another_host_is_refused(web):
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_host"
 
 
-def test_a_key_protected_server_asks_for_the_key_once_and_keeps_a_session(tiny_model, tmp_path):
+@pytest.fixture
+def clock(monkeypatch):
+    """The web sign-in's clock, moved by hand: `clock[0] += seconds`."""
+    now = [1000.0]
+    monkeypatch.setattr(auth, "_clock", lambda: now[0])
+    return now
+
+
+def test_a_key_protected_server_asks_for_the_key_once_and_keeps_a_session(
+    tiny_model, tmp_path, clock
+):
     with serve_web(tiny_model, tmp_path, api_key=KEY) as web:
         origin = {"Origin": web.url.rstrip("/")}
         page = httpx.get(web.url)
@@ -364,6 +375,7 @@ def test_a_key_protected_server_asks_for_the_key_once_and_keeps_a_session(tiny_m
         assert httpx.get(web.url + "web/api/info").status_code == 401
         wrong = httpx.post(web.url + "web/login", data={"key": "nope"}, headers=origin)
         assert wrong.status_code == 401 and "not the API key of this server" in wrong.text
+        clock[0] += auth.FAILURE_DELAY
         elsewhere = httpx.post(
             web.url + "web/login", data={"key": KEY}, headers={"Origin": "http://evil.example"}
         )
@@ -379,6 +391,52 @@ def test_a_key_protected_server_asks_for_the_key_once_and_keeps_a_session(tiny_m
             assert client.get("/v1/models").status_code == 401
         bearer = httpx.get(web.url + "v1/models", headers={"Authorization": f"Bearer {KEY}"})
         assert bearer.status_code == 200
+
+
+def test_wrong_keys_make_sign_in_wait_longer_each_time(tiny_model, tmp_path, clock):
+    with serve_web(tiny_model, tmp_path, api_key=KEY) as web:
+        origin = {"Origin": web.url.rstrip("/")}
+
+        def sign_in(key: str) -> httpx.Response:
+            return httpx.post(web.url + "web/login", data={"key": key}, headers=origin)
+
+        assert sign_in("guess 1").status_code == 401
+        burst = [sign_in(f"guess {n}") for n in range(2, 40)]  # a guesser's burst
+        assert {r.status_code for r in burst} == {429}  # none of them was even tried
+        assert burst[0].headers["retry-after"] == "1" and "try again in 1 second." in burst[0].text
+        early = sign_in(KEY)  # the right key waits too: a 429 says nothing about the key
+        assert early.status_code == 429
+        clock[0] += 1
+        assert sign_in("guess 2").status_code == 401
+        clock[0] += 1.5
+        waiting = sign_in(KEY)
+        assert waiting.status_code == 429 and waiting.headers["retry-after"] == "1"
+        clock[0] += 0.5  # the second failure's wait was twice the first's
+        assert sign_in(KEY).status_code == 303
+        assert sign_in("guess 3").status_code == 401  # a success starts the count again
+        assert sign_in(KEY).headers["retry-after"] == "1"
+
+
+def test_each_sign_in_gets_its_own_session_which_expires(tiny_model, tmp_path, clock):
+    with serve_web(tiny_model, tmp_path, api_key=KEY) as web:
+        origin = {"Origin": web.url.rstrip("/")}
+        tokens = []
+        for _ in range(2):
+            signed = httpx.post(web.url + "web/login", data={"key": KEY}, headers=origin)
+            assert signed.status_code == 303
+            assert f"Max-Age={auth.SESSION_LIFETIME}" in signed.headers["set-cookie"]
+            tokens.append(signed.cookies[auth.SESSION_COOKIE])
+        assert tokens[0] != tokens[1] and all(KEY not in t and len(t) >= 32 for t in tokens)
+        assert httpx.get(web.url, cookies={auth.SESSION_COOKIE: "made-up"}).text.count('name="key"')
+        for token in tokens:
+            with page_client(web, cookies={auth.SESSION_COOKIE: token}) as client:
+                assert client.get("/web/api/chats").status_code == 200
+        clock[0] += auth.SESSION_LIFETIME
+        for token in tokens:
+            page = httpx.get(web.url, cookies={auth.SESSION_COOKIE: token})
+            assert 'name="key"' in page.text  # asked for the key again
+        expired = httpx.get(web.url + "web/api/chats", cookies={auth.SESSION_COOKIE: tokens[0]})
+        assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
 
 
 # -- the same chats as the terminal app ---------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 import qwen_mlx.chat.session as session_module
 import qwen_mlx.runtime.generation as generation
 from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.server.web import auth
 
 from .webchat import MARKDOWN_REPLY, SCRIPT_REPLY, endless, in_terminal, scripted, serve_web
 
@@ -220,7 +221,9 @@ def test_a_second_tab_on_a_replying_chat_is_told_it_is_busy(page, browser, web, 
     expect(other.locator(".message.assistant.stopped")).to_have_count(1)
 
 
-def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_path):
+def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(auth, "_clock", lambda: now[0])
     with serve_web(tiny_model, tmp_path, api_key=KEY) as web:
         context = browser.new_context(viewport=SIZE)
         tab = context.new_page()
@@ -230,6 +233,10 @@ def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_p
         expect(tab.locator("#login .error")).to_contain_text("not the API key")
         tab.fill("#key", KEY)
         tab.click("#login button")
+        expect(tab.locator("#login .error")).to_contain_text("try again in 1 second")
+        now[0] += auth.FAILURE_DELAY
+        tab.fill("#key", KEY)
+        tab.click("#login button")
         tab.wait_for_selector("body[data-ready='1']")
         tab.reload()  # kept in the session: not asked again
         tab.wait_for_selector("body[data-ready='1']")
@@ -237,4 +244,5 @@ def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_p
         cookies = context.cookies()
         assert [c["httpOnly"] for c in cookies] == [True]
         assert cookies[0]["sameSite"] == "Strict" and cookies[0]["value"] != KEY
+        assert cookies[0]["expires"] > 0  # not a cookie for ever: it ends with its sign-in
         context.close()

@@ -19,10 +19,10 @@ escaping could not run injected code. Replies stream from replies.py.
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import html
 import json
 import logging
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from ...runtime import Message
 from ...runtime.memory import MemoryPlanner
 from ..engine import Engine
 from ..errors import APIError
-from .auth import SESSION_COOKIE, WebGuard
+from .auth import SESSION_COOKIE, SESSION_LIFETIME, SignInRefused, WebGuard
 from .chats import SAMPLING_KEYS, ChatBusy, WebChats, on_model_thread
 from .markdown import code_css, message_views
 from .replies import stream_reply
@@ -104,11 +104,23 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
         guard.check_origin(request)  # no signing in from another site (login CSRF)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         key = (form.get("key") or [""])[0]
-        if not guard.api_key or not hmac.compare_digest(key.encode(), guard.api_key.encode()):
+        try:
+            token = guard.sign_in(key)
+        except SignInRefused as e:
+            response = _page("login.html", error=str(e), status=429)
+            response.headers["Retry-After"] = str(math.ceil(e.wait))
+            return response
+        if token is None:
+            logger.warning("web chat: a sign-in with a wrong key")
             return _page("login.html", error="That is not the API key of this server.", status=401)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
-            SESSION_COOKIE, guard.cookie, httponly=True, samesite="strict", path="/"
+            SESSION_COOKIE,
+            token,
+            max_age=SESSION_LIFETIME,
+            httponly=True,
+            samesite="strict",
+            path="/",
         )
         return response
 
