@@ -88,6 +88,18 @@ def streamed_html(got: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return shown
 
 
+def attach(client: httpx.Client, chat_id: str, name: str, content: bytes) -> dict[str, Any]:
+    """Attach a file as the page does; the `done` event's data (the conversation, its
+    context, `read_tokens`)."""
+    response = client.post(
+        f"/web/api/chats/{chat_id}/attach", params={"name": name}, content=content
+    )
+    assert response.status_code == 200, response.text
+    got = events(response)
+    assert got[-1][0] == "done", got
+    return got[-1][1]
+
+
 def new_chat(client: httpx.Client, **settings: Any) -> str:
     response = client.post("/web/api/chats", json={"settings": settings})
     assert response.status_code == 200, response.text
@@ -123,6 +135,49 @@ def endless(model, tokens, params, *, should_stop, **kwargs):
         time.sleep(0.01)
     reason = "cancelled" if should_stop() else "length"
     yield GenerationChunk("", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0, reason)
+
+
+def slow_prefill(model, tokens, params, *, should_stop, prompt_progress=None, **kwargs):
+    """A model step that reads its prompt slowly (reporting progress) until stopped:
+    a long re-read on a slow machine. Gives up after 60 s, so a regression fails a test
+    rather than hanging it."""
+    give_up = time.monotonic() + 60
+    done = 0
+    while time.monotonic() < give_up:
+        if prompt_progress is not None:
+            prompt_progress(min(done, len(tokens) - 1), len(tokens))
+        if should_stop():
+            yield GenerationChunk("", None, len(tokens), 0.0, 0, 0.0, 0.0, 0.0, "cancelled")
+            return
+        done += 1
+        time.sleep(0.02)
+    yield GenerationChunk("", None, len(tokens), 0.0, 0, 0.0, 0.0, 0.0, "length")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def raw_request(web: Web, client: httpx.Client, path: str, body: dict[str, Any]) -> Any:
+    """A request sent on a bare socket, as a tab does, which the test can close (the tab
+    closed) before any answer: the socket."""
+    import socket
+
+    data = json.dumps(body).encode()
+    head = [
+        f"POST {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{web.port}",
+        f"X-CSRF-Token: {client.headers['X-CSRF-Token']}",
+        f"Origin: {client.headers['Origin']}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(data)}",
+    ]
+    raw = socket.create_connection(("127.0.0.1", web.port))
+    raw.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+    return raw
 
 
 async def in_terminal(model_path: Path, home: Path, chat_id: str | None, text: str, *commands: str):

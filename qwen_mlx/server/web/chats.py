@@ -17,8 +17,10 @@ import asyncio
 import functools
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +31,9 @@ from pydantic import BaseModel, ValidationError
 from ...chat.chats import DEFAULT_TITLE, Chat, ChatStore, title_from
 from ...chat.documents import read_document
 from ...chat.export import to_markdown
-from ...chat.policy import ContextPolicy
+from ...chat.policy import ContextPolicy, longest_token, most_characters, tokens_over
 from ...chat.session import ChatSession
+from ...errors import ContextOverflowError
 from ...runtime import Message, Model, SamplingParams
 from ...runtime.memory import MemoryPlanner
 from ...runtime.thread import model_thread
@@ -42,6 +45,8 @@ T = TypeVar("T")
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty")
 KEEP_SESSIONS = 2  # chats kept in memory with their KV caches; the others are on disk
 ATTACHABLE = (".txt", ".md", ".markdown", ".pdf")
+MAX_PDF_PAGES = 2000  # a PDF's pages read at most (each can take a while to extract)
+PREPARE_THREADS = 2  # reading attachments and tokenizing, beside the model thread
 
 
 @functools.cache
@@ -62,30 +67,46 @@ def web_sampling() -> type[BaseModel]:
 
 
 class ChatBusy(APIError):
-    """A reply is being generated in this chat (in another tab)."""
+    """Work is running in this chat (in another tab, or one since closed, until it stops):
+    the message says what and for how long."""
 
-    def __init__(self) -> None:
+    def __init__(self, turn: Turn) -> None:
         super().__init__(
             409,
-            "This chat is replying in another tab or window. Wait for that reply, or stop "
-            "it there, then try again.",
+            f"This chat is busy in another tab or window: {turn.what} (for "
+            f"{_duration(time.time() - turn.since)}). Wait for it to finish, or stop it, "
+            "then try again.",
             code="chat_busy",
         )
 
 
 @dataclass
 class Turn:
-    """A reply in progress: the session once the model thread has it, and a stop flag
-    for a stop that comes before it does."""
+    """Work in a chat (a reply, reading an attachment): what it is and since when (for
+    the busy message), a stop flag for a stop that comes before the model thread has the
+    session, then the session."""
 
     chat_id: str
+    what: str
+    since: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
     session: ChatSession | None = None
+    ended: bool = False  # set on the event loop when the chat is free again
 
     def request_stop(self) -> None:
         self.stop.set()
         if self.session is not None:
             self.session.stop()
+
+    def view(self) -> dict[str, Any]:
+        """What the page shows of it."""
+        return {"what": self.what, "since": self.since}
+
+
+def _duration(seconds: float) -> str:
+    """`3 min 5 s`, `12 s`."""
+    minutes, seconds = divmod(max(int(seconds), 0), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
 async def on_model_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -110,11 +131,48 @@ class WebChats:
         self.kv_bits = kv_bits
         self.max_tokens_cap = max_tokens_cap
         self.context_limit = min(model.context_length, self.planner.max_context(kv_bits))
+        # More characters than this cannot fit, whatever they say: refused untokenized.
+        self.max_chars = most_characters(model, self.context_limit)
         self.home = Path(home)
         self._store: ChatStore | None = None
         self._store_lock = threading.Lock()
         self._sessions: OrderedDict[str, ChatSession] = OrderedDict()  # model thread only
         self._turns: dict[str, Turn] = {}  # event loop only
+        self._preparer: ThreadPoolExecutor | None = None
+
+    async def off_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a preparation thread: reading files and tokenizing, which must
+        not hold up the model thread (every API client waits on it)."""
+        if self._preparer is None:
+            self._preparer = ThreadPoolExecutor(PREPARE_THREADS, "qwen-mlx-web-prepare")
+        return await asyncio.get_running_loop().run_in_executor(self._preparer, fn, *args)
+
+    def check_system(self, system: str | None) -> None:
+        """A 400 for a system prompt that alone is over the context, found by counting it
+        piece by piece only until it is (on a preparation thread)."""
+        over = tokens_over(
+            [system or ""], self.context_limit, self.model.encode, longest_token(self.model)
+        )
+        if over is not None:
+            raise APIError(
+                400,
+                f"system: the system prompt alone takes at least {over:,} tokens, but the "
+                f"context holds {self.context_limit:,}. Shorten it.",
+                param="system",
+                code="context_length_exceeded",
+            )
+
+    def check_length(self, text: str, what: str, param: str) -> None:
+        """A 400 for a text longer than the context could hold, by its characters alone
+        (before anything tokenizes it)."""
+        if len(text) > self.max_chars:
+            raise APIError(
+                400,
+                f"{what} has {len(text):,} characters: more than the {self.context_limit:,}-"
+                "token context can hold, whatever they say. Shorten it.",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     @property
     def store(self) -> ChatStore:
@@ -183,6 +241,7 @@ class WebChats:
         system = settings.get("system")
         if system is not None and not isinstance(system, str):
             raise APIError(400, "system: expected text.", param="system")
+        self.check_length(system or "", "system: the system prompt", "system")
         policy = settings.get("policy") or ContextPolicy.TRUNCATE.value
         if not isinstance(policy, str) or policy not in ContextPolicy.names():
             names = ", ".join(ContextPolicy.names())
@@ -247,9 +306,14 @@ class WebChats:
             self.store.save_messages(chat.id, session.history)
         return session
 
-    def attach(self, chat: Chat, name: str, data: bytes, should_stop: Callable[[], bool]) -> int:
-        """Read a file into the chat and prefill it, so the next reply starts at once (on
-        the model thread). Returns the tokens read."""
+    def context(self, session: ChatSession) -> dict[str, int]:
+        """The context figures the page shows (on a preparation thread: it tokenizes)."""
+        return {"used": session.context_tokens, "limit": session.context_limit}
+
+    def read_attachment(self, name: str, data: bytes) -> str:
+        """The message that attaches file `name` (its bytes `data`): its text, read on a
+        preparation thread, a PDF only as far as the context could hold (`MAX_PDF_PAGES`
+        pages, `max_chars` characters); a 400 for what cannot be read or cannot fit."""
         suffix = Path(name).suffix.lower()
         if suffix not in ATTACHABLE:
             raise APIError(
@@ -261,20 +325,48 @@ class WebChats:
             path = Path(folder) / f"attachment{suffix}"
             path.write_bytes(data)
             try:
-                text = read_document(path)
+                text = read_document(path, max_chars=self.max_chars, max_pages=MAX_PDF_PAGES)
+            except ContextOverflowError as e:
+                message = str(e).replace(str(path), name)
+                raise APIError(400, message, code="context_length_exceeded") from e
             except (OSError, ValueError) as e:
                 raise APIError(400, str(e).replace(str(path), name), code="unreadable_file") from e
-        message = f"Attached file `{name}`:\n\n{text}"
-        session = self.session(chat)
-        if session.fit_report(message) is not None:
-            tokens = session.count_tokens(message)
-            raise APIError(
-                400,
-                f"{name} has about {tokens:,} tokens: more than fits in this chat "
-                f"({session.context_tokens:,} of {session.context_limit:,} used). Start a new "
-                f"chat, or summarize it first (`qwen-mlx summarize {name}`).",
-                code="context_length_exceeded",
+        return f"Attached file `{name}`:\n\n{text}"
+
+    def check_attachment(self, session: ChatSession, name: str, message: str) -> None:
+        """A 400 unless the attachment fits in the chat as it stands, with room for a
+        reply, without the context policy leaving anything out (on a preparation thread:
+        it tokenizes)."""
+        try:  # as `attach` will read it: no reply yet, room kept for one
+            fit = session.prepare(
+                [*session.history, Message("user", message)], add_generation_prompt=False
             )
+        except ContextOverflowError as e:
+            size = f"is far too long ({e})"
+        else:
+            if not fit.notices:
+                return
+            size = f"has about {session.count_tokens(message):,} tokens"
+        used, limit = session.context_tokens, session.context_limit
+        raise APIError(
+            400,
+            f"{name} {size}: more than fits in this chat ({used:,} of {limit:,} tokens used). "
+            f"Start a new chat, or summarize it first (`qwen-mlx summarize {name}`).",
+            code="context_length_exceeded",
+        )
+
+    def attach(
+        self,
+        chat: Chat,
+        session: ChatSession,
+        name: str,
+        message: str,
+        should_stop: Callable[[], bool],
+    ) -> int:
+        """Add an attachment's message to the chat and read it into the KV cache, so the
+        next reply starts at once (on the model thread; `should_stop` ends the reading
+        between chunks, and the rest is read with the next reply). Returns the tokens
+        read."""
         session.add_message({"role": "user", "content": message})
         if chat.title == DEFAULT_TITLE:
             chat.title = title_from(f"About {name}")
@@ -296,16 +388,21 @@ class WebChats:
 
     # -- turns (event loop) ---------------------------------------------------------------------
 
-    def busy(self, chat_id: str) -> bool:
-        return chat_id in self._turns
+    def busy(self, chat_id: str) -> dict[str, Any] | None:
+        """What runs in the chat, for the page; None when nothing does."""
+        turn = self._turns.get(chat_id)
+        return None if turn is None else turn.view()
 
-    def begin(self, chat_id: str) -> Turn:
+    def begin(self, chat_id: str, what: str) -> Turn:
+        """Hold the chat for work described by `what` ("replying to …"); ChatBusy (409)
+        if something holds it already."""
         if chat_id in self._turns:
-            raise ChatBusy()
-        turn = self._turns[chat_id] = Turn(chat_id)
+            raise ChatBusy(self._turns[chat_id])
+        turn = self._turns[chat_id] = Turn(chat_id, what)
         return turn
 
     def end(self, turn: Turn) -> None:
+        turn.ended = True
         if self._turns.get(turn.chat_id) is turn:
             del self._turns[turn.chat_id]
 
@@ -319,6 +416,8 @@ class WebChats:
     def close(self) -> None:
         for turn in list(self._turns.values()):
             turn.request_stop()
+        if self._preparer is not None:
+            self._preparer.shutdown(wait=False, cancel_futures=True)
         with self._store_lock:
             if self._store is not None:
                 self._store.close()
