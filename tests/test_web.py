@@ -90,9 +90,12 @@ def test_the_page_and_every_asset_come_from_the_server_itself(web):
     for ref in refs:
         asset = httpx.get(web.url.rstrip("/") + ref)
         assert asset.status_code == 200, ref
-        assert asset.headers["content-type"].split(";")[0] in ("text/css", "text/javascript")
-        assert not re.search(r"https?://", asset.text), f"{ref} reaches outside the server"
+        kinds = ("text/css", "text/javascript", "image/svg+xml")
+        assert asset.headers["content-type"].split(";")[0] in kinds
+        outside = re.search(r"https?://(?!www\.w3\.org/2000/svg\b)", asset.text)  # not a fetch
+        assert not outside, f"{ref} reaches outside the server"
     assert httpx.get(web.url + "web/static/../app.py").status_code == 404
+    assert 'rel="icon" href="/web/static/favicon.svg"' in page.text  # a tab has its icon
 
 
 def test_a_reply_streams_as_rendered_markdown_and_is_saved(web, client, model_says):

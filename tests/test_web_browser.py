@@ -34,7 +34,12 @@ CHROMIUM = os.environ.get("QWEN_MLX_CHROMIUM") or shutil.which("chromium") or "/
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 KEY = "browser-test-key"
 SIZE = {"width": 1280, "height": 800}
-
+# How many lines an element's text takes on screen (its text's line boxes).
+LINES = """(selector) => {
+  const range = document.createRange();
+  range.selectNode(document.querySelector(selector).firstChild);
+  return range.getClientRects().length;
+}"""
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -75,6 +80,7 @@ def page(browser, web):
     tab.on("pageerror", lambda e: errors.append(str(e)))
     tab.goto(web.url)
     tab.wait_for_selector("body[data-ready='1']")
+    tab.click("#new-chat")  # the page opens on the most recent chat: start afresh
     yield tab
     context.close()
     assert errors == [], errors
@@ -302,6 +308,39 @@ def test_an_attachment_shows_its_reading_and_stop_ends_it(page, web, monkeypatch
     expect(page.locator("#notice")).to_contain_text("Stopped reading notes.md")
     expect(page.locator(".message.user .body").first).to_contain_text("Attached file `notes.md`")
     assert not web.chats.busy(chat_id_of(page))
+
+
+def test_the_page_opens_on_the_most_recent_chat_with_its_icon(browser, web, model_says):
+    model_says(scripted("ok"))
+    context = browser.new_context(viewport=SIZE)
+    tab = context.new_page()
+    tab.goto(web.url)
+    tab.wait_for_selector("body[data-ready='1']")
+    tab.click("#new-chat")
+    send(tab, "The newest chat")
+    wait_for_reply(tab)
+    newest = chat_id_of(tab)
+    tab.goto(web.url)  # no chat named: the most recent one, not "New chat"
+    tab.wait_for_selector("body[data-ready='1']")
+    assert chat_id_of(tab) == newest
+    expect(tab.locator("#title")).to_have_text("The newest chat")
+    icon = tab.evaluate("document.querySelector('link[rel=icon]').href")
+    answer = context.request.get(icon)
+    assert answer.ok and answer.headers["content-type"] == "image/svg+xml"
+    context.close()
+
+
+def test_the_settings_panel_leaves_the_title_and_model_on_one_line(page, model_says):
+    model_says(scripted("ok"))
+    send(page, "A title long enough to be shortened rather than wrapped in the header bar")
+    wait_for_reply(page)
+    page.click("#settings-toggle")
+    expect(page.locator("#settings")).to_be_visible()
+    for selector in ("#title", "#model"):
+        lines = page.evaluate(LINES, selector)
+        assert lines == 1, f"{selector} wraps onto {lines} lines"
+    title = page.locator("#title").bounding_box()
+    assert title["width"] > 250  # shortened with an ellipsis, not squeezed to a sliver
 
 
 def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_path, monkeypatch):

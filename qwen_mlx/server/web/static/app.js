@@ -517,7 +517,12 @@ async function start() {
   for (const name of state.info.policies) select.append(new Option(name, name));
   $("settings-form").elements.max_tokens.max = state.info.max_tokens;
   fillSettings(defaults());
-  const id = new URLSearchParams(location.search).get("chat");
+  // The chat asked for, else the most recent one (the list is newest first), else a new one.
+  let id = new URLSearchParams(location.search).get("chat");
+  if (!id) {
+    const { chats } = await (await api("/chats")).json();
+    if (chats.length) id = chats[0].id;
+  }
   if (id) await openChat(id);
   else await loadChats();
   document.body.dataset.ready = "1";
