@@ -44,7 +44,9 @@ class MessageView(Markdown):
 
 class PromptInput(TextArea):
     """Multi-line input: Enter sends, Shift+Enter or Ctrl+J adds a line, Up/Down walk the
-    history when the cursor is on the first or last line."""
+    history when the cursor is on the first or last line. The history holds messages and
+    slash commands, walked apart: Up in an input that starts with "/" walks the commands
+    only, otherwise the messages only."""
 
     @dataclass
     class Submitted(Message):
@@ -52,7 +54,8 @@ class PromptInput(TextArea):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, **kwargs)
-        self.sent: list[str] = []  # what was sent, for Up/Down
+        self.sent: list[str] = []  # what was sent, messages and commands, for Up/Down
+        self._walked: list[str] = []  # the part of `sent` being walked
         self._history_index: int | None = None
         self._draft = ""
 
@@ -72,7 +75,7 @@ class PromptInput(TextArea):
             event.prevent_default()
             self.insert("\n")
             return
-        if event.key == "up" and self.cursor_location[0] == 0 and self.sent:
+        if event.key == "up" and self.cursor_location[0] == 0 and self._can_walk():
             event.stop()
             event.prevent_default()
             self._walk(-1)
@@ -93,19 +96,34 @@ class PromptInput(TextArea):
             self.sent.append(text)
         self._history_index = None
 
+    def _can_walk(self) -> bool:
+        return self._history_index is not None or bool(self._history(self.text))
+
+    def _history(self, draft: str) -> list[str]:
+        """What Up walks from `draft`: the commands if it starts with "/", else the
+        messages."""
+        commands = draft.startswith("/")
+        return [t for t in self.sent if t.startswith("/") == commands]
+
     def _walk(self, step: int) -> None:
         if self._history_index is None:
             if step > 0:
                 return
             self._draft = self.text
-            self._history_index = len(self.sent)
+            self._walked = self._history(self._draft)
+            self._history_index = len(self._walked)
         index = self._history_index + step
-        if index >= len(self.sent):
+        if index >= len(self._walked):
             self._history_index = None
             self.load_text(self._draft)
         else:
             self._history_index = max(index, 0)
-            self.load_text(self.sent[self._history_index])
+            self.load_text(self._walked[self._history_index])
+        self.move_cursor(self.document.end)
+
+    def load_text(self, text: str) -> None:
+        """Replace the text, with the cursor at its end (where typing goes on)."""
+        super().load_text(text)
         self.move_cursor(self.document.end)
 
 
