@@ -507,7 +507,12 @@ async def test_no_model_screen_explains_convert_and_builds_the_demo(home):
         await wait_for(pilot, lambda: isinstance(app.screen, NoModelScreen))
         text = "".join(str(w.source) for w in app.screen.query("Markdown"))
         assert "python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507" in text
+        bar = app.screen.query_one("#demo-progress")
+        assert not bar.display  # nothing moves before anything was pressed
         await pilot.press("d")
+        # Shown once the build starts (a quick build may be over, its screen gone, at once).
+        await wait_for(pilot, lambda: bar.display or not isinstance(app.screen, NoModelScreen))
+        assert bar.label == "Building the demo model"
         await wait_for(pilot, lambda: app.session is not None, timeout=120)
         assert app.model.name == "qwen3-3m-demo-0000-mlx-q4-g64"
 

@@ -135,13 +135,12 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
             with Vertical(id="main"):
                 yield VerticalScroll(id="messages")
                 yield LoadingIndicator(id="loading")
-                yield WorkProgress(id="progress", show_eta=False)
+                yield WorkProgress(id="progress")
                 yield StatusBar(id="status")
                 yield PromptInput(id="prompt")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#progress").display = False
         self.query_one("#messages", VerticalScroll).anchor()
         self._refresh_chats()
         ref = self.model_ref or self._default_model()
