@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import threading
 from dataclasses import replace
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from qwen_mlx import ChatSession, load
+from qwen_mlx.chat.policy import PIECE
 from qwen_mlx.chat.saved import cache_files
 from qwen_mlx.cli.generate import main as generate_main
 from qwen_mlx.convert import convert
@@ -182,6 +185,7 @@ def test_stop_during_prefill_leaves_a_consistent_cache(tiny_model):
     assert session.messages[-1] == {"role": "assistant", "content": "", "stopped": True}
     held = len(session.cache_tokens)
     assert cache_length(session._cache) == held == 2 * 64  # the two chunks read before the stop
+    assert calls[0] == 0  # progress is told from the start of the read
     session.prefill_progress = None
     reply(session.send("short", **REPLY))
     assert session.last_stats.reused_tokens == held  # what was read is not read again
@@ -194,7 +198,8 @@ def test_prefill_reads_ahead_and_stops_when_asked(tiny_model):
     session.prefill_progress = lambda done, total: chunks.append(done)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(session.planner, "chunk_for", lambda *a: 64)
-        read = session.prefill(should_stop=lambda: len(chunks) >= 3)
+        read = session.prefill(should_stop=lambda: len(chunks) >= 4)  # the start, 3 chunks
+    assert chunks == [0, 64, 128, 192]
     assert read == len(session.cache_tokens) == 3 * 64 < session.context_tokens
     assert session.prefill() == session.context_tokens - 3 * 64  # the rest, not again
     assert len(session.cache_tokens) == session.context_tokens
@@ -345,6 +350,114 @@ def test_truncate_leaves_out_the_oldest_turns_but_never_the_system_prompt(tiny_m
     assert prompt.startswith("<|im_start|>system\nSYSTEM PROMPT")
     assert "message 0" not in prompt and "message 5" in prompt
     assert any("Left the" in n for n in session.notices)
+
+
+def test_truncate_drops_enough_at_once_that_the_next_turns_reuse_the_cache(tiny_model):
+    limit = 300
+    session = ChatSession(tiny_model, system="S", planner=small_planner(tiny_model, limit))
+    dropped_at, stats = [], []
+    for i in range(14):
+        reply(session.send(f"message {i} " * 3, **REPLY))
+        stats.append(session.last_stats)
+        if session.last_stats.notices:
+            dropped_at.append(i)
+    assert dropped_at, "the conversation never outgrew the context"
+    # Each drop frees a quarter of the context: the turns after it only read what is new.
+    assert all(b - a >= 2 for a, b in itertools.pairwise(dropped_at))
+    after = stats[dropped_at[0] + 1]
+    assert after.notices == () and after.reused_tokens > after.prefilled_tokens
+    prompt = tiny_model.tokenizer.decode(session.cache_tokens)
+    assert prompt.startswith("<|im_start|>system\nS") and "message 0 " not in prompt
+
+
+def test_the_truncation_notice_says_what_it_took_and_takes_now(tiny_model):
+    limit = 300
+    session = ChatSession(tiny_model, planner=small_planner(tiny_model, limit))
+    heard = []
+    session.on_notice = heard.append
+    while not heard:
+        reply(session.send("a few words in a message " * 2, **REPLY))
+    [notice] = session.last_stats.notices  # one notice for the turn, with its final figures
+    assert heard == [notice]
+    took, reserve, now = (
+        int(n.replace(",", ""))
+        for n in re.search(
+            r"took ([\d,]+) tokens, plus ([\d,]+) kept .* now takes ([\d,]+)", notice
+        ).groups()
+    )
+    assert took + reserve > limit >= now + reserve  # true figures: it did not fit, now it does
+    assert f"Left the {session.dropped_messages} oldest messages" in notice
+    assert now == session.last_stats.prompt_tokens
+
+
+def test_the_policys_notice_comes_before_the_long_read(tiny_model):
+    session = ChatSession(tiny_model, planner=small_planner(tiny_model, 300))
+    for _ in range(4):
+        reply(session.send("a few words in a message " * 2, **REPLY))
+    events = []
+    session.on_notice = lambda text: events.append("notice")
+    session.prefill_progress = lambda done, total: events.append("progress")
+    while "notice" not in events:
+        events.clear()
+        reply(session.send("a few words in a message " * 2, **REPLY))
+    assert events[0] == "notice" and "progress" in events  # heard before the re-read starts
+
+
+def encodes(monkeypatch, model) -> list[int]:
+    """The length of each text `model` tokenizes from now on."""
+    sizes: list[int] = []
+    real = model.encode
+
+    def spy(text, *args, **kwargs):
+        sizes.append(len(text))
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", spy)
+    return sizes
+
+
+def test_a_system_prompt_far_over_the_context_is_refused_without_tokenizing_it(
+    tiny_model, monkeypatch
+):
+    # Over the context by its tokens (counted piece by piece until over), then by its
+    # characters alone (no token spells that many).
+    session = ChatSession(tiny_model, system="word " * 3000, planner=small_planner(tiny_model, 300))
+    sizes = encodes(monkeypatch, tiny_model)
+    with pytest.raises(ContextOverflowError, match="system prompt and the last message"):
+        reply(session.send("hi", **REPLY))
+    assert sizes and max(sizes) <= PIECE and sum(sizes) < 15_000
+    sizes.clear()
+    session.system = "word " * 200_000  # over by its characters alone: nothing tokenized
+    with pytest.raises(ContextOverflowError, match="at least"):
+        session.prepare()
+    assert sizes == []
+
+
+def test_a_huge_old_message_is_left_out_without_tokenizing_it(tiny_model, monkeypatch):
+    session = ChatSession(tiny_model, planner=small_planner(tiny_model, 300))
+    session.add_message({"role": "user", "content": "word " * 20_000})
+    session.add_message({"role": "assistant", "content": "noted"})
+    sizes = encodes(monkeypatch, tiny_model)
+    reply(session.send("and now?", **REPLY))
+    assert max(sizes) <= PIECE
+    assert session.dropped_messages == 2
+    assert "far over" in session.last_stats.notices[0]
+
+
+def test_a_turn_prepared_on_another_thread_tokenizes_nothing_itself(tiny_model, monkeypatch):
+    from qwen_mlx.runtime import Message
+
+    session = ChatSession(tiny_model, system="Be brief.")
+    reply(session.send("first question", **REPLY))
+    text = "second question " * 20
+    worker = threading.Thread(
+        target=session.prepare, args=([*session.history, Message("user", text)],)
+    )
+    worker.start()
+    worker.join()
+    sizes = encodes(monkeypatch, tiny_model)
+    reply(session.send(text, **REPLY))
+    assert sizes == []  # every render the turn needed was done ahead
 
 
 def test_error_policy_refuses_before_any_work(tiny_model):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DirectoryTree, Input, ListView, OptionList, TextArea
 
+from qwen_mlx.chat.chats import MIGRATIONS as CHAT_MIGRATIONS
 from qwen_mlx.chat.chats import ChatStore
 from qwen_mlx.chat.saved import cache_files
 from qwen_mlx.convert import convert
@@ -506,7 +507,12 @@ async def test_no_model_screen_explains_convert_and_builds_the_demo(home):
         await wait_for(pilot, lambda: isinstance(app.screen, NoModelScreen))
         text = "".join(str(w.source) for w in app.screen.query("Markdown"))
         assert "python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507" in text
+        bar = app.screen.query_one("#demo-progress")
+        assert not bar.display  # nothing moves before anything was pressed
         await pilot.press("d")
+        # Shown once the build starts (a quick build may be over, its screen gone, at once).
+        await wait_for(pilot, lambda: bar.display or not isinstance(app.screen, NoModelScreen))
+        assert bar.label == "Building the demo model"
         await wait_for(pilot, lambda: app.session is not None, timeout=120)
         assert app.model.name == "qwen3-3m-demo-0000-mlx-q4-g64"
 
@@ -572,9 +578,39 @@ async def test_edit_last_message_and_input_history(stored, home):
         await pilot.press("ctrl+t")
         prompt = app.query_one(PromptInput)
         assert prompt.text == "one" and app.session.messages == []
+        assert prompt.cursor_location == prompt.document.end  # typing goes on after it
+        await pilot.press("space", "m", "o", "r", "e")
+        assert prompt.text == "one more"
         prompt.load_text("")
         await pilot.press("up")
-        assert prompt.text == "one"
+        assert prompt.text == "one"  # what was sent
+
+
+@pytest.mark.asyncio
+async def test_up_walks_messages_and_slash_commands_apart(stored, home):
+    async with running(home) as (app, pilot):
+        await type_and_send(pilot, "/max_tokens 3")
+        await exchange(pilot, "first message")
+        await type_and_send(pilot, "/temp 0")
+        await exchange(pilot, "second message")
+        prompt = app.query_one(PromptInput)
+        await pilot.press("up")
+        assert prompt.text == "second message"
+        await pilot.press("up")
+        assert prompt.text == "first message"  # the command in between is not a message
+        await pilot.press("up")
+        assert prompt.text == "first message"  # the oldest
+        await pilot.press("down", "down")
+        assert prompt.text == ""  # back to what was being written
+        await pilot.press("slash", "up")
+        assert prompt.text == "/temp 0"  # an input that starts with / walks the commands
+        await pilot.press("up")
+        assert prompt.text == "/max_tokens 3"
+        await pilot.press("down", "down")
+        assert prompt.text == "/"
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert "that starts with /, the slash commands you ran instead" in app.screen.text
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -632,7 +668,7 @@ def test_store_survives_a_reopen(home):
         (1, 2),
     )
     conn = sqlite3.connect(home / "chats.sqlite")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(CHAT_MIGRATIONS)
     assert json.loads(conn.execute("SELECT params FROM chats").fetchone()[0]) == {
         "temperature": 0.2
     }

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,13 +17,29 @@ import pytest
 import qwen_mlx.chat.session as session_module
 import qwen_mlx.runtime.generation as generation
 from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.runtime import Message
+from qwen_mlx.server.web import auth
 
-from .webchat import MARKDOWN_REPLY, SCRIPT_REPLY, endless, in_terminal, scripted, serve_web
+from .webchat import (
+    MARKDOWN_REPLY,
+    SCRIPT_REPLY,
+    endless,
+    in_terminal,
+    scripted,
+    serve_web,
+    slow_prefill,
+)
 
 CHROMIUM = os.environ.get("QWEN_MLX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 KEY = "browser-test-key"
 SIZE = {"width": 1280, "height": 800}
+# How many lines an element's text takes on screen (its text's line boxes).
+LINES = """(selector) => {
+  const range = document.createRange();
+  range.selectNode(document.querySelector(selector).firstChild);
+  return range.getClientRects().length;
+}"""
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -62,6 +80,7 @@ def page(browser, web):
     tab.on("pageerror", lambda e: errors.append(str(e)))
     tab.goto(web.url)
     tab.wait_for_selector("body[data-ready='1']")
+    tab.click("#new-chat")  # the page opens on the most recent chat: start afresh
     yield tab
     context.close()
     assert errors == [], errors
@@ -205,22 +224,128 @@ def test_a_terminal_chat_opens_continues_and_exports(page, web, tiny_mlx):
     assert ChatStore(web.home).get(chat_id) is None
 
 
-def test_a_second_tab_on_a_replying_chat_is_told_it_is_busy(page, browser, web, model_says):
+def test_a_second_tab_on_a_replying_chat_is_told_what_runs_and_can_stop_it(
+    page, browser, web, model_says
+):
     model_says(endless)
     send(page, "Keep going")
     expect(page.locator(".message.assistant.live .body")).to_contain_text("tick", timeout=30_000)
     other = page.context.new_page()
     other.goto(page.url)
     other.wait_for_selector("body[data-ready='1']")
-    expect(other.locator("#notice")).to_contain_text("replying in another tab")
+    busy = other.locator("#notice")
+    expect(busy).to_contain_text("busy in another tab or window: replying to “Keep going”, since")
+    expect(busy).to_contain_text("ago")
     expect(other.locator("#send")).to_be_disabled()
-    page.click("#stop")
+    other.click("#stop-elsewhere")  # the first tab's reply ends
     wait_for_reply(page)
+    expect(page.locator(".message.assistant.stopped")).to_have_count(1)
     expect(other.locator("#send")).to_be_enabled(timeout=15_000)  # it opens once done
     expect(other.locator(".message.assistant.stopped")).to_have_count(1)
 
 
-def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_path):
+def test_a_long_read_shows_its_progress_and_stop_ends_it(page, web, model_says):
+    model_says(slow_prefill)
+    send(page, "A question about a long chat")
+    progress = page.locator("#progress")
+    expect(progress).to_be_visible(timeout=30_000)
+    expect(progress).to_contain_text(re.compile(r"Reading the prompt: \d+ of \d+ tokens"))
+    expect(page.locator("#stop")).to_be_visible()
+    page.click("#stop")
+    wait_for_reply(page)
+    expect(progress).to_be_hidden()
+    expect(page.locator(".message.assistant.stopped")).to_have_count(1)
+    expect(page.locator(".message.user .body")).to_have_text(["A question about a long chat"])
+
+
+def test_a_chat_that_outgrows_the_context_says_so_once_on_its_own_line(
+    page, web, monkeypatch, tiny_model
+):
+    monkeypatch.setattr(session_module, "timely_chunk", lambda *a, **k: 64)
+    store = ChatStore(web.home)
+    chat = store.create(model=tiny_model.ref, params={"max_tokens": 8, "temperature": 0})
+    history = []
+    for i in range(14):  # a chat from the terminal app, past the server's 2,048 tokens
+        history.append(Message("user", f"Point {i}: " + "The launch is on Tuesday. " * 10))
+        history.append(Message("assistant", "Noted, " * 12))
+    store.save_messages(chat.id, history)
+    page.goto(f"{web.url}?chat={chat.id}")
+    page.wait_for_selector("body[data-ready='1']")
+    send(page, "When is the launch?")
+    wait_for_reply(page)
+    lines = page.locator("#notice p")
+    expect(lines).to_have_count(1)  # said once, on its own line
+    expect(lines.first).to_contain_text("Left the")
+    expect(lines.first).to_contain_text("It now takes")
+    expect(page.locator("#stats")).to_contain_text("oldest messages not in the prompt")
+    used, _, limit = page.locator("#context-text").inner_text().partition(" / ")
+    assert int(used.replace(",", "")) <= int(limit.split()[0].replace(",", "")) * 3 // 4
+
+
+def test_an_attachment_shows_its_reading_and_stop_ends_it(page, web, monkeypatch, tmp_path):
+    from qwen_mlx.errors import GenerationCancelled
+
+    real = session_module.prefill
+
+    def slow(model, tokens, cache, *, should_stop, progress=None, **kwargs):
+        give_up = time.monotonic() + 60  # a regression fails the test, not hangs it
+        while time.monotonic() < give_up:
+            if progress is not None:
+                progress(1, len(tokens))
+            if should_stop():
+                raise GenerationCancelled("stopped")
+            time.sleep(0.02)
+        return real(model, tokens, cache, should_stop=should_stop, **kwargs)
+
+    monkeypatch.setattr(session_module, "prefill", slow)
+    notes = tmp_path / "notes.md"
+    notes.write_text("The launch is on Tuesday. " * 40)
+    page.set_input_files("#attach", str(notes))
+    progress = page.locator("#progress")
+    expect(progress).to_contain_text(re.compile(r"Reading notes\.md: 1 of \d+ tokens"))
+    page.click("#stop")
+    expect(progress).to_be_hidden()
+    expect(page.locator("#notice")).to_contain_text("Stopped reading notes.md")
+    expect(page.locator(".message.user .body").first).to_contain_text("Attached file `notes.md`")
+    assert not web.chats.busy(chat_id_of(page))
+
+
+def test_the_page_opens_on_the_most_recent_chat_with_its_icon(browser, web, model_says):
+    model_says(scripted("ok"))
+    context = browser.new_context(viewport=SIZE)
+    tab = context.new_page()
+    tab.goto(web.url)
+    tab.wait_for_selector("body[data-ready='1']")
+    tab.click("#new-chat")
+    send(tab, "The newest chat")
+    wait_for_reply(tab)
+    newest = chat_id_of(tab)
+    tab.goto(web.url)  # no chat named: the most recent one, not "New chat"
+    tab.wait_for_selector("body[data-ready='1']")
+    assert chat_id_of(tab) == newest
+    expect(tab.locator("#title")).to_have_text("The newest chat")
+    icon = tab.evaluate("document.querySelector('link[rel=icon]').href")
+    answer = context.request.get(icon)
+    assert answer.ok and answer.headers["content-type"] == "image/svg+xml"
+    context.close()
+
+
+def test_the_settings_panel_leaves_the_title_and_model_on_one_line(page, model_says):
+    model_says(scripted("ok"))
+    send(page, "A title long enough to be shortened rather than wrapped in the header bar")
+    wait_for_reply(page)
+    page.click("#settings-toggle")
+    expect(page.locator("#settings")).to_be_visible()
+    for selector in ("#title", "#model"):
+        lines = page.evaluate(LINES, selector)
+        assert lines == 1, f"{selector} wraps onto {lines} lines"
+    title = page.locator("#title").bounding_box()
+    assert title["width"] > 250  # shortened with an ellipsis, not squeezed to a sliver
+
+
+def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(auth, "_clock", lambda: now[0])
     with serve_web(tiny_model, tmp_path, api_key=KEY) as web:
         context = browser.new_context(viewport=SIZE)
         tab = context.new_page()
@@ -230,6 +355,10 @@ def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_p
         expect(tab.locator("#login .error")).to_contain_text("not the API key")
         tab.fill("#key", KEY)
         tab.click("#login button")
+        expect(tab.locator("#login .error")).to_contain_text("try again in 1 second")
+        now[0] += auth.FAILURE_DELAY
+        tab.fill("#key", KEY)
+        tab.click("#login button")
         tab.wait_for_selector("body[data-ready='1']")
         tab.reload()  # kept in the session: not asked again
         tab.wait_for_selector("body[data-ready='1']")
@@ -237,4 +366,5 @@ def test_a_key_protected_server_asks_for_the_key_once(browser, tiny_model, tmp_p
         cookies = context.cookies()
         assert [c["httpOnly"] for c in cookies] == [True]
         assert cookies[0]["sameSite"] == "Strict" and cookies[0]["value"] != KEY
+        assert cookies[0]["expires"] > 0  # not a cookie for ever: it ends with its sign-in
         context.close()

@@ -88,6 +88,18 @@ def streamed_html(got: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return shown
 
 
+def attach(client: httpx.Client, chat_id: str, name: str, content: bytes) -> dict[str, Any]:
+    """Attach a file as the page does; the `done` event's data (the conversation, its
+    context, `read_tokens`)."""
+    response = client.post(
+        f"/web/api/chats/{chat_id}/attach", params={"name": name}, content=content
+    )
+    assert response.status_code == 200, response.text
+    got = events(response)
+    assert got[-1][0] == "done", got
+    return got[-1][1]
+
+
 def new_chat(client: httpx.Client, **settings: Any) -> str:
     response = client.post("/web/api/chats", json={"settings": settings})
     assert response.status_code == 200, response.text
@@ -125,6 +137,49 @@ def endless(model, tokens, params, *, should_stop, **kwargs):
     yield GenerationChunk("", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0, reason)
 
 
+def slow_prefill(model, tokens, params, *, should_stop, prompt_progress=None, **kwargs):
+    """A model step that reads its prompt slowly (reporting progress) until stopped:
+    a long re-read on a slow machine. Gives up after 60 s, so a regression fails a test
+    rather than hanging it."""
+    give_up = time.monotonic() + 60
+    done = 0
+    while time.monotonic() < give_up:
+        if prompt_progress is not None:
+            prompt_progress(min(done, len(tokens) - 1), len(tokens))
+        if should_stop():
+            yield GenerationChunk("", None, len(tokens), 0.0, 0, 0.0, 0.0, 0.0, "cancelled")
+            return
+        done += 1
+        time.sleep(0.02)
+    yield GenerationChunk("", None, len(tokens), 0.0, 0, 0.0, 0.0, 0.0, "length")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def raw_request(web: Web, client: httpx.Client, path: str, body: dict[str, Any]) -> Any:
+    """A request sent on a bare socket, as a tab does, which the test can close (the tab
+    closed) before any answer: the socket."""
+    import socket
+
+    data = json.dumps(body).encode()
+    head = [
+        f"POST {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{web.port}",
+        f"X-CSRF-Token: {client.headers['X-CSRF-Token']}",
+        f"Origin: {client.headers['Origin']}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(data)}",
+    ]
+    raw = socket.create_connection(("127.0.0.1", web.port))
+    raw.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+    return raw
+
+
 async def in_terminal(model_path: Path, home: Path, chat_id: str | None, text: str, *commands: str):
     """Run the terminal app (Textual's Pilot) on chat `chat_id` (None: a new one): type
     each of `commands`, then send `text` and wait for the reply. Returns (chat id, the
@@ -151,3 +206,22 @@ async def in_terminal(model_path: Path, home: Path, chat_id: str | None, text: s
             await pilot.pause(0.05)
         assert len(app.session.messages) == before + 2, "the terminal app did not reply"
         return app.chat.id, app.session.last_stats
+
+
+def write_pdf_pages(path: Path, pages: int) -> None:
+    """A PDF of `pages` blank pages."""
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(612, 792)
+    with open(path, "wb") as f:
+        writer.write(f)
+
+
+def write_pdf_over_limit(path: Path) -> None:
+    """A PDF whose cross-reference table declares a billion entries: pypdf refuses it
+    with its LimitReachedError (not a PdfReadError)."""
+    write_pdf_pages(path, 1)
+    data = re.sub(rb"xref\n0 \d+", b"xref\n0 999999999", path.read_bytes())
+    path.write_bytes(data)

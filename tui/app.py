@@ -119,9 +119,10 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
         self._stop_busy = None
         self._busy_locks_input = True
         self.overrides = {}
-        # Speculative decoding for every chat: "lookup", a draft model's reference, or None;
-        # `draft` is what sessions get ("lookup" or the loaded draft Model).
-        self.draft_ref = draft
+        # Speculative decoding for every chat: "lookup", a draft model's reference, or None
+        # (--draft, else what /draft saved last time); `draft` is what sessions get
+        # ("lookup" or the loaded draft Model).
+        self.draft_ref = draft if draft is not None else self.store.setting("draft")
         self.draft = None
         self.num_draft_tokens = num_draft_tokens
 
@@ -134,13 +135,12 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
             with Vertical(id="main"):
                 yield VerticalScroll(id="messages")
                 yield LoadingIndicator(id="loading")
-                yield WorkProgress(id="progress", show_eta=False)
+                yield WorkProgress(id="progress")
                 yield StatusBar(id="status")
                 yield PromptInput(id="prompt")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#progress").display = False
         self.query_one("#messages", VerticalScroll).anchor()
         self._refresh_chats()
         ref = self.model_ref or self._default_model()

@@ -16,7 +16,7 @@ from .screens import (
     ConfirmScreen,
     FilePicker,
 )
-from .state import AppState, on_model_thread
+from .state import AppState, PolicyNotice, on_model_thread
 from .widgets import MessageView, WorkProgress
 
 
@@ -48,12 +48,13 @@ class Attachments(AppState):
                 self.notify(str(e), severity="error")
                 return
             message = f"Attached file `{path.name}`:\n\n{text}"
-            fits = await on_model_thread(session.fit_report, message)
+            # Tokenizing only: a thread of its own, so the model thread stays free.
+            fits = await asyncio.to_thread(session.fit_report, message)
             if stop.is_set():
                 self.notify(f"Stopped; {path.name} was not attached.")
                 return
             if fits is not None:
-                tokens = await on_model_thread(session.count_tokens, message)
+                tokens = await asyncio.to_thread(session.count_tokens, message)
                 question = (
                     f"{path.name} has about {tokens:,} tokens: more than fits in this chat. "
                     "Summarize it part by part and attach the summary?"
@@ -74,12 +75,12 @@ class Attachments(AppState):
         from qwen_mlx.errors import GenerationCancelled
 
         bar = self.query_one("#progress", WorkProgress)
-        bar.display = True
+        bar.start(f"Summarizing {name}", " · Esc stops")
         self.busy = f"summarizing {name}"
         limit = max(session.context_limit - session.context_tokens, 512) // 2
 
         def progress(stage: str, done: int, total: int) -> None:
-            bar.report(done, total)
+            bar.report(done, total, f"Summarizing {name} ({stage})")
 
         try:
             summary = await on_model_thread(
@@ -97,7 +98,7 @@ class Attachments(AppState):
             self.notify(f"Could not summarize {name}: {e}", severity="error")
             return None
         finally:
-            bar.display = False
+            bar.stop()
         return f"Summary of the attached file `{name}` ({summary.chunks} parts):\n\n{summary.text}"
 
     async def _read_into_context(
@@ -108,8 +109,9 @@ class Attachments(AppState):
         session.add_message({"role": "user", "content": message})
         self.query_one("#messages").mount(MessageView("user", message))
         bar = self.query_one("#progress", WorkProgress)
-        bar.display = True
+        bar.start(f"Reading {name}", " · Esc stops")
         session.prefill_progress = bar.report
+        session.on_notice = lambda notice: self.post_message(PolicyNotice(notice))
 
         def job() -> tuple[int, bool, tuple[int, int]]:
             read = session.prefill(should_stop=stop.is_set)
@@ -123,8 +125,8 @@ class Attachments(AppState):
             self.notify(f"Could not read {name}: {e}", severity="error")
             return
         finally:
-            session.prefill_progress = None
-            bar.display = False
+            session.prefill_progress = session.on_notice = None
+            bar.stop()
         self._update_context(*context)
         if complete:
             self.notify(f"Read {name}: {read:,} tokens.")

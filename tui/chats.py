@@ -21,7 +21,7 @@ from .screens import (
     TextPrompt,
 )
 from .state import AppState, on_model_thread
-from .widgets import ChatList, MessageView, PromptInput
+from .widgets import ChatList, MessageView, PromptInput, StatusBar
 
 
 class Chats(AppState):
@@ -43,6 +43,7 @@ class Chats(AppState):
         self.overrides = {}
         self.session = self._with_draft(self.with_mcp_tools(ChatSession(self.model)))
         self.query_one("#messages").remove_children()
+        self.query_one(StatusBar).clear_turn()  # the last chat's figures are not this one's
         self._update_context(0, self.session.context_limit)
         self._refresh_chats()
 
@@ -115,6 +116,7 @@ class Chats(AppState):
         ]
         container.mount_all(views)
         container.scroll_end(animate=False)
+        self.query_one(StatusBar).clear_turn()  # the last chat's figures are not this one's
         self._update_context(*context)
         for notice in session.notices:
             self.notify(notice, severity="warning", timeout=8)

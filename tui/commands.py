@@ -92,7 +92,8 @@ COMMANDS: dict[str, SlashCommand] = {
         ),
         SlashCommand(
             "/draft lookup|NAME|off",
-            "speculative decoding: same replies, several tokens per step",
+            "speculative decoding: same replies, several tokens per step (for every chat, "
+            "kept for the next start; --draft overrides it)",
             lambda app, arg: app._set_draft(arg) if app._can_change() else None,
         ),
         SlashCommand(
@@ -112,7 +113,11 @@ COMMAND_HELP = (
 INPUT_KEYS = (
     ("enter", "send"),
     ("shift+enter, ctrl+j", "new line"),
-    ("up, down", "previous and next messages you sent (on the first or last line)"),
+    (
+        "up, down",
+        "previous and next messages you sent (on the first or last line); in an input "
+        "that starts with /, the slash commands you ran instead",
+    ),
 )
 OTHER_KEYS = (
     ("tab, shift+tab", "move between the input, the sidebar and the messages"),

@@ -5,6 +5,7 @@ The model work runs on the process's model thread; text comes back as messages.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -19,10 +20,11 @@ from .screens import (
     ConfirmScreen,
     NoModelScreen,
 )
-from .state import AppState, Reply, on_model_thread
-from .widgets import MessageView, PromptInput, StatusBar
+from .state import AppState, PolicyNotice, Reply, on_model_thread
+from .widgets import MessageView, PromptInput, StatusBar, WorkProgress
 
 SAVING = "saving the chat"
+READ_QUIETLY = 0.5  # seconds a reply's prompt may read before the progress bar shows
 
 
 class ReplyText(Message):
@@ -60,7 +62,8 @@ class Replies(AppState):
         """Warn before a message that will not fit, then send it. A worker: measuring
         the text waits for the model thread, and the app's own messages (keys) must not."""
         session = self.session
-        warning = await on_model_thread(session.fit_report, text)  # tokenizes: not on the UI
+        # Tokenizing only: not on the UI, nor in the model thread's way.
+        warning = await asyncio.to_thread(session.fit_report, text)
         if session is not self.session or not self._can_reply():
             return  # the chat changed while the text was measured
         if warning is None:
@@ -85,19 +88,26 @@ class Replies(AppState):
         self.query_one("#messages").mount(view)
         self._reply = Reply(view, Markdown.get_stream(view), user_view, text)
         self.streaming = True
-        self._generate(kind, text)
+        bar = self.query_one("#progress", WorkProgress)
+        bar.start("Reading the prompt", " · Esc stops", quiet_for=READ_QUIETLY)
+        self._generate(kind, text, bar)
 
     @work(group="reply")
-    async def _generate(self, kind: str, text: str | None) -> None:
-        await on_model_thread(self._reply_job, self.chat, self.session, kind, text)
+    async def _generate(self, kind: str, text: str | None, bar: WorkProgress) -> None:
+        await on_model_thread(self._reply_job, self.chat, self.session, kind, text, bar)
 
-    def _reply_job(self, chat: Chat | None, session: Any, kind: str, text: str | None) -> None:
+    def _reply_job(
+        self, chat: Chat | None, session: Any, kind: str, text: str | None, bar: WorkProgress
+    ) -> None:
         """On the model thread: stream the reply to the UI in batches, save the messages,
         report done, then save the KV cache (which can take a while for a long chat; the
         next model job waits for it). Every message goes out from this thread, so
-        ReplyDone arrives after the last text."""
+        ReplyDone arrives after the last text. A long read of the prompt (a chat re-read
+        after the context policy left turns out) moves the progress bar."""
         error: BaseException | None = None
         before = len(session.messages)
+        session.prefill_progress = bar.report
+        session.on_notice = lambda notice: self.post_message(PolicyNotice(notice))
         try:
             if kind == "send":
                 stream = session.send(text)
@@ -120,6 +130,8 @@ class Replies(AppState):
             error = e
             if kind == "send" and len(session.messages) > before:
                 session.undo()  # the question goes back to the input (unless never added)
+        finally:
+            session.prefill_progress = session.on_notice = None
         try:
             self._persist(chat, session, cache=False)
         except Exception as e:  # a full disk, say: the reply is on screen, say so
@@ -149,11 +161,16 @@ class Replies(AppState):
         session.save(self.store.session_path(chat.id))
 
     async def on_reply_text(self, message: ReplyText) -> None:
+        self.query_one("#progress", WorkProgress).stop()  # read: the reply is coming
         if self._reply is not None:
             self._reply.view.content += message.text
             await self._reply.stream.write(message.text)
 
+    def on_policy_notice(self, message: PolicyNotice) -> None:
+        self.notify(message.text, title="Context policy", severity="warning", timeout=15)
+
     async def on_reply_done(self, message: ReplyDone) -> None:
+        self.query_one("#progress", WorkProgress).stop()
         reply, self._reply = self._reply, None
         if message.saving:  # the chat stays put until its cache is saved; typing is fine
             self._begin_busy(SAVING, lock_input=False)
@@ -205,10 +222,16 @@ class Replies(AppState):
         )
         if stats.drafted:
             self.query_one(StatusBar).speed += f" · draft {stats.acceptance_rate:.0%} accepted"
-        warnings = list(stats.notices)
+        if stats.kv_bits:
+            self.query_one(StatusBar).speed += f" · KV {stats.kv_bits}-bit"
+        # The policy's own notices were shown as it decided (PolicyNotice); the status line
+        # keeps what stays true for the next turns.
+        warnings = []
         if stats.dropped_messages:
-            warnings.append(f"{stats.dropped_messages} oldest messages left out of the prompt")
-        self.query_one(StatusBar).warning = "; ".join(warnings)
+            warnings.append(
+                f"{stats.dropped_messages} oldest messages not in the prompt (context policy)"
+            )
+        self.query_one(StatusBar).warning = "\n".join(warnings)
 
     def action_stop(self) -> None:
         if self.streaming and self.session is not None:

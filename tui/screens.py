@@ -70,7 +70,7 @@ class NoModelScreen(Screen[bool]):
             with Horizontal(id="no-model-buttons"):
                 yield Button("Build the demo model", id="demo", variant="primary")
                 yield Button("Quit", id="quit")
-            yield WorkProgress(id="demo-progress", show_eta=False)
+            yield WorkProgress(id="demo-progress", unit="")  # shown once the build starts
             yield Label("", id="demo-status")
         yield Footer()
 
@@ -78,6 +78,7 @@ class NoModelScreen(Screen[bool]):
     def action_demo(self) -> None:
         self.query_one("#demo", Button).disabled = True
         self.query_one("#demo-status", Label).update("Building the demo model…")
+        self.query_one("#demo-progress", WorkProgress).start("Building the demo model")
         self._build()
 
     @on(Button.Pressed, "#quit")
@@ -94,7 +95,7 @@ class NoModelScreen(Screen[bool]):
 
         def progress(p: Any) -> None:
             if p.total:
-                bar.report(p.done, p.total)
+                bar.report(p.done, p.total, f"Building the demo model ({p.stage})")
 
         try:
             await on_model_thread(ensure_demo_model, progress=progress)
@@ -104,6 +105,7 @@ class NoModelScreen(Screen[bool]):
         self.dismiss(True)
 
     def _failed(self, message: str) -> None:
+        self.query_one("#demo-progress", WorkProgress).stop()
         self.query_one("#demo-status", Label).update(f"Could not build the demo model: {message}")
         self.query_one("#demo", Button).disabled = False
 

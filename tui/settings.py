@@ -180,7 +180,11 @@ class Settings(AppState):
         try:
             return await on_model_thread(job)
         except Exception as e:
-            self.notify(f"No speculative decoding: {e}", severity="error", timeout=10)
+            saved = self.store.setting("draft") == ref
+            if saved:  # gone from the store, say: not tried again at every start
+                self.store.set_setting("draft", None)
+            forgot = " (the saved /draft setting is cleared)" if saved else ""
+            self.notify(f"No speculative decoding: {e}{forgot}", severity="error", timeout=10)
             self.draft_ref = None
             return None
         finally:
@@ -193,7 +197,8 @@ class Settings(AppState):
 
     @work(exclusive=True, group="draft")
     async def _set_draft(self, arg: str) -> None:
-        """/draft lookup|REF|off: speculative decoding for this chat and the next ones."""
+        """/draft lookup|REF|off: speculative decoding for this chat and the next ones,
+        kept as an app setting for the next start of the app (--draft overrides it)."""
         if not arg:
             self.notify(f"Draft: {self.draft_ref or 'off'} (/draft lookup, a model, or off).")
             return
@@ -203,7 +208,12 @@ class Settings(AppState):
             return
         self.draft_ref, self.draft = ref, draft
         self.session.set_draft(draft, self.num_draft_tokens)
-        self.notify(f"Draft: {ref}." if ref else "Speculative decoding off.")
+        self.store.set_setting("draft", ref)
+        self.notify(
+            f"Draft: {ref} (kept for the next start)."
+            if ref
+            else "Speculative decoding off (kept for the next start)."
+        )
 
     def _model_failed(self, ref: str, error: Exception) -> None:
         self.query_one("#loading").display = False

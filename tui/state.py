@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from textual.message import Message
+
 from qwen_mlx.chat.chats import Chat, ChatStore
 
 from .widgets import MessageView, StatusBar
@@ -25,6 +27,15 @@ def on_model_thread(fn, /, *args, **kwargs):
     from qwen_mlx.runtime.thread import model_thread
 
     return asyncio.wrap_future(model_thread().submit(fn, *args, **kwargs))
+
+
+class PolicyNotice(Message):
+    """What the context policy did, as soon as it is decided (before the long re-read
+    it may cause): sent from the model thread, shown by the app."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
 
 @dataclass

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import (
@@ -44,7 +46,9 @@ class MessageView(Markdown):
 
 class PromptInput(TextArea):
     """Multi-line input: Enter sends, Shift+Enter or Ctrl+J adds a line, Up/Down walk the
-    history when the cursor is on the first or last line."""
+    history when the cursor is on the first or last line. The history holds messages and
+    slash commands, walked apart: Up in an input that starts with "/" walks the commands
+    only, otherwise the messages only."""
 
     @dataclass
     class Submitted(Message):
@@ -52,7 +56,8 @@ class PromptInput(TextArea):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, **kwargs)
-        self.sent: list[str] = []  # what was sent, for Up/Down
+        self.sent: list[str] = []  # what was sent, messages and commands, for Up/Down
+        self._walked: list[str] = []  # the part of `sent` being walked
         self._history_index: int | None = None
         self._draft = ""
 
@@ -72,7 +77,7 @@ class PromptInput(TextArea):
             event.prevent_default()
             self.insert("\n")
             return
-        if event.key == "up" and self.cursor_location[0] == 0 and self.sent:
+        if event.key == "up" and self.cursor_location[0] == 0 and self._can_walk():
             event.stop()
             event.prevent_default()
             self._walk(-1)
@@ -93,62 +98,151 @@ class PromptInput(TextArea):
             self.sent.append(text)
         self._history_index = None
 
+    def _can_walk(self) -> bool:
+        return self._history_index is not None or bool(self._history(self.text))
+
+    def _history(self, draft: str) -> list[str]:
+        """What Up walks from `draft`: the commands if it starts with "/", else the
+        messages."""
+        commands = draft.startswith("/")
+        return [t for t in self.sent if t.startswith("/") == commands]
+
     def _walk(self, step: int) -> None:
         if self._history_index is None:
             if step > 0:
                 return
             self._draft = self.text
-            self._history_index = len(self.sent)
+            self._walked = self._history(self._draft)
+            self._history_index = len(self._walked)
         index = self._history_index + step
-        if index >= len(self.sent):
+        if index >= len(self._walked):
             self._history_index = None
             self.load_text(self._draft)
         else:
             self._history_index = max(index, 0)
-            self.load_text(self.sent[self._history_index])
+            self.load_text(self._walked[self._history_index])
+        self.move_cursor(self.document.end)
+
+    def load_text(self, text: str) -> None:
+        """Replace the text, with the cursor at its end (where typing goes on)."""
+        super().load_text(text)
         self.move_cursor(self.document.end)
 
 
-class WorkProgress(ProgressBar):
-    """A progress bar the model thread can move: `report` only posts a message, so a job
-    never waits for the UI (which may be busy, or shutting down)."""
+class WorkProgress(Horizontal):
+    """A progress bar the model thread can move, with what it counts: "Reading notes.md:
+    1,024 of 3,131 tokens · 1:05 left", the time left from the rate so far (as
+    `summarize` shows it). `report` only posts a message, so a job never waits for the
+    UI (which may be busy, or shutting down). Hidden until `start`."""
+
+    DEFAULT_CSS = """
+    WorkProgress { height: 1; display: none; }
+    WorkProgress > ProgressBar { width: auto; margin-right: 1; }
+    WorkProgress > .detail { width: 1fr; color: $text-muted; }
+    """
 
     @dataclass
     class Moved(Message):
         done: int
         total: int
+        label: str | None
+        at: float
 
-    def report(self, done: int, total: int) -> None:
-        """Safe from any thread."""
-        self.post_message(self.Moved(done, total))
+    def __init__(self, *, unit: str = "tokens", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.unit = unit
+        self.label = ""
+        self.hint = ""
+        self._began: tuple[float, int, str | None] | None = None
+        self._started = 0.0
+        self._quiet_for = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield ProgressBar(show_eta=False, show_percentage=True)
+        yield Label("", classes="detail")
+
+    def start(self, label: str, hint: str = "", *, quiet_for: float = 0.0) -> None:
+        """Show the bar for new work: `label` says what it is, `hint` how to stop it.
+        With `quiet_for`, only once the work has run that long and is not done (a reply
+        whose prompt reads in a moment shows no bar; one that re-reads a long chat does)."""
+        self.label, self.hint, self._began = label, hint, None
+        self._started, self._quiet_for = time.monotonic(), quiet_for
+        self.query_one(ProgressBar).update(total=None, progress=0)
+        self.query_one(".detail", Label).update(f"{label}…{hint}")
+        self.display = not quiet_for
+
+    def stop(self) -> None:
+        self.display = False
+
+    def report(self, done: int, total: int, label: str | None = None) -> None:
+        """Safe from any thread. `label` replaces the start's (a new stage of the work)."""
+        self.post_message(self.Moved(done, total, label, time.monotonic()))
 
     def on_work_progress_moved(self, message: Moved) -> None:
         message.stop()
-        self.update(total=message.total, progress=message.done)
+        if self._quiet_for:
+            finished = message.done >= message.total
+            if finished or message.at - self._started < self._quiet_for:
+                if finished:
+                    self.display = False  # read: the reply follows
+                return
+            self.display = True
+        if self._began is None or self._began[2] != message.label:  # a new stage
+            self._began = (message.at, message.done, message.label)
+        began, start, label = self._began
+        self.query_one(ProgressBar).update(total=max(message.total, 1), progress=message.done)
+        rate = (message.done - start) / (message.at - began) if message.at > began else 0.0
+        left = ""
+        if rate > 0 and message.done < message.total:
+            seconds = int((message.total - message.done) / rate)
+            left = f" · {seconds // 60}:{seconds % 60:02d} left"
+        unit = f" {self.unit}" if self.unit else ""
+        self.query_one(".detail", Label).update(
+            f"{label or self.label}: {message.done:,} of {message.total:,}{unit}{left}{self.hint}"
+        )
 
 
 class StatusBar(Static):
-    """Model, context meter, speed and memory of the last reply, and warnings."""
+    """Model, context meter, speed and memory of the last reply, and warnings. Each line
+    fits the bar's width (a narrow window shortens the meter, then the model's name,
+    never wraps), so the messages above keep their room."""
 
     model_label: reactive[str] = reactive("no model")
     context: reactive[tuple[int, int]] = reactive((0, 0))
     speed: reactive[str] = reactive("", layout=True)
     warning: reactive[str] = reactive("", layout=True)
 
-    def render(self) -> str:
-        used, limit = self.context
-        parts = [self.model_label]
-        if limit:
-            width = 16
-            filled = min(width, round(width * used / limit)) if limit else 0
-            meter = "█" * filled + "░" * (width - filled)
-            parts.append(f"context {meter} {used:,} / {limit:,}")
-        lines = ["  │  ".join(parts)]
+    def clear_turn(self) -> None:
+        """Forget the last reply's figures (another chat is on screen now)."""
+        self.speed = self.warning = ""
+
+    def render(self) -> Text:
+        width = self.content_size.width or 80
+        lines = [self._first_line(width)]
         if self.speed:
             lines.append(self.speed)
         if self.warning:
-            lines.append(f"⚠ {self.warning}")
-        return "\n".join(lines)
+            lines.extend(f"⚠ {line}" for line in self.warning.splitlines())
+        return Text("\n").join(
+            Text(line, no_wrap=True, overflow="ellipsis", end="") for line in lines
+        )
+
+    def _first_line(self, width: int) -> str:
+        used, limit = self.context
+        if not limit:
+            return self.model_label
+        figures = f"{used:,} / {limit:,}"
+        for meter_width in (16, 8, 0):  # shorten the meter before the model's name
+            filled = min(meter_width, round(meter_width * used / limit))
+            meter = "█" * filled + "░" * (meter_width - filled)
+            context = f"context {meter} {figures}" if meter else f"context {figures}"
+            room = width - len(context) - len("  │  ")
+            if len(self.model_label) <= room or not meter_width:
+                break
+        label = self.model_label
+        if len(label) > room:
+            label = label[: max(room - 1, 0)] + "…" if room > 1 else ""
+        return f"{label}  │  {context}" if label else context
 
 
 class ChatRow(ListItem):

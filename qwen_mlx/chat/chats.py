@@ -1,4 +1,5 @@
-"""Saved chats: SQLite under $QWEN_MLX_HOME (`chats.sqlite`), KV caches beside it.
+"""Saved chats: SQLite under $QWEN_MLX_HOME (`chats.sqlite`), KV caches beside it, and the
+chat app's settings that outlive a chat (the draft for speculative decoding, say).
 
 Every completed message is written at once, so a crash or a kill loses at most the reply
 in flight. Each chat's KV cache lives in `sessions/<chat id>.json` and the cache file it
@@ -49,6 +50,15 @@ MIGRATIONS: Migrations = [
             PRIMARY KEY (chat_id, position)
         );
         CREATE INDEX chats_updated ON chats(updated_at);
+        """,
+    ),
+    (
+        "app settings",
+        """
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
         """,
     ),
 ]
@@ -206,6 +216,26 @@ class ChatStore:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+
+    # -- app settings (what the chat app keeps from one start to the next) ------------------
+
+    @_locked
+    def setting(self, key: str) -> Any:
+        """An app setting as it was saved (JSON), or None."""
+        row = self._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else None
+
+    @_locked
+    def set_setting(self, key: str, value: Any) -> None:
+        """Save an app setting (None removes it)."""
+        if value is None:
+            self._conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+        else:
+            self._conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
 
     def session_path(self, chat_id: str) -> Path:
         return self.sessions / f"{chat_id}.json"

@@ -22,7 +22,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from ..errors import EmptyReplyError, GenerationCancelled
+from ..errors import ContextOverflowError, EmptyReplyError, GenerationCancelled
 from ..runtime import Model, SamplingParams, stream_generate, timely_chunk
 
 IMPORTANT = "[IMPORTANT]"
@@ -57,21 +57,20 @@ ANSWER_PROMPT = (
 ASK_SYSTEM = "Answer questions about the following document.\n\n{text}"
 
 
-def read_document(source: str | Path) -> str:
-    """Text of a plain-text, Markdown or PDF file."""
+def read_document(
+    source: str | Path, *, max_chars: int | None = None, max_pages: int | None = None
+) -> str:
+    """Text of a plain-text, Markdown or PDF file.
+
+    A front end that can only use so much text bounds the work: with `max_chars`, a
+    text longer than that is refused (ContextOverflowError) as soon as that is known,
+    without extracting the rest of a PDF; with `max_pages`, so is a PDF of more pages.
+    """
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"No document at {path}.")
     if path.suffix.lower() == ".pdf":
-        from pypdf import PdfReader
-        from pypdf.errors import PdfReadError
-
-        try:
-            with _quiet("pypdf"):  # its warnings on a damaged file repeat our error
-                pages = [page.extract_text() or "" for page in PdfReader(path).pages]
-        except (PdfReadError, OSError, ValueError) as e:
-            raise ValueError(f"{path} is not a readable PDF ({e}).") from e
-        text = "\n\n".join(p.strip() for p in pages if p.strip())
+        text = _pdf_text(path, max_chars, max_pages)
         if not text:
             raise ValueError(f"{path} has no extractable text (a scanned PDF needs OCR first).")
         return text
@@ -84,7 +83,46 @@ def read_document(source: str | Path) -> str:
     text = raw.decode("utf-8", errors="replace")
     if not text.strip():
         raise ValueError(f"{path} is empty: there is no text to read.")
+    if max_chars is not None and len(text) > max_chars:
+        raise _too_long(path, max_chars)
     return text
+
+
+def _pdf_text(path: Path, max_chars: int | None, max_pages: int | None) -> str:
+    """A PDF's text, page by page, within the bounds (see read_document)."""
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    pages: list[str] = []
+    chars = 0
+    try:
+        with _quiet("pypdf"):  # its warnings on a damaged file repeat our error
+            reader = PdfReader(path)
+            count = len(reader.pages)
+            if max_pages is not None and count > max_pages:
+                raise ContextOverflowError(
+                    f"{path} has {count:,} pages; at most {max_pages:,} are read here. "
+                    "Attach the part you need, or summarize it first (`qwen-mlx summarize`)."
+                )
+            for page in reader.pages:
+                text = (page.extract_text() or "").strip()
+                chars += len(text) + 2
+                if max_chars is not None and chars > max_chars:
+                    raise _too_long(path, max_chars)
+                if text:
+                    pages.append(text)
+    except (PyPdfError, OSError, ValueError) as e:  # PyPdfError: its size limits too
+        if isinstance(e, ContextOverflowError):
+            raise
+        raise ValueError(f"{path} is not a readable PDF ({e}).") from e
+    return "\n\n".join(pages)
+
+
+def _too_long(path: Path, max_chars: int) -> ContextOverflowError:
+    return ContextOverflowError(
+        f"{path} has more than {max_chars:,} characters of text: more than the context can "
+        "hold. Attach the part you need, or summarize it first (`qwen-mlx summarize`)."
+    )
 
 
 @contextmanager

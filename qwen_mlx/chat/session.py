@@ -15,8 +15,10 @@ is discarded with a notice and the history is re-read on the next turn.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,9 +38,18 @@ from ..runtime import (
     resolve_params,
     reuse_cache,
     stream_tokens,
+    timely_chunk,
 )
 from ..runtime.memory import KV_BITS, MemoryPlanner
-from .policy import ContextPolicy, next_step, reply_reserve, why_not
+from .policy import (
+    ContextPolicy,
+    Conversation,
+    Fit,
+    fit,
+    longest_token,
+    reply_reserve,
+    why_not,
+)
 from .saved import check_messages, read_cache, read_session, write_session
 from .tools import (
     Approver,
@@ -50,6 +61,22 @@ from .tools import (
     run_tool_call,
     tool_table,
 )
+
+_RENDERS_KEPT = 8  # renders a session keeps (a turn needs a few while the policy works)
+
+
+def _render_key(message: Message) -> tuple[Any, ...]:
+    """What a message's render depends on (its text is hashed once: Python keeps a
+    string's hash)."""
+    calls = json.dumps(message.tool_calls, sort_keys=True) if message.tool_calls else ""
+    return (
+        message.role,
+        message.content,
+        message.token_ids,
+        message.name,
+        message.tool_call_id,
+        calls,
+    )
 
 
 def _check_text(value: Any, what: str) -> None:
@@ -155,7 +182,11 @@ class ChatSession:
         self.id = uuid.uuid4().hex
         self.last_stats: TurnStats | None = None
         self.notices: list[str] = []
+        # Front ends follow a long read: `prefill_progress(done, total)` counts the prompt's
+        # tokens in the cache (the reused part counts as done), from the start of the read;
+        # `on_notice(text)` hears what the context policy did as soon as it is decided.
         self.prefill_progress: Callable[[int, int], None] | None = None
+        self.on_notice: Callable[[str], None] | None = None
         self.prefill_chunk: int | None = None  # an upper bound on the planner's chunk size
         self.tools = tool_table(tools or ())
         self.max_tool_rounds = max_tool_rounds
@@ -168,7 +199,10 @@ class ChatSession:
         self._cache_tokens: list[int] = []
         self._stop = threading.Event()
         self._busy = threading.Lock()
-        self._rendered: dict[tuple[int, bool], list[int]] = {}
+        # Renders by what they render (see `_render`): a front end may tokenize a turn on
+        # another thread first (`prepare`), and the turn then finds it here.
+        self._rendered: OrderedDict[tuple[Any, ...], list[int]] = OrderedDict()
+        self._render_lock = threading.Lock()
         if system:
             self._messages.append(Message("system", system))
 
@@ -218,7 +252,7 @@ class ChatSession:
     @property
     def context_tokens(self) -> int:
         """Tokens the conversation takes in the prompt now."""
-        return len(self._tokens(add_generation_prompt=False)) if self._messages else 0
+        return len(self._tokens(add_generation_prompt=False))
 
     @property
     def context_limit(self) -> int:
@@ -233,7 +267,6 @@ class ChatSession:
         return len(self.model.encode(text))
 
     def _changed(self) -> None:
-        self._rendered.clear()
         self._dropped = min(self._dropped, max(len(self._turn_messages()) - 1, 0))
 
     def _system_part(self) -> list[Message]:
@@ -246,14 +279,64 @@ class ChatSession:
         return self._system_part() + self._turn_messages()[self._dropped :]
 
     def _tokens(self, *, add_generation_prompt: bool = True) -> list[int]:
-        key = (self._dropped, add_generation_prompt)
-        if key not in self._rendered:
-            self._rendered[key] = self.model.render_tokens(
-                self._prompt_messages(),
-                tools=[t.spec() for t in self.tools.values()] or None,
-                add_generation_prompt=add_generation_prompt,
-            )
-        return self._rendered[key]
+        return self._conversation(self._messages, add_generation_prompt).render(self._dropped)
+
+    def _conversation(
+        self, messages: Sequence[Message], add_generation_prompt: bool
+    ) -> Conversation:
+        """`messages` as the context policy sees them (policy.Conversation)."""
+        has_system = bool(messages) and messages[0].role == "system"
+        system, turns = list(messages[: int(has_system)]), list(messages[int(has_system) :])
+        return Conversation(
+            system=system,
+            turns=turns,
+            dropped=min(self._dropped, max(len(turns) - 1, 0)),
+            render=lambda dropped: self._render([*system, *turns[dropped:]], add_generation_prompt),
+            encode=self.model.encode,
+            longest_token=longest_token(self.model),
+        )
+
+    def _render(self, messages: list[Message], add_generation_prompt: bool) -> list[int]:
+        """The token ids of `messages` rendered with the chat template (and the tools).
+        Kept by what they render rather than by position, so a render made before a
+        change (by `prepare`, on another thread) is found after it."""
+        if not messages:
+            return []
+        key = (add_generation_prompt, *map(_render_key, messages))
+        with self._render_lock:
+            if key in self._rendered:
+                self._rendered.move_to_end(key)
+                return self._rendered[key]
+        tokens = self.model.render_tokens(
+            messages,
+            tools=[t.spec() for t in self.tools.values()] or None,
+            add_generation_prompt=add_generation_prompt,
+        )
+        with self._render_lock:
+            self._rendered[key] = tokens
+            while len(self._rendered) > _RENDERS_KEPT:
+                self._rendered.popitem(last=False)
+        return tokens
+
+    def prepare(
+        self,
+        messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        reserve: int | None = None,
+    ) -> Fit:
+        """Do a turn's tokenizing ahead of it: render `messages` (the conversation the
+        turn will read; default: as it is now) and apply the context policy to them, as
+        the turn will, without changing anything. The turn then finds its renders done,
+        so a front end can keep this work off its model thread: safe from another
+        thread, while the session is idle or not. `reserve` is the room kept for the
+        reply (default: from max_tokens). Raises ContextOverflowError where the turn
+        would be refused."""
+        messages = self._messages if messages is None else [Message.of(m) for m in messages]
+        if reserve is None:
+            reserve = reply_reserve(self.params.max_tokens)
+        chat = self._conversation(messages, add_generation_prompt)
+        return fit(self.policy, self.planner, chat, kv_bits=self._kv_bits, reserve=reserve)
 
     # -- conversation --------------------------------------------------------------------------
 
@@ -332,6 +415,11 @@ class ChatSession:
             tokens, notices = self._fit(self.params, add_generation_prompt=False)
             self.notices.extend(notices)
             reuse, step = self._ready_cache(tokens, reserve=0, keep_one=False)
+            if reuse == len(tokens):
+                return 0
+            progress = self._progress_from(reuse, len(tokens))
+            if progress is not None:
+                progress(0, len(tokens) - reuse)  # where the read starts (as replies say)
             try:
                 prefill(
                     self.model,
@@ -339,7 +427,7 @@ class ChatSession:
                     self._cache,
                     cache_tokens=self._cache_tokens,
                     step=step,
-                    progress=self._progress_from(reuse, len(tokens)),
+                    progress=progress,
                     should_stop=lambda: self._stop.is_set() or bool(should_stop and should_stop()),
                 )
             except GenerationCancelled:
@@ -368,6 +456,8 @@ class ChatSession:
         enabling or disabling an MCP server, say)."""
         self._idle_snapshot()
         self.tools = tool_table(tools)
+        with self._render_lock:
+            self._rendered.clear()  # renders hold the tools' specs
         self._changed()
 
     def _idle_snapshot(self) -> list[Message]:
@@ -401,40 +491,17 @@ class ChatSession:
         self, params: SamplingParams, *, add_generation_prompt: bool = True
     ) -> tuple[list[int], list[str]]:
         """The prompt tokens for this turn after applying the context policy, and what
-        the policy did."""
+        the policy did (heard at once by `on_notice`)."""
+        chat = self._conversation(self._messages, add_generation_prompt)
         reserve = reply_reserve(params.max_tokens)
-        notices: list[str] = []
-        while True:
-            tokens = self._tokens(add_generation_prompt=add_generation_prompt)
-            plan = self.planner.plan(len(tokens) + reserve, self._kv_bits)
-            if plan.fits:
-                return tokens, notices
-            need = f"{len(tokens):,} prompt tokens + {reserve:,} for the reply"
-            step = next_step(
-                self.policy,
-                self.planner,
-                plan,
-                need=need,
-                kv_bits=self._kv_bits,
-                can_drop=len(self._turn_messages()) - self._dropped > 1,
-            )
-            if step.drop:
-                self._drop_oldest_turn()
-                notices.append(
-                    f"Left the {self._dropped} oldest messages out of the prompt to fit ({need})."
-                )
-            else:
-                self.set_kv_bits(step.kv_bits)
-                notices.append(f"Switched the KV cache to {step.kv_bits}-bit to fit {need}.")
-
-    def _drop_oldest_turn(self) -> None:
-        """Leave the oldest exchange (a user message and what answered it) out."""
-        turns = self._turn_messages()
-        i = self._dropped + 1
-        while i < len(turns) - 1 and turns[i].role != "user":
-            i += 1
-        self._dropped = i
-        self._rendered.clear()
+        done = fit(self.policy, self.planner, chat, kv_bits=self._kv_bits, reserve=reserve)
+        self._dropped = done.dropped
+        if done.kv_bits != self._kv_bits:
+            self.set_kv_bits(done.kv_bits)
+        for notice in done.notices:
+            if self.on_notice is not None:
+                self.on_notice(notice)
+        return done.tokens, list(done.notices)
 
     def set_kv_bits(self, kv_bits: int | None) -> None:
         """Store the KV cache at this precision from now on (requantizing what it holds)."""
@@ -459,7 +526,9 @@ class ChatSession:
     def _ready_cache(self, tokens: list[int], *, reserve: int, keep_one: bool) -> tuple[int, int]:
         """Make the cache if there is none and trim it to the longest prefix it shares with
         `tokens` (with `keep_one`, at least one token is left to read); then choose the
-        prefill chunk for `tokens` plus `reserve` more. Returns (tokens reused, chunk)."""
+        prefill chunk for `tokens` plus `reserve` more: while a front end follows the
+        progress, one this machine reads in about a second, so the progress moves and a
+        stop is heard. Returns (tokens reused, chunk)."""
         if self._cache is None:
             self._cache = make_cache(self.model, self._kv_bits)
             self._cache_tokens = []
@@ -467,6 +536,8 @@ class ChatSession:
         chunk = self.planner.chunk_for(len(tokens) + reserve, self._kv_bits)
         if self.prefill_chunk:
             chunk = min(chunk, self.prefill_chunk)
+        if self.prefill_progress is not None:
+            chunk = min(chunk, timely_chunk(self.model, 1.0))
         return reuse, chunk
 
     def _progress_from(self, reuse: int, total: int) -> Callable[[int, int], None] | None:

@@ -19,10 +19,10 @@ escaping could not run injected code. Replies stream from replies.py.
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import html
 import json
 import logging
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,18 +34,19 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from ...chat.chats import Chat, title_from
 from ...chat.export import default_export_path
 from ...chat.policy import ContextPolicy
+from ...errors import ContextOverflowError
 from ...runtime import Message
 from ...runtime.memory import MemoryPlanner
 from ..engine import Engine
 from ..errors import APIError
-from .auth import SESSION_COOKIE, WebGuard
-from .chats import SAMPLING_KEYS, ChatBusy, WebChats, on_model_thread
+from .auth import SESSION_COOKIE, SESSION_LIFETIME, SignInRefused, WebGuard
+from .chats import SAMPLING_KEYS, WebChats, on_model_thread
 from .markdown import code_css, message_views
-from .replies import stream_reply
+from .replies import Ask, stream_reply
 
 logger = logging.getLogger(__name__)
 
-STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
+STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -66,7 +67,13 @@ def mount_web(
         from ...store import home as store_home
 
         home = store_home()
-    chats = WebChats(engine.model, home, planner=_capped(engine), kv_bits=engine.kv_bits)
+    chats = WebChats(
+        engine.model,
+        home,
+        planner=_capped(engine),
+        kv_bits=engine.kv_bits,
+        max_tokens_cap=engine.max_tokens_cap,
+    )
     app.include_router(_router(chats, WebGuard(api_key)))
     return chats
 
@@ -98,11 +105,23 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
         guard.check_origin(request)  # no signing in from another site (login CSRF)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         key = (form.get("key") or [""])[0]
-        if not guard.api_key or not hmac.compare_digest(key.encode(), guard.api_key.encode()):
+        try:
+            token = guard.sign_in(key)
+        except SignInRefused as e:
+            response = _page("login.html", error=str(e), status=429)
+            response.headers["Retry-After"] = str(math.ceil(e.wait))
+            return response
+        if token is None:
+            logger.warning("web chat: a sign-in with a wrong key")
             return _page("login.html", error="That is not the API key of this server.", status=401)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
-            SESSION_COOKIE, guard.cookie, httponly=True, samesite="strict", path="/"
+            SESSION_COOKIE,
+            token,
+            max_age=SESSION_LIFETIME,
+            httponly=True,
+            samesite="strict",
+            path="/",
         )
         return response
 
@@ -125,6 +144,7 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
             "model": model.name,
             "defaults": {key: getattr(defaults, key) for key in SAMPLING_KEYS},
             "policies": list(ContextPolicy.names()),
+            "max_tokens": min(chats.max_tokens_cap, max(chats.context_limit - 1, 1)),
         }
 
     @api.get("/chats")
@@ -139,9 +159,14 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
     @api.post("/chats")
     async def create_chat(request: Request) -> dict[str, Any]:
         body = await _json(request)
-        chat = chats.create(body.get("settings") or {})
         title = body.get("title")
-        if isinstance(title, str) and title.strip():
+        if title is not None and not isinstance(title, str):
+            raise APIError(400, "title: expected text.", param="title")
+        settings = body.get("settings") or {}
+        _, system, _ = chats.check_settings(settings)
+        await chats.off_model_thread(chats.check_system, system)
+        chat = chats.create(settings)
+        if title and title.strip():
             chats.store.rename(chat.id, title_from(title))
         return await _chat_view(chats, chats.chat(chat.id))
 
@@ -153,33 +178,35 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
     async def settings(chat_id: str, request: Request) -> dict[str, Any]:
         chat = chats.chat(chat_id)
         body = await _json(request)
-        if chats.busy(chat_id):
-            raise ChatBusy()
-        chats.check_settings(body)  # a 400 before queuing behind other model work
-        await on_model_thread(chats.apply_settings, chat, body)
+        _, system, _ = chats.check_settings(body)  # a 400 before queuing behind model work
+        await chats.off_model_thread(chats.check_system, system)
+        turn = chats.begin(chat_id, "saving its settings")
+        try:
+            await on_model_thread(chats.apply_settings, chat, body)
+        finally:
+            chats.end(turn)
         return await _chat_view(chats, chats.chat(chat_id))
 
     @api.post("/chats/{chat_id}/send")
     async def send(chat_id: str, request: Request) -> Response:
-        body = await _json(request)
-        text = body.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise APIError(400, "text: write a message to send.", param="text")
-        return await stream_reply(chats, chats.chat(chat_id), "send", text=text)
+        chat = chats.chat(chat_id)
+        text = _text(await _json(request), "write a message to send")
+        chats.check_length(text, "text: the message", "text")
+        return await stream_reply(chats, chat, Ask("send", text), request)
 
     @api.post("/chats/{chat_id}/regenerate")
-    async def regenerate(chat_id: str) -> Response:
-        return await stream_reply(chats, chats.chat(chat_id), "regenerate")
+    async def regenerate(chat_id: str, request: Request) -> Response:
+        return await stream_reply(chats, chats.chat(chat_id), Ask("regenerate"), request)
 
     @api.post("/chats/{chat_id}/edit")
     async def edit(chat_id: str, request: Request) -> Response:
+        chat = chats.chat(chat_id)
         body = await _json(request)
-        text, index = body.get("text"), body.get("index")
-        if not isinstance(text, str) or not text.strip():
-            raise APIError(400, "text: write the message to send.", param="text")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise APIError(400, "index: expected the message's number.", param="index")
-        return await stream_reply(chats, chats.chat(chat_id), "edit", text=text, index=index)
+        text, index = _text(body, "write the message to send"), body.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise APIError(400, "index: expected the message's number (0 or more).", param="index")
+        chats.check_length(text, "text: the message", "text")
+        return await stream_reply(chats, chat, Ask("edit", text, index), request)
 
     @api.post("/chats/{chat_id}/stop")
     async def stop(chat_id: str) -> dict[str, Any]:
@@ -187,20 +214,11 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
         return {"stopped": chats.stop(chat_id)}
 
     @api.post("/chats/{chat_id}/attach")
-    async def attach(chat_id: str, request: Request, name: str) -> dict[str, Any]:
+    async def attach(chat_id: str, request: Request, name: str) -> Response:
         chat = chats.chat(chat_id)
         data = await request.body()
-        turn = chats.begin(chat_id)
-        try:
-            read = await on_model_thread(
-                chats.attach, chat, Path(name).name, data, turn.stop.is_set
-            )
-        except (OSError, ValueError) as e:
-            raise APIError(400, str(e)) from e
-        finally:
-            chats.end(turn)
-        view = await _chat_view(chats, chats.chat(chat_id))
-        return {**view, "read_tokens": read}
+        ask = Ask("attach", name=Path(name).name or "attachment", data=data)
+        return await stream_reply(chats, chat, ask, request)
 
     @api.get("/chats/{chat_id}/export")
     async def export(chat_id: str) -> Response:
@@ -215,10 +233,12 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
     @api.post("/chats/{chat_id}/delete")
     async def delete(chat_id: str) -> dict[str, Any]:
         chats.chat(chat_id)
-        if chats.busy(chat_id):
-            raise ChatBusy()
-        await on_model_thread(chats.forget, chat_id)
-        chats.store.delete(chat_id)
+        turn = chats.begin(chat_id, "being deleted")
+        try:
+            await on_model_thread(chats.forget, chat_id)
+            chats.store.delete(chat_id)
+        finally:
+            chats.end(turn)
         return {"deleted": chat_id}
 
     router.include_router(api)
@@ -251,9 +271,19 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
+def _text(body: dict[str, Any], what: str) -> str:
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise APIError(400, f"text: {what}.", param="text")
+    return text
+
+
 async def _chat_view(chats: WebChats, chat: Chat) -> dict[str, Any]:
-    """What the page shows of a chat. A busy chat's session is streaming on the model
-    thread: its messages come from the store, and its context figures later."""
+    """What the page shows of a chat. A busy chat's session is at work on the model
+    thread: its messages come from the store, and its context figures later. Otherwise
+    the session is fetched on the model thread (its KV cache is MLX arrays) and the
+    conversation counted on a preparation thread; one too long to count (a huge system
+    prompt, say) shows no figure but a notice saying so."""
     params = chats.model.default_params.replace(**chat.params)
     view: dict[str, Any] = {
         "id": chat.id,
@@ -271,13 +301,17 @@ async def _chat_view(chats: WebChats, chat: Chat) -> dict[str, Any]:
     if view["busy"]:
         messages = chats.store.messages(chat.id)
     else:
+        session = await on_model_thread(chats.session, chat)
 
-        def job() -> tuple[list[Message], dict[str, int], list[str]]:
-            session = chats.session(chat)
+        def count() -> tuple[list[Message], dict[str, int | None], list[str]]:
             notices, session.notices[:] = list(session.notices), []
-            context = {"used": session.context_tokens, "limit": session.context_limit}
-            return session.history, context, notices
+            limit = session.context_limit
+            try:
+                session.prepare(add_generation_prompt=False, reserve=0)
+            except ContextOverflowError as e:
+                return session.history, {"used": None, "limit": limit}, [*notices, str(e)]
+            return session.history, {"used": session.context_tokens, "limit": limit}, notices
 
-        messages, view["context"], view["notices"] = await on_model_thread(job)
+        messages, view["context"], view["notices"] = await chats.off_model_thread(count)
     view["messages"] = message_views(messages)
     return view

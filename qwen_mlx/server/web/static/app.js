@@ -28,11 +28,28 @@ async function errorText(response) {
   }
 }
 
-function notice(text, kind = "info") {
+// The notice box: one line per notice (a list is shown as separate lines, never run
+// together); `extra` is an element put after them (a button, say).
+function notice(text, kind = "info", extra = null) {
   const box = $("notice");
-  box.textContent = text || "";
+  const lines = (Array.isArray(text) ? text : [text]).filter(Boolean);
+  box.replaceChildren(...lines.map((line) => {
+    const p = document.createElement("p");
+    p.textContent = line;
+    return p;
+  }));
+  if (extra) box.append(extra);
   box.dataset.kind = kind;
-  box.hidden = !text;
+  box.hidden = !lines.length;
+}
+
+function addNotice(text, kind = "warning") {
+  const box = $("notice");
+  if (box.hidden) return notice(text, kind);
+  const p = document.createElement("p");
+  p.textContent = text;
+  box.append(p);
+  box.dataset.kind = kind;
 }
 
 // -- chats ------------------------------------------------------------------------------
@@ -68,6 +85,7 @@ async function openChat(id) {
 }
 
 function showChat(view) {
+  if (!state.chat || !view || state.chat.id !== view.id) $("stats").textContent = ""; // another chat's
   state.chat = view;
   history.replaceState(null, "", view ? "/?chat=" + encodeURIComponent(view.id) : "/");
   $("title").textContent = view ? view.title : "New chat";
@@ -77,21 +95,45 @@ function showChat(view) {
   fillSettings(view ? view.settings : state.pending || defaults());
   clearTimeout(state.busyTimer);
   if (view && view.busy) {
-    notice("This chat is replying in another tab or window; it opens here when that reply is done.", "warning");
+    showBusy(view);
     state.busyTimer = setTimeout(() => openChat(view.id), 2000);
   } else if (view && view.notices.length) {
-    notice(view.notices.join(" "), "warning");
+    notice(view.notices, "warning");
   } else {
     notice("");
   }
   $("send").disabled = Boolean(view && view.busy);
 }
 
+// A chat held by work elsewhere (another tab, or one closed since: until the server has
+// stopped it): what, since when, and a button to stop it from here.
+function showBusy(view) {
+  const since = new Date(view.busy.since * 1000);
+  const minutes = Math.floor((Date.now() - since) / 60000);
+  const ago = minutes < 1 ? "less than a minute ago" : `${minutes} min ago`;
+  const stopIt = document.createElement("button");
+  stopIt.type = "button";
+  stopIt.id = "stop-elsewhere";
+  stopIt.textContent = "Stop it";
+  stopIt.addEventListener("click", async () => {
+    try {
+      await api("/chats/" + encodeURIComponent(view.id) + "/stop", { method: "POST" });
+    } catch (e) {
+      notice(e.message, "error");
+    }
+  });
+  notice(
+    `This chat is busy in another tab or window: ${view.busy.what}, since ` +
+    `${since.toLocaleTimeString()} (${ago}). It opens here when that is done.`,
+    "warning",
+    stopIt,
+  );
+}
+
 function newChat() {
   if (state.streaming) return;
   state.pending = null;
   showChat(null);
-  $("stats").textContent = "";
   loadChats();
   $("prompt").focus();
 }
@@ -208,11 +250,13 @@ function setStreaming(on) {
   document.body.classList.toggle("streaming", on);
 }
 
-// POST `path` and read its server-sent events: `reply` (HTML of the blocks completed
-// since the last one, and of the open block), then `done` or `error`. True if it came.
+// POST `path` and read its server-sent events: `progress` (the prompt being read),
+// `notice` (what the context policy did), `reply` (HTML of the blocks completed since the
+// last one, and of the open block), then `done` or `error`. True if it came.
 async function stream(path, body, chat = state.chat) {
   setStreaming(true);
   notice("");
+  showProgress(null, "Waiting for the model…");
   const reply = bubble({ index: -1, role: "assistant", html: "", stopped: false });
   reply.classList.add("live");
   $("messages").append(reply);
@@ -222,40 +266,75 @@ async function stream(path, body, chat = state.chat) {
   let ok = false;
   try {
     const response = await api("/chats/" + encodeURIComponent(chat.id) + path, { method: "POST", json: body });
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const raw = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        const event = parseEvent(raw);
-        if (event.name === "reply") {
-          // server-made HTML, see bubble()
-          if (event.data.append) stable.insertAdjacentHTML("beforeend", event.data.append);
-          tail.innerHTML = event.data.tail;
-          const box = $("messages");
-          box.scrollTop = box.scrollHeight;
-        } else if (event.name === "done") {
-          ok = true;
-          finish(event.data);
-        } else if (event.name === "error") {
-          notice(event.data.message, "error");
-        }
-      }
-    }
+    await readEvents(response, {
+      progress: (data) => showProgress(data, "Reading the prompt"),
+      notice: (data) => addNotice(data.text),
+      reply: (data) => {
+        hideProgress();
+        // server-made HTML, see bubble()
+        if (data.append) stable.insertAdjacentHTML("beforeend", data.append);
+        tail.innerHTML = data.tail;
+        const box = $("messages");
+        box.scrollTop = box.scrollHeight;
+      },
+      done: (data) => { ok = true; finish(data); },
+      error: (data) => notice(data.message, "error"),
+    });
   } catch (e) {
     notice(e.message, "error");
   } finally {
+    hideProgress();
     setStreaming(false);
     if (!ok) await openChat(chat.id);
     else await loadChats();
   }
   return ok;
+}
+
+// Read a response's server-sent events, calling `handlers[name](data)` for each.
+async function readEvents(response, handlers) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = parseEvent(buffer.slice(0, cut));
+      buffer = buffer.slice(cut + 2);
+      if (handlers[event.name]) handlers[event.name](event.data);
+    }
+  }
+}
+
+// The progress row: `data` is a progress event (tokens of the prompt in the cache, of its
+// total, and the seconds left once measured); null shows `label` alone (waiting).
+function showProgress(data, label) {
+  const row = $("progress");
+  const bar = $("progress-bar");
+  row.hidden = false;
+  if (!data) {
+    bar.removeAttribute("value"); // indeterminate: nothing to count yet
+    $("progress-text").textContent = label;
+    return;
+  }
+  bar.max = Math.max(data.total, 1);
+  bar.value = data.done;
+  const cached = data.start ? ` (${data.start.toLocaleString()} from the cache)` : "";
+  const left = data.eta == null ? "" : ` · about ${duration(data.eta)} left`;
+  $("progress-text").textContent =
+    `${label}: ${data.done.toLocaleString()} of ${data.total.toLocaleString()} tokens${cached}${left}`;
+}
+
+function hideProgress() {
+  $("progress").hidden = true;
+}
+
+function duration(seconds) {
+  const s = Math.max(Math.round(seconds), 1);
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
 }
 
 function parseEvent(raw) {
@@ -274,19 +353,21 @@ function finish(data) {
   showContext(data.context);
   const s = data.stats;
   if (s) {
+    const dropped = s.dropped_messages ? ` · ${s.dropped_messages} oldest messages not in the prompt` : "";
     $("stats").textContent =
       `first token ${Math.round(s.ttft_ms)} ms · ${s.tokens_per_second.toFixed(1)} tok/s · ` +
-      `read ${s.prefilled_tokens.toLocaleString()} of ${s.prompt_tokens.toLocaleString()}`;
+      `read ${s.prefilled_tokens.toLocaleString()} of ${s.prompt_tokens.toLocaleString()}${dropped}`;
   }
-  if (data.notices.length) notice(data.notices.join("; "), "warning");
+  if (data.notices.length) notice(data.notices, "warning");
 }
 
 function showContext(context) {
   const meter = $("context-meter");
   meter.max = Math.max(context.limit, 1);
-  meter.value = context.used;
+  meter.value = context.used ?? context.limit;
+  const used = context.used == null ? "more than fits" : context.used.toLocaleString();
   $("context-text").textContent = context.limit
-    ? `${context.used.toLocaleString()} / ${context.limit.toLocaleString()} tokens`
+    ? `${used} / ${context.limit.toLocaleString()} tokens`
     : "0 tokens";
 }
 
@@ -343,20 +424,40 @@ async function attach() {
   const file = input.files[0];
   input.value = "";
   if (!file || state.streaming) return;
+  let chat;
   try {
-    const chat = await ensureChat("About " + file.name);
-    notice(`Reading ${file.name}…`);
-    setStreaming(true);
-    const path = "/chats/" + encodeURIComponent(chat.id) + "/attach?name=" + encodeURIComponent(file.name);
-    const view = await (await api(path, { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } })).json();
-    setStreaming(false);
-    showChat(view);
-    notice(`Read ${file.name}: ${view.read_tokens.toLocaleString()} tokens.`);
-    await loadChats();
+    chat = await ensureChat("About " + file.name);
   } catch (e) {
-    setStreaming(false);
-    notice(e.message, "error");
+    return notice(e.message, "error");
   }
+  setStreaming(true);
+  notice("");
+  showProgress(null, `Reading ${file.name}…`);
+  let done = null;
+  try {
+    const path = "/chats/" + encodeURIComponent(chat.id) + "/attach?name=" + encodeURIComponent(file.name);
+    const response = await api(path, { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
+    await readEvents(response, {
+      progress: (data) => showProgress(data, `Reading ${file.name}`),
+      notice: (data) => addNotice(data.text),
+      done: (data) => { done = data; },
+      error: (data) => notice(data.message, "error"),
+    });
+  } catch (e) {
+    notice(e.message, "error");
+  } finally {
+    hideProgress();
+    setStreaming(false);
+  }
+  if (done) {
+    state.chat.messages = done.messages;
+    renderMessages(done.messages);
+    showContext(done.context);
+    notice(done.complete
+      ? `Read ${file.name}: ${done.read_tokens.toLocaleString()} tokens.`
+      : `Stopped reading ${file.name} after ${done.read_tokens.toLocaleString()} tokens; the rest is read with your next message.`);
+  }
+  await loadChats();
 }
 
 async function exportChat() {
@@ -414,8 +515,14 @@ async function start() {
   }
   const select = $("settings-form").elements.policy;
   for (const name of state.info.policies) select.append(new Option(name, name));
+  $("settings-form").elements.max_tokens.max = state.info.max_tokens;
   fillSettings(defaults());
-  const id = new URLSearchParams(location.search).get("chat");
+  // The chat asked for, else the most recent one (the list is newest first), else a new one.
+  let id = new URLSearchParams(location.search).get("chat");
+  if (!id) {
+    const { chats } = await (await api("/chats")).json();
+    if (chats.length) id = chats[0].id;
+  }
   if (id) await openChat(id);
   else await loadChats();
   document.body.dataset.ready = "1";
