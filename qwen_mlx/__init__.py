@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 from .lazy import lazy_exports
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
+    "__version__": "_version",
     "load": "runtime",
     "generate": "runtime",
     "batch_generate": "runtime",
@@ -56,6 +55,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._version import __version__
     from .chat.mcp import MCPServer
     from .chat.policy import ContextPolicy
     from .chat.session import ChatSession, TurnStats
