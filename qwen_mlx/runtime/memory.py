@@ -104,7 +104,7 @@ def weights_parts_on_disk(folder: Any) -> tuple[int, list[int]] | None:
     import re
     from pathlib import Path
 
-    from ..convert.tensorfile import read_header
+    from ..store.safetensors_header import read_header
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
@@ -155,7 +155,7 @@ def weights_bytes_on_disk(folder: Any) -> int | None:
     has none."""
     from pathlib import Path
 
-    from ..convert.tensorfile import read_header
+    from ..store.safetensors_header import read_header
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:

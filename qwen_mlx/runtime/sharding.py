@@ -41,7 +41,7 @@ _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 def files_for_rank(folder: Path, layers: range) -> set[str]:
     """The weight files holding `layers` and the tensors outside the layers."""
-    from ..convert.tensorfile import read_header
+    from ..store.safetensors_header import read_header
 
     needed: set[str] = set()
     for file in sorted(folder.glob("*.safetensors")):
@@ -134,7 +134,7 @@ def share_bytes(module: nn.Module) -> tuple[int, int]:
 
 def checkpoint_layer_bytes(folder: Path) -> int:
     """Bytes of the checkpoint's largest layer, as stored (before any split)."""
-    from ..convert.tensorfile import read_header
+    from ..store.safetensors_header import read_header
 
     per_layer: dict[int, int] = {}
     for file in sorted(folder.glob("*.safetensors")):

@@ -6,6 +6,7 @@
 
 - `naming.py`: the naming convention, both ways, and names made from a checkpoint.
 - `manifest.py`: manifest.json, file hashes, verification.
+- `safetensors_header.py`: what a weight file holds, read from its header alone.
 - `registry.py`: registry.sqlite (all SQL of the store lives there); `migrations.py`.
 - `versions.py`: `Store` (latest, pin, rollback, verify, rm, repair); `home()`, its root.
 - `staging.py`: staging folders, atomic install, the swap journal and recovery.
