@@ -28,7 +28,7 @@ _EXPORTS = {
     "ModelName": "store.naming",
     "ChatSession": "chat.session",
     "ContextPolicy": "chat.policy",
-    "MCPServer": "chat.mcp",
+    "MCPServer": "chat.mcp_client",
     "Message": "runtime.messages",
     "TurnStats": "chat.session",
     "MemoryPlanner": "runtime.memory",
@@ -56,7 +56,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ._version import __version__
-    from .chat.mcp import MCPServer
+    from .chat.mcp_client import MCPServer
     from .chat.policy import ContextPolicy
     from .chat.session import ChatSession, TurnStats
     from .runtime import (
