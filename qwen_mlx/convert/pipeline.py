@@ -379,7 +379,7 @@ def _inspect(source: FetchedSource, progress: ProgressFn) -> Checkpoint:
 
 
 @dataclass
-class _Planned:
+class _ConversionPlan:
     """What will be written: the weights' plan, the quantization the manifest records,
     and what to know about it."""
 
@@ -388,7 +388,7 @@ class _Planned:
     warnings: list[str]
 
 
-def _plan(request: ConvertRequest, opts: QuantOptions, ckpt: Checkpoint) -> _Planned:
+def _plan(request: ConvertRequest, opts: QuantOptions, ckpt: Checkpoint) -> _ConversionPlan:
     method = request.method
     plan, quantization, warnings = plan_weights(
         ckpt,
@@ -416,7 +416,7 @@ def _plan(request: ConvertRequest, opts: QuantOptions, ckpt: Checkpoint) -> _Pla
                 f"{human_bytes(budget)}. Use round-to-nearest (no --method) or a "
                 "machine with more memory."
             )
-    return _Planned(plan, quantization, warnings)
+    return _ConversionPlan(plan, quantization, warnings)
 
 
 # -- name, stage --------------------------------------------------------------------------
@@ -436,7 +436,7 @@ def _name(
     store: Store,
     source: FetchedSource,
     ckpt: Checkpoint,
-    planned: _Planned,
+    planned: _ConversionPlan,
     progress: ProgressFn,
 ) -> _Target:
     """The output's name and folder, refused if taken or if the disk cannot hold it."""
@@ -494,7 +494,7 @@ def _write(
     request: ConvertRequest,
     inputs: _Inputs,
     ckpt: Checkpoint,
-    planned: _Planned,
+    planned: _ConversionPlan,
     tmp: Path,
     progress: ProgressFn,
 ) -> _Written:
