@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 from .lazy import lazy_exports
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
+    "__version__": "_version",
     "load": "runtime",
     "generate": "runtime",
     "batch_generate": "runtime",
@@ -29,7 +28,7 @@ _EXPORTS = {
     "ModelName": "store.naming",
     "ChatSession": "chat.session",
     "ContextPolicy": "chat.policy",
-    "MCPServer": "chat.mcp",
+    "MCPServer": "chat.mcp_client",
     "Message": "runtime.messages",
     "TurnStats": "chat.session",
     "MemoryPlanner": "runtime.memory",
@@ -56,7 +55,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .chat.mcp import MCPServer
+    from ._version import __version__
+    from .chat.mcp_client import MCPServer
     from .chat.policy import ContextPolicy
     from .chat.session import ChatSession, TurnStats
     from .runtime import (

@@ -207,7 +207,7 @@ def planned_table(model_dir: Path, results: dict[int, list[dict]], mode: str) ->
         rank_weights_bytes,
         weights_parts_on_disk,
     )
-    from qwen_mlx.runtime.sharding import rank_shape
+    from qwen_mlx.runtime.split import rank_shape
 
     outside, layer = estimate_weights_parts(QWEN3_4B, bits=4)
     shape = ModelShape.from_config(QWEN3_4B)

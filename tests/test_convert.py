@@ -263,6 +263,20 @@ def test_not_enough_disk_is_refused_up_front(tiny_hf, home, monkeypatch):
     assert not (home / STORE_DIR).exists()
 
 
+def test_the_request_holds_every_keyword_of_convert_with_its_default():
+    # `convert` hands its keywords to the steps as one ConvertRequest: none may be dropped.
+    import dataclasses
+    import inspect
+
+    from qwen_mlx.convert.pipeline import ConvertRequest
+
+    keywords = [p for p in inspect.signature(convert).parameters.values() if p.name != "progress"]
+    request = ConvertRequest("x")
+    assert [p.name for p in keywords] == [f.name for f in dataclasses.fields(ConvertRequest)]
+    for p in keywords[1:]:
+        assert getattr(request, p.name) == p.default, p.name
+
+
 def test_bad_option_values_are_rejected(tiny_hf, capsys):
     with pytest.raises(SystemExit):
         main(["--hf-path", str(tiny_hf), "--q-bits", "7"])

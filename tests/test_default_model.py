@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.chat.chat_store import ChatStore
 from qwen_mlx.cli.generate import main as generate_main
 from qwen_mlx.convert import convert
 from qwen_mlx.store import Store

@@ -19,7 +19,7 @@ from qwen_mlx.runtime.memory import (
     mac_budget,
     rank_weights_bytes,
 )
-from qwen_mlx.runtime.sharding import check_split, pipeline_split, rank_layers, rank_shape
+from qwen_mlx.runtime.split import check_split, pipeline_split, rank_layers, rank_shape
 
 from .helpers import SHARED_MODEL, needs_shared
 

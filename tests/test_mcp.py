@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qwen_mlx import ChatSession, MCPServer
-from qwen_mlx.chat.mcp import server_of, tool_schema
+from qwen_mlx.chat.mcp_client import server_of, tool_schema
 from qwen_mlx.chat.mcp_config import parse_mcp_config, read_mcp_config, set_server_enabled
 from qwen_mlx.errors import ToolServerError
 

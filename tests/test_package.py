@@ -119,6 +119,22 @@ def test_formula_version_is_the_project_version(formula, project):
     assert url.endswith(f"/qwen_mlx-{project['version']}.tar.gz")
 
 
+def test_the_version_shown_is_pyprojects(project, capsys):
+    # One source: pyproject.toml's version, read back from what pip installed.
+    import qwen_mlx
+    from qwen_mlx.cli.main import main
+
+    assert qwen_mlx.__version__ == project["version"]
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"qwen-mlx {project['version']}\n"
+
+
+def test_a_source_tree_that_was_never_installed_has_an_unknown_version():
+    from qwen_mlx._version import installed_version
+
+    assert installed_version("qwen-mlx-never-installed") == "0+unknown"
+
+
 def test_formula_test_block_runs_the_help(formula):
     block = re.search(r"^  test do\n(.*?)^  end$", formula, flags=re.M | re.S)
     assert block is not None

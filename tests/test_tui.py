@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import DirectoryTree, Input, ListView, OptionList, TextArea
 
-from qwen_mlx.chat.chats import MIGRATIONS as CHAT_MIGRATIONS
-from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.chat.chat_store import MIGRATIONS as CHAT_MIGRATIONS
+from qwen_mlx.chat.chat_store import ChatStore
 from qwen_mlx.chat.saved import cache_files
 from qwen_mlx.convert import convert
 from qwen_mlx.runtime import Message

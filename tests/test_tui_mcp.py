@@ -151,7 +151,7 @@ def test_mcp_lists_disables_and_enables_servers(home, tiny_mlx, config):
             await wait_for(pilot, lambda: "docs" not in app.mcp_servers)
             assert json.loads(path.read_text())["mcp"]["docs"]["enabled"] is False
             # with docs off, web's tools (the same names) are the chat's now
-            from qwen_mlx.chat.mcp import server_of
+            from qwen_mlx.chat.mcp_client import server_of
 
             assert server_of(app.session.tools["add"]).name == "web"
             shown = await listing(pilot)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.chat.chat_store import ChatStore
 from qwen_mlx.convert import convert
 from qwen_mlx.errors import GenerationCancelled
 from qwen_mlx.runtime.memory import MIN_CHUNK, Budget, MemoryPlanner, attention_workspace

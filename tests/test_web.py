@@ -26,7 +26,7 @@ import qwen_mlx.runtime.generation as generation
 import qwen_mlx.server
 import qwen_mlx.server.web.chats as web_chats_module
 import qwen_mlx.server.web.replies as replies_module
-from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.chat.chat_store import ChatStore
 from qwen_mlx.chat.policy import PIECE
 from qwen_mlx.cli import main as cli_main
 from qwen_mlx.runtime import Message

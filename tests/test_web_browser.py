@@ -16,7 +16,7 @@ import pytest
 
 import qwen_mlx.chat.session as session_module
 import qwen_mlx.runtime.generation as generation
-from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.chat.chat_store import ChatStore
 from qwen_mlx.runtime import Message
 from qwen_mlx.server.web import auth
 

@@ -28,7 +28,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Footer, Header, Input, LoadingIndicator
 
-from qwen_mlx.chat.chats import ChatStore
+from qwen_mlx.chat.chat_store import ChatStore
 
 from .attachments import Attachments
 from .chats import Chats

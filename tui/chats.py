@@ -1,6 +1,6 @@
 """Chats: the sidebar's list and search, a new chat, opening a saved chat with its KV
 cache, rename, delete, export to Markdown. The chats themselves live in
-qwen_mlx.chat.chats (the SQLite store the web chat shares).
+qwen_mlx.chat.chat_store (the SQLite store the web chat shares).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from textual import work
 from textual.widgets import Input
 
-from qwen_mlx.chat.chats import DEFAULT_TITLE, Chat, title_from
+from qwen_mlx.chat.chat_store import DEFAULT_TITLE, Chat, title_from
 from qwen_mlx.chat.export import default_export_path, to_markdown
 from qwen_mlx.runtime import Message as ChatMessage
 

@@ -86,7 +86,7 @@ class MCPCommands:
     async def _connect_mcp(self, only: str | None = None) -> None:
         """Connect the enabled servers (or just `only`), each on a worker thread, then
         give the chat their tools."""
-        from qwen_mlx.chat.mcp import MCPServer
+        from qwen_mlx.chat.mcp_client import MCPServer
         from qwen_mlx.errors import ToolServerError
 
         for config in self._mcp_configs():
@@ -150,7 +150,7 @@ class MCPCommands:
 
     def _approve(self, session: Any, call: Any) -> bool:
         """On the model thread: run a trusted server's call; ask about the others."""
-        from qwen_mlx.chat.mcp import server_of
+        from qwen_mlx.chat.mcp_client import server_of
 
         server = server_of(session.tools[call.name]) if call.name in session.tools else None
         if server is None or server.trusted:
@@ -170,7 +170,7 @@ class MCPCommands:
         return bool(answer.result())
 
     def _called(self, session: Any, call: Any, result: str) -> None:
-        from qwen_mlx.chat.mcp import server_of
+        from qwen_mlx.chat.mcp_client import server_of
 
         tool = session.tools.get(call.name or "")
         server = server_of(tool) if tool is not None else None

@@ -13,7 +13,7 @@ from textual import work
 from textual.message import Message
 from textual.widgets import Markdown
 
-from qwen_mlx.chat.chats import Chat
+from qwen_mlx.chat.chat_store import Chat
 from qwen_mlx.chat.policy import ContextPolicy
 
 from .screens import (

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from qwen_mlx.chat.chats import Chat, ChatStore
+from qwen_mlx.chat.chat_store import Chat, ChatStore
 
 from .widgets import MessageView, StatusBar
 

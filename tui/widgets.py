@@ -23,7 +23,7 @@ from textual.widgets import (
     TextArea,
 )
 
-from qwen_mlx.chat.chats import Chat
+from qwen_mlx.chat.chat_store import Chat
 
 ROLE_TITLES = {"user": "You", "assistant": "Qwen", "tool": "Tool", "system": "System"}
 

@@ -562,7 +562,7 @@ def validate_arguments(tool: Tool, arguments: dict[str, Any]) -> str | None:
 
 @typing.runtime_checkable
 class ToolSource(typing.Protocol):
-    """Something that provides several tools at once (an MCP server: see mcp.py)."""
+    """Something that provides several tools at once (an MCP server: see mcp_client.py)."""
 
     def tools(self) -> list[Tool]: ...
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), end="")
         return 0 if argv else 2
     if argv[0] in {"-V", "--version"}:
-        from .. import __version__
+        from .._version import __version__
 
         print(f"qwen-mlx {__version__}")
         return 0

@@ -59,7 +59,7 @@ def mcp_tools(config: Path | None, *, interactive: bool) -> Iterator[MCPTools | 
     if config is None:
         yield None
         return
-    from ..chat.mcp import connect_all
+    from ..chat.mcp_client import connect_all
     from ..chat.mcp_config import read_mcp_config
 
     enabled = [c for c in read_mcp_config(config) if c.enabled]

@@ -103,7 +103,7 @@ def _planner(args: argparse.Namespace):
         rank_weights_bytes,
         weights_parts_on_disk,
     )
-    from ..runtime.sharding import check_split, rank_shape
+    from ..runtime.split import check_split, rank_shape
     from ..store import resolve
 
     ranks = _rank_count(args)

@@ -1,6 +1,7 @@
 """The conversion layer: Hugging Face checkpoints in, MLX models out, into the store.
 
-- `pipeline.py`: `convert()`, from download to registration, atomic.
+- `pipeline.py`: `convert()`, atomic, as steps: check, fetch, inspect, plan, name, stage,
+  write, quality, manifest, register (`run_conversion` reads like that list).
 - `weights.py`: which layers are quantized how, and the streaming write of the tensors.
 - `names.py`: the store name of a conversion or an import, and collisions.
 - `checkpoint.py`: a checkpoint folder read from its headers, refused early when broken.

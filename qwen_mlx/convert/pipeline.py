@@ -1,5 +1,7 @@
 """The conversion: Hugging Face Qwen3 checkpoint -> MLX, quantized, written atomically
-into the store (download, validate, name, plan, write, report, install, register).
+into the store. `convert` runs it as steps, one function each: check the request, fetch
+the checkpoint, inspect it, plan the weights, name the output, stage a folder, write the
+weights, run the quality report, write the manifest (installing the folder), register it.
 
 The weights stream through one tensor at a time: each source tensor is read (hashing the
 source file as it goes), cast, quantized with `mx.quantize` exactly as `mlx_lm.convert`
@@ -32,29 +34,35 @@ from __future__ import annotations
 import errno
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InsufficientDiskError, InsufficientMemoryError, OutputExistsError
 from ..fileio import human_bytes, sha256_file
 from ..store import Store, check_replaceable, hub, install, naming
 from ..store.manifest import (
     Manifest,
+    QualityReport,
     Quantization,
     SourceInfo,
     hash_files,
 )
-from .checkpoint import inspect_checkpoint
+from .checkpoint import Checkpoint, inspect_checkpoint
 from .names import check_name_free, known_name, output_name
 from .progress import Progress, ProgressFn
 from .quant import (
+    CalibrationText,
+    QuantOptions,
     method_memory,
     read_calibration,
     resolve_options,
     write_learned,
 )
 from .weights import (
+    WeightPlan,
     bits_per_weight,
     differing_layers,
     plan_weights,
@@ -62,6 +70,10 @@ from .weights import (
     write_index,
     write_weights,
 )
+
+if TYPE_CHECKING:
+    from ..store.hub import FetchedSource
+    from .quality import HeldOut
 
 Q_BITS = (2, 3, 4, 5, 6, 8)
 Q_GROUP_SIZES = (16, 32, 64, 128)  # which ones a mode takes: quant.MODES
@@ -143,6 +155,42 @@ def _check_output(final: Path, force: bool) -> None:
     check_replaceable(final)
 
 
+@dataclass(frozen=True)
+class ConvertRequest:
+    """What a conversion was asked for: `convert`'s keyword arguments (see there), as
+    one value the steps read."""
+
+    hf_path: str
+    mlx_path: str | Path | None = None
+    revision: str | None = None
+    quantize: bool = True
+    q_bits: int | None = None
+    q_group_size: int | None = None
+    q_mode: str = "affine"
+    method: str | None = None
+    target_bpw: float | None = None
+    calibration: str | Path | None = None
+    heldout: str | Path | None = None
+    memory_budget: int | None = None
+    recipe: str | None = None
+    dtype: str | None = None
+    name: str | None = None
+    force: bool = False
+    set_latest: bool | None = None
+    report: bool = False
+    home: str | Path | None = None
+
+    @property
+    def out_dir(self) -> Path | None:
+        """The output folder the caller chose; None: the store's place for the name."""
+        return Path(self.mlx_path).expanduser() if self.mlx_path else None
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the source is a folder here (nothing to download)."""
+        return Path(self.hf_path).expanduser().exists()
+
+
 def convert(
     hf_path: str,
     *,
@@ -196,64 +244,161 @@ def convert(
         report: run the calibration text through source and output (quality report).
         home: store root; `$QWEN_MLX_HOME` by default.
     """
-    started = time.perf_counter()
-    progress = progress or (lambda _p: None)
-    _check_options(q_bits, q_group_size, dtype, recipe)
-    opts = resolve_options(
-        mode=q_mode,
-        bits=q_bits,
-        group_size=q_group_size,
+    request = ConvertRequest(
+        hf_path,
+        mlx_path=mlx_path,
+        revision=revision,
+        quantize=quantize,
+        q_bits=q_bits,
+        q_group_size=q_group_size,
+        q_mode=q_mode,
         method=method,
         target_bpw=target_bpw,
-        recipe=recipe,
         calibration=calibration,
+        heldout=heldout,
+        memory_budget=memory_budget,
+        recipe=recipe,
+        dtype=dtype,
+        name=name,
+        force=force,
+        set_latest=set_latest,
+        report=report,
+        home=home,
     )
-    calibration_text = read_calibration(calibration) if method else None
+    return run_conversion(request, progress or (lambda _p: None))
+
+
+def run_conversion(request: ConvertRequest, progress: ProgressFn) -> ConvertResult:
+    """The steps of `convert`, in order. What can be refused is refused before the
+    download (an output whose name is known already) and before the write (a name that
+    is taken, a disk too small); the write happens in a staging folder that becomes the
+    output only once the manifest is in it."""
+    started = time.perf_counter()
+    inputs = _check(request)
+    store = Store(request.home)
+    _refuse_known_output(request, inputs.options, store)
+    source = _fetch(request, progress)
+    ckpt = _inspect(source, progress)
+    planned = _plan(request, inputs.options, ckpt)
+    target = _name(request, store, source, ckpt, planned, progress)
+    with _stage(store, target) as tmp:
+        written = _write(request, inputs, ckpt, planned, tmp, progress)
+        quality = _quality(request, inputs, ckpt, tmp, progress)
+        manifest = _manifest(target, source, ckpt, written, quality, tmp, progress)
+        install(tmp, target.path, replace=request.force)
+    registered = _register(request, store, target, manifest)
+    store.close()
+    progress(Progress("done", detail=str(target.path)))
+    return ConvertResult(
+        path=target.path,
+        manifest=manifest,
+        registered=registered.registered,
+        became_latest=registered.became_latest,
+        seconds=time.perf_counter() - started,
+        name_note=target.note,
+        warnings=tuple(written.warnings),
+        latest=registered.latest,
+        kept_because=registered.kept_because,
+        frozen=registered.frozen,
+    )
+
+
+# -- check --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The request's options checked, and the texts it names read, before any work."""
+
+    options: QuantOptions
+    calibration: CalibrationText | None  # with a learned method
+    heldout: HeldOut | None  # with the quality report
+
+
+def _check(request: ConvertRequest) -> _Inputs:
+    _check_options(request.q_bits, request.q_group_size, request.dtype, request.recipe)
+    opts = resolve_options(
+        mode=request.q_mode,
+        bits=request.q_bits,
+        group_size=request.q_group_size,
+        method=request.method,
+        target_bpw=request.target_bpw,
+        recipe=request.recipe,
+        calibration=request.calibration,
+    )
+    calibration_text = read_calibration(request.calibration) if request.method else None
     heldout_text = None
-    if report or heldout is not None:
+    if request.report or request.heldout is not None:
         from .quality import read_heldout
 
-        heldout_text = read_heldout(heldout)
+        heldout_text = read_heldout(request.heldout)
         if calibration_text is not None and heldout_text.sha256 == calibration_text.sha256:
             raise ValueError(
                 "The held-out text of the quality report is the calibration text; pass "
                 "another --heldout file, so the report measures what calibration did not see."
             )
+    return _Inputs(opts, calibration_text, heldout_text)
 
-    store = Store(home)
-    out_dir = Path(mlx_path).expanduser() if mlx_path else None
-    if not Path(hf_path).expanduser().exists() and (quantize or dtype or mlx_path):
-        # A download can be gigabytes: refuse an existing output before fetching, when its
-        # name does not depend on the checkpoint (an unquantized copy takes its dtype).
-        planned = Quantization(
-            dtype=dtype or "bfloat16",
-            bits=opts.bits if quantize else None,
-            group_size=opts.group_size if quantize else None,
-            mode=opts.mode if quantize else None,
-            recipe=recipe if quantize else None,
-            method=method if quantize else None,
-            target_bpw=opts.target_bpw if quantize else None,
-        )
-        early = None if out_dir else known_name(hf_path, name, planned)
-        if early is not None:
-            check_name_free(store, early, repo=hf_path, path=None, force=force)
-        if out_dir or early is not None:
-            _check_output(out_dir or store.path_for(early), force)
 
-    if not Path(hf_path).expanduser().exists():  # a local folder has nothing to download
-        progress(Progress("download", detail=hf_path + (f" at {revision}" if revision else "")))
-    source = hub.fetch(hf_path, revision=revision)
+def _refuse_known_output(request: ConvertRequest, opts: QuantOptions, store: Store) -> None:
+    """A download can be gigabytes: refuse an existing output before fetching, when its
+    name does not depend on the checkpoint (an unquantized copy takes its dtype)."""
+    if request.is_local or not (request.quantize or request.dtype or request.mlx_path):
+        return
+    quantize = request.quantize
+    planned = Quantization(
+        dtype=request.dtype or "bfloat16",
+        bits=opts.bits if quantize else None,
+        group_size=opts.group_size if quantize else None,
+        mode=opts.mode if quantize else None,
+        recipe=request.recipe if quantize else None,
+        method=request.method if quantize else None,
+        target_bpw=opts.target_bpw if quantize else None,
+    )
+    out_dir = request.out_dir
+    early = None if out_dir else known_name(request.hf_path, request.name, planned)
+    if early is not None:
+        check_name_free(store, early, repo=request.hf_path, path=None, force=request.force)
+    if out_dir or early is not None:
+        _check_output(out_dir or store.path_for(early), request.force)
+
+
+# -- fetch, inspect, plan -----------------------------------------------------------------
+
+
+def _fetch(request: ConvertRequest, progress: ProgressFn) -> FetchedSource:
+    if not request.is_local:  # a local folder has nothing to download
+        at = f" at {request.revision}" if request.revision else ""
+        progress(Progress("download", detail=request.hf_path + at))
+    return hub.fetch(request.hf_path, revision=request.revision)
+
+
+def _inspect(source: FetchedSource, progress: ProgressFn) -> Checkpoint:
     progress(Progress("validate", detail=str(source.path)))
-    ckpt = inspect_checkpoint(source.path)
+    return inspect_checkpoint(source.path)
+
+
+@dataclass
+class _ConversionPlan:
+    """What will be written: the weights' plan, the quantization the manifest records,
+    and what to know about it."""
+
+    weights: WeightPlan
+    quantization: Quantization
+    warnings: list[str]
+
+
+def _plan(request: ConvertRequest, opts: QuantOptions, ckpt: Checkpoint) -> _ConversionPlan:
+    method = request.method
     plan, quantization, warnings = plan_weights(
         ckpt,
-        bits=opts.bits if quantize else None,
+        bits=opts.bits if request.quantize else None,
         group_size=opts.group_size,
-        recipe=recipe,
-        dtype=target_dtype(dtype, ckpt.config),
+        recipe=request.recipe,
+        dtype=target_dtype(request.dtype, ckpt.config),
         mode=opts.mode,
     )
-    if method and not quantize:
+    if method and not request.quantize:
         raise ValueError(f"--method {method} quantizes; drop --no-quantize or --method.")
     if method and not plan.quant:
         raise ValueError(
@@ -263,125 +408,213 @@ def convert(
         quantization = replace(quantization, method=method, target_bpw=opts.target_bpw)
         float_bytes = 2 * ckpt.parameters
         needed_memory = method_memory(method, float_bytes)
-        if memory_budget is not None and needed_memory > memory_budget:
+        budget = request.memory_budget
+        if budget is not None and needed_memory > budget:
             raise InsufficientMemoryError(
                 f"--method {method} holds the whole model while it calibrates, about "
                 f"{human_bytes(needed_memory)}, but the memory budget is "
-                f"{human_bytes(memory_budget)}. Use round-to-nearest (no --method) or a "
+                f"{human_bytes(budget)}. Use round-to-nearest (no --method) or a "
                 "machine with more memory."
             )
-    out_name, name_note = output_name(source, name, quantization, ckpt)
+    return _ConversionPlan(plan, quantization, warnings)
+
+
+# -- name, stage --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where the conversion goes: its name, how the name was chosen, its folder."""
+
+    name: naming.ModelName
+    note: str
+    path: Path
+
+
+def _name(
+    request: ConvertRequest,
+    store: Store,
+    source: FetchedSource,
+    ckpt: Checkpoint,
+    planned: _ConversionPlan,
+    progress: ProgressFn,
+) -> _Target:
+    """The output's name and folder, refused if taken or if the disk cannot hold it."""
+    out_name, name_note = output_name(source, request.name, planned.quantization, ckpt)
     progress(Progress("name", detail=f"{out_name} ({name_note})" if name_note else str(out_name)))
-    for warning in warnings:
+    for warning in planned.warnings:
         progress(Progress("warning", detail=warning))
-    final = out_dir or store.path_for(out_name)
-    if out_dir is None:
+    final = request.out_dir or store.path_for(out_name)
+    if request.out_dir is None:
         source_path = None if source.repo_id else str(source.path)
-        check_name_free(store, out_name, repo=source.repo_id, path=source_path, force=force)
-    _check_output(final, force)
-    small_files = [f for f in ckpt.all_files() if f not in ckpt.weight_files]
-    needed = sum(s.nbytes for shard in plan.shards for s in shard)
-    needed += sum((ckpt.path / f).stat().st_size for f in small_files)
+        check_name_free(store, out_name, repo=source.repo_id, path=source_path, force=request.force)
+    _check_output(final, request.force)
+    needed = sum(s.nbytes for shard in planned.weights.shards for s in shard)
+    needed += sum((ckpt.path / f).stat().st_size for f in _small_files(ckpt))
     _check_disk(final.parent, needed)
+    return _Target(out_name, name_note, final)
 
+
+def _small_files(ckpt: Checkpoint) -> list[str]:
+    """The checkpoint's files other than the weights (config, tokenizer, ...)."""
+    return [f for f in ckpt.all_files() if f not in ckpt.weight_files]
+
+
+@contextmanager
+def _stage(store: Store, target: _Target) -> Iterator[Path]:
+    """The staging folder, a temporary sibling of the output: deleted unless installed
+    (see `Store.staging`), and a disk that fills up while writing it said as such."""
     try:
-        with store.staging(final) as tmp:
-            cached = {f: hub.cached_sha256(ckpt.path / f) for f in ckpt.weight_files}
-            hash_sources = not all(cached.values())
-            if method:
-                assert calibration_text is not None
-                learned = write_learned(
-                    ckpt, opts, calibration_text, plan.dtype, tmp, progress, hash_sources
-                )
-                out_hashes, src_hashes, shard_files = learned.hashes, learned.sources, []
-                warnings += learned.warnings
-                quantization = replace(
-                    quantization,
-                    bits_per_weight=learned.bits_per_weight,
-                    layers=learned.layers or None,
-                    calibration=learned.calibration,
-                )
-            else:
-                out_hashes, src_hashes, shard_files = write_weights(
-                    ckpt, plan, tmp, progress, hash_sources
-                )
-                write_config(ckpt, plan, tmp)
-                quantization = replace(
-                    quantization,
-                    bits_per_weight=bits_per_weight(plan, ckpt.parameters),
-                    layers=differing_layers(plan) or None,
-                )
-            if not hash_sources:
-                src_hashes = {f: h for f, h in cached.items() if h}
-            copied = [
-                f for f in small_files if f not in ("config.json", "model.safetensors.index.json")
-            ]
-            for f in copied:
-                shutil.copyfile(ckpt.path / f, tmp / f)
-            if len(shard_files) > 1:
-                write_index(tmp, plan, shard_files)
-            for f in small_files:
-                src_hashes[f] = sha256_file(ckpt.path / f)
-            quality = None
-            if report:
-                from .quality import check_quality, evaluate
-
-                progress(Progress("quality", detail="the held-out text, through both models"))
-                quality = evaluate(ckpt.path, tmp, heldout_text)
-                check_quality(quality)
-            outputs = sorted(p.name for p in tmp.iterdir() if p.is_file())
-            total = sum((tmp / f).stat().st_size for f in outputs)
-            done = 0
-
-            def tick(n: int) -> None:
-                nonlocal done
-                done += n
-                progress(Progress("hash", done, total))
-
-            manifest = Manifest.new(
-                out_name,
-                parameters=ckpt.parameters,
-                config=ckpt.config,
-                quantization=quantization,
-                source=SourceInfo(
-                    repo=source.repo_id,
-                    path=None if source.repo_id else str(source.path),
-                    revision=source.revision,
-                    files=dict(sorted(src_hashes.items())),
-                ),
-                files=hash_files(tmp, outputs, tick, known=out_hashes),
-                quality=quality,
-                license_from=ckpt.path,
-            )
-            manifest.write(tmp)
-            install(tmp, final, replace=force)
+        with store.staging(target.path) as tmp:
+            yield tmp
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise InsufficientDiskError(
-                f"The disk filled up while writing {final}; nothing was left behind. "
+                f"The disk filled up while writing {target.path}; nothing was left behind. "
                 "Free some space and run the conversion again."
             ) from e
         raise
-    registered = became_latest = frozen = False
-    latest = kept_because = None
-    if out_dir is None:
-        became_latest = store.register(final, manifest, event="converted", set_latest=set_latest)
-        registered = True
-        latest, kept_because, frozen = _latest_after(store, out_name, became_latest)
-    store.close()
-    progress(Progress("done", detail=str(final)))
-    return ConvertResult(
-        path=final,
-        manifest=manifest,
-        registered=registered,
-        became_latest=became_latest,
-        seconds=time.perf_counter() - started,
-        name_note=name_note,
-        warnings=tuple(warnings),
-        latest=latest,
-        kept_because=kept_because,
-        frozen=frozen,
+
+
+# -- write, quality, manifest -------------------------------------------------------------
+
+
+@dataclass
+class _Written:
+    """What the write produced: sha256 of the output files it hashed while writing and
+    of every source file, the quantization as written, and the warnings."""
+
+    hashes: dict[str, str]
+    sources: dict[str, str]
+    quantization: Quantization
+    warnings: list[str]
+
+
+def _write(
+    request: ConvertRequest,
+    inputs: _Inputs,
+    ckpt: Checkpoint,
+    planned: _ConversionPlan,
+    tmp: Path,
+    progress: ProgressFn,
+) -> _Written:
+    """The weights and config (streamed, or by a learned method), the small files, the
+    index of a sharded output, and the source files' hashes."""
+    plan, quantization, warnings = planned.weights, planned.quantization, planned.warnings
+    cached = {f: hub.cached_sha256(ckpt.path / f) for f in ckpt.weight_files}
+    hash_sources = not all(cached.values())
+    if request.method:
+        assert inputs.calibration is not None
+        learned = write_learned(
+            ckpt, inputs.options, inputs.calibration, plan.dtype, tmp, progress, hash_sources
+        )
+        out_hashes, src_hashes, shard_files = learned.hashes, learned.sources, []
+        warnings = [*warnings, *learned.warnings]
+        quantization = replace(
+            quantization,
+            bits_per_weight=learned.bits_per_weight,
+            layers=learned.layers or None,
+            calibration=learned.calibration,
+        )
+    else:
+        out_hashes, src_hashes, shard_files = write_weights(ckpt, plan, tmp, progress, hash_sources)
+        write_config(ckpt, plan, tmp)
+        quantization = replace(
+            quantization,
+            bits_per_weight=bits_per_weight(plan, ckpt.parameters),
+            layers=differing_layers(plan) or None,
+        )
+    if not hash_sources:
+        src_hashes = {f: h for f, h in cached.items() if h}
+    small_files = _small_files(ckpt)
+    copied = [f for f in small_files if f not in ("config.json", "model.safetensors.index.json")]
+    for f in copied:
+        shutil.copyfile(ckpt.path / f, tmp / f)
+    if len(shard_files) > 1:
+        write_index(tmp, plan, shard_files)
+    for f in small_files:
+        src_hashes[f] = sha256_file(ckpt.path / f)
+    return _Written(out_hashes, src_hashes, quantization, warnings)
+
+
+def _quality(
+    request: ConvertRequest, inputs: _Inputs, ckpt: Checkpoint, tmp: Path, progress: ProgressFn
+) -> QualityReport | None:
+    """The held-out text through the source and the output; numbers that say the weights
+    are broken fail the conversion (`check_quality`)."""
+    if not request.report:
+        return None
+    from .quality import check_quality, evaluate
+
+    progress(Progress("quality", detail="the held-out text, through both models"))
+    quality = evaluate(ckpt.path, tmp, inputs.heldout)
+    check_quality(quality)
+    return quality
+
+
+def _manifest(
+    target: _Target,
+    source: FetchedSource,
+    ckpt: Checkpoint,
+    written: _Written,
+    quality: QualityReport | None,
+    tmp: Path,
+    progress: ProgressFn,
+) -> Manifest:
+    """manifest.json in the staging folder: every output file with its sha256 (hashing
+    those the write did not), the source and its hashes, the quality report."""
+    outputs = sorted(p.name for p in tmp.iterdir() if p.is_file())
+    total = sum((tmp / f).stat().st_size for f in outputs)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(Progress("hash", done, total))
+
+    manifest = Manifest.new(
+        target.name,
+        parameters=ckpt.parameters,
+        config=ckpt.config,
+        quantization=written.quantization,
+        source=SourceInfo(
+            repo=source.repo_id,
+            path=None if source.repo_id else str(source.path),
+            revision=source.revision,
+            files=dict(sorted(written.sources.items())),
+        ),
+        files=hash_files(tmp, outputs, tick, known=written.hashes),
+        quality=quality,
+        license_from=ckpt.path,
     )
+    manifest.write(tmp)
+    return manifest
+
+
+# -- register -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Registered:
+    """What registering did: nothing for an output outside the store."""
+
+    registered: bool = False
+    became_latest: bool = False
+    latest: str | None = None  # the family's latest afterwards
+    kept_because: str | None = None  # why it did not become latest
+    frozen: bool = False  # its family is pinned or frozen
+
+
+def _register(
+    request: ConvertRequest, store: Store, target: _Target, manifest: Manifest
+) -> _Registered:
+    if request.out_dir is not None:
+        return _Registered()
+    became_latest = store.register(
+        target.path, manifest, event="converted", set_latest=request.set_latest
+    )
+    latest, kept_because, frozen = _latest_after(store, target.name, became_latest)
+    return _Registered(True, became_latest, latest, kept_because, frozen)
 
 
 def _latest_after(

@@ -3,7 +3,8 @@ they are written, so conversion never holds a whole shard in memory and never re
 output back to hash it.
 
 The format: 8-byte little-endian header length, a JSON header mapping names to dtype,
-shape and [start, end) data offsets, then the data.
+shape and [start, end) data offsets, then the data. Reading a header back is the store's
+(`store/safetensors_header.py`): the runtime reads weight files too.
 """
 
 from __future__ import annotations
@@ -52,14 +53,6 @@ class TensorSpec:
 def dtype_name(dtype: mx.Dtype) -> str:
     """The safetensors spelling of an mlx dtype (`mx.bfloat16` -> `BF16`)."""
     return _BY_MLX[str(dtype).removeprefix("mlx.core.")]
-
-
-def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
-    """The parsed JSON header and the offset where tensor data starts."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return header, 8 + n
 
 
 class TensorFileWriter:

@@ -15,9 +15,10 @@ from typing import Any
 
 from ..fileio import sha256_file
 from ..store.manifest import Quantization
+from ..store.safetensors_header import read_header
 from .checkpoint import Checkpoint
 from .progress import Progress, ProgressFn
-from .tensorfile import TensorFileWriter, TensorSpec, read_header
+from .tensorfile import TensorFileWriter, TensorSpec
 
 MAX_SHARD_BYTES = 5 << 30  # mlx-lm's shard size
 

@@ -50,11 +50,11 @@ _EXPORTS = {
     "Model": "model",
     "Prompt": "model",
     "load": "model",
+    "resolve_params": "model",
+    "sampling_for": "model",
     "yarn_overrides": "model",
     "SamplingParams": "sampling",
     "make_sampling": "sampling",
-    "resolve_params": "sampling",
-    "sampling_for": "sampling",
     "LookupDrafter": "speculative",
     "ModelDrafter": "speculative",
     "SpeculativeStats": "speculative",
@@ -125,7 +125,7 @@ if TYPE_CHECKING:
     from .launch import HostFile, Ranks
     from .messages import Message
     from .model import Model, Prompt, load, yarn_overrides
-    from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
+    from .sampling import SamplingParams, make_sampling
     from .speculative import (
         LookupDrafter,
         ModelDrafter,

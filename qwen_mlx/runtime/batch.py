@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from .distributed import leader_of, shared_sampler
 from .generation import TokenLogprob, _StopMatcher, score_token
-from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
+from .model import resolve_params, sampling_for
+from .sampling import SamplingParams, make_sampling
 
 if TYPE_CHECKING:
     from .model import Model, Prompt

@@ -109,7 +109,7 @@ def scatter(model: Any, cache: list[Any] | None, *, layout: dict[str, Any] | Non
     import mlx.core as mx
 
     from .distributed import broadcast
-    from .sharding import rank_layers
+    from .split import rank_layers
 
     shard = model.shard
     size, rank = shard.size, shard.rank

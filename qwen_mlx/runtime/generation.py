@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import GenerationCancelled
 from .distributed import leader_of, shared_sampler
-from .model import Model, Prompt
-from .sampling import SamplingParams, make_sampling, resolve_params, sampling_for
+from .model import Model, Prompt, resolve_params, sampling_for
+from .sampling import SamplingParams, make_sampling
 
 
 @dataclass(frozen=True)

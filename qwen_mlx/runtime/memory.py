@@ -104,7 +104,7 @@ def weights_parts_on_disk(folder: Any) -> tuple[int, list[int]] | None:
     import re
     from pathlib import Path
 
-    from ..convert.tensorfile import read_header
+    from ..store.safetensors_header import read_header
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
@@ -132,7 +132,7 @@ def rank_weights_bytes(outside: int, layers: list[int], ranks: int, mode: str) -
         return outside + sum(layers)
     if mode == "tensor":
         return outside + -(-sum(layers) // ranks)
-    from .sharding import pipeline_split
+    from .split import pipeline_split
 
     split, at, largest = pipeline_split(len(layers), ranks), 0, 0
     for count in reversed(split):  # rank N-1 runs the first layers
@@ -155,7 +155,7 @@ def weights_bytes_on_disk(folder: Any) -> int | None:
     has none."""
     from pathlib import Path
 
-    from ..convert.tensorfile import read_header
+    from ..store.safetensors_header import read_header
 
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
@@ -315,7 +315,7 @@ class MemoryPlanner:
         """The planner of a split model's tightest rank (the least room beside its share
         of the weights): each sequence's KV cache is split across all ranks, so the one
         with least room decides what fits."""
-        from .sharding import rank_shape
+        from .split import rank_shape
 
         def room(info: Any) -> int:
             own = budget.bytes if budget is not None else info.budget_bytes

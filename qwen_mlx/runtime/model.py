@@ -193,6 +193,23 @@ class Model:
         return self.render_tokens(items, tools=tools)
 
 
+def resolve_params(
+    model: Model, params: SamplingParams | None, overrides: dict[str, Any]
+) -> SamplingParams:
+    """The parameters a call runs with: `params`, else the model's defaults (its
+    generation_config.json), with `overrides` on top."""
+    return (params or model.default_params).replace(**overrides)
+
+
+def sampling_for(model: Model, params: SamplingParams) -> SamplingParams:
+    """`params` as they apply to `model`: a `top_k` at or above its vocabulary keeps every
+    token, so it becomes 0 (off), the same distribution (mlx-lm refuses such a top_k)."""
+    vocab = int(model.config.get("vocab_size") or 0)
+    if vocab and params.top_k >= vocab:
+        return replace(params, top_k=0)
+    return params
+
+
 def load(
     ref: str | Path,
     *,

@@ -8,11 +8,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .model import Model
-
+from typing import Any
 
 _PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty")
 
@@ -107,12 +103,6 @@ class SamplingParams:
         return values
 
 
-def resolve_params(
-    model: Model, params: SamplingParams | None, overrides: dict[str, Any]
-) -> SamplingParams:
-    return (params or model.default_params).replace(**overrides)
-
-
 def make_sampling(
     params: SamplingParams, extra_processors: Sequence[Callable] = ()
 ) -> tuple[Callable, list[Callable]]:
@@ -151,12 +141,3 @@ def _keeps_random_state(sampler: Callable) -> Callable:
             raise
 
     return sample
-
-
-def sampling_for(model: Model, params: SamplingParams) -> SamplingParams:
-    """`params` as they apply to `model`: a `top_k` at or above its vocabulary keeps every
-    token, so it becomes 0 (off), the same distribution (mlx-lm refuses such a top_k)."""
-    vocab = int(model.config.get("vocab_size") or 0)
-    if vocab and params.top_k >= vocab:
-        return replace(params, top_k=0)
-    return params

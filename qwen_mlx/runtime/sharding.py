@@ -1,4 +1,5 @@
-"""Loading one rank's share of a model, a layer at a time, and the Qwen3 pipeline split.
+"""Loading one rank's share of a model, a layer at a time, and the Qwen3 pipeline split
+(the figures of a split, which ones a shape allows and each rank's layers, are `split.py`'s).
 
 Tensor parallel (the default): every layer's attention heads and MLP columns are split
 across the ranks (mlx-lm's `Model.shard`), so each holds 1/N of the layers' weights and
@@ -26,8 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DamagedModelError, UnsupportedModelError
+from ..errors import DamagedModelError
 from .distributed import PIPELINE, TENSOR
+from .split import check_split, rank_layers, rank_shape
 
 if TYPE_CHECKING:
     import mlx.nn as nn
@@ -35,53 +37,11 @@ if TYPE_CHECKING:
     from ..store.manifest import Manifest
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-SUPPORTED = ("qwen3",)
-
-
-def check_split(config: dict[str, Any], ranks: int, mode: str) -> None:
-    """Refuse a split the model's shape does not allow, saying which one would work."""
-    if config.get("model_type") not in SUPPORTED:
-        raise UnsupportedModelError(
-            f"Splitting a {config.get('model_type')!r} model across ranks is not supported "
-            "(qwen-mlx splits dense Qwen3 models)."
-        )
-    layers = int(config["num_hidden_layers"])
-    if mode == PIPELINE:
-        if layers < ranks:
-            raise ValueError(f"A pipeline of {ranks} ranks needs at least {ranks} layers.")
-        return
-    if mode != TENSOR:
-        raise ValueError(f"mode must be {TENSOR!r} or {PIPELINE!r}, not {mode!r}.")
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads", heads))
-    if heads % ranks or kv_heads % ranks:
-        raise ValueError(
-            f"Tensor parallelism splits the {kv_heads} KV heads (and {heads} query heads) "
-            f"evenly; {ranks} ranks do not divide them. Use a rank count that does "
-            f"(2, 4 or 8 for Qwen3-4B), or --pipeline."
-        )
-
-
-def pipeline_split(layers: int, ranks: int) -> list[int]:
-    """Layers per rank, as mlx-lm's PipelineMixin splits them (the low ranks, which run
-    the last layers, take the extra ones)."""
-    base, extra = divmod(layers, ranks)
-    return [base + (1 if r < extra else 0) for r in range(ranks)]
-
-
-def rank_layers(layers: int, rank: int, ranks: int, mode: str) -> range:
-    """The checkpoint layers `rank` reads: all (tensor parallel) or its block (pipeline:
-    rank 0 runs the last layers, rank N-1 the first)."""
-    if mode == TENSOR:
-        return range(layers)
-    split = pipeline_split(layers, ranks)
-    start = sum(split[rank + 1 :])
-    return range(start, start + split[rank])
 
 
 def files_for_rank(folder: Path, layers: range) -> set[str]:
     """The weight files holding `layers` and the tensors outside the layers."""
-    from ..convert.tensorfile import read_header
+    from ..store.safetensors_header import read_header
 
     needed: set[str] = set()
     for file in sorted(folder.glob("*.safetensors")):
@@ -174,7 +134,7 @@ def share_bytes(module: nn.Module) -> tuple[int, int]:
 
 def checkpoint_layer_bytes(folder: Path) -> int:
     """Bytes of the checkpoint's largest layer, as stored (before any split)."""
-    from ..convert.tensorfile import read_header
+    from ..store.safetensors_header import read_header
 
     per_layer: dict[int, int] = {}
     for file in sorted(folder.glob("*.safetensors")):
@@ -336,16 +296,3 @@ def _identity(model: Any) -> str:
         digest.update(f"{f.name}:{f.stat().st_size}".encode())
     digest.update(str(model.config.get("rope_scaling")).encode())
     return digest.hexdigest()
-
-
-def rank_shape(shape: Any, ranks: int, mode: str, layers: int | None = None) -> Any:
-    """The figures of one rank's share (what its KV cache and attention hold): the heads
-    split (tensor parallel), or its block of layers (pipeline; the largest block unless
-    `layers` says)."""
-    from dataclasses import replace
-
-    if ranks <= 1:
-        return shape
-    if mode == TENSOR:
-        return replace(shape, heads=shape.heads // ranks, kv_heads=shape.kv_heads // ranks)
-    return replace(shape, layers=layers or max(pipeline_split(shape.layers, ranks)))

@@ -6,8 +6,9 @@
 
 - `naming.py`: the naming convention, both ways, and names made from a checkpoint.
 - `manifest.py`: manifest.json, file hashes, verification.
+- `safetensors_header.py`: what a weight file holds, read from its header alone.
 - `registry.py`: registry.sqlite (all SQL of the store lives there); `migrations.py`.
-- `versions.py`: `Store` (latest, pin, rollback, verify, rm, repair).
+- `versions.py`: `Store` (latest, pin, rollback, verify, rm, repair); `home()`, its root.
 - `staging.py`: staging folders, atomic install, the swap journal and recovery.
 - `refs.py`: model references -> folders. `hub.py`: the Hugging Face Hub.
 """
@@ -20,7 +21,6 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "MLX_PATTERNS": "refs",
-    "home": "refs",
     "resolve": "refs",
     "check_replaceable": "staging",
     "clean_partials": "staging",
@@ -28,6 +28,7 @@ _EXPORTS = {
     "LATEST_FILE": "versions",
     "RepairResult": "versions",
     "Store": "versions",
+    "home": "versions",
     "StoredModel": "versions",
     "VerifyResult": "versions",
 }
@@ -47,8 +48,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .refs import MLX_PATTERNS, home, resolve
+    from .refs import MLX_PATTERNS, resolve
     from .staging import check_replaceable, clean_partials, install
-    from .versions import LATEST_FILE, RepairResult, Store, StoredModel, VerifyResult
+    from .versions import LATEST_FILE, RepairResult, Store, StoredModel, VerifyResult, home
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -1,5 +1,5 @@
 """Model references: `resolve` turns a store name, a family id (its latest), a folder or
-a Hugging Face repo id into a folder; `home()` is the store's root."""
+a Hugging Face repo id into a folder."""
 
 from __future__ import annotations
 
@@ -9,12 +9,6 @@ from pathlib import Path
 from ..errors import ModelNotFoundError
 from . import naming
 from .versions import Store
-
-
-def home() -> Path:
-    """The store root: `$QWEN_MLX_HOME`, or `~/.qwen_mlx`."""
-    return Path(os.environ.get("QWEN_MLX_HOME") or "~/.qwen_mlx").expanduser()
-
 
 MLX_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.jinja", "LICENSE")
 

@@ -105,10 +105,9 @@ class RepairResult:
     skipped: list[str]  # folders left out, with the reason
 
 
-def _home() -> Path:
-    from .refs import home
-
-    return home()
+def home() -> Path:
+    """The store root: `$QWEN_MLX_HOME`, or `~/.qwen_mlx`."""
+    return Path(os.environ.get("QWEN_MLX_HOME") or "~/.qwen_mlx").expanduser()
 
 
 class Store:
@@ -118,7 +117,7 @@ class Store:
     (see `install`), so every command starts from whole, registered models."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root is not None else _home()
+        self.root = Path(root) if root is not None else home()
         self._registry: Registry | None = None
         self._swaps: list[_Swap] = []  # swaps done through `staging`, closed by `close`
         self._recover()

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ...chat.chats import DEFAULT_TITLE, Chat, ChatStore, title_from
+from ...chat.chat_store import DEFAULT_TITLE, Chat, ChatStore, title_from
 from ...chat.documents import read_document
 from ...chat.export import to_markdown
 from ...chat.policy import ContextPolicy, longest_token, most_characters, tokens_over

@@ -33,7 +33,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from ...chat.chats import DEFAULT_TITLE, Chat, title_from
+from ...chat.chat_store import DEFAULT_TITLE, Chat, title_from
 from ...chat.session import ChatSession
 from ...errors import ContextOverflowError
 from ...runtime import Message

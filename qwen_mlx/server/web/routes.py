@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from ...chat.chats import Chat, title_from
+from ...chat.chat_store import Chat, title_from
 from ...chat.export import default_export_path
 from ...chat.policy import ContextPolicy
 from ...errors import ContextOverflowError

@@ -186,7 +186,7 @@ class MCPServer:
         from mcp import Client
         from mcp.types import Implementation
 
-        from .. import __version__
+        from .._version import __version__
 
         self._loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
