@@ -29,16 +29,15 @@ from fastapi.responses import StreamingResponse
 
 from ..chat.tools import ToolCall
 from ..runtime import Model
-from . import anthropic, metrics, responses
+from . import anthropic, metrics, ollama, responses
 from .collect import collect as _collect
 from .collect import off_loop as _off_loop
 from .collect import whole_reply as _whole
 from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine, Finished, Job
-from .errors import APIError, BodyLimit, CatchAll, install_error_handlers
+from .errors import APIError, BodyLimit, CatchAll, ReshapedErrors, install_error_handlers
 from .logprobs import chat_logprobs, completion_logprobs, scored
 from .net import AllowedHosts
-from .ollama import ollama_router
 from .prepare import Reply, prepare_chat, prepare_completion
 from .schemas import ChatRequest, CompletionRequest
 from .web import mount_web
@@ -143,8 +142,9 @@ def create_app(
     anthropic.install(app, engine, api_key)
     app.include_router(router)
     app.include_router(
-        ollama_router(engine, api_key=api_key, body_checks=[Depends(_valid_unicode)])
+        ollama.ollama_router(engine, api_key=api_key, body_checks=[Depends(_valid_unicode)])
     )
+    app.add_middleware(ReshapedErrors, prefix=ollama.PREFIX, reshape=ollama.error_body)
     app.state.web = mount_web(app, engine, api_key=api_key, home=web_home)
     return app
 

@@ -220,7 +220,10 @@ class Engine:
         """Refuse a request for a model this server does not serve, as OpenAI does (404
         model_not_found); no `model` at all means the served one."""
         if requested is not None and requested not in self.names:
-            others = f" (also answers to {', '.join(self.names[1:])})" if self.names[1:] else ""
+            # A folder the model was loaded from is accepted but never shown: an error
+            # must not tell clients where the server keeps its files.
+            shown = [n for n in self.names[1:] if not _is_path(n)]
+            others = f" (also answers to {', '.join(shown)})" if shown else ""
             raise APIError(
                 404,
                 f"The model `{requested}` does not exist on this server. It serves "
@@ -399,6 +402,19 @@ def _prefill_step() -> int:
     import mlx.core as mx
 
     return 512 if mx.metal.is_available() else 256
+
+
+def _is_path(name: str) -> bool:
+    """Whether a name the model answers to is a place on this machine (`serve --model
+    ./folder`) rather than a store name or a Hugging Face repo id."""
+    from pathlib import Path
+
+    if name.startswith(("/", ".", "~")) or "\\" in name:
+        return True
+    try:
+        return Path(name).expanduser().exists()
+    except OSError:  # a name too long or odd for the filesystem: not a path we serve
+        return False
 
 
 def _longest_token(model: Model) -> int:
