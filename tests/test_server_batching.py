@@ -155,6 +155,55 @@ def test_a_full_queue_gets_503_with_retry_after_in_openai_shape(single):
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == "server_busy"
 
 
+def test_a_simultaneous_burst_gets_no_more_places_than_the_queue_has(tiny_model, monkeypatch):
+    # Room for 2 running and 2 waiting. Preparations are held until the refusals are in,
+    # so a check made before any job was counted would let all 12 through.
+    from qwen_mlx.server import app as app_module
+
+    gate = threading.Event()
+    real_prepare = app_module.prepare_chat
+
+    def held(*args, **kwargs):
+        gate.wait(60)
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "prepare_chat", held)
+    engine = Engine(tiny_model, max_context=2048, max_batch=2, max_queue=2, cache_bytes=0)
+    refused: list[httpx.Response] = []
+    for served in serve(engine):
+
+        def ask(i: int, served=served) -> int:
+            body = {"messages": user(f"burst {i}"), "max_tokens": 2}
+            response = served.post("/chat/completions", json=body)
+            if response.status_code == 503:
+                refused.append(response)
+                if len(refused) == 8:
+                    gate.set()
+            return response.status_code
+
+        statuses = all_at_once(ask, 12)
+        gate.set()
+        assert sorted(statuses) == [200] * 4 + [503] * 8
+        assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+        assert refused[0].json()["error"]["code"] == "server_busy"
+        idle(engine)
+        # Every way out gives the place back: a preparation that fails, a stream whose
+        # client leaves before it starts, a token count (which takes no place at all).
+        bad = {"messages": user("x"), "tools": [], "tool_choice": "required"}
+        assert all(served.post("/chat/completions", json=bad).status_code == 400 for _ in range(6))
+        for _ in range(6):
+            with httpx.stream(
+                "POST",
+                served.url + "/chat/completions",
+                json={"messages": user("gone"), "max_tokens": 50, "stream": True},
+                headers={"Authorization": f"Bearer {KEY}"},
+                timeout=60,
+            ):
+                pass  # closed before reading a byte
+        idle(engine)
+        assert engine.queued == 0 and health(served)["queued"] == 0
+
+
 def test_a_request_that_does_not_fit_beside_the_batch_waits_for_room(tiny_model):
     # Memory for one sequence of this size at a time: the second waits, then runs alone.
     planner = MemoryPlanner.for_model(tiny_model)

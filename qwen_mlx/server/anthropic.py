@@ -155,7 +155,7 @@ def install(app: FastAPI, engine: Engine, api_key: str | None) -> None:
     async def count_tokens(req: CountRequest) -> dict[str, int]:
         engine.check_model(req.model)
         chat = to_chat_request(req, max_tokens=1)
-        job, _ = await engine.prepare(prepare_chat, engine, chat)
+        job, _ = await engine.prepare(prepare_chat, engine, chat, queue=False)
         return {"input_tokens": len(job.tokens)}
 
     app.include_router(router)

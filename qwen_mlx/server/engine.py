@@ -7,7 +7,11 @@ event loop only parses and streams text back, and one slow preparation (a huge p
 does not hold up the others.
 
 Jobs run in `scheduler.py`'s continuous batch (at most `max_batch` at once, up to
-`max_queue` more waiting; past that a request gets 503 with Retry-After). Each starts
+`max_queue` more waiting; past that a request gets 503 with Retry-After). A request takes
+its place in that count when its preparation starts, checked and reserved under one lock,
+so a burst of simultaneous requests cannot all pass the check before any is counted; the
+place passes to its job when the job is queued, and is given back on every other way out
+(a failed preparation, a client gone before its stream began). Each starts
 from the KV cache of an earlier one sharing its longest token prefix (see
 `cache_pool.py`), so a client resending a growing conversation prefills only what is
 new; `Finished.cached_tokens` (`usage.prompt_tokens_details.cached_tokens`) says how many
@@ -28,6 +32,7 @@ import asyncio
 import logging
 import threading
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -71,6 +76,8 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     stop: threading.Event = field(default_factory=threading.Event)
     speculative: bool = True  # with the engine's draft, if it has one
+    # Its place in the queue, reserved while it was prepared (see `Engine.prepare`).
+    slot: _Slot | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -168,13 +175,14 @@ class Engine:
         self.observers: list[Callable[[Finished], None]] = []
         self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
         self._jobs: dict[Job, Future[None]] = {}  # waiting or running, with their futures
+        self._reserved = 0  # places taken by requests being prepared (see `prepare`)
         self._jobs_lock = threading.Lock()
 
     @property
     def queued(self) -> int:
-        """Jobs waiting or running."""
+        """Requests being prepared, and jobs waiting or running."""
         with self._jobs_lock:
-            return len(self._jobs)
+            return len(self._jobs) + self._reserved
 
     @property
     def batched(self) -> bool:
@@ -197,24 +205,41 @@ class Engine:
             "speculative": self.drafter is not None,  # then one job at a time, no batch
         }
 
-    def check_capacity(self) -> None:
-        """Refuse a request when `max_queue` jobs already wait behind a full batch: 503
-        with Retry-After, in OpenAI's error shape."""
-        if self.queued >= self.max_batch + self.max_queue:
-            raise APIError(
-                503,
-                f"The server is busy ({self.queued} requests running or waiting). "
-                f"Retry in {RETRY_AFTER} s.",
-                type="server_error",
-                code="server_busy",
-                headers={"Retry-After": str(RETRY_AFTER)},
-            )
+    def reserve(self) -> _Slot:
+        """A place in the queue for a request about to be prepared, or a 503 with
+        Retry-After (in OpenAI's error shape) when `max_queue` requests already wait
+        behind a full batch. The check and the reservation are one step under the lock."""
+        with self._jobs_lock:
+            queued = len(self._jobs) + self._reserved
+            if queued < self.max_batch + self.max_queue:
+                self._reserved += 1
+                return _Slot(self)
+        raise APIError(
+            503,
+            f"The server is busy ({queued} requests running or waiting). Retry in {RETRY_AFTER} s.",
+            type="server_error",
+            code="server_busy",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
 
-    async def prepare(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run request preparation (templates, tokenizing, schema compiling) off the loop,
-        after refusing the request if the queue is full (`check_capacity`)."""
-        self.check_capacity()
-        return await asyncio.get_running_loop().run_in_executor(self._preparer, fn, *args)
+    async def prepare(self, fn: Callable[..., Any], *args: Any, queue: bool = True) -> Any:
+        """Run request preparation (templates, tokenizing, schema compiling) off the loop.
+        With `queue` (a request that will generate), a place in the queue is reserved
+        first (`reserve`: a full queue refuses the request at once) and handed to the job
+        `fn` returns (a Job, or a tuple starting with one): `events` passes it on to the
+        queued job, and a job dropped without being queued gives it back."""
+        slot = self.reserve() if queue else None
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._preparer, fn, *args)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        if slot is not None:
+            job = result[0] if isinstance(result, tuple) else result
+            job.slot = slot
+            weakref.finalize(job, slot.release)  # never queued: the place comes back
+        return result
 
     def check_model(self, requested: str | None) -> None:
         """Refuse a request for a model this server does not serve, as OpenAI does (404
@@ -259,6 +284,8 @@ class Engine:
                 job.stop.set()
 
         with self._jobs_lock:  # held until the job is listed: `_run` unlists it when done
+            if job.slot is not None:  # the job now counts itself in the queue
+                job.slot.release_locked()
             if self.batched:
                 self._jobs[job] = _Resolved()
                 self.scheduler.submit(job, emit, self._done)
@@ -394,6 +421,26 @@ class Engine:
 
 class _Resolved(Future):
     """A batched job's future, resolved by the engine when the job ends."""
+
+
+class _Slot:
+    """A place in the engine's queue held by a request being prepared (`Engine.reserve`);
+    released once, by whichever comes first: its job being queued, or the request ending
+    without one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._held = True
+
+    def release(self) -> None:
+        with self._engine._jobs_lock:
+            self.release_locked()
+
+    def release_locked(self) -> None:
+        """`release`, for a caller holding the engine's jobs lock."""
+        if self._held:
+            self._held = False
+            self._engine._reserved -= 1
 
 
 def _prefill_step() -> int:
