@@ -138,7 +138,7 @@ def create_app(
         }
 
     metrics.install(app, engine, router)
-    responses.install(router, engine)
+    app.state.responses = responses.install(router, engine)
     anthropic.install(app, engine, api_key)
     app.include_router(router)
     app.include_router(
