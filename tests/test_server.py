@@ -355,6 +355,26 @@ def test_a_named_or_required_tool_choice_forces_a_schema_valid_call(client, choi
         assert (call.function.name, arguments) == ("get_time", {})
 
 
+@pytest.mark.parametrize("draft07", [False, True], ids=["$defs", "definitions"])
+def test_a_forced_call_to_a_tool_with_schema_references_is_schema_valid(client, draft07):
+    from .test_tools import nested_parameters
+
+    parameters = nested_parameters(draft07)
+    tool = {"type": "function", "function": {"name": "order", "parameters": parameters}}
+    for choice in ("required", {"type": "function", "function": {"name": "order"}}):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=user("Order tea."),
+            tools=[tool, WEATHER_TOOL],
+            tool_choice=choice,
+            max_tokens=200,
+            temperature=0,
+        )
+        (call,) = reply.choices[0].message.tool_calls
+        if call.function.name == "order":
+            jsonschema.validate(json.loads(call.function.arguments), parameters)
+
+
 def test_a_tool_choice_naming_no_tool_is_400(served):
     response = served.post(
         "/chat/completions",

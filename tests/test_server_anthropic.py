@@ -210,6 +210,23 @@ def test_a_forced_tool_choice_gives_a_schema_valid_tool_use(client, choice):
     assert use.name == "get_weather" and set(use.input) == {"city", "unit"}
 
 
+def test_a_forced_tool_use_with_schema_references_is_schema_valid(client):
+    from .test_tools import nested_parameters
+
+    schema = nested_parameters()
+    reply = client.messages.create(
+        model=MODEL,
+        max_tokens=200,
+        tools=[{"name": "order", "input_schema": schema}],
+        tool_choice={"type": "tool", "name": "order"},
+        messages=[{"role": "user", "content": "Order tea."}],
+        extra_body=GREEDY,
+    )
+    use = reply.content[-1]
+    assert reply.stop_reason == "tool_use" and use.name == "order"
+    jsonschema.validate(use.input, schema)
+
+
 def test_a_stop_sequence_is_named_in_the_reply(client, model_stream):
     def stops(model, tokens, params, **kwargs):
         from qwen_mlx.runtime import GenerationChunk

@@ -205,6 +205,23 @@ def test_a_required_tool_choice_forces_a_schema_valid_call(client):
     jsonschema.validate(json.loads(call.arguments), TOOL["parameters"])
 
 
+def test_a_forced_call_with_schema_references_is_schema_valid(client):
+    from .test_tools import nested_parameters
+
+    schema = nested_parameters(draft07=True)
+    response = client.responses.create(
+        model=MODEL,
+        input="Order tea.",
+        tools=[{"type": "function", "name": "order", "parameters": schema}],
+        tool_choice={"type": "function", "name": "order"},
+        max_output_tokens=200,
+        temperature=0,
+    )
+    call = response.output[-1]
+    assert call.type == "function_call" and call.name == "order"
+    jsonschema.validate(json.loads(call.arguments), schema)
+
+
 def test_text_format_json_schema_gives_schema_valid_json(client):
     schema = {
         "type": "object",

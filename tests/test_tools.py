@@ -18,6 +18,7 @@ from qwen_mlx.chat.tools import (
     CallFilter,
     ToolCall,
     as_tool,
+    call_schema,
     parse_tool_calls,
     run_tool_call,
     tool_table,
@@ -604,3 +605,45 @@ def test_real_model_round_with_tools_does_not_raise(tiny_model):
     for seed in range(3):
         "".join(c.text for c in session.send("Weather in Oslo?", max_tokens=30, seed=seed))
     assert session.messages[-1]["role"] in ("assistant", "tool")
+
+
+def nested_parameters(draft07: bool = False) -> dict:
+    """A pydantic model's schema with a nested model: `$defs` and `$ref`s (or draft-07's
+    `definitions`), as pydantic and most tool libraries write them."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class Address(BaseModel):
+        model_config = ConfigDict(extra="forbid")  # keeps a random model's JSON short
+        street: str = Field(max_length=10)
+        zip: int = Field(ge=0, le=99999)
+
+    class Order(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        item: Literal["tea", "cake"]
+        ship_to: Address
+        bill_to: Address | None = None
+
+    schema = Order.model_json_schema()
+    if draft07:
+        schema = json.loads(json.dumps(schema).replace("$defs", "definitions"))
+    return schema
+
+
+@pytest.mark.parametrize("draft07", [False, True], ids=["$defs", "definitions"])
+def test_a_call_schema_keeps_each_tools_references_resolvable(draft07):
+    import jsonschema
+
+    from qwen_mlx.runtime.structured import compile_schema
+
+    order = as_tool({"name": "order", "parameters": nested_parameters(draft07)})
+    other = as_tool({"name": "noop", "parameters": {"type": "object", "properties": {}}})
+    for tools in ([order], [order, other]):
+        schema = call_schema(tools)
+        compile_schema(schema)  # llguidance resolves every reference
+        good = {"item": "tea", "ship_to": {"street": "Main St", "zip": 123}}
+        jsonschema.validate({"name": "order", "arguments": good}, schema)
+        bad = {"item": "tea", "ship_to": {"street": "Main St"}}
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"name": "order", "arguments": bad}, schema)
+    recursive = {"type": "object", "properties": {"child": {"$ref": "#"}}}
+    compile_schema(call_schema([as_tool({"name": "tree", "parameters": recursive})]))

@@ -18,7 +18,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +167,59 @@ def _schema_for(tp: Any) -> dict[str, Any]:
             schema["additionalProperties"] = _schema_for(args[1])
         return schema
     raise TypeError(f"No JSON schema for the annotation {tp!r}.")
+
+
+def call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
+    """The JSON schema of a call to one of `tools` (`{"name": ..., "arguments": {...}}`),
+    for holding a forced call to their schemas.
+
+    Each tool's parameters move under the root's `$defs` with their local references
+    (`#/$defs/...`, draft-07's `#/definitions/...`, `#` itself) rebased onto their new
+    place: left where the call puts them, pydantic's `$ref`s would point at the call's
+    root, where no such definitions are.
+    """
+    defs: dict[str, Any] = {}
+    options = []
+    for i, tool in enumerate(tools):
+        key = f"arguments_{i}"
+        parameters = {k: v for k, v in tool.parameters.items() if k not in ("$id", "$schema")}
+        defs[key] = _rebased(parameters, f"#/$defs/{key}")
+        arguments = {"$ref": f"#/$defs/{key}"}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool.name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**schema, "$defs": defs}
+
+
+# Keywords whose value is a map of names to schemas, and those whose value is data.
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_DATA = ("const", "enum", "default", "examples")
+
+
+def _rebased(schema: Any, base: str) -> Any:
+    """`schema` with its local `$ref`s ("#..."), which point into its own root, made to
+    point into `base` (where its root will be)."""
+    if isinstance(schema, list):
+        return [_rebased(s, base) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            out[key] = base + value[1:]
+        elif key in _NAMED_SCHEMAS and isinstance(value, dict):
+            out[key] = {name: _rebased(s, base) for name, s in value.items()}
+        elif key in _DATA:
+            out[key] = value
+        else:
+            out[key] = _rebased(value, base)
+    return out
 
 
 def _enum_type(values: list[Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..chat.tools import (
     Tool,
     ToolCall,
     as_tool,
+    call_schema,
     parse_tool_calls,
 )
 from ..runtime import SamplingParams
@@ -98,7 +99,7 @@ def prepare_chat(
     if forced:  # open the call ourselves and hold the JSON to the tools' schemas
         prefix, suffix = CALL_OPEN + "\n", "\n" + CALL_CLOSE
         tokens += model.encode(prefix)
-        schema = _call_schema(forced)
+        schema = call_schema(forced)
     engine.check_context(len(tokens), "messages")
     params = _sampling(engine, req, len(tokens), req.max_completion_tokens or req.max_tokens)
     processors = []
@@ -298,17 +299,3 @@ def _response_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
             400, "response_format json_schema needs json_schema.schema.", param="response_format"
         )
     return fmt.json_schema.schema_
-
-
-def _call_schema(tools: list[Tool]) -> dict[str, Any]:
-    """JSON a forced tool call must be: one of these tools' names with valid arguments."""
-    options = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for t in tools
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
