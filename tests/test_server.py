@@ -113,6 +113,19 @@ def scripted(text: str, seen: list | None = None) -> Callable:
     return fake
 
 
+def cut_short(text: str) -> Callable:
+    """A stand-in for runtime.stream_tokens that writes `text` and stops there, as if
+    max_tokens ran out (finish reason "length")."""
+
+    def fake(model, tokens, params, **kwargs):
+        pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
+        for n, piece in enumerate(pieces, 1):
+            yield GenerationChunk(piece, None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
+        yield GenerationChunk("", None, len(tokens), 0.0, len(pieces), 0.0, 0.0, 0.0, "length")
+
+    return fake
+
+
 def recording(seen: list) -> Callable:
     """The real model, recording the prompt tokens each request prefills."""
 
@@ -673,23 +686,39 @@ def test_tool_calls_are_found_off_the_event_loop(served, client, model_stream, m
     assert threads and served.thread.name not in threads  # the server's thread runs the loop
 
 
-def test_a_forced_call_cut_off_by_max_tokens_comes_back_as_its_text(client, no_reuse):
+def compact(arguments: str) -> str:
+    """Arguments as the call's grammar has the model write them (compact JSON)."""
+    return json.dumps(json.loads(arguments), separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize("max_tokens", [3, 24])  # cut inside the name; inside the arguments
+def test_a_forced_call_cut_off_by_max_tokens_comes_back_as_the_call_so_far(
+    client, no_reuse, max_tokens
+):
+    # As OpenAI returns one: the tool call with its arguments as far as they were
+    # written, finish_reason "length"; never our call wrapper as text.
     args = dict(
         model=MODEL,
         messages=user("Weather in Paris?"),
         tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        max_tokens=3,
         temperature=0,
     )
-    reply = client.chat.completions.create(**args)
+    whole = client.chat.completions.create(**args, max_tokens=64).choices[0].message
+    written = compact(whole.tool_calls[0].function.arguments)
+    reply = client.chat.completions.create(**args, max_tokens=max_tokens)
     choice = reply.choices[0]
-    assert choice.finish_reason == "length" and not choice.message.tool_calls
-    assert choice.message.content and choice.message.content.startswith("{")
-    assert "tool_call>" not in choice.message.content
-    chunks = list(client.chat.completions.create(**args, stream=True))
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert streamed.strip() == choice.message.content
+    assert choice.finish_reason == "length" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    partial = call.function.arguments
+    assert written.startswith(partial) and len(partial) < len(written)
+    assert bool(partial) == (max_tokens > 20)
+    assert '"name"' not in partial and "tool_call" not in partial
+    chunks = list(client.chat.completions.create(**args, max_tokens=max_tokens, stream=True))
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    (streamed,) = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert (streamed.function.name, streamed.function.arguments) == ("get_weather", partial)
     assert chunks[-1].choices[0].finish_reason == "length"
 
 

@@ -21,6 +21,7 @@ from .test_server import (
     MAX_TOKENS_CAP,
     MODEL,
     WEATHER_TOOL,
+    cut_short,
     recording,
     scripted,
     start_server,
@@ -220,6 +221,35 @@ def test_a_forced_call_with_schema_references_is_schema_valid(client):
     call = response.output[-1]
     assert call.type == "function_call" and call.name == "order"
     jsonschema.validate(json.loads(call.arguments), schema)
+
+
+def test_a_forced_call_cut_off_by_max_output_tokens_is_an_incomplete_function_call(
+    client, model_stream, served
+):
+    # As OpenAI returns one: the function_call item, incomplete, in an incomplete response.
+    model_stream(cut_short('{"name":"get_weather","arguments":{"city":"Pa'))
+    args = dict(
+        model=MODEL,
+        input="Weather in Rome?",
+        tools=[TOOL],
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=20,
+    )
+    response = client.responses.create(**args)
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "max_output_tokens"
+    (call,) = response.output
+    assert (call.type, call.status, call.name) == ("function_call", "incomplete", "get_weather")
+    assert call.arguments == '{"city":"Pa' and response.output_text == ""
+    assert client.responses.retrieve(response.id).output[0].arguments == call.arguments
+    events = list(client.responses.create(**args, stream=True))
+    kinds = [e.type for e in events]
+    assert "response.output_text.delta" not in kinds and kinds[-1] == "response.incomplete"
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert [(i.type, i.status, i.arguments) for i in done] == [
+        ("function_call", "incomplete", '{"city":"Pa')
+    ]
+    assert events[-1].response.output[0].status == "incomplete"
 
 
 def test_text_format_json_schema_gives_schema_valid_json(client):

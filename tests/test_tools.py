@@ -647,3 +647,22 @@ def test_a_call_schema_keeps_each_tools_references_resolvable(draft07):
             jsonschema.validate({"name": "order", "arguments": bad}, schema)
     recursive = {"type": "object", "properties": {"child": {"$ref": "#"}}}
     compile_schema(call_schema([as_tool({"name": "tree", "parameters": recursive})]))
+
+
+def test_a_cut_off_forced_call_is_the_call_so_far():
+    from qwen_mlx.chat.tools import cut_call
+
+    names = ["get_weather", "get_time"]
+    call = cut_call('{"name":"get_weather","arguments":{"city":"Paris","days":2,"unit":"cel', names)
+    assert (call.name, call.partial) == ("get_weather", '{"city":"Paris","days":2,"unit":"cel')
+    assert call.arguments == {"city": "Paris", "days": 2}
+    assert call.to_message()["function"]["arguments"] == call.partial
+    # Cut inside the name: the one tool it can still be, with no arguments yet.
+    call = cut_call('{"name":"get_we', names)
+    assert (call.name, call.partial, call.arguments) == ("get_weather", "", {})
+    assert cut_call('{"name":"get_', names) is None  # either tool: no call to report
+    assert cut_call("", ["only"]).name == "only"
+    assert cut_call('{"name":"get_time",', names).partial == ""
+    # Only the wrapper's closing brace was cut: an ordinary, complete call.
+    whole = cut_call('{"name":"get_time","arguments":{"zone":"UTC"}', names)
+    assert (whole.partial, whole.arguments) == (None, {"zone": "UTC"})

@@ -51,23 +51,33 @@ class Tool:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """One call found in a reply. `error` is set when it cannot be run as written."""
+    """One call found in a reply. `error` is set when it cannot be run as written.
+
+    `partial` is set on a forced call that max_tokens cut off (`cut_call`): its arguments
+    as far as the model wrote them, unfinished JSON, which APIs return as they are;
+    `arguments` then holds the values complete in them.
+    """
 
     name: str | None
     arguments: dict[str, Any] | None
     raw: str
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
     error: str | None = None
+    partial: str | None = None
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as a JSON string (as written, for a call cut off)."""
+        if self.partial is not None:
+            return self.partial
+        return json.dumps(self.arguments if self.arguments is not None else {})
 
     def to_message(self) -> dict[str, Any]:
         """The OpenAI-style entry for an assistant message's `tool_calls`."""
         return {
             "id": self.id,
             "type": "function",
-            "function": {
-                "name": self.name or "",
-                "arguments": json.dumps(self.arguments if self.arguments is not None else {}),
-            },
+            "function": {"name": self.name or "", "arguments": self.arguments_json},
         }
 
 
@@ -374,6 +384,50 @@ def _call(body: str, *, closed: bool) -> ToolCall:
     if not isinstance(arguments, dict):
         return ToolCall(name, None, raw, error="the arguments must be a JSON object")
     return ToolCall(name, arguments, raw)
+
+
+_CALL_NAME = re.compile(r'\s*\{\s*"name"\s*:\s*')
+_CALL_ARGUMENTS = re.compile(r'\s*,\s*"arguments"\s*:\s*')
+
+
+def cut_call(text: str, names: Sequence[str]) -> ToolCall | None:
+    """A forced call as far as the model wrote it before max_tokens ended the reply:
+    `{"name": "...", "arguments": {...` (the order the call's schema holds it to).
+
+    The call names the tool its text names, or, when the name itself was cut off, the
+    only one of `names` it can still be. Its arguments are complete (then it is an
+    ordinary call: max_tokens only cut the closing brace), or unfinished (`partial`).
+    None when the text cannot tell which tool it calls.
+    """
+    start = _CALL_NAME.match(text)
+    if start is None:
+        return ToolCall(names[0], {}, text, partial="") if len(names) == 1 else None
+    try:
+        name, end = _DECODER.raw_decode(text, start.end())
+    except (json.JSONDecodeError, RecursionError):
+        written = text[start.end() :].removeprefix('"')
+        fits = [n for n in names if json.dumps(n)[1:-1].startswith(written)]
+        return ToolCall(fits[0], {}, text, partial="") if len(fits) == 1 else None
+    if not isinstance(name, str):
+        return None
+    after = _CALL_ARGUMENTS.match(text, end)
+    if after is None:
+        return ToolCall(name, {}, text, partial="")
+    written = text[after.end() :].rstrip()
+    try:
+        arguments, _ = _DECODER.raw_decode(written)
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    else:
+        if isinstance(arguments, dict):
+            return ToolCall(name, arguments, text)
+    from pydantic_core import from_json
+
+    try:
+        complete = from_json(written, allow_partial=True) if written else {}
+    except ValueError:
+        complete = {}
+    return ToolCall(name, complete if isinstance(complete, dict) else {}, text, partial=written)
 
 
 class CallFilter:

@@ -286,6 +286,8 @@ def _tool_choice(choice: ToolChoice, has_tools: bool) -> Any:
 
 
 def _tool_use(call: ToolCall) -> dict[str, Any]:
+    """A `tool_use` block; for a call max_tokens cut off, its input is what is complete in
+    the arguments written so far (as Anthropic's SDKs read a partial `input_json_delta`)."""
     tool_id = call.id.replace("call_", "toolu_", 1)
     return {"type": "tool_use", "id": tool_id, "name": call.name, "input": call.arguments or {}}
 
@@ -368,7 +370,10 @@ async def _events(
         for call in calls:
             block = dict(_tool_use(call), input={})
             yield _event("content_block_start", {"index": index, "content_block": block})
-            partial = json.dumps(call.arguments or {}, ensure_ascii=False)
+            if call.partial is not None:  # cut off by max_tokens: as far as it was written
+                partial = call.partial
+            else:
+                partial = json.dumps(call.arguments or {}, ensure_ascii=False)
             delta = {"type": "input_json_delta", "partial_json": partial}
             yield _event("content_block_delta", {"index": index, "delta": delta})
             yield _event("content_block_stop", {"index": index})

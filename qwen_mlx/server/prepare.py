@@ -27,6 +27,7 @@ from ..chat.tools import (
     ToolCall,
     as_tool,
     call_schema,
+    cut_call,
     parse_tool_calls,
 )
 from ..runtime import SamplingParams
@@ -111,7 +112,9 @@ def prepare_chat(
         except ValueError as e:
             raise APIError(400, str(e), param="response_format") from e
     parse_calls = bool(tools) and response_schema is None
-    reply = Reply(parse_calls=parse_calls, prefix=prefix, suffix=suffix)
+    reply = Reply(
+        parse_calls=parse_calls, prefix=prefix, suffix=suffix, forced=[t.name for t in forced]
+    )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return Job(
         tokens, params, processors, logprobs=logprobs, speculative=req.speculative is not False
@@ -180,17 +183,28 @@ class Reply:
     """Shapes the model's text into an OpenAI assistant message: `<tool_call>` blocks come
     out of the content and become `tool_calls` (malformed ones are logged and dropped).
 
-    A reply cut off by max_tokens inside a call (a forced one, say) is not a call: its
-    text as written becomes the content, finish reason "length", never an empty message.
-    `parses_calls` says whether shaping does real work (the app then runs it off the
-    event loop).
+    A forced call (`forced`: the names it may call; the server opened it with `prefix`)
+    cut off by max_tokens comes back as what each API returns for one: the call, with its
+    arguments as far as they were written (`ToolCall.partial`), finish reason "length",
+    never the text of our call wrapper. A call the model opened itself and max_tokens cut
+    is not a call: its text as written becomes the content, finish reason "length", never
+    an empty message. `parses_calls` says whether shaping does real work (the app then
+    runs it off the event loop).
     """
 
-    def __init__(self, *, parse_calls: bool, prefix: str = "", suffix: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        parse_calls: bool,
+        prefix: str = "",
+        suffix: str = "",
+        forced: Sequence[str] = (),
+    ) -> None:
         self._filter = CallFilter() if parse_calls else None
         self._parts: list[str] = []
         self._shown: list[str] = []
         self._prefix, self._suffix = prefix, suffix
+        self._forced = tuple(forced)
         self.feed(prefix)
 
     @property
@@ -213,9 +227,12 @@ class Reply:
         held, unterminated = self._filter.finish()
         tail += held
         cut_off = reason == "length" and unterminated is not None
+        if cut_off and self._forced and unterminated.startswith(self._prefix):
+            call = cut_call(unterminated[len(self._prefix) :], self._forced)
+            if call is not None and call.partial is None:  # only the closing brace was cut
+                return tail, tail or None, [call], "tool_calls"
+            return tail, tail or None, [call] if call is not None else [], reason
         if cut_off:
-            if self._prefix and not any(self._shown) and unterminated.startswith(self._prefix):
-                unterminated = unterminated[len(self._prefix) :]  # we opened a forced call
             tail += unterminated
         prose, calls = parse_tool_calls(text)
         valid = [c for c in calls if c.error is None]

@@ -404,14 +404,20 @@ class _Turn:
 
     @staticmethod
     def _call_item(call: ToolCall, status: str) -> dict[str, Any]:
-        arguments = json.dumps(call.arguments or {}, ensure_ascii=False)
+        """A function_call item; done, a call max_tokens cut off is "incomplete", with its
+        arguments as far as they were written."""
+        if call.partial is not None:
+            arguments = call.partial
+            status = "incomplete" if status == "completed" else status
+        else:
+            arguments = json.dumps(call.arguments or {}, ensure_ascii=False)
         return {
             "id": call.id.replace("call_", "fc_", 1),
             "type": "function_call",
             "status": status,
             "call_id": call.id,
             "name": call.name,
-            "arguments": arguments if status == "completed" else "",
+            "arguments": arguments if status != "in_progress" else "",
         }
 
     def response(
