@@ -229,6 +229,7 @@ def test_errors_come_back_in_ollamas_shape(client, base):
         f"{base[0]}/api/chat", content=b"{nope", headers={"Authorization": f"Bearer {KEY}"}
     )
     assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
+    assert not bad.json()["error"].startswith("{")  # the message, not a wrapped error
 
 
 def test_the_api_key_is_required_when_set(base, monkeypatch):

@@ -765,6 +765,82 @@ def test_text_that_is_not_valid_unicode_is_400(served, path, body, param):
     assert response.status_code == 400
 
 
+@pytest.fixture(scope="module")
+def roomy(tiny_model) -> Iterator[Served]:
+    """A server taking bodies up to the default 16 MiB, for requests built to be slow."""
+    engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
+    server, thread, port = start_server(create_app(engine, api_key=KEY))
+    yield Served(engine, f"http://127.0.0.1:{port}/v1", thread)
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+def test_too_many_messages_blocks_or_tools_are_refused_before_any_work_on_every_protocol(
+    roomy, tiny_model, monkeypatch
+):
+    import anthropic
+    import ollama
+
+    rendered: list = []
+    real_render = type(tiny_model.tokenizer).apply_chat_template
+    monkeypatch.setattr(
+        type(tiny_model.tokenizer),
+        "apply_chat_template",
+        lambda self, *a, **k: rendered.append(1) or real_render(self, *a, **k),
+    )
+    base = roomy.url.removesuffix("/v1")
+    one = {"role": "user", "content": "x"}
+    many = [one] * 10_001
+    blocks = [{"role": "user", "content": [{"type": "text", "text": "x"}] * 10_001}]
+    tools = [WEATHER_TOOL] * 1_001
+
+    def refused(error, limit: str) -> None:
+        message = str(error)
+        assert "Expected a" in message and limit in message, message
+
+    openai_client = roomy.client()
+    anthropic_client = anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0)
+    ollama_client = ollama.Client(host=base, headers={"Authorization": f"Bearer {KEY}"})
+    for messages, extra, limit in (
+        (many, {}, "10,000"),
+        (blocks, {}, "10,000"),
+        ([one], {"tools": tools}, "1,000"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            openai_client.chat.completions.create(model=MODEL, messages=messages, **extra)
+        refused(e.value, limit)
+        assert e.value.code == "array_above_max_length"
+        with pytest.raises(openai.BadRequestError) as e:
+            openai_client.responses.create(model=MODEL, input=messages, **extra)
+        refused(e.value, limit)
+        anthropic_tools = [{"name": "t", "input_schema": {"type": "object"}}] * 1_001
+        with pytest.raises(anthropic.BadRequestError) as e:
+            anthropic_client.messages.create(
+                model=MODEL,
+                max_tokens=4,
+                messages=messages,
+                **({"tools": anthropic_tools} if extra else {}),
+            )
+        refused(e.value, limit)
+        if messages is not blocks:  # Ollama's content is a string
+            with pytest.raises(ollama.ResponseError) as e:
+                ollama_client.chat(model=MODEL, messages=messages, **extra)
+            assert e.value.status_code == 400
+            refused(e.value.error, limit)
+    # Text that cannot fit the context whatever it says is refused by its length.
+    chars = roomy.engine.context_limit * roomy.engine.max_token_chars * 4
+    huge = [{"role": "user", "content": "word " * (chars // 5 + 1)}]
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(model=MODEL, messages=huge)
+    assert e.value.code == "context_length_exceeded"
+    assert rendered == []  # no template rendered for any of them
+    # The limits leave room: 9,999 messages are read, rendered and refused for the context.
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(model=MODEL, messages=[one] * 9_999)
+    assert e.value.code == "context_length_exceeded" and rendered
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

@@ -119,14 +119,13 @@ class MessagesRequest(CountRequest):
     output_config: OutputConfig | None = None
 
 
-def install(app: FastAPI, engine: Engine, api_key: str | None) -> None:
-    """Serve the Messages API on `app`, with its own key check and error shape."""
-    from .app import _valid_unicode
-
+def install(app: FastAPI, engine: Engine, api_key: str | None, *, body_check: Any) -> None:
+    """Serve the Messages API on `app`, with its own key check and error shape;
+    `body_check` (a dependency: `limits.body_check`) runs on each body first."""
     app.add_middleware(ReshapedErrors, prefix=PREFIX, reshape=_anthropic_error)
     router = APIRouter(dependencies=[Depends(_key_check(api_key))] if api_key else [])
 
-    @router.post(PREFIX, dependencies=[Depends(_valid_unicode)])
+    @router.post(PREFIX, dependencies=[body_check])
     async def messages(req: MessagesRequest, request: Request) -> Any:
         engine.check_model(req.model)
         job, reply = await engine.prepare(prepare_chat, engine, to_chat_request(req))
@@ -151,7 +150,7 @@ def install(app: FastAPI, engine: Engine, api_key: str | None) -> None:
             "usage": _usage(done),
         }
 
-    @router.post(PREFIX + "/count_tokens", dependencies=[Depends(_valid_unicode)])
+    @router.post(PREFIX + "/count_tokens", dependencies=[body_check])
     async def count_tokens(req: CountRequest) -> dict[str, int]:
         engine.check_model(req.model)
         chat = to_chat_request(req, max_tokens=1)

@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 DISCONNECT_POLL = 0.1  # seconds between checks that a client is still there
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
 RETRY_AFTER = 2  # seconds a client turned away by a full queue is asked to wait
+COMPOSED = 4  # code points Unicode normalization (NFC) can compose into one character
 
 
 @dataclass(eq=False)  # each job is its own: hashed by identity
@@ -257,7 +258,17 @@ class Engine:
                 code="model_not_found",
             )
 
-    def check_context(self, prompt_tokens: int, param: str, *, at_least: bool = False) -> None:
+    def check_characters(self, chars: int, param: str | None) -> None:
+        """Refuse text that cannot fit the context whatever it says: more characters than
+        the context's tokens could spell (no token covers more than `max_token_chars`,
+        and Unicode normalization composes at most `COMPOSED` code points into one)."""
+        per_token = self.max_token_chars * COMPOSED
+        if chars >= self.context_limit * per_token:
+            self.check_context(chars // per_token, param, at_least=True)
+
+    def check_context(
+        self, prompt_tokens: int, param: str | None, *, at_least: bool = False
+    ) -> None:
         """Refuse a prompt that leaves no room for a reply. With `at_least`, the count is
         a lower bound found without tokenizing everything (see `prepare.py`)."""
         if prompt_tokens >= self.context_limit:

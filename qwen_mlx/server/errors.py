@@ -250,11 +250,13 @@ class ReshapedErrors:
 
 
 def error_message(body: bytes) -> str:
-    """The message of an error response in OpenAI's shape (or the body as text)."""
+    """The message of an error response in OpenAI's shape, or in one that is already
+    Ollama's (`{"error": "..."}`), or else the body as text."""
     try:
-        message = json.loads(body)["error"]["message"]
+        error = json.loads(body)["error"]
     except (ValueError, KeyError, TypeError):
-        message = None
+        error = None
+    message = error.get("message") if isinstance(error, dict) else error
     if isinstance(message, str):
         return message
     return body.decode("utf-8", errors="replace") or "The request failed."

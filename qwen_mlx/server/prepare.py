@@ -44,8 +44,6 @@ from .schemas import (
 
 logger = logging.getLogger(__name__)
 
-# Unicode normalization (NFC) can compose up to four code points into one character.
-_COMPOSED = 4
 # Prompts with more characters than this per token of context are counted piece by piece
 # before being tokenized whole (real text has about four).
 _COUNT_ABOVE = 8
@@ -147,9 +145,7 @@ def _check_length(engine: Engine, text: str, param: str) -> None:
     """Refuse `text` (a whole prompt) early when it cannot fit the context, reading as
     little of it as that takes (see the module docstring)."""
     limit = engine.context_limit
-    per_token = engine.max_token_chars * _COMPOSED
-    if len(text) >= limit * per_token:  # too long, whatever it says
-        engine.check_context(len(text) // per_token, param, at_least=True)
+    engine.check_characters(len(text), param)  # too long, whatever it says
     if len(text) > limit * _COUNT_ABOVE:
         enough = limit + limit // 4 + 64  # well over: pieces may count a token or two apart
         counted = _count_tokens(engine.model, text, enough)

@@ -36,7 +36,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
@@ -245,13 +245,14 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
             )
 
 
-def install(router: APIRouter, engine: Engine, store: ResponseStore | None = None) -> ResponseStore:
-    """Serve the Responses API on `router` (which holds the key check); returns its store."""
-    from .app import _valid_unicode
-
+def install(
+    router: APIRouter, engine: Engine, *, body_check: Any, store: ResponseStore | None = None
+) -> ResponseStore:
+    """Serve the Responses API on `router` (which holds the key check); `body_check` (a
+    dependency: `limits.body_check`) runs on each body first. Returns its store."""
     store = store if store is not None else ResponseStore()
 
-    @router.post("/v1/responses", dependencies=[Depends(_valid_unicode)])
+    @router.post("/v1/responses", dependencies=[body_check])
     async def create(req: ResponsesRequest, request: Request) -> Any:
         engine.check_model(req.model)
         check_metadata(req.metadata)
