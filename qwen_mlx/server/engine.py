@@ -315,7 +315,7 @@ class Engine:
                     if not isinstance(more, str):
                         pending = more
                         break
-                    item += more
+                    item = _joined(item, more)
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -460,6 +460,15 @@ def _prefill_step() -> int:
     import mlx.core as mx
 
     return 512 if mx.metal.is_available() else 256
+
+
+def _joined(text: str, more: str) -> str:
+    """Two pieces of generated text as one, keeping their tokens' log probabilities
+    (`str + Text` is a plain str: joined that way, logprobs were lost under load)."""
+    if isinstance(text, Text) or isinstance(more, Text):
+        scored = getattr(text, "logprobs", ()) + getattr(more, "logprobs", ())
+        return Text(text + more, scored)
+    return text + more
 
 
 def _is_path(name: str) -> bool:
