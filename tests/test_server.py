@@ -912,9 +912,9 @@ def limited(tiny_model) -> Iterator[Callable[..., int]]:
     """Start a server with given connection limits; returns its port."""
     started = []
 
-    def start(*, body_timeout: float = 60.0, **limits) -> int:
+    def start(*, body_timeout: float = 60.0, max_connections: int | None = None, **limits) -> int:
         engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
-        app = create_app(engine, body_timeout=body_timeout)
+        app = create_app(engine, body_timeout=body_timeout, max_connections=max_connections)
         server, thread, port = start_server(app, **limits)
         started.append((server, thread, engine))
         return port
@@ -933,6 +933,8 @@ def closed_by_server(sock: socket.socket, within: float = 20.0) -> bytes:
     try:
         while chunk := sock.recv(65536):
             received += chunk
+    except ConnectionResetError:  # closed with our unread request in its buffer
+        pass
     except TimeoutError:
         pytest.fail(f"the server kept the connection open for {within} s")
     return received
@@ -971,22 +973,94 @@ def test_a_body_that_never_arrives_is_408(limited):
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
 
 
-def test_connections_past_the_limit_get_503(limited):
-    port = limited(max_connections=3)
-    url = f"http://127.0.0.1:{port}/health"
-    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+def test_sockets_trickling_headers_never_lock_health_out(limited):
+    # Far more half-open sockets than the server keeps: each new connection closes the
+    # one that has waited longest for its headers, so /health always gets through.
+    port = limited(max_connections=2, header_timeout=60)
+    socks = []
     try:
-        deadline = time.monotonic() + 20
-        while (status := httpx.get(url, timeout=10).status_code) != 503:
-            assert time.monotonic() < deadline, f"still answered {status} past the limit"
-            time.sleep(0.05)
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: ")
+            socks.append(sock)
+        probes = [httpx.get(f"http://127.0.0.1:{port}/health", timeout=10) for _ in range(15)]
+        assert [p.status_code for p in probes] == [200] * 15
+        for sock in socks[:20]:  # the oldest were closed to make room, long before 60 s
+            assert closed_by_server(sock, within=10) == b""
     finally:
-        for sock in idle:
+        for sock in socks:
             sock.close()
-    deadline = time.monotonic() + 20
-    while httpx.get(url, timeout=10).status_code != 200:  # room again once they are gone
-        assert time.monotonic() < deadline, "the limit was not lifted"
-        time.sleep(0.05)
+
+
+def test_requests_past_the_limit_get_503_in_their_protocols_shape_and_reads_keep_a_reserve(
+    tiny_model,
+):
+    import anthropic
+    import ollama
+
+    release = threading.Event()
+
+    def held(model, tokens, params, **kwargs):  # a reply that waits to be released
+        yield GenerationChunk("wait", None, len(tokens), 0.0, 1, 0.0, 0.0, 0.0)
+        release.wait(60)
+        yield GenerationChunk("", None, len(tokens), 0.0, 1, 0.0, 0.0, 0.0, "stop")
+
+    engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
+    engine.stream_tokens = held
+    server, thread, port = start_server(create_app(engine, max_connections=2))
+    base = f"http://127.0.0.1:{port}"
+    started = threading.Barrier(3)
+
+    def stream() -> None:
+        body = {"messages": user("hold"), "stream": True}
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines)  # the reply has begun: this request is in progress
+            started.wait(30)
+            list(lines)
+
+    streams = [threading.Thread(target=stream) for _ in range(2)]
+    try:
+        for t in streams:
+            t.start()
+        started.wait(30)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model=MODEL, messages=user("me too"))
+        assert e.value.status_code == 503 and e.value.code == "server_busy"
+        assert int(e.value.response.headers["retry-after"]) >= 1
+        with pytest.raises(anthropic.APIStatusError) as e:
+            anthropic.Anthropic(base_url=base, api_key="x", max_retries=0).messages.create(
+                model=MODEL, max_tokens=4, messages=user("me too")
+            )
+        assert e.value.status_code == 503 and e.value.body["error"]["type"] == "overloaded_error"
+        assert int(e.value.response.headers["retry-after"]) >= 1
+        with pytest.raises(ollama.ResponseError) as e:
+            ollama.Client(host=base).chat(model=MODEL, messages=user("me too"))
+        assert e.value.status_code == 503 and "busy" in e.value.error
+        # Reads keep their reserve while generation is full.
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+        assert httpx.get(f"{base}/v1/models", timeout=10).status_code == 200
+    finally:
+        release.set()
+        for t in streams:
+            t.join(timeout=60)
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+    assert not any(t.is_alive() for t in streams)
+
+
+def test_the_request_limit_defaults_to_what_the_engine_holds(tiny_model):
+    from qwen_mlx.server.defaults import CONNECTION_HEADROOM
+
+    engine = Engine(tiny_model, max_context=CONTEXT, max_batch=3, max_queue=5)
+    try:
+        app = create_app(engine)
+        assert app.state.max_connections == 3 + 5 + CONNECTION_HEADROOM
+        assert create_app(engine, max_connections=7).state.max_connections == 7
+    finally:
+        engine.close()
 
 
 # -- the queue, disconnects and the prompt cache -----------------------------------------------
@@ -1268,7 +1342,7 @@ def test_serve_help_shows_the_server_defaults_without_loading_fastapi():
 
     assert f"default: {defaults.DEFAULT_MAX_TOKENS_CAP}" in out
     assert f"default: {defaults.DEFAULT_MAX_BODY_BYTES:,}" in out
-    assert f"{defaults.DEFAULT_MAX_CONNECTIONS})" in out
+    assert f"--max-batch + --max-queue + {defaults.CONNECTION_HEADROOM})" in out
     assert "LOADED []" in out
 
 

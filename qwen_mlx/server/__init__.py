@@ -18,8 +18,9 @@ models), Anthropic Messages, Ollama, Prometheus metrics and the web chat.
 - `metrics.py`: `GET /metrics` in Prometheus' format.
 - `web/`: the web chat at `/` (its routes, chats, streamed replies, Markdown, auth and
   static page).
-- `connections.py`: the uvicorn configuration: header and keep-alive timeouts, and a
-  connection limit (`server_config`).
+- `connections.py`: how many requests run at once (`RequestLimit`: 503 in the protocol's
+  shape past it, a reserve for /health and other reads) and the uvicorn configuration:
+  header and keep-alive timeouts, a bound on open sockets (`server_config`).
 - `net.py`: loopback addresses and the Host header check. `defaults.py`: the limits'
   defaults, defined once (the CLI's flags show them).
 """
@@ -32,7 +33,6 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_MAX_BODY_BYTES": "defaults",
-    "DEFAULT_MAX_CONNECTIONS": "defaults",
     "DEFAULT_MAX_TOKENS_CAP": "defaults",
     "APIError": "errors",
     "ChatRequest": "schemas",
@@ -46,7 +46,6 @@ _EXPORTS = {
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
-    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_TOKENS_CAP",
     "APIError",
     "ChatRequest",
@@ -61,7 +60,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .app import create_app
     from .connections import server_config
-    from .defaults import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_TOKENS_CAP
+    from .defaults import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_CAP
     from .engine import Engine, Finished, Job
     from .errors import APIError
     from .schemas import ChatRequest, CompletionRequest

@@ -34,6 +34,7 @@ from . import anthropic, metrics, ollama, responses
 from .collect import collect as _collect
 from .collect import off_loop as _off_loop
 from .collect import whole_reply as _whole
+from .connections import RequestLimit, default_max_connections
 from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine, Finished, Job
 from .errors import APIError, BodyLimit, CatchAll, ReshapedErrors, install_error_handlers
@@ -55,19 +56,26 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     web_home: str | Path | None = None,
+    max_connections: int | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine`. With `api_key`, every route but /health needs
     `Authorization: Bearer <api_key>`. With `allowed_hosts`, a request whose Host header
     names another host is refused: a web page cannot reach a loopback server by pointing
     its own domain at 127.0.0.1 (DNS rebinding). A body that has not arrived
-    `body_timeout` seconds after its headers gets 408. The web chat (web.py) answers `/`,
-    with the chats under `web_home` (default: the store's)."""
+    `body_timeout` seconds after its headers gets 408. At most `max_connections` requests
+    are in progress at once (default: what the engine runs and queues, and a margin; see
+    `connections.py`). The web chat (web.py) answers `/`, with the chats under `web_home`
+    (default: the store's)."""
     app = FastAPI(title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     if allowed_hosts is not None:
         app.add_middleware(AllowedHosts, hosts=allowed_hosts)
     app.add_middleware(CatchAll)
+    if max_connections is None:
+        max_connections = default_max_connections(engine.max_batch, engine.max_queue)
+    app.add_middleware(RequestLimit, limit=max_connections)
+    app.state.max_connections = max_connections  # server_config bounds the sockets by it
     router = APIRouter(dependencies=[Depends(_bearer(api_key))] if api_key else [])
     checked = Depends(body_check(engine))
 

@@ -54,7 +54,7 @@ from ..runtime import (
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
-from .defaults import DEFAULT_MAX_TOKENS_CAP
+from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
 from .errors import APIError
 from .scheduler import Scheduler, Text, default_max_batch, default_max_queue
 
@@ -62,7 +62,6 @@ logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL = 0.1  # seconds between checks that a client is still there
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
-RETRY_AFTER = 2  # seconds a client turned away by a full queue is asked to wait
 COMPOSED = 4  # code points Unicode normalization (NFC) can compose into one character
 
 
