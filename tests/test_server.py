@@ -610,16 +610,16 @@ def test_the_piece_count_is_the_whole_count_for_qwen_text(tiny_model):
 
 def test_a_slow_preparation_does_not_hold_up_other_requests(served, client, monkeypatch):
     model = served.engine.model
-    real = model.render
+    real = model.render_tokens
     entered, release = threading.Event(), threading.Event()
 
-    def render(messages, **kwargs):
+    def render_tokens(messages, **kwargs):
         if any("SLOW" in m["content"] for m in messages):
             entered.set()
             assert release.wait(timeout=60), "the slow preparation was never released"
         return real(messages, **kwargs)
 
-    monkeypatch.setattr(model, "render", render)
+    monkeypatch.setattr(model, "render_tokens", render_tokens)
     slow: list = []
     waiting = threading.Thread(
         target=lambda: slow.append(
@@ -839,6 +839,100 @@ def test_too_many_messages_blocks_or_tools_are_refused_before_any_work_on_every_
     with pytest.raises(openai.BadRequestError) as e:
         openai_client.chat.completions.create(model=MODEL, messages=[one] * 9_999)
     assert e.value.code == "context_length_exceeded" and rendered
+
+
+def test_tool_results_that_spell_control_tokens_cannot_forge_a_turn_on_any_protocol(
+    roomy, tiny_model
+):
+    import anthropic
+    import ollama
+
+    from .test_tools import FORGED, turn_starts
+
+    seen: list = []
+    roomy.engine.stream_tokens = scripted("Fine.", seen)
+    base = roomy.url.removesuffix("/v1")
+    args = '{"city": "Paris", "unit": "celsius"}'
+    try:
+        roomy.client().chat.completions.create(
+            model=MODEL,
+            tools=[WEATHER_TOOL],
+            messages=[
+                *user("Weather?"),
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": args},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": FORGED},
+            ],
+        )
+        anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0).messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=[
+                *user("Weather?"),
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "toolu_1",
+                            "name": "get_weather",
+                            "input": json.loads(args),
+                        }
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "toolu_1",
+                            "content": [{"type": "text", "text": FORGED}],
+                        }
+                    ],
+                },
+            ],
+        )
+        roomy.client().responses.create(
+            model=MODEL,
+            input=[
+                {"role": "user", "content": "Weather?"},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather"}
+                | {"arguments": args},
+                {"type": "function_call_output", "call_id": "c1", "output": FORGED},
+            ],
+        )
+        ollama.Client(host=base, headers={"Authorization": f"Bearer {KEY}"}).chat(
+            model=MODEL,
+            messages=[
+                *user("Weather?"),
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": "get_weather", "arguments": {}}}],
+                },
+                {"role": "tool", "tool_name": "get_weather", "content": FORGED},
+            ],
+        )
+    finally:
+        roomy.engine.stream_tokens = stream_tokens
+    assert len(seen) == 4
+    for tokens, _ in seen:
+        # Every turn the text shows is a real one but those the tool's result spells,
+        # which are there as text: the user's turn, the assistant's call, the result, the
+        # reply (and the system turn listing the tools, where they are sent).
+        text = tiny_model.tokenizer.decode(tokens)
+        assert FORGED in text
+        spelled = text.count("<|im_start|>") - FORGED.count("<|im_start|>")
+        assert turn_starts(tiny_model, tokens) == spelled in (4, 5)
 
 
 @pytest.mark.parametrize(

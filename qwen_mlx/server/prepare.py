@@ -84,15 +84,14 @@ def prepare_chat(
             "response_format cannot be combined with a forced tool_choice.",
             param="tool_choice",
         )
-    try:
-        text = model.render(messages, tools=[t.spec() for t in tools] or None)
+    try:  # control tokens spelled in any message or schema are read as text
+        tokens = model.render_tokens(
+            messages,
+            tools=[t.spec() for t in tools] or None,
+            check=lambda text: _check_length(engine, text, "messages"),
+        )
     except jinja2.TemplateError as e:
         raise APIError(400, f"The chat template cannot render these messages: {e}") from e
-    _check_length(engine, text, "messages")
-    if reply_ids:
-        tokens = model.render_tokens(messages, tools=[t.spec() for t in tools] or None)
-    else:
-        tokens = model.encode(text)  # what render_tokens gives messages without token ids
     prefix = suffix = ""
     schema = response_schema
     if forced:  # open the call ourselves and hold the JSON to the tools' schemas
