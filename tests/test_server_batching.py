@@ -93,6 +93,33 @@ def test_a_short_request_behind_a_long_prompt_starts_before_it_is_read(served):
     assert order == ["short", "long"]  # it did not wait for the long prompt's prefill
 
 
+def test_a_short_request_beside_eight_long_prompts_answers_before_any_of_them(tiny_model):
+    # Eight long prompts being read at once took every prefill slot of mlx-lm's batch
+    # until each was read to its end; a short request then waited for whole prefills.
+    engine = Engine(tiny_model, max_context=2048, max_batch=12, prefill_step_size=16)
+    for served in serve(engine):
+        client = served.client()
+        prompt = "the sea and the sky " * 240  # about 1,900 tokens, 120 chunks
+
+        def long(i: int, client=client, prompt=prompt) -> None:
+            client.completions.create(model=MODEL, prompt=f"{i} {prompt}", max_tokens=1)
+
+        readers = [threading.Thread(target=long, args=(i,)) for i in range(8)]
+        for t in readers:
+            t.start()
+        for _ in range(600):  # until all eight are in the batch, being read
+            if engine.scheduler.batch_size == 8:
+                break
+            threading.Event().wait(0.01)
+        assert engine.scheduler.batch_size == 8
+        short = client.completions.create(model=MODEL, prompt="hi", max_tokens=1)
+        for t in readers:
+            t.join(timeout=120)
+        done = list(engine.finished)[-9:]
+        assert done[0].prompt_tokens == short.usage.prompt_tokens
+        assert all(f.prompt_tokens > 1000 for f in done[1:])  # the long ones came after
+
+
 def test_health_reports_the_batch_and_the_queue(served):
     idle(served.engine)
     before = health(served)
