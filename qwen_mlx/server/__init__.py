@@ -11,6 +11,8 @@ models), Anthropic Messages, Ollama, Prometheus metrics and the web chat.
 - `prepare.py`: requests into jobs (template, tokens, tools, response format, sampling),
   and the model's text into replies with tool calls.
 - `schemas.py`: the request bodies, as pydantic models.
+- `limits.py`: what a body may hold, checked before validation (messages, content blocks,
+  tools, valid Unicode, characters that could fit the context).
 - `errors.py`: errors in OpenAI's shape, the body-size limit and the catch-all for the rest.
 - `anthropic.py`: Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`).
 - `responses.py`: OpenAI's Responses API (`/v1/responses`), with stored responses.
