@@ -231,6 +231,49 @@ def test_a_simultaneous_burst_gets_no_more_places_than_the_queue_has(tiny_model,
         assert engine.queued == 0 and health(served)["queued"] == 0
 
 
+def test_a_place_given_back_by_the_garbage_collector_mid_queueing_does_not_deadlock(
+    tiny_model, monkeypatch
+):
+    # A job dropped without being queued gives its place back from a finalizer, which the
+    # collector may run anywhere: here inside another job's queueing, under the lock.
+    import asyncio
+    import gc
+
+    from qwen_mlx.server import Job
+
+    engine = Engine(tiny_model, max_context=2048, max_batch=2, max_queue=2)
+    params = tiny_model.default_params.replace(temperature=0, max_tokens=2)
+    real_submit = engine.scheduler.submit
+
+    def submit(*args):
+        gc.collect()
+        return real_submit(*args)
+
+    monkeypatch.setattr(engine.scheduler, "submit", submit)
+
+    async def scenario() -> None:
+        dropped = await engine.prepare(lambda: Job([1, 2, 3], params))
+        loop = [dropped]
+        loop.append(loop)  # freed only by the collector
+        del dropped, loop
+        kept = await engine.prepare(lambda: Job([4, 5, 6], params))
+        async for _ in engine.events(kept):
+            pass
+
+    done = threading.Thread(target=lambda: asyncio.run(scenario()), daemon=True)
+    gc.disable()  # the collector runs where the test says
+    try:
+        done.start()
+        done.join(timeout=60)
+    finally:
+        gc.enable()
+    try:
+        assert not done.is_alive(), "queueing a job deadlocked on its own lock"
+        assert engine.queued == 0
+    finally:
+        engine.close()
+
+
 def test_a_request_that_does_not_fit_beside_the_batch_waits_for_room(tiny_model):
     # Memory for one sequence of this size at a time: the second waits, then runs alone.
     planner = MemoryPlanner.for_model(tiny_model)

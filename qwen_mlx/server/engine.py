@@ -176,7 +176,9 @@ class Engine:
         self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
         self._jobs: dict[Job, Future[None]] = {}  # waiting or running, with their futures
         self._reserved = 0  # places taken by requests being prepared (see `prepare`)
-        self._jobs_lock = threading.Lock()
+        # Re-entrant: a dropped job's finalizer gives its place back (`_Slot`), and the
+        # garbage collector may run it on a thread that already holds this lock.
+        self._jobs_lock = threading.RLock()
 
     @property
     def queued(self) -> int:
