@@ -8,15 +8,18 @@ at once but are measured in turns (the CPU is shared): after a warm-up request e
 each concurrency C, C official `openai` clients each stream one chat completion (greedy,
 the same max_tokens) at the same moment, against one server then the other, `--rounds`
 times; the round with the best aggregate counts (load from other programs only slows a
-round down). Then a short request is sent while a long prompt is being read, to show its
-time to first token stays bounded.
+round down). Then a short request is sent while a long prompt is being read, and again
+while `--beside` (8) long prompts are being read at once, to show its time to first token
+stays bounded: mlx_lm's batch reads up to 8 prompts together, each to its end, so a short
+request behind 8 long ones waits for whole prefills; ours reads long prompts a chunk per
+step and starts a short one at once. That TTFT is printed for both, and as a ratio.
 
 Printed per server and concurrency: aggregate generated tokens/s (all tokens / wall
 time), p50 and p95 time to first token, mean per-client tokens/s (after its first
 token); then ours / mlx_lm. Targets: ours >= 1.0x mlx_lm at every concurrency, ours at 8
 clients >= 3x ours at 1.
 
-    python scripts/bench_server.py [--clients 1,4,8,16] [--max-tokens 32]
+    python scripts/bench_server.py [--clients 1,4,8,16] [--max-tokens 32] [--beside 8]
 """
 
 from __future__ import annotations
@@ -146,6 +149,25 @@ def behind_long(url: str, model: str, long_words: int) -> tuple[float, float, fl
     return alone, behind, long["ttft"]
 
 
+def beside_long(url: str, model: str, long_words: int, n: int) -> tuple[float, float]:
+    """(TTFT of a short request sent while `n` long prompts of `long_words` words are
+    being read at once, the median TTFT of the long ones)."""
+    long_prompt = " ".join(["import os, sys"] * (long_words // 3))
+    longs: list[dict] = [{}] * n
+
+    def read(i: int) -> None:
+        longs[i] = one_request(url, model, f"Continue {i}:\n{long_prompt}", 4)
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(n)]
+    for t in readers:
+        t.start()
+    time.sleep(0.3)  # the long prompts are being read
+    short = one_request(url, model, "What is a generator?", 4)["ttft"]
+    for t in readers:
+        t.join()
+    return short, statistics.median(r["ttft"] for r in longs)
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -172,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2, help="runs per concurrency; the best counts")
     p.add_argument("--long-words", type=int, default=1500, help="the long prompt's size")
+    p.add_argument(
+        "--beside", type=int, default=8, help="long prompts read at once beside a short one"
+    )
     args = p.parse_args(argv)
     if not (args.source / "config.json").is_file():
         print(f"no checkpoint at {args.source}", file=sys.stderr)
@@ -220,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                             results[name][c] = r
             for name, url in urls.items():
                 results[name]["long"] = behind_long(url, str(folder), args.long_words)
+            for name, url in urls.items():
+                results[name]["beside"] = beside_long(
+                    url, str(folder), args.long_words, args.beside
+                )
         finally:
             for proc in procs:
                 stop(proc)
@@ -250,6 +279,18 @@ def main(argv: list[str] | None = None) -> int:
             f"sent 0.3 s after a {args.long_words}-word prompt (whose own TTFT: "
             f"{long * 1000:.0f} ms)"
         )
+    for name, rows in results.items():
+        short, longs = rows["beside"]
+        print(
+            f"{name}: a short request's TTFT {short * 1000:.0f} ms beside {args.beside} "
+            f"{args.long_words}-word prompts being read (their median TTFT: "
+            f"{longs * 1000:.0f} ms)"
+        )
+    ratio = theirs["beside"][0] / max(ours["beside"][0], 1e-9)
+    print(
+        f"short request beside {args.beside} long prompts, TTFT mlx_lm / ours: {ratio:.1f}x "
+        "(above 1: ours answers sooner)"
+    )
     return 0
 
 

@@ -178,3 +178,38 @@ def test_a_prompts_file_refuses_flags_it_cannot_honour(tmp_path, capsys):
     ):
         assert main(base + extra) == 1
         assert "cannot be combined" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_short_prompt_answers_while_long_ones_are_still_being_read(tiny_model):
+    # Eight long prompts fill mlx-lm's prefill slots until each is read to its end; a short
+    # prompt added behind them must not wait for that: its token comes first.
+    decoder = BatchDecoder(tiny_model, max_batch=12, prefill_step_size=16)
+    one = tiny_model.default_params.replace(temperature=0, max_tokens=1)
+    longs = {
+        decoder.add(tiny_model.encode(f"Long prompt {i}: " + "the sea and the sky " * 40), one)
+        for i in range(8)
+    }
+    decoder.step()  # the long prompts are being read
+    short = decoder.add(tiny_model.encode("hi"), one)
+    finished: list[tuple[int, int]] = []  # (step, uid)
+    steps = 0
+    try:
+        while len(decoder):
+            steps += 1
+            finished += [(steps, e.uid) for e in decoder.step() if e.finish_reason]
+    finally:
+        decoder.close()
+    order = [uid for _, uid in finished]
+    assert order[0] == short and set(order[1:]) == longs
+    assert finished[0][0] <= 4  # a few steps: a chunk or two of the long prompts'
+    assert finished[1][0] > 2 * finished[0][0]
+
+
+def test_long_prompts_read_in_chunks_write_the_greedy_text_they_write_alone(tiny_model):
+    prompts = [f"{i}: " + "A much longer prompt, " * (10 + 15 * i) for i in range(4)] + ["hi"]
+    alone = [generate(tiny_model, p, temperature=0, max_tokens=8) for p in prompts]
+    results = batch_generate(
+        tiny_model, prompts, temperature=0, max_tokens=8, prefill_step_size=16, progress=False
+    )
+    assert [r.text for r in results] == alone
+    assert [r.prompt_tokens for r in results] == [len(tiny_model.encode(p)) for p in prompts]

@@ -229,6 +229,7 @@ def test_errors_come_back_in_ollamas_shape(client, base):
         f"{base[0]}/api/chat", content=b"{nope", headers={"Authorization": f"Bearer {KEY}"}
     )
     assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
+    assert not bad.json()["error"].startswith("{")  # the message, not a wrapped error
 
 
 def test_the_api_key_is_required_when_set(base, monkeypatch):
@@ -254,3 +255,60 @@ def test_an_error_mid_stream_arrives_as_an_error_line(client, model_stream):
         for part in parts:
             seen.append(part.message.content)
     assert "".join(seen).startswith("Half")
+
+
+def test_every_error_under_api_is_in_ollamas_shape(tiny_model, monkeypatch):
+    engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
+    server, thread, port = start_server(create_app(engine, api_key=KEY, max_body_bytes=4096))
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
+    try:
+        refusals = [
+            (httpx.get(f"{url}/api/no-such-route", headers=auth), 404),
+            (httpx.post(f"{url}/api/pull", json={"model": MODEL}, headers=auth), 404),
+            (httpx.get(f"{url}/api/chat", headers=auth), 405),
+            (httpx.post(f"{url}/api/chat", json={"prompt": "x" * 8000}, headers=auth), 413),
+            (httpx.get(f"{url}/api/tags"), 401),
+        ]
+        for response, status in refusals:
+            assert response.status_code == status, response.text
+            assert set(response.json()) == {"error"} and isinstance(response.json()["error"], str)
+        # The official client reads them as Ollama's errors.
+        monkeypatch.setenv("OLLAMA_HOST", url)
+        monkeypatch.setenv("OLLAMA_API_KEY", KEY)
+        with pytest.raises(ollama.ResponseError) as e:
+            ollama.Client().pull(MODEL)
+        assert e.value.status_code == 404 and "not found" in e.value.error.lower()
+        # OpenAI's routes keep OpenAI's shape.
+        assert "message" in httpx.get(f"{url}/v1/no-such-route", headers=auth).json()["error"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+
+
+def test_a_wrong_model_is_refused_naming_models_never_a_folder(tiny_model, tiny_mlx, monkeypatch):
+    # `serve --model ./folder`: requests may name the folder, but no error shows it.
+    engine = Engine(tiny_model, max_context=CONTEXT, aliases=[str(tiny_mlx), "my-tiny"])
+    server, thread, port = start_server(create_app(engine))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        monkeypatch.setenv("OLLAMA_HOST", url)
+        with pytest.raises(ollama.ResponseError) as e:
+            ollama.Client().chat(model="nope", messages=[{"role": "user", "content": "x"}])
+        assert e.value.status_code == 404
+        openai_error = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+        ).json()["error"]["message"]
+        for message in (e.value.error, openai_error):
+            assert MODEL in message and "my-tiny" in message
+            assert str(tiny_mlx) not in message and tiny_mlx.name not in message
+        reply = httpx.post(
+            f"{url}/api/chat",
+            json={"model": str(tiny_mlx), "messages": [], "stream": False},
+        )
+        assert reply.status_code == 200  # the folder still names the model
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()

@@ -112,6 +112,19 @@ def scripted(text: str, seen: list | None = None) -> Callable:
     return fake
 
 
+def cut_short(text: str) -> Callable:
+    """A stand-in for runtime.stream_tokens that writes `text` and stops there, as if
+    max_tokens ran out (finish reason "length")."""
+
+    def fake(model, tokens, params, **kwargs):
+        pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
+        for n, piece in enumerate(pieces, 1):
+            yield GenerationChunk(piece, None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
+        yield GenerationChunk("", None, len(tokens), 0.0, len(pieces), 0.0, 0.0, 0.0, "length")
+
+    return fake
+
+
 def recording(seen: list) -> Callable:
     """The real model, recording the prompt tokens each request prefills."""
 
@@ -354,6 +367,26 @@ def test_a_named_or_required_tool_choice_forces_a_schema_valid_call(client, choi
         assert (call.function.name, arguments) == ("get_time", {})
 
 
+@pytest.mark.parametrize("draft07", [False, True], ids=["$defs", "definitions"])
+def test_a_forced_call_to_a_tool_with_schema_references_is_schema_valid(client, draft07):
+    from .test_tools import nested_parameters
+
+    parameters = nested_parameters(draft07)
+    tool = {"type": "function", "function": {"name": "order", "parameters": parameters}}
+    for choice in ("required", {"type": "function", "function": {"name": "order"}}):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=user("Order tea."),
+            tools=[tool, WEATHER_TOOL],
+            tool_choice=choice,
+            max_tokens=200,
+            temperature=0,
+        )
+        (call,) = reply.choices[0].message.tool_calls
+        if call.function.name == "order":
+            jsonschema.validate(json.loads(call.function.arguments), parameters)
+
+
 def test_a_tool_choice_naming_no_tool_is_400(served):
     response = served.post(
         "/chat/completions",
@@ -576,16 +609,16 @@ def test_the_piece_count_is_the_whole_count_for_qwen_text(tiny_model):
 
 def test_a_slow_preparation_does_not_hold_up_other_requests(served, client, monkeypatch):
     model = served.engine.model
-    real = model.render
+    real = model.render_tokens
     entered, release = threading.Event(), threading.Event()
 
-    def render(messages, **kwargs):
+    def render_tokens(messages, **kwargs):
         if any("SLOW" in m["content"] for m in messages):
             entered.set()
             assert release.wait(timeout=60), "the slow preparation was never released"
         return real(messages, **kwargs)
 
-    monkeypatch.setattr(model, "render", render)
+    monkeypatch.setattr(model, "render_tokens", render_tokens)
     slow: list = []
     waiting = threading.Thread(
         target=lambda: slow.append(
@@ -652,23 +685,39 @@ def test_tool_calls_are_found_off_the_event_loop(served, client, model_stream, m
     assert threads and served.thread.name not in threads  # the server's thread runs the loop
 
 
-def test_a_forced_call_cut_off_by_max_tokens_comes_back_as_its_text(client, no_reuse):
+def compact(arguments: str) -> str:
+    """Arguments as the call's grammar has the model write them (compact JSON)."""
+    return json.dumps(json.loads(arguments), separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize("max_tokens", [3, 24])  # cut inside the name; inside the arguments
+def test_a_forced_call_cut_off_by_max_tokens_comes_back_as_the_call_so_far(
+    client, no_reuse, max_tokens
+):
+    # As OpenAI returns one: the tool call with its arguments as far as they were
+    # written, finish_reason "length"; never our call wrapper as text.
     args = dict(
         model=MODEL,
         messages=user("Weather in Paris?"),
         tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        max_tokens=3,
         temperature=0,
     )
-    reply = client.chat.completions.create(**args)
+    whole = client.chat.completions.create(**args, max_tokens=64).choices[0].message
+    written = compact(whole.tool_calls[0].function.arguments)
+    reply = client.chat.completions.create(**args, max_tokens=max_tokens)
     choice = reply.choices[0]
-    assert choice.finish_reason == "length" and not choice.message.tool_calls
-    assert choice.message.content and choice.message.content.startswith("{")
-    assert "tool_call>" not in choice.message.content
-    chunks = list(client.chat.completions.create(**args, stream=True))
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert streamed.strip() == choice.message.content
+    assert choice.finish_reason == "length" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    partial = call.function.arguments
+    assert written.startswith(partial) and len(partial) < len(written)
+    assert bool(partial) == (max_tokens > 20)
+    assert '"name"' not in partial and "tool_call" not in partial
+    chunks = list(client.chat.completions.create(**args, max_tokens=max_tokens, stream=True))
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    (streamed,) = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert (streamed.function.name, streamed.function.arguments) == ("get_weather", partial)
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
@@ -713,6 +762,176 @@ def test_text_that_is_not_valid_unicode_is_400(served, path, body, param):
         "/completions", content=raw, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 400
+
+
+@pytest.fixture(scope="module")
+def roomy(tiny_model) -> Iterator[Served]:
+    """A server taking bodies up to the default 16 MiB, for requests built to be slow."""
+    engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
+    server, thread, port = start_server(create_app(engine, api_key=KEY))
+    yield Served(engine, f"http://127.0.0.1:{port}/v1", thread)
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+def test_too_many_messages_blocks_or_tools_are_refused_before_any_work_on_every_protocol(
+    roomy, tiny_model, monkeypatch
+):
+    import anthropic
+    import ollama
+
+    rendered: list = []
+    real_render = type(tiny_model)._apply_template  # every render of a chat template
+    monkeypatch.setattr(
+        type(tiny_model),
+        "_apply_template",
+        lambda self, *a, **k: rendered.append(1) or real_render(self, *a, **k),
+    )
+    base = roomy.url.removesuffix("/v1")
+    one = {"role": "user", "content": "x"}
+    many = [one] * 10_001
+    blocks = [{"role": "user", "content": [{"type": "text", "text": "x"}] * 10_001}]
+    tools = [WEATHER_TOOL] * 1_001
+
+    def refused(error, limit: str) -> None:
+        message = str(error)
+        assert "Expected a" in message and limit in message, message
+
+    openai_client = roomy.client()
+    anthropic_client = anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0)
+    ollama_client = ollama.Client(host=base, headers={"Authorization": f"Bearer {KEY}"})
+    for messages, extra, limit in (
+        (many, {}, "10,000"),
+        (blocks, {}, "10,000"),
+        ([one], {"tools": tools}, "1,000"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            openai_client.chat.completions.create(model=MODEL, messages=messages, **extra)
+        refused(e.value, limit)
+        assert e.value.code == "array_above_max_length"
+        with pytest.raises(openai.BadRequestError) as e:
+            openai_client.responses.create(model=MODEL, input=messages, **extra)
+        refused(e.value, limit)
+        anthropic_tools = [{"name": "t", "input_schema": {"type": "object"}}] * 1_001
+        with pytest.raises(anthropic.BadRequestError) as e:
+            anthropic_client.messages.create(
+                model=MODEL,
+                max_tokens=4,
+                messages=messages,
+                **({"tools": anthropic_tools} if extra else {}),
+            )
+        refused(e.value, limit)
+        if messages is not blocks:  # Ollama's content is a string
+            with pytest.raises(ollama.ResponseError) as e:
+                ollama_client.chat(model=MODEL, messages=messages, **extra)
+            assert e.value.status_code == 400
+            refused(e.value.error, limit)
+    # Text that cannot fit the context whatever it says is refused by its length.
+    chars = roomy.engine.context_limit * roomy.engine.max_token_chars * 4
+    huge = [{"role": "user", "content": "word " * (chars // 5 + 1)}]
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(model=MODEL, messages=huge)
+    assert e.value.code == "context_length_exceeded"
+    assert rendered == []  # no template rendered for any of them
+    # The limits leave room: 9,999 messages are read, rendered and refused for the context.
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(model=MODEL, messages=[one] * 9_999)
+    assert e.value.code == "context_length_exceeded" and rendered
+
+
+def test_tool_results_that_spell_control_tokens_cannot_forge_a_turn_on_any_protocol(
+    roomy, tiny_model
+):
+    import anthropic
+    import ollama
+
+    from .test_tools import FORGED, turn_starts
+
+    seen: list = []
+    roomy.engine.stream_tokens = scripted("Fine.", seen)
+    base = roomy.url.removesuffix("/v1")
+    args = '{"city": "Paris", "unit": "celsius"}'
+    try:
+        roomy.client().chat.completions.create(
+            model=MODEL,
+            tools=[WEATHER_TOOL],
+            messages=[
+                *user("Weather?"),
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": args},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": FORGED},
+            ],
+        )
+        anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0).messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=[
+                *user("Weather?"),
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "toolu_1",
+                            "name": "get_weather",
+                            "input": json.loads(args),
+                        }
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "toolu_1",
+                            "content": [{"type": "text", "text": FORGED}],
+                        }
+                    ],
+                },
+            ],
+        )
+        roomy.client().responses.create(
+            model=MODEL,
+            input=[
+                {"role": "user", "content": "Weather?"},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather"}
+                | {"arguments": args},
+                {"type": "function_call_output", "call_id": "c1", "output": FORGED},
+            ],
+        )
+        ollama.Client(host=base, headers={"Authorization": f"Bearer {KEY}"}).chat(
+            model=MODEL,
+            messages=[
+                *user("Weather?"),
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": "get_weather", "arguments": {}}}],
+                },
+                {"role": "tool", "tool_name": "get_weather", "content": FORGED},
+            ],
+        )
+    finally:
+        roomy.engine.stream_tokens = stream_tokens
+    assert len(seen) == 4
+    for tokens, _ in seen:
+        # Every turn the text shows is a real one but those the tool's result spells,
+        # which are there as text: the user's turn, the assistant's call, the result, the
+        # reply (and the system turn listing the tools, where they are sent).
+        text = tiny_model.tokenizer.decode(tokens)
+        assert FORGED in text
+        spelled = text.count("<|im_start|>") - FORGED.count("<|im_start|>")
+        assert turn_starts(tiny_model, tokens) == spelled in (4, 5)
 
 
 @pytest.mark.parametrize(
@@ -786,9 +1005,9 @@ def limited(tiny_model) -> Iterator[Callable[..., int]]:
     """Start a server with given connection limits; returns its port."""
     started = []
 
-    def start(*, body_timeout: float = 60.0, **limits) -> int:
+    def start(*, body_timeout: float = 60.0, max_connections: int | None = None, **limits) -> int:
         engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
-        app = create_app(engine, body_timeout=body_timeout)
+        app = create_app(engine, body_timeout=body_timeout, max_connections=max_connections)
         server, thread, port = start_server(app, **limits)
         started.append((server, thread, engine))
         return port
@@ -807,6 +1026,8 @@ def closed_by_server(sock: socket.socket, within: float = 20.0) -> bytes:
     try:
         while chunk := sock.recv(65536):
             received += chunk
+    except ConnectionResetError:  # closed with our unread request in its buffer
+        pass
     except TimeoutError:
         pytest.fail(f"the server kept the connection open for {within} s")
     return received
@@ -845,22 +1066,94 @@ def test_a_body_that_never_arrives_is_408(limited):
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
 
 
-def test_connections_past_the_limit_get_503(limited):
-    port = limited(max_connections=3)
-    url = f"http://127.0.0.1:{port}/health"
-    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+def test_sockets_trickling_headers_never_lock_health_out(limited):
+    # Far more half-open sockets than the server keeps: each new connection closes the
+    # one that has waited longest for its headers, so /health always gets through.
+    port = limited(max_connections=2, header_timeout=60)
+    socks = []
     try:
-        deadline = time.monotonic() + 20
-        while (status := httpx.get(url, timeout=10).status_code) != 503:
-            assert time.monotonic() < deadline, f"still answered {status} past the limit"
-            time.sleep(0.05)
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: ")
+            socks.append(sock)
+        probes = [httpx.get(f"http://127.0.0.1:{port}/health", timeout=10) for _ in range(15)]
+        assert [p.status_code for p in probes] == [200] * 15
+        for sock in socks[:20]:  # the oldest were closed to make room, long before 60 s
+            assert closed_by_server(sock, within=10) == b""
     finally:
-        for sock in idle:
+        for sock in socks:
             sock.close()
-    deadline = time.monotonic() + 20
-    while httpx.get(url, timeout=10).status_code != 200:  # room again once they are gone
-        assert time.monotonic() < deadline, "the limit was not lifted"
-        time.sleep(0.05)
+
+
+def test_requests_past_the_limit_get_503_in_their_protocols_shape_and_reads_keep_a_reserve(
+    tiny_model,
+):
+    import anthropic
+    import ollama
+
+    release = threading.Event()
+
+    def held(model, tokens, params, **kwargs):  # a reply that waits to be released
+        yield GenerationChunk("wait", None, len(tokens), 0.0, 1, 0.0, 0.0, 0.0)
+        release.wait(60)
+        yield GenerationChunk("", None, len(tokens), 0.0, 1, 0.0, 0.0, 0.0, "stop")
+
+    engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
+    engine.stream_tokens = held
+    server, thread, port = start_server(create_app(engine, max_connections=2))
+    base = f"http://127.0.0.1:{port}"
+    started = threading.Barrier(3)
+
+    def stream() -> None:
+        body = {"messages": user("hold"), "stream": True}
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines)  # the reply has begun: this request is in progress
+            started.wait(30)
+            list(lines)
+
+    streams = [threading.Thread(target=stream) for _ in range(2)]
+    try:
+        for t in streams:
+            t.start()
+        started.wait(30)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model=MODEL, messages=user("me too"))
+        assert e.value.status_code == 503 and e.value.code == "server_busy"
+        assert int(e.value.response.headers["retry-after"]) >= 1
+        with pytest.raises(anthropic.APIStatusError) as e:
+            anthropic.Anthropic(base_url=base, api_key="x", max_retries=0).messages.create(
+                model=MODEL, max_tokens=4, messages=user("me too")
+            )
+        assert e.value.status_code == 503 and e.value.body["error"]["type"] == "overloaded_error"
+        assert int(e.value.response.headers["retry-after"]) >= 1
+        with pytest.raises(ollama.ResponseError) as e:
+            ollama.Client(host=base).chat(model=MODEL, messages=user("me too"))
+        assert e.value.status_code == 503 and "busy" in e.value.error
+        # Reads keep their reserve while generation is full.
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+        assert httpx.get(f"{base}/v1/models", timeout=10).status_code == 200
+    finally:
+        release.set()
+        for t in streams:
+            t.join(timeout=60)
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+    assert not any(t.is_alive() for t in streams)
+
+
+def test_the_request_limit_defaults_to_what_the_engine_holds(tiny_model):
+    from qwen_mlx.server.defaults import CONNECTION_HEADROOM
+
+    engine = Engine(tiny_model, max_context=CONTEXT, max_batch=3, max_queue=5)
+    try:
+        app = create_app(engine)
+        assert app.state.max_connections == 3 + 5 + CONNECTION_HEADROOM
+        assert create_app(engine, max_connections=7).state.max_connections == 7
+    finally:
+        engine.close()
 
 
 # -- the queue, disconnects and the prompt cache -----------------------------------------------
@@ -1142,7 +1435,7 @@ def test_serve_help_shows_the_server_defaults_without_loading_fastapi():
 
     assert f"default: {defaults.DEFAULT_MAX_TOKENS_CAP}" in out
     assert f"default: {defaults.DEFAULT_MAX_BODY_BYTES:,}" in out
-    assert f"{defaults.DEFAULT_MAX_CONNECTIONS})" in out
+    assert f"--max-batch + --max-queue + {defaults.CONNECTION_HEADROOM})" in out
     assert "LOADED []" in out
 
 

@@ -22,6 +22,7 @@ from .test_server import (
     MAX_TOKENS_CAP,
     MODEL,
     WEATHER_TOOL,
+    cut_short,
     scripted,
     start_server,
 )
@@ -208,6 +209,48 @@ def test_a_forced_tool_choice_gives_a_schema_valid_tool_use(client, choice):
     assert reply.stop_reason == "tool_use"
     use = reply.content[-1]
     assert use.name == "get_weather" and set(use.input) == {"city", "unit"}
+
+
+def test_a_forced_tool_use_with_schema_references_is_schema_valid(client):
+    from .test_tools import nested_parameters
+
+    schema = nested_parameters()
+    reply = client.messages.create(
+        model=MODEL,
+        max_tokens=200,
+        tools=[{"name": "order", "input_schema": schema}],
+        tool_choice={"type": "tool", "name": "order"},
+        messages=[{"role": "user", "content": "Order tea."}],
+        extra_body=GREEDY,
+    )
+    use = reply.content[-1]
+    assert reply.stop_reason == "tool_use" and use.name == "order"
+    jsonschema.validate(use.input, schema)
+
+
+def test_a_forced_tool_use_cut_off_by_max_tokens_is_the_tool_use_so_far(client, model_stream):
+    # As Anthropic returns one: the tool_use block, stop_reason "max_tokens".
+    model_stream(cut_short('{"name":"get_weather","arguments":{"city":"Paris","unit":"cel'))
+    args = dict(
+        model=MODEL,
+        max_tokens=20,
+        tools=[TOOL],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+    )
+    reply = client.messages.create(**args)
+    assert reply.stop_reason == "max_tokens"
+    (use,) = reply.content
+    assert use.type == "tool_use" and use.name == "get_weather" and use.id.startswith("toolu_")
+    assert use.input == {"city": "Paris"}  # what is complete so far
+    with client.messages.stream(**args) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    deltas = [e.delta.partial_json for e in events if e.type == "content_block_delta"]
+    assert deltas == ['{"city":"Paris","unit":"cel']  # as written
+    assert final.stop_reason == "max_tokens"
+    assert [(b.type, b.name) for b in final.content] == [("tool_use", "get_weather")]
+    assert all("name" not in getattr(b, "text", "") for b in final.content)
 
 
 def test_a_stop_sequence_is_named_in_the_reply(client, model_stream):

@@ -93,6 +93,33 @@ def test_a_short_request_behind_a_long_prompt_starts_before_it_is_read(served):
     assert order == ["short", "long"]  # it did not wait for the long prompt's prefill
 
 
+def test_a_short_request_beside_eight_long_prompts_answers_before_any_of_them(tiny_model):
+    # Eight long prompts being read at once took every prefill slot of mlx-lm's batch
+    # until each was read to its end; a short request then waited for whole prefills.
+    engine = Engine(tiny_model, max_context=2048, max_batch=12, prefill_step_size=16)
+    for served in serve(engine):
+        client = served.client()
+        prompt = "the sea and the sky " * 240  # about 1,900 tokens, 120 chunks
+
+        def long(i: int, client=client, prompt=prompt) -> None:
+            client.completions.create(model=MODEL, prompt=f"{i} {prompt}", max_tokens=1)
+
+        readers = [threading.Thread(target=long, args=(i,)) for i in range(8)]
+        for t in readers:
+            t.start()
+        for _ in range(600):  # until all eight are in the batch, being read
+            if engine.scheduler.batch_size == 8:
+                break
+            threading.Event().wait(0.01)
+        assert engine.scheduler.batch_size == 8
+        short = client.completions.create(model=MODEL, prompt="hi", max_tokens=1)
+        for t in readers:
+            t.join(timeout=120)
+        done = list(engine.finished)[-9:]
+        assert done[0].prompt_tokens == short.usage.prompt_tokens
+        assert all(f.prompt_tokens > 1000 for f in done[1:])  # the long ones came after
+
+
 def test_health_reports_the_batch_and_the_queue(served):
     idle(served.engine)
     before = health(served)
@@ -153,6 +180,98 @@ def test_a_full_queue_gets_503_with_retry_after_in_openai_shape(single):
     assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == "server_busy"
+
+
+def test_a_simultaneous_burst_gets_no_more_places_than_the_queue_has(tiny_model, monkeypatch):
+    # Room for 2 running and 2 waiting. Preparations are held until the refusals are in,
+    # so a check made before any job was counted would let all 12 through.
+    from qwen_mlx.server import app as app_module
+
+    gate = threading.Event()
+    real_prepare = app_module.prepare_chat
+
+    def held(*args, **kwargs):
+        gate.wait(60)
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "prepare_chat", held)
+    engine = Engine(tiny_model, max_context=2048, max_batch=2, max_queue=2, cache_bytes=0)
+    refused: list[httpx.Response] = []
+    for served in serve(engine):
+
+        def ask(i: int, served=served) -> int:
+            body = {"messages": user(f"burst {i}"), "max_tokens": 2}
+            response = served.post("/chat/completions", json=body)
+            if response.status_code == 503:
+                refused.append(response)
+                if len(refused) == 8:
+                    gate.set()
+            return response.status_code
+
+        statuses = all_at_once(ask, 12)
+        gate.set()
+        assert sorted(statuses) == [200] * 4 + [503] * 8
+        assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+        assert refused[0].json()["error"]["code"] == "server_busy"
+        idle(engine)
+        # Every way out gives the place back: a preparation that fails, a stream whose
+        # client leaves before it starts, a token count (which takes no place at all).
+        bad = {"messages": user("x"), "tools": [], "tool_choice": "required"}
+        assert all(served.post("/chat/completions", json=bad).status_code == 400 for _ in range(6))
+        for _ in range(6):
+            with httpx.stream(
+                "POST",
+                served.url + "/chat/completions",
+                json={"messages": user("gone"), "max_tokens": 50, "stream": True},
+                headers={"Authorization": f"Bearer {KEY}"},
+                timeout=60,
+            ):
+                pass  # closed before reading a byte
+        idle(engine)
+        assert engine.queued == 0 and health(served)["queued"] == 0
+
+
+def test_a_place_given_back_by_the_garbage_collector_mid_queueing_does_not_deadlock(
+    tiny_model, monkeypatch
+):
+    # A job dropped without being queued gives its place back from a finalizer, which the
+    # collector may run anywhere: here inside another job's queueing, under the lock.
+    import asyncio
+    import gc
+
+    from qwen_mlx.server import Job
+
+    engine = Engine(tiny_model, max_context=2048, max_batch=2, max_queue=2)
+    params = tiny_model.default_params.replace(temperature=0, max_tokens=2)
+    real_submit = engine.scheduler.submit
+
+    def submit(*args):
+        gc.collect()
+        return real_submit(*args)
+
+    monkeypatch.setattr(engine.scheduler, "submit", submit)
+
+    async def scenario() -> None:
+        dropped = await engine.prepare(lambda: Job([1, 2, 3], params))
+        loop = [dropped]
+        loop.append(loop)  # freed only by the collector
+        del dropped, loop
+        kept = await engine.prepare(lambda: Job([4, 5, 6], params))
+        async for _ in engine.events(kept):
+            pass
+
+    done = threading.Thread(target=lambda: asyncio.run(scenario()), daemon=True)
+    gc.disable()  # the collector runs where the test says
+    try:
+        done.start()
+        done.join(timeout=60)
+    finally:
+        gc.enable()
+    try:
+        assert not done.is_alive(), "queueing a job deadlocked on its own lock"
+        assert engine.queued == 0
+    finally:
+        engine.close()
 
 
 def test_a_request_that_does_not_fit_beside_the_batch_waits_for_room(tiny_model):

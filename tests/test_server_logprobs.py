@@ -125,3 +125,38 @@ def test_a_token_a_schema_rules_out_is_minus_9999_not_infinity(client):
     )
     values = [t.logprob for e in reply.choices[0].logprobs.content for t in e.top_logprobs]
     assert all(math.isfinite(v) for v in values) and -9999.0 in values
+
+
+def test_text_that_piles_up_keeps_its_tokens_logprobs(served):
+    # A client slower than the model gets the text that waited as one piece: each of its
+    # tokens' logprobs must come with it (a plain `str + Text` dropped them).
+    import asyncio
+
+    from qwen_mlx.runtime import GenerationChunk, TokenLogprob
+    from qwen_mlx.server import Job
+
+    def scored(model, tokens, params, **kwargs):
+        for n in range(1, 7):
+            lp = (TokenLogprob(n, -0.5 * n),)
+            yield GenerationChunk("ab", n, len(tokens), 0.0, n, 0.0, 0.0, 0.0, logprobs=lp)
+        yield GenerationChunk("", None, len(tokens), 0.0, 6, 0.0, 0.0, 0.0, "stop")
+
+    async def slow_client() -> list:
+        job = Job([1, 2, 3], served.model.default_params.replace(max_tokens=6), logprobs=0)
+        got = []
+        async for item in served.events(job):
+            got.append(item)
+            await asyncio.sleep(0.3)  # the rest of the reply piles up meanwhile
+        return got
+
+    served.stream_tokens = scored
+    try:
+        got = asyncio.run(slow_client())
+    finally:
+        from qwen_mlx.runtime import stream_tokens
+
+        served.stream_tokens = stream_tokens
+    pieces = got[:-1]
+    assert len(pieces) < 6  # some did pile up
+    assert "".join(pieces) == "ab" * 6
+    assert [t.token for p in pieces for t in p.logprobs] == [1, 2, 3, 4, 5, 6]

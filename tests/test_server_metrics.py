@@ -128,3 +128,20 @@ def test_tokens_timings_and_the_prompt_cache_are_counted(served, client):
     assert value(after, "qwen_mlx_prompt_cache_bytes") == served.cache.bytes > 0
     assert value(after, "qwen_mlx_prompt_cache_tokens") == served.cache.tokens
     assert value(after, "qwen_mlx_memory_active_bytes") > 0
+
+
+def test_a_method_http_does_not_define_is_counted_as_other(served):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for name in ("BREW", "PROPFIND", "X" * 40):
+        httpx.request(name, served.url + "/v1/chat/completions", headers=headers, timeout=10)
+        httpx.request(name, served.url + "/health", timeout=10)
+    samples = scrape(served)
+    methods = {
+        dict(labels)["method"]
+        for (name, labels) in samples
+        if name == "qwen_mlx_http_requests_total"
+    }
+    assert "other" in methods
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other"}
+    assert requests(samples, "/v1/chat/completions", 405, "other") >= 3
+    assert requests(samples, "/health", 405, "other") >= 3

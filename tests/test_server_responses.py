@@ -21,6 +21,7 @@ from .test_server import (
     MAX_TOKENS_CAP,
     MODEL,
     WEATHER_TOOL,
+    cut_short,
     recording,
     scripted,
     start_server,
@@ -203,6 +204,52 @@ def test_a_required_tool_choice_forces_a_schema_valid_call(client):
     call = response.output[-1]
     assert call.type == "function_call"
     jsonschema.validate(json.loads(call.arguments), TOOL["parameters"])
+
+
+def test_a_forced_call_with_schema_references_is_schema_valid(client):
+    from .test_tools import nested_parameters
+
+    schema = nested_parameters(draft07=True)
+    response = client.responses.create(
+        model=MODEL,
+        input="Order tea.",
+        tools=[{"type": "function", "name": "order", "parameters": schema}],
+        tool_choice={"type": "function", "name": "order"},
+        max_output_tokens=200,
+        temperature=0,
+    )
+    call = response.output[-1]
+    assert call.type == "function_call" and call.name == "order"
+    jsonschema.validate(json.loads(call.arguments), schema)
+
+
+def test_a_forced_call_cut_off_by_max_output_tokens_is_an_incomplete_function_call(
+    client, model_stream, served
+):
+    # As OpenAI returns one: the function_call item, incomplete, in an incomplete response.
+    model_stream(cut_short('{"name":"get_weather","arguments":{"city":"Pa'))
+    args = dict(
+        model=MODEL,
+        input="Weather in Rome?",
+        tools=[TOOL],
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=20,
+    )
+    response = client.responses.create(**args)
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "max_output_tokens"
+    (call,) = response.output
+    assert (call.type, call.status, call.name) == ("function_call", "incomplete", "get_weather")
+    assert call.arguments == '{"city":"Pa' and response.output_text == ""
+    assert client.responses.retrieve(response.id).output[0].arguments == call.arguments
+    events = list(client.responses.create(**args, stream=True))
+    kinds = [e.type for e in events]
+    assert "response.output_text.delta" not in kinds and kinds[-1] == "response.incomplete"
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert [(i.type, i.status, i.arguments) for i in done] == [
+        ("function_call", "incomplete", '{"city":"Pa')
+    ]
+    assert events[-1].response.output[0].status == "incomplete"
 
 
 def test_text_format_json_schema_gives_schema_valid_json(client):
@@ -418,3 +465,73 @@ def test_text_that_is_not_valid_unicode_is_400(served):
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_unicode"
+
+
+def test_metadata_is_held_to_openais_limits(client, served):
+    fits = {f"key{i:02}".ljust(64, "k"): "v" * 512 for i in range(16)}
+    response = client.responses.create(model=MODEL, input="hi", max_output_tokens=2, metadata=fits)
+    assert client.responses.retrieve(response.id).metadata == fits
+    for metadata, param, code, words in (
+        (
+            {f"k{i}": "v" for i in range(17)},
+            "metadata",
+            "object_above_max_properties",
+            "Invalid 'metadata': too many properties. Expected an object with at most 16 "
+            "properties, but got an object with 17 properties instead.",
+        ),
+        ({"k" * 65: "v"}, "metadata", "string_above_max_length", "key too long"),
+        (
+            {"note": "v" * 513},
+            "metadata.note",
+            "string_above_max_length",
+            "Invalid 'metadata.note': string too long. Expected a string with maximum length "
+            "512, but got a string with length 513 instead.",
+        ),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model=MODEL, input="hi", metadata=metadata)
+        assert e.value.code == code and e.value.param == param
+        assert words in e.value.message
+
+
+def test_the_store_is_bounded_in_bytes_and_keeps_what_get_returns(tiny_model):
+    engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
+    app = create_app(engine)
+    store = app.state.responses
+    store.max_bytes = 40_000
+    server, thread, port = start_server(app)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+    try:
+        tool = dict(TOOL, description="Weather, told at length. " * 40)
+        made = [
+            client.responses.create(
+                model=MODEL,
+                input=f"question {i}",
+                tools=[tool],
+                metadata={"n": str(i)},
+                max_output_tokens=2,
+            )
+            for i in range(16)
+        ]
+        assert store.bytes <= store.max_bytes and 1 < len(store) < len(made)
+        newest = httpx.get(f"http://127.0.0.1:{port}/v1/responses/{made[-1].id}").json()
+        assert newest == made[-1].model_dump(mode="json", exclude_unset=True)
+        assert newest["tools"][0]["description"] == tool["description"]
+        with pytest.raises(openai.NotFoundError) as e:
+            client.responses.retrieve(made[0].id)  # the oldest made room
+        assert "dropped to make room" in e.value.message
+        # The stored conversation still continues, token for token.
+        follow = client.responses.create(
+            model=MODEL, previous_response_id=made[-1].id, input="and then?", max_output_tokens=2
+        )
+        assert follow.status in ("completed", "incomplete")
+        # One response larger than the whole store is answered, not kept.
+        store.max_bytes = 1_000
+        big = client.responses.create(model=MODEL, input="hi", tools=[tool], max_output_tokens=2)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(big.id)
+        assert store.bytes <= 40_000
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()

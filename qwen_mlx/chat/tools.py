@@ -18,7 +18,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,23 +51,33 @@ class Tool:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """One call found in a reply. `error` is set when it cannot be run as written."""
+    """One call found in a reply. `error` is set when it cannot be run as written.
+
+    `partial` is set on a forced call that max_tokens cut off (`cut_call`): its arguments
+    as far as the model wrote them, unfinished JSON, which APIs return as they are;
+    `arguments` then holds the values complete in them.
+    """
 
     name: str | None
     arguments: dict[str, Any] | None
     raw: str
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
     error: str | None = None
+    partial: str | None = None
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as a JSON string (as written, for a call cut off)."""
+        if self.partial is not None:
+            return self.partial
+        return json.dumps(self.arguments if self.arguments is not None else {})
 
     def to_message(self) -> dict[str, Any]:
         """The OpenAI-style entry for an assistant message's `tool_calls`."""
         return {
             "id": self.id,
             "type": "function",
-            "function": {
-                "name": self.name or "",
-                "arguments": json.dumps(self.arguments if self.arguments is not None else {}),
-            },
+            "function": {"name": self.name or "", "arguments": self.arguments_json},
         }
 
 
@@ -167,6 +177,59 @@ def _schema_for(tp: Any) -> dict[str, Any]:
             schema["additionalProperties"] = _schema_for(args[1])
         return schema
     raise TypeError(f"No JSON schema for the annotation {tp!r}.")
+
+
+def call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
+    """The JSON schema of a call to one of `tools` (`{"name": ..., "arguments": {...}}`),
+    for holding a forced call to their schemas.
+
+    Each tool's parameters move under the root's `$defs` with their local references
+    (`#/$defs/...`, draft-07's `#/definitions/...`, `#` itself) rebased onto their new
+    place: left where the call puts them, pydantic's `$ref`s would point at the call's
+    root, where no such definitions are.
+    """
+    defs: dict[str, Any] = {}
+    options = []
+    for i, tool in enumerate(tools):
+        key = f"arguments_{i}"
+        parameters = {k: v for k, v in tool.parameters.items() if k not in ("$id", "$schema")}
+        defs[key] = _rebased(parameters, f"#/$defs/{key}")
+        arguments = {"$ref": f"#/$defs/{key}"}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool.name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**schema, "$defs": defs}
+
+
+# Keywords whose value is a map of names to schemas, and those whose value is data.
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_DATA = ("const", "enum", "default", "examples")
+
+
+def _rebased(schema: Any, base: str) -> Any:
+    """`schema` with its local `$ref`s ("#..."), which point into its own root, made to
+    point into `base` (where its root will be)."""
+    if isinstance(schema, list):
+        return [_rebased(s, base) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            out[key] = base + value[1:]
+        elif key in _NAMED_SCHEMAS and isinstance(value, dict):
+            out[key] = {name: _rebased(s, base) for name, s in value.items()}
+        elif key in _DATA:
+            out[key] = value
+        else:
+            out[key] = _rebased(value, base)
+    return out
 
 
 def _enum_type(values: list[Any]) -> dict[str, Any]:
@@ -321,6 +384,50 @@ def _call(body: str, *, closed: bool) -> ToolCall:
     if not isinstance(arguments, dict):
         return ToolCall(name, None, raw, error="the arguments must be a JSON object")
     return ToolCall(name, arguments, raw)
+
+
+_CALL_NAME = re.compile(r'\s*\{\s*"name"\s*:\s*')
+_CALL_ARGUMENTS = re.compile(r'\s*,\s*"arguments"\s*:\s*')
+
+
+def cut_call(text: str, names: Sequence[str]) -> ToolCall | None:
+    """A forced call as far as the model wrote it before max_tokens ended the reply:
+    `{"name": "...", "arguments": {...` (the order the call's schema holds it to).
+
+    The call names the tool its text names, or, when the name itself was cut off, the
+    only one of `names` it can still be. Its arguments are complete (then it is an
+    ordinary call: max_tokens only cut the closing brace), or unfinished (`partial`).
+    None when the text cannot tell which tool it calls.
+    """
+    start = _CALL_NAME.match(text)
+    if start is None:
+        return ToolCall(names[0], {}, text, partial="") if len(names) == 1 else None
+    try:
+        name, end = _DECODER.raw_decode(text, start.end())
+    except (json.JSONDecodeError, RecursionError):
+        written = text[start.end() :].removeprefix('"')
+        fits = [n for n in names if json.dumps(n)[1:-1].startswith(written)]
+        return ToolCall(fits[0], {}, text, partial="") if len(fits) == 1 else None
+    if not isinstance(name, str):
+        return None
+    after = _CALL_ARGUMENTS.match(text, end)
+    if after is None:
+        return ToolCall(name, {}, text, partial="")
+    written = text[after.end() :].rstrip()
+    try:
+        arguments, _ = _DECODER.raw_decode(written)
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    else:
+        if isinstance(arguments, dict):
+            return ToolCall(name, arguments, text)
+    from pydantic_core import from_json
+
+    try:
+        complete = from_json(written, allow_partial=True) if written else {}
+    except ValueError:
+        complete = {}
+    return ToolCall(name, complete if isinstance(complete, dict) else {}, text, partial=written)
 
 
 class CallFilter:

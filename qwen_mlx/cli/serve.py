@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 
 from ..server.defaults import (
+    CONNECTION_HEADROOM,
     DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_TOKENS_CAP,
 )
 from ..server.net import allowed_hosts, is_loopback
@@ -97,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-connections",
         type=int,
-        default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
-        help=f"open connections at most; requests beyond get 503 (default: "
-        f"{DEFAULT_MAX_CONNECTIONS})",
+        help="requests in progress at most; more get 503 with Retry-After, while /health and "
+        f"other reads keep a reserve (default: --max-batch + --max-queue + "
+        f"{CONNECTION_HEADROOM})",
     )
     p.add_argument(
         "--max-context",
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_tokens_cap is not None and args.max_tokens_cap <= 0:
         raise ValueError("--max-tokens-cap must be positive.")
-    if args.max_connections <= 0:
+    if args.max_connections is not None and args.max_connections <= 0:
         raise ValueError("--max-connections must be positive.")
     if args.max_batch is not None and args.max_batch <= 0:
         raise ValueError("--max-batch must be positive.")
@@ -224,6 +224,7 @@ def _serve(args: argparse.Namespace, sockets: list[socket.socket], ranks, argv: 
         api_key=args.api_key,
         max_body_bytes=args.max_body_bytes,
         allowed_hosts=allowed_hosts(args.host),
+        max_connections=args.max_connections,
     )
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sockets[0].getsockname()[1]
@@ -239,7 +240,6 @@ def _serve(args: argparse.Namespace, sockets: list[socket.socket], ranks, argv: 
         host=args.host,
         port=port,
         log_level=args.log_level,
-        max_connections=args.max_connections,
         timeout_graceful_shutdown=5,
     )
     try:

@@ -5,10 +5,19 @@ Decoding reads every weight once per step, whatever the number of sequences, so 
 of eight costs little more than one. The batch itself is mlx-lm's `BatchGenerator`: its
 batch KV caches (left-padded, merged and split as sequences come and go), its prefill in
 chunks interleaved with decode steps (each call does one decode step for the running
-sequences and one prefill chunk for those still reading their prompt, so a long prompt
-never stalls the others), its per-sequence samplers, logits processors and max_tokens.
+sequences and one prefill chunk for those still reading their prompt), its per-sequence
+samplers, logits processors and max_tokens.
 
 What is ours:
+- Long prompts are read here, a chunk per step, and handed to the BatchGenerator only for
+  their last chunk. Its prefill reads up to `prefill_batch` prompts together, each to its
+  end, and one that arrives while those slots are taken waits for one of them to finish
+  reading: behind eight long prompts a short request waited for whole prefills (minutes
+  on a CPU). Here its slots only ever hold prompts of one chunk or less, which leave
+  after a step, so a short prompt starts reading at once and has its first token a few
+  steps later, however many long prompts are being read. Among those, each step reads a
+  chunk of the one with the least left to read, and every other step of the one waiting
+  longest, so none starves.
 - Seeds per sequence. mlx-lm's server refuses to batch a seeded request, since its
   samplers draw from MLX's one global key. Here each seeded sequence owns its key: the
   global key is swapped for it around that sequence's draw and the advanced key kept, so
@@ -71,6 +80,23 @@ class SequenceEvent:
 
 
 @dataclass(eq=False)
+class _Reading:
+    """A long prompt being read here, chunk by chunk, before it joins the batch."""
+
+    tokens: list[int]
+    cache: list[Any]
+    done: int  # tokens the cache holds
+    max_tokens: int
+    sampler: Any
+    processors: list[Callable]
+    order: int  # arrival
+
+    @property
+    def left(self) -> int:
+        return len(self.tokens) - self.done
+
+
+@dataclass(eq=False)
 class _Sequence:
     uid: int
     prompt_tokens: int
@@ -116,7 +142,8 @@ class BatchDecoder:
 
     Not thread-safe: one thread (the model thread) makes every call. `max_batch` bounds
     the sequences decoding at once (more wait inside, in order); `prefill_step_size` the
-    tokens of each prompt read per step.
+    tokens of a prompt read per step: a prompt longer than that is read here a chunk per
+    step, the rest with the batch's own prefill (see the module docstring).
     """
 
     def __init__(
@@ -130,6 +157,7 @@ class BatchDecoder:
         from mlx_lm.generate import BatchGenerator
 
         self.model = model
+        self.prefill_step_size = prefill_step_size
         self._gen = BatchGenerator(
             model.model,
             stop_tokens=[[t] for t in model.tokenizer.eos_token_ids],
@@ -138,7 +166,11 @@ class BatchDecoder:
             prefill_batch_size=min(prefill_batch, max_batch),
             prefill_step_size=prefill_step_size,
         )
-        self._seqs: dict[int, _Sequence] = {}
+        self._seqs: dict[int, _Sequence] = {}  # by our uid: reading here, or in the batch
+        self._reading: dict[int, _Reading] = {}
+        self._in_batch: dict[int, int] = {}  # the BatchGenerator's uid -> ours
+        self._uids = 0
+        self._steps = 0
 
     def __len__(self) -> int:
         """Sequences added and not finished (reading their prompt or decoding)."""
@@ -170,14 +202,7 @@ class BatchDecoder:
         if sampler is not None:
             sampler = shared_sampler(self.model, sampler)
         max_tokens = NO_LIMIT if params.max_tokens == -1 else params.max_tokens
-        (uid,) = self._gen.insert_segments(
-            segments=[[tokens[cached:]]],
-            max_tokens=[max_tokens],
-            caches=[cache] if cache is not None else None,
-            all_tokens=[tokens[:cached]],
-            samplers=[sampler],
-            logits_processors=[processors],
-        )
+        uid, self._uids = self._uids, self._uids + 1
         self._seqs[uid] = _Sequence(
             uid,
             len(tokens),
@@ -187,6 +212,15 @@ class BatchDecoder:
             _StopMatcher(params.stop),
             logprobs=logprobs,
         )
+        if cache is None:
+            from .cache import make_cache
+
+            cache = make_cache(self.model)
+        reading = _Reading(tokens, cache, cached, max_tokens, sampler, processors, uid)
+        if reading.left > self.prefill_step_size:
+            self._reading[uid] = reading
+        else:
+            self._join(uid, reading)
         return uid
 
     def cancel(self, uid: int) -> SequenceEvent | None:
@@ -194,16 +228,23 @@ class BatchDecoder:
         seq = self._seqs.pop(uid, None)
         if seq is None:
             return None
+        reading = self._reading.pop(uid, None)
+        if reading is not None:
+            tokens = reading.tokens[: reading.done]
+            return seq.stats("cancelled", cache=reading.cache, tokens=tokens)
         cache, tokens = self._remove(uid)
         return seq.stats("cancelled", cache=cache, tokens=tokens)
 
     def step(self) -> list[SequenceEvent]:
-        """One decode step for the decoding sequences and one prefill chunk for those
-        reading: the text each got, and an event with stats for each that finished."""
+        """A chunk of one long prompt read here, then one decode step for the decoding
+        sequences and one prefill chunk for those the batch is reading: the text each
+        got, and an event with stats for each that finished."""
+        self._read_a_chunk()
         _, responses = self._gen.next()
         events: list[SequenceEvent] = []
         for r in responses:
-            seq = self._seqs.get(r.uid)
+            uid = self._in_batch.get(r.uid)
+            seq = self._seqs.get(uid) if uid is not None else None
             if seq is None:
                 continue
             if seq.first is None:
@@ -222,28 +263,70 @@ class BatchDecoder:
             text, stop_hit = seq.stops.feed(detok.last_segment)
             if r.finish_reason is None and not stop_hit:
                 if text:
-                    events.append(SequenceEvent(r.uid, text, logprobs=seq.taken()))
+                    events.append(SequenceEvent(uid, text, logprobs=seq.taken()))
                 continue
-            del self._seqs[r.uid]
+            del self._seqs[uid]
             if stop_hit:  # the end of the text, whatever else this token did
                 reason = "stop"
                 if r.finish_reason is None:  # the batch still has it
-                    cache, tokens = self._remove(r.uid)
+                    cache, tokens = self._remove(uid)
                 else:
                     cache, tokens = r.prompt_cache, r.all_tokens
+                    del self._in_batch[r.uid]
             else:
                 reason, cache, tokens = r.finish_reason, r.prompt_cache, r.all_tokens
+                del self._in_batch[r.uid]
                 text += seq.stops.flush()
             events.append(seq.stats(reason, text, cache, tokens))
         return events
 
     def close(self) -> None:
         self._seqs.clear()
+        self._reading.clear()
+        self._in_batch.clear()
         self._gen.close()
 
+    def _read_a_chunk(self) -> None:
+        """Read one chunk of a long prompt (the one with least left, or every other step
+        the one waiting longest); once what is left fits a chunk, it joins the batch."""
+        if not self._reading:
+            return
+        import mlx.core as mx
+
+        self._steps += 1
+        if self._steps % 2:
+            uid = min(self._reading, key=lambda u: (self._reading[u].left, self._reading[u].order))
+        else:
+            uid = min(self._reading, key=lambda u: self._reading[u].order)
+        reading = self._reading[uid]
+        chunk = reading.tokens[reading.done : reading.done + self.prefill_step_size]
+        with mx.stream(self._gen.stream):
+            self.model.model(mx.array(chunk)[None], cache=reading.cache)
+            mx.eval([c.state for c in reading.cache])
+        reading.done += len(chunk)
+        if reading.left <= self.prefill_step_size:
+            del self._reading[uid]
+            self._join(uid, reading)
+
+    def _join(self, uid: int, reading: _Reading) -> None:
+        """Hand a sequence to the BatchGenerator with what is left of its prompt."""
+        (theirs,) = self._gen.insert_segments(
+            segments=[[reading.tokens[reading.done :]]],
+            max_tokens=[reading.max_tokens],
+            caches=[reading.cache],
+            all_tokens=[reading.tokens[: reading.done]],
+            samplers=[reading.sampler],
+            logits_processors=[reading.processors],
+        )
+        self._in_batch[theirs] = uid
+
     def _remove(self, uid: int) -> tuple[list[Any] | None, list[int] | None]:
-        caches = self._gen.remove([uid], return_prompt_caches=True)
-        cache, tokens = caches.get(uid, (None, None))
+        theirs = next((t for t, ours in self._in_batch.items() if ours == uid), None)
+        if theirs is None:
+            return None, None
+        del self._in_batch[theirs]
+        caches = self._gen.remove([theirs], return_prompt_caches=True)
+        cache, tokens = caches.get(theirs, (None, None))
         return cache, list(tokens) if tokens is not None else None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from ..convert.template import ChatTemplate
 from ..errors import DamagedModelError, ModelNotFoundError, UnsupportedModelError
 from ..store import resolve
 from ..store.manifest import Manifest, manifest_sha256, read_manifest, verify_files
+from .control import control_tokens, encode, mark
 from .messages import Message
 from .sampling import SamplingParams
 
@@ -120,21 +121,31 @@ class Model:
         tools: Sequence[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> str:
-        """The conversation as the chat template renders it: with bounds on steps, size
-        and time, and the family's known template if the model's own runs past them
-        (see `convert.template`)."""
+        """The conversation as the chat template renders it (to show; `render_tokens`
+        gives the ids a prompt is made of)."""
         rendered = [m.template() if isinstance(m, Message) else m for m in messages]
+        return self._apply_template(rendered, tools, add_generation_prompt)
+
+    def _apply_template(
+        self,
+        messages: list[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None,
+        add_generation_prompt: bool,
+    ) -> str:
+        """The chat template's text for `messages`: with bounds on steps, size and time,
+        and the family's known template if the model's own runs past them (see
+        `convert.template`)."""
         if getattr(self.tokenizer, "_chat_template", None) is not None:  # mlx-lm's own code
             kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
             if tools:
                 kwargs["tools"] = list(tools)
-            return self.tokenizer.apply_chat_template(rendered, tokenize=False, **kwargs)
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
         template = self.memo.get("chat_template")
         if template is None:
             template = ChatTemplate.of(self.tokenizer, self.config, self.name)
             self.memo["chat_template"] = template
         return template.render(
-            rendered,
+            messages,
             tools=list(tools) if tools else None,
             add_generation_prompt=add_generation_prompt,
         )
@@ -148,38 +159,56 @@ class Model:
         *,
         tools: Sequence[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        check: Callable[[str], None] | None = None,
     ) -> list[int]:
         """Token ids of the rendered conversation, reusing the exact ids the model produced
         for earlier replies (`Message.token_ids`).
+
+        Control tokens are the template's alone (`control.py`): a message, a tool result
+        or a tool's schema that spells `<|im_end|>` is read as that text, so no content
+        can end its turn and forge another. All of a conversation is treated so, the
+        user's messages too: they come from clients, documents and other people as
+        often as from the person at the keyboard, and raw control stays available to
+        those who write the whole prompt (a text prompt is encoded as it is).
 
         Re-encoding a reply's text does not always give back the tokens the model sampled,
         and every difference would make the prefix cache re-read from there. The template
         still renders everything: replies are swapped for markers, the text around them is
         encoded, and each reply's own ids go in between. If the markers would render any
         differently from the real text, this falls back to encoding the whole text.
+        `check` sees the rendered text before any of it is tokenized (the server refuses a
+        prompt far over the context there).
         """
         messages = [Message.of(m) for m in messages]
-        real = self.render(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+        controls = control_tokens(self)
+        turns = [m.template() for m in messages]
+        specs = list(tools) if tools else None
+        if controls is not None:
+            turns = mark(turns, controls)
+            specs = mark(specs, controls) if specs else None
+        real = self._apply_template(turns, specs, add_generation_prompt)
+        if check is not None:
+            check(real)
         spliced = [i for i, m in enumerate(messages) if m.role == "assistant" and m.token_ids]
         if not spliced:
-            return self.encode(real)
+            return encode(self, real, controls)
         marks = {i: _REPLY_MARK.format(i) for i in spliced}
-        marked = [replace(m, content=marks[i]) if i in marks else m for i, m in enumerate(messages)]
-        text = self.render(marked, tools=tools, add_generation_prompt=add_generation_prompt)
+        marked = [dict(t, content=marks[i]) if i in marks else t for i, t in enumerate(turns)]
+        text = self._apply_template(marked, specs, add_generation_prompt)
         rebuilt = text
-        for i, mark in marks.items():
-            if text.count(mark) != 1:
-                return self.encode(real)
-            rebuilt = rebuilt.replace(mark, messages[i].content)
+        for i, reply in marks.items():
+            if text.count(reply) != 1:
+                return encode(self, real, controls)
+            rebuilt = rebuilt.replace(reply, turns[i]["content"])
         if rebuilt != real:
-            return self.encode(real)
+            return encode(self, real, controls)
         tokens: list[int] = []
         pos = 0
-        for i, mark in marks.items():
-            at = text.index(mark, pos)
-            tokens += self.encode(text[pos:at]) + list(messages[i].token_ids)
-            pos = at + len(mark)
-        return tokens + self.encode(text[pos:])
+        for i, reply in marks.items():
+            at = text.index(reply, pos)
+            tokens += encode(self, text[pos:at], controls) + list(messages[i].token_ids)
+            pos = at + len(reply)
+        return tokens + encode(self, text[pos:], controls)
 
     def prompt_tokens(
         self, prompt: Prompt, tools: Sequence[dict[str, Any]] | None = None

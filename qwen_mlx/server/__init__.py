@@ -11,6 +11,8 @@ models), Anthropic Messages, Ollama, Prometheus metrics and the web chat.
 - `prepare.py`: requests into jobs (template, tokens, tools, response format, sampling),
   and the model's text into replies with tool calls.
 - `schemas.py`: the request bodies, as pydantic models.
+- `limits.py`: what a body may hold, checked before validation (messages, content blocks,
+  tools, valid Unicode, characters that could fit the context).
 - `errors.py`: errors in OpenAI's shape, the body-size limit and the catch-all for the rest.
 - `anthropic.py`: Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`).
 - `responses.py`: OpenAI's Responses API (`/v1/responses`), with stored responses.
@@ -18,8 +20,9 @@ models), Anthropic Messages, Ollama, Prometheus metrics and the web chat.
 - `metrics.py`: `GET /metrics` in Prometheus' format.
 - `web/`: the web chat at `/` (its routes, chats, streamed replies, Markdown, auth and
   static page).
-- `connections.py`: the uvicorn configuration: header and keep-alive timeouts, and a
-  connection limit (`server_config`).
+- `connections.py`: how many requests run at once (`RequestLimit`: 503 in the protocol's
+  shape past it, a reserve for /health and other reads) and the uvicorn configuration:
+  header and keep-alive timeouts, a bound on open sockets (`server_config`).
 - `net.py`: loopback addresses and the Host header check. `defaults.py`: the limits'
   defaults, defined once (the CLI's flags show them).
 """
@@ -32,7 +35,6 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_MAX_BODY_BYTES": "defaults",
-    "DEFAULT_MAX_CONNECTIONS": "defaults",
     "DEFAULT_MAX_TOKENS_CAP": "defaults",
     "APIError": "errors",
     "ChatRequest": "schemas",
@@ -46,7 +48,6 @@ _EXPORTS = {
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
-    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_TOKENS_CAP",
     "APIError",
     "ChatRequest",
@@ -61,7 +62,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .app import create_app
     from .connections import server_config
-    from .defaults import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_TOKENS_CAP
+    from .defaults import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_CAP
     from .engine import Engine, Finished, Job
     from .errors import APIError
     from .schemas import ChatRequest, CompletionRequest

@@ -13,8 +13,8 @@ exactly as on `/v1/chat/completions`. Replies come back as content blocks (`text
 The key is accepted as `x-api-key` (what Anthropic's SDKs and Claude Code send) or as
 `Authorization: Bearer`. Every error on these routes, including validation, auth and
 body-size refusals, is in Anthropic's shape, `{"type": "error", "error": {"type",
-"message"}}` (`AnthropicErrors` rewrites the OpenAI-shaped ones the rest of the server
-makes).
+"message"}}` (`errors.ReshapedErrors` rewrites the OpenAI-shaped ones the rest of the
+server makes).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .collect import collect as _collect
 from .collect import off_loop as _off_loop
 from .collect import whole_reply as _whole
 from .engine import Engine, Finished, Job
-from .errors import APIError
+from .errors import APIError, ReshapedErrors
 from .prepare import Reply, prepare_chat
 from .schemas import ChatRequest
 
@@ -119,14 +119,13 @@ class MessagesRequest(CountRequest):
     output_config: OutputConfig | None = None
 
 
-def install(app: FastAPI, engine: Engine, api_key: str | None) -> None:
-    """Serve the Messages API on `app`, with its own key check and error shape."""
-    from .app import _valid_unicode
-
-    app.add_middleware(AnthropicErrors)
+def install(app: FastAPI, engine: Engine, api_key: str | None, *, body_check: Any) -> None:
+    """Serve the Messages API on `app`, with its own key check and error shape;
+    `body_check` (a dependency: `limits.body_check`) runs on each body first."""
+    app.add_middleware(ReshapedErrors, prefix=PREFIX, reshape=_anthropic_error)
     router = APIRouter(dependencies=[Depends(_key_check(api_key))] if api_key else [])
 
-    @router.post(PREFIX, dependencies=[Depends(_valid_unicode)])
+    @router.post(PREFIX, dependencies=[body_check])
     async def messages(req: MessagesRequest, request: Request) -> Any:
         engine.check_model(req.model)
         job, reply = await engine.prepare(prepare_chat, engine, to_chat_request(req))
@@ -151,11 +150,11 @@ def install(app: FastAPI, engine: Engine, api_key: str | None) -> None:
             "usage": _usage(done),
         }
 
-    @router.post(PREFIX + "/count_tokens", dependencies=[Depends(_valid_unicode)])
+    @router.post(PREFIX + "/count_tokens", dependencies=[body_check])
     async def count_tokens(req: CountRequest) -> dict[str, int]:
         engine.check_model(req.model)
         chat = to_chat_request(req, max_tokens=1)
-        job, _ = await engine.prepare(prepare_chat, engine, chat)
+        job, _ = await engine.prepare(prepare_chat, engine, chat, queue=False)
         return {"input_tokens": len(job.tokens)}
 
     app.include_router(router)
@@ -286,6 +285,8 @@ def _tool_choice(choice: ToolChoice, has_tools: bool) -> Any:
 
 
 def _tool_use(call: ToolCall) -> dict[str, Any]:
+    """A `tool_use` block; for a call max_tokens cut off, its input is what is complete in
+    the arguments written so far (as Anthropic's SDKs read a partial `input_json_delta`)."""
     tool_id = call.id.replace("call_", "toolu_", 1)
     return {"type": "tool_use", "id": tool_id, "name": call.name, "input": call.arguments or {}}
 
@@ -368,7 +369,10 @@ async def _events(
         for call in calls:
             block = dict(_tool_use(call), input={})
             yield _event("content_block_start", {"index": index, "content_block": block})
-            partial = json.dumps(call.arguments or {}, ensure_ascii=False)
+            if call.partial is not None:  # cut off by max_tokens: as far as it was written
+                partial = call.partial
+            else:
+                partial = json.dumps(call.arguments or {}, ensure_ascii=False)
             delta = {"type": "input_json_delta", "partial_json": partial}
             yield _event("content_block_delta", {"index": index, "delta": delta})
             yield _event("content_block_stop", {"index": index})
@@ -408,47 +412,7 @@ def _key_check(api_key: str) -> Callable[[Request], Any]:
     return check
 
 
-class AnthropicErrors:
-    """ASGI middleware: error responses on the Messages API's paths, which the rest of the
-    server writes in OpenAI's shape, rewritten into Anthropic's."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope.get("path", "").startswith(PREFIX):
-            await self.app(scope, receive, send)
-            return
-        start: dict[str, Any] | None = None
-        body: list[bytes] = []
-
-        async def rewrite(message: Any) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers", []))
-                is_json = headers.get(b"content-type", b"").startswith(b"application/json")
-                if message["status"] >= 400 and is_json:
-                    start = message
-                    return
-            elif message["type"] == "http.response.body" and start is not None:
-                body.append(message.get("body", b""))
-                if message.get("more_body", False):
-                    return
-                data = _anthropic_error(start["status"], b"".join(body))
-                headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
-                headers.append((b"content-length", str(len(data)).encode()))
-                await send(dict(start, headers=headers))
-                await send({"type": "http.response.body", "body": data})
-                return
-            await send(message)
-
-        await self.app(scope, receive, rewrite)
-
-
-def _anthropic_error(status: int, body: bytes) -> bytes:
-    try:
-        message = json.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = body.decode("utf-8", errors="replace") or "The request failed."
+def _anthropic_error(status: int, message: str) -> bytes:
+    """An error in Anthropic's shape (`ReshapedErrors` rewrites OpenAI's into it)."""
     kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()

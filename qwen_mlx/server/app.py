@@ -8,8 +8,9 @@ threads, and relays the text the model thread generates, whole or as server-sent
 on a worker thread too. An error during a stream arrives as a `data: {"error": ...}`
 chunk before `[DONE]`, since the status line has already gone out.
 
-Request bodies must be valid Unicode: JSON's `\ud800` escapes can spell lone surrogates,
-which no tokenizer or file takes, so they are refused with a 400 naming the field.
+A generating route's body is checked before it is validated (`limits.py`): how many
+messages, content blocks and tools it has, that its text is valid Unicode, and that it has
+no more characters than the context could hold.
 """
 
 from __future__ import annotations
@@ -29,16 +30,17 @@ from fastapi.responses import StreamingResponse
 
 from ..chat.tools import ToolCall
 from ..runtime import Model
-from . import anthropic, metrics, responses
+from . import anthropic, metrics, ollama, responses
 from .collect import collect as _collect
 from .collect import off_loop as _off_loop
 from .collect import whole_reply as _whole
+from .connections import RequestLimit, default_max_connections
 from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine, Finished, Job
-from .errors import APIError, BodyLimit, CatchAll, install_error_handlers
+from .errors import APIError, BodyLimit, CatchAll, ReshapedErrors, install_error_handlers
+from .limits import body_check
 from .logprobs import chat_logprobs, completion_logprobs, scored
 from .net import AllowedHosts
-from .ollama import ollama_router
 from .prepare import Reply, prepare_chat, prepare_completion
 from .schemas import ChatRequest, CompletionRequest
 from .web import mount_web
@@ -54,20 +56,28 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     web_home: str | Path | None = None,
+    max_connections: int | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine`. With `api_key`, every route but /health needs
     `Authorization: Bearer <api_key>`. With `allowed_hosts`, a request whose Host header
     names another host is refused: a web page cannot reach a loopback server by pointing
     its own domain at 127.0.0.1 (DNS rebinding). A body that has not arrived
-    `body_timeout` seconds after its headers gets 408. The web chat (web.py) answers `/`,
-    with the chats under `web_home` (default: the store's)."""
+    `body_timeout` seconds after its headers gets 408. At most `max_connections` requests
+    are in progress at once (default: what the engine runs and queues, and a margin; see
+    `connections.py`). The web chat (web.py) answers `/`, with the chats under `web_home`
+    (default: the store's)."""
     app = FastAPI(title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     if allowed_hosts is not None:
         app.add_middleware(AllowedHosts, hosts=allowed_hosts)
     app.add_middleware(CatchAll)
+    if max_connections is None:
+        max_connections = default_max_connections(engine.max_batch, engine.max_queue)
+    app.add_middleware(RequestLimit, limit=max_connections)
+    app.state.max_connections = max_connections  # server_config bounds the sockets by it
     router = APIRouter(dependencies=[Depends(_bearer(api_key))] if api_key else [])
+    checked = Depends(body_check(engine))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -82,7 +92,7 @@ def create_app(
         engine.check_model(model_id)
         return _model_card(engine.model)
 
-    @router.post("/v1/chat/completions", dependencies=[Depends(_valid_unicode)])
+    @router.post("/v1/chat/completions", dependencies=[checked])
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         engine.check_model(req.model)
         job, reply = await engine.prepare(prepare_chat, engine, req)
@@ -109,7 +119,7 @@ def create_app(
             "usage": _usage(done),
         }
 
-    @router.post("/v1/completions", dependencies=[Depends(_valid_unicode)])
+    @router.post("/v1/completions", dependencies=[checked])
     async def completions(req: CompletionRequest, request: Request) -> Any:
         engine.check_model(req.model)
         job = await engine.prepare(prepare_completion, engine, req)
@@ -139,12 +149,11 @@ def create_app(
         }
 
     metrics.install(app, engine, router)
-    responses.install(router, engine)
-    anthropic.install(app, engine, api_key)
+    app.state.responses = responses.install(router, engine, body_check=checked)
+    anthropic.install(app, engine, api_key, body_check=checked)
     app.include_router(router)
-    app.include_router(
-        ollama_router(engine, api_key=api_key, body_checks=[Depends(_valid_unicode)])
-    )
+    app.include_router(ollama.ollama_router(engine, api_key=api_key, body_checks=[checked]))
+    app.add_middleware(ReshapedErrors, prefix=ollama.PREFIX, reshape=ollama.error_body)
     app.state.web = mount_web(app, engine, api_key=api_key, home=web_home)
     return app
 
@@ -164,41 +173,6 @@ def _bearer(api_key: str) -> Callable[[Request], Any]:
             )
 
     return check
-
-
-async def _valid_unicode(request: Request) -> None:
-    """Refuse a JSON body holding a string that is not valid Unicode (a lone surrogate)."""
-    try:
-        body = await request.json()  # parsed once: FastAPI has read it already, and kept it
-    except ValueError:
-        return  # not JSON: the body's own validation says so
-    stack: list[tuple[Any, str]] = [(body, "")]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, str):
-            _check_text(value, path)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                _check_text(key, path)
-                stack.append((item, f"{path}.{key}" if path else str(key)))
-        elif isinstance(value, list):
-            stack.extend((item, f"{path}.{i}" if path else str(i)) for i, item in enumerate(value))
-
-
-def _check_text(text: str, path: str) -> None:
-    if text.isascii():
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        where = f"{path}: " if path else ""
-        raise APIError(
-            400,
-            f"{where}the text is not valid Unicode (a lone surrogate, "
-            f"{text[e.start]!r}, at character {e.start:,}). Send UTF-8 text.",
-            param=path or None,
-            code="invalid_unicode",
-        ) from None
 
 
 def _model_card(model: Model) -> dict[str, Any]:

@@ -9,4 +9,12 @@ DEFAULT_MAX_BODY_BYTES = 16 << 20
 DEFAULT_BODY_TIMEOUT = 60.0  # seconds: 16 MiB at 0.3 MB/s
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive
 DEFAULT_KEEP_ALIVE = 5  # seconds an idle connection stays open between requests
-DEFAULT_MAX_CONNECTIONS = 64
+RETRY_AFTER = 2  # seconds a client turned away by a full server is asked to wait
+# Requests in progress at most, by default: --max-batch + --max-queue and this many more
+# (being read, prepared, or not generating; see connections.py).
+CONNECTION_HEADROOM = 16
+# What one request may hold (server/limits.py): far more than any client sends, far less
+# than it takes to make validation and the chat template slow.
+MAX_MESSAGES = 10_000  # messages, or Responses input items
+MAX_CONTENT_BLOCKS = 10_000  # content parts and blocks in all, tool results' included
+MAX_TOOLS = 1_000

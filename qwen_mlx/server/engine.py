@@ -7,7 +7,11 @@ event loop only parses and streams text back, and one slow preparation (a huge p
 does not hold up the others.
 
 Jobs run in `scheduler.py`'s continuous batch (at most `max_batch` at once, up to
-`max_queue` more waiting; past that a request gets 503 with Retry-After). Each starts
+`max_queue` more waiting; past that a request gets 503 with Retry-After). A request takes
+its place in that count when its preparation starts, checked and reserved under one lock,
+so a burst of simultaneous requests cannot all pass the check before any is counted; the
+place passes to its job when the job is queued, and is given back on every other way out
+(a failed preparation, a client gone before its stream began). Each starts
 from the KV cache of an earlier one sharing its longest token prefix (see
 `cache_pool.py`), so a client resending a growing conversation prefills only what is
 new; `Finished.cached_tokens` (`usage.prompt_tokens_details.cached_tokens`) says how many
@@ -28,6 +32,7 @@ import asyncio
 import logging
 import threading
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -50,7 +55,7 @@ from ..runtime.distributed import group_failure, group_status
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
-from .defaults import DEFAULT_MAX_TOKENS_CAP
+from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
 from .errors import APIError
 from .scheduler import Scheduler, Text, as_api_error, default_max_batch, default_max_queue
 
@@ -58,7 +63,7 @@ logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL = 0.1  # seconds between checks that a client is still there
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
-RETRY_AFTER = 2  # seconds a client turned away by a full queue is asked to wait
+COMPOSED = 4  # code points Unicode normalization (NFC) can compose into one character
 
 
 @dataclass(eq=False)  # each job is its own: hashed by identity
@@ -72,6 +77,8 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     stop: threading.Event = field(default_factory=threading.Event)
     speculative: bool = True  # with the engine's draft, if it has one
+    # Its place in the queue, reserved while it was prepared (see `Engine.prepare`).
+    slot: _Slot | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -169,13 +176,16 @@ class Engine:
         self.observers: list[Callable[[Finished], None]] = []
         self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
         self._jobs: dict[Job, Future[None]] = {}  # waiting or running, with their futures
-        self._jobs_lock = threading.Lock()
+        self._reserved = 0  # places taken by requests being prepared (see `prepare`)
+        # Re-entrant: a dropped job's finalizer gives its place back (`_Slot`), and the
+        # garbage collector may run it on a thread that already holds this lock.
+        self._jobs_lock = threading.RLock()
 
     @property
     def queued(self) -> int:
-        """Jobs waiting or running."""
+        """Requests being prepared, and jobs waiting or running."""
         with self._jobs_lock:
-            return len(self._jobs)
+            return len(self._jobs) + self._reserved
 
     @property
     def batched(self) -> bool:
@@ -199,34 +209,55 @@ class Engine:
             **group_status(self.model),  # ranks: 1, or a split model's ranks and their states
         }
 
-    def check_capacity(self) -> None:
-        """Refuse a request when `max_queue` jobs already wait behind a full batch: 503
-        with Retry-After, in OpenAI's error shape. A model split across ranks that lost one
-        refuses everything (503 naming the rank) until the group restarts."""
+    def reserve(self) -> _Slot:
+        """A place in the queue for a request about to be prepared, or a 503 with
+        Retry-After (in OpenAI's error shape) when `max_queue` requests already wait
+        behind a full batch. The check and the reservation are one step under the lock.
+        A model split across ranks that lost one refuses everything (503 naming the rank)
+        until the group restarts."""
         failure = group_failure(self.model)
         if failure is not None:
             raise as_api_error(failure)
-        if self.queued >= self.max_batch + self.max_queue:
-            raise APIError(
-                503,
-                f"The server is busy ({self.queued} requests running or waiting). "
-                f"Retry in {RETRY_AFTER} s.",
-                type="server_error",
-                code="server_busy",
-                headers={"Retry-After": str(RETRY_AFTER)},
-            )
+        with self._jobs_lock:
+            queued = len(self._jobs) + self._reserved
+            if queued < self.max_batch + self.max_queue:
+                self._reserved += 1
+                return _Slot(self)
+        raise APIError(
+            503,
+            f"The server is busy ({queued} requests running or waiting). Retry in {RETRY_AFTER} s.",
+            type="server_error",
+            code="server_busy",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
 
-    async def prepare(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run request preparation (templates, tokenizing, schema compiling) off the loop,
-        after refusing the request if the queue is full (`check_capacity`)."""
-        self.check_capacity()
-        return await asyncio.get_running_loop().run_in_executor(self._preparer, fn, *args)
+    async def prepare(self, fn: Callable[..., Any], *args: Any, queue: bool = True) -> Any:
+        """Run request preparation (templates, tokenizing, schema compiling) off the loop.
+        With `queue` (a request that will generate), a place in the queue is reserved
+        first (`reserve`: a full queue refuses the request at once) and handed to the job
+        `fn` returns (a Job, or a tuple starting with one): `events` passes it on to the
+        queued job, and a job dropped without being queued gives it back."""
+        slot = self.reserve() if queue else None
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._preparer, fn, *args)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        if slot is not None:
+            job = result[0] if isinstance(result, tuple) else result
+            job.slot = slot
+            weakref.finalize(job, slot.release)  # never queued: the place comes back
+        return result
 
     def check_model(self, requested: str | None) -> None:
         """Refuse a request for a model this server does not serve, as OpenAI does (404
         model_not_found); no `model` at all means the served one."""
         if requested is not None and requested not in self.names:
-            others = f" (also answers to {', '.join(self.names[1:])})" if self.names[1:] else ""
+            # A folder the model was loaded from is accepted but never shown: an error
+            # must not tell clients where the server keeps its files.
+            shown = [n for n in self.names[1:] if not _is_path(n)]
+            others = f" (also answers to {', '.join(shown)})" if shown else ""
             raise APIError(
                 404,
                 f"The model `{requested}` does not exist on this server. It serves "
@@ -235,7 +266,17 @@ class Engine:
                 code="model_not_found",
             )
 
-    def check_context(self, prompt_tokens: int, param: str, *, at_least: bool = False) -> None:
+    def check_characters(self, chars: int, param: str | None) -> None:
+        """Refuse text that cannot fit the context whatever it says: more characters than
+        the context's tokens could spell (no token covers more than `max_token_chars`,
+        and Unicode normalization composes at most `COMPOSED` code points into one)."""
+        per_token = self.max_token_chars * COMPOSED
+        if chars >= self.context_limit * per_token:
+            self.check_context(chars // per_token, param, at_least=True)
+
+    def check_context(
+        self, prompt_tokens: int, param: str | None, *, at_least: bool = False
+    ) -> None:
         """Refuse a prompt that leaves no room for a reply. With `at_least`, the count is
         a lower bound found without tokenizing everything (see `prepare.py`)."""
         if prompt_tokens >= self.context_limit:
@@ -262,6 +303,8 @@ class Engine:
                 job.stop.set()
 
         with self._jobs_lock:  # held until the job is listed: `_run` unlists it when done
+            if job.slot is not None:  # the job now counts itself in the queue
+                job.slot.release_locked()
             if self.batched:
                 self._jobs[job] = _Resolved()
                 self.scheduler.submit(job, emit, self._done)
@@ -280,7 +323,7 @@ class Engine:
                     if not isinstance(more, str):
                         pending = more
                         break
-                    item += more
+                    item = _joined(item, more)
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -400,12 +443,54 @@ class _Resolved(Future):
     """A batched job's future, resolved by the engine when the job ends."""
 
 
+class _Slot:
+    """A place in the engine's queue held by a request being prepared (`Engine.reserve`);
+    released once, by whichever comes first: its job being queued, or the request ending
+    without one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._held = True
+
+    def release(self) -> None:
+        with self._engine._jobs_lock:
+            self.release_locked()
+
+    def release_locked(self) -> None:
+        """`release`, for a caller holding the engine's jobs lock."""
+        if self._held:
+            self._held = False
+            self._engine._reserved -= 1
+
+
 def _prefill_step() -> int:
     """Prompt tokens each sequence reads per step while others decode: small enough that
     a step stays short (decoding sequences wait for it), large enough to read quickly."""
     import mlx.core as mx
 
     return 512 if mx.metal.is_available() else 256
+
+
+def _joined(text: str, more: str) -> str:
+    """Two pieces of generated text as one, keeping their tokens' log probabilities
+    (`str + Text` is a plain str: joined that way, logprobs were lost under load)."""
+    if isinstance(text, Text) or isinstance(more, Text):
+        scored = getattr(text, "logprobs", ()) + getattr(more, "logprobs", ())
+        return Text(text + more, scored)
+    return text + more
+
+
+def _is_path(name: str) -> bool:
+    """Whether a name the model answers to is a place on this machine (`serve --model
+    ./folder`) rather than a store name or a Hugging Face repo id."""
+    from pathlib import Path
+
+    if name.startswith(("/", ".", "~")) or "\\" in name:
+        return True
+    try:
+        return Path(name).expanduser().exists()
+    except OSError:  # a name too long or odd for the filesystem: not a path we serve
+        return False
 
 
 def _longest_token(model: Model) -> int:

@@ -2,12 +2,16 @@
 
 Every error, including malformed JSON, bad fields, oversized bodies and unexpected
 exceptions, comes back as `{"error": {"message", "type", "param", "code"}}`, never as a
-traceback (that stays in the server log).
+traceback (that stays in the server log). The protocols with a shape of their own
+(Anthropic's under /v1/messages, Ollama's under /api/) have those responses rewritten by
+`ReshapedErrors`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -202,3 +206,57 @@ class CatchAll:
                     500, "The server had an error processing the request.", type="server_error"
                 )
                 await error.response()(scope, receive, send)
+
+
+class ReshapedErrors:
+    """ASGI middleware: the JSON error responses (status 400 and up) on the paths under
+    `prefix`, which the rest of the server writes in OpenAI's shape, rewritten by
+    `reshape(status, message)` into another protocol's shape (its other headers, such
+    as Retry-After, kept)."""
+
+    def __init__(self, app: Any, prefix: str, reshape: Callable[[int, str], bytes]) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.reshape = reshape
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] | None = None
+        body: list[bytes] = []
+
+        async def rewrite(message: Any) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+                if message["status"] >= 400 and is_json:
+                    start = message
+                    return
+            elif message["type"] == "http.response.body" and start is not None:
+                body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                data = self.reshape(start["status"], error_message(b"".join(body)))
+                headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+                headers.append((b"content-length", str(len(data)).encode()))
+                await send(dict(start, headers=headers))
+                await send({"type": "http.response.body", "body": data})
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+
+def error_message(body: bytes) -> str:
+    """The message of an error response in OpenAI's shape, or in one that is already
+    Ollama's (`{"error": "..."}`), or else the body as text."""
+    try:
+        error = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        error = None
+    message = error.get("message") if isinstance(error, dict) else error
+    if isinstance(message, str):
+        return message
+    return body.decode("utf-8", errors="replace") or "The request failed."

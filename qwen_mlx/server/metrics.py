@@ -6,8 +6,9 @@ cached and generated tokens, generations by finish reason and prompt-cache hits,
 the engine's finished jobs; time-to-first-token and tokens/s histograms; and, read at
 each scrape, the queue depth, the prompt cache's entries and bytes, and MLX's memory in
 use. Each app has its own registry, so two servers in one process count apart. The route
-label is the route's template (`/v1/responses/{response_id}`), never the raw path, so
-clients cannot grow the label set; a path no route matches counts as "unmatched".
+label is the route's template (`/v1/responses/{response_id}`), never the raw path, and the
+method label is one of HTTP's own methods or "other", so clients cannot grow the label set;
+a path no route matches counts as "unmatched".
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from .engine import Engine, Finished
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+# RFC 9110's methods and PATCH; any other name a client sends is counted as "other".
+_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
 
 
 class Metrics:
@@ -150,7 +155,9 @@ class RequestCounter:
             await self.app(scope, receive, tracked)
         finally:
             route = self._route(scope)
-            self.metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
+            method = scope.get("method", "")
+            method = method if method in _METHODS else "other"
+            self.metrics.requests.labels(route, method, str(status)).inc()
 
     def _route(self, scope: Any) -> str:
         # FastAPI names the route it ran; a request refused before routing (the body

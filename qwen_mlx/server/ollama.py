@@ -10,7 +10,8 @@ num_predict, stop, seed, repeat_penalty, presence and frequency penalties); `num
 caps the request's context (prompt plus reply); options that steer Ollama's own runner
 (num_gpu, num_thread, mirostat, ...) are accepted and have no effect. `keep_alive` is
 accepted: the model stays loaded for the life of the server. Errors come back as
-Ollama's `{"error": "..."}`, mid-stream ones as such a line.
+Ollama's `{"error": "..."}`, mid-stream ones as such a line; so do those of every other
+path under /api/ (an unknown route, a wrong method, an oversized body: `error_body`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .schemas import ChatRequest, CompletionRequest, ToolSpec
 # The Ollama API version these routes follow; apps check it before using newer features
 # (tools need 0.3, JSON-schema formats 0.5).
 OLLAMA_API_VERSION = "0.12.0"
+PREFIX = "/api/"
 _FOREVER = timedelta(days=365 * 10)  # keep_alive: the model is never unloaded
 
 
@@ -199,6 +201,12 @@ def ollama_router(
 
 def _error(e: APIError) -> JSONResponse:
     return JSONResponse({"error": e.message}, status_code=e.status)
+
+
+def error_body(status: int, message: str) -> bytes:
+    """An error in Ollama's shape (`errors.ReshapedErrors` rewrites OpenAI's into it on
+    the paths no route here answers)."""
+    return json.dumps({"error": message}, ensure_ascii=False).encode()
 
 
 def _check_model(engine: Engine, requested: str | None) -> None:

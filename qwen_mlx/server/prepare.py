@@ -26,6 +26,8 @@ from ..chat.tools import (
     Tool,
     ToolCall,
     as_tool,
+    call_schema,
+    cut_call,
     parse_tool_calls,
 )
 from ..runtime import SamplingParams
@@ -42,8 +44,6 @@ from .schemas import (
 
 logger = logging.getLogger(__name__)
 
-# Unicode normalization (NFC) can compose up to four code points into one character.
-_COMPOSED = 4
 # Prompts with more characters than this per token of context are counted piece by piece
 # before being tokenized whole (real text has about four).
 _COUNT_ABOVE = 8
@@ -84,21 +84,20 @@ def prepare_chat(
             "response_format cannot be combined with a forced tool_choice.",
             param="tool_choice",
         )
-    try:
-        text = model.render(messages, tools=[t.spec() for t in tools] or None)
+    try:  # control tokens spelled in any message or schema are read as text
+        tokens = model.render_tokens(
+            messages,
+            tools=[t.spec() for t in tools] or None,
+            check=lambda text: _check_length(engine, text, "messages"),
+        )
     except jinja2.TemplateError as e:
         raise APIError(400, f"The chat template cannot render these messages: {e}") from e
-    _check_length(engine, text, "messages")
-    if reply_ids:
-        tokens = model.render_tokens(messages, tools=[t.spec() for t in tools] or None)
-    else:
-        tokens = model.encode(text)  # what render_tokens gives messages without token ids
     prefix = suffix = ""
     schema = response_schema
     if forced:  # open the call ourselves and hold the JSON to the tools' schemas
         prefix, suffix = CALL_OPEN + "\n", "\n" + CALL_CLOSE
         tokens += model.encode(prefix)
-        schema = _call_schema(forced)
+        schema = call_schema(forced)
     engine.check_context(len(tokens), "messages")
     params = _sampling(engine, req, len(tokens), req.max_completion_tokens or req.max_tokens)
     processors = []
@@ -110,7 +109,9 @@ def prepare_chat(
         except ValueError as e:
             raise APIError(400, str(e), param="response_format") from e
     parse_calls = bool(tools) and response_schema is None
-    reply = Reply(parse_calls=parse_calls, prefix=prefix, suffix=suffix)
+    reply = Reply(
+        parse_calls=parse_calls, prefix=prefix, suffix=suffix, forced=[t.name for t in forced]
+    )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return Job(
         tokens, params, processors, logprobs=logprobs, speculative=req.speculative is not False
@@ -143,9 +144,7 @@ def _check_length(engine: Engine, text: str, param: str) -> None:
     """Refuse `text` (a whole prompt) early when it cannot fit the context, reading as
     little of it as that takes (see the module docstring)."""
     limit = engine.context_limit
-    per_token = engine.max_token_chars * _COMPOSED
-    if len(text) >= limit * per_token:  # too long, whatever it says
-        engine.check_context(len(text) // per_token, param, at_least=True)
+    engine.check_characters(len(text), param)  # too long, whatever it says
     if len(text) > limit * _COUNT_ABOVE:
         enough = limit + limit // 4 + 64  # well over: pieces may count a token or two apart
         counted = _count_tokens(engine.model, text, enough)
@@ -179,17 +178,28 @@ class Reply:
     """Shapes the model's text into an OpenAI assistant message: `<tool_call>` blocks come
     out of the content and become `tool_calls` (malformed ones are logged and dropped).
 
-    A reply cut off by max_tokens inside a call (a forced one, say) is not a call: its
-    text as written becomes the content, finish reason "length", never an empty message.
-    `parses_calls` says whether shaping does real work (the app then runs it off the
-    event loop).
+    A forced call (`forced`: the names it may call; the server opened it with `prefix`)
+    cut off by max_tokens comes back as what each API returns for one: the call, with its
+    arguments as far as they were written (`ToolCall.partial`), finish reason "length",
+    never the text of our call wrapper. A call the model opened itself and max_tokens cut
+    is not a call: its text as written becomes the content, finish reason "length", never
+    an empty message. `parses_calls` says whether shaping does real work (the app then
+    runs it off the event loop).
     """
 
-    def __init__(self, *, parse_calls: bool, prefix: str = "", suffix: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        parse_calls: bool,
+        prefix: str = "",
+        suffix: str = "",
+        forced: Sequence[str] = (),
+    ) -> None:
         self._filter = CallFilter() if parse_calls else None
         self._parts: list[str] = []
         self._shown: list[str] = []
         self._prefix, self._suffix = prefix, suffix
+        self._forced = tuple(forced)
         self.feed(prefix)
 
     @property
@@ -212,9 +222,12 @@ class Reply:
         held, unterminated = self._filter.finish()
         tail += held
         cut_off = reason == "length" and unterminated is not None
+        if cut_off and self._forced and unterminated.startswith(self._prefix):
+            call = cut_call(unterminated[len(self._prefix) :], self._forced)
+            if call is not None and call.partial is None:  # only the closing brace was cut
+                return tail, tail or None, [call], "tool_calls"
+            return tail, tail or None, [call] if call is not None else [], reason
         if cut_off:
-            if self._prefix and not any(self._shown) and unterminated.startswith(self._prefix):
-                unterminated = unterminated[len(self._prefix) :]  # we opened a forced call
             tail += unterminated
         prose, calls = parse_tool_calls(text)
         valid = [c for c in calls if c.error is None]
@@ -298,17 +311,3 @@ def _response_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
             400, "response_format json_schema needs json_schema.schema.", param="response_format"
         )
     return fmt.json_schema.schema_
-
-
-def _call_schema(tools: list[Tool]) -> dict[str, Any]:
-    """JSON a forced tool call must be: one of these tools' names with valid arguments."""
-    options = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for t in tools
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}

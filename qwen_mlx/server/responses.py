@@ -12,8 +12,14 @@ false) keeps its conversation and the exact token ids the model generated, and a
 naming it as `previous_response_id` continues that conversation with those ids spliced
 into the prompt, so it meets the engine's pooled KV cache token for token and prefills
 only what is new (`usage.input_tokens_details.cached_tokens` says how much it saved).
-As with OpenAI, `instructions` are not carried over. Stored responses live in this
-process's memory, the most recent `DEFAULT_STORED` of them.
+As with OpenAI, `instructions` are not carried over.
+
+Stored responses live in this process's memory: each as the JSON that GET returns and its
+conversation (serialized, with the reply ids as 32-bit arrays), nothing else of the
+request. The store keeps the most recent ones up to `DEFAULT_STORED` of them and
+`DEFAULT_STORED_BYTES` in all, dropping the oldest first. `metadata` is held to OpenAI's
+limits (16 keys of at most 64 characters, values of at most 512), refused past them in
+OpenAI's words.
 """
 
 from __future__ import annotations
@@ -23,14 +29,15 @@ import logging
 import threading
 import time
 import uuid
+from array import array
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from ..chat.tools import ToolCall
@@ -46,6 +53,11 @@ from .schemas import ChatRequest
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORED = 1000
+DEFAULT_STORED_BYTES = 256 << 20
+# OpenAI's limits on `metadata`.
+METADATA_KEYS = 16
+METADATA_KEY_CHARS = 64
+METADATA_VALUE_CHARS = 512
 
 
 class _Body(BaseModel):
@@ -118,48 +130,132 @@ class ResponsesRequest(_Body):
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stored:
-    """A response as returned, and its conversation: chat messages (without the
-    instructions) and the exact token ids of its assistant replies, by message index."""
+    """A stored response: the JSON GET returns, and its conversation: the chat messages
+    (without the instructions) as JSON, and the exact token ids of its assistant replies
+    by message index."""
 
-    response: dict[str, Any]
-    messages: list[dict[str, Any]]
-    reply_ids: dict[int, list[int]]
+    response: bytes
+    messages: bytes
+    reply_ids: dict[int, array]
+
+    @classmethod
+    def of(
+        cls,
+        response: dict[str, Any],
+        messages: list[dict[str, Any]],
+        reply_ids: dict[int, list[int]],
+    ) -> Stored:
+        return cls(
+            json.dumps(response, ensure_ascii=False).encode(),
+            json.dumps(messages, ensure_ascii=False).encode(),
+            {i: array("I", ids) for i, ids in reply_ids.items()},
+        )
+
+    @property
+    def bytes(self) -> int:
+        """About what it holds in memory."""
+        ids = sum(len(a) * a.itemsize + 64 for a in self.reply_ids.values())
+        return len(self.response) + len(self.messages) + ids + 256
+
+    def conversation(self) -> tuple[list[dict[str, Any]], dict[int, list[int]]]:
+        """(messages, reply ids) to continue from."""
+        return json.loads(self.messages), {i: a.tolist() for i, a in self.reply_ids.items()}
 
 
 class ResponseStore:
-    """The most recent `limit` stored responses, by id; safe from any thread."""
+    """The most recent stored responses by id, at most `limit` of them and `max_bytes`
+    in all (the oldest go first; one larger than that alone is not kept); safe from any
+    thread."""
 
-    def __init__(self, limit: int = DEFAULT_STORED) -> None:
+    def __init__(self, limit: int = DEFAULT_STORED, max_bytes: int = DEFAULT_STORED_BYTES) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._items: OrderedDict[str, Stored] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
     def get(self, response_id: str) -> Stored | None:
         with self._lock:
             return self._items.get(response_id)
 
     def put(self, response_id: str, stored: Stored) -> None:
+        if stored.bytes > self.max_bytes:
+            logger.warning(
+                "%s: not stored: %s bytes, more than the store's %s",
+                response_id,
+                f"{stored.bytes:,}",
+                f"{self.max_bytes:,}",
+            )
+            return
         with self._lock:
+            self._drop(response_id)
             self._items[response_id] = stored
-            while len(self._items) > self.limit:
-                self._items.popitem(last=False)
+            self.bytes += stored.bytes
+            while len(self._items) > self.limit or self.bytes > self.max_bytes:
+                self._drop(next(iter(self._items)))
 
     def delete(self, response_id: str) -> bool:
         with self._lock:
-            return self._items.pop(response_id, None) is not None
+            return self._drop(response_id)
+
+    def _drop(self, response_id: str) -> bool:
+        stored = self._items.pop(response_id, None)
+        if stored is None:
+            return False
+        self.bytes -= stored.bytes
+        return True
 
 
-def install(router: APIRouter, engine: Engine, store: ResponseStore | None = None) -> None:
-    """Serve the Responses API on `router` (which holds the key check)."""
-    from .app import _valid_unicode
+def check_metadata(metadata: dict[str, str] | None) -> None:
+    """Refuse `metadata` past OpenAI's limits, in OpenAI's words."""
+    if not metadata:
+        return
+    if len(metadata) > METADATA_KEYS:
+        raise APIError(
+            400,
+            f"Invalid 'metadata': too many properties. Expected an object with at most "
+            f"{METADATA_KEYS} properties, but got an object with {len(metadata)} properties "
+            "instead.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY_CHARS:
+            raise APIError(
+                400,
+                f"Invalid 'metadata': key too long. Expected a key with maximum length "
+                f"{METADATA_KEY_CHARS}, but got a key with length {len(key)} instead.",
+                param="metadata",
+                code="string_above_max_length",
+            )
+        if len(value) > METADATA_VALUE_CHARS:
+            raise APIError(
+                400,
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
+                f"length {METADATA_VALUE_CHARS}, but got a string with length {len(value)} "
+                "instead.",
+                param=f"metadata.{key}",
+                code="string_above_max_length",
+            )
 
+
+def install(
+    router: APIRouter, engine: Engine, *, body_check: Any, store: ResponseStore | None = None
+) -> ResponseStore:
+    """Serve the Responses API on `router` (which holds the key check); `body_check` (a
+    dependency: `limits.body_check`) runs on each body first. Returns its store."""
     store = store if store is not None else ResponseStore()
 
-    @router.post("/v1/responses", dependencies=[Depends(_valid_unicode)])
+    @router.post("/v1/responses", dependencies=[body_check])
     async def create(req: ResponsesRequest, request: Request) -> Any:
         engine.check_model(req.model)
+        check_metadata(req.metadata)
         turn = _Turn(engine, store, req)
         job, reply = await engine.prepare(turn.prepare)
         if req.stream:
@@ -173,11 +269,11 @@ def install(router: APIRouter, engine: Engine, store: ResponseStore | None = Non
         return turn.complete(done, content, calls, reason)
 
     @router.get("/v1/responses/{response_id}")
-    async def retrieve(response_id: str) -> dict[str, Any]:
+    async def retrieve(response_id: str) -> Response:
         stored = store.get(response_id)
         if stored is None:
             raise _not_found(response_id)
-        return stored.response
+        return Response(stored.response, media_type="application/json")
 
     @router.delete("/v1/responses/{response_id}")
     async def delete(response_id: str) -> dict[str, Any]:
@@ -185,12 +281,14 @@ def install(router: APIRouter, engine: Engine, store: ResponseStore | None = Non
             raise _not_found(response_id)
         return {"id": response_id, "object": "response", "deleted": True}
 
+    return store
+
 
 def _not_found(response_id: str) -> APIError:
     return APIError(
         404,
         f"No stored response has the id {response_id!r} (it was not stored, was deleted, "
-        "or the server restarted).",
+        "was dropped to make room for newer ones, or the server restarted).",
         code="not_found",
     )
 
@@ -203,11 +301,10 @@ class _Turn:
         self.id = f"resp_{uuid.uuid4().hex}"
         self.message_id = f"msg_{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
-        history: list[dict[str, Any]] = []
-        self.reply_ids: dict[int, list[int]] = {}
+        self.previous: Stored | None = None
         if req.previous_response_id is not None:
-            previous = store.get(req.previous_response_id)
-            if previous is None:
+            self.previous = store.get(req.previous_response_id)
+            if self.previous is None:
                 raise APIError(
                     400,
                     f"Previous response with id {req.previous_response_id!r} not found "
@@ -215,9 +312,8 @@ class _Turn:
                     param="previous_response_id",
                     code="previous_response_not_found",
                 )
-            history = list(previous.messages)
-            self.reply_ids = dict(previous.reply_ids)
-        self.messages = history + _messages(req.input)
+        self.messages: list[dict[str, Any]] = []  # the conversation, set by `prepare`
+        self.reply_ids: dict[int, list[int]] = {}
         self.wants_logprobs = "message.output_text.logprobs" in (req.include or [])
         self.logprobs: list[dict[str, Any]] = []  # the output text's, when asked for
 
@@ -230,6 +326,10 @@ class _Turn:
     def prepare(self) -> tuple[Job, Reply]:
         """The job (on a preparation thread): the chat request through `prepare_chat`."""
         req = self.req
+        history: list[dict[str, Any]] = []
+        if self.previous is not None:
+            history, self.reply_ids = self.previous.conversation()
+        self.messages = history + _messages(req.input)
         system = [{"role": "system", "content": req.instructions}] if req.instructions else []
         body: dict[str, Any] = {
             "model": req.model,
@@ -305,14 +405,20 @@ class _Turn:
 
     @staticmethod
     def _call_item(call: ToolCall, status: str) -> dict[str, Any]:
-        arguments = json.dumps(call.arguments or {}, ensure_ascii=False)
+        """A function_call item; done, a call max_tokens cut off is "incomplete", with its
+        arguments as far as they were written."""
+        if call.partial is not None:
+            arguments = call.partial
+            status = "incomplete" if status == "completed" else status
+        else:
+            arguments = json.dumps(call.arguments or {}, ensure_ascii=False)
         return {
             "id": call.id.replace("call_", "fc_", 1),
             "type": "function_call",
             "status": status,
             "call_id": call.id,
             "name": call.name,
-            "arguments": arguments if status == "completed" else "",
+            "arguments": arguments if status != "in_progress" else "",
         }
 
     def response(
@@ -373,7 +479,7 @@ class _Turn:
                 while ids and ids[-1] in eos:
                     ids.pop()
                 reply_ids[len(self.messages)] = ids
-            self.store.put(self.id, Stored(response, [*self.messages, message], reply_ids))
+            self.store.put(self.id, Stored.of(response, [*self.messages, message], reply_ids))
         return response
 
     async def events(self, job: Job, reply: Reply, request: Request) -> AsyncIterator[str]:
