@@ -92,19 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-bpw",
         type=float,
-        help="bits per weight --method dynamic or dynamic-gptq aims at (default: halfway between "
-        "--q-bits and the next bits up)",
+        help="bits per weight --method dynamic or dynamic-gptq stays within, counting every "
+        "byte of the weight matrices (weights, scales, biases), with the embedding and "
+        "without it (default: halfway between --q-bits and the next bits up)",
     )
     p.add_argument(
         "--calibration",
         metavar="FILE",
         help="text (or .jsonl with text/messages/prompt+completion) the method calibrates "
-        "on (default: the packaged calibration text)",
+        "on, ideally text like what the model will see (default: the packaged calibration "
+        "text); read up to 128 windows of 512 tokens",
     )
     p.add_argument(
         "--heldout",
         metavar="FILE",
-        help="text of the quality report (default: the packaged held-out text)",
+        action="append",
+        help="a text of the quality report, never the calibration text; repeat it for "
+        "several texts, one report each (default: the packaged held-out text)",
     )
     p.add_argument("--recipe", choices=RECIPES, help="mlx-lm mixed-precision recipe")
     p.add_argument(
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = args.report
     if report is None:
-        report = args.method is not None or default_report()
+        report = args.method is not None or bool(args.heldout) or default_report()
     memory_budget = None
     if args.method is not None:
         from ..runtime.memory import machine_budget
@@ -183,18 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         bar.finish()
     m = result.manifest
     print(
-        f"Converted {m.name}: {m.quantization.label}, "
-        f"{m.quantization.bits_per_weight} bits per weight, {human_bytes(m.size)}"
+        f"Converted {m.name}: {m.quantization.label}, {_bits(m.quantization)}, "
+        f"{human_bytes(m.size)}"
     )
     print(f"  folder: {result.path}")
     if result.name_note:
         print(f"  name: {result.name_note}; --name chooses another")
-    if m.quality is not None:
-        q = m.quality
+    for q in m.quality_reports:
         print(
             f"  quality: KL {q.kl_divergence:.4f}, top-1 agreement {q.top1_agreement:.1%}, "
             f"perplexity {q.perplexity_source:.2f} -> {q.perplexity_converted:.2f} "
-            f"({q.tokens} held-out tokens)"
+            f"({q.tokens} held-out tokens of {q.text or 'the packaged text'})"
         )
     if m.quantization.layers:
         print(f"  layers: {_layer_summary(m.quantization.layers)}")
@@ -216,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"  took {result.seconds:.1f} s", file=sys.stderr)
     return 0
+
+
+def _bits(q) -> str:
+    """`4.594 bits per weight (4.625 without the embedding)`: both counts, when they differ."""
+    text = f"{q.bits_per_weight} bits per weight"
+    linear = q.bits_per_weight_linear
+    if linear is not None and linear != q.bits_per_weight:
+        text += f" ({linear} without the embedding)"
+    return text
 
 
 def _layer_summary(layers: dict) -> str:

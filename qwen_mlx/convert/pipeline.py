@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from .quant import (
     write_learned,
 )
 from .weights import (
-    bits_per_weight,
+    count_bits,
     differing_layers,
     plan_weights,
     write_config,
@@ -147,7 +148,7 @@ def convert(
     method: str | None = None,
     target_bpw: float | None = None,
     calibration: str | Path | None = None,
-    heldout: str | Path | None = None,
+    heldout: str | Path | Sequence[str | Path] | None = None,
     memory_budget: int | None = None,
     recipe: str | None = None,
     dtype: str | None = None,
@@ -171,8 +172,8 @@ def convert(
         target_bpw: bits per weight `method="dynamic"` aims at.
         calibration: a text or JSONL file the method calibrates on (default: the
             packaged calibration text).
-        heldout: the text of the quality report (default: the packaged held-out text);
-            it must not be the calibration text.
+        heldout: the text of the quality report, or several texts (one report each;
+            default: the packaged held-out text); none may be the calibration text.
         memory_budget: bytes a method may take (refused before loading when it would
             not fit); None does not check.
         recipe: one of mlx-lm's mixed-precision recipes (`mixed_4_6`, ...).
@@ -201,16 +202,17 @@ def convert(
         calibration=calibration,
     )
     calibration_text = read_calibration(calibration) if method else None
-    heldout_text = None
-    if report or heldout is not None:
-        from .quality import read_heldout
+    heldout_texts = []
+    if report or heldout:
+        from .quality import read_heldouts
 
-        heldout_text = read_heldout(heldout)
-        if calibration_text is not None and heldout_text.sha256 == calibration_text.sha256:
-            raise ValueError(
-                "The held-out text of the quality report is the calibration text; pass "
-                "another --heldout file, so the report measures what calibration did not see."
-            )
+        heldout_texts = read_heldouts(heldout)
+        for held in heldout_texts:
+            if calibration_text is not None and held.sha256 == calibration_text.sha256:
+                raise ValueError(
+                    f"The held-out text {held.source} is the calibration text; pass another "
+                    "--heldout file, so the report measures what calibration did not see."
+                )
 
     store = Store(home)
     out_dir = Path(mlx_path).expanduser() if mlx_path else None
@@ -288,7 +290,6 @@ def convert(
                 warnings += learned.warnings
                 quantization = replace(
                     quantization,
-                    bits_per_weight=learned.bits_per_weight,
                     layers=learned.layers or None,
                     calibration=learned.calibration,
                 )
@@ -297,11 +298,13 @@ def convert(
                     ckpt, plan, tmp, progress, hash_sources
                 )
                 write_config(ckpt, plan, tmp)
-                quantization = replace(
-                    quantization,
-                    bits_per_weight=bits_per_weight(plan, ckpt.parameters),
-                    layers=differing_layers(plan) or None,
-                )
+                quantization = replace(quantization, layers=differing_layers(plan) or None)
+            bits = count_bits(tmp)
+            quantization = replace(
+                quantization,
+                bits_per_weight=round(bits.per_weight, 3),
+                bits_per_weight_linear=round(bits.per_weight_linear, 3),
+            )
             if not hash_sources:
                 src_hashes = {f: h for f, h in cached.items() if h}
             copied = [
@@ -313,13 +316,14 @@ def convert(
                 write_index(tmp, plan, shard_files)
             for f in small_files:
                 src_hashes[f] = sha256_file(ckpt.path / f)
-            quality = None
+            reports = []
             if report:
-                from .quality import check_quality, evaluate
+                from .quality import check_quality, evaluate_texts
 
                 progress(Progress("quality"))
-                quality = evaluate(ckpt.path, tmp, heldout_text)
-                check_quality(quality)
+                reports = evaluate_texts(ckpt.path, tmp, heldout_texts)
+                for each in reports:
+                    check_quality(each)
             outputs = sorted(p.name for p in tmp.iterdir() if p.is_file())
             total = sum((tmp / f).stat().st_size for f in outputs)
             done = 0
@@ -341,7 +345,8 @@ def convert(
                     files=dict(sorted(src_hashes.items())),
                 ),
                 files=hash_files(tmp, outputs, tick, known=out_hashes),
-                quality=quality,
+                quality=reports[0] if reports else None,
+                quality_others=reports[1:],
                 license_from=ckpt.path,
             )
             manifest.write(tmp)
