@@ -518,7 +518,7 @@ def run_method(
         if method == "awq":
             notes = _awq(model, config, data, options, progress)
         elif method == "gptq":
-            notes = _gptq(model, data, options, progress)
+            notes = _gptq(model, data, options, progress, output_type, set())
         elif method in ("dynamic", "dynamic-gptq"):
             notes = _dynamic(model, config, data, options, progress, output_type)
         else:
@@ -555,22 +555,26 @@ def _awq(model, config, data, options: QuantOptions, progress: ProgressFn) -> li
     return notes
 
 
-def _gptq(model, data, options: QuantOptions, progress: ProgressFn) -> list[str]:
-    from mlx_lm.quant import gptq
+def _gptq(
+    model, data, options: QuantOptions, progress: ProgressFn, stored: Any, skip: set[str]
+) -> list[str]:
+    """Our GPTQ (see gptq.py: the tied embedding as the output layer, block by block,
+    act-order, searched ranges), then round-to-nearest at the same bits for any layer it
+    does not take (an untied input embedding), so the size is a uniform conversion's."""
+    import mlx.nn as nn
 
-    with _bars_as_progress(gptq, "gptq", progress) as notes:
-        # Layers GPTQ does not handle (the embedding) get round-to-nearest at the same
-        # bits, not mlx-lm's 6-bit fallback, so the size matches a uniform conversion.
-        gptq.gptq_quantize(
-            model,
-            data,
-            options.bits,
-            options.group_size,
-            options.bits,
-            options.group_size,
-            batch_size=DWQ_BATCH,
-        )
-    return notes
+    from .gptq import gptq_quantize
+
+    gptq_quantize(model, data, options.bits, options.group_size, stored, progress, skip)
+    nn.quantize(
+        model,
+        group_size=options.group_size,
+        bits=options.bits,
+        class_predicate=lambda p, m: (
+            hasattr(m, "to_quantized") and m.weight.shape[-1] % options.group_size == 0
+        ),
+    )
+    return []
 
 
 def _dynamic(
@@ -601,10 +605,9 @@ def _dynamic(
         return notes
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx_lm.quant import gptq
 
-    # The sensitive layers first, round-to-nearest at `high` bits: GPTQ only takes the
-    # layers that are still nn.Linear, and rounds what else is left (the embedding) at `low`.
+    # The sensitive layers first, round-to-nearest at `high` bits (the packer writes 2, 4
+    # and 8 bits); GPTQ takes the rest at `low`.
     nn.quantize(
         model,
         group_size=group,
@@ -613,9 +616,7 @@ def _dynamic(
     )
     if not mx.metal.is_available():
         model.set_dtype(mx.float32)
-    with _bars_as_progress(gptq, "gptq", progress) as more:
-        gptq.gptq_quantize(model, data, low, group, low, group, batch_size=DWQ_BATCH)
-    return notes + more
+    return notes + _gptq(model, data, options, progress, output_type, chosen)
 
 
 def allocate_bits(
