@@ -463,3 +463,68 @@ def test_a_calibration_file_that_stops_being_utf8_is_refused_before_any_work(
     assert main([*args, "--calibration", str(bad)]) == 1
     assert "bad.txt is not UTF-8 text" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- our GPTQ --------------------------------------------------------------------------
+
+
+def test_gptq_codes_are_packed_as_mlx_unpacks_them():
+    import mlx.core as mx
+    import numpy as np
+
+    from qwen_mlx.convert.gptq import pack
+
+    rng = np.random.default_rng(0)
+    for bits in (2, 4, 8):
+        codes = rng.integers(0, 2**bits, size=(8, 128)).astype(np.uint32)
+        scales = rng.uniform(0.01, 0.1, size=(8, 2)).astype(np.float32)
+        biases = rng.uniform(-1, 0, size=(8, 2)).astype(np.float32)
+        got = mx.dequantize(
+            mx.array(pack(codes, bits)),
+            mx.array(scales),
+            mx.array(biases),
+            group_size=64,
+            bits=bits,
+        )
+        expected = codes.reshape(8, 2, 64) * scales[..., None] + biases[..., None]
+        np.testing.assert_allclose(np.array(got), expected.reshape(8, 128), atol=1e-6)
+
+
+def test_gptq_has_less_output_error_than_rounding_to_nearest_on_correlated_inputs():
+    import mlx.core as mx
+    import numpy as np
+
+    from qwen_mlx.convert.gptq import gptq_matrix
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2048, 32)) @ rng.normal(size=(32, 128))  # correlated inputs
+    x[:, 5] *= 20  # and one loud channel
+    w = rng.normal(size=(64, 128)).astype(np.float32)
+    codes, scales, biases = gptq_matrix(w, x.T @ x / len(x), 4, 64, mx.bfloat16)
+    gptq = (codes.reshape(64, 2, 64) * scales[..., None] + biases[..., None]).reshape(64, 128)
+    wq, s, b = mx.quantize(mx.array(w), group_size=64, bits=4)
+    rtn = np.array(mx.dequantize(wq, s, b, group_size=64, bits=4))
+    assert np.linalg.norm((w - gptq) @ x.T) < 0.8 * np.linalg.norm((w - rtn) @ x.T)
+
+
+def test_the_benchmarks_smoke_mode_prints_both_texts_both_counts_and_ratios():
+    import subprocess
+    import sys
+
+    from .helpers import SCRIPTS
+
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_quant.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| recipe"))
+    for column in ("bpw", "bpw w/o embedding", "KL A / mlx-lm", "KL B / mlx-lm"):
+        assert f" {column} " in header
+    peer = next(line for line in lines if line.startswith("| mlx-lm convert -q"))
+    assert peer.count("1.00x") == 2
+    assert any(line.startswith("| --method gptq") for line in lines)
+    assert "best at <= 4.6 bits per weight (both counts)" in done.stdout
