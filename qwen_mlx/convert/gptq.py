@@ -139,19 +139,26 @@ def _quantized(module: Any, codes: Any, scale: Any, bias: Any, bits: int, group:
 
 
 class _Gram:
-    """Wraps a layer and adds X^T X of its inputs (float32) as calibration runs."""
+    """X^T X of a layer's inputs (float32), summed as calibration runs. Layers fed the
+    same array (q, k and v; gate and up) share one product through `shared`."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: dict[int, Any] | None = None) -> None:
         self.sum: Any = None
         self.count = 0
+        self.shared = shared if shared is not None else {}
 
     def add(self, x: Any) -> None:
         import mlx.core as mx
 
-        flat = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-        gram = flat.T @ flat
+        key = id(x)
+        if key in self.shared and self.shared[key][0] is x:
+            gram = self.shared[key][1]
+        else:
+            flat = x.reshape(-1, x.shape[-1]).astype(mx.float32)
+            gram = flat.T @ flat
+            self.shared[key] = (x, gram)
         self.sum = gram if self.sum is None else self.sum + gram
-        self.count += flat.shape[0]
+        self.count += x.size // x.shape[-1]
         mx.eval(self.sum)
 
     def mean(self) -> Any:
@@ -228,10 +235,12 @@ def gptq_quantize(
             for path, module in leaves
             if isinstance(module, nn.Linear) and f"{prefix}.{path}" not in skip
         ]
-        grams = {path: _Gram() for path, _ in todo}
+        shared: dict[int, Any] = {}
+        grams = {path: _Gram(shared) for path, _ in todo}
         block.update_modules(tree_unflatten([(p, _catcher(m, grams[p])) for p, m in todo]))
         for h in hidden:
             mx.eval(block(h, create_attention_mask(h, None), None))
+            shared.clear()
         quantized = []
         for path, module in todo:
             codes, scale, bias = gptq_matrix(

@@ -1,12 +1,14 @@
 """Quantization beyond round-to-nearest: mlx's formats (affine, mxfp4, nvfp4, mxfp8) and
-mlx-lm's learned methods (AWQ, GPTQ, DWQ, dynamic), run as one step of `convert`.
+learned methods (AWQ, GPTQ, DWQ, dynamic), run as one step of `convert`.
 
-The methods are mlx-lm's own (`mlx_lm.quant.awq`, `.gptq`, `.dwq`, `.dynamic_quant`);
-what is ours is the orchestration their command-line scripts do not offer: options
-checked before any work, calibration text from a file or the package (theirs comes from
-the Hub), a memory check against the planner's budget, their tqdm bars turned into our
-progress events (so Ctrl-C and the CLI's bar work as for every other stage), and a plan
-of which layer ended up with which bits, for the manifest.
+AWQ, DWQ and dynamic's sensitivities are mlx-lm's own (`mlx_lm.quant.awq`, `.dwq`,
+`.dynamic_quant`); GPTQ is ours (`gptq.py`: it also quantizes the tied embedding, block by
+block, with act-order). What is ours besides: options checked before any work,
+calibration text from a file or the package (theirs comes from the Hub), read in pieces
+up to a cap, a memory check against the planner's budget, their tqdm bars turned into
+our progress events (so Ctrl-C and the CLI's bar work as for every other stage), an
+exact bit budget for `--target-bpw`, and a plan of which layer ended up with which bits,
+for the manifest.
 
 Every method needs the whole model in memory (they run it on the calibration text), so
 unlike the streaming round-to-nearest path, peak memory is a few times the weights; see
