@@ -29,16 +29,16 @@ release is added beside it (switch with `qwen-mlx models set-latest NAME`, or pa
 --set-latest). A pinned or frozen family keeps its latest.
 
 Quantization: --q-mode picks mlx's format (affine: 2-8 bits, group 32/64/128; mxfp4: 4 bits,
-group 32; nvfp4: 4 bits, group 16; mxfp8: 8 bits, group 32). --method runs one of mlx-lm's
-learned methods on a calibration text (the packaged one, or --calibration FILE) instead of
-rounding to nearest: awq (activation-aware scales and clipping), gptq (error-correcting,
-2/4/8 bits), dwq (scales and biases distilled from the source), dynamic (more bits for the
-layers the output is most sensitive to, up to --target-bpw), dynamic-gptq (dynamic's choice
-of layers, GPTQ for the rest: the least error at 4.6 bits per weight in
-scripts/bench_quant.py). A
-method holds the whole model
-in memory and is refused when that would not fit. Its quality report (KL divergence and
-top-1 agreement against the source, perplexity of both, on a held-out text) goes into the
+group 32; nvfp4: 4 bits, group 16; mxfp8: 8 bits, group 32). --method runs a learned method
+on a calibration text (the packaged one, or --calibration FILE: text like what the model
+will see works best) instead of rounding to nearest: gptq (ours: error-correcting, the tied
+embedding included, 2/4/8 bits; the least error at uniform 4-bit's size in
+scripts/bench_quant.py), awq (mlx-lm's activation-aware scales and clipping), dwq
+(mlx-lm's scales and biases distilled from the source), dynamic (more bits for the layers
+the output is most sensitive to, within --target-bpw), dynamic-gptq (dynamic's choice of
+layers, GPTQ for the rest). A method holds the whole model in memory and is refused when
+that would not fit. Its quality report (KL divergence and top-1 agreement against the
+source, perplexity of both, on each --heldout text) goes into the
 manifest; compare conversions with `qwen-mlx models compare NAME NAME...`.
 """
 
@@ -53,6 +53,8 @@ examples:
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --method dynamic --target-bpw 4.6
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --q-mode mxfp4
   qwen-mlx convert --hf-path ./checkpoint-500 --method awq --calibration my-data.jsonl
+  qwen-mlx convert --hf-path ./checkpoint-500 --method gptq --calibration my-code.txt \
+      --heldout held-out-1.txt --heldout held-out-2.txt
 """
 
 
