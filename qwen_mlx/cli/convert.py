@@ -53,7 +53,7 @@ examples:
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --method dynamic --target-bpw 4.6
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --q-mode mxfp4
   qwen-mlx convert --hf-path ./checkpoint-500 --method awq --calibration my-data.jsonl
-  qwen-mlx convert --hf-path ./checkpoint-500 --method gptq --calibration my-code.txt \
+  qwen-mlx convert --hf-path ./checkpoint-500 --method gptq --calibration my-code.txt \\
       --heldout held-out-1.txt --heldout held-out-2.txt
 """
 
