@@ -528,3 +528,24 @@ def test_the_benchmarks_smoke_mode_prints_both_texts_both_counts_and_ratios():
     assert peer.count("1.00x") == 2
     assert any(line.startswith("| --method gptq") for line in lines)
     assert "best at <= 4.6 bits per weight (both counts)" in done.stdout
+
+
+@pytest.mark.parametrize("mode", ["affine", "mxfp4"])
+def test_the_report_scores_quantized_layers_dequantized_with_the_same_logits(
+    tiny_hf, tmp_path, mode
+):
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.utils import load_model
+
+    from qwen_mlx.convert import convert
+    from qwen_mlx.convert.quality import load_for_scoring, model_logits
+
+    out = convert(str(tiny_hf), mlx_path=tmp_path / "q4", q_mode=mode).path
+    quantized, _ = load_model(out)
+    quantized.set_dtype(mx.float32)
+    tokens = list(range(3, 200))
+    expected = np.array(quantized(mx.array(tokens)[None])[0])
+    scoring = load_for_scoring(out)
+    assert not any("Quantized" in type(m).__name__ for _, m in scoring.named_modules())
+    np.testing.assert_allclose(np.array(model_logits(scoring, tokens)), expected, atol=1e-4)

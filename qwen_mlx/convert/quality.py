@@ -101,14 +101,16 @@ def _dequantize(model: Any) -> None:
     for path, module in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
         if not isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
             continue
-        weight = mx.dequantize(
+        biases = module.get("biases")
+        weight = mx.dequantize(  # in float32: bf16 scales would round the weights again
             module.weight,
-            module.scales,
-            module.get("biases"),
+            module.scales.astype(mx.float32) if biases is not None else module.scales,
+            biases.astype(mx.float32) if biases is not None else None,
             group_size=module.group_size,
             bits=module.bits,
             mode=getattr(module, "mode", "affine"),
-        ).astype(mx.float32)
+            dtype=mx.float32,
+        )
         rows, cols = weight.shape
         if isinstance(module, nn.QuantizedEmbedding):
             layer = nn.Embedding(rows, cols)
