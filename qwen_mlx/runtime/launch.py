@@ -23,10 +23,11 @@ ring backend fails the collective that is waiting when a peer's socket closes, b
 socket threads end there, so any collective queued after it (a step holds several) waits
 for good, and one waiting on a peer that is alive but stopped (a frozen process, a Mac
 gone to sleep) never ends either. No thread can interrupt a collective blocked in C++, so
-`Ranks` watches instead: a follower silent for `answer_timeout` seconds while rank 0 waits
-in a call fails the group, naming it; a call still blocked `STUCK_GRACE` seconds after a
-failure is stuck, and `on_stuck` callbacks hear of it (by default the process ends with
-the failure as its error, as a command does; the server fails its requests and restarts).
+`Ranks` watches instead: a call still blocked `STUCK_GRACE` seconds after a rank's failure
+is stuck, and so at once is one that waits on a follower silent for `answer_timeout`
+seconds (which fails the group, naming it). `on_stuck` callbacks hear of it; by default
+the process ends with the failure as its error, as a command does (the server fails its
+requests and restarts the group).
 """
 
 from __future__ import annotations
@@ -542,14 +543,18 @@ class Ranks:
             if since is None:
                 continue
             if self.failure is None:
-                if now - since >= self.answer_timeout:
-                    self._check_answering(now)
-            elif now - max(since, self._failed_at) >= STUCK_GRACE:
+                # Waiting on a frozen peer, the call is stuck from the start: MLX sees
+                # no closed socket, so nothing can fail it.
+                stuck = now - since >= self.answer_timeout and self._check_answering(now)
+            else:
+                stuck = now - max(since, self._failed_at) >= STUCK_GRACE
+            if stuck and self.failure is not None:
                 self._stuck = True
                 self._blocked(self.failure)
 
-    def _check_answering(self, now: float) -> None:
-        """Fail the group on a follower that has said nothing for `answer_timeout` s."""
+    def _check_answering(self, now: float) -> bool:
+        """Fail the group on a follower that has said nothing for `answer_timeout` s;
+        whether one had."""
         with self._lock:
             silent = [
                 f
@@ -557,7 +562,7 @@ class Ranks:
                 if f.state.exit_code is None and now - f.heard >= self.answer_timeout
             ]
             if not silent:
-                return
+                return False
             state = silent[0].state
             state.state = "failed"
             state.error = f"it has not answered for {self.answer_timeout:.0f} s"
@@ -568,6 +573,7 @@ class Ranks:
                 f"process, or a lost link; {ANSWER_TIMEOUT_ENV} sets how long to wait)."
             )
         )
+        return True
 
     def _blocked(self, failure: RankFailedError) -> None:
         """Rank 0's call is blocked for good: tell `on_stuck`, or end the process."""
