@@ -51,7 +51,7 @@ from ..runtime import (
     stream_tokens,
     trim_cache,
 )
-from ..runtime.distributed import group_failure, group_status
+from ..runtime.distributed import group_failure, group_status, leader_of
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
@@ -176,10 +176,14 @@ class Engine:
         self.observers: list[Callable[[Finished], None]] = []
         self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
         self._jobs: dict[Job, Future[None]] = {}  # waiting or running, with their futures
+        self._listeners: dict[Job, Callable[[Event], None]] = {}  # how each job's client hears
         self._reserved = 0  # places taken by requests being prepared (see `prepare`)
         # Re-entrant: a dropped job's finalizer gives its place back (`_Slot`), and the
         # garbage collector may run it on a thread that already holds this lock.
         self._jobs_lock = threading.RLock()
+        leader = leader_of(model)
+        if leader is not None:  # a split model: a lost rank can leave the model thread blocked
+            leader.ranks.on_stuck(self.abandon)
 
     @property
     def queued(self) -> int:
@@ -305,6 +309,10 @@ class Engine:
         with self._jobs_lock:  # held until the job is listed: `_run` unlists it when done
             if job.slot is not None:  # the job now counts itself in the queue
                 job.slot.release_locked()
+            failure = group_failure(self.model)
+            if failure is not None:  # prepared while a rank failed: the model cannot run it
+                raise as_api_error(failure)
+            self._listeners[job] = emit
             if self.batched:
                 self._jobs[job] = _Resolved()
                 self.scheduler.submit(job, emit, self._done)
@@ -331,6 +339,8 @@ class Engine:
                     return
         finally:
             job.stop.set()
+            with self._jobs_lock:
+                self._listeners.pop(job, None)
             if watcher is not None:
                 watcher.cancel()
 
@@ -343,6 +353,18 @@ class Engine:
             job.stop.set()  # queued jobs then end at once, running ones at the next token
         self._preparer.shutdown(wait=False, cancel_futures=True)
         wait(pending.values(), timeout=timeout)
+
+    def abandon(self, error: BaseException) -> None:
+        """End every job with `error` without the model thread, which cannot end them any
+        more (a split model's rank failed and left it blocked in MLX, see
+        `launch.Ranks.on_stuck`): their clients hear it at once and the queue empties."""
+        answer = as_api_error(error) or error
+        with self._jobs_lock:
+            listeners = list(self._listeners.items())
+            self._jobs.clear()
+        for job, emit in listeners:
+            job.stop.set()
+            emit(answer)
 
     def _run(self, job: Job, emit: Callable[[Event], None]) -> None:
         """One job alone, through `stream_tokens`."""
