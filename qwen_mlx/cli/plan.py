@@ -13,12 +13,15 @@ def build_parser() -> argparse.ArgumentParser:
         "plan",
         (
             "Show the memory a context needs (weights + KV cache + attention working space) "
-            "with bf16, 8-bit and 4-bit KV caches, and the longest context each allows on "
-            "this machine. Nothing is loaded: the weights' size comes from the safetensors "
-            "headers, or from config.json alone for a folder without weights."
+            "with bf16, 8-bit and 4-bit KV caches, the longest context each allows, and how "
+            "many sequences fit at once (a server's batch, `serve --kv-bits`), on this "
+            "machine or on a Mac of a given memory. Nothing is loaded: the weights' size "
+            "comes from the safetensors headers, or from config.json alone for a folder "
+            "without weights."
         ),
         epilog="examples:\n"
         "  qwen-mlx plan --context 131072\n"
+        "  qwen-mlx plan --memory 16 --per-sequence 8192   # a 16 GB Mac serving 8k chats\n"
         "  qwen-mlx plan --model ./Qwen3-4B-Instruct-2507 --q-bits 4   # before converting\n",
     )
     add_model_arg(p)
@@ -31,6 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         choices=(2, 3, 4, 5, 6, 8),
         help="plan for the model converted at this many bits (a Hugging Face source or config)",
+    )
+    p.add_argument(
+        "--memory",
+        type=float,
+        metavar="GB",
+        help="plan for a Mac with this much unified memory instead of this machine "
+        "(its Metal working set: about 2/3 of memory below 36 GB, 3/4 from 36 GB)",
+    )
+    p.add_argument(
+        "--per-sequence",
+        type=int,
+        metavar="TOKENS",
+        help="tokens each concurrent sequence holds, prompt and reply, for the SEQUENCES "
+        "column (default: 4096, or --context if smaller)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -59,6 +76,7 @@ def _planner(args: argparse.Namespace):
         MemoryPlanner,
         ModelShape,
         estimate_weights_bytes,
+        mac_budget,
         machine_budget,
         weights_bytes_on_disk,
     )
@@ -79,7 +97,8 @@ def _planner(args: argparse.Namespace):
         shape = ModelShape.from_config(config)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{config_file} is not a usable Qwen3 config ({e}).") from e
-    return MemoryPlanner(shape, weights, machine_budget()), _label(folder), source
+    budget = mac_budget(args.memory) if args.memory else machine_budget()
+    return MemoryPlanner(shape, weights, budget), _label(folder), source
 
 
 def _label(folder) -> str:
@@ -99,11 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.context is not None and args.context <= 0:
         raise ValueError("--context must be a positive number of tokens.")
-    from ..runtime.memory import KV_BITS, kv_label
+    if args.per_sequence is not None and args.per_sequence <= 0:
+        raise ValueError("--per-sequence must be a positive number of tokens.")
+    if args.memory is not None and args.memory <= 0:
+        raise ValueError("--memory must be a positive number of GB.")
+    from ..runtime.memory import KV_BITS, SEQUENCE_TOKENS, kv_label
 
     planner, name, weights_from = _planner(args)
     model_context = planner.shape.context_length
     context = args.context or model_context
+    per_sequence = args.per_sequence or min(SEQUENCE_TOKENS, context)
     rows = []
     for bits in KV_BITS:
         plan = planner.plan(context, bits)
@@ -120,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fits_model_context": plan.fits_context,
                 "why": why_not(plan),
                 "max_context": planner.max_context(bits),
+                "max_sequences": planner.max_sequences(per_sequence, bits),
             }
         )
     budget = planner.budget
@@ -132,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     "weights_from": weights_from,
                     "model_context": model_context,
                     "context": context,
+                    "per_sequence": per_sequence,
                     "budget_bytes": budget.bytes,
                     "memory_bytes": budget.total,
                     "budget_source": budget.source,
@@ -153,7 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         f"({budget.source.replace('-', ' ')})"
     )
     print(f"plan for {context:,} tokens\n")
-    header = ("KV", "PER TOKEN", "KV CACHE", "WORKSPACE", "TOTAL", "MAX CONTEXT", "FITS")
+    header = (
+        "KV",
+        "PER TOKEN",
+        "KV CACHE",
+        "WORKSPACE",
+        "TOTAL",
+        "MAX CONTEXT",
+        f"SEQUENCES x {per_sequence:,}",
+        "FITS",
+    )
     table = [header] + [
         (
             r["kv"],
@@ -162,14 +197,20 @@ def main(argv: list[str] | None = None) -> int:
             human_bytes(r["workspace_bytes"]),
             human_bytes(r["total_bytes"]),
             f"{r['max_context']:,}",
+            f"{r['max_sequences']:,}",
             r["why"],
         )
         for r in rows
     ]
-    print_table(table, right_align=range(1, 6))
+    print_table(table, right_align=range(1, 7))
     print(
         "\nworkspace: attention scores of one prefill chunk "
         f"({rows[0]['prefill_chunk']} tokens with bf16 KV), the planner shrinks chunks to fit."
+    )
+    print(
+        f"sequences: how many of {per_sequence:,} tokens each (prompt and reply) have their "
+        "KV in memory at once, as a server's batch or its warm conversations do; "
+        "`serve --kv-bits 8|4` stores them quantized."
     )
     if context > model_context:
         print(
