@@ -239,3 +239,22 @@ def test_an_extracted_cache_saves_loads_and_continues(tiny_model, tmp_path):
     assert _alone(tiny_model, more, 8, 8, cache=loaded) == _alone(
         tiny_model, more, 8, 8, cache=alone_cache
     )
+
+
+@needs_trained
+def test_the_kv_quality_benchmark_runs_in_smoke_mode(capsys):
+    import importlib.util
+
+    from .helpers import SCRIPTS
+
+    spec = importlib.util.spec_from_file_location("bench_kv", SCRIPTS / "bench_kv.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--smoke"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()]
+    rows = {words[0]: words for words in lines}
+    assert {"f32", "bf16", "8-bit", "4-bit"} <= rows.keys()
+    # KL against bf16 KV grows as the bits fall; bytes per token are 0.531x and 0.281x.
+    kl = [float(rows[k][1]) for k in ("bf16", "8-bit", "4-bit")]
+    assert kl[0] == 0 < kl[1] < kl[2]
+    assert [rows[k][-1] for k in ("8-bit", "4-bit")] == ["0.531", "0.281"]
