@@ -258,3 +258,16 @@ def test_the_kv_quality_benchmark_runs_in_smoke_mode(capsys):
     kl = [float(rows[k][1]) for k in ("bf16", "8-bit", "4-bit")]
     assert kl[0] == 0 < kl[1] < kl[2]
     assert [rows[k][-1] for k in ("8-bit", "4-bit")] == ["0.531", "0.281"]
+
+
+def test_quantized_caches_made_copied_or_requantized_can_join_a_batch(tiny_model):
+    import copy
+
+    from qwen_mlx.runtime.cache import requantize_cache
+
+    made = _filled(tiny_model, 8, [6])[0]
+    copied = copy.deepcopy(made)  # a prompt-cache pool hands out copies of shared prefixes
+    lowered = requantize_cache(tiny_model, _filled(tiny_model, None, [6])[0], 4)
+    for cache in (made, copied, lowered):
+        batch = cache[0].merge([cache[0]])
+        assert isinstance(batch, BatchQuantizedKVCache) and _same(batch.extract(0), cache[0])
