@@ -602,11 +602,16 @@ def speculative_step(
     first = True
     clock = _round_clock()
 
+    def greedy(rows: Any) -> Any:
+        # As mlx-lm's greedy sampler picks: the argmax of the log-softmax in the model's
+        # dtype (another rounding could break a near tie the other way).
+        return mx.argmax(rows - mx.logsumexp(rows, axis=-1, keepdims=True), axis=-1)
+
     def pick(row: Any) -> Any:
         """A plain step's token from one row of logits, in the graph (no evaluation)."""
         if dist is None:
-            return mx.argmax(row, axis=-1)
-        return mx.random.categorical(mx.log(dist(row)))
+            return greedy(row)
+        return mx.random.categorical(mx.log(dist(row.astype(mx.float32))))
 
     def processed(i: int, extra: list[int], logits: Any) -> Any:
         row = logits[i : i + 1]
@@ -645,7 +650,7 @@ def speculative_step(
                     inp = mx.array([y], dtype=mx.uint32)
                     if d_arr is not None:
                         inp = mx.concatenate([inp, d_arr])
-                    logits = net(inp[None], cache=prompt_cache)[0].astype(mx.float32)
+                    logits = net(inp[None], cache=prompt_cache)[0]
                     in_cache += inp.size
                 choice = None
                 m = d_arr.size if d_arr is not None else 0
@@ -656,7 +661,7 @@ def speculative_step(
                     if streak and left > 1:
                         # Start the next plain step on this one's token before reading it.
                         ahead = net(tok.reshape(1, 1).astype(mx.uint32), cache=prompt_cache)
-                        ahead = ahead[0].astype(mx.float32)
+                        ahead = ahead[0]
                         mx.async_eval(ahead)
                         in_cache += 1
                     out = [int(tok.item())]
@@ -665,20 +670,21 @@ def speculative_step(
                     if isinstance(drafter, ModelDrafter) and round_choice.source == "model":
                         drafter.settle(draft_list)
                     if dist is None and not processors:
-                        best = mx.argmax(logits, axis=-1).tolist()
+                        best = greedy(logits).tolist()
                         while n < m and best[n] == draft_list[n]:
                             n += 1
                         out = [*draft_list[:n], best[n]]
                     elif dist is None:
                         while True:
                             row = processed(n, draft_list[:n], logits)
-                            t = int(mx.argmax(row, axis=-1).item())
+                            t = int(greedy(row).item())
                             if n < m and t == draft_list[n]:
                                 n += 1
                                 continue
                             out = [*draft_list[:n], t]
                             break
                     else:
+                        logits = logits.astype(mx.float32)  # p as exactly as we can have it
                         qn = np.array(q) if q is not None else None
                         if qn is not None and qn.shape[1] != logits.shape[-1]:
                             # A draft whose embedding is padded differently: same tokens.
@@ -736,7 +742,7 @@ def speculative_step(
                     # consumer handles these tokens.
                     with mx.stream(generation_stream):
                         ahead = net(mx.array([[y]], dtype=mx.uint32), cache=prompt_cache)
-                        ahead = ahead[0].astype(mx.float32)
+                        ahead = ahead[0]
                     mx.async_eval(ahead)
                     in_cache += 1
                     streak = True
