@@ -350,7 +350,7 @@ def _fit_cost(
 ) -> tuple[float, float]:
     """(f, r) of a drafting round's added cost f + m * r (in plain steps) from (m, added)
     samples: a least-squares line where the draft lengths vary enough, else r from the
-    median with the prior's f. Few samples lean on the prior (it counts as three)."""
+    median with the prior's f. One sample leans on the prior as much as on itself."""
     fixed, per_token = prior
     n = len(samples)
     if n == 0:
@@ -364,9 +364,7 @@ def _fit_cost(
         slope = max(slope, floor)
         return min(max(mean_a - slope * mean_m, 0.0), 2.0), slope
     measured = max(statistics.median((a - fixed) / m for m, a in samples), floor)
-    if n >= 3:
-        return fixed, measured
-    return fixed, (per_token * (3 - n) + measured * n) / 3
+    return fixed, measured if n >= 2 else (per_token + measured) / 2
 
 
 @dataclass
@@ -405,14 +403,16 @@ class _Controller:
     f + m * r in plain steps (f: a round that drafts at all loses the step started
     ahead and, on a CPU, runs a slower kernel; r: each drafted token, its share of the
     longer verify pass and a draft model's step). Speed of k drafted tokens relative to
-    plain: E[tokens per round] / (1 + f + k * r) with E = (1 - a^(k+1)) / (1 - a).
-    Medians and a prior, because a shared machine's timings are noisy.
+    plain: E[tokens per round] / (1 + f + k * r), E the expected tokens kept plus one.
+    Medians and a prior, because a shared machine's timings are noisy. A round's
+    acceptance counts before the next round is chosen (`observe`), its time once the
+    next one starts (`timed`).
 
     Lookup: acceptance per match-strength bucket, chosen each round from the match it
     has (no match: a plain step, free). A draft model: one acceptance; when drafting
     does not pay it stops, and probes with one token after `probe_every` plain rounds,
-    twice as long after each probe that fails. With both (a draft model also looks up),
-    the round takes whichever pays more.
+    twice as long after each probe that does not bring drafting back. With both (a
+    draft model also looks up), the round takes whichever pays more.
     """
 
     def __init__(
@@ -435,7 +435,8 @@ class _Controller:
         self.floor = {"lookup": 0.05, "model": model_floor}
         # Before any measurement (a CPU runs a small model's verify at about this cost;
         # a GPU reading a big model's weights much less, which the timings then show).
-        self.prior = {"lookup": (0.1, 0.25), "model": (0.1, max(model_floor, 0.25))}
+        # A draft model's token adds its step to a lookup token's verify cost.
+        self.prior = {"lookup": (0.1, 0.25), "model": (0.1, model_floor + 0.25)}
         self.plain: deque[float] = deque(maxlen=15)
         self.drafting: dict[str, deque[tuple[float, int]]] = {
             "lookup": deque(maxlen=15),
@@ -445,6 +446,7 @@ class _Controller:
         self.skipped = [0] * len(_MATCH_PRIOR)  # matches not drafted since the last probe
         self.model_acceptance = _Acceptance(0.5)
         self.idle = 0  # plain rounds since the draft model last drafted
+        self.model_rounds = 0
         self.interval = probe_every
 
     def cost(self, source: str) -> tuple[float, float]:
@@ -481,7 +483,7 @@ class _Controller:
         if self.model:
             if not self.adaptive:
                 return choice if choice.k else _Choice(cap, "model")
-            if not self.drafting["model"]:
+            if self.model_rounds < 2:  # the first is not timed (it reads the prompt)
                 return _Choice(1, "model")  # measure a drafting round first
             alpha = self.model_acceptance.alpha
             k, speed = _best_k(lambda i: alpha, self.cost("model"), cap)
@@ -491,26 +493,37 @@ class _Controller:
                 return _Choice(1, "model", probe=True)
         return choice
 
-    def update(self, choice: _Choice, proposed: int, accepted: int, seconds: float) -> None:
-        """Record a round that drafted `proposed` tokens (by `choice`) and kept `accepted`."""
+    def observe(self, choice: _Choice, proposed: int, accepted: int) -> None:
+        """What a round kept of `proposed` drafted tokens (by `choice`): known as soon as
+        it is verified, before the next round is chosen."""
         if not self.adaptive:
             return
         if proposed == 0:
-            self.plain.append(seconds)
             self.idle += 1
             return
-        self.drafting[choice.source].append((seconds, proposed))
         if choice.source == "lookup":
             for i in range(min(accepted + 1, proposed)):  # the positions judged
                 self.buckets[_bucket(choice.length + i)].add(i < accepted)
             self.skipped[_bucket(choice.length)] = 0
+            return
+        for i in range(min(accepted + 1, proposed)):
+            self.model_acceptance.add(i < accepted)
+        self.idle = 0
+        self.model_rounds += 1
+        if choice.probe:  # back off while probes do not bring drafting back
+            alpha = self.model_acceptance.alpha
+            pays = _best_k(lambda i: alpha, self.cost("model"), self.k_max)[0] > 0
+            self.interval = self.probe_every if pays else min(2 * self.interval, 1024)
+
+    def timed(self, choice: _Choice, proposed: int, seconds: float) -> None:
+        """What a round cost, from its start to the next one's (the consumer's handling
+        of its tokens included, with or without a step started ahead)."""
+        if not self.adaptive:
+            return
+        if proposed == 0:
+            self.plain.append(seconds)
         else:
-            for i in range(min(accepted + 1, proposed)):
-                self.model_acceptance.add(i < accepted)
-            self.idle = 0
-            if choice.probe:  # back off while probes fail
-                ok = accepted == proposed
-                self.interval = self.probe_every if ok else min(2 * self.interval, 1024)
+            self.drafting[choice.source].append((seconds, proposed))
 
 
 def _round_clock() -> Callable[[], float]:
@@ -622,13 +635,11 @@ def speculative_step(
         return row
 
     try:
-        last_round: tuple[_Choice, int, int, float] | None = None
+        last_round: tuple[_Choice, int, float] | None = None
         while max_tokens < 0 or emitted < max_tokens:
             start = clock()
             if last_round is not None:
-                # A round costs from its start to the next one's: the consumer's handling
-                # of its tokens included, with or without a step started ahead.
-                control.update(*last_round[:3], start - last_round[3])
+                control.timed(last_round[0], last_round[1], start - last_round[2])
             left = max_tokens - emitted if max_tokens >= 0 else 1 << 30
             with mx.stream(generation_stream):
                 if ahead is not None:
@@ -718,8 +729,9 @@ def speculative_step(
             stats.accepted += n
             stats.rounds += 1
             stats.k = m
-            # The first round also reads the prompt into the draft: not a measure.
-            last_round = None if first else (round_choice, m, n, start)
+            control.observe(round_choice, m, n)
+            # The first round also reads the prompt into the draft: not a measure of time.
+            last_round = None if first else (round_choice, m, start)
             if first and prompt_progress is not None:
                 prompt_progress(total, total)
             first = False
