@@ -483,8 +483,10 @@ class _Controller:
         if self.model:
             if not self.adaptive:
                 return choice if choice.k else _Choice(cap, "model")
-            if self.model_rounds < 2:  # the first is not timed (it reads the prompt)
-                return _Choice(1, "model")  # measure a drafting round first
+            if not self.model_rounds:
+                # The first round reads the prompt into the draft; the prior cost, then
+                # measured ones, decide the rest.
+                return _Choice(1, "model")
             alpha = self.model_acceptance.alpha
             k, speed = _best_k(lambda i: alpha, self.cost("model"), cap)
             if k and speed > best:
