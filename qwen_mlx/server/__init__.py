@@ -40,8 +40,8 @@ _EXPORTS = {
     "ChatRequest": "schemas",
     "CompletionRequest": "schemas",
     "Engine": "engine",
-    "Finished": "engine",
-    "Job": "engine",
+    "Finished": "jobs",
+    "Job": "jobs",
     "create_app": "app",
     "server_config": "connections",
 }
@@ -63,8 +63,9 @@ if TYPE_CHECKING:
     from .app import create_app
     from .connections import server_config
     from .defaults import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_CAP
-    from .engine import Engine, Finished, Job
+    from .engine import Engine
     from .errors import APIError
+    from .jobs import Finished, Job
     from .schemas import ChatRequest, CompletionRequest
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -34,8 +34,9 @@ from ..chat.tools import ToolCall
 from .collect import collect as _collect
 from .collect import off_loop as _off_loop
 from .collect import whole_reply as _whole
-from .engine import Engine, Finished, Job
+from .engine import Engine
 from .errors import APIError, ReshapedErrors
+from .jobs import Finished, Job
 from .prepare import Reply, prepare_chat
 from .schemas import ChatRequest
 

@@ -36,8 +36,9 @@ from .collect import off_loop as _off_loop
 from .collect import whole_reply as _whole
 from .connections import RequestLimit, default_max_connections
 from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
-from .engine import Engine, Finished, Job
+from .engine import Engine
 from .errors import APIError, BodyLimit, CatchAll, ReshapedErrors, install_error_handlers
+from .jobs import Finished, Job
 from .limits import body_check
 from .logprobs import chat_logprobs, completion_logprobs, scored
 from .net import AllowedHosts

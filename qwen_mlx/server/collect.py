@@ -15,7 +15,8 @@ from ..chat.tools import ToolCall
 from .prepare import Reply
 
 if TYPE_CHECKING:
-    from .engine import Engine, Finished, Job
+    from .engine import Engine
+    from .jobs import Finished, Job
 
 
 async def off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:

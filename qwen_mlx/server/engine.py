@@ -31,12 +31,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import uuid
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -44,7 +42,6 @@ from fastapi import Request
 from ..errors import GenerationCancelled
 from ..runtime import (
     Model,
-    SamplingParams,
     cache_length,
     make_cache,
     make_drafter,
@@ -56,61 +53,15 @@ from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
-from .errors import APIError
-from .scheduler import Scheduler, Text, as_api_error, default_max_batch, default_max_queue
+from .errors import APIError, rank_failure
+from .jobs import Event, Finished, Job, Slot, Text
+from .scheduler import Scheduler, default_max_batch, default_max_queue
 
 logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL = 0.1  # seconds between checks that a client is still there
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
 COMPOSED = 4  # code points Unicode normalization (NFC) can compose into one character
-
-
-@dataclass(eq=False)  # each job is its own: hashed by identity
-class Job:
-    """One request's generation: prompt ids, sampling, logits processors and a stop flag."""
-
-    tokens: list[int]
-    params: SamplingParams
-    processors: list[Callable[..., Any]] = field(default_factory=list)
-    logprobs: int | None = None  # with each token's logprob and this many alternatives
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
-    stop: threading.Event = field(default_factory=threading.Event)
-    speculative: bool = True  # with the engine's draft, if it has one
-    # Its place in the queue, reserved while it was prepared (see `Engine.prepare`).
-    slot: _Slot | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class Finished:
-    """How a job ended: the finish reason ("stop", "length" or "cancelled") and its counts."""
-
-    job_id: str
-    finish_reason: str
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    time_to_first_token: float = 0.0
-    generation_tps: float = 0.0
-    batch_size: int = 1  # the most sequences it decoded beside (1: it ran alone)
-    stop_sequence: str | None = None  # the stop string that ended it, if one did
-    reply_tokens: tuple[int, ...] = ()  # the ids it generated (an end-of-turn one too)
-    drafted: int = 0  # speculative decoding: draft tokens proposed and kept
-    accepted: int = 0
-
-    @classmethod
-    def cancelled(cls, job: Job) -> Finished:
-        """The record of a job that ended before it ran (its client left while it waited)."""
-        return cls(
-            job_id=job.id,
-            finish_reason="cancelled",
-            prompt_tokens=len(job.tokens),
-            cached_tokens=0,
-            completion_tokens=0,
-        )
-
-
-Event = str | Finished | BaseException
 
 
 class Engine:
@@ -209,7 +160,7 @@ class Engine:
             **group_status(self.model),  # ranks: 1, or a split model's ranks and their states
         }
 
-    def reserve(self) -> _Slot:
+    def reserve(self) -> Slot:
         """A place in the queue for a request about to be prepared, or a 503 with
         Retry-After (in OpenAI's error shape) when `max_queue` requests already wait
         behind a full batch. The check and the reservation are one step under the lock.
@@ -217,12 +168,12 @@ class Engine:
         until the group restarts."""
         failure = group_failure(self.model)
         if failure is not None:
-            raise as_api_error(failure)
+            raise rank_failure(failure)
         with self._jobs_lock:
             queued = len(self._jobs) + self._reserved
             if queued < self.max_batch + self.max_queue:
                 self._reserved += 1
-                return _Slot(self)
+                return Slot(self._jobs_lock, self._give_back)
         raise APIError(
             503,
             f"The server is busy ({queued} requests running or waiting). Retry in {RETRY_AFTER} s.",
@@ -344,12 +295,16 @@ class Engine:
         self._preparer.shutdown(wait=False, cancel_futures=True)
         wait(pending.values(), timeout=timeout)
 
+    def _give_back(self) -> None:
+        """A reserved place comes back (`Slot`: under the jobs lock)."""
+        self._reserved -= 1
+
     def _run(self, job: Job, emit: Callable[[Event], None]) -> None:
         """One job alone, through `stream_tokens`."""
         try:
             finished = Finished.cancelled(job) if job.stop.is_set() else self._generate(job, emit)
         except BaseException as e:
-            e = as_api_error(e) or e
+            e = rank_failure(e) or e
             self._done(job, e)
             emit(e)
             return
@@ -441,26 +396,6 @@ class Engine:
 
 class _Resolved(Future):
     """A batched job's future, resolved by the engine when the job ends."""
-
-
-class _Slot:
-    """A place in the engine's queue held by a request being prepared (`Engine.reserve`);
-    released once, by whichever comes first: its job being queued, or the request ending
-    without one."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._held = True
-
-    def release(self) -> None:
-        with self._engine._jobs_lock:
-            self.release_locked()
-
-    def release_locked(self) -> None:
-        """`release`, for a caller holding the engine's jobs lock."""
-        if self._held:
-            self._held = False
-            self._engine._reserved -= 1
 
 
 def _prefill_step() -> int:

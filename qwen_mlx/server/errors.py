@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import ContextOverflowError, ModelNotFoundError, QwenMLXError
+from ..errors import ContextOverflowError, ModelNotFoundError, QwenMLXError, RankFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,20 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
+
+
+def rank_failure(error: BaseException) -> APIError | None:
+    """The answer to a request that a rank's failure ended (a model split across Macs):
+    503, naming the rank and what happened to it. None for any other error."""
+    if not isinstance(error, RankFailedError):
+        return None
+    return APIError(
+        503,
+        f"{error} Generation is unavailable until the group of ranks restarts.",
+        type="server_error",
+        code="rank_failed",
+        headers={"Retry-After": "10"},
+    )
 
 
 def _from_domain_error(e: QwenMLXError) -> APIError:

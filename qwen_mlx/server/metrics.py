@@ -19,7 +19,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 from starlette.routing import Match
 
-from .engine import Engine, Finished
+from .engine import Engine
+from .jobs import Finished
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)

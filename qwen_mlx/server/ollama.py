@@ -35,8 +35,9 @@ from ..errors import QwenMLXError
 from .collect import collect as _collect
 from .collect import off_loop as _off_loop
 from .collect import whole_reply as _whole
-from .engine import Engine, Finished, Job
+from .engine import Engine
 from .errors import APIError, _describe_invalid, _from_domain_error
+from .jobs import Finished, Job
 from .prepare import Reply, prepare_chat, prepare_completion
 from .schemas import ChatRequest, CompletionRequest, ToolSpec
 

@@ -31,8 +31,9 @@ from ..chat.tools import (
     parse_tool_calls,
 )
 from ..runtime import SamplingParams
-from .engine import Engine, Job
+from .engine import Engine
 from .errors import APIError
+from .jobs import Job
 from .schemas import (
     ChatMessage,
     ChatRequest,
