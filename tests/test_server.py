@@ -660,10 +660,10 @@ def test_a_call_with_numbers_json_cannot_carry_is_dropped_not_a_500(
 
 
 def test_tool_calls_are_found_off_the_event_loop(served, client, model_stream, monkeypatch):
-    import qwen_mlx.server.prepare as prepare
+    import qwen_mlx.server.reply as reply_module
 
     threads: set[str] = set()
-    real_feed, real_parse = prepare.CallFilter.feed, prepare.parse_tool_calls
+    real_feed, real_parse = reply_module.CallFilter.feed, reply_module.parse_tool_calls
 
     def feed(self, text):
         threads.add(threading.current_thread().name)
@@ -673,8 +673,8 @@ def test_tool_calls_are_found_off_the_event_loop(served, client, model_stream, m
         threads.add(threading.current_thread().name)
         return real_parse(text)
 
-    monkeypatch.setattr(prepare.CallFilter, "feed", feed)
-    monkeypatch.setattr(prepare, "parse_tool_calls", parse)
+    monkeypatch.setattr(reply_module.CallFilter, "feed", feed)
+    monkeypatch.setattr(reply_module, "parse_tool_calls", parse)
     model_stream(scripted(CALL_TEXT))
     for stream in (False, True):
         reply = client.chat.completions.create(

@@ -22,22 +22,19 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from ..chat.tools import ToolCall
-from .collect import collect as _collect
-from .collect import off_loop as _off_loop
-from .collect import whole_reply as _whole
+from . import relay
 from .engine import Engine
 from .errors import APIError, ReshapedErrors
 from .jobs import Finished, Job
-from .prepare import Reply, prepare_chat
+from .prepare import prepare_chat
+from .reply import Outcome
 from .schemas import ChatRequest
 
 PREFIX = "/v1/messages"
@@ -129,24 +126,24 @@ def install(app: FastAPI, engine: Engine, api_key: str | None, *, body_check: An
     @router.post(PREFIX, dependencies=[body_check])
     async def messages(req: MessagesRequest, request: Request) -> Any:
         engine.check_model(req.model)
-        job, reply = await engine.prepare(prepare_chat, engine, to_chat_request(req))
+        prepared = await engine.prepare(prepare_chat, engine, to_chat_request(req))
+        job, reply = prepared.job, prepared.reply
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         if req.stream:
-            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            events = _events(engine, job, reply, request, message_id)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        parts, done = await _collect(engine, job, request)
-
-        _, content, calls, reason = await _whole(reply, parts, done)
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
-        blocks += [_tool_use(c) for c in calls]
+            return relay.stream(engine, job, request, _Events(engine, job, message_id), reply)
+        whole = await relay.whole(engine, job, request, reply)
+        end, done = whole.outcome, whole.done
+        blocks: list[dict[str, Any]] = []
+        if end.content:
+            blocks.append({"type": "text", "text": end.content})
+        blocks += [_tool_use(c) for c in end.calls]
         return {
             "id": message_id,
             "type": "message",
             "role": "assistant",
             "model": engine.model.name,
             "content": blocks,
-            "stop_reason": _stop_reason(reason, done),
+            "stop_reason": _stop_reason(end.finish_reason, done),
             "stop_sequence": done.stop_sequence,
             "usage": _usage(done),
         }
@@ -155,8 +152,8 @@ def install(app: FastAPI, engine: Engine, api_key: str | None, *, body_check: An
     async def count_tokens(req: CountRequest) -> dict[str, int]:
         engine.check_model(req.model)
         chat = to_chat_request(req, max_tokens=1)
-        job, _ = await engine.prepare(prepare_chat, engine, chat, queue=False)
-        return {"input_tokens": len(job.tokens)}
+        prepared = await engine.prepare(prepare_chat, engine, chat, queue=False)
+        return {"input_tokens": len(prepared.job.tokens)}
 
     app.include_router(router)
 
@@ -314,81 +311,72 @@ def _event(name: str, data: dict[str, Any]) -> str:
     return f"event: {name}\ndata: {json.dumps(dict(type=name, **data))}\n\n"
 
 
-async def _events(
-    engine: Engine, job: Job, reply: Reply, request: Request, message_id: str
-) -> AsyncIterator[str]:
-    """Anthropic's event stream for one reply."""
-    message = {
-        "id": message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": engine.model.name,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": len(job.tokens), "output_tokens": 0},
-    }
-    index = 0
-    text_open = False
+class _Events(relay.Encoder):
+    """Anthropic's event stream for one reply: the message, a text block as the text
+    comes, then a block for each tool call, the stop reason and usage."""
 
-    def text_delta(text: str) -> list[str]:
-        nonlocal text_open
-        out = []
-        if not text_open:
-            text_open = True
-            block = {"type": "text", "text": ""}
-            out.append(_event("content_block_start", {"index": index, "content_block": block}))
-        out.append(
-            _event(
-                "content_block_delta",
-                {"index": index, "delta": {"type": "text_delta", "text": text}},
-            )
-        )
-        return out
+    def __init__(self, engine: Engine, job: Job, message_id: str) -> None:
+        self.message = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": engine.model.name,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": len(job.tokens), "output_tokens": 0},
+        }
+        self.index = 0  # of the block being written
+        self.text_open = False
 
-    try:
-        yield _event("message_start", {"message": message})
-        yield _event("ping", {})
-        done: Finished | None = None
-        async with aclosing(engine.events(job, request)) as events:
-            async for item in events:
-                if isinstance(item, Finished):
-                    done = item
-                elif text := await _off_loop(reply, lambda item=item: reply.feed(item)):
-                    for event in text_delta(text):
-                        yield event
-        if done is None or done.finish_reason == "cancelled":
-            return
-        reason = done.finish_reason
-        tail, _, calls, reason = await _off_loop(reply, lambda: reply.finish(reason))
-        if tail or (not text_open and not calls):
-            for event in text_delta(tail):
-                yield event
-        if text_open:
-            yield _event("content_block_stop", {"index": index})
-            index += 1
-        for call in calls:
+    def start(self) -> list[str]:
+        return [_event("message_start", {"message": self.message}), _event("ping", {})]
+
+    def text(self, piece: str, shown: str) -> list[str]:
+        return self._text_delta(shown) if shown else []
+
+    def end(self, done: Finished, outcome: Outcome) -> list[str]:
+        events = []
+        if outcome.tail or (not self.text_open and not outcome.calls):
+            events += self._text_delta(outcome.tail)
+        if self.text_open:
+            events.append(_event("content_block_stop", {"index": self.index}))
+            self.index += 1
+        for call in outcome.calls:
             block = dict(_tool_use(call), input={})
-            yield _event("content_block_start", {"index": index, "content_block": block})
+            events.append(
+                _event("content_block_start", {"index": self.index, "content_block": block})
+            )
             if call.partial is not None:  # cut off by max_tokens: as far as it was written
                 partial = call.partial
             else:
                 partial = json.dumps(call.arguments or {}, ensure_ascii=False)
             delta = {"type": "input_json_delta", "partial_json": partial}
-            yield _event("content_block_delta", {"index": index, "delta": delta})
-            yield _event("content_block_stop", {"index": index})
-            index += 1
-        stop = {"stop_reason": _stop_reason(reason, done), "stop_sequence": done.stop_sequence}
-        yield _event("message_delta", {"delta": stop, "usage": _usage(done)})
-        yield _event("message_stop", {})
-    except Exception as e:
-        if not isinstance(e, APIError):
-            import logging
+            events.append(_event("content_block_delta", {"index": self.index, "delta": delta}))
+            events.append(_event("content_block_stop", {"index": self.index}))
+            self.index += 1
+        stop = {
+            "stop_reason": _stop_reason(outcome.finish_reason, done),
+            "stop_sequence": done.stop_sequence,
+        }
+        events.append(_event("message_delta", {"delta": stop, "usage": _usage(done)}))
+        events.append(_event("message_stop", {}))
+        return events
 
-            logging.getLogger(__name__).exception("generation failed", exc_info=e)
-            e = APIError(500, "The server had an error while generating.", type="server_error")
-        error = {"type": _ERROR_TYPES.get(e.status, "api_error"), "message": e.message}
-        yield _event("error", {"error": error})
+    def error(self, error: APIError) -> list[str]:
+        return [_event("error", {"error": anthropic_error(error)["error"]})]
+
+    def _text_delta(self, text: str) -> list[str]:
+        events = []
+        if not self.text_open:
+            self.text_open = True
+            block = {"type": "text", "text": ""}
+            events.append(
+                _event("content_block_start", {"index": self.index, "content_block": block})
+            )
+        delta = {"type": "text_delta", "text": text}
+        events.append(_event("content_block_delta", {"index": self.index, "delta": delta}))
+        return events
 
 
 # -- auth and errors -----------------------------------------------------------------------
@@ -413,7 +401,12 @@ def _key_check(api_key: str) -> Callable[[Request], Any]:
     return check
 
 
+def anthropic_error(e: APIError) -> dict[str, Any]:
+    """An error in Anthropic's shape."""
+    kind = _ERROR_TYPES.get(e.status, "api_error" if e.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": e.message}}
+
+
 def _anthropic_error(status: int, message: str) -> bytes:
     """An error in Anthropic's shape (`ReshapedErrors` rewrites OpenAI's into it)."""
-    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+    return json.dumps(anthropic_error(APIError(status, message))).encode()

@@ -20,29 +20,32 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
 
 from ..chat.tools import ToolCall
 from ..runtime import Model
-from . import anthropic, metrics, ollama, responses
-from .collect import collect as _collect
-from .collect import off_loop as _off_loop
-from .collect import whole_reply as _whole
+from . import anthropic, metrics, ollama, relay, responses
 from .connections import RequestLimit, default_max_connections
 from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine
-from .errors import APIError, BodyLimit, CatchAll, ReshapedErrors, install_error_handlers
+from .errors import (
+    APIError,
+    BodyLimit,
+    CatchAll,
+    ReshapedErrors,
+    install_error_handlers,
+    openai_error,
+)
 from .jobs import Finished, Job
 from .limits import body_check
 from .logprobs import chat_logprobs, completion_logprobs, scored
 from .net import AllowedHosts
-from .prepare import Reply, prepare_chat, prepare_completion
+from .prepare import prepare_chat, prepare_completion
+from .reply import Outcome
 from .schemas import ChatRequest, CompletionRequest
 from .web import mount_web
 
@@ -96,29 +99,25 @@ def create_app(
     @router.post("/v1/chat/completions", dependencies=[checked])
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         engine.check_model(req.model)
-        job, reply = await engine.prepare(prepare_chat, engine, req)
+        prepared = await engine.prepare(prepare_chat, engine, req)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         frame = _Frame(engine, "chat.completion.chunk", "chatcmpl", include_usage)
+        job, reply = prepared.job, prepared.reply
         if req.stream:
-            return _event_stream(_chat_chunks(engine, job, reply, request, frame))
-        parts, done = await _collect(engine, job, request)
-
-        _, content, calls, reason = await _whole(reply, parts, done)
-        message: dict[str, Any] = {"role": "assistant", "content": content}
-        if calls:
-            message["tool_calls"] = _tool_call_entries(calls)
-        logprobs = chat_logprobs(engine.model, scored(parts)) if req.logprobs else None
-        return {
-            "id": frame.id,
-            "object": "chat.completion",
-            "created": frame.created,
-            "model": frame.model,
-            "system_fingerprint": frame.fingerprint,
-            "choices": [
-                {"index": 0, "message": message, "finish_reason": reason, "logprobs": logprobs}
-            ],
-            "usage": _usage(done),
+            return relay.stream(engine, job, request, _ChatChunks(engine, job, frame), reply)
+        whole = await relay.whole(engine, job, request, reply)
+        end = whole.outcome
+        message: dict[str, Any] = {"role": "assistant", "content": end.content}
+        if end.calls:
+            message["tool_calls"] = _tool_call_entries(end.calls)
+        logprobs = chat_logprobs(engine.model, scored(whole.parts)) if req.logprobs else None
+        choice = {
+            "index": 0,
+            "message": message,
+            "finish_reason": end.finish_reason,
+            "logprobs": logprobs,
         }
+        return frame.body("chat.completion", choice, whole.done)
 
     @router.post("/v1/completions", dependencies=[checked])
     async def completions(req: CompletionRequest, request: Request) -> Any:
@@ -127,27 +126,18 @@ def create_app(
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         frame = _Frame(engine, "text_completion", "cmpl", include_usage)
         if req.stream:
-            return _event_stream(_completion_chunks(engine, job, request, frame))
-        parts, done = await _collect(engine, job, request)
+            return relay.stream(engine, job, request, _CompletionChunks(engine, job, frame))
+        whole = await relay.whole(engine, job, request)
         logprobs = None
         if req.logprobs is not None:
-            logprobs = completion_logprobs(engine.model, scored(parts))
-        return {
-            "id": frame.id,
-            "object": "text_completion",
-            "created": frame.created,
-            "model": frame.model,
-            "system_fingerprint": frame.fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": "".join(parts),
-                    "finish_reason": done.finish_reason,
-                    "logprobs": logprobs,
-                }
-            ],
-            "usage": _usage(done),
+            logprobs = completion_logprobs(engine.model, scored(whole.parts))
+        choice = {
+            "index": 0,
+            "text": whole.text,
+            "finish_reason": whole.done.finish_reason,
+            "logprobs": logprobs,
         }
+        return frame.body("text_completion", choice, whole.done)
 
     metrics.install(app, engine, router)
     app.state.responses = responses.install(router, engine, body_check=checked)
@@ -215,100 +205,84 @@ class _Frame:
         self.fingerprint = f"fp_{engine.model.fingerprint[:10]}"
         self.include_usage = include_usage
 
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-        data = {
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {
             "id": self.id,
-            "object": self.obj,
+            "object": obj,
             "created": self.created,
             "model": self.model,
             "system_fingerprint": self.fingerprint,
-            "choices": choices,
         }
+
+    def body(self, obj: str, choice: dict[str, Any], done: Finished) -> dict[str, Any]:
+        """A whole response, of its one choice."""
+        return {**self._head(obj), "choices": [choice], "usage": _usage(done)}
+
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+        data = {**self._head(self.obj), "choices": choices}
         if self.include_usage:
             data["usage"] = usage
         return _sse(data)
+
+    def closing(self, done: Finished) -> list[str]:
+        """The stream's last chunks: the usage (when asked for) and `[DONE]`."""
+        usage = [self.chunk([], _usage(done))] if self.include_usage else []
+        return [*usage, _sse("[DONE]")]
 
 
 def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def _stream_error(e: Exception) -> str:
-    if not isinstance(e, APIError):
-        logger.exception("generation failed", exc_info=e)
-        e = APIError(500, "The server had an error while generating.", type="server_error")
-    return _sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
+class _Chunks(relay.Encoder):
+    """OpenAI's stream: `data: {...}` chunks, then `data: [DONE]`; an error arrives as a
+    `data: {"error": ...}` chunk before `[DONE]`."""
+
+    def __init__(self, engine: Engine, job: Job, frame: _Frame) -> None:
+        self.model = engine.model
+        self.job = job
+        self.frame = frame
+
+    def error(self, error: APIError) -> list[str]:
+        return [_sse(openai_error(error)), _sse("[DONE]")]
 
 
-def _event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
-
-
-async def _chat_chunks(
-    engine: Engine, job: Job, reply: Reply, request: Request, frame: _Frame
-) -> AsyncIterator[str]:
-    def delta(d: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> str:
+class _ChatChunks(_Chunks):
+    def delta(self, d: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> str:
         choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": logprobs}
-        return frame.chunk([choice])
+        return self.frame.chunk([choice])
 
-    try:
-        yield delta({"role": "assistant", "content": ""})
-        done: Finished | None = None
-        async with aclosing(engine.events(job, request)) as events:
-            async for item in events:
-                if isinstance(item, Finished):
-                    done = item
-                else:
-                    text = await _off_loop(reply, lambda item=item: reply.feed(item))
-                    logprobs = scored([item]) if job.logprobs is not None else []
-                    if logprobs:
-                        yield delta({"content": text}, None, chat_logprobs(engine.model, logprobs))
-                    elif text:
-                        yield delta({"content": text})
-        if done is None or done.finish_reason == "cancelled":
-            return
-        reason = done.finish_reason
-        tail, _, calls, reason = await _off_loop(reply, lambda: reply.finish(reason))
-        if tail:
-            yield delta({"content": tail})
-        if calls:
-            yield delta({"tool_calls": _tool_call_entries(calls, indexed=True)})
-        yield delta({}, reason)
-        if frame.include_usage:
-            yield frame.chunk([], _usage(done))
-    except Exception as e:
-        yield _stream_error(e)
-    yield _sse("[DONE]")
+    def start(self) -> list[str]:
+        return [self.delta({"role": "assistant", "content": ""})]
+
+    def text(self, piece: str, shown: str) -> list[str]:
+        logprobs = scored([piece]) if self.job.logprobs is not None else []
+        if logprobs:
+            return [self.delta({"content": shown}, None, chat_logprobs(self.model, logprobs))]
+        return [self.delta({"content": shown})] if shown else []
+
+    def end(self, done: Finished, outcome: Outcome) -> list[str]:
+        chunks = [self.delta({"content": outcome.tail})] if outcome.tail else []
+        if outcome.calls:
+            calls = _tool_call_entries(outcome.calls, indexed=True)
+            chunks.append(self.delta({"tool_calls": calls}))
+        chunks.append(self.delta({}, outcome.finish_reason))
+        return chunks + self.frame.closing(done)
 
 
-async def _completion_chunks(
-    engine: Engine, job: Job, request: Request, frame: _Frame
-) -> AsyncIterator[str]:
-    def choice(text: str, finish: str | None = None, logprobs: Any = None) -> str:
+class _CompletionChunks(_Chunks):
+    offset = 0  # where the next piece starts in the reply (the logprobs' text_offset)
+
+    def choice(self, text: str, finish: str | None = None, logprobs: Any = None) -> str:
         entry = {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
-        return frame.chunk([entry])
+        return self.frame.chunk([entry])
 
-    try:
-        done: Finished | None = None
-        offset = 0
-        async with aclosing(engine.events(job, request)) as events:
-            async for item in events:
-                if isinstance(item, Finished):
-                    done = item
-                elif job.logprobs is not None:
-                    tokens = scored([item])
-                    yield choice(
-                        item, None, completion_logprobs(engine.model, tokens, offset=offset)
-                    )
-                    offset += len(item)
-                else:
-                    yield choice(item)
-        if done is None or done.finish_reason == "cancelled":
-            return
-        yield choice("", done.finish_reason)
-        if frame.include_usage:
-            yield frame.chunk([], _usage(done))
-    except Exception as e:
-        yield _stream_error(e)
-    yield _sse("[DONE]")
+    def text(self, piece: str, shown: str) -> list[str]:
+        if self.job.logprobs is None:
+            return [self.choice(piece)]
+        logprobs = completion_logprobs(self.model, scored([piece]), offset=self.offset)
+        self.offset += len(piece)
+        return [self.choice(piece, None, logprobs)]
+
+    def end(self, done: Finished, outcome: Outcome) -> list[str]:
+        return [self.choice("", done.finish_reason), *self.frame.closing(done)]

@@ -21,9 +21,9 @@ Two cases run one job at a time instead, through `stream_tokens`: a quantized KV
 (`kv_bits`: mlx-lm's batch caches are bf16 only) and a replaced `stream_tokens` (tests
 script the model's replies through it).
 
-Entry points for the routes (app.py and other protocols' modules): `prepare` (which also
-refuses a request when the queue is full), `check_model`, `check_context`, `events(job,
-request)` (text, then a `Finished`), `status()` (for /health), `close()`.
+Entry points for the protocols' routes: `prepare` (which also refuses a request when the
+queue is full), `check_model`, `check_context`, `events(job)` (text, then a `Finished`;
+`relay.py` reads them for the routes), `status()` (for /health), `close()`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
-
-from fastapi import Request
 
 from ..errors import GenerationCancelled
 from ..runtime import (
@@ -59,7 +57,6 @@ from .scheduler import Scheduler, default_max_batch, default_max_queue
 
 logger = logging.getLogger(__name__)
 
-DISCONNECT_POLL = 0.1  # seconds between checks that a client is still there
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
 COMPOSED = 4  # code points Unicode normalization (NFC) can compose into one character
 
@@ -186,8 +183,8 @@ class Engine:
         """Run request preparation (templates, tokenizing, schema compiling) off the loop.
         With `queue` (a request that will generate), a place in the queue is reserved
         first (`reserve`: a full queue refuses the request at once) and handed to the job
-        `fn` returns (a Job, or a tuple starting with one): `events` passes it on to the
-        queued job, and a job dropped without being queued gives it back."""
+        `fn` returns (a Job, or a value holding one as `.job`): `events` passes it on to
+        the queued job, and a job dropped without being queued gives it back."""
         slot = self.reserve() if queue else None
         try:
             result = await asyncio.get_running_loop().run_in_executor(self._preparer, fn, *args)
@@ -196,7 +193,7 @@ class Engine:
                 slot.release()
             raise
         if slot is not None:
-            job = result[0] if isinstance(result, tuple) else result
+            job = result if isinstance(result, Job) else result.job
             job.slot = slot
             weakref.finalize(job, slot.release)  # never queued: the place comes back
         return result
@@ -240,10 +237,10 @@ class Engine:
                 code="context_length_exceeded",
             )
 
-    async def events(self, job: Job, request: Request | None = None) -> AsyncIterator[Event]:
+    async def events(self, job: Job) -> AsyncIterator[Event]:
         """Queue `job` and yield its text as it comes (what arrived since the last piece
-        was taken, joined), then its Finished record. Leaving early, or the client going
-        away, stops the job."""
+        was taken, joined), then its Finished record. Leaving early stops the job (the
+        relay leaves when the client goes away: `relay.events`)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -261,7 +258,6 @@ class Engine:
                 self.scheduler.submit(job, emit, self._done)
             else:
                 self._jobs[job] = model_thread().submit(self._run, job, emit)
-        watcher = asyncio.create_task(_watch(request, job)) if request is not None else None
         try:
             pending: Event | None = None
             while True:
@@ -282,8 +278,6 @@ class Engine:
                     return
         finally:
             job.stop.set()
-            if watcher is not None:
-                watcher.cancel()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every job and wait (up to `timeout` seconds) until the model thread has
@@ -437,13 +431,3 @@ def _longest_token(model: Model) -> int:
     except AttributeError:  # not a Hugging Face tokenizer: no bound from characters
         return 1 << 20
     return max(map(len, vocab), default=1)
-
-
-async def _watch(request: Request, job: Job) -> None:
-    """Set the job's stop flag when its client disconnects."""
-    while not job.stop.is_set():
-        if await request.is_disconnected():
-            logger.info("%s: the client disconnected; stopping", job.id)
-            job.stop.set()
-            return
-        await asyncio.sleep(DISCONNECT_POLL)

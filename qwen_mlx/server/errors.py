@@ -50,8 +50,12 @@ class APIError(Exception):
         self.headers = headers  # e.g. Retry-After on a 503
 
     def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
+        return JSONResponse(openai_error(self), status_code=self.status, headers=self.headers)
+
+
+def openai_error(e: APIError) -> dict[str, Any]:
+    """An error in OpenAI's shape (the server's default)."""
+    return {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
 
 
 def rank_failure(error: BaseException) -> APIError | None:

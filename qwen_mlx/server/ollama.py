@@ -19,26 +19,24 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from ..chat.tools import ToolCall
 from ..errors import QwenMLXError
-from .collect import collect as _collect
-from .collect import off_loop as _off_loop
-from .collect import whole_reply as _whole
+from . import relay
 from .engine import Engine
 from .errors import APIError, _describe_invalid, _from_domain_error
 from .jobs import Finished, Job
-from .prepare import Reply, prepare_chat, prepare_completion
+from .prepare import Prepared, prepare_chat, prepare_completion
+from .reply import Outcome
 from .schemas import ChatRequest, CompletionRequest, ToolSpec
 
 # The Ollama API version these routes follow; apps check it before using newer features
@@ -177,13 +175,13 @@ def ollama_router(
         started = time.perf_counter()
         if not req.messages:  # how Ollama apps load (or unload) a model ahead of use
             return _loaded(engine, req, "message", {"role": "assistant", "content": ""})
-        job, reply = await engine.prepare(_prepare_chat, engine, req)
+        prepared = await engine.prepare(_prepare_chat, engine, req)
+        job, reply = prepared.job, prepared.reply
         if req.stream:
-            return _ndjson(_chat_lines(engine, job, reply, request, started))
-        parts, done = await _collect(engine, job, request)
-        _, content, calls, _ = await _whole(reply, parts, done)
-        message = _message(content or "", calls)
-        return {**_head(engine), "message": message, **_final(done, started)}
+            return relay.stream(engine, job, request, _ChatLines(engine, started), reply)
+        whole = await relay.whole(engine, job, request, reply)
+        message = _message(whole.outcome.content or "", whole.outcome.calls)
+        return {**_head(engine), "message": message, **_final(whole.done, started)}
 
     @router.post("/api/generate", dependencies=list(body_checks))
     async def generate(req: OllamaGenerateRequest, request: Request) -> Any:
@@ -193,15 +191,20 @@ def ollama_router(
             return _loaded(engine, req, "response", "")
         job = await engine.prepare(_prepare_generate, engine, req)
         if req.stream:
-            return _ndjson(_generate_lines(engine, job, request, started))
-        parts, done = await _collect(engine, job, request)
-        return {**_head(engine), "response": "".join(parts), **_final(done, started)}
+            return relay.stream(engine, job, request, _GenerateLines(engine, started))
+        whole = await relay.whole(engine, job, request)
+        return {**_head(engine), "response": whole.text, **_final(whole.done, started)}
 
     return router
 
 
 def _error(e: APIError) -> JSONResponse:
     return JSONResponse({"error": e.message}, status_code=e.status)
+
+
+def ollama_error(e: APIError) -> dict[str, Any]:
+    """An error in Ollama's shape."""
+    return {"error": e.message}
 
 
 def error_body(status: int, message: str) -> bytes:
@@ -306,15 +309,16 @@ def _cap_context(job: Job, num_ctx: int | None) -> Job:
     return job
 
 
-def _prepare_chat(engine: Engine, req: OllamaChatRequest) -> tuple[Job, Reply]:
+def _prepare_chat(engine: Engine, req: OllamaChatRequest) -> Prepared:
     body = {
         "messages": [_template_message(m, i) for i, m in enumerate(req.messages)],
         "tools": [t.model_dump(exclude_none=True) for t in req.tools or []] or None,
         "response_format": _response_format(req.format),
         **_sampling(req.options),
     }
-    job, reply = prepare_chat(engine, _openai(ChatRequest, body))
-    return _cap_context(job, req.options and req.options.num_ctx), reply
+    prepared = prepare_chat(engine, _openai(ChatRequest, body))
+    _cap_context(prepared.job, req.options and req.options.num_ctx)
+    return prepared
 
 
 def _prepare_generate(engine: Engine, req: OllamaGenerateRequest) -> Job:
@@ -337,8 +341,8 @@ def _prepare_generate(engine: Engine, req: OllamaGenerateRequest) -> Job:
     messages = [{"role": "system", "content": req.system}] if req.system else []
     messages.append({"role": "user", "content": req.prompt})
     body = {"messages": messages, "response_format": _response_format(req.format)}
-    job, _ = prepare_chat(engine, _openai(ChatRequest, {**body, **_sampling(options)}))
-    return _cap_context(job, options.num_ctx)
+    prepared = prepare_chat(engine, _openai(ChatRequest, {**body, **_sampling(options)}))
+    return _cap_context(prepared.job, options.num_ctx)
 
 
 # -- replies ------------------------------------------------------------------------------
@@ -392,62 +396,41 @@ def _line(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False) + "\n"
 
 
-def _ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(lines, media_type="application/x-ndjson", headers=headers)
+class _Lines(relay.Encoder):
+    """Ollama's stream: one JSON object a line, the last with `done` and the counts; an
+    error arrives as an `{"error": ...}` line."""
+
+    media_type = relay.NDJSON
+
+    def __init__(self, engine: Engine, started: float) -> None:
+        self.engine = engine
+        self.started = started
+
+    def error(self, error: APIError) -> list[str]:
+        return [_line(ollama_error(error))]
 
 
-def _stream_error(e: Exception) -> str:
-    if not isinstance(e, APIError):
-        import logging
+class _ChatLines(_Lines):
+    def part(self, message: dict[str, Any]) -> str:
+        return _line({**_head(self.engine), "message": message, "done": False})
 
-        logging.getLogger(__name__).exception("generation failed", exc_info=e)
-        e = APIError(500, "The server had an error while generating.")
-    return _line({"error": e.message})
+    def text(self, piece: str, shown: str) -> list[str]:
+        return [self.part({"role": "assistant", "content": shown})] if shown else []
 
-
-async def _chat_lines(
-    engine: Engine, job: Job, reply: Reply, request: Request, started: float
-) -> AsyncIterator[str]:
-    def part(message: dict[str, Any]) -> str:
-        return _line({**_head(engine), "message": message, "done": False})
-
-    try:
-        done: Finished | None = None
-        async with aclosing(engine.events(job, request)) as events:
-            async for item in events:
-                if isinstance(item, Finished):
-                    done = item
-                elif text := await _off_loop(reply, lambda item=item: reply.feed(item)):
-                    yield part({"role": "assistant", "content": text})
-        if done is None or done.finish_reason == "cancelled":
-            return
-        reason = done.finish_reason
-        tail, _, calls, _ = await _off_loop(reply, lambda: reply.finish(reason))
-        if tail or calls:
-            yield part(_message(tail, calls))
-        final = {**_head(engine), "message": {"role": "assistant", "content": ""}}
-        yield _line({**final, **_final(done, started)})
-    except Exception as e:
-        yield _stream_error(e)
+    def end(self, done: Finished, outcome: Outcome) -> list[str]:
+        lines = []
+        if outcome.tail or outcome.calls:
+            lines.append(self.part(_message(outcome.tail, outcome.calls)))
+        final = {**_head(self.engine), "message": {"role": "assistant", "content": ""}}
+        return [*lines, _line({**final, **_final(done, self.started)})]
 
 
-async def _generate_lines(
-    engine: Engine, job: Job, request: Request, started: float
-) -> AsyncIterator[str]:
-    try:
-        done: Finished | None = None
-        async with aclosing(engine.events(job, request)) as events:
-            async for item in events:
-                if isinstance(item, Finished):
-                    done = item
-                else:
-                    yield _line({**_head(engine), "response": item, "done": False})
-        if done is None or done.finish_reason == "cancelled":
-            return
-        yield _line({**_head(engine), "response": "", **_final(done, started)})
-    except Exception as e:
-        yield _stream_error(e)
+class _GenerateLines(_Lines):
+    def text(self, piece: str, shown: str) -> list[str]:
+        return [_line({**_head(self.engine), "response": piece, "done": False})]
+
+    def end(self, done: Finished, outcome: Outcome) -> list[str]:
+        return [_line({**_head(self.engine), "response": "", **_final(done, self.started)})]
 
 
 # -- the model's description --------------------------------------------------------------

@@ -15,25 +15,16 @@ tokenized whole, so the work is bounded by the context, not by the body.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from ..chat.tools import (
-    CALL_CLOSE,
-    CALL_OPEN,
-    CallFilter,
-    Tool,
-    ToolCall,
-    as_tool,
-    call_schema,
-    cut_call,
-    parse_tool_calls,
-)
+from ..chat.tools import CALL_CLOSE, CALL_OPEN, Tool, as_tool, call_schema
 from ..runtime import SamplingParams
 from .engine import Engine
 from .errors import APIError
 from .jobs import Job
+from .reply import Reply
 from .schemas import (
     ChatMessage,
     ChatRequest,
@@ -43,17 +34,23 @@ from .schemas import (
     ToolChoiceFunction,
 )
 
-logger = logging.getLogger(__name__)
-
 # Prompts with more characters than this per token of context are counted piece by piece
 # before being tokenized whole (real text has about four).
 _COUNT_ABOVE = 8
 _PIECE = 8192  # characters per piece when counting
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A chat request made ready: its job, and the reply that shapes its text."""
+
+    job: Job
+    reply: Reply
+
+
 def prepare_chat(
     engine: Engine, req: ChatRequest, *, reply_ids: Mapping[int, Sequence[int]] | None = None
-) -> tuple[Job, Reply]:
+) -> Prepared:
     """Render and tokenize a chat request, apply its tool choice and response format, and
     check it fits; runs on a preparation thread. `reply_ids` gives the exact token ids the
     model produced for some assistant messages (by index), which go into the prompt as
@@ -114,9 +111,9 @@ def prepare_chat(
         parse_calls=parse_calls, prefix=prefix, suffix=suffix, forced=[t.name for t in forced]
     )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return Job(
-        tokens, params, processors, logprobs=logprobs, speculative=req.speculative is not False
-    ), reply
+    speculative = req.speculative is not False
+    job = Job(tokens, params, processors, logprobs=logprobs, speculative=speculative)
+    return Prepared(job, reply)
 
 
 def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
@@ -173,73 +170,6 @@ def _piece_end(text: str, at: int) -> int:
     while cut > low and text[cut - 1].isspace():
         cut = text.rfind(" ", low, cut)
     return cut if cut > low else at
-
-
-class Reply:
-    """Shapes the model's text into an OpenAI assistant message: `<tool_call>` blocks come
-    out of the content and become `tool_calls` (malformed ones are logged and dropped).
-
-    A forced call (`forced`: the names it may call; the server opened it with `prefix`)
-    cut off by max_tokens comes back as what each API returns for one: the call, with its
-    arguments as far as they were written (`ToolCall.partial`), finish reason "length",
-    never the text of our call wrapper. A call the model opened itself and max_tokens cut
-    is not a call: its text as written becomes the content, finish reason "length", never
-    an empty message. `parses_calls` says whether shaping does real work (the app then
-    runs it off the event loop).
-    """
-
-    def __init__(
-        self,
-        *,
-        parse_calls: bool,
-        prefix: str = "",
-        suffix: str = "",
-        forced: Sequence[str] = (),
-    ) -> None:
-        self._filter = CallFilter() if parse_calls else None
-        self._parts: list[str] = []
-        self._shown: list[str] = []
-        self._prefix, self._suffix = prefix, suffix
-        self._forced = tuple(forced)
-        self.feed(prefix)
-
-    @property
-    def parses_calls(self) -> bool:
-        return self._filter is not None
-
-    def feed(self, text: str) -> str:
-        """Text from the model; returns the content to show now."""
-        self._parts.append(text)
-        shown = self._filter.feed(text) if self._filter else text
-        self._shown.append(shown)
-        return shown
-
-    def finish(self, reason: str) -> tuple[str, str | None, list[ToolCall], str]:
-        """(content still to show, whole content, tool calls, OpenAI finish reason)."""
-        tail = self.feed(self._suffix) if self._suffix and reason == "stop" else ""
-        text = "".join(self._parts)
-        if self._filter is None:
-            return tail, text, [], reason
-        held, unterminated = self._filter.finish()
-        tail += held
-        cut_off = reason == "length" and unterminated is not None
-        if cut_off and self._forced and unterminated.startswith(self._prefix):
-            call = cut_call(unterminated[len(self._prefix) :], self._forced)
-            if call is not None and call.partial is None:  # only the closing brace was cut
-                return tail, tail or None, [call], "tool_calls"
-            return tail, tail or None, [call] if call is not None else [], reason
-        if cut_off:
-            tail += unterminated
-        prose, calls = parse_tool_calls(text)
-        valid = [c for c in calls if c.error is None]
-        for bad in (c for c in calls if c.error is not None and not cut_off):
-            logger.warning("dropped a malformed tool call (%s): %.200s", bad.error, bad.raw)
-        if cut_off:
-            content = ("".join(self._shown) + tail).strip()
-            return tail, content or None, valid, reason
-        if not calls:
-            return tail, text, [], reason
-        return tail, prose or None, valid, "tool_calls" if valid and reason == "stop" else reason
 
 
 def _sampling(

@@ -31,24 +31,21 @@ import time
 import uuid
 from array import array
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from ..chat.tools import ToolCall
-from .collect import collect as _collect
-from .collect import off_loop as _off_loop
-from .collect import whole_reply as _whole
+from . import relay
 from .engine import Engine
 from .errors import APIError
-from .jobs import Finished, Job
+from .jobs import Finished
 from .logprobs import chat_logprobs, scored
-from .prepare import Reply, prepare_chat
+from .prepare import Prepared, prepare_chat
+from .reply import Outcome
 from .schemas import ChatRequest
 
 logger = logging.getLogger(__name__)
@@ -258,16 +255,13 @@ def install(
         engine.check_model(req.model)
         check_metadata(req.metadata)
         turn = _Turn(engine, store, req)
-        job, reply = await engine.prepare(turn.prepare)
+        prepared = await engine.prepare(turn.prepare)
+        job, reply = prepared.job, prepared.reply
         if req.stream:
-            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            events = turn.events(job, reply, request)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        parts, done = await _collect(engine, job, request)
-
-        _, content, calls, reason = await _whole(reply, parts, done)
-        turn.logprobs += turn.entries(parts)
-        return turn.complete(done, content, calls, reason)
+            return relay.stream(engine, job, request, _Events(turn), reply)
+        whole = await relay.whole(engine, job, request, reply)
+        turn.logprobs += turn.entries(whole.parts)
+        return turn.complete(whole.done, whole.outcome)
 
     @router.get("/v1/responses/{response_id}")
     async def retrieve(response_id: str) -> Response:
@@ -324,7 +318,7 @@ class _Turn:
             return []
         return chat_logprobs(self.engine.model, scored(parts))["content"]
 
-    def prepare(self) -> tuple[Job, Reply]:
+    def prepare(self) -> Prepared:
         """The job (on a preparation thread): the chat request through `prepare_chat`."""
         req = self.req
         history: list[dict[str, Any]] = []
@@ -461,11 +455,10 @@ class _Turn:
             "usage": _usage(done) if done else None,
         }
 
-    def complete(
-        self, done: Finished, content: str | None, calls: list[ToolCall], reason: str
-    ) -> dict[str, Any]:
+    def complete(self, done: Finished, outcome: Outcome) -> dict[str, Any]:
         """The finished response (stored when asked to)."""
-        incomplete = "max_output_tokens" if reason == "length" else None
+        content, calls = outcome.content, outcome.calls
+        incomplete = "max_output_tokens" if outcome.finish_reason == "length" else None
         output = self.output(content, calls)
         status = "incomplete" if incomplete else "completed"
         response = self.response(status, output, done, incomplete)
@@ -483,93 +476,95 @@ class _Turn:
             self.store.put(self.id, Stored.of(response, [*self.messages, message], reply_ids))
         return response
 
-    async def events(self, job: Job, reply: Reply, request: Request) -> AsyncIterator[str]:
-        """The Responses event stream."""
-        sequence = 0
 
-        def event(kind: str, **data: Any) -> str:
-            nonlocal sequence
-            sequence += 1
-            body = {"type": kind, "sequence_number": sequence - 1, **data}
-            return f"event: {kind}\ndata: {json.dumps(body)}\n\n"
+class _Events(relay.Encoder):
+    """The Responses event stream of one turn: the response created, its message's text
+    as it comes, each function call's arguments, then the response completed (or
+    incomplete); an `error` event when generation fails."""
 
-        text: list[str] = []
-        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
-        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    def __init__(self, turn: _Turn) -> None:
+        self.turn = turn
+        self.sequence = 0
+        self.written: list[str] = []  # the message's text so far
+        self.where = {"item_id": turn.message_id, "output_index": 0, "content_index": 0}
+        self.part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
 
-        def open_text() -> list[str]:
-            item = self._message_item("", "in_progress")
-            return [
-                event("response.output_item.added", output_index=0, item=item),
-                event("response.content_part.added", part=part, **where),
-            ]
+    def event(self, kind: str, **data: Any) -> str:
+        self.sequence += 1
+        body = {"type": kind, "sequence_number": self.sequence - 1, **data}
+        return f"event: {kind}\ndata: {json.dumps(body)}\n\n"
 
-        try:
-            yield event("response.created", response=self.response("in_progress", []))
-            yield event("response.in_progress", response=self.response("in_progress", []))
-            done: Finished | None = None
-            async with aclosing(self.engine.events(job, request)) as stream:
-                async for item in stream:
-                    if isinstance(item, Finished):
-                        done = item
-                        continue
-                    shown = await _off_loop(reply, lambda item=item: reply.feed(item))
-                    entries = self.entries([item])
-                    self.logprobs += entries
-                    if shown:
-                        if not text:
-                            for e in open_text():
-                                yield e
-                        text.append(shown)
-                        yield event(
-                            "response.output_text.delta", delta=shown, logprobs=entries, **where
-                        )
-            if done is None or done.finish_reason == "cancelled":
-                return
-            reason = done.finish_reason
-            tail, content, calls, reason = await _off_loop(reply, lambda: reply.finish(reason))
-            if tail or (not text and not calls):
-                if not text:
-                    for e in open_text():
-                        yield e
-                text.append(tail)
-                yield event("response.output_text.delta", delta=tail, logprobs=[], **where)
-            index = 0
-            if text:
-                whole = "".join(text)
-                yield event(
-                    "response.output_text.done", text=whole, logprobs=self.logprobs, **where
-                )
-                yield event("response.content_part.done", part=dict(part, text=whole), **where)
-                item = self._message_item(whole, "completed")
-                yield event("response.output_item.done", output_index=0, item=item)
-                index = 1
-            for call in calls:
-                opened = self._call_item(call, "in_progress")
-                yield event("response.output_item.added", output_index=index, item=opened)
-                finished = self._call_item(call, "completed")
-                ids = {"item_id": finished["id"], "output_index": index}
-                yield event(
-                    "response.function_call_arguments.delta", delta=finished["arguments"], **ids
-                )
-                yield event(
-                    "response.function_call_arguments.done",
-                    arguments=finished["arguments"],
-                    name=call.name,
-                    **ids,
-                )
-                yield event("response.output_item.done", output_index=index, item=finished)
-                index += 1
-            response = self.complete(done, content, calls, reason)
-            incomplete = response["status"] == "incomplete"
-            yield event(
-                f"response.{'incomplete' if incomplete else 'completed'}", response=response
+    def start(self) -> list[str]:
+        opening = self.turn.response("in_progress", [])
+        return [
+            self.event("response.created", response=opening),
+            self.event("response.in_progress", response=opening),
+        ]
+
+    def text(self, piece: str, shown: str) -> list[str]:
+        entries = self.turn.entries([piece])
+        self.turn.logprobs += entries
+        if not shown:
+            return []
+        return self._delta(shown, entries)
+
+    def end(self, done: Finished, outcome: Outcome) -> list[str]:
+        turn, events = self.turn, []
+
+        def add(kind: str, **data: Any) -> None:
+            events.append(self.event(kind, **data))
+
+        if outcome.tail or (not self.written and not outcome.calls):
+            events += self._delta(outcome.tail, [])
+        index = 0
+        if self.written:
+            whole = "".join(self.written)
+            add("response.output_text.done", text=whole, logprobs=turn.logprobs, **self.where)
+            add("response.content_part.done", part=dict(self.part, text=whole), **self.where)
+            add(
+                "response.output_item.done",
+                output_index=0,
+                item=turn._message_item(whole, "completed"),
             )
-        except Exception as e:
-            if not isinstance(e, APIError):
-                logger.exception("generation failed", exc_info=e)
-                e = APIError(500, "The server had an error while generating.", type="server_error")
-            yield event("error", code=e.code, message=e.message, param=e.param)
+            index = 1
+        for call in outcome.calls:
+            add(
+                "response.output_item.added",
+                output_index=index,
+                item=turn._call_item(call, "in_progress"),
+            )
+            item = turn._call_item(call, "completed")
+            ids = {"item_id": item["id"], "output_index": index}
+            add("response.function_call_arguments.delta", delta=item["arguments"], **ids)
+            add(
+                "response.function_call_arguments.done",
+                arguments=item["arguments"],
+                name=call.name,
+                **ids,
+            )
+            add("response.output_item.done", output_index=index, item=item)
+            index += 1
+        response = turn.complete(done, outcome)
+        add(
+            f"response.{'incomplete' if response['status'] == 'incomplete' else 'completed'}",
+            response=response,
+        )
+        return events
+
+    def error(self, error: APIError) -> list[str]:
+        return [self.event("error", code=error.code, message=error.message, param=error.param)]
+
+    def _delta(self, text: str, logprobs: list[dict[str, Any]]) -> list[str]:
+        events = []
+        if not self.written:  # the message and its text part open with the first text
+            item = self.turn._message_item("", "in_progress")
+            events.append(self.event("response.output_item.added", output_index=0, item=item))
+            events.append(self.event("response.content_part.added", part=self.part, **self.where))
+        self.written.append(text)
+        events.append(
+            self.event("response.output_text.delta", delta=text, logprobs=logprobs, **self.where)
+        )
+        return events
 
 
 def _usage(done: Finished) -> dict[str, Any]:
