@@ -13,8 +13,8 @@ exactly as on `/v1/chat/completions`. Replies come back as content blocks (`text
 The key is accepted as `x-api-key` (what Anthropic's SDKs and Claude Code send) or as
 `Authorization: Bearer`. Every error on these routes, including validation, auth and
 body-size refusals, is in Anthropic's shape, `{"type": "error", "error": {"type",
-"message"}}` (`errors.ReshapedErrors` rewrites the OpenAI-shaped ones the rest of the
-server makes).
+"message"}}` (`anthropic_error`, which the server's error handling asks for on these
+paths).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from ..chat.tools import ToolCall
 from . import relay
 from .engine import Engine
-from .errors import APIError, ReshapedErrors
+from .errors import APIError
 from .jobs import Finished, Job
 from .prepare import prepare_chat
 from .reply import Outcome
@@ -120,7 +120,6 @@ class MessagesRequest(CountRequest):
 def install(app: FastAPI, engine: Engine, api_key: str | None, *, body_check: Any) -> None:
     """Serve the Messages API on `app`, with its own key check and error shape;
     `body_check` (a dependency: `limits.body_check`) runs on each body first."""
-    app.add_middleware(ReshapedErrors, prefix=PREFIX, reshape=_anthropic_error)
     router = APIRouter(dependencies=[Depends(_key_check(api_key))] if api_key else [])
 
     @router.post(PREFIX, dependencies=[body_check])
@@ -405,8 +404,3 @@ def anthropic_error(e: APIError) -> dict[str, Any]:
     """An error in Anthropic's shape."""
     kind = _ERROR_TYPES.get(e.status, "api_error" if e.status >= 500 else "invalid_request_error")
     return {"type": "error", "error": {"type": kind, "message": e.message}}
-
-
-def _anthropic_error(status: int, message: str) -> bytes:
-    """An error in Anthropic's shape (`ReshapedErrors` rewrites OpenAI's into it)."""
-    return json.dumps(anthropic_error(APIError(status, message))).encode()

@@ -29,17 +29,10 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from ..chat.tools import ToolCall
 from ..runtime import Model
 from . import anthropic, metrics, ollama, relay, responses
-from .connections import RequestLimit, default_max_connections
+from .connections import BodyLimit, RequestLimit, default_max_connections
 from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine
-from .errors import (
-    APIError,
-    BodyLimit,
-    CatchAll,
-    ReshapedErrors,
-    install_error_handlers,
-    openai_error,
-)
+from .errors import APIError, Errors, ErrorShapes, install_error_handlers, openai_error
 from .jobs import Finished, Job
 from .limits import body_check
 from .logprobs import chat_logprobs, completion_logprobs, scored
@@ -71,14 +64,17 @@ def create_app(
     `connections.py`). The web chat (web.py) answers `/`, with the chats under `web_home`
     (default: the store's)."""
     app = FastAPI(title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None)
-    install_error_handlers(app)
+    shapes = ErrorShapes(
+        {anthropic.PREFIX: anthropic.anthropic_error, "/api/": ollama.ollama_error}
+    )
+    install_error_handlers(app, shapes)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     if allowed_hosts is not None:
         app.add_middleware(AllowedHosts, hosts=allowed_hosts)
-    app.add_middleware(CatchAll)
     if max_connections is None:
         max_connections = default_max_connections(engine.max_batch, engine.max_queue)
     app.add_middleware(RequestLimit, limit=max_connections)
+    app.add_middleware(Errors, shapes=shapes)
     app.state.max_connections = max_connections  # server_config bounds the sockets by it
     router = APIRouter(dependencies=[Depends(_bearer(api_key))] if api_key else [])
     checked = Depends(body_check(engine))
@@ -144,7 +140,6 @@ def create_app(
     anthropic.install(app, engine, api_key, body_check=checked)
     app.include_router(router)
     app.include_router(ollama.ollama_router(engine, api_key=api_key, body_checks=[checked]))
-    app.add_middleware(ReshapedErrors, prefix=ollama.PREFIX, reshape=ollama.error_body)
     app.state.web = mount_web(app, engine, api_key=api_key, home=web_home)
     return app
 

@@ -24,16 +24,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from ..chat.tools import ToolCall
-from ..errors import QwenMLXError
 from . import relay
 from .engine import Engine
-from .errors import APIError, _describe_invalid, _from_domain_error
+from .errors import APIError, describe_invalid
 from .jobs import Finished, Job
 from .prepare import Prepared, prepare_chat, prepare_completion
 from .reply import Outcome
@@ -117,35 +113,13 @@ class _ModelRequest(_Body):
 # -- the router ---------------------------------------------------------------------------
 
 
-class _OllamaRoute(APIRoute):
-    """Errors, including bad bodies and a missing API key, in Ollama's shape."""
-
-    def get_route_handler(self) -> Callable[[Request], Any]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Any:
-            try:
-                return await handler(request)
-            except APIError as e:
-                return _error(e)
-            except QwenMLXError as e:
-                return _error(_from_domain_error(e))
-            except RequestValidationError as e:
-                first = e.errors()[0] if e.errors() else {}
-                if first.get("type") == "json_invalid":
-                    return _error(APIError(400, "The request body is not valid JSON."))
-                return _error(APIError(400, _describe_invalid(list(e.errors()))[1]))
-
-        return route
-
-
 def ollama_router(
     engine: Engine, *, api_key: str | None = None, body_checks: Sequence[Any] = ()
 ) -> APIRouter:
     """The /api routes over `engine`. With `api_key`, each needs it as a Bearer token;
     `body_checks` (dependencies) run on each POST body (the app's Unicode check)."""
     auth = [Depends(_check_api_key(api_key))] if api_key else []
-    router = APIRouter(route_class=_OllamaRoute, dependencies=auth)
+    router = APIRouter(dependencies=auth)
 
     @router.get("/api/version")
     async def version() -> dict[str, Any]:
@@ -198,19 +172,10 @@ def ollama_router(
     return router
 
 
-def _error(e: APIError) -> JSONResponse:
-    return JSONResponse({"error": e.message}, status_code=e.status)
-
-
 def ollama_error(e: APIError) -> dict[str, Any]:
-    """An error in Ollama's shape."""
+    """An error in Ollama's shape (the server's error handling asks for it on every path
+    under /api/, an unknown route's or a refused body's too)."""
     return {"error": e.message}
-
-
-def error_body(status: int, message: str) -> bytes:
-    """An error in Ollama's shape (`errors.ReshapedErrors` rewrites OpenAI's into it on
-    the paths no route here answers)."""
-    return json.dumps({"error": message}, ensure_ascii=False).encode()
 
 
 def _check_model(engine: Engine, requested: str | None) -> None:
@@ -267,7 +232,7 @@ def _openai(cls: type[BaseModel], body: dict[str, Any]) -> Any:
     try:
         return cls.model_validate({k: v for k, v in body.items() if v is not None})
     except ValidationError as e:
-        raise APIError(400, _describe_invalid(list(e.errors()))[1]) from None
+        raise APIError(400, describe_invalid(list(e.errors()))[1]) from None
 
 
 def _no_images(images: list[Any] | None, param: str) -> None:
