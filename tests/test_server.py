@@ -467,6 +467,28 @@ def test_malformed_json_is_400_in_openai_shape(served):
     assert "must be a JSON object" in assert_openai_error(response, 400)["message"]
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_json_body_is_read_whatever_its_content_type_says(served, content_type):
+    # As OpenAI's, Anthropic's and Ollama's own servers read it (litellm sends none).
+    headers = {"Content-Type": content_type} if content_type else {}
+    ollama = {"messages": user("hi"), "stream": False, "options": {"num_predict": 2}}
+    for path, body in (
+        ("/v1/chat/completions", {"messages": user("hi"), "max_tokens": 2}),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 2}),
+        ("/v1/responses", {"input": "hi", "max_output_tokens": 2}),
+        ("/v1/messages", {"model": MODEL, "max_tokens": 2, "messages": user("hi")}),
+        ("/api/chat", ollama),
+    ):
+        url = served.url.removesuffix("/v1") + path
+        response = httpx.post(
+            url, content=json.dumps(body), headers={"Authorization": f"Bearer {KEY}", **headers}
+        )
+        assert response.status_code == 200, (path, response.text)
+    # A body that is not JSON is still a clear 400, whatever it claims to be.
+    response = served.post("/chat/completions", content=b"messages=hi", headers=headers)
+    assert "not valid JSON" in assert_openai_error(response, 400, "invalid_json")["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

@@ -20,20 +20,20 @@ paths).
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
-from collections.abc import Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from ..chat.tools import ToolCall
 from . import relay
 from .engine import Engine
 from .errors import APIError
+from .guard import KeySource, bearer_token
 from .jobs import Finished, Job
 from .prepare import prepare_chat
+from .protocol import Protocol, ServerContext
 from .reply import Outcome
 from .schemas import ChatRequest
 
@@ -117,13 +117,13 @@ class MessagesRequest(CountRequest):
     output_config: OutputConfig | None = None
 
 
-def install(app: FastAPI, engine: Engine, api_key: str | None, *, body_check: Any) -> None:
-    """Serve the Messages API on `app`, with its own key check and error shape;
-    `body_check` (a dependency: `limits.body_check`) runs on each body first."""
-    router = APIRouter(dependencies=[Depends(_key_check(api_key))] if api_key else [])
+def install(router: APIRouter, ctx: ServerContext) -> None:
+    """The Messages API's routes over `ctx`'s engine."""
+    engine, guard = ctx.engine, ctx.guard
 
-    @router.post(PREFIX, dependencies=[body_check])
-    async def messages(req: MessagesRequest, request: Request) -> Any:
+    @router.post(PREFIX)
+    async def messages(request: Request) -> Any:
+        req = await guard.read(request, MessagesRequest)
         engine.check_model(req.model)
         prepared = await engine.prepare(prepare_chat, engine, to_chat_request(req))
         job, reply = prepared.job, prepared.reply
@@ -147,14 +147,13 @@ def install(app: FastAPI, engine: Engine, api_key: str | None, *, body_check: An
             "usage": _usage(done),
         }
 
-    @router.post(PREFIX + "/count_tokens", dependencies=[body_check])
-    async def count_tokens(req: CountRequest) -> dict[str, int]:
+    @router.post(PREFIX + "/count_tokens")
+    async def count_tokens(request: Request) -> dict[str, int]:
+        req = await guard.read(request, CountRequest)
         engine.check_model(req.model)
         chat = to_chat_request(req, max_tokens=1)
         prepared = await engine.prepare(prepare_chat, engine, chat, queue=False)
         return {"input_tokens": len(prepared.job.tokens)}
-
-    app.include_router(router)
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -381,26 +380,24 @@ class _Events(relay.Encoder):
 # -- auth and errors -----------------------------------------------------------------------
 
 
-def _key_check(api_key: str) -> Callable[[Request], Any]:
-    expected = api_key.encode()
-
-    async def check(request: Request) -> None:
-        given = request.headers.get("x-api-key")
-        if given is None:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else ""
-        if not secrets.compare_digest(given.encode(), expected):
-            raise APIError(
-                401,
-                "Incorrect or missing API key. Send it as `x-api-key: <key>` "
-                "(ANTHROPIC_API_KEY) or `Authorization: Bearer <key>`.",
-                code="invalid_api_key",
-            )
-
-    return check
+def _x_api_key_or_bearer(request: Request) -> str | None:
+    given = request.headers.get("x-api-key")
+    return given if given is not None else bearer_token(request)
 
 
 def anthropic_error(e: APIError) -> dict[str, Any]:
     """An error in Anthropic's shape."""
     kind = _ERROR_TYPES.get(e.status, "api_error" if e.status >= 500 else "invalid_request_error")
     return {"type": "error", "error": {"type": kind, "message": e.message}}
+
+
+PROTOCOL = Protocol(
+    name="anthropic",
+    prefixes=(PREFIX,),
+    install=install,
+    error_body=anthropic_error,
+    key=KeySource(
+        _x_api_key_or_bearer,
+        "Send it as `x-api-key: <key>` (ANTHROPIC_API_KEY) or `Authorization: Bearer <key>`.",
+    ),
+)

@@ -17,21 +17,21 @@ path under /api/ (an unknown route, a wrong method, an oversized body: `error_bo
 from __future__ import annotations
 
 import json
-import secrets
 import time
-from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from ..chat.tools import ToolCall
 from . import relay
 from .engine import Engine
 from .errors import APIError, describe_invalid
+from .guard import KeySource, bearer_token
 from .jobs import Finished, Job
 from .prepare import Prepared, prepare_chat, prepare_completion
+from .protocol import Protocol, ServerContext
 from .reply import Outcome
 from .schemas import ChatRequest, CompletionRequest, ToolSpec
 
@@ -113,13 +113,9 @@ class _ModelRequest(_Body):
 # -- the router ---------------------------------------------------------------------------
 
 
-def ollama_router(
-    engine: Engine, *, api_key: str | None = None, body_checks: Sequence[Any] = ()
-) -> APIRouter:
-    """The /api routes over `engine`. With `api_key`, each needs it as a Bearer token;
-    `body_checks` (dependencies) run on each POST body (the app's Unicode check)."""
-    auth = [Depends(_check_api_key(api_key))] if api_key else []
-    router = APIRouter(dependencies=auth)
+def install(router: APIRouter, ctx: ServerContext) -> None:
+    """The /api routes over `ctx`'s engine."""
+    engine, guard = ctx.engine, ctx.guard
 
     @router.get("/api/version")
     async def version() -> dict[str, Any]:
@@ -138,13 +134,15 @@ def ollama_router(
         entry["context_length"] = engine.context_limit
         return {"models": [entry]}
 
-    @router.post("/api/show", dependencies=list(body_checks))
-    async def show(req: _ModelRequest) -> dict[str, Any]:
+    @router.post("/api/show")
+    async def show(request: Request) -> dict[str, Any]:
+        req = await guard.read(request, _ModelRequest)
         _check_model(engine, req.model or req.name)
         return _show(engine)
 
-    @router.post("/api/chat", dependencies=list(body_checks))
-    async def chat(req: OllamaChatRequest, request: Request) -> Any:
+    @router.post("/api/chat")
+    async def chat(request: Request) -> Any:
+        req = await guard.read(request, OllamaChatRequest)
         _check_model(engine, req.model)
         started = time.perf_counter()
         if not req.messages:  # how Ollama apps load (or unload) a model ahead of use
@@ -157,8 +155,9 @@ def ollama_router(
         message = _message(whole.outcome.content or "", whole.outcome.calls)
         return {**_head(engine), "message": message, **_final(whole.done, started)}
 
-    @router.post("/api/generate", dependencies=list(body_checks))
-    async def generate(req: OllamaGenerateRequest, request: Request) -> Any:
+    @router.post("/api/generate")
+    async def generate(request: Request) -> Any:
+        req = await guard.read(request, OllamaGenerateRequest)
         _check_model(engine, req.model)
         started = time.perf_counter()
         if not req.prompt and not req.system:
@@ -168,8 +167,6 @@ def ollama_router(
             return relay.stream(engine, job, request, _GenerateLines(engine, started))
         whole = await relay.whole(engine, job, request)
         return {**_head(engine), "response": whole.text, **_final(whole.done, started)}
-
-    return router
 
 
 def ollama_error(e: APIError) -> dict[str, Any]:
@@ -183,20 +180,6 @@ def _check_model(engine: Engine, requested: str | None) -> None:
     if requested is not None and requested.endswith(":latest"):
         requested = requested.removesuffix(":latest")
     engine.check_model(requested)
-
-
-def _check_api_key(api_key: str) -> Callable[[Request], Any]:
-    """The API key as Ollama's clients send it (`OLLAMA_API_KEY`: a Bearer token)."""
-    expected = api_key.encode()
-
-    async def check(request: Request) -> None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            token.strip().encode(), expected
-        ):
-            raise APIError(401, "Incorrect or missing API key. Set OLLAMA_API_KEY to it.")
-
-    return check
 
 
 # -- preparing ----------------------------------------------------------------------------
@@ -488,3 +471,12 @@ def _show(engine: Engine) -> dict[str, Any]:
         "capabilities": ["completion", "tools"],
         "modified_at": _modified(engine),
     }
+
+
+PROTOCOL = Protocol(
+    name="ollama",
+    prefixes=(PREFIX,),
+    install=install,
+    error_body=ollama_error,
+    key=KeySource(bearer_token, "Set OLLAMA_API_KEY to it."),  # its clients send a Bearer
+)

@@ -45,6 +45,7 @@ from .errors import APIError
 from .jobs import Finished
 from .logprobs import chat_logprobs, scored
 from .prepare import Prepared, prepare_chat
+from .protocol import Protocol, ServerContext
 from .reply import Outcome
 from .schemas import ChatRequest
 
@@ -243,15 +244,14 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
             )
 
 
-def install(
-    router: APIRouter, engine: Engine, *, body_check: Any, store: ResponseStore | None = None
-) -> ResponseStore:
-    """Serve the Responses API on `router` (which holds the key check); `body_check` (a
-    dependency: `limits.body_check`) runs on each body first. Returns its store."""
-    store = store if store is not None else ResponseStore()
+def install(router: APIRouter, ctx: ServerContext) -> None:
+    """The Responses API's routes over `ctx`'s engine; its store is `ctx.state.responses`."""
+    engine, guard = ctx.engine, ctx.guard
+    store = ctx.state.responses = ResponseStore()
 
-    @router.post("/v1/responses", dependencies=[body_check])
-    async def create(req: ResponsesRequest, request: Request) -> Any:
+    @router.post("/v1/responses")
+    async def create(request: Request) -> Any:
+        req = await guard.read(request, ResponsesRequest)
         engine.check_model(req.model)
         check_metadata(req.metadata)
         turn = _Turn(engine, store, req)
@@ -275,8 +275,6 @@ def install(
         if not store.delete(response_id):
             raise _not_found(response_id)
         return {"id": response_id, "object": "response", "deleted": True}
-
-    return store
 
 
 def _not_found(response_id: str) -> APIError:
@@ -630,3 +628,6 @@ def _messages(given: str | list[Item]) -> list[dict[str, Any]]:
     if not out:
         raise APIError(400, "input has no messages.", param="input")
     return out
+
+
+PROTOCOL = Protocol(name="responses", prefixes=("/v1/responses",), install=install)

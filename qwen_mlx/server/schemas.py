@@ -9,14 +9,29 @@ NaN or Infinity (which Python's JSON reader lets through) no sampling parameter.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from .errors import APIError, describe_invalid
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _number(**bounds: float) -> Any:
     """A finite JSON number (an integer is welcome; a string or a boolean is not)."""
     return Field(default=None, strict=True, allow_inf_nan=False, **bounds)
+
+
+def validated(schema: type[M], data: Any) -> M:
+    """`data` (parsed JSON) as a `schema`, or a 400 naming the field that is wrong."""
+    if not isinstance(data, dict):
+        raise APIError(400, "The request body must be a JSON object.")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        param, message = describe_invalid(list(e.errors()))
+        raise APIError(400, message, param=param, code="invalid_value") from None
 
 
 class _Body(BaseModel):
