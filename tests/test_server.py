@@ -1308,7 +1308,7 @@ def test_client_tool_messages_render_through_the_real_qwen_template():
     from transformers import AutoTokenizer
 
     from qwen_mlx.server import ChatRequest
-    from qwen_mlx.server.prepare import _template_message
+    from qwen_mlx.server.protocols.openai.translate import _template_message
 
     request = ChatRequest.model_validate(
         {

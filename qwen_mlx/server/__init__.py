@@ -37,8 +37,8 @@ _EXPORTS = {
     "DEFAULT_MAX_BODY_BYTES": "defaults",
     "DEFAULT_MAX_TOKENS_CAP": "defaults",
     "APIError": "errors",
-    "ChatRequest": "schemas",
-    "CompletionRequest": "schemas",
+    "ChatRequest": "protocols.openai.schemas",
+    "CompletionRequest": "protocols.openai.schemas",
     "Engine": "engine",
     "Finished": "jobs",
     "Job": "jobs",
@@ -66,6 +66,6 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .errors import APIError
     from .jobs import Finished, Job
-    from .schemas import ChatRequest, CompletionRequest
+    from .protocols.openai.schemas import ChatRequest, CompletionRequest
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

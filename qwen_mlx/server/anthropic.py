@@ -1,12 +1,12 @@
 """Anthropic's Messages API: `POST /v1/messages` and `POST /v1/messages/count_tokens`.
 
-A request is translated into the OpenAI chat request the rest of the server speaks
-(system prompt, turns of content blocks, `tool_use` blocks as tool calls, `tool_result`
+A request is translated into the shared request every protocol speaks (`..prompt`:
+system prompt, turns of content blocks, `tool_use` blocks as tool calls, `tool_result`
 blocks as tool messages, `tool_choice`, stop sequences, sampling, `output_config.format`
-as a JSON schema) and prepared by the
-same `prepare_chat`, so templates, tool schemas, forced calls and context checks behave
-exactly as on `/v1/chat/completions`. Replies come back as content blocks (`text`,
-`tool_use`) with Anthropic's stop reasons and usage, whole or as Anthropic's event stream
+as a JSON schema) and prepared by the same `prepare_chat`, so templates, tool schemas,
+forced calls and context checks behave exactly as on `/v1/chat/completions`. Replies
+come back as content blocks (`text`, `tool_use`) with Anthropic's stop reasons and
+usage, whole or as Anthropic's event stream
 (`message_start`, `content_block_start` / `_delta` / `_stop`, `ping`, `message_delta`,
 `message_stop`; an `error` event when generation fails mid-stream).
 
@@ -24,18 +24,19 @@ import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from ..chat.tools import ToolCall
+from ..chat.tools import Tool, ToolCall
 from . import relay
 from .engine import Engine
 from .errors import APIError
 from .guard import KeySource, bearer_token
 from .jobs import Finished, Job
-from .prepare import prepare_chat
+from .prepare import Prepared, prepare_chat
+from .prompt import ChatPrompt, NamedTool, function_tool, message, text_of, tool_call
 from .protocol import Protocol, ServerContext
 from .reply import Outcome
-from .schemas import ChatRequest
+from .schemas import sampling
 
 PREFIX = "/v1/messages"
 _ERROR_TYPES = {
@@ -125,7 +126,7 @@ def install(router: APIRouter, ctx: ServerContext) -> None:
     async def messages(request: Request) -> Any:
         req = await guard.read(request, MessagesRequest)
         engine.check_model(req.model)
-        prepared = await engine.prepare(prepare_chat, engine, to_chat_request(req))
+        prepared = await engine.prepare(_prepare, engine, req)
         job, reply = prepared.job, prepared.reply
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         if req.stream:
@@ -151,19 +152,23 @@ def install(router: APIRouter, ctx: ServerContext) -> None:
     async def count_tokens(request: Request) -> dict[str, int]:
         req = await guard.read(request, CountRequest)
         engine.check_model(req.model)
-        chat = to_chat_request(req, max_tokens=1)
-        prepared = await engine.prepare(prepare_chat, engine, chat, queue=False)
+        prepared = await engine.prepare(_prepare, engine, req, queue=False)
         return {"input_tokens": len(prepared.job.tokens)}
 
 
 # -- requests ------------------------------------------------------------------------------
 
 
-def to_chat_request(req: CountRequest, *, max_tokens: int | None = None) -> ChatRequest:
-    """The OpenAI chat request saying what `req` says."""
+def _prepare(engine: Engine, req: CountRequest) -> Prepared:
+    """On a preparation thread: the request's job, and the reply that shapes its text."""
+    return prepare_chat(engine, chat_prompt(req))
+
+
+def chat_prompt(req: CountRequest) -> ChatPrompt:
+    """What a Messages request (or a token count's) asks for."""
     messages: list[dict[str, Any]] = []
     if req.system:
-        messages.append({"role": "system", "content": _text(req.system, "system")})
+        messages.append(message("system", text_of(req.system, "system")))
     for i, turn in enumerate(req.messages):
         messages += _turn(turn, f"messages.{i}.content")
     if req.messages[-1].role == "assistant":
@@ -172,13 +177,14 @@ def to_chat_request(req: CountRequest, *, max_tokens: int | None = None) -> Chat
             "A final assistant message (a prefill) is not supported: end with a user message.",
             param="messages",
         )
-    body: dict[str, Any] = {"model": req.model, "messages": messages}
-    if req.tools:
-        body["tools"] = [_tool(t, i) for i, t in enumerate(req.tools)]
-    if req.tool_choice is not None:
-        body["tool_choice"] = _tool_choice(req.tool_choice, bool(req.tools))
+    prompt = ChatPrompt(
+        messages,
+        tools=[_tool(t, i) for i, t in enumerate(req.tools or [])],
+        tool_choice=_tool_choice(req.tool_choice, bool(req.tools)) if req.tool_choice else None,
+        sampling=sampling(max_tokens=1),  # a count: no reply
+    )
     if isinstance(req, MessagesRequest):
-        body.update(
+        prompt.sampling = sampling(
             max_tokens=req.max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
@@ -186,34 +192,15 @@ def to_chat_request(req: CountRequest, *, max_tokens: int | None = None) -> Chat
             stop=req.stop_sequences,
         )
         if req.output_config and req.output_config.format:
-            schema = {"name": "output", "schema": req.output_config.format.schema_}
-            body["response_format"] = {"type": "json_schema", "json_schema": schema}
-    elif max_tokens is not None:
-        body["max_tokens"] = max_tokens
-    try:
-        return ChatRequest.model_validate(body)
-    except ValidationError as e:
-        raise APIError(400, f"The request cannot be served: {e.errors()[0]['msg']}.") from e
-
-
-def _text(content: str | list[Block] | None, param: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    for block in content:
-        if block.type != "text" or block.text is None:
-            raise APIError(
-                400,
-                f"{param}: only text blocks are supported here, not {block.type!r}.",
-                param=param,
-            )
-    return "\n".join(b.text for b in content if b.text is not None)
+            prompt.response_schema = req.output_config.format.schema_
+    return prompt
 
 
 def _turn(turn: Turn, param: str) -> list[dict[str, Any]]:
-    """A turn of blocks as OpenAI messages: tool results become tool messages, tool uses
+    """A turn of blocks as chat messages: tool results become tool messages, tool uses
     an assistant message's tool calls, text stays text."""
     if isinstance(turn.content, str):
-        return [{"role": turn.role, "content": turn.content}]
+        return [message(turn.role, turn.content)]
     out: list[dict[str, Any]] = []
     text: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -225,16 +212,15 @@ def _turn(turn: Turn, param: str) -> list[dict[str, Any]]:
             if not block.name:
                 raise APIError(400, f"{where}: a tool_use block needs a name.", param=where)
             arguments = json.dumps(block.input or {}, ensure_ascii=False)
-            call_id = block.id or f"toolu_{j}"
-            calls.append({"id": call_id, "function": {"name": block.name, "arguments": arguments}})
+            calls.append(tool_call(block.id or f"toolu_{j}", block.name, arguments))
         elif block.type == "tool_result" and turn.role == "user":
             if text:
-                out.append({"role": "user", "content": "\n".join(text)})
+                out.append(message("user", "\n".join(text)))
                 text = []
-            result = _text(block.content, f"{where}.content")
+            result = text_of(block.content, f"{where}.content")
             if block.is_error:
                 result = f"Error: {result}"
-            out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": result})
+            out.append(message("tool", result, tool_call_id=block.tool_use_id))
         elif block.type in ("thinking", "redacted_thinking") and turn.role == "assistant":
             continue  # this model does not think out loud: earlier thinking has no place
         else:
@@ -245,14 +231,11 @@ def _turn(turn: Turn, param: str) -> list[dict[str, Any]]:
                 param=where,
             )
     if text or calls or not out:
-        message: dict[str, Any] = {"role": turn.role, "content": "\n".join(text)}
-        if calls:
-            message["tool_calls"] = calls
-        out.append(message)
+        out.append(message(turn.role, "\n".join(text), tool_calls=calls))
     return out
 
 
-def _tool(tool: ToolDef, index: int) -> dict[str, Any]:
+def _tool(tool: ToolDef, index: int) -> Tool:
     if tool.type not in (None, "custom"):
         raise APIError(
             400,
@@ -260,16 +243,14 @@ def _tool(tool: ToolDef, index: int) -> dict[str, Any]:
             "define a custom tool with an input_schema.",
             param=f"tools.{index}",
         )
-    function: dict[str, Any] = {"name": tool.name, "description": tool.description}
-    function["parameters"] = tool.input_schema or {"type": "object", "properties": {}}
-    return {"type": "function", "function": function}
+    return function_tool(tool.name, tool.description, tool.input_schema)
 
 
-def _tool_choice(choice: ToolChoice, has_tools: bool) -> Any:
+def _tool_choice(choice: ToolChoice, has_tools: bool) -> str | NamedTool | None:
     if choice.type == "tool":
         if not choice.name:
             raise APIError(400, "tool_choice of type tool needs a name.", param="tool_choice")
-        return {"type": "function", "function": {"name": choice.name}}
+        return NamedTool(choice.name)
     if choice.type == "any":
         return "required"
     if choice.type == "auto" or not has_tools:

@@ -2,8 +2,9 @@
 
 `/api/chat` and `/api/generate` (streamed as NDJSON, one JSON object a line, unless
 `"stream": false`), `/api/tags`, `/api/show`, `/api/ps` and `/api/version`. A request is
-turned into the OpenAI request it means and prepared by `prepare.py`, so templates, tool
-calls, JSON schemas and sampling work as they do on `/v1/chat/completions`.
+turned into the shared request it means (`..prompt`) and prepared by `prepare.py`, so
+templates, tool calls, JSON schemas and sampling work as they do on
+`/v1/chat/completions`.
 
 Ollama's `options` map onto our sampling parameters (temperature, top_p, top_k, min_p,
 num_predict, stop, seed, repeat_penalty, presence and frequency penalties); `num_ctx`
@@ -22,18 +23,19 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from ..chat.tools import ToolCall
 from . import relay
 from .engine import Engine
-from .errors import APIError, describe_invalid
+from .errors import APIError
 from .guard import KeySource, bearer_token
 from .jobs import Finished, Job
 from .prepare import Prepared, prepare_chat, prepare_completion
+from .prompt import ChatPrompt, TextPrompt, function_tool, message, tool_call
 from .protocol import Protocol, ServerContext
 from .reply import Outcome
-from .schemas import ChatRequest, CompletionRequest, ToolSpec
+from .schemas import Sampling, ToolSpec, sampling
 
 # The Ollama API version these routes follow; apps check it before using newer features
 # (tools need 0.3, JSON-schema formats 0.5).
@@ -185,37 +187,27 @@ def _check_model(engine: Engine, requested: str | None) -> None:
 # -- preparing ----------------------------------------------------------------------------
 
 
-def _sampling(options: OllamaOptions | None) -> dict[str, Any]:
-    """Ollama's options as the fields of an OpenAI request."""
+def _sampling(options: OllamaOptions | None) -> Sampling:
+    """Ollama's options as the server's sampling fields (held to their bounds)."""
     o = options or OllamaOptions()
-    stop = [o.stop] if isinstance(o.stop, str) else o.stop
-    return {
-        "temperature": o.temperature,
-        "top_p": o.top_p,
-        "top_k": o.top_k,
-        "min_p": o.min_p,
-        "max_tokens": o.num_predict if o.num_predict and o.num_predict > 0 else None,
-        "stop": stop or None,
-        "seed": o.seed,
-        "repetition_penalty": o.repeat_penalty,
-        "presence_penalty": o.presence_penalty,
-        "frequency_penalty": o.frequency_penalty,
-    }
+    return sampling(
+        temperature=o.temperature,
+        top_p=o.top_p,
+        top_k=o.top_k,
+        min_p=o.min_p,
+        max_tokens=o.num_predict if o.num_predict and o.num_predict > 0 else None,
+        stop=([o.stop] if isinstance(o.stop, str) else o.stop) or None,
+        seed=o.seed,
+        repetition_penalty=o.repeat_penalty,
+        presence_penalty=o.presence_penalty,
+        frequency_penalty=o.frequency_penalty,
+    )
 
 
-def _response_format(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    if not fmt:
-        return None
+def _response_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
     if fmt == "json":
-        return {"type": "json_object"}
-    return {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
-
-
-def _openai(cls: type[BaseModel], body: dict[str, Any]) -> Any:
-    try:
-        return cls.model_validate({k: v for k, v in body.items() if v is not None})
-    except ValidationError as e:
-        raise APIError(400, describe_invalid(list(e.errors()))[1]) from None
+        return {"type": "object"}
+    return fmt if isinstance(fmt, dict) and fmt else None
 
 
 def _no_images(images: list[Any] | None, param: str) -> None:
@@ -227,19 +219,15 @@ def _no_images(images: list[Any] | None, param: str) -> None:
 
 def _template_message(m: OllamaMessage, index: int) -> dict[str, Any]:
     _no_images(m.images, f"messages.{index}.images")
-    out: dict[str, Any] = {"role": m.role, "content": m.content or ""}
-    if m.tool_calls:
-        out["tool_calls"] = [
-            {
-                "id": f"call_{i}",
-                "type": "function",
-                "function": {"name": c.function.name, "arguments": c.function.arguments},
-            }
-            for i, c in enumerate(m.tool_calls)
-        ]
-    if m.role == "tool" and m.tool_name:
-        out["name"] = m.tool_name
-    return out
+    return message(
+        m.role,
+        m.content or "",
+        tool_calls=[
+            tool_call(f"call_{i}", c.function.name, c.function.arguments)
+            for i, c in enumerate(m.tool_calls or [])
+        ],
+        name=m.tool_name if m.role == "tool" and m.tool_name else None,
+    )
 
 
 def _cap_context(job: Job, num_ctx: int | None) -> Job:
@@ -258,13 +246,16 @@ def _cap_context(job: Job, num_ctx: int | None) -> Job:
 
 
 def _prepare_chat(engine: Engine, req: OllamaChatRequest) -> Prepared:
-    body = {
-        "messages": [_template_message(m, i) for i, m in enumerate(req.messages)],
-        "tools": [t.model_dump(exclude_none=True) for t in req.tools or []] or None,
-        "response_format": _response_format(req.format),
-        **_sampling(req.options),
-    }
-    prepared = prepare_chat(engine, _openai(ChatRequest, body))
+    prompt = ChatPrompt(
+        [_template_message(m, i) for i, m in enumerate(req.messages)],
+        tools=[
+            function_tool(t.function.name, t.function.description, t.function.parameters)
+            for t in req.tools or []
+        ],
+        response_schema=_response_schema(req.format),
+        sampling=_sampling(req.options),
+    )
+    prepared = prepare_chat(engine, prompt)
     _cap_context(prepared.job, req.options and req.options.num_ctx)
     return prepared
 
@@ -282,15 +273,14 @@ def _prepare_generate(engine: Engine, req: OllamaGenerateRequest) -> Job:
     if req.raw:
         if req.format:
             raise APIError(400, "format cannot be combined with raw; leave one out.")
-        job = prepare_completion(
-            engine, _openai(CompletionRequest, {"prompt": req.prompt, **_sampling(options)})
-        )
+        job = prepare_completion(engine, TextPrompt(req.prompt, sampling=_sampling(options)))
         return _cap_context(job, options.num_ctx)
-    messages = [{"role": "system", "content": req.system}] if req.system else []
-    messages.append({"role": "user", "content": req.prompt})
-    body = {"messages": messages, "response_format": _response_format(req.format)}
-    prepared = prepare_chat(engine, _openai(ChatRequest, {**body, **_sampling(options)}))
-    return _cap_context(prepared.job, options.num_ctx)
+    messages = [message("system", req.system)] if req.system else []
+    messages.append(message("user", req.prompt))
+    prompt = ChatPrompt(
+        messages, response_schema=_response_schema(req.format), sampling=_sampling(options)
+    )
+    return _cap_context(prepare_chat(engine, prompt).job, options.num_ctx)
 
 
 # -- replies ------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """OpenAI's Responses API: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`.
 
 A request (input as text or items, `instructions`, function tools, `function_call` and
-`function_call_output` items, `text.format`, sampling) is translated into the OpenAI chat
-request the rest of the server speaks and prepared by the same `prepare_chat`. Replies
+`function_call_output` items, `text.format`, sampling) is translated into the shared
+request every protocol speaks (`..prompt`) and prepared by the same `prepare_chat`. Replies
 come back as output items (`message` with `output_text`, `function_call`), whole or as
 the Responses event stream (`response.created`, `response.output_item.added`,
 `response.output_text.delta`, ..., `response.completed` or `response.incomplete`).
@@ -36,18 +36,19 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from ..chat.tools import ToolCall
+from ..chat.tools import Tool, ToolCall
 from . import relay
 from .engine import Engine
 from .errors import APIError
 from .jobs import Finished
 from .logprobs import chat_logprobs, scored
 from .prepare import Prepared, prepare_chat
+from .prompt import ChatPrompt, NamedTool, function_tool, message, text_of, tool_call
 from .protocol import Protocol, ServerContext
 from .reply import Outcome
-from .schemas import ChatRequest
+from .schemas import sampling
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class FunctionTool(_Body):
     strict: StrictBool | None = None
 
 
-class NamedTool(_Body):
+class FunctionChoice(_Body):
     type: Literal["function"]
     name: str
 
@@ -114,7 +115,7 @@ class ResponsesRequest(_Body):
     input: str | list[Item]
     instructions: str | None = None
     tools: list[FunctionTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedTool | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
     text: TextOptions | None = None
     max_output_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = _number(ge=0, le=2)
@@ -317,64 +318,31 @@ class _Turn:
         return chat_logprobs(self.engine.model, scored(parts))["content"]
 
     def prepare(self) -> Prepared:
-        """The job (on a preparation thread): the chat request through `prepare_chat`."""
+        """The job (on a preparation thread): the conversation through `prepare_chat`."""
         req = self.req
         history: list[dict[str, Any]] = []
         if self.previous is not None:
             history, self.reply_ids = self.previous.conversation()
         self.messages = history + _messages(req.input)
-        system = [{"role": "system", "content": req.instructions}] if req.instructions else []
-        body: dict[str, Any] = {
-            "model": req.model,
-            "messages": system + self.messages,
-            "max_tokens": req.max_output_tokens,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "top_k": req.top_k,
-            "seed": req.seed,
-        }
-        if self.wants_logprobs:
-            body.update(logprobs=True, top_logprobs=req.top_logprobs or 0)
-        for i, tool in enumerate(req.tools or []):
-            if tool.type != "function" or not tool.name:
-                raise APIError(
-                    400,
-                    f"tools.{i}: only function tools with a name run here, not {tool.type!r}; "
-                    "define the tool as a function.",
-                    param=f"tools.{i}",
-                )
-        if req.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": t.parameters,
-                    },
-                }
-                for t in req.tools
-            ]
-        if isinstance(req.tool_choice, NamedTool):
-            body["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.name}}
-        elif req.tool_choice is not None:
-            body["tool_choice"] = req.tool_choice
-        fmt = req.text.format if req.text else None
-        if fmt is not None and fmt.type != "text":
-            body["response_format"] = {"type": fmt.type}
-            if fmt.type == "json_schema":
-                if fmt.schema_ is None:
-                    raise APIError(
-                        400, "text.format json_schema needs a schema.", param="text.format.schema"
-                    )
-                body["response_format"]["json_schema"] = {"name": fmt.name, "schema": fmt.schema_}
-        try:
-            chat = ChatRequest.model_validate(body)
-        except ValidationError as e:
-            raise APIError(400, f"The request cannot be served: {e.errors()[0]['msg']}.") from e
+        system = [message("system", req.instructions)] if req.instructions else []
+        choice = req.tool_choice
         shift = len(system)
-        ids = {i + shift: v for i, v in self.reply_ids.items()}
-        return prepare_chat(self.engine, chat, reply_ids=ids)
+        prompt = ChatPrompt(
+            system + self.messages,
+            tools=[_tool(t, i) for i, t in enumerate(req.tools or [])],
+            tool_choice=NamedTool(choice.name) if isinstance(choice, FunctionChoice) else choice,
+            response_schema=_response_schema(req.text.format if req.text else None),
+            sampling=sampling(
+                max_tokens=req.max_output_tokens,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                top_k=req.top_k,
+                seed=req.seed,
+            ),
+            logprobs=(req.top_logprobs or 0) if self.wants_logprobs else None,
+            reply_ids={i + shift: ids for i, ids in self.reply_ids.items()},
+        )
+        return prepare_chat(self.engine, prompt)
 
     # -- the response ----------------------------------------------------------------------
 
@@ -435,7 +403,7 @@ class _Turn:
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
             "tool_choice": (
                 req.tool_choice.model_dump()
-                if isinstance(req.tool_choice, NamedTool)
+                if isinstance(req.tool_choice, FunctionChoice)
                 else req.tool_choice or "auto"
             ),
             "parallel_tool_calls": True,
@@ -575,47 +543,57 @@ def _usage(done: Finished) -> dict[str, Any]:
     }
 
 
+def _tool(tool: FunctionTool, index: int) -> Tool:
+    if tool.type != "function" or not tool.name:
+        raise APIError(
+            400,
+            f"tools.{index}: only function tools with a name run here, not {tool.type!r}; "
+            "define the tool as a function.",
+            param=f"tools.{index}",
+        )
+    return function_tool(tool.name, tool.description, tool.parameters)
+
+
+def _response_schema(fmt: Format | None) -> dict[str, Any] | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    if fmt.schema_ is None:
+        raise APIError(400, "text.format json_schema needs a schema.", param="text.format.schema")
+    return fmt.schema_
+
+
 def _text(content: str | list[Part] | None, param: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    for part in content:
-        if part.type not in ("input_text", "output_text", "text") or part.text is None:
-            raise APIError(
-                400, f"{param}: only text parts are supported, not {part.type!r}.", param=param
-            )
-    return "".join(p.text for p in content if p.text is not None)
+    return text_of(content, param, kinds=("input_text", "output_text", "text"), sep="")
 
 
 def _messages(given: str | list[Item]) -> list[dict[str, Any]]:
     """Input items as chat messages: function calls join the assistant message before
     them, their outputs become tool messages."""
     if isinstance(given, str):
-        return [{"role": "user", "content": given}]
+        return [message("user", given)]
     out: list[dict[str, Any]] = []
     for i, item in enumerate(given):
         param = f"input.{i}"
         kind = item.type or ("message" if item.role else None)
         if kind == "message" and item.role is not None:
-            out.append({"role": item.role, "content": _text(item.content, f"{param}.content")})
+            out.append(message(item.role, _text(item.content, f"{param}.content")))
         elif kind == "function_call":
             if not item.name or not item.call_id:
                 raise APIError(
                     400, f"{param}: a function_call needs name and call_id.", param=param
                 )
-            call = {
-                "id": item.call_id,
-                "type": "function",
-                "function": {"name": item.name, "arguments": item.arguments or "{}"},
-            }
+            call = tool_call(item.call_id, item.name, item.arguments or "{}")
             if out and out[-1]["role"] == "assistant":
                 out[-1].setdefault("tool_calls", []).append(call)
             else:
-                out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+                out.append(message("assistant", "", tool_calls=[call]))
         elif kind == "function_call_output":
             if not item.call_id:
                 raise APIError(400, f"{param}: a function_call_output needs call_id.", param=param)
             output = _text(item.output, f"{param}.output")
-            out.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+            out.append(message("tool", output, tool_call_id=item.call_id))
         elif kind == "reasoning":
             continue  # this model does not reason out loud
         else:

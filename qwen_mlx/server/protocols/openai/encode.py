@@ -18,6 +18,7 @@ from ...engine import Engine
 from ...errors import APIError, openai_error
 from ...jobs import Finished, Job
 from ...logprobs import chat_logprobs, completion_logprobs, scored
+from ...relay import Whole
 from ...reply import Outcome
 
 
@@ -56,6 +57,7 @@ class Frame:
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.obj = obj
+        self._model = engine.model
         self.model = engine.model.name
         self.fingerprint = f"fp_{engine.model.fingerprint[:10]}"
         self.include_usage = include_usage
@@ -72,6 +74,32 @@ class Frame:
     def body(self, obj: str, choice: dict[str, Any], done: Finished) -> dict[str, Any]:
         """A whole response, of its one choice."""
         return {**self._head(obj), "choices": [choice], "usage": usage(done)}
+
+    def chat(self, whole: Whole, *, logprobs: bool) -> dict[str, Any]:
+        """A whole chat completion."""
+        end = whole.outcome
+        message: dict[str, Any] = {"role": "assistant", "content": end.content}
+        if end.calls:
+            message["tool_calls"] = tool_call_entries(end.calls)
+        choice = {
+            "index": 0,
+            "message": message,
+            "finish_reason": end.finish_reason,
+            "logprobs": chat_logprobs(self._model, scored(whole.parts)) if logprobs else None,
+        }
+        return self.body("chat.completion", choice, whole.done)
+
+    def completion(self, whole: Whole, *, logprobs: bool) -> dict[str, Any]:
+        """A whole completion."""
+        choice = {
+            "index": 0,
+            "text": whole.text,
+            "finish_reason": whole.done.finish_reason,
+            "logprobs": (
+                completion_logprobs(self._model, scored(whole.parts)) if logprobs else None
+            ),
+        }
+        return self.body("text_completion", choice, whole.done)
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
         data = {**self._head(self.obj), "choices": choices}

@@ -2,9 +2,9 @@
 /v1/completions`) and models (`GET /v1/models`, `GET /v1/models/{id}`).
 
 A request's body is read by the guard (the caps, valid Unicode, then the schema:
-schemas.py), prepared into a job on the engine's preparation threads (`prepare.py`:
-template, tokens, tools, response format, sampling), and its reply relayed whole or as
-server-sent events (encode.py).
+schemas.py), translated into the shared request (translate.py) and prepared into a job
+on the engine's preparation threads (template, tokens, tools, response format,
+sampling), and its reply relayed whole or as server-sent events (encode.py).
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ... import relay
-from ...logprobs import chat_logprobs, completion_logprobs, scored
-from ...prepare import prepare_chat, prepare_completion
+from ...engine import Engine
+from ...jobs import Job
+from ...prepare import Prepared, prepare_chat, prepare_completion
 from ...protocol import ServerContext
-from ...schemas import ChatRequest, CompletionRequest
-from .encode import ChatChunks, CompletionChunks, Frame, model_card, tool_call_entries
+from .encode import ChatChunks, CompletionChunks, Frame, model_card
+from .schemas import ChatRequest, CompletionRequest
+from .translate import chat_prompt, text_prompt
 
 
 def install(router: APIRouter, ctx: ServerContext) -> None:
@@ -38,43 +40,32 @@ def install(router: APIRouter, ctx: ServerContext) -> None:
     async def chat_completions(request: Request) -> Any:
         req = await guard.read(request, ChatRequest)
         engine.check_model(req.model)
-        prepared = await engine.prepare(prepare_chat, engine, req)
+        prepared = await engine.prepare(_prepare_chat, engine, req)
+        job, reply = prepared.job, prepared.reply
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         frame = Frame(engine, "chat.completion.chunk", "chatcmpl", include_usage)
-        job, reply = prepared.job, prepared.reply
         if req.stream:
             return relay.stream(engine, job, request, ChatChunks(engine, job, frame), reply)
         whole = await relay.whole(engine, job, request, reply)
-        end = whole.outcome
-        message: dict[str, Any] = {"role": "assistant", "content": end.content}
-        if end.calls:
-            message["tool_calls"] = tool_call_entries(end.calls)
-        logprobs = chat_logprobs(engine.model, scored(whole.parts)) if req.logprobs else None
-        choice = {
-            "index": 0,
-            "message": message,
-            "finish_reason": end.finish_reason,
-            "logprobs": logprobs,
-        }
-        return frame.body("chat.completion", choice, whole.done)
+        return frame.chat(whole, logprobs=bool(req.logprobs))
 
     @router.post("/v1/completions")
     async def completions(request: Request) -> Any:
         req = await guard.read(request, CompletionRequest)
         engine.check_model(req.model)
-        job = await engine.prepare(prepare_completion, engine, req)
+        job = await engine.prepare(_prepare_completion, engine, req)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         frame = Frame(engine, "text_completion", "cmpl", include_usage)
         if req.stream:
             return relay.stream(engine, job, request, CompletionChunks(engine, job, frame))
         whole = await relay.whole(engine, job, request)
-        logprobs = None
-        if req.logprobs is not None:
-            logprobs = completion_logprobs(engine.model, scored(whole.parts))
-        choice = {
-            "index": 0,
-            "text": whole.text,
-            "finish_reason": whole.done.finish_reason,
-            "logprobs": logprobs,
-        }
-        return frame.body("text_completion", choice, whole.done)
+        return frame.completion(whole, logprobs=req.logprobs is not None)
+
+
+def _prepare_chat(engine: Engine, req: ChatRequest) -> Prepared:
+    """On a preparation thread: the request's job, and the reply that shapes its text."""
+    return prepare_chat(engine, chat_prompt(req))
+
+
+def _prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
+    return prepare_completion(engine, text_prompt(req))
