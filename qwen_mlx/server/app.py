@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 
-from . import ollama, web
+from . import web
 from .connections import BodyLimit, RequestLimit, default_max_connections
 from .defaults import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from .engine import Engine
@@ -26,7 +26,7 @@ from .guard import Guard
 from .metrics import Metrics, RequestCounter
 from .net import AllowedHosts
 from .protocol import Protocol, ServerContext, error_shapes
-from .protocols import anthropic, health, openai, prometheus, responses
+from .protocols import anthropic, health, ollama, openai, prometheus, responses
 
 # Every protocol the server speaks; errors on a path no prefix claims are OpenAI's.
 PROTOCOLS: tuple[Protocol, ...] = (
