@@ -79,7 +79,7 @@ class Whole:
 
 async def events(engine: Engine, job: Job, request: Request) -> AsyncIterator[Event]:
     """The engine's events for `job`, which stops when `request`'s client disconnects."""
-    watcher = asyncio.create_task(_watch(request, job))
+    watcher = asyncio.create_task(watch(request, job.stop.is_set, _stopper(job)))
     try:
         async with aclosing(engine.events(job)) as stream:
             async for item in stream:
@@ -167,11 +167,19 @@ async def _relay(
             yield chunk
 
 
-async def _watch(request: Request, job: Job) -> None:
-    """Set the job's stop flag when its client disconnects."""
-    while not job.stop.is_set():
+async def watch(request: Request, over: Callable[[], bool], gone: Callable[[], None]) -> None:
+    """Call `gone` if `request`'s client disconnects before `over()` is true (a job, or a
+    web chat's turn, that nobody waits for any more is stopped)."""
+    while not over():
         if await request.is_disconnected():
-            logger.info("%s: the client disconnected; stopping", job.id)
-            job.stop.set()
+            gone()
             return
         await asyncio.sleep(DISCONNECT_POLL)
+
+
+def _stopper(job: Job) -> Callable[[], None]:
+    def stop() -> None:
+        logger.info("%s: the client disconnected; stopping", job.id)
+        job.stop.set()
+
+    return stop
