@@ -78,7 +78,8 @@ def rank_failure(error: BaseException) -> APIError | None:
 
 def as_api_error(e: BaseException) -> APIError:
     """Any error as the APIError a client is told: API errors as they are; domain, HTTP
-    and validation errors as what they mean; anything else a generic 500 (logged)."""
+    and validation errors as what they mean; anything else a generic 500, its details
+    left to the server log."""
     if isinstance(e, APIError):
         return e
     if isinstance(e, QwenMLXError):
@@ -94,7 +95,6 @@ def as_api_error(e: BaseException) -> APIError:
             return not_json(detail)
         param, message = describe_invalid(list(e.errors()))
         return APIError(400, message, param=param, code="invalid_value")
-    logger.error("unhandled error", exc_info=e)
     return APIError(500, "The server had an error processing the request.", type="server_error")
 
 
@@ -192,8 +192,5 @@ class Errors:
         except Exception as e:
             if not isinstance(e, APIError):
                 logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-                e = APIError(
-                    500, "The server had an error processing the request.", type="server_error"
-                )
             if scope["type"] == "http" and not started:
                 await self.shapes.response(scope.get("path", ""), e)(scope, receive, send)

@@ -86,6 +86,11 @@ def function_tool(name: str, description: str | None, parameters: dict[str, Any]
     return Tool(name, description or "", parameters or {"type": "object", "properties": {}})
 
 
+def unrunnable_tool(index: int, why: str) -> APIError:
+    """The 400 for a request's tool `index`, which this server cannot run (`why`)."""
+    return APIError(400, f"tools.{index}: {why}", param=f"tools.{index}")
+
+
 def text_of(
     content: str | Sequence[Any] | None,
     param: str,

@@ -10,7 +10,15 @@ from typing import Any
 
 from ....chat.tools import Tool
 from ...errors import APIError
-from ...prompt import ChatPrompt, NamedTool, function_tool, message, text_of, tool_call
+from ...prompt import (
+    ChatPrompt,
+    NamedTool,
+    function_tool,
+    message,
+    text_of,
+    tool_call,
+    unrunnable_tool,
+)
 from ...schemas import sampling
 from .schemas import CountRequest, MessageParam, MessagesRequest, ToolChoice, ToolDef
 
@@ -88,12 +96,8 @@ def _turn(turn: MessageParam, param: str) -> list[dict[str, Any]]:
 
 def _tool(tool: ToolDef, index: int) -> Tool:
     if tool.type not in (None, "custom"):
-        raise APIError(
-            400,
-            f"tools.{index}: Anthropic's server tools ({tool.type}) do not run here; "
-            "define a custom tool with an input_schema.",
-            param=f"tools.{index}",
-        )
+        why = f"Anthropic's server tools ({tool.type}) do not run here; define a custom tool"
+        raise unrunnable_tool(index, why + " with an input_schema.")
     return function_tool(tool.name, tool.description, tool.input_schema)
 
 

@@ -12,7 +12,15 @@ from typing import Any
 
 from ....chat.tools import Tool
 from ...errors import APIError
-from ...prompt import ChatPrompt, NamedTool, function_tool, message, text_of, tool_call
+from ...prompt import (
+    ChatPrompt,
+    NamedTool,
+    function_tool,
+    message,
+    text_of,
+    tool_call,
+    unrunnable_tool,
+)
 from ...schemas import sampling
 from .schemas import Format, FunctionChoice, FunctionTool, Item, Part, ResponsesRequest
 from .store import Stored
@@ -56,12 +64,8 @@ def chat_prompt(req: ResponsesRequest, conv: Conversation, *, logprobs: bool) ->
 
 def _tool(tool: FunctionTool, index: int) -> Tool:
     if tool.type != "function" or not tool.name:
-        raise APIError(
-            400,
-            f"tools.{index}: only function tools with a name run here, not {tool.type!r}; "
-            "define the tool as a function.",
-            param=f"tools.{index}",
-        )
+        why = f"only function tools with a name run here, not {tool.type!r}"
+        raise unrunnable_tool(index, why + "; define the tool as a function.")
     return function_tool(tool.name, tool.description, tool.parameters)
 
 
