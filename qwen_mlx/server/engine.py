@@ -159,7 +159,7 @@ class Engine:
 
     def reserve(self) -> Slot:
         """A place in the queue for a request about to be prepared, or a 503 with
-        Retry-After (in OpenAI's error shape) when `max_queue` requests already wait
+        Retry-After (in the protocol's error shape) when `max_queue` requests already wait
         behind a full batch. The check and the reservation are one step under the lock.
         A model split across ranks that lost one refuses everything (503 naming the rank)
         until the group restarts."""

@@ -1,10 +1,10 @@
 """The shared request (prompt.py) made into an engine job, for every protocol.
 
-Preparing a chat renders the chat template and tokenizes, applies `tool_choice` (a forced call is
-opened by the server and its JSON held to the tools' schemas) and `response_format` (a
-JSON-schema logits processor), sets sampling parameters over the model's defaults and
-checks the prompt fits. It runs on the engine's preparation threads and evaluates no MLX
-arrays: all model work stays on the model thread.
+Preparing a chat renders the chat template and tokenizes, applies the tool choice (a
+forced call is opened by the server and its JSON held to the tools' schemas) and the
+response schema (a JSON-schema logits processor), sets sampling parameters over the
+model's defaults and checks the prompt fits. It runs on the engine's preparation threads
+and evaluates no MLX arrays: all model work stays on the model thread.
 
 A prompt far over the context is refused without tokenizing it whole (a 10 MB body took
 18 s): first by its characters (no token covers more than the vocabulary's longest

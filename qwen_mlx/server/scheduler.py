@@ -14,9 +14,9 @@ caches back to the pool.
 The decoder comes from `decoder_factory`: `runtime.batch.open_decoder` gives a model split
 across ranks one whose every call the other ranks make too, so the loop is the same.
 
-A crash inside a step fails the sequences of that batch (a 500 in OpenAI's shape) and
-the loop goes on with a fresh batch for the jobs still waiting: the server never keeps
-answering /health while generating nothing.
+A crash inside a step fails the sequences of that batch (a 500, each in its protocol's
+error shape) and the loop goes on with a fresh batch for the jobs still waiting: the
+server never keeps answering /health while generating nothing.
 
 For speculative decoding (not here): `alone` says when one sequence has the model to
 itself (nothing else running or waiting), the only time a draft could help; a batch of
