@@ -90,7 +90,7 @@ async def events(engine: Engine, job: Job, request: Request) -> AsyncIterator[Ev
 
 async def whole(engine: Engine, job: Job, request: Request, reply: Reply | None = None) -> Whole:
     """Run `job` to its end and shape its text with `reply` (by default, as it is)."""
-    reply = reply or Reply(parse_calls=False)
+    reply = reply if reply is not None else Reply(parse_calls=False)
     parts: list[str] = []
     async with aclosing(events(engine, job, request)) as stream:
         async for item in stream:
@@ -143,7 +143,7 @@ async def off_loop(reply: Reply, fn: Callable[[], Any]) -> Any:
 async def _relay(
     engine: Engine, job: Job, request: Request, encoder: Encoder, reply: Reply | None
 ) -> AsyncIterator[str]:
-    reply = reply or Reply(parse_calls=False)
+    reply = reply if reply is not None else Reply(parse_calls=False)
     try:
         for chunk in encoder.start():
             yield chunk

@@ -1,7 +1,8 @@
-"""OpenAI's replies: whole (`Frame.body`) and streamed as server-sent events (`data: {...}`
-chunks, `data: [DONE]` last; an error arrives as a `data: {"error": ...}` chunk before
-`[DONE]`, the status line having gone out), for chat completions and completions; and
-the model card of `/v1/models`.
+"""OpenAI's replies, for chat completions and completions: whole (`Frame.chat`,
+`Frame.completion`) and streamed as server-sent events (`ChatChunks`,
+`CompletionChunks`: `data: {...}` chunks, `data: [DONE]` last; an error arrives as a
+`data: {"error": ...}` chunk before `[DONE]`, the status line having gone out); and the
+model card of `/v1/models`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def model_card(model: Model) -> dict[str, Any]:
     return {"id": model.name, "object": "model", "created": stamp, "owned_by": "qwen-mlx"}
 
 
-def usage(done: Finished) -> dict[str, Any]:
+def _usage(done: Finished) -> dict[str, Any]:
     return {
         "prompt_tokens": done.prompt_tokens,
         "completion_tokens": done.completion_tokens,
@@ -41,7 +42,7 @@ def usage(done: Finished) -> dict[str, Any]:
     }
 
 
-def tool_call_entries(calls: list[ToolCall], *, indexed: bool = False) -> list[dict[str, Any]]:
+def _tool_call_entries(calls: list[ToolCall], *, indexed: bool = False) -> list[dict[str, Any]]:
     return [
         dict(c.to_message(), index=i) if indexed else c.to_message() for i, c in enumerate(calls)
     ]
@@ -57,8 +58,7 @@ class Frame:
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.obj = obj
-        self._model = engine.model
-        self.model = engine.model.name
+        self.model = engine.model
         self.fingerprint = f"fp_{engine.model.fingerprint[:10]}"
         self.include_usage = include_usage
 
@@ -67,25 +67,25 @@ class Frame:
             "id": self.id,
             "object": obj,
             "created": self.created,
-            "model": self.model,
+            "model": self.model.name,
             "system_fingerprint": self.fingerprint,
         }
 
     def body(self, obj: str, choice: dict[str, Any], done: Finished) -> dict[str, Any]:
         """A whole response, of its one choice."""
-        return {**self._head(obj), "choices": [choice], "usage": usage(done)}
+        return {**self._head(obj), "choices": [choice], "usage": _usage(done)}
 
     def chat(self, whole: Whole, *, logprobs: bool) -> dict[str, Any]:
         """A whole chat completion."""
         end = whole.outcome
         message: dict[str, Any] = {"role": "assistant", "content": end.content}
         if end.calls:
-            message["tool_calls"] = tool_call_entries(end.calls)
+            message["tool_calls"] = _tool_call_entries(end.calls)
         choice = {
             "index": 0,
             "message": message,
             "finish_reason": end.finish_reason,
-            "logprobs": chat_logprobs(self._model, scored(whole.parts)) if logprobs else None,
+            "logprobs": chat_logprobs(self.model, scored(whole.parts)) if logprobs else None,
         }
         return self.body("chat.completion", choice, whole.done)
 
@@ -96,7 +96,7 @@ class Frame:
             "text": whole.text,
             "finish_reason": whole.done.finish_reason,
             "logprobs": (
-                completion_logprobs(self._model, scored(whole.parts)) if logprobs else None
+                completion_logprobs(self.model, scored(whole.parts)) if logprobs else None
             ),
         }
         return self.body("text_completion", choice, whole.done)
@@ -109,7 +109,7 @@ class Frame:
 
     def closing(self, done: Finished) -> list[str]:
         """The stream's last chunks: the usage (when asked for) and `[DONE]`."""
-        last = [self.chunk([], usage(done))] if self.include_usage else []
+        last = [self.chunk([], _usage(done))] if self.include_usage else []
         return [*last, _sse("[DONE]")]
 
 
@@ -147,7 +147,7 @@ class ChatChunks(_Chunks):
     def end(self, done: Finished, outcome: Outcome) -> list[str]:
         chunks = [self.delta({"content": outcome.tail})] if outcome.tail else []
         if outcome.calls:
-            calls = tool_call_entries(outcome.calls, indexed=True)
+            calls = _tool_call_entries(outcome.calls, indexed=True)
             chunks.append(self.delta({"tool_calls": calls}))
         chunks.append(self.delta({}, outcome.finish_reason))
         return chunks + self.frame.closing(done)
