@@ -93,8 +93,7 @@ def as_api_error(e: BaseException) -> APIError:
         if first.get("type") == "json_invalid":
             detail = first.get("ctx", {}).get("error", "parse error")
             return not_json(detail)
-        param, message = describe_invalid(list(e.errors()))
-        return APIError(400, message, param=param, code="invalid_value")
+        return invalid(list(e.errors()))
     return APIError(500, "The server had an error processing the request.", type="server_error")
 
 
@@ -116,9 +115,10 @@ def _from_domain_error(e: QwenMLXError) -> APIError:
 _TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list"}
 
 
-def describe_invalid(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
-    """(param, message) for pydantic's errors. For a union, pydantic names each member
-    that failed inside `loc`: those become "expected A or B" instead of a path."""
+def invalid(errors: list[dict[str, Any]]) -> APIError:
+    """The 400 for pydantic's refusal of a body (`errors`), naming the first field that
+    is wrong. For a union, pydantic names each member that failed inside `loc`: those
+    become "expected A or B" instead of a path."""
 
     def split(loc: tuple[Any, ...]) -> tuple[str, str | None]:
         path = [p for p in loc if p != "body"]
@@ -128,7 +128,7 @@ def describe_invalid(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
         return ".".join(map(str, path)), None
 
     if not errors:
-        return None, "The request is invalid."
+        return APIError(400, "The request is invalid.", code="invalid_value")
     param, tag = split(tuple(errors[0].get("loc", ())))
     if tag is None:
         message = str(errors[0].get("msg", "invalid value"))
@@ -136,8 +136,9 @@ def describe_invalid(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
         options = [t for p, t in map(split, (x.get("loc", ()) for x in errors)) if p == param]
         message = "expected " + " or ".join(dict.fromkeys(t for t in options if t))
     if not param:
-        return None, f"The request body must be a JSON object ({message})."
-    return param, f"{param}: {message}"
+        message = f"The request body must be a JSON object ({message})."
+        return APIError(400, message, code="invalid_value")
+    return APIError(400, f"{param}: {message}", param=param, code="invalid_value")
 
 
 class ErrorShapes:

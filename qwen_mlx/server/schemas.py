@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from .errors import APIError, describe_invalid
+from .errors import APIError, invalid
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -40,8 +40,7 @@ def validated(schema: type[M], data: Any) -> M:
     try:
         return schema.model_validate(data)
     except ValidationError as e:
-        param, message = describe_invalid(list(e.errors()))
-        raise APIError(400, message, param=param, code="invalid_value") from None
+        raise invalid(list(e.errors())) from None
 
 
 class FunctionSpec(Body):

@@ -19,8 +19,7 @@ from ...jobs import Finished
 from ...logprobs import chat_logprobs, scored
 from ...reply import Outcome
 from .schemas import FunctionChoice, ResponsesRequest
-from .store import ResponseStore, Stored
-from .translate import Conversation
+from .store import Conversation, ResponseStore, Stored
 
 
 class ResponseWriter:

@@ -10,13 +10,22 @@ import logging
 import threading
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORED = 1000
 DEFAULT_STORED_BYTES = 256 << 20
+
+
+@dataclass
+class Conversation:
+    """The messages a response continues and adds to (without the instructions), and the
+    exact token ids of its earlier replies, by message index."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    reply_ids: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,11 @@ class Stored:
         ids = sum(len(a) * a.itemsize + 64 for a in self.reply_ids.values())
         return len(self.response) + len(self.messages) + ids + 256
 
-    def conversation(self) -> tuple[list[dict[str, Any]], dict[int, list[int]]]:
-        """(messages, reply ids) to continue from."""
-        return json.loads(self.messages), {i: a.tolist() for i, a in self.reply_ids.items()}
+    def conversation(self) -> Conversation:
+        """The conversation to continue from."""
+        return Conversation(
+            json.loads(self.messages), {i: a.tolist() for i, a in self.reply_ids.items()}
+        )
 
 
 class ResponseStore:

@@ -7,7 +7,6 @@ function tools, `tool_choice`, `text.format` as a JSON schema, sampling and logp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from ....chat.tools import Tool
@@ -23,22 +22,13 @@ from ...prompt import (
 )
 from ...schemas import sampling
 from .schemas import Format, FunctionChoice, FunctionTool, Item, Part, ResponsesRequest
-from .store import Stored
-
-
-@dataclass
-class Conversation:
-    """The messages a response continues and adds to (without the instructions), and the
-    exact token ids of its earlier replies, by message index."""
-
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    reply_ids: dict[int, list[int]] = field(default_factory=dict)
+from .store import Conversation, Stored
 
 
 def conversation(req: ResponsesRequest, previous: Stored | None) -> Conversation:
     """The stored conversation `req` continues (if any), and its input."""
-    history, reply_ids = previous.conversation() if previous is not None else ([], {})
-    return Conversation(history + _messages(req.input), reply_ids)
+    history = previous.conversation() if previous is not None else Conversation()
+    return Conversation(history.messages + _messages(req.input), history.reply_ids)
 
 
 def chat_prompt(req: ResponsesRequest, conv: Conversation, *, logprobs: bool) -> ChatPrompt:
