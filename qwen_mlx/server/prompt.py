@@ -86,6 +86,21 @@ def function_tool(name: str, description: str | None, parameters: dict[str, Any]
     return Tool(name, description or "", parameters or {"type": "object", "properties": {}})
 
 
+def format_schema(
+    kind: str, schema: dict[str, Any] | None, *, param: str, missing: str
+) -> dict[str, Any] | None:
+    """The JSON schema a reply format asks for (OpenAI's kinds): none for "text", any
+    object for "json_object", `schema` for "json_schema" (a 400 naming `param`, saying
+    `missing`, when there is none)."""
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if schema is None:
+        raise APIError(400, missing, param=param)
+    return schema
+
+
 def unrunnable_tool(index: int, why: str) -> APIError:
     """The 400 for a request's tool `index`, which this server cannot run (`why`)."""
     return APIError(400, f"tools.{index}: {why}", param=f"tools.{index}")

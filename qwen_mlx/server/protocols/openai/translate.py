@@ -7,7 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import APIError
-from ...prompt import ChatPrompt, NamedTool, TextPrompt, function_tool, message, text_of, tool_call
+from ...prompt import (
+    ChatPrompt,
+    NamedTool,
+    TextPrompt,
+    format_schema,
+    function_tool,
+    message,
+    text_of,
+    tool_call,
+)
 from ...schemas import Sampling
 from .schemas import (
     ChatMessage,
@@ -75,12 +84,8 @@ def _template_message(m: ChatMessage, index: int) -> dict[str, Any]:
 
 
 def _response_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
-    if fmt is None or fmt.type == "text":
+    if fmt is None:
         return None
-    if fmt.type == "json_object":
-        return {"type": "object"}
-    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-        raise APIError(
-            400, "response_format json_schema needs json_schema.schema.", param="response_format"
-        )
-    return fmt.json_schema.schema_
+    schema = fmt.json_schema.schema_ if fmt.json_schema is not None else None
+    missing = "response_format json_schema needs json_schema.schema."
+    return format_schema(fmt.type, schema, param="response_format", missing=missing)

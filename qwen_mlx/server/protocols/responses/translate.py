@@ -14,6 +14,7 @@ from ...errors import APIError
 from ...prompt import (
     ChatPrompt,
     NamedTool,
+    format_schema,
     function_tool,
     message,
     text_of,
@@ -60,13 +61,10 @@ def _tool(tool: FunctionTool, index: int) -> Tool:
 
 
 def _response_schema(fmt: Format | None) -> dict[str, Any] | None:
-    if fmt is None or fmt.type == "text":
+    if fmt is None:
         return None
-    if fmt.type == "json_object":
-        return {"type": "object"}
-    if fmt.schema_ is None:
-        raise APIError(400, "text.format json_schema needs a schema.", param="text.format.schema")
-    return fmt.schema_
+    missing = "text.format json_schema needs a schema."
+    return format_schema(fmt.type, fmt.schema_, param="text.format.schema", missing=missing)
 
 
 def _text(content: str | list[Part] | None, param: str) -> str:
