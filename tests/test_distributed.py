@@ -164,6 +164,29 @@ def group_model(f32, tmp_path_factory) -> Iterator:
             ranks.close()
 
 
+def test_a_learned_conversion_in_a_process_that_joined_a_group_runs_alone(
+    group_model, tiny_hf, home, tmp_path
+):
+    # mlx-lm's AWQ averages its losses over mx.distributed.init()'s group: in this process
+    # that is the group above, whose follower is not converting. Without running alone the
+    # method waits on the follower for ever (or fails once it is gone): a thread and a
+    # deadline turn a hang into a failure.
+    from importlib import resources
+
+    from qwen_mlx.cli import main
+
+    short = tmp_path / "short.txt"
+    text = resources.files("qwen_mlx.data").joinpath("quant_calibration.txt").read_text()
+    short.write_text(text[:2000])
+    codes: list[int] = []
+    argv = ["convert", "--hf-path", str(tiny_hf), "--method", "awq", "--calibration", str(short)]
+    worker = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+    assert codes == [0], "the conversion waited on the group's other rank"
+    assert group_model.shard.size == 2  # the group is still this process's
+
+
 GREEDY = SamplingParams(temperature=0, max_tokens=16)
 SEEDED = SamplingParams(temperature=0.8, top_k=30, seed=11, max_tokens=16)
 
