@@ -159,25 +159,38 @@ def _scripts_cleared() -> Iterator[None]:
         script.clear()
 
 
-def _servers(stack: ExitStack, scripted: Script) -> Callable[..., Served]:
+def _servers(stack: ExitStack, request: pytest.FixtureRequest) -> Callable[..., Served]:
     def serve(model: Any = None, **options: Any) -> Served:
         """`served.serving(model, **options)` until the fixture ends; the model is the
         scripted tiny model unless given."""
-        return stack.enter_context(serving(model or scripted.model, **options))
+        if model is None:
+            model = request.getfixturevalue("scripted_model").model
+        return stack.enter_context(serving(model, **options))
 
     return serve
 
 
 @pytest.fixture
-def serve(scripted_model) -> Iterator[Callable[..., Served]]:
+def serve(request) -> Iterator[Callable[..., Served]]:
     """Start servers for this test: `serve(model=None, *, key, app={...}, limits={...},
     **engine_options)` (see `served.serving`); each is stopped when the test ends."""
     with ExitStack() as stack:
-        yield _servers(stack, scripted_model)
+        yield _servers(stack, request)
 
 
 @pytest.fixture(scope="module")
-def module_server(scripted_model) -> Iterator[Callable[..., Served]]:
+def module_server(request) -> Iterator[Callable[..., Served]]:
     """`serve`, for servers a whole module shares (stopped after its last test)."""
     with ExitStack() as stack:
-        yield _servers(stack, scripted_model)
+        yield _servers(stack, request)
+
+
+@pytest.fixture(scope="module")
+def notes_url() -> Iterator[str]:
+    """The MCP test server (tests/mcp_notes.py) over streamable HTTP: its URL."""
+    from .mcp_notes import serve_http
+
+    url, server, thread = serve_http()
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
