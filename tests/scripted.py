@@ -36,10 +36,10 @@ from typing import Any, ClassVar
 from qwen_mlx.runtime import Model
 
 # Added to the scripted token's logit: every other token of a random model's vocabulary
-# then has e^-40 of its weight (logprob of the scripted token ~ -1e-15), greedy or sampled
-# at any usual temperature, while the rest of the distribution keeps the real model's
-# order (a schema that rules the scripted token out falls back to the real model's pick).
-BONUS = 40.0
+# then has about e^-60 of its weight (e^-30 at temperature 2, OpenAI's highest), so the
+# scripted token is the one sampled, while the rest of the distribution keeps the real
+# model's order (a schema that rules the scripted token out gets the real model's pick).
+BONUS = 60.0
 
 
 @dataclass
@@ -59,7 +59,8 @@ class _Entry:
     end: bool  # the end-of-turn token after the reply (else the real model goes on)
     repeat: bool  # the reply over and over, never ending
     hold: threading.Event | None  # waited for before the end of the turn
-    error: BaseException | None  # raised when the reply's first token is asked for
+    error: BaseException | None = None  # raised when the reply's token `error_at` is due
+    error_at: int = 0
 
     def token(self, k: int, eos: int) -> int | None:
         """The reply's `k`-th token (0: the first), the end of the turn after it, or None
@@ -120,11 +121,14 @@ class Script:
         repeat: bool = False,
         hold: threading.Event | None = None,
     ) -> None:
-        """The assistant's reply to a chat prompt (text, or token ids), then the end of
-        its turn (with `end=False`, the real model goes on from there; with `repeat`, the
-        reply never ends). `when` limits it to prompts whose last message contains that
-        text. With `hold`, the model waits for the event before ending the turn."""
-        self._add(_Entry(self._ids(text), self.header, when, end, repeat, hold, None))
+        """The assistant's turn in reply to a chat prompt (text, or token ids), then its
+        end (with `end=False`, the real model goes on from there; with `repeat`, the reply
+        never ends). It is the whole turn after `<|im_start|>assistant\n`: where the
+        server opens the turn itself (a forced call's `<tool_call>\n` in the prompt), the
+        script starts with those tokens too. `when` limits it to prompts whose last
+        message contains that text. With `hold`, the model waits for the event before
+        ending the turn."""
+        self._add(_Entry(self._ids(text), self.header, when, end, repeat, hold))
 
     def complete(
         self,
@@ -138,12 +142,13 @@ class Script:
         """The continuation of a raw prompt (a completion): `text` follows `prompt`'s
         tokens wherever a history ends with them. Options as `reply`."""
         after = tuple(self._ids(prompt))
-        self._add(_Entry(self._ids(text), after, None, end, repeat, hold, None))
+        self._add(_Entry(self._ids(text), after, None, end, repeat, hold))
 
-    def fail(self, error: BaseException, *, when: str | None = None) -> None:
-        """Raise `error` from the model when a chat reply is about to begin (a crash
-        inside the model's step)."""
-        self._add(_Entry([], self.header, when, True, False, None, error))
+    def fail(self, error: BaseException, *, when: str | None = None, after: str = "") -> None:
+        """Raise `error` from the model (a crash inside its step) when a chat reply is
+        about to begin, or once it has written `after`."""
+        reply = self.base.encode(after) if after else []
+        self._add(_Entry(reply, self.header, when, True, False, None, error, len(reply)))
 
     def clear(self) -> None:
         """Forget every entry and record (the model is the real one again)."""
@@ -209,10 +214,11 @@ class Script:
                 if not matched[key]:
                     continue
                 k = n - reply_start
-                if k == 0 and last and n == len(history):
+                sampled = last and n == len(history)  # the token the model is asked for
+                if sampled and k == 0:
                     self.prompts.append(history[:reply_start])
-                    if entry.error is not None:
-                        raise entry.error
+                if sampled and entry.error is not None and k == entry.error_at:
+                    raise entry.error
                 if entry.hold is not None and k == len(entry.reply) and n == len(history):
                     entry.hold.wait(60)
                 target = entry.token(k, self.eos)
@@ -264,6 +270,10 @@ class ScriptedModule:
         batch, length = inputs.shape
         script.batches.append(batch)
         rows = keys[:, 0, :, 0].tolist()
+        # A batch cache pads rows on the left; while mlx-lm's batch reads prompts of other
+        # lengths together it pads them on the right too, until it rolls that padding to
+        # the left (BatchDecoder hands it at most one chunk of a prompt, so all of a row's
+        # right padding is in this call).
         padding = getattr(cache[-1], "left_padding", None)
         left = padding.tolist() if padding is not None else [0] * batch
         right = getattr(cache[-1], "_right_padding", None)

@@ -32,10 +32,9 @@ from qwen_mlx import ChatSession
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 from qwen_mlx.runtime import SamplingParams, batch_generate, generate, load
 from qwen_mlx.runtime.launch import HostFile, Ranks, free_ports
-from qwen_mlx.server import Engine, create_app
 
-from .helpers import ROOT, start_server
-from .test_server import MODEL, all_at_once, user
+from .helpers import ROOT
+from .served import MODEL, Served, all_at_once, user
 
 KEY = "group-key"
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -211,17 +210,14 @@ def test_a_chat_saved_on_two_ranks_resumes_on_one_without_rereading(
 
 
 @pytest.fixture(scope="module")
-def served(group_model) -> Iterator[tuple[str, Engine]]:
-    engine = Engine(group_model, max_context=2048, max_batch=4, max_queue=8, prefill_step_size=16)
-    server, thread, port = start_server(create_app(engine, api_key=KEY))
-    yield f"http://127.0.0.1:{port}", engine
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+def served(module_server, group_model) -> Served:
+    return module_server(
+        group_model, key=KEY, max_context=2048, max_batch=4, max_queue=8, prefill_step_size=16
+    )
 
 
 def test_health_reports_the_ranks_and_each_ones_state(served):
-    health = httpx.get(served[0] + "/health", timeout=10).json()
+    health = served.get("/health", timeout=10).json()
     assert health["status"] == "ok"
     assert health["ranks"] == 2 and health["split"] == "tensor"
     states = health["rank_states"]
@@ -230,7 +226,7 @@ def test_health_reports_the_ranks_and_each_ones_state(served):
 
 
 def test_the_server_on_two_ranks_answers_openai_anthropic_and_ollama(served, tiny_model):
-    base, engine = served
+    base, engine = served.base, served.engine
     expected = generate(tiny_model, user("Hi there"), GREEDY)
     client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
     reply = client.chat.completions.create(
@@ -268,7 +264,7 @@ def test_the_server_on_two_ranks_answers_openai_anthropic_and_ollama(served, tin
 
 
 def test_four_clients_decode_together_on_two_ranks(served, tiny_model):
-    base, engine = served
+    base, engine = served.base, served.engine
     client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
     def ask(i: int) -> str:
