@@ -239,7 +239,7 @@ def planned_table(model_dir: Path, results: dict[int, list[dict]], mode: str) ->
                     f"{weights / 1e9:.2f} GB",
                     f"{planner.max_context():,}",
                     f"{planner.max_context(4):,}",
-                    f"{planner.sequences(4096):,}",
+                    f"{planner.max_sequences(4096):,}",
                     mib(planned),
                     mib(measured),
                 )

@@ -250,3 +250,302 @@ def test_models_compare_reads_manifests_and_computes_what_they_lack(
     header = out.splitlines()[0].split()
     assert header[:6] == ["NAME", "QUANTIZATION", "SIZE", "BPW", "KL", "TOP-1"]
     assert "pass --source" in out  # the mlx-lm folder has no manifest to find its source by
+
+
+# -- bits per weight: every byte a layer stores, with and without the embedding ----------
+
+
+def _matrix_bytes_and_weights(folder: Path, source: Path) -> tuple[int, int, int, int]:
+    """Independently of count_bits: the bytes of every tensor of a module whose source
+    weight is a matrix, from the written file, and the weights of those matrices, from
+    the source checkpoint; (all bytes, all weights, embedding bytes, embedding weights)."""
+    import mlx.core as mx
+
+    written = {}
+    for f in folder.glob("*.safetensors"):
+        written.update(mx.load(str(f)))
+    matrices = {}
+    for f in source.glob("*.safetensors"):
+        for name, array in mx.load(str(f)).items():
+            if name.endswith(".weight") and array.ndim == 2:
+                matrices[name.removesuffix(".weight")] = array.size
+    stored = {
+        m: sum(a.nbytes for n, a in written.items() if n.startswith(m + ".")) for m in matrices
+    }
+    embed = "model.embed_tokens"
+    return sum(stored.values()), sum(matrices.values()), stored[embed], matrices[embed]
+
+
+@pytest.mark.parametrize(
+    "flags", [[], ["--q-bits", "8", "--q-group-size", "32"], ["--recipe", "mixed_3_6"]]
+)
+def test_bits_per_weight_count_every_byte_of_each_matrix_with_and_without_the_embedding(
+    tiny_hf, tmp_path, flags
+):
+    from qwen_mlx.convert.weights import count_bits
+
+    out = tmp_path / "out"
+    assert main(["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), *flags]) == 0
+    total_bytes, weights, embed_bytes, embed_weights = _matrix_bytes_and_weights(out, tiny_hf)
+    bits = count_bits(out)
+    assert bits.linear_bits + bits.embedding_bits == 8 * total_bytes
+    assert bits.linear_weights + bits.embedding_weights == weights
+    assert (bits.embedding_bits, bits.embedding_weights) == (8 * embed_bytes, embed_weights)
+    q = read_manifest(out).quantization
+    assert q.bits_per_weight == round(8 * total_bytes / weights, 3)
+    linear = 8 * (total_bytes - embed_bytes) / (weights - embed_weights)
+    assert q.bits_per_weight_linear == round(linear, 3)
+    if not flags:  # 4 bits and a bf16 scale and bias per 64 weights: exactly 4.5
+        assert q.bits_per_weight == q.bits_per_weight_linear == 4.5
+    if "--recipe" in flags:  # a mix: with and without the embedding differ
+        assert q.bits_per_weight != q.bits_per_weight_linear
+
+
+def _shapes() -> dict[str, tuple[int, int]]:
+    shapes = {"model.embed_tokens": (4096, 256)}
+    for i in range(4):
+        p = f"model.layers.{i}"
+        shapes |= {f"{p}.self_attn.q_proj": (256, 256), f"{p}.self_attn.k_proj": (128, 256)}
+        shapes |= {f"{p}.self_attn.v_proj": (128, 256), f"{p}.self_attn.o_proj": (256, 256)}
+        shapes |= {f"{p}.mlp.gate_proj": (768, 256), f"{p}.mlp.up_proj": (768, 256)}
+        shapes |= {f"{p}.mlp.down_proj": (256, 768)}
+    return shapes
+
+
+@pytest.mark.parametrize("target", [4.52, 4.55, 4.6, 4.75, 5.0, 5.3])
+@pytest.mark.parametrize("embedding_first", [True, False])
+def test_the_allocation_stays_within_the_target_both_ways_and_leaves_no_room(
+    target, embedding_first
+):
+    from qwen_mlx.convert.quant import allocate_bits
+    from qwen_mlx.convert.weights import is_embedding, layer_bits
+
+    shapes = _shapes()
+    order = sorted(shapes, key=lambda p: (is_embedding(p) != embedding_first, p))
+    sensitivities = {p: float(len(order) - i) for i, p in enumerate(order)}
+    chosen = allocate_bits(shapes, sensitivities, target, 4, 5, 64, 16)
+
+    def spent(paths):
+        return sum(layer_bits(*shapes[p], 5 if p in chosen else 4, 64, 16) for p in paths)
+
+    def weights(paths):
+        return sum(r * c for r, c in (shapes[p] for p in paths))
+
+    linear = [p for p in shapes if not is_embedding(p)]
+    assert spent(shapes) <= target * weights(shapes)
+    assert spent(linear) <= target * weights(linear)
+    for path in set(shapes) - chosen:  # no layer left out would still have fit
+        chosen.add(path)
+        assert spent(shapes) > target * weights(shapes) or spent(linear) > target * weights(linear)
+        chosen.discard(path)
+
+
+def test_target_bpw_is_a_budget_the_written_files_keep_both_ways(learned):
+    from qwen_mlx.convert.weights import count_bits
+
+    home, _, _ = learned
+    for method in ("dynamic", "dynamic-gptq"):
+        folder = home / f"models/qwen3-1m-tiny/2507/mlx-q4-g64-{method}5"
+        bits = count_bits(folder)
+        assert 4.5 < bits.per_weight <= 5.0 and bits.per_weight_linear <= 5.0
+        q = read_manifest(folder).quantization
+        assert (q.bits_per_weight, q.bits_per_weight_linear) == (
+            round(bits.per_weight, 3),
+            round(bits.per_weight_linear, 3),
+        )
+
+
+# -- several held-out texts --------------------------------------------------------------
+
+
+def _texts(tmp_path: Path) -> tuple[Path, Path]:
+    a, b = tmp_path / "code-a.txt", tmp_path / "code-b.txt"
+    a.write_text("def add(a, b):\n    return a + b\n\n" * 20)
+    b.write_text("class Stack:\n    def push(self, item):\n        self.items.append(item)\n" * 12)
+    return a, b
+
+
+def test_convert_reports_on_each_held_out_text(tiny_hf, tmp_path, capsys):
+    a, b = _texts(tmp_path)
+    out = tmp_path / "out"
+    args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out)]
+    assert main([*args, "--heldout", str(a), "--heldout", str(b)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out tokens of code-a.txt" in printed and "held-out tokens of code-b.txt" in printed
+    m = read_manifest(out)
+    assert [r.text for r in m.quality_reports] == ["code-a.txt", "code-b.txt"]
+    assert [r.text_sha256 for r in m.quality_reports] == [sha256_file(a), sha256_file(b)]
+    assert m.quality_reports[0].kl_divergence != m.quality_reports[1].kl_divergence
+
+    assert main([*args, "--force", "--heldout", str(a), "--heldout", str(a)]) == 1
+    assert "are the same text; pass each held-out text once" in capsys.readouterr().err
+
+
+def test_models_compare_reports_each_held_out_text_and_reuses_the_manifests(
+    tiny_hf, tmp_path, monkeypatch, capsys
+):
+    a, b = _texts(tmp_path)
+    monkeypatch.setenv("QWEN_MLX_HOME", str(tmp_path / "home"))
+    assert main(["convert", "--hf-path", str(tiny_hf), "--heldout", str(a)]) == 0
+    capsys.readouterr()
+    name = "qwen3-1m-tiny-2507-mlx-q4-g64"
+    args = ["models", "compare", name, "--no-bench", "--heldout", str(a), "--heldout", str(b)]
+    assert main([*args, "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert [(r["text"], r["quality_from"]) for r in row["reports"]] == [
+        ("code-a.txt", "manifest"),
+        ("code-b.txt", "computed"),  # the manifest has no report on it; its source has
+    ]
+    assert row["kl_divergence"] == row["reports"][0]["kl_divergence"]
+    assert row["bits_per_weight"] == row["bits_per_weight_linear"] == 4.5
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-4:] == ["TOK/S", "LIN", "BPW", "HELD-OUT"]
+    assert lines[1].startswith(name) and lines[1].endswith("code-a.txt")
+    assert lines[2].strip().split()[-1] == "code-b.txt" and not lines[2].startswith(name)
+
+
+# -- calibration files of any size ---------------------------------------------------------
+
+
+def test_a_huge_one_line_calibration_file_is_tokenized_in_pieces_up_to_the_cap(tiny_hf, tmp_path):
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+    from qwen_mlx.convert import quant
+
+    big = tmp_path / "one-line.txt"
+    with big.open("w") as f:
+        for _ in range(400):  # 20 MB, no line end anywhere
+            f.write("the keeper wrote the weather and the ships that passed " * 900)
+    text = quant.read_calibration(big)
+    assert text.sha256 == sha256_file(big)
+    tokenizer = load_tokenizer(tiny_hf)
+    seen = []
+    encode = tokenizer.encode
+
+    def spy(piece, **kw):
+        seen.append(len(piece))
+        return encode(piece, **kw)
+
+    tokenizer.encode = spy
+    windows, info, notice = quant.calibration_windows(text, tokenizer, 64, 8)
+    assert windows.shape == (8, 64) and (info.samples, info.sequence_length) == (8, 64)
+    assert max(seen) <= 1 << 16  # never the whole line at once
+    assert sum(seen) < 4 * (1 << 16)  # and read no further than the cap needed
+    assert "is longer than the 512 tokens a method calibrates on (8 windows of 64)" in notice
+
+
+def test_a_long_calibration_file_is_capped_with_a_warning(tiny_hf, tmp_path, capsys):
+    from qwen_mlx.convert import quant
+
+    big = tmp_path / "long.txt"
+    line = "def keeper(weather, ships):\n    return [s for s in ships if s.safe(weather)]\n"
+    big.write_text(line * 20000)  # about 1.6 MB, several times the cap
+    out = tmp_path / "out"
+    args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--method", "gptq"]
+    assert main([*args, "--calibration", str(big)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"warning: The calibration text (long.txt) is longer than the {quant.MAX_TOKENS:,}" in err
+    )
+    cal = read_manifest(out).quantization.calibration
+    assert (cal.samples, cal.sequence_length) == (quant.MAX_WINDOWS, quant.SEQUENCE_LENGTH)
+    assert cal.tokens == quant.MAX_TOKENS and cal.sha256 == sha256_file(big)
+
+
+def test_a_calibration_file_that_stops_being_utf8_is_refused_before_any_work(
+    tiny_hf, tmp_path, capsys
+):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine text\n" * 300000 + b"\xff\xfe")  # the bad bytes past the first read
+    out = tmp_path / "out"
+    args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--method", "gptq"]
+    assert main([*args, "--calibration", str(bad)]) == 1
+    assert "bad.txt is not UTF-8 text" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# -- our GPTQ --------------------------------------------------------------------------
+
+
+def test_gptq_codes_are_packed_as_mlx_unpacks_them():
+    import mlx.core as mx
+    import numpy as np
+
+    from qwen_mlx.convert.gptq import pack
+
+    rng = np.random.default_rng(0)
+    for bits in (2, 4, 8):
+        codes = rng.integers(0, 2**bits, size=(8, 128)).astype(np.uint32)
+        scales = rng.uniform(0.01, 0.1, size=(8, 2)).astype(np.float32)
+        biases = rng.uniform(-1, 0, size=(8, 2)).astype(np.float32)
+        got = mx.dequantize(
+            mx.array(pack(codes, bits)),
+            mx.array(scales),
+            mx.array(biases),
+            group_size=64,
+            bits=bits,
+        )
+        expected = codes.reshape(8, 2, 64) * scales[..., None] + biases[..., None]
+        np.testing.assert_allclose(np.array(got), expected.reshape(8, 128), atol=1e-6)
+
+
+def test_gptq_has_less_output_error_than_rounding_to_nearest_on_correlated_inputs():
+    import mlx.core as mx
+    import numpy as np
+
+    from qwen_mlx.convert.gptq import gptq_matrix
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2048, 32)) @ rng.normal(size=(32, 128))  # correlated inputs
+    x[:, 5] *= 20  # and one loud channel
+    w = rng.normal(size=(64, 128)).astype(np.float32)
+    codes, scales, biases = gptq_matrix(w, x.T @ x / len(x), 4, 64, mx.bfloat16)
+    gptq = (codes.reshape(64, 2, 64) * scales[..., None] + biases[..., None]).reshape(64, 128)
+    wq, s, b = mx.quantize(mx.array(w), group_size=64, bits=4)
+    rtn = np.array(mx.dequantize(wq, s, b, group_size=64, bits=4))
+    assert np.linalg.norm((w - gptq) @ x.T) < 0.8 * np.linalg.norm((w - rtn) @ x.T)
+
+
+def test_the_benchmarks_smoke_mode_prints_both_texts_both_counts_and_ratios():
+    import subprocess
+    import sys
+
+    from .helpers import SCRIPTS
+
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_quant.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| recipe"))
+    for column in ("bpw", "bpw w/o embedding", "KL A / mlx-lm", "KL B / mlx-lm"):
+        assert f" {column} " in header
+    peer = next(line for line in lines if line.startswith("| mlx-lm convert -q"))
+    assert peer.count("1.00x") == 2
+    assert any(line.startswith("| --method gptq") for line in lines)
+    assert "best at <= 4.6 bits per weight (both counts)" in done.stdout
+
+
+@pytest.mark.parametrize("mode", ["affine", "mxfp4"])
+def test_the_report_scores_quantized_layers_dequantized_with_the_same_logits(
+    tiny_hf, tmp_path, mode
+):
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.utils import load_model
+
+    from qwen_mlx.convert import convert
+    from qwen_mlx.convert.quality import load_for_scoring, model_logits
+
+    out = convert(str(tiny_hf), mlx_path=tmp_path / "q4", q_mode=mode).path
+    quantized, _ = load_model(out)
+    quantized.set_dtype(mx.float32)
+    tokens = list(range(3, 200))
+    expected = np.array(quantized(mx.array(tokens)[None])[0])
+    scoring = load_for_scoring(out)
+    assert not any("Quantized" in type(m).__name__ for _, m in scoring.named_modules())
+    np.testing.assert_allclose(np.array(model_logits(scoring, tokens)), expected, atol=1e-4)

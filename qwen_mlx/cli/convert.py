@@ -29,15 +29,16 @@ release is added beside it (switch with `qwen-mlx models set-latest NAME`, or pa
 --set-latest). A pinned or frozen family keeps its latest.
 
 Quantization: --q-mode picks mlx's format (affine: 2-8 bits, group 32/64/128; mxfp4: 4 bits,
-group 32; nvfp4: 4 bits, group 16; mxfp8: 8 bits, group 32). --method runs one of mlx-lm's
-learned methods on a calibration text (the packaged one, or --calibration FILE) instead of
-rounding to nearest: awq (activation-aware scales and clipping), gptq (error-correcting,
-2/4/8 bits), dwq (scales and biases distilled from the source), dynamic (more bits for the
-layers the output is most sensitive to, up to --target-bpw), dynamic-gptq (dynamic's choice
-of layers, GPTQ for the rest: the least error at 4.6 bits per weight in
-scripts/bench_quant.py). A method holds the whole model in memory and is refused when that
-would not fit. Its quality report (KL divergence and
-top-1 agreement against the source, perplexity of both, on a held-out text) goes into the
+group 32; nvfp4: 4 bits, group 16; mxfp8: 8 bits, group 32). --method runs a learned method
+on a calibration text (the packaged one, or --calibration FILE: text like what the model
+will see works best) instead of rounding to nearest: gptq (ours: error-correcting, the tied
+embedding included, 2/4/8 bits; the least error at uniform 4-bit's size in
+scripts/bench_quant.py), awq (mlx-lm's activation-aware scales and clipping), dwq
+(mlx-lm's scales and biases distilled from the source), dynamic (more bits for the layers
+the output is most sensitive to, within --target-bpw), dynamic-gptq (dynamic's choice of
+layers, GPTQ for the rest). A method holds the whole model in memory and is refused when
+that would not fit. Its quality report (KL divergence and top-1 agreement against the
+source, perplexity of both, on each --heldout text) goes into the
 manifest; compare conversions with `qwen-mlx models compare NAME NAME...`.
 
 On Linux (MLX's CPU backend, no Metal) a 4-bit model reads prompts about 30x slower than
@@ -56,6 +57,8 @@ examples:
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --method dynamic --target-bpw 4.6
   qwen-mlx convert --hf-path Qwen/Qwen3-4B-Instruct-2507 --q-mode mxfp4
   qwen-mlx convert --hf-path ./checkpoint-500 --method awq --calibration my-data.jsonl
+  qwen-mlx convert --hf-path ./checkpoint-500 --method gptq --calibration my-code.txt \\
+      --heldout held-out-1.txt --heldout held-out-2.txt
 """
 
 
@@ -95,19 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-bpw",
         type=float,
-        help="bits per weight --method dynamic or dynamic-gptq aims at (default: halfway between "
-        "--q-bits and the next bits up)",
+        help="bits per weight --method dynamic or dynamic-gptq stays within, counting every "
+        "byte of the weight matrices (weights, scales, biases), with the embedding and "
+        "without it (default: halfway between --q-bits and the next bits up)",
     )
     p.add_argument(
         "--calibration",
         metavar="FILE",
         help="text (or .jsonl with text/messages/prompt+completion) the method calibrates "
-        "on (default: the packaged calibration text)",
+        "on, ideally text like what the model will see (default: the packaged calibration "
+        "text); read up to 128 windows of 512 tokens",
     )
     p.add_argument(
         "--heldout",
         metavar="FILE",
-        help="text of the quality report (default: the packaged held-out text)",
+        action="append",
+        help="a text of the quality report, never the calibration text; repeat it for "
+        "several texts, one report each (default: the packaged held-out text)",
     )
     p.add_argument("--recipe", choices=RECIPES, help="mlx-lm mixed-precision recipe")
     p.add_argument(
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = args.report
     if report is None:
-        report = args.method is not None or default_report()
+        report = args.method is not None or bool(args.heldout) or default_report()
     memory_budget = None
     if args.method is not None:
         from ..runtime.memory import machine_budget
@@ -197,18 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         bar.finish()
     m = result.manifest
     print(
-        f"Converted {m.name}: {m.quantization.label}, "
-        f"{m.quantization.bits_per_weight} bits per weight, {human_bytes(m.size)}"
+        f"Converted {m.name}: {m.quantization.label}, {_bits(m.quantization)}, "
+        f"{human_bytes(m.size)}"
     )
     print(f"  folder: {result.path}")
     if result.name_note:
         print(f"  name: {result.name_note}; --name chooses another")
-    if m.quality is not None:
-        q = m.quality
+    for q in m.quality_reports:
         print(
             f"  quality: KL {q.kl_divergence:.4f}, top-1 agreement {q.top1_agreement:.1%}, "
             f"perplexity {q.perplexity_source:.2f} -> {q.perplexity_converted:.2f} "
-            f"({q.tokens} held-out tokens)"
+            f"({q.tokens} held-out tokens of {q.text or 'the packaged text'})"
         )
     if m.quantization.layers:
         print(f"  layers: {_layer_summary(m.quantization.layers)}")
@@ -237,6 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"  took {result.seconds:.1f} s", file=sys.stderr)
     return 0
+
+
+def _bits(q) -> str:
+    """`4.594 bits per weight (4.625 without the embedding)`: both counts, when they differ."""
+    text = f"{q.bits_per_weight} bits per weight"
+    linear = q.bits_per_weight_linear
+    if linear is not None and linear != q.bits_per_weight:
+        text += f" ({linear} without the embedding)"
+    return text
 
 
 def _layer_summary(layers: dict) -> str:

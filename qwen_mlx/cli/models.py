@@ -69,13 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="size, bits per weight, KL, top-1, perplexity and decode speed, side by side",
         description="Compare conversions of one model: size on disk, bits per weight, the "
         "quality report against the source (KL divergence, top-1 agreement, perplexity on "
-        "the held-out text) and decode tokens/s from a short greedy run. Figures a "
-        "manifest lacks (a model converted elsewhere) are computed against --source, or "
-        "the local source folder the manifest names.",
+        "each held-out text) and decode tokens/s from a short greedy run. Bits per weight "
+        "count every byte of the weight matrices (weights, scales, biases): BPW with the "
+        "token embedding, LIN BPW without it. Figures a manifest lacks (a model converted "
+        "elsewhere, another text) are computed against --source, or the local source "
+        "folder the manifest names.",
     )
     a.add_argument("names", nargs="+", metavar="NAME", help="store names, families or folders")
     a.add_argument("--source", metavar="REF", help="the unquantized checkpoint to measure against")
-    a.add_argument("--heldout", metavar="FILE", help="held-out text (default: the packaged one)")
+    a.add_argument(
+        "--heldout",
+        metavar="FILE",
+        action="append",
+        help="a held-out text; repeat it for several, one row each (default: the packaged one)",
+    )
     a.add_argument("--no-bench", dest="bench", action="store_false", help="skip decode speed")
     a.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -354,22 +361,41 @@ def _compare(store, args) -> int:
     def num(value, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    table = [("NAME", "QUANTIZATION", "SIZE", "BPW", "KL", "TOP-1", "PPL", "SRC PPL", "TOK/S")]
-    for r in rows:
-        table.append(
-            (
-                r.name,
-                r.quantization,
-                human_bytes(r.size_bytes),
-                num(r.bits_per_weight, ".2f"),
-                num(r.kl_divergence, ".4f"),
-                num(r.top1_agreement, ".1%"),
-                num(r.perplexity, ".2f"),
-                num(r.perplexity_source, ".2f"),
-                num(r.decode_tps, ".1f"),
-            )
+    table = [
+        (
+            "NAME",
+            "QUANTIZATION",
+            "SIZE",
+            "BPW",
+            "KL",
+            "TOP-1",
+            "PPL",
+            "SRC PPL",
+            "TOK/S",
+            "LIN BPW",
+            "HELD-OUT",
         )
-    print_table(table, right_align=range(2, 9))
+    ]
+    for r in rows:
+        model = (
+            r.name,
+            r.quantization,
+            human_bytes(r.size_bytes),
+            num(r.bits_per_weight, ".2f"),
+        )
+        speed = (num(r.decode_tps, ".1f"), num(r.bits_per_weight_linear, ".2f"))
+        if not r.reports:
+            table.append((*model, "-", "-", "-", "-", *speed, "-"))
+        for i, q in enumerate(r.reports):
+            figures = (
+                num(q.kl_divergence, ".4f"),
+                num(q.top1_agreement, ".1%"),
+                num(q.perplexity, ".2f"),
+                num(q.perplexity_source, ".2f"),
+            )
+            lead = model if i == 0 else ("", "", "", "")
+            table.append((*lead, *figures, *(speed if i == 0 else ("", "")), q.text))
+    print_table(table, right_align=range(2, 10))
     for r in rows:
         if r.note:
             print(f"{r.name}: {r.note}")

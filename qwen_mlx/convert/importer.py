@@ -24,6 +24,7 @@ from ..store.manifest import (
 )
 from .checkpoint import Checkpoint, inspect_checkpoint
 from .names import check_name_free, claimed_name, output_name
+from .weights import count_bits
 
 # mlx-community style suffixes: Qwen3-4B-Instruct-2507-4bit, ...-8bit, ...-bf16, ...-MLX
 _SUFFIX = re.compile(r"-(?:mlx-)?(?:\d+bit|bf16|fp16|mlx)(?:-.*)?$", re.IGNORECASE)
@@ -131,8 +132,8 @@ def import_folder(
         for f in files:
             shutil.copyfile(source / f, tmp / f)
         entries = hash_files(tmp, files)
-        weight_bytes = sum(spec.nbytes for spec in ckpt.tensors.values())
         params = parameter_count(ckpt)
+        bits = count_bits(tmp)
         kept = own is not None and {(f.path, f.sha256) for f in own.files} == {
             (e.path, e.sha256) for e in entries
         }
@@ -142,7 +143,8 @@ def import_folder(
             config=ckpt.config,
             quantization=replace(
                 own.quantization if kept else quantization,
-                bits_per_weight=round(weight_bytes * 8 / params, 3),
+                bits_per_weight=round(bits.per_weight, 3),
+                bits_per_weight_linear=round(bits.per_weight_linear, 3),
             ),
             source=own.source
             if kept
@@ -154,6 +156,7 @@ def import_folder(
             ),
             files=entries,
             quality=own.quality if kept else None,
+            quality_others=own.quality_others if kept else (),
             license_from=source,
         )
         manifest.write(tmp)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import errno
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,7 +63,7 @@ from .quant import (
 )
 from .weights import (
     WeightPlan,
-    bits_per_weight,
+    count_bits,
     differing_layers,
     plan_weights,
     write_config,
@@ -170,7 +170,7 @@ class ConvertRequest:
     method: str | None = None
     target_bpw: float | None = None
     calibration: str | Path | None = None
-    heldout: str | Path | None = None
+    heldout: str | Path | Sequence[str | Path] | None = None
     memory_budget: int | None = None
     recipe: str | None = None
     dtype: str | None = None
@@ -203,7 +203,7 @@ def convert(
     method: str | None = None,
     target_bpw: float | None = None,
     calibration: str | Path | None = None,
-    heldout: str | Path | None = None,
+    heldout: str | Path | Sequence[str | Path] | None = None,
     memory_budget: int | None = None,
     recipe: str | None = None,
     dtype: str | None = None,
@@ -227,8 +227,8 @@ def convert(
         target_bpw: bits per weight `method="dynamic"` aims at.
         calibration: a text or JSONL file the method calibrates on (default: the
             packaged calibration text).
-        heldout: the text of the quality report (default: the packaged held-out text);
-            it must not be the calibration text.
+        heldout: the text of the quality report, or several texts (one report each;
+            default: the packaged held-out text); none may be the calibration text.
         memory_budget: bytes a method may take (refused before loading when it would
             not fit); None does not check.
         recipe: one of mlx-lm's mixed-precision recipes (`mixed_4_6`, ...).
@@ -312,7 +312,7 @@ class _Inputs:
 
     options: QuantOptions
     calibration: CalibrationText | None  # with a learned method
-    heldout: HeldOut | None  # with the quality report
+    heldouts: list[HeldOut]  # with the quality report: one report each
 
 
 def _check(request: ConvertRequest) -> _Inputs:
@@ -327,17 +327,18 @@ def _check(request: ConvertRequest) -> _Inputs:
         calibration=request.calibration,
     )
     calibration_text = read_calibration(request.calibration) if request.method else None
-    heldout_text = None
-    if request.report or request.heldout is not None:
-        from .quality import read_heldout
+    heldout_texts: list[HeldOut] = []
+    if request.report or request.heldout:
+        from .quality import read_heldouts
 
-        heldout_text = read_heldout(request.heldout)
-        if calibration_text is not None and heldout_text.sha256 == calibration_text.sha256:
-            raise ValueError(
-                "The held-out text of the quality report is the calibration text; pass "
-                "another --heldout file, so the report measures what calibration did not see."
-            )
-    return _Inputs(opts, calibration_text, heldout_text)
+        heldout_texts = read_heldouts(request.heldout)
+        for held in heldout_texts:
+            if calibration_text is not None and held.sha256 == calibration_text.sha256:
+                raise ValueError(
+                    f"The held-out text {held.source} is the calibration text; pass another "
+                    "--heldout file, so the report measures what calibration did not see."
+                )
+    return _Inputs(opts, calibration_text, heldout_texts)
 
 
 def _refuse_known_output(request: ConvertRequest, opts: QuantOptions, store: Store) -> None:
@@ -512,18 +513,19 @@ def _write(
         warnings = [*warnings, *learned.warnings]
         quantization = replace(
             quantization,
-            bits_per_weight=learned.bits_per_weight,
             layers=learned.layers or None,
             calibration=learned.calibration,
         )
     else:
         out_hashes, src_hashes, shard_files = write_weights(ckpt, plan, tmp, progress, hash_sources)
         write_config(ckpt, plan, tmp)
-        quantization = replace(
-            quantization,
-            bits_per_weight=bits_per_weight(plan, ckpt.parameters),
-            layers=differing_layers(plan) or None,
-        )
+        quantization = replace(quantization, layers=differing_layers(plan) or None)
+    bits = count_bits(tmp)  # every byte each matrix stores, with and without the embedding
+    quantization = replace(
+        quantization,
+        bits_per_weight=round(bits.per_weight, 3),
+        bits_per_weight_linear=round(bits.per_weight_linear, 3),
+    )
     if not hash_sources:
         src_hashes = {f: h for f, h in cached.items() if h}
     small_files = _small_files(ckpt)
@@ -539,17 +541,19 @@ def _write(
 
 def _quality(
     request: ConvertRequest, inputs: _Inputs, ckpt: Checkpoint, tmp: Path, progress: ProgressFn
-) -> QualityReport | None:
-    """The held-out text through the source and the output; numbers that say the weights
-    are broken fail the conversion (`check_quality`)."""
+) -> list[QualityReport]:
+    """Each held-out text through the source and the output, one report each; numbers that
+    say the weights are broken fail the conversion (`check_quality`)."""
     if not request.report:
-        return None
-    from .quality import check_quality, evaluate
+        return []
+    from .quality import check_quality, evaluate_texts
 
-    progress(Progress("quality", detail="the held-out text, through both models"))
-    quality = evaluate(ckpt.path, tmp, inputs.heldout)
-    check_quality(quality)
-    return quality
+    texts = "the held-out text" if len(inputs.heldouts) == 1 else "the held-out texts"
+    progress(Progress("quality", detail=f"{texts}, through both models"))
+    reports = evaluate_texts(ckpt.path, tmp, inputs.heldouts)
+    for each in reports:
+        check_quality(each)
+    return reports
 
 
 def _manifest(
@@ -557,7 +561,7 @@ def _manifest(
     source: FetchedSource,
     ckpt: Checkpoint,
     written: _Written,
-    quality: QualityReport | None,
+    quality: list[QualityReport],
     tmp: Path,
     progress: ProgressFn,
 ) -> Manifest:
@@ -584,7 +588,8 @@ def _manifest(
             files=dict(sorted(written.sources.items())),
         ),
         files=hash_files(tmp, outputs, tick, known=written.hashes),
-        quality=quality,
+        quality=quality[0] if quality else None,
+        quality_others=quality[1:],
         license_from=ckpt.path,
     )
     manifest.write(tmp)

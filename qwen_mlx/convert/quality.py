@@ -1,20 +1,28 @@
-"""The conversion quality report: source versus converted model on a held-out text.
+"""The conversion quality report: source versus converted model on held-out texts.
 
 A few hundred tokens of public-domain prose and code (shipped with the package as
 `calibration.txt`, a name it had before learned methods came; they calibrate on
-`quant_calibration.txt` instead, so the report measures text they never saw) go through
-both models; we record the mean KL divergence of the converted model's next-token
-distribution from the source's, how often their top-1 tokens agree, and each model's
-perplexity. NaN logits, or agreement near chance, mean the weights are broken.
+`quant_calibration.txt` instead, so the report measures text they never saw), or the
+user's own texts (`--heldout`, once per text), go through both models; for each text we
+record the mean KL divergence of the converted model's next-token distribution from the
+source's, how often their top-1 tokens agree, and each model's perplexity. Several texts
+show whether a method's gain holds beyond one text. NaN logits, or agreement near
+chance, mean the weights are broken.
+
+Texts run in windows of `WINDOW` tokens, so a long text costs linear time and bounded
+memory; on the CPU backend quantized layers are dequantized to float32 first (mlx's CPU
+quantized matmul is tens of times slower than a float one, for the same numbers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..errors import QualityGateError
 from ..fileio import read_utf8
@@ -25,6 +33,7 @@ from ..store.manifest import QualityReport
 # also means the weights no longer model language at all.
 CHANCE_MULTIPLE = 3
 PERPLEXITY_BLOWUP = 100
+WINDOW = 1024  # tokens run through a model at once
 
 
 def calibration_text() -> str:
@@ -52,18 +61,86 @@ def read_heldout(path: str | Path | None = None) -> HeldOut:
     return HeldOut(text, file.name, hashlib.sha256(data).hexdigest())
 
 
-def logits(folder: Path, tokens: list[int]):
-    """The model's float32 logits at every position of `tokens`."""
+def read_heldouts(paths: Sequence[str | Path] | str | Path | None) -> list[HeldOut]:
+    """The held-out texts of a report: each file once (the packaged text when none);
+    the same text twice is refused, as it would be counted twice."""
+    if paths is None or isinstance(paths, (str, Path)):
+        paths = [] if paths is None else [paths]
+    texts = [read_heldout(p) for p in paths] or [read_heldout()]
+    seen: dict[str, str] = {}
+    for held in texts:
+        if held.sha256 in seen:
+            raise ValueError(
+                f"{held.source} and {seen[held.sha256]} are the same text; pass each "
+                "held-out text once."
+            )
+        seen[held.sha256] = held.source
+    return texts
+
+
+def load_for_scoring(folder: Path) -> Any:
+    """The model in `folder` as the report runs it: float32 on the CPU backend, where
+    quantized layers are dequantized first (the same weights; mlx's CPU quantized matmul
+    is tens of times slower than a float one)."""
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
     model, _ = load_model(folder)
     if not mx.metal.is_available():
-        # mlx's CPU backend has no fast bfloat16 kernels (a quantized matmul in bf16 is
-        # ~5x slower than in float32); float32 activations measure the same weights.
+        _dequantize(model)
         model.set_dtype(mx.float32)
-    out = model(mx.array(tokens)[None])[0].astype(mx.float32)
-    mx.eval(out)
+    return model
+
+
+def _dequantize(model: Any) -> None:
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    plain = []
+    for path, module in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+        if not isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            continue
+        biases = module.get("biases")
+        weight = mx.dequantize(  # in float32: bf16 scales would round the weights again
+            module.weight,
+            module.scales.astype(mx.float32) if biases is not None else module.scales,
+            biases.astype(mx.float32) if biases is not None else None,
+            group_size=module.group_size,
+            bits=module.bits,
+            mode=getattr(module, "mode", "affine"),
+            dtype=mx.float32,
+        )
+        rows, cols = weight.shape
+        if isinstance(module, nn.QuantizedEmbedding):
+            layer = nn.Embedding(rows, cols)
+        else:
+            layer = nn.Linear(cols, rows, bias="bias" in module)
+            if "bias" in module:
+                layer.bias = module.bias
+        layer.weight = weight
+        plain.append((path, layer))
+    if plain:
+        model.update_modules(tree_unflatten(plain))
+
+
+def model_logits(model: Any, tokens: list[int]) -> Any:
+    """The model's float32 logits at every position of `tokens`, run in windows of
+    `WINDOW` tokens (each window starts a fresh context)."""
+    import mlx.core as mx
+
+    out = []
+    for start in range(0, len(tokens), WINDOW):
+        window = model(mx.array(tokens[start : start + WINDOW])[None])[0].astype(mx.float32)
+        mx.eval(window)
+        out.append(window)
+    return mx.concatenate(out) if len(out) > 1 else out[0]
+
+
+def logits(folder: Path, tokens: list[int]) -> Any:
+    """The float32 logits of the model in `folder` at every position of `tokens`."""
+    model = load_for_scoring(folder)
+    out = model_logits(model, tokens)
     del model
     return out
 
@@ -77,16 +154,27 @@ def evaluate(
         held = text or read_heldout()
     else:
         held = HeldOut(text, "given", hashlib.sha256(text.encode()).hexdigest())
-    report = _evaluate(Path(source), Path(converted), held.text)
-    return replace(report, text=held.source, text_sha256=held.sha256)
+    return evaluate_texts(source, converted, [held])[0]
 
 
-def _evaluate(source: Path, converted: Path, text: str) -> QualityReport:
+def evaluate_texts(
+    source: str | Path, converted: str | Path, texts: Sequence[HeldOut]
+) -> list[QualityReport]:
+    """One report per held-out text, each model loaded once: the source's logits on every
+    text first, then the converted model's, compared text by text."""
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
     tokenizer = load_tokenizer(Path(converted))
-    tokens = list(tokenizer.encode(text, add_special_tokens=False))
-    return report_from_logits(logits(source, tokens), logits(converted, tokens), tokens)
+    token_lists = [list(tokenizer.encode(t.text, add_special_tokens=False)) for t in texts]
+    model = load_for_scoring(Path(source))
+    refs = [model_logits(model, tokens) for tokens in token_lists]
+    del model
+    model = load_for_scoring(Path(converted))
+    reports = []
+    for held, tokens, ref in zip(texts, token_lists, refs, strict=True):
+        report = report_from_logits(ref, model_logits(model, tokens), tokens)
+        reports.append(replace(report, text=held.source, text_sha256=held.sha256))
+    return reports
 
 
 def report_from_logits(ref, out, tokens: list[int]) -> QualityReport:

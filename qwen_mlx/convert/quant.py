@@ -1,12 +1,14 @@
 """Quantization beyond round-to-nearest: mlx's formats (affine, mxfp4, nvfp4, mxfp8) and
-mlx-lm's learned methods (AWQ, GPTQ, DWQ, dynamic), run as one step of `convert`.
+learned methods (AWQ, GPTQ, DWQ, dynamic), run as one step of `convert`.
 
-The methods are mlx-lm's own (`mlx_lm.quant.awq`, `.gptq`, `.dwq`, `.dynamic_quant`);
-what is ours is the orchestration their command-line scripts do not offer: options
-checked before any work, calibration text from a file or the package (theirs comes from
-the Hub), a memory check against the planner's budget, their tqdm bars turned into our
-progress events (so Ctrl-C and the CLI's bar work as for every other stage), and a plan
-of which layer ended up with which bits, for the manifest.
+AWQ, DWQ and dynamic's sensitivities are mlx-lm's own (`mlx_lm.quant.awq`, `.dwq`,
+`.dynamic_quant`); GPTQ is ours (`gptq.py`: it also quantizes the tied embedding, block by
+block, with act-order). What is ours besides: options checked before any work,
+calibration text from a file or the package (theirs comes from the Hub), read in pieces
+up to a cap, a memory check against the planner's budget, their tqdm bars turned into
+our progress events (so Ctrl-C and the CLI's bar work as for every other stage), an
+exact bit budget for `--target-bpw`, and a plan of which layer ended up with which bits,
+for the manifest.
 
 Every method needs the whole model in memory (they run it on the calibration text), so
 unlike the streaming round-to-nearest path, peak memory is a few times the weights; see
@@ -15,6 +17,7 @@ unlike the streaming round-to-nearest path, peak memory is a few times the weigh
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import io
@@ -27,7 +30,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..fileio import read_utf8
 from ..store.manifest import CalibrationInfo
 from .progress import Progress, ProgressFn
 
@@ -54,7 +56,11 @@ Q_MODES = tuple(MODES)
 METHODS = ("awq", "gptq", "dwq", "dynamic", "dynamic-gptq")
 # mlx-lm's GPTQ packs the integers itself and asserts these.
 GPTQ_BITS = (2, 4, 8)
-SEQUENCE_LENGTH = 128  # tokens per calibration window
+# Calibration: at most MAX_WINDOWS windows of SEQUENCE_LENGTH tokens (mlx-lm's scripts take
+# 128 of 512), so a file of any size costs at most that many tokens, read in pieces.
+SEQUENCE_LENGTH = 512
+MAX_WINDOWS = 128
+MAX_TOKENS = SEQUENCE_LENGTH * MAX_WINDOWS
 MIN_SAMPLES = 4  # windows: DWQ's batch, and enough for a Hessian or a sensitivity
 # Peak memory of each method in multiples of the float weights (a teacher and a student,
 # gradients, Adam's moments for DWQ; a copy for the dynamic search), measured on CPU.
@@ -210,42 +216,132 @@ def _dynamic_bits(
 
 @dataclass(frozen=True)
 class CalibrationText:
-    """Documents to calibrate on: plain strings, or chat conversations (lists of
-    {"role", "content"}) rendered with the model's chat template."""
+    """The text a method calibrates on: the packaged one, or a file, read in pieces when
+    it is used (`calibration_windows`), so a file of any size takes no more memory than
+    the tokens a method keeps."""
 
-    documents: tuple[str | tuple[dict[str, str], ...], ...]
     source: str  # "packaged" or the file's name
     sha256: str
+    path: Path | None = None  # None: the packaged text
+    jsonl: bool = False
+
+    def documents(self) -> Iterator[Iterator[str] | tuple[dict[str, str], ...]]:
+        """Each document: a plain text as an iterator of pieces (cut at line ends where
+        it has them), or a chat conversation as a tuple of {"role", "content"}."""
+        if self.path is None:
+            text = resources.files("qwen_mlx.data").joinpath("quant_calibration.txt").read_text()
+            yield _cut(text)
+            return
+        with _open_text(self.path) as f:
+            if not self.jsonl:
+                yield _pieces(f)
+                return
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    doc = _document(_json_line(line, self.path, n), self.path, n)
+                    yield _cut(doc) if isinstance(doc, str) else doc
 
 
 def packaged_calibration() -> CalibrationText:
     data = resources.files("qwen_mlx.data").joinpath("quant_calibration.txt").read_bytes()
-    return CalibrationText((data.decode(),), "packaged", hashlib.sha256(data).hexdigest())
+    return CalibrationText("packaged", hashlib.sha256(data).hexdigest())
 
 
 def read_calibration(path: str | Path | None) -> CalibrationText:
     """The packaged calibration text, or a file: plain text, or JSONL (`.jsonl`) with one
-    object per line holding "text", or "messages" (a chat), or "prompt" and "completion"."""
+    object per line holding "text", or "messages" (a chat), or "prompt" and "completion".
+
+    The file is checked here, before any work, in one streaming pass (bounded memory):
+    UTF-8 throughout, not empty, every JSONL line one of those objects; its sha256 is of
+    the whole file. Only `calibration_windows` tokenizes it, up to the method's cap."""
     if path is None:
         return packaged_calibration()
-    file, data, text = read_utf8(path, "calibration file", "pass a text or JSONL file")
-    digest = hashlib.sha256(data).hexdigest()
-    if file.suffix.lower() != ".jsonl":
-        if not text.strip():
-            raise ValueError(f"{file} is empty; pass a calibration text of a few KB or more.")
-        return CalibrationText((text,), file.name, digest)
-    documents: list[str | tuple[dict[str, str], ...]] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"No calibration file at {file}; pass a text or JSONL file.")
+    jsonl = file.suffix.lower() == ".jsonl"
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    text_seen = records = 0
+    line_number, partial = 0, ""
+    with file.open("rb") as f:
+        while chunk := f.read(_READ_BYTES):
+            digest.update(chunk)
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{file} is not UTF-8 text; pass a text or JSONL file.") from e
+            text_seen = text_seen or bool(text.strip())
+            if jsonl:
+                *lines, partial = (partial + text).split("\n")
+                for line in lines:
+                    line_number += 1
+                    records += _check_line(line, file, line_number)
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{file} line {n} is not JSON ({e.msg}).") from e
-        documents.append(_document(record, file, n))
-    if not documents:
-        raise ValueError(f"{file} holds no records; one JSON object per line.")
-    return CalibrationText(tuple(documents), file.name, digest)
+            tail = decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{file} is not UTF-8 text; pass a text or JSONL file.") from e
+    if jsonl:
+        records += _check_line(partial + tail, file, line_number + 1)
+        if not records:
+            raise ValueError(f"{file} holds no records; one JSON object per line.")
+    elif not text_seen:
+        raise ValueError(f"{file} is empty; pass a calibration text of a few KB or more.")
+    return CalibrationText(file.name, digest.hexdigest(), file, jsonl)
+
+
+_READ_BYTES = 1 << 20  # read and hashed at a time
+_PIECE_CHARS = 1 << 16  # tokenized at a time: a long line costs no more than this
+
+
+def _open_text(path: Path) -> Any:
+    return path.open(encoding="utf-8", newline="")
+
+
+def _pieces(f: Any) -> Iterator[str]:
+    """A text file's contents in pieces of about `_PIECE_CHARS`, each ending at a line end
+    (or, in a line longer than that, at a space, else anywhere), so tokenizing piece by
+    piece gives the tokens of the whole text but at very few seams."""
+    rest = ""
+    while chunk := f.read(_PIECE_CHARS):
+        piece, rest = _split_seam(rest + chunk)
+        if piece:
+            yield piece
+    if rest:
+        yield rest
+
+
+def _cut(text: str) -> Iterator[str]:
+    """A document already in memory, in the pieces `_pieces` would read it in."""
+    rest = ""
+    for i in range(0, len(text), _PIECE_CHARS):
+        piece, rest = _split_seam(rest + text[i : i + _PIECE_CHARS])
+        if piece:
+            yield piece
+    if rest:
+        yield rest
+
+
+def _split_seam(text: str) -> tuple[str, str]:
+    if len(text) < _PIECE_CHARS:
+        return "", text
+    cut = text.rfind("\n") + 1 or text.rfind(" ") + 1 or len(text)
+    return text[:cut], text[cut:]
+
+
+def _json_line(line: str, file: Path, n: int) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} line {n} is not JSON ({e.msg}).") from e
+
+
+def _check_line(line: str, file: Path, n: int) -> int:
+    """1 for a valid record, 0 for a blank line; ValueError naming the line otherwise."""
+    if not line.strip():
+        return 0
+    _document(_json_line(line, file, n), file, n)
+    return 1
 
 
 def _document(record: Any, file: Path, n: int) -> str | tuple[dict[str, str], ...]:
@@ -267,31 +363,55 @@ def _document(record: Any, file: Path, n: int) -> str | tuple[dict[str, str], ..
     )
 
 
+def calibration_tokens(
+    text: CalibrationText, tokenizer: Any, max_tokens: int = MAX_TOKENS
+) -> tuple[list[int], bool]:
+    """The documents as one token stream (an end-of-text token after each), tokenized a
+    piece at a time and read no further than `max_tokens`; and whether there was more."""
+    tokens: list[int] = []
+    eos = tokenizer.eos_token_id
+    for doc in text.documents():
+        if isinstance(doc, tuple):
+            doc = _cut(tokenizer.apply_chat_template(list(doc), tokenize=False))
+        for piece in doc:
+            if len(tokens) >= max_tokens:
+                return tokens[:max_tokens], True
+            tokens += tokenizer.encode(piece, add_special_tokens=False)
+        if eos is not None:
+            tokens.append(eos)
+    return tokens[:max_tokens], len(tokens) > max_tokens
+
+
 def calibration_windows(
-    text: CalibrationText, tokenizer: Any, sequence_length: int = SEQUENCE_LENGTH
-) -> tuple[Any, CalibrationInfo]:
-    """The calibration documents as one token stream cut into windows (samples x
-    `sequence_length`), as mlx-lm's own `load_data` cuts its text, in order."""
+    text: CalibrationText,
+    tokenizer: Any,
+    sequence_length: int = SEQUENCE_LENGTH,
+    max_windows: int = MAX_WINDOWS,
+) -> tuple[Any, CalibrationInfo, str | None]:
+    """The calibration text cut into windows (samples x `sequence_length`) in order, at
+    most `max_windows` of them: mlx-lm's own methods take 128 windows of 512 tokens.
+    Returns the windows, what was used, and a notice when the text was longer."""
     import mlx.core as mx
 
-    tokens: list[int] = []
-    for doc in text.documents:
-        if isinstance(doc, str):
-            tokens += tokenizer.encode(doc, add_special_tokens=False)
-        else:
-            tokens += tokenizer.apply_chat_template(list(doc), tokenize=True)
-        if tokenizer.eos_token_id is not None:
-            tokens.append(tokenizer.eos_token_id)
+    cap = sequence_length * max_windows
+    tokens, capped = calibration_tokens(text, tokenizer, cap)
     length = min(sequence_length, len(tokens) // MIN_SAMPLES)
     if length < 16:
         raise ValueError(
             f"The calibration text ({text.source}) is {len(tokens)} tokens; a learned "
             f"method needs at least {16 * MIN_SAMPLES}. Pass a longer --calibration file."
         )
-    samples = len(tokens) // length
+    samples = min(max_windows, len(tokens) // length)
     windows = mx.array(tokens[: samples * length]).reshape(samples, length)
     info = CalibrationInfo(text.source, text.sha256, samples * length, samples, length)
-    return windows, info
+    notice = None
+    if capped:
+        notice = (
+            f"The calibration text ({text.source}) is longer than the {cap:,} tokens a method "
+            f"calibrates on ({max_windows} windows of {sequence_length}); its first "
+            f"{cap:,} tokens are used and the rest is not read."
+        )
+    return windows, info, notice
 
 
 # -- memory --------------------------------------------------------------------------------
@@ -389,16 +509,18 @@ def run_method(
     # in float32 there and store the result in the output's type.
     model.set_dtype(output_type if mx.metal.is_available() else mx.float32)
     tokenizer = load_tokenizer(folder)
-    data, info = calibration_windows(calibration, tokenizer)
+    data, info, notice = calibration_windows(calibration, tokenizer)
+    if notice:
+        progress(Progress("warning", detail=notice))
     mx.random.seed(seed)
     np.random.seed(seed)
-    warnings: list[str] = []
+    warnings: list[str] = [notice] if notice else []
     # mlx-lm prints its own summaries to stdout; the CLI keeps stdout for its results.
     with contextlib.redirect_stdout(io.StringIO()):
         if method == "awq":
             notes = _awq(model, config, data, options, progress)
         elif method == "gptq":
-            notes = _gptq(model, data, options, progress)
+            notes = _gptq(model, data, options, progress, output_type, set())
         elif method in ("dynamic", "dynamic-gptq"):
             notes = _dynamic(model, config, data, options, progress, output_type)
         else:
@@ -435,22 +557,26 @@ def _awq(model, config, data, options: QuantOptions, progress: ProgressFn) -> li
     return notes
 
 
-def _gptq(model, data, options: QuantOptions, progress: ProgressFn) -> list[str]:
-    from mlx_lm.quant import gptq
+def _gptq(
+    model, data, options: QuantOptions, progress: ProgressFn, stored: Any, skip: set[str]
+) -> list[str]:
+    """Our GPTQ (see gptq.py: the tied embedding as the output layer, block by block,
+    act-order, searched ranges), then round-to-nearest at the same bits for any layer it
+    does not take (an untied input embedding), so the size is a uniform conversion's."""
+    import mlx.nn as nn
 
-    with _bars_as_progress(gptq, "gptq", progress) as notes:
-        # Layers GPTQ does not handle (the embedding) get round-to-nearest at the same
-        # bits, not mlx-lm's 6-bit fallback, so the size matches a uniform conversion.
-        gptq.gptq_quantize(
-            model,
-            data,
-            options.bits,
-            options.group_size,
-            options.bits,
-            options.group_size,
-            batch_size=DWQ_BATCH,
-        )
-    return notes
+    from .gptq import gptq_quantize
+
+    gptq_quantize(model, data, options.bits, options.group_size, stored, progress, skip)
+    nn.quantize(
+        model,
+        group_size=options.group_size,
+        bits=options.bits,
+        class_predicate=lambda p, m: (
+            hasattr(m, "to_quantized") and m.weight.shape[-1] % options.group_size == 0
+        ),
+    )
+    return []
 
 
 def _dynamic(
@@ -464,8 +590,10 @@ def _dynamic(
     with _bars_as_progress(dq, "dynamic", progress) as notes:
         sensitivities = dict(dq.estimate_sensitivities(model, data, low, group, high, group))
     progress(Progress("dynamic", 0, 0, "choosing the layers that get more bits"))
-    model.set_dtype(output_type)  # bits per weight count the scales in their stored type
-    chosen = allocate_bits(model, sensitivities, options.target_bpw, low, high, group)
+    model.set_dtype(output_type)  # rounded from the stored type, as round-to-nearest is
+    scale_bits = 8 * output_type.size  # scales and biases are stored in the output type
+    shapes = quantizable_shapes(model, group)
+    chosen = allocate_bits(shapes, sensitivities, options.target_bpw, low, high, group, scale_bits)
 
     def predicate(path: str, module: Any) -> bool | dict[str, Any]:
         if not hasattr(module, "to_quantized"):
@@ -479,10 +607,9 @@ def _dynamic(
         return notes
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx_lm.quant import gptq
 
-    # The sensitive layers first, round-to-nearest at `high` bits: GPTQ only takes the
-    # layers that are still nn.Linear, and rounds what else is left (the embedding) at `low`.
+    # The sensitive layers first, round-to-nearest at `high` bits (the packer writes 2, 4
+    # and 8 bits); GPTQ takes the rest at `low`.
     nn.quantize(
         model,
         group_size=group,
@@ -491,46 +618,64 @@ def _dynamic(
     )
     if not mx.metal.is_available():
         model.set_dtype(mx.float32)
-    with _bars_as_progress(gptq, "gptq", progress) as more:
-        gptq.gptq_quantize(model, data, low, group, low, group, batch_size=DWQ_BATCH)
-    return notes + more
+    return notes + _gptq(model, data, options, progress, output_type, chosen)
 
 
 def allocate_bits(
-    model: Any, sensitivities: dict[str, float], target_bpw: float, low: int, high: int, group: int
+    shapes: dict[str, tuple[int, int]],
+    sensitivities: dict[str, float],
+    target_bpw: float,
+    low: int,
+    high: int,
+    group: int,
+    scale_bits: int,
 ) -> set[str]:
     """The layers that get `high` bits: the most sensitive first (mlx-lm's sensitivity is
-    per weight), each while the whole model stays within `target_bpw`.
+    per weight), each while the budget holds. `shapes` are the weight matrices that can
+    be quantized (path -> rows, columns); `scale_bits` the width of a stored scale.
+
+    The budget counts every bit the matrices store, as `weights.count_bits` counts the
+    written files (packed weights, a scale and a bias per group), and holds both ways:
+    over all of them with the token embedding, and over the linear layers alone. So
+    `--target-bpw 4.6` never writes 4.61 by either count.
 
     mlx-lm's `estimate_threshold` bisects a sensitivity threshold and returns the midpoint
     of its last interval, which can sit past a large layer's sensitivity: on the tiny
-    trained Qwen3 it gave 4.79 bits per weight for a 4.6 target (the tied embedding, a
-    quarter of the weights, went to 5 bits). Counting the sizes exactly never overshoots."""
-    import mlx.core as mx
+    trained Qwen3 it gave 4.79 bits per weight for a 4.6 target. Counting exactly never
+    overshoots."""
+    from .weights import is_embedding, layer_bits
+
+    def cost(path: str, bits: int) -> int:
+        return layer_bits(*shapes[path], bits, group, scale_bits)
+
+    weights_all = sum(r * c for r, c in shapes.values())
+    weights_linear = sum(r * c for p, (r, c) in shapes.items() if not is_embedding(p))
+    spent_all = sum(cost(p, low) for p in shapes)
+    spent_linear = sum(cost(p, low) for p in shapes if not is_embedding(p))
+    room_all = target_bpw * weights_all - spent_all
+    room_linear = target_bpw * weights_linear - spent_linear if weights_linear else 0.0
+    chosen = set()
+    for path in sorted(shapes, key=lambda p: -sensitivities.get(p, float("-inf"))):
+        step = cost(path, high) - cost(path, low)
+        linear = not is_embedding(path)
+        if step <= room_all and (not linear or step <= room_linear):
+            chosen.add(path)
+            room_all -= step
+            room_linear -= step if linear else 0
+    return chosen
+
+
+def quantizable_shapes(model: Any, group: int) -> dict[str, tuple[int, int]]:
+    """The weight matrices `group` divides (path -> rows, columns): what a method
+    quantizes. The rest stay in full precision."""
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    layers = {
-        path: module.weight.size
+    return {
+        path: tuple(module.weight.shape)
         for path, module in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
         if hasattr(module, "to_quantized") and module.weight.shape[-1] % group == 0
     }
-    params = tree_flatten(model.parameters())
-    total = sum(v.size for _, v in params)
-    item = next(v.itemsize for _, v in params if mx.issubdtype(v.dtype, mx.floating))
-
-    def per_weight(bits: int) -> float:
-        return bits + 2 * 8 * item / group  # a scale and a bias per group
-
-    other_bits = sum(v.nbytes for _, v in params) * 8 - sum(layers.values()) * 8 * item
-    budget = target_bpw * total - other_bits - sum(layers.values()) * per_weight(low)
-    step = per_weight(high) - per_weight(low)
-    chosen = set()
-    for path in sorted(layers, key=lambda p: -sensitivities.get(p, float("-inf"))):
-        if layers[path] * step <= budget:
-            chosen.add(path)
-            budget -= layers[path] * step
-    return chosen
 
 
 def _dwq(model, config, data, options: QuantOptions, progress: ProgressFn, seed: int):
@@ -603,12 +748,11 @@ def quantization_config(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 @dataclass(frozen=True)
 class LearnedOutput:
-    """What `write_learned` wrote: hashes of the source files (when asked), the size in
-    bits per weight, the layers that differ from the top-level settings, calibration."""
+    """What `write_learned` wrote: hashes of the source files (when asked), the layers
+    that differ from the top-level settings, calibration."""
 
     hashes: dict[str, str]  # output file -> sha256 (empty: the pipeline hashes them)
     sources: dict[str, str]
-    bits_per_weight: float
     layers: dict[str, Any]
     calibration: CalibrationInfo
     warnings: list[str]
@@ -625,13 +769,11 @@ def write_learned(
 ) -> LearnedOutput:
     """Run the method on the checkpoint and write the weights and config.json into
     `out` (the pipeline's staging folder) as mlx-lm writes them."""
-    from mlx.utils import tree_flatten
     from mlx_lm.utils import save_config, save_model
 
     from ..fileio import sha256_file
 
     result = run_method(ckpt.path, options, text, dtype=dtype, progress=progress)
-    weight_bytes = sum(v.nbytes for _, v in tree_flatten(result.model.parameters()))
     progress(Progress("write", 0, 0, "the quantized weights"))
     save_model(out, result.model)
     if (out / "model.safetensors").is_file():  # one shard needs no index
@@ -643,7 +785,6 @@ def write_learned(
     return LearnedOutput(
         hashes={},
         sources=sources,
-        bits_per_weight=round(weight_bytes * 8 / ckpt.parameters, 3),
         layers=result.layers,
         calibration=result.calibration,
         warnings=list(result.warnings),

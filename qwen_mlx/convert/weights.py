@@ -293,9 +293,91 @@ def differing_layers(plan: WeightPlan) -> dict[str, Any]:
     return {path: q for path, q in plan.quant.items() if q != first}
 
 
-def bits_per_weight(plan: WeightPlan, parameters: int) -> float:
-    weight_bytes = sum(s.nbytes for shard in plan.shards for s in shard)
-    return round(weight_bytes * 8 / parameters, 3)
+@dataclass(frozen=True)
+class BitsCount:
+    """What a model's weight matrices store, in bits, and how many weights they hold:
+    every byte of each layer (the packed weights, and their scales and biases when
+    quantized; an unquantized layer's full-precision weights), with the token embedding
+    counted apart from the linear layers. Norms (vectors, never quantized) are not
+    weight matrices and are left out of both.
+
+    `per_weight` counts the embedding (it is stored, and in a tied model it is also the
+    output layer); `per_weight_linear` counts the linear layers alone. A `--target-bpw`
+    budget holds both ways."""
+
+    linear_bits: int
+    linear_weights: int
+    embedding_bits: int = 0
+    embedding_weights: int = 0
+
+    @property
+    def per_weight(self) -> float:
+        weights = self.linear_weights + self.embedding_weights
+        return (self.linear_bits + self.embedding_bits) / weights if weights else 0.0
+
+    @property
+    def per_weight_linear(self) -> float:
+        return self.linear_bits / self.linear_weights if self.linear_weights else 0.0
+
+    def __add__(self, other: BitsCount) -> BitsCount:
+        return BitsCount(
+            self.linear_bits + other.linear_bits,
+            self.linear_weights + other.linear_weights,
+            self.embedding_bits + other.embedding_bits,
+            self.embedding_weights + other.embedding_weights,
+        )
+
+
+def is_embedding(path: str) -> bool:
+    """The token embedding (`model.embed_tokens`); an untied `lm_head` is a linear layer."""
+    return path.rsplit(".", 1)[-1] == "embed_tokens"
+
+
+def layer_bits(
+    rows: int, cols: int, bits: int | None, group_size: int | None, scale_bits: int
+) -> int:
+    """Bits a weight matrix stores: `bits` per weight and, per group of `group_size`, a
+    scale and a bias of `scale_bits` each (affine); unquantized (`bits` None) it stores
+    `scale_bits` per weight, its float type's width."""
+    if bits is None:
+        return rows * cols * scale_bits
+    return rows * cols * bits + 2 * rows * (cols // group_size) * scale_bits
+
+
+def count_bits(folder: str | Path) -> BitsCount:
+    """Count a model folder's weight matrices from its safetensors headers (nothing is
+    loaded) and config.json's quantization: every tensor of a module whose weight is a
+    matrix (weight, scales, biases, bias) at its stored size."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    quant = config.get("quantization") or config.get("quantization_config") or {}
+    sizes: dict[str, int] = {}  # tensor name -> bytes
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        header, _ = read_header(file)
+        header.pop("__metadata__", None)
+        for name, entry in header.items():
+            start, end = entry["data_offsets"]
+            sizes[name] = end - start
+            shapes[name] = tuple(entry["shape"])
+    count = BitsCount(0, 0)
+    for name, shape in shapes.items():
+        module, _, param = name.rpartition(".")
+        if param != "weight" or len(shape) != 2:
+            continue
+        stored = sum(sizes.get(f"{module}.{p}", 0) for p in ("weight", "scales", "biases", "bias"))
+        rows, cols = shape
+        if f"{module}.scales" in sizes:  # packed: 32 // bits weights per uint32
+            layer = quant.get(module, quant)
+            bits = layer.get("bits") if isinstance(layer, dict) else None
+            if not bits:
+                raise ValueError(f"{folder}: {module} is quantized but config.json has no bits.")
+            cols = cols * 32 // bits
+        if is_embedding(module):
+            count += BitsCount(0, 0, stored * 8, rows * cols)
+        else:
+            count += BitsCount(stored * 8, rows * cols)
+    return count
 
 
 def write_index(out: Path, plan: WeightPlan, shard_files: list[str]) -> None:

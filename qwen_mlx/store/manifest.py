@@ -60,6 +60,9 @@ class Quantization:
     target_bpw: float | None = None
     layers: dict[str, Any] | None = None
     calibration: CalibrationInfo | None = None
+    # `bits_per_weight` counts every byte of the weight matrices (weights, scales and
+    # biases), the token embedding included; this one the linear layers alone.
+    bits_per_weight_linear: float | None = None
 
     @property
     def label(self) -> str:
@@ -127,6 +130,9 @@ class Manifest:
     license: str | None = None
     created_at: str = ""
     schema: int = SCHEMA_VERSION
+    # Reports on the other held-out texts (`convert --heldout A --heldout B`): `quality`
+    # is the first text's.
+    quality_others: tuple[QualityReport, ...] = ()
 
     @classmethod
     def new(
@@ -139,6 +145,7 @@ class Manifest:
         source: SourceInfo,
         files: Iterable[FileEntry],
         quality: QualityReport | None = None,
+        quality_others: Iterable[QualityReport] = (),
         license_from: Path | None = None,
     ) -> Manifest:
         """The manifest of a model just written (converted or imported): its name's parts,
@@ -154,6 +161,7 @@ class Manifest:
             source=source,
             files=tuple(files),
             quality=quality,
+            quality_others=tuple(quality_others),
             tools=tool_versions(),
             license=detect_license(license_from) if license_from else None,
             created_at=now_iso(),
@@ -163,9 +171,15 @@ class Manifest:
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def quality_reports(self) -> tuple[QualityReport, ...]:
+        """Every held-out text's report, the first one's first."""
+        return ((self.quality,) if self.quality else ()) + self.quality_others
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["files"] = [asdict(f) for f in self.files]
+        data["quality_others"] = [asdict(r) for r in self.quality_others]
         return data
 
     @classmethod
@@ -179,6 +193,7 @@ class Manifest:
         data["files"] = tuple(FileEntry(**f) for f in data["files"])
         if data.get("quality"):
             data["quality"] = QualityReport(**data["quality"])
+        data["quality_others"] = tuple(QualityReport(**r) for r in data.get("quality_others", ()))
         return cls(**data)
 
     def write(self, folder: str | os.PathLike) -> str:
