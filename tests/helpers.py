@@ -1,6 +1,8 @@
 """What several test modules share that is not a fixture: where the shared models are,
-the skips for when they are absent, a server on a free port, a PDF with text in it.
-Fixtures stay in conftest.py."""
+the skips for when they are absent, a server on a free port, a PDF with text in it, the
+MCP test server, a chat template that blows up, a check on a session's cache.
+Fixtures stay in conftest.py; the server tests' names are in served.py, tool-calling
+inputs in tool_cases.py."""
 
 from __future__ import annotations
 
@@ -18,6 +20,15 @@ SHARED_MODEL = SHARED_MODELS / "qwen3-4b-instruct-2507"  # config and tokenizer,
 # A small Qwen3 pair trained on real text (see its SOURCES.md): the target and its draft.
 TRAINED_TARGET = SHARED_MODELS / "qwen3-tiny-trained" / "target"
 TRAINED_DRAFT = SHARED_MODELS / "qwen3-tiny-trained" / "draft"
+MCP_NOTES = ROOT / "tests" / "mcp_notes.py"  # an MCP server (stdio or HTTP) with notes tools
+
+# Renders ChatML, except that a message saying "boom" sets off nested loops.
+BOOM = (
+    "{% for m in messages %}{% if 'boom' in m.content %}{% for i in range(100000) %}"
+    "{% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}"
+    "{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 needs_shared = pytest.mark.skipif(
     not (SHARED_MODEL / "tokenizer.json").is_file(),
@@ -78,3 +89,23 @@ def write_pdf(path: Path, text: str) -> None:
     page[NameObject("/Contents")] = writer._add_object(stream)
     with open(path, "wb") as f:
         writer.write(f)
+
+
+def assert_cache_matches_conversation(session) -> None:
+    """The cache holds exactly the ids the session says, and those render the history."""
+    from qwen_mlx.runtime import cache_length
+
+    assert cache_length(session._cache) == len(session.cache_tokens)
+    rendered = session.model.encode(
+        session.model.render(session.messages, add_generation_prompt=False)
+    )
+    # The cache ends with the last reply's end-of-turn token; the template adds a newline.
+    held = session.cache_tokens
+    assert held == rendered[: len(held)] or common_len(held, rendered) >= len(held) - 12
+
+
+def common_len(a, b) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n

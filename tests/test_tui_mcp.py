@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -17,19 +16,9 @@ from tui.app import ChatApp
 from tui.screens import ConfirmScreen
 from tui.widgets import MessageView
 
-from .test_mcp import NOTES, call
-from .test_tools import ScriptedReplies
+from .helpers import MCP_NOTES
 from .test_tui import SIZE, exchange, ready, type_and_send, wait_for
-
-
-@pytest.fixture(scope="module")
-def notes_url() -> Iterator[str]:
-    from .mcp_notes import serve_http
-
-    url, server, thread = serve_http()
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+from .tool_cases import ScriptedReplies, tool_call
 
 
 @pytest.fixture
@@ -37,7 +26,7 @@ def config(home, notes_url):
     """Writes chat.json naming these of `notes` (stdio, trusted), `web` (HTTP, not
     trusted) and `docs` (HTTP, trusted); all serve the same three tools."""
     servers = {
-        "notes": {"command": sys.executable, "args": [str(NOTES)], "trusted": True},
+        "notes": {"command": sys.executable, "args": [str(MCP_NOTES)], "trusted": True},
         "web": {"url": notes_url},
         "docs": {"url": notes_url, "trusted": True},
     }
@@ -91,7 +80,7 @@ def test_a_trusted_servers_call_runs_without_asking_and_is_shown(
     home, tiny_mlx, tiny_model, monkeypatch, config
 ):
     config("notes")
-    script(monkeypatch, tiny_model, [call("add", a=2, b=40), "It is 42."])
+    script(monkeypatch, tiny_model, [tool_call("add", a=2, b=40), "It is 42."])
 
     async def run():
         async with running(home, tiny_mlx, "notes") as (app, pilot):
@@ -116,7 +105,7 @@ def test_a_trusted_servers_call_runs_without_asking_and_is_shown(
 
 def test_an_untrusted_servers_call_asks_first(home, tiny_mlx, tiny_model, monkeypatch, config):
     config("web")
-    replies = [call("shout", text="hi"), "Done.", call("shout", text="no"), "Fine."]
+    replies = [tool_call("shout", text="hi"), "Done.", tool_call("shout", text="no"), "Fine."]
     script(monkeypatch, tiny_model, replies)
 
     async def run():
