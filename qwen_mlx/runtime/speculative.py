@@ -234,7 +234,9 @@ def drafter_and_planner(
     if planner is None:
         from .memory import MemoryPlanner
 
-        planner = MemoryPlanner.for_model(model, budget, draft=getattr(drafter, "draft", None))
+        draft_model = getattr(drafter, "draft", None)
+        extra = {"draft": draft_model} if draft_model is not None else {}
+        planner = MemoryPlanner.for_model(model, budget, **extra)
     return drafter, planner
 
 
