@@ -1,6 +1,6 @@
 """The whole chat app, driven with Textual's Pilot on the tiny model: the keys, the
 dialogs, the commands, the app's life (start, quit, resume) and the flows that take more
-than one of its parts. Each part alone: test_tui_chat_view.py."""
+than one of its parts. Each part alone: test_tui_parts.py."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 with Textual's Pilot on the tiny model: a long read before a reply shows tokens read of
 total with the time left and stops on Esc, the status line belongs to the chat on screen
 and fits its width, /draft survives a restart. (The same in the open chat alone, with
-attachments and the context policy's notices: test_tui_chat_view.py.)"""
+attachments and the context policy's notices: test_tui_parts.py.)"""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@
 
 The parts say what happened with Textual messages (`ChatView.ChatChanged`,
 `Sidebar.Selected`, `ToolServers.ToolsChanged`, ...); the app handles them and calls the
-parts' methods. Each part can be mounted alone (tests/test_tui_chat_view.py does so).
+parts' methods. Each part can be mounted alone (tests/test_tui_parts.py does so).
 """
 
 from __future__ import annotations

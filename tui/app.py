@@ -255,7 +255,7 @@ class ChatApp(App[None]):
     def _new_session(self) -> ChatSession:
         from qwen_mlx.chat.session import ChatSession
 
-        return self.tool_servers.equip(self._with_draft(ChatSession(self.model)))
+        return self._with_draft(self.tool_servers.equip(ChatSession(self.model)))
 
     def _with_draft(self, session: ChatSession) -> ChatSession:
         if self.draft is not None:

@@ -1,26 +1,33 @@
 """The chat app's parts alone: the open chat (`ChatView`) mounted by itself in a small host
-app on a session of the shared tiny model, a file attached to it, and a reply's job on
-the model thread with nothing on screen."""
+app on a session of the shared tiny model, a file attached to it, a reply's job on the
+model thread with nothing on screen, the sidebar and the MCP servers each in a host app
+of their own, and the slash commands against a stand-in for the app."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from textual.app import App, ComposeResult
+from textual.widgets import Input, ListView
 
 from qwen_mlx.chat.chat_store import ChatStore
 from qwen_mlx.errors import GenerationCancelled
 from qwen_mlx.runtime.memory import MIN_CHUNK, Budget, MemoryPlanner, attention_workspace
 from tui.attachments import attach_file
 from tui.chat_view import ChatView
+from tui.commands import run_command
 from tui.reply_job import CacheSaved, PolicyNotice, ReplyDone, ReplyText, run_reply
 from tui.screens import ConfirmScreen
+from tui.sidebar import Sidebar
+from tui.tool_servers import ToolServers
 from tui.widgets import MessageView, StatusBar, WorkProgress
 
-from .tui_pilot import exchange, hosted, notices, send, views, wait_for
+from .tui_pilot import driving, exchange, hosted, key_names, notices, send, views, wait_for
 
 
 def detail(view: ChatView) -> str:
@@ -286,3 +293,175 @@ async def test_the_view_holds_the_chat_while_its_cache_is_saved(tiny_model, home
         saving.set()
         await wait_for(pilot, lambda: view.busy == "")
         assert view.idle()
+
+
+# -- the sidebar -----------------------------------------------------------------------------------
+
+
+class SidebarHost(App[None]):
+    """The sidebar alone, recording the chats it says were picked."""
+
+    def __init__(self, store: ChatStore) -> None:
+        super().__init__()
+        self.sidebar = Sidebar(store, id="sidebar")
+        self.picked: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield self.sidebar
+
+    def on_sidebar_selected(self, event: Sidebar.Selected) -> None:
+        self.picked.append(event.chat_id)
+
+
+@pytest.mark.asyncio
+async def test_the_sidebar_lists_searches_and_picks_chats(home):
+    store = ChatStore(home)
+    for title in ("Travel plans", "Groceries", "Trivia night"):
+        store.rename(store.create().id, title)
+    newest = store.list()[0]
+    host = SidebarHost(store)
+    async with driving(host) as pilot:
+        sidebar = host.sidebar
+        sidebar.list_chats(current=newest.id)
+        await pilot.pause()
+        items = sidebar.query_one("#chat-items", ListView)
+        titles = [str(row.title.render()) for row in items.children]
+        assert titles == [c.title for c in store.list()]  # most recent first
+        assert items.highlighted_child.chat_id == newest.id  # the open chat's row
+        assert items.highlighted_child.has_class("current")
+
+        sidebar.focus_search()
+        await pilot.press(*key_names("tr"))
+        await wait_for(pilot, lambda: len(items.children) == 2)
+        assert [str(row.title.render()) for row in items.children] == [
+            "Trivia night",
+            "Travel plans",
+        ]
+        await pilot.press("enter")  # the first match
+        await wait_for(pilot, lambda: host.picked)
+        assert host.picked == [store.list("tr")[0].id]
+
+        await pilot.press("down", "down", "enter")  # to the list, the second row, open it
+        await wait_for(pilot, lambda: len(host.picked) == 2)
+        assert host.picked[1] == store.list("tr")[1].id
+        assert sidebar.query_one("#chat-search", Input).value == "tr"
+    store.close()
+
+
+# -- the MCP servers -----------------------------------------------------------------------------
+
+
+class ToolServersHost(App[None]):
+    def __init__(self, home: Path) -> None:
+        super().__init__()
+        self.servers = ToolServers(home)
+
+    def compose(self) -> ComposeResult:
+        yield self.servers
+
+
+@pytest.mark.asyncio
+async def test_mcp_without_a_config_says_how_to_add_servers_and_lists_a_config(home):
+    host = ToolServersHost(home)
+    async with driving(host) as pilot:
+        servers = host.servers
+        servers.command("", may_change=lambda: True)
+        await wait_for(pilot, lambda: any("Add an `mcp` section to" in n for n in notices(host)))
+        servers.command("frob", may_change=lambda: True)
+        await wait_for(pilot, lambda: any(n.startswith("/mcp lists") for n in notices(host)))
+
+        config = {"mcp": {"notes": {"command": "python", "args": ["notes.py"], "enabled": False}}}
+        (home / "chat.json").write_text(json.dumps(config))
+        servers.command("list", may_change=lambda: True)
+        await wait_for(
+            pilot, lambda: any("notes (stdio: python notes.py): off" in n for n in notices(host))
+        )
+        servers.command("enable nope", may_change=lambda: True)
+        await wait_for(pilot, lambda: any("No MCP server 'nope'" in n for n in notices(host)))
+        refused = []
+        servers.command("enable notes", may_change=lambda: refused.append(1) or False)
+        assert refused == [1]  # asked first, and refused: nothing changes
+        assert json.loads((home / "chat.json").read_text())["mcp"]["notes"]["enabled"] is False
+        assert servers.servers == {}
+
+
+# -- the slash commands, against a stand-in for the app --------------------------------------------
+
+
+class FakeView:
+    """What the commands use of the open chat, recording what they asked."""
+
+    def __init__(self, idle: bool = True) -> None:
+        self.calls: list[tuple] = []
+        self._idle = idle
+
+    def can_change(self) -> bool:
+        return self._idle
+
+    def set_params(self, changes):
+        if changes.get("top_p", 0.5) > 1:
+            raise ValueError("top_p must be in (0, 1]")
+        self.calls.append(("set_params", changes))
+        self.session = type("S", (), {"params": type("P", (), changes)()})()
+
+    def set_system(self, text):
+        self.calls.append(("set_system", text))
+
+    def set_policy(self, policy):
+        self.calls.append(("set_policy", policy.value))
+
+
+class FakeApp:
+    """A stand-in for the app: the part of it the commands declare (`CommandHost`)."""
+
+    def __init__(self, view: FakeView) -> None:
+        self.chat_view, self.tool_servers, self.model = view, None, None
+        self.said: list[str] = []
+        self.actions: list[tuple] = []
+
+    def notify(self, message, **kwargs):
+        self.said.append(message)
+
+    def action_attach(self, path=None):
+        self.actions.append(("attach", path))
+
+    def action_export(self, path=None):
+        self.actions.append(("export", path))
+
+
+def test_slash_commands_parse_their_arguments_and_say_what_they_did():
+    app = FakeApp(FakeView())
+    run_command(app, "/temp 0.5")
+    run_command(app, "/top_k 2.5")
+    run_command(app, "/top_p 3")
+    run_command(app, "/system  Be brief. ")
+    run_command(app, "/policy kv-quantize")
+    run_command(app, "/policy sideways")
+    run_command(app, "/attach")
+    run_command(app, "/attach notes.md")
+    run_command(app, "/export")
+    run_command(app, "/nope")
+    assert app.chat_view.calls == [
+        ("set_params", {"temperature": 0.5}),
+        ("set_system", "Be brief."),
+        ("set_policy", "kv-quantize"),
+    ]
+    assert app.actions == [("attach", "notes.md"), ("export", None)]
+    assert app.said == [
+        "temperature = 0.5",
+        "/top_k takes a whole number, and “2.5” is not one (/top_k alone goes back to the "
+        "model's default).",
+        "/top_p 3: top_p must be in (0, 1]",
+        "System prompt set.",
+        "Context policy: kv-quantize",
+        "Policies: truncate, kv-quantize, error.",
+        "/attach needs a file path (or press ctrl+o).",
+        "Unknown command /nope; /help lists them.",
+    ]
+
+
+def test_slash_commands_change_nothing_while_the_chat_is_busy():
+    app = FakeApp(FakeView(idle=False))
+    for line in ("/temp 0", "/system hi", "/policy error"):
+        run_command(app, line)
+    assert app.chat_view.calls == [] and app.said == []  # the view says why (can_change)
