@@ -40,6 +40,7 @@ from .helpers import SCRIPTS, TRAINED_TARGET, child_env
 from .tui_pilot import (
     driving,
     exchange,
+    held_saves,
     key_names,
     notices,
     ready,
@@ -230,16 +231,7 @@ async def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home)
 
 @pytest.mark.asyncio
 async def test_the_chat_stays_put_until_its_cache_is_saved(stored, home, monkeypatch):
-    import qwen_mlx.chat.session as session_module
-
-    saving = threading.Event()
-    real_save = session_module.ChatSession.save
-
-    def slow_save(self, path):
-        saving.wait(30)  # a long chat's cache on a slow disk
-        return real_save(self, path)
-
-    monkeypatch.setattr(session_module.ChatSession, "save", slow_save)
+    saving = held_saves(monkeypatch)
 
     async with running(home) as (app, pilot):
         app.run_command("/max_tokens 4")

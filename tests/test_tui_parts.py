@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +26,17 @@ from tui.sidebar import Sidebar
 from tui.tool_servers import ToolServers
 from tui.widgets import MessageView, StatusBar, WorkProgress
 
-from .tui_pilot import driving, exchange, hosted, key_names, notices, send, views, wait_for
+from .tui_pilot import (
+    driving,
+    exchange,
+    held_saves,
+    hosted,
+    key_names,
+    notices,
+    send,
+    views,
+    wait_for,
+)
 
 
 def detail(view: ChatView) -> str:
@@ -272,16 +281,7 @@ def test_a_failed_reply_job_takes_its_question_back_and_saves_no_cache(
 
 @pytest.mark.asyncio
 async def test_the_view_holds_the_chat_while_its_cache_is_saved(tiny_model, home, monkeypatch):
-    import qwen_mlx.chat.session as session_module
-
-    saving = threading.Event()
-    real_save = session_module.ChatSession.save
-
-    def slow_save(self, path):
-        saving.wait(30)  # a long chat's cache on a slow disk
-        return real_save(self, path)
-
-    monkeypatch.setattr(session_module.ChatSession, "save", slow_save)
+    saving = held_saves(monkeypatch)
     async with hosted(home, tiny_model) as (view, pilot):
         view.set_params({"max_tokens": 4})
         await send(pilot, "hello")

@@ -10,6 +10,7 @@ message just sent, never for a state that a send still being measured also shows
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,22 @@ async def hosted(
             yield host.view, pilot
     finally:
         store.close()
+
+
+def held_saves(monkeypatch) -> threading.Event:
+    """Make every ChatSession.save wait until the returned event is set (at most 30 s): a
+    long chat's KV cache on a slow disk."""
+    import qwen_mlx.chat.session as session_module
+
+    saving = threading.Event()
+    real_save = session_module.ChatSession.save
+
+    def slow_save(self, path):
+        saving.wait(30)
+        return real_save(self, path)
+
+    monkeypatch.setattr(session_module.ChatSession, "save", slow_save)
+    return saving
 
 
 def replies(app: App) -> int:
