@@ -99,7 +99,7 @@ class ViewHost(App[None]):
         yield self.view
 
     def on_mount(self) -> None:
-        self.view.query_one("#loading").display = False
+        self.view.show_loading(False)
         self.view.new_chat(self.session)
         self.view.prompt.focus()
 

@@ -171,7 +171,7 @@ class ChatApp(App[None]):
             self.home, self.store, opened=self.initial_chat, draft=self.draft_ref
         )
         if ref is None:
-            self.chat_view.query_one("#loading").display = False
+            self.chat_view.show_loading(False)
             self.push_screen(NoModelScreen(), self._after_no_model)
         else:
             self._load_model(ref)
@@ -302,7 +302,7 @@ class ChatApp(App[None]):
             return
         from qwen_mlx.convert.demo import DEMO_MODEL
 
-        self.chat_view.query_one("#loading").display = True
+        self.chat_view.show_loading(True)
         self._load_model(DEMO_MODEL)
 
     @work(exclusive=True, group="load")
@@ -313,7 +313,7 @@ class ChatApp(App[None]):
         try:
             model = await on_model_thread(load_model, ref, self.load_options)
         except Exception as e:
-            view.query_one("#loading").display = False
+            view.show_loading(False)
             view.status.model_label = f"no model ({ref} failed to load)"
             self.notify(f"Could not load {ref}: {e}", severity="error", timeout=10)
             return
@@ -326,7 +326,7 @@ class ChatApp(App[None]):
     def _model_ready(self, model: Model) -> None:
         self.model = model
         view = self.chat_view
-        view.query_one("#loading").display = False
+        view.show_loading(False)
         view.status.model_label = f"{model.name} · {model.quantization_label}"
         self.sub_title = model.name
         initial, self.initial_chat = self.initial_chat, None  # only for the first model

@@ -7,8 +7,8 @@ work holds the chat (`streaming`, `busy`): the app asks it (`idle`, `can_change`
 starting any, and Esc stops it (`stop`). A reply runs on the process's model thread
 (`reply_job.run_reply`), which sends its text back in batches as messages, so the
 screen never waits for the model; the chat is saved as the reply goes (the messages at
-once, the KV cache after). The view tells the app what it must follow with messages (`ChatChanged`,
-`WorkChanged`); the app calls its methods.
+once, the KV cache after). The view tells the app what it must follow with messages
+(`ChatChanged`, `WorkChanged`); the app calls its methods.
 """
 
 from __future__ import annotations
@@ -111,6 +111,10 @@ class ChatView(Vertical):
     @property
     def prompt(self) -> PromptInput:
         return self.query_one("#prompt", PromptInput)
+
+    def show_loading(self, loading: bool) -> None:
+        """Show (or hide) that a model is being loaded."""
+        self.query_one("#loading", LoadingIndicator).display = loading
 
     # -- what holds the chat ------------------------------------------------------------------
 
