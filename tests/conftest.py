@@ -127,6 +127,27 @@ def tiny_model(tiny_mlx):
     return load(tiny_mlx)
 
 
+@pytest.fixture(scope="session")
+def tiny_store(tiny_hf, tmp_path_factory) -> Path:
+    """A store holding the tiny model (`qwen3-1m-tiny`), converted once per session;
+    `stored` copies it into a test's own store."""
+    from qwen_mlx.convert import convert
+
+    root = tmp_path_factory.mktemp("tiny_store")
+    convert(str(tiny_hf), home=root)
+    return root
+
+
+@pytest.fixture
+def stored(tiny_store, home) -> str:
+    """The tiny model in this test's own store (the one model there, so the default of
+    the chat app and the CLI), copied from `tiny_store`; its family name."""
+    import shutil
+
+    shutil.copytree(tiny_store, home, dirs_exist_ok=True)
+    return "qwen3-1m-tiny"
+
+
 @pytest.fixture
 def hf_copy(tiny_hf, tmp_path) -> Path:
     """A private copy of the tiny checkpoint that a test may damage."""

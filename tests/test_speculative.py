@@ -435,8 +435,8 @@ def test_the_chat_app_speculates_shows_the_acceptance_and_turns_it_off(tiny_hf, 
 
     from qwen_mlx.convert import convert
 
-    from .test_tui import reply as wait_reply
-    from .test_tui import running, type_and_send
+    from .tui_pilot import reply as wait_reply
+    from .tui_pilot import running, type_and_send
 
     convert(str(tiny_hf))
     family = "qwen3-1m-tiny"

@@ -17,8 +17,8 @@ from tui.screens import ConfirmScreen
 from tui.widgets import MessageView
 
 from .helpers import MCP_NOTES
-from .test_tui import SIZE, exchange, ready, type_and_send, wait_for
 from .tool_cases import ScriptedReplies, tool_call
+from .tui_pilot import driving, exchange, notices, ready, type_and_send, wait_for
 
 
 @pytest.fixture
@@ -47,14 +47,10 @@ def script(monkeypatch, tiny_model, replies: list[str]) -> ScriptedReplies:
 async def running(home, tiny_mlx, *servers: str):
     """The app with its model loaded and these MCP servers connected."""
     app = ChatApp(home=home, model=str(tiny_mlx))
-    async with app.run_test(size=SIZE) as pilot:
+    async with driving(app) as pilot:
         await ready(pilot)
-        await wait_for(pilot, lambda: set(servers) <= set(app.mcp_servers))
+        await wait_for(pilot, lambda: set(servers) <= set(app.tool_servers.servers))
         yield app, pilot
-
-
-def notices(app) -> list[str]:
-    return [n.message for n in app._notifications]
 
 
 async def listing(pilot) -> str:
@@ -137,16 +133,16 @@ def test_mcp_lists_disables_and_enables_servers(home, tiny_mlx, config):
             assert "docs (http:" in shown and "on, 3 tools, trusted" in shown
             assert "web (http:" in shown
             app.run_command("/mcp disable docs")
-            await wait_for(pilot, lambda: "docs" not in app.mcp_servers)
+            await wait_for(pilot, lambda: "docs" not in app.tool_servers.servers)
             assert json.loads(path.read_text())["mcp"]["docs"]["enabled"] is False
             # with docs off, web's tools (the same names) are the chat's now
             from qwen_mlx.chat.mcp_client import server_of
 
-            assert server_of(app.session.tools["add"]).name == "web"
+            await wait_for(pilot, lambda: server_of(app.session.tools["add"]).name == "web")
             shown = await listing(pilot)
             assert "docs (http:" in shown and "): off" in shown
             app.run_command("/mcp enable docs")
-            await wait_for(pilot, lambda: "docs" in app.mcp_servers)
+            await wait_for(pilot, lambda: "docs" in app.tool_servers.servers)
             assert json.loads(path.read_text())["mcp"]["docs"]["enabled"] is True
             app.run_command("/mcp enable nope")
             await said(pilot, "No MCP server 'nope'")

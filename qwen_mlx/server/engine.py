@@ -41,12 +41,12 @@ from ..runtime import (
     Model,
     cache_length,
     make_cache,
-    make_drafter,
     stream_tokens,
     trim_cache,
 )
 from ..runtime.distributed import group_failure, group_status, leader_of
 from ..runtime.memory import MemoryPlanner
+from ..runtime.speculative import drafter_and_planner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
@@ -92,15 +92,14 @@ class Engine:
         self.model = model
         # Speculative decoding for every request that does not turn it off (a lone
         # request's generation path; see `_generate`).
-        self.drafter = make_drafter(model, draft, kv_bits=kv_bits)
+        self.drafter, self.planner = drafter_and_planner(
+            model, draft, kv_bits=kv_bits, planner=planner
+        )
         self.num_draft_tokens = num_draft_tokens
         family = [model.manifest.family] if model.manifest and model.manifest.family else []
         self.names = tuple(dict.fromkeys([model.name, *family, *aliases]))
         self.max_token_chars = _longest_token(model)
         self.kv_bits = kv_bits
-        draft_model = getattr(self.drafter, "draft", None)
-        extra = {"draft": draft_model} if draft_model is not None else {}
-        self.planner = planner or MemoryPlanner.for_model(model, **extra)
         limits = [model.context_length, self.planner.max_context(kv_bits)]
         self.context_limit = min([*limits, max_context] if max_context else limits)
         self.max_tokens_cap = max_tokens_cap
