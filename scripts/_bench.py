@@ -65,17 +65,20 @@ class BenchParser(argparse.ArgumentParser):
 
     `smoke(**values)` says what `--smoke` changes: each named option the command line
     left at its default takes the value given, so a smoke run is short and a flag given
-    still wins over it."""
+    still wins over it. A benchmark whose whole run is already that short says
+    `smoke=False` and has no `--smoke`."""
 
-    def __init__(self, doc: str) -> None:
+    def __init__(self, doc: str, *, smoke: bool = True) -> None:
         super().__init__(description=doc, **_PARSER)
         self._smoke: dict[str, Any] = {}
-        self.add_argument(
-            "--smoke",
-            action="store_true",
-            help="a tiny model and a short run, seconds: checks that the script works (the "
-            "test suite runs it); its figures mean nothing",
-        )
+        self.set_defaults(smoke=False)
+        if smoke:
+            self.add_argument(
+                "--smoke",
+                action="store_true",
+                help="a tiny model and a short run, seconds: checks that the script works "
+                "(the test suite runs it); its figures mean nothing",
+            )
         self.add_argument(
             "--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON"
         )
