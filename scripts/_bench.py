@@ -66,12 +66,12 @@ class BenchParser(argparse.ArgumentParser):
     `smoke(**values)` says what `--smoke` changes: each named option the command line
     left at its default takes the value given, so a smoke run is short and a flag given
     still wins over it. A benchmark whose whole run is already that short says
-    `smoke=False` and has no `--smoke`."""
+    `smoke=False` and has no `--smoke`; one that writes no figures, `json=False`."""
 
-    def __init__(self, doc: str, *, smoke: bool = True) -> None:
+    def __init__(self, doc: str, *, smoke: bool = True, json: bool = True) -> None:
         super().__init__(description=doc, **_PARSER)
         self._smoke: dict[str, Any] = {}
-        self.set_defaults(smoke=False)
+        self.set_defaults(smoke=False, json=None)
         if smoke:
             self.add_argument(
                 "--smoke",
@@ -79,9 +79,10 @@ class BenchParser(argparse.ArgumentParser):
                 help="a tiny model and a short run, seconds: checks that the script works "
                 "(the test suite runs it); its figures mean nothing",
             )
-        self.add_argument(
-            "--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON"
-        )
+        if json:
+            self.add_argument(
+                "--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON"
+            )
 
     def rounds(self, default: int, help: str, *old: str) -> None:
         """`--rounds N`; `old` are the names it had before, still accepted."""

@@ -22,12 +22,11 @@ Metal the GPU does the work and only wall-clock time means anything.)
 Targets: lookup >= 1.5x plain where coverage >= 0.6; no mode below 0.95x plain where
 coverage < 0.3; our draft >= 1.0x mlx-lm's draft on every prompt.
 
-    python scripts/bench_speculative.py [--max-tokens 96] [--prompts 12] [--repeat 2]
+    python scripts/bench_speculative.py [--max-tokens 96] [--prompts 12] [--repeat 2] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import statistics
 import sys
@@ -35,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-TRAINED = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-tiny-trained"
+from _bench import TRAINED, BenchParser
+
 MODULES = ("textwrap", "shlex", "fnmatch", "bisect", "colorsys", "glob", "heapq", "queue")
 
 
@@ -134,13 +134,14 @@ def theirs(model, draft_model, tokens, max_tokens):
     return taken, cpu_tps, from_draft / max(drafted, 1), tps
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = BenchParser(__doc__, json=False)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--prompts", type=int, default=12, help="prompts for bf16")
     ap.add_argument("--q4-prompts", type=int, default=4, help="prompts for 4-bit (slow on CPU)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode; the median is kept")
-    args = ap.parse_args()
+    ap.smoke(max_tokens=8, prompts=2, q4_prompts=1, repeat=1)
+    args = ap.parse_args(argv)
     if not (TRAINED / "target" / "config.json").is_file():
         print(f"The trained pair is not at {TRAINED}.", file=sys.stderr)
         return 2
