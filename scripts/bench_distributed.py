@@ -205,7 +205,7 @@ def planned_table(
                     weights / 1e9,
                     planner.max_context(),
                     planner.max_context(4),
-                    planner.sequences(4096),
+                    planner.max_sequences(4096),
                     planned / (1 << 20),
                     measured / (1 << 20),
                 )

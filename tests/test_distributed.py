@@ -30,7 +30,8 @@ import pytest
 
 from qwen_mlx import ChatSession
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
-from qwen_mlx.runtime import SamplingParams, batch_generate, generate, load
+from qwen_mlx.errors import RankFailedError
+from qwen_mlx.runtime import GenerationChunk, SamplingParams, batch_generate, generate, load
 from qwen_mlx.runtime.launch import HostFile, Ranks, free_ports
 from qwen_mlx.server import Engine, create_app
 
@@ -293,24 +294,113 @@ def _child_pids(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def test_a_killed_follower_fails_the_command_naming_it(tiny_mlx, tmp_path):
+def _running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie nobody has reaped yet does not)."""
+    out = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
+    return bool(out.stdout.strip()) and not out.stdout.strip().startswith("Z")
+
+
+def _generating(tiny_mlx, home: Path, **env: str) -> subprocess.Popen:
+    """`qwen-mlx generate --ranks 2` with no end to its reply, once its text has begun."""
     argv = ["generate", "--model", str(tiny_mlx), "--ranks", "2", "--prompt", "Hello"]
     command = subprocess.Popen(
         [sys.executable, "-m", "qwen_mlx", *argv, "--temperature", "0", "--max-tokens", "-1"],
-        env=_env(tmp_path),
+        env=_env(home) | env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    if not command.stdout.read(8):
+        command.kill()
+        raise AssertionError("no text came: " + command.communicate()[1].decode()[-2000:])
+    return command
+
+
+# How long a command may take to end after its follower is lost. Its longest path is a
+# step left blocked in MLX (a collective queued after the one that failed never ends):
+# launch.STUCK_GRACE (10 s) after the loss, then the followers are ended (2.5 s). It took
+# 10.5 s on 2 cores at a load average of 10; 60 s leaves room for a slower machine.
+ENDS_WITHIN = 60
+
+
+def test_a_killed_follower_fails_the_command_naming_it(tiny_mlx, tmp_path):
+    command = _generating(tiny_mlx, tmp_path)
     try:
-        assert command.stdout.read(8), "no text came before the follower was killed"
         (follower,) = _child_pids(command.pid)
         os.kill(follower, signal.SIGKILL)
-        _, err = command.communicate(timeout=60)
+        _, err = command.communicate(timeout=ENDS_WITHIN)
     finally:
         if command.poll() is None:
             command.kill()
     assert command.returncode != 0
     assert "error: Rank 1 of 2 (127.0.0.1) stopped (killed by SIGKILL)" in err.decode()
+
+
+def test_a_follower_that_stops_answering_fails_the_command_naming_it(tiny_mlx, tmp_path):
+    # A frozen follower keeps its sockets open: rank 0's collective waits on it for good
+    # and no error ever comes from MLX. Silent 3 s while rank 0 waits, it is given up,
+    # and the command ends (its followers ended: within ENDS_WITHIN, as above).
+    command = _generating(tiny_mlx, tmp_path, QWEN_MLX_RANK_TIMEOUT="3")
+    (follower,) = _child_pids(command.pid)
+    try:
+        os.kill(follower, signal.SIGSTOP)
+        _, err = command.communicate(timeout=ENDS_WITHIN)
+    finally:
+        if command.poll() is None:
+            command.kill()
+        if _running(follower):
+            os.kill(follower, signal.SIGKILL)
+    assert command.returncode != 0
+    assert "error: Rank 1 of 2 (127.0.0.1) stopped answering" in err.decode()
+    assert not _running(follower)  # rank 0 ended it on the way out
+
+
+def test_a_follower_leaves_when_rank_0_dies_during_a_step(tiny_mlx, tmp_path):
+    command = _generating(tiny_mlx, tmp_path)
+    (follower,) = _child_pids(command.pid)
+    command.kill()
+    command.communicate()
+    deadline = time.monotonic() + ENDS_WITHIN
+    while _running(follower) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = not _running(follower)
+    if not left:
+        os.kill(follower, signal.SIGKILL)
+    assert left, "the follower outlived rank 0"
+
+
+def test_requests_a_blocked_model_thread_cannot_end_hear_the_ranks_failure(tiny_model):
+    # What a server does when a lost rank leaves its model thread blocked in MLX (see
+    # launch.Ranks.on_stuck): the engine ends the requests itself, naming the rank.
+    release = threading.Event()
+
+    def blocked(model, tokens, params, **kwargs):  # a step that never returns
+        yield GenerationChunk("wait", None, len(tokens), 0.0, 1, 0.0, 0.0, 0.0)
+        release.wait(60)
+
+    engine = Engine(tiny_model, max_context=2048, cache_bytes=0)
+    engine.stream_tokens = blocked
+    server, thread, port = start_server(create_app(engine, api_key=KEY))
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60
+        )
+        stream = client.chat.completions.create(
+            model=engine.model.name, messages=user("go on"), stream=True
+        )
+        chunks = iter(stream)
+        while not next(chunks).choices[0].delta.content:  # the role comes first
+            pass  # then the text: the model thread is in the step
+        lost = RankFailedError("Rank 1 of 2 (127.0.0.1) stopped (killed by SIGKILL).")
+        engine.abandon(lost)
+        with pytest.raises(openai.APIError, match=r"Rank 1 of 2 \(127\.0\.0\.1\) stopped"):
+            for _ in chunks:
+                pass
+        assert engine.queued == 0  # a server can restart the group now
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
 
 
 def test_a_killed_follower_ends_requests_with_its_name_and_the_group_restarts(tiny_mlx, tmp_path):

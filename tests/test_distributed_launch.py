@@ -153,7 +153,7 @@ def test_two_16gb_macs_hold_a_context_one_cannot():
     one, two = planner(1), planner(2)
     assert two.max_context(4) == 262_144 > one.max_context(4)
     assert two.max_context() > 2 * one.max_context()  # the weights' share shrinks too
-    assert two.sequences(4096) > 2 * one.sequences(4096)
+    assert two.max_sequences(4096) > 2 * one.max_sequences(4096)
 
 
 def test_a_macs_budget_is_its_metal_working_set():

@@ -467,6 +467,28 @@ def test_malformed_json_is_400_in_openai_shape(served):
     assert "must be a JSON object" in assert_openai_error(response, 400)["message"]
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_json_body_is_read_whatever_its_content_type_says(served, content_type):
+    # As OpenAI's, Anthropic's and Ollama's own servers read it (litellm sends none).
+    headers = {"Content-Type": content_type} if content_type else {}
+    ollama = {"messages": user("hi"), "stream": False, "options": {"num_predict": 2}}
+    for path, body in (
+        ("/v1/chat/completions", {"messages": user("hi"), "max_tokens": 2}),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 2}),
+        ("/v1/responses", {"input": "hi", "max_output_tokens": 2}),
+        ("/v1/messages", {"model": MODEL, "max_tokens": 2, "messages": user("hi")}),
+        ("/api/chat", ollama),
+    ):
+        url = served.url.removesuffix("/v1") + path
+        response = httpx.post(
+            url, content=json.dumps(body), headers={"Authorization": f"Bearer {KEY}", **headers}
+        )
+        assert response.status_code == 200, (path, response.text)
+    # A body that is not JSON is still a clear 400, whatever it claims to be.
+    response = served.post("/chat/completions", content=b"messages=hi", headers=headers)
+    assert "not valid JSON" in assert_openai_error(response, 400, "invalid_json")["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -660,10 +682,10 @@ def test_a_call_with_numbers_json_cannot_carry_is_dropped_not_a_500(
 
 
 def test_tool_calls_are_found_off_the_event_loop(served, client, model_stream, monkeypatch):
-    import qwen_mlx.server.prepare as prepare
+    import qwen_mlx.server.reply as reply_module
 
     threads: set[str] = set()
-    real_feed, real_parse = prepare.CallFilter.feed, prepare.parse_tool_calls
+    real_feed, real_parse = reply_module.CallFilter.feed, reply_module.parse_tool_calls
 
     def feed(self, text):
         threads.add(threading.current_thread().name)
@@ -673,8 +695,8 @@ def test_tool_calls_are_found_off_the_event_loop(served, client, model_stream, m
         threads.add(threading.current_thread().name)
         return real_parse(text)
 
-    monkeypatch.setattr(prepare.CallFilter, "feed", feed)
-    monkeypatch.setattr(prepare, "parse_tool_calls", parse)
+    monkeypatch.setattr(reply_module.CallFilter, "feed", feed)
+    monkeypatch.setattr(reply_module, "parse_tool_calls", parse)
     model_stream(scripted(CALL_TEXT))
     for stream in (False, True):
         reply = client.chat.completions.create(
@@ -1286,7 +1308,7 @@ def test_client_tool_messages_render_through_the_real_qwen_template():
     from transformers import AutoTokenizer
 
     from qwen_mlx.server import ChatRequest
-    from qwen_mlx.server.prepare import _template_message
+    from qwen_mlx.server.protocols.openai.translate import _template_message
 
     request = ChatRequest.model_validate(
         {

@@ -185,16 +185,16 @@ def test_a_full_queue_gets_503_with_retry_after_in_openai_shape(single):
 def test_a_simultaneous_burst_gets_no_more_places_than_the_queue_has(tiny_model, monkeypatch):
     # Room for 2 running and 2 waiting. Preparations are held until the refusals are in,
     # so a check made before any job was counted would let all 12 through.
-    from qwen_mlx.server import app as app_module
+    from qwen_mlx.server.protocols.openai import routes as openai_routes
 
     gate = threading.Event()
-    real_prepare = app_module.prepare_chat
+    real_prepare = openai_routes.prepare_chat
 
     def held(*args, **kwargs):
         gate.wait(60)
         return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(app_module, "prepare_chat", held)
+    monkeypatch.setattr(openai_routes, "prepare_chat", held)
     engine = Engine(tiny_model, max_context=2048, max_batch=2, max_queue=2, cache_bytes=0)
     refused: list[httpx.Response] = []
     for served in serve(engine):

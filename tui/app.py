@@ -142,6 +142,13 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
 
     def on_mount(self) -> None:
         self.query_one("#messages", VerticalScroll).anchor()
+        group = self.load_options.get("group")
+        if group is not None:  # a lost rank left the model thread blocked: quit, naming it
+            group.on_stuck(
+                lambda failure: self.call_from_thread(
+                    self.exit, return_code=1, message=f"error: {failure}"
+                )
+            )
         self._refresh_chats()
         ref = self.model_ref or self._default_model()
         if ref is None:

@@ -15,13 +15,14 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "Show the memory a context needs (weights + KV cache + attention working space) "
             "with bf16, 8-bit and 4-bit KV caches, the longest context each allows and how "
-            "many sequences of that context fit at once, on this machine or (--memory) on a "
-            "Mac of that size; with --ranks, per rank of a model split across several. "
-            "Nothing is loaded: the weights' size comes from the safetensors headers, or "
-            "from config.json alone for a folder without weights."
+            "many sequences fit at once (a server's batch, `serve --kv-bits`), on this "
+            "machine or (--memory) on a Mac of that size; with --ranks, per rank of a model "
+            "split across several. Nothing is loaded: the weights' size comes from the "
+            "safetensors headers, or from config.json alone for a folder without weights."
         ),
         epilog="examples:\n"
         "  qwen-mlx plan --context 131072\n"
+        "  qwen-mlx plan --memory 16 --per-sequence 8192   # a 16 GB Mac serving 8k chats\n"
         "  qwen-mlx plan --model ./Qwen3-4B-Instruct-2507 --q-bits 4   # before converting\n"
         "  qwen-mlx plan --ranks 2 --memory 16 --context 262144   # two 16 GB Macs\n",
     )
@@ -40,8 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory",
         type=float,
         metavar="GB",
-        help="plan for a Mac with this much memory (its Metal working set, estimated) "
-        "instead of this machine",
+        help="plan for a Mac with this much unified memory instead of this machine "
+        "(its Metal working set: about 2/3 of memory below 36 GB, 3/4 from 36 GB)",
+    )
+    p.add_argument(
+        "--per-sequence",
+        type=int,
+        metavar="TOKENS",
+        help="tokens each concurrent sequence holds, prompt and reply, for the SEQUENCES "
+        "column (default: 4096, or --context if smaller)",
     )
     split = p.add_argument_group("a model split across several Macs (see `serve --hosts`)")
     split.add_argument("--ranks", type=int, metavar="N", help="plan each of N ranks (Macs)")
@@ -151,11 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.context is not None and args.context <= 0:
         raise ValueError("--context must be a positive number of tokens.")
-    from ..runtime.memory import KV_BITS, MAX_CHUNK, kv_label
+    if args.per_sequence is not None and args.per_sequence <= 0:
+        raise ValueError("--per-sequence must be a positive number of tokens.")
+    from ..runtime.memory import KV_BITS, MAX_CHUNK, SEQUENCE_TOKENS, kv_label
 
     planner, name, weights_from = _planner(args)
     model_context = planner.shape.context_length
     context = args.context or model_context
+    per_sequence = args.per_sequence or min(SEQUENCE_TOKENS, context)
     rows = []
     for bits in KV_BITS:
         plan = planner.plan(context, bits)
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fits_model_context": plan.fits_context,
                 "why": why_not(plan),
                 "max_context": planner.max_context(bits),
-                "sequences": planner.sequences(context, bits),
+                "max_sequences": planner.max_sequences(per_sequence, bits),
             }
         )
     budget = planner.budget
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     "weights_from": weights_from,
                     "model_context": model_context,
                     "context": context,
+                    "per_sequence": per_sequence,
                     "budget_bytes": budget.bytes,
                     "memory_bytes": budget.total,
                     "budget_source": budget.source,
@@ -224,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "WORKSPACE",
         "TOTAL",
         "MAX CONTEXT",
-        "SEQUENCES",
+        f"SEQUENCES x {per_sequence:,}",
         "FITS",
     )
     table = [header] + [
@@ -236,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             human_bytes(r["workspace_bytes"]),
             human_bytes(r["total_bytes"]),
             f"{r['max_context']:,}",
-            f"{r['sequences']:,}",
+            f"{r['max_sequences']:,}",
             r["why"],
         )
         for r in rows
@@ -246,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         "WORKSPACE is the attention scores of one prefill CHUNK (tokens read per step): the "
         f"planner takes the largest chunk, up to {MAX_CHUNK:,}, that fits beside the weights "
         "and the KV cache, so a smaller KV cache leaves room for a larger chunk (faster "
-        "prefill, more workspace). SEQUENCES is how many sequences of this context fit at "
-        "once (a server's batch). Sizes in decimal units (1 GB = 10^9 bytes)."
+        f"prefill, more workspace). SEQUENCES is how many sequences of {per_sequence:,} "
+        "tokens each (prompt and reply) have their KV in memory at once, as a server's batch "
+        "or its warm conversations do; `serve --kv-bits 8|4` stores them quantized. Sizes in "
+        "decimal units (1 GB = 10^9 bytes)."
     )
     print("\n" + textwrap.fill(note, width=88))
     if context > model_context:

@@ -36,14 +36,19 @@ def reuse_cache(cache: list[Any], held: list[int], tokens: Sequence[int], *, kee
 
 def make_cache(model: Model, kv_bits: int | None = None) -> list[Any]:
     """An empty KV cache for `model`: bf16, or quantized to `kv_bits` from the first token
-    (so a long prefill never holds a bf16 copy of the cache)."""
+    (so a long prefill never holds a bf16 copy of the cache). Either kind can join a
+    batch (`kv_batch.batchable`)."""
     from mlx_lm.models.cache import QuantizedKVCache, make_prompt_cache
+
+    from .kv_batch import batchable
 
     if kv_bits is None:
         cache = make_prompt_cache(model.model)
     else:
         group = kv_group_size(model.model.args.head_dim)
-        cache = [QuantizedKVCache(group_size=group, bits=kv_bits) for _ in model.model.layers]
+        cache = batchable(
+            [QuantizedKVCache(group_size=group, bits=kv_bits) for _ in model.model.layers]
+        )
     leader = leader_of(model)
     return cache if leader is None else leader.wrap(cache)  # split like the model
 
@@ -74,6 +79,8 @@ def requantize_cache(model: Model, cache: list[Any], kv_bits: int) -> list[Any]:
         return leader.requantize(cache, kv_bits)
     from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
+    from .kv_batch import batchable
+
     group_size = kv_group_size(model.model.args.head_dim)
     out = []
     for c in cache:
@@ -90,7 +97,7 @@ def requantize_cache(model: Model, cache: list[Any], kv_bits: int) -> list[Any]:
             ]
             q.keys, q.values = (mx.quantize(d, group_size=group_size, bits=kv_bits) for d in dense)
         out.append(q)
-    return out
+    return batchable(out)
 
 
 def save_cache(path: str | Path, cache: list[Any], metadata: dict[str, str]) -> None:

@@ -14,9 +14,20 @@ most of a core), and rank 0 rings it before the next operation. When rank 0 goes
 for any reason, the followers read the end of stdin and exit: no rank outlives the group.
 Tensors and operations travel over `mx.distributed` only.
 
-Followers report their state on stdout in lines of `qwen-mlx-rank {json}`; everything
-else they print goes to stderr, which is kept (the last lines name a failure) and passed
-to `sink`.
+Followers report their state on stdout in lines of `qwen-mlx-rank {json}`, and a bare
+line each second while they run; everything else they print goes to stderr, which is kept
+(the last lines name a failure) and passed to `sink`.
+
+A lost rank must never leave rank 0 waiting forever, and MLX alone does not see to it: its
+ring backend fails the collective that is waiting when a peer's socket closes, but its
+socket threads end there, so any collective queued after it (a step holds several) waits
+for good, and one waiting on a peer that is alive but stopped (a frozen process, a Mac
+gone to sleep) never ends either. No thread can interrupt a collective blocked in C++, so
+`Ranks` watches instead: a call still blocked `STUCK_GRACE` seconds after a rank's failure
+is stuck, and so at once is one that waits on a follower silent for `answer_timeout`
+seconds (which fails the group, naming it). `on_stuck` callbacks hear of it; by default
+the process ends with the failure as its error, as a command does (the server fails its
+requests and restarts the group).
 """
 
 from __future__ import annotations
@@ -46,6 +57,15 @@ FOLLOWER_MODULE = "qwen_mlx.runtime.follower"
 CONTROL = "qwen-mlx-rank "  # a follower's state line on stdout: CONTROL + JSON
 JOIN_TIMEOUT = 120.0  # seconds for every rank to start and for the group to connect
 STOP_TIMEOUT = 5.0  # seconds a follower gets to exit after its stdin closes
+HEARTBEAT = 1.0  # seconds between a running follower's bare state lines
+# A follower silent this long while rank 0 waits on it has stopped answering. Nothing a
+# follower does holds Python's lock for long once it has joined (MLX waits and loads
+# without it), so a minute of silence is a frozen process or a lost link, never work.
+ANSWER_TIMEOUT = 60.0
+ANSWER_TIMEOUT_ENV = "QWEN_MLX_RANK_TIMEOUT"
+# A call that has not ended this long after a rank's failure is blocked in MLX for good:
+# a collective that can fail does so within milliseconds of the loss (see the docstring).
+STUCK_GRACE = 10.0
 TAIL_LINES = 20
 BACKENDS = ("ring", "jaccl", "jaccl-ring")
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -200,6 +220,7 @@ class _Follower:
         self.process = process
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.readers: list[threading.Thread] = []
+        self.heard = time.monotonic()  # its last line on stdout
 
 
 class Ranks:
@@ -207,8 +228,10 @@ class Ranks:
 
     `start()` launches ranks 1..N-1, waits until each is about to connect, connects this
     process as rank 0 and returns the `mx.distributed` group. From then on a rank that
-    exits sets `failure` (a RankFailedError naming it, with its last error line) and calls
-    every `on_failure` callback once. `close()` ends the followers.
+    exits, or stops answering while rank 0 waits on it, sets `failure` (a RankFailedError
+    naming it, with its last error line) and calls every `on_failure` callback once; a
+    call left blocked by it calls the `on_stuck` callbacks, or ends the process when there
+    are none (see the module docstring). `close()` ends the followers.
     """
 
     def __init__(
@@ -217,6 +240,7 @@ class Ranks:
         *,
         python: str | None = None,
         sink: Callable[[int, str], None] | None = None,
+        answer_timeout: float | None = None,
     ) -> None:
         if len(hosts) < 2:
             raise ValueError("A group needs at least 2 ranks.")
@@ -229,9 +253,15 @@ class Ranks:
         self.hosts = hosts
         self.python = python or os.environ.get(REMOTE_PYTHON_ENV) or sys.executable
         self.sink = sink
+        if answer_timeout is None:
+            answer_timeout = float(os.environ.get(ANSWER_TIMEOUT_ENV) or ANSWER_TIMEOUT)
+        self.answer_timeout = answer_timeout
         self.states = [RankState(i, h.ssh) for i, h in enumerate(hosts.hosts)]
         self.failure: RankFailedError | None = None
+        self._failed_at = 0.0  # time.monotonic() of the failure
         self._callbacks: list[Callable[[RankFailedError], None]] = []
+        self._stuck_callbacks: list[Callable[[RankFailedError], None]] = []
+        self._stuck = False
         self._followers: dict[int, _Follower] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -263,6 +293,7 @@ class Ranks:
             self.close()
             raise
         self.states[0].state = "loading"
+        threading.Thread(target=self._watch, name="qwen-mlx-ranks", daemon=True).start()
         return self.group
 
     def _rank_env(self) -> dict[str, str]:
@@ -365,6 +396,11 @@ class Ranks:
         faulthandler.dump_traceback_later(timeout, exit=True)
         try:
             return join_group(env["QWEN_MLX_BACKEND"])
+        except RankFailedError as e:  # a follower that died while connecting is the cause
+            failure = self.wait_failure(2.0)
+            if failure is None:
+                raise
+            raise failure from e
         finally:
             faulthandler.cancel_dump_traceback_later()
             for key, value in saved.items():  # read once, at connecting: no child inherits them
@@ -388,6 +424,7 @@ class Ranks:
             except json.JSONDecodeError:
                 continue
             with self._changed:
+                follower.heard = time.monotonic()
                 state = follower.state
                 state.state = report.pop("state", state.state)
                 state.error = report.pop("error", state.error)
@@ -418,7 +455,8 @@ class Ranks:
         with self._changed:
             state.exit_code = code
             if self._closing:
-                state.state = "stopped"
+                if state.state != "failed":  # one that stopped answering stays failed
+                    state.state = "stopped"
                 self._changed.notify_all()
                 return
             state.state = "failed"
@@ -428,9 +466,15 @@ class Ranks:
             error = RankFailedError(
                 f"Rank {state.rank} of {self.size} ({state.host}) stopped ({how}){said}"
             )
+        self._failed(error)
+
+    def _failed(self, error: RankFailedError) -> None:
+        """Record the group's first failure and tell the `on_failure` callbacks."""
+        with self._changed:
             first = self.failure is None
             if first:
                 self.failure = error
+                self._failed_at = time.monotonic()
             callbacks = list(self._callbacks)
             self._changed.notify_all()
         if first:
@@ -465,6 +509,7 @@ class Ranks:
             first = self.failure is None
             if first:
                 self.failure = error
+                self._failed_at = time.monotonic()
                 self.states[0].state = "failed"
                 self.states[0].error = str(error)
             callbacks = list(self._callbacks)
@@ -472,6 +517,85 @@ class Ranks:
             for callback in callbacks:
                 with contextlib.suppress(Exception):
                     callback(error)
+
+    def on_stuck(self, callback: Callable[[RankFailedError], None]) -> None:
+        """Call `callback(failure)`, from a watching thread, if a call on rank 0 is left
+        blocked in MLX by a rank's failure (it will never return). Without any, the process
+        ends: the failure as its error, the followers ended, exit status 1."""
+        with self._lock:
+            self._stuck_callbacks.append(callback)
+
+    # -- the watch over rank 0's calls -------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Twice a second, while the group runs: is a follower silent while rank 0 waits
+        on it, or is rank 0's call blocked by a failure? (See the module docstring.)"""
+        tick = time.monotonic()
+        while not self._closing and not self._stuck:
+            time.sleep(0.5)
+            now, last = time.monotonic(), tick
+            tick = now
+            if now - last > 5.0:  # rank 0 was paused (Ctrl-Z, a Mac asleep): so were its
+                with self._lock:  # readers, and the followers' lines wait in the pipes
+                    for follower in self._followers.values():
+                        follower.heard = max(follower.heard, now)
+            since = getattr(self.leader, "running_since", None)
+            if since is None:
+                continue
+            if self.failure is None:
+                # Waiting on a frozen peer, the call is stuck from the start: MLX sees
+                # no closed socket, so nothing can fail it.
+                stuck = now - since >= self.answer_timeout and self._check_answering(now)
+            else:
+                stuck = now - max(since, self._failed_at) >= STUCK_GRACE
+            if stuck and self.failure is not None:
+                self._stuck = True
+                self._blocked(self.failure)
+
+    def _check_answering(self, now: float) -> bool:
+        """Fail the group on a follower that has said nothing for `answer_timeout` s;
+        whether one had."""
+        with self._lock:
+            silent = [
+                f
+                for f in self._followers.values()
+                if f.state.exit_code is None and now - f.heard >= self.answer_timeout
+            ]
+            if not silent:
+                return False
+            state = silent[0].state
+            state.state = "failed"
+            state.error = f"it has not answered for {self.answer_timeout:.0f} s"
+        self._failed(
+            RankFailedError(
+                f"Rank {state.rank} of {self.size} ({state.host}) stopped answering: nothing "
+                f"from it for {self.answer_timeout:.0f} s while rank 0 waited on it (a frozen "
+                f"process, or a lost link; {ANSWER_TIMEOUT_ENV} sets how long to wait)."
+            )
+        )
+        return True
+
+    def _blocked(self, failure: RankFailedError) -> None:
+        """Rank 0's call is blocked for good: tell `on_stuck`, or end the process."""
+        logger.warning(
+            "rank 0 is blocked in a collective operation that cannot end now that the group "
+            "has lost a rank"
+        )
+        with self._lock:
+            callbacks = list(self._stuck_callbacks)
+        for callback in callbacks:
+            try:
+                callback(failure)
+            except Exception:
+                logger.exception("a stuck-group callback failed")
+        if callbacks:
+            return
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        print(f"error: {failure}", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            self.close(timeout=STOP_TIMEOUT / 2)  # blocked followers exit by themselves
+        os._exit(failure.exit_code)
 
     def loaded(self, infos: Sequence[Any]) -> None:
         """Every rank has its share (`distributed.RankInfo` each): ready, with its figures."""

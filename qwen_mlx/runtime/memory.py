@@ -20,6 +20,8 @@ from typing import Any
 
 KV_BITS = (None, 8, 4)  # bf16, then the quantized precisions, most precise first
 KV_GROUP_SIZE = 64
+SEQUENCE_TOKENS = 4096  # what "how many sequences fit" plans each sequence for
+BATCH_CHUNK = 512  # a batch's prefill chunk (BatchDecoder's prefill_step_size)
 _GIB = 1 << 30
 # Scores of one layer: float32 scores and their softmax live at the same time.
 _SCORE_BYTES = 4 * 2
@@ -141,15 +143,6 @@ def rank_weights_bytes(outside: int, layers: list[int], ranks: int, mode: str) -
     return outside + largest
 
 
-def mac_budget(memory_gb: float) -> Budget:
-    """What the planner may use on a Mac with `memory_gb` of memory: Metal's recommended
-    working set, about two thirds of memory below 64 GB and three quarters from 64 GB
-    (an estimate, for planning machines other than this one)."""
-    total = int(memory_gb * _GIB)
-    share = 3 / 4 if memory_gb >= 64 else 2 / 3
-    return Budget(int(total * share), total, "estimated-metal-working-set")
-
-
 def weights_bytes_on_disk(folder: Any) -> int | None:
     """Bytes of the tensors in a folder's safetensors files (headers only), or None if it
     has none."""
@@ -217,6 +210,17 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def mac_budget(memory_gib: float) -> Budget:
+    """The budget of a Mac with this much unified memory: Metal's recommended working set
+    as macOS sets it on Apple Silicon, about two thirds of memory below 36 GB and three
+    quarters from 36 GB (`sysctl iogpu.wired_limit_mb` can raise it)."""
+    if memory_gib <= 0:
+        raise ValueError("A Mac's memory is a positive number of GB.")
+    total = int(memory_gib * _GIB)
+    share = 3 / 4 if memory_gib >= 36 else 2 / 3
+    return Budget(int(total * share), total, f"metal-working-set-of-a-{memory_gib:g}-gb-mac")
+
+
 def machine_budget() -> Budget:
     """Metal's recommended working set, or physical memory minus max(20%, 2 GiB)."""
     import mlx.core as mx
@@ -266,8 +270,20 @@ def kv_label(kv_bits: int | None) -> str:
     return "bf16" if kv_bits is None else f"{kv_bits}-bit"
 
 
+class _Own:
+    """The planner's own KV precision (an argument left out); None is bf16."""
+
+
+_OWN: Any = _Own()
+
+
 class MemoryPlanner:
-    """Plans contexts for one model on one machine."""
+    """Plans contexts for one model on one machine.
+
+    `kv_bits` is the KV precision its plans assume when a call names none (bf16, 8 or 4):
+    a server that stores its KV at 8 bits admits requests by 8-bit bytes, about half of
+    bf16's, so about twice as many sequences or twice the context fit.
+    """
 
     def __init__(
         self,
@@ -277,18 +293,27 @@ class MemoryPlanner:
         *,
         dtype_bytes: int = 2,
         draft_shape: ModelShape | None = None,
+        kv_bits: int | None = None,
     ) -> None:
+        if kv_bits not in KV_BITS:
+            raise ValueError(f"kv_bits must be one of 8, 4 or None (bf16), not {kv_bits!r}.")
         self.shape = shape
         self.weights = weights_bytes
         self.budget = budget
         self.dtype_bytes = dtype_bytes
+        self.kv_bits = kv_bits
         # A speculative draft model: its weights are in `weights_bytes`, its KV cache
         # (one entry per context token too) in `kv_per_token`.
         self.draft_shape = draft_shape
 
     @classmethod
     def for_model(
-        cls, model: Any, budget: Budget | None = None, *, draft: Any = None
+        cls,
+        model: Any,
+        budget: Budget | None = None,
+        *,
+        draft: Any = None,
+        kv_bits: int | None = None,
     ) -> MemoryPlanner:
         """From a loaded `Model` (and a draft `Model`, if any): configs and array bytes.
 
@@ -308,6 +333,7 @@ class MemoryPlanner:
             weights,
             budget or machine_budget(),
             draft_shape=ModelShape.from_config(draft.config) if draft is not None else None,
+            kv_bits=kv_bits,
         )
 
     @classmethod
@@ -328,20 +354,23 @@ class MemoryPlanner:
         )
         return cls(shape, tight.weights_bytes, own)
 
-    def kv_per_token(self, kv_bits: int | None = None) -> int:
+    def kv_per_token(self, kv_bits: int | None = _OWN) -> int:
+        kv_bits = self.kv_bits if kv_bits is _OWN else kv_bits
         own = kv_bytes_per_token(self.shape, kv_bits, dtype_bytes=self.dtype_bytes)
         if self.draft_shape is None:
             return own
         return own + kv_bytes_per_token(self.draft_shape, kv_bits, dtype_bytes=self.dtype_bytes)
 
-    def chunk_for(self, context_tokens: int, kv_bits: int | None = None) -> int:
+    def chunk_for(self, context_tokens: int, kv_bits: int | None = _OWN) -> int:
         """The largest prefill chunk (<= 2048) whose working space fits what is left."""
+        kv_bits = self.kv_bits if kv_bits is _OWN else kv_bits
         free = self.budget.bytes - self.weights - self.kv_per_token(kv_bits) * context_tokens
         per_token = max(attention_workspace(self.shape, 1, max(context_tokens, 1)), 1)
         chunk = min(MAX_CHUNK, free // per_token) if free > 0 else 0
         return max(int(chunk) // MIN_CHUNK * MIN_CHUNK, MIN_CHUNK)
 
-    def plan(self, context_tokens: int, kv_bits: int | None = None) -> Plan:
+    def plan(self, context_tokens: int, kv_bits: int | None = _OWN) -> Plan:
+        kv_bits = self.kv_bits if kv_bits is _OWN else kv_bits
         chunk = self.chunk_for(context_tokens, kv_bits)
         return Plan(
             context_tokens=context_tokens,
@@ -356,16 +385,9 @@ class MemoryPlanner:
             context_limit=self.shape.context_length,
         )
 
-    def sequences(self, context_tokens: int, kv_bits: int | None = None) -> int:
-        """How many sequences of `context_tokens` fit at once: their KV caches beside the
-        weights and the working space of one prefill chunk."""
-        plan = self.plan(context_tokens, kv_bits)
-        free = self.budget.bytes - self.weights - plan.workspace
-        each = self.kv_per_token(kv_bits) * max(context_tokens, 1)
-        return max(free // each, 0)
-
-    def max_context(self, kv_bits: int | None = None) -> int:
+    def max_context(self, kv_bits: int | None = _OWN) -> int:
         """The longest context that fits, up to the model's own context length."""
+        kv_bits = self.kv_bits if kv_bits is _OWN else kv_bits
         if not self.plan(1, kv_bits).fits_memory:
             return 0
         lo, hi = 1, self.shape.context_length
@@ -378,3 +400,13 @@ class MemoryPlanner:
             else:
                 hi = mid - 1
         return lo
+
+    def max_sequences(self, tokens: int = SEQUENCE_TOKENS, kv_bits: int | None = _OWN) -> int:
+        """How many sequences of `tokens` tokens each (prompt and reply) fit at once: their
+        KV beside the weights and one prefill chunk's working space."""
+        kv_bits = self.kv_bits if kv_bits is _OWN else kv_bits
+        if tokens <= 0:
+            raise ValueError("A sequence holds at least one token.")
+        workspace = attention_workspace(self.shape, min(BATCH_CHUNK, tokens), tokens)
+        room = self.budget.bytes - self.weights - workspace
+        return max(room // (self.kv_per_token(kv_bits) * tokens), 0)

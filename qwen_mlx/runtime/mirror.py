@@ -45,6 +45,7 @@ import itertools
 import json
 import struct
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -132,6 +133,9 @@ class Leader:
 
     Used from one thread at a time (the model thread). After a rank fails every call
     raises RankFailedError naming it; `ranks.on_failure` hears of it at once.
+    `running_since` tells `launch.Ranks` how long the model thread has been inside the
+    call it is in (None between calls, and while a stream waits on its reader): a call
+    that outlasts a rank's loss is blocked in MLX for good (see `launch.Ranks`).
     """
 
     def __init__(self, ranks: Any) -> None:
@@ -142,6 +146,7 @@ class Leader:
         self.failure: RankFailedError | None = None
         self.pending: deque[tuple[str, ...]] = deque()
         self.parked = True  # the followers wait on the doorbell until the first operation
+        self.running_since: float | None = None  # time.monotonic() the current call began
         self._check = 0
         self._seq = 0
         self._handles = itertools.count()
@@ -168,6 +173,7 @@ class Leader:
         next operation. An error inside a collective operation breaks the group."""
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("The group's model is used from two threads at once.")
+        self.running_since = time.monotonic()
         try:
             self._send(op, meta)
             try:
@@ -180,6 +186,7 @@ class Leader:
             self._outcome(op, result)
             return result
         finally:
+            self.running_since = None
             self._busy.release()
 
     def _send(self, op: int, meta: dict[str, Any]) -> None:
@@ -337,14 +344,18 @@ class Leader:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("The group's model is used from two threads at once.")
         last: list[Any] = []
+        self.running_since = time.monotonic()
         try:
             self._send(STREAM, meta)
             inner = stream_tokens(self.local, tokens, params, should_stop=stop, **kw)
             try:
                 for chunk in inner:
                     last[:] = [chunk]
+                    self.running_since = None  # the reader's time, not the group's
                     yield chunk
+                    self.running_since = time.monotonic()
             except GeneratorExit:
+                self.running_since = time.monotonic()
                 forced[0] = True  # the caller left: every rank stops at the next point
                 for chunk in inner:
                     last[:] = [chunk]
@@ -355,6 +366,7 @@ class Leader:
                 raise self._broken(STREAM, e) from None
             self._outcome(STREAM, last)
         finally:
+            self.running_since = None
             self._busy.release()
 
     def prefill(self, tokens: Sequence[int], cache: list[Any], **kw: Any) -> None:

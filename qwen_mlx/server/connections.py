@@ -1,20 +1,22 @@
-"""How many requests the server takes at once, and how uvicorn serves the app: time limits
-on slow clients and a bound on open sockets that a flood of them cannot turn into a
-lockout.
+"""How many requests the server takes at once, how large and slow their bodies may be, and
+how uvicorn serves the app: time limits on slow clients and a bound on open sockets that
+a flood of them cannot turn into a lockout.
 
 - Requests (`RequestLimit`, an ASGI middleware): at most `max_connections` in progress
   (default: every request the engine can hold, `--max-batch` + `--max-queue`, and
   `CONNECTION_HEADROOM` more for those being read or prepared), so the engine's own queue limit
-  answers first. Past it a request gets 503 in its protocol's shape (OpenAI's here, which
-  the Anthropic and Ollama paths rewrite into theirs) with Retry-After. Requests that
+  answers first. Past it a request gets 503 in its protocol's shape (see errors.py) with
+  Retry-After. Requests that
   only read (GET, HEAD, OPTIONS, DELETE: /health, /metrics, model lists, stored
   responses) have `RESERVE` places more, so they answer while generation is full.
+- Bodies (`BodyLimit`, an ASGI middleware): larger than `--max-body-bytes`, a 413 before
+  any route parses them; not arrived in time, a 408.
 - Slow clients (the HTTP protocol, `server_config`): uvicorn closes idle keep-alive
   connections, but a connection that sends part of its request headers and then nothing
   stays open for ever (slowloris: a few dozen such sockets held a server, before any route
   or API key check runs). So a connection whose request headers are not complete
   `header_timeout` seconds after it opened or after its last response is closed, and
-  `BodyLimit` (errors.py) gives up on a body that does not arrive in time.
+  `BodyLimit` gives up on a body that does not arrive in time.
 - Open sockets: at most `max_connections` + 2 x `RESERVE`. A new connection past that
   closes the one that has waited longest for its request headers (idle, or trickling
   them); only when every socket is busy with a request is the new one closed. uvicorn's
@@ -35,6 +37,7 @@ from .defaults import (
 )
 
 RESERVE = 16  # places more for requests that only read
+_DRAIN_LIMIT = 64 << 20  # an oversized body is read and dropped up to here, then cut off
 _READING = frozenset(("GET", "HEAD", "OPTIONS", "DELETE"))
 
 
@@ -62,8 +65,7 @@ class RequestLimit:
             return
         room = self.limit + (RESERVE if scope.get("method") in _READING else 0)
         if self.active >= room:
-            await _busy(self.active, self.limit).response()(scope, receive, send)
-            return
+            raise _busy(self.active, self.limit)
         self.active += 1
         try:
             await self.app(scope, receive, send)
@@ -82,6 +84,64 @@ def _busy(active: int, limit: int) -> Any:
         code="server_busy",
         headers={"Retry-After": str(RETRY_AFTER)},
     )
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413 before any route parses them, and
+    bodies that have not arrived `timeout` seconds after their headers with 408 (a slow
+    client must not hold a connection for ever)."""
+
+    def __init__(self, app: Any, max_bytes: int, timeout: float = 60.0) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from .errors import APIError
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        total = int(declared) if declared.isdigit() else 0
+        body: list[bytes] = []
+        if total <= _DRAIN_LIMIT:
+            total = 0
+            try:
+                async with asyncio.timeout(self.timeout):
+                    while True:
+                        message = await receive()
+                        if message["type"] != "http.request":
+                            return  # the client left
+                        chunk = message.get("body", b"")
+                        total += len(chunk)
+                        if total <= self.max_bytes:
+                            body.append(chunk)
+                        if not message.get("more_body", False) or total > _DRAIN_LIMIT:
+                            break
+            except TimeoutError:
+                raise APIError(
+                    408,
+                    f"The request body did not arrive within {self.timeout:g} seconds.",
+                    code="request_timeout",
+                ) from None
+        if total > self.max_bytes:
+            raise APIError(
+                413,
+                f"The request body is larger than this server accepts ({self.max_bytes:,} "
+                "bytes; see `qwen-mlx serve --max-body-bytes`).",
+                code="request_too_large",
+            )
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later calls: disconnect notices
+            replayed = True
+            return {"type": "http.request", "body": b"".join(body), "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def server_config(

@@ -21,9 +21,9 @@ Two cases run one job at a time instead, through `stream_tokens`: a quantized KV
 (`kv_bits`: mlx-lm's batch caches are bf16 only) and a replaced `stream_tokens` (tests
 script the model's replies through it).
 
-Entry points for the routes (app.py and other protocols' modules): `prepare` (which also
-refuses a request when the queue is full), `check_model`, `check_context`, `events(job,
-request)` (text, then a `Finished`), `status()` (for /health), `close()`.
+Entry points for the protocols' routes: `prepare` (which also refuses a request when the
+queue is full), `check_model`, `check_context`, `events(job)` (text, then a `Finished`;
+`relay.py` reads them for the routes), `status()` (for /health), `close()`.
 """
 
 from __future__ import annotations
@@ -31,86 +31,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import uuid
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import Any
-
-from fastapi import Request
 
 from ..errors import GenerationCancelled
 from ..runtime import (
     Model,
-    SamplingParams,
     cache_length,
     make_cache,
     make_drafter,
     stream_tokens,
     trim_cache,
 )
-from ..runtime.distributed import group_failure, group_status
+from ..runtime.distributed import group_failure, group_status, leader_of
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
-from .errors import APIError
-from .scheduler import Scheduler, Text, as_api_error, default_max_batch, default_max_queue
+from .errors import APIError, rank_failure
+from .jobs import Event, Finished, Job, Slot, Text
+from .scheduler import Scheduler, default_max_batch, default_max_queue
 
 logger = logging.getLogger(__name__)
 
-DISCONNECT_POLL = 0.1  # seconds between checks that a client is still there
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
 COMPOSED = 4  # code points Unicode normalization (NFC) can compose into one character
-
-
-@dataclass(eq=False)  # each job is its own: hashed by identity
-class Job:
-    """One request's generation: prompt ids, sampling, logits processors and a stop flag."""
-
-    tokens: list[int]
-    params: SamplingParams
-    processors: list[Callable[..., Any]] = field(default_factory=list)
-    logprobs: int | None = None  # with each token's logprob and this many alternatives
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
-    stop: threading.Event = field(default_factory=threading.Event)
-    speculative: bool = True  # with the engine's draft, if it has one
-    # Its place in the queue, reserved while it was prepared (see `Engine.prepare`).
-    slot: _Slot | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class Finished:
-    """How a job ended: the finish reason ("stop", "length" or "cancelled") and its counts."""
-
-    job_id: str
-    finish_reason: str
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
-    time_to_first_token: float = 0.0
-    generation_tps: float = 0.0
-    batch_size: int = 1  # the most sequences it decoded beside (1: it ran alone)
-    stop_sequence: str | None = None  # the stop string that ended it, if one did
-    reply_tokens: tuple[int, ...] = ()  # the ids it generated (an end-of-turn one too)
-    drafted: int = 0  # speculative decoding: draft tokens proposed and kept
-    accepted: int = 0
-
-    @classmethod
-    def cancelled(cls, job: Job) -> Finished:
-        """The record of a job that ended before it ran (its client left while it waited)."""
-        return cls(
-            job_id=job.id,
-            finish_reason="cancelled",
-            prompt_tokens=len(job.tokens),
-            cached_tokens=0,
-            completion_tokens=0,
-        )
-
-
-Event = str | Finished | BaseException
 
 
 class Engine:
@@ -176,10 +124,14 @@ class Engine:
         self.observers: list[Callable[[Finished], None]] = []
         self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
         self._jobs: dict[Job, Future[None]] = {}  # waiting or running, with their futures
+        self._listeners: dict[Job, Callable[[Event], None]] = {}  # how each job's client hears
         self._reserved = 0  # places taken by requests being prepared (see `prepare`)
         # Re-entrant: a dropped job's finalizer gives its place back (`_Slot`), and the
         # garbage collector may run it on a thread that already holds this lock.
         self._jobs_lock = threading.RLock()
+        leader = leader_of(model)
+        if leader is not None:  # a split model: a lost rank can leave the model thread blocked
+            leader.ranks.on_stuck(self.abandon)
 
     @property
     def queued(self) -> int:
@@ -209,20 +161,20 @@ class Engine:
             **group_status(self.model),  # ranks: 1, or a split model's ranks and their states
         }
 
-    def reserve(self) -> _Slot:
+    def reserve(self) -> Slot:
         """A place in the queue for a request about to be prepared, or a 503 with
-        Retry-After (in OpenAI's error shape) when `max_queue` requests already wait
+        Retry-After (in the protocol's error shape) when `max_queue` requests already wait
         behind a full batch. The check and the reservation are one step under the lock.
         A model split across ranks that lost one refuses everything (503 naming the rank)
         until the group restarts."""
         failure = group_failure(self.model)
         if failure is not None:
-            raise as_api_error(failure)
+            raise rank_failure(failure)
         with self._jobs_lock:
             queued = len(self._jobs) + self._reserved
             if queued < self.max_batch + self.max_queue:
                 self._reserved += 1
-                return _Slot(self)
+                return Slot(self._jobs_lock, self._give_back)
         raise APIError(
             503,
             f"The server is busy ({queued} requests running or waiting). Retry in {RETRY_AFTER} s.",
@@ -235,8 +187,8 @@ class Engine:
         """Run request preparation (templates, tokenizing, schema compiling) off the loop.
         With `queue` (a request that will generate), a place in the queue is reserved
         first (`reserve`: a full queue refuses the request at once) and handed to the job
-        `fn` returns (a Job, or a tuple starting with one): `events` passes it on to the
-        queued job, and a job dropped without being queued gives it back."""
+        `fn` returns (a Job, or a value holding one as `.job`): `events` passes it on to
+        the queued job, and a job dropped without being queued gives it back."""
         slot = self.reserve() if queue else None
         try:
             result = await asyncio.get_running_loop().run_in_executor(self._preparer, fn, *args)
@@ -245,7 +197,7 @@ class Engine:
                 slot.release()
             raise
         if slot is not None:
-            job = result[0] if isinstance(result, tuple) else result
+            job = result if isinstance(result, Job) else result.job
             job.slot = slot
             weakref.finalize(job, slot.release)  # never queued: the place comes back
         return result
@@ -289,10 +241,10 @@ class Engine:
                 code="context_length_exceeded",
             )
 
-    async def events(self, job: Job, request: Request | None = None) -> AsyncIterator[Event]:
+    async def events(self, job: Job) -> AsyncIterator[Event]:
         """Queue `job` and yield its text as it comes (what arrived since the last piece
-        was taken, joined), then its Finished record. Leaving early, or the client going
-        away, stops the job."""
+        was taken, joined), then its Finished record. Leaving early stops the job (the
+        relay leaves when the client goes away: `relay.events`)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -305,12 +257,15 @@ class Engine:
         with self._jobs_lock:  # held until the job is listed: `_run` unlists it when done
             if job.slot is not None:  # the job now counts itself in the queue
                 job.slot.release_locked()
+            failure = group_failure(self.model)
+            if failure is not None:  # prepared while a rank failed: the model cannot run it
+                raise rank_failure(failure) or failure
+            self._listeners[job] = emit
             if self.batched:
                 self._jobs[job] = _Resolved()
                 self.scheduler.submit(job, emit, self._done)
             else:
                 self._jobs[job] = model_thread().submit(self._run, job, emit)
-        watcher = asyncio.create_task(_watch(request, job)) if request is not None else None
         try:
             pending: Event | None = None
             while True:
@@ -331,8 +286,8 @@ class Engine:
                     return
         finally:
             job.stop.set()
-            if watcher is not None:
-                watcher.cancel()
+            with self._jobs_lock:
+                self._listeners.pop(job, None)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every job and wait (up to `timeout` seconds) until the model thread has
@@ -344,12 +299,28 @@ class Engine:
         self._preparer.shutdown(wait=False, cancel_futures=True)
         wait(pending.values(), timeout=timeout)
 
+    def abandon(self, error: BaseException) -> None:
+        """End every job with `error` without the model thread, which cannot end them any
+        more (a split model's rank failed and left it blocked in MLX, see
+        `launch.Ranks.on_stuck`): their clients hear it at once and the queue empties."""
+        answer = rank_failure(error) or error
+        with self._jobs_lock:
+            listeners = list(self._listeners.items())
+            self._jobs.clear()
+        for job, emit in listeners:
+            job.stop.set()
+            emit(answer)
+
+    def _give_back(self) -> None:
+        """A reserved place comes back (`Slot`: under the jobs lock)."""
+        self._reserved -= 1
+
     def _run(self, job: Job, emit: Callable[[Event], None]) -> None:
         """One job alone, through `stream_tokens`."""
         try:
             finished = Finished.cancelled(job) if job.stop.is_set() else self._generate(job, emit)
         except BaseException as e:
-            e = as_api_error(e) or e
+            e = rank_failure(e) or e
             self._done(job, e)
             emit(e)
             return
@@ -443,26 +414,6 @@ class _Resolved(Future):
     """A batched job's future, resolved by the engine when the job ends."""
 
 
-class _Slot:
-    """A place in the engine's queue held by a request being prepared (`Engine.reserve`);
-    released once, by whichever comes first: its job being queued, or the request ending
-    without one."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._held = True
-
-    def release(self) -> None:
-        with self._engine._jobs_lock:
-            self.release_locked()
-
-    def release_locked(self) -> None:
-        """`release`, for a caller holding the engine's jobs lock."""
-        if self._held:
-            self._held = False
-            self._engine._reserved -= 1
-
-
 def _prefill_step() -> int:
     """Prompt tokens each sequence reads per step while others decode: small enough that
     a step stays short (decoding sequences wait for it), large enough to read quickly."""
@@ -502,13 +453,3 @@ def _longest_token(model: Model) -> int:
     except AttributeError:  # not a Hugging Face tokenizer: no bound from characters
         return 1 << 20
     return max(map(len, vocab), default=1)
-
-
-async def _watch(request: Request, job: Job) -> None:
-    """Set the job's stop flag when its client disconnects."""
-    while not job.stop.is_set():
-        if await request.is_disconnected():
-            logger.info("%s: the client disconnected; stopping", job.id)
-            job.stop.set()
-            return
-        await asyncio.sleep(DISCONNECT_POLL)

@@ -1,17 +1,21 @@
-"""Errors in OpenAI's shape, and the middlewares that guard every request.
+"""Errors, one mechanism for every protocol: whatever goes wrong is an `APIError` (raised as
+one, or made one from a domain error, an HTTP error such as 404 or 405, a validation
+error, or an unexpected exception, which becomes a generic 500 and leaves its traceback
+in the server log), and the protocol whose path the request took writes it in its own
+shape (`ErrorShapes`: OpenAI's `{"error": {"message", "type", "param", "code"}}` by
+default, Anthropic's under /v1/messages, Ollama's under /api/), with its headers
+(Retry-After) kept.
 
-Every error, including malformed JSON, bad fields, oversized bodies and unexpected
-exceptions, comes back as `{"error": {"message", "type", "param", "code"}}`, never as a
-traceback (that stays in the server log). The protocols with a shape of their own
-(Anthropic's under /v1/messages, Ollama's under /api/) have those responses rewritten by
-`ReshapedErrors`.
+Two places shape errors, both through `ErrorShapes`: the app's exception handlers, for
+what routes raise, and `Errors`, the middleware around the request guards (the body's
+size and time, the Host header, the request limit) and around everything else, for what
+they raise or what nothing caught.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,15 +23,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import ContextOverflowError, ModelNotFoundError, QwenMLXError
+from ..errors import ContextOverflowError, ModelNotFoundError, QwenMLXError, RankFailedError
 
 logger = logging.getLogger(__name__)
 
-_DRAIN_LIMIT = 64 << 20  # an oversized body is read and dropped up to here, then cut off
+Shape = Callable[["APIError"], dict[str, Any]]  # an error as a protocol writes it
 
 
 class APIError(Exception):
-    """An error response in OpenAI's shape."""
+    """An error response, in no protocol's shape yet: its status, message, OpenAI's type,
+    param and code (OpenAI's error carries the most; the others show part of it), and any
+    headers (Retry-After on a 503). Raised anywhere in the server; the protocol whose
+    path the request took shapes it (`ErrorShapes`)."""
 
     def __init__(
         self,
@@ -49,9 +56,50 @@ class APIError(Exception):
         )
         self.headers = headers  # e.g. Retry-After on a 503
 
-    def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
+
+def openai_error(e: APIError) -> dict[str, Any]:
+    """An error in OpenAI's shape (the server's default)."""
+    return {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
+
+
+def rank_failure(error: BaseException) -> APIError | None:
+    """The answer to a request that a rank's failure ended (a model split across Macs):
+    503, naming the rank and what happened to it. None for any other error."""
+    if not isinstance(error, RankFailedError):
+        return None
+    return APIError(
+        503,
+        f"{error} Generation is unavailable until the group of ranks restarts.",
+        type="server_error",
+        code="rank_failed",
+        headers={"Retry-After": "10"},
+    )
+
+
+def as_api_error(e: BaseException) -> APIError:
+    """Any error as the APIError a client is told: API errors as they are; domain, HTTP
+    and validation errors as what they mean; anything else a generic 500, its details
+    left to the server log."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, QwenMLXError):
+        return rank_failure(e) or _from_domain_error(e)
+    if isinstance(e, HTTPException):
+        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return APIError(e.status_code, str(e.detail), type=kind, code=code)
+    if isinstance(e, RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        if first.get("type") == "json_invalid":
+            detail = first.get("ctx", {}).get("error", "parse error")
+            return not_json(detail)
+        return invalid(list(e.errors()))
+    return APIError(500, "The server had an error processing the request.", type="server_error")
+
+
+def not_json(detail: str) -> APIError:
+    """The 400 for a body that is not JSON."""
+    return APIError(400, f"The request body is not valid JSON ({detail}).", code="invalid_json")
 
 
 def _from_domain_error(e: QwenMLXError) -> APIError:
@@ -64,43 +112,13 @@ def _from_domain_error(e: QwenMLXError) -> APIError:
     return APIError(500, str(e), type="server_error")
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer API, domain, HTTP and validation errors in OpenAI's shape."""
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError) -> JSONResponse:
-        return e.response()
-
-    @app.exception_handler(QwenMLXError)
-    async def domain_error(request: Request, e: QwenMLXError) -> JSONResponse:
-        return _from_domain_error(e).response()
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        return APIError(e.status_code, str(e.detail), type=kind, code=code).response()
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0] if e.errors() else {}
-        if first.get("type") == "json_invalid":
-            return APIError(
-                400,
-                "The request body is not valid JSON "
-                f"({first.get('ctx', {}).get('error', 'parse error')}).",
-                code="invalid_json",
-            ).response()
-        param, message = _describe_invalid(e.errors())
-        return APIError(400, message, param=param, code="invalid_value").response()
-
-
 _TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list"}
 
 
-def _describe_invalid(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
-    """(param, message) for pydantic's errors. For a union, pydantic names each member
-    that failed inside `loc`: those become "expected A or B" instead of a path."""
+def invalid(errors: list[dict[str, Any]]) -> APIError:
+    """The 400 for pydantic's refusal of a body (`errors`), naming the first field that
+    is wrong. For a union, pydantic names each member that failed inside `loc`: those
+    become "expected A or B" instead of a path."""
 
     def split(loc: tuple[Any, ...]) -> tuple[str, str | None]:
         path = [p for p in loc if p != "body"]
@@ -110,7 +128,7 @@ def _describe_invalid(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
         return ".".join(map(str, path)), None
 
     if not errors:
-        return None, "The request is invalid."
+        return APIError(400, "The request is invalid.", code="invalid_value")
     param, tag = split(tuple(errors[0].get("loc", ())))
     if tag is None:
         message = str(errors[0].get("msg", "invalid value"))
@@ -118,76 +136,49 @@ def _describe_invalid(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
         options = [t for p, t in map(split, (x.get("loc", ()) for x in errors)) if p == param]
         message = "expected " + " or ".join(dict.fromkeys(t for t in options if t))
     if not param:
-        return None, f"The request body must be a JSON object ({message})."
-    return param, f"{param}: {message}"
+        message = f"The request body must be a JSON object ({message})."
+        return APIError(400, message, code="invalid_value")
+    return APIError(400, f"{param}: {message}", param=param, code="invalid_value")
 
 
-class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413 before any route parses them, and
-    bodies that have not arrived `timeout` seconds after their headers with 408 (a slow
-    client must not hold a connection for ever)."""
+class ErrorShapes:
+    """Which protocol's shape an error takes, by the request's path: the longest of
+    `shapes`' path prefixes that the path starts with, else `default`. Routing plays no
+    part, so a request refused before any route ran (404, 405, 413, 408, 503) gets its
+    protocol's shape too."""
 
-    def __init__(self, app: Any, max_bytes: int, timeout: float = 60.0) -> None:
+    def __init__(self, shapes: Mapping[str, Shape], default: Shape = openai_error) -> None:
+        self._shapes = sorted(shapes.items(), key=lambda item: -len(item[0]))
+        self._default = default
+
+    def shape(self, path: str) -> Shape:
+        return next((s for prefix, s in self._shapes if path.startswith(prefix)), self._default)
+
+    def response(self, path: str, error: BaseException) -> JSONResponse:
+        """The response telling `error` on `path`."""
+        e = as_api_error(error)
+        return JSONResponse(self.shape(path)(e), status_code=e.status, headers=e.headers)
+
+
+def install_error_handlers(app: FastAPI, shapes: ErrorShapes) -> None:
+    """Answer what routes raise (API, domain, HTTP and validation errors) through `shapes`."""
+
+    async def handle(request: Request, e: Exception) -> JSONResponse:
+        return shapes.response(request.url.path, e)
+
+    for kind in (APIError, QwenMLXError, HTTPException, RequestValidationError):
+        app.add_exception_handler(kind, handle)
+
+
+class Errors:
+    """ASGI middleware: what the middlewares inside it raise (an APIError: the body
+    limit's 413, the Host check's 400, the request limit's 503) and anything unexpected
+    (a generic 500, its traceback in the server log only), answered through `shapes`;
+    nothing, when the response has already begun."""
+
+    def __init__(self, app: Any, shapes: ErrorShapes) -> None:
         self.app = app
-        self.max_bytes = max_bytes
-        self.timeout = timeout
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        import asyncio
-
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        total = int(declared) if declared.isdigit() else 0
-        body: list[bytes] = []
-        if total <= _DRAIN_LIMIT:
-            total = 0
-            try:
-                async with asyncio.timeout(self.timeout):
-                    while True:
-                        message = await receive()
-                        if message["type"] != "http.request":
-                            return  # the client left
-                        chunk = message.get("body", b"")
-                        total += len(chunk)
-                        if total <= self.max_bytes:
-                            body.append(chunk)
-                        if not message.get("more_body", False) or total > _DRAIN_LIMIT:
-                            break
-            except TimeoutError:
-                await APIError(
-                    408,
-                    f"The request body did not arrive within {self.timeout:g} seconds.",
-                    code="request_timeout",
-                ).response()(scope, receive, send)
-                return
-        if total > self.max_bytes:
-            await APIError(
-                413,
-                f"The request body is larger than this server accepts ({self.max_bytes:,} "
-                "bytes; see `qwen-mlx serve --max-body-bytes`).",
-                code="request_too_large",
-            ).response()(scope, receive, send)
-            return
-        replayed = False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # later calls: disconnect notices
-            replayed = True
-            return {"type": "http.request", "body": b"".join(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
-class CatchAll:
-    """Log an unexpected exception and answer a generic 500 in OpenAI's shape, without the
-    traceback (which stays in the server log)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
+        self.shapes = shapes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         started = False
@@ -199,64 +190,8 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracked)
-        except Exception:
-            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+        except Exception as e:
+            if not isinstance(e, APIError):
+                logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if scope["type"] == "http" and not started:
-                error = APIError(
-                    500, "The server had an error processing the request.", type="server_error"
-                )
-                await error.response()(scope, receive, send)
-
-
-class ReshapedErrors:
-    """ASGI middleware: the JSON error responses (status 400 and up) on the paths under
-    `prefix`, which the rest of the server writes in OpenAI's shape, rewritten by
-    `reshape(status, message)` into another protocol's shape (its other headers, such
-    as Retry-After, kept)."""
-
-    def __init__(self, app: Any, prefix: str, reshape: Callable[[int, str], bytes]) -> None:
-        self.app = app
-        self.prefix = prefix
-        self.reshape = reshape
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefix):
-            await self.app(scope, receive, send)
-            return
-        start: dict[str, Any] | None = None
-        body: list[bytes] = []
-
-        async def rewrite(message: Any) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers", []))
-                is_json = headers.get(b"content-type", b"").startswith(b"application/json")
-                if message["status"] >= 400 and is_json:
-                    start = message
-                    return
-            elif message["type"] == "http.response.body" and start is not None:
-                body.append(message.get("body", b""))
-                if message.get("more_body", False):
-                    return
-                data = self.reshape(start["status"], error_message(b"".join(body)))
-                headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
-                headers.append((b"content-length", str(len(data)).encode()))
-                await send(dict(start, headers=headers))
-                await send({"type": "http.response.body", "body": data})
-                return
-            await send(message)
-
-        await self.app(scope, receive, rewrite)
-
-
-def error_message(body: bytes) -> str:
-    """The message of an error response in OpenAI's shape, or in one that is already
-    Ollama's (`{"error": "..."}`), or else the body as text."""
-    try:
-        error = json.loads(body)["error"]
-    except (ValueError, KeyError, TypeError):
-        error = None
-    message = error.get("message") if isinstance(error, dict) else error
-    if isinstance(message, str):
-        return message
-    return body.decode("utf-8", errors="replace") or "The request failed."
+                await self.shapes.response(scope.get("path", ""), e)(scope, receive, send)

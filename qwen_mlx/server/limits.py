@@ -12,59 +12,36 @@ first):
   text that goes into the prompt (message contents, system prompts, instructions, the
   prompt) than the context could hold whatever they say.
 
-`body_check(engine)` is the route dependency every protocol's generating routes share.
+The guard (guard.py) runs them on every body a protocol's route reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-from fastapi import Request
+from typing import Any
 
 from .defaults import MAX_CONTENT_BLOCKS, MAX_MESSAGES, MAX_TOOLS
 from .errors import APIError
 
-if TYPE_CHECKING:
-    from .engine import Engine
-
-_TURNS = ("messages", "input")  # where each protocol keeps its turns
+TURNS = ("messages", "input")  # where each protocol keeps its turns
 _BLOCKS = ("content", "output")  # where a turn (or a tool result) keeps its blocks
-
-
-def body_check(engine: Engine) -> Callable[[Request], Awaitable[None]]:
-    """The dependency checking a generating route's body (see the module docstring)."""
-
-    async def check(request: Request) -> None:
-        try:
-            body = await request.json()  # parsed once: FastAPI has read it, and kept it
-        except ValueError:
-            return  # not JSON: the body's own validation says so
-        check_counts(body)
-        check_text(body)
-        if isinstance(body, dict):
-            param = next((k for k in (*_TURNS, "prompt") if k in body), None)
-            engine.check_characters(prompt_chars(body), param)
-
-    return check
 
 
 def check_counts(body: Any) -> None:
     """Refuse a body with more turns, content blocks or tools than any request needs."""
     if not isinstance(body, dict):
         return
-    for key in (*_TURNS, "tools"):
+    for key in (*TURNS, "tools"):
         items = body.get(key)
         limit = MAX_TOOLS if key == "tools" else MAX_MESSAGES
         if isinstance(items, list) and len(items) > limit:
             raise _too_long(key, len(items), limit)
     blocks = _blocks(body.get("system"))
-    for key in _TURNS:
+    for key in TURNS:
         turns = body.get(key)
         if isinstance(turns, list):
             blocks += sum(_blocks(t.get(k)) for t in turns if isinstance(t, dict) for k in _BLOCKS)
     if blocks > MAX_CONTENT_BLOCKS:
-        key = next((k for k in _TURNS if k in body), "messages")
+        key = next((k for k in TURNS if k in body), "messages")
         raise APIError(
             400,
             f"Invalid '{key}': too many content blocks. Expected at most "
@@ -99,7 +76,7 @@ def prompt_chars(body: dict[str, Any]) -> int:
     """Characters of the text a body puts in the prompt as it is (the template adds its
     own around it): a lower bound on what the prompt holds, whatever else the body has."""
     total = sum(_text_chars(body.get(k)) for k in ("system", "instructions", "prompt"))
-    for key in _TURNS:
+    for key in TURNS:
         turns = body.get(key)
         if isinstance(turns, str):
             total += len(turns)

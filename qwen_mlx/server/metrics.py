@@ -1,4 +1,5 @@
-"""`GET /metrics`: the server's counters in Prometheus' text format (prometheus_client).
+"""The server's counters, which `GET /metrics` serves in Prometheus' text format
+(prometheus_client; the route: protocols/prometheus.py).
 
 Requests by route, method and status (counted by a middleware outside every other one,
 so refusals by the body limit, the host check and the catch-all count too); prompt,
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.routing import Match
 
-from .engine import Engine, Finished
+from .engine import Engine
+from .jobs import Finished
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
@@ -177,16 +179,3 @@ def _find(routes: Any, scope: Any) -> Any:
         if match == Match.FULL:
             return child.get("route", route)
     return None
-
-
-def install(app: FastAPI, engine: Engine, router: APIRouter) -> Metrics:
-    """Count `app`'s requests and `engine`'s jobs, and serve them at `GET /metrics` on
-    `router` (behind the API key)."""
-    metrics = Metrics(engine)
-    app.add_middleware(RequestCounter, metrics=metrics, routes=app)
-
-    @router.get("/metrics", include_in_schema=False)
-    async def scrape() -> Response:
-        return metrics.scrape()
-
-    return metrics

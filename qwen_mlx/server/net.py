@@ -55,11 +55,10 @@ class AllowedHosts:
             if host_of(header) not in self.hosts:
                 from .errors import APIError  # FastAPI: not for `serve --help`
 
-                await APIError(
+                raise APIError(
                     400,
                     f"This server answers requests for {', '.join(sorted(self.hosts))} only "
                     f"(the Host header says {header!r}).",
                     code="invalid_host",
-                ).response()(scope, receive, send)
-                return
+                )
         await self.app(scope, receive, send)

@@ -1,10 +1,10 @@
-"""Turning validated requests into engine jobs, and the model's text into OpenAI replies.
+"""The shared request (prompt.py) made into an engine job, for every protocol.
 
-Preparing renders the chat template and tokenizes, applies `tool_choice` (a forced call is
-opened by the server and its JSON held to the tools' schemas) and `response_format` (a
-JSON-schema logits processor), sets sampling parameters over the model's defaults and
-checks the prompt fits. It runs on the engine's preparation threads and evaluates no MLX
-arrays: all model work stays on the model thread.
+Preparing a chat renders the chat template and tokenizes, applies the tool choice (a
+forced call is opened by the server and its JSON held to the tools' schemas) and the
+response schema (a JSON-schema logits processor), sets sampling parameters over the
+model's defaults and checks the prompt fits. It runs on the engine's preparation threads
+and evaluates no MLX arrays: all model work stays on the model thread.
 
 A prompt far over the context is refused without tokenizing it whole (a 10 MB body took
 18 s): first by its characters (no token covers more than the vocabulary's longest
@@ -15,34 +15,17 @@ tokenized whole, so the work is bounded by the context, not by the body.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from ..chat.tools import (
-    CALL_CLOSE,
-    CALL_OPEN,
-    CallFilter,
-    Tool,
-    ToolCall,
-    as_tool,
-    call_schema,
-    cut_call,
-    parse_tool_calls,
-)
+from ..chat.tools import CALL_CLOSE, CALL_OPEN, Tool, call_schema
 from ..runtime import SamplingParams
-from .engine import Engine, Job
+from .engine import Engine
 from .errors import APIError
-from .schemas import (
-    ChatMessage,
-    ChatRequest,
-    CompletionRequest,
-    ContentPart,
-    ResponseFormat,
-    ToolChoiceFunction,
-)
-
-logger = logging.getLogger(__name__)
+from .jobs import Job
+from .prompt import ChatPrompt, NamedTool, TextPrompt
+from .reply import Reply
+from .schemas import Sampling
 
 # Prompts with more characters than this per token of context are counted piece by piece
 # before being tokenized whole (real text has about four).
@@ -50,34 +33,35 @@ _COUNT_ABOVE = 8
 _PIECE = 8192  # characters per piece when counting
 
 
-def prepare_chat(
-    engine: Engine, req: ChatRequest, *, reply_ids: Mapping[int, Sequence[int]] | None = None
-) -> tuple[Job, Reply]:
-    """Render and tokenize a chat request, apply its tool choice and response format, and
-    check it fits; runs on a preparation thread. `reply_ids` gives the exact token ids the
-    model produced for some assistant messages (by index), which go into the prompt as
-    they are, so a conversation the server remembers meets its cache token for token."""
+@dataclass(frozen=True)
+class Prepared:
+    """A chat made ready: its job, and the reply that shapes its text."""
+
+    job: Job
+    reply: Reply
+
+
+def prepare_chat(engine: Engine, prompt: ChatPrompt) -> Prepared:
+    """Render and tokenize a chat, apply its tool choice and response schema, and check
+    it fits; runs on a preparation thread."""
     import jinja2
 
-    if req.top_logprobs is not None and not req.logprobs:
-        raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
     model = engine.model
-    messages = [_template_message(m, i) for i, m in enumerate(req.messages)]
-    for i, ids in (reply_ids or {}).items():
+    messages = [dict(m) for m in prompt.messages]
+    for i, ids in prompt.reply_ids.items():
         messages[i]["token_ids"] = list(ids)
-    tools = [as_tool(t.model_dump(exclude_none=True)) for t in req.tools or []]
-    choice = req.tool_choice
+    tools, choice = prompt.tools, prompt.tool_choice
     forced: list[Tool] = []
     if choice == "none":
         tools = []
-    elif choice == "required" or isinstance(choice, ToolChoiceFunction):
-        if isinstance(choice, ToolChoiceFunction):
-            forced = [t for t in tools if t.name == choice.function.name]
+    elif choice == "required" or isinstance(choice, NamedTool):
+        if isinstance(choice, NamedTool):
+            forced = [t for t in tools if t.name == choice.name]
         else:
             forced = tools
         if not forced:
             raise APIError(400, "tool_choice asks for a tool not in `tools`.", param="tool_choice")
-    response_schema = _response_schema(req.response_format)
+    response_schema = prompt.response_schema
     if forced and response_schema is not None:
         raise APIError(
             400,
@@ -99,7 +83,7 @@ def prepare_chat(
         tokens += model.encode(prefix)
         schema = call_schema(forced)
     engine.check_context(len(tokens), "messages")
-    params = _sampling(engine, req, len(tokens), req.max_completion_tokens or req.max_tokens)
+    params = _sampling(engine, prompt.sampling, len(tokens))
     processors = []
     if schema is not None:
         from ..runtime.structured import JsonSchemaProcessor
@@ -112,32 +96,25 @@ def prepare_chat(
     reply = Reply(
         parse_calls=parse_calls, prefix=prefix, suffix=suffix, forced=[t.name for t in forced]
     )
-    logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return Job(
-        tokens, params, processors, logprobs=logprobs, speculative=req.speculative is not False
-    ), reply
+    job = Job(tokens, params, processors, logprobs=prompt.logprobs, speculative=prompt.speculative)
+    return Prepared(job, reply)
 
 
-def prepare_completion(engine: Engine, req: CompletionRequest) -> Job:
-    """Tokenize a completion request's prompt (text or token ids) and check it fits."""
-    prompt = req.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-        if len(prompt) != 1:
-            raise APIError(400, "Send one prompt per request.", param="prompt")
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        _check_length(engine, prompt, "prompt")
-        tokens = engine.model.encode(prompt)
+def prepare_completion(engine: Engine, prompt: TextPrompt) -> Job:
+    """Tokenize a prompt (text, or token ids as they are) and check it fits."""
+    if isinstance(prompt.prompt, str):
+        _check_length(engine, prompt.prompt, "prompt")
+        tokens = engine.model.encode(prompt.prompt)
     else:
-        tokens = list(prompt)
+        tokens = list(prompt.prompt)
         vocab = int(engine.model.config["vocab_size"])
         if any(not 0 <= t < vocab for t in tokens):
             raise APIError(400, f"Token ids must be in [0, {vocab}).", param="prompt")
     if not tokens:
         raise APIError(400, "The prompt is empty.", param="prompt")
     engine.check_context(len(tokens), "prompt")
-    params = _sampling(engine, req, len(tokens), req.max_tokens)
-    return Job(tokens, params, logprobs=req.logprobs, speculative=req.speculative is not False)
+    params = _sampling(engine, prompt.sampling, len(tokens))
+    return Job(tokens, params, logprobs=prompt.logprobs, speculative=prompt.speculative)
 
 
 def _check_length(engine: Engine, text: str, param: str) -> None:
@@ -174,140 +151,26 @@ def _piece_end(text: str, at: int) -> int:
     return cut if cut > low else at
 
 
-class Reply:
-    """Shapes the model's text into an OpenAI assistant message: `<tool_call>` blocks come
-    out of the content and become `tool_calls` (malformed ones are logged and dropped).
-
-    A forced call (`forced`: the names it may call; the server opened it with `prefix`)
-    cut off by max_tokens comes back as what each API returns for one: the call, with its
-    arguments as far as they were written (`ToolCall.partial`), finish reason "length",
-    never the text of our call wrapper. A call the model opened itself and max_tokens cut
-    is not a call: its text as written becomes the content, finish reason "length", never
-    an empty message. `parses_calls` says whether shaping does real work (the app then
-    runs it off the event loop).
-    """
-
-    def __init__(
-        self,
-        *,
-        parse_calls: bool,
-        prefix: str = "",
-        suffix: str = "",
-        forced: Sequence[str] = (),
-    ) -> None:
-        self._filter = CallFilter() if parse_calls else None
-        self._parts: list[str] = []
-        self._shown: list[str] = []
-        self._prefix, self._suffix = prefix, suffix
-        self._forced = tuple(forced)
-        self.feed(prefix)
-
-    @property
-    def parses_calls(self) -> bool:
-        return self._filter is not None
-
-    def feed(self, text: str) -> str:
-        """Text from the model; returns the content to show now."""
-        self._parts.append(text)
-        shown = self._filter.feed(text) if self._filter else text
-        self._shown.append(shown)
-        return shown
-
-    def finish(self, reason: str) -> tuple[str, str | None, list[ToolCall], str]:
-        """(content still to show, whole content, tool calls, OpenAI finish reason)."""
-        tail = self.feed(self._suffix) if self._suffix and reason == "stop" else ""
-        text = "".join(self._parts)
-        if self._filter is None:
-            return tail, text, [], reason
-        held, unterminated = self._filter.finish()
-        tail += held
-        cut_off = reason == "length" and unterminated is not None
-        if cut_off and self._forced and unterminated.startswith(self._prefix):
-            call = cut_call(unterminated[len(self._prefix) :], self._forced)
-            if call is not None and call.partial is None:  # only the closing brace was cut
-                return tail, tail or None, [call], "tool_calls"
-            return tail, tail or None, [call] if call is not None else [], reason
-        if cut_off:
-            tail += unterminated
-        prose, calls = parse_tool_calls(text)
-        valid = [c for c in calls if c.error is None]
-        for bad in (c for c in calls if c.error is not None and not cut_off):
-            logger.warning("dropped a malformed tool call (%s): %.200s", bad.error, bad.raw)
-        if cut_off:
-            content = ("".join(self._shown) + tail).strip()
-            return tail, content or None, valid, reason
-        if not calls:
-            return tail, text, [], reason
-        return tail, prose or None, valid, "tool_calls" if valid and reason == "stop" else reason
-
-
-def _sampling(
-    engine: Engine,
-    req: ChatRequest | CompletionRequest,
-    prompt_tokens: int,
-    requested: int | None,
-) -> SamplingParams:
+def _sampling(engine: Engine, sampling: Sampling, prompt_tokens: int) -> SamplingParams:
     """The request's sampling parameters over the model's defaults, with max_tokens capped
     by the server and by the context left after the prompt."""
     room = engine.context_limit - prompt_tokens
-    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    stop = [sampling.stop] if isinstance(sampling.stop, str) else list(sampling.stop or [])
     if not all(stop):
         raise APIError(400, "stop strings must not be empty.", param="stop")
+    cap = engine.max_tokens_cap
     try:
         return engine.model.default_params.replace(
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            min_p=req.min_p,
-            repetition_penalty=req.repetition_penalty,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
-            seed=None if req.seed is None else req.seed % 2**64,
-            max_tokens=min(requested or engine.max_tokens_cap, engine.max_tokens_cap, room),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            seed=None if sampling.seed is None else sampling.seed % 2**64,
+            max_tokens=min(sampling.max_tokens or cap, cap, room),
             stop=tuple(stop),
         )
     except ValueError as e:
         raise APIError(400, str(e)) from e
-
-
-def _text(content: str | list[ContentPart] | None, param: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    for part in content:
-        if part.type != "text" or part.text is None:
-            raise APIError(400, f"Only text content is supported, not {part.type!r}.", param=param)
-    return "\n".join(part.text for part in content if part.text is not None)
-
-
-def _template_message(message: ChatMessage, index: int) -> dict[str, Any]:
-    """A message as the chat template expects it (OpenAI's shape, content always a string)."""
-    out: dict[str, Any] = {
-        "role": "system" if message.role == "developer" else message.role,
-        "content": _text(message.content, f"messages.{index}.content"),
-    }
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {
-                "id": call.id or f"call_{i}",
-                "type": "function",
-                "function": {"name": call.function.name, "arguments": call.function.arguments},
-            }
-            for i, call in enumerate(message.tool_calls)
-        ]
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    if message.name is not None:
-        out["name"] = message.name
-    return out
-
-
-def _response_schema(fmt: ResponseFormat | None) -> dict[str, Any] | None:
-    if fmt is None or fmt.type == "text":
-        return None
-    if fmt.type == "json_object":
-        return {"type": "object"}
-    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-        raise APIError(
-            400, "response_format json_schema needs json_schema.schema.", param="response_format"
-        )
-    return fmt.json_schema.schema_

@@ -14,9 +14,9 @@ caches back to the pool.
 The decoder comes from `decoder_factory`: `runtime.batch.open_decoder` gives a model split
 across ranks one whose every call the other ranks make too, so the loop is the same.
 
-A crash inside a step fails the sequences of that batch (a 500 in OpenAI's shape) and
-the loop goes on with a fresh batch for the jobs still waiting: the server never keeps
-answering /health while generating nothing.
+A crash inside a step fails the sequences of that batch (a 500, each in its protocol's
+error shape) and the loop goes on with a fresh batch for the jobs still waiting: the
+server never keeps answering /health while generating nothing.
 
 For speculative decoding (not here): `alone` says when one sequence has the model to
 itself (nothing else running or waiting), the only time a draft could help; a batch of
@@ -30,19 +30,14 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ..errors import RankFailedError
 from ..runtime import Model
 from ..runtime.batch import BatchDecoder, SequenceEvent, open_decoder
-from ..runtime.generation import TokenLogprob
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
-from .errors import APIError
-
-if TYPE_CHECKING:
-    from .engine import Event, Finished, Job
+from .errors import APIError, rank_failure
+from .jobs import Event, Finished, Job, Text
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +58,6 @@ def default_max_queue(max_batch: int) -> int:
     return QUEUE_PER_SLOT * max_batch
 
 
-def as_api_error(error: BaseException) -> APIError | None:
-    """The answer to a request that a rank's failure ended (a model split across Macs):
-    503, naming the rank and what happened to it. None for any other error."""
-    if not isinstance(error, RankFailedError):
-        return None
-    return APIError(
-        503,
-        f"{error} Generation is unavailable until the group of ranks restarts.",
-        type="server_error",
-        code="rank_failed",
-        headers={"Retry-After": "10"},
-    )
-
-
 @dataclass(eq=False)
 class _Entry:
     job: Job
@@ -86,18 +67,6 @@ class _Entry:
     uid: int = -1
     reused: int = 0
     batch_size: int = 1
-
-
-class Text(str):
-    """Generated text with the log probabilities of the tokens it came from (jobs that
-    ask for `logprobs` get these; a plain `str` is everything else)."""
-
-    logprobs: tuple[TokenLogprob, ...]
-
-    def __new__(cls, text: str, logprobs: tuple[TokenLogprob, ...]) -> Text:
-        self = super().__new__(cls, text)
-        self.logprobs = logprobs
-        return self
 
 
 class Scheduler:
@@ -250,8 +219,6 @@ class Scheduler:
 
     def _finish(self, entry: _Entry, event: SequenceEvent | None) -> None:
         """Pool the sequence's cache, record how it ended and tell its client."""
-        from .engine import Finished
-
         with self._lock:
             self._active.pop(entry.uid, None)
         job = entry.job
@@ -295,7 +262,7 @@ class Scheduler:
             self._fail(entry, error)
 
     def _fail(self, entry: _Entry, error: BaseException) -> None:
-        failure = as_api_error(error) or APIError(
+        failure = rank_failure(error) or APIError(
             500,
             "The server had an error while generating this reply. Try again.",
             type="server_error",

@@ -1,6 +1,6 @@
 """The web chat at `/` of `qwen-mlx serve`: the same chats as the terminal app, in a browser.
 
-- `routes.py`: the page and its JSON API (`mount_web`).
+- `routes.py`: the page and its JSON API (`install`: how the server registers it).
 - `chats.py`: its chats: the terminal app's chat store and saved KV caches, a ChatSession
   on the model thread per open chat, a busy chat refused to a second tab.
 - `replies.py`: replies streamed as server-sent events of rendered HTML.
@@ -12,6 +12,11 @@
 
 from __future__ import annotations
 
-from .routes import mount_web
+from ..protocol import Protocol
+from .routes import install
 
-__all__ = ["mount_web"]
+# Its errors are in OpenAI's shape, the server's default; it checks the API key itself
+# (a session cookie from signing in once, or a Bearer header: auth.py).
+PROTOCOL = Protocol(name="web", prefixes=("/web/",), install=install, key=None)
+
+__all__ = ["PROTOCOL"]

@@ -26,6 +26,7 @@ import time
 from fastapi import Request
 
 from ..errors import APIError
+from ..guard import bearer_token, same_key
 
 SESSION_COOKIE = "qwen_mlx_session"
 SESSION_LIFETIME = 7 * 24 * 3600  # seconds a sign-in lasts
@@ -69,7 +70,7 @@ class WebGuard:
         now = _clock()
         if now < self._wait_until:
             raise SignInRefused(self._wait_until - now)
-        if not self.api_key or not hmac.compare_digest(key.encode(), self.api_key.encode()):
+        if not self.api_key or not same_key(key, self.api_key):
             self._failures += 1
             delay = min(FAILURE_DELAY * 2 ** (self._failures - 1), MAX_FAILURE_DELAY)
             self._wait_until = now + delay
@@ -85,10 +86,7 @@ class WebGuard:
     def signed_in(self, request: Request) -> bool:
         if not self.api_key:
             return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), self.api_key.encode()
-        ):
+        if same_key(bearer_token(request), self.api_key):
             return True
         cookie = request.cookies.get(SESSION_COOKIE, "")
         expires = self._sessions.get(cookie)

@@ -52,13 +52,13 @@ PREPARE_THREADS = 2  # reading attachments and tokenizing, beside the model thre
 @functools.cache
 def web_sampling() -> type[BaseModel]:
     """The page's sampling parameters as a pydantic model made of the API's own fields
-    (ChatRequest's): the same types and bounds, so `1e308`, NaN, infinity or a string
+    (the server's `Sampling`): the same types and bounds, so `1e308`, NaN, infinity or a string
     are refused here as they are on /v1/chat/completions."""
     from pydantic import ConfigDict, create_model
 
-    from ..schemas import ChatRequest
+    from ..schemas import Sampling
 
-    fields = ChatRequest.model_fields
+    fields = Sampling.model_fields
     return create_model(
         "WebSampling",
         __config__=ConfigDict(extra="forbid"),

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from ...chat.chat_store import DEFAULT_TITLE, Chat, title_from
 from ...chat.session import ChatSession
@@ -39,6 +39,7 @@ from ...errors import ContextOverflowError
 from ...runtime import Message
 from ...runtime.thread import model_thread
 from ..errors import APIError
+from ..relay import streaming, watch
 from .chats import Turn, WebChats, on_model_thread
 from .markdown import MarkdownStream, message_views
 
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.05  # seconds of tokens batched into one streamed update
 PROGRESS_INTERVAL = 0.25  # seconds between progress events while the prompt is read
-DISCONNECT_POLL = 0.1  # seconds between checks that the tab is still there
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,12 @@ async def stream_reply(chats: WebChats, chat: Chat, ask: Ask, request: Request) 
     failed), answer with its stream of events."""
     turn = chats.begin(chat.id, ask.what())
     logger.info("web chat %s: %s: started", chat.id, turn.what)
-    watcher = asyncio.create_task(_watch(request, turn))
+
+    def gone() -> None:  # the tab was closed, reloaded, or navigated elsewhere
+        logger.info("web chat %s: the tab went away; stopping %s", turn.chat_id, turn.what)
+        turn.request_stop()
+
+    watcher = asyncio.create_task(watch(request, lambda: turn.ended or turn.stop.is_set(), gone))
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[_Item] = asyncio.Queue()
 
@@ -164,11 +169,7 @@ async def stream_reply(chats: WebChats, chat: Chat, ask: Ask, request: Request) 
     if isinstance(first, BaseException):
         watcher.cancel()
         raise _as_api_error(first)
-    return StreamingResponse(
-        _events(chats, first, queue, turn),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return streaming(_events(chats, first, queue, turn))
 
 
 def _prepare(session: ChatSession, ask: Ask) -> None:
@@ -360,14 +361,3 @@ async def _events(
         if not finished and not turn.stop.is_set():  # the tab went away: stop for nobody
             logger.info("web chat %s: the tab went away; stopping %s", turn.chat_id, turn.what)
             turn.request_stop()
-
-
-async def _watch(request: Request, turn: Turn) -> None:
-    """Stop the turn when its tab goes away (closed, reloaded, or navigated elsewhere),
-    from the moment it is asked for: waiting for the model thread, reading or writing."""
-    while not turn.ended and not turn.stop.is_set():
-        if await request.is_disconnected():
-            logger.info("web chat %s: the tab went away; stopping %s", turn.chat_id, turn.what)
-            turn.request_stop()
-            return
-        await asyncio.sleep(DISCONNECT_POLL)

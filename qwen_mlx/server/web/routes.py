@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import json
 import logging
 import math
 from importlib import resources
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ...chat.chat_store import Chat, title_from
@@ -39,6 +38,8 @@ from ...runtime import Message
 from ...runtime.memory import MemoryPlanner
 from ..engine import Engine
 from ..errors import APIError
+from ..guard import parse_json
+from ..protocol import ServerContext
 from .auth import SESSION_COOKIE, SESSION_LIFETIME, SignInRefused, WebGuard
 from .chats import SAMPLING_KEYS, WebChats, on_model_thread
 from .markdown import code_css, message_views
@@ -58,24 +59,22 @@ SECURITY_HEADERS = {
 }
 
 
-def mount_web(
-    app: FastAPI, engine: Engine, *, api_key: str | None, home: str | Path | None = None
-) -> WebChats:
-    """Serve the web chat from `app` on `engine`'s model, with the chats under `home`
-    (default: the store's, `$QWEN_MLX_HOME`)."""
+def install(router: APIRouter, ctx: ServerContext) -> None:
+    """Serve the web chat on `ctx`'s model, with the chats under `ctx.web_home` (default:
+    the store's, `$QWEN_MLX_HOME`); its chats are `ctx.state.web`."""
+    engine, home = ctx.engine, ctx.web_home
     if home is None:
         from ...store import home as store_home
 
         home = store_home()
-    chats = WebChats(
+    chats = ctx.state.web = WebChats(
         engine.model,
         home,
         planner=_capped(engine),
         kv_bits=engine.kv_bits,
         max_tokens_cap=engine.max_tokens_cap,
     )
-    app.include_router(_router(chats, WebGuard(api_key)))
-    return chats
+    router.include_router(_router(chats, WebGuard(ctx.guard.api_key)))
 
 
 def _capped(engine: Engine) -> MemoryPlanner:
@@ -262,10 +261,7 @@ def _page(name: str, *, status: int = 200, **values: str) -> HTMLResponse:
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
+    body = parse_json(await request.body() or b"{}")
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.")
     return body
