@@ -7,6 +7,8 @@ inputs in tool_cases.py."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -38,6 +40,22 @@ needs_trained = pytest.mark.skipif(
     not (TRAINED_TARGET / "model.safetensors").is_file(),
     reason=f"the trained tiny Qwen3 is not at {TRAINED_TARGET}",
 )
+
+
+def run_script(
+    name: str, *args: str, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """scripts/NAME run as a user runs it (a child process from the repository root, this
+    test's environment unless `env`), its output captured as text."""
+    command = ["bash"] if name.endswith(".sh") else [sys.executable]
+    return subprocess.run(
+        [*command, str(SCRIPTS / name), *args],
+        cwd=ROOT,
+        env=env or child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def child_env(**extra: str) -> dict[str, str]:

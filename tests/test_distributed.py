@@ -34,7 +34,7 @@ from qwen_mlx.errors import RankFailedError
 from qwen_mlx.runtime import SamplingParams, batch_generate, generate, load
 from qwen_mlx.runtime.launch import HostFile, Ranks, free_ports
 
-from .helpers import ROOT
+from .helpers import ROOT, run_script
 from .served import MODEL, Served, all_at_once, user
 
 KEY = "group-key"
@@ -488,12 +488,11 @@ def _wait_for_url(lines: list[str], server: subprocess.Popen) -> str:
 
 @pytest.mark.interop
 def test_the_distributed_benchmark_runs_in_smoke_mode():
-    from .helpers import SCRIPTS
-
-    out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_distributed.py"), "--smoke", "--ranks", "1,2"],
-        capture_output=True,
-        text=True,
+    out = run_script(
+        "bench_distributed.py",
+        "--smoke",
+        "--ranks",
+        "1,2",
         timeout=600,
         env=_env(Path(os.environ["QWEN_MLX_HOME"])),
     )

@@ -16,7 +16,7 @@ from qwen_mlx.runtime import make_cache
 from qwen_mlx.runtime.cache import cache_length, load_cache, prefill, save_cache
 from qwen_mlx.runtime.kv_batch import BatchQuantizedKVCache, batchable
 
-from .helpers import TRAINED_TARGET, needs_trained
+from .helpers import TRAINED_TARGET, needs_trained, run_script
 
 PROMPTS = [
     "def parse(self, text):\n    return",
@@ -243,19 +243,8 @@ def test_an_extracted_cache_saves_loads_and_continues(tiny_model, tmp_path):
 
 @needs_trained
 def test_the_kv_quality_benchmark_runs_in_smoke_mode():
-    import subprocess
-    import sys
 
-    from .helpers import ROOT, SCRIPTS, child_env
-
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_kv.py"), "--smoke"],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = run_script("bench_kv.py", "--smoke")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line.split() for line in done.stdout.splitlines() if line.strip()]
     rows = {words[0]: words for words in lines}

@@ -15,6 +15,8 @@ from qwen_mlx.cli import main
 from qwen_mlx.fileio import sha256_file
 from qwen_mlx.store.manifest import read_manifest
 
+from .helpers import run_script
+
 PACKAGED = resources.files("qwen_mlx.data")
 
 
@@ -513,17 +515,8 @@ def test_gptq_has_less_output_error_than_rounding_to_nearest_on_correlated_input
 
 
 def test_the_benchmarks_smoke_mode_prints_both_texts_both_counts_and_ratios():
-    import subprocess
-    import sys
 
-    from .helpers import SCRIPTS
-
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_quant.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_script("bench_quant.py", "--smoke", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| recipe"))

@@ -5,12 +5,9 @@ list fails `test_every_script_is_run_somewhere`."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from .helpers import ROOT, SCRIPTS, TRAINED_TARGET, child_env
+from .helpers import SCRIPTS, TRAINED_TARGET, run_script
 
 # Scripts a test of their own runs, with what it checks in the output.
 RUN_ELSEWHERE = {
@@ -56,14 +53,7 @@ def test_the_benchmark_runs_in_smoke_mode(script, tmp_path):
     figures = tmp_path / "figures.json"
     if "--json" in _help(script):
         flags = [*flags, "--json", str(figures)]
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / script), *flags],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = run_script(script, *flags)
     assert done.returncode == 0, done.stderr[-3000:]
     assert expected.lower() in done.stdout.lower(), done.stdout[-3000:]
     if "--json" in flags:
@@ -71,13 +61,6 @@ def test_the_benchmark_runs_in_smoke_mode(script, tmp_path):
 
 
 def _help(script: str) -> str:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / script), "--help"],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_script(script, "--help", timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

@@ -14,7 +14,7 @@ from qwen_mlx.runtime import batch
 from qwen_mlx.runtime.memory import Budget, MemoryPlanner
 from qwen_mlx.server import Engine
 
-from .helpers import TRAINED_TARGET, child_env
+from .helpers import TRAINED_TARGET, run_script
 from .served import KEY, MODEL, Served, all_at_once, user
 
 
@@ -337,21 +337,11 @@ def test_the_default_batch_is_what_memory_holds_and_the_flags_are_checked(capsys
 
 @pytest.mark.interop
 def test_the_server_benchmark_runs_against_mlx_lm_server():
-    import subprocess
-    import sys
-
-    from .helpers import SCRIPTS
 
     if not (TRAINED_TARGET / "model.safetensors").is_file():
         pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
     args = ["--clients", "1,2", "--max-tokens", "4", "--rounds", "1", "--long-words", "60"]
-    out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_server.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=child_env(),
-    )
+    out = run_script("bench_server.py", *args)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("1 |", "2 |"))]
     assert len(rows) == 2 and all("x |" in row for row in rows)
