@@ -14,8 +14,7 @@ from qwen_mlx.chat.chat_store import ChatStore
 from tui.app import ChatApp
 from tui.widgets import MessageView, PromptInput, StatusBar, WorkProgress
 
-from .tui_pilot import exchange, replies, running, wait_for
-from .webchat import slow_prefill
+from .tui_pilot import exchange, replies, running, slow_prefill, wait_for
 
 
 def detail(app: ChatApp) -> str:

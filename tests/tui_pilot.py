@@ -200,3 +200,24 @@ async def exchange(pilot, text: str, *, send_anyway: bool = False) -> None:
     """Send `text` and wait for the reply to it."""
     await send(pilot, text)
     await reply(pilot, send_anyway=send_anyway)
+
+
+def slow_prefill(model, tokens, params, *, should_stop, prompt_progress=None, **kwargs):
+    """A stand-in for ChatSession's model step that reads its prompt slowly (reporting
+    progress) until stopped: a long re-read on a slow machine, which the app must show and
+    stop. Gives up after 60 s, so a regression fails a test rather than hanging it."""
+    import time
+
+    from qwen_mlx.runtime import GenerationChunk
+
+    give_up = time.monotonic() + 60
+    done = 0
+    while time.monotonic() < give_up:
+        if prompt_progress is not None:
+            prompt_progress(min(done, len(tokens) - 1), len(tokens))
+        if should_stop():
+            yield GenerationChunk("", None, len(tokens), 0.0, 0, 0.0, 0.0, 0.0, "cancelled")
+            return
+        done += 1
+        time.sleep(0.02)
+    yield GenerationChunk("", None, len(tokens), 0.0, 0, 0.0, 0.0, 0.0, "length")
