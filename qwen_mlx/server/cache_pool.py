@@ -12,6 +12,14 @@ request contains in full (it diverges at most inside the reply the entry generat
 conversation moving on: it is taken out and trimmed. An entry that diverges inside its
 prompt is another conversation sharing a beginning (a system prompt, say): it stays, and
 the request gets a trimmed copy of it.
+
+A client echoes each reply back as text or as parsed tool calls, and the chat template
+renders that to ids other than those the model sampled (BPE merges the text otherwise,
+tool arguments come back re-serialized): from there the prefix would be lost, every turn.
+So an entry also remembers its assistant turns as the model wrote them (`Turn`), and
+when a prompt differs from an entry inside one of them, a `Matcher` is asked whether the
+prompt's turn says the same (the same text, or the same tool calls with equal
+arguments); if it does, the prompt gets the model's own ids there, and matching goes on.
 """
 
 from __future__ import annotations
@@ -21,9 +29,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..runtime import cache_length, cache_nbytes, common_prefix, trim_cache
+from .jobs import Turn
+
+
+class Matcher(Protocol):
+    """Tells whether an echoed assistant turn says what the model wrote (`turns.py`)."""
+
+    end_of_turn: int  # the id that ends a turn (`<|im_end|>`)
+
+    def same(self, echoed: Sequence[int], written: Sequence[int]) -> bool: ...
 
 
 @dataclass
@@ -35,14 +52,19 @@ class CacheEntry:
     tokens: list[int]
     prompt_tokens: int
     nbytes: int
+    turns: tuple[Turn, ...] = ()
 
 
 @dataclass
 class Checkout:
-    """What a request starts from: a cache holding `tokens[:reused]` of its prompt."""
+    """What a request starts from: a cache holding `tokens[:reused]` of its prompt.
+    `tokens` is the prompt to read: the one asked for, with the model's own ids swapped
+    in for the echoed replies in `turns`."""
 
     cache: list[Any]
     reused: int
+    tokens: list[int]
+    turns: tuple[Turn, ...] = ()
 
 
 class PromptCachePool:
@@ -57,9 +79,11 @@ class PromptCachePool:
         make_cache: Callable[[], list[Any]],
         max_bytes: int,
         measure: Callable[[list[Any]], int] = cache_nbytes,
+        matcher: Matcher | None = None,
     ) -> None:
         self._make_cache = make_cache
         self._measure = measure
+        self._matcher = matcher
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, CacheEntry] = OrderedDict()
         self._next_key = 0
@@ -85,19 +109,27 @@ class PromptCachePool:
         with self._lock:
             self._entries.clear()
 
+    def peek(self, tokens: Sequence[int]) -> int:
+        """How many of `tokens` a checkout now would reuse (nothing is taken)."""
+        tokens = list(tokens)
+        with self._lock:
+            best = max((self._align(tokens, e)[2] for e in self._entries.values()), default=0)
+        return max(min(best, len(tokens) - 1), 0)
+
     def checkout(self, tokens: Sequence[int]) -> Checkout:
         """A cache for `tokens`, holding the longest prefix of them any entry has (always
         leaving at least one token to prefill: the model must see something new)."""
         tokens = list(tokens)
         with self._lock:
-            best_key, best = None, 0
+            best_key, best, best_tokens, best_turns = None, 0, tokens, ()
             for key, entry in self._entries.items():
-                shared = common_prefix(tokens, entry.tokens)
+                aligned, turns, shared = self._align(tokens, entry)
                 if shared > best:
-                    best_key, best = key, shared
+                    best_key, best, best_tokens, best_turns = key, shared, aligned, turns
+            tokens = best_tokens
             reused = min(best, len(tokens) - 1)
             if best_key is None or reused <= 0:
-                return Checkout(self._make_cache(), 0)
+                return Checkout(self._make_cache(), 0, tokens)
             entry = self._entries[best_key]
             if reused >= entry.prompt_tokens:  # the same conversation, moving on
                 del self._entries[best_key]
@@ -106,11 +138,45 @@ class PromptCachePool:
                 self._entries.move_to_end(best_key)
                 cache = copy.deepcopy(entry.cache)
         trim_cache(cache, cache_length(cache) - reused)
-        return Checkout(cache, reused)
+        return Checkout(cache, reused, tokens, best_turns)
 
-    def checkin(self, cache: list[Any], tokens: Sequence[int], prompt_tokens: int) -> None:
+    def _align(
+        self, tokens: list[int], entry: CacheEntry
+    ) -> tuple[list[int], tuple[Turn, ...], int]:
+        """`tokens` with the entry's turns swapped in where they echo them, the turns
+        that now stand in it, and how many leading ids it shares with the entry."""
+        shared = common_prefix(tokens, entry.tokens)
+        if self._matcher is None:
+            return tokens, (), shared
+        kept: list[Turn] = []
+        for turn in entry.turns:
+            if shared < turn.start:
+                break
+            end = _index(tokens, self._matcher.end_of_turn, turn.start)
+            if end is None:
+                break
+            echoed = tokens[turn.start : end]
+            if echoed != list(turn.ids):
+                if not self._matcher.same(echoed, turn.ids):
+                    break
+                tokens = tokens[: turn.start] + list(turn.ids) + tokens[end:]
+                shared = turn.start + common_prefix(
+                    tokens[turn.start :], entry.tokens[turn.start :]
+                )
+            kept.append(turn)
+        return tokens, tuple(kept), shared
+
+    def checkin(
+        self,
+        cache: list[Any],
+        tokens: Sequence[int],
+        prompt_tokens: int,
+        turns: Sequence[Turn] = (),
+    ) -> None:
         """Keep `cache`, which holds `tokens`, as the most recent entry; evict the least
-        recently used entries beyond the byte budget, and any entry it makes redundant."""
+        recently used entries beyond the byte budget, and any entry it makes redundant.
+        `turns` are the assistant turns in it as the model wrote them (the last may run
+        past `tokens`: the cache never holds the last token sampled)."""
         tokens = list(tokens)
         nbytes = self._measure(cache)
         if not tokens or nbytes > self.max_bytes:
@@ -122,7 +188,8 @@ class PromptCachePool:
                 if common_prefix(tokens, e.tokens) == len(e.tokens)
             ]:
                 del self._entries[key]  # everything it holds, the new entry holds too
-            self._entries[self._next_key] = CacheEntry(cache, tokens, prompt_tokens, nbytes)
+            entry = CacheEntry(cache, tokens, prompt_tokens, nbytes, tuple(turns))
+            self._entries[self._next_key] = entry
             self._next_key += 1
         self.shrink(self.max_bytes)
 
@@ -134,3 +201,11 @@ class PromptCachePool:
             while held > max_bytes and self._entries:
                 _, old = self._entries.popitem(last=False)
                 held -= old.nbytes
+
+
+def _index(tokens: Sequence[int], token: int, start: int) -> int | None:
+    """Where `token` first appears in `tokens` from `start`, or None."""
+    try:
+        return tokens.index(token, start)
+    except ValueError:
+        return None

@@ -54,6 +54,7 @@ from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
 from .errors import APIError, rank_failure
 from .jobs import Event, Finished, Job, Slot, Text
 from .scheduler import Scheduler, default_max_batch, default_max_queue
+from .turns import TurnMatcher, finished_turns
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,11 @@ class Engine:
         self.max_tokens_cap = max_tokens_cap
         if cache_bytes is None:  # half of what the weights leave of the budget
             cache_bytes = max(self.planner.budget.bytes - self.planner.weights, 0) // 2
-        self.cache = PromptCachePool(lambda: make_cache(model, kv_bits), cache_bytes)
+        # ChatML turns (Qwen's): the pool matches echoed replies to what the model wrote
+        self.turns = TurnMatcher.for_model(model)
+        self.cache = PromptCachePool(
+            lambda: make_cache(model, kv_bits), cache_bytes, matcher=self.turns
+        )
         self.stream_tokens = stream_tokens
         self.max_batch = max_batch or default_max_batch(self.planner)
         self.max_queue = default_max_queue(self.max_batch) if max_queue is None else max_queue
@@ -355,9 +360,11 @@ class Engine:
     def _generate(self, job: Job, emit: Callable[[Event], None]) -> Finished:
         """Check out a cache, prefill what it lacks, stream, and pool the cache again
         holding exactly the prompt and reply tokens (stream_tokens keeps `held` in step)."""
-        tokens = job.tokens
-        checkout = self.cache.checkout(tokens)
+        checkout = self.cache.checkout(job.tokens)
         cache, reused = checkout.cache, checkout.reused
+        # the prompt as it will be read: echoed replies as the model wrote them
+        tokens = job.tokens = checkout.tokens
+        job.turns = checkout.turns
         held = tokens[:reused]
         reserve = len(tokens) + job.params.max_tokens
         plan = self.planner.plan(reserve, self.kv_bits)
@@ -394,7 +401,10 @@ class Engine:
             held = held[:length]
         elif length > len(held):
             trim_cache(cache, length - len(held))
-        self.cache.checkin(cache, held, len(tokens))
+        eos = self.model.tokenizer.eos_token_ids
+        complete = reason == "stop" and not (last and last.stop_string)
+        turns = finished_turns(job, reply, eos, complete=complete)
+        self.cache.checkin(cache, held, len(tokens), turns)
         return Finished(
             job_id=job.id,
             finish_reason=reason,

@@ -4,7 +4,8 @@
 Requests by route, method and status (counted by a middleware outside every other one,
 so refusals by the body limit, the host check and the catch-all count too); prompt,
 cached and generated tokens, generations by finish reason and prompt-cache hits, from
-the engine's finished jobs; time-to-first-token and tokens/s histograms; and, read at
+the engine's finished jobs (prompt tokens split into those reused from the prompt cache
+and those prefilled); time-to-first-token and tokens/s histograms; and, read at
 each scrape, the queue depth, the prompt cache's entries and bytes, and MLX's memory in
 use. Each app has its own registry, so two servers in one process count apart. The route
 label is the route's template (`/v1/responses/{response_id}`), never the raw path, and the
@@ -51,6 +52,11 @@ class Metrics:
         self.cached_tokens = Counter(
             "qwen_mlx_prompt_cached_tokens",
             "Prompt tokens taken from the prompt cache instead of prefilled.",
+            registry=registry,
+        )
+        self.prefilled_tokens = Counter(
+            "qwen_mlx_prompt_prefilled_tokens",
+            "Prompt tokens the model read (those not taken from the prompt cache).",
             registry=registry,
         )
         self.generated_tokens = Counter(
@@ -111,6 +117,7 @@ class Metrics:
         self.generations.labels(done.finish_reason).inc()
         self.prompt_tokens.inc(done.prompt_tokens)
         self.cached_tokens.inc(done.cached_tokens)
+        self.prefilled_tokens.inc(done.prompt_tokens - done.cached_tokens)
         self.generated_tokens.inc(done.completion_tokens)
         (self.cache_hits if done.cached_tokens else self.cache_misses).inc()
         if done.completion_tokens:

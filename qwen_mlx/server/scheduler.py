@@ -38,6 +38,7 @@ from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .errors import APIError, rank_failure
 from .jobs import Event, Finished, Job, Text
+from .turns import finished_turns
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,8 @@ class Scheduler:
             try:
                 checkout = self.pool.checkout(entry.job.tokens)
                 entry.reused = checkout.reused
+                # the prompt as it will be read: echoed replies as the model wrote them
+                entry.job.tokens, entry.job.turns = checkout.tokens, checkout.turns
                 entry.uid = decoder.add(
                     entry.job.tokens,
                     entry.job.params,
@@ -226,8 +229,11 @@ class Scheduler:
             finished = Finished.cancelled(job)
         else:
             if event.cache is not None and event.cache_tokens:
+                complete = event.finish_reason == "stop" and not event.stop_string
+                eos = self.model.tokenizer.eos_token_ids
+                turns = finished_turns(job, event.reply_tokens, eos, complete=complete)
                 try:
-                    self.pool.checkin(event.cache, event.cache_tokens, len(job.tokens))
+                    self.pool.checkin(event.cache, event.cache_tokens, len(job.tokens), turns)
                 except Exception:  # the reply is complete: losing its cache costs only time
                     logger.exception("%s: could not pool its KV cache", job.id)
             finished = Finished(
