@@ -20,19 +20,29 @@ So an entry also remembers its assistant turns as the model wrote them (`Turn`),
 when a prompt differs from an entry inside one of them, a `Matcher` is asked whether the
 prompt's turn says the same (the same text, or the same tool calls with equal
 arguments); if it does, the prompt gets the model's own ids there, and matching goes on.
+
+With a disk tier (`cache_disk.py`, `serve --cache-dir`), an entry evicted from memory is
+written there instead of being lost, every entry still in memory is written when the
+server stops (`persist`), and a checkout whose longest prefix is on disk reads it back.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..runtime import cache_length, cache_nbytes, common_prefix, trim_cache
 from .jobs import Turn
+
+if TYPE_CHECKING:
+    from .cache_disk import DiskCache
+
+logger = logging.getLogger(__name__)
 
 
 class Matcher(Protocol):
@@ -65,6 +75,7 @@ class Checkout:
     reused: int
     tokens: list[int]
     turns: tuple[Turn, ...] = ()
+    from_disk: bool = False  # the reused prefix was read from the disk tier
 
 
 class PromptCachePool:
@@ -80,10 +91,14 @@ class PromptCachePool:
         max_bytes: int,
         measure: Callable[[list[Any]], int] = cache_nbytes,
         matcher: Matcher | None = None,
+        disk: DiskCache | None = None,
     ) -> None:
         self._make_cache = make_cache
         self._measure = measure
         self._matcher = matcher
+        self.disk = disk
+        self.disk_reads = 0  # checkouts that read their prefix from disk
+        self.disk_read_tokens = 0
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, CacheEntry] = OrderedDict()
         self._next_key = 0
@@ -113,43 +128,90 @@ class PromptCachePool:
         """How many of `tokens` a checkout now would reuse (nothing is taken)."""
         tokens = list(tokens)
         with self._lock:
-            best = max((self._align(tokens, e)[2] for e in self._entries.values()), default=0)
+            held = [(e.tokens, e.turns) for e in self._entries.values()]
+        if self.disk is not None:
+            held += [(e.tokens, e.turns) for e in self.disk.entries]
+        best = max((self._align(tokens, *h)[2] for h in held), default=0)
         return max(min(best, len(tokens) - 1), 0)
 
     def checkout(self, tokens: Sequence[int]) -> Checkout:
-        """A cache for `tokens`, holding the longest prefix of them any entry has (always
-        leaving at least one token to prefill: the model must see something new)."""
+        """A cache for `tokens`, holding the longest prefix of them any entry has, in
+        memory or on disk (always leaving at least one token to prefill: the model must
+        see something new)."""
         tokens = list(tokens)
         with self._lock:
             best_key, best, best_tokens, best_turns = None, 0, tokens, ()
             for key, entry in self._entries.items():
-                aligned, turns, shared = self._align(tokens, entry)
+                aligned, turns, shared = self._align(tokens, entry.tokens, entry.turns)
                 if shared > best:
                     best_key, best, best_tokens, best_turns = key, shared, aligned, turns
-            tokens = best_tokens
-            reused = min(best, len(tokens) - 1)
-            if best_key is None or reused <= 0:
-                return Checkout(self._make_cache(), 0, tokens)
-            entry = self._entries[best_key]
-            if reused >= entry.prompt_tokens:  # the same conversation, moving on
-                del self._entries[best_key]
-                cache = entry.cache
-            else:  # another conversation with the same beginning: leave it be
-                self._entries.move_to_end(best_key)
-                cache = copy.deepcopy(entry.cache)
+        # read outside the lock (seconds for a long conversation): only the model thread
+        # takes and returns entries, so the one found in memory is still there after
+        found = self._from_disk(tokens, best) if self.disk is not None else None
+        if found is None and best_key is not None and min(best, len(best_tokens) - 1) > 0:
+            with self._lock:
+                entry = self._entries.get(best_key)  # None: the pool was cleared meanwhile
+                if entry is not None and best >= entry.prompt_tokens:  # the same conversation
+                    del self._entries[best_key]
+                    cache = entry.cache
+                elif entry is not None:  # another conversation with the same beginning
+                    self._entries.move_to_end(best_key)
+                    cache = None
+            if entry is not None:
+                cache = cache if cache is not None else copy.deepcopy(entry.cache)
+                found = cache, best, best_tokens, best_turns, False
+        if found is None:
+            return Checkout(self._make_cache(), 0, tokens)
+        cache, shared, tokens, turns, from_disk = found
+        reused = min(shared, len(tokens) - 1)
+        if from_disk:
+            self.disk_reads += 1
+            self.disk_read_tokens += reused
         trim_cache(cache, cache_length(cache) - reused)
-        return Checkout(cache, reused, tokens, best_turns)
+        return Checkout(cache, reused, tokens, turns, from_disk)
+
+    def _from_disk(self, tokens: list[int], best: int) -> tuple | None:
+        """The disk entry sharing more of `tokens` than `best`, read, or None. A damaged
+        one is dropped (`DiskCache.load`) and the next best tried."""
+        assert self.disk is not None
+        ranked = []
+        for entry in self.disk.entries:
+            aligned, turns, shared = self._align(tokens, entry.tokens, entry.turns)
+            if min(shared, len(aligned) - 1) > best:
+                ranked.append((shared, aligned, turns, entry))
+        for shared, aligned, turns, entry in sorted(ranked, key=lambda r: -r[0]):
+            cache = self.disk.load(entry)
+            if cache is not None:
+                return cache, shared, aligned, turns, True
+        return None
+
+    def persist(self) -> None:
+        """Write every entry in memory to the disk tier (when the server stops)."""
+        if self.disk is None:
+            return
+        with self._lock:
+            entries = list(self._entries.values())
+        for entry in reversed(entries):  # the most recent first: kept if space runs out
+            self._spill(entry)
+
+    def _spill(self, entry: CacheEntry) -> None:
+        if self.disk is None:
+            return
+        try:
+            self.disk.save(entry.cache, entry.tokens, entry.prompt_tokens, entry.turns)
+        except Exception:  # a full or read-only disk costs time later, never a reply
+            logger.exception("prompt cache: could not write an entry to the cache folder")
 
     def _align(
-        self, tokens: list[int], entry: CacheEntry
+        self, tokens: list[int], held: list[int], held_turns: Sequence[Turn]
     ) -> tuple[list[int], tuple[Turn, ...], int]:
-        """`tokens` with the entry's turns swapped in where they echo them, the turns
-        that now stand in it, and how many leading ids it shares with the entry."""
-        shared = common_prefix(tokens, entry.tokens)
+        """`tokens` with an entry's turns swapped in where they echo them, the turns
+        that now stand in it, and how many leading ids it shares with the entry's `held`."""
+        shared = common_prefix(tokens, held)
         if self._matcher is None:
             return tokens, (), shared
         kept: list[Turn] = []
-        for turn in entry.turns:
+        for turn in held_turns:
             if shared < turn.start:
                 break
             end = _index(tokens, self._matcher.end_of_turn, turn.start)
@@ -160,9 +222,7 @@ class PromptCachePool:
                 if not self._matcher.same(echoed, turn.ids):
                     break
                 tokens = tokens[: turn.start] + list(turn.ids) + tokens[end:]
-                shared = turn.start + common_prefix(
-                    tokens[turn.start :], entry.tokens[turn.start :]
-                )
+                shared = turn.start + common_prefix(tokens[turn.start :], held[turn.start :])
             kept.append(turn)
         return tokens, tuple(kept), shared
 
@@ -179,7 +239,10 @@ class PromptCachePool:
         past `tokens`: the cache never holds the last token sampled)."""
         tokens = list(tokens)
         nbytes = self._measure(cache)
-        if not tokens or nbytes > self.max_bytes:
+        if not tokens:
+            return
+        if nbytes > self.max_bytes:  # larger than memory allows: the disk may keep it
+            self._spill(CacheEntry(cache, tokens, prompt_tokens, nbytes, tuple(turns)))
             return
         with self._lock:
             for key in [
@@ -195,12 +258,17 @@ class PromptCachePool:
 
     def shrink(self, max_bytes: int) -> None:
         """Evict the least recently used entries until the pool holds at most `max_bytes`
-        (a request about to run needs the memory more than old conversations do)."""
+        (a request about to run needs the memory more than old conversations do); with
+        a disk tier they are written there."""
+        evicted = []
         with self._lock:
             held = sum(e.nbytes for e in self._entries.values())
             while held > max_bytes and self._entries:
                 _, old = self._entries.popitem(last=False)
                 held -= old.nbytes
+                evicted.append(old)
+        for entry in evicted:
+            self._spill(entry)
 
 
 def _index(tokens: Sequence[int], token: int, start: int) -> int | None:

@@ -35,6 +35,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import Any
 
 from ..errors import GenerationCancelled
@@ -49,8 +50,9 @@ from ..runtime import (
 from ..runtime.distributed import group_failure, group_status, leader_of
 from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
+from .cache_disk import DiskCache, fingerprint
 from .cache_pool import PromptCachePool
-from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
+from .defaults import DEFAULT_CACHE_DIR_BYTES, DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
 from .errors import APIError, rank_failure
 from .jobs import Event, Finished, Job, Slot, Text
 from .scheduler import Scheduler, default_max_batch, default_max_queue
@@ -59,6 +61,7 @@ from .turns import TurnMatcher, finished_turns
 logger = logging.getLogger(__name__)
 
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
+PERSIST_TIMEOUT = 120.0  # seconds to write the pool to --cache-dir when stopping
 COMPOSED = 4  # code points Unicode normalization (NFC) can compose into one character
 
 
@@ -90,6 +93,8 @@ class Engine:
         prefill_step_size: int | None = None,
         draft: Any = None,
         num_draft_tokens: int | None = None,
+        cache_dir: str | Path | None = None,
+        cache_dir_bytes: int = DEFAULT_CACHE_DIR_BYTES,
     ) -> None:
         self.model = model
         # Speculative decoding for every request that does not turn it off (a lone
@@ -110,8 +115,13 @@ class Engine:
             cache_bytes = max(self.planner.budget.bytes - self.planner.weights, 0) // 2
         # ChatML turns (Qwen's): the pool matches echoed replies to what the model wrote
         self.turns = TurnMatcher.for_model(model)
+        disk = None
+        if cache_dir is not None:  # the pool's disk tier (`cache_disk.py`)
+            if leader_of(model) is not None:
+                raise ValueError("--cache-dir does not work yet with a model split across ranks.")
+            disk = DiskCache(cache_dir, cache_dir_bytes, fingerprint(model, kv_bits))
         self.cache = PromptCachePool(
-            lambda: make_cache(model, kv_bits), cache_bytes, matcher=self.turns
+            lambda: make_cache(model, kv_bits), cache_bytes, matcher=self.turns, disk=disk
         )
         self.stream_tokens = stream_tokens
         self.max_batch = max_batch or default_max_batch(self.planner)
@@ -303,6 +313,11 @@ class Engine:
             job.stop.set()  # queued jobs then end at once, running ones at the next token
         self._preparer.shutdown(wait=False, cancel_futures=True)
         wait(pending.values(), timeout=timeout)
+        if self.cache.disk is not None:  # what memory holds survives the restart
+            try:
+                model_thread().submit(self.cache.persist).result(timeout=PERSIST_TIMEOUT)
+            except Exception:  # stopping anyway: the entries are only lost time
+                logger.exception("prompt cache: could not write the pool to the cache folder")
 
     def abandon(self, error: BaseException) -> None:
         """End every job with `error` without the model thread, which cannot end them any
