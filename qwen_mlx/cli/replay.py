@@ -117,10 +117,14 @@ def conversation_key(body: Any) -> str:
     items = body.get("messages") or body.get("input") or body.get("prompt") or []
     first = items
     if isinstance(items, list):  # up to the first user message (system ones before it)
-        ends = [i for i, m in enumerate(items) if not isinstance(m, dict) or m.get("role") == "user"]
-        first = items[: ends[0] + 1] if ends else items[:1]
+        users = [i for i, m in enumerate(items) if not isinstance(m, dict) or _user(m)]
+        first = items[: users[0] + 1] if users else items[:1]
     head = [body.get("system"), body.get("instructions"), first]
     return hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _user(message: dict[str, Any]) -> bool:
+    return message.get("role") == "user"
 
 
 def _send(
