@@ -16,6 +16,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ import pytest
 from qwen_mlx.server import Engine, create_app
 from qwen_mlx.server.jobs import Finished
 
-from .helpers import start_server
+from .helpers import child_env, start_server
 
 KEY = "agent-key"
 STEPS = 6  # requests per session: five tool steps, then a reply in text
@@ -49,14 +53,15 @@ READ = {
 
 @dataclass
 class Served:
-    engine: Engine
+    engine: Engine | None  # None: a server in another process
     url: str
     finished: list[Finished]  # the agent's jobs (prompts longer than the others')
 
     def post(self, path: str, body: dict, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"Bearer {KEY}", "x-api-key": KEY}
         headers["anthropic-version"] = "2023-06-01"
-        body = {"model": self.engine.model.name, **body}
+        if self.engine is not None:
+            body = {"model": self.engine.model.name, **body}
         response = httpx.post(self.url + path, json=body, headers=headers, timeout=120, **kwargs)
         assert response.status_code == 200, response.text
         return response
@@ -409,6 +414,44 @@ def test_a_restarted_server_reads_the_conversation_from_disk(tiny_model, tmp_pat
     try:
         resumed = one_turn(second, [*messages, {"role": "user", "content": "More."}])
         assert resumed.cached_tokens >= turn.prompt_tokens
+        assert engine.cache.disk_reads == 1
+    finally:
+        stop(server, thread, engine)
+
+
+def test_qwen_mlx_serve_stopped_by_sigterm_leaves_its_caches_for_the_next(
+    tiny_mlx, tiny_model, tmp_path
+):
+    """A real `qwen-mlx serve --cache-dir` process, stopped as a service manager stops it
+    (SIGTERM), writes its caches; a new server on the folder resumes from them."""
+    folder = tmp_path / "kv"
+    command = [sys.executable, "-m", "qwen_mlx.cli.serve", "--model", str(tiny_mlx)]
+    command += ["--port", "0", "--api-key", KEY, "--cache-dir", str(folder)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        said = ""
+        while "serving" not in said:
+            line = proc.stderr.readline()
+            assert line, f"qwen-mlx serve exited: {said}"
+            said += line
+        url = re.search(r"at (http://127\.0\.0\.1:\d+)/v1", said).group(1)
+        first = Served(None, url, [])
+        messages = conversation()
+        body = {"model": tiny_model.name, "messages": messages, "max_tokens": 6}
+        reply = first.post("/v1/chat/completions", body).json()
+        messages.append(reply["choices"][0]["message"])
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(list(folder.glob("*.safetensors"))) == 1
+
+    engine = disk_engine(tiny_model, folder)
+    second, server, thread = serve(engine)
+    try:
+        resumed = one_turn(second, [*messages, {"role": "user", "content": "More."}])
+        assert resumed.cached_tokens >= reply["usage"]["prompt_tokens"]
         assert engine.cache.disk_reads == 1
     finally:
         stop(server, thread, engine)

@@ -93,7 +93,7 @@ def replay(
     on_turn: Callable[[ReplayedTurn], None] | None = None,
 ) -> list[ReplayedTurn]:
     """Send each recorded request to the server at `url` (its root, no `/v1`), one after
-    another, and return what each turn cost. `model` replaces the model each body names;
+    another, and return what each turn cost. `model` is put in each body as the model to use;
     `max_tokens` caps each reply (in the field each protocol reads)."""
     turns: list[ReplayedTurn] = []
     last_prompt: dict[str, int] = {}
@@ -175,7 +175,7 @@ def _send(
 
 def _adjusted(path: str, body: dict[str, Any], model: str | None, cap: int | None) -> dict:
     body = dict(body)
-    if model is not None and "model" in body:
+    if model is not None:
         body["model"] = model
     if cap is not None:
         if path.startswith("/api/"):

@@ -12,7 +12,9 @@ checks each body), the metrics and the settings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
@@ -61,7 +63,17 @@ def create_app(
     what the engine runs and queues, and a margin; see `connections.py`). The web chat
     answers `/`, with the chats under `web_home` (default: the store's). With `record`,
     every API request is appended to that file (`record.py`)."""
-    app = FastAPI(title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn ends the process on SIGTERM as soon as it returns: the prompt caches
+        # go to --cache-dir while the app shuts down, not after
+        await asyncio.to_thread(engine.persist)
+
+    app = FastAPI(
+        title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     shapes = ErrorShapes(error_shapes(PROTOCOLS))
     install_error_handlers(app, shapes)
     if record is not None:  # inside the body limit: what it refuses is not a request

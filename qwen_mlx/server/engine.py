@@ -313,11 +313,18 @@ class Engine:
             job.stop.set()  # queued jobs then end at once, running ones at the next token
         self._preparer.shutdown(wait=False, cancel_futures=True)
         wait(pending.values(), timeout=timeout)
-        if self.cache.disk is not None:  # what memory holds survives the restart
-            try:
-                model_thread().submit(self.cache.persist).result(timeout=PERSIST_TIMEOUT)
-            except Exception:  # stopping anyway: the entries are only lost time
-                logger.exception("prompt cache: could not write the pool to the cache folder")
+        self.persist()
+
+    def persist(self) -> None:
+        """With a cache folder, write the prompt caches memory holds there (on the model
+        thread, which owns their arrays), so they survive a restart. The app does this
+        when it shuts down, and `close` again (entries already written are skipped)."""
+        if self.cache.disk is None:
+            return
+        try:
+            model_thread().submit(self.cache.persist).result(timeout=PERSIST_TIMEOUT)
+        except Exception:  # stopping anyway: the entries are only lost time
+            logger.exception("prompt cache: could not write the pool to the cache folder")
 
     def abandon(self, error: BaseException) -> None:
         """End every job with `error` without the model thread, which cannot end them any
