@@ -23,7 +23,8 @@ trained tiny's tokenizer and Qwen3-4B-Instruct-2507's chat template (from
 from each protocol's usage (`qwen-mlx replay`). Ollama's usage has no prompt total: its
 "new" comes from rendering the messages with the model's template here. Targets: tokens
 prefilled per turn <= 1.05x the tokens new that turn, on every protocol; TTFT of turn 10
-<= 1.3x turn 2 (of the main conversation); the same with 4 other clients decoding.
+<= 1.3x turn 2 (of the main conversation, whose turns 2 and 10 add tool results of the
+same size); the same with 4 other clients decoding.
 
     python scripts/bench_agent.py [--turns 12] [--session FILE] [--source HF_FOLDER]
     python scripts/bench_agent.py --smoke     # seconds: tiny sessions, no mlx_lm peer
@@ -32,6 +33,7 @@ prefilled per turn <= 1.05x the tokens new that turn, on every protocol; TTFT of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -84,8 +86,10 @@ def _tools(rng: random.Random, n: int) -> list[dict[str, Any]]:
 
 
 def _steps(rng: random.Random, turns: int, tools: int) -> list[tuple[str, dict, str]]:
-    """(tool name, arguments, result) per step; results from a line to a page."""
-    sizes = [8, 40, 120, 300, 20, 60, 500, 10, 80, 200]
+    """(tool name, arguments, result) per step; results from a line to a page. The main
+    conversation's turns 2 and 10 add results of one size, so their TTFTs differ by what
+    the conversation's length costs, not by what the turn adds."""
+    sizes = [40, 8, 120, 300, 20, 60, 500, 10, 40, 200]
     return [
         (
             f"tool_{i % tools}",
@@ -248,6 +252,39 @@ def theirs(folder: Path, port: int) -> list[str]:
             str(port), "--log-level", "WARNING"]  # fmt: skip
 
 
+@contextlib.contextmanager
+def serving(folder: Path, log: Path, cache_dir: Path | None = None, model: Any = None):
+    """`qwen-mlx serve` on `folder` (with `--cache-dir`), yielding its URL: a process of
+    its own, or with `model` (--smoke) an app in this process (a restart is then a new
+    app on the same cache folder). Stopped gracefully either way."""
+    extra = ("--cache-dir", str(cache_dir)) if cache_dir is not None else ()
+    if model is None:
+        port = free_port()
+        proc = start(ours(folder, port, *extra), port, log)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(proc)
+        return
+    import uvicorn
+
+    from qwen_mlx.server import Engine, create_app, server_config
+
+    engine = Engine(model, cache_dir=cache_dir)
+    app = create_app(engine, api_key=KEY)
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        engine.close()
+
+
 class Others:
     """`n` other clients streaming long chat replies until stopped."""
 
@@ -390,7 +427,7 @@ def long_turn(system_words: int, max_tokens: int, n_tools: int) -> tuple[dict, l
 
 
 def restart_bench(
-    folder: Path, tmp: Path, model: str, words: int, max_tokens: int, n_tools: int
+    folder: Path, tmp: Path, model: str, words: int, max_tokens: int, n_tools: int, loaded: Any
 ) -> None:
     """TTFT of the next turn of a long conversation after a restart: read from
     --cache-dir, against a full re-prefill (another, empty cache folder)."""
@@ -399,28 +436,19 @@ def restart_bench(
     from qwen_mlx.cli.replay import replay
 
     request, _ = long_turn(words, max_tokens, n_tools)
-    port = free_port()
     cache_dir = tmp / "kv"
-    proc = start(ours(folder, port, "--cache-dir", str(cache_dir)), port, tmp / "r1.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with serving(folder, tmp / "r1.log", cache_dir, loaded) as url:  # writes its pool at the end
         body = {**request["body"], "model": model, "stream": False}
         reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=1800,
                            headers={"Authorization": f"Bearer {KEY}"}).json()  # fmt: skip
-    finally:
-        stop(proc)  # writes its pool to the cache folder
     message = {k: v for k, v in reply["choices"][0]["message"].items() if v is not None}
     follow = json.loads(json.dumps(request))
     follow["body"]["messages"] += [message, {"role": "user", "content": "Now run the tests."}]
     rows = [["run", "prompt", "prefilled", "TTFT s"]]
     timings = {}
     for name, folder_used in (("from disk", cache_dir), ("full re-prefill", tmp / "empty")):
-        port = free_port()
-        proc = start(ours(folder, port, "--cache-dir", str(folder_used)), port, tmp / "r2.log")
-        try:
-            (turn,) = replay([follow], f"http://127.0.0.1:{port}", api_key=KEY, model=model)
-        finally:
-            stop(proc)
+        with serving(folder, tmp / "r2.log", folder_used, loaded) as url:
+            (turn,) = replay([follow], url, api_key=KEY, model=model)
         timings[name] = turn.ttft
         rows.append([name, f"{turn.prompt_tokens:,}", f"{turn.prefilled:,}", f"{turn.ttft:.2f}"])
     print_table(
@@ -494,23 +522,21 @@ def main(argv: list[str] | None = None) -> int:
             # fresh conversations for the busy run: their own opening words
             if busy:
                 sessions = {k: _retag(v, "busy") for k, v in sessions.items()}
-            port = free_port()
-            proc = start(ours(folder, port), port, tmp / "ours.log")
-            url = f"http://127.0.0.1:{port}"
             results = {}
-            try:
-                with Others(url, name, busy) if busy else _nothing():
-                    for protocol, requests in sessions.items():
-                        results[protocol] = run_session(url, requests, name, count)
-            finally:
-                stop(proc)
+            inside = model if args.smoke else None
+            with (
+                serving(folder, tmp / "ours.log", None, inside) as url,
+                Others(url, name, busy) if busy else contextlib.nullcontext(),
+            ):
+                for protocol, requests in sessions.items():
+                    results[protocol] = run_session(url, requests, name, count)
             peer = None
             if not args.no_peer and "chat" in sessions:
                 port = free_port()
                 proc = start(theirs(folder, port), port, tmp / "mlx_lm.log")
                 url = f"http://127.0.0.1:{port}"
                 try:
-                    with Others(url, str(folder), busy) if busy else _nothing():
+                    with Others(url, str(folder), busy) if busy else contextlib.nullcontext():
                         peer = run_session(url, sessions["chat"], str(folder), count)
                 finally:
                     stop(proc)
@@ -520,7 +546,10 @@ def main(argv: list[str] | None = None) -> int:
                 print_table(f"{protocol} ({PATHS[protocol]}), {label}", rows)
                 checks.append(check)
             summary(checks, label)
-        restart_bench(folder, tmp, name, args.restart_words, args.max_tokens, args.tools)
+        restart_bench(
+            folder, tmp, name, args.restart_words, args.max_tokens, args.tools,
+            model if args.smoke else None,
+        )  # fmt: skip
     return 0
 
 
@@ -528,14 +557,6 @@ def _retag(requests: list[dict], tag: str) -> list[dict]:
     """The same session as fresh conversations: each system prompt starts with `tag`."""
     text = json.dumps(requests).replace("Session ", f"Session {tag} ")
     return json.loads(text)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 if __name__ == "__main__":

@@ -627,3 +627,26 @@ def test_replay_says_when_it_cannot_read_the_file(tmp_path, capsys):
     bad.write_text("{not json\n")
     assert main(["replay", str(bad), "--url", "http://127.0.0.1:9"]) == 1
     assert "line 1: not JSON" in capsys.readouterr().err
+
+
+def test_the_agent_benchmark_runs_in_smoke_mode(capsys):
+    import importlib.util
+
+    from .helpers import SCRIPTS
+
+    spec = importlib.util.spec_from_file_location("bench_agent", SCRIPTS / "bench_agent.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    for path in ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/api/chat"):
+        assert f"({path}), alone" in out and f"({path}), with 1 other clients decoding" in out
+    verdicts = [line for line in out.splitlines() if "worst prefilled/new" in line]
+    assert len(verdicts) == 8 and all(line.endswith(": met") for line in verdicts)
+    restart = [
+        line.split()
+        for line in out.splitlines()
+        if line.strip().startswith(("from disk", "full re-prefill")) and "/" not in line
+    ]
+    (disk, full) = [int(row[-2].replace(",", "")) for row in restart]  # tokens prefilled
+    assert disk < full

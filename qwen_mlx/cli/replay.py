@@ -349,3 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print_table(table(turns), right_align=(0, 3, 4, 5, 6, 7))
     return 1 if any(t.error for t in turns) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
