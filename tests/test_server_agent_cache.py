@@ -415,6 +415,10 @@ def test_a_restarted_server_reads_the_conversation_from_disk(tiny_model, tmp_pat
         resumed = one_turn(second, [*messages, {"role": "user", "content": "More."}])
         assert resumed.cached_tokens >= turn.prompt_tokens
         assert engine.cache.disk_reads == 1
+        headers = {"Authorization": f"Bearer {KEY}"}
+        metrics = httpx.get(second.url + "/metrics", headers=headers, timeout=30).text
+        assert "qwen_mlx_prompt_cache_disk_reads 1.0" in metrics
+        assert "qwen_mlx_prompt_cache_disk_bytes 0.0" not in metrics
     finally:
         stop(server, thread, engine)
 

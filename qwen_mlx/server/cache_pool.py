@@ -97,6 +97,7 @@ class PromptCachePool:
         self._measure = measure
         self._matcher = matcher
         self.disk = disk
+        self._evicted: list[CacheEntry] = []  # on their way to disk (`spill`)
         self.disk_reads = 0  # checkouts that read their prefix from disk
         self.disk_read_tokens = 0
         self.max_bytes = max_bytes
@@ -256,17 +257,25 @@ class PromptCachePool:
             self._next_key += 1
         self.shrink(self.max_bytes)
 
-    def shrink(self, max_bytes: int) -> None:
+    def shrink(self, max_bytes: int, *, defer: bool = False) -> None:
         """Evict the least recently used entries until the pool holds at most `max_bytes`
         (a request about to run needs the memory more than old conversations do); with
-        a disk tier they are written there."""
-        evicted = []
+        a disk tier they are written there, now or, with `defer` (a caller holding a
+        lock others wait on), at the next `spill`."""
         with self._lock:
             held = sum(e.nbytes for e in self._entries.values())
             while held > max_bytes and self._entries:
                 _, old = self._entries.popitem(last=False)
                 held -= old.nbytes
-                evicted.append(old)
+                if self.disk is not None:
+                    self._evicted.append(old)
+        if not defer:
+            self.spill()
+
+    def spill(self) -> None:
+        """Write the entries evicted since the last call to the disk tier."""
+        with self._lock:
+            evicted, self._evicted = self._evicted, []
         for entry in evicted:
             self._spill(entry)
 

@@ -6,7 +6,8 @@ so refusals by the body limit, the host check and the catch-all count too); prom
 cached and generated tokens, generations by finish reason and prompt-cache hits, from
 the engine's finished jobs (prompt tokens split into those reused from the prompt cache
 and those prefilled); time-to-first-token and tokens/s histograms; and, read at
-each scrape, the queue depth, the prompt cache's entries and bytes, and MLX's memory in
+each scrape, the queue depth, the prompt cache's entries and bytes (in memory and in
+--cache-dir, and the requests that read theirs from disk), and MLX's memory in
 use. Each app has its own registry, so two servers in one process count apart. The route
 label is the route's template (`/v1/responses/{response_id}`), never the raw path, and the
 method label is one of HTTP's own methods or "other", so clients cannot grow the label set;
@@ -100,6 +101,14 @@ class Metrics:
             "qwen_mlx_prompt_cache_tokens": (
                 "Tokens the pooled KV caches hold.",
                 lambda: engine.cache.tokens,
+            ),
+            "qwen_mlx_prompt_cache_disk_bytes": (
+                "Bytes of the prompt caches in --cache-dir.",
+                lambda: engine.cache.disk.bytes if engine.cache.disk else 0,
+            ),
+            "qwen_mlx_prompt_cache_disk_reads": (
+                "Requests that read their prefix from --cache-dir since the server started.",
+                lambda: engine.cache.disk_reads,
             ),
             "qwen_mlx_memory_active_bytes": ("MLX memory in use.", _mlx("get_active_memory")),
             "qwen_mlx_memory_cache_bytes": ("MLX's buffer cache.", _mlx("get_cache_memory")),

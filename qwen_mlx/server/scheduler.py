@@ -153,6 +153,7 @@ class Scheduler:
             for entry in gone:
                 self._waiting.remove(entry)
             admitted = self._admit()
+        self.pool.spill()
         for entry in gone:
             self._finish(entry, None)
         if self._decoder is None and (admitted or self._active):
@@ -217,7 +218,8 @@ class Scheduler:
             self._waiting.popleft()
             admitted.append(entry)
             held += entry.reserve
-            self.pool.shrink(max(plan.budget - plan.total, 0))
+            # under the lock: what it evicts goes to disk after (`_turn`)
+            self.pool.shrink(max(plan.budget - plan.total, 0), defer=True)
         return admitted
 
     def _finish(self, entry: _Entry, event: SequenceEvent | None) -> None:
