@@ -30,7 +30,7 @@ import pytest
 from qwen_mlx.server import Engine, create_app
 from qwen_mlx.server.jobs import Finished
 
-from .helpers import child_env, start_server
+from .helpers import SHARED_MODEL, child_env, needs_shared, start_server
 
 KEY = "agent-key"
 STEPS = 6  # requests per session: five tool steps, then a reply in text
@@ -654,3 +654,32 @@ def test_the_agent_benchmark_runs_in_smoke_mode(capsys):
     ]
     (disk, full) = [int(row[-2].replace(",", "")) for row in restart]  # tokens prefilled
     assert disk < full
+
+
+@needs_shared
+def test_qwen3_turns_match_their_echo_as_text_or_as_tool_calls():
+    """With the real Qwen3 tokenizer: a reply that starts with newlines re-tokenizes
+    merged with the header's, and a tool call echoed compact or reordered is the same
+    call; other text or other arguments are not."""
+    from transformers import AutoTokenizer
+
+    from qwen_mlx.server.turns import TurnMatcher
+
+    tokenizer = AutoTokenizer.from_pretrained(SHARED_MODEL)
+    vocab = tokenizer.get_vocab()
+    matcher = TurnMatcher(tokenizer, vocab["<|im_start|>"], vocab["<|im_end|>"])
+    head = tokenizer.encode("<|im_start|>assistant\n")
+
+    def turn(text: str) -> list[int]:
+        return tokenizer.encode("<|im_start|>assistant\n" + text)
+
+    written = head + tokenizer.encode("\n\nHello there.")
+    assert turn("\n\nHello there.") != written  # BPE merges the newlines
+    assert matcher.same(turn("Hello there."), written)
+    assert not matcher.same(turn("Hello here."), written)
+    call = '<tool_call>\n{"name": "read", "arguments": {"path": "a.py", "n": 2}}\n</tool_call>'
+    compact = '<tool_call>\n{"name":"read","arguments":{"n":2,"path":"a.py"}}\n</tool_call>'
+    other = '<tool_call>\n{"name": "read", "arguments": {"path": "b.py", "n": 2}}\n</tool_call>'
+    assert matcher.same(turn(compact), head + tokenizer.encode(call))
+    assert not matcher.same(turn(other), head + tokenizer.encode(call))
+    assert not matcher.same(tokenizer.encode("<|im_start|>user\nHello there."), written)
