@@ -30,7 +30,7 @@ import pytest
 from qwen_mlx.server import Engine, create_app
 from qwen_mlx.server.jobs import Finished
 
-from .helpers import SHARED_MODEL, child_env, needs_shared, start_server
+from .helpers import SHARED_MODEL, child_env, needs_shared, run_script, start_server
 
 KEY = "agent-key"
 STEPS = 6  # requests per session: five tool steps, then a reply in text
@@ -633,16 +633,10 @@ def test_replay_says_when_it_cannot_read_the_file(tmp_path, capsys):
     assert "line 1: not JSON" in capsys.readouterr().err
 
 
-def test_the_agent_benchmark_runs_in_smoke_mode(capsys):
-    import importlib.util
-
-    from .helpers import SCRIPTS
-
-    spec = importlib.util.spec_from_file_location("bench_agent", SCRIPTS / "bench_agent.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--smoke"]) == 0
-    out = capsys.readouterr().out
+def test_the_agent_benchmark_runs_in_smoke_mode():
+    done = run_script("bench_agent.py", "--smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
     for path in ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/api/chat"):
         assert f"({path}), alone" in out and f"({path}), with 1 other clients decoding" in out
     verdicts = [line for line in out.splitlines() if "worst prefilled/new" in line]
