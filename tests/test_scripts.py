@@ -11,6 +11,8 @@ from .helpers import SCRIPTS, TRAINED_TARGET, run_script
 
 # Scripts a test of their own runs, with what it checks in the output.
 RUN_ELSEWHERE = {
+    "bench_agent.py": "tests/test_server_agent_cache.py (smoke: each protocol's tables, "
+    "the targets met, a restart read from disk)",
     "bench_kv.py": "tests/test_kv_batch.py (KL order, bytes per token)",
     "bench_quant.py": "tests/test_quant.py (smoke: both texts, both counts, ratios)",
     "bench_distributed.py": "tests/test_distributed.py (smoke on 1 and 2 ranks)",

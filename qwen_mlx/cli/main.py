@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "models": "Manage stored versions: list, show, verify, import, export, set-latest, rm, ...",
     "serve": "Serve the model over an OpenAI-compatible HTTP API.",
     "bench": "Measure prefill and decode speed, and decode against memory bandwidth.",
+    "replay": "Send a recorded session (serve --record) to a server: prefill and TTFT per turn.",
 }
 
 USAGE = """usage: qwen-mlx <command> [options]

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from ..server.defaults import (
     CONNECTION_HEADROOM,
+    DEFAULT_CACHE_DIR_BYTES,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_TOKENS_CAP,
 )
@@ -53,6 +54,8 @@ examples:
   qwen-mlx serve --model qwen3-4b-instruct-2507-mlx-q8-g64 --port 8000
   {API_KEY_ENV}=secret qwen-mlx serve --host 0.0.0.0
   qwen-mlx serve --hosts hosts.json        # one model across the Macs in hosts.json
+  qwen-mlx serve --cache-dir ~/kv-cache    # agent sessions resume after a restart
+  qwen-mlx serve --record session.jsonl    # then: qwen-mlx replay session.jsonl --url ...
 
 then point any OpenAI client at it:
   OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
@@ -116,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
         "only what is new (default: half of what the weights leave; 0 turns it off)",
     )
     p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep prompt caches on disk too: those memory lets go, and all of them when the "
+        "server stops, so a long conversation resumes without being read again after a "
+        "restart (checksummed; entries of another model or settings are dropped)",
+    )
+    p.add_argument(
+        "--cache-dir-gb",
+        type=float,
+        default=DEFAULT_CACHE_DIR_BYTES / 1e9,
+        metavar="GB",
+        help="the most --cache-dir may hold; the least recently used entries go first "
+        f"(default: {DEFAULT_CACHE_DIR_BYTES / 1e9:g})",
+    )
+    p.add_argument(
+        "--record",
+        metavar="FILE",
+        help="append every API request to FILE, one JSON line each (never the API key), to "
+        "replay a session later with `qwen-mlx replay FILE --url URL`",
+    )
+    p.add_argument(
         "--max-batch",
         type=int,
         metavar="N",
@@ -174,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--max-batch must be positive.")
     if args.max_queue is not None and args.max_queue < 0:
         raise ValueError("--max-queue must be 0 or more.")
+    if args.cache_dir_gb <= 0:
+        raise ValueError("--cache-dir-gb must be positive.")
     warning = bind_warning(args.host, args.api_key)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -216,6 +242,8 @@ def _serve(args: argparse.Namespace, sockets: list[socket.socket], ranks, argv: 
         aliases=[args.model],  # requests may name the model as it was asked for here
         max_batch=args.max_batch,
         max_queue=args.max_queue,
+        cache_dir=args.cache_dir,
+        cache_dir_bytes=int(args.cache_dir_gb * 1e9),
     )
     if ranks is not None:
         _restart_on_failure(ranks, sockets, argv, idle=lambda: engine.queued == 0)
@@ -225,6 +253,7 @@ def _serve(args: argparse.Namespace, sockets: list[socket.socket], ranks, argv: 
         max_body_bytes=args.max_body_bytes,
         allowed_hosts=allowed_hosts(args.host),
         max_connections=args.max_connections,
+        record=args.record,
     )
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sockets[0].getsockname()[1]

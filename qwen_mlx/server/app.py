@@ -12,7 +12,9 @@ checks each body), the metrics and the settings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
@@ -27,6 +29,7 @@ from .metrics import Metrics, RequestCounter
 from .net import AllowedHosts
 from .protocol import Protocol, ServerContext, error_shapes
 from .protocols import anthropic, health, ollama, openai, prometheus, responses
+from .record import Recorder
 
 # Every protocol the server speaks; errors on a path no prefix claims are OpenAI's.
 PROTOCOLS: tuple[Protocol, ...] = (
@@ -49,6 +52,7 @@ def create_app(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     web_home: str | Path | None = None,
     max_connections: int | None = None,
+    record: str | Path | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine`. With `api_key`, every route but /health needs
     it (as each protocol's clients send it). With `allowed_hosts`, a request whose Host
@@ -57,10 +61,23 @@ def create_app(
     `max_body_bytes` gets 413, one that has not arrived `body_timeout` seconds after its
     headers 408. At most `max_connections` requests are in progress at once (default:
     what the engine runs and queues, and a margin; see `connections.py`). The web chat
-    answers `/`, with the chats under `web_home` (default: the store's)."""
-    app = FastAPI(title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None)
+    answers `/`, with the chats under `web_home` (default: the store's). With `record`,
+    every API request is appended to that file (`record.py`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn ends the process on SIGTERM as soon as it returns: the prompt caches
+        # go to --cache-dir while the app shuts down, not after
+        await asyncio.to_thread(engine.persist)
+
+    app = FastAPI(
+        title="qwen-mlx", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     shapes = ErrorShapes(error_shapes(PROTOCOLS))
     install_error_handlers(app, shapes)
+    if record is not None:  # inside the body limit: what it refuses is not a request
+        app.add_middleware(Recorder, path=record)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     if allowed_hosts is not None:
         app.add_middleware(AllowedHosts, hosts=allowed_hosts)

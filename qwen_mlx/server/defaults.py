@@ -9,6 +9,9 @@ DEFAULT_MAX_BODY_BYTES = 16 << 20
 DEFAULT_BODY_TIMEOUT = 60.0  # seconds: 16 MiB at 0.3 MB/s
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive
 DEFAULT_KEEP_ALIVE = 5  # seconds an idle connection stays open between requests
+# What `serve --cache-dir` may fill by default: a few long agent conversations (a
+# 20,000-token prompt of Qwen3-4B's bf16 KV cache is about 3 GB).
+DEFAULT_CACHE_DIR_BYTES = 20 * 10**9
 RETRY_AFTER = 2  # seconds a client turned away by a full server is asked to wait
 # Requests in progress at most, by default: --max-batch + --max-queue and this many more
 # (being read, prepared, or not generating; see connections.py).

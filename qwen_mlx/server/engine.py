@@ -34,6 +34,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import Any
 
 from ..errors import GenerationCancelled
@@ -48,15 +49,18 @@ from ..runtime.distributed import group_failure, group_status, leader_of
 from ..runtime.memory import MemoryPlanner
 from ..runtime.speculative import drafter_and_planner
 from ..runtime.thread import model_thread
+from .cache_disk import DiskCache, fingerprint
 from .cache_pool import PromptCachePool
-from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
+from .defaults import DEFAULT_CACHE_DIR_BYTES, DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
 from .errors import APIError, rank_failure
 from .jobs import Event, Finished, Job, Slot, Text
 from .scheduler import Scheduler, default_max_batch, default_max_queue
+from .turns import TurnMatcher, finished_turns
 
 logger = logging.getLogger(__name__)
 
 PREPARE_THREADS = 4  # tokenizers release the GIL: a long prompt leaves the others room
+PERSIST_TIMEOUT = 120.0  # seconds to write the pool to --cache-dir when stopping
 COMPOSED = 4  # code points Unicode normalization (NFC) can compose into one character
 
 
@@ -88,6 +92,8 @@ class Engine:
         prefill_step_size: int | None = None,
         draft: Any = None,
         num_draft_tokens: int | None = None,
+        cache_dir: str | Path | None = None,
+        cache_dir_bytes: int = DEFAULT_CACHE_DIR_BYTES,
     ) -> None:
         self.model = model
         # Speculative decoding for every request that does not turn it off (a lone
@@ -105,7 +111,16 @@ class Engine:
         self.max_tokens_cap = max_tokens_cap
         if cache_bytes is None:  # half of what the weights leave of the budget
             cache_bytes = max(self.planner.budget.bytes - self.planner.weights, 0) // 2
-        self.cache = PromptCachePool(lambda: make_cache(model, kv_bits), cache_bytes)
+        # ChatML turns (Qwen's): the pool matches echoed replies to what the model wrote
+        self.turns = TurnMatcher.for_model(model)
+        disk = None
+        if cache_dir is not None:  # the pool's disk tier (`cache_disk.py`)
+            if leader_of(model) is not None:
+                raise ValueError("--cache-dir does not work yet with a model split across ranks.")
+            disk = DiskCache(cache_dir, cache_dir_bytes, fingerprint(model, kv_bits))
+        self.cache = PromptCachePool(
+            lambda: make_cache(model, kv_bits), cache_bytes, matcher=self.turns, disk=disk
+        )
         self.max_batch = max_batch or default_max_batch(self.planner)
         self.max_queue = default_max_queue(self.max_batch) if max_queue is None else max_queue
         if self.max_batch < 1 or self.max_queue < 0:
@@ -295,6 +310,18 @@ class Engine:
             job.stop.set()  # queued jobs then end at once, running ones at the next token
         self._preparer.shutdown(wait=False, cancel_futures=True)
         wait(pending.values(), timeout=timeout)
+        self.persist()
+
+    def persist(self) -> None:
+        """With a cache folder, write the prompt caches memory holds there (on the model
+        thread, which owns their arrays), so they survive a restart. The app does this
+        when it shuts down, and `close` again (entries already written are skipped)."""
+        if self.cache.disk is None:
+            return
+        try:
+            model_thread().submit(self.cache.persist).result(timeout=PERSIST_TIMEOUT)
+        except Exception:  # stopping anyway: the entries are only lost time
+            logger.exception("prompt cache: could not write the pool to the cache folder")
 
     def abandon(self, error: BaseException) -> None:
         """End every job with `error` without the model thread, which cannot end them any
@@ -352,9 +379,11 @@ class Engine:
     def _generate(self, job: Job, emit: Callable[[Event], None]) -> Finished:
         """Check out a cache, prefill what it lacks, stream, and pool the cache again
         holding exactly the prompt and reply tokens (stream_tokens keeps `held` in step)."""
-        tokens = job.tokens
-        checkout = self.cache.checkout(tokens)
+        checkout = self.cache.checkout(job.tokens)
         cache, reused = checkout.cache, checkout.reused
+        # the prompt as it will be read: echoed replies as the model wrote them
+        tokens = job.tokens = checkout.tokens
+        job.turns = checkout.turns
         held = tokens[:reused]
         reserve = len(tokens) + job.params.max_tokens
         plan = self.planner.plan(reserve, self.kv_bits)
@@ -391,7 +420,10 @@ class Engine:
             held = held[:length]
         elif length > len(held):
             trim_cache(cache, length - len(held))
-        self.cache.checkin(cache, held, len(tokens))
+        eos = self.model.tokenizer.eos_token_ids
+        complete = reason == "stop" and not (last and last.stop_string)
+        turns = finished_turns(job, reply, eos, complete=complete)
+        self.cache.checkin(cache, held, len(tokens), turns)
         return Finished(
             job_id=job.id,
             finish_reason=reason,

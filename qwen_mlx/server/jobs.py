@@ -30,8 +30,27 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     stop: threading.Event = field(default_factory=threading.Event)
     speculative: bool = True  # with the engine's draft, if it has one
+    # A chat's prompt ends with its reply's opening (`<|im_start|>assistant\n`, and a
+    # forced call's `<tool_call>\n`): this many tokens, None for a raw text prompt. With
+    # `reply_close` (a forced call's closing ids), they let the prompt cache know where the
+    # reply sits when the client echoes it (see `cache_pool.py`).
+    reply_tail: int | None = None
+    reply_close: tuple[int, ...] = ()
+    # The assistant turns of `tokens` that are the model's own ids (set at checkout).
+    turns: tuple[Turn, ...] = ()
     # Its place in the queue, reserved while it was prepared (see `Engine.prepare`).
     slot: Slot | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """An assistant turn as the model wrote it, at `start` in a prompt: its ids from its
+    `<|im_start|>` to its content's end (without `<|im_end|>`). A client echoes the turn
+    as text or as parsed tool calls, which the template renders to other ids; the pool
+    swaps these back in so the echo matches what the KV cache holds."""
+
+    start: int
+    ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)

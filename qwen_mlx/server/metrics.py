@@ -4,8 +4,10 @@
 Requests by route, method and status (counted by a middleware outside every other one,
 so refusals by the body limit, the host check and the catch-all count too); prompt,
 cached and generated tokens, generations by finish reason and prompt-cache hits, from
-the engine's finished jobs; time-to-first-token and tokens/s histograms; and, read at
-each scrape, the queue depth, the prompt cache's entries and bytes, and MLX's memory in
+the engine's finished jobs (prompt tokens split into those reused from the prompt cache
+and those prefilled); time-to-first-token and tokens/s histograms; and, read at
+each scrape, the queue depth, the prompt cache's entries and bytes (in memory and in
+--cache-dir, and the requests that read theirs from disk), and MLX's memory in
 use. Each app has its own registry, so two servers in one process count apart. The route
 label is the route's template (`/v1/responses/{response_id}`), never the raw path, and the
 method label is one of HTTP's own methods or "other", so clients cannot grow the label set;
@@ -53,6 +55,11 @@ class Metrics:
             "Prompt tokens taken from the prompt cache instead of prefilled.",
             registry=registry,
         )
+        self.prefilled_tokens = Counter(
+            "qwen_mlx_prompt_prefilled_tokens",
+            "Prompt tokens the model read (those not taken from the prompt cache).",
+            registry=registry,
+        )
         self.generated_tokens = Counter(
             "qwen_mlx_generated_tokens", "Tokens generated.", registry=registry
         )
@@ -95,6 +102,14 @@ class Metrics:
                 "Tokens the pooled KV caches hold.",
                 lambda: engine.cache.tokens,
             ),
+            "qwen_mlx_prompt_cache_disk_bytes": (
+                "Bytes of the prompt caches in --cache-dir.",
+                lambda: engine.cache.disk.bytes if engine.cache.disk else 0,
+            ),
+            "qwen_mlx_prompt_cache_disk_reads": (
+                "Requests that read their prefix from --cache-dir since the server started.",
+                lambda: engine.cache.disk_reads,
+            ),
             "qwen_mlx_memory_active_bytes": ("MLX memory in use.", _mlx("get_active_memory")),
             "qwen_mlx_memory_cache_bytes": ("MLX's buffer cache.", _mlx("get_cache_memory")),
             "qwen_mlx_memory_peak_bytes": (
@@ -111,6 +126,7 @@ class Metrics:
         self.generations.labels(done.finish_reason).inc()
         self.prompt_tokens.inc(done.prompt_tokens)
         self.cached_tokens.inc(done.cached_tokens)
+        self.prefilled_tokens.inc(done.prompt_tokens - done.cached_tokens)
         self.generated_tokens.inc(done.completion_tokens)
         (self.cache_hits if done.cached_tokens else self.cache_misses).inc()
         if done.completion_tokens:

@@ -96,7 +96,16 @@ def prepare_chat(engine: Engine, prompt: ChatPrompt) -> Prepared:
     reply = Reply(
         parse_calls=parse_calls, prefix=prefix, suffix=suffix, forced=[t.name for t in forced]
     )
-    job = Job(tokens, params, processors, logprobs=prompt.logprobs, speculative=prompt.speculative)
+    turns = engine.turns  # where the reply begins, for the prompt cache (`turns.py`)
+    job = Job(
+        tokens,
+        params,
+        processors,
+        logprobs=prompt.logprobs,
+        speculative=prompt.speculative,
+        reply_tail=turns.reply_tail(tokens) if turns else None,
+        reply_close=tuple(model.encode(suffix)) if suffix else (),
+    )
     return Prepared(job, reply)
 
 

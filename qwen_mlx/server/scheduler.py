@@ -38,6 +38,7 @@ from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .errors import APIError, rank_failure
 from .jobs import Event, Finished, Job, Text
+from .turns import finished_turns
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class Scheduler:
             for entry in gone:
                 self._waiting.remove(entry)
             admitted = self._admit()
+        self.pool.spill()
         for entry in gone:
             self._finish(entry, None)
         if self._decoder is None and (admitted or self._active):
@@ -168,6 +170,8 @@ class Scheduler:
             try:
                 checkout = self.pool.checkout(entry.job.tokens)
                 entry.reused = checkout.reused
+                # the prompt as it will be read: echoed replies as the model wrote them
+                entry.job.tokens, entry.job.turns = checkout.tokens, checkout.turns
                 entry.uid = decoder.add(
                     entry.job.tokens,
                     entry.job.params,
@@ -214,7 +218,8 @@ class Scheduler:
             self._waiting.popleft()
             admitted.append(entry)
             held += entry.reserve
-            self.pool.shrink(max(plan.budget - plan.total, 0))
+            # under the lock: what it evicts goes to disk after (`_turn`)
+            self.pool.shrink(max(plan.budget - plan.total, 0), defer=True)
         return admitted
 
     def _finish(self, entry: _Entry, event: SequenceEvent | None) -> None:
@@ -226,8 +231,11 @@ class Scheduler:
             finished = Finished.cancelled(job)
         else:
             if event.cache is not None and event.cache_tokens:
+                complete = event.finish_reason == "stop" and not event.stop_string
+                eos = self.model.tokenizer.eos_token_ids
+                turns = finished_turns(job, event.reply_tokens, eos, complete=complete)
                 try:
-                    self.pool.checkin(event.cache, event.cache_tokens, len(job.tokens))
+                    self.pool.checkin(event.cache, event.cache_tokens, len(job.tokens), turns)
                 except Exception:  # the reply is complete: losing its cache costs only time
                     logger.exception("%s: could not pool its KV cache", job.id)
             finished = Finished(

@@ -74,6 +74,20 @@ def _usage(done: Finished) -> dict[str, Any]:
     }
 
 
+def _expected_usage(engine: Engine, job: Job) -> dict[str, Any]:
+    """message_start's usage, before the job runs: what the prompt cache holds of the
+    prompt now (`message_delta` says what was read in the end; the two differ only when
+    another request moved the cache in between). Claude Code adds input and cache reads
+    up for its context gauge: the sum is the prompt either way."""
+    cached = min(engine.cache.peek(job.tokens), len(job.tokens))
+    return {
+        "input_tokens": len(job.tokens) - cached,
+        "output_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
+    }
+
+
 def _event(name: str, data: dict[str, Any]) -> str:
     return f"event: {name}\ndata: {json.dumps(dict(type=name, **data))}\n\n"
 
@@ -91,7 +105,7 @@ class MessageEvents(relay.Encoder):
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": len(job.tokens), "output_tokens": 0},
+            "usage": _expected_usage(engine, job),
         }
         self.index = 0  # of the block being written
         self.text_open = False

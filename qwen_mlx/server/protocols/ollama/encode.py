@@ -46,7 +46,8 @@ def final(done: Finished, started: float) -> dict[str, Any]:
         "done_reason": "length" if done.finish_reason == "length" else "stop",
         "total_duration": int((time.perf_counter() - started) * 1e9),
         "load_duration": 0,
-        "prompt_eval_count": done.prompt_tokens,
+        # as Ollama counts: the prompt tokens evaluated, not those its cache already held
+        "prompt_eval_count": done.prompt_tokens - done.cached_tokens,
         "prompt_eval_duration": prompt_ns,
         "eval_count": done.completion_tokens,
         "eval_duration": eval_ns,
