@@ -51,7 +51,7 @@ from ..runtime.memory import MemoryPlanner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
-from .errors import APIError, rank_failure
+from .errors import APIError, ContextLengthError, rank_failure
 from .jobs import Event, Finished, Job, Slot, Text
 from .scheduler import Scheduler, default_max_batch, default_max_queue
 
@@ -232,13 +232,8 @@ class Engine:
         """Refuse a prompt that leaves no room for a reply. With `at_least`, the count is
         a lower bound found without tokenizing everything (see `prepare.py`)."""
         if prompt_tokens >= self.context_limit:
-            has = f"at least {prompt_tokens:,}" if at_least else f"{prompt_tokens:,}"
-            raise APIError(
-                400,
-                f"This model's maximum context length is {self.context_limit:,} tokens, "
-                f"but the prompt has {has}. Shorten it, or leave out old turns.",
-                param=param,
-                code="context_length_exceeded",
+            raise ContextLengthError(
+                prompt_tokens, self.context_limit, param=param, at_least=at_least
             )
 
     async def events(self, job: Job) -> AsyncIterator[Event]:

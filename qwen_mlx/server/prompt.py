@@ -34,10 +34,13 @@ class ChatPrompt:
     for each token's log probability and that many alternatives; `reply_ids` gives the
     exact token ids the model produced for some assistant messages (by index), which go
     into the prompt as they are, so a conversation the server remembers meets its cache
-    token for token."""
+    token for token. `deferred` tools may be called but are not in the prompt's tool
+    list: the conversation shows their definitions where it loads them (Anthropic's
+    tool search)."""
 
     messages: list[dict[str, Any]]
     tools: list[Tool] = field(default_factory=list)
+    deferred: list[Tool] = field(default_factory=list)
     tool_choice: str | NamedTool | None = None
     response_schema: dict[str, Any] | None = None
     sampling: Sampling = field(default_factory=Sampling)

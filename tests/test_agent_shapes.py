@@ -1,0 +1,298 @@
+"""Requests shaped like those of the agent clients people point at a local server (Claude
+Code, Codex CLI, qwen-code, opencode, Continue, litellm, LangChain, llm, oterm), each
+protocol through real HTTP: with the official client where it can send the shape, with
+httpx where it cannot. The bodies are written here, after what each client sends: a
+system turn inside Anthropic's messages, tool search's deferred tools, Codex's namespace
+and hosted tools, bodies without a Content-Type, `NAME:latest` model names, tool-call
+arguments echoed back re-serialized."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import anthropic
+import httpx
+import pytest
+
+from qwen_mlx.runtime import stream_tokens
+from qwen_mlx.server import Engine, create_app
+
+from .test_server import CALL_TEXT, CONTEXT, MAX_TOKENS_CAP, MODEL, WEATHER_TOOL, scripted
+from .test_server import start_server as _start
+
+ANTHROPIC_TOOL = {
+    "name": "get_weather",
+    "description": WEATHER_TOOL["function"]["description"],
+    "input_schema": WEATHER_TOOL["function"]["parameters"],
+}
+FETCH_TOOL = {
+    "name": "web_fetch",
+    "description": "Fetch a web page.",
+    "input_schema": {"type": "object", "properties": {"url": {"type": "string"}}},
+}
+BILLING = "x-anthropic-billing-header: cc_version=9.9.9.{}; cc_entrypoint=sdk-cli;"
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model) -> Iterator[tuple[Engine, str]]:
+    engine = Engine(tiny_model, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP)
+    server, thread, port = _start(create_app(engine))
+    yield engine, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+@pytest.fixture
+def seen(served) -> Iterator[Callable[[str], list]]:
+    """Script the model's reply for one test; returns what it was given (tokens, params),
+    each prompt whole (no cache reuse, so the tokens are the prompt's own)."""
+    engine = served[0]
+    budget, engine.cache.max_bytes = engine.cache.max_bytes, 0
+    engine.cache.clear()
+    records: list = []
+
+    def script(text: str) -> list:
+        engine.stream_tokens = scripted(text, records)
+        return records
+
+    yield script
+    engine.stream_tokens = stream_tokens
+    engine.cache.max_bytes = budget
+
+
+def post(served, path: str, body: dict, **kwargs) -> httpx.Response:
+    return httpx.post(served[1] + path, json=body, timeout=60, **kwargs)
+
+
+def prompt_text(served, records: list, index: int = -1) -> str:
+    return served[0].model.tokenizer.decode(records[index][0])
+
+
+# Anthropic: Claude Code
+
+
+def claude_code_body(**changes) -> dict:
+    """A first request as Claude Code sends it: a billing block, a user turn, then a system
+    turn (blocks at first, a string later), tools of which one is deferred, and fields
+    that ask nothing of a local server."""
+    cache = {"type": "ephemeral"}
+    body = {
+        "model": MODEL,
+        "max_tokens": 32000,
+        "stream": True,
+        "system": [
+            {"type": "text", "text": BILLING.format("a1f")},
+            {"type": "text", "text": "You are an agent.", "cache_control": cache},
+        ],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Weather in Oslo?"}]},
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "Today is Monday.", "cache_control": cache}],
+            },
+        ],
+        "tools": [ANTHROPIC_TOOL, dict(FETCH_TOOL, defer_loading=True)],
+        "metadata": {"user_id": json.dumps({"device_id": "d", "session_id": "s"})},
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+        "safeguards": [{"type": "dangerous_tool_use", "classifier_context": {"cwd": "/x"}}],
+    }
+    body.update(changes)
+    return body
+
+
+CLAUDE_HEADERS = {
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,"
+    "context-management-2025-06-27,advanced-tool-use-2025-11-20,effort-2025-11-24",
+}
+
+
+def test_a_system_turn_inside_messages_is_a_system_message_where_it_stands(served, seen):
+    records = seen("Fine.")
+    response = post(served, "/v1/messages?beta=true", claude_code_body(), headers=CLAUDE_HEADERS)
+    assert response.status_code == 200, response.text
+    assert "event: message_stop" in response.text and "Fine." in response.text
+    expected = served[0].model.prompt_tokens(
+        [
+            {"role": "system", "content": "You are an agent."},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "system", "content": "Today is Monday."},
+        ],
+        tools=[WEATHER_TOOL],
+    )
+    assert records[-1][0] == expected
+    prompt = prompt_text(served, records)
+    assert prompt.index("Weather in Oslo?") < prompt.index("<|im_start|>system\nToday is Monday.")
+
+
+def test_the_official_client_sends_a_system_turn_and_it_is_served(served, seen):
+    records = seen("Hello.")
+    client = anthropic.Anthropic(base_url=served[1], api_key="unused", max_retries=0)
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "Answer in French."},
+    ]
+    reply = client.messages.create(model=MODEL, max_tokens=8, messages=messages)  # type: ignore[arg-type]
+    assert reply.content[0].text == "Hello."
+    assert "<|im_start|>system\nAnswer in French.<|im_end|>" in prompt_text(served, records)
+    counted = client.messages.count_tokens(model=MODEL, messages=messages)  # type: ignore[arg-type]
+    assert counted.input_tokens == len(records[-1][0])
+
+
+def test_the_billing_header_block_is_left_out_so_sessions_share_a_prefix(served, seen):
+    records = seen("ok")
+    for session in ("a1f", "07c"):
+        system = [{"type": "text", "text": BILLING.format(session)}, {"type": "text", "text": "S"}]
+        body = claude_code_body(system=system, stream=False)
+        assert post(served, "/v1/messages", body).status_code == 200
+    assert records[0][0] == records[1][0]
+    assert "billing" not in prompt_text(served, records)
+
+
+def test_deferred_tools_stay_out_of_the_prompt_until_a_tool_reference_loads_them(served, seen):
+    records = seen("ok")
+    first = claude_code_body(stream=False)
+    assert post(served, "/v1/messages", first).status_code == 200
+    assert "web_fetch" not in prompt_text(served, records)
+    # Tool search answered: the result references the tool; it is defined there, in place.
+    later = claude_code_body(stream=False)
+    later["messages"] += [
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "toolu_9", "name": "ToolSearch", "input": {"q": "web"}}
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_9",
+                    "content": [{"type": "tool_reference", "tool_name": "web_fetch"}],
+                }
+            ],
+        },
+    ]
+    assert post(served, "/v1/messages", later).status_code == 200
+    prompt = prompt_text(served, records)
+    spec = {
+        "type": "function",
+        "function": {
+            "name": "web_fetch",
+            "description": FETCH_TOOL["description"],
+            "parameters": FETCH_TOOL["input_schema"],
+        },
+    }
+    assert f"<tool_response>\n{json.dumps(spec)}\n</tool_response>" in prompt
+    assert prompt.count('"web_fetch"') == 1  # not in the tool list at the top
+    # The prompt so far is the earlier one's prefix: loading a tool appended to it.
+    assert records[1][0][: len(records[0][0]) - 3] == records[0][0][:-3]
+
+
+def test_a_call_of_a_deferred_tool_comes_back_as_tool_use(served, seen):
+    seen('<tool_call>\n{"name": "web_fetch", "arguments": {"url": "http://x"}}\n</tool_call>')
+    tools = [dict(FETCH_TOOL, defer_loading=True)]
+    body = claude_code_body(stream=False, tools=tools)
+    reply = post(served, "/v1/messages", body).json()
+    assert reply["stop_reason"] == "tool_use"
+    assert reply["content"][-1]["name"] == "web_fetch"
+    assert reply["content"][-1]["input"] == {"url": "http://x"}
+    forced = claude_code_body(stream=False, tools=tools, tool_choice={"type": "any"})
+    assert post(served, "/v1/messages", forced).status_code == 200
+
+
+def test_a_tool_result_image_is_a_note_and_a_user_image_is_refused(served, seen):
+    records = seen("ok")
+    png = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+    messages = [
+        {"role": "user", "content": "Look at the chart."},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": [
+                        {"type": "text", "text": "chart.png"},
+                        {"type": "image", "source": png},
+                    ],
+                }
+            ],
+        },
+    ]
+    body = {"model": MODEL, "max_tokens": 8, "messages": messages, "tools": [ANTHROPIC_TOOL]}
+    assert post(served, "/v1/messages", body).status_code == 200
+    note = "chart.png\n[image (image/png) left out: this model reads text only]"
+    assert f"<tool_response>\n{note}\n</tool_response>" in prompt_text(served, records)
+    image_turn = {"role": "user", "content": [{"type": "image", "source": png}]}
+    refused = post(served, "/v1/messages", dict(body, messages=[image_turn]))
+    assert refused.status_code == 400
+    assert "reads text only" in refused.json()["error"]["message"]
+
+
+def test_block_types_that_ask_nothing_of_the_server_are_left_out(served, seen):
+    records = seen("ok")
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Search it."}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "s"},
+                {"type": "redacted_thinking", "data": "zzz"},
+                {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}},
+                {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+                {"type": "text", "text": "Found it."},
+            ],
+        },
+        {"role": "user", "content": [{"type": "text", "text": "Thanks."}, {"type": "new_kind"}]},
+    ]
+    body = {"model": MODEL, "max_tokens": 8, "messages": messages}
+    response = post(served, "/v1/messages", body)
+    assert response.status_code == 200, response.text
+    prompt = prompt_text(served, records)
+    assert "Found it." in prompt and "hmm" not in prompt and "srvtoolu" not in prompt
+
+
+def test_custom_tools_as_litellm_sends_them_are_accepted(served, seen):
+    seen(CALL_TEXT)
+    body = {
+        "model": MODEL,
+        "max_tokens": 128000,  # litellm's default for a model it does not know: capped
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [dict(ANTHROPIC_TOOL, type="custom")],
+    }
+    reply = post(served, "/v1/messages", body).json()
+    assert reply["content"][-1]["type"] == "tool_use"
+
+
+def test_a_prompt_over_the_context_is_refused_in_anthropics_words_but_counted(served):
+    long = "word " * (CONTEXT * 2)
+    body = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": long}]}
+    response = post(served, "/v1/messages", body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    tokens, limit = map(int, _too_long(error["message"]))
+    assert tokens > limit and limit == CONTEXT - 1
+    counted = post(served, "/v1/messages/count_tokens", {k: body[k] for k in ("model", "messages")})
+    assert counted.status_code == 200, counted.text
+    # A prompt far over is refused before it is tokenized whole: its count is a lower bound.
+    assert counted.json()["input_tokens"] >= tokens
+
+
+def _too_long(message: str) -> tuple[str, str]:
+    import re
+
+    # Claude Code's own pattern for this error (it offers to compact on it).
+    match = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", message)
+    assert match, message
+    return match.group(1), match.group(2)
