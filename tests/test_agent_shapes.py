@@ -296,3 +296,175 @@ def _too_long(message: str) -> tuple[str, str]:
     match = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", message)
     assert match, message
     return match.group(1), match.group(2)
+
+
+# Responses: Codex CLI
+
+NS_CALL = (
+    '<tool_call>\n{"name": "multi_agent_v1__wait_agent", "arguments": {"id": "a1"}}\n</tool_call>'
+)
+
+
+def codex_body(*extra_input: dict, **changes) -> dict:
+    """A request as Codex sends it: no instructions, developer messages (one of two
+    parts), items with ids, function tools, a namespace of tools, web search, and fields
+    that ask nothing of a local server (store false: the whole input every turn)."""
+    params = {"type": "object", "properties": {"id": {"type": "string"}}}
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "input": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "developer",
+                "content": [{"type": "input_text", "text": "You are a coding agent."}],
+            },
+            {
+                "type": "message",
+                "id": "msg_2",
+                "role": "developer",
+                "content": [
+                    {"type": "input_text", "text": "Skills: none.\n"},
+                    {"type": "input_text", "text": "Sandbox: read-only."},
+                ],
+            },
+            {
+                "type": "message",
+                "id": "msg_3",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Wait for the agent."}],
+            },
+            *extra_input,
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "name": "exec_command",
+                "description": "Run a command.",
+                "strict": False,
+                "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}},
+            },
+            {
+                "type": "namespace",
+                "name": "multi_agent_v1",
+                "description": "Sub-agents.",
+                "tools": [
+                    {
+                        "type": "function",
+                        "name": "wait_agent",
+                        "description": "Wait for an agent.",
+                        "strict": False,
+                        "parameters": params,
+                    },
+                    {
+                        "type": "function",
+                        "name": "close_agent",
+                        "description": "Close an agent.",
+                        "strict": False,
+                        "parameters": params,
+                    },
+                ],
+            },
+            {"type": "web_search", "external_web_access": False},
+        ],
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+        "reasoning": {"summary": "auto"},
+        "store": False,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "thread-1",
+        "client_metadata": {"session_id": "s", "thread_id": "thread-1", "turn_id": "t"},
+    }
+    body.update(changes)
+    return body
+
+
+def sse_events(response: httpx.Response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    return [
+        json.loads(line[len("data: ") :])
+        for line in response.text.splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+def test_a_namespace_tool_is_offered_by_its_flat_name_and_called_back_by_namespace(served, seen):
+    records = seen(NS_CALL)
+    events = sse_events(post(served, "/v1/responses", codex_body()))
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    added = [e["item"]["id"] for e in events if e["type"] == "response.output_item.added"]
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert added == [item["id"] for item in done]  # every item is finished
+    (call,) = [item for item in done if item["type"] == "function_call"]
+    assert (call["namespace"], call["name"]) == ("multi_agent_v1", "wait_agent")
+    assert json.loads(call["arguments"]) == {"id": "a1"}
+    assert events[-1]["response"]["output"][-1]["namespace"] == "multi_agent_v1"
+    prompt = prompt_text(served, records)
+    assert '"name": "multi_agent_v1__wait_agent"' in prompt
+    assert '"name": "multi_agent_v1__close_agent"' in prompt and "web_search" not in prompt
+    assert "Skills: none.\nSandbox: read-only." in prompt
+
+
+def test_a_namespaced_call_in_the_input_renders_by_its_flat_name(served, seen):
+    records = seen("The agent finished.")
+    echoed = [
+        {
+            "type": "function_call",
+            "id": "fc_1",
+            "status": "completed",
+            "namespace": "multi_agent_v1",
+            "name": "wait_agent",
+            "arguments": '{"id": "a1"}',
+            "call_id": "call_1",
+        },
+        {"type": "function_call_output", "id": "fco_1", "call_id": "call_1", "output": "done"},
+    ]
+    events = sse_events(post(served, "/v1/responses", codex_body(*echoed)))
+    assert events[-1]["type"] == "response.completed"
+    prompt = prompt_text(served, records)
+    call = '{"name": "multi_agent_v1__wait_agent", "arguments": {"id": "a1"}}'
+    assert call in prompt and "<tool_response>\ndone\n</tool_response>" in prompt
+
+
+def test_hosted_tools_are_left_out_and_named_once_in_the_log(served, seen, caplog):
+    seen("ok")
+    caplog.set_level("WARNING", logger="qwen_mlx.server.protocols.responses.routes")
+    client = served_openai(served)
+    tools = [{"type": "file_search", "vector_store_ids": ["vs_1"]}, {"type": "code_interpreter"}]
+    for _ in range(2):
+        reply = client.responses.create(model=MODEL, input="Hi", tools=tools)  # type: ignore[arg-type]
+        assert reply.output_text == "ok"
+    named = [r.getMessage() for r in caplog.records if "hosted tool" in r.getMessage()]
+    assert len(named) == 2 and "'file_search'" in named[0] and "'code_interpreter'" in named[1]
+
+
+def test_a_tool_choice_forcing_a_hosted_tool_is_a_400_naming_it(served):
+    import openai
+
+    client = served_openai(served)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(
+            model=MODEL,
+            input="Search",
+            tools=[{"type": "web_search"}],
+            tool_choice={"type": "web_search"},  # type: ignore[typeddict-item]
+        )
+    assert "web_search" in e.value.message and e.value.body["param"] == "tool_choice"
+
+
+def test_the_official_client_reads_a_namespaced_call(served, seen):
+    seen(NS_CALL)
+    body = codex_body(stream=False)
+    extra = {"client_metadata": body.pop("client_metadata")}  # not in this client's signature
+    reply = served_openai(served).responses.create(**body, extra_body=extra)
+    (call,) = reply.output
+    assert call.type == "function_call" and call.name == "wait_agent"
+    assert call.namespace == "multi_agent_v1"  # a field of the official client's item
+
+
+def served_openai(served):
+    import openai
+
+    return openai.OpenAI(base_url=served[1] + "/v1", api_key="unused", max_retries=0, timeout=60)

@@ -104,8 +104,9 @@ def format_schema(
     return schema
 
 
-def unrunnable_tool(index: int, why: str) -> APIError:
-    """The 400 for a request's tool `index`, which this server cannot run (`why`)."""
+def unrunnable_tool(index: int | str, why: str) -> APIError:
+    """The 400 for a request's tool `index` (or a path under it, `4.tools.1`), which this
+    server cannot run (`why`)."""
     return APIError(400, f"tools.{index}: {why}", param=f"tools.{index}")
 
 
