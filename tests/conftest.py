@@ -129,3 +129,29 @@ def hf_copy(tiny_hf, tmp_path) -> Path:
     dst = tmp_path / tiny_hf.name
     shutil.copytree(tiny_hf, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def agent_server(tmp_path_factory):
+    """`qwen-mlx serve` on the agent clients' long-context test model (tests/agents.py),
+    in a store of its own: started once for the interop tier's client tests."""
+    from .agents import Served, build_agent_model
+    from .helpers import SHARED_MODEL
+
+    if not (SHARED_MODEL / "tokenizer.json").is_file():
+        pytest.skip(f"the real Qwen3-4B-Instruct-2507 tokenizer is not at {SHARED_MODEL}")
+    store = tmp_path_factory.mktemp("agent_store")
+    build_agent_model(store, tmp_path_factory.mktemp("agent_source"))
+    served = Served(store, tmp_path_factory.mktemp("agent_user"))
+    yield served
+    served.stop()
+
+
+@pytest.fixture
+def agent_proxy(agent_server):
+    """A `ForcingProxy` in front of `agent_server`, with an empty script."""
+    from .agents import ForcingProxy
+
+    proxy = ForcingProxy(agent_server.url).start()
+    yield proxy
+    proxy.stop()
