@@ -468,3 +468,128 @@ def served_openai(served):
     import openai
 
     return openai.OpenAI(base_url=served[1] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+# Every route, every name
+
+
+HI = [{"role": "user", "content": "hi"}]
+EVERY_POST_ROUTE = [
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 2}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 2}),
+    ("/v1/responses", {"input": "hi", "max_output_tokens": 2}),
+    ("/v1/messages", {"max_tokens": 2, "messages": HI}),
+    ("/v1/messages/count_tokens", {"messages": HI}),
+    ("/api/chat", {"messages": HI, "stream": False, "options": {"num_predict": 2}}),
+    ("/api/generate", {"prompt": "hi", "stream": False, "options": {"num_predict": 2}}),
+    ("/api/show", {}),
+]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain"])
+@pytest.mark.parametrize(("path", "body"), EVERY_POST_ROUTE, ids=[p for p, _ in EVERY_POST_ROUTE])
+def test_every_route_reads_a_json_body_whatever_its_content_type(
+    served, seen, path, body, content_type
+):
+    seen("ok")
+    headers = {"content-type": content_type} if content_type else {}
+    body = dict(body, model=MODEL)
+    response = httpx.post(
+        served[1] + path, content=json.dumps(body).encode(), headers=headers, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    refused = httpx.post(served[1] + path, content=b"model=x", headers=headers, timeout=60)
+    assert refused.status_code == 400 and "not valid JSON" in refused.text
+
+
+def test_every_name_a_listing_gives_is_accepted_by_every_protocol(served, seen):
+    seen("ok")
+    names = [m["id"] for m in httpx.get(served[1] + "/v1/models").json()["data"]]
+    names += [m["name"] for m in httpx.get(served[1] + "/api/tags").json()["models"]]
+    names += [m["model"] for m in httpx.get(served[1] + "/api/tags").json()["models"]]
+    assert f"{MODEL}:latest" in names
+    for name in names:
+        for path, body in EVERY_POST_ROUTE:
+            response = post(served, path, dict(body, model=name))
+            assert response.status_code == 200, (name, path, response.text)
+        assert httpx.get(f"{served[1]}/v1/models/{name}").status_code == 200
+    # oterm: lists /api/tags, then chats on /v1/chat/completions by that name.
+    client = served_openai(served)
+    reply = client.chat.completions.create(model=f"{MODEL}:latest", messages=HI, max_tokens=2)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content == "ok"
+    refused = post(served, "/v1/chat/completions", {"model": "other:latest", "messages": HI})
+    assert refused.status_code == 404
+
+
+# What the other clients send
+
+
+def test_chat_as_qwen_code_and_opencode_send_it(served, seen):
+    """Content as a list of text parts, an assistant turn of calls with null content, a
+    tool result as parts, and the call's arguments echoed back compact: the prompt is
+    the one the model's own call would give."""
+    records = seen("Sunny.")
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Oslo","unit":"celsius"}'},
+    }
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "You are an agent."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sun"}]},
+    ]
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "tools": [WEATHER_TOOL],
+        "max_tokens": 32768,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    response = post(served, "/v1/chat/completions", body)
+    assert response.status_code == 200 and "Sunny." in response.text
+    prompt = prompt_text(served, records)
+    assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt
+    assert "<tool_response>\nsun\n</tool_response>" in prompt
+
+
+def test_a_call_echoed_back_in_any_serialization_renders_the_same(served, seen):
+    records = seen("ok")
+    forms = [
+        '{"city": "Oslo", "unit": "celsius"}',  # as the server sent it (Codex, llm, LangChain)
+        '{"city":"Oslo","unit":"celsius"}',  # compact (opencode, qwen-code, Continue, oterm)
+        {"city": "Oslo", "unit": "celsius"},  # an object (litellm, Ollama clients)
+    ]
+    for arguments in forms:
+        call = {"id": "c", "type": "function", "function": {"name": "get_weather"}}
+        call["function"]["arguments"] = arguments
+        messages = [*HI, {"role": "assistant", "content": None, "tool_calls": [call]}]
+        messages.append({"role": "tool", "tool_call_id": "c", "content": "sun"})
+        body = {"model": MODEL, "messages": messages, "tools": [WEATHER_TOOL], "max_tokens": 2}
+        assert post(served, "/v1/chat/completions", body).status_code == 200
+    assert records[0][0] == records[1][0] == records[2][0]
+
+
+def test_ollama_chat_as_litellm_and_langchain_send_it(served, seen):
+    """No Content-Type (litellm), `images: []`, `options: {}`, `tools: []` (LangChain), a
+    call with arguments as an object and no id, a tool message with or without
+    `tool_call_id`, and always streamed (LangChain)."""
+    records = seen("Sunny.")
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}}
+    for extra in ({"tool_call_id": "5b0c-uuid"}, {}):
+        messages = [
+            {"role": "user", "content": "Weather?", "images": []},
+            {"role": "assistant", "content": "", "images": [], "tool_calls": [call]},
+            {"role": "tool", "content": "sun", "images": [], **extra},
+        ]
+        body = {"model": f"{MODEL}:latest", "messages": messages, "options": {}, "tools": []}
+        response = httpx.post(served[1] + "/api/chat", content=json.dumps(body), timeout=60)
+        assert response.status_code == 200, response.text
+        lines = [json.loads(line) for line in response.text.splitlines()]
+        assert lines[-1]["done"] and "".join(line["message"]["content"] for line in lines)
+    prompt = prompt_text(served, records)
+    assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt
+    assert "<tool_response>\nsun\n</tool_response>" in prompt
+    assert records[0][0] == records[1][0]

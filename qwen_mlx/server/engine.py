@@ -204,8 +204,10 @@ class Engine:
 
     def check_model(self, requested: str | None) -> None:
         """Refuse a request for a model this server does not serve, as OpenAI does (404
-        model_not_found); no `model` at all means the served one."""
-        if requested is not None and requested not in self.names:
+        model_not_found); no `model` at all means the served one. Every name may carry
+        Ollama's tag, `:latest` (what /api/tags lists), on every protocol: Ollama apps
+        such as oterm list models there and chat on /v1/chat/completions."""
+        if requested is not None and requested.removesuffix(":latest") not in self.names:
             # A folder the model was loaded from is accepted but never shown: an error
             # must not tell clients where the server keeps its files.
             shown = [n for n in self.names[1:] if not _is_path(n)]

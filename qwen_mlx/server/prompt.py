@@ -11,6 +11,7 @@ blocks (`text_of`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,7 +81,21 @@ def message(
 
 
 def tool_call(call_id: str, name: str, arguments: str | dict[str, Any]) -> dict[str, Any]:
-    """An assistant message's call of `name` (its arguments as JSON text or an object)."""
+    """An assistant message's call of `name`, its arguments (JSON text or an object)
+    written as the model writes them, `json.dumps` with its default separators (the chat
+    template's `tojson`). Many clients send a call back re-serialized (compact, or as an
+    object): written one way, the conversation keeps the prompt its earlier turn had, so
+    the server's prompt cache still holds it. Text that is not a JSON object stays as
+    it is."""
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            arguments = parsed
+    if isinstance(arguments, dict):
+        arguments = json.dumps(arguments, ensure_ascii=False)
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
