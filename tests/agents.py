@@ -52,7 +52,11 @@ AGENT_SHAPE = {
 # else `.agents` in the checkout (git ignores it).
 CLIENTS_DIR = Path(os.environ.get("QWEN_MLX_AGENT_CLIENTS") or ROOT / ".agents")
 NODE_MODULES = CLIENTS_DIR / "node_modules"
-REPLY = {"reply": "Hello from qwen-mlx."}  # what the model writes when not calling a tool
+# What the model writes when not calling a tool: a JSON string (so that it ends), which
+# is its text as clients show it. Not a JSON object: some clients (LiteLLM's Ollama routes)
+# hold back a streamed reply that starts like one, in case it is a tool call.
+REPLY = "Hello from qwen-mlx."
+REPLY_TEXT = json.dumps(REPLY)
 CALL_TOKENS = 200  # room for a forced call's or the reply's JSON
 
 
@@ -183,8 +187,12 @@ def tool_results(path: str, body: dict[str, Any]) -> int | None:
 
 def force(path: str, body: dict[str, Any], call: Call) -> bool:
     """Make the request in `body` force `call`: `tool_choice` naming its tool, the tool's
-    parameters narrowed to its arguments. False when the request has no such tool."""
+    parameters narrowed to its arguments (on Ollama's generate, for LiteLLM's JSON tool
+    replies, `format` narrowed to the call). False when the request has no such tool."""
     schema = constant_schema(call.arguments)
+    if path == "/api/generate":
+        body["format"] = constant_schema({"name": call.name, "arguments": call.arguments})
+        return True
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict):
             continue
@@ -208,12 +216,12 @@ def force(path: str, body: dict[str, Any], call: Call) -> bool:
     return False
 
 
-def settle(path: str, body: dict[str, Any], reply: dict[str, Any], tokens: int) -> None:
-    """Make the reply end on its own: the model writes the JSON object `reply` (through the
-    route's structured-output field), within `tokens`. A random model never writes its
+def settle(path: str, body: dict[str, Any], reply: str, tokens: int) -> None:
+    """Make the reply end on its own: the model writes `reply` as a JSON string (through
+    the route's structured-output field), within `tokens`. A random model never writes its
     end-of-turn token, and an agent client takes a reply cut at its length limit for an
     error (Claude Code asks the model to go on, three times, then fails the turn)."""
-    schema = constant_schema(reply)
+    schema = {"type": "string", "const": reply}
     if path == "/v1/messages":
         config = body.get("output_config") if isinstance(body.get("output_config"), dict) else {}
         body["output_config"] = {**config, "format": {"type": "json_schema", "schema": schema}}
@@ -279,6 +287,11 @@ class ForcingProxy:
         if not isinstance(body, dict):
             return body, None
         step = tool_results(path, body)
+        if path == "/api/generate" and body.get("format") == "json":
+            # LiteLLM's `ollama/` writes the tools into its prompt and reads a JSON reply
+            # {"name", "arguments"} as a call; its conversation is text, so the steps are
+            # the calls forced on this route so far.
+            step = sum(1 for e in self.exchanges if e.path == path and e.forced)
         call = None
         if step is not None and step < len(self.script):
             call = self.script[step]

@@ -147,11 +147,19 @@ def agent_server(tmp_path_factory):
     served.stop()
 
 
-@pytest.fixture
-def agent_proxy(agent_server):
-    """A `ForcingProxy` in front of `agent_server`, with an empty script."""
+@pytest.fixture(scope="session")
+def agent_relay(agent_server):
+    """The forcing proxy in front of `agent_server`, one port for the session (clients that
+    read their settings once need that); tests take it through `agent_proxy`."""
     from .agents import ForcingProxy
 
     proxy = ForcingProxy(agent_server.url).start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+def agent_proxy(agent_relay):
+    """`agent_relay` with an empty script and no exchanges."""
+    agent_relay.reset()
+    return agent_relay

@@ -7,7 +7,7 @@ The test model is random: it never calls a tool by itself and never ends a reply
 forcing proxy (tests/agents.py) makes it: on a conversation's first requests it forces a
 harmless call (Claude Code's Read of a project file; Codex's `get_goal`, or `exec_command`
 of `cat`/`echo`), with the tool's parameters narrowed to constants; otherwise it has the
-model write a constant JSON reply, which ends. Interop tier: `pytest -m interop`."""
+model write a constant reply (a JSON string), which ends. Interop tier: `pytest -m interop`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from .agents import (
     NOTES,
-    REPLY,
+    REPLY_TEXT,
     Call,
     Workspace,
     claude,
@@ -42,7 +42,6 @@ needs_codex = pytest.mark.skipif(
     reason="Codex CLI is not installed (.ci/run installs it with npm into .agents; or set "
     "QWEN_MLX_AGENT_CLIENTS to a folder whose node_modules has @openai/codex), or no node",
 )
-REPLY_TEXT = json.dumps(REPLY, separators=(",", ":"))
 
 
 @pytest.fixture
