@@ -262,6 +262,20 @@ def test_block_types_that_ask_nothing_of_the_server_are_left_out(served, seen):
     assert "Found it." in prompt and "hmm" not in prompt and "srvtoolu" not in prompt
 
 
+def test_what_asks_for_work_this_server_cannot_do_is_refused_in_anthropics_shape(served):
+    hi = [{"role": "user", "content": "hi"}]
+    for changes, named in (
+        ({"mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]}, "mcp"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "web_search"),
+    ):
+        body = {"model": MODEL, "max_tokens": 8, "messages": hi, **changes}
+        response = post(served, "/v1/messages", body)
+        assert response.status_code == 400
+        error = response.json()
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert named in error["error"]["message"]
+
+
 def test_custom_tools_as_litellm_sends_them_are_accepted(served, seen):
     seen(CALL_TEXT)
     body = {
