@@ -399,7 +399,7 @@ def sse_events(response: httpx.Response) -> list[dict]:
     return [
         json.loads(line[len("data: ") :])
         for line in response.text.splitlines()
-        if line.startswith("data: ")
+        if line.startswith("data: ") and line != "data: [DONE]"
     ]
 
 
@@ -562,8 +562,9 @@ def test_chat_as_qwen_code_and_opencode_send_it(served, seen):
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    response = post(served, "/v1/chat/completions", body)
-    assert response.status_code == 200 and "Sunny." in response.text
+    chunks = sse_events(post(served, "/v1/chat/completions", body))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "Sunny." and chunks[-1]["usage"]["completion_tokens"]
     prompt = prompt_text(served, records)
     assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt
     assert "<tool_response>\nsun\n</tool_response>" in prompt
