@@ -454,6 +454,15 @@ def test_hosted_tools_are_left_out_and_named_once_in_the_log(served, seen, caplo
     assert len(named) == 2 and "'file_search'" in named[0] and "'code_interpreter'" in named[1]
 
 
+def test_records_of_hosted_tools_in_the_input_are_left_out(served, seen):
+    records = seen("ok")
+    search = {"type": "web_search_call", "id": "ws_1", "status": "completed"}
+    search["action"] = {"type": "search", "query": "secret query"}
+    body = codex_body(search, {"type": "message", "role": "user", "content": "And?"})
+    assert sse_events(post(served, "/v1/responses", body))[-1]["type"] == "response.completed"
+    assert "secret query" not in prompt_text(served, records)
+
+
 def test_a_tool_choice_forcing_a_hosted_tool_is_a_400_naming_it(served):
     import openai
 

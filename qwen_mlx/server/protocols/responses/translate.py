@@ -46,6 +46,19 @@ HOSTED_TOOLS = (
     "mcp",
 )
 
+# Input items recording a hosted tool's work (a conversation carried over from OpenAI's
+# servers): left out, as the tools themselves are.
+_HOSTED_RECORDS = (
+    "web_search_call",
+    "file_search_call",
+    "code_interpreter_call",
+    "image_generation_call",
+    "computer_call",
+    "computer_call_output",
+    "mcp_list_tools",
+    "mcp_call",
+)
+
 
 def flat_name(namespace: str, name: str) -> str:
     """A namespace's tool as one name, as Codex writes it (`ToolName::canonical_flat_name`
@@ -184,6 +197,8 @@ def _messages(given: str | list[Item]) -> list[dict[str, Any]]:
             out.append(message("tool", output, tool_call_id=item.call_id))
         elif kind == "reasoning":
             continue  # this model does not reason out loud
+        elif kind in _HOSTED_RECORDS:
+            continue  # what a hosted tool did elsewhere: nothing this model called
         else:
             raise APIError(
                 400,
