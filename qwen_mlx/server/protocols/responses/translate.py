@@ -3,7 +3,14 @@ response's, when the request continues one, with the exact token ids of its repl
 then the input (text, or items: messages, `function_call` items joining the assistant
 message before them, `function_call_output` items as tool messages, earlier reasoning
 left out), the instructions as a system message (never carried over, as with OpenAI),
-function tools, `tool_choice`, `text.format` as a JSON schema, sampling and logprobs."""
+function tools, `tool_choice`, `text.format` as a JSON schema, sampling and logprobs.
+
+A `namespace` tool (Codex's) is its functions, each named in the prompt as Codex names
+it (`flat_name`); a call of one goes back as a `function_call` with `namespace` and the
+plain name (encode.py), and such calls in the input render by the flat name again.
+OpenAI's hosted tools (web search, file search, ...) do not run here: they are left out
+of the prompt (the route names them in the log), as are input items recording their
+work, and a `tool_choice` forcing one is a 400."""
 
 from __future__ import annotations
 
