@@ -454,6 +454,22 @@ def test_hosted_tools_are_left_out_and_named_once_in_the_log(served, seen, caplo
     assert len(named) == 2 and "'file_search'" in named[0] and "'code_interpreter'" in named[1]
 
 
+@pytest.mark.parametrize(
+    "choice",
+    [
+        {"type": "function", "name": "multi_agent_v1__close_agent"},
+        {"type": "function", "namespace": "multi_agent_v1", "name": "close_agent"},
+    ],
+    ids=["flat", "namespace"],
+)
+def test_a_tool_choice_may_force_a_namespaced_tool(served, choice):
+    body = codex_body(stream=False, tool_choice=choice, max_output_tokens=40)
+    reply = post(served, "/v1/responses", body).json()
+    (call,) = reply["output"]
+    assert (call["namespace"], call["name"]) == ("multi_agent_v1", "close_agent")
+    assert reply["tool_choice"] == choice
+
+
 def test_records_of_hosted_tools_in_the_input_are_left_out(served, seen):
     records = seen("ok")
     search = {"type": "web_search_call", "id": "ws_1", "status": "completed"}

@@ -146,6 +146,8 @@ def _tool_choice(
     choice: str | FunctionChoice | HostedChoice | None,
 ) -> str | NamedTool | None:
     if isinstance(choice, FunctionChoice):
+        if choice.namespace:
+            return NamedTool(flat_name(choice.namespace, choice.name))
         return NamedTool(choice.name)
     if isinstance(choice, HostedChoice):
         if _is_hosted(choice.type):
