@@ -610,6 +610,17 @@ def test_a_call_echoed_back_in_any_serialization_renders_the_same(served, seen):
         body = {"model": MODEL, "messages": messages, "tools": [WEATHER_TOOL], "max_tokens": 2}
         assert post(served, "/v1/chat/completions", body).status_code == 200
     assert records[0][0] == records[1][0] == records[2][0]
+    assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt_text(served, records)
+
+
+def test_a_call_without_arguments_echoed_as_empty_text_is_an_empty_object(served, seen):
+    records = seen("ok")
+    call = {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    messages = [*HI, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    messages.append({"role": "tool", "tool_call_id": "c", "content": "sun"})
+    body = {"model": MODEL, "messages": messages, "tools": [WEATHER_TOOL], "max_tokens": 2}
+    assert post(served, "/v1/chat/completions", body).status_code == 200
+    assert '{"name": "get_weather", "arguments": {}}' in prompt_text(served, records)
 
 
 def test_ollama_chat_as_litellm_and_langchain_send_it(served, seen):
