@@ -262,6 +262,20 @@ def test_block_types_that_ask_nothing_of_the_server_are_left_out(served, seen):
     assert "Found it." in prompt and "hmm" not in prompt and "srvtoolu" not in prompt
 
 
+def test_what_asks_for_work_this_server_cannot_do_is_refused_in_anthropics_shape(served):
+    hi = [{"role": "user", "content": "hi"}]
+    for changes, named in (
+        ({"mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]}, "mcp"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "web_search"),
+    ):
+        body = {"model": MODEL, "max_tokens": 8, "messages": hi, **changes}
+        response = post(served, "/v1/messages", body)
+        assert response.status_code == 400
+        error = response.json()
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert named in error["error"]["message"]
+
+
 def test_custom_tools_as_litellm_sends_them_are_accepted(served, seen):
     seen(CALL_TEXT)
     body = {
@@ -385,7 +399,7 @@ def sse_events(response: httpx.Response) -> list[dict]:
     return [
         json.loads(line[len("data: ") :])
         for line in response.text.splitlines()
-        if line.startswith("data: ")
+        if line.startswith("data: ") and line != "data: [DONE]"
     ]
 
 
@@ -438,6 +452,31 @@ def test_hosted_tools_are_left_out_and_named_once_in_the_log(served, seen, caplo
         assert reply.output_text == "ok"
     named = [r.getMessage() for r in caplog.records if "hosted tool" in r.getMessage()]
     assert len(named) == 2 and "'file_search'" in named[0] and "'code_interpreter'" in named[1]
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        {"type": "function", "name": "multi_agent_v1__close_agent"},
+        {"type": "function", "namespace": "multi_agent_v1", "name": "close_agent"},
+    ],
+    ids=["flat", "namespace"],
+)
+def test_a_tool_choice_may_force_a_namespaced_tool(served, choice):
+    body = codex_body(stream=False, tool_choice=choice, max_output_tokens=40)
+    reply = post(served, "/v1/responses", body).json()
+    (call,) = reply["output"]
+    assert (call["namespace"], call["name"]) == ("multi_agent_v1", "close_agent")
+    assert reply["tool_choice"] == choice
+
+
+def test_records_of_hosted_tools_in_the_input_are_left_out(served, seen):
+    records = seen("ok")
+    search = {"type": "web_search_call", "id": "ws_1", "status": "completed"}
+    search["action"] = {"type": "search", "query": "secret query"}
+    body = codex_body(search, {"type": "message", "role": "user", "content": "And?"})
+    assert sse_events(post(served, "/v1/responses", body))[-1]["type"] == "response.completed"
+    assert "secret query" not in prompt_text(served, records)
 
 
 def test_a_tool_choice_forcing_a_hosted_tool_is_a_400_naming_it(served):
@@ -548,8 +587,9 @@ def test_chat_as_qwen_code_and_opencode_send_it(served, seen):
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    response = post(served, "/v1/chat/completions", body)
-    assert response.status_code == 200 and "Sunny." in response.text
+    chunks = sse_events(post(served, "/v1/chat/completions", body))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "Sunny." and chunks[-1]["usage"]["completion_tokens"]
     prompt = prompt_text(served, records)
     assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt
     assert "<tool_response>\nsun\n</tool_response>" in prompt
@@ -570,6 +610,17 @@ def test_a_call_echoed_back_in_any_serialization_renders_the_same(served, seen):
         body = {"model": MODEL, "messages": messages, "tools": [WEATHER_TOOL], "max_tokens": 2}
         assert post(served, "/v1/chat/completions", body).status_code == 200
     assert records[0][0] == records[1][0] == records[2][0]
+    assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt_text(served, records)
+
+
+def test_a_call_without_arguments_echoed_as_empty_text_is_an_empty_object(served, seen):
+    records = seen("ok")
+    call = {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    messages = [*HI, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    messages.append({"role": "tool", "tool_call_id": "c", "content": "sun"})
+    body = {"model": MODEL, "messages": messages, "tools": [WEATHER_TOOL], "max_tokens": 2}
+    assert post(served, "/v1/chat/completions", body).status_code == 200
+    assert '{"name": "get_weather", "arguments": {}}' in prompt_text(served, records)
 
 
 def test_ollama_chat_as_litellm_and_langchain_send_it(served, seen):

@@ -86,7 +86,10 @@ def tool_call(call_id: str, name: str, arguments: str | dict[str, Any]) -> dict[
     template's `tojson`). Many clients send a call back re-serialized (compact, or as an
     object): written one way, the conversation keeps the prompt its earlier turn had, so
     the server's prompt cache still holds it. Text that is not a JSON object stays as
-    it is."""
+    it is; no text at all (what some clients send for a call without arguments) is an
+    empty object."""
+    if isinstance(arguments, str) and not arguments.strip():
+        arguments = {}
     if isinstance(arguments, str):
         try:
             parsed = json.loads(arguments)

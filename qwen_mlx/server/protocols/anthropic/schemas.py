@@ -64,6 +64,7 @@ class CountRequest(Body):
     system: str | list[Block] | None = None
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
+    mcp_servers: list[Any] | None = None  # the MCP connector: refused (translate.py)
 
 
 class MessagesRequest(CountRequest):

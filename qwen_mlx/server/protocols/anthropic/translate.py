@@ -38,6 +38,13 @@ _UNREADABLE = ("image", "document")
 
 def chat_prompt(req: CountRequest) -> ChatPrompt:
     """What a Messages request (or a token count's) asks for."""
+    if req.mcp_servers:
+        raise APIError(
+            400,
+            "mcp_servers: this server does not connect to remote MCP servers; run them in "
+            "your client and send their tools as custom tools.",
+            param="mcp_servers",
+        )
     tools = {t.name: _tool(t, i) for i, t in enumerate(req.tools or [])}
     deferred = {t.name for t in req.tools or [] if t.defer_loading}
     messages: list[dict[str, Any]] = []

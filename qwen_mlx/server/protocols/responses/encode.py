@@ -102,7 +102,7 @@ class ResponseWriter:
             "previous_response_id": req.previous_response_id,
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
             "tool_choice": (
-                req.tool_choice.model_dump()
+                req.tool_choice.model_dump(exclude_none=True)
                 if isinstance(req.tool_choice, FunctionChoice)
                 else req.tool_choice or "auto"
             ),

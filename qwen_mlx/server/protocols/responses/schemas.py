@@ -53,6 +53,7 @@ class FunctionTool(Body):
 class FunctionChoice(Body):
     type: Literal["function"]
     name: str
+    namespace: str | None = None  # a namespace's tool, by its own name
 
 
 class HostedChoice(Body):

@@ -3,7 +3,14 @@ response's, when the request continues one, with the exact token ids of its repl
 then the input (text, or items: messages, `function_call` items joining the assistant
 message before them, `function_call_output` items as tool messages, earlier reasoning
 left out), the instructions as a system message (never carried over, as with OpenAI),
-function tools, `tool_choice`, `text.format` as a JSON schema, sampling and logprobs."""
+function tools, `tool_choice`, `text.format` as a JSON schema, sampling and logprobs.
+
+A `namespace` tool (Codex's) is its functions, each named in the prompt as Codex names
+it (`flat_name`); a call of one goes back as a `function_call` with `namespace` and the
+plain name (encode.py), and such calls in the input render by the flat name again.
+OpenAI's hosted tools (web search, file search, ...) do not run here: they are left out
+of the prompt (the route names them in the log), as are input items recording their
+work, and a `tool_choice` forcing one is a 400."""
 
 from __future__ import annotations
 
@@ -44,6 +51,19 @@ HOSTED_TOOLS = (
     "computer_use",
     "computer_use_preview",
     "mcp",
+)
+
+# Input items recording a hosted tool's work (a conversation carried over from OpenAI's
+# servers): left out, as the tools themselves are.
+_HOSTED_RECORDS = (
+    "web_search_call",
+    "file_search_call",
+    "code_interpreter_call",
+    "image_generation_call",
+    "computer_call",
+    "computer_call_output",
+    "mcp_list_tools",
+    "mcp_call",
 )
 
 
@@ -126,6 +146,8 @@ def _tool_choice(
     choice: str | FunctionChoice | HostedChoice | None,
 ) -> str | NamedTool | None:
     if isinstance(choice, FunctionChoice):
+        if choice.namespace:
+            return NamedTool(flat_name(choice.namespace, choice.name))
         return NamedTool(choice.name)
     if isinstance(choice, HostedChoice):
         if _is_hosted(choice.type):
@@ -184,6 +206,8 @@ def _messages(given: str | list[Item]) -> list[dict[str, Any]]:
             out.append(message("tool", output, tool_call_id=item.call_id))
         elif kind == "reasoning":
             continue  # this model does not reason out loud
+        elif kind in _HOSTED_RECORDS:
+            continue  # what a hosted tool did elsewhere: nothing this model called
         else:
             raise APIError(
                 400,
