@@ -79,7 +79,7 @@ def build_agent_model(home: Path, scratch: Path) -> str:
 # -- the server ---------------------------------------------------------------------------------
 
 
-class Served:
+class ServeProcess:
     """`qwen-mlx serve --port 0 ARGS` in a child process, on the store at `home`; `url` is
     its base (no `/v1`), `log` what it printed."""
 
