@@ -5,10 +5,11 @@ port is the test's): a plain reply, a streamed one, a tool round trip.
 
 The test model never calls a tool by itself: the forcing proxy (tests/agents.py) forces
 the call on a conversation's first request (the tool's parameters narrowed to constants),
-and has the model write a constant reply (a JSON string) otherwise, which ends. Ollama's API has no
-`tool_choice`, so on `/api/chat` no call can be forced: there the test sends the client's
-own tool call and tool result back and checks the server reads them. Interop tier:
-`pytest -m interop`; `pip install 'qwen-mlx[agents]'` installs the clients."""
+and has the model write a constant reply (a JSON string) otherwise, which ends. Ollama's
+chat API has no `tool_choice`, so nothing can force a call there: the tool round trips of
+its clients (LiteLLM's `ollama_chat/`, ChatOllama) run on the scripted tiny model
+(tests/scripted.py), which writes the call through the real engine and reply parser.
+Interop tier: `pytest -m interop`; `pip install 'qwen-mlx[agents]'` installs the clients."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from .agents import (
+    MODEL,
     NOTES,
     README_PORT,
     REPLY_TEXT,
@@ -45,7 +47,7 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-WEATHER_FUNCTION = {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}
+CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -71,6 +73,17 @@ def run_block(block: str, port: int, **replace: str) -> dict:
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     return namespace
+
+
+@pytest.fixture
+def scripted_ollama(serve, script):
+    """For Ollama's chat route, where no call can be forced: a server of the scripted tiny
+    model that calls get_weather when asked the question, and answers the tool's result
+    with the constant reply; its port and model name."""
+    served = serve(key=None)
+    script.reply(CALL_TEXT, when=QUESTION)
+    script.reply(REPLY_TEXT, when=get_weather("Paris"))
+    return int(served.base.rsplit(":", 1)[1]), served.engine.model.name
 
 
 def _forced_then_answered(proxy, forced: str = "get_weather") -> None:
@@ -132,35 +145,34 @@ def test_litellm_streams_a_reply(litellm, agent_proxy, model, base):
 
 
 @pytest.mark.parametrize(("model", "base"), ROUTES, ids=[m.split("/")[0] for m, _ in ROUTES])
-def test_litellm_runs_a_tool_round_trip(litellm, agent_proxy, model, base):
-    base = base.replace(README_PORT, f"127.0.0.1:{agent_proxy.port}")
-    ask = [{"role": "user", "content": QUESTION}]
+def test_litellm_runs_a_tool_round_trip(litellm, agent_proxy, model, base, request):
+    port = agent_proxy.port
     if model.startswith("ollama_chat/"):
-        # Ollama's API cannot force a call: the client's own call and result go back.
-        call = {"id": "call_0", "type": "function", "function": WEATHER_FUNCTION}
-        history = [*ask, {"role": "assistant", "content": "", "tool_calls": [call]}]
+        port, name = request.getfixturevalue("scripted_ollama")  # the model calls by itself
+        model = model.replace(MODEL, name)
     else:
         agent_proxy.reset([WEATHER])  # forced by the proxy (the model would not call it)
-        first = litellm.completion(
-            model=model, api_base=base, api_key="unused", messages=ask, tools=[WEATHER_TOOL]
-        )
-        message = first.choices[0].message
-        (call,) = message.tool_calls
-        assert call.function.name == "get_weather"
-        assert json.loads(call.function.arguments) == {"city": "Paris"}
-        history = [*ask, message.model_dump()]
-        call = call.model_dump()
-    result = {"role": "tool", "tool_call_id": call["id"], "content": get_weather("Paris")}
+    base = base.replace(README_PORT, f"127.0.0.1:{port}")
+    ask = [{"role": "user", "content": QUESTION}]
+    first = litellm.completion(
+        model=model, api_base=base, api_key="unused", messages=ask, tools=[WEATHER_TOOL]
+    )
+    message = first.choices[0].message
+    (call,) = message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    result = {"role": "tool", "tool_call_id": call.id, "content": get_weather("Paris")}
     final = litellm.completion(
         model=model,
         api_base=base,
         api_key="unused",
-        messages=[*history, result],
+        messages=[*ask, message.model_dump(), result],
         tools=None if model.startswith("ollama/") else [WEATHER_TOOL],
     )
     assert final.choices[0].message.content == REPLY_TEXT
-    sent = agent_proxy.exchanges[-1]
-    assert sent.status == 200 and "sunny in Paris" in json.dumps(sent.body)
+    if not model.startswith("ollama_chat/"):
+        _forced_then_answered(agent_proxy)
+        assert "sunny in Paris" in json.dumps(agent_proxy.exchanges[-1].body)
 
 
 # -- LangChain ----------------------------------------------------------------------------------
@@ -173,11 +185,11 @@ LANGCHAIN = {
 }
 
 
-def _langchain(name: str, port: int):
+def _langchain(name: str, port: int, model: str = MODEL):
     package, index = LANGCHAIN[name]
     pytest.importorskip(package, reason=f"{package} is not installed (qwen-mlx[agents])")
     block = readme_blocks("python", "### LangChain")[index]
-    return run_block(block, port)["llm"]
+    return run_block(block, port, **{f'"{MODEL}"': f'"{model}"'})["llm"]
 
 
 def test_the_readme_has_a_block_for_each_langchain_model():
@@ -200,27 +212,26 @@ def test_langchain_streams_a_reply(agent_proxy, name):
 
 
 @pytest.mark.parametrize("name", LANGCHAIN)
-def test_langchain_runs_a_tool_round_trip(agent_proxy, name):
-    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+def test_langchain_runs_a_tool_round_trip(agent_proxy, name, request):
+    from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_core.tools import tool
 
-    llm = _langchain(name, agent_proxy.port).bind_tools([tool(get_weather)])
-    ask = HumanMessage(QUESTION)
     if name == "ChatOllama":
-        # Ollama's API cannot force a call: the client's own call and result go back.
-        call = {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_0"}
-        ai = AIMessage("", tool_calls=[call])
+        port, served_name = request.getfixturevalue("scripted_ollama")  # calls by itself
+        llm = _langchain(name, port, model=served_name)
     else:
+        llm = _langchain(name, agent_proxy.port)  # (its README block asks one question)
         agent_proxy.reset([WEATHER])  # forced by the proxy (the model would not call it)
-        ai = llm.invoke([ask])
-        (call,) = ai.tool_calls
-        assert (call["name"], call["args"]) == ("get_weather", {"city": "Paris"})
+    llm = llm.bind_tools([tool(get_weather)])
+    ask = HumanMessage(QUESTION)
+    ai = llm.invoke([ask])
+    (call,) = ai.tool_calls
+    assert (call["name"], call["args"]) == ("get_weather", {"city": "Paris"})
     final = llm.invoke([ask, ai, ToolMessage(get_weather("Paris"), tool_call_id=call["id"])])
     assert final.text == REPLY_TEXT
-    sent = agent_proxy.exchanges[-1]
-    assert sent.status == 200 and "sunny in Paris" in json.dumps(sent.body)
     if name != "ChatOllama":
         _forced_then_answered(agent_proxy)
+        assert "sunny in Paris" in json.dumps(agent_proxy.exchanges[-1].body)
 
 
 # -- oterm --------------------------------------------------------------------------------------
