@@ -218,17 +218,26 @@ def notes_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def agent_server(tmp_path_factory):
-    """`qwen-mlx serve` on the agent clients' long-context test model (tests/agents.py),
-    in a store of its own: started once for the interop tier's client tests."""
-    from .agents import ServeProcess, build_agent_model
+def agent_store(tmp_path_factory) -> Path:
+    """A store holding the agent clients' long-context test model (tests/agents.py) under
+    the name a download of Qwen3-4B-Instruct-2507 gets; built once."""
+    from .agents import build_agent_model
     from .helpers import SHARED_MODEL
 
     if not (SHARED_MODEL / "tokenizer.json").is_file():
         pytest.skip(f"the real Qwen3-4B-Instruct-2507 tokenizer is not at {SHARED_MODEL}")
     store = tmp_path_factory.mktemp("agent_store")
     build_agent_model(store, tmp_path_factory.mktemp("agent_source"))
-    served = ServeProcess(store, tmp_path_factory.mktemp("agent_user"))
+    return store
+
+
+@pytest.fixture(scope="session")
+def agent_server(agent_store, tmp_path_factory):
+    """`qwen-mlx serve` on `agent_store`, started once for the interop tier's client tests
+    (a test that needs other flags starts its own `agents.ServeProcess` on the store)."""
+    from .agents import ServeProcess
+
+    served = ServeProcess(agent_store, tmp_path_factory.mktemp("agent_user"))
     yield served
     served.stop()
 
