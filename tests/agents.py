@@ -110,6 +110,23 @@ class ServeProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         threading.Thread(target=self._drain, daemon=True).start()
+        self._wait_until_it_answers()
+
+    def _wait_until_it_answers(self) -> None:
+        """Until GET /health answers: the line above is printed before uvicorn accepts."""
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("qwen-mlx serve does not answer:\n" + self.tail())
+            time.sleep(0.1)
 
     def _drain(self) -> None:
         for line in self.proc.stderr:
@@ -185,35 +202,47 @@ def tool_results(path: str, body: dict[str, Any]) -> int | None:
     return None
 
 
-def force(path: str, body: dict[str, Any], call: Call) -> bool:
-    """Make the request in `body` force `call`: `tool_choice` naming its tool, the tool's
-    parameters narrowed to its arguments (on Ollama's generate, for LiteLLM's JSON tool
-    replies, `format` narrowed to the call). False when the request has no such tool."""
-    schema = constant_schema(call.arguments)
-    if path == "/api/generate":
-        body["format"] = constant_schema({"name": call.name, "arguments": call.arguments})
-        return True
+def _tool(path: str, body: dict[str, Any], name: str) -> tuple[dict[str, Any], str] | None:
+    """The request's definition of the tool `name`, and the key of its parameters."""
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict):
             continue
-        if path == "/v1/messages" and tool.get("name") == call.name:
-            tool["input_schema"] = schema
-            body["tool_choice"] = {"type": "tool", "name": call.name}
-            return True
-        function = tool.get("function") or {}
-        if path == "/v1/chat/completions" and function.get("name") == call.name:
-            function["parameters"] = schema
-            body["tool_choice"] = {"type": "function", "function": {"name": call.name}}
-            return True
-        if (
-            path == "/v1/responses"
-            and tool.get("type") == "function"
-            and tool.get("name") == (call.name)
-        ):
-            tool["parameters"] = schema
-            body["tool_choice"] = {"type": "function", "name": call.name}
-            return True
-    return False
+        function = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+        if path == "/v1/messages" and tool.get("name") == name:
+            return tool, "input_schema"
+        if path == "/v1/chat/completions" and function.get("name") == name:
+            return function, "parameters"
+        if path == "/v1/responses" and tool.get("type") == "function" and tool.get("name") == name:
+            return tool, "parameters"
+    return None
+
+
+def narrow(path: str, body: dict[str, Any], call: Call) -> bool:
+    """Narrow the parameters of `call`'s tool in the request to its arguments. False when
+    the request has no such tool."""
+    found = _tool(path, body, call.name)
+    if found is not None:
+        definition, key = found
+        definition[key] = constant_schema(call.arguments)
+    return found is not None
+
+
+def force(path: str, body: dict[str, Any], call: Call) -> bool:
+    """Make the request force `call`: `tool_choice` naming its tool, whose parameters
+    `narrow` made constant (on Ollama's generate, for LiteLLM's JSON tool replies,
+    `format` narrowed to the call). False when the request has no such tool."""
+    if path == "/api/generate":
+        body["format"] = constant_schema({"name": call.name, "arguments": call.arguments})
+        return True
+    if not narrow(path, body, call):
+        return False
+    if path == "/v1/messages":
+        body["tool_choice"] = {"type": "tool", "name": call.name}
+    elif path == "/v1/chat/completions":
+        body["tool_choice"] = {"type": "function", "function": {"name": call.name}}
+    else:
+        body["tool_choice"] = {"type": "function", "name": call.name}
+    return True
 
 
 def settle(path: str, body: dict[str, Any], reply: str, tokens: int) -> None:
@@ -276,7 +305,12 @@ class ForcingProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def reset(self, script: list[Call] | None = None) -> None:
+        """A new script (calls of one tool all with the same arguments: its definition is
+        narrowed to them in every request) and no exchanges."""
         self.script = list(script or [])
+        for call in self.script:
+            same = {repr(c.arguments) for c in self.script if c.name == call.name}
+            assert len(same) == 1, f"the calls of {call.name} differ in their arguments"
         self.exchanges = []
 
     def forced(self) -> list[Exchange]:
@@ -292,6 +326,11 @@ class ForcingProxy:
             # {"name", "arguments"} as a call; its conversation is text, so the steps are
             # the calls forced on this route so far.
             step = sum(1 for e in self.exchanges if e.path == path and e.forced)
+        # Every request of the conversation carries the same narrowed tools, as a client's
+        # never change between turns (the prompt, and the server's cached prefix, keep
+        # them); the next call is forced while the script has one.
+        for each in self.script:
+            narrow(path, body, each)
         call = None
         if step is not None and step < len(self.script):
             call = self.script[step]
@@ -546,24 +585,19 @@ def codex(space: Workspace, port: int, argv: list[str]) -> list[dict[str, Any]]:
 
 
 def claude_session(proxy: ForcingProxy, space: Workspace, steps: int = 5) -> str:
-    """A Claude Code session of `steps` tool steps through `proxy`: one Read per step, each
-    of a different file of the project (forced), then a text reply. Its output."""
-    script = []
-    for i in range(1, steps + 1):
-        (space.project / f"part{i}.txt").write_text(f"part {i} of the notes\n")
-        script.append(Call("Read", {"file_path": str(space.project / f"part{i}.txt")}))
-    proxy.reset(script)
+    """A Claude Code session of `steps` tool steps through `proxy`: Read of notes.txt and
+    Bash's `echo step` taking turns (forced), then a text reply. Its output."""
+    read = Call("Read", {"file_path": str(space.project / "notes.txt")})
+    echo = Call("Bash", {"command": "echo step", "description": "Say step"})
+    proxy.reset([read if i % 2 else echo for i in range(1, steps + 1)])
     argv = readme_command("claude", "### Claude Code", "bypassPermissions")
     return claude(space, proxy.port, argv)
 
 
 def codex_session(proxy: ForcingProxy, space: Workspace, steps: int = 5) -> list[dict[str, Any]]:
-    """A Codex session of `steps` tool steps through `proxy`: `echo step N` commands and
+    """A Codex session of `steps` tool steps through `proxy`: `echo step` commands and
     `get_goal` calls taking turns (forced), then a text reply. Its JSON lines."""
-    script = [
-        Call("exec_command", {"cmd": f"echo step {i}"}) if i % 2 else Call("get_goal")
-        for i in range(1, steps + 1)
-    ]
-    proxy.reset(script)
+    echo, goal = Call("exec_command", {"cmd": "echo step"}), Call("get_goal")
+    proxy.reset([echo if i % 2 else goal for i in range(1, steps + 1)])
     argv = readme_command("codex", "### Codex CLI", "exec")
     return codex(space, proxy.port, argv)

@@ -115,11 +115,10 @@ def test_claude_code_runs_a_tool_and_answers_with_its_result(agent_proxy, space)
 def test_claude_code_runs_a_session_of_five_tool_steps(agent_proxy, space):
     assert claude_session(agent_proxy, space, steps=5).strip() == REPLY_TEXT
     _served_every_request(agent_proxy)
-    assert [e.forced for e in agent_proxy.exchanges] == ["Read"] * 5 + [None]
+    assert [e.forced for e in agent_proxy.exchanges] == ["Read", "Bash"] * 2 + ["Read", None]
     results = _tool_results(agent_proxy.exchanges[-1])
     assert len(results) == 5
-    for i, result in enumerate(results, start=1):
-        assert f"part {i} of the notes" in result
+    assert NOTES.strip() in results[0] and results[1].strip() == "step"
 
 
 # -- Codex CLI ----------------------------------------------------------------------------------
@@ -188,7 +187,7 @@ def test_codex_runs_a_session_of_five_tool_steps(agent_proxy, space):
         for e in events
         if e.get("type") == "item.completed" and e["item"].get("type") == "command_execution"
     ]
-    assert outputs == ["step 1\n", "step 3\n", "step 5\n"]
+    assert outputs == ["step\n"] * 3
     assert _agent_messages(events) == [REPLY_TEXT]
     _served_every_request(agent_proxy)
     assert len(agent_proxy.exchanges) == 6

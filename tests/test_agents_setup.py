@@ -63,19 +63,22 @@ def _messages(*content) -> dict:
 
 def test_the_proxy_forces_the_next_call_of_its_script_on_anthropic_messages():
     proxy = ForcingProxy("http://unused")
-    proxy.reset([Call("Read", {"file_path": "/a"}), Call("Read", {"file_path": "/b"})])
+    proxy.reset([Call("Read", {"file_path": "/a"}), Call("Bash", {"command": "echo"})])
     body, forced = proxy.rewrite("/v1/messages", _messages("hi"))
     assert forced == "Read" and body["tool_choice"] == {"type": "tool", "name": "Read"}
     assert body["tools"][1]["input_schema"] == constant_schema({"file_path": "/a"})
-    assert body["tools"][0]["input_schema"] == {"type": "object"}  # the others as they were
+    assert body["tools"][0]["input_schema"] == constant_schema({"command": "echo"})
     assert body["max_tokens"] == CALL_TOKENS
 
     result = ({"type": "tool_result", "tool_use_id": "t", "content": "x"},)
-    body, _ = proxy.rewrite("/v1/messages", _messages("hi", result))
-    assert body["tools"][1]["input_schema"]["properties"]["file_path"] == {"const": "/b"}
+    body, forced = proxy.rewrite("/v1/messages", _messages("hi", result))
+    assert forced == "Bash" and body["tool_choice"] == {"type": "tool", "name": "Bash"}
+    assert body["tools"][0]["input_schema"] == constant_schema({"command": "echo"})
 
     body, forced = proxy.rewrite("/v1/messages", _messages("hi", result, result))
     assert forced is None and "tool_choice" not in body
+    # the tools stay as narrowed in every request (the prompt keeps its prefix)
+    assert body["tools"][1]["input_schema"] == constant_schema({"file_path": "/a"})
     schema = body["output_config"]["format"]["schema"]
     assert schema == {"type": "string", "const": REPLY}
 
@@ -119,3 +122,9 @@ def test_on_ollama_routes_the_proxy_narrows_format(path):
     body, forced = proxy.rewrite(path, {"prompt": "?", "format": "json"})
     # LiteLLM's JSON tool replies on generate; Ollama's chat has no way to force a call
     assert forced == ("get_weather" if path == "/api/generate" else None)
+
+
+def test_a_script_s_calls_of_one_tool_have_the_same_arguments():
+    proxy = ForcingProxy("http://unused")
+    with pytest.raises(AssertionError, match="differ"):
+        proxy.reset([Call("Read", {"file_path": "/a"}), Call("Read", {"file_path": "/b"})])
