@@ -4,15 +4,16 @@ that makes the model call a tool, and where the installed client programs are.
 
 Agent clients send long prompts (Claude Code about 12,000 tokens, Codex about 8,600), and
 MLX's attention on a CPU is slow: the test model has the real Qwen3 tokenizer and chat
-template but one narrow attention head in each of two layers, so that its 28,000-token
-prefill takes seconds, not minutes.
+template but one narrow attention head in each of two layers, so that a 12,000-token
+prefill takes seconds and a 28,000-token one about half a minute, not many minutes.
 
 A random model never calls a tool by itself, and agent clients never send `tool_choice`.
-`ForcingProxy` sits between a client and the server: while a conversation holds fewer tool
-results than its script has calls, it adds `tool_choice` naming the next call's tool and
-narrows that tool's parameters to the call's constant arguments, so the server's
-schema-constrained decoding writes exactly that call. Later requests pass through (their
-reply lengths capped), and the model answers in text.
+`ForcingProxy` sits between a client and the server: it narrows the parameters of its
+script's tools to the calls' constant arguments in every request (so the prompt's tool
+definitions stay the same from turn to turn, as a client's do), and while a conversation
+holds fewer tool results than the script has calls, it adds `tool_choice` naming the next
+call's tool: the server's schema-constrained decoding writes exactly that call. Otherwise
+the model writes a constant reply, which ends (see `settle`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from .helpers import ROOT, SHARED_MODEL, child_env
 MODEL = "qwen3-4b-instruct"  # the name the README tells users to give their clients
 README_PORT = "127.0.0.1:8080"
 # Sizes of the test model: the real tokenizer's 151,936-token vocabulary over a 64-wide
-# model with one 16-wide attention head per layer (28,000 tokens prefill in about 30 s on
-# two shared CPU cores; see the interop tier's notes in the report of issue 23).
+# model with one 16-wide attention head per layer. Measured on two shared CPU cores: 12,000
+# tokens prefill in 6 to 14 s, 28,000 in 32 to 53 s (quadratic attention dominates; a
+# 4-bit copy is twice as slow, MLX's CPU quantized matmuls being the slow ones).
 AGENT_SHAPE = {
     "hidden_size": 64,
     "num_hidden_layers": 2,
@@ -312,9 +314,6 @@ class ForcingProxy:
             same = {repr(c.arguments) for c in self.script if c.name == call.name}
             assert len(same) == 1, f"the calls of {call.name} differ in their arguments"
         self.exchanges = []
-
-    def forced(self) -> list[Exchange]:
-        return [e for e in self.exchanges if e.forced]
 
     def rewrite(self, path: str, body: Any) -> tuple[Any, str | None]:
         """The body to forward, and the tool it forces (None: none)."""
