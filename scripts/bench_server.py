@@ -19,24 +19,26 @@ time), p50 and p95 time to first token, mean per-client tokens/s (after its firs
 token); then ours / mlx_lm. Targets: ours >= 1.0x mlx_lm at every concurrency, ours at 8
 clients >= 3x ours at 1.
 
-    python scripts/bench_server.py [--clients 1,4,8,16] [--max-tokens 32] [--beside 8]
+    python scripts/bench_server.py [--model DIR] [--clients 1,4,8,16] [--max-tokens 32]
+                                   [--rounds 2] [--long-words 1500] [--beside 8] [--json FILE]
+                                   [--smoke]
+
+(`--source` is the former name of `--model`.)
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAINED = ROOT.parent / "shared" / "models" / "qwen3-tiny-trained" / "target"
+from _bench import ROOT, TRAINED, BenchParser, Column, Report, need_model, ratio, workspace
+
 QUESTIONS = [
     "Continue:\nimport os",
     "What does the with statement do?",
@@ -176,43 +178,44 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def report(name: str, c: int, r: dict) -> None:
+def say_round(name: str, c: int, r: dict) -> None:
     print(
         f"  {name:<14} {c:>3} clients: {r['tps']:7.1f} tokens/s, TTFT p50 "
         f"{r['p50'] * 1000:6.0f} ms p95 {r['p95'] * 1000:6.0f} ms, "
         f"{r['client_tps']:6.1f} tokens/s per client",
+        file=sys.stderr,
         flush=True,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, default=TRAINED, help="HF checkpoint to convert")
+    p = BenchParser(__doc__)
+    p.model(TRAINED / "target", "the Hugging Face checkpoint both servers serve", "--source")
     p.add_argument(
-        "--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16]
+        "--clients",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 4, 8, 16],
+        metavar="N,N,...",
+        help="concurrencies to measure",
     )
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=2, help="runs per concurrency; the best counts")
+    p.rounds(2, "runs per concurrency; the best counts")
     p.add_argument("--long-words", type=int, default=1500, help="the long prompt's size")
     p.add_argument(
         "--beside", type=int, default=8, help="long prompts read at once beside a short one"
     )
+    p.smoke(clients=[1, 2], max_tokens=4, rounds=1, long_words=60, beside=2)
     args = p.parse_args(argv)
-    if not (args.source / "config.json").is_file():
-        print(f"no checkpoint at {args.source}", file=sys.stderr)
-        return 1
+    source = need_model(args.model)
 
     import mlx.core as mx
 
     from qwen_mlx.convert import convert
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with workspace() as tmp:
         quantize = mx.metal.is_available()
-        print(f"converting {args.source.name} ({'4-bit' if quantize else 'bf16'}) ...")
-        folder = convert(
-            str(args.source), mlx_path=tmp / "model", quantize=quantize, home=tmp / "home"
-        ).path
+        print(f"converting {source.name} ({'4-bit' if quantize else 'bf16'}) ...", file=sys.stderr)
+        folder = convert(str(source), mlx_path=tmp / "model", quantize=quantize).path
         python = sys.executable
         ours_port, theirs_port = free_port(), free_port()
         servers = {
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.rounds):
                     for name, url in urls.items():
                         r = concurrent(url, str(folder), c, args.max_tokens)
-                        report(name, c, r)
+                        say_round(name, c, r)
                         if c not in results[name] or r["tps"] > results[name][c]["tps"]:
                             results[name][c] = r
             for name, url in urls.items():
@@ -254,43 +257,57 @@ def main(argv: list[str] | None = None) -> int:
                 stop(proc)
 
     ours, theirs = results["qwen-mlx serve"], results["mlx_lm server"]
-    print()
-    print(
-        f"{'clients':>7} | {'ours tok/s':>10} {'mlx_lm tok/s':>12} {'ratio':>6} | "
-        f"{'ours TTFT p50/p95 ms':>20} {'mlx_lm TTFT p50/p95 ms':>22} | "
-        f"{'per-client ours/mlx_lm':>22}"
+    report = Report(args.json)
+    report.table(
+        [
+            Column("clients", "{}"),
+            Column("ours tok/s"),
+            Column("mlx_lm tok/s"),
+            Column("ratio", "{:.2f}x"),
+            Column("ours TTFT p50/p95 ms", "{}"),
+            Column("mlx_lm TTFT p50/p95 ms", "{}"),
+            Column("per-client tok/s ours/mlx_lm", "{}"),
+        ],
+        [
+            (
+                c,
+                ours[c]["tps"],
+                theirs[c]["tps"],
+                ratio(ours[c]["tps"], theirs[c]["tps"]),
+                f"{ours[c]['p50'] * 1000:.0f}/{ours[c]['p95'] * 1000:.0f}",
+                f"{theirs[c]['p50'] * 1000:.0f}/{theirs[c]['p95'] * 1000:.0f}",
+                f"{ours[c]['client_tps']:.1f}/{theirs[c]['client_tps']:.1f}",
+            )
+            for c in args.clients
+        ],
+        title=f"aggregate tokens/s, the best of {args.rounds} rounds at each concurrency",
+        sep=" | ",
     )
-    for c in args.clients:
-        o, t = ours[c], theirs[c]
-        print(
-            f"{c:>7} | {o['tps']:>10.1f} {t['tps']:>12.1f} {o['tps'] / t['tps']:>5.2f}x | "
-            f"{o['p50'] * 1000:>9.0f}/{o['p95'] * 1000:<10.0f} "
-            f"{t['p50'] * 1000:>11.0f}/{t['p95'] * 1000:<10.0f} | "
-            f"{o['client_tps']:>9.1f}/{t['client_tps']:<9.1f}"
-        )
     if 1 in ours and 8 in ours:
-        print(
-            f"\nours at 8 clients / ours at 1: {ours[8]['tps'] / ours[1]['tps']:.2f}x (target 3x)"
+        report.line()
+        report.line(
+            f"ours at 8 clients / ours at 1: {ours[8]['tps'] / ours[1]['tps']:.2f}x (target 3x)"
         )
     for name, rows in results.items():
         alone, behind, long = rows["long"]
-        print(
+        report.line(
             f"{name}: a short request's TTFT {alone * 1000:.0f} ms alone, {behind * 1000:.0f} ms "
             f"sent 0.3 s after a {args.long_words}-word prompt (whose own TTFT: "
             f"{long * 1000:.0f} ms)"
         )
     for name, rows in results.items():
         short, longs = rows["beside"]
-        print(
+        report.line(
             f"{name}: a short request's TTFT {short * 1000:.0f} ms beside {args.beside} "
             f"{args.long_words}-word prompts being read (their median TTFT: "
             f"{longs * 1000:.0f} ms)"
         )
-    ratio = theirs["beside"][0] / max(ours["beside"][0], 1e-9)
-    print(
-        f"short request beside {args.beside} long prompts, TTFT mlx_lm / ours: {ratio:.1f}x "
+    sooner = theirs["beside"][0] / max(ours["beside"][0], 1e-9)
+    report.line(
+        f"short request beside {args.beside} long prompts, TTFT mlx_lm / ours: {sooner:.1f}x "
         "(above 1: ours answers sooner)"
     )
+    report.save()
     return 0
 
 

@@ -3,6 +3,8 @@ model: what each writes, what the manifest records, and the errors for what cann
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 from qwen_mlx.cli import main
 from qwen_mlx.fileio import sha256_file
 from qwen_mlx.store.manifest import read_manifest
+
+from .helpers import run_script
 
 PACKAGED = resources.files("qwen_mlx.data")
 
@@ -106,22 +110,25 @@ def learned(tiny_hf, tmp_path_factory):
         ],
         "rtn": ["--report"],
     }
-    codes = {}
+    codes, errors = {}, {}
     try:
         for method, flags in runs.items():
-            codes[method] = main(["convert", "--hf-path", str(tiny_hf), *flags])
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                codes[method] = main(["convert", "--hf-path", str(tiny_hf), *flags])
+            errors[method] = err.getvalue()
     finally:
         if saved is None:
             os.environ.pop("QWEN_MLX_HOME", None)
         else:
             os.environ["QWEN_MLX_HOME"] = saved
-    return home, codes, sha256_file(short)
+    return home, codes, errors, sha256_file(short)
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq", "dwq", "dynamic", "dynamic-gptq"])
 def test_method_records_itself_its_calibration_and_a_held_out_report(learned, method):
-    home, codes, short_sha = learned
-    assert codes[method] == 0
+    home, codes, errors, short_sha = learned
+    assert codes[method] == 0, errors[method][-2000:]
     tag = f"q4-g64-{method}5" if method.startswith("dynamic") else f"q4-g64-{method}"
     m = read_manifest(home / "models/qwen3-1m-tiny/2507" / f"mlx-{tag}")
     q = m.quantization
@@ -141,7 +148,7 @@ def test_method_records_itself_its_calibration_and_a_held_out_report(learned, me
 
 @pytest.mark.parametrize("method", ["dynamic", "dynamic-gptq"])
 def test_dynamic_gives_sensitive_layers_more_bits_within_the_target(learned, method):
-    home, _, _ = learned
+    home, _, _, _ = learned
     folder = home / f"models/qwen3-1m-tiny/2507/mlx-q4-g64-{method}5"
     q = read_manifest(folder).quantization
     assert q.target_bpw == 5.0
@@ -228,7 +235,7 @@ def test_models_compare_reads_manifests_and_computes_what_they_lack(
 ):
     from mlx_lm.convert import convert as mlx_lm_convert
 
-    home, _, _ = learned
+    home, _, _, _ = learned
     monkeypatch.setenv("QWEN_MLX_HOME", str(home))
     elsewhere = tmp_path / "mlx-lm-q4"
     mlx_lm_convert(str(tiny_hf), mlx_path=str(elsewhere), quantize=True)
@@ -343,7 +350,7 @@ def test_the_allocation_stays_within_the_target_both_ways_and_leaves_no_room(
 def test_target_bpw_is_a_budget_the_written_files_keep_both_ways(learned):
     from qwen_mlx.convert.weights import count_bits
 
-    home, _, _ = learned
+    home, _, _, _ = learned
     for method in ("dynamic", "dynamic-gptq"):
         folder = home / f"models/qwen3-1m-tiny/2507/mlx-q4-g64-{method}5"
         bits = count_bits(folder)
@@ -508,17 +515,8 @@ def test_gptq_has_less_output_error_than_rounding_to_nearest_on_correlated_input
 
 
 def test_the_benchmarks_smoke_mode_prints_both_texts_both_counts_and_ratios():
-    import subprocess
-    import sys
 
-    from .helpers import SCRIPTS
-
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_quant.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_script("bench_quant.py", "--smoke", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| recipe"))

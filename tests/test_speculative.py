@@ -318,7 +318,7 @@ def test_the_memory_planner_counts_the_drafts_weights_and_kv(tiny_model, tiny_ot
 
 
 def _assert_cache_is_the_conversation(session):
-    from .test_session import assert_cache_matches_conversation
+    from .helpers import assert_cache_matches_conversation
 
     assert_cache_matches_conversation(session)
 
@@ -405,35 +405,26 @@ def test_bench_draft_reports_the_acceptance(tiny_mlx, capsys):
 # -- the server -------------------------------------------------------------------------
 
 
-def test_the_server_speculates_server_wide_unless_a_request_turns_it_off(tiny_model):
-    from qwen_mlx.server import Engine, create_app
-
-    from .test_server import KEY, Served, start_server
-
-    engine = Engine(tiny_model, draft=tiny_model, num_draft_tokens=3)
-    server, thread, port = start_server(create_app(engine, api_key=KEY))
-    try:
-        client = Served(engine, f"http://127.0.0.1:{port}/v1", thread).client()
-        ask = {
-            "model": tiny_model.name,
-            "messages": [{"role": "user", "content": "Say something"}],
-            "temperature": 0,
-            "max_tokens": 16,
-        }
-        spec = client.chat.completions.create(**ask)
-        assert engine.finished[-1].accepted > 0
-        plain = client.chat.completions.create(**ask, extra_body={"speculative": False})
-        assert engine.finished[-1].drafted == 0
-        assert spec.choices[0].message.content == plain.choices[0].message.content
-        assert spec.usage.completion_tokens == plain.usage.completion_tokens
-        text = client.completions.create(
-            model=tiny_model.name, prompt="a b c a b", temperature=0, max_tokens=12
-        )
-        assert engine.finished[-1].drafted > 0 and text.choices[0].text
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.close()
+def test_the_server_speculates_server_wide_unless_a_request_turns_it_off(serve, tiny_model):
+    served = serve(draft=tiny_model, num_draft_tokens=3)
+    engine = served.engine
+    client = served.client()
+    ask = {
+        "model": tiny_model.name,
+        "messages": [{"role": "user", "content": "Say something"}],
+        "temperature": 0,
+        "max_tokens": 16,
+    }
+    spec = client.chat.completions.create(**ask)
+    assert engine.finished[-1].accepted > 0
+    plain = client.chat.completions.create(**ask, extra_body={"speculative": False})
+    assert engine.finished[-1].drafted == 0
+    assert spec.choices[0].message.content == plain.choices[0].message.content
+    assert spec.usage.completion_tokens == plain.usage.completion_tokens
+    text = client.completions.create(
+        model=tiny_model.name, prompt="a b c a b", temperature=0, max_tokens=12
+    )
+    assert engine.finished[-1].drafted > 0 and text.choices[0].text
 
 
 # -- the terminal app -------------------------------------------------------------------
@@ -444,8 +435,8 @@ def test_the_chat_app_speculates_shows_the_acceptance_and_turns_it_off(tiny_hf, 
 
     from qwen_mlx.convert import convert
 
-    from .test_tui import reply as wait_reply
-    from .test_tui import running, type_and_send
+    from .tui_pilot import reply as wait_reply
+    from .tui_pilot import running, type_and_send
 
     convert(str(tiny_hf))
     family = "qwen3-1m-tiny"
