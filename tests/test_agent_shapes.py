@@ -9,17 +9,13 @@ arguments echoed back re-serialized."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anthropic
 import httpx
 import pytest
 
-from qwen_mlx.runtime import stream_tokens
-from qwen_mlx.server import Engine, create_app
-
-from .test_server import CALL_TEXT, CONTEXT, MAX_TOKENS_CAP, MODEL, WEATHER_TOOL, scripted
-from .test_server import start_server as _start
+from .served import CALL_TEXT, CONTEXT, MAX_TOKENS_CAP, MODEL, WEATHER_TOOL, Served
 
 ANTHROPIC_TOOL = {
     "name": "get_weather",
@@ -35,39 +31,41 @@ BILLING = "x-anthropic-billing-header: cc_version=9.9.9.{}; cc_entrypoint=sdk-cl
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model) -> Iterator[tuple[Engine, str]]:
-    engine = Engine(tiny_model, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP)
-    server, thread, port = _start(create_app(engine))
-    yield engine, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+def served(module_server) -> Served:
+    return module_server(key=None, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP)
+
+
+class Prompts:
+    """The prompts (token ids, whole) of the jobs a server was given since a point."""
+
+    def __init__(self, served: Served) -> None:
+        self.served, self.start = served, len(served.jobs)
+
+    def __getitem__(self, index: int) -> list[int]:
+        return list(self.served.jobs[self.start :][index].tokens)
+
+    def __len__(self) -> int:
+        return len(self.served.jobs) - self.start
 
 
 @pytest.fixture
-def seen(served) -> Iterator[Callable[[str], list]]:
-    """Script the model's reply for one test; returns what it was given (tokens, params),
-    each prompt whole (no cache reuse, so the tokens are the prompt's own)."""
-    engine = served[0]
-    budget, engine.cache.max_bytes = engine.cache.max_bytes, 0
-    engine.cache.clear()
-    records: list = []
+def seen(served, script) -> Callable[[str], Prompts]:
+    """Script the model's reply for one test (tests/scripted.py); returns the prompts the
+    server's jobs are given from then on."""
 
-    def script(text: str) -> list:
-        engine.stream_tokens = scripted(text, records)
-        return records
+    def reply(text: str) -> Prompts:
+        script.reply(text)
+        return Prompts(served)
 
-    yield script
-    engine.stream_tokens = stream_tokens
-    engine.cache.max_bytes = budget
+    return reply
 
 
 def post(served, path: str, body: dict, **kwargs) -> httpx.Response:
-    return httpx.post(served[1] + path, json=body, timeout=60, **kwargs)
+    return httpx.post(served.base + path, json=body, timeout=60, **kwargs)
 
 
-def prompt_text(served, records: list, index: int = -1) -> str:
-    return served[0].model.tokenizer.decode(records[index][0])
+def prompt_text(served, prompts: Prompts, index: int = -1) -> str:
+    return served.engine.model.tokenizer.decode(prompts[index])
 
 
 # Anthropic: Claude Code
@@ -112,11 +110,14 @@ CLAUDE_HEADERS = {
 
 
 def test_a_system_turn_inside_messages_is_a_system_message_where_it_stands(served, seen):
-    records = seen("Fine.")
+    prompts = seen("Fine.")
     response = post(served, "/v1/messages?beta=true", claude_code_body(), headers=CLAUDE_HEADERS)
     assert response.status_code == 200, response.text
-    assert "event: message_stop" in response.text and "Fine." in response.text
-    expected = served[0].model.prompt_tokens(
+    events = sse_events(response)
+    assert events[-1]["type"] == "message_stop"
+    deltas = [e["delta"] for e in events if e["type"] == "content_block_delta"]
+    assert "".join(d["text"] for d in deltas) == "Fine."
+    expected = served.engine.model.prompt_tokens(
         [
             {"role": "system", "content": "You are an agent."},
             {"role": "user", "content": "Weather in Oslo?"},
@@ -124,40 +125,40 @@ def test_a_system_turn_inside_messages_is_a_system_message_where_it_stands(serve
         ],
         tools=[WEATHER_TOOL],
     )
-    assert records[-1][0] == expected
-    prompt = prompt_text(served, records)
+    assert prompts[-1] == expected
+    prompt = prompt_text(served, prompts)
     assert prompt.index("Weather in Oslo?") < prompt.index("<|im_start|>system\nToday is Monday.")
 
 
 def test_the_official_client_sends_a_system_turn_and_it_is_served(served, seen):
-    records = seen("Hello.")
-    client = anthropic.Anthropic(base_url=served[1], api_key="unused", max_retries=0)
+    prompts = seen("Hello.")
+    client = anthropic.Anthropic(base_url=served.base, api_key="unused", max_retries=0)
     messages = [
         {"role": "user", "content": "Hi"},
         {"role": "system", "content": "Answer in French."},
     ]
     reply = client.messages.create(model=MODEL, max_tokens=8, messages=messages)  # type: ignore[arg-type]
     assert reply.content[0].text == "Hello."
-    assert "<|im_start|>system\nAnswer in French.<|im_end|>" in prompt_text(served, records)
+    assert "<|im_start|>system\nAnswer in French.<|im_end|>" in prompt_text(served, prompts)
     counted = client.messages.count_tokens(model=MODEL, messages=messages)  # type: ignore[arg-type]
-    assert counted.input_tokens == len(records[-1][0])
+    assert counted.input_tokens == len(prompts[-1])
 
 
 def test_the_billing_header_block_is_left_out_so_sessions_share_a_prefix(served, seen):
-    records = seen("ok")
+    prompts = seen("ok")
     for session in ("a1f", "07c"):
         system = [{"type": "text", "text": BILLING.format(session)}, {"type": "text", "text": "S"}]
         body = claude_code_body(system=system, stream=False)
         assert post(served, "/v1/messages", body).status_code == 200
-    assert records[0][0] == records[1][0]
-    assert "billing" not in prompt_text(served, records)
+    assert prompts[0] == prompts[1]
+    assert "billing" not in prompt_text(served, prompts)
 
 
 def test_deferred_tools_stay_out_of_the_prompt_until_a_tool_reference_loads_them(served, seen):
-    records = seen("ok")
+    prompts = seen("ok")
     first = claude_code_body(stream=False)
     assert post(served, "/v1/messages", first).status_code == 200
-    assert "web_fetch" not in prompt_text(served, records)
+    assert "web_fetch" not in prompt_text(served, prompts)
     # Tool search answered: the result references the tool; it is defined there, in place.
     later = claude_code_body(stream=False)
     later["messages"] += [
@@ -179,7 +180,7 @@ def test_deferred_tools_stay_out_of_the_prompt_until_a_tool_reference_loads_them
         },
     ]
     assert post(served, "/v1/messages", later).status_code == 200
-    prompt = prompt_text(served, records)
+    prompt = prompt_text(served, prompts)
     spec = {
         "type": "function",
         "function": {
@@ -191,7 +192,7 @@ def test_deferred_tools_stay_out_of_the_prompt_until_a_tool_reference_loads_them
     assert f"<tool_response>\n{json.dumps(spec)}\n</tool_response>" in prompt
     assert prompt.count('"web_fetch"') == 1  # not in the tool list at the top
     # The prompt so far is the earlier one's prefix: loading a tool appended to it.
-    assert records[1][0][: len(records[0][0]) - 3] == records[0][0][:-3]
+    assert prompts[1][: len(prompts[0]) - 3] == prompts[0][:-3]
 
 
 def test_a_call_of_a_deferred_tool_comes_back_as_tool_use(served, seen):
@@ -207,7 +208,7 @@ def test_a_call_of_a_deferred_tool_comes_back_as_tool_use(served, seen):
 
 
 def test_a_tool_result_image_is_a_note_and_a_user_image_is_refused(served, seen):
-    records = seen("ok")
+    prompts = seen("ok")
     png = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
     messages = [
         {"role": "user", "content": "Look at the chart."},
@@ -232,7 +233,7 @@ def test_a_tool_result_image_is_a_note_and_a_user_image_is_refused(served, seen)
     body = {"model": MODEL, "max_tokens": 8, "messages": messages, "tools": [ANTHROPIC_TOOL]}
     assert post(served, "/v1/messages", body).status_code == 200
     note = "chart.png\n[image (image/png) left out: this model reads text only]"
-    assert f"<tool_response>\n{note}\n</tool_response>" in prompt_text(served, records)
+    assert f"<tool_response>\n{note}\n</tool_response>" in prompt_text(served, prompts)
     image_turn = {"role": "user", "content": [{"type": "image", "source": png}]}
     refused = post(served, "/v1/messages", dict(body, messages=[image_turn]))
     assert refused.status_code == 400
@@ -240,7 +241,7 @@ def test_a_tool_result_image_is_a_note_and_a_user_image_is_refused(served, seen)
 
 
 def test_block_types_that_ask_nothing_of_the_server_are_left_out(served, seen):
-    records = seen("ok")
+    prompts = seen("ok")
     messages = [
         {"role": "user", "content": [{"type": "text", "text": "Search it."}]},
         {
@@ -258,7 +259,7 @@ def test_block_types_that_ask_nothing_of_the_server_are_left_out(served, seen):
     body = {"model": MODEL, "max_tokens": 8, "messages": messages}
     response = post(served, "/v1/messages", body)
     assert response.status_code == 200, response.text
-    prompt = prompt_text(served, records)
+    prompt = prompt_text(served, prompts)
     assert "Found it." in prompt and "hmm" not in prompt and "srvtoolu" not in prompt
 
 
@@ -404,7 +405,7 @@ def sse_events(response: httpx.Response) -> list[dict]:
 
 
 def test_a_namespace_tool_is_offered_by_its_flat_name_and_called_back_by_namespace(served, seen):
-    records = seen(NS_CALL)
+    prompts = seen(NS_CALL)
     events = sse_events(post(served, "/v1/responses", codex_body()))
     kinds = [e["type"] for e in events]
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
@@ -415,14 +416,14 @@ def test_a_namespace_tool_is_offered_by_its_flat_name_and_called_back_by_namespa
     assert (call["namespace"], call["name"]) == ("multi_agent_v1", "wait_agent")
     assert json.loads(call["arguments"]) == {"id": "a1"}
     assert events[-1]["response"]["output"][-1]["namespace"] == "multi_agent_v1"
-    prompt = prompt_text(served, records)
+    prompt = prompt_text(served, prompts)
     assert '"name": "multi_agent_v1__wait_agent"' in prompt
     assert '"name": "multi_agent_v1__close_agent"' in prompt and "web_search" not in prompt
     assert "Skills: none.\nSandbox: read-only." in prompt
 
 
 def test_a_namespaced_call_in_the_input_renders_by_its_flat_name(served, seen):
-    records = seen("The agent finished.")
+    prompts = seen("The agent finished.")
     echoed = [
         {
             "type": "function_call",
@@ -437,7 +438,7 @@ def test_a_namespaced_call_in_the_input_renders_by_its_flat_name(served, seen):
     ]
     events = sse_events(post(served, "/v1/responses", codex_body(*echoed)))
     assert events[-1]["type"] == "response.completed"
-    prompt = prompt_text(served, records)
+    prompt = prompt_text(served, prompts)
     call = '{"name": "multi_agent_v1__wait_agent", "arguments": {"id": "a1"}}'
     assert call in prompt and "<tool_response>\ndone\n</tool_response>" in prompt
 
@@ -471,12 +472,12 @@ def test_a_tool_choice_may_force_a_namespaced_tool(served, choice):
 
 
 def test_records_of_hosted_tools_in_the_input_are_left_out(served, seen):
-    records = seen("ok")
+    prompts = seen("ok")
     search = {"type": "web_search_call", "id": "ws_1", "status": "completed"}
     search["action"] = {"type": "search", "query": "secret query"}
     body = codex_body(search, {"type": "message", "role": "user", "content": "And?"})
     assert sse_events(post(served, "/v1/responses", body))[-1]["type"] == "response.completed"
-    assert "secret query" not in prompt_text(served, records)
+    assert "secret query" not in prompt_text(served, prompts)
 
 
 def test_a_tool_choice_forcing_a_hosted_tool_is_a_400_naming_it(served):
@@ -506,7 +507,7 @@ def test_the_official_client_reads_a_namespaced_call(served, seen):
 def served_openai(served):
     import openai
 
-    return openai.OpenAI(base_url=served[1] + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=served.base + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 # Every route, every name
@@ -534,24 +535,24 @@ def test_every_route_reads_a_json_body_whatever_its_content_type(
     headers = {"content-type": content_type} if content_type else {}
     body = dict(body, model=MODEL)
     response = httpx.post(
-        served[1] + path, content=json.dumps(body).encode(), headers=headers, timeout=60
+        served.base + path, content=json.dumps(body).encode(), headers=headers, timeout=60
     )
     assert response.status_code == 200, response.text
-    refused = httpx.post(served[1] + path, content=b"model=x", headers=headers, timeout=60)
+    refused = httpx.post(served.base + path, content=b"model=x", headers=headers, timeout=60)
     assert refused.status_code == 400 and "not valid JSON" in refused.text
 
 
 def test_every_name_a_listing_gives_is_accepted_by_every_protocol(served, seen):
     seen("ok")
-    names = [m["id"] for m in httpx.get(served[1] + "/v1/models").json()["data"]]
-    names += [m["name"] for m in httpx.get(served[1] + "/api/tags").json()["models"]]
-    names += [m["model"] for m in httpx.get(served[1] + "/api/tags").json()["models"]]
+    names = [m["id"] for m in httpx.get(served.base + "/v1/models").json()["data"]]
+    names += [m["name"] for m in httpx.get(served.base + "/api/tags").json()["models"]]
+    names += [m["model"] for m in httpx.get(served.base + "/api/tags").json()["models"]]
     assert f"{MODEL}:latest" in names
     for name in names:
         for path, body in EVERY_POST_ROUTE:
             response = post(served, path, dict(body, model=name))
             assert response.status_code == 200, (name, path, response.text)
-        assert httpx.get(f"{served[1]}/v1/models/{name}").status_code == 200
+        assert httpx.get(f"{served.base}/v1/models/{name}").status_code == 200
     # oterm: lists /api/tags, then chats on /v1/chat/completions by that name.
     client = served_openai(served)
     reply = client.chat.completions.create(model=f"{MODEL}:latest", messages=HI, max_tokens=2)  # type: ignore[arg-type]
@@ -567,7 +568,7 @@ def test_chat_as_qwen_code_and_opencode_send_it(served, seen):
     """Content as a list of text parts, an assistant turn of calls with null content, a
     tool result as parts, and the call's arguments echoed back compact: the prompt is
     the one the model's own call would give."""
-    records = seen("Sunny.")
+    prompts = seen("Sunny.")
     call = {
         "id": "call_1",
         "type": "function",
@@ -590,13 +591,13 @@ def test_chat_as_qwen_code_and_opencode_send_it(served, seen):
     chunks = sse_events(post(served, "/v1/chat/completions", body))
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == "Sunny." and chunks[-1]["usage"]["completion_tokens"]
-    prompt = prompt_text(served, records)
+    prompt = prompt_text(served, prompts)
     assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt
     assert "<tool_response>\nsun\n</tool_response>" in prompt
 
 
 def test_a_call_echoed_back_in_any_serialization_renders_the_same(served, seen):
-    records = seen("ok")
+    prompts = seen("ok")
     forms = [
         '{"city": "Oslo", "unit": "celsius"}',  # as the server sent it (Codex, llm, LangChain)
         '{"city":"Oslo","unit":"celsius"}',  # compact (opencode, qwen-code, Continue, oterm)
@@ -609,25 +610,25 @@ def test_a_call_echoed_back_in_any_serialization_renders_the_same(served, seen):
         messages.append({"role": "tool", "tool_call_id": "c", "content": "sun"})
         body = {"model": MODEL, "messages": messages, "tools": [WEATHER_TOOL], "max_tokens": 2}
         assert post(served, "/v1/chat/completions", body).status_code == 200
-    assert records[0][0] == records[1][0] == records[2][0]
-    assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt_text(served, records)
+    assert prompts[0] == prompts[1] == prompts[2]
+    assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt_text(served, prompts)
 
 
 def test_a_call_without_arguments_echoed_as_empty_text_is_an_empty_object(served, seen):
-    records = seen("ok")
+    prompts = seen("ok")
     call = {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
     messages = [*HI, {"role": "assistant", "content": "", "tool_calls": [call]}]
     messages.append({"role": "tool", "tool_call_id": "c", "content": "sun"})
     body = {"model": MODEL, "messages": messages, "tools": [WEATHER_TOOL], "max_tokens": 2}
     assert post(served, "/v1/chat/completions", body).status_code == 200
-    assert '{"name": "get_weather", "arguments": {}}' in prompt_text(served, records)
+    assert '{"name": "get_weather", "arguments": {}}' in prompt_text(served, prompts)
 
 
 def test_ollama_chat_as_litellm_and_langchain_send_it(served, seen):
     """No Content-Type (litellm), `images: []`, `options: {}`, `tools: []` (LangChain), a
     call with arguments as an object and no id, a tool message with or without
     `tool_call_id`, and always streamed (LangChain)."""
-    records = seen("Sunny.")
+    prompts = seen("Sunny.")
     call = {"function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}}
     for extra in ({"tool_call_id": "5b0c-uuid"}, {}):
         messages = [
@@ -636,11 +637,11 @@ def test_ollama_chat_as_litellm_and_langchain_send_it(served, seen):
             {"role": "tool", "content": "sun", "images": [], **extra},
         ]
         body = {"model": f"{MODEL}:latest", "messages": messages, "options": {}, "tools": []}
-        response = httpx.post(served[1] + "/api/chat", content=json.dumps(body), timeout=60)
+        response = httpx.post(served.base + "/api/chat", content=json.dumps(body), timeout=60)
         assert response.status_code == 200, response.text
         lines = [json.loads(line) for line in response.text.splitlines()]
         assert lines[-1]["done"] and "".join(line["message"]["content"] for line in lines)
-    prompt = prompt_text(served, records)
+    prompt = prompt_text(served, prompts)
     assert '"arguments": {"city": "Oslo", "unit": "celsius"}}' in prompt
     assert "<tool_response>\nsun\n</tool_response>" in prompt
-    assert records[0][0] == records[1][0]
+    assert prompts[0] == prompts[1]

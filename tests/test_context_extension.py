@@ -23,7 +23,7 @@ from qwen_mlx.runtime import generate
 from qwen_mlx.runtime.thread import ModelThread
 
 from .helpers import child_env
-from .test_server import MODEL
+from .served import MODEL
 from .webchat import events, new_chat, page_client
 
 
