@@ -215,3 +215,46 @@ def notes_url() -> Iterator[str]:
     yield url
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def agent_store(tmp_path_factory) -> Path:
+    """A store holding the agent clients' long-context test model (tests/agents.py) under
+    the name a download of Qwen3-4B-Instruct-2507 gets; built once."""
+    from .agents import build_agent_model
+    from .helpers import SHARED_MODEL
+
+    if not (SHARED_MODEL / "tokenizer.json").is_file():
+        pytest.skip(f"the real Qwen3-4B-Instruct-2507 tokenizer is not at {SHARED_MODEL}")
+    store = tmp_path_factory.mktemp("agent_store")
+    build_agent_model(store, tmp_path_factory.mktemp("agent_source"))
+    return store
+
+
+@pytest.fixture(scope="session")
+def agent_server(agent_store, tmp_path_factory):
+    """`qwen-mlx serve` on `agent_store`, started once for the interop tier's client tests
+    (a test that needs other flags starts its own `agents.ServeProcess` on the store)."""
+    from .agents import ServeProcess
+
+    served = ServeProcess(agent_store, tmp_path_factory.mktemp("agent_user"))
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="session")
+def agent_relay(agent_server):
+    """The forcing proxy in front of `agent_server`, one port for the session (clients that
+    read their settings once need that); tests take it through `agent_proxy`."""
+    from .agents import ForcingProxy
+
+    proxy = ForcingProxy(agent_server.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def agent_proxy(agent_relay):
+    """`agent_relay` with an empty script and no exchanges."""
+    agent_relay.reset()
+    return agent_relay

@@ -1,5 +1,7 @@
 """The README's Python blocks run as written, in order, like a notebook, against the demo
-model (the only change: the model name, and the port of the server they talk to)."""
+model (the only change: the model name, and the port of the server they talk to). Those of
+"Use it from your tools" need the agent clients: the interop tier runs them
+(tests/test_agents_python.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from .helpers import MCP_NOTES, ROOT, write_pdf
 from .served import serving
 
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"^```python\n(.*?)^```", README, flags=re.S | re.M)
+TOOLS_SECTION = re.compile(r"^## Use it from your tools\n.*?(?=^## )", flags=re.S | re.M)
+BLOCKS = re.findall(r"^```python\n(.*?)^```", TOOLS_SECTION.sub("", README), flags=re.S | re.M)
 DOCUMENT = "# Launch plan\n\nThe release is on 14 March. Risks: the build farm is slow.\n"
 
 

@@ -67,3 +67,19 @@ def test_generation_runs_with_the_real_vocabulary(real_tok_model):
 
     out = generate(real_tok_model, [{"role": "user", "content": "Hi"}], temperature=0, max_tokens=5)
     assert isinstance(out, str)
+
+
+def test_a_system_message_after_the_first_renders_where_it_stands(real_tok_model):
+    """What an Anthropic system turn inside `messages` becomes (Claude Code sends one after
+    its first user turn): Qwen3's own template renders it in place."""
+    messages = [
+        {"role": "system", "content": "Top."},
+        {"role": "user", "content": "Hi!"},
+        {"role": "system", "content": "Later."},
+    ]
+    for tools in (None, [{"type": "function", "function": {"name": "f", "parameters": {}}}]):
+        text = real_tok_model.render(messages, tools=tools)
+        assert text.endswith(
+            "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>system\nLater.<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        )

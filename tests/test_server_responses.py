@@ -318,7 +318,16 @@ def test_errors_are_in_openais_shape_and_the_key_is_needed(served, client):
     for body, param in (
         ({"input": [{"type": "input_image", "image_url": "x"}]}, "input.0"),
         ({"input": "hi", "temperature": 3}, "temperature"),
-        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.0"),
+        # A tool of a kind that is neither a function, a namespace nor a hosted tool
+        # (hosted tools are left out instead: tests/test_agent_shapes.py).
+        ({"input": "hi", "tools": [{"type": "local_shell"}]}, "tools.0"),
+        (
+            {
+                "input": "hi",
+                "tools": [{"type": "namespace", "name": "n", "tools": [{"type": "x"}]}],
+            },
+            "tools.0.tools.0",
+        ),
         ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, None),
     ):
         response = httpx.post(served.url + "/responses", json=body, headers=headers, timeout=30)

@@ -309,6 +309,7 @@ def load(
         module, tokenizer, config, peak = load_rank(
             folder, manifest, group, mode=mode, verify=verify, model_config=overrides
         )
+    _evaluate_buffers(module)
     gen_file = folder / "generation_config.json"
     generation_config = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
     model = Model(
@@ -327,6 +328,25 @@ def load(
 
         model.shard = join_ranks(model, group, mode, peak)
     return model
+
+
+def _evaluate_buffers(module: Any) -> None:
+    """Evaluate the arrays a model holds beside its weights (YaRN's rope frequencies, kept
+    as a private attribute) on the thread that loads it. MLX ties an unevaluated array
+    to the thread that built it: left lazy, the first generation on another thread (a
+    server's or an app's model thread) fails with "There is no Stream(cpu, 0) in current
+    thread". Weights are left as loading left them (lazy when asked)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    buffers = module.filter_and_map(
+        lambda _, key, value: (
+            isinstance(value, dict | list) or (isinstance(value, mx.array) and key.startswith("_"))
+        )
+    )
+    arrays = [a for _, a in tree_flatten(buffers) if isinstance(a, mx.array)]
+    if arrays:
+        mx.eval(arrays)
 
 
 def _check_model_folder(folder: Path) -> None:

@@ -52,7 +52,7 @@ from ..runtime.thread import model_thread
 from .cache_disk import DiskCache, fingerprint
 from .cache_pool import PromptCachePool
 from .defaults import DEFAULT_CACHE_DIR_BYTES, DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
-from .errors import APIError, rank_failure
+from .errors import APIError, ContextLengthError, rank_failure
 from .jobs import Event, Finished, Job, Slot, Text
 from .scheduler import Scheduler, default_max_batch, default_max_queue
 from .turns import TurnMatcher, finished_turns
@@ -216,8 +216,10 @@ class Engine:
 
     def check_model(self, requested: str | None) -> None:
         """Refuse a request for a model this server does not serve, as OpenAI does (404
-        model_not_found); no `model` at all means the served one."""
-        if requested is not None and requested not in self.names:
+        model_not_found); no `model` at all means the served one. Every name may carry
+        Ollama's tag, `:latest` (what /api/tags lists), on every protocol: Ollama apps
+        such as oterm list models there and chat on /v1/chat/completions."""
+        if requested is not None and requested.removesuffix(":latest") not in self.names:
             # A folder the model was loaded from is accepted but never shown: an error
             # must not tell clients where the server keeps its files.
             shown = [n for n in self.names[1:] if not _is_path(n)]
@@ -244,13 +246,8 @@ class Engine:
         """Refuse a prompt that leaves no room for a reply. With `at_least`, the count is
         a lower bound found without tokenizing everything (see `prepare.py`)."""
         if prompt_tokens >= self.context_limit:
-            has = f"at least {prompt_tokens:,}" if at_least else f"{prompt_tokens:,}"
-            raise APIError(
-                400,
-                f"This model's maximum context length is {self.context_limit:,} tokens, "
-                f"but the prompt has {has}. Shorten it, or leave out old turns.",
-                param=param,
-                code="context_length_exceeded",
+            raise ContextLengthError(
+                prompt_tokens, self.context_limit, param=param, at_least=at_least
             )
 
     async def events(self, job: Job) -> AsyncIterator[Event]:

@@ -57,6 +57,23 @@ class APIError(Exception):
         self.headers = headers  # e.g. Retry-After on a 503
 
 
+class ContextLengthError(APIError):
+    """The 400 for a prompt that leaves no room for a reply: its `tokens` (at least that
+    many, with `at_least`) against the context's `limit`, kept as numbers so each
+    protocol can say it in its clients' words (Anthropic's: `prompt is too long`)."""
+
+    def __init__(self, tokens: int, limit: int, *, param: str | None, at_least: bool) -> None:
+        has = f"at least {tokens:,}" if at_least else f"{tokens:,}"
+        super().__init__(
+            400,
+            f"This model's maximum context length is {limit:,} tokens, but the prompt has "
+            f"{has}. Shorten it, or leave out old turns.",
+            param=param,
+            code="context_length_exceeded",
+        )
+        self.tokens, self.limit, self.at_least = tokens, limit, at_least
+
+
 def openai_error(e: APIError) -> dict[str, Any]:
     """An error in OpenAI's shape (the server's default)."""
     return {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}

@@ -44,38 +44,9 @@ class Prepared:
 def prepare_chat(engine: Engine, prompt: ChatPrompt) -> Prepared:
     """Render and tokenize a chat, apply its tool choice and response schema, and check
     it fits; runs on a preparation thread."""
-    import jinja2
-
     model = engine.model
-    messages = [dict(m) for m in prompt.messages]
-    for i, ids in prompt.reply_ids.items():
-        messages[i]["token_ids"] = list(ids)
-    tools, choice = prompt.tools, prompt.tool_choice
-    forced: list[Tool] = []
-    if choice == "none":
-        tools = []
-    elif choice == "required" or isinstance(choice, NamedTool):
-        if isinstance(choice, NamedTool):
-            forced = [t for t in tools if t.name == choice.name]
-        else:
-            forced = tools
-        if not forced:
-            raise APIError(400, "tool_choice asks for a tool not in `tools`.", param="tool_choice")
+    tokens, tools, forced = _chat_tokens(engine, prompt, fit=True)
     response_schema = prompt.response_schema
-    if forced and response_schema is not None:
-        raise APIError(
-            400,
-            "response_format cannot be combined with a forced tool_choice.",
-            param="tool_choice",
-        )
-    try:  # control tokens spelled in any message or schema are read as text
-        tokens = model.render_tokens(
-            messages,
-            tools=[t.spec() for t in tools] or None,
-            check=lambda text: _check_length(engine, text, "messages"),
-        )
-    except jinja2.TemplateError as e:
-        raise APIError(400, f"The chat template cannot render these messages: {e}") from e
     prefix = suffix = ""
     schema = response_schema
     if forced:  # open the call ourselves and hold the JSON to the tools' schemas
@@ -107,6 +78,53 @@ def prepare_chat(engine: Engine, prompt: ChatPrompt) -> Prepared:
         reply_close=tuple(model.encode(suffix)) if suffix else (),
     )
     return Prepared(job, reply)
+
+
+def count_chat(engine: Engine, prompt: ChatPrompt) -> int:
+    """The tokens a chat's prompt has, however many that is (a token count is no request
+    to generate: it is not held to the context); runs on a preparation thread."""
+    tokens, _, forced = _chat_tokens(engine, prompt, fit=False)
+    return len(tokens) + (len(engine.model.encode(CALL_OPEN + "\n")) if forced else 0)
+
+
+def _chat_tokens(
+    engine: Engine, prompt: ChatPrompt, *, fit: bool
+) -> tuple[list[int], list[Tool], list[Tool]]:
+    """A chat's prompt tokens, the tools the reply may call and those the tool choice
+    forces it to; with `fit`, a prompt far over the context is refused before it is
+    tokenized whole."""
+    import jinja2
+
+    messages = [dict(m) for m in prompt.messages]
+    for i, ids in prompt.reply_ids.items():
+        messages[i]["token_ids"] = list(ids)
+    listed, choice = prompt.tools, prompt.tool_choice
+    tools = [*listed, *prompt.deferred]
+    forced: list[Tool] = []
+    if choice == "none":
+        listed = tools = []
+    elif choice == "required" or isinstance(choice, NamedTool):
+        if isinstance(choice, NamedTool):
+            forced = [t for t in tools if t.name == choice.name]
+        else:
+            forced = tools
+        if not forced:
+            raise APIError(400, "tool_choice asks for a tool not in `tools`.", param="tool_choice")
+    if forced and prompt.response_schema is not None:
+        raise APIError(
+            400,
+            "response_format cannot be combined with a forced tool_choice.",
+            param="tool_choice",
+        )
+    try:  # control tokens spelled in any message or schema are read as text
+        tokens = engine.model.render_tokens(
+            messages,
+            tools=[t.spec() for t in listed] or None,
+            check=(lambda text: _check_length(engine, text, "messages")) if fit else None,
+        )
+    except jinja2.TemplateError as e:
+        raise APIError(400, f"The chat template cannot render these messages: {e}") from e
+    return tokens, tools, forced
 
 
 def prepare_completion(engine: Engine, prompt: TextPrompt) -> Job:

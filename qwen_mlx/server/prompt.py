@@ -11,6 +11,7 @@ blocks (`text_of`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,10 +35,13 @@ class ChatPrompt:
     for each token's log probability and that many alternatives; `reply_ids` gives the
     exact token ids the model produced for some assistant messages (by index), which go
     into the prompt as they are, so a conversation the server remembers meets its cache
-    token for token."""
+    token for token. `deferred` tools may be called but are not in the prompt's tool
+    list: the conversation shows their definitions where it loads them (Anthropic's
+    tool search)."""
 
     messages: list[dict[str, Any]]
     tools: list[Tool] = field(default_factory=list)
+    deferred: list[Tool] = field(default_factory=list)
     tool_choice: str | NamedTool | None = None
     response_schema: dict[str, Any] | None = None
     sampling: Sampling = field(default_factory=Sampling)
@@ -77,7 +81,24 @@ def message(
 
 
 def tool_call(call_id: str, name: str, arguments: str | dict[str, Any]) -> dict[str, Any]:
-    """An assistant message's call of `name` (its arguments as JSON text or an object)."""
+    """An assistant message's call of `name`, its arguments (JSON text or an object)
+    written as the model writes them, `json.dumps` with its default separators (the chat
+    template's `tojson`). Many clients send a call back re-serialized (compact, or as an
+    object): written one way, the conversation keeps the prompt its earlier turn had, so
+    the server's prompt cache still holds it. Text that is not a JSON object stays as
+    it is; no text at all (what some clients send for a call without arguments) is an
+    empty object."""
+    if isinstance(arguments, str) and not arguments.strip():
+        arguments = {}
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            arguments = parsed
+    if isinstance(arguments, dict):
+        arguments = json.dumps(arguments, ensure_ascii=False)
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
@@ -101,8 +122,9 @@ def format_schema(
     return schema
 
 
-def unrunnable_tool(index: int, why: str) -> APIError:
-    """The 400 for a request's tool `index`, which this server cannot run (`why`)."""
+def unrunnable_tool(index: int | str, why: str) -> APIError:
+    """The 400 for a request's tool `index` (or a path under it, `4.tools.1`), which this
+    server cannot run (`why`)."""
     return APIError(400, f"tools.{index}: {why}", param=f"tools.{index}")
 
 

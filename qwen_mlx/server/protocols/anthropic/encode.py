@@ -12,7 +12,7 @@ from typing import Any
 from ....chat.tools import ToolCall
 from ... import relay
 from ...engine import Engine
-from ...errors import APIError
+from ...errors import APIError, ContextLengthError
 from ...jobs import Finished, Job
 from ...relay import Whole
 from ...reply import Outcome
@@ -161,6 +161,10 @@ class MessageEvents(relay.Encoder):
 
 
 def anthropic_error(e: APIError) -> dict[str, Any]:
-    """An error in Anthropic's shape."""
+    """An error in Anthropic's shape; a prompt over the context in Anthropic's words,
+    which Claude Code recognises (it then offers to compact the conversation)."""
     kind = _ERROR_TYPES.get(e.status, "api_error" if e.status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": e.message}}
+    text = e.message
+    if isinstance(e, ContextLengthError):
+        text = f"prompt is too long: {e.tokens} tokens > {e.limit - 1} maximum"
+    return {"type": "error", "error": {"type": kind, "message": text}}

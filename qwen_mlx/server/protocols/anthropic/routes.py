@@ -3,7 +3,8 @@
 A request's body is read by the guard, translated into the shared request (translate.py)
 and prepared by the same `prepare_chat` as every protocol's, so templates, tool schemas,
 forced calls and context checks behave exactly as on `/v1/chat/completions`; the reply
-comes back whole or as Anthropic's event stream (encode.py).
+comes back whole or as Anthropic's event stream (encode.py). A token count renders the
+same prompt and counts it, however long it is.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Request
 from ... import relay
 from ...engine import Engine
 from ...guard import bearer_token
-from ...prepare import Prepared, prepare_chat
+from ...prepare import Prepared, count_chat, prepare_chat
 from ...protocol import ServerContext
 from .encode import MessageEvents, message
 from .schemas import CountRequest, MessagesRequest
@@ -45,13 +46,18 @@ def install(router: APIRouter, ctx: ServerContext) -> None:
     async def count_tokens(request: Request) -> dict[str, int]:
         req = await guard.read(request, CountRequest)
         engine.check_model(req.model)
-        prepared = await engine.prepare(_prepare, engine, req, queue=False)
-        return {"input_tokens": len(prepared.job.tokens)}
+        return {"input_tokens": await engine.prepare(_count, engine, req, queue=False)}
 
 
 def _prepare(engine: Engine, req: CountRequest) -> Prepared:
     """On a preparation thread: the request's job, and the reply that shapes its text."""
     return prepare_chat(engine, chat_prompt(req))
+
+
+def _count(engine: Engine, req: CountRequest) -> int:
+    """On a preparation thread: the request's prompt tokens, however many (a count is
+    never refused for being over the context: that is what a client asks it to tell)."""
+    return count_chat(engine, chat_prompt(req))
 
 
 def x_api_key_or_bearer(request: Request) -> str | None:

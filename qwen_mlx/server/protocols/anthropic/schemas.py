@@ -1,7 +1,8 @@
 """The request bodies of Anthropic's Messages API, as pydantic models: only the fields the
-server acts on (metadata, thinking, service_tier, cache_control and the rest are
-ignored); which fields of a content block matter depends on its type, checked when the
-request is translated (translate.py)."""
+server acts on (metadata, thinking, context_management, safeguards, service_tier,
+cache_control and the rest ask nothing of this server and are ignored); which fields of
+a content block matter depends on its type, checked when the request is translated
+(translate.py)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ class Block(Body):
     tool_use_id: str | None = None
     content: str | list[Block] | None = None
     is_error: StrictBool | None = None
+    tool_name: str | None = None  # of a `tool_reference` (tool search loading a tool)
+    source: dict[str, Any] | None = None  # of an `image`
 
 
 class MessageParam(Body):
-    role: Literal["user", "assistant"]
+    # A system turn in the conversation: Claude Code sends one after the first user turn.
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
 
@@ -35,6 +39,8 @@ class ToolDef(Body):
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     type: str | None = None  # "custom"; Anthropic's server tools (web search...) are refused
+    # Left out of the prompt until a `tool_reference` block loads it (tool search).
+    defer_loading: StrictBool | None = None
 
 
 class ToolChoice(Body):
@@ -58,6 +64,7 @@ class CountRequest(Body):
     system: str | list[Block] | None = None
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
+    mcp_servers: list[Any] | None = None  # the MCP connector: refused (translate.py)
 
 
 class MessagesRequest(CountRequest):

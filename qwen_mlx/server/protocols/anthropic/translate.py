@@ -1,7 +1,16 @@
 """Anthropic's Messages requests as the shared request (`..prompt`): the system prompt,
 turns of content blocks (`tool_use` blocks as an assistant message's tool calls,
-`tool_result` blocks as tool messages, earlier thinking left out), custom tools,
-`tool_choice`, stop sequences, sampling, and `output_config.format` as a JSON schema."""
+`tool_result` blocks as tool messages, a system turn as a system message where it
+stands, earlier thinking left out), custom tools (those with `defer_loading` kept out of
+the prompt until a `tool_reference` loads them), `tool_choice`, stop sequences,
+sampling, and `output_config.format` as a JSON schema.
+
+Block types that ask nothing of this server (thinking, records of Anthropic's own
+server tools, types newer than this code) are left out; blocks it cannot read (an
+image or a document in a user turn) are refused. Claude Code's
+`x-anthropic-billing-header:` system block is metadata that changes every session:
+it is left out, so two sessions share their prompt's prefix.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +29,30 @@ from ...prompt import (
     unrunnable_tool,
 )
 from ...schemas import sampling
-from .schemas import CountRequest, MessageParam, MessagesRequest, ToolChoice, ToolDef
+from .schemas import Block, CountRequest, MessageParam, MessagesRequest, ToolChoice, ToolDef
+
+BILLING_HEADER = "x-anthropic-billing-header:"
+# Blocks a model that reads text cannot take: refused, not silently dropped.
+_UNREADABLE = ("image", "document")
 
 
 def chat_prompt(req: CountRequest) -> ChatPrompt:
     """What a Messages request (or a token count's) asks for."""
+    if req.mcp_servers:
+        raise APIError(
+            400,
+            "mcp_servers: this server does not connect to remote MCP servers; run them in "
+            "your client and send their tools as custom tools.",
+            param="mcp_servers",
+        )
+    tools = {t.name: _tool(t, i) for i, t in enumerate(req.tools or [])}
+    deferred = {t.name for t in req.tools or [] if t.defer_loading}
     messages: list[dict[str, Any]] = []
-    if req.system:
-        messages.append(message("system", text_of(req.system, "system")))
+    system = _system_text(req.system)
+    if system:
+        messages.append(message("system", system))
     for i, turn in enumerate(req.messages):
-        messages += _turn(turn, f"messages.{i}.content")
+        messages += _turn(turn, f"messages.{i}.content", tools)
     if req.messages[-1].role == "assistant":
         raise APIError(
             400,
@@ -38,7 +61,8 @@ def chat_prompt(req: CountRequest) -> ChatPrompt:
         )
     prompt = ChatPrompt(
         messages,
-        tools=[_tool(t, i) for i, t in enumerate(req.tools or [])],
+        tools=[t for name, t in tools.items() if name not in deferred],
+        deferred=[t for name, t in tools.items() if name in deferred],
         tool_choice=_tool_choice(req.tool_choice, bool(req.tools)) if req.tool_choice else None,
         sampling=sampling(max_tokens=1),  # a count: no reply
     )
@@ -55,7 +79,17 @@ def chat_prompt(req: CountRequest) -> ChatPrompt:
     return prompt
 
 
-def _turn(turn: MessageParam, param: str) -> list[dict[str, Any]]:
+def _system_text(system: str | list[Block] | None) -> str:
+    """The system prompt's text, without Claude Code's billing header block."""
+    if not isinstance(system, list):
+        return system or ""
+    blocks = [
+        b for b in system if not (b.type == "text" and (b.text or "").startswith(BILLING_HEADER))
+    ]
+    return text_of(blocks, "system")
+
+
+def _turn(turn: MessageParam, param: str, tools: dict[str, Tool]) -> list[dict[str, Any]]:
     """A turn of blocks as chat messages: tool results become tool messages, tool uses
     an assistant message's tool calls, text stays text."""
     if isinstance(turn.content, str):
@@ -65,8 +99,8 @@ def _turn(turn: MessageParam, param: str) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     for j, block in enumerate(turn.content):
         where = f"{param}.{j}"
-        if block.type == "text" and block.text is not None:
-            text.append(block.text)
+        if block.type == "text":
+            text.append(block.text or "")
         elif block.type == "tool_use" and turn.role == "assistant":
             if not block.name:
                 raise APIError(400, f"{where}: a tool_use block needs a name.", param=where)
@@ -76,22 +110,56 @@ def _turn(turn: MessageParam, param: str) -> list[dict[str, Any]]:
             if text:
                 out.append(message("user", "\n".join(text)))
                 text = []
-            result = text_of(block.content, f"{where}.content")
+            result = _result_text(block.content, f"{where}.content", tools)
             if block.is_error:
                 result = f"Error: {result}"
             out.append(message("tool", result, tool_call_id=block.tool_use_id))
-        elif block.type in ("thinking", "redacted_thinking") and turn.role == "assistant":
-            continue  # this model does not think out loud: earlier thinking has no place
-        else:
+        elif block.type in _UNREADABLE and turn.role != "assistant":
+            raise APIError(
+                400,
+                f"{where}: {block.type!r} blocks are not supported: this model reads text "
+                "only; send text blocks.",
+                param=where,
+            )
+        elif block.type in ("tool_use", "tool_result"):
             raise APIError(
                 400,
                 f"{where}: {block.type!r} blocks are not supported in {turn.role} turns; send "
                 "text, tool_use (assistant) or tool_result (user) blocks.",
                 param=where,
             )
+        # Anything else (thinking, server tools' records, newer types) asks nothing of us.
     if text or calls or not out:
         out.append(message(turn.role, "\n".join(text), tool_calls=calls))
     return out
+
+
+def _result_text(content: str | list[Block] | None, param: str, tools: dict[str, Tool]) -> str:
+    """A tool result's content as text: its text blocks; an image as a note that it was
+    left out (a tool may well read a picture; the model reads text only); a
+    `tool_reference` as the definition of the tool it loads, where it stands, as the
+    prompt's tool list would show it (so loading a tool appends to the prompt instead of
+    changing its top)."""
+    if not isinstance(content, list):
+        return content or ""
+    parts: list[str] = []
+    for k, block in enumerate(content):
+        if block.type == "text" and block.text is not None:
+            parts.append(block.text)
+        elif block.type == "image":
+            kind = (block.source or {}).get("media_type") or "image"
+            parts.append(f"[image ({kind}) left out: this model reads text only]")
+        elif block.type == "tool_reference":
+            tool = tools.get(block.tool_name or "")
+            if tool is None:
+                where = f"{param}.{k}"
+                raise APIError(
+                    400,
+                    f"{where}: tool_reference names {block.tool_name!r}, which is not in tools.",
+                    param=where,
+                )
+            parts.append(json.dumps(tool.spec(), ensure_ascii=False))
+    return "\n".join(parts)
 
 
 def _tool(tool: ToolDef, index: int) -> Tool:

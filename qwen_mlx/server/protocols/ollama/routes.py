@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ... import relay
-from ...engine import Engine
 from ...protocol import ServerContext
 from .encode import ChatLines, GenerateLines, assistant_message, final, head, loaded, stamp
 from .models import model_entry, show
@@ -47,13 +46,13 @@ def install(router: APIRouter, ctx: ServerContext) -> None:
     @router.post("/api/show")
     async def show_model(request: Request) -> dict[str, Any]:
         req = await guard.read(request, ModelRequest)
-        _check_model(engine, req.model or req.name)
+        engine.check_model(req.model or req.name)
         return show(engine)
 
     @router.post("/api/chat")
     async def chat(request: Request) -> Any:
         req = await guard.read(request, OllamaChatRequest)
-        _check_model(engine, req.model)
+        engine.check_model(req.model)
         started = time.perf_counter()
         if not req.messages:  # how Ollama apps load (or unload) a model ahead of use
             return loaded(engine, req, "message", {"role": "assistant", "content": ""})
@@ -68,7 +67,7 @@ def install(router: APIRouter, ctx: ServerContext) -> None:
     @router.post("/api/generate")
     async def generate(request: Request) -> Any:
         req = await guard.read(request, OllamaGenerateRequest)
-        _check_model(engine, req.model)
+        engine.check_model(req.model)
         started = time.perf_counter()
         if not req.prompt and not req.system:
             return loaded(engine, req, "response", "")
@@ -77,10 +76,3 @@ def install(router: APIRouter, ctx: ServerContext) -> None:
             return relay.stream(engine, job, request, GenerateLines(engine, started))
         whole = await relay.whole(engine, job, request)
         return {**head(engine), "response": whole.text, **final(whole.done, started)}
-
-
-def _check_model(engine: Engine, requested: str | None) -> None:
-    """Ollama names carry a tag (`name:latest`); ours is the one tag there is."""
-    if requested is not None and requested.endswith(":latest"):
-        requested = requested.removesuffix(":latest")
-    engine.check_model(requested)

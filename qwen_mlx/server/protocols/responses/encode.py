@@ -20,6 +20,7 @@ from ...logprobs import chat_logprobs, scored
 from ...reply import Outcome
 from .schemas import FunctionChoice, ResponsesRequest
 from .store import Conversation, ResponseStore, Stored
+from .translate import namespaced
 
 
 class ResponseWriter:
@@ -34,6 +35,7 @@ class ResponseWriter:
         self.conversation = Conversation()  # set when the request is prepared
         self.wants_logprobs = "message.output_text.logprobs" in (req.include or [])
         self.logprobs: list[dict[str, Any]] = []  # the output text's, when asked for
+        self.namespaced = namespaced(req.tools)  # flat name: (namespace, name)
 
     def entries(self, parts: list[str]) -> list[dict[str, Any]]:
         """The logprobs entries of these pieces of generated text."""
@@ -59,16 +61,16 @@ class ResponseWriter:
             "content": parts if status == "completed" else [],
         }
 
-    @staticmethod
-    def call_item(call: ToolCall, status: str) -> dict[str, Any]:
+    def call_item(self, call: ToolCall, status: str) -> dict[str, Any]:
         """A function_call item; done, a call max_tokens cut off is "incomplete", with its
-        arguments as far as they were written."""
+        arguments as far as they were written. A call of a namespace's tool names the
+        namespace and the tool's own name (how Codex routes it)."""
         if call.partial is not None:
             arguments = call.partial
             status = "incomplete" if status == "completed" else status
         else:
             arguments = json.dumps(call.arguments or {}, ensure_ascii=False)
-        return {
+        item = {
             "id": call.id.replace("call_", "fc_", 1),
             "type": "function_call",
             "status": status,
@@ -76,6 +78,9 @@ class ResponseWriter:
             "name": call.name,
             "arguments": arguments if status != "in_progress" else "",
         }
+        if call.name in self.namespaced:
+            item["namespace"], item["name"] = self.namespaced[call.name]
+        return item
 
     def response(
         self,
@@ -97,7 +102,7 @@ class ResponseWriter:
             "previous_response_id": req.previous_response_id,
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
             "tool_choice": (
-                req.tool_choice.model_dump()
+                req.tool_choice.model_dump(exclude_none=True)
                 if isinstance(req.tool_choice, FunctionChoice)
                 else req.tool_choice or "auto"
             ),
@@ -200,7 +205,7 @@ class ResponseEvents(relay.Encoder):
             add(
                 "response.function_call_arguments.done",
                 arguments=item["arguments"],
-                name=call.name,
+                name=item["name"],
                 **ids,
             )
             add("response.output_item.done", output_index=index, item=item)

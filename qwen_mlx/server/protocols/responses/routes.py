@@ -3,11 +3,14 @@
 A request's body is read by the guard, its conversation found (a stored response it
 continues) and translated into the shared request (translate.py), prepared by the same
 `prepare_chat` as every protocol's, and the response comes back whole or as the
-Responses event stream (encode.py), stored when asked to (store.py).
+Responses event stream (encode.py), stored when asked to (store.py). Hosted tools a
+request lists (web search, ...) are left out of its prompt and named in the log, once
+each while the server runs (Codex lists web search in every request).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,19 +24,30 @@ from ...protocol import ServerContext
 from .encode import ResponseEvents, ResponseWriter
 from .schemas import ResponsesRequest, check_metadata
 from .store import ResponseStore, Stored
-from .translate import chat_prompt, conversation
+from .translate import chat_prompt, conversation, hosted
+
+logger = logging.getLogger(__name__)
 
 
 def install(router: APIRouter, ctx: ServerContext) -> None:
     """The Responses API's routes over `ctx`'s engine; its store is `ctx.state.responses`."""
     engine, guard = ctx.engine, ctx.guard
     store = ctx.state.responses = ResponseStore()
+    told: set[str] = set()  # the hosted tools named in the log so far
 
     @router.post("/v1/responses")
     async def create(request: Request) -> Any:
         req = await guard.read(request, ResponsesRequest)
         engine.check_model(req.model)
         check_metadata(req.metadata)
+        for kind in dict.fromkeys(hosted(req.tools)):
+            if kind not in told:
+                told.add(kind)
+                logger.warning(
+                    "left the hosted tool %r out of the prompt: it does not run on this "
+                    "server (named once)",
+                    kind,
+                )
         previous = _previous(store, req.previous_response_id)
         writer = ResponseWriter(engine, store, req)
         prepared = await engine.prepare(_prepare, engine, req, previous, writer)

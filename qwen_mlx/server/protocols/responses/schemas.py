@@ -1,6 +1,7 @@
 """The request body of OpenAI's Responses API, as pydantic models (only the fields the
-server acts on: reasoning, truncation, prompt_cache_key and the rest are ignored; which
-fields of an input item matter depends on its type, checked when translating), and
+server acts on: reasoning, truncation, prompt_cache_key, client_metadata,
+parallel_tool_calls, input items' ids and the rest are ignored; which fields of an
+input item or a tool matter depends on its type, checked when translating), and
 `metadata` held to OpenAI's limits (16 keys of at most 64 characters, values of at most
 512), refused past them in OpenAI's words."""
 
@@ -34,19 +35,31 @@ class Item(Body):
     name: str | None = None
     arguments: str | None = None
     output: str | list[Part] | None = None
+    namespace: str | None = None  # of a call of a namespace's tool (Codex)
 
 
 class FunctionTool(Body):
-    type: str  # "function"; OpenAI's hosted tools (web search, ...) are refused
+    """A tool: a function; a `namespace` of functions (Codex's); or one of OpenAI's hosted
+    tools (web search, ...), which do not run here (see translate.py)."""
+
+    type: str
     name: str | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: StrictBool | None = None
+    tools: list[FunctionTool] | None = None  # a namespace's
 
 
 class FunctionChoice(Body):
     type: Literal["function"]
     name: str
+    namespace: str | None = None  # a namespace's tool, by its own name
+
+
+class HostedChoice(Body):
+    """A tool choice forcing one of OpenAI's hosted tools (`{"type": "web_search"}`)."""
+
+    type: str
 
 
 class Format(Body):
@@ -66,7 +79,7 @@ class ResponsesRequest(Body):
     input: str | list[Item]
     instructions: str | None = None
     tools: list[FunctionTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | HostedChoice | None = None
     text: TextOptions | None = None
     max_output_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = number(ge=0, le=2)
