@@ -111,6 +111,10 @@ def learned(tiny_hf, tmp_path_factory):
         "rtn": ["--report"],
     }
     codes, errors = {}, {}
+    from qwen_mlx.convert import quant
+
+    fewer = pytest.MonkeyPatch()
+    fewer.setattr(quant, "MAX_WINDOWS", 16)  # GPTQ reads 16 of the packaged text's windows
     try:
         for method, flags in runs.items():
             err = io.StringIO()
@@ -118,6 +122,7 @@ def learned(tiny_hf, tmp_path_factory):
                 codes[method] = main(["convert", "--hf-path", str(tiny_hf), *flags])
             errors[method] = err.getvalue()
     finally:
+        fewer.undo()
         if saved is None:
             os.environ.pop("QWEN_MLX_HOME", None)
         else:
@@ -442,9 +447,13 @@ def test_a_huge_one_line_calibration_file_is_tokenized_in_pieces_up_to_the_cap(t
     assert "is longer than the 512 tokens a method calibrates on (8 windows of 64)" in notice
 
 
-def test_a_long_calibration_file_is_capped_with_a_warning(tiny_hf, tmp_path, capsys):
+def test_a_long_calibration_file_is_capped_with_a_warning(tiny_hf, tmp_path, capsys, monkeypatch):
     from qwen_mlx.convert import quant
 
+    # The cap's own size (128 windows of 512) makes a slow test: 8 windows of 64 here.
+    monkeypatch.setattr(quant, "MAX_WINDOWS", 8)
+    monkeypatch.setattr(quant, "SEQUENCE_LENGTH", 64)
+    cap = 8 * 64
     big = tmp_path / "long.txt"
     line = "def keeper(weather, ships):\n    return [s for s in ships if s.safe(weather)]\n"
     big.write_text(line * 20000)  # about 1.6 MB, several times the cap
@@ -452,12 +461,10 @@ def test_a_long_calibration_file_is_capped_with_a_warning(tiny_hf, tmp_path, cap
     args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--method", "gptq"]
     assert main([*args, "--calibration", str(big)]) == 0
     err = capsys.readouterr().err
-    assert (
-        f"warning: The calibration text (long.txt) is longer than the {quant.MAX_TOKENS:,}" in err
-    )
+    assert f"warning: The calibration text (long.txt) is longer than the {cap:,} tokens" in err
     cal = read_manifest(out).quantization.calibration
-    assert (cal.samples, cal.sequence_length) == (quant.MAX_WINDOWS, quant.SEQUENCE_LENGTH)
-    assert cal.tokens == quant.MAX_TOKENS and cal.sha256 == sha256_file(big)
+    assert (cal.samples, cal.sequence_length) == (8, 64)
+    assert cal.tokens == cap and cal.sha256 == sha256_file(big)
 
 
 def test_a_calibration_file_that_stops_being_utf8_is_refused_before_any_work(

@@ -541,7 +541,7 @@ def run_method(
     # in float32 there and store the result in the output's type.
     model.set_dtype(output_type if mx.metal.is_available() else mx.float32)
     tokenizer = load_tokenizer(folder)
-    data, info, notice = calibration_windows(calibration, tokenizer)
+    data, info, notice = calibration_windows(calibration, tokenizer, SEQUENCE_LENGTH, MAX_WINDOWS)
     if notice:
         progress(Progress("warning", detail=notice))
     mx.random.seed(seed)
