@@ -240,6 +240,51 @@ def test_a_tool_result_image_is_a_note_and_a_user_image_is_refused(served, seen)
     assert "reads text only" in refused.json()["error"]["message"]
 
 
+def test_plain_text_documents_and_search_results_are_read_as_text(served, seen):
+    prompts = seen("ok")
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}
+    search = {
+        "type": "search_result",
+        "title": "Rivers",
+        "source": "https://example.org/rivers",
+        "content": [{"type": "text", "text": "The Nile is long."}],
+    }
+    messages = [
+        {"role": "user", "content": "Rivers?"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": [search, {"type": "document", "source": pdf}],
+                },
+                {
+                    "type": "document",
+                    "title": "Notes",
+                    "source": {"type": "text", "media_type": "text/plain", "data": "Amazon."},
+                },
+            ],
+        },
+    ]
+    body = {"model": MODEL, "max_tokens": 8, "messages": messages, "tools": [ANTHROPIC_TOOL]}
+    assert post(served, "/v1/messages", body).status_code == 200
+    result = (
+        "Rivers\nhttps://example.org/rivers\nThe Nile is long.\n"
+        "[document (application/pdf) left out: this model reads text only]"
+    )
+    prompt = prompt_text(served, prompts)
+    assert f"<tool_response>\n{result}\n</tool_response>" in prompt
+    assert "<|im_start|>user\nNotes\nAmazon.<|im_end|>" in prompt
+    turn = {"role": "user", "content": [{"type": "document", "source": pdf}]}
+    refused = post(served, "/v1/messages", dict(body, messages=[turn]))
+    assert refused.status_code == 400 and "reads text only" in refused.text
+
+
 def test_block_types_that_ask_nothing_of_the_server_are_left_out(served, seen):
     prompts = seen("ok")
     messages = [

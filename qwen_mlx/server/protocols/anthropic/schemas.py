@@ -25,7 +25,8 @@ class Block(Body):
     content: str | list[Block] | None = None
     is_error: StrictBool | None = None
     tool_name: str | None = None  # of a `tool_reference` (tool search loading a tool)
-    source: dict[str, Any] | None = None  # of an `image`
+    source: dict[str, Any] | str | None = None  # an image's or document's; a search result's URL
+    title: str | None = None  # of a `document` or a `search_result`
 
 
 class MessageParam(Body):

@@ -6,8 +6,9 @@ the prompt until a `tool_reference` loads them), `tool_choice`, stop sequences,
 sampling, and `output_config.format` as a JSON schema.
 
 Block types that ask nothing of this server (thinking, records of Anthropic's own
-server tools, types newer than this code) are left out; blocks it cannot read (an
-image or a document in a user turn) are refused. Claude Code's
+server tools, types newer than this code) are left out; plain-text documents and search
+results are read as their text; blocks it cannot read (an image, a PDF) are refused in a
+user turn and noted as left out in a tool result. Claude Code's
 `x-anthropic-billing-header:` system block is metadata that changes every session:
 it is left out, so two sessions share their prompt's prefix.
 """
@@ -101,6 +102,8 @@ def _turn(turn: MessageParam, param: str, tools: dict[str, Tool]) -> list[dict[s
         where = f"{param}.{j}"
         if block.type == "text":
             text.append(block.text or "")
+        elif _readable(block) is not None and turn.role != "assistant":
+            text.append(_readable(block) or "")
         elif block.type == "tool_use" and turn.role == "assistant":
             if not block.name:
                 raise APIError(400, f"{where}: a tool_use block needs a name.", param=where)
@@ -135,8 +138,9 @@ def _turn(turn: MessageParam, param: str, tools: dict[str, Tool]) -> list[dict[s
 
 
 def _result_text(content: str | list[Block] | None, param: str, tools: dict[str, Tool]) -> str:
-    """A tool result's content as text: its text blocks; an image as a note that it was
-    left out (a tool may well read a picture; the model reads text only); a
+    """A tool result's content as text: its text blocks, plain-text documents and search
+    results; an image or other document as a note that it was left out (a tool may well
+    read a picture or a PDF; the model reads text only); a
     `tool_reference` as the definition of the tool it loads, where it stands, as the
     prompt's tool list would show it (so loading a tool appends to the prompt instead of
     changing its top)."""
@@ -146,9 +150,12 @@ def _result_text(content: str | list[Block] | None, param: str, tools: dict[str,
     for k, block in enumerate(content):
         if block.type == "text" and block.text is not None:
             parts.append(block.text)
-        elif block.type == "image":
-            kind = (block.source or {}).get("media_type") or "image"
-            parts.append(f"[image ({kind}) left out: this model reads text only]")
+        elif _readable(block) is not None:
+            parts.append(_readable(block) or "")
+        elif block.type in _UNREADABLE:
+            source = block.source if isinstance(block.source, dict) else {}
+            kind = source.get("media_type") or block.type
+            parts.append(f"[{block.type} ({kind}) left out: this model reads text only]")
         elif block.type == "tool_reference":
             tool = tools.get(block.tool_name or "")
             if tool is None:
@@ -160,6 +167,22 @@ def _result_text(content: str | list[Block] | None, param: str, tools: dict[str,
                 )
             parts.append(json.dumps(tool.spec(), ensure_ascii=False))
     return "\n".join(parts)
+
+
+def _readable(block: Block) -> str | None:
+    """The text of a block that carries text in its own shape: a plain-text `document`
+    and a `search_result` (title, then source, then the text). None for any other."""
+    head = [block.title] if block.title else []
+    source = block.source
+    if block.type == "document" and isinstance(source, dict) and source.get("type") == "text":
+        return "\n".join([*head, str(source.get("data") or "")])
+    if block.type == "search_result":
+        if isinstance(source, str) and source:
+            head.append(source)
+        content = block.content
+        texts = [content] if isinstance(content, str) else [b.text for b in content or [] if b.text]
+        return "\n".join(head + texts)
+    return None
 
 
 def _tool(tool: ToolDef, index: int) -> Tool:
