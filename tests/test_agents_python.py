@@ -9,11 +9,11 @@ and has the model write a constant reply (a JSON string) otherwise, which ends. 
 chat API has no `tool_choice`, so nothing can force a call there: the tool round trips of
 its clients (LiteLLM's `ollama_chat/`, ChatOllama) run on the scripted tiny model
 (tests/scripted.py), which writes the call through the real engine and reply parser.
-Interop tier: `pytest -m interop`; `pip install 'qwen-mlx[agents]'` installs the clients."""
+Interop tier: `pytest -m interop`; `pip install 'qwen-mlx[agents]'` installs the clients,
+oterm apart (tests/oterm_driver.py runs in its own environment: it pins exact versions)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -35,6 +35,7 @@ from .agents import (
     readme_section,
     run_client,
 )
+from .helpers import ROOT
 
 pytestmark = pytest.mark.interop
 
@@ -237,53 +238,61 @@ def test_langchain_runs_a_tool_round_trip(agent_proxy, name, request):
 # -- oterm --------------------------------------------------------------------------------------
 
 
+OTERM_DRIVER = Path(__file__).with_name("oterm_driver.py")
+
+
+def oterm_python() -> Path | None:
+    """oterm's own interpreter: $QWEN_MLX_OTERM_PYTHON, or the virtual environment .ci/run
+    makes for it (.agents/oterm). oterm pins exact versions of pydantic, ollama and
+    huggingface-hub, so it cannot share the test environment."""
+    given = os.environ.get("QWEN_MLX_OTERM_PYTHON")
+    found = Path(given) if given else ROOT / ".agents" / "oterm" / "bin" / "python"
+    return found if found.is_file() else None
+
+
 @pytest.fixture
-def oterm_agent(agent_proxy, monkeypatch):
-    """oterm's chat path (`oterm.agent.get_agent`, what its chat screen runs) for the model
-    it lists first, with the README's OLLAMA_URL (read when oterm is first imported: the
-    proxy's port is the same all session)."""
+def oterm_run(agent_proxy):
+    """Run oterm's chat path (tests/oterm_driver.py, in oterm's own environment) with the
+    README's OLLAMA_URL pointed at the proxy; returns what it printed."""
+    python = oterm_python()
+    if python is None:
+        pytest.skip(
+            "oterm is not installed: python3 -m venv .agents/oterm && "
+            ".agents/oterm/bin/pip install oterm (as .ci/run does), or set QWEN_MLX_OTERM_PYTHON"
+        )
     (block,) = readme_blocks("sh", "### oterm")
     (url,) = re.findall(r"^export OLLAMA_URL=(\S+)$", block, flags=re.M)
-    monkeypatch.setenv("OLLAMA_URL", url.replace(README_PORT, f"127.0.0.1:{agent_proxy.port}"))
-    pytest.importorskip("oterm", reason="oterm is not installed (qwen-mlx[agents])")
-    from oterm.agent import get_agent
-    from oterm.providers import ollama
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ["HOME"],
+        "OLLAMA_URL": url.replace(README_PORT, f"127.0.0.1:{agent_proxy.port}"),
+    }
 
-    (listed,) = [m.model for m in ollama.list_models().models]
-    assert listed.endswith(":latest")
+    def run(mode: str) -> dict:
+        done = run_client([python, OTERM_DRIVER, mode], env=env, cwd=Path(os.environ["HOME"]))
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        (listed,) = result["listed"]
+        assert listed.endswith(":latest")  # the name /api/tags gives, chatted with on /v1
+        return result
 
-    def agent(**kwargs):
-        return get_agent("ollama", listed, **kwargs)
-
-    return agent
-
-
-def test_oterm_answers_a_prompt(oterm_agent):
-    assert oterm_agent().run_sync("Hi!").output == REPLY_TEXT
+    return run
 
 
-def test_oterm_streams_a_reply(oterm_agent):
-    async def stream():
-        async with oterm_agent().run_stream("Hi!") as run:
-            return [piece async for piece in run.stream_text(delta=True)]
+def test_oterm_answers_a_prompt(oterm_run):
+    assert oterm_run("plain")["output"] == REPLY_TEXT
 
-    pieces = asyncio.run(stream())
+
+def test_oterm_streams_a_reply(oterm_run):
+    pieces = oterm_run("stream")["pieces"]
     assert len(pieces) > 1 and "".join(pieces) == REPLY_TEXT
 
 
-def test_oterm_runs_a_tool_round_trip(oterm_agent, agent_proxy):
-    from pydantic_ai import Tool
-
+def test_oterm_runs_a_tool_round_trip(oterm_run, agent_proxy):
     agent_proxy.reset([WEATHER])  # forced by the proxy (the model would not call it)
-    run = oterm_agent(tools=[Tool(get_weather)]).run_sync(QUESTION)
-    assert run.output == REPLY_TEXT
-    returns = [
-        part.content
-        for message in run.all_messages()
-        for part in message.parts
-        if part.part_kind == "tool-return"
-    ]
-    assert returns == ["sunny in Paris"]
+    result = oterm_run("tools")
+    assert result["output"] == REPLY_TEXT
+    assert result["returns"] == ["sunny in Paris"]
     _forced_then_answered(agent_proxy)
 
 
