@@ -585,7 +585,8 @@ def test_progress_without_a_terminal_is_a_few_lines_that_say_something(
 
     monkeypatch.chdir(tiny_hf.parent)
     assert main(["--hf-path", f"./{tiny_hf.name}", "--report"]) == 0
-    err = capsys.readouterr().err.splitlines()
+    printed = capsys.readouterr()
+    err = printed.err.splitlines()
     assert "download: ./" + tiny_hf.name not in err  # a local folder downloads nothing
     assert f"validate: {tiny_hf}" in err
     assert not [line for line in err if "model.layers" in line or ".partial" in line]
@@ -593,6 +594,11 @@ def test_progress_without_a_terminal_is_a_few_lines_that_say_something(
     assert len(converts) == 1 and re.fullmatch(r"convert: [\d.]+ KB", converts[0])  # its size
     assert "quality: the held-out text, through both models" in err
     assert len(err) <= 8, err
+    # convert's summary and `models show` count the same report's tokens in the same words
+    said = re.search(r"\((\d+) held-out tokens of", printed.out)
+    assert said, "convert's summary names the held-out tokens"
+    assert models_main(["show", "qwen3-1m-tiny"]) == 0
+    assert f"{said.group(1)} held-out tokens" in capsys.readouterr().out
     assert main(["--hf-path", f"./{tiny_hf.name}", "--q-bits", "8"]) == 0
     capsys.readouterr()
     assert models_main(["verify"]) == 0
