@@ -1,0 +1,141 @@
+"""Prompt lookup inside the continuous batch (`BatchDecoder(draft="lookup")`): every
+sequence's greedy tokens are the ones it decodes alone, with bf16 or quantized KV, while
+rows keep different numbers of drafted tokens per round (per-row cache trimming); stop
+tokens and max_tokens inside an accepted run end a sequence exactly there, its cache
+holding exactly its tokens; sampled and schema-bound sequences decode without drafting."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+from mlx_lm.generate import generate_step
+from mlx_lm.sample_utils import make_sampler
+
+from qwen_mlx import load
+from qwen_mlx.runtime import SamplingParams, make_cache
+from qwen_mlx.runtime.batch import BatchDecoder
+from qwen_mlx.runtime.cache import cache_length
+from qwen_mlx.runtime.kv_batch import trim_rows
+
+from .helpers import TRAINED_TARGET
+
+# Replies that repeat their prompts (lookup drafts often) and ones that do not.
+PROMPTS = [
+    "def parse(self, text):\n    return text\n\ndef parse(self, text):\n    return",
+    "a b c d a b c d a b c d a b",
+    "import os\nimport sys\n\ndef main():\n    print(os.getcwd())\n",
+    "class Queue:\n",
+    "x = [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The trained target, bf16: it has learned to repeat, so drafts are accepted."""
+    if not (TRAINED_TARGET / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
+    from qwen_mlx.convert import convert
+
+    root = tmp_path_factory.mktemp("trained")
+    return load(convert(str(TRAINED_TARGET), mlx_path=root / "t", quantize=False).path)
+
+
+def _alone(model, tokens, bits, n):
+    """Greedy ids of one sequence decoded by itself (mlx-lm's generate_step), stopping
+    after an end-of-turn token as the batch does."""
+    steps = generate_step(
+        mx.array(tokens),
+        model.model,
+        max_tokens=n,
+        sampler=make_sampler(0.0),
+        prompt_cache=make_cache(model, bits),
+    )
+    out = []
+    for t, _ in steps:
+        out.append(int(t))
+        if t in model.tokenizer.eos_token_ids:
+            break
+    return out
+
+
+def _decode(model, prompts, *, bits=None, draft="lookup", n=40, params=None, later=()):
+    """Each prompt's reply ids and finishing event, decoded together (the `later` ones
+    joining after three steps)."""
+    decoder = BatchDecoder(model, max_batch=8, prefill_step_size=64, kv_bits=bits, draft=draft)
+    params = params or SamplingParams(temperature=0.0, max_tokens=n)
+    uids = [decoder.add(p, params) for p in prompts]
+    events, steps = {}, 0
+    try:
+        while len(decoder) or later:
+            steps += 1
+            if steps == 3:
+                uids += [decoder.add(p, params) for p in later]
+                later = ()
+            for event in decoder.step():
+                if event.finish_reason is not None:
+                    events[event.uid] = event
+    finally:
+        decoder.close()
+    return [events[u] for u in uids]
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_each_sequence_drafting_in_a_batch_decodes_its_greedy_tokens_alone(trained, bits):
+    prompts = [trained.encode(p) for p in PROMPTS]
+    alone = [_alone(trained, p, bits, 40) for p in prompts]
+    events = _decode(trained, prompts[:3], bits=bits, later=prompts[3:])
+    assert [list(e.reply_tokens) for e in events] == alone
+    assert sum(e.accepted for e in events) > 0  # drafts were kept, by some rows more
+    assert len({e.accepted for e in events}) > 1
+    for e, p in zip(events, prompts, strict=True):
+        # The cache handed back holds exactly the prompt and the reply's ids.
+        assert e.cache_tokens == p + list(e.reply_tokens)[: len(e.cache_tokens) - len(p)]
+        assert cache_length(e.cache) == len(e.cache_tokens)
+
+
+def test_a_random_model_in_a_drafting_batch_decodes_as_alone(tiny_model):
+    prompts = [tiny_model.encode(p) for p in PROMPTS]
+    alone = [_alone(tiny_model, p, None, 24) for p in prompts]
+    events = _decode(tiny_model, prompts, n=24)
+    assert [list(e.reply_tokens) for e in events] == alone
+
+
+def test_max_tokens_inside_an_accepted_run_ends_the_sequence_there(trained):
+    prompts = [trained.encode(p) for p in PROMPTS[:2]]
+    for n in (5, 9):
+        events = _decode(trained, prompts, n=n)
+        plain = _decode(trained, prompts, n=n, draft=None)
+        assert [e.reply_tokens for e in events] == [e.reply_tokens for e in plain]
+        assert [len(e.reply_tokens) for e in events] == [n, n]
+        assert [e.finish_reason for e in events] == ["length", "length"]
+        assert sum(e.accepted for e in events) > 0
+        for e, p in zip(events, prompts, strict=True):
+            # As without drafting: the prompt and every reply token, and nothing more.
+            assert e.cache_tokens == p + list(e.reply_tokens)
+            assert cache_length(e.cache) == len(p) + n
+
+
+def test_sampled_and_processed_sequences_do_not_draft(trained):
+    prompts = [trained.encode(p) for p in PROMPTS[:2]]
+    sampled = SamplingParams(temperature=0.8, max_tokens=24, seed=3)
+    events = _decode(trained, prompts, params=sampled)
+    assert all(e.drafted == 0 for e in events)
+    plain = _decode(trained, prompts, params=sampled, draft=None)
+    assert [e.reply_tokens for e in events] == [e.reply_tokens for e in plain]
+
+
+def test_rows_trimmed_by_different_counts_keep_their_own_contents(tiny_model):
+    from mlx_lm.models.cache import BatchKVCache
+
+    keys = mx.arange(2 * 1 * 6 * 2, dtype=mx.float32).reshape(2, 1, 6, 2)
+    layer = BatchKVCache([0, 0])
+    layer.update_and_fetch(keys, keys + 100)
+    trim_rows([layer], [1, 3])
+    # Row 0 keeps 5 positions, row 1 three: both now end at the shared position 5.
+    assert layer._idx == 5 and layer.offset.tolist() == [5, 3]
+    assert layer.left_padding.tolist() == [0, 2]
+    k, _ = layer.keys_and_values()
+    assert k[0, 0].tolist() == keys[0, 0, :5].tolist()
+    assert k[1, 0, 2:].tolist() == keys[1, 0, :3].tolist()
+    one = layer.extract(1)
+    assert one.offset == 3 and one.keys[0, 0].tolist() == keys[1, 0, :3].tolist()
