@@ -20,6 +20,20 @@ token); then ours / mlx_lm. Targets: ours >= 1.0x mlx_lm at every concurrency, o
 clients >= 3x ours at 1.
 
     python scripts/bench_server.py [--clients 1,4,8,16] [--max-tokens 32] [--beside 8]
+
+`--workload agent`: replies that copy from their prompts, as an agent's code edits do
+(prompts of CPython source with "Repeat the text above.", "Rewrite the code above with
+X renamed", or a continuation; the trained pair was trained on such turns), and, apart,
+questions whose replies do not. Three servers: ours with `--draft lookup --kv-bits 8`
+(speculation and 8-bit KV inside the batch), ours plain, and `mlx_lm server`; at 1, 4
+and 8 clients, each client streaming one reply per round, the servers taking turns;
+medians of `--rounds`. Printed: aggregate tokens/s (wall), tokens per CPU-second of the
+server process (the machine is shared: CPU time moves less with other load), our draft
+acceptance (from /health), and the ratios. Targets: lookup on the copying workload >=
+1.5x mlx_lm; on the other, lookup >= 0.95x ours plain. `--smoke`: 1 and 2 clients, a few
+tokens, one round (for the tests).
+
+    python scripts/bench_server.py --workload agent [--clients 1,4,8] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -47,6 +61,35 @@ QUESTIONS = [
     "Continue:\nfor line in open(path):",
     "How do decorators work?",
 ]
+
+
+def agent_prompts(copying: bool) -> list[str]:
+    """Chat prompts whose replies copy from them (CPython source to repeat, rename in or
+    continue) or, with `copying` False, questions whose replies do not."""
+    import inspect
+
+    if not copying:
+        return [q for q in QUESTIONS if not q.startswith("Continue")] * 2
+    out = []
+    for name in ("textwrap", "shlex", "fnmatch", "bisect", "colorsys", "glob", "heapq", "queue"):
+        source = inspect.getsource(__import__(name))
+        lines = [line for line in source.splitlines() if line.strip()][20:]
+        chunk = "\n".join(lines[:18])
+        func = next((i for i, line in enumerate(lines) if line.startswith("def ")), 0)
+        code = "\n".join(lines[func : func + 14])
+        word = next((w for w in code.replace("(", " ").split() if w.isidentifier()), "x")
+        out.append(f"{chunk}\n\nRepeat the text above.")
+        out.append(f"{code}\n\nRewrite the code above with `{word}` renamed to `{word}_new`.")
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -111,13 +154,15 @@ def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
     }
 
 
-def concurrent(url: str, model: str, clients: int, max_tokens: int) -> dict:
+def concurrent(
+    url: str, model: str, clients: int, max_tokens: int, questions: list[str] = QUESTIONS
+) -> dict:
     results: list[dict] = [{}] * clients
     barrier = threading.Barrier(clients)
 
     def client(i: int) -> None:
         barrier.wait()
-        prompt = QUESTIONS[i % len(QUESTIONS)]
+        prompt = questions[i % len(questions)]
         results[i] = one_request(url, model, prompt, max_tokens)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -128,6 +173,7 @@ def concurrent(url: str, model: str, clients: int, max_tokens: int) -> dict:
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     ttfts = sorted(r["ttft"] for r in results)
     return {
+        "wall": wall,
         "tps": sum(r["tokens"] for r in results) / wall,
         "p50": statistics.median(ttfts),
         "p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
@@ -185,13 +231,112 @@ def report(name: str, c: int, r: dict) -> None:
     )
 
 
+def agent(args: argparse.Namespace) -> int:
+    """The agent workload (see the module docstring)."""
+    import httpx
+    import mlx.core as mx
+
+    from qwen_mlx.convert import convert
+
+    clients = [1, 2] if args.smoke else (args.clients or [1, 4, 8])
+    max_tokens = 6 if args.smoke else args.max_tokens
+    rounds = 1 if args.smoke else args.rounds
+    workloads = {"copying": agent_prompts(True), "other": agent_prompts(False)}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        quantize = mx.metal.is_available()
+        print(f"converting {args.source.name} ({'4-bit' if quantize else 'bf16'}) ...")
+        folder = convert(
+            str(args.source), mlx_path=tmp / "model", quantize=quantize, home=tmp / "home"
+        ).path
+        python = sys.executable
+        ours = [python, "-m", "qwen_mlx", "serve", "--model", str(folder), "--log-level", "warning"]
+        servers = {
+            "lookup+kv8": [*ours, "--draft", "lookup", "--kv-bits", "8"],
+            "ours plain": ours,
+            "mlx_lm": [python, "-m", "mlx_lm", "server", "--model", str(folder),
+                       "--log-level", "WARNING"],
+        }  # fmt: skip
+        procs, urls = {}, {}
+        results: dict = {}
+        try:
+            for name, command in servers.items():
+                port = free_port()
+                procs[name] = start([*command, "--port", str(port)], port, tmp / f"{port}.log")
+                urls[name] = f"http://127.0.0.1:{port}/v1"
+                one_request(urls[name], str(folder), "warm up", 8)
+            for kind, questions in workloads.items():
+                for c in clients:
+                    runs: dict[str, list] = {name: [] for name in servers}
+                    for _ in range(rounds):  # the servers take turns: load drift hits all
+                        for name, url in urls.items():
+                            before = cpu_seconds(procs[name].pid)
+                            r = concurrent(url, str(folder), c, max_tokens, questions)
+                            after = cpu_seconds(procs[name].pid)
+                            tokens = r["tps"] * r["wall"]
+                            r["cpu_tps"] = tokens / (after - before) if before is not None else 0.0
+                            runs[name].append(r)
+                    results[kind, c] = {
+                        name: {
+                            key: statistics.median(r[key] for r in rs)
+                            for key in ("tps", "cpu_tps", "p50")
+                        }
+                        for name, rs in runs.items()
+                    }
+            health = httpx.get(urls["lookup+kv8"].removesuffix("/v1") + "/health").json()
+        finally:
+            for proc in procs.values():
+                stop(proc)
+    spec = health.get("speculative") or {}
+    print(
+        f"\nlookup+kv8 over the run: {spec.get('accepted_tokens', 0)} of "
+        f"{spec.get('drafted_tokens', 0)} drafted tokens accepted "
+        f"({spec.get('acceptance_rate', 0.0):.0%}); batches of up to {health.get('max_batch')}, "
+        f"kv_bits {health.get('kv_bits')}"
+    )
+    print(
+        f"\n{'workload':<8} {'clients':>7} | {'tokens/s: lookup+kv8':>20} {'plain':>7} "
+        f"{'mlx_lm':>7} | {'per CPU-s: lookup+kv8':>21} {'plain':>7} {'mlx_lm':>7} | "
+        f"{'lookup/mlx_lm':>13} {'lookup/plain':>12} {'plain/mlx_lm':>12}"
+    )
+    for (kind, c), row in results.items():
+        lk, pl, ml = row["lookup+kv8"], row["ours plain"], row["mlx_lm"]
+
+        def ratio(a: dict, b: dict) -> str:
+            wall = a["tps"] / b["tps"] if b["tps"] else 0.0
+            cpu = a["cpu_tps"] / b["cpu_tps"] if b["cpu_tps"] else 0.0
+            return f"{wall:.2f}x/{cpu:.2f}x"
+
+        print(
+            f"{kind:<8} {c:>7} | {lk['tps']:>20.1f} {pl['tps']:>7.1f} {ml['tps']:>7.1f} | "
+            f"{lk['cpu_tps']:>21.1f} {pl['cpu_tps']:>7.1f} {ml['cpu_tps']:>7.1f} | "
+            f"{ratio(lk, ml):>13} {ratio(lk, pl):>12} {ratio(pl, ml):>12}"
+        )
+    print(
+        "ratios: wall clock / per CPU-second. Targets: copying lookup/mlx_lm >= 1.5x; "
+        "other lookup/plain >= 0.95x."
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", type=Path, default=TRAINED, help="HF checkpoint to convert")
     p.add_argument(
-        "--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16]
+        "--workload",
+        choices=("chat", "agent"),
+        default="chat",
+        help="chat: questions and continuations against mlx_lm (TTFT beside long prompts "
+        "too); agent: replies copying their prompts, ours with --draft lookup --kv-bits 8",
     )
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--smoke", action="store_true", help="agent: a tiny run, for the tests")
+    p.add_argument(
+        "--clients",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="concurrencies (default 1,4,8,16; agent 1,4,8)",
+    )
+    p.add_argument("--max-tokens", type=int, default=None, help="default 32; agent 64")
     p.add_argument("--rounds", type=int, default=2, help="runs per concurrency; the best counts")
     p.add_argument("--long-words", type=int, default=1500, help="the long prompt's size")
     p.add_argument(
@@ -201,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.source / "config.json").is_file():
         print(f"no checkpoint at {args.source}", file=sys.stderr)
         return 1
+    if args.workload == "agent":
+        args.max_tokens = args.max_tokens or 64
+        return agent(args)
+    args.clients = args.clients or [1, 4, 8, 16]
+    args.max_tokens = args.max_tokens or 32
 
     import mlx.core as mx
 
