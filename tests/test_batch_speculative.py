@@ -2,7 +2,8 @@
 sequence's greedy tokens are the ones it decodes alone, with bf16 or quantized KV, while
 rows keep different numbers of drafted tokens per round (per-row cache trimming); stop
 tokens and max_tokens inside an accepted run end a sequence exactly there, its cache
-holding exactly its tokens; sampled and schema-bound sequences decode without drafting."""
+holding exactly its tokens; sampled sequences follow the model's distribution (chi-square);
+sequences with logits processors decode without drafting."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trained")
     return load(convert(str(TRAINED_TARGET), mlx_path=root / "t", quantize=False).path)
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tiny_hf):
+    """The tiny checkpoint unquantized (its logits are what the chi-square test reads)."""
+    return load(tiny_hf)
 
 
 def _alone(model, tokens, bits, n):
@@ -115,13 +122,70 @@ def test_max_tokens_inside_an_accepted_run_ends_the_sequence_there(trained):
             assert cache_length(e.cache) == len(p) + n
 
 
-def test_sampled_and_processed_sequences_do_not_draft(trained):
+def test_sequences_with_logits_processors_decode_without_drafting(trained):
     prompts = [trained.encode(p) for p in PROMPTS[:2]]
-    sampled = SamplingParams(temperature=0.8, max_tokens=24, seed=3)
-    events = _decode(trained, prompts, params=sampled)
+    penalty = SamplingParams(temperature=0.0, max_tokens=24, repetition_penalty=1.3)
+    events = _decode(trained, prompts, params=penalty)
     assert all(e.drafted == 0 for e in events)
-    plain = _decode(trained, prompts, params=sampled, draft=None)
+    plain = _decode(trained, prompts, params=penalty, draft=None)
     assert [e.reply_tokens for e in events] == [e.reply_tokens for e in plain]
+
+
+def _judged_prompt(model, k):
+    """A prompt x y b x y whose reply, if it starts with b, has the lookup draft x (after
+    the 2-gram y b) for its second token, x being among that token's top k: both the
+    accept and the reject paths run. Every top-k cut has a margin of two bf16 steps, so
+    the batch's arithmetic cannot move a token across it."""
+    import numpy as np
+
+    from .test_speculative import _topk_probs
+
+    def cut(tokens):
+        logits = np.array(model.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
+        top = np.sort(logits)[::-1]
+        return top[k - 1] - top[k] >= 0.02
+
+    for x in range(40, 400):
+        y = x + 1
+        for b in range(42, 300):
+            prompt = [x, y, b, x, y]
+            firsts = _topk_probs(model, prompt, k)
+            if b not in firsts or x not in _topk_probs(model, [*prompt, b], k):
+                continue
+            if cut(prompt) and all(cut([*prompt, a]) for a in firsts):
+                return prompt
+    raise AssertionError("no prompt with a judged draft in this model")
+
+
+def test_sampled_sequences_drafting_in_a_batch_follow_the_models_distribution(tiny_bf16):
+    from .test_speculative import _chi2_critical, _pair_distribution
+
+    k, n = 3, 240
+    prompt = _judged_prompt(tiny_bf16, k)
+    exact = _pair_distribution(tiny_bf16, prompt, k)
+    eos = tiny_bf16.tokenizer.eos_token_ids
+    counts: dict = {}
+    drafted = accepted = 0
+    for start in range(0, n, 24):  # each row its own seed, 24 to a batch
+        decoder = BatchDecoder(tiny_bf16, max_batch=24, draft="lookup", adaptive=False)
+        for seed in range(start, start + 24):
+            params = SamplingParams(temperature=1.0, top_k=k, top_p=1.0, max_tokens=2, seed=seed)
+            decoder.add(prompt, params)
+        try:
+            while len(decoder):
+                for event in decoder.step():
+                    if event.finish_reason is None:
+                        continue
+                    pair = tuple("end" if t in eos else t for t in event.reply_tokens)
+                    counts[pair] = counts.get(pair, 0) + 1
+                    drafted += event.drafted
+                    accepted += event.accepted
+        finally:
+            decoder.close()
+    chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in exact.items())
+    assert chi2 < _chi2_critical(len(exact) - 1), (chi2, counts)
+    assert set(counts) <= set(exact)
+    assert 0 < accepted < drafted
 
 
 def test_rows_trimmed_by_different_counts_keep_their_own_contents(tiny_model):

@@ -153,10 +153,11 @@ class BatchDecoder:
     step, the rest with the batch's own prefill (see the module docstring).
 
     `kv_bits` (8 or 4) quantizes the KV of the sequences it starts (`make_cache`); a cache
-    passed to `add` must have the same precision. `draft="lookup"` makes greedy sequences
-    without logits processors speculate by prompt lookup, each on its own, verified
-    together (`batch_speculative.py`; at most `num_draft_tokens` a round); the others
-    decode as without it, and `drafting(uid)` says which do.
+    passed to `add` must have the same precision. `draft="lookup"` makes sequences without
+    logits processors speculate by prompt lookup, each on its own, verified together
+    (`batch_speculative.py`; at most `num_draft_tokens` a round; greedy ones write what
+    they write alone, sampled ones follow their distribution); the others decode as
+    without it, and `drafting(uid)` says which do.
     """
 
     def __init__(
@@ -169,6 +170,7 @@ class BatchDecoder:
         kv_bits: int | None = None,
         draft: str | None = None,
         num_draft_tokens: int | None = None,
+        adaptive: bool = True,
     ) -> None:
         from mlx_lm.generate import BatchGenerator
 
@@ -194,6 +196,7 @@ class BatchDecoder:
         self._steps = 0
         self._spec = None
         self.num_draft_tokens = num_draft_tokens
+        self.adaptive = adaptive  # False: draft all a match offers (tests of the method)
         if draft is not None:
             from .batch_speculative import SpeculativeBatch
 
@@ -246,9 +249,7 @@ class BatchDecoder:
             from .cache import make_cache
 
             cache = make_cache(self.model, self.kv_bits)
-        drafts = (
-            self._spec is not None and speculative and params.temperature == 0 and not processors
-        )
+        drafts = self._spec is not None and speculative and not processors
         reading = _Reading(tokens, cache, cached, max_tokens, sampler, processors, uid, drafts)
         if reading.left > self.prefill_step_size:
             self._reading[uid] = reading
@@ -355,10 +356,10 @@ class BatchDecoder:
         )
         self._in_batch[theirs] = uid
         if reading.drafts:
-            if self.num_draft_tokens is None:
-                self._spec.register(theirs)
-            else:
-                self._spec.register(theirs, self.num_draft_tokens)
+            seq = self._seqs[uid]
+            k = {} if self.num_draft_tokens is None else {"k_max": self.num_draft_tokens}
+            sampled = seq.params if seq.params.temperature != 0 else None
+            self._spec.register(theirs, params=sampled, adaptive=self.adaptive, **k)
 
     def drafting(self, uid: int) -> bool:
         """Whether sequence `uid` speculates (see the class docstring)."""

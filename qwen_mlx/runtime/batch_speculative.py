@@ -10,16 +10,24 @@ model's greedy pick, plus the model's own next token (pending, as mlx-lm keeps i
 its cache drops the rest (`kv_batch.trim_rows`: rows keep different counts). A round
 where no row would draft is mlx-lm's own pipelined step, untouched.
 
+A sampled sequence keeps a drafted token d with probability p(d) (lookup's draft is a
+point mass) and otherwise draws from p without d, renormalised; after its last kept
+draft one token comes from p: speculative sampling (Leviathan et al. 2023), so its tokens
+follow p exactly. p is its sampler's distribution (`speculative.make_dist`: top-p,
+min-p, top-k, temperature) and the uniform draws come from the sequence's own key (its
+seed's, or one drawn from MLX's global key when it has none), whatever else shares the
+batch.
+
 Cost, per batch size: a drafting round's time against a plain step's, measured at this
 batch size (buckets 1, 2, 3-4, 5-8, 9-16, 17+) and shared by the rows' controllers, so
 where a wider pass costs nearly its width in plain steps (a big batch is compute bound)
 they stop drafting; before any measurement a prior that grows with the batch.
 
-Which sequences draft: greedy ones without logits processors. A sampled sequence, or one
-with processors (a JSON schema, a repetition penalty), decodes without drafting inside
-the same rounds (its row is fed its pending token only; position 0 of the pass is what a
-plain step would compute), so its output is what it is without speculation; the decoder
-says which sequences draft (`SpeculativeBatch.drafting`).
+Which sequences draft: those without logits processors. One with processors (a JSON
+schema, a repetition penalty) decodes without drafting inside the same rounds (its row is
+fed its pending token only; position 0 of the pass is what a plain step would compute),
+so its output is what it is without speculation; the decoder says which sequences draft
+(`BatchDecoder.drafting`).
 """
 
 from __future__ import annotations
@@ -32,7 +40,14 @@ from typing import Any
 from mlx_lm.generate import GenerationBatch
 
 from .kv_batch import trim_rows
-from .speculative import DEFAULT_DRAFT_TOKENS, LookupDrafter, _best_k, _bucket, _Controller
+from .speculative import (
+    DEFAULT_DRAFT_TOKENS,
+    LookupDrafter,
+    _best_k,
+    _bucket,
+    _Controller,
+    _sample,
+)
 
 _SIZES = (1, 2, 4, 8, 16)  # batch-size buckets for the measured costs: 1, 2, 3-4, 5-8, ...
 
@@ -58,8 +73,18 @@ class _Row:
 
     lookup: LookupDrafter
     control: _Controller
+    dist: Any = None  # a sampled sequence's distribution (logits -> p), None for greedy
+    key: Any = None  # and its own random key
     drafted: int = 0
     accepted: int = 0
+
+    def uniforms(self, n: int) -> Any:
+        """`n` uniform draws from this sequence's key (advanced)."""
+        import mlx.core as mx
+        import numpy as np
+
+        self.key, draw = mx.random.split(self.key)
+        return np.array(mx.random.uniform(shape=(n,), key=draw))
 
 
 class SpeculativeBatch(GenerationBatch):
@@ -78,8 +103,29 @@ class SpeculativeBatch(GenerationBatch):
         batch._init_spec()
         return batch
 
-    def register(self, uid: int, k_max: int = DEFAULT_DRAFT_TOKENS["lookup"]) -> None:
-        self.rows[uid] = _Row(LookupDrafter(), _Controller(k_max, lookup=True, model=False))
+    def register(
+        self,
+        uid: int,
+        k_max: int = DEFAULT_DRAFT_TOKENS["lookup"],
+        *,
+        params: Any = None,
+        adaptive: bool = True,
+    ) -> None:
+        """Make sequence `uid` draft, at most `k_max` tokens a round; `params` (its
+        SamplingParams) when it samples."""
+        import mlx.core as mx
+
+        from .speculative import make_dist
+
+        dist = make_dist(params) if params is not None else None
+        key = None
+        if dist is not None:
+            seed = params.seed
+            if seed is None:
+                seed = mx.random.randint(0, 1 << 31, shape=()).item()
+            key = mx.random.key(seed)
+        control = _Controller(k_max, lookup=True, model=False, adaptive=adaptive)
+        self.rows[uid] = _Row(LookupDrafter(), control, dist, key)
 
     def counts(self, uid: int) -> tuple[int, int]:
         """(drafted, accepted) of a sequence leaving the batch (then forgotten)."""
@@ -126,16 +172,18 @@ class SpeculativeBatch(GenerationBatch):
         ones are still being computed): a plain step keeps mlx-lm's pipelining."""
         for i, uid in enumerate(self.uids):
             row = self.rows.get(uid)
-            if row is None or self._left(i) < 2:
+            if row is None or self._left(i) < 1:
                 continue
             pos, length = row.lookup.find(self.tokens[i])
             if pos < 0:
                 continue
             control = self._control(row, costs)
+            if not control.adaptive:
+                return True
             k, _ = _best_k(
                 lambda j, c=control, n=length: c.buckets[_bucket(n + j)].alpha,
                 control.cost("lookup"),
-                min(control.k_max, self._left(i) - 1),
+                min(control.k_max, self._left(i)),
             )
             if k or control.skipped[_bucket(length)] >= 16:
                 return True
@@ -208,12 +256,15 @@ class SpeculativeBatch(GenerationBatch):
         for i in range(len(self.uids)):
             d = drafts[i]
             n = 0
-            while n < len(d) and best_list[i][n] == d[n]:
-                n += 1
             if d:
-                pending[i] = best_list[i][n]
-                pending_logprobs[i] = logprobs[i, n]
                 row = self.rows[self.uids[i]]
+                if row.dist is None:
+                    while n < len(d) and best_list[i][n] == d[n]:
+                        n += 1
+                    pending[i] = best_list[i][n]
+                else:
+                    n, pending[i] = _judge(row, logits[i, : len(d) + 1], d)
+                pending_logprobs[i] = logprobs[i, n]
                 row.drafted += len(d)
                 row.accepted += n
                 row.control.observe(choices[i], len(d), n)
@@ -268,6 +319,28 @@ class SpeculativeBatch(GenerationBatch):
         if len(keep) < len(self.uids):
             self.filter(keep)
         return responses
+
+
+def _judge(row: _Row, logits: Any, draft: list[int]) -> tuple[int, int]:
+    """Speculative sampling of a point-mass draft: (drafted tokens kept, the token after
+    them), from `logits` at the draft's positions and one more."""
+    import mlx.core as mx
+    import numpy as np
+
+    p = np.array(row.dist(logits.astype(mx.float32)))
+    u = row.uniforms(2 * len(draft) + 2)
+    n = 0
+    while n < len(draft):
+        d = draft[n]
+        if u[2 * n] < p[n, d]:
+            n += 1
+            continue
+        residual = p[n].copy()
+        residual[d] = 0.0
+        if residual.sum() <= 0:
+            residual = p[n]
+        return n, _sample(residual, u[2 * n + 1])
+    return n, _sample(p[n], u[2 * n + 1])
 
 
 __all__ = ["SpeculativeBatch"]

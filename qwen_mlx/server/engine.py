@@ -187,8 +187,8 @@ class Engine:
         return {
             "draft": self.drafter.kind,
             "batched": self.batched,
-            "per_sequence": "greedy requests without a schema or penalty draft; others "
-            "decode plainly beside them"
+            "per_sequence": "requests without a schema or penalty draft; those decode "
+            "plainly beside them"
             if self.batched
             else "one request at a time",
             "drafted_tokens": self.drafted,

@@ -19,10 +19,10 @@ error shape) and the loop goes on with a fresh batch for the jobs still waiting:
 server never keeps answering /health while generating nothing.
 
 With a quantized KV cache (`kv_bits`) the batch holds 8- or 4-bit KV (`kv_batch.py`) and
-admission counts its bytes. With `draft="lookup"` each greedy sequence speculates by
-prompt lookup inside the batch (`runtime/batch_speculative.py`); a job that asked for no
-drafting, a sampled one or one with a schema or penalty decodes without it, and the log
-says so. `Finished.drafted` / `accepted` count each job's drafts.
+admission counts its bytes. With `draft="lookup"` each sequence speculates by prompt
+lookup inside the batch (`runtime/batch_speculative.py`: greedy ones exactly, sampled ones
+by rejection sampling); a job that asked for no drafting, or one with a schema or penalty,
+decodes without it, and the log says so. `Finished.drafted` / `accepted` count each job's drafts.
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ def _why_plain(job: Job) -> str:
     """Why a job in a drafting batch decodes without drafts."""
     if not job.speculative:
         return "the request turned speculation off"
-    if job.params.temperature != 0:
-        return "sampled: lookup drafts are verified greedily only"
     if job.processors:
         return "a schema or penalty shapes its tokens"
     return "it could not draft"
