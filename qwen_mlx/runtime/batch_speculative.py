@@ -10,6 +10,10 @@ model's greedy pick, plus the model's own next token (pending, as mlx-lm keeps i
 its cache drops the rest (`kv_batch.trim_rows`: rows keep different counts). A round
 where no row would draft is mlx-lm's own pipelined step, untouched.
 
+A row without a match in a round that drafts is padded to the width anyway, and padding
+costs what a draft costs: it drafts what followed its last token's previous occurrence
+instead (a filler, with its own acceptance), which is sometimes right.
+
 A sampled sequence keeps a drafted token d with probability p(d) (lookup's draft is a
 point mass) and otherwise draws from p without d, renormalised; after its last kept
 draft one token comes from p: speculative sampling (Leviathan et al. 2023), so its tokens
@@ -18,10 +22,15 @@ min-p, top-k, temperature) and the uniform draws come from the sequence's own ke
 seed's, or one drawn from MLX's global key when it has none), whatever else shares the
 batch.
 
-Cost, per batch size: a drafting round's time against a plain step's, measured at this
-batch size (buckets 1, 2, 3-4, 5-8, 9-16, 17+) and shared by the rows' controllers, so
-where a wider pass costs nearly its width in plain steps (a big batch is compute bound)
-they stop drafting; before any measurement a prior that grows with the batch.
+Adaptive per batch: the width of a round is paid by every row (a row without a draft is
+padded), so the batch decides it. A round of width 1 + k costs 1 + f + k r plain steps,
+(f, r) fitted from round times measured at this batch size (buckets 1, 2, 3-4, 5-8, 9-16,
+17+; the single-stream prior before any); it yields the B pending tokens plus each row's
+expected kept drafts (its match strength's acceptance, learned per sequence by its
+`_Controller`). The round drafts the k that pays best, by 5% at least over a plain step,
+or not at all: a big batch where few rows have a strong match, or where a wider pass
+costs nearly its width (compute bound), decodes plainly. A batch size that has not
+drafted for 64 rounds with matches to hand probes one short round to measure its cost.
 
 Which sequences draft: those without logits processors. One with processors (a JSON
 schema, a repetition penalty) decodes without drafting inside the same rounds (its row is
@@ -43,11 +52,17 @@ from .kv_batch import trim_rows
 from .speculative import (
     DEFAULT_DRAFT_TOKENS,
     LookupDrafter,
-    _best_k,
+    _Acceptance,
     _bucket,
+    _Choice,
     _Controller,
+    _fit_cost,
     _sample,
 )
+
+_PRIOR = (0.1, 0.25)  # (f, r) before any round is measured: the single-stream prior
+_FLOOR = 0.05  # a drafted position costs at least this share of a plain step
+_PROBE_AFTER = 64  # rounds with matches but no drafting before a probe
 
 _SIZES = (1, 2, 4, 8, 16)  # batch-size buckets for the measured costs: 1, 2, 3-4, 5-8, ...
 
@@ -62,9 +77,18 @@ class _Costs:
     (seconds, drafted width), in the shape `_Controller.cost` reads."""
 
     plain: deque[float] = field(default_factory=lambda: deque(maxlen=15))
-    drafting: dict[str, deque[tuple[float, int]]] = field(
-        default_factory=lambda: {"lookup": deque(maxlen=15), "model": deque(maxlen=15)}
-    )
+    drafting: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=15))
+    skipped: int = 0  # rounds since the last drafting one, with matches to hand
+
+    def fitted(self) -> tuple[float, float]:
+        """(f, r): a round drafting k tokens per row costs 1 + f + k r plain steps."""
+        import statistics
+
+        if not self.plain or not self.drafting:
+            return _PRIOR
+        plain = max(statistics.median(self.plain), 1e-9)
+        samples = [(m, min(max(t - plain, 0.0) / plain, 4 * m)) for t, m in self.drafting]
+        return _fit_cost(samples, _PRIOR, _FLOOR)
 
 
 @dataclass(eq=False)
@@ -77,6 +101,16 @@ class _Row:
     key: Any = None  # and its own random key
     drafted: int = 0
     accepted: int = 0
+    seen: dict[int, int] = field(default_factory=dict)  # token -> its last position
+    indexed: int = 0
+
+    def last_occurrence(self, history: list[int]) -> int:
+        """Where the last token of `history` occurred before, or -1 (the history only
+        grows between calls, as the lookup's does)."""
+        for j in range(self.indexed, len(history) - 1):
+            self.seen[history[j]] = j
+        self.indexed = max(len(history) - 1, self.indexed)
+        return self.seen.get(history[-1], -1) if history else -1
 
     def uniforms(self, n: int) -> Any:
         """`n` uniform draws from this sequence's key (advanced)."""
@@ -95,6 +129,10 @@ class SpeculativeBatch(GenerationBatch):
     def _init_spec(self) -> None:
         self.rows: dict[int, _Row] = {}
         self.costs: dict[int, _Costs] = {}
+        # Fillers: a row without a lookup match in a round that drafts anyway pays for
+        # its padding; the tokens after its last token's previous occurrence cost no
+        # more, and are sometimes right.
+        self.filler = _Acceptance(0.2)
         self.done_counts: dict[int, tuple[int, int]] = {}
 
     @classmethod
@@ -150,55 +188,76 @@ class SpeculativeBatch(GenerationBatch):
             costs = self.costs[bucket] = _Costs()
         return costs
 
-    def _control(self, row: _Row, costs: _Costs) -> _Controller:
-        """The row's controller reading this batch size's measured costs; before any,
-        a prior whose per-token cost grows with the batch (a CPU's pass of B rows of
-        1 + k tokens is compute bound sooner the more rows it has)."""
-        control = row.control
-        control.plain, control.drafting = costs.plain, costs.drafting
-        size = len(self.uids)
-        control.prior = {
-            "lookup": (0.1, min(0.25 * size**0.5, 0.9)),
-            "model": control.prior["model"],
-        }
-        return control
-
     def _left(self, i: int) -> int:
         """Tokens row i may still emit after its pending one."""
         return self.max_tokens[i] - self._num_tokens[i] - 1
 
-    def _would_draft(self, costs: _Costs) -> bool:
-        """Whether some row would draft, judged on the tokens already read (the pending
-        ones are still being computed): a plain step keeps mlx-lm's pipelining."""
+    def _plan(self, costs: _Costs, histories: list[list[int]]) -> tuple[int, list[Any]]:
+        """The round's draft length k (0: a plain step) and each row's lookup match
+        (position, length), or None, for these histories (see the module docstring)."""
+        matches: list[Any] = []
         for i, uid in enumerate(self.uids):
             row = self.rows.get(uid)
-            if row is None or self._left(i) < 1:
-                continue
-            pos, length = row.lookup.find(self.tokens[i])
-            if pos < 0:
-                continue
-            control = self._control(row, costs)
-            if not control.adaptive:
-                return True
-            k, _ = _best_k(
-                lambda j, c=control, n=length: c.buckets[_bucket(n + j)].alpha,
-                control.cost("lookup"),
-                min(control.k_max, self._left(i)),
+            match = None
+            if row is not None and self._left(i) > 0:
+                pos, length = row.lookup.find(histories[i])
+                if pos >= 0:
+                    match = (pos, length)
+                else:
+                    pos = row.last_occurrence(histories[i])
+                    match = (pos, 0) if pos >= 0 else None  # a filler (length 0)
+            matches.append(match)
+        rows = [
+            (
+                self.rows[self.uids[i]],
+                m[1],
+                min(self.rows[self.uids[i]].control.k_max, self._left(i)),
             )
-            if k or control.skipped[_bucket(length)] >= 16:
-                return True
-        return False
+            for i, m in enumerate(matches)
+            if m is not None
+        ]
+        if not any(length for _, length, _ in rows):  # fillers alone never start a round
+            return 0, matches
+        k_max = max(cap for _, _, cap in rows)
+        if not rows[0][0].control.adaptive:
+            return k_max, matches
+        fixed, per_token = costs.fitted()
+        size = len(self.uids)
+        survive = [1.0] * len(rows)
+        gain, best_k, best = 0.0, 0, 1.0
+        for k in range(1, k_max + 1):
+            for j, (row, length, cap) in enumerate(rows):
+                if k <= cap:
+                    alpha = (
+                        row.control.buckets[_bucket(length + k - 1)].alpha
+                        if length
+                        else self.filler.alpha
+                    )
+                    survive[j] *= min(alpha, 0.99)
+                    gain += survive[j]
+            speed = (size + gain) / (size * (1 + fixed + k * per_token))
+            if speed > best * 1.05:
+                best_k, best = k, speed
+        if best_k == 0 and costs.skipped >= _PROBE_AFTER:
+            best_k = min(2, k_max)  # a probe: this batch size's cost may be out of date
+        return best_k, matches
 
     def next(self) -> list[GenerationBatch.Response]:
         if not self.uids:
             return []
         costs = self._costs()
-        if not self.rows or not self._would_draft(costs):
-            start = time.perf_counter()
-            responses = super().next()
-            costs.plain.append(time.perf_counter() - start)
-            return responses
-        return self._round(costs)
+        # Judged on the tokens already read (the pending ones are still being computed),
+        # so a plain step keeps mlx-lm's pipelining.
+        if self.rows:
+            k, matches = self._plan(costs, self.tokens)
+            if k:
+                return self._round(costs)
+            if any(m is not None for m in matches):
+                costs.skipped += 1
+        start = time.perf_counter()
+        responses = super().next()
+        costs.plain.append(time.perf_counter() - start)
+        return responses
 
     def _round(self, costs: _Costs) -> list[GenerationBatch.Response]:
         """One verify pass over every row's draft (none for most rows, perhaps)."""
@@ -208,17 +267,17 @@ class SpeculativeBatch(GenerationBatch):
         start = time.perf_counter()
         last = self._next_tokens.tolist()
         last_logprobs = self._next_logprobs
+        k, matches = self._plan(costs, [[*t, y] for t, y in zip(self.tokens, last, strict=True)])
         drafts: list[list[int]] = []
         choices: list[Any] = []
         for i, uid in enumerate(self.uids):
-            row = self.rows.get(uid)
-            choice = None
-            draft: list[int] = []
-            if row is not None and self._left(i) > 0:
-                control = self._control(row, costs)
-                choice = control.choose(row.lookup, [*self.tokens[i], last[i]], self._left(i))
-                if choice.k > 0 and choice.source == "lookup":
-                    draft = row.lookup.continuation(choice.pos, choice.k)
+            match, choice, draft = matches[i], None, []
+            if k and match is not None:
+                row = self.rows[uid]
+                choice = _Choice(min(k, self._left(i)), "lookup", match[1], match[0])
+                draft = row.lookup.continuation(match[0], choice.k)
+                if not match[1]:
+                    choice.source = None  # a filler: judged apart from real matches
             drafts.append(draft)
             choices.append(choice)
         width = 1 + max(len(d) for d in drafts)
@@ -267,11 +326,13 @@ class SpeculativeBatch(GenerationBatch):
                 pending_logprobs[i] = logprobs[i, n]
                 row.drafted += len(d)
                 row.accepted += n
-                row.control.observe(choices[i], len(d), n)
+                if choices[i].source is not None:
+                    row.control.observe(choices[i], len(d), n)
+                else:
+                    for j in range(min(n + 1, len(d))):
+                        self.filler.add(j < n)
             else:
                 pending[i] = int(pending[i].item())
-                if choices[i] is not None:
-                    self.rows[self.uids[i]].control.observe(choices[i], 0, 0)
             emitted.append([last[i], *d[:n]])
             emitted_logprobs.append([last_logprobs[i], *(logprobs[i, j] for j in range(n))])
             surplus.append(width - 1 - n)
@@ -279,8 +340,9 @@ class SpeculativeBatch(GenerationBatch):
         self._next_tokens = mx.array(pending, dtype=mx.uint32)
         self._next_logprobs = pending_logprobs
         mx.eval([c.state for c in self.prompt_cache], self._next_logprobs)
-        if width > 1:  # else every row changed its mind on its pending token: no measure
-            costs.drafting["lookup"].append((time.perf_counter() - start, width - 1))
+        if width > 1:  # else no row has a match with its pending token: no measure
+            costs.drafting.append((time.perf_counter() - start, width - 1))
+            costs.skipped = 0
         return self._respond(emitted, emitted_logprobs)
 
     def _respond(
