@@ -370,6 +370,32 @@ def test_the_server_benchmark_runs_against_mlx_lm_server():
     assert "mlx_lm server: a short request's TTFT" in out.stdout
 
 
+def test_the_agent_workload_benchmark_runs_in_smoke_mode():
+    import subprocess
+    import sys
+
+    from .helpers import SCRIPTS
+    from .test_batch import TRAINED
+
+    if not (TRAINED / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED}")
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_server.py"), "--workload", "agent", "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=child_env(),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    for kind in ("copying", "other"):
+        rows = [line for line in lines if line.startswith(kind)]
+        # Two tables (tokens/s, ratios), one row per concurrency (1 and 2 clients).
+        assert [row.split()[1] for row in rows] == ["1", "2", "1", "2"]
+        assert all(row.count("x (") == 5 for row in rows[2:])
+    assert "drafted tokens accepted" in out.stdout and "kv_bits 8" in out.stdout
+
+
 # -- a quantized KV cache and prompt lookup in the batch -------------------------------------
 
 
