@@ -122,6 +122,57 @@ def test_max_tokens_inside_an_accepted_run_ends_the_sequence_there(trained):
             assert cache_length(e.cache) == len(p) + n
 
 
+def _texts(model, prompts, params, draft, logprobs=None):
+    """Each prompt's text, finishing event and scored tokens, decoded together."""
+    decoder = BatchDecoder(model, max_batch=8, prefill_step_size=64, draft=draft)
+    uids = [decoder.add(p, params, logprobs=logprobs) for p in prompts]
+    texts = {u: "" for u in uids}
+    scored: dict = {u: [] for u in uids}
+    ends = {}
+    try:
+        while len(decoder):
+            for event in decoder.step():
+                texts[event.uid] += event.text
+                scored[event.uid] += event.logprobs
+                if event.finish_reason is not None:
+                    ends[event.uid] = event
+    finally:
+        decoder.close()
+    return [(texts[u], ends[u], scored[u]) for u in uids]
+
+
+def test_stop_strings_inside_accepted_runs_end_the_text_where_they_do_alone(trained):
+    prompts = [trained.encode(p) for p in PROMPTS[:3]]
+    params = SamplingParams(temperature=0.0, max_tokens=40)
+    plain = _texts(trained, prompts, params, None)
+    # A stop string from the middle of each reply (one is enough for a row to stop on).
+    stops = [text[len(text) // 2 : len(text) // 2 + 3] for text, _, _ in plain]
+    stops = [s for s in stops if s.strip()]
+    params = SamplingParams(temperature=0.0, max_tokens=40, stop=stops)
+    plain = _texts(trained, prompts, params, None)
+    drafted = _texts(trained, prompts, params, "lookup")
+    assert [(t, e.finish_reason, e.stop_string) for t, e, _ in drafted] == [
+        (t, e.finish_reason, e.stop_string) for t, e, _ in plain
+    ]
+    assert any(e.finish_reason == "stop" for _, e, _ in drafted)
+    assert sum(e.accepted for _, e, _ in drafted) > 0
+    for (_, e, _), p in zip(drafted, prompts, strict=True):
+        assert e.cache_tokens[: len(p)] == p
+        assert cache_length(e.cache) == len(e.cache_tokens)
+
+
+def test_logprobs_of_drafted_tokens_are_the_ones_decoding_alone_gives(trained):
+    prompts = [trained.encode(p) for p in PROMPTS[:3]]
+    params = SamplingParams(temperature=0.0, max_tokens=32)
+    plain = _texts(trained, prompts, params, None, logprobs=2)
+    drafted = _texts(trained, prompts, params, "lookup", logprobs=2)
+    assert sum(e.accepted for _, e, _ in drafted) > 0
+    for (_, _, mine), (_, _, theirs) in zip(drafted, plain, strict=True):
+        assert [s.token for s in mine] == [s.token for s in theirs]
+        assert [[t for t, _ in s.top] for s in mine] == [[t for t, _ in s.top] for s in theirs]
+        assert [s.logprob for s in mine] == pytest.approx([s.logprob for s in theirs], abs=0.05)
+
+
 def test_sequences_with_logits_processors_decode_without_drafting(trained):
     prompts = [trained.encode(p) for p in PROMPTS[:2]]
     penalty = SamplingParams(temperature=0.0, max_tokens=24, repetition_penalty=1.3)
