@@ -426,6 +426,8 @@ def batch_generate(
     progress: bool | Callable[[int, int], None] = True,
     max_batch: int = DEFAULT_MAX_BATCH,
     prefill_step_size: int = 512,
+    kv_bits: int | None = None,
+    draft: str | None = None,
     **overrides: Any,
 ) -> list[BatchResult]:
     """Replies to many prompts (raw text, chat messages or token ids), decoded together.
@@ -435,7 +437,9 @@ def batch_generate(
     `progress=True` shows a bar (a widget in notebooks); a callable gets (done, total)
     as prompts finish. Greedy replies are the same as `generate` gives one at a time.
     Sequences are admitted while the memory planner says their KV (prompt + max_tokens
-    each) fits beside the weights.
+    each) fits beside the weights. `kv_bits` (8 or 4) quantizes the KV (admission counts
+    its bytes); `draft="lookup"` makes each prompt speculate by prompt lookup on its own
+    (`BatchDecoder`).
     """
     from .memory import MemoryPlanner
 
@@ -455,7 +459,7 @@ def batch_generate(
     for i, t in enumerate(tokens):
         if not t:
             raise ValueError(f"Prompt {i} is empty.")
-    planner = MemoryPlanner.for_model(model)
+    planner = MemoryPlanner.for_model(model, kv_bits=kv_bits)
     room = planner.budget.bytes - planner.weights
     per_token = planner.kv_per_token()
 
@@ -465,7 +469,12 @@ def batch_generate(
 
     report = _progress(progress, len(prompts))
     results: dict[int, BatchResult] = {}
-    decoder = open_decoder(model, max_batch=max_batch, prefill_step_size=prefill_step_size)
+    options: dict[str, Any] = {"kv_bits": kv_bits} if kv_bits is not None else {}
+    if draft is not None:
+        options["draft"] = draft
+    decoder = open_decoder(
+        model, max_batch=max_batch, prefill_step_size=prefill_step_size, **options
+    )
     parts: dict[int, list[str]] = {}
     index: dict[int, int] = {}
     reserved: dict[int, int] = {}

@@ -159,10 +159,12 @@ class Engine:
     def batched(self) -> bool:
         """Whether jobs decode together: with bf16 or quantized KV, with prompt lookup;
         not with a draft model (its drafts are verified one sequence per forward pass:
-        `serve --draft MODEL` trades batching for the speed of each reply), and not while
-        a test scripts `stream_tokens`."""
+        `serve --draft MODEL` trades batching for the speed of each reply), not with a
+        quantized KV cache on a model split across ranks (its ranks' batch caches are
+        bf16 only), and not while a test scripts `stream_tokens`."""
         lone_draft = self.drafter is not None and not self._batch_lookup
-        return not lone_draft and self.stream_tokens is stream_tokens
+        split_kv = self.kv_bits is not None and leader_of(self.model) is not None
+        return not lone_draft and not split_kv and self.stream_tokens is stream_tokens
 
     def status(self) -> dict[str, Any]:
         """What /health reports about the work: waiting and running jobs, and the limits."""
