@@ -2,16 +2,19 @@
 """Convert a Qwen3-4B-shaped checkpoint with qwen-mlx and with `mlx_lm convert`, same run.
 
 The source is a random bf16 checkpoint with the real Qwen3-4B-Instruct-2507 shapes (its
-config.json and tokenizer from ../shared), built once into the cache folder (about 8 GB).
+config.json and tokenizer from ../shared), built once into the cache folder (about 8 GB;
+`--smoke`: a tiny random Qwen3 instead, built in a temporary folder).
 Each converter runs in a fresh process; we report wall time and peak RSS and the ratios
 ours / mlx-lm. Targets: time ratio <= 1.05, peak RSS ratio <= 1.0.
 
-    python scripts/bench_convert.py [--cache DIR] [--repeat N] [--q-bits 4]
+    python scripts/bench_convert.py [--cache DIR] [--rounds N] [--q-bits 4] [--json FILE]
+                                    [--smoke]
+
+(`--repeat` is the former name of `--rounds`.)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "models" / "qwen3-4b-instruct-2507"
+from _bench import REAL_QWEN3, ROOT, BenchParser, Column, Report, tiny_checkpoint, workspace
+
 SOURCE_NAME = "Qwen3-4B-Instruct-2507"
 
 RUNNER = r"""
@@ -49,8 +52,8 @@ def build_source(cache: Path) -> Path:
     folder = cache / SOURCE_NAME
     if (folder / "model.safetensors.index.json").is_file():
         return folder
-    if not (SHARED / "config.json").is_file():
-        sys.exit(f"needs the real config and tokenizer in {SHARED}")
+    if not (REAL_QWEN3 / "config.json").is_file():
+        sys.exit(f"needs the real config and tokenizer in {REAL_QWEN3}")
     tmp = cache / f".{SOURCE_NAME}.building"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -63,8 +66,8 @@ def build_source(cache: Path) -> Path:
         "merges.txt",
         "LICENSE",
     ):
-        shutil.copyfile(SHARED / name, tmp / name)
-    cfg = json.loads((SHARED / "config.json").read_text())
+        shutil.copyfile(REAL_QWEN3 / name, tmp / name)
+    cfg = json.loads((REAL_QWEN3 / "config.json").read_text())
     h, inter, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
     q_out, kv_out = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], h), "model.norm.weight": (h,)}
@@ -123,40 +126,56 @@ def run(which: str, source: Path, bits: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = BenchParser(__doc__)
     p.add_argument(
-        "--cache", type=Path, default=Path(os.environ.get("QWEN_MLX_BENCH_CACHE", "bench-cache"))
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("QWEN_MLX_BENCH_CACHE", "bench-cache")),
+        help="where the 4B-shaped source is built once (default: $QWEN_MLX_BENCH_CACHE or "
+        "./bench-cache)",
     )
-    p.add_argument("--repeat", type=int, default=1, help="runs of each converter (best is kept)")
+    p.rounds(1, "runs of each converter, taking turns (the fastest is kept)", "--repeat")
     p.add_argument("--q-bits", type=int, default=4)
     args = p.parse_args(argv)
-    args.cache.mkdir(parents=True, exist_ok=True)
-    print(f"source: {args.cache / SOURCE_NAME} (built once)", file=sys.stderr)
-    source = build_source(args.cache)
-    results: dict[str, list[dict]] = {"qwen-mlx": [], "mlx-lm": []}
-    for _ in range(args.repeat):
-        for which in ("mlx-lm", "qwen-mlx"):  # alternate so the page cache treats both alike
-            r = run(which, source, args.q_bits)
-            results[which].append(r)
-            print(
-                f"  {which}: {r['seconds']:.1f} s, peak RSS {r['peak_rss'] / 1e9:.2f} GB",
-                file=sys.stderr,
-            )
+    with workspace() as work:
+        if args.smoke:
+            source = tiny_checkpoint(work / "Qwen3-1M-Tiny-2507")
+        else:
+            args.cache.mkdir(parents=True, exist_ok=True)
+            print(f"source: {args.cache / SOURCE_NAME} (built once)", file=sys.stderr)
+            source = build_source(args.cache)
+        results: dict[str, list[dict]] = {"qwen-mlx": [], "mlx-lm": []}
+        for _ in range(args.rounds):
+            for which in ("mlx-lm", "qwen-mlx"):  # turns, so the page cache treats both alike
+                r = run(which, source, args.q_bits)
+                results[which].append(r)
+                print(
+                    f"  {which}: {r['seconds']:.1f} s, peak RSS {r['peak_rss'] / 1e9:.2f} GB",
+                    file=sys.stderr,
+                )
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in results.items()}
     peak = {k: min(r["peak_rss"] for r in v) for k, v in results.items()}
-    ours, theirs = best["qwen-mlx"], best["mlx-lm"]
-    print(f"\n{'converter':<10} {'wall s':>8} {'peak RSS GB':>12} {'output GB':>10}")
-    for k in ("qwen-mlx", "mlx-lm"):
-        seconds, size = best[k]["seconds"], best[k]["size"]
-        print(f"{k:<10} {seconds:>8.1f} {peak[k] / 1e9:>12.2f} {size / 1e9:>10.2f}")
-    time_ratio = ours["seconds"] / theirs["seconds"]
+    report = Report(args.json)
+    report.table(
+        [
+            Column("converter", "{}", left=True),
+            Column("wall s", vs="time ratio", vs_fmt="{:.3f}"),
+            Column("peak RSS MB", "{:,.0f}", vs="RSS ratio", vs_fmt="{:.3f}"),
+            Column("output MB", "{:,.1f}"),
+        ],
+        [
+            (k, best[k]["seconds"], peak[k] / 1e6, best[k]["size"] / 1e6)
+            for k in ("qwen-mlx", "mlx-lm")
+        ],
+        peer="mlx-lm",
+        title=f"{source.name} at {args.q_bits} bits, group 64; ratios ours / mlx-lm",
+    )
+    time_ratio = best["qwen-mlx"]["seconds"] / best["mlx-lm"]["seconds"]
     rss_ratio = peak["qwen-mlx"] / peak["mlx-lm"]
-    print(f"\ntime ratio (ours / mlx-lm): {time_ratio:.3f}   target <= 1.05")
-    print(f"peak RSS ratio (ours / mlx-lm): {rss_ratio:.3f}   target <= 1.00")
+    report.line()
+    report.line(f"time ratio (ours / mlx-lm): {time_ratio:.3f}   target <= 1.05")
+    report.line(f"peak RSS ratio (ours / mlx-lm): {rss_ratio:.3f}   target <= 1.00")
+    report.save()
     return 0
 
 

@@ -18,7 +18,8 @@ arithmetic: each rank holds the embedding and head, 1/N of the layers and 1/N of
 token's KV cache), printed beside the planner's estimate and the measured share of the
 scaled model built here, to show the arithmetic matches what ranks really hold.
 
-    python scripts/bench_distributed.py [--ranks 1,2,4] [--tokens 64] [--pipeline] [--smoke]
+    python scripts/bench_distributed.py [--ranks 1,2,4] [--tokens 64] [--pipeline] [--json FILE]
+                                        [--smoke]
 """
 
 from __future__ import annotations
@@ -28,12 +29,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _bench import ROOT, BenchParser, Column, Report, tiny_checkpoint, workspace
 
 # Qwen3-4B-Instruct-2507's shape (config.json), for the planner's table.
 QWEN3_4B = {
@@ -52,28 +51,12 @@ MAC_GB = (16, 24, 32, 64)
 COLLECTIVE_REPEATS = 200
 
 
-def build_model(folder: Path, smoke: bool) -> Path:
-    from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
-
-    if smoke:  # 8 heads and KV heads: splits 4 ways
-        config = TinyConfig(
-            hidden_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=8,
-            head_dim=16,
-            intermediate_size=256,
-        )
-    else:  # Qwen3-4B's proportions at a size this machine decodes in seconds
-        config = TinyConfig(
-            hidden_size=1024,
-            num_hidden_layers=8,
-            num_attention_heads=16,
-            num_key_value_heads=8,
-            head_dim=64,
-            intermediate_size=3072,
-        )
-    return build_tiny_checkpoint(folder, config, shards=2)
+# The model measured: hidden, layers, heads, KV heads, head dim, MLP.
+_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+_SIZES += ("head_dim", "intermediate_size")
+SMOKE_SHAPE = dict(zip(_SIZES, (128, 4, 8, 8, 16, 256), strict=True))  # 8 heads: splits 4 ways
+# Qwen3-4B's proportions at a size this machine decodes in seconds.
+SCALED_SHAPE = dict(zip(_SIZES, (1024, 8, 16, 8, 64, 3072), strict=True))
 
 
 # -- one rank (every rank runs this) -----------------------------------------------------------
@@ -154,51 +137,45 @@ def run_ranks(n: int, model_dir: Path, args: argparse.Namespace, scratch: Path) 
     return json.loads(out.read_text())
 
 
-def mib(n: float) -> str:
-    return f"{n / (1 << 20):,.1f} MiB"
+MIB = "{:,.1f} MiB"
 
 
-def print_table(rows: list[tuple]) -> None:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
-
-
-def measured_table(results: dict[int, list[dict]], mode: str) -> None:
-    base = results[min(results)][0]["decode_tps"]
-    rows = [
-        (
-            "RANKS",
-            "DECODE TOK/S",
-            "VS 1 RANK",
-            "PREFILL TOK/S",
-            "SHARE/RANK",
-            "LOAD PEAK/RANK",
-            "RUN PEAK/RANK",
-            "ALL_SUM",
-            "COLLECTIVE MS/TOKEN",
-        )
-    ]
+def measured_table(report: Report, results: dict[int, list[dict]], mode: str) -> None:
+    rows = []
     for n, ranks in sorted(results.items()):
         r0 = ranks[0]
-        per_token = r0["all_sum_s"] * (2 * r0["layers"] + 1) if mode == "tensor" else 0.0
+        split = n > 1 and mode == "tensor"
         rows.append(
             (
                 n,
-                f"{r0['decode_tps']:.1f}",
-                f"{r0['decode_tps'] / base:.2f}x",
-                f"{r0['prefill_tps']:.1f}",
-                mib(max(r["share"] for r in ranks)),
-                mib(max(r["load_peak"] for r in ranks)),
-                mib(max(r["run_peak"] for r in ranks)),
-                f"{r0['all_sum_s'] * 1e6:.0f} us" if n > 1 else "-",
-                f"{per_token * 1e3:.2f}" if n > 1 and mode == "tensor" else "-",
+                r0["decode_tps"],
+                r0["prefill_tps"],
+                max(r["share"] for r in ranks) / (1 << 20),
+                max(r["load_peak"] for r in ranks) / (1 << 20),
+                max(r["run_peak"] for r in ranks) / (1 << 20),
+                r0["all_sum_s"] * 1e6 if n > 1 else None,
+                r0["all_sum_s"] * (2 * r0["layers"] + 1) * 1e3 if split else None,
             )
         )
-    print_table(rows)
+    report.table(
+        [
+            Column("RANKS", "{}"),
+            Column("DECODE TOK/S", vs="VS 1 RANK"),
+            Column("PREFILL TOK/S"),
+            Column("SHARE/RANK", MIB),
+            Column("LOAD PEAK/RANK", MIB),
+            Column("RUN PEAK/RANK", MIB),
+            Column("ALL_SUM", "{:.0f} us"),
+            Column("COLLECTIVE MS/TOKEN", "{:.2f}"),
+        ],
+        rows,
+        peer=min(results),
+    )
 
 
-def planned_table(model_dir: Path, results: dict[int, list[dict]], mode: str) -> None:
+def planned_table(
+    report: Report, model_dir: Path, results: dict[int, list[dict]], mode: str
+) -> None:
     from qwen_mlx.runtime.memory import (
         MemoryPlanner,
         ModelShape,
@@ -212,18 +189,7 @@ def planned_table(model_dir: Path, results: dict[int, list[dict]], mode: str) ->
     outside, layer = estimate_weights_parts(QWEN3_4B, bits=4)
     shape = ModelShape.from_config(QWEN3_4B)
     parts = weights_parts_on_disk(model_dir)
-    rows = [
-        (
-            "RANKS",
-            "MAC",
-            "QWEN3-4B WEIGHTS/RANK",
-            "MAX CONTEXT BF16 KV",
-            "MAX CONTEXT 4-BIT KV",
-            "4K-TOKEN SEQUENCES",
-            "SCALED: PLANNED/RANK",
-            "MEASURED/RANK",
-        )
-    ]
+    rows = []
     for n in sorted(results):
         if mode == "tensor" and QWEN3_4B["num_key_value_heads"] % n:
             continue
@@ -235,64 +201,80 @@ def planned_table(model_dir: Path, results: dict[int, list[dict]], mode: str) ->
             rows.append(
                 (
                     n,
-                    f"{gb} GB",
-                    f"{weights / 1e9:.2f} GB",
-                    f"{planner.max_context():,}",
-                    f"{planner.max_context(4):,}",
-                    f"{planner.max_sequences(4096):,}",
-                    mib(planned),
-                    mib(measured),
+                    gb,
+                    weights / 1e9,
+                    planner.max_context(),
+                    planner.max_context(4),
+                    planner.max_sequences(4096),
+                    planned / (1 << 20),
+                    measured / (1 << 20),
                 )
             )
-    print_table(rows)
+    report.table(
+        [
+            Column("RANKS", "{}"),
+            Column("MAC", "{} GB"),
+            Column("QWEN3-4B WEIGHTS/RANK", "{:.2f} GB"),
+            Column("MAX CONTEXT BF16 KV", "{:,}"),
+            Column("MAX CONTEXT 4-BIT KV", "{:,}"),
+            Column("4K-TOKEN SEQUENCES", "{:,}"),
+            Column("SCALED: PLANNED/RANK", MIB),
+            Column("MEASURED/RANK", MIB),
+        ],
+        rows,
+    )
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = BenchParser(__doc__)
     p.add_argument("--ranks", default="1,2,4", help="rank counts to measure (default 1,2,4)")
     p.add_argument("--tokens", type=int, default=64, help="tokens generated per run")
     p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length")
     p.add_argument("--pipeline", action="store_true", help="split by layers, not heads")
-    p.add_argument("--smoke", action="store_true", help="a tiny model and few tokens (CI)")
     p.add_argument("--worker", nargs=2, metavar=("OUT", "MODEL"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    p.smoke(tokens=8, prompt_tokens=16)
+    args = p.parse_args(argv)
     if args.worker:
         worker(Path(args.worker[0]), args.worker[1], args.tokens, args.prompt_tokens, args.pipeline)
         return 0
-    if args.smoke:
-        args.tokens, args.prompt_tokens = 8, 16
     counts = sorted({int(n) for n in args.ranks.split(",")} | {1})
     mode = "pipeline" if args.pipeline else "tensor"
-    with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
-        scratch = Path(tmp)
-        os.environ.setdefault("QWEN_MLX_HOME", str(scratch / "home"))
-        model_dir = build_model(scratch / "Qwen3-Scaled", args.smoke)
+    report = Report(args.json)
+    with workspace(prefix="bench-distributed-") as scratch:
+        shape = SMOKE_SHAPE if args.smoke else SCALED_SHAPE
+        model_dir = tiny_checkpoint(scratch / "Qwen3-Scaled", shape, shards=2)
         results = {}
         for n in counts:
             print(f"{n} rank{'s' if n > 1 else ''} ...", file=sys.stderr, flush=True)
             results[n] = run_ranks(n, model_dir, args, scratch)
-        print(
-            f"\nmeasured on this machine: a {'tiny' if args.smoke else 'scaled'} random Qwen3, "
+        report.line()
+        report.line(
+            f"measured on this machine: a {'tiny' if args.smoke else 'scaled'} random Qwen3, "
             f"{mode} parallel over the ring on 127.0.0.1, {args.tokens} tokens after "
-            f"{args.prompt_tokens}; the peer is 1 rank (one process)\n"
+            f"{args.prompt_tokens}; the peer is 1 rank (one process)"
         )
-        measured_table(results, mode)
-        print(
-            "\nplanned for Qwen3-4B-Instruct-2507 at 4 bits on Macs of each size (Metal's "
+        report.line()
+        measured_table(report, results, mode)
+        report.line()
+        report.line(
+            "planned for Qwen3-4B-Instruct-2507 at 4 bits on Macs of each size (Metal's "
             "working set: 2/3 of memory below 64 GB, 3/4 from 64 GB), beside the planner's "
-            "estimate and the measured share of the model above\n"
+            "estimate and the measured share of the model above"
         )
-        planned_table(model_dir, results, mode)
-        print(
-            "\nOne machine: the ranks share its cores, so no speedup is expected here; across "
+        report.line()
+        planned_table(report, model_dir, results, mode)
+        report.line()
+        report.line(
+            "One machine: the ranks share its cores, so no speedup is expected here; across "
             "Macs each rank reads 1/N of the weights per token, less the collectives' cost."
         )
         cores = os.cpu_count() or 1
         if max(counts) > cores:
-            print(
+            report.line(
                 f"This machine has {cores} cores: a rank waiting in a collective polls a core, "
                 f"so beyond {cores} ranks the figures measure that contention, not the ring."
             )
+    report.save()
     return 0
 
 

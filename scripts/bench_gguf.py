@@ -5,25 +5,25 @@ quantization of the same f16 file; then GGUF imports (`models import`) run by ML
 llama.cpp on the same file.
 
     python scripts/bench_gguf.py [--model ../shared/models/qwen3-tiny-trained/target]
+                                 [--json FILE]
 
-Prints a table; `measure()` returns the figures (tests/test_gguf_interop.py asserts on them).
+Prints a table; `--json FILE` writes the figures as well, under "figures" (what
+tests/test_gguf_interop.py asserts on, after running this script). On the trained tiny
+model the whole run takes about a minute, so it has no `--smoke`.
 Columns: rel err = ||theirs - ours|| / ||ours|| over all logits; top-1 = share of positions
 whose argmax agrees; KL = mean KL(ours || theirs) in nats.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from _bench import TRAINED, BenchParser, Column, Report, cell, need_model, ratio, workspace
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared/models/qwen3-tiny-trained/target"
 NAME = "qwen3-4m-trained-2507"
 PROMPT = '''def parse_args(argv=None):
     """Parse the command line and return the options."""
@@ -118,19 +118,8 @@ class Figures:
 
 
 def measure(model: Path, work: Path) -> Figures:
-    """Everything the table shows; `work` is an empty folder (the store goes there)."""
-    old = os.environ.get("QWEN_MLX_HOME")
-    os.environ["QWEN_MLX_HOME"] = str(work / "home")
-    try:
-        return _measure(model, work)
-    finally:
-        if old is None:
-            os.environ.pop("QWEN_MLX_HOME", None)
-        else:
-            os.environ["QWEN_MLX_HOME"] = old
-
-
-def _measure(model: Path, work: Path) -> Figures:
+    """Everything the table shows; `work` is the empty folder of `_bench.workspace` (the
+    store, `work / "home"`, goes there)."""
     import json
 
     from llama_cpp import Llama
@@ -185,7 +174,6 @@ def _measure(model: Path, work: Path) -> Figures:
         )
 
     # Imports: MLX on the imported model against llama.cpp on the same file.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from qwen_mlx.convert.gguf_export import pre_tokenizer
     from tests.gguf_builder import write_llama_style_gguf
 
@@ -227,46 +215,49 @@ def _measure(model: Path, work: Path) -> Figures:
     )
 
 
-def print_table(figures: Figures) -> None:
-    header = ("what", "compared with", "rel err", "top-1", "KL", "made in", "size")
-    rows = [header]
-    for r in figures.rows:
-        rows.append(
-            (
-                r.what,
-                r.against,
-                f"{r.rel_err:.2e}",
-                f"{r.top1:.1%}",
-                f"{r.kl:.2e}",
-                f"{r.seconds:.1f} s" if r.seconds is not None else "",
-                f"{r.size / 1e6:.2f} MB" if r.size else "",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+def print_table(report: Report, figures: Figures) -> None:
+    report.table(
+        [
+            Column("what", "{}", left=True),
+            Column("compared with", "{}", left=True),
+            Column("rel err", "{:.2e}"),
+            Column("top-1", "{:.1%}"),
+            Column("KL", "{:.2e}"),
+            Column("made in", "{:.1f} s"),
+            Column("size MB", "{:.2f}"),
+        ],
+        [
+            (r.what, r.against, r.rel_err, r.top1, r.kl, r.seconds, r.size and r.size / 1e6)
+            for r in figures.rows
+        ],
+    )
     ours = figures.row("ours q4_0 in llama.cpp").top1
     theirs = figures.row("llama.cpp's own q4_0 in llama.cpp").top1
-    print(f"\nq4_0 top-1: ours / llama.cpp's own = {ours / theirs:.3f}")
+    report.line()
+    report.line(f"q4_0 top-1: ours / llama.cpp's own = {cell(ratio(ours, theirs), '{:.3f}')}")
     same = figures.tokens_ours == figures.tokens_llama
     n = len(figures.tokens_ours)
-    print(f"tokenizer: llama.cpp's tokens {'==' if same else '!='} ours ({n} tokens)")
+    report.line(f"tokenizer: llama.cpp's tokens {'==' if same else '!='} ours ({n} tokens)")
     same_template = figures.template_llama == figures.template_ours
-    print(f"chat template in the GGUF == the model's: {same_template}")
+    report.line(f"chat template in the GGUF == the model's: {same_template}")
     for label, notes in figures.import_notes.items():
         for note in notes:
-            print(f"import of {label}: {note}")
+            report.line(f"import of {label}: {note}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a Qwen3 HF folder")
+    p = BenchParser(__doc__, smoke=False)
+    p.model(TRAINED / "target", "a Qwen3 Hugging Face folder")
     args = p.parse_args(argv)
+    model = need_model(args.model)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with tempfile.TemporaryDirectory() as work:
-        figures = measure(args.model, Path(work))
-    print(f"model: {args.model} ({len(figures.tokens_ours)} prompt tokens)\n")
-    print_table(figures)
+    with workspace() as work:
+        figures = measure(model, work)
+    report = Report(args.json)
+    report.line(f"model: {model} ({len(figures.tokens_ours)} prompt tokens)")
+    report.line()
+    print_table(report, figures)
+    report.save(figures=asdict(figures))
     return 0
 
 

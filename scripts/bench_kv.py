@@ -33,14 +33,12 @@ A quantized KV cache changes numbers the same way on Metal: the figures here car
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 
-TRAINED = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-tiny-trained"
+from _bench import TRAINED, BenchParser, workspace
+
 SETTINGS = (None, 8, 4)
 HELD_OUT = ("json.decoder", "email.utils", "concurrent.futures.thread", "logging.handlers")
 
@@ -122,7 +120,7 @@ def greedy(model, tokens: list[int], bits: int | None, max_tokens: int) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = BenchParser(__doc__, json=False)
     ap.add_argument(
         "--text", help="held-out text: a file, or 'packaged' (default: stdlib subpackages)"
     )
@@ -130,25 +128,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=128, help="prefill chunk (tokens)")
     ap.add_argument("--prompts", type=int, default=8, help="greedy continuations per setting")
     ap.add_argument("--max-tokens", type=int, default=48, help="tokens per continuation")
-    ap.add_argument("--smoke", action="store_true", help="a short run (CI)")
+    ap.smoke(prompts=2, max_tokens=8, tokens=256)
     args = ap.parse_args(argv)
-    if args.smoke:
-        args.prompts, args.max_tokens = 2, 8
     if args.chunk < 1 or args.prompts < 0 or args.max_tokens < 1:
         print("--chunk and --max-tokens must be positive, --prompts not negative.", file=sys.stderr)
         return 2
     if not (TRAINED / "target" / "config.json").is_file():
         print(f"The trained pair is not at {TRAINED}.", file=sys.stderr)
         return 2
+    with workspace("bench-kv-") as work:
+        return measure(args, work)
 
+
+def measure(args, work) -> int:
+    """Print the table: each KV setting against bf16 KV (the model converted into `work`)."""
     from qwen_mlx import load
     from qwen_mlx.convert import convert
     from qwen_mlx.runtime.memory import MemoryPlanner
 
     text, source = held_out(args.text)
-    work = Path(tempfile.mkdtemp(prefix="bench-kv-"))
     model = load(convert(str(TRAINED / "target"), mlx_path=work / "t", quantize=False).path)
-    tokens = model.encode(text)[: 256 if args.smoke else args.tokens]
+    tokens = model.encode(text)[: args.tokens]
     planner = MemoryPlanner.for_model(model)
     print(
         f"{model.name}: {len(tokens)} tokens of held-out text ({source}), chunks of "

@@ -21,25 +21,22 @@ packaged calibration text (prose, code and dialogue) to show what the domain is 
 Target: the best recipe at <= 4.6 bits per weight, counted both ways, has <= 0.7x
 mlx-lm's KL on both held-out texts.
 
-    python scripts/bench_quant.py [--source DIR] [--only gptq,awq] [--json FILE]
+    python scripts/bench_quant.py [--model DIR] [--only gptq,awq] [--json FILE]
     python scripts/bench_quant.py --smoke    # a tiny random model, seconds: CI's check
+
+(`--source` is the former name of `--model`; `--json` writes each recipe's measurements
+under "recipes".)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import sys
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _bench import TRAINED, BenchParser, Column, Report, need_model, tiny_checkpoint, workspace
 
-SOURCE = ROOT.parent / "shared" / "models" / "qwen3-tiny-trained" / "target"
 HELDOUT = {"A": ("asyncio",), "B": ("email",)}
 CALIBRATION = (
     "json",
@@ -163,15 +160,9 @@ def measure(ref: Reference, folder: Path, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", type=Path, default=SOURCE)
+    p = BenchParser(__doc__)
+    p.model(TRAINED / "target", "the bf16 Hugging Face checkpoint to quantize", "--source")
     p.add_argument("--only", help="comma-separated substrings of recipe names to run")
-    p.add_argument("--json", type=Path, help="also write the rows here")
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="a tiny random model, short texts and two recipes: checks the script runs",
-    )
     args = p.parse_args(argv)
     from mlx_lm.convert import convert as mlx_lm_convert
     from mlx_lm.tokenizer_utils import load as load_tokenizer
@@ -179,20 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     from qwen_mlx.convert import convert
     from qwen_mlx.convert.quant import MAX_TOKENS
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        source = args.source
+    with workspace() as work:
         heldout_tokens, calibration_tokens = HELDOUT_TOKENS, MAX_TOKENS
         recipes = dict(RECIPES)
         if args.smoke:
-            from qwen_mlx.convert.tiny import build_tiny_checkpoint
-
-            source = build_tiny_checkpoint(work / "Qwen3-1M-Tiny-2507")
+            source = tiny_checkpoint(work / "Qwen3-1M-Tiny-2507")
             heldout_tokens, calibration_tokens = 300, 1200
             recipes = {k: v for k, v in RECIPES.items() if k in SMOKE}
-        elif not (source / "config.json").is_file():
-            print(f"No checkpoint at {source}; pass --source.", file=sys.stderr)
-            return 2
+        else:
+            source = need_model(args.model)
         texts = build_texts(work, load_tokenizer(source), heldout_tokens, calibration_tokens)
         heldout = {k.removeprefix("heldout-"): v for k, v in texts.items() if k != "calibration"}
         ref = Reference(source, heldout)
@@ -218,38 +204,42 @@ def main(argv: list[str] | None = None) -> int:
             row = measure(ref, out, time.perf_counter() - start)
             rows[name] = {**row, "calibration": calibration or "-"}
             print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
-    print_table(rows, ref)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    report = Report(args.json)
+    print_table(report, rows, ref)
+    report.save(recipes=rows)
     return 0
 
 
-def print_table(rows: dict[str, dict], ref: Reference) -> None:
+def print_table(report: Report, rows: dict[str, dict], ref: Reference) -> None:
     texts = list(ref.tokens)
-    header = ["recipe", "calibration", "bpw", "bpw w/o embedding"]
-    for k in texts:
-        header += [f"KL {k}", f"top-1 {k}", f"KL {k} / mlx-lm"]
-    header.append("convert s")
-    table = [header]
     peer = rows[PEER]
+    columns = [
+        Column("recipe", "{}", left=True),
+        Column("calibration", "{}", left=True),
+        Column("bpw", "{:.3f}"),
+        Column("bpw w/o embedding", "{:.3f}"),
+    ]
+    for k in texts:
+        columns += [
+            Column(f"top-1 {k}", "{:.1%}"),
+            Column(f"KL {k}", "{:.4f}", vs=f"KL {k} / mlx-lm"),
+        ]
+    columns.append(Column("convert s"))
+    table = []
     for name, r in rows.items():
         if "error" in r:
-            table.append([name, r["error"][:70]] + ["-"] * (len(header) - 2))
+            table.append([name, r["error"][:70]] + [None] * (len(columns) - 2))
             continue
-        line = [name, r["calibration"], f"{r['bpw']:.3f}", f"{r['bpw_linear']:.3f}"]
+        line = [name, r["calibration"], r["bpw"], r["bpw_linear"]]
         for k in texts:
-            ratio = r[k]["kl"] / peer[k]["kl"] if peer[k]["kl"] else math.nan
-            line += [f"{r[k]['kl']:.4f}", f"{r[k]['top1']:.1%}", f"{ratio:.2f}x"]
-        line.append(f"{r['convert_s']:.1f}")
-        table.append(line)
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+            line += [r[k]["top1"], r[k]["kl"]]
+        table.append([*line, r["convert_s"]])
     tokens = ", ".join(f"{k}: {len(t)} tokens" for k, t in ref.tokens.items())
-    print(
+    report.line(
         f"held-out texts ({tokens}); bf16 perplexity "
         + ", ".join(f"{k}: {peer[k]['ppl_source']:.2f}" for k in texts)
     )
-    for row in table:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    report.table(columns, table, peer=PEER, markdown=True)
     fits = [
         (n, r)
         for n, r in rows.items()
@@ -261,8 +251,9 @@ def print_table(rows: dict[str, dict], ref: Reference) -> None:
         )
         ratios = [best[k]["kl"] / peer[k]["kl"] for k in texts]
         verdict = "met" if max(ratios) <= TARGET_RATIO else "NOT met"
-        print(
-            f"\nbest at <= {TARGET_BPW} bits per weight (both counts): {name}, "
+        report.line()
+        report.line(
+            f"best at <= {TARGET_BPW} bits per weight (both counts): {name}, "
             f"{best['bpw']:.3f} / {best['bpw_linear']:.3f} bpw, KL "
             + ", ".join(f"{k} {x:.2f}x" for k, x in zip(texts, ratios, strict=True))
             + f" mlx-lm's (target <= {TARGET_RATIO:.2f}x on both: {verdict})"

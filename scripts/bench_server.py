@@ -19,38 +19,40 @@ time), p50 and p95 time to first token, mean per-client tokens/s (after its firs
 token); then ours / mlx_lm. Targets: ours >= 1.0x mlx_lm at every concurrency, ours at 8
 clients >= 3x ours at 1.
 
-    python scripts/bench_server.py [--clients 1,4,8,16] [--max-tokens 32] [--beside 8]
+    python scripts/bench_server.py [--model DIR] [--clients 1,4,8,16] [--max-tokens 32]
+                                   [--rounds 2] [--long-words 1500] [--beside 8] [--json FILE]
+                                   [--smoke]
 
 `--workload agent`: replies that copy from their prompts, as an agent's code edits do
-(prompts of CPython source with "Repeat the text above.", "Rewrite the code above with
-X renamed", or a continuation; the trained pair was trained on such turns), and, apart,
-questions whose replies do not. Three servers: ours with `--draft lookup --kv-bits 8`
-(speculation and 8-bit KV inside the batch), ours plain, and `mlx_lm server`; at 1, 4
-and 8 clients, each client streaming one reply per round, the servers taking turns;
-medians of `--rounds`. Printed: aggregate tokens/s (wall), tokens per CPU-second of the
-server process (the machine is shared: CPU time moves less with other load), our draft
-acceptance (from /health), and the ratios. Targets: lookup on the copying workload >=
-1.5x mlx_lm; on the other, lookup >= 0.95x ours plain. `--smoke`: 1 and 2 clients, a few
-tokens, one round (for the tests).
+(prompts of CPython source with "Repeat the text above." or "Rewrite the code above with
+X renamed"; the trained pair was trained on such turns), and, apart, questions whose
+replies do not. Five servers: ours with `--draft lookup --kv-bits 8` (speculation and
+8-bit KV inside the batch), ours with each alone, ours plain, and `mlx_lm server`; at 1,
+4 and 8 clients (`--clients`), each client streaming one reply per round, the servers
+taking turns; medians of `--rounds`. Printed: aggregate tokens/s (wall clock) and tokens
+per CPU-second of each server process (the machine is shared: CPU time moves less with
+other load), our draft acceptance (from /health), and the ratios. Targets: lookup+kv8 on
+the copying workload >= 1.5x mlx_lm; on the other, every lookup mode >= 0.95x ours plain;
+kv8 >= 0.9x ours plain at 8 clients.
 
     python scripts/bench_server.py --workload agent [--clients 1,4,8] [--max-tokens 64]
+
+(`--source` is the former name of `--model`.)
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAINED = ROOT.parent / "shared" / "models" / "qwen3-tiny-trained" / "target"
+from _bench import ROOT, TRAINED, BenchParser, Column, Report, need_model, ratio, workspace
+
 QUESTIONS = [
     "Continue:\nimport os",
     "What does the with statement do?",
@@ -64,8 +66,8 @@ QUESTIONS = [
 
 
 def agent_prompts(copying: bool) -> list[str]:
-    """Chat prompts whose replies copy from them (CPython source to repeat, rename in or
-    continue) or, with `copying` False, questions whose replies do not."""
+    """Chat prompts whose replies copy from them (CPython source to repeat or rename in)
+    or, with `copying` False, questions whose replies do not."""
     import inspect
 
     if not copying:
@@ -222,36 +224,43 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def report(name: str, c: int, r: dict) -> None:
+def say_round(name: str, c: int, r: dict) -> None:
     print(
         f"  {name:<14} {c:>3} clients: {r['tps']:7.1f} tokens/s, TTFT p50 "
         f"{r['p50'] * 1000:6.0f} ms p95 {r['p95'] * 1000:6.0f} ms, "
         f"{r['client_tps']:6.1f} tokens/s per client",
+        file=sys.stderr,
         flush=True,
     )
 
 
-def agent(args: argparse.Namespace) -> int:
+AGENT_SERVERS = ("lookup+kv8", "lookup", "kv8", "ours plain", "mlx_lm")
+AGENT_PAIRS = (
+    ("lookup+kv8", "mlx_lm"),
+    ("lookup+kv8", "ours plain"),
+    ("lookup", "ours plain"),
+    ("kv8", "ours plain"),
+    ("ours plain", "mlx_lm"),
+)
+
+
+def agent(args, source: Path) -> int:
     """The agent workload (see the module docstring)."""
     import httpx
     import mlx.core as mx
 
     from qwen_mlx.convert import convert
 
-    clients = [1, 2] if args.smoke else (args.clients or [1, 4, 8])
-    max_tokens = 6 if args.smoke else args.max_tokens
-    rounds = 1 if args.smoke else args.rounds
+    clients = args.clients or [1, 4, 8]
+    max_tokens = args.max_tokens or 64
     workloads = {"copying": agent_prompts(True), "other": agent_prompts(False)}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with workspace() as tmp:
         quantize = mx.metal.is_available()
-        print(f"converting {args.source.name} ({'4-bit' if quantize else 'bf16'}) ...")
-        folder = convert(
-            str(args.source), mlx_path=tmp / "model", quantize=quantize, home=tmp / "home"
-        ).path
+        print(f"converting {source.name} ({'4-bit' if quantize else 'bf16'}) ...", file=sys.stderr)
+        folder = convert(str(source), mlx_path=tmp / "model", quantize=quantize).path
         python = sys.executable
         ours = [python, "-m", "qwen_mlx", "serve", "--model", str(folder), "--log-level", "warning"]
-        servers = {
+        commands = {
             "lookup+kv8": [*ours, "--draft", "lookup", "--kv-bits", "8"],
             "lookup": [*ours, "--draft", "lookup"],
             "kv8": [*ours, "--kv-bits", "8"],
@@ -262,101 +271,104 @@ def agent(args: argparse.Namespace) -> int:
         procs, urls = {}, {}
         results: dict = {}
         try:
-            for name, command in servers.items():
+            for name in AGENT_SERVERS:
                 port = free_port()
-                procs[name] = start([*command, "--port", str(port)], port, tmp / f"{port}.log")
+                procs[name] = start(
+                    [*commands[name], "--port", str(port)], port, tmp / f"{port}.log"
+                )
                 urls[name] = f"http://127.0.0.1:{port}/v1"
                 one_request(urls[name], str(folder), "warm up", 8)
             for kind, questions in workloads.items():
                 for c in clients:
-                    runs: dict[str, list] = {name: [] for name in servers}
-                    for _ in range(rounds):  # the servers take turns: load drift hits all
+                    runs: dict[str, list] = {name: [] for name in AGENT_SERVERS}
+                    for _ in range(args.rounds):  # the servers take turns: load drift hits all
                         for name, url in urls.items():
                             before = cpu_seconds(procs[name].pid)
                             r = concurrent(url, str(folder), c, max_tokens, questions)
                             after = cpu_seconds(procs[name].pid)
-                            tokens = r["tps"] * r["wall"]
-                            r["cpu_tps"] = tokens / (after - before) if before is not None else 0.0
+                            spent = (after - before) if before is not None else 0.0
+                            r["cpu_tps"] = r["tps"] * r["wall"] / spent if spent > 0 else 0.0
+                            say_round(f"{name} ({kind})", c, r)
                             runs[name].append(r)
                     results[kind, c] = {
-                        name: {
-                            key: statistics.median(r[key] for r in rs)
-                            for key in ("tps", "cpu_tps", "p50")
-                        }
+                        name: {k: statistics.median(r[k] for r in rs) for k in ("tps", "cpu_tps")}
                         for name, rs in runs.items()
                     }
             health = httpx.get(urls["lookup+kv8"].removesuffix("/v1") + "/health").json()
         finally:
             for proc in procs.values():
                 stop(proc)
+    report = Report(args.json)
     spec = health.get("speculative") or {}
-    print(
-        f"\nlookup+kv8 over the run: {spec.get('accepted_tokens', 0)} of "
+    report.line(
+        f"lookup+kv8 over the run: {spec.get('accepted_tokens', 0)} of "
         f"{spec.get('drafted_tokens', 0)} drafted tokens accepted "
         f"({spec.get('acceptance_rate', 0.0):.0%}); batches of up to {health.get('max_batch')}, "
         f"kv_bits {health.get('kv_bits')}"
     )
-    names = list(servers)
-    print("\naggregate tokens/s, wall clock (per CPU-second of the server process)")
-    print(f"{'workload':<8} {'clients':>7} | " + " ".join(f"{n:>17}" for n in names))
-    for (kind, c), row in results.items():
-        cells = [f"{row[n]['tps']:7.1f} ({row[n]['cpu_tps']:6.1f})" for n in names]
-        print(f"{kind:<8} {c:>7} | " + " ".join(f"{x:>17}" for x in cells))
-    pairs = [
-        ("lookup+kv8", "mlx_lm"),
-        ("lookup+kv8", "ours plain"),
-        ("lookup", "ours plain"),
-        ("kv8", "ours plain"),
-        ("ours plain", "mlx_lm"),
-    ]
-    print("\nratios, wall clock (per CPU-second)")
-    print(f"{'workload':<8} {'clients':>7} | " + " ".join(f"{a + '/' + b:>23}" for a, b in pairs))
-    for (kind, c), row in results.items():
+    report.table(
+        [Column("workload", "{}", left=True), Column("clients", "{}")]
+        + [Column(name, "{}") for name in AGENT_SERVERS],
+        [
+            (kind, c, *(f"{row[n]['tps']:.1f} ({row[n]['cpu_tps']:.1f})" for n in AGENT_SERVERS))
+            for (kind, c), row in results.items()
+        ],
+        title=f"aggregate tokens/s, wall clock (per CPU-second of the server), median of "
+        f"{args.rounds} rounds",
+        sep=" | ",
+    )
 
-        def ratio(a: dict, b: dict) -> str:
-            wall = a["tps"] / b["tps"] if b["tps"] else 0.0
-            cpu = a["cpu_tps"] / b["cpu_tps"] if b["cpu_tps"] else 0.0
-            return f"{wall:.2f}x ({cpu:.2f}x)"
+    def both(a: dict, b: dict) -> str:
+        wall, cpu = ratio(a["tps"], b["tps"]), ratio(a["cpu_tps"], b["cpu_tps"])
+        return f"{wall or 0:.2f}x ({cpu or 0:.2f}x)"
 
-        cells = [ratio(row[a], row[b]) for a, b in pairs]
-        print(f"{kind:<8} {c:>7} | " + " ".join(f"{x:>23}" for x in cells))
-    print(
+    report.table(
+        [Column("workload", "{}", left=True), Column("clients", "{}")]
+        + [Column(f"{a}/{b}", "{}") for a, b in AGENT_PAIRS],
+        [
+            (kind, c, *(both(row[a], row[b]) for a, b in AGENT_PAIRS))
+            for (kind, c), row in results.items()
+        ],
+        title="ratios, wall clock (per CPU-second)",
+        sep=" | ",
+    )
+    report.line(
         "Targets: copying lookup+kv8/mlx_lm >= 1.5x; other: every lookup mode / ours plain "
         ">= 0.95x; kv8 / ours plain >= 0.9x at 8 clients."
     )
+    report.save()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, default=TRAINED, help="HF checkpoint to convert")
+    p = BenchParser(__doc__)
+    p.model(TRAINED / "target", "the Hugging Face checkpoint both servers serve", "--source")
     p.add_argument(
         "--workload",
         choices=("chat", "agent"),
         default="chat",
-        help="chat: questions and continuations against mlx_lm (TTFT beside long prompts "
-        "too); agent: replies copying their prompts, ours with --draft lookup --kv-bits 8",
+        help="chat: questions and continuations against mlx_lm, and TTFT beside long "
+        "prompts; agent: replies that copy their prompts, ours with --draft lookup "
+        "--kv-bits 8 (see above)",
     )
-    p.add_argument("--smoke", action="store_true", help="agent: a tiny run, for the tests")
     p.add_argument(
         "--clients",
         type=lambda s: [int(x) for x in s.split(",")],
         default=None,
-        help="concurrencies (default 1,4,8,16; agent 1,4,8)",
+        metavar="N,N,...",
+        help="concurrencies to measure (default 1,4,8,16; agent 1,4,8)",
     )
     p.add_argument("--max-tokens", type=int, default=None, help="default 32; agent 64")
-    p.add_argument("--rounds", type=int, default=2, help="runs per concurrency; the best counts")
+    p.rounds(2, "runs per concurrency; the best counts")
     p.add_argument("--long-words", type=int, default=1500, help="the long prompt's size")
     p.add_argument(
         "--beside", type=int, default=8, help="long prompts read at once beside a short one"
     )
+    p.smoke(clients=[1, 2], max_tokens=4, rounds=1, long_words=60, beside=2)
     args = p.parse_args(argv)
-    if not (args.source / "config.json").is_file():
-        print(f"no checkpoint at {args.source}", file=sys.stderr)
-        return 1
+    source = need_model(args.model)
     if args.workload == "agent":
-        args.max_tokens = args.max_tokens or 64
-        return agent(args)
+        return agent(args, source)
     args.clients = args.clients or [1, 4, 8, 16]
     args.max_tokens = args.max_tokens or 32
 
@@ -364,13 +376,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from qwen_mlx.convert import convert
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with workspace() as tmp:
         quantize = mx.metal.is_available()
-        print(f"converting {args.source.name} ({'4-bit' if quantize else 'bf16'}) ...")
-        folder = convert(
-            str(args.source), mlx_path=tmp / "model", quantize=quantize, home=tmp / "home"
-        ).path
+        print(f"converting {source.name} ({'4-bit' if quantize else 'bf16'}) ...", file=sys.stderr)
+        folder = convert(str(source), mlx_path=tmp / "model", quantize=quantize).path
         python = sys.executable
         ours_port, theirs_port = free_port(), free_port()
         servers = {
@@ -398,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.rounds):
                     for name, url in urls.items():
                         r = concurrent(url, str(folder), c, args.max_tokens)
-                        report(name, c, r)
+                        say_round(name, c, r)
                         if c not in results[name] or r["tps"] > results[name][c]["tps"]:
                             results[name][c] = r
             for name, url in urls.items():
@@ -412,43 +421,57 @@ def main(argv: list[str] | None = None) -> int:
                 stop(proc)
 
     ours, theirs = results["qwen-mlx serve"], results["mlx_lm server"]
-    print()
-    print(
-        f"{'clients':>7} | {'ours tok/s':>10} {'mlx_lm tok/s':>12} {'ratio':>6} | "
-        f"{'ours TTFT p50/p95 ms':>20} {'mlx_lm TTFT p50/p95 ms':>22} | "
-        f"{'per-client ours/mlx_lm':>22}"
+    report = Report(args.json)
+    report.table(
+        [
+            Column("clients", "{}"),
+            Column("ours tok/s"),
+            Column("mlx_lm tok/s"),
+            Column("ratio", "{:.2f}x"),
+            Column("ours TTFT p50/p95 ms", "{}"),
+            Column("mlx_lm TTFT p50/p95 ms", "{}"),
+            Column("per-client tok/s ours/mlx_lm", "{}"),
+        ],
+        [
+            (
+                c,
+                ours[c]["tps"],
+                theirs[c]["tps"],
+                ratio(ours[c]["tps"], theirs[c]["tps"]),
+                f"{ours[c]['p50'] * 1000:.0f}/{ours[c]['p95'] * 1000:.0f}",
+                f"{theirs[c]['p50'] * 1000:.0f}/{theirs[c]['p95'] * 1000:.0f}",
+                f"{ours[c]['client_tps']:.1f}/{theirs[c]['client_tps']:.1f}",
+            )
+            for c in args.clients
+        ],
+        title=f"aggregate tokens/s, the best of {args.rounds} rounds at each concurrency",
+        sep=" | ",
     )
-    for c in args.clients:
-        o, t = ours[c], theirs[c]
-        print(
-            f"{c:>7} | {o['tps']:>10.1f} {t['tps']:>12.1f} {o['tps'] / t['tps']:>5.2f}x | "
-            f"{o['p50'] * 1000:>9.0f}/{o['p95'] * 1000:<10.0f} "
-            f"{t['p50'] * 1000:>11.0f}/{t['p95'] * 1000:<10.0f} | "
-            f"{o['client_tps']:>9.1f}/{t['client_tps']:<9.1f}"
-        )
     if 1 in ours and 8 in ours:
-        print(
-            f"\nours at 8 clients / ours at 1: {ours[8]['tps'] / ours[1]['tps']:.2f}x (target 3x)"
+        report.line()
+        report.line(
+            f"ours at 8 clients / ours at 1: {ours[8]['tps'] / ours[1]['tps']:.2f}x (target 3x)"
         )
     for name, rows in results.items():
         alone, behind, long = rows["long"]
-        print(
+        report.line(
             f"{name}: a short request's TTFT {alone * 1000:.0f} ms alone, {behind * 1000:.0f} ms "
             f"sent 0.3 s after a {args.long_words}-word prompt (whose own TTFT: "
             f"{long * 1000:.0f} ms)"
         )
     for name, rows in results.items():
         short, longs = rows["beside"]
-        print(
+        report.line(
             f"{name}: a short request's TTFT {short * 1000:.0f} ms beside {args.beside} "
             f"{args.long_words}-word prompts being read (their median TTFT: "
             f"{longs * 1000:.0f} ms)"
         )
-    ratio = theirs["beside"][0] / max(ours["beside"][0], 1e-9)
-    print(
-        f"short request beside {args.beside} long prompts, TTFT mlx_lm / ours: {ratio:.1f}x "
+    sooner = theirs["beside"][0] / max(ours["beside"][0], 1e-9)
+    report.line(
+        f"short request beside {args.beside} long prompts, TTFT mlx_lm / ours: {sooner:.1f}x "
         "(above 1: ours answers sooner)"
     )
+    report.save()
     return 0
 
 

@@ -17,24 +17,19 @@ sized to match Qwen3-4B at ~4K tokens. (b) and (c) use a narrow model with a KV 
 heavy per token as its weights are light, so that the cache, not the matmuls, shows.
 
     python scripts/bench_session.py [--turns 20] [--resume-tokens 8192] [--long-tokens 4096]
+                                    [--chunk 512] [--layers 4] [--only a|b|c] [--json FILE]
+                                    [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-CHAT_SHAPE = {  # Qwen3-4B proportions at a quarter of its width
-    "hidden_size": 640,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 2,
-    "head_dim": 128,
-    "intermediate_size": 2432,
-}
+from _bench import BenchParser, Column, Report, quarter_model, tiny_model, workspace
+
+CONTEXT = {"max_position_embeddings": 65536}
 CACHE_SHAPE = {  # light weights, heavy KV: 16 KiB of bf16 KV per token
     "hidden_size": 256,
     "num_hidden_layers": 8,
@@ -47,25 +42,6 @@ SYSTEM = (
     "You are a planning assistant for a small software team. Answer briefly, name owners "
     "and dates, and say when something is a guess."
 )
-
-
-def build_model(root: Path, name: str, shape: dict):
-    import mlx.core as mx
-
-    from qwen_mlx import load
-    from qwen_mlx.convert import convert
-    from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
-
-    config = TinyConfig(**shape, max_position_embeddings=65536)
-    source = build_tiny_checkpoint(root / name, config, tokenizer_vocab_size=1024)
-    quantize = mx.metal.is_available()
-    model = load(convert(str(source), mlx_path=root / f"{name}-mlx", quantize=quantize).path)
-    print(
-        f"{name}: {model.manifest.parameters / 1e6:.1f}M parameters, "
-        f"{model.manifest.quantization.label}",
-        file=sys.stderr,
-    )
-    return model
 
 
 def drain(stream) -> None:
@@ -152,53 +128,61 @@ def bench_peak(model, tokens: int, chunk: int) -> dict[int | None, tuple[float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = BenchParser(__doc__)
     p.add_argument("--turns", type=int, default=20)
     p.add_argument("--resume-tokens", type=int, default=8192)
     p.add_argument("--long-tokens", type=int, default=4096)
     p.add_argument("--chunk", type=int, default=512, help="prefill chunk for (c), both runs")
+    p.add_argument("--layers", type=int, default=4, help="layers of (a)'s model")
     p.add_argument("--only", choices=("a", "b", "c"), help="run one part")
+    p.smoke(turns=3, resume_tokens=256, long_tokens=256, chunk=64, layers=1)
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+    report = Report(args.json)
+    with workspace() as root:
         if args.only in (None, "a"):
-            model = build_model(root, "Qwen3-1M-Chat-2507", CHAT_SHAPE)
+            model = quarter_model(root, args.layers, **CONTEXT)
             rows = bench_turns(model, args.turns)
-            print("\n(a) time to first token per turn; stateless = re-prefill the whole history")
-            print(f"{'turn':>4} {'context':>8} {'ours ms':>8} {'stateless ms':>13}")
-            for i, ctx, ours, theirs in rows:
-                print(f"{i:>4} {ctx:>8} {ours * 1000:>8.1f} {theirs * 1000:>13.1f}")
+            report.table(
+                [
+                    Column("turn", "{}"),
+                    Column("context", "{}"),
+                    Column("ours ms", vs="ours vs turn 1"),
+                    Column("stateless ms", vs="stateless vs turn 1"),
+                ],
+                [(i, ctx, ours * 1000, theirs * 1000) for i, ctx, ours, theirs in rows],
+                peer=1,
+                title="(a) time to first token per turn; stateless = re-prefill the whole history",
+            )
             last, first = rows[-1], rows[0]
-            print(
+            report.line(
                 f"turn {last[0]} / turn 1: ours {last[2] / first[2]:.2f} (target <= 1.3), "
                 f"stateless {last[3] / first[3]:.2f}"
             )
         if args.only in (None, "b", "c"):
-            model = build_model(root, "Qwen3-1M-Cache-2507", CACHE_SHAPE)
+            model = tiny_model(root, "Qwen3-1M-Cache-2507", {**CACHE_SHAPE, **CONTEXT},
+                               tokenizer_vocab_size=1024)  # fmt: skip
         if args.only in (None, "b"):
             r = bench_resume(model, args.resume_tokens, root)
             resume = r["load"] + r["resume_ttft"]
-            print(f"\n(b) resume a saved {r['tokens']:,}-token conversation")
-            print(
+            report.line()
+            report.line(f"(b) resume a saved {r['tokens']:,}-token conversation")
+            report.line(
                 f"load {r['load'] * 1000:.0f} ms + first token {r['resume_ttft'] * 1000:.0f} ms"
                 f" = {resume * 1000:.0f} ms; re-prefill {r['reprefill'] * 1000:.0f} ms"
             )
-            print(f"resume / re-prefill: {resume / r['reprefill']:.3f} (target <= 0.1)")
+            report.line(f"resume / re-prefill: {resume / r['reprefill']:.3f} (target <= 0.1)")
         if args.only in (None, "c"):
             peaks = bench_peak(model, args.long_tokens, args.chunk)
             (bf16, t16), (q4, t4) = peaks[None], peaks[4]
-            print(
-                f"\n(c) peak memory of a {args.long_tokens:,}-token prefill "
-                f"(chunks of {args.chunk})"
+            report.line()
+            report.line(
+                f"(c) peak memory of a {args.long_tokens:,}-token prefill (chunks of {args.chunk})"
             )
-            print(
+            report.line(
                 f"bf16 KV {bf16 / 1e6:.0f} MB ({t16:.0f} s), 4-bit KV {q4 / 1e6:.0f} MB "
                 f"({t4:.0f} s): 4-bit / bf16 = {q4 / bf16:.2f} (target < 1)"
             )
+    report.save()
     return 0
 
 

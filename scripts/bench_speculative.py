@@ -26,13 +26,12 @@ coverage < 0.3; our draft >= 1.0x mlx-lm's draft.
 `--profile` shows where a round's time goes instead: the forward pass of 1 + k tokens in
 plain steps, a draft step, and how much of a generation waits on evaluation.
 
-    python scripts/bench_speculative.py [--max-tokens 96] [--prompts 12] [--repeat 3]
+    python scripts/bench_speculative.py [--max-tokens 96] [--prompts 12] [--repeat 3] [--smoke]
     python scripts/bench_speculative.py --profile
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import statistics
 import sys
@@ -40,7 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-TRAINED = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-tiny-trained"
+from _bench import TRAINED, BenchParser
+
 MODULES = ("textwrap", "shlex", "fnmatch", "bisect", "colorsys", "glob", "heapq", "queue")
 
 
@@ -211,14 +211,15 @@ def profile(target, draft, drafter, tokens, max_tokens) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(8)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = BenchParser(__doc__, json=False)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--prompts", type=int, default=12, help="prompts for bf16")
     ap.add_argument("--q4-prompts", type=int, default=4, help="prompts for 4-bit (slow on CPU)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per mode; the median is kept")
     ap.add_argument("--profile", action="store_true", help="profile one prompt's rounds, then exit")
-    args = ap.parse_args()
+    ap.smoke(max_tokens=8, prompts=2, q4_prompts=1, repeat=1)
+    args = ap.parse_args(argv)
     if not (TRAINED / "target" / "config.json").is_file():
         print(f"The trained pair is not at {TRAINED}.", file=sys.stderr)
         return 2

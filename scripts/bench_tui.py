@@ -12,20 +12,19 @@ Targets: screen lag under 100 ms, UI CPU time under 10% of the stream's time. Th
 measured in the same run: a bare Textual app with one Markdown widget fed the same
 batches, i.e. what the framework itself costs for this stream on this machine.
 
-    python scripts/bench_tui.py [--tokens 5000] [--rate 200]
+    python scripts/bench_tui.py [--tokens 5000] [--rate 200] [--flush 0.08] [--json FILE] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from _bench import BenchParser, Column, Report, cell, ratio, workspace
 
 
 def word(i: int) -> str:
@@ -34,25 +33,18 @@ def word(i: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = BenchParser(__doc__)
     p.add_argument("--tokens", type=int, default=5000)
     p.add_argument("--rate", type=float, default=200.0, help="tokens per second")
     p.add_argument("--flush", type=float, default=0.08, help="the app's batching interval (s)")
+    p.smoke(tokens=300)
     args = p.parse_args(argv)
 
-    ours = measure_app(args)
+    with workspace() as work:
+        ours = measure_app(args, work / "home")
     peer = measure_peer(args)
     if ours is None or peer is None:
         return 1
-    print(
-        f"\n{args.tokens} tokens at {args.rate:.0f} tokens/s, "
-        f"flushed every {args.flush * 1000:.0f} ms"
-    )
-    print(f"{'':28}{'qwen-mlx chat':>16}{'bare Textual':>16}{'ratio':>8}")
     rows = [
         ("screen updates", ours.updates, peer.updates, "{:.0f}"),
         ("lag mean (ms)", ours.lag_mean, peer.lag_mean, "{:.1f}"),
@@ -61,12 +53,23 @@ def main(argv: list[str] | None = None) -> int:
         ("UI CPU (%)     target < 10", ours.cpu_share * 100, peer.cpu_share * 100, "{:.1f}"),
         ("UI CPU per token (ms)", ours.cpu_per_token, peer.cpu_per_token, "{:.2f}"),
     ]
-    for label, a, b, fmt in rows:
-        print(f"{label:28}{fmt.format(a):>16}{fmt.format(b):>16}{a / b if b else 0:>8.2f}")
-    print(
+    report = Report(args.json)
+    report.table(
+        [
+            Column("", "{}", left=True),
+            Column("qwen-mlx chat", "{}"),
+            Column("bare Textual", "{}"),
+            Column("ratio", "{:.2f}"),
+        ],
+        [(label, cell(a, fmt), cell(b, fmt), ratio(a, b)) for label, a, b, fmt in rows],
+        title=f"{args.tokens} tokens at {args.rate:.0f} tokens/s, "
+        f"flushed every {args.flush * 1000:.0f} ms",
+    )
+    report.line(
         "bare Textual: one Markdown widget in a VerticalScroll fed the same batches through "
         "Markdown.get_stream, nothing else on screen (the framework's floor)."
     )
+    report.save()
     return 0
 
 
@@ -145,10 +148,9 @@ def scripted_words(args, produced: list[float]):
         yield i, word(i)
 
 
-def measure_app(args) -> Result | None:
-    """The real chat app, headless, with the demo model and a scripted token loop."""
-    home = Path(tempfile.mkdtemp(prefix="qwen-mlx-bench-tui-"))
-    os.environ["QWEN_MLX_HOME"] = str(home)
+def measure_app(args, home: Path) -> Result | None:
+    """The real chat app, headless, with the demo model (built into the store `home`,
+    where QWEN_MLX_HOME points) and a scripted token loop."""
 
     import qwen_mlx.chat.session as session_module
     from qwen_mlx.convert.demo import ensure_demo_model

@@ -11,23 +11,23 @@
     (web.markdown.MarkdownStream: finished blocks rendered once) against re-rendering the
     whole reply on every update. Target: linear, so ours per update stays flat.
 
-    python scripts/bench_web.py [--tokens 256] [--repeat 3]
+    python scripts/bench_web.py [--tokens 256] [--rounds 3] [--markdown-tokens 1024,4096,16384]
+                                [--json FILE] [--smoke]
+
+(`--repeat` is the former name of `--rounds`.)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _bench import BenchParser, Column, Report, alternate, ratio, tiny_model, workspace
 
 SAMPLE = (
     "Here is a **table** and some code:\n\n"
@@ -35,15 +35,6 @@ SAMPLE = (
     "```python\ndef longest(rivers):\n    return max(rivers, key=rivers.get)\n```\n\n"
     "Some prose with *emphasis*, `inline code` and a [link](https://example.org). " * 3 + "\n\n"
 )
-
-
-def tiny_model(folder: Path):
-    from qwen_mlx import load
-    from qwen_mlx.convert import convert
-    from qwen_mlx.convert.tiny import build_tiny_checkpoint
-
-    hf = build_tiny_checkpoint(folder / "Qwen3-1M-Tiny-2507")
-    return load(convert(str(hf), mlx_path=folder / "tiny-q4").path)
 
 
 def serve(model, home: Path):
@@ -132,12 +123,7 @@ def streaming(model, tokens: int, repeat: int) -> list[tuple[str, float, float]]
                     model_thread().submit(session_reply, model, tokens).result()
                 ),
             }
-            for fn in runs.values():
-                fn()  # warm-up
-            results: dict[str, list] = {name: [] for name in runs}
-            for _ in range(repeat):  # interleaved: load on the machine hits all alike
-                for name, fn in runs.items():
-                    results[name].append(fn())
+            results = alternate(runs, repeat)  # taking turns: other load hits all alike
             for name, got in results.items():
                 ttft = statistics.median(r[0] for r in got)
                 tps = statistics.median(r[2] / (r[1] - r[0]) for r in got)
@@ -167,24 +153,47 @@ def rendering(sizes: list[int]) -> list[tuple[int, float, float]]:
     return rows
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = BenchParser(__doc__)
     p.add_argument("--tokens", type=int, default=256, help="reply length for (a)")
-    p.add_argument("--repeat", type=int, default=3)
-    args = p.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        model = tiny_model(Path(folder))
-        rows = streaming(model, args.tokens, args.repeat)
-    peer = dict((name, tps) for name, _, tps in rows)["OpenAI route SSE"]
-    print(f"(a) one {args.tokens}-token reply, tiny model, median of {args.repeat}")
-    print(f"{'path':<24} {'first text ms':>14} {'tokens/s':>10} {'vs OpenAI route':>16}")
-    for name, ttft, tps in rows:
-        print(f"{name:<24} {ttft:>14.1f} {tps:>10.1f} {tps / peer:>15.2f}x")
-    print()
-    print("(b) server-side Markdown per 40-character update of a streamed reply")
-    print(f"{'reply tokens':>12} {'ours ms':>9} {'re-render whole ms':>19} {'ratio':>8}")
-    for tokens, ours, whole in rendering([1024, 4096, 16384]):
-        print(f"{tokens:>12,} {ours:>9.2f} {whole:>19.2f} {whole / ours:>7.1f}x")
+    p.rounds(3, "replies of each path, taking turns (the median counts)", "--repeat")
+    p.add_argument(
+        "--markdown-tokens",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1024, 4096, 16384],
+        metavar="N,N,...",
+        help="reply sizes for (b)",
+    )
+    p.smoke(tokens=16, rounds=1, markdown_tokens=[256, 1024])
+    args = p.parse_args(argv)
+    report = Report(args.json)
+    with workspace() as folder:
+        model = tiny_model(folder, "Qwen3-1M-Tiny-2507", quantize=True)
+        rows = streaming(model, args.tokens, args.rounds)
+    report.table(
+        [
+            Column("path", "{}", left=True),
+            Column("first text ms"),
+            Column("tokens/s", vs="vs OpenAI route"),
+        ],
+        rows,
+        peer="OpenAI route SSE",
+        title=f"(a) one {args.tokens}-token reply, tiny model, median of {args.rounds}",
+    )
+    report.table(
+        [
+            Column("reply tokens", "{:,}"),
+            Column("ours ms", "{:.2f}"),
+            Column("re-render whole ms", "{:.2f}"),
+            Column("whole / ours", "{:.1f}x"),
+        ],
+        [
+            (tokens, ours, whole, ratio(whole, ours))
+            for tokens, ours, whole in rendering(args.markdown_tokens)
+        ],
+        title="(b) server-side Markdown per 40-character update of a streamed reply",
+    )
+    report.save()
     return 0
 
 

@@ -9,19 +9,16 @@ The tests build the same checkpoints through `qwen_mlx.convert.tiny.build_tiny_c
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
+from _bench import command
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
+
     d = TinyConfig()
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command(__doc__)
     p.add_argument("out", help="output folder (created; must be empty unless --overwrite)")
     p.add_argument("--hidden", type=int, default=d.hidden_size)
     p.add_argument("--layers", type=int, default=d.num_hidden_layers)

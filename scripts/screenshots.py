@@ -10,12 +10,11 @@ screenshot shows how a real Markdown answer streams in: headings, code, a table.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from _bench import ROOT, command, workspace
 
 QUESTION = "How do I stream a reply from qwen-mlx in a notebook?"
 ANSWER = """\
@@ -42,16 +41,19 @@ For a conversation, `ChatSession` keeps the KV cache between turns.
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "docs" / "screenshots")
+    p = command(__doc__)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     args = p.parse_args(argv)
-    home = Path(tempfile.mkdtemp(prefix="qwen-mlx-shots-"))
-    os.environ["QWEN_MLX_HOME"] = str(home)
+    with workspace(prefix="qwen-mlx-shots-") as work:
+        take(args.out, work / "home")
+    for shot in sorted(args.out.glob("*.svg")):
+        print(shot)
+    return 0
 
+
+def take(out: Path, home: Path) -> None:
+    """The three screenshots, into `out`; the demo model is built into the store `home`
+    (where QWEN_MLX_HOME points)."""
     import qwen_mlx.chat.session as session_module
     from qwen_mlx.convert.demo import ensure_demo_model
     from qwen_mlx.runtime import GenerationChunk
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from tui.screens import NoModelScreen
     from tui.widgets import PromptInput
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
 
     async def no_model() -> None:
         app = ChatApp(home=home)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             while not isinstance(app.screen, NoModelScreen):
                 await pilot.pause(0.05)
             await pilot.pause(0.3)
-            app.save_screenshot("no-model.svg", str(args.out))
+            app.save_screenshot("no-model.svg", str(out))
 
     asyncio.run(no_model())
     name = ensure_demo_model()
@@ -91,15 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             while app.streaming or not app.session.messages:
                 await pilot.pause(0.05)
             await pilot.pause(0.5)
-            app.save_screenshot("chat.svg", str(args.out))
+            app.save_screenshot("chat.svg", str(out))
             await pilot.press("f1")
             await pilot.pause(0.5)
-            app.save_screenshot("help.svg", str(args.out))
+            app.save_screenshot("help.svg", str(out))
 
     asyncio.run(chat())
-    for shot in sorted(args.out.glob("*.svg")):
-        print(shot)
-    return 0
 
 
 if __name__ == "__main__":

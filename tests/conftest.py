@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
+
+from .scripted import Script
+from .served import Served, serving
 
 pytest_plugins = ["pytester"]  # test_home_guard runs a small session of its own
 
@@ -121,6 +127,27 @@ def tiny_model(tiny_mlx):
     return load(tiny_mlx)
 
 
+@pytest.fixture(scope="session")
+def tiny_store(tiny_hf, tmp_path_factory) -> Path:
+    """A store holding the tiny model (`qwen3-1m-tiny`), converted once per session;
+    `stored` copies it into a test's own store."""
+    from qwen_mlx.convert import convert
+
+    root = tmp_path_factory.mktemp("tiny_store")
+    convert(str(tiny_hf), home=root)
+    return root
+
+
+@pytest.fixture
+def stored(tiny_store, home) -> str:
+    """The tiny model in this test's own store (the one model there, so the default of
+    the chat app and the CLI), copied from `tiny_store`; its family name."""
+    import shutil
+
+    shutil.copytree(tiny_store, home, dirs_exist_ok=True)
+    return "qwen3-1m-tiny"
+
+
 @pytest.fixture
 def hf_copy(tiny_hf, tmp_path) -> Path:
     """A private copy of the tiny checkpoint that a test may damage."""
@@ -129,3 +156,62 @@ def hf_copy(tiny_hf, tmp_path) -> Path:
     dst = tmp_path / tiny_hf.name
     shutil.copytree(tiny_hf, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def scripted_model(tiny_model) -> Script:
+    """The tiny model with a script (tests/scripted.py): `scripted_model.model` serves and
+    chats like the tiny model until a test writes replies for it."""
+    return Script(tiny_model)
+
+
+@pytest.fixture
+def script(scripted_model) -> Script:
+    """The scripted model's script, empty at the start of the test."""
+    scripted_model.clear()
+    return scripted_model
+
+
+@pytest.fixture(autouse=True)
+def _scripts_cleared() -> Iterator[None]:
+    """No script or record outlives its test."""
+    yield
+    for script in list(Script.live):
+        script.clear()
+
+
+def _servers(stack: ExitStack, request: pytest.FixtureRequest) -> Callable[..., Served]:
+    def serve(model: Any = None, **options: Any) -> Served:
+        """`served.serving(model, **options)` until the fixture ends; the model is the
+        scripted tiny model unless given."""
+        if model is None:
+            model = request.getfixturevalue("scripted_model").model
+        return stack.enter_context(serving(model, **options))
+
+    return serve
+
+
+@pytest.fixture
+def serve(request) -> Iterator[Callable[..., Served]]:
+    """Start servers for this test: `serve(model=None, *, key, app={...}, limits={...},
+    **engine_options)` (see `served.serving`); each is stopped when the test ends."""
+    with ExitStack() as stack:
+        yield _servers(stack, request)
+
+
+@pytest.fixture(scope="module")
+def module_server(request) -> Iterator[Callable[..., Served]]:
+    """`serve`, for servers a whole module shares (stopped after its last test)."""
+    with ExitStack() as stack:
+        yield _servers(stack, request)
+
+
+@pytest.fixture(scope="module")
+def notes_url() -> Iterator[str]:
+    """The MCP test server (tests/mcp_notes.py) over streamable HTTP: its URL."""
+    from .mcp_notes import serve_http
+
+    url, server, thread = serve_http()
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -18,7 +18,7 @@ from qwen_mlx.runtime.batch import BatchDecoder
 from qwen_mlx.runtime.cache import cache_length
 from qwen_mlx.runtime.kv_batch import trim_rows
 
-from .helpers import TRAINED_TARGET
+from .helpers import TRAINED_TARGET, chi2_critical, pair_distribution, topk_probs
 
 # Replies that repeat their prompts (lookup drafts often) and ones that do not.
 PROMPTS = [
@@ -189,8 +189,6 @@ def _judged_prompt(model, k):
     the batch's arithmetic cannot move a token across it."""
     import numpy as np
 
-    from .test_speculative import _topk_probs
-
     def cut(tokens):
         logits = np.array(model.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
         top = np.sort(logits)[::-1]
@@ -200,8 +198,8 @@ def _judged_prompt(model, k):
         y = x + 1
         for b in range(42, 300):
             prompt = [x, y, b, x, y]
-            firsts = _topk_probs(model, prompt, k)
-            if b not in firsts or x not in _topk_probs(model, [*prompt, b], k):
+            firsts = topk_probs(model, prompt, k)
+            if b not in firsts or x not in topk_probs(model, [*prompt, b], k):
                 continue
             if cut(prompt) and all(cut([*prompt, a]) for a in firsts):
                 return prompt
@@ -209,11 +207,9 @@ def _judged_prompt(model, k):
 
 
 def test_sampled_sequences_drafting_in_a_batch_follow_the_models_distribution(tiny_bf16):
-    from .test_speculative import _chi2_critical, _pair_distribution
-
     k, n = 3, 240
     prompt = _judged_prompt(tiny_bf16, k)
-    exact = _pair_distribution(tiny_bf16, prompt, k)
+    exact = pair_distribution(tiny_bf16, prompt, k)
     eos = tiny_bf16.tokenizer.eos_token_ids
     counts: dict = {}
     drafted = accepted = 0
@@ -234,7 +230,7 @@ def test_sampled_sequences_drafting_in_a_batch_follow_the_models_distribution(ti
         finally:
             decoder.close()
     chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in exact.items())
-    assert chi2 < _chi2_critical(len(exact) - 1), (chi2, counts)
+    assert chi2 < chi2_critical(len(exact) - 1), (chi2, counts)
     assert set(counts) <= set(exact)
     assert 0 < accepted < drafted
 

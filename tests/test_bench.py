@@ -134,8 +134,15 @@ def test_unknown_chips_have_no_published_bandwidth(device):
     assert published_bandwidth(device) is None
 
 
-def test_measured_copy_bandwidth_is_positive():
-    assert measure_copy_bandwidth(size=8 << 20, repeats=2) > 0
+def test_measured_copy_bandwidth_is_bytes_read_and_written_over_the_fastest_copy(monkeypatch):
+    from types import SimpleNamespace
+
+    # A clock that makes the three copies take 0.5 s, 0.25 s and 1 s.
+    ticks = iter([10.0, 10.5, 20.0, 20.25, 30.0, 31.0])
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    size = 8 << 20
+    assert measure_copy_bandwidth(size=size, repeats=3) == 2 * size / 0.25
+    assert next(ticks, None) is None  # each copy timed, and only the copies
 
 
 def test_a_machine_without_a_published_figure_reports_a_measured_one(monkeypatch):

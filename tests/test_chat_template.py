@@ -15,7 +15,7 @@ from qwen_mlx.cli import main
 from qwen_mlx.convert.template import TEST_CONVERSATIONS, check, family_template, render
 from qwen_mlx.errors import ChatTemplateError
 
-from .helpers import SHARED_MODEL, needs_shared
+from .helpers import BOOM, SHARED_MODEL, needs_shared
 
 # A template that loops, builds or recurses without end, in each way we know of; each
 # must be stopped by a bound, never run to the end.
@@ -126,14 +126,6 @@ def test_check_says_why_a_template_fails_on_a_plain_conversation():
 
 # -- at run time, through generate ----------------------------------------------------------
 
-# Renders ChatML, except that a message saying "boom" sets off nested loops.
-BOOM = (
-    "{% for m in messages %}{% if 'boom' in m.content %}{% for i in range(100000) %}"
-    "{% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}"
-    "{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
 
 @pytest.fixture
 def boom_model(tiny_mlx, tmp_path):
@@ -172,24 +164,16 @@ def test_a_model_that_fell_back_renders_with_the_family_template(boom_model):
 def test_the_server_answers_a_prompt_that_sets_off_the_template(boom_model, caplog):
     """What jammed serve's preparation threads: the request is answered (with the family's
     template), and so is the next one."""
-    import openai
 
     from qwen_mlx import load
-    from qwen_mlx.server import Engine, create_app
 
-    from .helpers import start_server
+    from .served import serving
 
-    engine = Engine(load(boom_model), cache_bytes=0)
-    server, thread, port = start_server(create_app(engine))
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+    with serving(load(boom_model), key=None, cache_bytes=0) as served:
+        client = served.client()
         for text in ("boom", "hello"):
             reply = client.chat.completions.create(
                 model="boom", messages=[{"role": "user", "content": text}], max_tokens=4
             )
             assert reply.choices[0].finish_reason in ("stop", "length")
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.close()
     assert "The chat template of boom was stopped" in caplog.text

@@ -31,12 +31,11 @@ import pytest
 from qwen_mlx import ChatSession
 from qwen_mlx.convert.tiny import TinyConfig, build_tiny_checkpoint
 from qwen_mlx.errors import RankFailedError
-from qwen_mlx.runtime import GenerationChunk, SamplingParams, batch_generate, generate, load
+from qwen_mlx.runtime import SamplingParams, batch_generate, generate, load
 from qwen_mlx.runtime.launch import HostFile, Ranks, free_ports
-from qwen_mlx.server import Engine, create_app
 
-from .helpers import ROOT, start_server
-from .test_server import MODEL, all_at_once, user
+from .helpers import ROOT, run_script
+from .served import MODEL, Served, all_at_once, user
 
 KEY = "group-key"
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -164,6 +163,29 @@ def group_model(f32, tmp_path_factory) -> Iterator:
             ranks.close()
 
 
+def test_a_learned_conversion_in_a_process_that_joined_a_group_runs_alone(
+    group_model, tiny_hf, home, tmp_path
+):
+    # mlx-lm's AWQ averages its losses over mx.distributed.init()'s group: in this process
+    # that is the group above, whose follower is not converting. Without running alone the
+    # method waits on the follower for ever (or fails once it is gone): a thread and a
+    # deadline turn a hang into a failure.
+    from importlib import resources
+
+    from qwen_mlx.cli import main
+
+    short = tmp_path / "short.txt"
+    text = resources.files("qwen_mlx.data").joinpath("quant_calibration.txt").read_text()
+    short.write_text(text[:2000])
+    codes: list[int] = []
+    argv = ["convert", "--hf-path", str(tiny_hf), "--method", "awq", "--calibration", str(short)]
+    worker = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+    assert codes == [0], "the conversion waited on the group's other rank"
+    assert group_model.shard.size == 2  # the group is still this process's
+
+
 GREEDY = SamplingParams(temperature=0, max_tokens=16)
 SEEDED = SamplingParams(temperature=0.8, top_k=30, seed=11, max_tokens=16)
 
@@ -212,17 +234,14 @@ def test_a_chat_saved_on_two_ranks_resumes_on_one_without_rereading(
 
 
 @pytest.fixture(scope="module")
-def served(group_model) -> Iterator[tuple[str, Engine]]:
-    engine = Engine(group_model, max_context=2048, max_batch=4, max_queue=8, prefill_step_size=16)
-    server, thread, port = start_server(create_app(engine, api_key=KEY))
-    yield f"http://127.0.0.1:{port}", engine
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+def served(module_server, group_model) -> Served:
+    return module_server(
+        group_model, key=KEY, max_context=2048, max_batch=4, max_queue=8, prefill_step_size=16
+    )
 
 
 def test_health_reports_the_ranks_and_each_ones_state(served):
-    health = httpx.get(served[0] + "/health", timeout=10).json()
+    health = served.get("/health", timeout=10).json()
     assert health["status"] == "ok"
     assert health["ranks"] == 2 and health["split"] == "tensor"
     states = health["rank_states"]
@@ -231,7 +250,7 @@ def test_health_reports_the_ranks_and_each_ones_state(served):
 
 
 def test_the_server_on_two_ranks_answers_openai_anthropic_and_ollama(served, tiny_model):
-    base, engine = served
+    base, engine = served.base, served.engine
     expected = generate(tiny_model, user("Hi there"), GREEDY)
     client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
     reply = client.chat.completions.create(
@@ -269,7 +288,7 @@ def test_the_server_on_two_ranks_answers_openai_anthropic_and_ollama(served, tin
 
 
 def test_four_clients_decode_together_on_two_ranks(served, tiny_model):
-    base, engine = served
+    base, engine = served.base, served.engine
     client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
     def ask(i: int) -> str:
@@ -368,23 +387,20 @@ def test_a_follower_leaves_when_rank_0_dies_during_a_step(tiny_mlx, tmp_path):
     assert left, "the follower outlived rank 0"
 
 
-def test_requests_a_blocked_model_thread_cannot_end_hear_the_ranks_failure(tiny_model):
+def test_requests_a_blocked_model_thread_cannot_end_hear_the_ranks_failure(serve, tiny_model):
     # What a server does when a lost rank leaves its model thread blocked in MLX (see
-    # launch.Ranks.on_stuck): the engine ends the requests itself, naming the rank.
+    # launch.Ranks.on_stuck): the engine ends the requests itself, naming the rank. The
+    # scripted model writes a few words, then blocks inside its step, in the batched path.
+    from .scripted import Script
+
     release = threading.Event()
-
-    def blocked(model, tokens, params, **kwargs):  # a step that never returns
-        yield GenerationChunk("wait", None, len(tokens), 0.0, 1, 0.0, 0.0, 0.0)
-        release.wait(60)
-
-    engine = Engine(tiny_model, max_context=2048, cache_bytes=0)
-    engine.stream_tokens = blocked
-    server, thread, port = start_server(create_app(engine, api_key=KEY))
+    script = Script(tiny_model)
+    script.reply("wait for it, the model is thinking", hold=release)
+    served = serve(script.model, key=KEY, max_context=2048, cache_bytes=0)
+    engine = served.engine
+    assert engine.batched
     try:
-        client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60
-        )
-        stream = client.chat.completions.create(
+        stream = served.client().chat.completions.create(
             model=engine.model.name, messages=user("go on"), stream=True
         )
         chunks = iter(stream)
@@ -398,9 +414,6 @@ def test_requests_a_blocked_model_thread_cannot_end_hear_the_ranks_failure(tiny_
         assert engine.queued == 0  # a server can restart the group now
     finally:
         release.set()
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.close()
 
 
 def test_a_killed_follower_ends_requests_with_its_name_and_the_group_restarts(tiny_mlx, tmp_path):
@@ -475,12 +488,11 @@ def _wait_for_url(lines: list[str], server: subprocess.Popen) -> str:
 
 @pytest.mark.interop
 def test_the_distributed_benchmark_runs_in_smoke_mode():
-    from .helpers import SCRIPTS
-
-    out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_distributed.py"), "--smoke", "--ranks", "1,2"],
-        capture_output=True,
-        text=True,
+    out = run_script(
+        "bench_distributed.py",
+        "--smoke",
+        "--ranks",
+        "1,2",
         timeout=600,
         env=_env(Path(os.environ["QWEN_MLX_HOME"])),
     )

@@ -637,7 +637,7 @@ def test_an_imported_template_that_runs_away_later_falls_back_at_run_time(
 ):
     import logging
 
-    from .test_chat_template import BOOM
+    from .helpers import BOOM
 
     file = gguf_with_template(tiny_hf, tmp_path, BOOM)  # fine until a message says "boom"
     assert run("models", "import", str(file)) == 0

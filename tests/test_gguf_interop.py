@@ -1,5 +1,5 @@
 """llama.cpp itself (llama-cpp-python) against our GGUF exports and imports, on the trained
-tiny Qwen3 (figures from scripts/bench_gguf.py, which prints them as a table):
+tiny Qwen3 (figures from a run of scripts/bench_gguf.py, which prints them as a table):
 
 - every exported file loads, and its logits on a fixed prompt agree with ours: f16 within
   1e-2 relative error, q8_0 top-1 agreement >= 0.9, q4_0 top-1 no worse than llama.cpp's
@@ -12,11 +12,14 @@ tiny Qwen3 (figures from scripts/bench_gguf.py, which prints them as a table):
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from .helpers import SCRIPTS, TRAINED_TARGET
+from .helpers import SCRIPTS, TRAINED_TARGET, child_env
 
 TRAINED = TRAINED_TARGET
 
@@ -35,14 +38,42 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def figures(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("bench_gguf", SCRIPTS / "bench_gguf.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gguf"] = bench  # dataclasses look their module up while it loads
-    spec.loader.exec_module(bench)
-    figures = bench.measure(TRAINED, tmp_path_factory.mktemp("bench_gguf"))
-    bench.print_table(figures)
-    return figures
+def bench(tmp_path_factory):
+    """scripts/bench_gguf.py run as a user runs it: (what it printed, its --json figures)."""
+    out = tmp_path_factory.mktemp("bench_gguf") / "figures.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "bench_gguf.py"),
+            "--model",
+            str(TRAINED),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=child_env(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout, json.loads(out.read_text())["figures"]
+
+
+@pytest.fixture
+def figures(bench):
+    """The figures, each row by its name: `figures.row("ours f16 in llama.cpp").top1`."""
+    data = bench[1]
+    rows = {r["what"]: SimpleNamespace(**r) for r in data["rows"]}
+    return SimpleNamespace(**data, row=rows.__getitem__)
+
+
+def test_the_benchmark_prints_its_table_and_the_q4_0_ratio(bench):
+    printed = bench[0]
+    header = "what  compared with  rel err  top-1  KL  made in  size MB"
+    assert " ".join(header.split()) in [" ".join(line.split()) for line in printed.splitlines()]
+    assert "ours q4_0 in llama.cpp" in printed
+    ratio = printed.split("q4_0 top-1: ours / llama.cpp's own = ")[1].split()[0]
+    assert float(ratio) > 0
 
 
 def test_llama_cpp_runs_our_f16_export_as_we_run_the_model(figures):

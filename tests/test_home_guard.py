@@ -37,7 +37,7 @@ def test_a_test_that_writes_into_the_users_store_fails(pytester, monkeypatch, tm
     monkeypatch.setenv("HOME", str(user_store.parent))  # the session's real home
     monkeypatch.setenv("USER_STORE", str(user_store))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text())
+    pytester.makeconftest('pytest_plugins = ["tests.conftest"]')  # this suite's, as it is
     pytester.makepyfile(test_inner=INNER)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, errors=2)

@@ -16,7 +16,7 @@ from qwen_mlx.runtime import make_cache
 from qwen_mlx.runtime.cache import cache_length, load_cache, prefill, save_cache
 from qwen_mlx.runtime.kv_batch import BatchQuantizedKVCache, batchable
 
-from .helpers import TRAINED_TARGET, needs_trained
+from .helpers import TRAINED_TARGET, needs_trained, run_script
 
 PROMPTS = [
     "def parse(self, text):\n    return",
@@ -242,16 +242,11 @@ def test_an_extracted_cache_saves_loads_and_continues(tiny_model, tmp_path):
 
 
 @needs_trained
-def test_the_kv_quality_benchmark_runs_in_smoke_mode(capsys):
-    import importlib.util
+def test_the_kv_quality_benchmark_runs_in_smoke_mode():
 
-    from .helpers import SCRIPTS
-
-    spec = importlib.util.spec_from_file_location("bench_kv", SCRIPTS / "bench_kv.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--smoke"]) == 0
-    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()]
+    done = run_script("bench_kv.py", "--smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line.split() for line in done.stdout.splitlines() if line.strip()]
     rows = {words[0]: words for words in lines}
     assert {"f32", "bf16", "8-bit", "4-bit"} <= rows.keys()
     # KL against bf16 KV grows as the bits fall; bytes per token are 0.531x and 0.281x.

@@ -17,29 +17,14 @@ from qwen_mlx.chat.mcp_client import server_of, tool_schema
 from qwen_mlx.chat.mcp_config import parse_mcp_config, read_mcp_config, set_server_enabled
 from qwen_mlx.errors import ToolServerError
 
-from .test_tools import ScriptedReplies
-
-NOTES = Path(__file__).with_name("mcp_notes.py")
-
-
-def call(name: str, **arguments) -> str:
-    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+from .helpers import MCP_NOTES
+from .tool_cases import ScriptedReplies, tool_call
 
 
 @pytest.fixture(scope="module")
 def stdio_server() -> Iterator[MCPServer]:
-    with MCPServer.stdio(sys.executable, [str(NOTES)], name="notes") as server:
+    with MCPServer.stdio(sys.executable, [str(MCP_NOTES)], name="notes") as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def notes_url() -> Iterator[str]:
-    from .mcp_notes import serve_http
-
-    url, server, thread = serve_http()
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def test_stdio_tools_are_listed_with_their_schemas(stdio_server):
@@ -75,7 +60,7 @@ def test_schema_conversion_keeps_properties_named_title():
 
 def test_a_session_runs_stdio_tools_and_reads_their_results(tiny_model, monkeypatch, stdio_server):
     session = ChatSession(tiny_model, tools=[stdio_server])
-    script = ScriptedReplies(monkeypatch, session, [call("add", a=2, b=40), "It is 42."])
+    script = ScriptedReplies(monkeypatch, session, [tool_call("add", a=2, b=40), "It is 42."])
     assert "".join(c.text for c in session.send("2 + 40?")) == "It is 42."
     assert [m["role"] for m in session.messages] == ["user", "assistant", "tool", "assistant"]
     assert session.messages[2]["content"] == "42"
@@ -94,7 +79,9 @@ def test_mcp_calls_get_the_validation_approval_and_errors_python_tools_get(
 
     session = ChatSession(tiny_model, tools=[stdio_server], approve=approve)
     replies = [
-        call("add", a="two", b=1) + call("shout", text="hi") + call("fail", reason="broken"),
+        tool_call("add", a="two", b=1)
+        + tool_call("shout", text="hi")
+        + tool_call("fail", reason="broken"),
         "Sorry.",
     ]
     ScriptedReplies(monkeypatch, session, replies)
@@ -109,7 +96,7 @@ def test_mcp_calls_get_the_validation_approval_and_errors_python_tools_get(
 def test_a_session_runs_tools_over_streamable_http(tiny_model, monkeypatch, notes_url):
     with MCPServer.http(notes_url, name="notes-http") as server:
         session = ChatSession(tiny_model, tools=[server])
-        ScriptedReplies(monkeypatch, session, [call("shout", text="hey", times=2), "Done."])
+        ScriptedReplies(monkeypatch, session, [tool_call("shout", text="hey", times=2), "Done."])
         "".join(c.text for c in session.send("Shout"))
         assert session.messages[2]["content"] == "HEY HEY"
     assert not server.connected
@@ -202,10 +189,10 @@ def test_generate_runs_a_trusted_servers_tools_and_shows_each_call(
 
     config = write_config(
         tmp_path / "tools.json",
-        {"notes": {"command": sys.executable, "args": [str(NOTES)], "trusted": True}},
+        {"notes": {"command": sys.executable, "args": [str(MCP_NOTES)], "trusted": True}},
     )
     script = ScriptedReplies(
-        monkeypatch, SimpleNamespace(model=tiny_model), [call("add", a=2, b=40), "It is 42."]
+        monkeypatch, SimpleNamespace(model=tiny_model), [tool_call("add", a=2, b=40), "It is 42."]
     )
     argv = ["--model", str(tiny_mlx), "--prompt", "2 + 40?", "--mcp", str(config)]
     assert generate_main(argv) == 0
@@ -224,7 +211,9 @@ def test_generate_declines_an_untrusted_servers_calls_without_a_terminal(
 
     config = write_config(tmp_path / "tools.json", {"web": {"url": notes_url}})
     script = ScriptedReplies(
-        monkeypatch, SimpleNamespace(model=tiny_model), [call("shout", text="hi"), "Not allowed."]
+        monkeypatch,
+        SimpleNamespace(model=tiny_model),
+        [tool_call("shout", text="hi"), "Not allowed."],
     )
     argv = ["--model", str(tiny_mlx), "--prompt", "Shout", "--mcp", str(config)]
     assert generate_main(argv) == 0
@@ -265,7 +254,7 @@ def test_generate_asks_on_the_terminal_before_an_untrusted_call(
     monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
     config = write_config(tmp_path / "tools.json", {"web": {"url": notes_url}})
     script = ScriptedReplies(
-        monkeypatch, SimpleNamespace(model=tiny_model), [call("shout", text="hi"), "Loud."]
+        monkeypatch, SimpleNamespace(model=tiny_model), [tool_call("shout", text="hi"), "Loud."]
     )
     argv = ["--model", str(tiny_mlx), "--prompt", "Shout", "--mcp", str(config)]
     assert generate_main(argv) == 0

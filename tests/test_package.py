@@ -55,41 +55,85 @@ def _resource_names(formula: str) -> set[str]:
 
 
 # -- launchd agent ----------------------------------------------------------------------------
+# launchd is macOS only: these install the agent as Package/README.md says (its own sed
+# line) for a made-up user, then check what launchd would run, and with what, against
+# qwen-mlx's own code: the serve command's parser, the store's default, launchd's keys.
+
+HOME = "/Users/ada"
+PREFIX = "/opt/homebrew"  # `brew --prefix` on Apple Silicon
+
+# launchd.plist(5): the keys this agent may set, and the type launchd reads each as (a key
+# it does not know, or of another type, is silently ignored).
+LAUNCHD_KEYS = {
+    "Label": str,
+    "ProgramArguments": list,
+    "EnvironmentVariables": dict,
+    "WorkingDirectory": str,
+    "RunAtLoad": bool,
+    "KeepAlive": bool | dict,
+    "ThrottleInterval": int,
+    "ProcessType": str,
+    "StandardOutPath": str,
+    "StandardErrorPath": str,
+}
 
 
 @pytest.fixture(scope="module")
 def agent() -> dict:
-    with PLIST.open("rb") as f:
-        return plistlib.load(f)
-
-
-def test_agent_runs_qwen_mlx_serve_on_localhost_only(agent):
-    args = agent["ProgramArguments"]
-    assert Path(args[0]).name == "qwen-mlx" and args[1] == "serve"
-    assert args[args.index("--host") + 1] == "127.0.0.1"
-    assert agent["Label"] == PLIST.stem
-
-
-def test_agent_starts_at_login_and_is_restarted_when_it_exits(agent):
-    assert agent["RunAtLoad"] is True
-    assert agent["KeepAlive"] is True
-
-
-def test_agent_logs_under_the_users_library_logs(agent):
-    for key in ("StandardOutPath", "StandardErrorPath"):
-        assert agent[key].startswith("@HOME@/Library/Logs/"), key
-    assert agent["StandardOutPath"] != agent["StandardErrorPath"]
-
-
-def test_agent_sets_the_store_folder(agent):
-    assert agent["EnvironmentVariables"]["QWEN_MLX_HOME"] == "@HOME@/.qwen_mlx"
-
-
-def test_agent_template_has_only_the_placeholders_the_readme_fills_in():
-    placeholders = set(re.findall(r"@[A-Z]+@", PLIST.read_text()))
-    assert placeholders == {"@HOME@", "@PREFIX@"}
+    """The agent as installed by the README's sed line, for HOME and PREFIX."""
     readme = (PACKAGE / "README.md").read_text()
-    assert "s|@HOME@|$HOME|g" in readme and "s|@PREFIX@|$(brew --prefix)|g" in readme
+    line = re.search(r"^sed (-e .*?) Package/com\.qwen-mlx\.serve\.plist", readme, flags=re.M)
+    assert line, "the README has no sed line that fills in the agent"
+    values = {"$HOME": HOME, "$(brew --prefix)": PREFIX}
+    text = PLIST.read_text()
+    for pattern, replacement in re.findall(r'-e "s\|([^|]+)\|([^|]+)\|g"', line[1]):
+        text = text.replace(pattern, values[replacement])
+    assert not re.findall(r"@[A-Z]+@", text), "a placeholder the README leaves unfilled"
+    return plistlib.loads(text.encode())
+
+
+def test_every_key_is_one_launchd_reads_as_the_type_it_reads(agent):
+    assert set(agent) <= set(LAUNCHD_KEYS), set(agent) - set(LAUNCHD_KEYS)
+    for key, value in agent.items():
+        assert isinstance(value, LAUNCHD_KEYS[key]), key
+    assert all(isinstance(a, str) for a in agent["ProgramArguments"])
+    assert agent["ProcessType"] in ("Background", "Standard", "Adaptive", "Interactive")
+    # The README's launchctl lines name the agent by its label.
+    readme = (PACKAGE / "README.md").read_text()
+    assert f'"gui/$(id -u)/{agent["Label"]}"' in readme and agent["Label"] == PLIST.stem
+
+
+def test_the_agent_runs_the_installed_qwen_mlx_serve_on_loopback_unwarned(agent, project):
+    from qwen_mlx.cli.serve import bind_warning, build_parser
+    from qwen_mlx.server.net import is_loopback
+
+    program, command, *options = agent["ProgramArguments"]
+    # The formula installs the project's console script into Homebrew's bin.
+    assert program == f"{PREFIX}/bin/{next(iter(project['scripts']))}" and command == "serve"
+    args = build_parser().parse_args(options)  # what `qwen-mlx serve` makes of them
+    assert is_loopback(args.host) and bind_warning(args.host, args.api_key) is None
+    assert agent["WorkingDirectory"] == HOME
+
+
+def test_the_agent_keeps_its_models_where_qwen_mlx_looks_by_default(agent, monkeypatch):
+    from qwen_mlx.store import home
+
+    monkeypatch.setenv("HOME", HOME)
+    monkeypatch.delenv("QWEN_MLX_HOME")
+    assert Path(agent["EnvironmentVariables"]["QWEN_MLX_HOME"]) == home()
+
+
+def test_the_agent_starts_at_login_and_comes_back_at_most_once_a_minute(agent):
+    assert agent["RunAtLoad"] is True  # loaded at login, started at once
+    assert agent["KeepAlive"] is True  # restarted whatever way it exits
+    assert agent["ThrottleInterval"] == 60  # a crash loop retries once a minute
+
+
+def test_the_agent_logs_where_the_readme_tails_them(agent):
+    out, err = Path(agent["StandardOutPath"]), Path(agent["StandardErrorPath"])
+    assert out != err and out.parent == err.parent == Path(HOME) / "Library" / "Logs"
+    tail = re.search(r"^tail -f (.+)$", (PACKAGE / "README.md").read_text(), flags=re.M)[1]
+    assert tail.replace("~", HOME).split() == [str(out), str(err)]
 
 
 # -- formula ----------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ model: what each writes, what the manifest records, and the errors for what cann
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 from qwen_mlx.cli import main
 from qwen_mlx.fileio import sha256_file
 from qwen_mlx.store.manifest import read_manifest
+
+from .helpers import run_script
 
 PACKAGED = resources.files("qwen_mlx.data")
 
@@ -106,22 +110,30 @@ def learned(tiny_hf, tmp_path_factory):
         ],
         "rtn": ["--report"],
     }
-    codes = {}
+    codes, errors = {}, {}
+    from qwen_mlx.convert import quant
+
+    fewer = pytest.MonkeyPatch()
+    fewer.setattr(quant, "MAX_WINDOWS", 16)  # GPTQ reads 16 of the packaged text's windows
     try:
         for method, flags in runs.items():
-            codes[method] = main(["convert", "--hf-path", str(tiny_hf), *flags])
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                codes[method] = main(["convert", "--hf-path", str(tiny_hf), *flags])
+            errors[method] = err.getvalue()
     finally:
+        fewer.undo()
         if saved is None:
             os.environ.pop("QWEN_MLX_HOME", None)
         else:
             os.environ["QWEN_MLX_HOME"] = saved
-    return home, codes, sha256_file(short)
+    return home, codes, errors, sha256_file(short)
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq", "dwq", "dynamic", "dynamic-gptq"])
 def test_method_records_itself_its_calibration_and_a_held_out_report(learned, method):
-    home, codes, short_sha = learned
-    assert codes[method] == 0
+    home, codes, errors, short_sha = learned
+    assert codes[method] == 0, errors[method][-2000:]
     tag = f"q4-g64-{method}5" if method.startswith("dynamic") else f"q4-g64-{method}"
     m = read_manifest(home / "models/qwen3-1m-tiny/2507" / f"mlx-{tag}")
     q = m.quantization
@@ -141,7 +153,7 @@ def test_method_records_itself_its_calibration_and_a_held_out_report(learned, me
 
 @pytest.mark.parametrize("method", ["dynamic", "dynamic-gptq"])
 def test_dynamic_gives_sensitive_layers_more_bits_within_the_target(learned, method):
-    home, _, _ = learned
+    home, _, _, _ = learned
     folder = home / f"models/qwen3-1m-tiny/2507/mlx-q4-g64-{method}5"
     q = read_manifest(folder).quantization
     assert q.target_bpw == 5.0
@@ -228,7 +240,7 @@ def test_models_compare_reads_manifests_and_computes_what_they_lack(
 ):
     from mlx_lm.convert import convert as mlx_lm_convert
 
-    home, _, _ = learned
+    home, _, _, _ = learned
     monkeypatch.setenv("QWEN_MLX_HOME", str(home))
     elsewhere = tmp_path / "mlx-lm-q4"
     mlx_lm_convert(str(tiny_hf), mlx_path=str(elsewhere), quantize=True)
@@ -343,7 +355,7 @@ def test_the_allocation_stays_within_the_target_both_ways_and_leaves_no_room(
 def test_target_bpw_is_a_budget_the_written_files_keep_both_ways(learned):
     from qwen_mlx.convert.weights import count_bits
 
-    home, _, _ = learned
+    home, _, _, _ = learned
     for method in ("dynamic", "dynamic-gptq"):
         folder = home / f"models/qwen3-1m-tiny/2507/mlx-q4-g64-{method}5"
         bits = count_bits(folder)
@@ -435,9 +447,13 @@ def test_a_huge_one_line_calibration_file_is_tokenized_in_pieces_up_to_the_cap(t
     assert "is longer than the 512 tokens a method calibrates on (8 windows of 64)" in notice
 
 
-def test_a_long_calibration_file_is_capped_with_a_warning(tiny_hf, tmp_path, capsys):
+def test_a_long_calibration_file_is_capped_with_a_warning(tiny_hf, tmp_path, capsys, monkeypatch):
     from qwen_mlx.convert import quant
 
+    # The cap's own size (128 windows of 512) makes a slow test: 8 windows of 64 here.
+    monkeypatch.setattr(quant, "MAX_WINDOWS", 8)
+    monkeypatch.setattr(quant, "SEQUENCE_LENGTH", 64)
+    cap = 8 * 64
     big = tmp_path / "long.txt"
     line = "def keeper(weather, ships):\n    return [s for s in ships if s.safe(weather)]\n"
     big.write_text(line * 20000)  # about 1.6 MB, several times the cap
@@ -445,12 +461,10 @@ def test_a_long_calibration_file_is_capped_with_a_warning(tiny_hf, tmp_path, cap
     args = ["convert", "--hf-path", str(tiny_hf), "--mlx-path", str(out), "--method", "gptq"]
     assert main([*args, "--calibration", str(big)]) == 0
     err = capsys.readouterr().err
-    assert (
-        f"warning: The calibration text (long.txt) is longer than the {quant.MAX_TOKENS:,}" in err
-    )
+    assert f"warning: The calibration text (long.txt) is longer than the {cap:,} tokens" in err
     cal = read_manifest(out).quantization.calibration
-    assert (cal.samples, cal.sequence_length) == (quant.MAX_WINDOWS, quant.SEQUENCE_LENGTH)
-    assert cal.tokens == quant.MAX_TOKENS and cal.sha256 == sha256_file(big)
+    assert (cal.samples, cal.sequence_length) == (8, 64)
+    assert cal.tokens == cap and cal.sha256 == sha256_file(big)
 
 
 def test_a_calibration_file_that_stops_being_utf8_is_refused_before_any_work(
@@ -508,17 +522,8 @@ def test_gptq_has_less_output_error_than_rounding_to_nearest_on_correlated_input
 
 
 def test_the_benchmarks_smoke_mode_prints_both_texts_both_counts_and_ratios():
-    import subprocess
-    import sys
 
-    from .helpers import SCRIPTS
-
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_quant.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_script("bench_quant.py", "--smoke", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| recipe"))

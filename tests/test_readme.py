@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from .helpers import ROOT, start_server, write_pdf
+from .helpers import MCP_NOTES, ROOT, write_pdf
+from .served import serving
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"^```python\n(.*?)^```", README, flags=re.S | re.M)
@@ -23,7 +24,6 @@ def test_every_python_block_runs_against_the_demo_model(home, tmp_path, monkeypa
     from qwen_mlx import Model, load
     from qwen_mlx.chat import documents
     from qwen_mlx.convert.demo import ensure_demo_model
-    from qwen_mlx.server import Engine, create_app
 
     name = ensure_demo_model()
     # Random weights never end a reply: keep each one short (the code runs as written).
@@ -36,11 +36,10 @@ def test_every_python_block_runs_against_the_demo_model(home, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "report.md").write_text(DOCUMENT)
     write_pdf(tmp_path / "report.pdf", "The release is on 14 March.")
-    (tmp_path / "notes_server.py").write_text((ROOT / "tests" / "mcp_notes.py").read_text())
-    engine = Engine(load(name))
-    server, thread, port = start_server(create_app(engine))
+    (tmp_path / "notes_server.py").write_text(MCP_NOTES.read_text())
     namespace: dict = {}
-    try:
+    with serving(load(name), key=None) as served:
+        port = served.base.rsplit(":", 1)[1]
         for i, block in enumerate(BLOCKS, start=1):
             code = block.replace('"qwen3-4b-instruct"', repr(name))
             code = code.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
@@ -49,9 +48,5 @@ def test_every_python_block_runs_against_the_demo_model(home, tmp_path, monkeypa
                 exec(compile(code, f"README.md python block {i}", "exec"), namespace)
             except Exception as e:
                 pytest.fail(f"README python block {i} failed: {type(e).__name__}: {e}\n{block}")
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.close()
     assert (tmp_path / "kyoto.json").is_file()  # the ChatSession block saved its session
     assert "tokens/s" in capsys.readouterr().out

@@ -13,79 +13,43 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import httpx
 import jsonschema
 import openai
 import pytest
 
-from qwen_mlx.runtime import GenerationChunk, stream_tokens
+from qwen_mlx.runtime import stream_tokens
 from qwen_mlx.server import Engine, create_app
 
-from .helpers import SHARED_MODEL, child_env, needs_shared, start_server
-
-KEY = "test-key"
-MODEL = "qwen3-1m-tiny-2507-mlx-q4-g64"  # the tiny model's name (a request may name no other)
-CONTEXT = 2048
-MAX_TOKENS_CAP = 256
-MAX_BODY = 64 * 1024
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 12},
-                "unit": {"enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-
-
-@dataclass
-class Served:
-    engine: Engine
-    url: str  # ends in /v1
-    thread: threading.Thread  # where the server's event loop runs
-
-    def client(self, api_key: str = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0, timeout=60)
-
-    def post(self, path: str, **kwargs) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {KEY}", **kwargs.pop("headers", {})}
-        kwargs.setdefault("timeout", 60)
-        return httpx.post(self.url + path, headers=headers, **kwargs)
+from .helpers import SHARED_MODEL, child_env, needs_shared
+from .served import (
+    CALL_TEXT,
+    CONTEXT,
+    KEY,
+    MAX_BODY,
+    MAX_TOKENS_CAP,
+    MODEL,
+    WEATHER_TOOL,
+    Served,
+    all_at_once,
+    user,
+)
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model) -> Iterator[Served]:
-    engine = Engine(
-        tiny_model, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP, cache_bytes=64 << 20
+def served(module_server) -> Served:
+    return module_server(
+        max_context=CONTEXT,
+        max_tokens_cap=MAX_TOKENS_CAP,
+        cache_bytes=64 << 20,
+        app={"max_body_bytes": MAX_BODY},
     )
-    server, thread, port = start_server(create_app(engine, api_key=KEY, max_body_bytes=MAX_BODY))
-    yield Served(engine, f"http://127.0.0.1:{port}/v1", thread)
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
 
 
 @pytest.fixture
 def client(served) -> openai.OpenAI:
     return served.client()
-
-
-@pytest.fixture
-def model_stream(served) -> Iterator[Callable[[Callable], None]]:
-    """Replace the step that runs the model for one test (the engine's test hook)."""
-    yield lambda fn: setattr(served.engine, "stream_tokens", fn)
-    served.engine.stream_tokens = stream_tokens
 
 
 @pytest.fixture
@@ -96,47 +60,6 @@ def no_reuse(served) -> Iterator[None]:
     pool.clear()
     yield
     pool.max_bytes = budget
-
-
-def scripted(text: str, seen: list | None = None) -> Callable:
-    """A stand-in for runtime.stream_tokens that replies `text`, recording what it got."""
-
-    def fake(model, tokens, params, **kwargs):
-        if seen is not None:
-            seen.append((list(tokens), params))
-        pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
-        for n, piece in enumerate(pieces, 1):
-            yield GenerationChunk(piece, None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
-        yield GenerationChunk("", None, len(tokens), 0.0, len(pieces), 0.0, 0.0, 0.0, "stop")
-
-    return fake
-
-
-def cut_short(text: str) -> Callable:
-    """A stand-in for runtime.stream_tokens that writes `text` and stops there, as if
-    max_tokens ran out (finish reason "length")."""
-
-    def fake(model, tokens, params, **kwargs):
-        pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
-        for n, piece in enumerate(pieces, 1):
-            yield GenerationChunk(piece, None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
-        yield GenerationChunk("", None, len(tokens), 0.0, len(pieces), 0.0, 0.0, 0.0, "length")
-
-    return fake
-
-
-def recording(seen: list) -> Callable:
-    """The real model, recording the prompt tokens each request prefills."""
-
-    def record(model, tokens, params, **kwargs):
-        seen.append(list(tokens))
-        yield from stream_tokens(model, tokens, params, **kwargs)
-
-    return record
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
@@ -232,9 +155,8 @@ def test_stop_strings_end_the_reply_before_them(client, no_reuse):
     assert reply.choices[0].finish_reason == "stop"
 
 
-def test_sampling_fields_reach_the_model_and_max_tokens_is_capped(client, model_stream):
-    seen: list = []
-    model_stream(scripted("ok", seen))
+def test_sampling_fields_reach_the_model_and_max_tokens_is_capped(served, client, script):
+    script.reply("ok")
     client.chat.completions.create(
         model=MODEL,
         messages=user("go"),
@@ -248,7 +170,7 @@ def test_sampling_fields_reach_the_model_and_max_tokens_is_capped(client, model_
         extra_body={"top_k": 5},
     )
     client.chat.completions.create(model=MODEL, messages=user("go"), max_completion_tokens=7)
-    (_, params), (_, second) = seen
+    params, second = (job.params for job in served.jobs[-2:])
     assert params.max_tokens == MAX_TOKENS_CAP
     assert (params.temperature, params.top_p, params.top_k, params.seed) == (0.3, 0.5, 5, 11)
     assert (params.presence_penalty, params.frequency_penalty) == (0.5, 0.25)
@@ -259,14 +181,8 @@ def test_sampling_fields_reach_the_model_and_max_tokens_is_capped(client, model_
 # -- tools and JSON ---------------------------------------------------------------------------
 
 
-CALL_TEXT = (
-    'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": '
-    '{"city": "Paris", "unit": "celsius"}}\n</tool_call>'
-)
-
-
-def test_a_tool_call_in_the_reply_comes_back_as_tool_calls(client, model_stream):
-    model_stream(scripted(CALL_TEXT))
+def test_a_tool_call_in_the_reply_comes_back_as_tool_calls(client, script):
+    script.reply(CALL_TEXT)
     reply = client.chat.completions.create(
         model=MODEL, messages=user("Weather in Paris?"), tools=[WEATHER_TOOL]
     )
@@ -279,8 +195,8 @@ def test_a_tool_call_in_the_reply_comes_back_as_tool_calls(client, model_stream)
     assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
 
 
-def test_a_streamed_tool_call_is_held_out_of_the_content(client, model_stream):
-    model_stream(scripted(CALL_TEXT))
+def test_a_streamed_tool_call_is_held_out_of_the_content(client, script):
+    script.reply(CALL_TEXT)
     chunks = list(
         client.chat.completions.create(
             model=MODEL, messages=user("Weather in Paris?"), tools=[WEATHER_TOOL], stream=True
@@ -294,25 +210,19 @@ def test_a_streamed_tool_call_is_held_out_of_the_content(client, model_stream):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_tools_reach_the_prompt_unless_tool_choice_is_none(
-    client, tiny_model, model_stream, no_reuse
-):
-    seen: list = []
-    model_stream(scripted("fine", seen))
+def test_tools_reach_the_prompt_unless_tool_choice_is_none(client, script):
+    script.reply("fine")
     client.chat.completions.create(model=MODEL, messages=user("hi"), tools=[WEATHER_TOOL])
     client.chat.completions.create(
         model=MODEL, messages=user("hi"), tools=[WEATHER_TOOL], tool_choice="none"
     )
-    with_tools, without = (tiny_model.tokenizer.decode(tokens) for tokens, _ in seen)
+    with_tools, without = map(script.text, script.prompts)
     assert "<tools>" in with_tools and '"name": "get_weather"' in with_tools
     assert "get_weather" not in without
 
 
-def test_a_client_tool_round_trip_renders_through_the_template_and_answers(
-    client, tiny_model, model_stream, no_reuse
-):
-    seen: list = []
-    model_stream(recording(seen))
+def test_a_client_tool_round_trip_renders_through_the_template_and_answers(client, script):
+    script.reply("It is 18 degrees and sunny in Paris.", when="18 degrees")
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
         {
@@ -332,10 +242,11 @@ def test_a_client_tool_round_trip_renders_through_the_template_and_answers(
         {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"},
     ]
     reply = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=[WEATHER_TOOL], max_tokens=8, temperature=0
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], max_tokens=32, temperature=0
     )
-    assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
-    prompt = tiny_model.tokenizer.decode(seen[0])
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.choices[0].message.content == "It is 18 degrees and sunny in Paris."
+    (prompt,) = map(script.text, script.prompts)
     assert (
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'
         "\n</tool_call>"
@@ -369,7 +280,7 @@ def test_a_named_or_required_tool_choice_forces_a_schema_valid_call(client, choi
 
 @pytest.mark.parametrize("draft07", [False, True], ids=["$defs", "definitions"])
 def test_a_forced_call_to_a_tool_with_schema_references_is_schema_valid(client, draft07):
-    from .test_tools import nested_parameters
+    from .tool_cases import nested_parameters
 
     parameters = nested_parameters(draft07)
     tool = {"type": "function", "function": {"name": "order", "parameters": parameters}}
@@ -420,7 +331,9 @@ def test_response_format_json_schema_gives_schema_valid_json(client):
     jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
 
 
-def test_response_format_json_object_gives_a_json_object(client):
+def test_response_format_json_object_gives_a_json_object(client, script):
+    # The model would go on writing after the object; the format ends the reply there.
+    script.reply('{"name":"Ada","tags":["x"]} That is all I know.')
     reply = client.chat.completions.create(
         model=MODEL,
         messages=user("JSON please"),
@@ -428,10 +341,8 @@ def test_response_format_json_object_gives_a_json_object(client):
         max_tokens=64,
         temperature=0,
     )
-    if reply.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(reply.choices[0].message.content), dict)
-    else:  # a random model may open keys forever; what it wrote is still JSON so far
-        assert reply.choices[0].message.content.startswith("{")
+    assert reply.choices[0].finish_reason == "stop"
+    assert json.loads(reply.choices[0].message.content) == {"name": "Ada", "tags": ["x"]}
 
 
 # -- security and limits ----------------------------------------------------------------------
@@ -538,12 +449,8 @@ def test_an_unknown_route_is_404_in_openai_shape(served):
     assert_openai_error(served.post("/embeddings", json={}), 404)
 
 
-def test_an_internal_error_is_a_generic_500_without_details(served, model_stream):
-    def broken(model, tokens, params, **kwargs):
-        raise RuntimeError("secret internals")
-        yield
-
-    model_stream(broken)
+def test_an_internal_error_is_a_generic_500_without_details(served, script):
+    script.fail(RuntimeError("secret internals"))
     response = served.post("/chat/completions", json={"messages": user("hi")})
     error = assert_openai_error(response, 500)
     assert "secret" not in response.text and error["type"] == "server_error"
@@ -659,7 +566,17 @@ def test_a_slow_preparation_does_not_hold_up_other_requests(served, client, monk
     assert slow[0].status_code == 200
 
 
-HUGE_INT = "1" + "0" * 5000
+# Past the digits Python converts to an int (4,300 by default; lowered to its least, 640,
+# while these tests run, so the model writes 700 digits rather than 5,000).
+HUGE_INT = "1" + "0" * 700
+
+
+@pytest.fixture
+def few_int_digits() -> Iterator[None]:
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)
+    yield
+    sys.set_int_max_str_digits(before)
 
 
 @pytest.mark.parametrize(
@@ -667,21 +584,23 @@ HUGE_INT = "1" + "0" * 5000
     [f'{{"city": {HUGE_INT}}}', '{"city": NaN}', '{"city": "Oslo", "days": Infinity}'],
 )
 def test_a_call_with_numbers_json_cannot_carry_is_dropped_not_a_500(
-    served, model_stream, arguments
+    roomy, script, few_int_digits, arguments
 ):
-    model_stream(scripted(f'Hm. <tool_call>{{"name": "get_weather", "arguments": {arguments}}}'))
-    body = {"messages": user("Weather?"), "tools": [WEATHER_TOOL]}
-    response = served.post("/chat/completions", json=body)
+    call = f'{{"name": "get_weather", "arguments": {arguments}}}'
+    script.reply(f"Hm. <tool_call>\n{call}\n</tool_call>")  # whole: only its numbers are wrong
+    body = {"messages": user("Weather?"), "tools": [WEATHER_TOOL], "max_tokens": 1000}
+    response = roomy.post("/chat/completions", json=body)
     assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["finish_reason"] == "stop"
     message = response.json()["choices"][0]["message"]
     assert message["content"] == "Hm." and "tool_calls" not in message
     assert "NaN" not in response.text and "Infinity" not in response.text
-    stream = served.post("/chat/completions", json={**body, "stream": True})
+    stream = roomy.post("/chat/completions", json={**body, "stream": True})
     assert stream.status_code == 200 and '"error"' not in stream.text
     assert stream.text.rstrip().endswith("data: [DONE]")
 
 
-def test_tool_calls_are_found_off_the_event_loop(served, client, model_stream, monkeypatch):
+def test_tool_calls_are_found_off_the_event_loop(served, client, script, monkeypatch):
     import qwen_mlx.server.reply as reply_module
 
     threads: set[str] = set()
@@ -697,7 +616,7 @@ def test_tool_calls_are_found_off_the_event_loop(served, client, model_stream, m
 
     monkeypatch.setattr(reply_module.CallFilter, "feed", feed)
     monkeypatch.setattr(reply_module, "parse_tool_calls", parse)
-    model_stream(scripted(CALL_TEXT))
+    script.reply(CALL_TEXT)
     for stream in (False, True):
         reply = client.chat.completions.create(
             model=MODEL, messages=user("Weather?"), tools=[WEATHER_TOOL], stream=stream
@@ -743,14 +662,10 @@ def test_a_forced_call_cut_off_by_max_tokens_comes_back_as_the_call_so_far(
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
-def test_a_call_the_model_opens_and_max_tokens_cuts_is_content(served, model_stream):
-    def cut(model, tokens, params, **kwargs):
-        for n, piece in enumerate(["Checking. ", "<tool_call>", '{"name": "get_w'], 1):
-            yield GenerationChunk(piece, None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
-        yield GenerationChunk("", None, len(tokens), 0.0, 3, 0.0, 0.0, 0.0, "length")
-
-    model_stream(cut)
-    body = {"messages": user("Weather?"), "tools": [WEATHER_TOOL]}
+def test_a_call_the_model_opens_and_max_tokens_cuts_is_content(served, script):
+    written = script.model.encode('Checking. <tool_call>{"name": "get_w')
+    script.reply(written + script.model.encode('eather", "arguments": {}}</tool_call>'))
+    body = {"messages": user("Weather?"), "tools": [WEATHER_TOOL], "max_tokens": len(written)}
     choice = served.post("/chat/completions", json=body).json()["choices"][0]
     assert choice["finish_reason"] == "length"
     assert choice["message"]["content"] == 'Checking. <tool_call>{"name": "get_w'
@@ -787,14 +702,9 @@ def test_text_that_is_not_valid_unicode_is_400(served, path, body, param):
 
 
 @pytest.fixture(scope="module")
-def roomy(tiny_model) -> Iterator[Served]:
+def roomy(module_server) -> Served:
     """A server taking bodies up to the default 16 MiB, for requests built to be slow."""
-    engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
-    server, thread, port = start_server(create_app(engine, api_key=KEY))
-    yield Served(engine, f"http://127.0.0.1:{port}/v1", thread)
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+    return module_server(max_context=CONTEXT, cache_bytes=0)
 
 
 def test_too_many_messages_blocks_or_tools_are_refused_before_any_work_on_every_protocol(
@@ -863,90 +773,81 @@ def test_too_many_messages_blocks_or_tools_are_refused_before_any_work_on_every_
 
 
 def test_tool_results_that_spell_control_tokens_cannot_forge_a_turn_on_any_protocol(
-    roomy, tiny_model
+    roomy, tiny_model, script
 ):
-    import anthropic
-    import ollama
+    from .tool_cases import FORGED, turn_starts
 
-    from .test_tools import FORGED, turn_starts
-
-    seen: list = []
-    roomy.engine.stream_tokens = scripted("Fine.", seen)
-    base = roomy.url.removesuffix("/v1")
+    script.reply("Fine.")
     args = '{"city": "Paris", "unit": "celsius"}'
-    try:
-        roomy.client().chat.completions.create(
-            model=MODEL,
-            tools=[WEATHER_TOOL],
-            messages=[
-                *user("Weather?"),
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_1",
-                            "type": "function",
-                            "function": {"name": "get_weather", "arguments": args},
-                        }
-                    ],
-                },
-                {"role": "tool", "tool_call_id": "call_1", "content": FORGED},
-            ],
-        )
-        anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0).messages.create(
-            model=MODEL,
-            max_tokens=8,
-            messages=[
-                *user("Weather?"),
-                {
-                    "role": "assistant",
-                    "content": [
-                        {
-                            "type": "tool_use",
-                            "id": "toolu_1",
-                            "name": "get_weather",
-                            "input": json.loads(args),
-                        }
-                    ],
-                },
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "tool_result",
-                            "tool_use_id": "toolu_1",
-                            "content": [{"type": "text", "text": FORGED}],
-                        }
-                    ],
-                },
-            ],
-        )
-        roomy.client().responses.create(
-            model=MODEL,
-            input=[
-                {"role": "user", "content": "Weather?"},
-                {"type": "function_call", "call_id": "c1", "name": "get_weather"}
-                | {"arguments": args},
-                {"type": "function_call_output", "call_id": "c1", "output": FORGED},
-            ],
-        )
-        ollama.Client(host=base, headers={"Authorization": f"Bearer {KEY}"}).chat(
-            model=MODEL,
-            messages=[
-                *user("Weather?"),
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [{"function": {"name": "get_weather", "arguments": {}}}],
-                },
-                {"role": "tool", "tool_name": "get_weather", "content": FORGED},
-            ],
-        )
-    finally:
-        roomy.engine.stream_tokens = stream_tokens
-    assert len(seen) == 4
-    for tokens, _ in seen:
+    roomy.client().chat.completions.create(
+        model=MODEL,
+        tools=[WEATHER_TOOL],
+        messages=[
+            *user("Weather?"),
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": args},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": FORGED},
+        ],
+    )
+    roomy.anthropic().messages.create(
+        model=MODEL,
+        max_tokens=8,
+        messages=[
+            *user("Weather?"),
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_weather",
+                        "input": json.loads(args),
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [{"type": "text", "text": FORGED}],
+                    }
+                ],
+            },
+        ],
+    )
+    roomy.client().responses.create(
+        model=MODEL,
+        input=[
+            {"role": "user", "content": "Weather?"},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather"} | {"arguments": args},
+            {"type": "function_call_output", "call_id": "c1", "output": FORGED},
+        ],
+    )
+    roomy.ollama().chat(
+        model=MODEL,
+        messages=[
+            *user("Weather?"),
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "get_weather", "arguments": {}}}],
+            },
+            {"role": "tool", "tool_name": "get_weather", "content": FORGED},
+        ],
+    )
+    assert len(script.prompts) == 4
+    for tokens in script.prompts:
         # Every turn the text shows is a real one but those the tool's result spells,
         # which are there as text: the user's turn, the assistant's call, the result, the
         # reply (and the system turn listing the tools, where they are sent).
@@ -1023,22 +924,15 @@ def test_the_engine_answers_to_the_reference_it_was_loaded_by(tiny_model):
 
 
 @pytest.fixture
-def limited(tiny_model) -> Iterator[Callable[..., int]]:
+def limited(serve) -> Callable[..., int]:
     """Start a server with given connection limits; returns its port."""
-    started = []
 
     def start(*, body_timeout: float = 60.0, max_connections: int | None = None, **limits) -> int:
-        engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
-        app = create_app(engine, body_timeout=body_timeout, max_connections=max_connections)
-        server, thread, port = start_server(app, **limits)
-        started.append((server, thread, engine))
-        return port
+        app = {"body_timeout": body_timeout, "max_connections": max_connections}
+        served = serve(key=None, app=app, limits=limits, max_context=CONTEXT, cache_bytes=0)
+        return int(served.base.rsplit(":", 1)[1])
 
-    yield start
-    for server, thread, engine in started:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.close()
+    return start
 
 
 def closed_by_server(sock: socket.socket, within: float = 20.0) -> bytes:
@@ -1108,22 +1002,15 @@ def test_sockets_trickling_headers_never_lock_health_out(limited):
 
 
 def test_requests_past_the_limit_get_503_in_their_protocols_shape_and_reads_keep_a_reserve(
-    tiny_model,
+    serve, script
 ):
     import anthropic
     import ollama
 
     release = threading.Event()
-
-    def held(model, tokens, params, **kwargs):  # a reply that waits to be released
-        yield GenerationChunk("wait", None, len(tokens), 0.0, 1, 0.0, 0.0, 0.0)
-        release.wait(60)
-        yield GenerationChunk("", None, len(tokens), 0.0, 1, 0.0, 0.0, 0.0, "stop")
-
-    engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
-    engine.stream_tokens = held
-    server, thread, port = start_server(create_app(engine, max_connections=2))
-    base = f"http://127.0.0.1:{port}"
+    script.reply("wait for it", hold=release)  # a reply that waits to be released
+    served = serve(key=None, app={"max_connections": 2}, max_context=CONTEXT, cache_bytes=0)
+    base = served.base
     started = threading.Barrier(3)
 
     def stream() -> None:
@@ -1160,9 +1047,6 @@ def test_requests_past_the_limit_get_503_in_their_protocols_shape_and_reads_keep
         release.set()
         for t in streams:
             t.join(timeout=60)
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.close()
     assert not any(t.is_alive() for t in streams)
 
 
@@ -1179,19 +1063,6 @@ def test_the_request_limit_defaults_to_what_the_engine_holds(tiny_model):
 
 
 # -- the queue, disconnects and the prompt cache -----------------------------------------------
-
-
-def all_at_once(ask, n: int) -> list:
-    """`ask(i)` for i < n, each on its own thread at the same time."""
-    answers: list = [None] * n
-    threads = [
-        threading.Thread(target=lambda i=i: answers.__setitem__(i, ask(i))) for i in range(n)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return answers
 
 
 def test_concurrent_clients_get_the_answers_they_get_alone(served, no_reuse):
@@ -1222,51 +1093,36 @@ def test_greedy_answers_do_not_change_under_concurrency(served, no_reuse):
     assert all_at_once(ask, 4) == alone
 
 
-def endless(model, tokens, params, *, should_stop, **kwargs):
-    """A model that would write for 25 s unless stopped."""
-    n = 0
-    while not should_stop() and n < 5000:
-        n += 1
-        yield GenerationChunk("tick ", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
-        time.sleep(0.005)
-    reason = "cancelled" if should_stop() else "length"
-    yield GenerationChunk("", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0, reason)
+def endless(script) -> None:
+    """A model that would write "tick " until max_tokens, 20 ms a token, unless stopped."""
+    script.reply("tick ", repeat=True)
+    script.delay = 0.02
 
 
-def wait_for_finish(engine: Engine, before: int):
-    deadline = time.monotonic() + 10
-    while len(engine.finished) == before:
-        assert time.monotonic() < deadline, "the generation did not end"
-        time.sleep(0.02)
-    return engine.finished[-1]
-
-
-def test_a_client_disconnecting_mid_stream_stops_its_generation(client, served, model_stream):
-    model_stream(endless)
+def test_a_client_disconnecting_mid_stream_stops_its_generation(client, served, script):
+    endless(script)
     before = len(served.engine.finished)
     stream = client.chat.completions.create(model=MODEL, messages=user("go on"), stream=True)
     for i, _ in enumerate(stream):
         if i == 5:
             break
     stream.close()
-    done = wait_for_finish(served.engine, before)
+    done = served.wait_for_finish(before)
     assert done.finish_reason == "cancelled"
-    assert done.completion_tokens < 5000
+    assert done.completion_tokens < MAX_TOKENS_CAP
     assert served.engine.queued == 0
 
 
-def test_a_client_leaving_a_plain_request_stops_its_generation(served, model_stream):
-    model_stream(endless)
+def test_a_client_leaving_a_plain_request_stops_its_generation(served, script):
+    endless(script)
     before = len(served.engine.finished)
     with pytest.raises(httpx.ReadTimeout):
         served.post("/chat/completions", json={"messages": user("go on")}, timeout=0.5)
-    done = wait_for_finish(served.engine, before)
-    assert done.finish_reason == "cancelled" and done.completion_tokens < 5000
+    done = served.wait_for_finish(before)
+    assert done.finish_reason == "cancelled" and done.completion_tokens < MAX_TOKENS_CAP
 
 
-def test_a_growing_conversation_prefills_only_what_is_new(client, tiny_model, model_stream):
-    seen: list = []
-    model_stream(recording(seen))
+def test_a_growing_conversation_prefills_only_what_is_new(served, client, script):
     system = {"role": "system", "content": "You are a terse assistant for prefix tests."}
     first = [system, *user("Name three rivers.")]
     r1 = client.chat.completions.create(model=MODEL, messages=first, max_tokens=8, temperature=0)
@@ -1277,10 +1133,12 @@ def test_a_growing_conversation_prefills_only_what_is_new(client, tiny_model, mo
         {"role": "assistant", "content": r1.choices[0].message.content},
         *user("And three mountains?"),
     ]
+    script.reads.clear()
     r2 = client.chat.completions.create(model=MODEL, messages=second, max_tokens=8, temperature=0)
     cached = r2.usage.prompt_tokens_details.cached_tokens
     assert cached >= r1.usage.prompt_tokens
-    assert len(seen[-1]) == r2.usage.prompt_tokens - cached
+    # What the model read of the prompt: only what the pooled cache did not hold.
+    assert script.read_of(served.jobs[-1].tokens) == r2.usage.prompt_tokens - cached
     # Only the reply and the new user turn were read: less than the whole second prompt
     # minus the first one.
     assert r2.usage.prompt_tokens - cached <= r2.usage.prompt_tokens - r1.usage.prompt_tokens

@@ -4,17 +4,13 @@ where a test sends what the SDK never would)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 
 import anthropic
 import httpx
 import jsonschema
 import pytest
 
-from qwen_mlx.runtime import stream_tokens
-from qwen_mlx.server import Engine, create_app
-
-from .test_server import (
+from .served import (
     CALL_TEXT,
     CONTEXT,
     KEY,
@@ -22,9 +18,7 @@ from .test_server import (
     MAX_TOKENS_CAP,
     MODEL,
     WEATHER_TOOL,
-    cut_short,
-    scripted,
-    start_server,
+    Served,
 )
 
 TOOL = {
@@ -36,36 +30,27 @@ GREEDY = {"temperature": 0}
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model) -> Iterator[tuple[Engine, str]]:
-    engine = Engine(
-        tiny_model, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP, cache_bytes=64 << 20
+def served(module_server) -> Served:
+    return module_server(
+        max_context=CONTEXT,
+        max_tokens_cap=MAX_TOKENS_CAP,
+        cache_bytes=64 << 20,
+        app={"max_body_bytes": MAX_BODY},
     )
-    server, thread, port = start_server(create_app(engine, api_key=KEY, max_body_bytes=MAX_BODY))
-    yield engine, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
 
 
 @pytest.fixture
 def client(served) -> anthropic.Anthropic:
     # What ANTHROPIC_BASE_URL / ANTHROPIC_API_KEY configure: the key goes as x-api-key.
-    return anthropic.Anthropic(base_url=served[1], api_key=KEY, max_retries=0, timeout=60)
-
-
-@pytest.fixture
-def model_stream(served) -> Iterator[Callable[[Callable], None]]:
-    engine = served[0]
-    yield lambda fn: setattr(engine, "stream_tokens", fn)
-    engine.stream_tokens = stream_tokens
+    return anthropic.Anthropic(base_url=served.base, api_key=KEY, max_retries=0, timeout=60)
 
 
 def post(served, path: str, body: dict, **headers: str) -> httpx.Response:
-    return httpx.post(served[1] + path, json=body, headers=headers, timeout=60)
+    return httpx.post(served.base + path, json=body, headers=headers, timeout=60)
 
 
 def test_a_message_comes_back_as_text_blocks_with_usage(client, tiny_model, served):
-    served[0].cache.clear()
+    served.engine.cache.clear()
     messages = [{"role": "user", "content": "Hello there"}]
     reply = client.messages.create(
         model=MODEL, max_tokens=8, messages=messages, system="Be brief.", extra_body=GREEDY
@@ -79,9 +64,8 @@ def test_a_message_comes_back_as_text_blocks_with_usage(client, tiny_model, serv
     assert 0 < reply.usage.output_tokens <= 8
 
 
-def test_system_blocks_turns_and_sampling_reach_the_model(client, model_stream, tiny_model):
-    seen: list = []
-    model_stream(scripted("ok", seen))
+def test_system_blocks_turns_and_sampling_reach_the_model(served, client, script, tiny_model):
+    script.reply("ok")
     client.messages.create(
         model=MODEL,
         max_tokens=5,
@@ -95,7 +79,8 @@ def test_system_blocks_turns_and_sampling_reach_the_model(client, model_stream, 
         extra_body={"temperature": 0.5, "top_p": 0.9, "top_k": 7},
         stop_sequences=["END"],
     )
-    (tokens, params) = seen[0]
+    job = served.jobs[-1]
+    params = job.params
     expected = tiny_model.prompt_tokens(
         [
             {"role": "system", "content": "You are terse."},
@@ -104,13 +89,13 @@ def test_system_blocks_turns_and_sampling_reach_the_model(client, model_stream, 
             {"role": "user", "content": "Again"},
         ]
     )
-    assert expected[-len(tokens) :] == tokens
+    assert job.tokens == expected and script.prompts == [expected]  # as the model saw it
     assert (params.temperature, params.top_p, params.top_k) == (0.5, 0.9, 7)
     assert params.max_tokens == 5 and params.stop == ("END",)
 
 
-def test_the_stream_follows_anthropics_event_sequence(client, model_stream, served):
-    model_stream(scripted("Hello from the stream"))
+def test_the_stream_follows_anthropics_event_sequence(client, script, served):
+    script.reply("Hello from the stream")
     with client.messages.stream(
         model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi"}]
     ) as stream:
@@ -121,7 +106,8 @@ def test_the_stream_follows_anthropics_event_sequence(client, model_stream, serv
     assert sdk[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(sdk[2:-3]) == {"content_block_delta"}
     assert final.content[0].text == "Hello from the stream"
-    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 5
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == len(served.engine.model.encode("Hello from the stream"))
     # On the wire: each event's name is its data's type, and a ping follows message_start.
     body = {"model": MODEL, "max_tokens": 20, "stream": True, "messages": [user_hi()]}
     text = post(served, "/v1/messages", body, **{"x-api-key": KEY}).text
@@ -141,9 +127,9 @@ def user_hi() -> dict:
 
 def test_a_real_stream_matches_the_whole_reply(client, served):
     args = dict(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "Count"}])
-    served[0].cache.clear()
+    served.engine.cache.clear()
     whole = client.messages.create(**args, extra_body=GREEDY)
-    served[0].cache.clear()
+    served.engine.cache.clear()
     with client.messages.stream(**args, extra_body=GREEDY) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -151,8 +137,8 @@ def test_a_real_stream_matches_the_whole_reply(client, served):
     assert final.usage.output_tokens == whole.usage.output_tokens
 
 
-def test_a_tool_round_trip_uses_tool_use_and_tool_result_blocks(client, model_stream, tiny_model):
-    model_stream(scripted(CALL_TEXT))
+def test_a_tool_round_trip_uses_tool_use_and_tool_result_blocks(client, script, tiny_model):
+    script.reply(CALL_TEXT, when="Weather in Paris?")
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     reply = client.messages.create(model=MODEL, max_tokens=50, tools=[TOOL], messages=messages)
     assert reply.stop_reason == "tool_use"
@@ -161,8 +147,7 @@ def test_a_tool_round_trip_uses_tool_use_and_tool_result_blocks(client, model_st
     assert use.type == "tool_use" and use.name == "get_weather" and use.id.startswith("toolu_")
     assert use.input == {"city": "Paris", "unit": "celsius"}
 
-    seen: list = []
-    model_stream(scripted("It is 18 degrees.", seen))
+    script.reply("It is 18 degrees.", when="18 degrees, sunny")
     messages += [
         {"role": "assistant", "content": [b.model_dump() for b in reply.content]},
         {
@@ -174,13 +159,13 @@ def test_a_tool_round_trip_uses_tool_use_and_tool_result_blocks(client, model_st
     ]
     answer = client.messages.create(model=MODEL, max_tokens=50, tools=[TOOL], messages=messages)
     assert answer.content[0].text == "It is 18 degrees." and answer.stop_reason == "end_turn"
-    prompt = tiny_model.tokenizer.decode(seen[0][0])
+    prompt = tiny_model.tokenizer.decode(script.prompts[-1])
     assert "<tool_response>\n18 degrees, sunny\n</tool_response>" in prompt
     assert '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}' in prompt
 
 
-def test_a_streamed_tool_use_arrives_as_input_json_deltas(client, model_stream):
-    model_stream(scripted(CALL_TEXT))
+def test_a_streamed_tool_use_arrives_as_input_json_deltas(client, script):
+    script.reply(CALL_TEXT)
     with client.messages.stream(
         model=MODEL,
         max_tokens=50,
@@ -212,7 +197,7 @@ def test_a_forced_tool_choice_gives_a_schema_valid_tool_use(client, choice):
 
 
 def test_a_forced_tool_use_with_schema_references_is_schema_valid(client):
-    from .test_tools import nested_parameters
+    from .tool_cases import nested_parameters
 
     schema = nested_parameters()
     reply = client.messages.create(
@@ -228,12 +213,15 @@ def test_a_forced_tool_use_with_schema_references_is_schema_valid(client):
     jsonschema.validate(use.input, schema)
 
 
-def test_a_forced_tool_use_cut_off_by_max_tokens_is_the_tool_use_so_far(client, model_stream):
+def test_a_forced_tool_use_cut_off_by_max_tokens_is_the_tool_use_so_far(client, script):
     # As Anthropic returns one: the tool_use block, stop_reason "max_tokens".
-    model_stream(cut_short('{"name":"get_weather","arguments":{"city":"Paris","unit":"cel'))
+    # The turn the model writes: the server opens the call itself (in the prompt).
+    opened = script.model.encode("<tool_call>\n")
+    written = script.model.encode('{"name":"get_weather","arguments":{"city":"Paris","unit":"cel')
+    script.reply(opened + written + script.model.encode('sius"}}'))
     args = dict(
         model=MODEL,
-        max_tokens=20,
+        max_tokens=len(written),
         tools=[TOOL],
         tool_choice={"type": "tool", "name": "get_weather"},
         messages=[{"role": "user", "content": "Weather in Rome?"}],
@@ -253,24 +241,21 @@ def test_a_forced_tool_use_cut_off_by_max_tokens_is_the_tool_use_so_far(client, 
     assert all("name" not in getattr(b, "text", "") for b in final.content)
 
 
-def test_a_stop_sequence_is_named_in_the_reply(client, model_stream):
-    def stops(model, tokens, params, **kwargs):
-        from qwen_mlx.runtime import GenerationChunk
-
-        yield GenerationChunk("Half", None, len(tokens), 0.0, 1, 0.0, 0.0, 0.0)
-        yield GenerationChunk("", None, len(tokens), 0.0, 2, 0.0, 0.0, 0.0, "stop", (), "END")
-
-    model_stream(stops)
+def test_a_stop_sequence_is_named_in_the_reply(client, script):
+    script.reply("Half way. END and then more")
     reply = client.messages.create(
         model=MODEL,
-        max_tokens=9,
+        max_tokens=30,
         stop_sequences=["END"],
         messages=[{"role": "user", "content": "x"}],
     )
     assert reply.stop_reason == "stop_sequence" and reply.stop_sequence == "END"
+    assert reply.content[0].text == "Half way. "
 
 
-def test_output_config_json_schema_gives_schema_valid_json(client):
+def test_output_config_json_schema_gives_schema_valid_json(client, script):
+    # The model would go on after the JSON; the format ends the reply there.
+    script.reply('{"answer":42} is my answer.')
     schema = {
         "type": "object",
         "properties": {"answer": {"type": "integer"}},
@@ -284,10 +269,8 @@ def test_output_config_json_schema_gives_schema_valid_json(client):
         output_config={"format": {"type": "json_schema", "schema": schema}},
         extra_body=GREEDY,
     )
-    if reply.stop_reason == "end_turn":
-        jsonschema.validate(json.loads(reply.content[0].text), schema)
-    else:  # cut off: still the start of such JSON
-        assert reply.content[0].text.startswith("{")
+    assert reply.stop_reason == "end_turn"
+    assert json.loads(reply.content[0].text) == {"answer": 42}
 
 
 def test_count_tokens_counts_the_prompt(client, tiny_model):
@@ -306,7 +289,7 @@ def test_the_key_goes_as_x_api_key_or_bearer(served):
         assert response.status_code == 401
         assert response.json()["error"]["type"] == "authentication_error"
     with pytest.raises(anthropic.AuthenticationError):
-        anthropic.Anthropic(base_url=served[1], api_key="wrong", max_retries=0).messages.create(
+        anthropic.Anthropic(base_url=served.base, api_key="wrong", max_retries=0).messages.create(
             model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}]
         )
 
@@ -338,7 +321,7 @@ def test_errors_come_in_anthropics_shape(served, client):
     )
     assert "'image'" in message
     response = httpx.post(
-        served[1] + "/v1/messages",
+        served.base + "/v1/messages",
         content=b"{not json",
         headers={**key, "content-type": "application/json"},
         timeout=10,
@@ -360,7 +343,7 @@ def test_errors_come_in_anthropics_shape(served, client):
     assert e.value.body["error"]["type"] == "invalid_request_error"
     # The OpenAI routes keep OpenAI's shape.
     response = httpx.post(
-        served[1] + "/v1/chat/completions",
+        served.base + "/v1/chat/completions",
         json={"messages": []},
         headers={"authorization": f"Bearer {KEY}"},
         timeout=10,
@@ -368,12 +351,8 @@ def test_errors_come_in_anthropics_shape(served, client):
     assert response.status_code == 400 and set(response.json()["error"]) >= {"message", "code"}
 
 
-def test_an_error_mid_stream_is_an_error_event(client, model_stream):
-    def broken(model, tokens, params, **kwargs):
-        raise RuntimeError("secret internals")
-        yield
-
-    model_stream(broken)
+def test_an_error_mid_stream_is_an_error_event(client, script):
+    script.fail(RuntimeError("secret internals"))
     hi = [{"role": "user", "content": "hi"}]
     with (
         pytest.raises(anthropic.APIStatusError) as e,
@@ -384,11 +363,10 @@ def test_an_error_mid_stream_is_an_error_event(client, model_stream):
     assert "secret" not in str(e.value)
 
 
-def test_a_request_shaped_like_claude_codes_is_served(served, model_stream):
+def test_a_request_shaped_like_claude_codes_is_served(served, script):
     """What Claude Code sends: ?beta=true, beta headers, cache_control everywhere,
     thinking and metadata, earlier thinking blocks, tool results as block lists."""
-    seen: list = []
-    model_stream(scripted("Done.", seen))
+    script.reply("Done.")
     cache = {"type": "ephemeral"}
     body = {
         "model": MODEL,
@@ -431,11 +409,17 @@ def test_a_request_shaped_like_claude_codes_is_served(served, model_stream):
     }
     headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "anthropic-beta": "x"}
     response = httpx.post(
-        served[1] + "/v1/messages?beta=true", json=body, headers=headers, timeout=60
+        served.base + "/v1/messages?beta=true", json=body, headers=headers, timeout=60
     )
     assert response.status_code == 200, response.text
-    assert "event: message_stop" in response.text and "Done." in response.text
-    prompt = served[0].model.tokenizer.decode(seen[0][0])
+    assert "event: message_stop" in response.text
+    deltas = [
+        json.loads(line.removeprefix("data: "))["delta"]
+        for line in response.text.splitlines()
+        if line.startswith("data: ") and '"content_block_delta"' in line
+    ]
+    assert "".join(d["text"] for d in deltas) == "Done."
+    prompt = script.text(script.prompts[-1])
     assert "<tool_response>\nError: service down\n</tool_response>" in prompt
     assert "Try again later." in prompt and "Let me look." not in prompt
 
@@ -444,5 +428,5 @@ def test_text_that_is_not_valid_unicode_is_400(served):
     turn = '{"role": "user", "content": "a\\ud800"}'
     body = f'{{"model": "{MODEL}", "max_tokens": 2, "messages": [{turn}]}}'.encode()
     headers = {"x-api-key": KEY, "content-type": "application/json"}
-    response = httpx.post(served[1] + "/v1/messages", content=body, headers=headers, timeout=10)
+    response = httpx.post(served.base + "/v1/messages", content=body, headers=headers, timeout=10)
     assert "not valid Unicode" in assert_anthropic_error(response, 400, "invalid_request_error")

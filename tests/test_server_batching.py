@@ -5,7 +5,6 @@ disconnects, /health and a crash inside the generation loop."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -13,34 +12,25 @@ import pytest
 
 from qwen_mlx.runtime import batch
 from qwen_mlx.runtime.memory import Budget, MemoryPlanner
-from qwen_mlx.server import Engine, create_app
+from qwen_mlx.server import Engine
 
-from .helpers import child_env, start_server
-from .test_server import KEY, MODEL, Served, all_at_once, user
-
-
-def serve(engine: Engine) -> Iterator[Served]:
-    server, thread, port = start_server(create_app(engine, api_key=KEY))
-    yield Served(engine, f"http://127.0.0.1:{port}/v1", thread)
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+from .helpers import TRAINED_TARGET, run_script
+from .served import KEY, MODEL, Served, all_at_once, user
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model) -> Iterator[Served]:
-    engine = Engine(tiny_model, max_context=2048, max_batch=4, max_queue=8, prefill_step_size=16)
-    yield from serve(engine)
+def served(module_server) -> Served:
+    return module_server(max_context=2048, max_batch=4, max_queue=8, prefill_step_size=16)
 
 
 @pytest.fixture(scope="module")
-def single(tiny_model) -> Iterator[Served]:
+def single(module_server) -> Served:
     """Room for one request running and none waiting."""
-    yield from serve(Engine(tiny_model, max_context=2048, max_batch=1, max_queue=0))
+    return module_server(max_context=2048, max_batch=1, max_queue=0)
 
 
 def health(served: Served) -> dict:
-    return httpx.get(served.url.removesuffix("/v1") + "/health", timeout=10).json()
+    return served.get("/health", timeout=10).json()
 
 
 def idle(engine: Engine) -> None:
@@ -93,31 +83,31 @@ def test_a_short_request_behind_a_long_prompt_starts_before_it_is_read(served):
     assert order == ["short", "long"]  # it did not wait for the long prompt's prefill
 
 
-def test_a_short_request_beside_eight_long_prompts_answers_before_any_of_them(tiny_model):
+def test_a_short_request_beside_eight_long_prompts_answers_before_any_of_them(serve):
     # Eight long prompts being read at once took every prefill slot of mlx-lm's batch
     # until each was read to its end; a short request then waited for whole prefills.
-    engine = Engine(tiny_model, max_context=2048, max_batch=12, prefill_step_size=16)
-    for served in serve(engine):
-        client = served.client()
-        prompt = "the sea and the sky " * 240  # about 1,900 tokens, 120 chunks
+    served = serve(max_context=2048, max_batch=12, prefill_step_size=16)
+    engine = served.engine
+    client = served.client()
+    prompt = "the sea and the sky " * 240  # about 1,900 tokens, 120 chunks
 
-        def long(i: int, client=client, prompt=prompt) -> None:
-            client.completions.create(model=MODEL, prompt=f"{i} {prompt}", max_tokens=1)
+    def long(i: int) -> None:
+        client.completions.create(model=MODEL, prompt=f"{i} {prompt}", max_tokens=1)
 
-        readers = [threading.Thread(target=long, args=(i,)) for i in range(8)]
-        for t in readers:
-            t.start()
-        for _ in range(600):  # until all eight are in the batch, being read
-            if engine.scheduler.batch_size == 8:
-                break
-            threading.Event().wait(0.01)
-        assert engine.scheduler.batch_size == 8
-        short = client.completions.create(model=MODEL, prompt="hi", max_tokens=1)
-        for t in readers:
-            t.join(timeout=120)
-        done = list(engine.finished)[-9:]
-        assert done[0].prompt_tokens == short.usage.prompt_tokens
-        assert all(f.prompt_tokens > 1000 for f in done[1:])  # the long ones came after
+    readers = [threading.Thread(target=long, args=(i,)) for i in range(8)]
+    for t in readers:
+        t.start()
+    for _ in range(600):  # until all eight are in the batch, being read
+        if engine.scheduler.batch_size == 8:
+            break
+        threading.Event().wait(0.01)
+    assert engine.scheduler.batch_size == 8
+    short = client.completions.create(model=MODEL, prompt="hi", max_tokens=1)
+    for t in readers:
+        t.join(timeout=120)
+    done = list(engine.finished)[-9:]
+    assert done[0].prompt_tokens == short.usage.prompt_tokens
+    assert all(f.prompt_tokens > 1000 for f in done[1:])  # the long ones came after
 
 
 def test_health_reports_the_batch_and_the_queue(served):
@@ -182,7 +172,7 @@ def test_a_full_queue_gets_503_with_retry_after_in_openai_shape(single):
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == "server_busy"
 
 
-def test_a_simultaneous_burst_gets_no_more_places_than_the_queue_has(tiny_model, monkeypatch):
+def test_a_simultaneous_burst_gets_no_more_places_than_the_queue_has(serve, monkeypatch):
     # Room for 2 running and 2 waiting. Preparations are held until the refusals are in,
     # so a check made before any job was counted would let all 12 through.
     from qwen_mlx.server.protocols.openai import routes as openai_routes
@@ -195,40 +185,40 @@ def test_a_simultaneous_burst_gets_no_more_places_than_the_queue_has(tiny_model,
         return real_prepare(*args, **kwargs)
 
     monkeypatch.setattr(openai_routes, "prepare_chat", held)
-    engine = Engine(tiny_model, max_context=2048, max_batch=2, max_queue=2, cache_bytes=0)
+    served = serve(max_context=2048, max_batch=2, max_queue=2, cache_bytes=0)
+    engine = served.engine
     refused: list[httpx.Response] = []
-    for served in serve(engine):
 
-        def ask(i: int, served=served) -> int:
-            body = {"messages": user(f"burst {i}"), "max_tokens": 2}
-            response = served.post("/chat/completions", json=body)
-            if response.status_code == 503:
-                refused.append(response)
-                if len(refused) == 8:
-                    gate.set()
-            return response.status_code
+    def ask(i: int) -> int:
+        body = {"messages": user(f"burst {i}"), "max_tokens": 2}
+        response = served.post("/chat/completions", json=body)
+        if response.status_code == 503:
+            refused.append(response)
+            if len(refused) == 8:
+                gate.set()
+        return response.status_code
 
-        statuses = all_at_once(ask, 12)
-        gate.set()
-        assert sorted(statuses) == [200] * 4 + [503] * 8
-        assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
-        assert refused[0].json()["error"]["code"] == "server_busy"
-        idle(engine)
-        # Every way out gives the place back: a preparation that fails, a stream whose
-        # client leaves before it starts, a token count (which takes no place at all).
-        bad = {"messages": user("x"), "tools": [], "tool_choice": "required"}
-        assert all(served.post("/chat/completions", json=bad).status_code == 400 for _ in range(6))
-        for _ in range(6):
-            with httpx.stream(
-                "POST",
-                served.url + "/chat/completions",
-                json={"messages": user("gone"), "max_tokens": 50, "stream": True},
-                headers={"Authorization": f"Bearer {KEY}"},
-                timeout=60,
-            ):
-                pass  # closed before reading a byte
-        idle(engine)
-        assert engine.queued == 0 and health(served)["queued"] == 0
+    statuses = all_at_once(ask, 12)
+    gate.set()
+    assert sorted(statuses) == [200] * 4 + [503] * 8
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    assert refused[0].json()["error"]["code"] == "server_busy"
+    idle(engine)
+    # Every way out gives the place back: a preparation that fails, a stream whose
+    # client leaves before it starts, a token count (which takes no place at all).
+    bad = {"messages": user("x"), "tools": [], "tool_choice": "required"}
+    assert all(served.post("/chat/completions", json=bad).status_code == 400 for _ in range(6))
+    for _ in range(6):
+        with httpx.stream(
+            "POST",
+            served.url + "/chat/completions",
+            json={"messages": user("gone"), "max_tokens": 50, "stream": True},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=60,
+        ):
+            pass  # closed before reading a byte
+    idle(engine)
+    assert engine.queued == 0 and health(served)["queued"] == 0
 
 
 def test_a_place_given_back_by_the_garbage_collector_mid_queueing_does_not_deadlock(
@@ -274,28 +264,27 @@ def test_a_place_given_back_by_the_garbage_collector_mid_queueing_does_not_deadl
         engine.close()
 
 
-def test_a_request_that_does_not_fit_beside_the_batch_waits_for_room(tiny_model):
+def test_a_request_that_does_not_fit_beside_the_batch_waits_for_room(serve, tiny_model):
     # Memory for one sequence of this size at a time: the second waits, then runs alone.
     planner = MemoryPlanner.for_model(tiny_model)
     room = planner.plan(80)  # each request reserves its prompt (8+) and max_tokens (40)
     budget = Budget(room.total, room.total, "test")
-    engine = Engine(
-        tiny_model,
+    served = serve(
         max_context=64,
         max_batch=4,
         planner=MemoryPlanner(planner.shape, planner.weights, budget),
         cache_bytes=0,
     )
-    for served in serve(engine):
+    engine = served.engine
 
-        def ask(i: int, served=served):
-            return served.client().completions.create(
-                model=MODEL, prompt=f"{i} apples " * 8, max_tokens=40, temperature=0
-            )
+    def ask(i: int):
+        return served.client().completions.create(
+            model=MODEL, prompt=f"{i} apples " * 8, max_tokens=40, temperature=0
+        )
 
-        replies = all_at_once(ask, 2)
-        assert all(r.choices[0].finish_reason in ("stop", "length") for r in replies)
-        assert [f.batch_size for f in list(engine.finished)[-2:]] == [1, 1]
+    replies = all_at_once(ask, 2)
+    assert all(r.choices[0].finish_reason in ("stop", "length") for r in replies)
+    assert [f.batch_size for f in list(engine.finished)[-2:]] == [1, 1]
 
 
 def test_a_crash_in_the_generation_loop_fails_its_requests_and_the_loop_goes_on(
@@ -348,50 +337,28 @@ def test_the_default_batch_is_what_memory_holds_and_the_flags_are_checked(capsys
 
 @pytest.mark.interop
 def test_the_server_benchmark_runs_against_mlx_lm_server():
-    import subprocess
-    import sys
 
-    from .helpers import SCRIPTS
-    from .test_batch import TRAINED
-
-    if not (TRAINED / "model.safetensors").is_file():
-        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED}")
+    if not (TRAINED_TARGET / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
     args = ["--clients", "1,2", "--max-tokens", "4", "--rounds", "1", "--long-words", "60"]
-    out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_server.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=child_env(),
-    )
+    out = run_script("bench_server.py", *args)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("1 |", "2 |"))]
     assert len(rows) == 2 and all("x |" in row for row in rows)
     assert "mlx_lm server: a short request's TTFT" in out.stdout
 
 
+@pytest.mark.interop
 def test_the_agent_workload_benchmark_runs_in_smoke_mode():
-    import subprocess
-    import sys
-
-    from .helpers import SCRIPTS
-    from .test_batch import TRAINED
-
-    if not (TRAINED / "model.safetensors").is_file():
-        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED}")
-    out = subprocess.run(
-        [sys.executable, str(SCRIPTS / "bench_server.py"), "--workload", "agent", "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=child_env(),
-    )
+    if not (TRAINED_TARGET / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
+    out = run_script("bench_server.py", "--workload", "agent", "--smoke")
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
+    lines = [line.strip() for line in out.stdout.splitlines()]
     for kind in ("copying", "other"):
         rows = [line for line in lines if line.startswith(kind)]
         # Two tables (tokens/s, ratios), one row per concurrency (1 and 2 clients).
-        assert [row.split()[1] for row in rows] == ["1", "2", "1", "2"]
+        assert [row.split()[2] for row in rows] == ["1", "2", "1", "2"], rows
         assert all(row.count("x (") == 5 for row in rows[2:])
     assert "drafted tokens accepted" in out.stdout and "kv_bits 8" in out.stdout
 
@@ -399,36 +366,36 @@ def test_the_agent_workload_benchmark_runs_in_smoke_mode():
 # -- a quantized KV cache and prompt lookup in the batch -------------------------------------
 
 
-def test_a_quantized_kv_cache_batches_and_answers_as_alone(tiny_model):
+def test_a_quantized_kv_cache_batches_and_answers_as_alone(serve, tiny_model):
     from mlx_lm.models.cache import QuantizedKVCache
 
-    engine = Engine(tiny_model, kv_bits=8, max_context=2048, max_batch=4, prefill_step_size=16)
-    for served in serve(engine):
-        state = health(served)
-        assert state["max_batch"] == 4 and state["kv_bits"] == 8
+    served = serve(tiny_model, kv_bits=8, max_context=2048, max_batch=4, prefill_step_size=16)
+    engine = served.engine
+    state = health(served)
+    assert state["max_batch"] == 4 and state["kv_bits"] == 8
 
-        def ask(i: int, served=served) -> str:
-            reply = served.client().completions.create(
-                model=MODEL, prompt=f"{i} plums or " * (i + 2), max_tokens=16, temperature=0
-            )
-            return reply.choices[0].text
-
-        alone = [ask(i) for i in range(4)]
-        engine.cache.clear()  # each starts from nothing again, as it did alone
-        assert all_at_once(ask, 4) == alone
-        assert max(f.batch_size for f in list(engine.finished)[-4:]) > 1
-        # The pool keeps the batch's caches quantized, and they hold what was read.
-        entries = list(engine.cache._entries.values())
-        assert entries and all(isinstance(c, QuantizedKVCache) for e in entries for c in e.cache)
-        assert all(e.cache[0].offset == len(e.tokens) for e in entries)
-        # A conversation moving on starts from its quantized entry.
-        again = served.client().completions.create(
-            model=MODEL, prompt="3 plums or " * 5 + "more", max_tokens=4, temperature=0
+    def ask(i: int) -> str:
+        reply = served.client().completions.create(
+            model=MODEL, prompt=f"{i} plums or " * (i + 2), max_tokens=16, temperature=0
         )
-        assert again.usage.prompt_tokens_details.cached_tokens > 0
+        return reply.choices[0].text
+
+    alone = [ask(i) for i in range(4)]
+    engine.cache.clear()  # each starts from nothing again, as it did alone
+    assert all_at_once(ask, 4) == alone
+    assert max(f.batch_size for f in list(engine.finished)[-4:]) > 1
+    # The pool keeps the batch's caches quantized, and they hold what was read.
+    entries = list(engine.cache._entries.values())
+    assert entries and all(isinstance(c, QuantizedKVCache) for e in entries for c in e.cache)
+    assert all(e.cache[0].offset == len(e.tokens) for e in entries)
+    # A conversation moving on starts from its quantized entry.
+    again = served.client().completions.create(
+        model=MODEL, prompt="3 plums or " * 5 + "more", max_tokens=4, temperature=0
+    )
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
 
 
-def test_the_batch_admits_by_quantized_kv_bytes(tiny_model):
+def test_the_batch_admits_by_quantized_kv_bytes(serve, tiny_model):
     # A planner given to the engine plans bf16 by default; admission asks it for plans at
     # the engine's KV precision (the tiny model's workspace, not its KV, decides whether
     # these fit, so what is checked is the precision each admission is planned at).
@@ -441,64 +408,59 @@ def test_the_batch_admits_by_quantized_kv_bytes(tiny_model):
 
     base = MemoryPlanner.for_model(tiny_model)
     planner = Recording(base.shape, base.weights, base.budget)
-    engine = Engine(tiny_model, kv_bits=4, max_context=2048, max_batch=4, planner=planner)
-    for served in serve(engine):
-        asked.clear()
-        all_at_once(
-            lambda i, served=served: served.client().completions.create(
-                model=MODEL, prompt=f"{i} figs", max_tokens=4, temperature=0
-            ),
-            2,
-        )
-        assert asked and set(asked) == {4}
+    served = serve(tiny_model, kv_bits=4, max_context=2048, max_batch=4, planner=planner)
+    asked.clear()
+    all_at_once(
+        lambda i: served.client().completions.create(
+            model=MODEL, prompt=f"{i} figs", max_tokens=4, temperature=0
+        ),
+        2,
+    )
+    assert asked and set(asked) == {4}
     assert MemoryPlanner.for_model(tiny_model, kv_bits=4).kv_per_token() < base.kv_per_token()
 
 
-def test_prompt_lookup_drafts_inside_the_batch_and_counts_its_drafts(tiny_model):
-    engine = Engine(
+def test_prompt_lookup_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny_model):
+    served = serve(
         tiny_model, draft="lookup", kv_bits=8, max_context=2048, max_batch=4, prefill_step_size=16
     )
-    for served in serve(engine):
-        assert engine.batched
-        state = health(served)
-        assert state["max_batch"] == 4 and state["speculative"]["batched"] is True
+    engine = served.engine
+    assert engine.batched
+    state = health(served)
+    assert state["max_batch"] == 4 and state["speculative"]["batched"] is True
 
-        def ask(i: int, served=served, **extra):
-            return served.client().completions.create(
-                model=MODEL, prompt="a b c a b c " * (i + 1), max_tokens=24, **extra
-            )
+    def ask(i: int, **extra):
+        return served.client().completions.create(
+            model=MODEL, prompt="a b c a b c " * (i + 1), max_tokens=24, **extra
+        )
 
-        alone = [ask(i, temperature=0).choices[0].text for i in range(4)]
-        replies = all_at_once(lambda i: ask(i, temperature=0), 4)
-        assert [r.choices[0].text for r in replies] == alone
-        done = list(engine.finished)[-4:]
-        assert max(f.batch_size for f in done) > 1
-        assert sum(f.accepted for f in done) > 0
-        details = [r.usage.completion_tokens_details for r in replies]
-        assert sum(d.accepted_prediction_tokens for d in details) == sum(f.accepted for f in done)
-        assert sum(d.rejected_prediction_tokens for d in details) == sum(
-            f.drafted - f.accepted for f in done
-        )
-        # Beside them: one that turned speculation off (it does not draft), one sampled.
-        mixed = all_at_once(
-            lambda i: [
-                ask(0, temperature=0),
-                ask(1, temperature=0, extra_body={"speculative": False}),
-                ask(2, temperature=0.9, seed=4),
-            ][i],
-            3,
-        )
-        assert mixed[1].usage.completion_tokens_details.accepted_prediction_tokens == 0
-        assert mixed[1].usage.completion_tokens_details.rejected_prediction_tokens == 0
-        assert mixed[1].choices[0].text == alone[1]
-        assert mixed[2].choices[0].finish_reason in ("stop", "length")
-        state = health(served)["speculative"]
-        assert state["drafted_tokens"] == engine.drafted > 0
-        assert state["accepted_tokens"] == engine.accepted > 0
-        metrics = httpx.get(
-            served.url.removesuffix("/v1") + "/metrics",
-            headers={"Authorization": f"Bearer {KEY}"},
-            timeout=10,
-        ).text
-        assert f"qwen_mlx_draft_accepted_tokens_total {float(engine.accepted)}" in metrics
-        assert f"qwen_mlx_draft_tokens_total {float(engine.drafted)}" in metrics
+    alone = [ask(i, temperature=0).choices[0].text for i in range(4)]
+    replies = all_at_once(lambda i: ask(i, temperature=0), 4)
+    assert [r.choices[0].text for r in replies] == alone
+    done = list(engine.finished)[-4:]
+    assert max(f.batch_size for f in done) > 1
+    assert sum(f.accepted for f in done) > 0
+    details = [r.usage.completion_tokens_details for r in replies]
+    assert sum(d.accepted_prediction_tokens for d in details) == sum(f.accepted for f in done)
+    assert sum(d.rejected_prediction_tokens for d in details) == sum(
+        f.drafted - f.accepted for f in done
+    )
+    # Beside them: one that turned speculation off (it does not draft), one sampled.
+    mixed = all_at_once(
+        lambda i: [
+            ask(0, temperature=0),
+            ask(1, temperature=0, extra_body={"speculative": False}),
+            ask(2, temperature=0.9, seed=4),
+        ][i],
+        3,
+    )
+    assert mixed[1].usage.completion_tokens_details.accepted_prediction_tokens == 0
+    assert mixed[1].usage.completion_tokens_details.rejected_prediction_tokens == 0
+    assert mixed[1].choices[0].text == alone[1]
+    assert mixed[2].choices[0].finish_reason in ("stop", "length")
+    state = health(served)["speculative"]
+    assert state["drafted_tokens"] == engine.drafted > 0
+    assert state["accepted_tokens"] == engine.accepted > 0
+    metrics = served.get("/metrics", timeout=10).text
+    assert f"qwen_mlx_draft_accepted_tokens_total {float(engine.accepted)}" in metrics
+    assert f"qwen_mlx_draft_tokens_total {float(engine.drafted)}" in metrics

@@ -5,32 +5,24 @@ log-softmax."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import openai
 import pytest
 
-from qwen_mlx.server import Engine, create_app
 from qwen_mlx.server.logprobs import token_bytes
 
-from .test_server import CONTEXT, KEY, MAX_TOKENS_CAP, MODEL, start_server, user
+from .served import CONTEXT, MAX_TOKENS_CAP, MODEL, Served, user
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model) -> Iterator[Engine]:
+def served(module_server) -> Served:
     # No prompt cache: each request prefills its whole prompt, as the reference does.
-    engine = Engine(tiny_model, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP, cache_bytes=0)
-    server, thread, port = start_server(create_app(engine, api_key=KEY))
-    engine.url = f"http://127.0.0.1:{port}/v1"
-    yield engine
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+    return module_server(max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP, cache_bytes=0)
 
 
 @pytest.fixture
 def client(served) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.url, api_key=KEY, max_retries=0, timeout=60)
+    return served.client()
 
 
 def first_step(model, tokens: list[int]) -> list[float]:
@@ -127,36 +119,89 @@ def test_a_token_a_schema_rules_out_is_minus_9999_not_infinity(client):
     assert all(math.isfinite(v) for v in values) and -9999.0 in values
 
 
-def test_text_that_piles_up_keeps_its_tokens_logprobs(served):
+def test_text_that_piles_up_keeps_its_tokens_logprobs(served, script):
     # A client slower than the model gets the text that waited as one piece: each of its
     # tokens' logprobs must come with it (a plain `str + Text` dropped them).
     import asyncio
 
-    from qwen_mlx.runtime import GenerationChunk, TokenLogprob
     from qwen_mlx.server import Job
 
-    def scored(model, tokens, params, **kwargs):
-        for n in range(1, 7):
-            lp = (TokenLogprob(n, -0.5 * n),)
-            yield GenerationChunk("ab", n, len(tokens), 0.0, n, 0.0, 0.0, 0.0, logprobs=lp)
-        yield GenerationChunk("", None, len(tokens), 0.0, 6, 0.0, 0.0, 0.0, "stop")
+    text = "Piled up, one token after another."
+    script.reply(text)
+    model = served.engine.model
+    ids = model.encode(text)
 
     async def slow_client() -> list:
-        job = Job([1, 2, 3], served.model.default_params.replace(max_tokens=6), logprobs=0)
+        params = model.default_params.replace(temperature=0, max_tokens=len(ids) + 1)
+        job = Job(model.prompt_tokens(user("Pile it up")), params, logprobs=0)
         got = []
-        async for item in served.events(job):
+        async for item in served.engine.events(job):
             got.append(item)
             await asyncio.sleep(0.3)  # the rest of the reply piles up meanwhile
         return got
 
-    served.stream_tokens = scored
-    try:
-        got = asyncio.run(slow_client())
-    finally:
-        from qwen_mlx.runtime import stream_tokens
-
-        served.stream_tokens = stream_tokens
+    got = asyncio.run(slow_client())
     pieces = got[:-1]
-    assert len(pieces) < 6  # some did pile up
-    assert "".join(pieces) == "ab" * 6
-    assert [t.token for p in pieces for t in p.logprobs] == [1, 2, 3, 4, 5, 6]
+    assert len(pieces) < len(ids)  # some did pile up
+    assert "".join(pieces) == text
+    assert [t.token for p in pieces for t in p.logprobs] == ids
+
+
+def test_a_greedy_replys_logprobs_do_not_depend_on_its_batch_or_the_pool(tiny_model):
+    # The streamed and whole replies of the same greedy request differed (the flaky
+    # comparisons above): text that piled up lost its logprobs (the test before this one).
+    # The numbers themselves do not depend on the path the reply takes: alone, beside
+    # longer and shorter prompts (left-padded in the batch, one read in chunks), joining
+    # a batch mid-decode, from a pooled prefix, or one job at a time through
+    # stream_tokens, each token and logprob is the same.
+    import asyncio
+
+    from qwen_mlx.runtime import stream_tokens
+    from qwen_mlx.server import Engine, Job
+
+    params = tiny_model.default_params.replace(temperature=0, max_tokens=8)
+    short = tiny_model.prompt_tokens(user("Stream"))
+    others = [tiny_model.prompt_tokens(user("word " * n)) for n in (40, 3)]
+
+    def scored(item) -> list:
+        return [(t.token, t.logprob) for t in getattr(item, "logprobs", ())]
+
+    async def run(engine, prompts, *, staggered: bool = False) -> list:
+        """Each prompt's (token, logprob) pairs and Finished record; `staggered`: each
+        starts once the one before it has written its first text (it joins a batch that
+        is decoding)."""
+        started = [asyncio.Event() for _ in prompts]
+
+        async def one(i, tokens):
+            if staggered and i:
+                await started[i - 1].wait()
+            job = Job(tokens, params.replace(max_tokens=8 if tokens is short else 200))
+            job.logprobs = 0
+            got, finished = [], None
+            async for item in engine.events(job):
+                got += scored(item)
+                finished = item
+                started[i].set()
+            return got, finished
+
+        return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+
+    engine = Engine(tiny_model, max_context=2048, cache_bytes=16 << 20, prefill_step_size=16)
+    try:
+        ((alone, first),) = asyncio.run(run(engine, [short]))
+        ((pooled, again),) = asyncio.run(run(engine, [short]))
+        assert first.cached_tokens == 0 and again.cached_tokens == len(short) - 1
+        engine.cache.clear()
+        beside = asyncio.run(run(engine, [others[0], short, others[1]]))
+        engine.cache.clear()
+        joining = asyncio.run(run(engine, [others[0], short], staggered=True))
+    finally:
+        engine.close()
+    assert max(f.batch_size for _, f in beside) == 3 and joining[1][1].batch_size == 2
+    lone = [
+        (t.token, t.logprob)
+        for c in stream_tokens(tiny_model, short, params, logprobs=0)
+        for t in c.logprobs
+    ]
+    assert len(alone) == 8
+    assert pooled == beside[1][0] == joining[1][0] == lone == alone

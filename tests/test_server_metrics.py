@@ -3,40 +3,33 @@ after requests made with the official clients."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from qwen_mlx.server import Engine, create_app
-
-from .test_server import CONTEXT, KEY, MAX_TOKENS_CAP, MODEL, start_server, user
+from .served import CONTEXT, KEY, MAX_TOKENS_CAP, MODEL, Served, user
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model) -> Iterator[Engine]:
-    engine = Engine(
-        tiny_model, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP, cache_bytes=64 << 20
+def served(module_server) -> Served:
+    return module_server(
+        max_context=CONTEXT,
+        max_tokens_cap=MAX_TOKENS_CAP,
+        cache_bytes=64 << 20,
+        app={"max_body_bytes": 4096},
     )
-    server, thread, port = start_server(create_app(engine, api_key=KEY, max_body_bytes=4096))
-    engine.url = f"http://127.0.0.1:{port}"
-    yield engine
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
 
 
 @pytest.fixture
 def client(served) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    return served.client()
 
 
 def scrape(served) -> dict[tuple[str, tuple], float]:
     """Every sample, by name and labels."""
     response = httpx.get(
-        served.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+        served.base + "/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=10
     )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -57,10 +50,10 @@ def requests(samples: dict, route: str, status: int, method: str = "POST") -> fl
 
 
 def test_metrics_need_the_key_and_health_does_not(served):
-    assert httpx.get(served.url + "/metrics", timeout=10).status_code == 401
+    assert httpx.get(served.base + "/metrics", timeout=10).status_code == 401
     wrong = {"Authorization": "Bearer wrong"}
-    assert httpx.get(served.url + "/metrics", headers=wrong, timeout=10).status_code == 401
-    assert httpx.get(served.url + "/health", timeout=10).status_code == 200
+    assert httpx.get(served.base + "/metrics", headers=wrong, timeout=10).status_code == 401
+    assert httpx.get(served.base + "/health", timeout=10).status_code == 200
 
 
 def test_requests_are_counted_by_route_template_and_status(served, client):
@@ -70,11 +63,11 @@ def test_requests_are_counted_by_route_template_and_status(served, client):
         client.chat.completions.create(model="nope", messages=user("hi"), max_tokens=2)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_unknown")
-    httpx.get(served.url + "/v1/no/such/route", timeout=10)
+    httpx.get(served.base + "/v1/no/such/route", timeout=10)
     big = {"messages": user("x" * 8000)}
     headers = {"Authorization": f"Bearer {KEY}"}
     assert (
-        httpx.post(served.url + "/v1/chat/completions", json=big, headers=headers).status_code
+        httpx.post(served.base + "/v1/chat/completions", json=big, headers=headers).status_code
         == 413
     )
     after = scrape(served)
@@ -92,7 +85,7 @@ def test_requests_are_counted_by_route_template_and_status(served, client):
 
 
 def test_tokens_timings_and_the_prompt_cache_are_counted(served, client):
-    served.cache.clear()
+    served.engine.cache.clear()
     before = scrape(served)
     messages = user("Count my tokens, please")
     first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
@@ -124,17 +117,17 @@ def test_tokens_timings_and_the_prompt_cache_are_counted(served, client):
     )
     # Read at scrape time.
     assert value(after, "qwen_mlx_queue_depth") == 0
-    assert value(after, "qwen_mlx_prompt_cache_entries") == len(served.cache) >= 1
-    assert value(after, "qwen_mlx_prompt_cache_bytes") == served.cache.bytes > 0
-    assert value(after, "qwen_mlx_prompt_cache_tokens") == served.cache.tokens
+    assert value(after, "qwen_mlx_prompt_cache_entries") == len(served.engine.cache) >= 1
+    assert value(after, "qwen_mlx_prompt_cache_bytes") == served.engine.cache.bytes > 0
+    assert value(after, "qwen_mlx_prompt_cache_tokens") == served.engine.cache.tokens
     assert value(after, "qwen_mlx_memory_active_bytes") > 0
 
 
 def test_a_method_http_does_not_define_is_counted_as_other(served):
     headers = {"Authorization": f"Bearer {KEY}"}
     for name in ("BREW", "PROPFIND", "X" * 40):
-        httpx.request(name, served.url + "/v1/chat/completions", headers=headers, timeout=10)
-        httpx.request(name, served.url + "/health", timeout=10)
+        httpx.request(name, served.base + "/v1/chat/completions", headers=headers, timeout=10)
+        httpx.request(name, served.base + "/health", timeout=10)
     samples = scrape(served)
     methods = {
         dict(labels)["method"]

@@ -4,58 +4,29 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 
 import httpx
 import jsonschema
 import openai
 import pytest
 
-from qwen_mlx.runtime import stream_tokens
-from qwen_mlx.server import Engine, create_app
-
-from .test_server import (
-    CALL_TEXT,
-    CONTEXT,
-    KEY,
-    MAX_TOKENS_CAP,
-    MODEL,
-    WEATHER_TOOL,
-    cut_short,
-    recording,
-    scripted,
-    start_server,
-)
+from .served import CALL_TEXT, CONTEXT, KEY, MAX_TOKENS_CAP, MODEL, WEATHER_TOOL, Served
 
 TOOL = {"type": "function", **WEATHER_TOOL["function"]}
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model) -> Iterator[Engine]:
-    engine = Engine(
-        tiny_model, max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP, cache_bytes=64 << 20
-    )
-    server, thread, port = start_server(create_app(engine, api_key=KEY))
-    engine.url = f"http://127.0.0.1:{port}/v1"
-    yield engine
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.close()
+def served(module_server) -> Served:
+    return module_server(max_context=CONTEXT, max_tokens_cap=MAX_TOKENS_CAP, cache_bytes=64 << 20)
 
 
 @pytest.fixture
 def client(served) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.url, api_key=KEY, max_retries=0, timeout=60)
-
-
-@pytest.fixture
-def model_stream(served) -> Iterator[Callable[[Callable], None]]:
-    yield lambda fn: setattr(served, "stream_tokens", fn)
-    served.stream_tokens = stream_tokens
+    return served.client()
 
 
 def test_text_input_gives_an_output_message_with_usage(client, served, tiny_model):
-    served.cache.clear()
+    served.engine.cache.clear()
     response = client.responses.create(
         model=MODEL, input="Hello there", instructions="Be brief.", max_output_tokens=8
     )
@@ -75,9 +46,8 @@ def test_text_input_gives_an_output_message_with_usage(client, served, tiny_mode
         assert response.incomplete_details.reason == "max_output_tokens"
 
 
-def test_input_items_and_sampling_reach_the_model(client, model_stream, tiny_model):
-    seen: list = []
-    model_stream(scripted("ok", seen))
+def test_input_items_and_sampling_reach_the_model(served, client, script, tiny_model):
+    script.reply("ok")
     client.responses.create(
         model=MODEL,
         input=[
@@ -90,7 +60,8 @@ def test_input_items_and_sampling_reach_the_model(client, model_stream, tiny_mod
         top_p=0.9,
         max_output_tokens=7,
     )
-    tokens, params = seen[0]
+    job = served.jobs[-1]
+    params = job.params
     expected = tiny_model.prompt_tokens(
         [
             {"role": "system", "content": "Answer in French."},
@@ -99,7 +70,7 @@ def test_input_items_and_sampling_reach_the_model(client, model_stream, tiny_mod
             {"role": "user", "content": "Again"},
         ]
     )
-    assert expected[-len(tokens) :] == tokens
+    assert job.tokens == expected and script.prompts == [expected]  # as the model saw it
     assert (params.temperature, params.top_p, params.max_tokens) == (0.5, 0.9, 7)
 
 
@@ -108,8 +79,8 @@ def collapse_deltas(types: list[str]) -> list[str]:
     return [t for i, t in enumerate(types) if not (t.endswith(".delta") and types[i - 1] == t)]
 
 
-def test_the_stream_sends_the_responses_events_in_order(client, model_stream):
-    model_stream(scripted("Hello from the stream"))
+def test_the_stream_sends_the_responses_events_in_order(client, script):
+    script.reply("Hello from the stream")
     with client.responses.stream(model=MODEL, input="hi") as stream:
         events = [e.type for e in stream]
         final = stream.get_final_response()
@@ -126,7 +97,8 @@ def test_the_stream_sends_the_responses_events_in_order(client, model_stream):
         "response.output_item.done",
         "response.completed",
     ]
-    assert final.output_text == "Hello from the stream" and final.usage.output_tokens == 5
+    assert final.output_text == "Hello from the stream"
+    assert final.usage.output_tokens == len(script.model.encode("Hello from the stream"))
     # create(stream=True) gives the same events, numbered in sequence (how many deltas
     # depends on how the text was batched into chunks on its way out).
     raw = list(client.responses.create(model=MODEL, input="hi", stream=True))
@@ -136,9 +108,9 @@ def test_the_stream_sends_the_responses_events_in_order(client, model_stream):
 
 def test_a_real_stream_matches_the_whole_response(client, served):
     args = dict(model=MODEL, input="Count", max_output_tokens=10, temperature=0)
-    served.cache.clear()
+    served.engine.cache.clear()
     whole = client.responses.create(**args)
-    served.cache.clear()
+    served.engine.cache.clear()
     with client.responses.stream(**args) as stream:
         events = list(stream)
     # Cut off by max_output_tokens, a stream ends with response.incomplete (which the
@@ -150,16 +122,15 @@ def test_a_real_stream_matches_the_whole_response(client, served):
     assert last.response.usage.output_tokens == whole.usage.output_tokens
 
 
-def test_a_function_call_round_trip(client, model_stream, tiny_model):
-    model_stream(scripted(CALL_TEXT))
+def test_a_function_call_round_trip(client, script, tiny_model):
+    script.reply(CALL_TEXT, when="Weather in Paris?")
     first = client.responses.create(model=MODEL, input="Weather in Paris?", tools=[TOOL])
     message, call = first.output
     assert message.content[0].text.strip() == "Let me check."
     assert call.type == "function_call" and call.name == "get_weather"
     assert json.loads(call.arguments) == {"city": "Paris", "unit": "celsius"}
 
-    seen: list = []
-    model_stream(scripted("It is 18 degrees.", seen))
+    script.reply("It is 18 degrees.", when="18 degrees")
     # Stateless: the client sends the whole conversation back.
     items = [
         {"role": "user", "content": "Weather in Paris?"},
@@ -168,24 +139,21 @@ def test_a_function_call_round_trip(client, model_stream, tiny_model):
     ]
     answer = client.responses.create(model=MODEL, input=items, tools=[TOOL], store=False)
     assert answer.output_text == "It is 18 degrees."
-    prompt = tiny_model.tokenizer.decode(seen[0][0])
+    prompt = script.text(script.prompts[-1])
     assert "<tool_response>\n18 degrees, sunny\n</tool_response>" in prompt
     assert '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}' in prompt
 
     # Stateful: previous_response_id instead of the history.
-    seen.clear()
     output = {"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees"}
     again = client.responses.create(
         model=MODEL, previous_response_id=first.id, input=[output], tools=[TOOL]
     )
     assert again.output_text == "It is 18 degrees." and again.previous_response_id == first.id
-    assert "<tool_response>\n18 degrees\n</tool_response>" in tiny_model.tokenizer.decode(
-        seen[0][0]
-    )
+    assert "<tool_response>\n18 degrees\n</tool_response>" in script.text(script.prompts[-1])
 
 
-def test_a_streamed_function_call_arrives_as_argument_events(client, model_stream):
-    model_stream(scripted(CALL_TEXT))
+def test_a_streamed_function_call_arrives_as_argument_events(client, script):
+    script.reply(CALL_TEXT)
     with client.responses.stream(model=MODEL, input="Weather?", tools=[TOOL]) as stream:
         events = [e.type for e in stream]
         final = stream.get_final_response()
@@ -207,7 +175,7 @@ def test_a_required_tool_choice_forces_a_schema_valid_call(client):
 
 
 def test_a_forced_call_with_schema_references_is_schema_valid(client):
-    from .test_tools import nested_parameters
+    from .tool_cases import nested_parameters
 
     schema = nested_parameters(draft07=True)
     response = client.responses.create(
@@ -224,16 +192,19 @@ def test_a_forced_call_with_schema_references_is_schema_valid(client):
 
 
 def test_a_forced_call_cut_off_by_max_output_tokens_is_an_incomplete_function_call(
-    client, model_stream, served
+    client, script, served
 ):
     # As OpenAI returns one: the function_call item, incomplete, in an incomplete response.
-    model_stream(cut_short('{"name":"get_weather","arguments":{"city":"Pa'))
+    # The turn the model writes: the server opens the call itself (in the prompt).
+    opened = script.model.encode("<tool_call>\n")
+    written = script.model.encode('{"name":"get_weather","arguments":{"city":"Pa')
+    script.reply(opened + written + script.model.encode('ris","unit":"celsius"}}'))
     args = dict(
         model=MODEL,
         input="Weather in Rome?",
         tools=[TOOL],
         tool_choice={"type": "function", "name": "get_weather"},
-        max_output_tokens=20,
+        max_output_tokens=len(written),
     )
     response = client.responses.create(**args)
     assert response.status == "incomplete"
@@ -252,7 +223,9 @@ def test_a_forced_call_cut_off_by_max_output_tokens_is_an_incomplete_function_ca
     assert events[-1].response.output[0].status == "incomplete"
 
 
-def test_text_format_json_schema_gives_schema_valid_json(client):
+def test_text_format_json_schema_gives_schema_valid_json(client, script):
+    # The model would go on after the JSON; the format ends the reply there.
+    script.reply('{"answer":42} is my answer.')
     schema = {
         "type": "object",
         "properties": {"answer": {"type": "integer"}},
@@ -266,10 +239,8 @@ def test_text_format_json_schema_gives_schema_valid_json(client):
         temperature=0,
         text={"format": {"type": "json_schema", "name": "answer", "schema": schema}},
     )
-    if response.status == "completed":
-        jsonschema.validate(json.loads(response.output_text), schema)
-    else:
-        assert response.output_text.startswith("{")
+    assert response.status == "completed"
+    assert json.loads(response.output_text) == {"answer": 42}
     assert response.text.format.type == "json_schema"
 
 
@@ -291,46 +262,24 @@ def split_pair(model) -> tuple[list[int], str]:
     raise AssertionError("the tiny vocabulary has no merged pair")
 
 
-def forced(planned: list[int], prefilled: list) -> Callable:
-    """The real model, made to reply exactly `planned` (then end its turn)."""
-    import mlx.core as mx
-
-    def run(model, tokens, params, **kwargs):
-        prefilled.append(list(tokens))
-        end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        steps = iter([*planned, end])
-
-        def force(history, logits):
-            allowed = mx.arange(logits.shape[-1]) == next(steps, end)
-            return mx.where(allowed, logits, -mx.inf)
-
-        processors = [*kwargs.pop("logits_processors", []), force]
-        yield from stream_tokens(model, tokens, params, logits_processors=processors, **kwargs)
-
-    return run
-
-
-def test_previous_response_id_continues_from_the_kv_cache(client, served, tiny_model):
+def test_previous_response_id_continues_from_the_kv_cache(client, served, script, tiny_model):
     pair, text = split_pair(tiny_model)
-    served.cache.clear()
-    prefilled: list = []
-    served.stream_tokens = forced(pair, prefilled)
-    try:
-        first = client.responses.create(model=MODEL, input="Say it.", max_output_tokens=6)
-        served.stream_tokens = recording(prefilled)
-        second = client.responses.create(
-            model=MODEL, previous_response_id=first.id, input="Again?", max_output_tokens=3
-        )
-    finally:
-        served.stream_tokens = stream_tokens
+    served.engine.cache.clear()
+    script.reply(pair, when="Say it.")  # the model replies exactly these two tokens
+    first = client.responses.create(model=MODEL, input="Say it.", max_output_tokens=6)
+    script.reads.clear()
+    second = client.responses.create(
+        model=MODEL, previous_response_id=first.id, input="Again?", max_output_tokens=3
+    )
     assert first.output_text == text and first.usage.output_tokens == 2
     # The second request prefilled only its new turn: everything before it, the first
     # reply's two tokens included (its text would encode as one other token), came
     # from the cache.
     cached = second.usage.input_tokens_details.cached_tokens
     assert cached >= first.usage.input_tokens + 2
-    assert len(prefilled[1]) == second.usage.input_tokens - cached
-    new_turn = tiny_model.tokenizer.decode(prefilled[1])
+    prompt = served.jobs[-1].tokens
+    assert script.read_of(prompt) == second.usage.input_tokens - cached
+    new_turn = script.text(prompt[cached:])
     assert "Again?" in new_turn and "Say it." not in new_turn and text not in new_turn
 
 
@@ -380,11 +329,10 @@ def test_errors_are_in_openais_shape_and_the_key_is_needed(served, client):
             assert error["param"] == param
 
 
-def test_a_request_shaped_like_codexs_is_served(served, model_stream):
+def test_a_request_shaped_like_codexs_is_served(served, script):
     """What Codex CLI sends: long instructions, input_text parts, earlier reasoning
     items, function tools with strict, store false, include, prompt_cache_key."""
-    seen: list = []
-    model_stream(scripted("Listing.", seen))
+    script.reply("Listing.")
     body = {
         "model": MODEL,
         "instructions": "You are Codex, a coding agent.",
@@ -423,8 +371,14 @@ def test_a_request_shaped_like_codexs_is_served(served, model_stream):
     headers = {"Authorization": f"Bearer {KEY}"}
     response = httpx.post(served.url + "/responses", json=body, headers=headers, timeout=60)
     assert response.status_code == 200, response.text
-    assert "event: response.completed" in response.text and "Listing." in response.text
-    prompt = served.model.tokenizer.decode(seen[0][0])
+    assert "event: response.completed" in response.text
+    deltas = [
+        json.loads(line.removeprefix("data: "))["delta"]
+        for line in response.text.splitlines()
+        if line.startswith("data: ") and '"response.output_text.delta"' in line
+    ]
+    assert "".join(deltas) == "Listing."
+    prompt = script.text(script.prompts[-1])
     assert "You are Codex" in prompt and "<tool_response>\nREADME.md\n</tool_response>" in prompt
     assert '{"name": "shell", "arguments": {"command": ["ls"]}}' in prompt
 
@@ -438,7 +392,7 @@ def test_output_text_logprobs_come_when_included(client, served):
         include=["message.output_text.logprobs"],
         top_logprobs=2,
     )
-    served.cache.clear()
+    served.engine.cache.clear()
     response = client.responses.create(**args)
     logprobs = response.output[0].content[0].logprobs
     assert len(logprobs) == response.usage.output_tokens
@@ -450,7 +404,7 @@ def test_output_text_logprobs_come_when_included(client, served):
         )
     joined = b"".join(bytes(e.bytes) for e in logprobs).decode("utf-8", errors="replace")
     assert joined == response.output_text
-    served.cache.clear()
+    served.engine.cache.clear()
     events = list(client.responses.create(**args, stream=True))
     deltas = [e for ev in events if ev.type == "response.output_text.delta" for e in ev.logprobs]
     assert [(e.token, e.logprob) for e in deltas] == [(e.token, e.logprob) for e in logprobs]
@@ -494,44 +448,37 @@ def test_metadata_is_held_to_openais_limits(client, served):
         assert words in e.value.message
 
 
-def test_the_store_is_bounded_in_bytes_and_keeps_what_get_returns(tiny_model):
-    engine = Engine(tiny_model, max_context=CONTEXT, cache_bytes=0)
-    app = create_app(engine)
-    store = app.state.responses
+def test_the_store_is_bounded_in_bytes_and_keeps_what_get_returns(serve):
+    served = serve(key=None, max_context=CONTEXT, cache_bytes=0)
+    store = served.app.state.responses
     store.max_bytes = 40_000
-    server, thread, port = start_server(app)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
-    try:
-        tool = dict(TOOL, description="Weather, told at length. " * 40)
-        made = [
-            client.responses.create(
-                model=MODEL,
-                input=f"question {i}",
-                tools=[tool],
-                metadata={"n": str(i)},
-                max_output_tokens=2,
-            )
-            for i in range(16)
-        ]
-        assert store.bytes <= store.max_bytes and 1 < len(store) < len(made)
-        newest = httpx.get(f"http://127.0.0.1:{port}/v1/responses/{made[-1].id}").json()
-        assert newest == made[-1].model_dump(mode="json", exclude_unset=True)
-        assert newest["tools"][0]["description"] == tool["description"]
-        with pytest.raises(openai.NotFoundError) as e:
-            client.responses.retrieve(made[0].id)  # the oldest made room
-        assert "dropped to make room" in e.value.message
-        # The stored conversation still continues, token for token.
-        follow = client.responses.create(
-            model=MODEL, previous_response_id=made[-1].id, input="and then?", max_output_tokens=2
+    client = served.client()
+    tool = dict(TOOL, description="Weather, told at length. " * 40)
+    made = [
+        client.responses.create(
+            model=MODEL,
+            input=f"question {i}",
+            tools=[tool],
+            metadata={"n": str(i)},
+            max_output_tokens=2,
         )
-        assert follow.status in ("completed", "incomplete")
-        # One response larger than the whole store is answered, not kept.
-        store.max_bytes = 1_000
-        big = client.responses.create(model=MODEL, input="hi", tools=[tool], max_output_tokens=2)
-        with pytest.raises(openai.NotFoundError):
-            client.responses.retrieve(big.id)
-        assert store.bytes <= 40_000
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.close()
+        for i in range(16)
+    ]
+    assert store.bytes <= store.max_bytes and 1 < len(store) < len(made)
+    newest = served.get(f"/v1/responses/{made[-1].id}").json()
+    assert newest == made[-1].model_dump(mode="json", exclude_unset=True)
+    assert newest["tools"][0]["description"] == tool["description"]
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.retrieve(made[0].id)  # the oldest made room
+    assert "dropped to make room" in e.value.message
+    # The stored conversation still continues, token for token.
+    follow = client.responses.create(
+        model=MODEL, previous_response_id=made[-1].id, input="and then?", max_output_tokens=2
+    )
+    assert follow.status in ("completed", "incomplete")
+    # One response larger than the whole store is answered, not kept.
+    store.max_bytes = 1_000
+    big = client.responses.create(model=MODEL, input="hi", tools=[tool], max_output_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(big.id)
+    assert store.bytes <= 40_000

@@ -26,6 +26,8 @@ from qwen_mlx.runtime.memory import (
     attention_workspace,
 )
 
+from .helpers import assert_cache_matches_conversation, common_len
+
 REPLY = {"max_tokens": 8, "temperature": 0}
 
 
@@ -38,24 +40,6 @@ def f32_model(tiny_hf, tmp_path_factory):
 
 def reply(stream) -> str:
     return "".join(c.text for c in stream)
-
-
-def assert_cache_matches_conversation(session: ChatSession) -> None:
-    """The cache holds exactly the ids the session says, and those render the history."""
-    assert cache_length(session._cache) == len(session.cache_tokens)
-    rendered = session.model.encode(
-        session.model.render(session.messages, add_generation_prompt=False)
-    )
-    # The cache ends with the last reply's end-of-turn token; the template adds a newline.
-    held = session.cache_tokens
-    assert held == rendered[: len(held)] or common_len(held, rendered) >= len(held) - 12
-
-
-def common_len(a, b) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def test_send_streams_chunks_and_records_the_reply(tiny_model):

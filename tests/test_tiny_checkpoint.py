@@ -9,7 +9,7 @@ import pytest
 from qwen_mlx.convert.checkpoint import inspect_checkpoint
 from qwen_mlx.convert.tiny import MARKUP_TOKENS, SPECIAL_TOKENS, TinyConfig, build_tiny_checkpoint
 
-from .helpers import SCRIPTS, SHARED_MODEL, needs_shared
+from .helpers import SHARED_MODEL, needs_shared, run_script
 
 
 def test_config_describes_a_qwen3_with_the_requested_sizes(tmp_path):
@@ -90,18 +90,10 @@ def test_builder_refuses_to_mix_into_a_non_empty_folder(tmp_path):
 
 
 def test_script_builds_a_checkpoint(tmp_path):
-    import runpy
-    import sys
-
     out = tmp_path / "Qwen3-1M-Script-2507"
-    argv = sys.argv
-    sys.argv = ["make_tiny_model.py", str(out), "--layers", "3", "--shards", "2", "--untied"]
-    try:
-        with pytest.raises(SystemExit) as done:
-            runpy.run_path(str(SCRIPTS / "make_tiny_model.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    assert done.value.code == 0
+    args = [str(out), "--layers", "3", "--shards", "2", "--untied"]
+    done = run_script("make_tiny_model.py", *args, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     ckpt = inspect_checkpoint(out)
     assert ckpt.config["num_hidden_layers"] == 3 and not ckpt.tied_embeddings
 

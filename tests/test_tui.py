@@ -1,9 +1,10 @@
-"""The chat app, driven with Textual's Pilot on the tiny model."""
+"""The whole chat app, driven with Textual's Pilot on the tiny model: the keys, the
+dialogs, the commands, the app's life (start, quit, resume) and the flows that take more
+than one of its parts. Each part alone: test_tui_parts.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
@@ -36,33 +37,21 @@ from tui.screens import (
 from tui.widgets import MessageView, PromptInput, StatusBar
 
 from .helpers import SCRIPTS, TRAINED_TARGET, child_env
-
-SIZE = (110, 36)
-
-
-@pytest.fixture
-def stored(tiny_hf, home) -> str:
-    """The tiny model converted into this test's store; its family name."""
-    convert(str(tiny_hf))
-    return "qwen3-1m-tiny"
-
-
-async def wait_for(pilot, condition, timeout: float = 30.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("timed out waiting for the app")
-
-
-async def ready(pilot) -> ChatApp:
-    app = pilot.app
-    await wait_for(pilot, lambda: app.session is not None)
-    return app
-
-
-def replies(app: ChatApp) -> int:
-    return sum(m["role"] == "assistant" for m in app.session.messages) if app.session else 0
+from .tui_pilot import (
+    driving,
+    exchange,
+    held_saves,
+    key_names,
+    notices,
+    ready,
+    replies,
+    reply,
+    running,
+    type_and_send,
+    type_keys,
+    views,
+    wait_for,
+)
 
 
 def slow_reading(monkeypatch, tmp_path):
@@ -90,41 +79,6 @@ def slow_reading(monkeypatch, tmp_path):
     return doc, slow
 
 
-async def type_and_send(pilot, text: str) -> None:
-    pilot.app._replies_before = replies(pilot.app)
-    await pilot.press(*[c if c != " " else "space" for c in text])
-    await pilot.press("enter")
-
-
-async def reply(pilot) -> None:
-    """Wait for the reply to the last message sent (or for its failure), and its save."""
-    app = pilot.app
-    before = getattr(app, "_replies_before", 0)
-    await wait_for(
-        pilot,
-        lambda: (
-            not app.streaming
-            and not app.busy
-            and (replies(app) > before or app.query_one(PromptInput).text)
-        ),
-    )
-
-
-async def exchange(pilot, text: str) -> None:
-    """Send `text` and wait for the reply to it."""
-    await type_and_send(pilot, text)
-    await reply(pilot)
-
-
-@contextlib.asynccontextmanager
-async def running(home, **kwargs):
-    """The app in a test terminal, with its model loaded."""
-    app = ChatApp(home=home, **kwargs)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        yield app, pilot
-
-
 async def start_a_long_reply(pilot) -> None:
     """Send a message whose reply goes on (greedy: the tiny model never ends on its own)
     and wait until some of it is on screen."""
@@ -141,38 +95,10 @@ async def start_a_long_reply(pilot) -> None:
     )
 
 
-def views(app: ChatApp) -> list[tuple[str, str]]:
-    return [(v.role, v.content) for v in app.query(MessageView)]
-
-
-@pytest.mark.asyncio
-async def test_sending_a_message_streams_the_reply_into_the_view(stored, home):
-    batches = []
-
-    class CountingApp(ChatApp):
-        def on_reply_text(self, message):
-            batches.append(message.text)  # Textual then runs ChatApp's own handler too
-
-    app = CountingApp(home=home, flush_interval=0)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        await pilot.press("slash", "t", "e", "m", "p", "space", "0", "enter")
-        app.run_command("/max_tokens 200")
-        await exchange(pilot, "Hello there")
-        shown = views(app)
-        assert shown[0] == ("user", "Hello there")
-        assert shown[1][0] == "assistant"
-        assert shown[1][1] == app.session.messages[-1]["content"]
-        assert len(batches) > 1 and "".join(batches) == shown[1][1]
-        status = app.query_one(StatusBar).render()
-        assert "qwen3-1m-tiny-2507-mlx-q4-g64" in status and "tok/s" in status
-        assert "context" in status and "/ 32,768" in status
-
-
 @pytest.mark.asyncio
 async def test_escape_stops_the_reply_and_keeps_the_partial_text(stored, home):
     app = ChatApp(home=home)
-    async with app.run_test(size=SIZE) as pilot:
+    async with driving(app) as pilot:
         await start_a_long_reply(pilot)
         await pilot.press("escape")
         await reply(pilot)
@@ -220,7 +146,7 @@ async def test_a_chat_survives_a_restart_with_its_cache(stored, home):
 
     async def second(chat_id, held):
         app = ChatApp(home=home, chat_id=chat_id)
-        async with app.run_test(size=SIZE) as pilot:
+        async with driving(app) as pilot:
             await wait_for(pilot, lambda: app.chat is not None and app.chat.id == chat_id)
             assert [r for r, _ in views(app)] == ["user", "assistant"]
             await exchange(pilot, "Which number?")
@@ -242,10 +168,7 @@ async def test_export_writes_the_expected_markdown(stored, home, tmp_path):
         async with running(home) as (app, pilot):
             app.run_command("/max_tokens 6")
             app.run_command("/temp 0.5")
-            app.query_one(PromptInput).load_text(question)
-            app._replies_before = 0
-            await pilot.press("enter")
-            await reply(pilot)
+            await exchange(pilot, question)
             app.run_command(f"/export {target}")
             return app.session.messages[-1]["content"]
 
@@ -256,25 +179,6 @@ async def test_export_writes_the_expected_markdown(stored, home, tmp_path):
     assert "temperature 0.5" in text and "max_tokens 6" in text
     assert "- Context policy: truncate" in text
     assert f"## User\n\n{question}\n\n## Assistant\n\n{answer}" in text
-
-
-@pytest.mark.asyncio
-async def test_attaching_a_file_adds_its_tokens(stored, home, tmp_path):
-    doc = tmp_path / "notes.md"
-    doc.write_text("# Notes\n\nThe launch is on Tuesday. Bring the slides.\n" * 5)
-
-    async with running(home) as (app, pilot):
-        before = app.session.context_tokens
-        app.run_command(f"/attach {doc}")
-        await wait_for(pilot, lambda: len(app.session.messages) == 1)
-        await wait_for(pilot, lambda: app.query_one(StatusBar).context[0] > before)
-        message = app.session.messages[0]["content"]
-        assert message.startswith("Attached file `notes.md`:") and "Tuesday" in message
-        added = app.session.context_tokens - before
-        assert added >= len(app.model.encode(doc.read_text()))
-        assert len(app.session.cache_tokens) == app.session.context_tokens  # read already
-        await exchange(pilot, "When?")
-        assert app.session.last_stats.reused_tokens >= added
 
 
 @pytest.mark.asyncio
@@ -314,7 +218,7 @@ async def test_reading_an_attachment_holds_the_chat_until_done_and_esc_stops_it(
 async def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home):
     async def run():
         app = ChatApp(home=home)
-        async with app.run_test(size=SIZE) as pilot:
+        async with driving(app) as pilot:
             await start_a_long_reply(pilot)
             return app.chat.id  # leaving the block quits the app mid-reply
 
@@ -326,48 +230,8 @@ async def test_quitting_mid_reply_stops_it_and_saves_what_was_said(stored, home)
 
 
 @pytest.mark.asyncio
-async def test_a_send_refused_for_size_keeps_the_conversation(stored, home, monkeypatch):
-    from qwen_mlx.runtime.memory import Budget, MemoryPlanner
-
-    real_for_model = MemoryPlanner.for_model.__func__
-
-    def small_memory(cls, model, budget=None):  # room for about 400 tokens of context
-        planner = real_for_model(cls, model, budget)
-        planner.budget = Budget(planner.plan(400).total, planner.budget.total, "test")
-        return planner
-
-    monkeypatch.setattr(MemoryPlanner, "for_model", classmethod(small_memory))
-
-    async with running(home) as (app, pilot):
-        app.run_command("/max_tokens 4")
-        await exchange(pilot, "hello")
-        kept = list(app.session.messages)
-        huge = "lorem ipsum " * 300  # more than the whole context alone
-        app.query_one(PromptInput).load_text(huge)
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-        await pilot.click("#yes")  # send anyway: truncating cannot make it fit
-        await wait_for(pilot, lambda: any("alone needs" in n.message for n in app._notifications))
-        await wait_for(pilot, lambda: not app.streaming)
-        assert app.session.messages == kept  # the earlier exchange is untouched
-        assert app.query_one(PromptInput).text == huge
-        assert [m.content for m in ChatStore(home).messages(app.chat.id)] == [
-            m["content"] for m in kept
-        ]
-
-
-@pytest.mark.asyncio
 async def test_the_chat_stays_put_until_its_cache_is_saved(stored, home, monkeypatch):
-    import qwen_mlx.chat.session as session_module
-
-    saving = threading.Event()
-    real_save = session_module.ChatSession.save
-
-    def slow_save(self, path):
-        saving.wait(30)  # a long chat's cache on a slow disk
-        return real_save(self, path)
-
-    monkeypatch.setattr(session_module.ChatSession, "save", slow_save)
+    saving = held_saves(monkeypatch)
 
     async with running(home) as (app, pilot):
         app.run_command("/max_tokens 4")
@@ -451,7 +315,7 @@ async def test_settings_refused_by_the_sampler_change_nothing(stored, home):
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen))
         assert (app.session.params, app.session.system, app.session.policy) == before
-        app._apply_settings({"system": "Be brief.", "params": {"top_p": 5.0}, "policy": "error"})
+        app.apply_settings({"system": "Be brief.", "params": {"top_p": 5.0}, "policy": "error"})
         assert (app.session.params, app.session.system, app.session.policy) == before
         await wait_for(
             pilot,
@@ -473,7 +337,7 @@ async def test_commands_before_the_model_is_loaded_are_explained(stored, home, m
     monkeypatch.setattr(runtime, "load", held_load)
 
     app = ChatApp(home=home)
-    async with app.run_test(size=SIZE) as pilot:
+    async with driving(app) as pilot:
         assert app.session is None
         for command in ("/policy error", "/system hi", "/temp 0"):
             app.run_command(command)
@@ -491,7 +355,7 @@ async def test_commands_before_the_model_is_loaded_are_explained(stored, home, m
 @pytest.mark.asyncio
 async def test_opening_an_unknown_chat_says_so_and_starts_a_new_one(stored, home):
     app = ChatApp(home=home, chat_id="no-such-chat")
-    async with app.run_test(size=SIZE) as pilot:
+    async with driving(app) as pilot:
         await ready(pilot)
         await wait_for(
             pilot,
@@ -503,7 +367,7 @@ async def test_opening_an_unknown_chat_says_so_and_starts_a_new_one(stored, home
 @pytest.mark.asyncio
 async def test_no_model_screen_explains_convert_and_builds_the_demo(home):
     app = ChatApp(home=home)
-    async with app.run_test(size=SIZE) as pilot:
+    async with driving(app) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, NoModelScreen))
         text = "".join(str(w.source) for w in app.screen.query("Markdown"))
         assert "python -m qwen_mlx.convert --hf-path Qwen/Qwen3-4B-Instruct-2507" in text
@@ -515,25 +379,6 @@ async def test_no_model_screen_explains_convert_and_builds_the_demo(home):
         assert bar.label == "Building the demo model"
         await wait_for(pilot, lambda: app.session is not None, timeout=120)
         assert app.model.name == "qwen3-3m-demo-0000-mlx-q4-g64"
-
-
-@pytest.mark.asyncio
-async def test_a_model_failure_shows_an_error_and_keeps_the_text(stored, home, monkeypatch):
-    import qwen_mlx.chat.session as session_module
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("the GPU caught fire")
-        yield  # a generator, like the real one
-
-    monkeypatch.setattr(session_module, "stream_tokens", broken)
-
-    async with running(home) as (app, pilot):
-        await exchange(pilot, "keep me")
-        assert app.query_one(PromptInput).text == "keep me"
-        assert views(app) == []
-        assert app.session.messages == []
-        notes = [n.message for n in app._notifications]
-        assert any("the GPU caught fire" in n for n in notes)
 
 
 @pytest.mark.asyncio
@@ -697,20 +542,6 @@ def test_an_unreadable_chats_file_is_one_clear_error(home, capsys, monkeypatch, 
 # -- focus: every dialog and the sidebar answer the keys at once (keys only) -------------------
 
 
-def key_names(text: str) -> list[str]:
-    """The keys that type `text`."""
-    names = {" ": "space", "/": "slash", ".": "full_stop"}
-    return [names.get(c, c) for c in text]
-
-
-async def type_keys(pilot, text: str) -> None:
-    await pilot.press(*key_names(text))
-
-
-def notices(app: ChatApp) -> list[str]:
-    return [n.message for n in app._notifications]
-
-
 @pytest.mark.asyncio
 async def test_help_and_settings_take_focus_so_their_keys_work_at_once(stored, home):
     async with running(home) as (app, pilot):
@@ -846,7 +677,7 @@ def scripted_run(monkeypatch, script) -> list[ChatApp]:
 
     def run(self, **kwargs):
         async def drive():
-            async with self.run_test(size=SIZE) as pilot:
+            async with driving(self) as pilot:
                 await ready(pilot)
                 await script(self, pilot)
 
@@ -887,12 +718,15 @@ def test_chat_reopens_the_most_recent_chat_and_prints_how_to_resume_it(
 
 
 @pytest.mark.asyncio
-async def test_the_chat_id_is_shown_and_info_says_how_to_resume(stored, home):
+async def test_the_chat_id_and_the_model_are_shown_and_info_says_how_to_resume(stored, home):
     async with running(home) as (app, pilot):
-        assert "new chat" in app.sub_title
+        await wait_for(pilot, lambda: "new chat" in app.sub_title)
         app.run_command("/max_tokens 3")
         await exchange(pilot, "hello")
-        assert app.chat.id in app.sub_title
+        await wait_for(pilot, lambda: app.chat.id in app.sub_title)
+        status = app.query_one(StatusBar).render()
+        assert "qwen3-1m-tiny-2507-mlx-q4-g64" in status and "tok/s" in status
+        assert "context" in status and "/ 32,768" in status
         await type_keys(pilot, "/info")
         await pilot.press("enter")
         await wait_for(pilot, lambda: any(app.chat.id in n for n in notices(app)))
@@ -984,7 +818,7 @@ async def test_export_records_the_sampling_of_each_reply_across_a_restart(stored
 
     async def second(chat_id):
         app = ChatApp(home=home, chat_id=chat_id)
-        async with app.run_test(size=SIZE) as pilot:
+        async with driving(app) as pilot:
             await wait_for(pilot, lambda: app.chat is not None and app.chat.id == chat_id)
             app.run_command(f"/export {target}")
 
@@ -1077,10 +911,11 @@ async def test_a_reopened_chat_reads_only_the_new_message(trained, home, tmp_pat
 
     async def second(chat_id, held):
         app = ChatApp(home=home, model=str(trained), chat_id=chat_id)
-        async with app.run_test(size=SIZE) as pilot:
+        async with driving(app) as pilot:
             await wait_for(pilot, lambda: app.chat is not None and app.chat.id == chat_id)
             await wait_for(pilot, lambda: not app.busy)
             assert app.session.cache_tokens == held  # the saved cache came back whole
+            app.run_command("/max_tokens 8")  # what the turn reads is checked, not its reply
             await exchange(pilot, "Tell me more")
             assert_read_only_the_new_message(app, held, "Tell me more")  # after a restart
 

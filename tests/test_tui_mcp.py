@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -17,19 +16,9 @@ from tui.app import ChatApp
 from tui.screens import ConfirmScreen
 from tui.widgets import MessageView
 
-from .test_mcp import NOTES, call
-from .test_tools import ScriptedReplies
-from .test_tui import SIZE, exchange, ready, type_and_send, wait_for
-
-
-@pytest.fixture(scope="module")
-def notes_url() -> Iterator[str]:
-    from .mcp_notes import serve_http
-
-    url, server, thread = serve_http()
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+from .helpers import MCP_NOTES
+from .tool_cases import ScriptedReplies, tool_call
+from .tui_pilot import driving, exchange, notices, ready, type_and_send, wait_for
 
 
 @pytest.fixture
@@ -37,7 +26,7 @@ def config(home, notes_url):
     """Writes chat.json naming these of `notes` (stdio, trusted), `web` (HTTP, not
     trusted) and `docs` (HTTP, trusted); all serve the same three tools."""
     servers = {
-        "notes": {"command": sys.executable, "args": [str(NOTES)], "trusted": True},
+        "notes": {"command": sys.executable, "args": [str(MCP_NOTES)], "trusted": True},
         "web": {"url": notes_url},
         "docs": {"url": notes_url, "trusted": True},
     }
@@ -58,14 +47,10 @@ def script(monkeypatch, tiny_model, replies: list[str]) -> ScriptedReplies:
 async def running(home, tiny_mlx, *servers: str):
     """The app with its model loaded and these MCP servers connected."""
     app = ChatApp(home=home, model=str(tiny_mlx))
-    async with app.run_test(size=SIZE) as pilot:
+    async with driving(app) as pilot:
         await ready(pilot)
-        await wait_for(pilot, lambda: set(servers) <= set(app.mcp_servers))
+        await wait_for(pilot, lambda: set(servers) <= set(app.tool_servers.servers))
         yield app, pilot
-
-
-def notices(app) -> list[str]:
-    return [n.message for n in app._notifications]
 
 
 async def listing(pilot) -> str:
@@ -91,7 +76,7 @@ def test_a_trusted_servers_call_runs_without_asking_and_is_shown(
     home, tiny_mlx, tiny_model, monkeypatch, config
 ):
     config("notes")
-    script(monkeypatch, tiny_model, [call("add", a=2, b=40), "It is 42."])
+    script(monkeypatch, tiny_model, [tool_call("add", a=2, b=40), "It is 42."])
 
     async def run():
         async with running(home, tiny_mlx, "notes") as (app, pilot):
@@ -116,7 +101,7 @@ def test_a_trusted_servers_call_runs_without_asking_and_is_shown(
 
 def test_an_untrusted_servers_call_asks_first(home, tiny_mlx, tiny_model, monkeypatch, config):
     config("web")
-    replies = [call("shout", text="hi"), "Done.", call("shout", text="no"), "Fine."]
+    replies = [tool_call("shout", text="hi"), "Done.", tool_call("shout", text="no"), "Fine."]
     script(monkeypatch, tiny_model, replies)
 
     async def run():
@@ -148,16 +133,16 @@ def test_mcp_lists_disables_and_enables_servers(home, tiny_mlx, config):
             assert "docs (http:" in shown and "on, 3 tools, trusted" in shown
             assert "web (http:" in shown
             app.run_command("/mcp disable docs")
-            await wait_for(pilot, lambda: "docs" not in app.mcp_servers)
+            await wait_for(pilot, lambda: "docs" not in app.tool_servers.servers)
             assert json.loads(path.read_text())["mcp"]["docs"]["enabled"] is False
             # with docs off, web's tools (the same names) are the chat's now
             from qwen_mlx.chat.mcp_client import server_of
 
-            assert server_of(app.session.tools["add"]).name == "web"
+            await wait_for(pilot, lambda: server_of(app.session.tools["add"]).name == "web")
             shown = await listing(pilot)
             assert "docs (http:" in shown and "): off" in shown
             app.run_command("/mcp enable docs")
-            await wait_for(pilot, lambda: "docs" in app.mcp_servers)
+            await wait_for(pilot, lambda: "docs" in app.tool_servers.servers)
             assert json.loads(path.read_text())["mcp"]["docs"]["enabled"] is True
             app.run_command("/mcp enable nope")
             await said(pilot, "No MCP server 'nope'")

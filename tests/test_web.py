@@ -36,6 +36,7 @@ from qwen_mlx.server.web.chats import KEEP_SESSIONS
 from qwen_mlx.server.web.markdown import MarkdownStream, render_markdown
 
 from .helpers import child_env, write_pdf
+from .served import wait_until
 from .webchat import (
     MARKDOWN_REPLY,
     SCRIPT_REPLY,
@@ -46,11 +47,9 @@ from .webchat import (
     new_chat,
     page_client,
     raw_request,
-    scripted,
     serve_web,
-    slow_prefill,
+    slow_read,
     streamed_html,
-    wait_until,
     write_pdf_over_limit,
     write_pdf_pages,
 )
@@ -59,8 +58,8 @@ KEY = "web-test-key"
 
 
 @pytest.fixture(scope="module")
-def web(tiny_model, tmp_path_factory):
-    with serve_web(tiny_model, tmp_path_factory.mktemp("web_home")) as served:
+def web(scripted_model, tmp_path_factory):
+    with serve_web(scripted_model.model, tmp_path_factory.mktemp("web_home")) as served:
         yield served
 
 
@@ -68,12 +67,6 @@ def web(tiny_model, tmp_path_factory):
 def client(web):
     with page_client(web) as c:
         yield c
-
-
-@pytest.fixture
-def model_says(monkeypatch):
-    """Script ChatSession's model step for one test."""
-    return lambda fn: monkeypatch.setattr(session_module, "stream_tokens", fn)
 
 
 # -- the page --------------------------------------------------------------------------------
@@ -98,8 +91,9 @@ def test_the_page_and_every_asset_come_from_the_server_itself(web):
     assert 'rel="icon" href="/web/static/favicon.svg"' in page.text  # a tab has its icon
 
 
-def test_a_reply_streams_as_rendered_markdown_and_is_saved(web, client, model_says):
-    model_says(scripted(MARKDOWN_REPLY, delay=0.02))  # 0.9 s: more than one 50 ms batch
+def test_a_reply_streams_as_rendered_markdown_and_is_saved(web, client, script):
+    script.reply(MARKDOWN_REPLY)
+    script.delay = 0.01  # about 1 s in all: more than one 50 ms batch
     chat_id = new_chat(client)
     reply = client.post(f"/web/api/chats/{chat_id}/send", json={"text": "Rivers?"})
     assert reply.status_code == 200 and reply.headers["content-type"].startswith(
@@ -112,7 +106,8 @@ def test_a_reply_streams_as_rendered_markdown_and_is_saved(web, client, model_sa
     assert len(partial[0]) < len(partial[-1])
     final = got[-1][1]["messages"][-1]
     assert partial[-1] == final["html"]  # streamed in parts, the same as rendered whole
-    assert sum(len(data["append"]) for _, data in got[:-1]) < len(final["html"])  # each once
+    appended = sum(len(data["append"]) for name, data in got if name == "reply")
+    assert appended < len(final["html"])  # each piece once
     assert final["role"] == "assistant"
     assert "<table>" in final["html"] and "<td>Nile</td>" in final["html"]
     assert '<code class="language-python"><span class="k">def</span>' in final["html"]
@@ -123,8 +118,8 @@ def test_a_reply_streams_as_rendered_markdown_and_is_saved(web, client, model_sa
     assert any(c["id"] == chat_id and c["title"] == "Rivers?" for c in chats)
 
 
-def test_model_text_is_never_markup(web, client, model_says):
-    model_says(scripted(SCRIPT_REPLY))
+def test_model_text_is_never_markup(web, client, script):
+    script.reply(SCRIPT_REPLY)
     chat_id = new_chat(client)
     got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "<b>hi</b>"}))
     stored = client.get(f"/web/api/chats/{chat_id}").json()["messages"]
@@ -216,15 +211,15 @@ def test_settings_at_the_bounds_are_kept(web, client):
     assert (params["temperature"], params["top_p"], params["max_tokens"]) == (2, 1, 256)
 
 
-def test_regenerate_and_edit_and_resend(web, client, model_says):
+def test_regenerate_and_edit_and_resend(web, client, script):
     chat_id = new_chat(client)
-    model_says(scripted("first answer"))
+    script.reply("first answer")
     events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "one"}))
-    model_says(scripted("second answer"))
+    script.reply("second answer")
     got = events(client.post(f"/web/api/chats/{chat_id}/regenerate"))
     assert [m["html"] for m in got[-1][1]["messages"]] == ["one", "<p>second answer</p>\n"]
     events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "two"}))
-    model_says(scripted("edited answer"))
+    script.reply("edited answer")
     got = events(client.post(f"/web/api/chats/{chat_id}/edit", json={"index": 0, "text": "uno"}))
     shown = [(m["role"], m["html"]) for m in got[-1][1]["messages"]]
     assert shown == [("user", "uno"), ("assistant", "<p>edited answer</p>\n")]
@@ -233,9 +228,9 @@ def test_regenerate_and_edit_and_resend(web, client, model_says):
     assert missing.status_code == 400 and "No message 9" in missing.json()["error"]["message"]
 
 
-def test_edit_changes_only_the_users_own_messages(web, client, model_says):
+def test_edit_changes_only_the_users_own_messages(web, client, script):
     chat_id = new_chat(client)
-    model_says(scripted("the answer"))
+    script.reply("the answer")
     events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "question"}))
     for index, says in ((-1, "0 or more"), (1, "assistant's")):
         edit = client.post(f"/web/api/chats/{chat_id}/edit", json={"index": index, "text": "x"})
@@ -256,8 +251,8 @@ def test_deleting_a_chat_removes_it_and_its_saved_cache(web, client):
     assert gone.status_code == 404 and "no chat" in gone.json()["error"]["message"]
 
 
-def test_a_second_tab_is_told_the_chat_is_busy_and_stop_ends_the_reply(web, model_says):
-    model_says(endless)
+def test_a_second_tab_is_told_the_chat_is_busy_and_stop_ends_the_reply(web, script):
+    endless(script)
     with page_client(web) as first, page_client(web) as second:
         chat_id = new_chat(first)
         got: list = []
@@ -329,12 +324,12 @@ def test_attach_a_file_then_export_the_chat_as_markdown(web, client, tmp_path):
     assert "The meeting is on Tuesday at 10." in text
 
 
-def test_every_tab_and_chat_runs_on_the_one_served_model(web, model_says, monkeypatch):
+def test_every_tab_and_chat_runs_on_the_one_served_model(web, script, monkeypatch):
     def no_second_copy(*args, **kwargs):
         raise AssertionError("the web chat loaded a model")
 
     monkeypatch.setattr("qwen_mlx.runtime.load", no_second_copy)
-    model_says(scripted("ok"))
+    script.reply("ok")
     with page_client(web) as one, page_client(web) as two:
         for client in (one, two, one, two):
             chat_id = new_chat(client)
@@ -395,8 +390,8 @@ def test_a_chat_that_outgrows_the_context_says_so_and_shows_the_reread(
     )
 
 
-def test_a_tab_closed_while_its_turn_waits_for_the_model_stops_it(web, client, model_says, caplog):
-    model_says(endless)
+def test_a_tab_closed_while_its_turn_waits_for_the_model_stops_it(web, client, script, caplog):
+    endless(script)
     chat_id = new_chat(client)
     gate = threading.Event()
     other_work = model_thread().submit(gate.wait, 60)  # an API reply, say, runs first
@@ -412,13 +407,14 @@ def test_a_tab_closed_while_its_turn_waits_for_the_model_stops_it(web, client, m
     stored = ChatStore(web.home).messages(chat_id)
     assert [m.role for m in stored] == ["user", "assistant"]
     assert stored[-1].stopped and stored[-1].content.count("tick") <= 2
-    model_says(scripted("hello again"))  # a new tab can use the chat at once
+    script.clear()
+    script.reply("hello again")  # a new tab can use the chat at once
     got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "again"}))
     assert got[-1][0] == "done"
 
 
-def test_a_tab_closed_during_a_long_read_stops_it(web, client, model_says, caplog):
-    model_says(slow_prefill)
+def test_a_tab_closed_during_a_long_read_stops_it(web, client, script, monkeypatch, caplog):
+    slow_read(script, monkeypatch)
     chat_id = new_chat(client)
     with caplog.at_level(logging.INFO, logger="qwen_mlx.server.web"):
         with client.stream(
@@ -433,8 +429,8 @@ def test_a_tab_closed_during_a_long_read_stops_it(web, client, model_says, caplo
     assert stored[-1].stopped and stored[-1].content == ""
 
 
-def test_stop_during_a_long_read_ends_it_and_keeps_the_question(web, client, model_says):
-    model_says(slow_prefill)
+def test_stop_during_a_long_read_ends_it_and_keeps_the_question(web, client, script, monkeypatch):
+    slow_read(script, monkeypatch)
     chat_id = new_chat(client)
     got: list = []
     reading = threading.Event()
@@ -475,9 +471,9 @@ def encodes_by_thread(monkeypatch, model) -> list[tuple[str, int]]:
 
 
 def test_tokenizing_and_reading_files_stay_off_the_model_thread(
-    web, client, model_says, monkeypatch, tmp_path
+    web, client, script, monkeypatch, tmp_path
 ):
-    model_says(scripted("fine"))
+    script.reply("fine")
     chat_id = new_chat(client)
     ChatStore(web.home).save_messages(chat_id, long_history(4))
     read_on: list[str] = []
@@ -670,8 +666,10 @@ def test_each_sign_in_gets_its_own_session_which_expires(tiny_model, tmp_path, c
 
 
 def test_a_terminal_chat_continues_in_the_browser_and_back_without_rereading(
-    web, client, tiny_mlx, monkeypatch
+    tiny_model, tiny_mlx, tmp_path, monkeypatch
 ):
+    # The terminal app runs the tiny model itself, so the web chat serves it too (not the
+    # scripted model): the KV cache each saves must be the other's.
     prefilled: list[int] = []
     real = session_module.stream_tokens
 
@@ -681,19 +679,20 @@ def test_a_terminal_chat_continues_in_the_browser_and_back_without_rereading(
 
     monkeypatch.setattr(session_module, "stream_tokens", counting)
 
-    # A long first message, short replies: re-reading the history would show.
-    long = "Here is what happened at the meeting today. " * 20
-    chat_id, _ = asyncio.run(in_terminal(tiny_mlx, web.home, None, long, "/max_tokens 8"))
-    view = client.get(f"/web/api/chats/{chat_id}").json()
-    assert [m["role"] for m in view["messages"]] == ["user", "assistant"]
-    assert view["notices"] == []  # the terminal app's KV cache was usable
-    got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "And the web?"}))
-    stats = got[-1][1]["stats"]
-    assert stats["prefilled_tokens"] < stats["prompt_tokens"] // 2  # only the new message
-    assert prefilled[-1] == stats["prefilled_tokens"]
-    _, back = asyncio.run(in_terminal(tiny_mlx, web.home, chat_id, "Back in the terminal"))
-    assert back.prefilled_tokens < back.prompt_tokens // 2  # it read only its new message
-    roles = [m.role for m in ChatStore(web.home).messages(chat_id)]
+    with serve_web(tiny_model, tmp_path / "home") as web, page_client(web) as client:
+        # A long first message, short replies: re-reading the history would show.
+        long = "Here is what happened at the meeting today. " * 20
+        chat_id, _ = asyncio.run(in_terminal(tiny_mlx, web.home, None, long, "/max_tokens 8"))
+        view = client.get(f"/web/api/chats/{chat_id}").json()
+        assert [m["role"] for m in view["messages"]] == ["user", "assistant"]
+        assert view["notices"] == []  # the terminal app's KV cache was usable
+        got = events(client.post(f"/web/api/chats/{chat_id}/send", json={"text": "And the web?"}))
+        stats = got[-1][1]["stats"]
+        assert stats["prefilled_tokens"] < stats["prompt_tokens"] // 2  # only the new message
+        assert prefilled[-1] == stats["prefilled_tokens"]
+        _, back = asyncio.run(in_terminal(tiny_mlx, web.home, chat_id, "Back in the terminal"))
+        assert back.prefilled_tokens < back.prompt_tokens // 2  # it read only its new message
+        roles = [m.role for m in ChatStore(web.home).messages(chat_id)]
     assert roles == ["user", "assistant"] * 3
 
 

@@ -8,8 +8,9 @@ import asyncio
 import os
 import re
 import shutil
-import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,7 @@ from qwen_mlx.chat.chat_store import ChatStore
 from qwen_mlx.runtime import Message
 from qwen_mlx.server.web import auth
 
-from .webchat import (
-    MARKDOWN_REPLY,
-    SCRIPT_REPLY,
-    endless,
-    in_terminal,
-    scripted,
-    serve_web,
-    slow_prefill,
-)
+from .webchat import MARKDOWN_REPLY, SCRIPT_REPLY, endless, in_terminal, serve_web, slow_read
 
 CHROMIUM = os.environ.get("QWEN_MLX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -67,13 +60,14 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def web(tiny_model, tmp_path_factory):
-    with serve_web(tiny_model, tmp_path_factory.mktemp("browser_home")) as served:
+def web(scripted_model, tmp_path_factory):
+    with serve_web(scripted_model.model, tmp_path_factory.mktemp("browser_home")) as served:
         yield served
 
 
-@pytest.fixture
-def page(browser, web):
+@contextmanager
+def opened(browser, web) -> Iterator:
+    """A tab on `web`'s page, on a new chat; no script error may happen in it."""
     context = browser.new_context(viewport=SIZE, accept_downloads=True)
     tab = context.new_page()
     errors: list[str] = []
@@ -87,8 +81,9 @@ def page(browser, web):
 
 
 @pytest.fixture
-def model_says(monkeypatch):
-    return lambda fn: monkeypatch.setattr(session_module, "stream_tokens", fn)
+def page(browser, web):
+    with opened(browser, web) as tab:
+        yield tab
 
 
 def send(page, text: str) -> None:
@@ -105,8 +100,9 @@ def chat_id_of(page) -> str:
     return page.evaluate("new URLSearchParams(location.search).get('chat')")
 
 
-def test_a_reply_streams_in_as_markdown_with_a_table_and_highlighted_code(page, model_says):
-    model_says(scripted(MARKDOWN_REPLY, delay=0.06))  # 2.6 s: time to look while it streams
+def test_a_reply_streams_in_as_markdown_with_a_table_and_highlighted_code(page, script):
+    script.reply(MARKDOWN_REPLY)
+    script.delay = 0.03  # about 3 s: time to look while it streams
     send(page, "Which rivers are longest?")
     live = page.locator(".message.assistant.live .body")
     expect(live).to_contain_text("table", timeout=30_000)
@@ -124,8 +120,8 @@ def test_a_reply_streams_in_as_markdown_with_a_table_and_highlighted_code(page, 
     page.screenshot(path=str(DOCS / "web-chat.png"))
 
 
-def test_a_reply_containing_a_script_is_shown_as_text(page, model_says):
-    model_says(scripted(SCRIPT_REPLY))
+def test_a_reply_containing_a_script_is_shown_as_text(page, script):
+    script.reply(SCRIPT_REPLY)
     send(page, "Say something dangerous")
     wait_for_reply(page)
     reply = page.locator(".message.assistant .body").last
@@ -134,8 +130,8 @@ def test_a_reply_containing_a_script_is_shown_as_text(page, model_says):
     assert page.evaluate("window.pwned") is None
 
 
-def test_stop_ends_a_reply_and_keeps_it_marked(page, web, model_says):
-    model_says(endless)
+def test_stop_ends_a_reply_and_keeps_it_marked(page, web, script):
+    endless(script)
     send(page, "Count for ever")
     expect(page.locator(".message.assistant.live .body")).to_contain_text("tick", timeout=30_000)
     page.click("#stop")
@@ -179,15 +175,15 @@ def test_a_temperature_set_in_the_page_reaches_the_sampler_and_the_chat_survives
     expect(page.locator(".message.user")).to_have_count(2)
 
 
-def test_edit_and_resend_and_regenerate(page, web, model_says):
-    model_says(scripted("first"))
+def test_edit_and_resend_and_regenerate(page, web, script):
+    script.reply("first")
     send(page, "Question one")
     wait_for_reply(page)
-    model_says(scripted("regenerated"))
+    script.reply("regenerated")
     page.click("#regenerate")
     wait_for_reply(page)
     expect(page.locator(".message.assistant .body")).to_have_text(["regenerated"])
-    model_says(scripted("answer to the edit"))
+    script.reply("answer to the edit")
     page.click(".message.user .edit")
     page.fill(".message.user .edit-area", "Question one, edited")
     page.click(".message.user .edit-send")
@@ -198,7 +194,14 @@ def test_edit_and_resend_and_regenerate(page, web, model_says):
     assert [m.content for m in stored] == ["Question one, edited", "answer to the edit"]
 
 
-def test_a_terminal_chat_opens_continues_and_exports(page, web, tiny_mlx):
+def test_a_terminal_chat_opens_continues_and_exports(browser, tiny_model, tiny_mlx, tmp_path):
+    # The terminal app runs the tiny model itself, so the web chat serves it too (not the
+    # scripted model): the KV cache each saves must be the other's.
+    with serve_web(tiny_model, tmp_path / "home") as web, opened(browser, web) as page:
+        terminal_chat_continues_and_exports(page, web, tiny_mlx)
+
+
+def terminal_chat_continues_and_exports(page, web, tiny_mlx) -> None:
     long = "Notes from the terminal app about the river trip. " * 12
     # Playwright's sync API runs an event loop on this thread: the terminal app gets its own.
     with ThreadPoolExecutor(1) as pool:
@@ -225,9 +228,9 @@ def test_a_terminal_chat_opens_continues_and_exports(page, web, tiny_mlx):
 
 
 def test_a_second_tab_on_a_replying_chat_is_told_what_runs_and_can_stop_it(
-    page, browser, web, model_says
+    page, browser, web, script
 ):
-    model_says(endless)
+    endless(script)
     send(page, "Keep going")
     expect(page.locator(".message.assistant.live .body")).to_contain_text("tick", timeout=30_000)
     other = page.context.new_page()
@@ -244,8 +247,8 @@ def test_a_second_tab_on_a_replying_chat_is_told_what_runs_and_can_stop_it(
     expect(other.locator(".message.assistant.stopped")).to_have_count(1)
 
 
-def test_a_long_read_shows_its_progress_and_stop_ends_it(page, web, model_says):
-    model_says(slow_prefill)
+def test_a_long_read_shows_its_progress_and_stop_ends_it(page, web, script, monkeypatch):
+    slow_read(script, monkeypatch)
     send(page, "A question about a long chat")
     progress = page.locator("#progress")
     expect(progress).to_be_visible(timeout=30_000)
@@ -282,27 +285,13 @@ def test_a_chat_that_outgrows_the_context_says_so_once_on_its_own_line(
     assert int(used.replace(",", "")) <= int(limit.split()[0].replace(",", "")) * 3 // 4
 
 
-def test_an_attachment_shows_its_reading_and_stop_ends_it(page, web, monkeypatch, tmp_path):
-    from qwen_mlx.errors import GenerationCancelled
-
-    real = session_module.prefill
-
-    def slow(model, tokens, cache, *, should_stop, progress=None, **kwargs):
-        give_up = time.monotonic() + 60  # a regression fails the test, not hangs it
-        while time.monotonic() < give_up:
-            if progress is not None:
-                progress(1, len(tokens))
-            if should_stop():
-                raise GenerationCancelled("stopped")
-            time.sleep(0.02)
-        return real(model, tokens, cache, should_stop=should_stop, **kwargs)
-
-    monkeypatch.setattr(session_module, "prefill", slow)
+def test_an_attachment_shows_its_reading_and_stop_ends_it(page, web, script, monkeypatch, tmp_path):
+    slow_read(script, monkeypatch)
     notes = tmp_path / "notes.md"
     notes.write_text("The launch is on Tuesday. " * 40)
     page.set_input_files("#attach", str(notes))
     progress = page.locator("#progress")
-    expect(progress).to_contain_text(re.compile(r"Reading notes\.md: 1 of \d+ tokens"))
+    expect(progress).to_contain_text(re.compile(r"Reading notes\.md: \d+ of \d+ tokens"))
     page.click("#stop")
     expect(progress).to_be_hidden()
     expect(page.locator("#notice")).to_contain_text("Stopped reading notes.md")
@@ -310,8 +299,8 @@ def test_an_attachment_shows_its_reading_and_stop_ends_it(page, web, monkeypatch
     assert not web.chats.busy(chat_id_of(page))
 
 
-def test_the_page_opens_on_the_most_recent_chat_with_its_icon(browser, web, model_says):
-    model_says(scripted("ok"))
+def test_the_page_opens_on_the_most_recent_chat_with_its_icon(browser, web, script):
+    script.reply("ok")
     context = browser.new_context(viewport=SIZE)
     tab = context.new_page()
     tab.goto(web.url)
@@ -330,8 +319,8 @@ def test_the_page_opens_on_the_most_recent_chat_with_its_icon(browser, web, mode
     context.close()
 
 
-def test_the_settings_panel_leaves_the_title_and_model_on_one_line(page, model_says):
-    model_says(scripted("ok"))
+def test_the_settings_panel_leaves_the_title_and_model_on_one_line(page, script):
+    script.reply("ok")
     send(page, "A title long enough to be shortened rather than wrapped in the header bar")
     wait_for_reply(page)
     page.click("#settings-toggle")

@@ -1,12 +1,11 @@
 """Helpers for the web chat's tests: a real server on a free port, a client that behaves
-like the page (CSRF token, same Origin), scripted model streams and an SSE reader."""
+like the page (CSRF token, same Origin), scripted model behaviours and an SSE reader."""
 
 from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,10 @@ from typing import Any
 
 import httpx
 
-from qwen_mlx.runtime import GenerationChunk
-from qwen_mlx.server import Engine, create_app
+from qwen_mlx.server import Engine
 from qwen_mlx.server.web.chats import WebChats
 
-from .helpers import start_server
+from .served import serving
 
 HOSTS = ["127.0.0.1", "localhost"]
 MARKDOWN_REPLY = (
@@ -41,16 +39,12 @@ class Web:
 @contextmanager
 def serve_web(model: Any, home: Path, *, api_key: str | None = None) -> Iterator[Web]:
     """`qwen-mlx serve`'s app (loopback Host check, optional key) on a free port."""
-    engine = Engine(model, max_context=2048, max_tokens_cap=256, cache_bytes=16 << 20)
-    app = create_app(engine, api_key=api_key, allowed_hosts=HOSTS, web_home=home)
-    server, thread, port = start_server(app)
-    try:
-        yield Web(f"http://127.0.0.1:{port}/", engine, app.state.web, home, port)
-    finally:
-        app.state.web.close()
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.close()
+    app = {"allowed_hosts": HOSTS, "web_home": home}
+    with serving(
+        model, key=api_key, app=app, max_context=2048, max_tokens_cap=256, cache_bytes=16 << 20
+    ) as served:
+        port = int(served.base.rsplit(":", 1)[1])
+        yield Web(served.base + "/", served.engine, served.app.state.web, home, port)
 
 
 @contextmanager
@@ -106,59 +100,19 @@ def new_chat(client: httpx.Client, **settings: Any) -> str:
     return response.json()["id"]
 
 
-def scripted(text: str, delay: float = 0.0, seen: list | None = None) -> Callable:
-    """A stand-in for runtime.stream_tokens (ChatSession's model step) replying `text`
-    in pieces of 4 characters, `delay` seconds apart."""
-
-    def fake(model, tokens, params, *, should_stop=lambda: False, **kwargs):
-        if seen is not None:
-            seen.append(params)
-        pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
-        n = 0
-        for n, piece in enumerate(pieces, 1):
-            if should_stop():
-                yield GenerationChunk("", None, len(tokens), 0.0, n, 0.0, 0.0, 0.01, "cancelled")
-                return
-            yield GenerationChunk(piece, None, len(tokens), 0.0, n, 50.0, 0.0, 0.01)
-            time.sleep(delay)
-        yield GenerationChunk("", None, len(tokens), 0.0, n, 50.0, 0.0, 0.01, "stop")
-
-    return fake
+def endless(script: Any) -> None:
+    """The model writes "tick " until stopped (or out of tokens), 20 ms a token."""
+    script.reply("tick ", repeat=True)
+    script.delay = 0.02
 
 
-def endless(model, tokens, params, *, should_stop, **kwargs):
-    """A model that would write for 50 s unless stopped."""
-    n = 0
-    while not should_stop() and n < 5000:
-        n += 1
-        yield GenerationChunk("tick ", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0)
-        time.sleep(0.01)
-    reason = "cancelled" if should_stop() else "length"
-    yield GenerationChunk("", None, len(tokens), 0.0, n, 0.0, 0.0, 0.0, reason)
+def slow_read(script: Any, monkeypatch: Any) -> None:
+    """The model reads its prompt a token a step, 0.1 s a step, with its progress: a long
+    re-read on a slow machine, which a stop ends between steps."""
+    import qwen_mlx.chat.session as session_module
 
-
-def slow_prefill(model, tokens, params, *, should_stop, prompt_progress=None, **kwargs):
-    """A model step that reads its prompt slowly (reporting progress) until stopped:
-    a long re-read on a slow machine. Gives up after 60 s, so a regression fails a test
-    rather than hanging it."""
-    give_up = time.monotonic() + 60
-    done = 0
-    while time.monotonic() < give_up:
-        if prompt_progress is not None:
-            prompt_progress(min(done, len(tokens) - 1), len(tokens))
-        if should_stop():
-            yield GenerationChunk("", None, len(tokens), 0.0, 0, 0.0, 0.0, 0.0, "cancelled")
-            return
-        done += 1
-        time.sleep(0.02)
-    yield GenerationChunk("", None, len(tokens), 0.0, 0, 0.0, 0.0, 0.0, "length")
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+    monkeypatch.setattr(session_module, "timely_chunk", lambda *args, **kwargs: 1)
+    script.delay = 0.1
 
 
 def raw_request(web: Web, client: httpx.Client, path: str, body: dict[str, Any]) -> Any:

@@ -1,16 +1,21 @@
 """The qwen-mlx chat app: Textual on top of ChatSession, model in-process.
 
-ChatApp is put together from one part per job, each a module of this package:
-`replies.py` (send, stream, stop, regenerate, edit), `chats.py` (the sidebar, open, new,
-rename, delete, export), `attachments.py` (files into the conversation), `settings.py`
-(sampling, system prompt, policy, the model), `commands.py` (the slash-command table,
-/help, /info); `state.py` declares the state they share. This module holds the layout,
-the keys, the app's life (mount, unmount) and `main`.
+`ChatApp` puts the parts together and runs the app's life: the layout and the keys, the
+model it runs (and the draft for speculative decoding), which chat is open, and the
+slash commands (`commands.py`). The parts are widgets that say what happened with
+messages, and the app calls their methods:
+
+- `ChatView` (`chat_view.py`): the open chat, its replies streamed from the model thread,
+  the progress of long reads, the status line and the input;
+- `Sidebar` (`sidebar.py`): the saved chats and their search;
+- `ToolServers` (`tool_servers.py`): the MCP servers, their tools and calls;
+- `attachments.py`: a file read into the open chat; `model_choice.py`: which model and
+  draft to load; `screens.py`: the dialogs.
 
 Model work (loading, replies, reading attachments, saving caches) runs on the process's
-model thread; text reaches the screen in batches through messages and a MarkdownStream,
-so the UI never blocks and Esc stops a reply. Chats live in SQLite under $QWEN_MLX_HOME
-with their KV caches beside them, so reopening a long chat starts its next reply at once.
+model thread, so the UI never blocks and Esc stops a reply. Chats live in SQLite under
+$QWEN_MLX_HOME with their KV caches beside them, so reopening a long chat starts its next
+reply at once.
 """
 
 from __future__ import annotations
@@ -19,28 +24,41 @@ import argparse
 import sys
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from textual import on
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.reactive import reactive
-from textual.widgets import Footer, Header, Input, LoadingIndicator
+from textual.containers import Horizontal
+from textual.widgets import Footer, Header
 
 from qwen_mlx.chat.chat_store import ChatStore
+from qwen_mlx.runtime.thread import on_model_thread
 
-from .attachments import Attachments
-from .chats import Chats
-from .commands import Commands
-from .mcp import MCPCommands
-from .replies import Replies
-from .screens import NoModelScreen
-from .settings import Settings
-from .state import AppState
-from .widgets import ChatList, PromptInput, StatusBar, WorkProgress
+from .attachments import attach_file
+from .chat_view import ChatView
+from .commands import help_text, run_command
+from .model_choice import default_model, load_draft, load_model, stored_models
+from .screens import (
+    ConfirmScreen,
+    FilePicker,
+    HelpScreen,
+    ModelPicker,
+    NoModelScreen,
+    SettingsScreen,
+    TextPrompt,
+)
+from .sidebar import Sidebar
+from .tool_servers import ToolServers
+from .widgets import PromptInput
+
+if TYPE_CHECKING:
+    from qwen_mlx.chat.chat_store import Chat
+    from qwen_mlx.chat.session import ChatSession
+    from qwen_mlx.runtime import Model
 
 UNMOUNT_WAIT = 3.0  # seconds to let the model thread finish saving at exit
+EQUIP_RETRY = 0.5  # seconds before giving a busy chat the MCP tools again
 
 _OWN_ACTIONS = {
     "stop",
@@ -60,7 +78,7 @@ _OWN_ACTIONS = {
 }
 
 
-class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppState, App[None]):
+class ChatApp(App[None]):
     """Chat with a local Qwen3 model."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
@@ -83,9 +101,6 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
         Binding("f8", "delete_chat", "Delete chat"),
     ]
 
-    streaming: reactive[bool] = reactive(False)  # a reply is being generated
-    busy: reactive[str] = reactive("")  # other model work: "loading …", "reading notes.md"
-
     def __init__(
         self,
         *,
@@ -101,47 +116,56 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
         """Open the chat `chat_id`; without one, with `resume` the most recent chat, else
         a new one. `load_options` go to every `load` (a group of ranks to split across)."""
         super().__init__()
-        self.load_options = dict(load_options or {})
         from qwen_mlx.store import home as store_home
 
         self.home = Path(home) if home is not None else store_home()
-        self.model_ref = model
-        self.flush_interval = flush_interval
-        self.model = None
-        self.session = None
-        self.chat = None
+        self.load_options = dict(load_options or {})
+        self.model_ref = model  # the model asked for on the command line
+        self.model: Model | None = None  # the loaded model; None while it loads
         self.store = ChatStore(self.home)  # here, so an unreadable file stops the start
         if chat_id is None and resume:
             recent = self.store.list()
             chat_id = recent[0].id if recent else None
-        self.initial_chat = chat_id
-        self._reply = None
-        self._stop_busy = None
-        self._busy_locks_input = True
-        self.overrides = {}
-        # Speculative decoding for every chat: "lookup", a draft model's reference, or None
-        # (--draft, else what /draft saved last time); `draft` is what sessions get
-        # ("lookup" or the loaded draft Model).
+        self.initial_chat = chat_id  # opened once the model is loaded
+        # Speculative decoding for every chat: the user's choice ("lookup", a draft model's
+        # reference, or None: --draft, else what /draft saved last time), what sessions get
+        # ("lookup" or the loaded draft Model), and how many tokens a step drafts.
         self.draft_ref = draft if draft is not None else self.store.setting("draft")
-        self.draft = None
+        self.draft: Any = None
         self.num_draft_tokens = num_draft_tokens
-
-    # -- layout ----------------------------------------------------------------------------
+        # The parts, kept here: what they hold is read after the app has quit too.
+        self.sidebar = Sidebar(self.store, id="sidebar")
+        self.chat_view = ChatView(self.store, flush_interval=flush_interval, id="main")
+        self.tool_servers = ToolServers(self.home)
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="body"):
-            yield ChatList(id="sidebar")
-            with Vertical(id="main"):
-                yield VerticalScroll(id="messages")
-                yield LoadingIndicator(id="loading")
-                yield WorkProgress(id="progress")
-                yield StatusBar(id="status")
-                yield PromptInput(id="prompt")
+            yield self.sidebar
+            yield self.chat_view
         yield Footer()
+        yield self.tool_servers
+
+    # What the open chat holds, for a script or a test that drives the app.
+    @property
+    def session(self) -> ChatSession | None:
+        return self.chat_view.session
+
+    @property
+    def chat(self) -> Chat | None:
+        return self.chat_view.chat
+
+    @property
+    def streaming(self) -> bool:
+        return self.chat_view.streaming
+
+    @property
+    def busy(self) -> str:
+        return self.chat_view.busy
+
+    # -- the app's life ----------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        self.query_one("#messages", VerticalScroll).anchor()
         group = self.load_options.get("group")
         if group is not None:  # a lost rank left the model thread blocked: quit, naming it
             group.on_stuck(
@@ -149,81 +173,328 @@ class ChatApp(Replies, Chats, Attachments, Settings, Commands, MCPCommands, AppS
                     self.exit, return_code=1, message=f"error: {failure}"
                 )
             )
-        self._refresh_chats()
-        ref = self.model_ref or self._default_model()
+        self.sidebar.list_chats(None)
+        ref = self.model_ref or default_model(
+            self.home, self.store, opened=self.initial_chat, draft=self.draft_ref
+        )
         if ref is None:
-            self.query_one("#loading").display = False
+            self.chat_view.show_loading(False)
             self.push_screen(NoModelScreen(), self._after_no_model)
         else:
             self._load_model(ref)
 
     def on_unmount(self) -> None:
         """Stop a reply or a reading, and give the model thread a moment to save them."""
-        if self.session is not None:
-            self.session.stop()
-        if self._stop_busy is not None:
-            self._stop_busy()
         from concurrent.futures import TimeoutError as Timeout
 
         from qwen_mlx.runtime.thread import model_thread
 
+        if self.session is not None:
+            self.session.stop()  # a reply, or an attachment being read
+        self.chat_view.stop()  # other work that can be stopped
         # The jobs ahead of this one save the messages, then the KV cache; a huge cache
         # still being written after that is rewritten next time.
         with suppress(Timeout):
             model_thread().submit(lambda: None).result(timeout=UNMOUNT_WAIT)
         self.store.close()
 
-    # -- the sidebar and the input (Textual's @on handlers must live on the App class) -------
-
-    @on(ChatList.Selected)
-    def _chat_picked(self, event: ChatList.Selected) -> None:
-        if not self._idle() or self.model is None:
-            return
-        self.query_one(PromptInput).focus()  # at once: what is typed next is not lost
-        if self.chat is None or event.chat_id != self.chat.id:
-            self._open_chat(event.chat_id)
-
-    @on(Input.Changed, "#chat-search")
-    def _search(self, event: Input.Changed) -> None:
-        self._refresh_chats(event.value)
-
-    # -- sending and streaming -------------------------------------------------------------
-
-    @on(PromptInput.Submitted)
-    def _submitted(self, event: PromptInput.Submitted) -> None:
-        text = event.text
-        if text.startswith("/"):
-            self.query_one(PromptInput).clear()
-            self.run_command(text)
-            return
-        if self._can_reply():
-            self._check_and_send(text)
-
-    def watch_streaming(self) -> None:
-        self._lock_input()
-
-    def watch_busy(self) -> None:
-        self._lock_input()
-
-    def _lock_input(self) -> None:
-        """Lock the input while an attachment is read (the chat is held). While a reply
-        streams it stays open: the next message can be written meanwhile (Enter says
-        the reply is still streaming and keeps the text)."""
-        locked = bool(self.busy) and self._busy_locks_input
-        for prompt in self.query(PromptInput):  # none while the app shuts down
-            prompt.read_only = locked
-            prompt.set_class(locked, "locked")
-        if self.screen_stack:  # empty while the app shuts down
-            self.refresh_bindings()
+    def can_reply(self) -> bool:
+        """True when a model is loaded and the open chat is idle (else, once it has a
+        session, say why not)."""
+        return self.model is not None and self.chat_view.can_change()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in _OWN_ACTIONS and len(self.screen_stack) > 1:
             return False  # a dialog is open: its own keys apply
         if action == "stop":
-            return self.streaming or self._stop_busy is not None
+            return self.chat_view.can_stop
         return True
 
-    # -- actions ---------------------------------------------------------------------------
+    # -- what the parts say ------------------------------------------------------------------
+
+    def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.text
+        if text.startswith("/"):
+            self.chat_view.prompt.clear()
+            self.run_command(text)
+        elif self.can_reply():
+            self.chat_view.check_and_send(text)
+
+    def on_sidebar_selected(self, event: Sidebar.Selected) -> None:
+        if not self.chat_view.idle() or self.model is None:
+            return
+        self.chat_view.prompt.focus()  # at once: what is typed next is not lost
+        if self.chat is None or event.chat_id != self.chat.id:
+            self.open_chat(event.chat_id)
+
+    def on_chat_view_chat_changed(self, event: ChatView.ChatChanged) -> None:
+        self.sidebar.list_chats(event.chat.id if event.chat else None)
+        if self.model is not None:
+            chat = f" · chat {event.chat.id}" if event.chat else " · new chat"
+            self.sub_title = f"{self.model.name}{chat}"
+
+    def on_chat_view_work_changed(self, event: ChatView.WorkChanged) -> None:
+        if self.screen_stack:  # empty while the app shuts down
+            self.refresh_bindings()
+
+    def on_tool_servers_tools_changed(self, event: ToolServers.ToolsChanged) -> None:
+        self._equip_session()
+
+    def on_tool_servers_called(self, event: ToolServers.Called) -> None:
+        self.chat_view.show_tool_call(event.server, event.name, event.arguments, event.result)
+
+    def _equip_session(self) -> None:
+        """Give the open chat the MCP servers' tools (once it is idle)."""
+        session = self.session
+        if session is None:
+            return
+        if session.busy:
+            self.set_timer(EQUIP_RETRY, self._equip_session)
+            return
+        self.tool_servers.equip(session)
+
+    def run_command(self, line: str) -> None:
+        """Run a slash command line, as typed in the input."""
+        run_command(self, line)
+
+    # -- which chat is open -----------------------------------------------------------------
+
+    def _new_session(self) -> ChatSession:
+        from qwen_mlx.chat.session import ChatSession
+
+        return self._with_draft(self.tool_servers.equip(ChatSession(self.model)))
+
+    def _with_draft(self, session: ChatSession) -> ChatSession:
+        if self.draft is not None:
+            session.set_draft(self.draft, self.num_draft_tokens)
+        return session
+
+    def start_new_chat(self) -> None:
+        self.chat_view.new_chat(self._new_session())
+
+    @work(exclusive=True, group="open")
+    async def open_chat(self, chat_id: str) -> None:
+        """Open a saved chat with its KV cache (on the model thread: it loads arrays)."""
+        from qwen_mlx.chat.stored_chat import resume
+
+        view = self.chat_view
+        chat = self.store.get(chat_id)
+        if chat is None:
+            self.notify(
+                f"No saved chat {chat_id} (the sidebar lists them); starting a new one.",
+                severity="error",
+            )
+            if view.session is None:
+                self.start_new_chat()
+            return
+        messages = self.store.messages(chat_id)
+
+        def job() -> tuple[ChatSession, tuple[int, int]]:
+            session = self._with_draft(resume(self.store, chat, self.model, messages=messages))
+            return session, (session.context_tokens, session.context_limit)
+
+        view.begin_busy(f"opening “{chat.title}”", lock_input=False)  # keys are not lost
+        try:
+            session, context = await on_model_thread(job)
+        finally:
+            view.end_busy()
+        view.show_chat(chat, self.tool_servers.equip(session), context)
+        view.prompt.focus()
+
+    # -- the model and its draft --------------------------------------------------------------
+
+    def _after_no_model(self, built: bool | None) -> None:
+        if not built:
+            self.exit()
+            return
+        from qwen_mlx.convert.demo import DEMO_MODEL
+
+        self.chat_view.show_loading(True)
+        self._load_model(DEMO_MODEL)
+
+    @work(exclusive=True, group="load")
+    async def _load_model(self, ref: str) -> None:
+        view = self.chat_view
+        view.status.model_label = f"loading {ref}…"
+        view.begin_busy(f"loading {ref}", lock_input=False)  # typing goes on meanwhile
+        try:
+            model = await on_model_thread(load_model, ref, self.load_options)
+        except Exception as e:
+            view.show_loading(False)
+            view.status.model_label = f"no model ({ref} failed to load)"
+            self.notify(f"Could not load {ref}: {e}", severity="error", timeout=10)
+            return
+        finally:
+            view.end_busy()
+        if self.draft_ref:
+            self.draft = await self._load_draft(model, self.draft_ref)
+        self._model_ready(model)
+
+    def _model_ready(self, model: Model) -> None:
+        self.model = model
+        view = self.chat_view
+        view.show_loading(False)
+        view.status.model_label = f"{model.name} · {model.quantization_label}"
+        self.sub_title = model.name
+        initial, self.initial_chat = self.initial_chat, None  # only for the first model
+        if self.chat is not None:
+            self.chat.model = model.ref
+            self.store.update(self.chat)
+            self.open_chat(self.chat.id)
+        elif initial:
+            self.open_chat(initial)  # says so, and starts a new chat, if there is none
+        else:
+            self.start_new_chat()
+        view.prompt.focus()
+
+    async def _load_draft(self, model: Model, ref: str) -> Any:
+        """ "lookup", or the draft model for `ref` (None, with a notice, if it is unusable)."""
+        if ref == "lookup":
+            return "lookup"
+        view = self.chat_view
+        view.begin_busy(f"loading the draft {ref}", lock_input=False)
+        try:
+            return await on_model_thread(load_draft, model, ref, self.home)
+        except Exception as e:
+            saved = self.store.setting("draft") == ref
+            if saved:  # gone from the store, say: not tried again at every start
+                self.store.set_setting("draft", None)
+            forgot = " (the saved /draft setting is cleared)" if saved else ""
+            self.notify(f"No speculative decoding: {e}{forgot}", severity="error", timeout=10)
+            self.draft_ref = None
+            return None
+        finally:
+            view.end_busy()
+
+    @work(exclusive=True, group="draft")
+    async def set_draft(self, arg: str) -> None:
+        """/draft lookup|REF|off: speculative decoding for this chat and the next ones,
+        kept as an app setting for the next start of the app (--draft overrides it)."""
+        if not arg:
+            self.notify(f"Draft: {self.draft_ref or 'off'} (/draft lookup, a model, or off).")
+            return
+        ref = None if arg == "off" else arg
+        draft = await self._load_draft(self.model, ref) if ref else None
+        if ref and draft is None:
+            return
+        self.draft_ref, self.draft = ref, draft
+        self.session.set_draft(draft, self.num_draft_tokens)
+        self.store.set_setting("draft", ref)
+        self.notify(
+            f"Draft: {ref} (kept for the next start)."
+            if ref
+            else "Speculative decoding off (kept for the next start)."
+        )
+
+    # -- actions (keys and commands) ---------------------------------------------------------
+
+    def action_stop(self) -> None:
+        if not self.chat_view.stop() and isinstance(self.screen, NoModelScreen):
+            self.screen.dismiss(False)
+
+    def action_regenerate(self) -> None:
+        if self.can_reply() and any(m.role == "user" for m in self.session.history):
+            self.chat_view.regenerate()
+
+    def action_edit_last(self) -> None:
+        if self.can_reply():
+            self.chat_view.edit_last()
+
+    def action_copy_reply(self) -> None:
+        self.chat_view.copy_reply()
+
+    def action_new_chat(self) -> None:
+        if self.can_reply():
+            self.start_new_chat()
+            self.chat_view.prompt.focus()
+
+    def action_attach(self, path: str | None = None) -> None:
+        if not self.can_reply():
+            return
+        if path:
+            self._attach_file(Path(path).expanduser())
+        else:
+            self.push_screen(FilePicker(Path.cwd()), lambda p: self._attach_file(p) if p else None)
+
+    @work(group="attach")
+    async def _attach_file(self, path: Path) -> None:
+        if self.can_reply():
+            await attach_file(self.chat_view, path)
+
+    def action_settings(self) -> None:
+        if not self.can_reply():
+            return
+        session = self.session
+        params = {key: getattr(session.params, key) for key, _, _ in SettingsScreen.FIELDS}
+        self.push_screen(
+            SettingsScreen(
+                session.system or "",
+                params,
+                session.policy.value,
+                check=self.chat_view.sampling_with,
+            ),
+            self.apply_settings,
+        )
+
+    def apply_settings(self, values: dict[str, Any] | None) -> None:
+        """The settings dialog's answer: all of it, or nothing (said) if any is refused."""
+        if not values or not self.chat_view.can_change():
+            return
+        try:
+            self.chat_view.apply_settings(values["system"], values["params"], values["policy"])
+        except ValueError as e:
+            self.notify(f"Settings not saved: {e}", severity="error")
+            return
+        self.notify("Settings saved for this chat.")
+
+    def action_search(self) -> None:
+        self.sidebar.focus_search()
+
+    def action_toggle_sidebar(self) -> None:
+        self.sidebar.display = not self.sidebar.display
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(help_text(self.BINDINGS)))
+
+    def action_rename(self) -> None:
+        chat = self.chat
+        if chat is None:
+            self.notify("Send a message first: the chat is saved then.")
+            return
+        self.push_screen(TextPrompt("Rename chat", chat.title), self._renamed)
+
+    def _renamed(self, title: str | None) -> None:
+        if title:
+            self.chat_view.rename(title)
+
+    def action_export(self, path: str | None = None) -> None:
+        self.chat_view.export(path)
+
+    def action_pick_model(self, name: str | None = None) -> None:
+        if not self.chat_view.idle():
+            return
+        if name:
+            self._load_model(name)
+            return
+        names = stored_models(self.home)
+        if not names:
+            self.notify("The store has no models (see `qwen-mlx models list`).")
+            return
+        current = self.model.name if self.model else None
+        self.push_screen(ModelPicker(names, current), lambda n: self._load_model(n) if n else None)
+
+    def action_delete_chat(self) -> None:
+        chat = self.chat
+        if chat is None or not self.chat_view.idle():
+            return
+        self.push_screen(
+            ConfirmScreen(f"Delete the chat “{chat.title}”?", "Delete", "Keep", default=False),
+            lambda ok: self._delete(chat) if ok else None,
+        )
+
+    def _delete(self, chat: Chat) -> None:
+        self.store.delete(chat.id)
+        self.start_new_chat()
 
 
 def build_parser(

@@ -88,8 +88,7 @@ class NoModelScreen(Screen[bool]):
     @work(exclusive=True)
     async def _build(self) -> None:
         from qwen_mlx.convert.demo import ensure_demo_model
-
-        from .state import on_model_thread
+        from qwen_mlx.runtime.thread import on_model_thread
 
         bar = self.query_one("#demo-progress", WorkProgress)
 

@@ -1,29 +1,27 @@
-"""The chat app's widgets: messages, the prompt, the status line, the chat list."""
+"""The chat app's small widgets: a message, the prompt, the progress bar, the status line."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import events, on
+from textual import events
 from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import (
-    Input,
     Label,
-    ListItem,
-    ListView,
     Markdown,
     ProgressBar,
     Static,
     TextArea,
 )
 
-from qwen_mlx.chat.chat_store import Chat
+if TYPE_CHECKING:
+    from qwen_mlx.chat.session import TurnStats
 
 ROLE_TITLES = {"user": "You", "assistant": "Qwen", "tool": "Tool", "system": "System"}
 
@@ -216,6 +214,29 @@ class StatusBar(Static):
         """Forget the last reply's figures (another chat is on screen now)."""
         self.speed = self.warning = ""
 
+    def show_turn(self, stats: TurnStats) -> None:
+        """The last reply's figures: its speed, memory and what it read; and what stays
+        true for the next turns (the context policy's own notices are shown as it
+        decides)."""
+        from qwen_mlx.fileio import human_bytes
+
+        speed = (
+            f"first token {stats.time_to_first_token * 1000:.0f} ms · "
+            f"{stats.tokens_per_second:.1f} tok/s · peak {human_bytes(stats.peak_memory * 1e9)} · "
+            f"read {stats.prefilled_tokens:,} of {stats.prompt_tokens:,}"
+        )
+        if stats.drafted:
+            speed += f" · draft {stats.acceptance_rate:.0%} accepted"
+        if stats.kv_bits:
+            speed += f" · KV {stats.kv_bits}-bit"
+        self.speed = speed
+        warnings = []
+        if stats.dropped_messages:
+            warnings.append(
+                f"{stats.dropped_messages} oldest messages not in the prompt (context policy)"
+            )
+        self.warning = "\n".join(warnings)
+
     def render(self) -> Text:
         width = self.content_size.width or 80
         lines = [self._first_line(width)]
@@ -243,76 +264,3 @@ class StatusBar(Static):
         if len(label) > room:
             label = label[: max(room - 1, 0)] + "…" if room > 1 else ""
         return f"{label}  │  {context}" if label else context
-
-
-class ChatRow(ListItem):
-    """A chat in the sidebar; a row can be reused for another chat."""
-
-    def __init__(self, chat: Chat) -> None:
-        super().__init__(Label(chat.title))
-        self.chat_id = chat.id
-
-
-class ChatList(Vertical):
-    """The sidebar: a search box and the saved chats, most recent first. The list keeps
-    a row highlighted (the open chat's, else the first), so Enter on it opens a chat;
-    Down or Enter in the search box goes to the list."""
-
-    BINDINGS = [Binding("down", "to_list", "Chats", show=False)]
-
-    @dataclass
-    class Selected(Message):
-        chat_id: str
-
-    def compose(self) -> ComposeResult:
-        yield Input(placeholder="Search chats", id="chat-search")
-        yield ListView(id="chat-items")
-
-    def show(self, chats: list[Chat], current: str | None) -> None:
-        """List `chats`, highlighting `current`. Rows are updated in place: a cleared
-        ListView drops its rows only later, and a highlight set meanwhile lands on the
-        wrong row (rows on their way out no longer display)."""
-        items = self.query_one("#chat-items", ListView)
-        rows = [row for row in items.query(ChatRow) if row.display]
-        for row, chat in zip(rows, chats, strict=False):
-            row.chat_id = chat.id
-            row.query_one(Label).update(chat.title)
-        for row in rows[len(chats) :]:
-            row.remove()
-        for chat in chats[len(rows) :]:
-            row = ChatRow(chat)
-            items.append(row)
-            rows.append(row)
-        rows = rows[: len(chats)]
-        for row in rows:
-            row.set_class(row.chat_id == current, "current")
-        if not rows:
-            items.index = None
-            return
-        ids = [c.id for c in chats]
-        highlighted = items.highlighted_child
-        if current in ids:
-            target = rows[ids.index(current)]
-        elif highlighted in rows:
-            target = highlighted
-        else:
-            target = rows[0]
-        items.index = list(items.children).index(target)
-
-    def action_to_list(self) -> None:
-        items = self.query_one("#chat-items", ListView)
-        if items.children:
-            items.focus()
-
-    @on(Input.Submitted, "#chat-search")
-    def _open_first(self, event: Input.Submitted) -> None:
-        event.stop()
-        rows = [r for r in self.query_one("#chat-items", ListView).query(ChatRow) if r.display]
-        if rows:
-            self.post_message(self.Selected(rows[0].chat_id))
-
-    @on(ListView.Selected, "#chat-items")
-    def _picked(self, event: ListView.Selected) -> None:
-        event.stop()
-        if isinstance(event.item, ChatRow):
-            self.post_message(self.Selected(event.item.chat_id))

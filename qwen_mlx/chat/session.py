@@ -32,7 +32,6 @@ from ..runtime import (
     ModelDrafter,
     SamplingParams,
     make_cache,
-    make_drafter,
     prefill,
     requantize_cache,
     resolve_params,
@@ -41,6 +40,7 @@ from ..runtime import (
     timely_chunk,
 )
 from ..runtime.memory import KV_BITS, MemoryPlanner
+from ..runtime.speculative import drafter_and_planner
 from .policy import (
     ContextPolicy,
     Conversation,
@@ -174,11 +174,10 @@ class ChatSession:
         self.policy = ContextPolicy(policy)
         # Speculative decoding ("lookup", a draft Model or store reference): one drafter
         # for the session, so a draft model's own cache is reused turn after turn.
-        self.drafter = make_drafter(model, draft, kv_bits=kv_bits)
+        self.drafter, self.planner = drafter_and_planner(
+            model, draft, kv_bits=kv_bits, planner=planner
+        )
         self.num_draft_tokens = num_draft_tokens
-        draft_model = getattr(self.drafter, "draft", None)
-        extra = {"draft": draft_model} if draft_model is not None else {}
-        self.planner = planner or MemoryPlanner.for_model(model, **extra)
         self.id = uuid.uuid4().hex
         self.last_stats: TurnStats | None = None
         self.notices: list[str] = []
@@ -517,11 +516,10 @@ class ChatSession:
         (None) from the next reply on; the planner counts a draft model's memory."""
         if self.busy:
             raise RuntimeError("Cannot change the draft while a reply is being generated.")
-        self.drafter = make_drafter(self.model, draft, kv_bits=self._kv_bits)
+        self.drafter, self.planner = drafter_and_planner(
+            self.model, draft, kv_bits=self._kv_bits, budget=self.planner.budget
+        )
         self.num_draft_tokens = num_draft_tokens
-        draft_model = getattr(self.drafter, "draft", None)
-        extra = {"draft": draft_model} if draft_model is not None else {}
-        self.planner = MemoryPlanner.for_model(self.model, self.planner.budget, **extra)
 
     def _ready_cache(self, tokens: list[int], *, reserve: int, keep_one: bool) -> tuple[int, int]:
         """Make the cache if there is none and trim it to the longest prefix it shares with

@@ -472,6 +472,38 @@ def _bars_as_progress(module: Any, stage: str, progress: ProgressFn) -> Iterator
         module.tqdm = saved
 
 
+@contextlib.contextmanager
+def _one_process() -> Iterator[None]:
+    """mlx-lm's methods average their losses over `mx.distributed.init()`'s group. In a
+    process that has joined a group of ranks (a notebook that loaded a model split across
+    Macs, the CLI's rank 0) that is the group, whose other ranks are not converting and
+    may be gone: the method would wait on them or fail ("connection to a peer was lost").
+    A conversion runs in this process alone, so while it runs mlx-lm sees a group of one."""
+    import mlx.core as mx
+
+    dist = mx.distributed
+    if not dist.is_available() or dist.init().size() == 1:
+        yield
+        return
+
+    class Alone:
+        @staticmethod
+        def rank() -> int:
+            return 0
+
+        @staticmethod
+        def size() -> int:
+            return 1
+
+    saved = dist.init, dist.all_sum
+    dist.init = lambda *_, **__: Alone()
+    dist.all_sum = lambda x, *_, **__: x
+    try:
+        yield
+    finally:
+        dist.init, dist.all_sum = saved
+
+
 # -- the methods ---------------------------------------------------------------------------
 
 
@@ -509,14 +541,14 @@ def run_method(
     # in float32 there and store the result in the output's type.
     model.set_dtype(output_type if mx.metal.is_available() else mx.float32)
     tokenizer = load_tokenizer(folder)
-    data, info, notice = calibration_windows(calibration, tokenizer)
+    data, info, notice = calibration_windows(calibration, tokenizer, SEQUENCE_LENGTH, MAX_WINDOWS)
     if notice:
         progress(Progress("warning", detail=notice))
     mx.random.seed(seed)
     np.random.seed(seed)
     warnings: list[str] = [notice] if notice else []
     # mlx-lm prints its own summaries to stdout; the CLI keeps stdout for its results.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _one_process():
         if method == "awq":
             notes = _awq(model, config, data, options, progress)
         elif method == "gptq":

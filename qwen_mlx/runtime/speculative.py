@@ -47,13 +47,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import TokenizerMismatchError
 from .model import Model
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .memory import Budget, MemoryPlanner
 
 DEFAULT_DRAFT_TOKENS = {"lookup": 8, "model": 4}
 
@@ -291,6 +294,27 @@ def make_drafter(model: Model, draft: Any, *, kv_bits: int | None = None) -> Any
         raise TypeError(f"draft must be 'lookup', a Model or a model reference, not {draft!r}.")
     check_tokenizers(model, draft)
     return ModelDrafter(draft, kv_bits=kv_bits)
+
+
+def drafter_and_planner(
+    model: Model,
+    draft: Any,
+    *,
+    kv_bits: int | None = None,
+    planner: MemoryPlanner | None = None,
+    budget: Budget | None = None,
+) -> tuple[Any, MemoryPlanner]:
+    """A drafter for `draft` (see `make_drafter`; None: no speculative decoding) and the
+    memory planner that counts a draft model's weights beside `model`'s: `planner` when
+    one is given, else a new one (against `budget`, else the machine's)."""
+    drafter = make_drafter(model, draft, kv_bits=kv_bits)
+    if planner is None:
+        from .memory import MemoryPlanner
+
+        draft_model = getattr(drafter, "draft", None)
+        extra = {"draft": draft_model} if draft_model is not None else {}
+        planner = MemoryPlanner.for_model(model, budget, kv_bits=kv_bits, **extra)
+    return drafter, planner
 
 
 def make_dist(params: SamplingParams) -> Callable[[Any], Any] | None:
@@ -785,6 +809,7 @@ __all__ = [
     "ModelDrafter",
     "SpeculativeStats",
     "check_tokenizers",
+    "drafter_and_planner",
     "make_drafter",
     "speculative_step",
 ]

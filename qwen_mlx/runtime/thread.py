@@ -9,6 +9,7 @@ runs model jobs one at a time, in order, which is what one model in memory needs
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable
@@ -53,3 +54,9 @@ def model_thread() -> ModelThread:
         if _shared is None:
             _shared = ModelThread()
         return _shared
+
+
+async def on_model_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` run on the model thread, awaited from an event loop (the chat
+    app's, the server's): the loop goes on meanwhile, and jobs keep their order."""
+    return await asyncio.wrap_future(model_thread().submit(fn, *args, **kwargs))

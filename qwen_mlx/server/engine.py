@@ -20,9 +20,8 @@ prompt tokens that saved. A client that disconnects leaves the batch at the next
 A quantized KV cache (`kv_bits`) batches too (`runtime/kv_batch.py`: the pool keeps
 quantized entries and admission counts quantized bytes), and so does `draft="lookup"`
 (each sequence speculates on its own inside the batch, `runtime/batch_speculative.py`).
-Two cases run one job at a time instead, through `stream_tokens`: a draft model (`draft`
-a model or reference: its drafts are verified one sequence at a time) and a replaced
-`stream_tokens` (tests script the model's replies through it). `status()` says which.
+A draft model (`draft` a model or reference) runs one job at a time instead, through
+`stream_tokens` (its drafts are verified one sequence at a time); `status()` says which.
 
 Entry points for the protocols' routes: `prepare` (which also refuses a request when the
 queue is full), `check_model`, `check_context`, `events(job)` (text, then a `Finished`;
@@ -45,12 +44,12 @@ from ..runtime import (
     Model,
     cache_length,
     make_cache,
-    make_drafter,
     stream_tokens,
     trim_cache,
 )
 from ..runtime.distributed import group_failure, group_status, leader_of
 from ..runtime.memory import MemoryPlanner
+from ..runtime.speculative import drafter_and_planner
 from ..runtime.thread import model_thread
 from .cache_pool import PromptCachePool
 from .defaults import DEFAULT_MAX_TOKENS_CAP, RETRY_AFTER
@@ -69,8 +68,8 @@ class Engine:
     each starting from the pooled KV cache that shares the longest prefix with its prompt.
 
     `max_batch` and `max_queue` default from the memory planner (`scheduler.py`).
-    `stream_tokens` runs the model when jobs go one at a time (`runtime.stream_tokens`);
-    tests replace it with a scripted stream to get exact replies from a random model.
+    `runtime.stream_tokens` runs the model when jobs go one at a time (tests script the
+    model itself, `tests/scripted.py`, so they run the path production runs).
     `finished` records how the last jobs ended, and each of `observers` is called with every
     Finished record, on the model thread (the metrics count them). `names` are what a
     request's `model` may say: the model's name, its family id (the alias users pass, e.g.
@@ -96,22 +95,20 @@ class Engine:
         self.model = model
         # Speculative decoding for every request that does not turn it off (a lone
         # request's generation path; see `_generate`).
-        self.drafter = make_drafter(model, draft, kv_bits=kv_bits)
+        self.drafter, self.planner = drafter_and_planner(
+            model, draft, kv_bits=kv_bits, planner=planner
+        )
         self.num_draft_tokens = num_draft_tokens
         family = [model.manifest.family] if model.manifest and model.manifest.family else []
         self.names = tuple(dict.fromkeys([model.name, *family, *aliases]))
         self.max_token_chars = _longest_token(model)
         self.kv_bits = kv_bits
-        draft_model = getattr(self.drafter, "draft", None)
-        extra = {"draft": draft_model} if draft_model is not None else {}
-        self.planner = planner or MemoryPlanner.for_model(model, kv_bits=kv_bits, **extra)
         limits = [model.context_length, self.planner.max_context(kv_bits)]
         self.context_limit = min([*limits, max_context] if max_context else limits)
         self.max_tokens_cap = max_tokens_cap
         if cache_bytes is None:  # half of what the weights leave of the budget
             cache_bytes = max(self.planner.budget.bytes - self.planner.weights, 0) // 2
         self.cache = PromptCachePool(lambda: make_cache(model, kv_bits), cache_bytes)
-        self.stream_tokens = stream_tokens
         self.max_batch = max_batch or default_max_batch(self.planner)
         self.max_queue = default_max_queue(self.max_batch) if max_queue is None else max_queue
         if self.max_batch < 1 or self.max_queue < 0:
@@ -159,12 +156,12 @@ class Engine:
     def batched(self) -> bool:
         """Whether jobs decode together: with bf16 or quantized KV, with prompt lookup;
         not with a draft model (its drafts are verified one sequence per forward pass:
-        `serve --draft MODEL` trades batching for the speed of each reply), not with a
-        quantized KV cache on a model split across ranks (its ranks' batch caches are
-        bf16 only), and not while a test scripts `stream_tokens`."""
+        `serve --draft MODEL` trades batching for the speed of each reply), and not with
+        a quantized KV cache on a model split across ranks (its ranks' batch caches are
+        bf16 only)."""
         lone_draft = self.drafter is not None and not self._batch_lookup
         split_kv = self.kv_bits is not None and leader_of(self.model) is not None
-        return not lone_draft and not split_kv and self.stream_tokens is stream_tokens
+        return not lone_draft and not split_kv
 
     def status(self) -> dict[str, Any]:
         """What /health reports about the work: waiting and running jobs, and the limits."""
@@ -410,7 +407,7 @@ class Engine:
 
         last = None
         try:
-            for chunk in self.stream_tokens(
+            for chunk in stream_tokens(
                 self.model,
                 tokens[reused:],
                 job.params,

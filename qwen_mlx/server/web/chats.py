@@ -21,7 +21,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,16 +32,15 @@ from ...chat.documents import read_document
 from ...chat.export import to_markdown
 from ...chat.policy import ContextPolicy, longest_token, most_characters, tokens_over
 from ...chat.session import ChatSession
+from ...chat.stored_chat import SAMPLING_KEYS, ChatSettings, chat_sampling, resume, settle
 from ...errors import ContextOverflowError
-from ...runtime import Message, Model, SamplingParams
+from ...runtime import Message, Model
 from ...runtime.memory import MemoryPlanner
-from ...runtime.thread import model_thread
 from ..defaults import DEFAULT_MAX_TOKENS_CAP
 from ..errors import APIError
 
 T = TypeVar("T")
 
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty")
 KEEP_SESSIONS = 2  # chats kept in memory with their KV caches; the others are on disk
 ATTACHABLE = (".txt", ".md", ".markdown", ".pdf")
 MAX_PDF_PAGES = 2000  # a PDF's pages read at most (each can take a while to extract)
@@ -107,11 +105,6 @@ def _duration(seconds: float) -> str:
     """`3 min 5 s`, `12 s`."""
     minutes, seconds = divmod(max(int(seconds), 0), 60)
     return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
-
-
-async def on_model_thread(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` on the model thread, awaited from the event loop."""
-    return await asyncio.wrap_future(model_thread().submit(fn, *args))
 
 
 class WebChats:
@@ -194,19 +187,22 @@ class WebChats:
         return chat
 
     def create(self, settings: dict[str, Any]) -> Chat:
-        params, system, policy = self.check_settings(settings)
+        checked = self.check_settings(settings)
         chat = self.store.create(
-            model=self.model.ref, system=system, params=params, policy=policy.value
+            model=self.model.ref,
+            system=checked.system,
+            params=checked.overrides,
+            policy=checked.policy.value,
         )
-        if system:
-            self.store.save_messages(chat.id, [Message("system", system)])
+        if checked.system:
+            self.store.save_messages(chat.id, [Message("system", checked.system)])
         return chat
 
-    def check_settings(self, settings: Any) -> tuple[dict[str, Any], str | None, ContextPolicy]:
-        """(sampling overrides, system prompt, policy) from the page's settings form, or a
+    def check_settings(self, settings: Any) -> ChatSettings:
+        """The chat's settings from the page's settings form (`stored_chat.settle`), or a
         400 naming what is wrong. The sampling parameters are held to the API's own bounds
-        (`web_sampling`), and max_tokens to the server's cap. Overrides keep what differs
-        from the model's defaults, as the terminal app's do."""
+        (`web_sampling`), and max_tokens to the server's cap. The form sends every
+        parameter: the overrides keep what differs from the model's defaults."""
         if not isinstance(settings, dict):
             raise APIError(400, "settings: expected an object.", param="settings")
         defaults = self.model.default_params
@@ -234,10 +230,6 @@ class WebChats:
                 param="max_tokens",
             )
         overrides = {k: v for k, v in checked.items() if v != getattr(defaults, k)}
-        try:
-            defaults.replace(**overrides)
-        except ValueError as e:
-            raise APIError(400, str(e)) from None
         system = settings.get("system")
         if system is not None and not isinstance(system, str):
             raise APIError(400, "system: expected text.", param="system")
@@ -246,7 +238,10 @@ class WebChats:
         if not isinstance(policy, str) or policy not in ContextPolicy.names():
             names = ", ".join(ContextPolicy.names())
             raise APIError(400, f"policy: expected one of {names}.", param="policy")
-        return overrides, (system or "").strip() or None, ContextPolicy(policy)
+        try:
+            return settle(self.model, overrides, system=system, policy=policy)
+        except ValueError as e:  # the sampler refuses the parameters together
+            raise APIError(400, str(e)) from None
 
     # -- sessions (model thread) --------------------------------------------------------------
 
@@ -254,34 +249,22 @@ class WebChats:
         """The chat's session: the one in memory if its messages are still those on disk,
         else loaded with its saved KV cache (as the terminal app does)."""
         stored = self.store.messages(chat.id)
-        params = self.model.default_params.replace(**chat.params)
         session = self._sessions.get(chat.id)
         if session is None or _texts(session.history) != _texts(stored):
-            session = self._load(chat, stored, params)
-        session.params = params
+            session = resume(
+                self.store,
+                chat,
+                self.model,
+                messages=stored,
+                planner=self.planner,
+                kv_bits=self.kv_bits,
+            )
+        session.params = chat_sampling(self.model, chat.params)
         session.policy = ContextPolicy(chat.policy)
         self._sessions[chat.id] = session
         self._sessions.move_to_end(chat.id)
         while len(self._sessions) > KEEP_SESSIONS:
             self._sessions.popitem(last=False)  # saved after each turn: nothing is lost
-        return session
-
-    def _load(self, chat: Chat, stored: list[Message], params: SamplingParams) -> ChatSession:
-        path = self.store.session_path(chat.id)
-        if path.is_file():
-            with suppress(ValueError):  # unreadable: the messages are in SQLite anyway
-                return ChatSession.load(
-                    path, self.model, policy=chat.policy, planner=self.planner, messages=stored
-                )
-        session = ChatSession(
-            self.model,
-            params=params,
-            policy=chat.policy,
-            planner=self.planner,
-            kv_bits=self.kv_bits,
-        )
-        for message in stored:
-            session.add_message(message)
         return session
 
     def forget(self, chat_id: str) -> None:
@@ -295,14 +278,17 @@ class WebChats:
 
     def apply_settings(self, chat: Chat, settings: dict[str, Any]) -> ChatSession:
         """Change a chat's sampling, system prompt and policy (on the model thread)."""
-        params, system, policy = self.check_settings(settings)
+        checked = self.check_settings(settings)
         session = self.session(chat)
-        chat.params, chat.system, chat.policy = params, system, policy.value
+        chat.params, chat.system, chat.policy = (
+            checked.overrides,
+            checked.system,
+            checked.policy.value,
+        )
         self.store.update(chat)
-        session.params = self.model.default_params.replace(**params)
-        session.policy = policy
-        if session.system != system:
-            session.system = system
+        session.params, session.policy = checked.params, checked.policy
+        if session.system != checked.system:
+            session.system = checked.system
             self.store.save_messages(chat.id, session.history)
         return session
 
@@ -377,7 +363,7 @@ class WebChats:
         return read
 
     def export(self, chat: Chat) -> str:
-        params = self.model.default_params.replace(**chat.params)
+        params = chat_sampling(self.model, chat.params)
         return to_markdown(
             title=chat.title,
             model=self.model.name,

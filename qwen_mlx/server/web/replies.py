@@ -37,10 +37,10 @@ from ...chat.chat_store import DEFAULT_TITLE, Chat, title_from
 from ...chat.session import ChatSession
 from ...errors import ContextOverflowError
 from ...runtime import Message
-from ...runtime.thread import model_thread
+from ...runtime.thread import model_thread, on_model_thread
 from ..errors import APIError
 from ..relay import streaming, watch
-from .chats import Turn, WebChats, on_model_thread
+from .chats import Turn, WebChats
 from .markdown import MarkdownStream, message_views
 
 logger = logging.getLogger(__name__)

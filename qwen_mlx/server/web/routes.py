@@ -33,15 +33,17 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from ...chat.chat_store import Chat, title_from
 from ...chat.export import default_export_path
 from ...chat.policy import ContextPolicy
+from ...chat.stored_chat import SAMPLING_KEYS, chat_sampling
 from ...errors import ContextOverflowError
 from ...runtime import Message
 from ...runtime.memory import MemoryPlanner
+from ...runtime.thread import on_model_thread
 from ..engine import Engine
 from ..errors import APIError
 from ..guard import parse_json
 from ..protocol import ServerContext
 from .auth import SESSION_COOKIE, SESSION_LIFETIME, SignInRefused, WebGuard
-from .chats import SAMPLING_KEYS, WebChats, on_model_thread
+from .chats import WebChats
 from .markdown import code_css, message_views
 from .replies import Ask, stream_reply
 
@@ -162,7 +164,7 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
         if title is not None and not isinstance(title, str):
             raise APIError(400, "title: expected text.", param="title")
         settings = body.get("settings") or {}
-        _, system, _ = chats.check_settings(settings)
+        system = chats.check_settings(settings).system
         await chats.off_model_thread(chats.check_system, system)
         chat = chats.create(settings)
         if title and title.strip():
@@ -177,7 +179,7 @@ def _router(chats: WebChats, guard: WebGuard) -> APIRouter:
     async def settings(chat_id: str, request: Request) -> dict[str, Any]:
         chat = chats.chat(chat_id)
         body = await _json(request)
-        _, system, _ = chats.check_settings(body)  # a 400 before queuing behind model work
+        system = chats.check_settings(body).system  # a 400 before queuing behind model work
         await chats.off_model_thread(chats.check_system, system)
         turn = chats.begin(chat_id, "saving its settings")
         try:
@@ -280,7 +282,7 @@ async def _chat_view(chats: WebChats, chat: Chat) -> dict[str, Any]:
     the session is fetched on the model thread (its KV cache is MLX arrays) and the
     conversation counted on a preparation thread; one too long to count (a huge system
     prompt, say) shows no figure but a notice saying so."""
-    params = chats.model.default_params.replace(**chat.params)
+    params = chat_sampling(chats.model, chat.params)
     view: dict[str, Any] = {
         "id": chat.id,
         "title": chat.title,
