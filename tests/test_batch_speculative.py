@@ -68,7 +68,11 @@ def _alone(model, tokens, bits, n):
 def _decode(model, prompts, *, bits=None, draft="lookup", n=40, params=None, later=()):
     """Each prompt's reply ids and finishing event, decoded together (the `later` ones
     joining after three steps)."""
-    decoder = BatchDecoder(model, max_batch=8, prefill_step_size=64, kv_bits=bits, draft=draft)
+    # Not adaptive: every match is drafted, whatever a round costs on this machine (the
+    # method is under test here, not when it pays).
+    decoder = BatchDecoder(
+        model, max_batch=8, prefill_step_size=64, kv_bits=bits, draft=draft, adaptive=False
+    )
     params = params or SamplingParams(temperature=0.0, max_tokens=n)
     uids = [decoder.add(p, params) for p in prompts]
     events, steps = {}, 0
@@ -124,7 +128,7 @@ def test_max_tokens_inside_an_accepted_run_ends_the_sequence_there(trained):
 
 def _texts(model, prompts, params, draft, logprobs=None):
     """Each prompt's text, finishing event and scored tokens, decoded together."""
-    decoder = BatchDecoder(model, max_batch=8, prefill_step_size=64, draft=draft)
+    decoder = BatchDecoder(model, max_batch=8, prefill_step_size=64, draft=draft, adaptive=False)
     uids = [decoder.add(p, params, logprobs=logprobs) for p in prompts]
     texts = {u: "" for u in uids}
     scored: dict = {u: [] for u in uids}
