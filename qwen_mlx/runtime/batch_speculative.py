@@ -25,7 +25,8 @@ batch.
 Adaptive per batch: the width of a round is paid by every row (a row without a draft is
 padded), so the batch decides it. A round of width 1 + k costs 1 + f + k r plain steps,
 (f, r) fitted from round times measured at this batch size (buckets 1, 2, 3-4, 5-8, 9-16,
-17+; the single-stream prior before any); it yields the B pending tokens plus each row's
+17+; before any, the single-stream prior with r growing as the square root of the batch,
+as a CPU's compute-bound pass does); it yields the B pending tokens plus each row's
 expected kept drafts (its match strength's acceptance, learned per sequence by its
 `_Controller`). The round drafts the k that pays best, by 5% at least over a plain step,
 or not at all: a big batch where few rows have a strong match, or where a wider pass
