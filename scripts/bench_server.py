@@ -23,6 +23,20 @@ clients >= 3x ours at 1.
                                    [--rounds 2] [--long-words 1500] [--beside 8] [--json FILE]
                                    [--smoke]
 
+`--workload agent`: replies that copy from their prompts, as an agent's code edits do
+(prompts of CPython source with "Repeat the text above." or "Rewrite the code above with
+X renamed"; the trained pair was trained on such turns), and, apart, questions whose
+replies do not. Five servers: ours with `--draft lookup --kv-bits 8` (speculation and
+8-bit KV inside the batch), ours with each alone, ours plain, and `mlx_lm server`; at 1,
+4 and 8 clients (`--clients`), each client streaming one reply per round, the servers
+taking turns; medians of `--rounds`. Printed: aggregate tokens/s (wall clock) and tokens
+per CPU-second of each server process (the machine is shared: CPU time moves less with
+other load), our draft acceptance (from /health), and the ratios. Targets: lookup+kv8 on
+the copying workload >= 1.5x mlx_lm; on the other, every lookup mode >= 0.95x ours plain;
+kv8 >= 0.9x ours plain at 8 clients.
+
+    python scripts/bench_server.py --workload agent [--clients 1,4,8] [--max-tokens 64]
+
 (`--source` is the former name of `--model`.)
 """
 
@@ -49,6 +63,35 @@ QUESTIONS = [
     "Continue:\nfor line in open(path):",
     "How do decorators work?",
 ]
+
+
+def agent_prompts(copying: bool) -> list[str]:
+    """Chat prompts whose replies copy from them (CPython source to repeat or rename in)
+    or, with `copying` False, questions whose replies do not."""
+    import inspect
+
+    if not copying:
+        return [q for q in QUESTIONS if not q.startswith("Continue")] * 2
+    out = []
+    for name in ("textwrap", "shlex", "fnmatch", "bisect", "colorsys", "glob", "heapq", "queue"):
+        source = inspect.getsource(__import__(name))
+        lines = [line for line in source.splitlines() if line.strip()][20:]
+        chunk = "\n".join(lines[:18])
+        func = next((i for i, line in enumerate(lines) if line.startswith("def ")), 0)
+        code = "\n".join(lines[func : func + 14])
+        word = next((w for w in code.replace("(", " ").split() if w.isidentifier()), "x")
+        out.append(f"{chunk}\n\nRepeat the text above.")
+        out.append(f"{code}\n\nRewrite the code above with `{word}` renamed to `{word}_new`.")
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -113,13 +156,15 @@ def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
     }
 
 
-def concurrent(url: str, model: str, clients: int, max_tokens: int) -> dict:
+def concurrent(
+    url: str, model: str, clients: int, max_tokens: int, questions: list[str] = QUESTIONS
+) -> dict:
     results: list[dict] = [{}] * clients
     barrier = threading.Barrier(clients)
 
     def client(i: int) -> None:
         barrier.wait()
-        prompt = QUESTIONS[i % len(QUESTIONS)]
+        prompt = questions[i % len(questions)]
         results[i] = one_request(url, model, prompt, max_tokens)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -130,6 +175,7 @@ def concurrent(url: str, model: str, clients: int, max_tokens: int) -> dict:
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     ttfts = sorted(r["ttft"] for r in results)
     return {
+        "wall": wall,
         "tps": sum(r["tokens"] for r in results) / wall,
         "p50": statistics.median(ttfts),
         "p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
@@ -188,17 +234,131 @@ def say_round(name: str, c: int, r: dict) -> None:
     )
 
 
+AGENT_SERVERS = ("lookup+kv8", "lookup", "kv8", "ours plain", "mlx_lm")
+AGENT_PAIRS = (
+    ("lookup+kv8", "mlx_lm"),
+    ("lookup+kv8", "ours plain"),
+    ("lookup", "ours plain"),
+    ("kv8", "ours plain"),
+    ("ours plain", "mlx_lm"),
+)
+
+
+def agent(args, source: Path) -> int:
+    """The agent workload (see the module docstring)."""
+    import httpx
+    import mlx.core as mx
+
+    from qwen_mlx.convert import convert
+
+    clients = args.clients or [1, 4, 8]
+    max_tokens = args.max_tokens or 64
+    workloads = {"copying": agent_prompts(True), "other": agent_prompts(False)}
+    with workspace() as tmp:
+        quantize = mx.metal.is_available()
+        print(f"converting {source.name} ({'4-bit' if quantize else 'bf16'}) ...", file=sys.stderr)
+        folder = convert(str(source), mlx_path=tmp / "model", quantize=quantize).path
+        python = sys.executable
+        ours = [python, "-m", "qwen_mlx", "serve", "--model", str(folder), "--log-level", "warning"]
+        commands = {
+            "lookup+kv8": [*ours, "--draft", "lookup", "--kv-bits", "8"],
+            "lookup": [*ours, "--draft", "lookup"],
+            "kv8": [*ours, "--kv-bits", "8"],
+            "ours plain": ours,
+            "mlx_lm": [python, "-m", "mlx_lm", "server", "--model", str(folder),
+                       "--log-level", "WARNING"],
+        }  # fmt: skip
+        procs, urls = {}, {}
+        results: dict = {}
+        try:
+            for name in AGENT_SERVERS:
+                port = free_port()
+                procs[name] = start(
+                    [*commands[name], "--port", str(port)], port, tmp / f"{port}.log"
+                )
+                urls[name] = f"http://127.0.0.1:{port}/v1"
+                one_request(urls[name], str(folder), "warm up", 8)
+            for kind, questions in workloads.items():
+                for c in clients:
+                    runs: dict[str, list] = {name: [] for name in AGENT_SERVERS}
+                    for _ in range(args.rounds):  # the servers take turns: load drift hits all
+                        for name, url in urls.items():
+                            before = cpu_seconds(procs[name].pid)
+                            r = concurrent(url, str(folder), c, max_tokens, questions)
+                            after = cpu_seconds(procs[name].pid)
+                            spent = (after - before) if before is not None else 0.0
+                            r["cpu_tps"] = r["tps"] * r["wall"] / spent if spent > 0 else 0.0
+                            say_round(f"{name} ({kind})", c, r)
+                            runs[name].append(r)
+                    results[kind, c] = {
+                        name: {k: statistics.median(r[k] for r in rs) for k in ("tps", "cpu_tps")}
+                        for name, rs in runs.items()
+                    }
+            health = httpx.get(urls["lookup+kv8"].removesuffix("/v1") + "/health").json()
+        finally:
+            for proc in procs.values():
+                stop(proc)
+    report = Report(args.json)
+    spec = health.get("speculative") or {}
+    report.line(
+        f"lookup+kv8 over the run: {spec.get('accepted_tokens', 0)} of "
+        f"{spec.get('drafted_tokens', 0)} drafted tokens accepted "
+        f"({spec.get('acceptance_rate', 0.0):.0%}); batches of up to {health.get('max_batch')}, "
+        f"kv_bits {health.get('kv_bits')}"
+    )
+    report.table(
+        [Column("workload", "{}", left=True), Column("clients", "{}")]
+        + [Column(name, "{}") for name in AGENT_SERVERS],
+        [
+            (kind, c, *(f"{row[n]['tps']:.1f} ({row[n]['cpu_tps']:.1f})" for n in AGENT_SERVERS))
+            for (kind, c), row in results.items()
+        ],
+        title=f"aggregate tokens/s, wall clock (per CPU-second of the server), median of "
+        f"{args.rounds} rounds",
+        sep=" | ",
+    )
+
+    def both(a: dict, b: dict) -> str:
+        wall, cpu = ratio(a["tps"], b["tps"]), ratio(a["cpu_tps"], b["cpu_tps"])
+        return f"{wall or 0:.2f}x ({cpu or 0:.2f}x)"
+
+    report.table(
+        [Column("workload", "{}", left=True), Column("clients", "{}")]
+        + [Column(f"{a}/{b}", "{}") for a, b in AGENT_PAIRS],
+        [
+            (kind, c, *(both(row[a], row[b]) for a, b in AGENT_PAIRS))
+            for (kind, c), row in results.items()
+        ],
+        title="ratios, wall clock (per CPU-second)",
+        sep=" | ",
+    )
+    report.line(
+        "Targets: copying lookup+kv8/mlx_lm >= 1.5x; other: every lookup mode / ours plain "
+        ">= 0.95x; kv8 / ours plain >= 0.9x at 8 clients."
+    )
+    report.save()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = BenchParser(__doc__)
     p.model(TRAINED / "target", "the Hugging Face checkpoint both servers serve", "--source")
     p.add_argument(
+        "--workload",
+        choices=("chat", "agent"),
+        default="chat",
+        help="chat: questions and continuations against mlx_lm, and TTFT beside long "
+        "prompts; agent: replies that copy their prompts, ours with --draft lookup "
+        "--kv-bits 8 (see above)",
+    )
+    p.add_argument(
         "--clients",
         type=lambda s: [int(x) for x in s.split(",")],
-        default=[1, 4, 8, 16],
+        default=None,
         metavar="N,N,...",
-        help="concurrencies to measure",
+        help="concurrencies to measure (default 1,4,8,16; agent 1,4,8)",
     )
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=None, help="default 32; agent 64")
     p.rounds(2, "runs per concurrency; the best counts")
     p.add_argument("--long-words", type=int, default=1500, help="the long prompt's size")
     p.add_argument(
@@ -207,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     p.smoke(clients=[1, 2], max_tokens=4, rounds=1, long_words=60, beside=2)
     args = p.parse_args(argv)
     source = need_model(args.model)
+    if args.workload == "agent":
+        return agent(args, source)
+    args.clients = args.clients or [1, 4, 8, 16]
+    args.max_tokens = args.max_tokens or 32
 
     import mlx.core as mx
 

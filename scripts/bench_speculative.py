@@ -186,20 +186,20 @@ def profile(target, draft, drafter, tokens, max_tokens) -> None:
     from qwen_mlx.runtime import speculative
 
     rounds: list[int] = []
-    update = speculative._Controller.update
+    observe = speculative._Controller.observe
 
-    def record(self, choice, proposed, accepted, seconds):
+    def record(self, choice, proposed, accepted):
         rounds.append(proposed)
-        return update(self, choice, proposed, accepted, seconds)
+        return observe(self, choice, proposed, accepted)
 
-    speculative._Controller.update = record
+    speculative._Controller.observe = record
     prof = cProfile.Profile()
     try:
         prof.enable()
         taken, cpu_tps = ours(target, tokens, max_tokens, "lookup")[:2]
         prof.disable()
     finally:
-        speculative._Controller.update = update
+        speculative._Controller.observe = observe
     spent = 1e3 * (len(taken) - 1) / cpu_tps  # first token to last, as the rates are timed
     cost = {m: forward_ms(target, m + 1, 5) for m in sorted(set(rounds))}
     passes = sum(cost[m] for m in rounds)

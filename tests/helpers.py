@@ -127,3 +127,39 @@ def common_len(a, b) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
+
+
+# -- the sampled distribution -------------------------------------------------------------
+
+
+def chi2_critical(df: int, z: float = 3.09) -> float:
+    """The 0.999 quantile of chi-square with `df` degrees of freedom (Wilson-Hilferty)."""
+    import math
+
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def topk_probs(model, tokens, k):
+    """The model's top-k tokens after `tokens` and their renormalised probabilities."""
+    import mlx.core as mx
+    import numpy as np
+
+    logits = np.array(model.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
+    top = np.argsort(-logits)[:k]
+    p = np.exp(logits[top] - logits[top].max())
+    return dict(zip(top.tolist(), (p / p.sum()).tolist(), strict=True))
+
+
+def pair_distribution(model, prompt, k):
+    """The exact distribution of the first two sampled tokens (top-k, temperature 1); an
+    end-of-turn token ends the reply ("end")."""
+    eos = model.tokenizer.eos_token_ids
+    out: dict = {}
+    for a, pa in topk_probs(model, prompt, k).items():
+        if a in eos:
+            out[("end",)] = out.get(("end",), 0) + pa
+            continue
+        for b, pb in topk_probs(model, [*prompt, a], k).items():
+            key = (a, "end") if b in eos else (a, b)
+            out[key] = out.get(key, 0) + pa * pb
+    return out

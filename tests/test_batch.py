@@ -55,6 +55,25 @@ def test_a_trained_model_batched_writes_the_greedy_text_it_writes_alone(trained)
     assert len(set(alone)) == len(alone)  # real, distinct replies: a mix-up would show
 
 
+def test_batch_generate_with_quantized_kv_and_lookup_writes_the_greedy_text_alone(trained):
+    chats = [
+        user("Continue:\nimport os\nimport os\nimport"),
+        user("Continue:\ndef main(argv):\n    parser = argparse.ArgumentParser()\n"),
+        user("Repeat the text above: for line in open(path): print(line)"),
+    ]
+
+    def replies(**options):
+        out = batch_generate(
+            trained, chats, temperature=0, max_tokens=24, progress=False, **options
+        )
+        return [r.text for r in out]
+
+    # Lookup: exactly the text without drafting, with bf16 KV and with 8-bit KV (whose
+    # batch writes what each sequence writes alone: test_kv_batch.py).
+    assert replies(draft="lookup") == replies()
+    assert replies(kv_bits=8, draft="lookup") == replies(kv_bits=8)
+
+
 def test_a_seeded_sequence_draws_in_a_batch_what_it_draws_alone(tiny_model):
     params = [tiny_model.default_params.replace(temperature=1.0, seed=i) for i in range(4)]
     alone = [generate(tiny_model, p, params[i], max_tokens=12) for i, p in enumerate(PROMPTS)]

@@ -346,3 +346,122 @@ def test_the_server_benchmark_runs_against_mlx_lm_server():
     rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("1 |", "2 |"))]
     assert len(rows) == 2 and all("x |" in row for row in rows)
     assert "mlx_lm server: a short request's TTFT" in out.stdout
+
+
+@pytest.mark.interop
+def test_the_agent_workload_benchmark_runs_in_smoke_mode():
+    if not (TRAINED_TARGET / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
+    out = run_script("bench_server.py", "--workload", "agent", "--smoke")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    for kind in ("copying", "other"):
+        rows = [line for line in lines if line.startswith(kind)]
+        # Two tables (tokens/s, ratios), one row per concurrency (1 and 2 clients).
+        assert [row.split()[2] for row in rows] == ["1", "2", "1", "2"], rows
+        assert all(row.count("x (") == 5 for row in rows[2:])
+    assert "drafted tokens accepted" in out.stdout and "kv_bits 8" in out.stdout
+
+
+# -- a quantized KV cache and prompt lookup in the batch -------------------------------------
+
+
+def test_a_quantized_kv_cache_batches_and_answers_as_alone(serve, tiny_model):
+    from mlx_lm.models.cache import QuantizedKVCache
+
+    served = serve(tiny_model, kv_bits=8, max_context=2048, max_batch=4, prefill_step_size=16)
+    engine = served.engine
+    state = health(served)
+    assert state["max_batch"] == 4 and state["kv_bits"] == 8
+
+    def ask(i: int) -> str:
+        reply = served.client().completions.create(
+            model=MODEL, prompt=f"{i} plums or " * (i + 2), max_tokens=16, temperature=0
+        )
+        return reply.choices[0].text
+
+    alone = [ask(i) for i in range(4)]
+    engine.cache.clear()  # each starts from nothing again, as it did alone
+    assert all_at_once(ask, 4) == alone
+    assert max(f.batch_size for f in list(engine.finished)[-4:]) > 1
+    # The pool keeps the batch's caches quantized, and they hold what was read.
+    entries = list(engine.cache._entries.values())
+    assert entries and all(isinstance(c, QuantizedKVCache) for e in entries for c in e.cache)
+    assert all(e.cache[0].offset == len(e.tokens) for e in entries)
+    # A conversation moving on starts from its quantized entry.
+    again = served.client().completions.create(
+        model=MODEL, prompt="3 plums or " * 5 + "more", max_tokens=4, temperature=0
+    )
+    assert again.usage.prompt_tokens_details.cached_tokens > 0
+
+
+def test_the_batch_admits_by_quantized_kv_bytes(serve, tiny_model):
+    # A planner given to the engine plans bf16 by default; admission asks it for plans at
+    # the engine's KV precision (the tiny model's workspace, not its KV, decides whether
+    # these fit, so what is checked is the precision each admission is planned at).
+    asked: list = []
+
+    class Recording(MemoryPlanner):
+        def plan(self, context_tokens, kv_bits=None):
+            asked.append(kv_bits)
+            return super().plan(context_tokens, kv_bits)
+
+    base = MemoryPlanner.for_model(tiny_model)
+    planner = Recording(base.shape, base.weights, base.budget)
+    served = serve(tiny_model, kv_bits=4, max_context=2048, max_batch=4, planner=planner)
+    asked.clear()
+    all_at_once(
+        lambda i: served.client().completions.create(
+            model=MODEL, prompt=f"{i} figs", max_tokens=4, temperature=0
+        ),
+        2,
+    )
+    assert asked and set(asked) == {4}
+    assert MemoryPlanner.for_model(tiny_model, kv_bits=4).kv_per_token() < base.kv_per_token()
+
+
+def test_prompt_lookup_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny_model):
+    served = serve(
+        tiny_model, draft="lookup", kv_bits=8, max_context=2048, max_batch=4, prefill_step_size=16
+    )
+    engine = served.engine
+    assert engine.batched
+    state = health(served)
+    assert state["max_batch"] == 4 and state["speculative"]["batched"] is True
+
+    def ask(i: int, **extra):
+        return served.client().completions.create(
+            model=MODEL, prompt="a b c a b c " * (i + 1), max_tokens=24, **extra
+        )
+
+    alone = [ask(i, temperature=0).choices[0].text for i in range(4)]
+    assert sum(f.accepted for f in list(engine.finished)[-4:]) > 0  # a batch of one drafts
+    # Together: the batch drafts where it pays at its size; the text is the same.
+    replies = all_at_once(lambda i: ask(i, temperature=0), 4)
+    assert [r.choices[0].text for r in replies] == alone
+    done = list(engine.finished)[-4:]
+    assert max(f.batch_size for f in done) > 1
+    details = [r.usage.completion_tokens_details for r in replies]
+    assert sum(d.accepted_prediction_tokens for d in details) == sum(f.accepted for f in done)
+    assert sum(d.rejected_prediction_tokens for d in details) == sum(
+        f.drafted - f.accepted for f in done
+    )
+    # Beside them: one that turned speculation off (it does not draft), one sampled.
+    mixed = all_at_once(
+        lambda i: [
+            ask(0, temperature=0),
+            ask(1, temperature=0, extra_body={"speculative": False}),
+            ask(2, temperature=0.9, seed=4),
+        ][i],
+        3,
+    )
+    assert mixed[1].usage.completion_tokens_details.accepted_prediction_tokens == 0
+    assert mixed[1].usage.completion_tokens_details.rejected_prediction_tokens == 0
+    assert mixed[1].choices[0].text == alone[1]
+    assert mixed[2].choices[0].finish_reason in ("stop", "length")
+    state = health(served)["speculative"]
+    assert state["drafted_tokens"] == engine.drafted > 0
+    assert state["accepted_tokens"] == engine.accepted > 0
+    metrics = served.get("/metrics", timeout=10).text
+    assert f"qwen_mlx_draft_accepted_tokens_total {float(engine.accepted)}" in metrics
+    assert f"qwen_mlx_draft_tokens_total {float(engine.drafted)}" in metrics

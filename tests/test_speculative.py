@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import json
-import math
 import threading
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import pytest
 
 from qwen_mlx import generate, load, stream_generate
@@ -18,6 +16,8 @@ from qwen_mlx.errors import TokenizerMismatchError
 from qwen_mlx.runtime import cache_length, make_cache, stream_tokens
 from qwen_mlx.runtime.memory import MemoryPlanner
 from qwen_mlx.runtime.sampling import SamplingParams
+
+from .helpers import chi2_critical, pair_distribution, topk_probs
 
 TRAINED = Path(__file__).resolve().parents[2] / "shared" / "models" / "qwen3-tiny-trained"
 needs_trained = pytest.mark.skipif(
@@ -241,37 +241,8 @@ def test_the_schema_constraint_masks_the_verify_step(tiny_model, tiny_other, dra
 # -- the sampled distribution -----------------------------------------------------------
 
 
-def _chi2_critical(df: int, z: float = 3.09) -> float:
-    """The 0.999 quantile of chi-square with `df` degrees of freedom (Wilson-Hilferty)."""
-    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
-
-
-def _topk_probs(model, tokens, k):
-    import mlx.core as mx
-
-    logits = np.array(model.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
-    top = np.argsort(-logits)[:k]
-    p = np.exp(logits[top] - logits[top].max())
-    return dict(zip(top.tolist(), (p / p.sum()).tolist(), strict=True))
-
-
-def _pair_distribution(model, prompt, k):
-    """The exact distribution of the first two sampled tokens (top-k, temperature 1); an
-    end-of-turn token ends the reply ("end")."""
-    eos = model.tokenizer.eos_token_ids
-    out: dict = {}
-    for a, pa in _topk_probs(model, prompt, k).items():
-        if a in eos:
-            out[("end",)] = out.get(("end",), 0) + pa
-            continue
-        for b, pb in _topk_probs(model, [*prompt, a], k).items():
-            key = (a, "end") if b in eos else (a, b)
-            out[key] = out.get(key, 0) + pa * pb
-    return out
-
-
 def _assert_follows(model, prompt, draft, k=3, n=200):
-    exact = _pair_distribution(model, prompt, k)
+    exact = pair_distribution(model, prompt, k)
     counts: dict = {}
     drafted = accepted = 0
     eos = model.tokenizer.eos_token_ids
@@ -284,7 +255,7 @@ def _assert_follows(model, prompt, draft, k=3, n=200):
         drafted += chunks[-1].drafted
         accepted += chunks[-1].accepted
     chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in exact.items())
-    assert chi2 < _chi2_critical(len(exact) - 1), (chi2, counts)
+    assert chi2 < chi2_critical(len(exact) - 1), (chi2, counts)
     return drafted, accepted
 
 
@@ -292,7 +263,7 @@ def test_sampled_lookup_follows_the_models_distribution(tiny_bf16):
     # A prompt x y b x y whose lookup draft (b, after the 2-gram x y) the model samples
     # about one time in three: both the accept and the reject paths run.
     x, y = 40, 41
-    b = next(b for b in range(42, 576) if b in _topk_probs(tiny_bf16, [x, y, b, x, y], 3))
+    b = next(b for b in range(42, 576) if b in topk_probs(tiny_bf16, [x, y, b, x, y], 3))
     drafted, accepted = _assert_follows(tiny_bf16, [x, y, b, x, y], "lookup")
     assert 0 < accepted < drafted
 

@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-bits",
         type=int,
         choices=(4, 8),
-        help="quantize the KV caches (requests then run one at a time: batches are bf16)",
+        help="quantize the KV caches to 8 or 4 bits (about 0.53x or 0.28x the bytes: more "
+        "requests and pooled conversations fit; batches hold quantized KV too)",
     )
     p.add_argument(
         "--context-extension",
@@ -172,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("critical", "error", "warning", "info", "debug"),
         help="server log verbosity (default: info)",
     )
-    add_draft_args(p, note="; requests then decode one at a time, not in batches")
+    add_draft_args(
+        p,
+        note="; with lookup, each greedy request drafts on its own inside the batch; a draft "
+        "model makes requests decode one at a time",
+    )
     add_group_args(p)
     return p
 
@@ -381,10 +386,12 @@ def listen_sockets(host: str, port: int) -> list[socket.socket]:
 def _concurrency(engine) -> str:
     """How requests share the model, for the start line."""
     if engine.batched:
-        return f"batches of up to {engine.max_batch}"
+        kv = f", {engine.kv_bits}-bit KV" if engine.kv_bits else ""
+        drafts = ", prompt lookup per sequence" if engine.drafter is not None else ""
+        return f"batches of up to {engine.max_batch}{kv}{drafts}"
     if engine.drafter is not None:
-        return "one request at a time with speculative decoding (--draft; no batching)"
-    return "one request at a time (a quantized KV cache does not batch)"
+        return "one request at a time with a draft model (--draft MODEL; no batching)"
+    return "one request at a time"
 
 
 if __name__ == "__main__":

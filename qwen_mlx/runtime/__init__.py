@@ -6,8 +6,9 @@
 - `generation.py`: `stream_tokens`, `stream_generate`, `generate`.
 - `batch.py`: many sequences decoded together (`BatchDecoder`, `batch_generate`).
 - `cache.py`: KV caches (make, reuse a prefix, trim, requantize, prefill, save, load).
-  `kv_batch.py`: a quantized KV cache for mlx-lm's batch (`BatchQuantizedKVCache`).
-  `ragged.py`: a prototype batch cache whose rows end apart (speculation in a batch).
+  `kv_batch.py`: a quantized KV cache for mlx-lm's batch (`BatchQuantizedKVCache`) and
+  per-row trimming (`trim_rows`). `ragged.py`: a prototype batch cache whose rows end apart.
+- `batch_speculative.py`: prompt lookup per sequence inside the batch (`SpeculativeBatch`).
 - `memory.py`: the memory planner. `structured.py`: JSON-schema constrained decoding.
 - `speculative.py`: speculative decoding (prompt lookup, a draft model).
 - `compare.py`: KL, top-1 and perplexity of conversions against their source (`models compare`).

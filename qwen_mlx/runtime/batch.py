@@ -77,6 +77,8 @@ class SequenceEvent:
     logprobs: tuple[TokenLogprob, ...] = ()
     stop_string: str | None = None  # on the last event: the stop string that ended it
     reply_tokens: tuple[int, ...] = ()  # on the last event: the ids generated (end of turn too)
+    drafted: int = 0  # on the last event: draft tokens proposed for it and kept (lookup)
+    accepted: int = 0
 
 
 @dataclass(eq=False)
@@ -90,6 +92,7 @@ class _Reading:
     sampler: Any
     processors: list[Callable]
     order: int  # arrival
+    drafts: bool = False  # speculates by prompt lookup (see `BatchDecoder`)
 
     @property
     def left(self) -> int:
@@ -110,6 +113,8 @@ class _Sequence:
     logprobs: int | None = None  # score each token, with this many alternatives
     scored: list[TokenLogprob] = field(default_factory=list)  # not yet sent with text
     reply: list[int] = field(default_factory=list)
+    drafted: int = 0
+    accepted: int = 0
 
     def taken(self) -> tuple[TokenLogprob, ...]:
         taken = tuple(self.scored)
@@ -134,6 +139,8 @@ class _Sequence:
             logprobs=self.taken(),
             stop_string=self.stops.hit if reason == "stop" else None,
             reply_tokens=tuple(self.reply),
+            drafted=self.drafted,
+            accepted=self.accepted,
         )
 
 
@@ -144,6 +151,13 @@ class BatchDecoder:
     the sequences decoding at once (more wait inside, in order); `prefill_step_size` the
     tokens of a prompt read per step: a prompt longer than that is read here a chunk per
     step, the rest with the batch's own prefill (see the module docstring).
+
+    `kv_bits` (8 or 4) quantizes the KV of the sequences it starts (`make_cache`); a cache
+    passed to `add` must have the same precision. `draft="lookup"` makes sequences without
+    logits processors speculate by prompt lookup, each on its own, verified together
+    (`batch_speculative.py`; at most `num_draft_tokens` a round; greedy ones write what
+    they write alone, sampled ones follow their distribution); the others decode as
+    without it, and `drafting(uid)` says which do.
     """
 
     def __init__(
@@ -153,10 +167,19 @@ class BatchDecoder:
         max_batch: int = DEFAULT_MAX_BATCH,
         prefill_step_size: int = 512,
         prefill_batch: int = DEFAULT_PREFILL_BATCH,
+        kv_bits: int | None = None,
+        draft: str | None = None,
+        num_draft_tokens: int | None = None,
+        adaptive: bool = True,
     ) -> None:
         from mlx_lm.generate import BatchGenerator
 
+        if draft not in (None, "lookup"):
+            raise ValueError(
+                f"A batch speculates by prompt lookup only (draft='lookup'), not {draft!r}."
+            )
         self.model = model
+        self.kv_bits = kv_bits
         self.prefill_step_size = prefill_step_size
         self._gen = BatchGenerator(
             model.model,
@@ -171,6 +194,14 @@ class BatchDecoder:
         self._in_batch: dict[int, int] = {}  # the BatchGenerator's uid -> ours
         self._uids = 0
         self._steps = 0
+        self._spec = None
+        self.num_draft_tokens = num_draft_tokens
+        self.adaptive = adaptive  # False: draft all a match offers (tests of the method)
+        if draft is not None:
+            from .batch_speculative import SpeculativeBatch
+
+            self._spec = SpeculativeBatch.empty(model.model, self._gen.sampler)
+            self._gen._generation_batch = self._spec
 
     def __len__(self) -> int:
         """Sequences added and not finished (reading their prompt or decoding)."""
@@ -185,11 +216,13 @@ class BatchDecoder:
         cache: list[Any] | None = None,
         cached: int = 0,
         logprobs: int | None = None,
+        speculative: bool = True,
     ) -> int:
-        """Queue a sequence: `tokens` is the whole prompt, of which `cache` (a plain KV
-        cache, as `make_cache` gives) already holds the first `cached`. With `logprobs`
-        (0 to 20), its events carry each token's log probability and that many of the
-        likeliest alternatives, as `stream_tokens` gives them. Returns its uid."""
+        """Queue a sequence: `tokens` is the whole prompt, of which `cache` (a KV cache of
+        the decoder's precision, as `make_cache` gives) already holds the first `cached`.
+        With `logprobs` (0 to 20), its events carry each token's log probability and that
+        many of the likeliest alternatives, as `stream_tokens` gives them. `speculative=
+        False` keeps it from drafting in a decoder that drafts. Returns its uid."""
         if len(tokens) <= cached:
             raise ValueError("The prompt must have a token the cache does not hold.")
         tokens = list(tokens)
@@ -215,8 +248,9 @@ class BatchDecoder:
         if cache is None:
             from .cache import make_cache
 
-            cache = make_cache(self.model)
-        reading = _Reading(tokens, cache, cached, max_tokens, sampler, processors, uid)
+            cache = make_cache(self.model, self.kv_bits)
+        drafts = self._spec is not None and speculative and not processors
+        reading = _Reading(tokens, cache, cached, max_tokens, sampler, processors, uid, drafts)
         if reading.left > self.prefill_step_size:
             self._reading[uid] = reading
         else:
@@ -232,7 +266,7 @@ class BatchDecoder:
         if reading is not None:
             tokens = reading.tokens[: reading.done]
             return seq.stats("cancelled", cache=reading.cache, tokens=tokens)
-        cache, tokens = self._remove(uid)
+        cache, tokens = self._remove(uid, seq)
         return seq.stats("cancelled", cache=cache, tokens=tokens)
 
     def step(self) -> list[SequenceEvent]:
@@ -269,13 +303,15 @@ class BatchDecoder:
             if stop_hit:  # the end of the text, whatever else this token did
                 reason = "stop"
                 if r.finish_reason is None:  # the batch still has it
-                    cache, tokens = self._remove(uid)
+                    cache, tokens = self._remove(uid, seq)
                 else:
                     cache, tokens = r.prompt_cache, r.all_tokens
                     del self._in_batch[r.uid]
+                    self._count(r.uid, seq)
             else:
                 reason, cache, tokens = r.finish_reason, r.prompt_cache, r.all_tokens
                 del self._in_batch[r.uid]
+                self._count(r.uid, seq)
                 text += seq.stops.flush()
             events.append(seq.stats(reason, text, cache, tokens))
         return events
@@ -319,15 +355,31 @@ class BatchDecoder:
             logits_processors=[reading.processors],
         )
         self._in_batch[theirs] = uid
+        if reading.drafts:
+            seq = self._seqs[uid]
+            k = {} if self.num_draft_tokens is None else {"k_max": self.num_draft_tokens}
+            sampled = seq.params if seq.params.temperature != 0 else None
+            self._spec.register(theirs, params=sampled, adaptive=self.adaptive, **k)
 
-    def _remove(self, uid: int) -> tuple[list[Any] | None, list[int] | None]:
+    def drafting(self, uid: int) -> bool:
+        """Whether sequence `uid` speculates (see the class docstring)."""
+        theirs = next((t for t, ours in self._in_batch.items() if ours == uid), None)
+        return self._spec is not None and theirs is not None and theirs in self._spec.rows
+
+    def _remove(self, uid: int, seq: _Sequence) -> tuple[list[Any] | None, list[int] | None]:
         theirs = next((t for t, ours in self._in_batch.items() if ours == uid), None)
         if theirs is None:
             return None, None
         del self._in_batch[theirs]
         caches = self._gen.remove([theirs], return_prompt_caches=True)
+        self._count(theirs, seq)
         cache, tokens = caches.get(theirs, (None, None))
         return cache, list(tokens) if tokens is not None else None
+
+    def _count(self, theirs: int, seq: _Sequence) -> None:
+        """A sequence leaving the batch takes its drafted and accepted counts along."""
+        if self._spec is not None:
+            seq.drafted, seq.accepted = self._spec.counts(theirs)
 
 
 def open_decoder(model: Model, **options: Any) -> BatchDecoder:
@@ -374,6 +426,8 @@ def batch_generate(
     progress: bool | Callable[[int, int], None] = True,
     max_batch: int = DEFAULT_MAX_BATCH,
     prefill_step_size: int = 512,
+    kv_bits: int | None = None,
+    draft: str | None = None,
     **overrides: Any,
 ) -> list[BatchResult]:
     """Replies to many prompts (raw text, chat messages or token ids), decoded together.
@@ -383,7 +437,9 @@ def batch_generate(
     `progress=True` shows a bar (a widget in notebooks); a callable gets (done, total)
     as prompts finish. Greedy replies are the same as `generate` gives one at a time.
     Sequences are admitted while the memory planner says their KV (prompt + max_tokens
-    each) fits beside the weights.
+    each) fits beside the weights. `kv_bits` (8 or 4) quantizes the KV (admission counts
+    its bytes); `draft="lookup"` makes each prompt speculate by prompt lookup on its own
+    (`BatchDecoder`).
     """
     from .memory import MemoryPlanner
 
@@ -403,7 +459,7 @@ def batch_generate(
     for i, t in enumerate(tokens):
         if not t:
             raise ValueError(f"Prompt {i} is empty.")
-    planner = MemoryPlanner.for_model(model)
+    planner = MemoryPlanner.for_model(model, kv_bits=kv_bits)
     room = planner.budget.bytes - planner.weights
     per_token = planner.kv_per_token()
 
@@ -413,7 +469,12 @@ def batch_generate(
 
     report = _progress(progress, len(prompts))
     results: dict[int, BatchResult] = {}
-    decoder = open_decoder(model, max_batch=max_batch, prefill_step_size=prefill_step_size)
+    options: dict[str, Any] = {"kv_bits": kv_bits} if kv_bits is not None else {}
+    if draft is not None:
+        options["draft"] = draft
+    decoder = open_decoder(
+        model, max_batch=max_batch, prefill_step_size=prefill_step_size, **options
+    )
     parts: dict[int, list[str]] = {}
     index: dict[int, int] = {}
     reserved: dict[int, int] = {}

@@ -38,6 +38,42 @@ def batchable(cache: list[Any]) -> list[Any]:
     return cache
 
 
+def trim_rows(cache: list[Any], surplus: Sequence[int]) -> None:
+    """Drop the last `surplus[i]` positions of row i in every layer of a batch cache
+    (`BatchKVCache` or `BatchQuantizedKVCache`): what a speculative round does after
+    each row kept a different number of its drafted tokens.
+
+    These caches keep every row's contents ending at one shared position, so a row that
+    drops more than the least is rolled right by the difference (the dropped positions
+    wrap round into its left padding) and its padding grows by as much; then every row
+    drops the least. Only the used positions move, and nothing at all where every row
+    drops the same number.
+    """
+    import mlx.core as mx
+    from mlx_lm.models.cache import dynamic_roll
+
+    least = min(surplus, default=0)
+    shifts = [s - least for s in surplus]
+    moved = any(shifts)
+    shift = mx.array(shifts)
+    for layer in cache:
+        if moved and layer.keys is not None:
+            used = layer._idx
+
+            def roll(x: Any, used: int = used) -> Any:
+                x[..., :used, :] = dynamic_roll(x[..., :used, :], shift[:, None], axis=2)
+                return x
+
+            if isinstance(layer.keys, tuple):
+                layer.keys, layer.values = _map(roll, layer.keys), _map(roll, layer.values)
+            else:
+                layer.keys, layer.values = roll(layer.keys), roll(layer.values)
+            layer.left_padding = layer.left_padding + shift
+            layer.offset = layer.offset - shift
+        if least:
+            layer.trim(least)
+
+
 def _map(fn: Any, *tensors: tuple[Any, ...]) -> tuple[Any, ...]:
     """`fn` applied part by part to one or more quantized tensors."""
     return tuple(fn(*parts) for parts in zip(*tensors, strict=True))
@@ -292,4 +328,4 @@ class BatchQuantizedKVCache:
             raise ValueError("A batch holds one KV precision: cannot join caches of another.")
 
 
-__all__ = ["BatchQuantizedKVCache", "batchable"]
+__all__ = ["BatchQuantizedKVCache", "batchable", "trim_rows"]

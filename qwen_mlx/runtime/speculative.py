@@ -313,7 +313,7 @@ def drafter_and_planner(
 
         draft_model = getattr(drafter, "draft", None)
         extra = {"draft": draft_model} if draft_model is not None else {}
-        planner = MemoryPlanner.for_model(model, budget, **extra)
+        planner = MemoryPlanner.for_model(model, budget, kv_bits=kv_bits, **extra)
     return drafter, planner
 
 

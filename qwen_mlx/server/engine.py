@@ -17,8 +17,11 @@ from the KV cache of an earlier one sharing its longest token prefix (see
 new; `Finished.cached_tokens` (`usage.prompt_tokens_details.cached_tokens`) says how many
 prompt tokens that saved. A client that disconnects leaves the batch at the next step.
 
-Two cases run one job at a time instead, through `stream_tokens`: a quantized KV cache
-(`kv_bits`: mlx-lm's batch caches are bf16 only) and a draft (speculative decoding).
+A quantized KV cache (`kv_bits`) batches too (`runtime/kv_batch.py`: the pool keeps
+quantized entries and admission counts quantized bytes), and so does `draft="lookup"`
+(each sequence speculates on its own inside the batch, `runtime/batch_speculative.py`).
+A draft model (`draft` a model or reference) runs one job at a time instead, through
+`stream_tokens` (its drafts are verified one sequence at a time); `status()` says which.
 
 Entry points for the protocols' routes: `prepare` (which also refuses a request when the
 queue is full), `check_model`, `check_context`, `events(job)` (text, then a `Finished`;
@@ -131,7 +134,12 @@ class Engine:
             self.planner,
             max_batch=self.max_batch,
             prefill_step_size=prefill_step_size or _prefill_step(),
+            kv_bits=kv_bits,
+            draft="lookup" if self._batch_lookup else None,
+            num_draft_tokens=num_draft_tokens,
         )
+        self.drafted = 0  # draft tokens of all finished jobs, and those kept
+        self.accepted = 0
         self.finished: deque[Finished] = deque(maxlen=256)
         self.observers: list[Callable[[Finished], None]] = []
         self._preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="qwen-mlx-prepare")
@@ -152,12 +160,23 @@ class Engine:
             return len(self._jobs) + self._reserved
 
     @property
+    def _batch_lookup(self) -> bool:
+        """Prompt lookup speculates inside the batch (not on a model split across ranks,
+        which runs no speculation)."""
+        from ..runtime.speculative import LookupDrafter
+
+        return isinstance(self.drafter, LookupDrafter) and leader_of(self.model) is None
+
+    @property
     def batched(self) -> bool:
-        """Whether jobs decode together. Not with a quantized KV cache (mlx-lm's batch
-        cache cannot merge those), not with a draft (speculative decoding verifies one
-        sequence's drafts per forward pass: `serve --draft` trades batching for the speed
-        of each reply)."""
-        return self.kv_bits is None and self.drafter is None
+        """Whether jobs decode together: with bf16 or quantized KV, with prompt lookup;
+        not with a draft model (its drafts are verified one sequence per forward pass:
+        `serve --draft MODEL` trades batching for the speed of each reply), and not with
+        a quantized KV cache on a model split across ranks (its ranks' batch caches are
+        bf16 only)."""
+        lone_draft = self.drafter is not None and not self._batch_lookup
+        split_kv = self.kv_bits is not None and leader_of(self.model) is not None
+        return not lone_draft and not split_kv
 
     def status(self) -> dict[str, Any]:
         """What /health reports about the work: waiting and running jobs, and the limits."""
@@ -169,8 +188,26 @@ class Engine:
             "max_batch": self.max_batch if self.batched else 1,
             "max_queue": self.max_queue,
             "restarts": self.scheduler.restarts,
-            "speculative": self.drafter is not None,  # then one job at a time, no batch
+            "kv_bits": self.kv_bits,
+            "speculative": self._speculation(),
             **group_status(self.model),  # ranks: 1, or a split model's ranks and their states
+        }
+
+    def _speculation(self) -> dict[str, Any] | None:
+        """/health's account of speculative decoding: the drafter, whether it runs in
+        the batch, and the draft tokens of finished jobs (proposed, kept, the share)."""
+        if self.drafter is None:
+            return None
+        return {
+            "draft": self.drafter.kind,
+            "batched": self.batched,
+            "per_sequence": "requests without a schema or penalty draft; those decode "
+            "plainly beside them"
+            if self.batched
+            else "one request at a time",
+            "drafted_tokens": self.drafted,
+            "accepted_tokens": self.accepted,
+            "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else 0.0,
         }
 
     def reserve(self) -> Slot:
@@ -354,15 +391,23 @@ class Engine:
             future = self._jobs.pop(job, None)
         if isinstance(result, Finished):
             self.finished.append(result)
+            self.drafted += result.drafted
+            self.accepted += result.accepted
+            drafts = (
+                f", {result.accepted} of {result.drafted} drafted tokens accepted"
+                if result.drafted
+                else ""
+            )
             logger.info(
                 "%s: %d prompt tokens (%d cached), %d generated at %.1f tokens/s in a batch "
-                "of up to %d, finish: %s",
+                "of up to %d%s, finish: %s",
                 job.id,
                 result.prompt_tokens,
                 result.cached_tokens,
                 result.completion_tokens,
                 result.generation_tps,
                 result.batch_size,
+                drafts,
                 result.finish_reason,
             )
             for observe in self.observers:

@@ -69,6 +69,17 @@ class Metrics:
             ["finish_reason"],
             registry=registry,
         )
+        # As llama.cpp's server names them (llamacpp:n_drafted_total, ..._accepted_total).
+        self.drafted_tokens = Counter(
+            "qwen_mlx_draft_tokens",
+            "Speculative draft tokens proposed (--draft).",
+            registry=registry,
+        )
+        self.accepted_tokens = Counter(
+            "qwen_mlx_draft_accepted_tokens",
+            "Speculative draft tokens the model accepted.",
+            registry=registry,
+        )
         self.cache_hits = Counter(
             "qwen_mlx_prompt_cache_hits",
             "Generations that started from a pooled KV cache.",
@@ -128,6 +139,8 @@ class Metrics:
         self.cached_tokens.inc(done.cached_tokens)
         self.prefilled_tokens.inc(done.prompt_tokens - done.cached_tokens)
         self.generated_tokens.inc(done.completion_tokens)
+        self.drafted_tokens.inc(done.drafted)
+        self.accepted_tokens.inc(done.accepted)
         (self.cache_hits if done.cached_tokens else self.cache_misses).inc()
         if done.completion_tokens:
             self.ttft.observe(done.time_to_first_token)

@@ -18,9 +18,11 @@ A crash inside a step fails the sequences of that batch (a 500, each in its prot
 error shape) and the loop goes on with a fresh batch for the jobs still waiting: the
 server never keeps answering /health while generating nothing.
 
-For speculative decoding (not here): `alone` says when one sequence has the model to
-itself (nothing else running or waiting), the only time a draft could help; a batch of
-several runs without it, and `Finished.batch_size` tells each request which it got.
+With a quantized KV cache (`kv_bits`) the batch holds 8- or 4-bit KV (`kv_batch.py`) and
+admission counts its bytes. With `draft="lookup"` each sequence speculates by prompt
+lookup inside the batch (`runtime/batch_speculative.py`: greedy ones exactly, sampled ones
+by rejection sampling); a job that asked for no drafting, or one with a schema or penalty,
+decodes without it, and the log says so. `Finished.drafted` / `accepted` count each job's drafts.
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ def default_max_batch(planner: MemoryPlanner) -> int:
     return max(1, min(MAX_BATCH_CAP, room // max(per_sequence, 1)))
 
 
+def _why_plain(job: Job) -> str:
+    """Why a job in a drafting batch decodes without drafts."""
+    if not job.speculative:
+        return "the request turned speculation off"
+    if job.processors:
+        return "a schema or penalty shapes its tokens"
+    return "it could not draft"
+
+
 def default_max_queue(max_batch: int) -> int:
     return QUEUE_PER_SLOT * max_batch
 
@@ -83,8 +94,14 @@ class Scheduler:
         max_batch: int,
         prefill_step_size: int,
         decoder_factory: Callable[..., BatchDecoder] = open_decoder,
+        kv_bits: int | None = None,
+        draft: str | None = None,
+        num_draft_tokens: int | None = None,
     ) -> None:
         self.model = model
+        self.kv_bits = kv_bits
+        self.draft = draft
+        self.num_draft_tokens = num_draft_tokens
         # `open_decoder`: a model split across ranks gets a decoder whose calls they all make
         self.decoder_factory = decoder_factory
         self.pool = pool
@@ -108,12 +125,6 @@ class Scheduler:
         """Sequences in the batch now (reading their prompt or decoding)."""
         with self._lock:
             return len(self._active)
-
-    @property
-    def alone(self) -> bool:
-        """One sequence running and none waiting: the seam for speculative decoding."""
-        with self._lock:
-            return len(self._active) == 1 and not self._waiting
 
     def submit(
         self,
@@ -158,9 +169,7 @@ class Scheduler:
             self._finish(entry, None)
         if self._decoder is None and (admitted or self._active):
             try:
-                self._decoder = self.decoder_factory(
-                    self.model, max_batch=self.max_batch, prefill_step_size=self.prefill_step_size
-                )
+                self._decoder = self.decoder_factory(self.model, **self._decoder_options())
             except Exception as e:
                 for entry in admitted:  # not in the batch yet: _fail_batch would miss them
                     self._fail(entry, e)
@@ -179,7 +188,12 @@ class Scheduler:
                     cache=checkout.cache,
                     cached=checkout.reused,
                     logprobs=entry.job.logprobs,
+                    **({"speculative": entry.job.speculative} if self.draft else {}),
                 )
+                if self.draft and not decoder.drafting(entry.uid):
+                    logger.info(
+                        "%s: decodes without drafting (%s)", entry.job.id, _why_plain(entry.job)
+                    )
             except Exception as e:  # this job's own problem: the batch goes on
                 logger.exception("%s: could not join the batch", entry.job.id)
                 self._fail(entry, e)
@@ -212,7 +226,7 @@ class Scheduler:
         held = sum(e.reserve for e in self._active.values())
         while self._waiting and len(self._active) + len(admitted) < self.max_batch:
             entry = self._waiting[0]
-            plan = self.planner.plan(held + entry.reserve)
+            plan = self.planner.plan(held + entry.reserve, self.kv_bits)
             if (self._active or admitted) and not plan.fits_memory:
                 break  # it waits for room; the ones behind it wait their turn
             self._waiting.popleft()
@@ -249,9 +263,19 @@ class Scheduler:
                 batch_size=entry.batch_size,
                 stop_sequence=event.stop_string,
                 reply_tokens=event.reply_tokens,
+                drafted=event.drafted,
+                accepted=event.accepted,
             )
         entry.done(job, finished)
         entry.emit(finished)
+
+    def _decoder_options(self) -> dict:
+        options = {"max_batch": self.max_batch, "prefill_step_size": self.prefill_step_size}
+        if self.kv_bits is not None:
+            options["kv_bits"] = self.kv_bits
+        if self.draft is not None:
+            options.update(draft=self.draft, num_draft_tokens=self.num_draft_tokens)
+        return options
 
     def _fail_batch(self, error: BaseException) -> None:
         """A step crashed: its sequences get a 500, and the next turn starts a new batch."""

@@ -39,6 +39,11 @@ def _usage(done: Finished) -> dict[str, Any]:
         "completion_tokens": done.completion_tokens,
         "total_tokens": done.prompt_tokens + done.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
+        # OpenAI's fields for predicted outputs, here the speculative drafts (--draft).
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": done.accepted,
+            "rejected_prediction_tokens": done.drafted - done.accepted,
+        },
     }
 
 

@@ -1,0 +1,420 @@
+"""Prompt-lookup speculation inside the continuous batch: `SpeculativeBatch`, mlx-lm's
+`GenerationBatch` (the decoding half of its `BatchGenerator`) with rounds in which every
+sequence that has a draft gets it verified, all rows in one forward pass.
+
+Each sequence drafts on its own: a `LookupDrafter` over its prompt and reply, and a
+`_Controller` (the single-stream one, `speculative.py`) that picks its draft length
+from its match strength and acceptance. A round feeds each row its pending token and its
+draft, padded at the end to the longest; each row keeps the drafted tokens that equal the
+model's greedy pick, plus the model's own next token (pending, as mlx-lm keeps it), and
+its cache drops the rest (`kv_batch.trim_rows`: rows keep different counts). A round
+where no row would draft is mlx-lm's own pipelined step, untouched.
+
+A row without a match in a round that drafts is padded to the width anyway, and padding
+costs what a draft costs: it drafts what followed its last token's previous occurrence
+instead (a filler, with its own acceptance), which is sometimes right.
+
+A sampled sequence keeps a drafted token d with probability p(d) (lookup's draft is a
+point mass) and otherwise draws from p without d, renormalised; after its last kept
+draft one token comes from p: speculative sampling (Leviathan et al. 2023), so its tokens
+follow p exactly. p is its sampler's distribution (`speculative.make_dist`: top-p,
+min-p, top-k, temperature) and the uniform draws come from the sequence's own key (its
+seed's, or one drawn from MLX's global key when it has none), whatever else shares the
+batch.
+
+Adaptive per batch: the width of a round is paid by every row (a row without a draft is
+padded), so the batch decides it. A round of width 1 + k costs 1 + f + k r plain steps,
+(f, r) fitted from round times measured at this batch size (buckets 1, 2, 3-4, 5-8, 9-16,
+17+; before any, the single-stream prior with r growing as the square root of the batch,
+as a CPU's compute-bound pass does); it yields the B pending tokens plus each row's
+expected kept drafts (its match strength's acceptance, learned per sequence by its
+`_Controller`). The round drafts the k that pays best, by 5% at least over a plain step,
+or not at all: a big batch where few rows have a strong match, or where a wider pass
+costs nearly its width (compute bound), decodes plainly. A batch size that has not
+drafted for 64 rounds with matches to hand probes one short round to measure its cost.
+
+Which sequences draft: those without logits processors. One with processors (a JSON
+schema, a repetition penalty) decodes without drafting inside the same rounds (its row is
+fed its pending token only; position 0 of the pass is what a plain step would compute),
+so its output is what it is without speculation; the decoder says which sequences draft
+(`BatchDecoder.drafting`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlx_lm.generate import GenerationBatch
+
+from .kv_batch import trim_rows
+from .speculative import (
+    DEFAULT_DRAFT_TOKENS,
+    LookupDrafter,
+    _Acceptance,
+    _bucket,
+    _Choice,
+    _Controller,
+    _fit_cost,
+    _sample,
+)
+
+_PRIOR = (0.1, 0.25)  # (f, r) before any round is measured: the single-stream prior...
+
+
+def _prior(size: int) -> tuple[float, float]:
+    """...with r growing with the batch: a CPU's pass over B rows of 1 + k tokens is
+    compute bound (measured with the trained pair: r about 0.25 alone, 0.5 at 4 and 8
+    rows); where the real cost is lower (a GPU reading a big model's weights), a probe
+    measures it and drafting starts."""
+    return _PRIOR[0], min(_PRIOR[1] * size**0.5, 0.75)
+
+
+_FLOOR = 0.05  # a drafted position costs at least this share of a plain step
+_PROBE_AFTER = 64  # rounds with matches but no drafting before a probe
+
+_SIZES = (1, 2, 4, 8, 16)  # batch-size buckets for the measured costs: 1, 2, 3-4, 5-8, ...
+
+
+def _size_bucket(size: int) -> int:
+    return sum(size > s for s in _SIZES)
+
+
+@dataclass
+class _Costs:
+    """Round times at one batch size: plain steps (seconds) and drafting rounds
+    (seconds, drafted width), in the shape `_Controller.cost` reads."""
+
+    plain: deque[float] = field(default_factory=lambda: deque(maxlen=15))
+    drafting: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=15))
+    skipped: int = 0  # rounds since the last drafting one, with matches to hand
+
+    def fitted(self, size: int) -> tuple[float, float]:
+        """(f, r): a round drafting k tokens per row of a batch of `size` costs
+        1 + f + k r plain steps."""
+        import statistics
+
+        if not self.plain or not self.drafting:
+            return _prior(size)
+        plain = max(statistics.median(self.plain), 1e-9)
+        samples = [(m, min(max(t - plain, 0.0) / plain, 4 * m)) for t, m in self.drafting]
+        return _fit_cost(samples, _prior(size), _FLOOR)
+
+
+@dataclass(eq=False)
+class _Row:
+    """One sequence's drafter, controller and counts."""
+
+    lookup: LookupDrafter
+    control: _Controller
+    dist: Any = None  # a sampled sequence's distribution (logits -> p), None for greedy
+    key: Any = None  # and its own random key
+    drafted: int = 0
+    accepted: int = 0
+    seen: dict[int, int] = field(default_factory=dict)  # token -> its last position
+    indexed: int = 0
+
+    def last_occurrence(self, history: list[int]) -> int:
+        """Where the last token of `history` occurred before, or -1 (the history only
+        grows between calls, as the lookup's does)."""
+        for j in range(self.indexed, len(history) - 1):
+            self.seen[history[j]] = j
+        self.indexed = max(len(history) - 1, self.indexed)
+        return self.seen.get(history[-1], -1) if history else -1
+
+    def uniforms(self, n: int) -> Any:
+        """`n` uniform draws from this sequence's key (advanced)."""
+        import mlx.core as mx
+        import numpy as np
+
+        self.key, draw = mx.random.split(self.key)
+        return np.array(mx.random.uniform(shape=(n,), key=draw))
+
+
+class SpeculativeBatch(GenerationBatch):
+    """A GenerationBatch whose rounds verify drafts of different lengths (see the module
+    docstring). `register(uid, k_max)` makes a sequence draft; `counts(uid)` gives its
+    drafted and accepted tokens."""
+
+    def _init_spec(self) -> None:
+        self.rows: dict[int, _Row] = {}
+        self.costs: dict[int, _Costs] = {}
+        # Fillers: a row without a lookup match in a round that drafts anyway pays for
+        # its padding; the tokens after its last token's previous occurrence cost no
+        # more, and are sometimes right.
+        self.filler = _Acceptance(0.2)
+        self.done_counts: dict[int, tuple[int, int]] = {}
+
+    @classmethod
+    def empty(cls, model: Any, fallback_sampler: Any) -> SpeculativeBatch:
+        batch = super().empty(model, fallback_sampler)
+        batch._init_spec()
+        return batch
+
+    def register(
+        self,
+        uid: int,
+        k_max: int = DEFAULT_DRAFT_TOKENS["lookup"],
+        *,
+        params: Any = None,
+        adaptive: bool = True,
+    ) -> None:
+        """Make sequence `uid` draft, at most `k_max` tokens a round; `params` (its
+        SamplingParams) when it samples."""
+        import mlx.core as mx
+
+        from .speculative import make_dist
+
+        dist = make_dist(params) if params is not None else None
+        key = None
+        if dist is not None:
+            seed = params.seed
+            if seed is None:
+                seed = mx.random.randint(0, 1 << 31, shape=()).item()
+            key = mx.random.key(seed)
+        control = _Controller(k_max, lookup=True, model=False, adaptive=adaptive)
+        self.rows[uid] = _Row(LookupDrafter(), control, dist, key)
+
+    def counts(self, uid: int) -> tuple[int, int]:
+        """(drafted, accepted) of a sequence leaving the batch (then forgotten)."""
+        if uid in self.done_counts:
+            return self.done_counts.pop(uid)
+        row = self.rows.pop(uid, None)
+        return (row.drafted, row.accepted) if row else (0, 0)
+
+    def filter(self, keep: list[int]) -> None:
+        for i, uid in enumerate(self.uids):
+            if i not in keep and uid in self.rows:
+                row = self.rows.pop(uid)
+                self.done_counts[uid] = (row.drafted, row.accepted)
+        super().filter(keep)
+
+    # -- rounds ------------------------------------------------------------------------
+
+    def _costs(self) -> _Costs:
+        bucket = _size_bucket(len(self.uids))
+        costs = self.costs.get(bucket)
+        if costs is None:
+            costs = self.costs[bucket] = _Costs()
+        return costs
+
+    def _left(self, i: int) -> int:
+        """Tokens row i may still emit after its pending one."""
+        return self.max_tokens[i] - self._num_tokens[i] - 1
+
+    def _plan(self, costs: _Costs, histories: list[list[int]]) -> tuple[int, list[Any]]:
+        """The round's draft length k (0: a plain step) and each row's lookup match
+        (position, length), or None, for these histories (see the module docstring)."""
+        matches: list[Any] = []
+        for i, uid in enumerate(self.uids):
+            row = self.rows.get(uid)
+            match = None
+            if row is not None and self._left(i) > 0:
+                pos, length = row.lookup.find(histories[i])
+                if pos >= 0:
+                    match = (pos, length)
+                else:
+                    pos = row.last_occurrence(histories[i])
+                    match = (pos, 0) if pos >= 0 else None  # a filler (length 0)
+            matches.append(match)
+        rows = [
+            (
+                self.rows[self.uids[i]],
+                m[1],
+                min(self.rows[self.uids[i]].control.k_max, self._left(i)),
+            )
+            for i, m in enumerate(matches)
+            if m is not None
+        ]
+        if not any(length for _, length, _ in rows):  # fillers alone never start a round
+            return 0, matches
+        k_max = max(cap for _, _, cap in rows)
+        if not rows[0][0].control.adaptive:
+            return k_max, matches
+        size = len(self.uids)
+        fixed, per_token = costs.fitted(size)
+        survive = [1.0] * len(rows)
+        gain, best_k, best = 0.0, 0, 1.0
+        for k in range(1, k_max + 1):
+            for j, (row, length, cap) in enumerate(rows):
+                if k <= cap:
+                    alpha = (
+                        row.control.buckets[_bucket(length + k - 1)].alpha
+                        if length
+                        else self.filler.alpha
+                    )
+                    survive[j] *= min(alpha, 0.99)
+                    gain += survive[j]
+            speed = (size + gain) / (size * (1 + fixed + k * per_token))
+            if speed > best * 1.05:
+                best_k, best = k, speed
+        if best_k == 0 and costs.skipped >= _PROBE_AFTER:
+            best_k = min(2, k_max)  # a probe: this batch size's cost may be out of date
+        return best_k, matches
+
+    def next(self) -> list[GenerationBatch.Response]:
+        if not self.uids:
+            return []
+        costs = self._costs()
+        # Judged on the tokens already read (the pending ones are still being computed),
+        # so a plain step keeps mlx-lm's pipelining.
+        if self.rows:
+            k, matches = self._plan(costs, self.tokens)
+            if k:
+                return self._round(costs)
+            if any(m is not None for m in matches):
+                costs.skipped += 1
+        start = time.perf_counter()
+        responses = super().next()
+        costs.plain.append(time.perf_counter() - start)
+        return responses
+
+    def _round(self, costs: _Costs) -> list[GenerationBatch.Response]:
+        """One verify pass over every row's draft (none for most rows, perhaps)."""
+        import mlx.core as mx
+
+        mx.eval(self._next_tokens, self._next_logprobs)
+        start = time.perf_counter()
+        last = self._next_tokens.tolist()
+        last_logprobs = self._next_logprobs
+        k, matches = self._plan(costs, [[*t, y] for t, y in zip(self.tokens, last, strict=True)])
+        drafts: list[list[int]] = []
+        choices: list[Any] = []
+        for i, uid in enumerate(self.uids):
+            match, choice, draft = matches[i], None, []
+            if k and match is not None:
+                row = self.rows[uid]
+                choice = _Choice(min(k, self._left(i)), "lookup", match[1], match[0])
+                draft = row.lookup.continuation(match[0], choice.k)
+                if not match[1]:
+                    choice.source = None  # a filler: judged apart from real matches
+            drafts.append(draft)
+            choices.append(choice)
+        width = 1 + max(len(d) for d in drafts)
+        inputs = mx.array(
+            [[t, *d, *[t] * (width - 1 - len(d))] for t, d in zip(last, drafts, strict=True)],
+            dtype=mx.uint32,
+        )
+        logits = self.model(inputs, cache=self.prompt_cache)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        # As mlx-lm's greedy sampler picks: the argmax of the log-softmax, model dtype.
+        best = mx.argmax(logprobs, axis=-1)
+        pending: list[Any] = []
+        pending_logprobs: list[Any] = []
+        for i in range(len(self.uids)):
+            if drafts[i]:
+                pending.append(None)  # from `best`, once the drafts are judged
+                pending_logprobs.append(None)
+                continue
+            row_logprobs = logprobs[i : i + 1, 0]
+            processors = self.logits_processors[i] if self.logits_processors else ()
+            if processors:
+                context = self._token_context[i].update_and_fetch(inputs[i : i + 1, 0])
+                row_logits = logits[i : i + 1, 0]
+                for processor in processors:
+                    row_logits = processor(context, row_logits)
+                row_logprobs = row_logits - mx.logsumexp(row_logits, axis=-1, keepdims=True)
+            sampler = (self.samplers[i] if self.samplers else None) or self.fallback_sampler
+            pending.append(sampler(row_logprobs))
+            pending_logprobs.append(row_logprobs[0])
+        best_list = best.tolist()
+        mx.eval([p for p in pending if p is not None])
+        emitted: list[list[int]] = []
+        emitted_logprobs: list[list[Any]] = []
+        surplus: list[int] = []
+        for i in range(len(self.uids)):
+            d = drafts[i]
+            n = 0
+            if d:
+                row = self.rows[self.uids[i]]
+                if row.dist is None:
+                    while n < len(d) and best_list[i][n] == d[n]:
+                        n += 1
+                    pending[i] = best_list[i][n]
+                else:
+                    n, pending[i] = _judge(row, logits[i, : len(d) + 1], d)
+                pending_logprobs[i] = logprobs[i, n]
+                row.drafted += len(d)
+                row.accepted += n
+                if choices[i].source is not None:
+                    row.control.observe(choices[i], len(d), n)
+                else:
+                    for j in range(min(n + 1, len(d))):
+                        self.filler.add(j < n)
+            else:
+                pending[i] = int(pending[i].item())
+            emitted.append([last[i], *d[:n]])
+            emitted_logprobs.append([last_logprobs[i], *(logprobs[i, j] for j in range(n))])
+            surplus.append(width - 1 - n)
+        trim_rows(self.prompt_cache, surplus)
+        self._next_tokens = mx.array(pending, dtype=mx.uint32)
+        self._next_logprobs = pending_logprobs
+        mx.eval([c.state for c in self.prompt_cache], self._next_logprobs)
+        if width > 1:  # else no row has a match with its pending token: no measure
+            costs.drafting.append((time.perf_counter() - start, width - 1))
+            costs.skipped = 0
+        return self._respond(emitted, emitted_logprobs)
+
+    def _respond(
+        self, emitted: list[list[int]], emitted_logprobs: list[list[Any]]
+    ) -> list[GenerationBatch.Response]:
+        """Responses for each row's tokens in order, ending a row at its stop token or
+        max_tokens (its cache then handed back holding exactly the tokens it emitted)."""
+        from .cache import trim_cache
+
+        keep, responses = [], []
+        for i, uid in enumerate(self.uids):
+            finish = None
+            for j, token in enumerate(emitted[i]):
+                self._num_tokens[i] += 1
+                self.tokens[i].append(token)
+                if self._num_tokens[i] >= self.max_tokens[i]:
+                    finish = "length"
+                if self._matchers[i].advance(token):
+                    finish = "stop"
+                if finish is None:
+                    responses.append(
+                        self.Response(uid, token, emitted_logprobs[i][j], None, None, None)
+                    )
+                    continue
+                cache = self.extract_cache(i)
+                extra = len(emitted[i]) - 1 - j
+                if extra:
+                    trim_cache(cache, extra)
+                    del self.tokens[i][-extra:]
+                responses.append(
+                    self.Response(uid, token, emitted_logprobs[i][j], finish, cache, self.tokens[i])
+                )
+                break
+            if finish is None:
+                keep.append(i)
+        if len(keep) < len(self.uids):
+            self.filter(keep)
+        return responses
+
+
+def _judge(row: _Row, logits: Any, draft: list[int]) -> tuple[int, int]:
+    """Speculative sampling of a point-mass draft: (drafted tokens kept, the token after
+    them), from `logits` at the draft's positions and one more."""
+    import mlx.core as mx
+    import numpy as np
+
+    p = np.array(row.dist(logits.astype(mx.float32)))
+    u = row.uniforms(2 * len(draft) + 2)
+    n = 0
+    while n < len(draft):
+        d = draft[n]
+        if u[2 * n] < p[n, d]:
+            n += 1
+            continue
+        residual = p[n].copy()
+        residual[d] = 0.0
+        if residual.sum() <= 0:
+            residual = p[n]
+        return n, _sample(residual, u[2 * n + 1])
+    return n, _sample(p[n], u[2 * n + 1])
+
+
+__all__ = ["SpeculativeBatch"]

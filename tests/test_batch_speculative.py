@@ -1,0 +1,256 @@
+"""Prompt lookup inside the continuous batch (`BatchDecoder(draft="lookup")`): every
+sequence's greedy tokens are the ones it decodes alone, with bf16 or quantized KV, while
+rows keep different numbers of drafted tokens per round (per-row cache trimming); stop
+tokens and max_tokens inside an accepted run end a sequence exactly there, its cache
+holding exactly its tokens; sampled sequences follow the model's distribution (chi-square);
+sequences with logits processors decode without drafting."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+from mlx_lm.generate import generate_step
+from mlx_lm.sample_utils import make_sampler
+
+from qwen_mlx import load
+from qwen_mlx.runtime import SamplingParams, make_cache
+from qwen_mlx.runtime.batch import BatchDecoder
+from qwen_mlx.runtime.cache import cache_length
+from qwen_mlx.runtime.kv_batch import trim_rows
+
+from .helpers import TRAINED_TARGET, chi2_critical, pair_distribution, topk_probs
+
+# Replies that repeat their prompts (lookup drafts often) and ones that do not.
+PROMPTS = [
+    "def parse(self, text):\n    return text\n\ndef parse(self, text):\n    return",
+    "a b c d a b c d a b c d a b",
+    "import os\nimport sys\n\ndef main():\n    print(os.getcwd())\n",
+    "class Queue:\n",
+    "x = [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The trained target, bf16: it has learned to repeat, so drafts are accepted."""
+    if not (TRAINED_TARGET / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
+    from qwen_mlx.convert import convert
+
+    root = tmp_path_factory.mktemp("trained")
+    return load(convert(str(TRAINED_TARGET), mlx_path=root / "t", quantize=False).path)
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tiny_hf):
+    """The tiny checkpoint unquantized (its logits are what the chi-square test reads)."""
+    return load(tiny_hf)
+
+
+def _alone(model, tokens, bits, n):
+    """Greedy ids of one sequence decoded by itself (mlx-lm's generate_step), stopping
+    after an end-of-turn token as the batch does."""
+    steps = generate_step(
+        mx.array(tokens),
+        model.model,
+        max_tokens=n,
+        sampler=make_sampler(0.0),
+        prompt_cache=make_cache(model, bits),
+    )
+    out = []
+    for t, _ in steps:
+        out.append(int(t))
+        if t in model.tokenizer.eos_token_ids:
+            break
+    return out
+
+
+def _decode(model, prompts, *, bits=None, draft="lookup", n=40, params=None, later=()):
+    """Each prompt's reply ids and finishing event, decoded together (the `later` ones
+    joining after three steps)."""
+    # Not adaptive: every match is drafted, whatever a round costs on this machine (the
+    # method is under test here, not when it pays).
+    decoder = BatchDecoder(
+        model, max_batch=8, prefill_step_size=64, kv_bits=bits, draft=draft, adaptive=False
+    )
+    params = params or SamplingParams(temperature=0.0, max_tokens=n)
+    uids = [decoder.add(p, params) for p in prompts]
+    events, steps = {}, 0
+    try:
+        while len(decoder) or later:
+            steps += 1
+            if steps == 3:
+                uids += [decoder.add(p, params) for p in later]
+                later = ()
+            for event in decoder.step():
+                if event.finish_reason is not None:
+                    events[event.uid] = event
+    finally:
+        decoder.close()
+    return [events[u] for u in uids]
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_each_sequence_drafting_in_a_batch_decodes_its_greedy_tokens_alone(trained, bits):
+    prompts = [trained.encode(p) for p in PROMPTS]
+    alone = [_alone(trained, p, bits, 40) for p in prompts]
+    events = _decode(trained, prompts[:3], bits=bits, later=prompts[3:])
+    assert [list(e.reply_tokens) for e in events] == alone
+    assert sum(e.accepted for e in events) > 0  # drafts were kept, by some rows more
+    assert len({e.accepted for e in events}) > 1
+    for e, p in zip(events, prompts, strict=True):
+        # The cache handed back holds exactly the prompt and the reply's ids.
+        assert e.cache_tokens == p + list(e.reply_tokens)[: len(e.cache_tokens) - len(p)]
+        assert cache_length(e.cache) == len(e.cache_tokens)
+
+
+def test_a_random_model_in_a_drafting_batch_decodes_as_alone(tiny_model):
+    prompts = [tiny_model.encode(p) for p in PROMPTS]
+    alone = [_alone(tiny_model, p, None, 24) for p in prompts]
+    events = _decode(tiny_model, prompts, n=24)
+    assert [list(e.reply_tokens) for e in events] == alone
+
+
+def test_max_tokens_inside_an_accepted_run_ends_the_sequence_there(trained):
+    prompts = [trained.encode(p) for p in PROMPTS[:2]]
+    for n in (5, 9):
+        events = _decode(trained, prompts, n=n)
+        plain = _decode(trained, prompts, n=n, draft=None)
+        assert [e.reply_tokens for e in events] == [e.reply_tokens for e in plain]
+        assert [len(e.reply_tokens) for e in events] == [n, n]
+        assert [e.finish_reason for e in events] == ["length", "length"]
+        assert sum(e.accepted for e in events) > 0
+        for e, p in zip(events, prompts, strict=True):
+            # As without drafting: the prompt and every reply token, and nothing more.
+            assert e.cache_tokens == p + list(e.reply_tokens)
+            assert cache_length(e.cache) == len(p) + n
+
+
+def _texts(model, prompts, params, draft, logprobs=None):
+    """Each prompt's text, finishing event and scored tokens, decoded together."""
+    decoder = BatchDecoder(model, max_batch=8, prefill_step_size=64, draft=draft, adaptive=False)
+    uids = [decoder.add(p, params, logprobs=logprobs) for p in prompts]
+    texts = {u: "" for u in uids}
+    scored: dict = {u: [] for u in uids}
+    ends = {}
+    try:
+        while len(decoder):
+            for event in decoder.step():
+                texts[event.uid] += event.text
+                scored[event.uid] += event.logprobs
+                if event.finish_reason is not None:
+                    ends[event.uid] = event
+    finally:
+        decoder.close()
+    return [(texts[u], ends[u], scored[u]) for u in uids]
+
+
+def test_stop_strings_inside_accepted_runs_end_the_text_where_they_do_alone(trained):
+    prompts = [trained.encode(p) for p in PROMPTS[:3]]
+    params = SamplingParams(temperature=0.0, max_tokens=40)
+    plain = _texts(trained, prompts, params, None)
+    # A stop string from the middle of each reply (one is enough for a row to stop on).
+    stops = [text[len(text) // 2 : len(text) // 2 + 3] for text, _, _ in plain]
+    stops = [s for s in stops if s.strip()]
+    params = SamplingParams(temperature=0.0, max_tokens=40, stop=stops)
+    plain = _texts(trained, prompts, params, None)
+    drafted = _texts(trained, prompts, params, "lookup")
+    assert [(t, e.finish_reason, e.stop_string) for t, e, _ in drafted] == [
+        (t, e.finish_reason, e.stop_string) for t, e, _ in plain
+    ]
+    assert any(e.finish_reason == "stop" for _, e, _ in drafted)
+    assert sum(e.accepted for _, e, _ in drafted) > 0
+    for (_, e, _), p in zip(drafted, prompts, strict=True):
+        assert e.cache_tokens[: len(p)] == p
+        assert cache_length(e.cache) == len(e.cache_tokens)
+
+
+def test_logprobs_of_drafted_tokens_are_the_ones_decoding_alone_gives(trained):
+    prompts = [trained.encode(p) for p in PROMPTS[:3]]
+    params = SamplingParams(temperature=0.0, max_tokens=32)
+    plain = _texts(trained, prompts, params, None, logprobs=2)
+    drafted = _texts(trained, prompts, params, "lookup", logprobs=2)
+    assert sum(e.accepted for _, e, _ in drafted) > 0
+    for (_, _, mine), (_, _, theirs) in zip(drafted, plain, strict=True):
+        assert [s.token for s in mine] == [s.token for s in theirs]
+        assert [[t for t, _ in s.top] for s in mine] == [[t for t, _ in s.top] for s in theirs]
+        assert [s.logprob for s in mine] == pytest.approx([s.logprob for s in theirs], abs=0.05)
+
+
+def test_sequences_with_logits_processors_decode_without_drafting(trained):
+    prompts = [trained.encode(p) for p in PROMPTS[:2]]
+    penalty = SamplingParams(temperature=0.0, max_tokens=24, repetition_penalty=1.3)
+    events = _decode(trained, prompts, params=penalty)
+    assert all(e.drafted == 0 for e in events)
+    plain = _decode(trained, prompts, params=penalty, draft=None)
+    assert [e.reply_tokens for e in events] == [e.reply_tokens for e in plain]
+
+
+def _judged_prompt(model, k):
+    """A prompt x y b x y whose reply, if it starts with b, has the lookup draft x (after
+    the 2-gram y b) for its second token, x being among that token's top k: both the
+    accept and the reject paths run. Every top-k cut has a margin of two bf16 steps, so
+    the batch's arithmetic cannot move a token across it."""
+    import numpy as np
+
+    def cut(tokens):
+        logits = np.array(model.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
+        top = np.sort(logits)[::-1]
+        return top[k - 1] - top[k] >= 0.02
+
+    for x in range(40, 400):
+        y = x + 1
+        for b in range(42, 300):
+            prompt = [x, y, b, x, y]
+            firsts = topk_probs(model, prompt, k)
+            if b not in firsts or x not in topk_probs(model, [*prompt, b], k):
+                continue
+            if cut(prompt) and all(cut([*prompt, a]) for a in firsts):
+                return prompt
+    raise AssertionError("no prompt with a judged draft in this model")
+
+
+def test_sampled_sequences_drafting_in_a_batch_follow_the_models_distribution(tiny_bf16):
+    k, n = 3, 240
+    prompt = _judged_prompt(tiny_bf16, k)
+    exact = pair_distribution(tiny_bf16, prompt, k)
+    eos = tiny_bf16.tokenizer.eos_token_ids
+    counts: dict = {}
+    drafted = accepted = 0
+    for start in range(0, n, 24):  # each row its own seed, 24 to a batch
+        decoder = BatchDecoder(tiny_bf16, max_batch=24, draft="lookup", adaptive=False)
+        for seed in range(start, start + 24):
+            params = SamplingParams(temperature=1.0, top_k=k, top_p=1.0, max_tokens=2, seed=seed)
+            decoder.add(prompt, params)
+        try:
+            while len(decoder):
+                for event in decoder.step():
+                    if event.finish_reason is None:
+                        continue
+                    pair = tuple("end" if t in eos else t for t in event.reply_tokens)
+                    counts[pair] = counts.get(pair, 0) + 1
+                    drafted += event.drafted
+                    accepted += event.accepted
+        finally:
+            decoder.close()
+    chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in exact.items())
+    assert chi2 < chi2_critical(len(exact) - 1), (chi2, counts)
+    assert set(counts) <= set(exact)
+    assert 0 < accepted < drafted
+
+
+def test_rows_trimmed_by_different_counts_keep_their_own_contents(tiny_model):
+    from mlx_lm.models.cache import BatchKVCache
+
+    keys = mx.arange(2 * 1 * 6 * 2, dtype=mx.float32).reshape(2, 1, 6, 2)
+    layer = BatchKVCache([0, 0])
+    layer.update_and_fetch(keys, keys + 100)
+    trim_rows([layer], [1, 3])
+    # Row 0 keeps 5 positions, row 1 three: both now end at the shared position 5.
+    assert layer._idx == 5 and layer.offset.tolist() == [5, 3]
+    assert layer.left_padding.tolist() == [0, 2]
+    k, _ = layer.keys_and_values()
+    assert k[0, 0].tolist() == keys[0, 0, :5].tolist()
+    assert k[1, 0, 2:].tolist() == keys[1, 0, :3].tolist()
+    one = layer.extract(1)
+    assert one.offset == 3 and one.keys[0, 0].tolist() == keys[1, 0, :3].tolist()
