@@ -241,6 +241,7 @@ def test_an_extracted_cache_saves_loads_and_continues(tiny_model, tmp_path):
     )
 
 
+@pytest.mark.interop  # a benchmark's smoke run: the interop tier runs them all
 @needs_trained
 def test_the_kv_quality_benchmark_runs_in_smoke_mode():
 

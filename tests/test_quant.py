@@ -521,6 +521,7 @@ def test_gptq_has_less_output_error_than_rounding_to_nearest_on_correlated_input
     assert np.linalg.norm((w - gptq) @ x.T) < 0.8 * np.linalg.norm((w - rtn) @ x.T)
 
 
+@pytest.mark.interop  # a benchmark's smoke run: the interop tier runs them all
 def test_the_benchmarks_smoke_mode_prints_both_texts_both_counts_and_ratios():
 
     done = run_script("bench_quant.py", "--smoke", timeout=600)

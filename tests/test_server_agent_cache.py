@@ -633,6 +633,7 @@ def test_replay_says_when_it_cannot_read_the_file(tmp_path, capsys):
     assert "line 1: not JSON" in capsys.readouterr().err
 
 
+@pytest.mark.interop  # a benchmark's smoke run: the interop tier runs them all
 def test_the_agent_benchmark_runs_in_smoke_mode():
     done = run_script("bench_agent.py", "--smoke")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -105,8 +105,8 @@ async def test_a_model_failure_shows_an_error_and_keeps_the_text(tiny_model, hom
 async def test_a_send_refused_for_size_keeps_the_conversation(tiny_model, home, monkeypatch):
     real_for_model = MemoryPlanner.for_model.__func__
 
-    def small_memory(cls, model, budget=None):  # room for about 400 tokens of context
-        planner = real_for_model(cls, model, budget)
+    def small_memory(cls, model, budget=None, **options):  # room for ~400 tokens of context
+        planner = real_for_model(cls, model, budget, **options)
         planner.budget = Budget(planner.plan(400).total, planner.budget.total, "test")
         return planner
 
