@@ -465,3 +465,52 @@ def test_prompt_lookup_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny
     metrics = served.get("/metrics", timeout=10).text
     assert f"qwen_mlx_draft_accepted_tokens_total {float(engine.accepted)}" in metrics
     assert f"qwen_mlx_draft_tokens_total {float(engine.drafted)}" in metrics
+
+
+def test_a_draft_model_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny_model):
+    # The model drafts for itself: its drafts are kept, so a batch of four drafts too.
+    served = serve(
+        tiny_model, draft=tiny_model, max_context=2048, max_batch=4, prefill_step_size=16
+    )
+    engine = served.engine
+    assert engine.batched
+    state = health(served)
+    assert state["max_batch"] == 4
+    assert state["speculative"]["batched"] is True and state["speculative"]["draft"] == "model"
+
+    def ask(i: int, **extra):
+        return served.client().completions.create(
+            model=MODEL, prompt=f"{i} plums and " * (i + 1), max_tokens=20, **extra
+        )
+
+    alone = [ask(i, temperature=0).choices[0].text for i in range(4)]
+    assert all(f.accepted > 0 for f in list(engine.finished)[-4:])
+    replies = all_at_once(lambda i: ask(i, temperature=0), 4)
+    assert [r.choices[0].text for r in replies] == alone
+    done = list(engine.finished)[-4:]
+    assert max(f.batch_size for f in done) > 1
+    assert sum(f.accepted for f in done) > 0
+    details = [r.usage.completion_tokens_details for r in replies]
+    assert sum(d.accepted_prediction_tokens for d in details) == sum(f.accepted for f in done)
+    assert sum(d.rejected_prediction_tokens for d in details) == sum(
+        f.drafted - f.accepted for f in done
+    )
+    # Beside them: one with a penalty (it does not draft), one sampled.
+    mixed = all_at_once(
+        lambda i: [
+            ask(0, temperature=0),
+            ask(1, temperature=0, frequency_penalty=0.5),
+            ask(2, temperature=0.9, seed=4),
+        ][i],
+        3,
+    )
+    assert mixed[0].choices[0].text == alone[0]
+    assert mixed[1].usage.completion_tokens_details.accepted_prediction_tokens == 0
+    assert mixed[1].usage.completion_tokens_details.rejected_prediction_tokens == 0
+    assert mixed[2].choices[0].finish_reason in ("stop", "length")
+    state = health(served)["speculative"]
+    assert state["drafted_tokens"] == engine.drafted > 0
+    assert state["accepted_tokens"] == engine.accepted > 0
+    metrics = served.get("/metrics", timeout=10).text
+    assert f"qwen_mlx_draft_accepted_tokens_total {float(engine.accepted)}" in metrics
+    assert f"qwen_mlx_draft_tokens_total {float(engine.drafted)}" in metrics

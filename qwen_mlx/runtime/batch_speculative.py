@@ -405,8 +405,12 @@ class SpeculativeBatch(GenerationBatch):
             speed = (size + gain) / (size * (1 + fixed + k * per_token))
             if speed > best * 1.05:
                 best_k, best = k, speed
-        if best_k == 0 and costs.skipped >= _PROBE_AFTER:
-            best_k = 1  # a probe: acceptance and this batch size's cost may be out of date
+        if best_k == 0 and (
+            costs.skipped >= _PROBE_AFTER or any(not row.control.model_rounds for row, _ in rows)
+        ):
+            # A probe: acceptance and this batch size's cost may be out of date, or a
+            # sequence has not drafted yet (its first round learns its acceptance).
+            best_k = 1
         return best_k, caps
 
     def _model_round(self, costs: _Costs, k: int, caps: list[int]) -> list[Any]:
