@@ -514,3 +514,39 @@ def test_a_draft_model_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny
     metrics = served.get("/metrics", timeout=10).text
     assert f"qwen_mlx_draft_accepted_tokens_total {float(engine.accepted)}" in metrics
     assert f"qwen_mlx_draft_tokens_total {float(engine.drafted)}" in metrics
+
+
+def test_every_protocol_reports_a_requests_drafts_in_its_usage(serve, tiny_model):
+    served = serve(tiny_model, draft=tiny_model, max_context=2048, max_batch=4)
+    engine = served.engine
+    prompt = "1 plums and 2 plums and"
+    message = served.anthropic().messages.create(model=MODEL, max_tokens=12, messages=user(prompt))
+    done = engine.finished[-1]
+    assert done.drafted > 0
+    usage = message.usage.model_dump()
+    assert (usage["draft_tokens"], usage["draft_accepted_tokens"]) == (done.drafted, done.accepted)
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == done.prompt_tokens
+
+    response = served.client().responses.create(
+        model=MODEL, input=prompt, max_output_tokens=12, temperature=0
+    )
+    done = engine.finished[-1]
+    details = response.usage.output_tokens_details.model_dump()
+    assert details["accepted_prediction_tokens"] == done.accepted
+    assert details["rejected_prediction_tokens"] == done.drafted - done.accepted
+    assert details["reasoning_tokens"] == 0
+
+    # Ollama's client reads the reply (and leaves out fields it does not know)...
+    options = {"temperature": 0, "num_predict": 12}
+    chat = served.ollama().chat(model=MODEL, messages=user(prompt), options=options)
+    assert chat["eval_count"] == engine.finished[-1].completion_tokens
+    # ...which are in the JSON, as llama.cpp's server counts drafts.
+    body = {"model": MODEL, "messages": user(prompt), "options": options, "stream": False}
+    raw = httpx.post(f"{served.base}/api/chat", json=body, headers=served.auth, timeout=60).json()
+    done = engine.finished[-1]
+    assert (raw["draft_count"], raw["draft_accepted_count"]) == (done.drafted, done.accepted)
+
+    # A server that does not draft adds no such fields.
+    plain = serve(tiny_model, max_context=2048, max_batch=2)
+    message = plain.anthropic().messages.create(model=MODEL, max_tokens=4, messages=user(prompt))
+    assert "draft_tokens" not in message.usage.model_dump()
