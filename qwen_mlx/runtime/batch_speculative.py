@@ -438,6 +438,11 @@ class SpeculativeBatch(GenerationBatch):
         ends = mx.array([len(f) - 1 for f in feeds])
         logits = mx.take_along_axis(logits, ends[:, None, None], axis=1)[:, 0]
         trim_rows(self.draft_cache, [width - len(f) for f in feeds])
+        if width > 2:
+            # Rows read a stretch of plain steps: a one-off cost, not what a round of
+            # drafting costs (which would then look too dear to start again).
+            mx.eval(logits, [c.state for c in self.draft_cache])
+            start = time.perf_counter()
         columns, qs = [], []
         for j in range(k):
             tokens, q = self._draw(logits)
