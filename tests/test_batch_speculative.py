@@ -398,3 +398,33 @@ def test_a_draft_model_catches_up_after_plain_steps(trained, trained_draft, monk
     events = _decode(trained, prompts[:2], bits=8, draft=trained_draft, later=prompts[2:])
     assert [list(e.reply_tokens) for e in events] == alone
     assert sum(e.accepted for e in events) > 0
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_a_draft_model_reads_only_what_is_new_of_a_conversations_next_turn(
+    trained, trained_draft, bits
+):
+    decoder = BatchDecoder(trained, max_batch=4, draft=trained_draft, kv_bits=bits, adaptive=False)
+    first = trained.encode(PROMPTS[0])
+    params = SamplingParams(temperature=0.0, max_tokens=16)
+
+    def run(tokens):
+        uid = decoder.add(tokens, params)
+        while True:
+            for event in decoder.step():
+                if event.uid == uid and event.finish_reason is not None:
+                    return event
+
+    try:
+        one = run(first)
+        read = decoder._spec.draft_read
+        assert read == len(first)
+        # The next turn: the first, its reply, and more (as an agent's client resends).
+        second = first + list(one.reply_tokens) + trained.encode("\ndef parse(self,")
+        two = run(second)
+        new = decoder._spec.draft_read - read
+        assert new <= len(second) - len(first)  # the draft read only what follows its cache
+        assert list(two.reply_tokens) == _alone(trained, second, bits, 16)
+        assert two.accepted > 0
+    finally:
+        decoder.close()

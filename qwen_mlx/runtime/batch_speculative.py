@@ -43,16 +43,19 @@ so its output is what it is without speculation; the decoder says which sequence
 A draft model (`empty(..., draft=Model)`) keeps a batch cache of its own, row for row
 with the model's (bf16, or quantized as the model's at `draft_bits`): a joining sequence's
 tokens are read into a cache of the draft's and merged in as mlx-lm merges the model's,
-a leaving one filtered out. Its rows may lag behind the model's (plain steps do not run
-the draft; a row that kept its whole draft never read the last token): a round first
-feeds each drafting row what it has not read and its pending token, right padded to the
-longest and trimmed per row, then k - 1 batched steps, one per drafted position; after
-the verify pass each row's draft cache is trimmed to what its sequence kept
-(`trim_rows`). A sampled sequence draws its drafts from its sampler's distribution q of
-the draft's logits with its own key, and keeps d with probability min(1, p(d) / q(d)).
-The round's k is chosen as lookup's is, each row's chance its sequence's measured
-acceptance, the cost measured with the draft's steps in it (before any, the lookup prior
-plus a tenth of a plain step per drafted position).
+a leaving one filtered out. The draft caches of the last few sequences to leave are
+kept with their tokens, so one that joins with such a prefix (an agent's next turn,
+which the model reads from the prompt-cache pool) has the draft read only what is new.
+Its rows may lag behind the model's (plain steps do not run the draft; a row that kept
+its whole draft never read the last token): a round first feeds each drafting row what
+it has not read and its pending token, right padded to the longest and trimmed per row,
+then k - 1 batched steps, one per drafted position; after the verify pass each row's
+draft cache is trimmed to what its sequence kept (`trim_rows`). A sampled sequence
+draws its drafts from its sampler's distribution q of the draft's logits with its own
+key, and keeps d with probability min(1, p(d) / q(d)). The round's k is chosen as
+lookup's is, each row's chance its sequence's measured acceptance, the cost measured
+with the draft's steps in it (before any, the lookup prior plus a tenth of a plain step
+per drafted position).
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ _PROBE_AFTER = 64  # rounds with matches but no drafting before a probe
 _KEY_OFFSET = 0x9E3779B97F4A7C15  # a sequence's drafting key: its seed, moved off the sampler's
 _MODEL_STEP = 0.1  # a draft model's step per drafted position (prior), in plain steps
 _DRAFT_PREFILL = 512  # prompt tokens a draft model reads per pass when a sequence joins
+_DRAFT_KEEP = 8  # draft caches kept of sequences that left (see `_init_spec`)
 
 _SIZES = (1, 2, 4, 8, 16)  # batch-size buckets for the measured costs: 1, 2, 3-4, 5-8, ...
 
@@ -174,6 +178,11 @@ class SpeculativeBatch(GenerationBatch):
         self.draft = draft
         self.draft_bits = draft_bits
         self.draft_cache: list[Any] = []
+        # The draft caches of sequences that left, with the tokens they hold (newest
+        # last): a sequence joining with one of them as its prefix (an agent's next
+        # turn) reads only the rest into the draft. `draft_read` counts what it read.
+        self.draft_kept: deque[tuple[list[int], list[Any]]] = deque(maxlen=_DRAFT_KEEP)
+        self.draft_read = 0
 
     @classmethod
     def empty(
@@ -239,21 +248,58 @@ class SpeculativeBatch(GenerationBatch):
 
         caches = []
         for uid, tokens in zip(batch.uids, batch.tokens, strict=True):
-            cache = make_cache(self.draft, self.draft_bits)
             row = self.rows.get(uid)
+            held, cache = self._kept_prefix(tokens) if row is not None else (0, None)
+            if cache is None:
+                cache = make_cache(self.draft, self.draft_bits)
             if row is not None:
-                for i in range(0, len(tokens), _DRAFT_PREFILL):
+                for i in range(held, len(tokens), _DRAFT_PREFILL):
                     self.draft.model(mx.array(tokens[i : i + _DRAFT_PREFILL])[None], cache=cache)
                     mx.eval([c.state for c in cache])
+                self.draft_read += len(tokens) - held
                 row.held = len(tokens)
             caches.append(cache)
         self.draft_cache = _extend_cache(self.draft_cache, _merge_caches(caches))
+
+    def _kept_prefix(self, tokens: list[int]) -> tuple[int, Any]:
+        """The kept draft cache sharing the longest prefix with `tokens` (taken out and
+        cut to that prefix) and the prefix's length; (0, None) when none shares one."""
+        from .cache import trim_cache
+
+        best, shared = -1, 0
+        for j, (held, _) in enumerate(self.draft_kept):
+            n = 0
+            for a, b in zip(held, tokens, strict=False):
+                if a != b:
+                    break
+                n += 1
+            if n > shared:
+                best, shared = j, n
+        if best < 0:
+            return 0, None
+        held, cache = self.draft_kept[best]
+        del self.draft_kept[best]
+        trim_cache(cache, len(held) - shared)
+        return shared, cache
+
+    def _keep_draft(self, i: int, row: _Row) -> None:
+        """Row i leaving: its draft cache, cut to the tokens its sequence kept, is kept."""
+        from .cache import trim_cache
+
+        if not self.draft_cache or not row.held:
+            return
+        tokens = self.tokens[i][: row.held]
+        cache = [c.extract(i) for c in self.draft_cache]
+        trim_cache(cache, row.held - len(tokens))  # a stop inside the last round's run
+        self.draft_kept.append((tokens, cache))
 
     def filter(self, keep: list[int]) -> None:
         for i, uid in enumerate(self.uids):
             if i not in keep and uid in self.rows:
                 row = self.rows.pop(uid)
                 self.done_counts[uid] = (row.drafted, row.accepted)
+                if self.draft is not None:
+                    self._keep_draft(i, row)
         if self.draft is not None:
             if not keep:
                 self.draft_cache = []
