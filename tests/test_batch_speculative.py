@@ -428,3 +428,14 @@ def test_a_draft_model_reads_only_what_is_new_of_a_conversations_next_turn(
         assert two.accepted > 0
     finally:
         decoder.close()
+
+
+def test_batch_generate_drafts_with_a_draft_model_named_by_its_reference(tiny_model, tiny_mlx):
+    from qwen_mlx.runtime import batch_generate
+
+    prompts = PROMPTS[:3]
+    plain = batch_generate(tiny_model, prompts, progress=False, temperature=0, max_tokens=12)
+    drafted = batch_generate(
+        tiny_model, prompts, progress=False, temperature=0, max_tokens=12, draft=str(tiny_mlx)
+    )
+    assert [r.text for r in drafted] == [r.text for r in plain]

@@ -385,14 +385,18 @@ class BatchDecoder:
 
 def _draft_model(model: Model, draft: Any) -> Any:
     """The draft `Model` a batch drafts with: None for prompt lookup or no drafting; a
-    loaded Model, or a `ModelDrafter`'s, checked to share `model`'s tokenizer."""
+    loaded Model, a store reference (loaded), or a `ModelDrafter`'s, checked to share
+    `model`'s tokenizer."""
     from .model import Model as Loaded
+    from .model import load
     from .speculative import ModelDrafter, check_tokenizers
 
     if draft is None or (isinstance(draft, str) and draft == "lookup"):
         return None
     if isinstance(draft, ModelDrafter):
         draft = draft.draft
+    elif isinstance(draft, str):
+        draft = load(draft)
     if not isinstance(draft, Loaded):
         raise ValueError(
             "A batch speculates by prompt lookup (draft='lookup') or with a loaded draft "
@@ -459,7 +463,7 @@ def batch_generate(
     Sequences are admitted while the memory planner says their KV (prompt + max_tokens
     each) fits beside the weights. `kv_bits` (8 or 4) quantizes the KV (admission counts
     its bytes); `draft="lookup"` makes each prompt speculate by prompt lookup on its own,
-    a loaded draft `Model` with that model (`BatchDecoder`).
+    a draft `Model` (or its store reference) with that model (`BatchDecoder`).
     """
     from .memory import MemoryPlanner
 
