@@ -50,7 +50,11 @@ Its rows may lag behind the model's (plain steps do not run the draft; a row tha
 its whole draft never read the last token): a round first feeds each drafting row what
 it has not read and its pending token, right padded to the longest and trimmed per row,
 then k - 1 batched steps, one per drafted position; after the verify pass each row's
-draft cache is trimmed to what its sequence kept (`trim_rows`). A sampled sequence
+draft cache is trimmed to what its sequence kept (`trim_rows`). A draft model also
+looks up, as alone (`speculative.ModelDrafter`): a row whose lookup match is likelier
+than the draft model's acceptance drafts what followed the match, and the draft reads
+those tokens in its steps; when every row looks up, the draft model sits the round out
+and its rows catch up the next time it runs. A sampled sequence
 draws its drafts from its sampler's distribution q of the draft's logits with its own
 key, and keeps d with probability min(1, p(d) / q(d)). The round's k is chosen as
 lookup's is, each row's chance its sequence's measured acceptance, the cost measured
@@ -444,10 +448,28 @@ class SpeculativeBatch(GenerationBatch):
             return k_max, caps
         size = len(self.uids)
         fixed, per_token = costs.fitted(size)
-        alphas = [min(row.control.model_acceptance.alpha, 0.99) for row, _ in rows]
+        # Each row's chance for its j-th drafted token: its lookup match's where the
+        # text repeats and that is likelier (judged on the tokens read so far), else
+        # the draft model's measured acceptance.
+        chances = []
+        for i, uid in enumerate(self.uids):
+            if not caps[i]:
+                continue
+            row = self.rows[uid]
+            model = min(row.control.model_acceptance.alpha, 0.99)
+            _, length = row.lookup.find(self.tokens[i])
+            if length and row.control.buckets[_bucket(length)].alpha > model:
+                buckets = row.control.buckets
+                chances.append(lambda j, b=buckets, n=length: min(b[_bucket(n + j)].alpha, 0.99))
+            else:
+                chances.append(lambda j, a=model: a)
+        survive = [1.0] * len(rows)
         gain, best_k, best = 0.0, 0, 1.0
         for k in range(1, k_max + 1):
-            gain += sum(a**k for a, (_, cap) in zip(alphas, rows, strict=True) if k <= cap)
+            for j, (_, cap) in enumerate(rows):
+                if k <= cap:
+                    survive[j] *= chances[j](k - 1)
+                    gain += survive[j]
             speed = (size + gain) / (size * (1 + fixed + k * per_token))
             if speed > best * 1.05:
                 best_k, best = k, speed
@@ -473,37 +495,43 @@ class SpeculativeBatch(GenerationBatch):
         mx.eval(self._next_tokens, self._next_logprobs)
         start = time.perf_counter()
         last = self._next_tokens.tolist()
-        feeds = []
+        lengths = [len(t) for t in self.tokens]
+        # Rows whose text repeats draft by lookup where its match is likelier than the
+        # draft model (a point mass: the draft model reads its tokens all the same).
+        looked: dict[int, _Choice] = {}
         for i, uid in enumerate(self.uids):
             row = self.rows.get(uid)
-            # A row that does not draft reads a placeholder, dropped after the round.
-            feeds.append([*self.tokens[i][row.held :], last[i]] if row else [last[i]])
-        width = max(len(f) for f in feeds)
-        inputs = mx.array([f + f[-1:] * (width - len(f)) for f in feeds], dtype=mx.uint32)
-        logits = self.draft.model(inputs, cache=self.draft_cache)
-        ends = mx.array([len(f) - 1 for f in feeds])
-        logits = mx.take_along_axis(logits, ends[:, None, None], axis=1)[:, 0]
-        trim_rows(self.draft_cache, [width - len(f) for f in feeds])
-        if width > 2:
+            if row is None or not caps[i]:
+                continue
+            pos, length = row.lookup.find([*self.tokens[i], last[i]])
+            model = row.control.model_acceptance.alpha
+            if pos >= 0 and row.control.buckets[_bucket(length)].alpha > model:
+                looked[i] = _Choice(caps[i], "lookup", length, pos)
+        by_model = any(caps[i] and i not in looked for i in range(len(self.uids)))
+        qs: list[dict[int, Any]] = []
+        # With every row looking up, the draft model sits the round out (its rows catch
+        # up when next it runs).
+        drafted, since = (
+            self._model_drafts(k, last, looked, qs) if by_model else ([[]] * len(last), None)
+        )
+        if since is not None:
             # Rows read a stretch of plain steps: a one-off cost, not what a round of
             # drafting costs (which would then look too dear to start again).
-            mx.eval(logits, [c.state for c in self.draft_cache])
-            start = time.perf_counter()
-        columns, qs = [], []
-        for j in range(k):
-            tokens, q = self._draw(logits)
-            columns.append(tokens)
-            qs.append(q)
-            if j < k - 1:
-                logits = self.draft.model(tokens[:, None], cache=self.draft_cache)[:, -1]
-        drafted = mx.stack(columns, axis=1).tolist()
-        drafts = [drafted[i][: caps[i]] for i in range(len(self.uids))]
-        lengths = [len(t) for t in self.tokens]
+            start = since
+        drafts = []
+        for i, uid in enumerate(self.uids):
+            if i in looked:
+                drafts.append(self.rows[uid].lookup.continuation(looked[i].pos, min(k, caps[i])))
+            else:
+                drafts.append(drafted[i][: caps[i]])
 
         def judged(i: int, row: _Row, proposed: int, kept: int) -> None:
-            row.control.observe(_Choice(proposed, "model"), proposed, kept)
+            choice = looked.get(i) or _Choice(proposed, "model")
+            row.control.observe(choice, proposed, kept)
 
         def settle(kept: list[int]) -> None:
+            if not by_model:
+                return
             surplus = []
             for i, uid in enumerate(self.uids):
                 row = self.rows.get(uid)
@@ -516,9 +544,54 @@ class SpeculativeBatch(GenerationBatch):
             trim_rows(self.draft_cache, surplus)
 
         def q_of(i: int, n: int) -> Any:
-            return mx.stack([qs[j][i] for j in range(n)]) if qs[0] and i in qs[0] else None
+            if i in looked or not qs or i not in qs[0]:
+                return None
+            return mx.stack([qs[j][i] for j in range(n)])
 
         return self._verify(costs, start, last, drafts, judged, settle=settle, q_of=q_of)
+
+    def _model_drafts(
+        self, k: int, last: list[int], looked: dict[int, _Choice], qs: list[Any]
+    ) -> tuple[list[list[int]], float | None]:
+        """The draft model's k tokens for every row (a row drafting by lookup is fed its
+        lookup tokens instead): the catch-up pass, then k - 1 batched steps. `qs` gets
+        each step's distributions of the sampled rows. And when the catch-up read more
+        than a round leaves behind, the time it ended."""
+        import mlx.core as mx
+
+        feeds = []
+        for i, uid in enumerate(self.uids):
+            row = self.rows.get(uid)
+            # A row that does not draft reads a placeholder, dropped after the round.
+            feeds.append([*self.tokens[i][row.held :], last[i]] if row else [last[i]])
+        width = max(len(f) for f in feeds)
+        inputs = mx.array([f + f[-1:] * (width - len(f)) for f in feeds], dtype=mx.uint32)
+        logits = self.draft.model(inputs, cache=self.draft_cache)
+        ends = mx.array([len(f) - 1 for f in feeds])
+        logits = mx.take_along_axis(logits, ends[:, None, None], axis=1)[:, 0]
+        trim_rows(self.draft_cache, [width - len(f) for f in feeds])
+        since = None
+        if width > 2:
+            mx.eval(logits, [c.state for c in self.draft_cache])
+            since = time.perf_counter()
+        lookups = None
+        if looked:
+            lookups = [
+                self.rows[uid].lookup.continuation(looked[i].pos, k) if i in looked else [0] * k
+                for i, uid in enumerate(self.uids)
+            ]
+            mask = mx.array([i in looked for i in range(len(self.uids))])
+        columns = []
+        for j in range(k):
+            tokens, q = self._draw(logits)
+            if lookups is not None:
+                column = mx.array([t[j] for t in lookups], dtype=mx.uint32)
+                tokens = mx.where(mask, column, tokens)
+            columns.append(tokens)
+            qs.append(q)
+            if j < k - 1:
+                logits = self.draft.model(tokens[:, None], cache=self.draft_cache)[:, -1]
+        return mx.stack(columns, axis=1).tolist(), since
 
     def _draw(self, logits: Any) -> tuple[Any, dict[int, Any]]:
         """Each row's draft token from the draft's `logits` (B x vocab): its argmax, or
