@@ -26,14 +26,16 @@ clients >= 3x ours at 1.
 `--workload agent`: replies that copy from their prompts, as an agent's code edits do
 (prompts of CPython source with "Repeat the text above." or "Rewrite the code above with
 X renamed"; the trained pair was trained on such turns), and, apart, questions whose
-replies do not. Five servers: ours with `--draft lookup --kv-bits 8` (speculation and
-8-bit KV inside the batch), ours with each alone, ours plain, and `mlx_lm server`; at 1,
+replies do not. Six servers: ours with `--draft lookup --kv-bits 8` (speculation and
+8-bit KV inside the batch), ours with each alone, ours with the trained draft model
+(`--draft-model`, converted beside the target; it drafts inside the batch too), ours
+plain, and `mlx_lm server`; at 1,
 4 and 8 clients (`--clients`), each client streaming one reply per round, the servers
 taking turns; medians of `--rounds`. Printed: aggregate tokens/s (wall clock) and tokens
 per CPU-second of each server process (the machine is shared: CPU time moves less with
 other load), our draft acceptance (from /health), and the ratios. Targets: lookup+kv8 on
-the copying workload >= 1.5x mlx_lm; on the other, every lookup mode >= 0.95x ours plain;
-kv8 >= 0.9x ours plain at 8 clients.
+the copying workload >= 1.5x mlx_lm; on the other, every speculative mode >= 0.95x ours
+plain; kv8 >= 0.9x ours plain at 8 clients.
 
     python scripts/bench_server.py --workload agent [--clients 1,4,8] [--max-tokens 64]
 
@@ -234,11 +236,12 @@ def say_round(name: str, c: int, r: dict) -> None:
     )
 
 
-AGENT_SERVERS = ("lookup+kv8", "lookup", "kv8", "ours plain", "mlx_lm")
+AGENT_SERVERS = ("lookup+kv8", "lookup", "draft model", "kv8", "ours plain", "mlx_lm")
 AGENT_PAIRS = (
     ("lookup+kv8", "mlx_lm"),
     ("lookup+kv8", "ours plain"),
     ("lookup", "ours plain"),
+    ("draft model", "ours plain"),
     ("kv8", "ours plain"),
     ("ours plain", "mlx_lm"),
 )
@@ -253,16 +256,21 @@ def agent(args, source: Path) -> int:
 
     clients = args.clients or [1, 4, 8]
     max_tokens = args.max_tokens or 64
+    draft_source = args.draft_model
+    if not (draft_source / "config.json").is_file():
+        raise SystemExit(f"No draft model checkpoint at {draft_source}: pass --draft-model DIR.")
     workloads = {"copying": agent_prompts(True), "other": agent_prompts(False)}
     with workspace() as tmp:
         quantize = mx.metal.is_available()
         print(f"converting {source.name} ({'4-bit' if quantize else 'bf16'}) ...", file=sys.stderr)
         folder = convert(str(source), mlx_path=tmp / "model", quantize=quantize).path
+        draft = convert(str(draft_source), mlx_path=tmp / "draft", quantize=quantize).path
         python = sys.executable
         ours = [python, "-m", "qwen_mlx", "serve", "--model", str(folder), "--log-level", "warning"]
         commands = {
             "lookup+kv8": [*ours, "--draft", "lookup", "--kv-bits", "8"],
             "lookup": [*ours, "--draft", "lookup"],
+            "draft model": [*ours, "--draft", str(draft)],
             "kv8": [*ours, "--kv-bits", "8"],
             "ours plain": ours,
             "mlx_lm": [python, "-m", "mlx_lm", "server", "--model", str(folder),
@@ -294,18 +302,22 @@ def agent(args, source: Path) -> int:
                         name: {k: statistics.median(r[k] for r in rs) for k in ("tps", "cpu_tps")}
                         for name, rs in runs.items()
                     }
-            health = httpx.get(urls["lookup+kv8"].removesuffix("/v1") + "/health").json()
+            healths = {
+                name: httpx.get(urls[name].removesuffix("/v1") + "/health").json()
+                for name in ("lookup+kv8", "draft model")
+            }
         finally:
             for proc in procs.values():
                 stop(proc)
     report = Report(args.json)
-    spec = health.get("speculative") or {}
-    report.line(
-        f"lookup+kv8 over the run: {spec.get('accepted_tokens', 0)} of "
-        f"{spec.get('drafted_tokens', 0)} drafted tokens accepted "
-        f"({spec.get('acceptance_rate', 0.0):.0%}); batches of up to {health.get('max_batch')}, "
-        f"kv_bits {health.get('kv_bits')}"
-    )
+    for name, health in healths.items():
+        spec = health.get("speculative") or {}
+        report.line(
+            f"{name} over the run: {spec.get('accepted_tokens', 0)} of "
+            f"{spec.get('drafted_tokens', 0)} drafted tokens accepted "
+            f"({spec.get('acceptance_rate', 0.0):.0%}); batched {spec.get('batched')}, "
+            f"batches of up to {health.get('max_batch')}, kv_bits {health.get('kv_bits')}"
+        )
     report.table(
         [Column("workload", "{}", left=True), Column("clients", "{}")]
         + [Column(name, "{}") for name in AGENT_SERVERS],
@@ -333,8 +345,8 @@ def agent(args, source: Path) -> int:
         sep=" | ",
     )
     report.line(
-        "Targets: copying lookup+kv8/mlx_lm >= 1.5x; other: every lookup mode / ours plain "
-        ">= 0.95x; kv8 / ours plain >= 0.9x at 8 clients."
+        "Targets: copying lookup+kv8/mlx_lm >= 1.5x; other: every speculative mode / ours "
+        "plain >= 0.95x; kv8 / ours plain >= 0.9x at 8 clients."
     )
     report.save()
     return 0
@@ -359,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         help="concurrencies to measure (default 1,4,8,16; agent 1,4,8)",
     )
     p.add_argument("--max-tokens", type=int, default=None, help="default 32; agent 64")
+    p.add_argument(
+        "--draft-model",
+        type=Path,
+        default=TRAINED / "draft",
+        metavar="DIR",
+        help="agent: the draft model's Hugging Face checkpoint (default: the trained pair's)",
+    )
     p.rounds(2, "runs per concurrency; the best counts")
     p.add_argument("--long-words", type=int, default=1500, help="the long prompt's size")
     p.add_argument(

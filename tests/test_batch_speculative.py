@@ -18,7 +18,7 @@ from qwen_mlx.runtime.batch import BatchDecoder
 from qwen_mlx.runtime.cache import cache_length
 from qwen_mlx.runtime.kv_batch import trim_rows
 
-from .helpers import TRAINED_TARGET, chi2_critical, pair_distribution, topk_probs
+from .helpers import TRAINED_DRAFT, TRAINED_TARGET, chi2_critical, pair_distribution, topk_probs
 
 # Replies that repeat their prompts (lookup drafts often) and ones that do not.
 PROMPTS = [
@@ -39,6 +39,15 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trained")
     return load(convert(str(TRAINED_TARGET), mlx_path=root / "t", quantize=False).path)
+
+
+@pytest.fixture(scope="module")
+def trained_draft(trained, tmp_path_factory):
+    """The trained pair's draft model, bf16 (same tokenizer as the target)."""
+    from qwen_mlx.convert import convert
+
+    root = tmp_path_factory.mktemp("trained-draft")
+    return load(convert(str(TRAINED_DRAFT), mlx_path=root / "d", quantize=False).path)
 
 
 @pytest.fixture(scope="module")
@@ -186,18 +195,20 @@ def test_sequences_with_logits_processors_decode_without_drafting(trained):
     assert [e.reply_tokens for e in events] == [e.reply_tokens for e in plain]
 
 
+def _clear_cut(model, tokens, k):
+    """Whether the model's top k after `tokens` are ahead of the rest by two bf16 steps,
+    so the batch's arithmetic cannot move a token across the cut."""
+    import numpy as np
+
+    logits = np.array(model.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
+    top = np.sort(logits)[::-1]
+    return top[k - 1] - top[k] >= 0.02
+
+
 def _judged_prompt(model, k):
     """A prompt x y b x y whose reply, if it starts with b, has the lookup draft x (after
     the 2-gram y b) for its second token, x being among that token's top k: both the
-    accept and the reject paths run. Every top-k cut has a margin of two bf16 steps, so
-    the batch's arithmetic cannot move a token across it."""
-    import numpy as np
-
-    def cut(tokens):
-        logits = np.array(model.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
-        top = np.sort(logits)[::-1]
-        return top[k - 1] - top[k] >= 0.02
-
+    accept and the reject paths run. Every top-k cut is clear (`_clear_cut`)."""
     for x in range(40, 400):
         y = x + 1
         for b in range(42, 300):
@@ -205,9 +216,23 @@ def _judged_prompt(model, k):
             firsts = topk_probs(model, prompt, k)
             if b not in firsts or x not in topk_probs(model, [*prompt, b], k):
                 continue
-            if cut(prompt) and all(cut([*prompt, a]) for a in firsts):
+            if _clear_cut(model, prompt, k) and all(
+                _clear_cut(model, [*prompt, a], k) for a in firsts
+            ):
                 return prompt
     raise AssertionError("no prompt with a judged draft in this model")
+
+
+def _cut_prompt(model, k):
+    """A prompt x x+1 x+2 whose top-k cuts, for the first token and each second one,
+    are all clear."""
+    for x in range(40, 400):
+        prompt = [x, x + 1, x + 2]
+        if _clear_cut(model, prompt, k) and all(
+            _clear_cut(model, [*prompt, a], k) for a in topk_probs(model, prompt, k)
+        ):
+            return prompt
+    raise AssertionError("no prompt with clear top-k cuts in this model")
 
 
 def test_sampled_sequences_drafting_in_a_batch_follow_the_models_distribution(tiny_bf16):
@@ -254,3 +279,163 @@ def test_rows_trimmed_by_different_counts_keep_their_own_contents(tiny_model):
     assert k[1, 0, 2:].tolist() == keys[1, 0, :3].tolist()
     one = layer.extract(1)
     assert one.offset == 3 and one.keys[0, 0].tolist() == keys[1, 0, :3].tolist()
+
+
+# -- a draft model shared by the batch -----------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_a_draft_model_in_a_batch_keeps_each_sequences_greedy_tokens(trained, trained_draft, bits):
+    prompts = [trained.encode(p) for p in PROMPTS]
+    alone = [_alone(trained, p, bits, 40) for p in prompts]
+    # Two rows join after three steps: their draft caches join the draft's batch cache.
+    events = _decode(trained, prompts[:3], bits=bits, draft=trained_draft, later=prompts[3:])
+    assert [list(e.reply_tokens) for e in events] == alone
+    assert all(e.drafted > 0 for e in events)
+    assert sum(e.accepted for e in events) > 0
+    assert len({e.accepted for e in events}) > 1  # rows kept different counts
+    for e, p in zip(events, prompts, strict=True):
+        assert e.cache_tokens == p + list(e.reply_tokens)[: len(e.cache_tokens) - len(p)]
+        assert cache_length(e.cache) == len(e.cache_tokens)
+
+
+def test_an_adaptive_draft_model_batch_writes_what_plain_batching_writes(trained, trained_draft):
+    prompts = [trained.encode(p) for p in PROMPTS[:4]]
+    params = SamplingParams(temperature=0.0, max_tokens=32)
+    plain = _texts(trained, prompts, params, None)
+    decoder = BatchDecoder(trained, max_batch=8, prefill_step_size=64, draft=trained_draft)
+    uids = [decoder.add(p, params) for p in prompts]
+    texts = dict.fromkeys(uids, "")
+    try:
+        while len(decoder):
+            for event in decoder.step():
+                texts[event.uid] += event.text
+    finally:
+        decoder.close()
+    assert [texts[u] for u in uids] == [t for t, _, _ in plain]
+
+
+def test_a_draft_model_batch_leaves_sequences_with_logits_processors_undrafted(
+    trained, trained_draft
+):
+    prompts = [trained.encode(p) for p in PROMPTS[:2]]
+    penalty = SamplingParams(temperature=0.0, max_tokens=24, repetition_penalty=1.3)
+    greedy = SamplingParams(temperature=0.0, max_tokens=24)
+    decoder = BatchDecoder(trained, max_batch=8, draft=trained_draft, adaptive=False)
+    uids = [decoder.add(prompts[0], penalty), decoder.add(prompts[1], greedy)]
+    assert [decoder.drafting(u) for u in uids] == [False, True]
+    events = {}
+    try:
+        while len(decoder):
+            for event in decoder.step():
+                if event.finish_reason is not None:
+                    events[event.uid] = event
+    finally:
+        decoder.close()
+    assert events[uids[0]].drafted == 0 and events[uids[1]].drafted > 0
+    plain = _decode(trained, prompts[:1], params=penalty, draft=None)
+    assert events[uids[0]].reply_tokens == plain[0].reply_tokens
+    assert list(events[uids[1]].reply_tokens) == _alone(trained, prompts[1], None, 24)
+
+
+def test_a_draft_with_another_tokenizer_cannot_join_a_batch(tiny_model, tmp_path):
+    from qwen_mlx.convert.tiny import build_tiny_checkpoint
+    from qwen_mlx.errors import TokenizerMismatchError
+
+    foreign = load(build_tiny_checkpoint(tmp_path / "Qwen3-Foreign", tokenizer_vocab_size=400))
+    with pytest.raises(TokenizerMismatchError, match="tokenizer"):
+        BatchDecoder(tiny_model, draft=foreign)
+
+
+def test_sampled_sequences_with_a_draft_model_in_a_batch_follow_the_models_distribution(
+    tiny_bf16, tiny_model
+):
+    # The 4-bit copy drafts for the bf16 checkpoint: its top 3 overlap the target's in
+    # part, so both the accept and the reject paths run.
+    k, n = 3, 240
+    prompt = _cut_prompt(tiny_bf16, k)
+    exact = pair_distribution(tiny_bf16, prompt, k)
+    eos = tiny_bf16.tokenizer.eos_token_ids
+    counts: dict = {}
+    drafted = accepted = 0
+    for start in range(0, n, 24):  # each row its own seed, 24 to a batch
+        decoder = BatchDecoder(tiny_bf16, max_batch=24, draft=tiny_model, adaptive=False)
+        for seed in range(start, start + 24):
+            params = SamplingParams(temperature=1.0, top_k=k, top_p=1.0, max_tokens=2, seed=seed)
+            decoder.add(prompt, params)
+        try:
+            while len(decoder):
+                for event in decoder.step():
+                    if event.finish_reason is None:
+                        continue
+                    pair = tuple("end" if t in eos else t for t in event.reply_tokens)
+                    counts[pair] = counts.get(pair, 0) + 1
+                    drafted += event.drafted
+                    accepted += event.accepted
+        finally:
+            decoder.close()
+    chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in exact.items())
+    assert chi2 < chi2_critical(len(exact) - 1), (chi2, counts)
+    assert set(counts) <= set(exact)
+    assert 0 < accepted < drafted
+
+
+def test_a_draft_model_catches_up_after_plain_steps(trained, trained_draft, monkeypatch):
+    # Drafting one round in five (as a batch where drafting rarely pays does): the
+    # draft's rows fall behind by different counts and read them in one padded pass.
+    from qwen_mlx.runtime.batch_speculative import SpeculativeBatch
+
+    plan = SpeculativeBatch._model_plan
+    rounds = iter(range(10**6))
+
+    def every_fifth(self, costs):
+        k, caps = plan(self, costs)
+        return (k if next(rounds) % 5 == 4 else 0), caps
+
+    monkeypatch.setattr(SpeculativeBatch, "_model_plan", every_fifth)
+    prompts = [trained.encode(p) for p in PROMPTS]
+    alone = [_alone(trained, p, 8, 40) for p in prompts]
+    events = _decode(trained, prompts[:2], bits=8, draft=trained_draft, later=prompts[2:])
+    assert [list(e.reply_tokens) for e in events] == alone
+    assert sum(e.accepted for e in events) > 0
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_a_draft_model_reads_only_what_is_new_of_a_conversations_next_turn(
+    trained, trained_draft, bits
+):
+    decoder = BatchDecoder(trained, max_batch=4, draft=trained_draft, kv_bits=bits, adaptive=False)
+    first = trained.encode(PROMPTS[0])
+    params = SamplingParams(temperature=0.0, max_tokens=16)
+
+    def run(tokens):
+        uid = decoder.add(tokens, params)
+        while True:
+            for event in decoder.step():
+                if event.uid == uid and event.finish_reason is not None:
+                    return event
+
+    try:
+        one = run(first)
+        read = decoder._spec.draft_read
+        assert read == len(first)
+        # The next turn: the first, its reply, and more (as an agent's client resends).
+        second = first + list(one.reply_tokens) + trained.encode("\ndef parse(self,")
+        two = run(second)
+        new = decoder._spec.draft_read - read
+        assert new <= len(second) - len(first)  # the draft read only what follows its cache
+        assert list(two.reply_tokens) == _alone(trained, second, bits, 16)
+        assert two.accepted > 0
+    finally:
+        decoder.close()
+
+
+def test_batch_generate_drafts_with_a_draft_model_named_by_its_reference(tiny_model, tiny_mlx):
+    from qwen_mlx.runtime import batch_generate
+
+    prompts = PROMPTS[:3]
+    plain = batch_generate(tiny_model, prompts, progress=False, temperature=0, max_tokens=12)
+    drafted = batch_generate(
+        tiny_model, prompts, progress=False, temperature=0, max_tokens=12, draft=str(tiny_mlx)
+    )
+    assert [r.text for r in drafted] == [r.text for r in plain]

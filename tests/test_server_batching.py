@@ -359,8 +359,11 @@ def test_the_agent_workload_benchmark_runs_in_smoke_mode():
         rows = [line for line in lines if line.startswith(kind)]
         # Two tables (tokens/s, ratios), one row per concurrency (1 and 2 clients).
         assert [row.split()[2] for row in rows] == ["1", "2", "1", "2"], rows
-        assert all(row.count("x (") == 5 for row in rows[2:])
+        assert all(row.count("x (") == 6 for row in rows[2:])
     assert "drafted tokens accepted" in out.stdout and "kv_bits 8" in out.stdout
+    # The draft model's server batches, and drafts.
+    (line,) = [line for line in lines if line.startswith("draft model over the run")]
+    assert "batched True" in line and "of 0 drafted" not in line
 
 
 # -- a quantized KV cache and prompt lookup in the batch -------------------------------------
@@ -465,3 +468,88 @@ def test_prompt_lookup_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny
     metrics = served.get("/metrics", timeout=10).text
     assert f"qwen_mlx_draft_accepted_tokens_total {float(engine.accepted)}" in metrics
     assert f"qwen_mlx_draft_tokens_total {float(engine.drafted)}" in metrics
+
+
+def test_a_draft_model_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny_model):
+    # The model drafts for itself: its drafts are kept, so a batch of four drafts too.
+    served = serve(
+        tiny_model, draft=tiny_model, max_context=2048, max_batch=4, prefill_step_size=16
+    )
+    engine = served.engine
+    assert engine.batched
+    state = health(served)
+    assert state["max_batch"] == 4
+    assert state["speculative"]["batched"] is True and state["speculative"]["draft"] == "model"
+
+    def ask(i: int, **extra):
+        return served.client().completions.create(
+            model=MODEL, prompt=f"{i} plums and " * (i + 1), max_tokens=20, **extra
+        )
+
+    alone = [ask(i, temperature=0).choices[0].text for i in range(4)]
+    assert all(f.accepted > 0 for f in list(engine.finished)[-4:])
+    replies = all_at_once(lambda i: ask(i, temperature=0), 4)
+    assert [r.choices[0].text for r in replies] == alone
+    done = list(engine.finished)[-4:]
+    assert max(f.batch_size for f in done) > 1
+    assert sum(f.accepted for f in done) > 0
+    details = [r.usage.completion_tokens_details for r in replies]
+    assert sum(d.accepted_prediction_tokens for d in details) == sum(f.accepted for f in done)
+    assert sum(d.rejected_prediction_tokens for d in details) == sum(
+        f.drafted - f.accepted for f in done
+    )
+    # Beside them: one with a penalty (it does not draft), one sampled.
+    mixed = all_at_once(
+        lambda i: [
+            ask(0, temperature=0),
+            ask(1, temperature=0, frequency_penalty=0.5),
+            ask(2, temperature=0.9, seed=4),
+        ][i],
+        3,
+    )
+    assert mixed[0].choices[0].text == alone[0]
+    assert mixed[1].usage.completion_tokens_details.accepted_prediction_tokens == 0
+    assert mixed[1].usage.completion_tokens_details.rejected_prediction_tokens == 0
+    assert mixed[2].choices[0].finish_reason in ("stop", "length")
+    state = health(served)["speculative"]
+    assert state["drafted_tokens"] == engine.drafted > 0
+    assert state["accepted_tokens"] == engine.accepted > 0
+    metrics = served.get("/metrics", timeout=10).text
+    assert f"qwen_mlx_draft_accepted_tokens_total {float(engine.accepted)}" in metrics
+    assert f"qwen_mlx_draft_tokens_total {float(engine.drafted)}" in metrics
+
+
+def test_every_protocol_reports_a_requests_drafts_in_its_usage(serve, tiny_model):
+    served = serve(tiny_model, draft=tiny_model, max_context=2048, max_batch=4)
+    engine = served.engine
+    prompt = "1 plums and 2 plums and"
+    message = served.anthropic().messages.create(model=MODEL, max_tokens=12, messages=user(prompt))
+    done = engine.finished[-1]
+    assert done.drafted > 0
+    usage = message.usage.model_dump()
+    assert (usage["draft_tokens"], usage["draft_accepted_tokens"]) == (done.drafted, done.accepted)
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == done.prompt_tokens
+
+    response = served.client().responses.create(
+        model=MODEL, input=prompt, max_output_tokens=12, temperature=0
+    )
+    done = engine.finished[-1]
+    details = response.usage.output_tokens_details.model_dump()
+    assert details["accepted_prediction_tokens"] == done.accepted
+    assert details["rejected_prediction_tokens"] == done.drafted - done.accepted
+    assert details["reasoning_tokens"] == 0
+
+    # Ollama's client reads the reply (and leaves out fields it does not know)...
+    options = {"temperature": 0, "num_predict": 12}
+    chat = served.ollama().chat(model=MODEL, messages=user(prompt), options=options)
+    assert chat["eval_count"] == engine.finished[-1].completion_tokens
+    # ...which are in the JSON, as llama.cpp's server counts drafts.
+    body = {"model": MODEL, "messages": user(prompt), "options": options, "stream": False}
+    raw = httpx.post(f"{served.base}/api/chat", json=body, headers=served.auth, timeout=60).json()
+    done = engine.finished[-1]
+    assert (raw["draft_count"], raw["draft_accepted_count"]) == (done.drafted, done.accepted)
+
+    # A server that does not draft adds no such fields.
+    plain = serve(tiny_model, max_context=2048, max_batch=2)
+    message = plain.anthropic().messages.create(model=MODEL, max_tokens=4, messages=user(prompt))
+    assert "draft_tokens" not in message.usage.model_dump()

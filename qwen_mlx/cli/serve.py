@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_draft_args(
         p,
-        note="; with lookup, each greedy request drafts on its own inside the batch; a draft "
-        "model makes requests decode one at a time",
+        note="; each request drafts on its own inside the batch (a draft model drafts for "
+        "all of them from a KV cache of its own)",
     )
     add_group_args(p)
     return p
@@ -387,7 +387,8 @@ def _concurrency(engine) -> str:
     """How requests share the model, for the start line."""
     if engine.batched:
         kv = f", {engine.kv_bits}-bit KV" if engine.kv_bits else ""
-        drafts = ", prompt lookup per sequence" if engine.drafter is not None else ""
+        drafts = {"lookup": ", prompt lookup per sequence", "model": ", a draft model per sequence"}
+        drafts = drafts.get(getattr(engine.drafter, "kind", None), "")
         return f"batches of up to {engine.max_batch}{kv}{drafts}"
     if engine.drafter is not None:
         return "one request at a time with a draft model (--draft MODEL; no batching)"

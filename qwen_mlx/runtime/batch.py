@@ -157,7 +157,9 @@ class BatchDecoder:
     logits processors speculate by prompt lookup, each on its own, verified together
     (`batch_speculative.py`; at most `num_draft_tokens` a round; greedy ones write what
     they write alone, sampled ones follow their distribution); the others decode as
-    without it, and `drafting(uid)` says which do.
+    without it, and `drafting(uid)` says which do. `draft=` a loaded draft `Model` (same
+    tokenizer) drafts for them instead, from a batch cache of its own at `kv_bits`, one
+    batched draft step per drafted position (at most `num_draft_tokens`, default 4).
     """
 
     def __init__(
@@ -168,16 +170,13 @@ class BatchDecoder:
         prefill_step_size: int = 512,
         prefill_batch: int = DEFAULT_PREFILL_BATCH,
         kv_bits: int | None = None,
-        draft: str | None = None,
+        draft: Any = None,
         num_draft_tokens: int | None = None,
         adaptive: bool = True,
     ) -> None:
         from mlx_lm.generate import BatchGenerator
 
-        if draft not in (None, "lookup"):
-            raise ValueError(
-                f"A batch speculates by prompt lookup only (draft='lookup'), not {draft!r}."
-            )
+        draft_model = _draft_model(model, draft)
         self.model = model
         self.kv_bits = kv_bits
         self.prefill_step_size = prefill_step_size
@@ -200,7 +199,9 @@ class BatchDecoder:
         if draft is not None:
             from .batch_speculative import SpeculativeBatch
 
-            self._spec = SpeculativeBatch.empty(model.model, self._gen.sampler)
+            self._spec = SpeculativeBatch.empty(
+                model.model, self._gen.sampler, draft=draft_model, draft_bits=kv_bits
+            )
             self._gen._generation_batch = self._spec
 
     def __len__(self) -> int:
@@ -382,6 +383,29 @@ class BatchDecoder:
             seq.drafted, seq.accepted = self._spec.counts(theirs)
 
 
+def _draft_model(model: Model, draft: Any) -> Any:
+    """The draft `Model` a batch drafts with: None for prompt lookup or no drafting; a
+    loaded Model, a store reference (loaded), or a `ModelDrafter`'s, checked to share
+    `model`'s tokenizer."""
+    from .model import Model as Loaded
+    from .model import load
+    from .speculative import ModelDrafter, check_tokenizers
+
+    if draft is None or (isinstance(draft, str) and draft == "lookup"):
+        return None
+    if isinstance(draft, ModelDrafter):
+        draft = draft.draft
+    elif isinstance(draft, str):
+        draft = load(draft)
+    if not isinstance(draft, Loaded):
+        raise ValueError(
+            "A batch speculates by prompt lookup (draft='lookup') or with a loaded draft "
+            f"Model, not {draft!r}."
+        )
+    check_tokenizers(model, draft)
+    return draft
+
+
 def open_decoder(model: Model, **options: Any) -> BatchDecoder:
     """A BatchDecoder on `model`; for a model split across ranks that this process
     drives, one whose every call the other ranks make too (`mirror.MirroredDecoder`,
@@ -427,7 +451,7 @@ def batch_generate(
     max_batch: int = DEFAULT_MAX_BATCH,
     prefill_step_size: int = 512,
     kv_bits: int | None = None,
-    draft: str | None = None,
+    draft: Any = None,
     **overrides: Any,
 ) -> list[BatchResult]:
     """Replies to many prompts (raw text, chat messages or token ids), decoded together.
@@ -438,8 +462,8 @@ def batch_generate(
     as prompts finish. Greedy replies are the same as `generate` gives one at a time.
     Sequences are admitted while the memory planner says their KV (prompt + max_tokens
     each) fits beside the weights. `kv_bits` (8 or 4) quantizes the KV (admission counts
-    its bytes); `draft="lookup"` makes each prompt speculate by prompt lookup on its own
-    (`BatchDecoder`).
+    its bytes); `draft="lookup"` makes each prompt speculate by prompt lookup on its own,
+    a draft `Model` (or its store reference) with that model (`BatchDecoder`).
     """
     from .memory import MemoryPlanner
 

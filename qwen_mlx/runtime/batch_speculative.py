@@ -1,6 +1,7 @@
-"""Prompt-lookup speculation inside the continuous batch: `SpeculativeBatch`, mlx-lm's
+"""Speculation inside the continuous batch: `SpeculativeBatch`, mlx-lm's
 `GenerationBatch` (the decoding half of its `BatchGenerator`) with rounds in which every
-sequence that has a draft gets it verified, all rows in one forward pass.
+sequence that has a draft gets it verified, all rows in one forward pass. The drafts come
+from prompt lookup (below), or from a draft model shared by the batch (at the end).
 
 Each sequence drafts on its own: a `LookupDrafter` over its prompt and reply, and a
 `_Controller` (the single-stream one, `speculative.py`) that picks its draft length
@@ -38,6 +39,27 @@ schema, a repetition penalty) decodes without drafting inside the same rounds (i
 fed its pending token only; position 0 of the pass is what a plain step would compute),
 so its output is what it is without speculation; the decoder says which sequences draft
 (`BatchDecoder.drafting`).
+
+A draft model (`empty(..., draft=Model)`) keeps a batch cache of its own, row for row
+with the model's (bf16, or quantized as the model's at `draft_bits`): a joining sequence's
+tokens are read into a cache of the draft's and merged in as mlx-lm merges the model's,
+a leaving one filtered out. The draft caches of the last few sequences to leave are
+kept with their tokens, so one that joins with such a prefix (an agent's next turn,
+which the model reads from the prompt-cache pool) has the draft read only what is new.
+Its rows may lag behind the model's (plain steps do not run the draft; a row that kept
+its whole draft never read the last token): a round first feeds each drafting row what
+it has not read and its pending token, right padded to the longest and trimmed per row,
+then k - 1 batched steps, one per drafted position; after the verify pass each row's
+draft cache is trimmed to what its sequence kept (`trim_rows`). A draft model also
+looks up, as alone (`speculative.ModelDrafter`): a row whose lookup match is likelier
+than the draft model's acceptance drafts what followed the match, and the draft reads
+those tokens in its steps; when every row looks up, the draft model sits the round out
+and its rows catch up the next time it runs. A sampled sequence
+draws its drafts from its sampler's distribution q of the draft's logits with its own
+key, and keeps d with probability min(1, p(d) / q(d)). The round's k is chosen as
+lookup's is, each row's chance its sequence's measured acceptance, the cost measured
+with the draft's steps in it (before any, the lookup prior plus a tenth of a plain step
+per drafted position).
 """
 
 from __future__ import annotations
@@ -75,6 +97,11 @@ def _prior(size: int) -> tuple[float, float]:
 _FLOOR = 0.05  # a drafted position costs at least this share of a plain step
 _PROBE_AFTER = 64  # rounds with matches but no drafting before a probe
 
+_KEY_OFFSET = 0x9E3779B97F4A7C15  # a sequence's drafting key: its seed, moved off the sampler's
+_MODEL_STEP = 0.1  # a draft model's step per drafted position (prior), in plain steps
+_DRAFT_PREFILL = 512  # prompt tokens a draft model reads per pass when a sequence joins
+_DRAFT_KEEP = 8  # draft caches kept of sequences that left (see `_init_spec`)
+
 _SIZES = (1, 2, 4, 8, 16)  # batch-size buckets for the measured costs: 1, 2, 3-4, 5-8, ...
 
 
@@ -90,17 +117,20 @@ class _Costs:
     plain: deque[float] = field(default_factory=lambda: deque(maxlen=15))
     drafting: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=15))
     skipped: int = 0  # rounds since the last drafting one, with matches to hand
+    step: float = 0.0  # a draft model's step per drafted position, in plain steps (prior)
 
     def fitted(self, size: int) -> tuple[float, float]:
         """(f, r): a round drafting k tokens per row of a batch of `size` costs
         1 + f + k r plain steps."""
         import statistics
 
+        fixed, per_token = _prior(size)
+        prior = (fixed, per_token + self.step)
         if not self.plain or not self.drafting:
-            return _prior(size)
+            return prior
         plain = max(statistics.median(self.plain), 1e-9)
         samples = [(m, min(max(t - plain, 0.0) / plain, 4 * m)) for t, m in self.drafting]
-        return _fit_cost(samples, _prior(size), _FLOOR)
+        return _fit_cost(samples, prior, _FLOOR + self.step)
 
 
 @dataclass(eq=False)
@@ -115,6 +145,7 @@ class _Row:
     accepted: int = 0
     seen: dict[int, int] = field(default_factory=dict)  # token -> its last position
     indexed: int = 0
+    held: int = 0  # with a draft model: tokens of the sequence its draft cache holds
 
     def last_occurrence(self, history: list[int]) -> int:
         """Where the last token of `history` occurred before, or -1 (the history only
@@ -138,7 +169,7 @@ class SpeculativeBatch(GenerationBatch):
     docstring). `register(uid, k_max)` makes a sequence draft; `counts(uid)` gives its
     drafted and accepted tokens."""
 
-    def _init_spec(self) -> None:
+    def _init_spec(self, draft: Any = None, draft_bits: int | None = None) -> None:
         self.rows: dict[int, _Row] = {}
         self.costs: dict[int, _Costs] = {}
         # Fillers: a row without a lookup match in a round that drafts anyway pays for
@@ -146,35 +177,58 @@ class SpeculativeBatch(GenerationBatch):
         # more, and are sometimes right.
         self.filler = _Acceptance(0.2)
         self.done_counts: dict[int, tuple[int, int]] = {}
+        # A draft model (a `Model`) shared by the batch, its batch cache row for row
+        # with the model's (`draft_cache`, at `draft_bits`); None: prompt lookup.
+        self.draft = draft
+        self.draft_bits = draft_bits
+        self.draft_cache: list[Any] = []
+        # The draft caches of sequences that left, with the tokens they hold (newest
+        # last): a sequence joining with one of them as its prefix (an agent's next
+        # turn) reads only the rest into the draft. `draft_read` counts what it read.
+        self.draft_kept: deque[tuple[list[int], list[Any]]] = deque(maxlen=_DRAFT_KEEP)
+        self.draft_read = 0
 
     @classmethod
-    def empty(cls, model: Any, fallback_sampler: Any) -> SpeculativeBatch:
+    def empty(
+        cls,
+        model: Any,
+        fallback_sampler: Any,
+        *,
+        draft: Any = None,
+        draft_bits: int | None = None,
+    ) -> SpeculativeBatch:
         batch = super().empty(model, fallback_sampler)
-        batch._init_spec()
+        batch._init_spec(draft, draft_bits)
         return batch
 
     def register(
         self,
         uid: int,
-        k_max: int = DEFAULT_DRAFT_TOKENS["lookup"],
+        k_max: int | None = None,
         *,
         params: Any = None,
         adaptive: bool = True,
     ) -> None:
-        """Make sequence `uid` draft, at most `k_max` tokens a round; `params` (its
-        SamplingParams) when it samples."""
+        """Make sequence `uid` draft, at most `k_max` tokens a round (lookup's or a draft
+        model's default); `params` (its SamplingParams) when it samples. Before its rows
+        join the batch (`extend`): a draft model reads its prompt then."""
         import mlx.core as mx
 
         from .speculative import make_dist
 
+        by_model = self.draft is not None
+        if k_max is None:
+            k_max = DEFAULT_DRAFT_TOKENS["model" if by_model else "lookup"]
         dist = make_dist(params) if params is not None else None
         key = None
         if dist is not None:
             seed = params.seed
             if seed is None:
                 seed = mx.random.randint(0, 1 << 31, shape=()).item()
-            key = mx.random.key(seed)
-        control = _Controller(k_max, lookup=True, model=False, adaptive=adaptive)
+            # Not the sampler's own key (`batch._seeded` draws from key(seed)): a draft
+            # drawn with the numbers that drew the token before it would depend on it.
+            key = mx.random.key((seed + _KEY_OFFSET) % (1 << 64))
+        control = _Controller(k_max, lookup=not by_model, model=by_model, adaptive=adaptive)
         self.rows[uid] = _Row(LookupDrafter(), control, dist, key)
 
     def counts(self, uid: int) -> tuple[int, int]:
@@ -184,11 +238,78 @@ class SpeculativeBatch(GenerationBatch):
         row = self.rows.pop(uid, None)
         return (row.drafted, row.accepted) if row else (0, 0)
 
+    def extend(self, batch: GenerationBatch) -> None:
+        """Sequences joining (their prompts read): with a draft model, it reads each
+        drafting one's tokens into a cache of its own, and those join its batch cache as
+        the model's join its (a sequence that does not draft gets an empty row)."""
+        super().extend(batch)
+        if self.draft is None or not batch.uids:
+            return
+        import mlx.core as mx
+        from mlx_lm.generate import _extend_cache, _merge_caches
+
+        from .cache import make_cache
+
+        caches = []
+        for uid, tokens in zip(batch.uids, batch.tokens, strict=True):
+            row = self.rows.get(uid)
+            held, cache = self._kept_prefix(tokens) if row is not None else (0, None)
+            if cache is None:
+                cache = make_cache(self.draft, self.draft_bits)
+            if row is not None:
+                for i in range(held, len(tokens), _DRAFT_PREFILL):
+                    self.draft.model(mx.array(tokens[i : i + _DRAFT_PREFILL])[None], cache=cache)
+                    mx.eval([c.state for c in cache])
+                self.draft_read += len(tokens) - held
+                row.held = len(tokens)
+            caches.append(cache)
+        self.draft_cache = _extend_cache(self.draft_cache, _merge_caches(caches))
+
+    def _kept_prefix(self, tokens: list[int]) -> tuple[int, Any]:
+        """The kept draft cache sharing the longest prefix with `tokens` (taken out and
+        cut to that prefix) and the prefix's length; (0, None) when none shares one."""
+        from .cache import trim_cache
+
+        best, shared = -1, 0
+        for j, (held, _) in enumerate(self.draft_kept):
+            n = 0
+            for a, b in zip(held, tokens, strict=False):
+                if a != b:
+                    break
+                n += 1
+            if n > shared:
+                best, shared = j, n
+        if best < 0:
+            return 0, None
+        held, cache = self.draft_kept[best]
+        del self.draft_kept[best]
+        trim_cache(cache, len(held) - shared)
+        return shared, cache
+
+    def _keep_draft(self, i: int, row: _Row) -> None:
+        """Row i leaving: its draft cache, cut to the tokens its sequence kept, is kept."""
+        from .cache import trim_cache
+
+        if not self.draft_cache or not row.held:
+            return
+        tokens = self.tokens[i][: row.held]
+        cache = [c.extract(i) for c in self.draft_cache]
+        trim_cache(cache, row.held - len(tokens))  # a stop inside the last round's run
+        self.draft_kept.append((tokens, cache))
+
     def filter(self, keep: list[int]) -> None:
         for i, uid in enumerate(self.uids):
             if i not in keep and uid in self.rows:
                 row = self.rows.pop(uid)
                 self.done_counts[uid] = (row.drafted, row.accepted)
+                if self.draft is not None:
+                    self._keep_draft(i, row)
+        if self.draft is not None:
+            if not keep:
+                self.draft_cache = []
+            else:
+                for c in self.draft_cache:
+                    c.filter(keep)
         super().filter(keep)
 
     # -- rounds ------------------------------------------------------------------------
@@ -197,7 +318,8 @@ class SpeculativeBatch(GenerationBatch):
         bucket = _size_bucket(len(self.uids))
         costs = self.costs.get(bucket)
         if costs is None:
-            costs = self.costs[bucket] = _Costs()
+            step = _MODEL_STEP if self.draft is not None else 0.0
+            costs = self.costs[bucket] = _Costs(step=step)
         return costs
 
     def _left(self, i: int) -> int:
@@ -260,7 +382,13 @@ class SpeculativeBatch(GenerationBatch):
         costs = self._costs()
         # Judged on the tokens already read (the pending ones are still being computed),
         # so a plain step keeps mlx-lm's pipelining.
-        if self.rows:
+        if self.rows and self.draft is not None:
+            k, caps = self._model_plan(costs)
+            if k:
+                return self._model_round(costs, k, caps)
+            if any(caps):
+                costs.skipped += 1
+        elif self.rows:
             k, matches = self._plan(costs, self.tokens)
             if k:
                 return self._round(costs)
@@ -272,13 +400,12 @@ class SpeculativeBatch(GenerationBatch):
         return responses
 
     def _round(self, costs: _Costs) -> list[GenerationBatch.Response]:
-        """One verify pass over every row's draft (none for most rows, perhaps)."""
+        """One verify pass over every row's lookup draft (none for most rows, perhaps)."""
         import mlx.core as mx
 
         mx.eval(self._next_tokens, self._next_logprobs)
         start = time.perf_counter()
         last = self._next_tokens.tolist()
-        last_logprobs = self._next_logprobs
         k, matches = self._plan(costs, [[*t, y] for t, y in zip(self.tokens, last, strict=True)])
         drafts: list[list[int]] = []
         choices: list[Any] = []
@@ -292,6 +419,223 @@ class SpeculativeBatch(GenerationBatch):
                     choice.source = None  # a filler: judged apart from real matches
             drafts.append(draft)
             choices.append(choice)
+
+        def judged(i: int, row: _Row, proposed: int, kept: int) -> None:
+            if choices[i].source is not None:
+                row.control.observe(choices[i], proposed, kept)
+            else:
+                for j in range(min(kept + 1, proposed)):
+                    self.filler.add(j < kept)
+
+        return self._verify(costs, start, last, drafts, judged)
+
+    # -- a draft model -------------------------------------------------------------------
+
+    def _model_plan(self, costs: _Costs) -> tuple[int, list[int]]:
+        """With a draft model: the round's draft length k (0: a plain step) and each
+        row's cap (0 for a row that does not draft). Every drafting row's next token
+        has the same chance, its sequence's measured acceptance (the first round
+        drafts one token, to learn it)."""
+        caps = []
+        for i, uid in enumerate(self.uids):
+            row = self.rows.get(uid)
+            caps.append(min(row.control.k_max, self._left(i)) if row is not None else 0)
+        k_max = max(caps, default=0)
+        if not k_max:
+            return 0, caps
+        rows = [(self.rows[uid], cap) for uid, cap in zip(self.uids, caps, strict=True) if cap]
+        if not rows[0][0].control.adaptive:
+            return k_max, caps
+        size = len(self.uids)
+        fixed, per_token = costs.fitted(size)
+        # Each row's chance for its j-th drafted token: its lookup match's where the
+        # text repeats and that is likelier (judged on the tokens read so far), else
+        # the draft model's measured acceptance.
+        chances = []
+        for i, uid in enumerate(self.uids):
+            if not caps[i]:
+                continue
+            row = self.rows[uid]
+            model = min(row.control.model_acceptance.alpha, 0.99)
+            _, length = row.lookup.find(self.tokens[i])
+            if length and row.control.buckets[_bucket(length)].alpha > model:
+                buckets = row.control.buckets
+                chances.append(lambda j, b=buckets, n=length: min(b[_bucket(n + j)].alpha, 0.99))
+            else:
+                chances.append(lambda j, a=model: a)
+        survive = [1.0] * len(rows)
+        gain, best_k, best = 0.0, 0, 1.0
+        for k in range(1, k_max + 1):
+            for j, (_, cap) in enumerate(rows):
+                if k <= cap:
+                    survive[j] *= chances[j](k - 1)
+                    gain += survive[j]
+            speed = (size + gain) / (size * (1 + fixed + k * per_token))
+            if speed > best * 1.05:
+                best_k, best = k, speed
+        if best_k == 0 and (
+            costs.skipped >= _PROBE_AFTER or any(not row.control.model_rounds for row, _ in rows)
+        ):
+            # A probe: acceptance and this batch size's cost may be out of date, or a
+            # sequence has not drafted yet (its first round learns its acceptance).
+            best_k = 1
+        return best_k, caps
+
+    def _model_round(self, costs: _Costs, k: int, caps: list[int]) -> list[Any]:
+        """k batched draft-model steps for every row, then one verify pass.
+
+        The draft's cache first catches up: each drafting row is fed what it has not
+        read of its tokens and its pending one (right padded to the longest, the padding
+        trimmed per row), whose logits give its first draft token; then k - 1 steps feed
+        the drafts. After the verify pass each row's draft cache keeps what its
+        sequence kept (`trim_rows`): its pending token and its kept drafts, but the last
+        draft, which it never read (it is fed on the next round's catch-up)."""
+        import mlx.core as mx
+
+        mx.eval(self._next_tokens, self._next_logprobs)
+        start = time.perf_counter()
+        last = self._next_tokens.tolist()
+        lengths = [len(t) for t in self.tokens]
+        # Rows whose text repeats draft by lookup where its match is likelier than the
+        # draft model (a point mass: the draft model reads its tokens all the same).
+        looked: dict[int, _Choice] = {}
+        for i, uid in enumerate(self.uids):
+            row = self.rows.get(uid)
+            if row is None or not caps[i]:
+                continue
+            pos, length = row.lookup.find([*self.tokens[i], last[i]])
+            model = row.control.model_acceptance.alpha
+            if pos >= 0 and row.control.buckets[_bucket(length)].alpha > model:
+                looked[i] = _Choice(caps[i], "lookup", length, pos)
+        by_model = any(caps[i] and i not in looked for i in range(len(self.uids)))
+        qs: list[dict[int, Any]] = []
+        # With every row looking up, the draft model sits the round out (its rows catch
+        # up when next it runs).
+        drafted, since = (
+            self._model_drafts(k, last, looked, qs) if by_model else ([[]] * len(last), None)
+        )
+        if since is not None:
+            # Rows read a stretch of plain steps: a one-off cost, not what a round of
+            # drafting costs (which would then look too dear to start again).
+            start = since
+        drafts = []
+        for i, uid in enumerate(self.uids):
+            if i in looked:
+                drafts.append(self.rows[uid].lookup.continuation(looked[i].pos, min(k, caps[i])))
+            else:
+                drafts.append(drafted[i][: caps[i]])
+
+        def judged(i: int, row: _Row, proposed: int, kept: int) -> None:
+            choice = looked.get(i) or _Choice(proposed, "model")
+            row.control.observe(choice, proposed, kept)
+
+        def settle(kept: list[int]) -> None:
+            if not by_model:
+                return
+            surplus = []
+            for i, uid in enumerate(self.uids):
+                row = self.rows.get(uid)
+                if row is None:
+                    surplus.append(k)
+                    continue
+                read = min(kept[i], k - 1)
+                row.held = lengths[i] + 1 + read
+                surplus.append(k - 1 - read)
+            trim_rows(self.draft_cache, surplus)
+
+        def q_of(i: int, n: int) -> Any:
+            if i in looked or not qs or i not in qs[0]:
+                return None
+            return mx.stack([qs[j][i] for j in range(n)])
+
+        return self._verify(costs, start, last, drafts, judged, settle=settle, q_of=q_of)
+
+    def _model_drafts(
+        self, k: int, last: list[int], looked: dict[int, _Choice], qs: list[Any]
+    ) -> tuple[list[list[int]], float | None]:
+        """The draft model's k tokens for every row (a row drafting by lookup is fed its
+        lookup tokens instead): the catch-up pass, then k - 1 batched steps. `qs` gets
+        each step's distributions of the sampled rows. And when the catch-up read more
+        than a round leaves behind, the time it ended."""
+        import mlx.core as mx
+
+        feeds = []
+        for i, uid in enumerate(self.uids):
+            row = self.rows.get(uid)
+            # A row that does not draft reads a placeholder, dropped after the round.
+            feeds.append([*self.tokens[i][row.held :], last[i]] if row else [last[i]])
+        width = max(len(f) for f in feeds)
+        inputs = mx.array([f + f[-1:] * (width - len(f)) for f in feeds], dtype=mx.uint32)
+        logits = self.draft.model(inputs, cache=self.draft_cache)
+        ends = mx.array([len(f) - 1 for f in feeds])
+        logits = mx.take_along_axis(logits, ends[:, None, None], axis=1)[:, 0]
+        trim_rows(self.draft_cache, [width - len(f) for f in feeds])
+        since = None
+        if width > 2:
+            mx.eval(logits, [c.state for c in self.draft_cache])
+            since = time.perf_counter()
+        lookups = None
+        if looked:
+            lookups = [
+                self.rows[uid].lookup.continuation(looked[i].pos, k) if i in looked else [0] * k
+                for i, uid in enumerate(self.uids)
+            ]
+            mask = mx.array([i in looked for i in range(len(self.uids))])
+        columns = []
+        for j in range(k):
+            tokens, q = self._draw(logits)
+            if lookups is not None:
+                column = mx.array([t[j] for t in lookups], dtype=mx.uint32)
+                tokens = mx.where(mask, column, tokens)
+            columns.append(tokens)
+            qs.append(q)
+            if j < k - 1:
+                logits = self.draft.model(tokens[:, None], cache=self.draft_cache)[:, -1]
+        return mx.stack(columns, axis=1).tolist(), since
+
+    def _draw(self, logits: Any) -> tuple[Any, dict[int, Any]]:
+        """Each row's draft token from the draft's `logits` (B x vocab): its argmax, or
+        for a sampled sequence a draw from its sampler's distribution q of them (with
+        its own key); and those rows' q."""
+        import mlx.core as mx
+
+        greedy = mx.argmax(logits, axis=-1).astype(mx.uint32)
+        sampled = [i for i, uid in enumerate(self.uids) if uid in self.rows and self.rows[uid].dist]
+        if not sampled:
+            return greedy, {}
+        columns, qs = [], {}
+        for i, uid in enumerate(self.uids):
+            if i not in sampled:
+                columns.append(greedy[i : i + 1])
+                continue
+            row = self.rows[uid]
+            q = row.dist(logits[i : i + 1].astype(mx.float32))[0]
+            row.key, draw = mx.random.split(row.key)
+            columns.append(mx.random.categorical(mx.log(q), key=draw).astype(mx.uint32)[None])
+            qs[i] = q
+        return mx.concatenate(columns), qs
+
+    # -- verifying -----------------------------------------------------------------------
+
+    def _verify(
+        self,
+        costs: _Costs,
+        start: float,
+        last: list[int],
+        drafts: list[list[int]],
+        judged: Any,
+        *,
+        settle: Any = None,
+        q_of: Any = None,
+    ) -> list[GenerationBatch.Response]:
+        """One pass of the model over every row's pending token and draft: each row
+        keeps the drafts it accepts and the model's next token; `judged(i, row,
+        proposed, kept)` for each row that drafted, `settle(kept)` before the caches
+        are evaluated, `q_of(i, n)` a sampled row's draft distributions (None: a point
+        mass)."""
+        import mlx.core as mx
+
+        last_logprobs = self._next_logprobs
         width = 1 + max(len(d) for d in drafts)
         inputs = mx.array(
             [[t, *d, *[t] * (width - 1 - len(d))] for t, d in zip(last, drafts, strict=True)],
@@ -324,6 +668,7 @@ class SpeculativeBatch(GenerationBatch):
         emitted: list[list[int]] = []
         emitted_logprobs: list[list[Any]] = []
         surplus: list[int] = []
+        kept: list[int] = []
         for i in range(len(self.uids)):
             d = drafts[i]
             n = 0
@@ -334,24 +679,26 @@ class SpeculativeBatch(GenerationBatch):
                         n += 1
                     pending[i] = best_list[i][n]
                 else:
-                    n, pending[i] = _judge(row, logits[i, : len(d) + 1], d)
+                    q = q_of(i, len(d)) if q_of is not None else None
+                    n, pending[i] = _judge(row, logits[i, : len(d) + 1], d, q)
                 pending_logprobs[i] = logprobs[i, n]
                 row.drafted += len(d)
                 row.accepted += n
-                if choices[i].source is not None:
-                    row.control.observe(choices[i], len(d), n)
-                else:
-                    for j in range(min(n + 1, len(d))):
-                        self.filler.add(j < n)
+                judged(i, row, len(d), n)
             else:
                 pending[i] = int(pending[i].item())
             emitted.append([last[i], *d[:n]])
             emitted_logprobs.append([last_logprobs[i], *(logprobs[i, j] for j in range(n))])
             surplus.append(width - 1 - n)
+            kept.append(n)
         trim_rows(self.prompt_cache, surplus)
+        if settle is not None:
+            settle(kept)
         self._next_tokens = mx.array(pending, dtype=mx.uint32)
         self._next_logprobs = pending_logprobs
         mx.eval([c.state for c in self.prompt_cache], self._next_logprobs)
+        if self.draft is not None:
+            mx.eval([c.state for c in self.draft_cache])
         if width > 1:  # else no row has a match with its pending token: no measure
             costs.drafting.append((time.perf_counter() - start, width - 1))
             costs.skipped = 0
@@ -395,22 +742,30 @@ class SpeculativeBatch(GenerationBatch):
         return responses
 
 
-def _judge(row: _Row, logits: Any, draft: list[int]) -> tuple[int, int]:
-    """Speculative sampling of a point-mass draft: (drafted tokens kept, the token after
-    them), from `logits` at the draft's positions and one more."""
+def _judge(row: _Row, logits: Any, draft: list[int], q: Any = None) -> tuple[int, int]:
+    """Speculative sampling of a draft: (drafted tokens kept, the token after them), from
+    `logits` at the draft's positions and one more. `q` (len(draft) x vocab) is the
+    distribution each draft token was drawn from; None, a point mass (lookup). A draft
+    token d is kept with probability min(1, p(d) / q(d)); at the first rejection the
+    next token comes from max(p - q, 0) renormalised, after the last kept one from p."""
     import mlx.core as mx
     import numpy as np
 
     p = np.array(row.dist(logits.astype(mx.float32)))
+    qs = np.array(q) if q is not None else None
     u = row.uniforms(2 * len(draft) + 2)
     n = 0
     while n < len(draft):
         d = draft[n]
-        if u[2 * n] < p[n, d]:
+        chance = p[n, d] if qs is None else p[n, d] / max(qs[n, d], 1e-30)
+        if u[2 * n] < chance:
             n += 1
             continue
         residual = p[n].copy()
-        residual[d] = 0.0
+        if qs is None:
+            residual[d] = 0.0
+        else:
+            residual = np.maximum(residual - qs[n], 0.0)
         if residual.sum() <= 0:
             residual = p[n]
         return n, _sample(residual, u[2 * n + 1])

@@ -18,10 +18,12 @@ new; `Finished.cached_tokens` (`usage.prompt_tokens_details.cached_tokens`) says
 prompt tokens that saved. A client that disconnects leaves the batch at the next step.
 
 A quantized KV cache (`kv_bits`) batches too (`runtime/kv_batch.py`: the pool keeps
-quantized entries and admission counts quantized bytes), and so does `draft="lookup"`
-(each sequence speculates on its own inside the batch, `runtime/batch_speculative.py`).
-A draft model (`draft` a model or reference) runs one job at a time instead, through
-`stream_tokens` (its drafts are verified one sequence at a time); `status()` says which.
+quantized entries and admission counts quantized bytes), and so does speculation: with
+`draft="lookup"` each sequence drafts by prompt lookup on its own, with a draft model (a
+model or reference) that model drafts for every sequence from a batch cache of its own,
+and every row's draft is verified in one pass (`runtime/batch_speculative.py`). Only a
+model split across ranks runs a draft model one job at a time, through `stream_tokens`;
+`status()` says which.
 
 Entry points for the protocols' routes: `prepare` (which also refuses a request when the
 queue is full), `check_model`, `check_context`, `events(job)` (text, then a `Finished`;
@@ -135,7 +137,7 @@ class Engine:
             max_batch=self.max_batch,
             prefill_step_size=prefill_step_size or _prefill_step(),
             kv_bits=kv_bits,
-            draft="lookup" if self._batch_lookup else None,
+            draft=self._batch_draft,
             num_draft_tokens=num_draft_tokens,
         )
         self.drafted = 0  # draft tokens of all finished jobs, and those kept
@@ -160,21 +162,26 @@ class Engine:
             return len(self._jobs) + self._reserved
 
     @property
-    def _batch_lookup(self) -> bool:
-        """Prompt lookup speculates inside the batch (not on a model split across ranks,
-        which runs no speculation)."""
-        from ..runtime.speculative import LookupDrafter
+    def _batch_draft(self) -> Any:
+        """What drafts inside the batch: "lookup", the draft model, or None (no drafter,
+        or a model split across ranks, whose batch runs no speculation)."""
+        from ..runtime.speculative import LookupDrafter, ModelDrafter
 
-        return isinstance(self.drafter, LookupDrafter) and leader_of(self.model) is None
+        if leader_of(self.model) is not None:
+            return None
+        if isinstance(self.drafter, LookupDrafter):
+            return "lookup"
+        if isinstance(self.drafter, ModelDrafter):
+            return self.drafter.draft
+        return None
 
     @property
     def batched(self) -> bool:
-        """Whether jobs decode together: with bf16 or quantized KV, with prompt lookup;
-        not with a draft model (its drafts are verified one sequence per forward pass:
-        `serve --draft MODEL` trades batching for the speed of each reply), and not with
-        a quantized KV cache on a model split across ranks (its ranks' batch caches are
-        bf16 only)."""
-        lone_draft = self.drafter is not None and not self._batch_lookup
+        """Whether jobs decode together: with bf16 or quantized KV, with prompt lookup or
+        a draft model; not with a draft model on a model split across ranks (its drafts
+        are verified one sequence at a time there), and not with a quantized KV cache on
+        a model split across ranks (its ranks' batch caches are bf16 only)."""
+        lone_draft = self.drafter is not None and self._batch_draft is None
         split_kv = self.kv_bits is not None and leader_of(self.model) is not None
         return not lone_draft and not split_kv
 

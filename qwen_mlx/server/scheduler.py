@@ -20,8 +20,9 @@ server never keeps answering /health while generating nothing.
 
 With a quantized KV cache (`kv_bits`) the batch holds 8- or 4-bit KV (`kv_batch.py`) and
 admission counts its bytes. With `draft="lookup"` each sequence speculates by prompt
-lookup inside the batch (`runtime/batch_speculative.py`: greedy ones exactly, sampled ones
-by rejection sampling); a job that asked for no drafting, or one with a schema or penalty,
+lookup inside the batch, with `draft` a loaded draft model that model drafts for every
+sequence (`runtime/batch_speculative.py`: greedy ones exactly, sampled ones by rejection
+sampling); a job that asked for no drafting, or one with a schema or penalty,
 decodes without it, and the log says so. `Finished.drafted` / `accepted` count each job's drafts.
 """
 
@@ -32,6 +33,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..runtime import Model
 from ..runtime.batch import BatchDecoder, SequenceEvent, open_decoder
@@ -95,7 +97,7 @@ class Scheduler:
         prefill_step_size: int,
         decoder_factory: Callable[..., BatchDecoder] = open_decoder,
         kv_bits: int | None = None,
-        draft: str | None = None,
+        draft: Any = None,
         num_draft_tokens: int | None = None,
     ) -> None:
         self.model = model
@@ -188,9 +190,9 @@ class Scheduler:
                     cache=checkout.cache,
                     cached=checkout.reused,
                     logprobs=entry.job.logprobs,
-                    **({"speculative": entry.job.speculative} if self.draft else {}),
+                    **({"speculative": entry.job.speculative} if self.draft is not None else {}),
                 )
-                if self.draft and not decoder.drafting(entry.uid):
+                if self.draft is not None and not decoder.drafting(entry.uid):
                     logger.info(
                         "%s: decodes without drafting (%s)", entry.job.id, _why_plain(entry.job)
                     )

@@ -66,12 +66,15 @@ def _stop_reason(reason: str, done: Finished) -> str:
 
 def _usage(done: Finished) -> dict[str, Any]:
     # Anthropic counts cache reads apart: input_tokens are those read afresh.
-    return {
+    usage = {
         "input_tokens": done.prompt_tokens - done.cached_tokens,
         "output_tokens": done.completion_tokens,
         "cache_read_input_tokens": done.cached_tokens,
         "cache_creation_input_tokens": 0,
     }
+    if done.drafted:  # speculative drafts (--draft): fields of ours, which clients ignore
+        usage.update(draft_tokens=done.drafted, draft_accepted_tokens=done.accepted)
+    return usage
 
 
 def _expected_usage(engine: Engine, job: Job) -> dict[str, Any]:

@@ -51,6 +51,13 @@ def final(done: Finished, started: float) -> dict[str, Any]:
         "prompt_eval_duration": prompt_ns,
         "eval_count": done.completion_tokens,
         "eval_duration": eval_ns,
+        # speculative drafts (--draft), counted as llama.cpp's server does; fields of
+        # ours, which Ollama's clients ignore
+        **(
+            {"draft_count": done.drafted, "draft_accepted_count": done.accepted}
+            if done.drafted
+            else {}
+        ),
     }
 
 

@@ -238,6 +238,17 @@ def _usage(done: Finished) -> dict[str, Any]:
         "input_tokens": done.prompt_tokens,
         "input_tokens_details": {"cached_tokens": done.cached_tokens},
         "output_tokens": done.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        # With speculative drafts (--draft), chat completions' names for them beside
+        # the reasoning tokens (clients ignore what they do not know).
+        "output_tokens_details": {"reasoning_tokens": 0, **_drafts(done)},
         "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+def _drafts(done: Finished) -> dict[str, int]:
+    if not done.drafted:
+        return {}
+    return {
+        "accepted_prediction_tokens": done.accepted,
+        "rejected_prediction_tokens": done.drafted - done.accepted,
     }
