@@ -341,6 +341,7 @@ def _generating(tiny_mlx, home: Path, **env: str) -> subprocess.Popen:
 ENDS_WITHIN = 60
 
 
+@pytest.mark.interop  # a failure drill: processes killed or frozen and waited out
 def test_a_killed_follower_fails_the_command_naming_it(tiny_mlx, tmp_path):
     command = _generating(tiny_mlx, tmp_path)
     try:
@@ -354,6 +355,7 @@ def test_a_killed_follower_fails_the_command_naming_it(tiny_mlx, tmp_path):
     assert "error: Rank 1 of 2 (127.0.0.1) stopped (killed by SIGKILL)" in err.decode()
 
 
+@pytest.mark.interop  # a failure drill: processes killed or frozen and waited out
 def test_a_follower_that_stops_answering_fails_the_command_naming_it(tiny_mlx, tmp_path):
     # A frozen follower keeps its sockets open: rank 0's collective waits on it for good
     # and no error ever comes from MLX. Silent 3 s while rank 0 waits, it is given up,
@@ -373,6 +375,7 @@ def test_a_follower_that_stops_answering_fails_the_command_naming_it(tiny_mlx, t
     assert not _running(follower)  # rank 0 ended it on the way out
 
 
+@pytest.mark.interop  # a failure drill: processes killed or frozen and waited out
 def test_a_follower_leaves_when_rank_0_dies_during_a_step(tiny_mlx, tmp_path):
     command = _generating(tiny_mlx, tmp_path)
     (follower,) = _child_pids(command.pid)
@@ -416,6 +419,7 @@ def test_requests_a_blocked_model_thread_cannot_end_hear_the_ranks_failure(serve
         release.set()
 
 
+@pytest.mark.interop  # a failure drill: processes killed or frozen and waited out
 def test_a_killed_follower_ends_requests_with_its_name_and_the_group_restarts(tiny_mlx, tmp_path):
     argv = ["serve", "--model", str(tiny_mlx), "--ranks", "2", "--port", "0"]
     server = subprocess.Popen(

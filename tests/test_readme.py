@@ -23,6 +23,7 @@ def test_the_readme_has_python_blocks():
     assert len(BLOCKS) >= 4
 
 
+@pytest.mark.interop  # every block against the demo model: half a minute
 def test_every_python_block_runs_against_the_demo_model(home, tmp_path, monkeypatch, capsys):
     from qwen_mlx import Model, load
     from qwen_mlx.chat import documents

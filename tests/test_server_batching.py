@@ -124,13 +124,16 @@ def test_health_reports_the_batch_and_the_queue(served):
     assert during["batch_size"] == 1 and during["queued"] == 1
 
 
-def test_a_client_leaving_mid_stream_leaves_the_batch_and_gives_its_cache_back(served):
+def test_a_client_leaving_mid_stream_leaves_the_batch_and_gives_its_cache_back(served, script):
     pool = served.engine.cache
     idle(served.engine)
     pool.clear()
+    # A reply that never ends by itself: only the client leaving can end it (a random
+    # model at temperature 1 sometimes ended first, and the test read "stop").
+    script.reply("on and on ", when="I will leave", repeat=True)
     client = served.client()
     leaving = client.chat.completions.create(
-        model=MODEL, messages=user("I will leave"), max_tokens=200, temperature=1.0, stream=True
+        model=MODEL, messages=user("I will leave"), max_tokens=2000, temperature=1.0, stream=True
     )
     first_chunks(leaving, 2)
     staying = client.chat.completions.create(
