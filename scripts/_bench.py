@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -358,3 +360,37 @@ class Report:
         from qwen_mlx.fileio import atomic_write_json
 
         atomic_write_json(self.json_path, {"tables": self.tables, "lines": self.lines, **more})
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, on the loopback address."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    command: list[str], port: int, log: Path, headers: Mapping[str, str] | None = None
+) -> subprocess.Popen:
+    """Start a server (ours or a peer: `command`, its output to `log`) with this checkout
+    first on the import path, and wait up to 300 s until it answers /v1/models."""
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{command[2]} exited early; see {log}:\n{log.read_text()[-2000:]}")
+        try:
+            url = f"http://127.0.0.1:{port}/v1/models"
+            if httpx.get(url, timeout=2, headers=dict(headers or {})).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"{command[2]} did not start in 300 s; see {log}")

@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from _bench import free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,6 +57,7 @@ PATHS = {
     "ollama": "/api/chat",
 }
 KEY = "bench-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 WORDS = [
     *("the", "server", "reads", "each", "request", "file", "module", "function", "value"),
     *("cache", "token", "prompt", "turn", "agent", "tool", "result", "line", "test"),
@@ -205,34 +206,6 @@ def synthetic_session(
 # -- servers -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
-    """Start a server and wait until it answers."""
-    import httpx
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{command[2]} exited early:\n{log.read_text()[-2000:]}")
-        try:
-            headers = {"Authorization": f"Bearer {KEY}"}
-            url = f"http://127.0.0.1:{port}/v1/models"
-            if httpx.get(url, timeout=2, headers=headers).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"{command[2]} did not start in 300 s; see {log}")
-
-
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM: a graceful stop (ours then writes its pool to --cache-dir)."""
     proc.terminate()
@@ -260,7 +233,7 @@ def serving(folder: Path, log: Path, cache_dir: Path | None = None, model: Any =
     extra = ("--cache-dir", str(cache_dir)) if cache_dir is not None else ()
     if model is None:
         port = free_port()
-        proc = start(ours(folder, port, *extra), port, log)
+        proc = start_server(ours(folder, port, *extra), port, log, AUTH)
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
@@ -533,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             peer = None
             if not args.no_peer and "chat" in sessions:
                 port = free_port()
-                proc = start(theirs(folder, port), port, tmp / "mlx_lm.log")
+                proc = start_server(theirs(folder, port), port, tmp / "mlx_lm.log", AUTH)
                 url = f"http://127.0.0.1:{port}"
                 try:
                     with Others(url, str(folder), busy) if busy else contextlib.nullcontext():

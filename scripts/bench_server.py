@@ -45,7 +45,6 @@ plain; kv8 >= 0.9x ours plain at 8 clients.
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,17 @@ import threading
 import time
 from pathlib import Path
 
-from _bench import ROOT, TRAINED, BenchParser, Column, Report, need_model, ratio, workspace
+from _bench import (
+    TRAINED,
+    BenchParser,
+    Column,
+    Report,
+    free_port,
+    need_model,
+    ratio,
+    start_server,
+    workspace,
+)
 
 QUESTIONS = [
     "Continue:\nimport os",
@@ -94,32 +103,6 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
-    """Start a server and wait until it answers /v1/models."""
-    import httpx
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{command[2]} exited early; see {log}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"{command[2]} did not start in 300 s; see {log}")
 
 
 def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
@@ -281,7 +264,7 @@ def agent(args, source: Path) -> int:
         try:
             for name in AGENT_SERVERS:
                 port = free_port()
-                procs[name] = start(
+                procs[name] = start_server(
                     [*commands[name], "--port", str(port)], port, tmp / f"{port}.log"
                 )
                 urls[name] = f"http://127.0.0.1:{port}/v1"
@@ -416,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         procs = []
         try:
             for command, port in servers.values():
-                procs.append(start(command, port, tmp / f"{port}.log"))
+                procs.append(start_server(command, port, tmp / f"{port}.log"))
             # both answer to the --model path as the request's model name
             urls = {name: f"http://127.0.0.1:{port}/v1" for name, (_, port) in servers.items()}
             for url in urls.values():
