@@ -112,6 +112,23 @@ def tiny_hf_untied(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_mlx(tmp_path_factory) -> Path:
+    """The trained tiny Qwen3 target (../shared, real text and template) as bf16 MLX,
+    converted once per session outside any store (bf16: MLX's quantized matmuls are slow
+    on a CPU). Skips without the trained pair."""
+    from qwen_mlx.convert import convert
+
+    from .helpers import TRAINED_TARGET
+
+    if not (TRAINED_TARGET / "model.safetensors").is_file():
+        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
+    root = tmp_path_factory.mktemp("trained")
+    return convert(
+        str(TRAINED_TARGET), mlx_path=root / "t", quantize=False, home=root / "home"
+    ).path
+
+
+@pytest.fixture(scope="session")
 def tiny_mlx(tiny_hf, tmp_path_factory) -> Path:
     """The tiny checkpoint converted to 4-bit MLX (outside any store)."""
     from qwen_mlx.convert import convert

@@ -163,3 +163,19 @@ def pair_distribution(model, prompt, k):
             key = (a, "end") if b in eos else (a, b)
             out[key] = out.get(key, 0) + pa * pb
     return out
+
+
+def serving_url(lines: list[str], server: subprocess.Popen) -> str:
+    """The base URL `qwen-mlx serve` announces in `lines` (its output as read so far), once
+    it does (120 s at most); fails with the output if the server exits first."""
+    import re
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in lines:
+            found = re.search(r"serving .* at (http://127\.0\.0\.1:\d+)/v1", line)
+            if found:
+                return found.group(1)
+        assert server.poll() is None, "".join(lines)
+        time.sleep(0.1)
+    raise AssertionError("the server did not start: " + "".join(lines))

@@ -11,9 +11,6 @@ import pytest
 from qwen_mlx import SamplingParams, batch_generate, generate, load
 from qwen_mlx.runtime import BatchDecoder, stream_generate
 
-from .helpers import TRAINED_TARGET
-
-TRAINED = TRAINED_TARGET
 PROMPTS = ["hi", "Tell me about the sea. " * 2, "1 2 3", "A much longer prompt, " * 12]
 
 
@@ -22,16 +19,9 @@ def user(text: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The small trained Qwen3 (real text, confident logits) converted with our convert."""
-    if not (TRAINED / "model.safetensors").is_file():
-        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED}")
-    from qwen_mlx.convert import convert
-
-    root = tmp_path_factory.mktemp("trained")
-    # bf16: MLX's quantized matmuls are slow on a CPU
-    out = convert(str(TRAINED), mlx_path=root / "bf16", quantize=False, home=root / "home").path
-    return load(out)
+def trained(trained_mlx):
+    """The small trained Qwen3 (real text, confident logits), bf16."""
+    return load(trained_mlx)
 
 
 def test_batched_greedy_text_is_what_generate_gives_one_at_a_time(tiny_model):

@@ -18,7 +18,7 @@ from qwen_mlx.runtime.batch import BatchDecoder
 from qwen_mlx.runtime.cache import cache_length
 from qwen_mlx.runtime.kv_batch import trim_rows
 
-from .helpers import TRAINED_DRAFT, TRAINED_TARGET, chi2_critical, pair_distribution, topk_probs
+from .helpers import TRAINED_DRAFT, chi2_critical, pair_distribution, topk_probs
 
 # Replies that repeat their prompts (lookup drafts often) and ones that do not.
 PROMPTS = [
@@ -31,14 +31,9 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(trained_mlx):
     """The trained target, bf16: it has learned to repeat, so drafts are accepted."""
-    if not (TRAINED_TARGET / "model.safetensors").is_file():
-        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
-    from qwen_mlx.convert import convert
-
-    root = tmp_path_factory.mktemp("trained")
-    return load(convert(str(TRAINED_TARGET), mlx_path=root / "t", quantize=False).path)
+    return load(trained_mlx)
 
 
 @pytest.fixture(scope="module")

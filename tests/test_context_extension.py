@@ -5,11 +5,9 @@ current thread")."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import threading
-import time
 from types import SimpleNamespace
 
 import anthropic
@@ -22,7 +20,7 @@ from qwen_mlx.chat.session import ChatSession
 from qwen_mlx.runtime import generate
 from qwen_mlx.runtime.thread import ModelThread
 
-from .helpers import child_env
+from .helpers import child_env, serving_url
 from .served import MODEL
 from .webchat import events, new_chat, page_client
 
@@ -61,7 +59,7 @@ def test_serve_with_context_extension_answers_every_protocol_and_the_web_chat(ti
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(server.stderr), daemon=True).start()
     try:
-        base = _wait_for_url(lines, server)
+        base = serving_url(lines, server)
         hi = [{"role": "user", "content": "Hi"}]
         chat = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=60)
         reply = chat.chat.completions.create(model=MODEL, messages=hi, max_tokens=3)
@@ -81,15 +79,3 @@ def test_serve_with_context_extension_answers_every_protocol_and_the_web_chat(ti
         server.terminate()
         server.wait(timeout=30)
     assert "no Stream" not in "".join(lines)
-
-
-def _wait_for_url(lines: list[str], server: subprocess.Popen) -> str:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        for line in lines:
-            found = re.search(r"serving .* at (http://127\.0\.0\.1:\d+)/v1", line)
-            if found:
-                return found.group(1)
-        assert server.poll() is None, "".join(lines)
-        time.sleep(0.1)
-    raise AssertionError("the server did not start: " + "".join(lines))

@@ -34,7 +34,7 @@ from qwen_mlx.errors import RankFailedError
 from qwen_mlx.runtime import SamplingParams, batch_generate, generate, load
 from qwen_mlx.runtime.launch import HostFile, Ranks, free_ports
 
-from .helpers import ROOT, run_script
+from .helpers import ROOT, run_script, serving_url
 from .served import MODEL, Served, all_at_once, user
 
 KEY = "group-key"
@@ -432,7 +432,7 @@ def test_a_killed_follower_ends_requests_with_its_name_and_the_group_restarts(ti
     reader = threading.Thread(target=lambda: lines.extend(server.stderr), daemon=True)
     reader.start()
     try:
-        base = _wait_for_url(lines, server)
+        base = serving_url(lines, server)
         health = httpx.get(base + "/health", timeout=10).json()
         follower = health["rank_states"][1]["pid"]
         client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
@@ -476,18 +476,6 @@ def test_a_killed_follower_ends_requests_with_its_name_and_the_group_restarts(ti
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-
-
-def _wait_for_url(lines: list[str], server: subprocess.Popen) -> str:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        for line in lines:
-            found = re.search(r"serving .* at (http://127\.0\.0\.1:\d+)/v1", line)
-            if found:
-                return found.group(1)
-        assert server.poll() is None, "".join(lines)
-        time.sleep(0.1)
-    raise AssertionError("the server did not start: " + "".join(lines))
 
 
 @pytest.mark.interop

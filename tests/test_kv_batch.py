@@ -16,7 +16,7 @@ from qwen_mlx.runtime import make_cache
 from qwen_mlx.runtime.cache import cache_length, load_cache, prefill, save_cache
 from qwen_mlx.runtime.kv_batch import BatchQuantizedKVCache, batchable
 
-from .helpers import TRAINED_TARGET, needs_trained, run_script
+from .helpers import needs_trained, run_script
 
 PROMPTS = [
     "def parse(self, text):\n    return",
@@ -27,14 +27,9 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(trained_mlx):
     """The trained target (head_dim 64: group size 64, as for Qwen3-4B's 128), bf16."""
-    if not (TRAINED_TARGET / "model.safetensors").is_file():
-        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
-    from qwen_mlx.convert import convert
-
-    root = tmp_path_factory.mktemp("trained")
-    return load(convert(str(TRAINED_TARGET), mlx_path=root / "t", quantize=False).path)
+    return load(trained_mlx)
 
 
 def _alone(model, tokens, bits, max_tokens, cache=None):

@@ -36,7 +36,7 @@ from tui.screens import (
 )
 from tui.widgets import MessageView, PromptInput, StatusBar
 
-from .helpers import SCRIPTS, TRAINED_TARGET, child_env
+from .helpers import SCRIPTS, child_env
 from .tui_pilot import (
     driving,
     exchange,
@@ -838,12 +838,9 @@ async def test_export_records_the_sampling_of_each_reply_across_a_restart(stored
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
+def trained(trained_mlx) -> Path:
     """The trained tiny Qwen3 (real text, real template) as bf16 MLX, outside any store."""
-    if not (TRAINED_TARGET / "model.safetensors").is_file():
-        pytest.skip(f"the trained tiny Qwen3 is not at {TRAINED_TARGET}")
-    out = tmp_path_factory.mktemp("trained") / "target-bf16"
-    return convert(str(TRAINED_TARGET), mlx_path=out, quantize=False).path
+    return trained_mlx
 
 
 def assert_read_only_the_new_message(app: ChatApp, held: list[int], text: str) -> None:
