@@ -107,4 +107,6 @@ def test_imported_gguf_files_run_in_mlx_as_in_llama_cpp(figures):
     assert figures.row("import of llama.cpp's q4_k_m, in MLX").top1 >= 0.8
     notes = figures.import_notes["llama.cpp's q4_k_m"]
     assert any("re-quantized" in n for n in notes)
-    assert not figures.import_notes["our q4_0 GGUF"]  # carried over as it is
+    # Our q4_0 blocks are carried over as they are (its other notes say where the import
+    # went: the family's latest, made first by the benchmark, stays as it was).
+    assert not [n for n in figures.import_notes["our q4_0 GGUF"] if "re-quantized" in n]
