@@ -179,14 +179,45 @@ def test_a_prompts_file_refuses_flags_it_cannot_honour(tmp_path, capsys):
     tools = tmp_path / "tools.json"
     tools.write_text('{"mcp": {}}')
     base = ["--model", "nowhere", "--prompts-file", str(prompts), "--output", str(out)]
-    for extra in (
-        ["--mcp", str(tools)],
-        ["--kv-bits", "8"],
-        ["--policy", "error"],
-        ["--draft", "lookup"],
-    ):
+    for extra in (["--mcp", str(tools)], ["--policy", "error"], ["--session", "s.json"]):
         assert main(base + extra) == 1
         assert "cannot be combined" in capsys.readouterr().err and not out.exists()
+    for extra in (["--draft", "lookup"], ["--kv-bits", "8"]):  # no rank is started
+        assert main([*base, "--ranks", "2", *extra]) == 1
+        assert "split across ranks" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_prompts_file_speculates_and_quantizes_its_kv_inside_the_batch(
+    trained, trained_mlx, tmp_path, capsys
+):
+    from qwen_mlx.cli.generate import main
+
+    def run(asks: list[str], *extra: str) -> list[dict]:
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps(a) + "\n" for a in asks))
+        out = tmp_path / "out.jsonl"
+        argv = ["--model", str(trained_mlx), "--prompts-file", str(prompts), "--output"]
+        argv += [str(out), "--raw", "--temperature", "0", "--max-tokens", "24", *extra]
+        assert main(argv) == 0
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    # A raw continuation the trained target copies from: its first match drafts (on a
+    # CPU, rows of a bigger batch draft only where most of them copy: batch_speculative).
+    copying = "def parse(self, text):\n    return text\n\ndef parse(self, text):\n    return"
+    rows = run([copying], "--draft", "lookup")
+    assert rows[0]["text"] == generate(trained, copying, temperature=0, max_tokens=24)
+    assert 0 <= rows[0]["accepted_draft_tokens"] <= rows[0]["draft_tokens"]
+    assert rows[0]["draft_tokens"] > 0
+    drafted, accepted = rows[0]["draft_tokens"], rows[0]["accepted_draft_tokens"]
+    assert f"{accepted:,} of {drafted:,} drafted tokens accepted" in capsys.readouterr().err
+
+    asks = [copying, "x = [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,", "class Queue:\n"]
+    rows = run(asks, "--kv-bits", "8")
+    quantized = batch_generate(
+        trained, asks, temperature=0, max_tokens=24, kv_bits=8, progress=False
+    )
+    assert [r["text"] for r in rows] == [q.text for q in quantized]
+    assert "draft_tokens" not in rows[0]
 
 
 def test_a_short_prompt_answers_while_long_ones_are_still_being_read(tiny_model):

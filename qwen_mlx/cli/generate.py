@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts-file",
         type=Path,
         metavar="FILE",
-        help="a JSONL file of prompts, answered together in one batch (needs --output)",
+        help="a JSONL file of prompts, answered together in one batch (needs --output; "
+        "--draft and --kv-bits work inside the batch)",
     )
     p.add_argument(
         "--output",
@@ -115,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.prompts_file and (args.ranks or args.hosts) and (args.draft or args.kv_bits):
+        raise ValueError(  # before any rank starts
+            "A model split across ranks decodes a prompts file in bf16 without drafting: "
+            "leave out --draft and --kv-bits, or --ranks/--hosts."
+        )
     with ranks_from_args(args) as ranks:
         args.load_group = group_load_args(args, ranks)
         return _main(args)
@@ -196,11 +202,10 @@ def _generate(args: argparse.Namespace, tools) -> int:
 def _prompts_file(args: argparse.Namespace) -> int:
     if args.output is None:
         raise ValueError("--prompts-file needs --output FILE.jsonl for the replies.")
-    if args.session or args.kv_bits or args.policy or args.json_schema or args.mcp or args.draft:
+    if args.session or args.policy or args.json_schema or args.mcp:
         raise ValueError(
-            "--prompts-file answers each prompt on its own, in one batch (without speculative "
-            "decoding); it cannot be combined with --session, --kv-bits, --policy, "
-            "--json-schema, --mcp or --draft."
+            "--prompts-file answers each prompt on its own, in one batch; it cannot be "
+            "combined with --session, --policy, --json-schema or --mcp."
         )
     from . import prompts_file
 
@@ -213,6 +218,7 @@ def _prompts_file(args: argparse.Namespace) -> int:
         context_extension=args.context_extension,
         **args.load_group,
     )
+    args.drafter = draft_from_args(model, args)
     return prompts_file.run(model, args, sampling_overrides(args))
 
 

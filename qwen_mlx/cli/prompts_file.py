@@ -5,8 +5,10 @@ Each input line is a JSON string (a user message), or an object with `prompt` (t
 `messages` (a chat), and optionally `id` and sampling fields (`temperature`,
 `max_tokens`, `seed`, `stop`, ...) that override the command line's for that prompt.
 Each output line, in input order: `id` (if given), `text`, `finish_reason`,
-`prompt_tokens`, `completion_tokens`. The output is written whole at the end, or not at
-all.
+`prompt_tokens`, `completion_tokens`, and with `--draft` `draft_tokens` and
+`accepted_draft_tokens`. `--draft lookup|REF` speculates inside the batch, each prompt
+on its own; `--kv-bits` quantizes the batch's KV cache. The output is written whole at
+the end, or not at all.
 """
 
 from __future__ import annotations
@@ -83,7 +85,13 @@ def run(model: Any, args: Any, overrides: dict[str, Any]) -> int:
     bar = ProgressBar(unit="prompts")
     bar.update("generating", 0, len(prompts))
     results = batch_generate(
-        model, prompts, params, progress=lambda done, total: bar.update("generating", done, total)
+        model,
+        prompts,
+        params,
+        progress=lambda done, total: bar.update("generating", done, total),
+        kv_bits=args.kv_bits,
+        draft=args.drafter,
+        num_draft_tokens=args.num_draft_tokens,
     )
     bar.finish()
     lines = []
@@ -95,11 +103,18 @@ def run(model: Any, args: Any, overrides: dict[str, Any]) -> int:
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
         )
+        if args.drafter is not None:
+            out.update(draft_tokens=result.drafted, accepted_draft_tokens=result.accepted)
         lines.append(json.dumps(out, ensure_ascii=False) + "\n")
     atomic_write_text(args.output, "".join(lines))
     generated = sum(r.completion_tokens for r in results)
+    drafts = ""
+    if args.drafter is not None:
+        drafted = sum(r.drafted for r in results)
+        accepted = sum(r.accepted for r in results)
+        drafts = f"; {accepted:,} of {drafted:,} drafted tokens accepted"
     print(
-        f"wrote {len(results)} replies ({generated:,} tokens) to {args.output}",
+        f"wrote {len(results)} replies ({generated:,} tokens{drafts}) to {args.output}",
         file=sys.stderr,
     )
     return 0

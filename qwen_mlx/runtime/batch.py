@@ -56,6 +56,8 @@ class BatchResult:
     finish_reason: str  # "stop" (end of turn or a stop string) or "length"
     prompt_tokens: int
     completion_tokens: int
+    drafted: int = 0  # with a draft: tokens drafted for this reply, and those kept
+    accepted: int = 0
 
 
 @dataclass(frozen=True)
@@ -384,14 +386,15 @@ class BatchDecoder:
 
 
 def _draft_model(model: Model, draft: Any) -> Any:
-    """The draft `Model` a batch drafts with: None for prompt lookup or no drafting; a
-    loaded Model, a store reference (loaded), or a `ModelDrafter`'s, checked to share
-    `model`'s tokenizer."""
+    """The draft `Model` a batch drafts with: None for prompt lookup (`"lookup"` or a
+    `LookupDrafter`) or no drafting; a loaded Model, a store reference (loaded), or a
+    `ModelDrafter`'s, checked to share `model`'s tokenizer."""
     from .model import Model as Loaded
     from .model import load
-    from .speculative import ModelDrafter, check_tokenizers
+    from .speculative import LookupDrafter, ModelDrafter, check_tokenizers
 
-    if draft is None or (isinstance(draft, str) and draft == "lookup"):
+    lookup = isinstance(draft, LookupDrafter) or (isinstance(draft, str) and draft == "lookup")
+    if draft is None or lookup:
         return None
     if isinstance(draft, ModelDrafter):
         draft = draft.draft
@@ -452,6 +455,7 @@ def batch_generate(
     prefill_step_size: int = 512,
     kv_bits: int | None = None,
     draft: Any = None,
+    num_draft_tokens: int | None = None,
     **overrides: Any,
 ) -> list[BatchResult]:
     """Replies to many prompts (raw text, chat messages or token ids), decoded together.
@@ -463,7 +467,9 @@ def batch_generate(
     Sequences are admitted while the memory planner says their KV (prompt + max_tokens
     each) fits beside the weights. `kv_bits` (8 or 4) quantizes the KV (admission counts
     its bytes); `draft="lookup"` makes each prompt speculate by prompt lookup on its own,
-    a draft `Model` (or its store reference) with that model (`BatchDecoder`).
+    a draft `Model` (or its store reference, or a drafter from `make_drafter`) with that
+    model, at most `num_draft_tokens` a round (`BatchDecoder`); each result counts the
+    tokens drafted for it and those kept.
     """
     from .memory import MemoryPlanner
 
@@ -495,7 +501,7 @@ def batch_generate(
     results: dict[int, BatchResult] = {}
     options: dict[str, Any] = {"kv_bits": kv_bits} if kv_bits is not None else {}
     if draft is not None:
-        options["draft"] = draft
+        options.update(draft=draft, num_draft_tokens=num_draft_tokens)
     decoder = open_decoder(
         model, max_batch=max_batch, prefill_step_size=prefill_step_size, **options
     )
@@ -521,6 +527,8 @@ def batch_generate(
                     event.finish_reason,
                     event.prompt_tokens,
                     event.completion_tokens,
+                    event.drafted,
+                    event.accepted,
                 )
                 report(len(results))
     finally:
