@@ -262,19 +262,21 @@ def _serve(args: argparse.Namespace, sockets: list[socket.socket], ranks, argv: 
     )
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sockets[0].getsockname()[1]
-    split = f", split across {ranks.size} ranks" if ranks is not None else ""
-    print(
-        f"serving {model.name} at http://{host}:{port}/v1 "
-        f"(context {engine.context_limit:,} tokens, {_concurrency(engine)}, "
-        f"{engine.max_queue} more waiting{split}); Ollama apps: OLLAMA_HOST=http://{host}:{port}",
-        file=sys.stderr,
-    )
     config = server_config(
         app,
         host=args.host,
         port=port,
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
+    )
+    for sock in sockets:  # from here a client waits for uvicorn's accept, never refused
+        sock.listen(config.backlog)
+    split = f", split across {ranks.size} ranks" if ranks is not None else ""
+    print(
+        f"serving {model.name} at http://{host}:{port}/v1 "
+        f"(context {engine.context_limit:,} tokens, {_concurrency(engine)}, "
+        f"{engine.max_queue} more waiting{split}); Ollama apps: OLLAMA_HOST=http://{host}:{port}",
+        file=sys.stderr,
     )
     try:
         uvicorn.Server(config).run(sockets=sockets)
