@@ -26,16 +26,17 @@ clients >= 3x ours at 1.
 `--workload agent`: replies that copy from their prompts, as an agent's code edits do
 (prompts of CPython source with "Repeat the text above." or "Rewrite the code above with
 X renamed"; the trained pair was trained on such turns), and, apart, questions whose
-replies do not. Six servers: ours with `--draft lookup --kv-bits 8` (speculation and
+replies do not. Seven servers: ours with `--draft lookup --kv-bits 8` (speculation and
 8-bit KV inside the batch), ours with each alone, ours with the trained draft model
 (`--draft-model`, converted beside the target; it drafts inside the batch too), ours
-plain, and `mlx_lm server`; at 1,
-4 and 8 clients (`--clients`), each client streaming one reply per round, the servers
-taking turns; medians of `--rounds`. Printed: aggregate tokens/s (wall clock) and tokens
-per CPU-second of each server process (the machine is shared: CPU time moves less with
-other load), our draft acceptance (from /health), and the ratios. Targets: lookup+kv8 on
-the copying workload >= 1.5x mlx_lm; on the other, every speculative mode >= 0.95x ours
-plain; kv8 >= 0.9x ours plain at 8 clients.
+plain, `mlx_lm server`, and `mlx_lm server --draft-model` with the same draft (which
+decodes one request at a time); at 1, 4 and 8 clients (`--clients`), each client
+streaming one reply per round, the servers taking turns; medians of `--rounds`. Printed:
+aggregate tokens/s (wall clock) and tokens per CPU-second of each server process (the
+machine is shared: CPU time moves less with other load), our draft acceptance (from
+/health), and the ratios. Targets: lookup+kv8 on the copying workload >= 1.5x mlx_lm; on
+the other, every speculative mode >= 0.95x ours plain; kv8 >= 0.9x ours plain at 8
+clients.
 
     python scripts/bench_server.py --workload agent [--clients 1,4,8] [--max-tokens 64]
 
@@ -219,12 +220,21 @@ def say_round(name: str, c: int, r: dict) -> None:
     )
 
 
-AGENT_SERVERS = ("lookup+kv8", "lookup", "draft model", "kv8", "ours plain", "mlx_lm")
+AGENT_SERVERS = (
+    "lookup+kv8",
+    "lookup",
+    "draft model",
+    "kv8",
+    "ours plain",
+    "mlx_lm",
+    "mlx_lm draft",
+)
 AGENT_PAIRS = (
     ("lookup+kv8", "mlx_lm"),
     ("lookup+kv8", "ours plain"),
     ("lookup", "ours plain"),
     ("draft model", "ours plain"),
+    ("draft model", "mlx_lm draft"),
     ("kv8", "ours plain"),
     ("ours plain", "mlx_lm"),
 )
@@ -258,6 +268,11 @@ def agent(args, source: Path) -> int:
             "ours plain": ours,
             "mlx_lm": [python, "-m", "mlx_lm", "server", "--model", str(folder),
                        "--log-level", "WARNING"],
+            # Its speculative decoding: the same draft, its CLI's default of 3 drafted
+            # tokens; mlx-lm then decodes one request at a time (not batchable).
+            "mlx_lm draft": [python, "-m", "mlx_lm", "server", "--model", str(folder),
+                             "--draft-model", str(draft), "--num-draft-tokens", "3",
+                             "--log-level", "WARNING"],
         }  # fmt: skip
         procs, urls = {}, {}
         results: dict = {}

@@ -362,8 +362,10 @@ def test_the_agent_workload_benchmark_runs_in_smoke_mode():
         rows = [line for line in lines if line.startswith(kind)]
         # Two tables (tokens/s, ratios), one row per concurrency (1 and 2 clients).
         assert [row.split()[2] for row in rows] == ["1", "2", "1", "2"], rows
-        assert all(row.count("x (") == 6 for row in rows[2:])
+        assert all(row.count("x (") == 7 for row in rows[2:])
     assert "drafted tokens accepted" in out.stdout and "kv_bits 8" in out.stdout
+    header = next(line for line in lines if line.startswith("workload") and "/" in line)
+    assert "draft model/mlx_lm draft" in header  # against mlx_lm's own speculative decoding
     # The draft model's server batches, and drafts.
     (line,) = [line for line in lines if line.startswith("draft model over the run")]
     assert "batched True" in line and "of 0 drafted" not in line
