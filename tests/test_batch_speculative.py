@@ -425,6 +425,46 @@ def test_a_draft_model_reads_only_what_is_new_of_a_conversations_next_turn(
         decoder.close()
 
 
+def test_the_kept_draft_caches_stay_within_their_bytes(trained, trained_draft):
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    prompts = [trained.encode(p) for p in (PROMPTS[0], PROMPTS[2])]
+
+    def run(decoder, tokens):
+        uid = decoder.add(tokens, params)
+        while True:
+            for event in decoder.step():
+                if event.uid == uid and event.finish_reason is not None:
+                    return event
+
+    def turns(keep_bytes):
+        """Two conversations' first turns, then the first one's next turn: the kept
+        bytes after each, and what the draft read of that next turn."""
+        decoder = BatchDecoder(
+            trained, draft=trained_draft, draft_keep_bytes=keep_bytes, adaptive=False
+        )
+        try:
+            kept, ones = [], []
+            for tokens in prompts:
+                ones.append(run(decoder, tokens))
+                kept.append(decoder.draft_kept_bytes)
+            again = prompts[0] + list(ones[0].reply_tokens) + trained.encode("\nx = 1")
+            read = decoder._spec.draft_read
+            run(decoder, again)
+            return kept, decoder._spec.draft_read - read, len(again)
+        finally:
+            decoder.close()
+
+    kept, read, length = turns(None)  # no byte bound: both kept
+    first, both = kept
+    assert 0 < first < both
+    assert read <= length - len(prompts[0])  # the next turn reads only what is new
+    kept, read, length = turns(both - 1)  # no room for both: the oldest goes
+    assert kept == [first, both - first]
+    assert read == length  # its next turn's prompt is read whole again
+    kept, read, length = turns(0)  # no room: none kept
+    assert kept == [0, 0] and read == length
+
+
 def test_batch_generate_drafts_with_a_draft_model_named_by_its_reference(tiny_model, tiny_mlx):
     from qwen_mlx.runtime import batch_generate
 

@@ -475,6 +475,34 @@ def test_prompt_lookup_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny
     assert f"qwen_mlx_draft_tokens_total {float(engine.drafted)}" in metrics
 
 
+def test_a_draft_models_kept_caches_take_their_share_of_the_cache_budget(serve, tiny_model):
+    budget = 2_000_000
+    served = serve(tiny_model, draft=tiny_model, cache_bytes=budget, max_batch=4)
+    engine = served.engine
+    # The model drafts for itself: half of each token's KV is the draft's.
+    assert engine.planner.draft_kv_share() == pytest.approx(0.5)
+    spec = health(served)["speculative"]
+    assert spec["kept_draft_max_bytes"] == budget // 2 and spec["kept_draft_bytes"] == 0
+    assert engine.cache.max_bytes == budget - budget // 2  # the pool keeps the rest
+
+    def ask(server, i: int) -> int:
+        server.client().completions.create(
+            model=MODEL, prompt=f"{i} pears and " * 30, max_tokens=8, temperature=0
+        )
+        return health(server)["speculative"]["kept_draft_bytes"]
+
+    one = ask(served, 0)  # one conversation's draft cache
+    assert 0 < one <= budget // 2
+    # Room for one and a half: the oldest goes as the next ones finish.
+    tight = serve(tiny_model, draft=tiny_model, cache_bytes=3 * one, max_batch=4)
+    for i in range(3):
+        assert 0 < ask(tight, i) <= 3 * one // 2
+    # Lookup keeps no draft caches: the pool has all of it.
+    lookup = serve(tiny_model, draft="lookup", cache_bytes=budget)
+    assert lookup.engine.cache.max_bytes == budget
+    assert health(lookup)["speculative"]["kept_draft_max_bytes"] is None
+
+
 def test_a_draft_model_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny_model):
     # The model drafts for itself: its drafts are kept, so a batch of four drafts too.
     served = serve(

@@ -161,7 +161,10 @@ class BatchDecoder:
     they write alone, sampled ones follow their distribution); the others decode as
     without it, and `drafting(uid)` says which do. `draft=` a loaded draft `Model` (same
     tokenizer) drafts for them instead, from a batch cache of its own at `kv_bits`, one
-    batched draft step per drafted position (at most `num_draft_tokens`, default 4).
+    batched draft step per drafted position (at most `num_draft_tokens`, default 4); the
+    draft caches of the last sequences that finished are kept for their next turns, at
+    most `draft_keep_bytes` of them (None: up to 8 caches, whatever their size;
+    `draft_kept_bytes` says what they hold).
     """
 
     def __init__(
@@ -174,6 +177,7 @@ class BatchDecoder:
         kv_bits: int | None = None,
         draft: Any = None,
         num_draft_tokens: int | None = None,
+        draft_keep_bytes: int | None = None,
         adaptive: bool = True,
     ) -> None:
         from mlx_lm.generate import BatchGenerator
@@ -202,7 +206,11 @@ class BatchDecoder:
             from .batch_speculative import SpeculativeBatch
 
             self._spec = SpeculativeBatch.empty(
-                model.model, self._gen.sampler, draft=draft_model, draft_bits=kv_bits
+                model.model,
+                self._gen.sampler,
+                draft=draft_model,
+                draft_bits=kv_bits,
+                keep_bytes=draft_keep_bytes,
             )
             self._gen._generation_batch = self._spec
 
@@ -363,6 +371,11 @@ class BatchDecoder:
             k = {} if self.num_draft_tokens is None else {"k_max": self.num_draft_tokens}
             sampled = seq.params if seq.params.temperature != 0 else None
             self._spec.register(theirs, params=sampled, adaptive=self.adaptive, **k)
+
+    @property
+    def draft_kept_bytes(self) -> int:
+        """Bytes of the draft caches kept for next turns (0 without a draft model)."""
+        return self._spec.draft_kept_bytes if self._spec is not None else 0
 
     def drafting(self, uid: int) -> bool:
         """Whether sequence `uid` speculates (see the class docstring)."""

@@ -169,7 +169,9 @@ class SpeculativeBatch(GenerationBatch):
     docstring). `register(uid, k_max)` makes a sequence draft; `counts(uid)` gives its
     drafted and accepted tokens."""
 
-    def _init_spec(self, draft: Any = None, draft_bits: int | None = None) -> None:
+    def _init_spec(
+        self, draft: Any = None, draft_bits: int | None = None, keep_bytes: int | None = None
+    ) -> None:
         self.rows: dict[int, _Row] = {}
         self.costs: dict[int, _Costs] = {}
         # Fillers: a row without a lookup match in a round that drafts anyway pays for
@@ -185,7 +187,11 @@ class SpeculativeBatch(GenerationBatch):
         # The draft caches of sequences that left, with the tokens they hold (newest
         # last): a sequence joining with one of them as its prefix (an agent's next
         # turn) reads only the rest into the draft. `draft_read` counts what it read.
-        self.draft_kept: deque[tuple[list[int], list[Any]]] = deque(maxlen=_DRAFT_KEEP)
+        # At most `_DRAFT_KEEP` of them, and at most `keep_bytes` in all (None: no bound
+        # but the count): the oldest go first; `draft_kept_bytes` is what they hold.
+        self.draft_kept: deque[tuple[list[int], list[Any], int]] = deque()
+        self.draft_keep_bytes = keep_bytes
+        self.draft_kept_bytes = 0
         self.draft_read = 0
 
     @classmethod
@@ -196,9 +202,10 @@ class SpeculativeBatch(GenerationBatch):
         *,
         draft: Any = None,
         draft_bits: int | None = None,
+        keep_bytes: int | None = None,
     ) -> SpeculativeBatch:
         batch = super().empty(model, fallback_sampler)
-        batch._init_spec(draft, draft_bits)
+        batch._init_spec(draft, draft_bits, keep_bytes)
         return batch
 
     def register(
@@ -271,7 +278,7 @@ class SpeculativeBatch(GenerationBatch):
         from .cache import trim_cache
 
         best, shared = -1, 0
-        for j, (held, _) in enumerate(self.draft_kept):
+        for j, (held, _, _) in enumerate(self.draft_kept):
             n = 0
             for a, b in zip(held, tokens, strict=False):
                 if a != b:
@@ -281,21 +288,31 @@ class SpeculativeBatch(GenerationBatch):
                 best, shared = j, n
         if best < 0:
             return 0, None
-        held, cache = self.draft_kept[best]
+        held, cache, nbytes = self.draft_kept[best]
         del self.draft_kept[best]
+        self.draft_kept_bytes -= nbytes
         trim_cache(cache, len(held) - shared)
         return shared, cache
 
     def _keep_draft(self, i: int, row: _Row) -> None:
         """Row i leaving: its draft cache, cut to the tokens its sequence kept, is kept."""
-        from .cache import trim_cache
+        from .cache import cache_nbytes, trim_cache
 
         if not self.draft_cache or not row.held:
             return
         tokens = self.tokens[i][: row.held]
         cache = [c.extract(i) for c in self.draft_cache]
         trim_cache(cache, row.held - len(tokens))  # a stop inside the last round's run
-        self.draft_kept.append((tokens, cache))
+        nbytes = cache_nbytes(cache)
+        budget = self.draft_keep_bytes
+        if budget is not None and nbytes > budget:
+            return  # more than all the room: the next turn reads its prompt again
+        self.draft_kept.append((tokens, cache, nbytes))
+        self.draft_kept_bytes += nbytes
+        while len(self.draft_kept) > _DRAFT_KEEP or (
+            budget is not None and self.draft_kept_bytes > budget
+        ):
+            self.draft_kept_bytes -= self.draft_kept.popleft()[2]
 
     def filter(self, keep: list[int]) -> None:
         for i, uid in enumerate(self.uids):

@@ -361,6 +361,14 @@ class MemoryPlanner:
             return own
         return own + kv_bytes_per_token(self.draft_shape, kv_bits, dtype_bytes=self.dtype_bytes)
 
+    def draft_kv_share(self, kv_bits: int | None = _OWN) -> float:
+        """The draft model's part of `kv_per_token` (0 without one)."""
+        if self.draft_shape is None:
+            return 0.0
+        kv_bits = self.kv_bits if kv_bits is _OWN else kv_bits
+        draft = kv_bytes_per_token(self.draft_shape, kv_bits, dtype_bytes=self.dtype_bytes)
+        return draft / self.kv_per_token(kv_bits)
+
     def chunk_for(self, context_tokens: int, kv_bits: int | None = _OWN) -> int:
         """The largest prefill chunk (<= 2048) whose working space fits what is left."""
         kv_bits = self.kv_bits if kv_bits is _OWN else kv_bits

@@ -116,6 +116,13 @@ class Engine:
         self.max_tokens_cap = max_tokens_cap
         if cache_bytes is None:  # half of what the weights leave of the budget
             cache_bytes = max(self.planner.budget.bytes - self.planner.weights, 0) // 2
+        # A draft model in the batch keeps the draft caches of finished sequences for
+        # their next turns: their part of `cache_bytes` is the draft's share of a token's
+        # KV, and the pool keeps the rest.
+        self.draft_keep_bytes = None
+        if self._batch_draft is not None and not isinstance(self._batch_draft, str):
+            self.draft_keep_bytes = int(cache_bytes * self.planner.draft_kv_share(kv_bits))
+            cache_bytes -= self.draft_keep_bytes
         # ChatML turns (Qwen's): the pool matches echoed replies to what the model wrote
         self.turns = TurnMatcher.for_model(model)
         disk = None
@@ -139,6 +146,7 @@ class Engine:
             kv_bits=kv_bits,
             draft=self._batch_draft,
             num_draft_tokens=num_draft_tokens,
+            draft_keep_bytes=self.draft_keep_bytes,
         )
         self.drafted = 0  # draft tokens of all finished jobs, and those kept
         self.accepted = 0
@@ -215,6 +223,9 @@ class Engine:
             "drafted_tokens": self.drafted,
             "accepted_tokens": self.accepted,
             "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else 0.0,
+            # a draft model's caches kept for next turns, and their part of the cache budget
+            "kept_draft_bytes": self.scheduler.draft_kept_bytes,
+            "kept_draft_max_bytes": self.draft_keep_bytes,
         }
 
     def reserve(self) -> Slot:

@@ -99,11 +99,13 @@ class Scheduler:
         kv_bits: int | None = None,
         draft: Any = None,
         num_draft_tokens: int | None = None,
+        draft_keep_bytes: int | None = None,
     ) -> None:
         self.model = model
         self.kv_bits = kv_bits
         self.draft = draft
         self.num_draft_tokens = num_draft_tokens
+        self.draft_keep_bytes = draft_keep_bytes  # the kept draft caches' share of the pool
         # `open_decoder`: a model split across ranks gets a decoder whose calls they all make
         self.decoder_factory = decoder_factory
         self.pool = pool
@@ -121,6 +123,11 @@ class Scheduler:
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
+
+    @property
+    def draft_kept_bytes(self) -> int:
+        """Bytes of the draft model's caches kept for next turns (see `draft_keep_bytes`)."""
+        return getattr(self._decoder, "draft_kept_bytes", 0)
 
     @property
     def batch_size(self) -> int:
@@ -234,8 +241,10 @@ class Scheduler:
             self._waiting.popleft()
             admitted.append(entry)
             held += entry.reserve
-            # under the lock: what it evicts goes to disk after (`_turn`)
-            self.pool.shrink(max(plan.budget - plan.total, 0), defer=True)
+            # under the lock: what it evicts goes to disk after (`_turn`); the draft
+            # caches kept for next turns hold their part of the room
+            room = plan.budget - plan.total - self.draft_kept_bytes
+            self.pool.shrink(max(room, 0), defer=True)
         return admitted
 
     def _finish(self, entry: _Entry, event: SequenceEvent | None) -> None:
@@ -277,6 +286,8 @@ class Scheduler:
             options["kv_bits"] = self.kv_bits
         if self.draft is not None:
             options.update(draft=self.draft, num_draft_tokens=self.num_draft_tokens)
+            if self.draft_keep_bytes is not None:
+                options["draft_keep_bytes"] = self.draft_keep_bytes
         return options
 
     def _fail_batch(self, error: BaseException) -> None:
