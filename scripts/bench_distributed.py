@@ -32,21 +32,17 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import ROOT, BenchParser, Column, Report, tiny_checkpoint, workspace
+from _bench import (
+    REAL_QWEN3,
+    ROOT,
+    BenchParser,
+    Column,
+    Report,
+    need_model,
+    tiny_checkpoint,
+    workspace,
+)
 
-# Qwen3-4B-Instruct-2507's shape (config.json), for the planner's table.
-QWEN3_4B = {
-    "model_type": "qwen3",
-    "num_hidden_layers": 36,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "hidden_size": 2560,
-    "intermediate_size": 9728,
-    "vocab_size": 151936,
-    "tie_word_embeddings": True,
-    "max_position_embeddings": 262144,
-}
 MAC_GB = (16, 24, 32, 64)
 COLLECTIVE_REPEATS = 200
 
@@ -186,14 +182,16 @@ def planned_table(
     )
     from qwen_mlx.runtime.split import rank_shape
 
-    outside, layer = estimate_weights_parts(QWEN3_4B, bits=4)
-    shape = ModelShape.from_config(QWEN3_4B)
+    # Qwen3-4B-Instruct-2507's own config.json (its shape; no weights needed)
+    config = json.loads((need_model(REAL_QWEN3, "Qwen3-4B config") / "config.json").read_text())
+    outside, layer = estimate_weights_parts(config, bits=4)
+    shape = ModelShape.from_config(config)
     parts = weights_parts_on_disk(model_dir)
     rows = []
     for n in sorted(results):
-        if mode == "tensor" and QWEN3_4B["num_key_value_heads"] % n:
+        if mode == "tensor" and config["num_key_value_heads"] % n:
             continue
-        weights = rank_weights_bytes(outside, [layer] * 36, n, mode)
+        weights = rank_weights_bytes(outside, [layer] * config["num_hidden_layers"], n, mode)
         planned = rank_weights_bytes(*parts, n, mode) if parts else 0
         measured = max(r["share"] for r in results[n])
         for gb in MAC_GB:

@@ -100,20 +100,15 @@ def test_a_remote_rank_writes_the_ring_file_where_it_runs_and_execs_the_follower
     assert script.endswith("exec /opt/venv/bin/python -m qwen_mlx.runtime.follower")
 
 
-QWEN3_4B = {
-    "model_type": "qwen3",
-    "num_hidden_layers": 36,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "hidden_size": 2560,
-    "intermediate_size": 9728,
-    "vocab_size": 151936,
-    "tie_word_embeddings": True,
-    "max_position_embeddings": 262144,
-}
+# Qwen3-4B-Instruct-2507's own config.json (the planner needs its shape, not its weights).
+QWEN3_4B = (
+    json.loads((SHARED_MODEL / "config.json").read_text())
+    if (SHARED_MODEL / "config.json").is_file()
+    else {}
+)
 
 
+@needs_shared
 def test_tensor_parallel_halves_each_ranks_kv_cache_and_layers():
     shape = ModelShape.from_config(QWEN3_4B)
     two = rank_shape(shape, 2, "tensor")
@@ -125,6 +120,7 @@ def test_tensor_parallel_halves_each_ranks_kv_cache_and_layers():
     assert whole == outside + 36 * layer
 
 
+@needs_shared
 def test_pipeline_ranks_hold_blocks_of_layers_and_rank_0_the_last():
     assert pipeline_split(36, 4) == [9, 9, 9, 9] and pipeline_split(10, 4) == [3, 3, 2, 2]
     assert rank_layers(10, 0, 4, "pipeline") == range(7, 10)
@@ -134,6 +130,7 @@ def test_pipeline_ranks_hold_blocks_of_layers_and_rank_0_the_last():
     assert rank_weights_bytes(5, [1, 2, 3, 4, 5], 2, "pipeline") == 5 + (4 + 5 + 3)
 
 
+@needs_shared
 def test_a_split_the_heads_do_not_allow_is_refused_naming_one_that_works():
     with pytest.raises(ValueError, match="--pipeline"):
         check_split(QWEN3_4B, 3, "tensor")
@@ -142,6 +139,7 @@ def test_a_split_the_heads_do_not_allow_is_refused_naming_one_that_works():
         check_split(QWEN3_4B | {"model_type": "llama"}, 2, "tensor")
 
 
+@needs_shared
 def test_two_16gb_macs_hold_a_context_one_cannot():
     outside, layer = estimate_weights_parts(QWEN3_4B, bits=4)
     shape = ModelShape.from_config(QWEN3_4B)
@@ -161,6 +159,7 @@ def test_a_macs_budget_is_its_metal_working_set():
     assert mac_budget(64).bytes == 48 * (1 << 30)
 
 
+@needs_shared
 def test_a_split_models_planner_plans_its_tightest_rank():
     from qwen_mlx.runtime.distributed import RankInfo, Shard
 
