@@ -658,12 +658,14 @@ async def test_the_sidebar_opens_a_chat_with_enter_and_typing_goes_on_in_the_inp
 async def test_text_typed_while_a_reply_streams_is_kept(stored, home):
     async with running(home) as (app, pilot):
         await start_a_long_reply(pilot)
-        await type_keys(pilot, "next one")
+        # Short: after each key Pilot waits for an idle CPU (up to 2 s while the model
+        # works), which a user typing does not.
+        await type_keys(pilot, "go")
         await pilot.press("enter")  # refused while streaming, and kept
         await wait_for(pilot, lambda: any("still streaming" in n for n in notices(app)))
         await pilot.press("escape")
         await reply(pilot)
-        assert app.query_one(PromptInput).text == "next one"
+        assert app.query_one(PromptInput).text == "go"
         assert sum(m["role"] == "user" for m in app.session.messages) == 1
 
 
