@@ -305,6 +305,88 @@ def test_four_clients_decode_together_on_two_ranks(served, tiny_model):
     assert max(f.batch_size for f in list(engine.finished)[before:]) > 1
 
 
+def test_a_batch_with_quantized_kv_on_two_ranks_matches_one_process(group_model, tiny_model):
+    # Each rank's batch holds its share of the heads' KV quantized; a long prompt is read
+    # in chunks; sampled rows draw what they draw in one process (float32: same logits).
+    prompts = [user(f"question {i}") for i in range(3)] + ["The history of the sea " * 40]
+    params = [SEEDED, SEEDED.replace(seed=3), GREEDY.replace(max_tokens=5), SEEDED.replace(seed=9)]
+    for bits in (8, 4):
+        split = batch_generate(
+            group_model, prompts, params, progress=False, kv_bits=bits, prefill_step_size=64
+        )
+        alone = batch_generate(
+            tiny_model, prompts, params, progress=False, kv_bits=bits, prefill_step_size=64
+        )
+        assert [r.text for r in split] == [r.text for r in alone], bits
+    plain = batch_generate(tiny_model, prompts, params, progress=False, prefill_step_size=64)
+    assert [r.text for r in plain] != [r.text for r in alone]  # the KV was quantized
+
+
+def test_the_server_on_two_ranks_batches_with_quantized_kv(serve, group_model, tiny_model):
+    served = serve(group_model, key=KEY, max_context=2048, max_batch=4, kv_bits=8)
+    engine = served.engine
+    assert engine.batched and served.get("/health", timeout=10).json()["kv_bits"] == 8
+    client = openai.OpenAI(base_url=served.base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    sampled = {"max_tokens": 16, "temperature": 0.8}
+
+    def ask(i: int) -> tuple[str, int]:
+        """A first turn, then the next one (the pool's quantized split cache serves it)."""
+        first = user(f"client {i} " * (i + 1))
+        one = client.chat.completions.create(
+            model=engine.model.name, messages=first, seed=i, **sampled
+        )
+        text = one.choices[0].message.content
+        then = [*first, {"role": "assistant", "content": text}, *user("more")]
+        two = client.chat.completions.create(
+            model=engine.model.name, messages=then, seed=i, **sampled
+        )
+        return text, two.usage.prompt_tokens_details.cached_tokens
+
+    before = len(engine.finished)
+    replies = all_at_once(ask, 4)
+    assert max(f.batch_size for f in list(engine.finished)[before:]) > 1
+    expected = [
+        batch_generate(
+            tiny_model,
+            [user(f"client {i} " * (i + 1))],
+            tiny_model.default_params.replace(temperature=0.8, seed=i, max_tokens=16),
+            kv_bits=8,
+            progress=False,
+        )[0].text
+        for i in range(4)
+    ]
+    assert [text for text, _ in replies] == expected
+    assert all(cached > 0 for _, cached in replies)
+
+
+def test_a_prompts_file_on_a_pipeline_split_batches_with_quantized_kv(f32, tiny_model, tmp_path):
+    # Its own process: this one has joined the module's group, and MLX joins one.
+    asks = ["question 0", "The history of the sea " * 40]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(a) + "\n" for a in asks))
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--model", str(f32), "--ranks", "2", "--pipeline", "--kv-bits", "8"]
+    argv += ["--prompts-file", str(prompts), "--output", str(out)]
+    argv += ["--temperature", "0.8", "--seed", "9", "--max-tokens", "16"]
+    done = subprocess.run(
+        [sys.executable, "-m", "qwen_mlx", *argv],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    alone = batch_generate(
+        tiny_model,
+        [user(a) for a in asks],
+        tiny_model.default_params.replace(temperature=0.8, seed=9, max_tokens=16),
+        kv_bits=8,
+        progress=False,
+    )
+    assert [r["text"] for r in rows] == [r.text for r in alone]
+
+
 # -- failures: a follower killed under a command or a server -----------------------------------
 
 

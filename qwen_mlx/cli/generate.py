@@ -116,11 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.prompts_file and (args.ranks or args.hosts) and (args.draft or args.kv_bits):
-        raise ValueError(  # before any rank starts
-            "A model split across ranks decodes a prompts file in bf16 without drafting: "
-            "leave out --draft and --kv-bits, or --ranks/--hosts."
-        )
     with ranks_from_args(args) as ranks:
         args.load_group = group_load_args(args, ranks)
         return _main(args)

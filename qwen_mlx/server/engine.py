@@ -185,13 +185,11 @@ class Engine:
 
     @property
     def batched(self) -> bool:
-        """Whether jobs decode together: with bf16 or quantized KV, with prompt lookup or
-        a draft model; not with a draft model on a model split across ranks (its drafts
-        are verified one sequence at a time there), and not with a quantized KV cache on
-        a model split across ranks (its ranks' batch caches are bf16 only)."""
+        """Whether jobs decode together: with bf16 or quantized KV (on one process or a
+        model split across ranks), with prompt lookup or a draft model; not with a draft
+        on a model split across ranks (its drafts are verified one sequence at a time)."""
         lone_draft = self.drafter is not None and self._batch_draft is None
-        split_kv = self.kv_bits is not None and leader_of(self.model) is not None
-        return not lone_draft and not split_kv
+        return not lone_draft
 
     def status(self) -> dict[str, Any]:
         """What /health reports about the work: waiting and running jobs, and the limits."""
