@@ -296,3 +296,29 @@ def test_each_rank_gets_the_backends_variables_as_mlx_launch_sets_them():
     assert jaccl["QWEN_MLX_BACKEND"] == "jaccl" and jaccl["MLX_JACCL_RING"] == "1"
     assert jaccl["MLX_JACCL_COORDINATOR"].startswith("127.0.0.1:")
     assert json.loads(jaccl["MLX_IBV_DEVICES"]) == [[None, "rdma_en2"], ["rdma_en2", None]]
+
+
+def test_a_follower_leaves_when_rank_0_is_gone_even_if_its_stderr_went_with_it(monkeypatch):
+    # Rank 0 killed mid-step: the follower's stdin ends, and its operation may never end
+    # by itself. Writing why to stderr (rank 0's pipe, gone too) fails with EPIPE; it
+    # must still exit (it once stayed up for good when the step did not end).
+    import io
+    import threading
+
+    from qwen_mlx.runtime import follower
+
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    exited = []
+    called = threading.Event()
+
+    def fake_exit(code):
+        exited.append(code)
+        called.set()
+
+    monkeypatch.setattr(follower.sys, "stderr", Gone())
+    monkeypatch.setattr(follower.os, "_exit", fake_exit)
+    follower.Doorbell(io.BytesIO(b""), threading.Event(), grace=0.05)
+    assert called.wait(10) and exited == [1]
