@@ -13,6 +13,7 @@ operation, which MLX may never end without rank 0, exits after `LEAVE_GRACE` sec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -60,10 +61,8 @@ class Doorbell:
             if not ring:
                 break
         if not self._done.wait(self._grace):
-            try:
+            with contextlib.suppress(OSError, ValueError):  # rank 0's end of stderr too
                 print("error: rank 0 went away during an operation", file=sys.stderr, flush=True)
-            except (OSError, ValueError):  # rank 0's end of stderr went with it
-                pass
             os._exit(1)
 
 
