@@ -239,15 +239,16 @@ def _cut_prompt(model, k):
     raise AssertionError("no prompt with clear top-k cuts in this model")
 
 
-def test_sampled_sequences_drafting_in_a_batch_follow_the_models_distribution(tiny_bf16):
-    k, n = 3, 240
-    prompt = _judged_prompt(tiny_bf16, k)
-    exact = pair_distribution(tiny_bf16, prompt, k)
-    eos = tiny_bf16.tokenizer.eos_token_ids
+def _follows_the_distribution(model, prompt, k, n, *, draft):
+    """`n` sampled rows (top-k, temperature 1, two tokens each, each its own seed, 24 to a
+    batch) drafting with `draft`: their first two tokens pass a chi-square test against
+    the exact distribution, and drafts were both kept and rejected."""
+    exact = pair_distribution(model, prompt, k)
+    eos = model.tokenizer.eos_token_ids
     counts: dict = {}
     drafted = accepted = 0
-    for start in range(0, n, 24):  # each row its own seed, 24 to a batch
-        decoder = BatchDecoder(tiny_bf16, max_batch=24, draft="lookup", adaptive=False)
+    for start in range(0, n, 24):
+        decoder = BatchDecoder(model, max_batch=24, draft=draft, adaptive=False)
         for seed in range(start, start + 24):
             params = SamplingParams(temperature=1.0, top_k=k, top_p=1.0, max_tokens=2, seed=seed)
             decoder.add(prompt, params)
@@ -266,6 +267,12 @@ def test_sampled_sequences_drafting_in_a_batch_follow_the_models_distribution(ti
     assert chi2 < chi2_critical(len(exact) - 1), (chi2, counts)
     assert set(counts) <= set(exact)
     assert 0 < accepted < drafted
+
+
+def test_sampled_sequences_drafting_in_a_batch_follow_the_models_distribution(tiny_bf16):
+    k, n = 3, 240
+    prompt = _judged_prompt(tiny_bf16, k)
+    _follows_the_distribution(tiny_bf16, prompt, k, n, draft="lookup")
 
 
 def test_rows_trimmed_by_different_counts_keep_their_own_contents(tiny_model):
@@ -358,30 +365,7 @@ def test_sampled_sequences_with_a_draft_model_in_a_batch_follow_the_models_distr
     # part, so both the accept and the reject paths run.
     k, n = 3, 240
     prompt = _cut_prompt(tiny_bf16, k)
-    exact = pair_distribution(tiny_bf16, prompt, k)
-    eos = tiny_bf16.tokenizer.eos_token_ids
-    counts: dict = {}
-    drafted = accepted = 0
-    for start in range(0, n, 24):  # each row its own seed, 24 to a batch
-        decoder = BatchDecoder(tiny_bf16, max_batch=24, draft=tiny_model, adaptive=False)
-        for seed in range(start, start + 24):
-            params = SamplingParams(temperature=1.0, top_k=k, top_p=1.0, max_tokens=2, seed=seed)
-            decoder.add(prompt, params)
-        try:
-            while len(decoder):
-                for event in decoder.step():
-                    if event.finish_reason is None:
-                        continue
-                    pair = tuple("end" if t in eos else t for t in event.reply_tokens)
-                    counts[pair] = counts.get(pair, 0) + 1
-                    drafted += event.drafted
-                    accepted += event.accepted
-        finally:
-            decoder.close()
-    chi2 = sum((counts.get(c, 0) - n * p) ** 2 / (n * p) for c, p in exact.items())
-    assert chi2 < chi2_critical(len(exact) - 1), (chi2, counts)
-    assert set(counts) <= set(exact)
-    assert 0 < accepted < drafted
+    _follows_the_distribution(tiny_bf16, prompt, k, n, draft=tiny_model)
 
 
 def test_a_draft_model_catches_up_after_plain_steps(trained, trained_draft, monkeypatch):
