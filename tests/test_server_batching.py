@@ -428,6 +428,22 @@ def test_the_batch_admits_by_quantized_kv_bytes(serve, tiny_model):
     assert MemoryPlanner.for_model(tiny_model, kv_bits=4).kv_per_token() < base.kv_per_token()
 
 
+def _together_as_alone(engine, ask, alone: list[str]) -> list:
+    """`ask(i, temperature=0)` for i in 0..3 at once: each reply is the text it had alone,
+    they decoded together, and their usage counts each finished job's drafts (kept and
+    rejected). Returns the four finished jobs."""
+    replies = all_at_once(lambda i: ask(i, temperature=0), 4)
+    assert [r.choices[0].text for r in replies] == alone
+    done = list(engine.finished)[-4:]
+    assert max(f.batch_size for f in done) > 1
+    details = [r.usage.completion_tokens_details for r in replies]
+    assert sum(d.accepted_prediction_tokens for d in details) == sum(f.accepted for f in done)
+    assert sum(d.rejected_prediction_tokens for d in details) == sum(
+        f.drafted - f.accepted for f in done
+    )
+    return done
+
+
 def test_prompt_lookup_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny_model):
     served = serve(
         tiny_model, draft="lookup", kv_bits=8, max_context=2048, max_batch=4, prefill_step_size=16
@@ -445,15 +461,7 @@ def test_prompt_lookup_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny
     alone = [ask(i, temperature=0).choices[0].text for i in range(4)]
     assert sum(f.accepted for f in list(engine.finished)[-4:]) > 0  # a batch of one drafts
     # Together: the batch drafts where it pays at its size; the text is the same.
-    replies = all_at_once(lambda i: ask(i, temperature=0), 4)
-    assert [r.choices[0].text for r in replies] == alone
-    done = list(engine.finished)[-4:]
-    assert max(f.batch_size for f in done) > 1
-    details = [r.usage.completion_tokens_details for r in replies]
-    assert sum(d.accepted_prediction_tokens for d in details) == sum(f.accepted for f in done)
-    assert sum(d.rejected_prediction_tokens for d in details) == sum(
-        f.drafted - f.accepted for f in done
-    )
+    _together_as_alone(engine, ask, alone)
     # Beside them: one that turned speculation off (it does not draft), one sampled.
     mixed = all_at_once(
         lambda i: [
@@ -521,16 +529,8 @@ def test_a_draft_model_drafts_inside_the_batch_and_counts_its_drafts(serve, tiny
 
     alone = [ask(i, temperature=0).choices[0].text for i in range(4)]
     assert all(f.accepted > 0 for f in list(engine.finished)[-4:])
-    replies = all_at_once(lambda i: ask(i, temperature=0), 4)
-    assert [r.choices[0].text for r in replies] == alone
-    done = list(engine.finished)[-4:]
-    assert max(f.batch_size for f in done) > 1
+    done = _together_as_alone(engine, ask, alone)
     assert sum(f.accepted for f in done) > 0
-    details = [r.usage.completion_tokens_details for r in replies]
-    assert sum(d.accepted_prediction_tokens for d in details) == sum(f.accepted for f in done)
-    assert sum(d.rejected_prediction_tokens for d in details) == sum(
-        f.drafted - f.accepted for f in done
-    )
     # Beside them: one with a penalty (it does not draft), one sampled.
     mixed = all_at_once(
         lambda i: [
