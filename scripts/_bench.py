@@ -36,6 +36,28 @@ TRAINED = SHARED_MODELS / "qwen3-tiny-trained"
 # Qwen3-4B-Instruct-2507's real config.json and tokenizer, without weights.
 REAL_QWEN3 = SHARED_MODELS / "qwen3-4b-instruct-2507"
 
+# CPython modules whose source the trained pair learned from: the copying prompts.
+STDLIB_MODULES = ("textwrap", "shlex", "fnmatch", "bisect", "colorsys", "glob", "heapq", "queue")
+
+
+def stdlib_texts() -> list[tuple[str, str, str]]:
+    """For each of STDLIB_MODULES: 18 non-blank lines of its source (after the first
+    20), its first function's first 14 lines, and the first identifier in that code (the
+    one an edit prompt renames)."""
+    import inspect
+
+    out = []
+    for name in STDLIB_MODULES:
+        source = inspect.getsource(__import__(name))
+        lines = [line for line in source.splitlines() if line.strip()][20:]
+        chunk = "\n".join(lines[:18])
+        func = next((i for i, line in enumerate(lines) if line.startswith("def ")), 0)
+        code = "\n".join(lines[func : func + 14])
+        word = next((w for w in code.replace("(", " ").split() if w.isidentifier()), "x")
+        out.append((chunk, code, word))
+    return out
+
+
 # Qwen3-4B's proportions at a quarter of its width (attention 1.6x hidden, MLP 3.8x
 # hidden, 4:1 grouped-query attention). On a 2-core CPU a decode step of 4 such layers
 # takes ~25 ms, about what Qwen3-4B's takes on a Mac, so per-token costs show at the

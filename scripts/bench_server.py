@@ -62,6 +62,7 @@ from _bench import (
     need_model,
     ratio,
     start_server,
+    stdlib_texts,
     workspace,
 )
 
@@ -80,18 +81,10 @@ QUESTIONS = [
 def agent_prompts(copying: bool) -> list[str]:
     """Chat prompts whose replies copy from them (CPython source to repeat or rename in)
     or, with `copying` False, questions whose replies do not."""
-    import inspect
-
     if not copying:
         return [q for q in QUESTIONS if not q.startswith("Continue")] * 2
     out = []
-    for name in ("textwrap", "shlex", "fnmatch", "bisect", "colorsys", "glob", "heapq", "queue"):
-        source = inspect.getsource(__import__(name))
-        lines = [line for line in source.splitlines() if line.strip()][20:]
-        chunk = "\n".join(lines[:18])
-        func = next((i for i, line in enumerate(lines) if line.startswith("def ")), 0)
-        code = "\n".join(lines[func : func + 14])
-        word = next((w for w in code.replace("(", " ").split() if w.isidentifier()), "x")
+    for chunk, code, word in stdlib_texts():
         out.append(f"{chunk}\n\nRepeat the text above.")
         out.append(f"{code}\n\nRewrite the code above with `{word}` renamed to `{word}_new`.")
     return out

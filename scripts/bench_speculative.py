@@ -32,16 +32,13 @@ plain steps, a draft step, and how much of a generation waits on evaluation.
 
 from __future__ import annotations
 
-import inspect
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _bench import TRAINED, BenchParser
-
-MODULES = ("textwrap", "shlex", "fnmatch", "bisect", "colorsys", "glob", "heapq", "queue")
+from _bench import TRAINED, BenchParser, stdlib_texts
 
 
 def coverage(prompt: list[int], reply: list[int]) -> float:
@@ -67,13 +64,7 @@ def coverage(prompt: list[int], reply: list[int]) -> float:
 
 def prompts(n: int) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
-    for name in MODULES:
-        source = inspect.getsource(__import__(name))
-        lines = [line for line in source.splitlines() if line.strip()][20:]
-        chunk = "\n".join(lines[:18])
-        func = next((i for i, line in enumerate(lines) if line.startswith("def ")), 0)
-        code = "\n".join(lines[func : func + 14])
-        word = next((w for w in code.replace("(", " ").split() if w.isidentifier()), "x")
+    for chunk, code, word in stdlib_texts():
         out.append(("continue", chunk + "\n"))
         out.append(("repeat", [{"role": "user", "content": f"{chunk}\n\nRepeat the text above."}]))
         quote = f"{chunk}\n\nQuote line 3 of the text above."
