@@ -48,14 +48,14 @@ def tiny_other(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The trained pair in ../shared, converted by our convert (bf16)."""
+def trained(trained_mlx, tmp_path_factory):
+    """The trained pair in ../shared, converted by our convert (bf16; the target once per
+    session, `conftest.trained_mlx`)."""
     from qwen_mlx.convert import convert
 
     root = tmp_path_factory.mktemp("trained")
-    target = convert(str(TRAINED / "target"), mlx_path=root / "target", quantize=False)
     draft = convert(str(TRAINED / "draft"), mlx_path=root / "draft", quantize=False)
-    return load(target.path), load(draft.path)
+    return load(trained_mlx), load(draft.path)
 
 
 def _reply(model, prompt, **kw):
